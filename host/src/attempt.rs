@@ -1,0 +1,74 @@
+//! Translation between the queue's JSON and the component's WIT types, and the class of an
+//! attempt's error.
+
+use std::time::Duration;
+
+use crate::model::{ChatInput, ChatOutput, ErrorKind, Role, Usage};
+use crate::plugin::ExecError;
+use crate::plugin::bindings::{self, ChatRequest, ChatResponse, FinishReason, ProviderError};
+
+/// The WIT request for a validated input.
+pub fn to_request(input: &ChatInput) -> ChatRequest {
+    ChatRequest {
+        model: input.model.clone(),
+        system: input.system.clone(),
+        messages: input
+            .messages
+            .iter()
+            .map(|m| bindings::Message {
+                role: match m.role {
+                    Role::System => bindings::Role::System,
+                    Role::User => bindings::Role::User,
+                    Role::Assistant => bindings::Role::Assistant,
+                },
+                content: m.content.clone(),
+            })
+            .collect(),
+        max_tokens: input.max_tokens,
+        temperature: input.temperature,
+        stop: input.stop.clone(),
+        extra: input
+            .extra
+            .as_ref()
+            .map(|e| serde_json::Value::Object(e.clone()).to_string()),
+    }
+}
+
+/// The stored output of a response.
+pub fn to_output(response: ChatResponse) -> ChatOutput {
+    ChatOutput {
+        text: response.text,
+        model: response.model,
+        usage: Usage {
+            input_tokens: response.usage.input_tokens,
+            output_tokens: response.usage.output_tokens,
+        },
+        finish_reason: match response.finish_reason {
+            FinishReason::Stop => "stop".to_string(),
+            FinishReason::Length => "length".to_string(),
+            FinishReason::ContentFilter => "content_filter".to_string(),
+            FinishReason::ToolCalls => "tool_calls".to_string(),
+            FinishReason::Other(other) => other,
+        },
+    }
+}
+
+/// The class of an attempt's error, and the delay the provider asked for.
+pub fn classify(error: &ExecError) -> (ErrorKind, Option<Duration>) {
+    match error {
+        ExecError::Provider(e) => match &e.0 {
+            ProviderError::RateLimited(r) => (
+                ErrorKind::RateLimited,
+                r.retry_after_ms.map(Duration::from_millis),
+            ),
+            ProviderError::Unavailable(_) => (ErrorKind::Unavailable, None),
+            ProviderError::InvalidRequest(_) => (ErrorKind::InvalidRequest, None),
+            ProviderError::Unauthorized(_) => (ErrorKind::Unauthorized, None),
+            ProviderError::Other(_) => (ErrorKind::Other, None),
+        },
+        ExecError::Instantiate(_) => (ErrorKind::Instantiate, None),
+        ExecError::Trap(_) => (ErrorKind::Trap, None),
+        ExecError::Timeout(_) => (ErrorKind::Timeout, None),
+        ExecError::OutputTooLarge { .. } => (ErrorKind::OutputTooLarge, None),
+    }
+}

@@ -1,0 +1,488 @@
+//! The `lanes` command line. Every read command takes `--json` and prints one JSON document;
+//! a failing command exits non-zero with the reason on stderr.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::daemon::Daemon;
+use crate::limits::LimitView;
+use crate::logging::{self, LogFormat};
+use crate::model::{ChatInput, Execution, NewExecution, validate_provider_name};
+use crate::plugin::PluginHost;
+use crate::store::sqlite::SqliteQueue;
+use crate::store::{Queue, StatusCounts};
+
+/// Runs LLM calls from a database queue, with one lane and one concurrency limit per provider.
+#[derive(Debug, Parser)]
+#[command(name = "lanes", version, about)]
+pub struct Cli {
+    /// Config file (default: lanes.toml when it exists).
+    #[arg(long, global = true, env = "LANES_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "LANES_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// A `lanes` subcommand.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon until SIGINT or SIGTERM.
+    Serve,
+    /// Queue an execution and print its id.
+    Submit(SubmitArgs),
+    /// Show one execution.
+    Get {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait until an execution completes (exit 0), fails (exit 1) or the timeout passes (exit 2).
+    Wait {
+        id: i64,
+        /// Seconds to wait.
+        #[arg(long, default_value_t = 300.0)]
+        timeout: f64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Limit, running, pending, completed and failed counts of every provider.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show every provider's default, configured and effective limit, or change one.
+    Limits {
+        #[command(subcommand)]
+        action: Option<LimitsAction>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect provider components.
+    Plugins {
+        #[command(subcommand)]
+        action: PluginsAction,
+    },
+    /// A one-minute tour: three stub providers, a few hundred executions, live lanes.
+    Demo(crate::demo::DemoArgs),
+}
+
+/// `lanes submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    #[arg(long)]
+    pub provider: String,
+    /// Chat input JSON, `@FILE`, or `@-` for stdin.
+    #[arg(long)]
+    pub input: String,
+    /// Higher runs first.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    pub priority: i32,
+    /// Attempts before failing (default: `default_max_attempts`).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: Option<u32>,
+    /// Queue it even though no component or config knows the provider yet; it stays
+    /// pending until one does.
+    #[arg(long)]
+    pub allow_unknown: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `lanes limits ...`.
+#[derive(Debug, Subcommand)]
+pub enum LimitsAction {
+    /// Set a provider's limit at run time; the running daemon applies it within a second and
+    /// it survives restarts.
+    Set {
+        name: String,
+        #[arg(value_parser = clap::value_parser!(u32).range(1..))]
+        limit: u32,
+    },
+    /// Remove a run-time limit, going back to config or the component's default.
+    Clear { name: String },
+}
+
+/// `lanes plugins ...`.
+#[derive(Debug, Subcommand)]
+pub enum PluginsAction {
+    /// Load every component in the plugins folder and report each one.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Parses arguments, runs the command and turns errors into a message and exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_filter = match cli.command {
+        Command::Serve => "info",
+        _ => "warn",
+    };
+    logging::init(cli.log_format, default_filter);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn open_queue(config: &Config) -> anyhow::Result<Arc<dyn Queue>> {
+    let queue = SqliteQueue::open(&config.database_url)
+        .await
+        .with_context(|| format!("opening {}", config.database_url))?;
+    Ok(Arc::new(queue))
+}
+
+fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Runs one parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = Config::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Serve => {
+            let queue = open_queue(&config).await?;
+            let daemon = Daemon::start(config, queue).await?;
+            daemon.run_until_signal().await;
+        }
+        Command::Submit(args) => submit(&config, args).await?,
+        Command::Get { id, json } => {
+            let queue = open_queue(&config).await?;
+            let execution = queue
+                .get(id)
+                .await?
+                .with_context(|| format!("no execution with id {id}"))?;
+            print_execution(&execution, json)?;
+        }
+        Command::Wait { id, timeout, json } => {
+            let queue = open_queue(&config).await?;
+            if !(timeout.is_finite() && timeout >= 0.0) {
+                bail!("--timeout must be a number of seconds, not {timeout}");
+            }
+            let deadline = Instant::now() + Duration::from_secs_f64(timeout);
+            loop {
+                let execution = queue
+                    .get(id)
+                    .await?
+                    .with_context(|| format!("no execution with id {id}"))?;
+                if execution.status.is_terminal() {
+                    print_execution(&execution, json)?;
+                    if execution.status == crate::model::Status::Completed {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    eprintln!(
+                        "execution {id} {}: {}",
+                        execution.status,
+                        execution.error.as_deref().unwrap_or("no error recorded")
+                    );
+                    return Ok(ExitCode::FAILURE);
+                }
+                if Instant::now() >= deadline {
+                    eprintln!(
+                        "execution {id} is still {} after {timeout} s",
+                        execution.status
+                    );
+                    return Ok(ExitCode::from(2));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Command::Status { json } => status(&config, json).await?,
+        Command::Limits { action, json } => limits(&config, action, json).await?,
+        Command::Plugins {
+            action: PluginsAction::List { json },
+        } => plugins_list(&config, json).await?,
+        Command::Demo(args) => crate::demo::run(&config, args).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_input(arg: &str) -> anyhow::Result<String> {
+    match arg.strip_prefix('@') {
+        Some("-") => std::io::read_to_string(std::io::stdin()).context("reading input from stdin"),
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading input file {path}"))
+        }
+        None => Ok(arg.to_string()),
+    }
+}
+
+/// Providers that a component or the config describes.
+async fn known_providers(config: &Config, queue: &dyn Queue) -> anyhow::Result<BTreeSet<String>> {
+    let mut known: BTreeSet<String> = config.providers.keys().cloned().collect();
+    known.extend(queue.providers().await?.into_iter().map(|p| p.name));
+    Ok(known)
+}
+
+async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<()> {
+    validate_provider_name(&args.provider).map_err(anyhow::Error::msg)?;
+    let input = ChatInput::parse(&read_input(&args.input)?)?;
+    let queue = open_queue(config).await?;
+    let known = known_providers(config, queue.as_ref()).await?;
+    if !args.allow_unknown && !known.contains(&args.provider) {
+        let list = if known.is_empty() {
+            "none yet: run `lanes serve` or add [providers.NAME] to the config".to_string()
+        } else {
+            known.into_iter().collect::<Vec<_>>().join(", ")
+        };
+        bail!(
+            "unknown provider `{}` (known: {list}); pass --allow-unknown to queue it until a \
+             component provides it",
+            args.provider
+        );
+    }
+    let id = queue
+        .submit(&NewExecution {
+            provider: args.provider,
+            input,
+            priority: args.priority,
+            max_attempts: args.max_attempts.unwrap_or(config.default_max_attempts) as i32,
+        })
+        .await?;
+    if args.json {
+        print_json(&serde_json::json!({ "id": id }))?;
+    } else {
+        println!("{id}");
+    }
+    Ok(())
+}
+
+fn print_execution(e: &Execution, json: bool) -> anyhow::Result<()> {
+    if json {
+        return print_json(e);
+    }
+    println!("id:        {}", e.id);
+    println!("provider:  {}", e.provider);
+    println!("status:    {}", e.status);
+    println!("priority:  {}", e.priority);
+    println!("attempts:  {} of {}", e.attempts, e.max_attempts);
+    if let Some(output) = &e.output {
+        match output.get("text").and_then(|t| t.as_str()) {
+            Some(text) => println!("text:      {text}"),
+            None => println!("output:    {output}"),
+        }
+    }
+    if let Some(error) = &e.error {
+        println!(
+            "error:     [{}] {error}",
+            e.error_kind.as_deref().unwrap_or("unknown")
+        );
+    }
+    Ok(())
+}
+
+/// One provider's line of `lanes status`.
+#[derive(Debug, Serialize)]
+pub struct ProviderStatus {
+    pub provider: String,
+    /// The component file serving it, when the daemon loaded one.
+    pub component: Option<String>,
+    pub limit: u32,
+    #[serde(flatten)]
+    pub counts: StatusCounts,
+}
+
+async fn limit_views(config: &Config, queue: &dyn Queue) -> anyhow::Result<Vec<LimitView>> {
+    let defaults: BTreeMap<String, u32> = queue
+        .providers()
+        .await?
+        .into_iter()
+        .map(|p| (p.name, p.default_limit))
+        .collect();
+    let runtime = queue.limits().await?;
+    let counts = queue.counts().await?;
+    let names: BTreeSet<&String> = defaults
+        .keys()
+        .chain(config.providers.keys())
+        .chain(runtime.keys())
+        .chain(counts.keys())
+        .collect();
+    Ok(names
+        .into_iter()
+        .map(|name| {
+            LimitView::resolve(
+                name.clone(),
+                defaults.get(name).copied(),
+                config.providers.get(name).and_then(|p| p.limit),
+                runtime.get(name).copied(),
+                config.fallback_limit,
+            )
+        })
+        .collect())
+}
+
+async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
+    let queue = open_queue(config).await?;
+    let components: BTreeMap<String, String> = queue
+        .providers()
+        .await?
+        .into_iter()
+        .map(|p| (p.name, p.component))
+        .collect();
+    let counts = queue.counts().await?;
+    let rows: Vec<ProviderStatus> = limit_views(config, queue.as_ref())
+        .await?
+        .into_iter()
+        .map(|view| ProviderStatus {
+            component: components.get(&view.provider).cloned(),
+            counts: counts.get(&view.provider).cloned().unwrap_or_default(),
+            limit: view.effective,
+            provider: view.provider,
+        })
+        .collect();
+    if json {
+        return print_json(&rows);
+    }
+    println!(
+        "{:<20} {:>5} {:>8} {:>8} {:>10} {:>8}  component",
+        "provider", "limit", "running", "pending", "completed", "failed"
+    );
+    for r in rows {
+        println!(
+            "{:<20} {:>5} {:>8} {:>8} {:>10} {:>8}  {}",
+            r.provider,
+            r.limit,
+            r.counts.running,
+            r.counts.pending,
+            r.counts.completed,
+            r.counts.failed,
+            r.component
+                .as_deref()
+                .unwrap_or("(none: pending work waits)")
+        );
+    }
+    Ok(())
+}
+
+async fn limits(config: &Config, action: Option<LimitsAction>, json: bool) -> anyhow::Result<()> {
+    let queue = open_queue(config).await?;
+    match action {
+        Some(LimitsAction::Set { name, limit }) => {
+            validate_provider_name(&name).map_err(anyhow::Error::msg)?;
+            queue.set_limit(&name, limit).await?;
+            println!("limit of {name} set to {limit}");
+        }
+        Some(LimitsAction::Clear { name }) => {
+            if queue.clear_limit(&name).await? {
+                println!("run-time limit of {name} cleared");
+            } else {
+                bail!("provider `{name}` has no run-time limit to clear");
+            }
+        }
+        None => {
+            let views = limit_views(config, queue.as_ref()).await?;
+            if json {
+                return print_json(&views);
+            }
+            let show = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
+            println!(
+                "{:<20} {:>8} {:>10} {:>8} {:>9}  source",
+                "provider", "default", "configured", "runtime", "effective"
+            );
+            for v in views {
+                println!(
+                    "{:<20} {:>8} {:>10} {:>8} {:>9}  {:?}",
+                    v.provider,
+                    show(v.default),
+                    show(v.configured),
+                    show(v.runtime),
+                    v.effective,
+                    v.source
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn plugins_list(config: &Config, json: bool) -> anyhow::Result<()> {
+    let host = PluginHost::new()?;
+    let catalog = host.scan(config).await;
+    if json {
+        let providers: Vec<_> = catalog
+            .providers
+            .values()
+            .map(|p| {
+                serde_json::json!({
+                    "provider": p.name.as_ref(),
+                    "component": p.component.file,
+                    "default_limit": p.default_limit,
+                })
+            })
+            .collect();
+        return print_json(&serde_json::json!({
+            "plugins_dir": config.plugins_dir,
+            "files": catalog.files,
+            "providers": providers,
+            "missing": catalog.missing.iter()
+                .map(|(p, f)| serde_json::json!({"provider": p, "component": f}))
+                .collect::<Vec<_>>(),
+            "rejected": catalog.rejected.iter()
+                .map(|(p, reason)| serde_json::json!({"provider": p, "reason": reason}))
+                .collect::<Vec<_>>(),
+        }));
+    }
+    println!("plugins folder: {}", config.plugins_dir.display());
+    if catalog.files.is_empty() {
+        println!("  (no .wasm files)");
+    }
+    for f in &catalog.files {
+        match (&f.info, &f.reason) {
+            (Some(info), _) => println!(
+                "  {:<20} loaded    {} {} (default limit {}): {}",
+                f.file, info.name, info.version, info.default_limit, info.description
+            ),
+            (None, reason) => println!(
+                "  {:<20} rejected  {}",
+                f.file,
+                reason.as_deref().unwrap_or("")
+            ),
+        }
+    }
+    println!("providers:");
+    for p in catalog.providers.values() {
+        println!(
+            "  {:<20} {} (default limit {})",
+            p.name, p.component.file, p.default_limit
+        );
+    }
+    for (provider, file) in &catalog.missing {
+        println!("  {provider:<20} missing component {file}");
+    }
+    for (provider, reason) in &catalog.rejected {
+        println!("  {provider:<20} rejected  {reason}");
+    }
+    Ok(())
+}

@@ -1,0 +1,337 @@
+//! Configuration: defaults, then a TOML file, then `LANES_*` environment variables, validated
+//! once so that the rest of the host can trust every value.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::model::validate_provider_name;
+
+/// The file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "lanes.toml";
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("invalid config: {0}")]
+    Parse(String),
+    #[error("invalid config: {field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Everything `lanes` can be told. See the README's config reference.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// `sqlite://PATH` (created when missing).
+    pub database_url: String,
+    /// The folder of provider components (`*.wasm`).
+    pub plugins_dir: PathBuf,
+    /// The limit of a provider that no component and no config describe.
+    pub fallback_limit: u32,
+    /// `max_attempts` of a submission that does not give one.
+    pub default_max_attempts: u32,
+    /// How often an idle lane looks for rows that other processes wrote.
+    pub poll_interval_ms: u64,
+    /// How often the daemon reads limits that `lanes limits set` stored.
+    pub limits_refresh_ms: u64,
+    /// How long running executions may take to finish after SIGINT or SIGTERM.
+    pub shutdown_grace_secs: u64,
+    /// How often the daemon looks for new components in `plugins_dir`.
+    pub plugins_rescan_ms: u64,
+    pub retry: RetryConfig,
+    pub sandbox: SandboxConfig,
+    /// Providers by name: extra names for a component, limits and config values.
+    pub providers: BTreeMap<String, ProviderConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            database_url: "sqlite://lanes.db".to_string(),
+            plugins_dir: PathBuf::from("plugins"),
+            fallback_limit: 1,
+            default_max_attempts: 3,
+            poll_interval_ms: 1000,
+            limits_refresh_ms: 500,
+            shutdown_grace_secs: 30,
+            plugins_rescan_ms: 2000,
+            retry: RetryConfig::default(),
+            sandbox: SandboxConfig::default(),
+            providers: BTreeMap::new(),
+        }
+    }
+}
+
+/// Backoff of retryable errors: `base_ms * 2^(attempt-1)`, capped at `max_ms`, with jitter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    pub base_ms: u64,
+    pub max_ms: u64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            base_ms: 500,
+            max_ms: 60_000,
+        }
+    }
+}
+
+/// What one execution of a component may use.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// Wall-clock limit of one attempt, host calls included.
+    pub timeout_ms: u64,
+    /// CPU time the guest may spend in its own code per attempt.
+    pub cpu_ms: u64,
+    /// Linear memory cap per instance.
+    pub memory_mb: u64,
+    /// The largest answer text accepted.
+    pub max_output_bytes: u64,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            timeout_ms: 300_000,
+            cpu_ms: 10_000,
+            memory_mb: 256,
+            max_output_bytes: 4 << 20,
+        }
+    }
+}
+
+impl SandboxConfig {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+}
+
+/// `[providers.NAME]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProviderConfig {
+    /// The component file (in `plugins_dir`) that serves this name. Without it, the name
+    /// refers to the component whose `info()` gives this name.
+    pub component: Option<String>,
+    /// Overrides the component's default limit.
+    pub limit: Option<u32>,
+    /// Values the component reads through the `config` import.
+    pub config: BTreeMap<String, ConfigValue>,
+}
+
+/// A config value: TOML strings, numbers and booleans all reach the component as text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ConfigValue {
+    String(String),
+    Integer(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl std::fmt::Display for ConfigValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigValue::String(s) => f.write_str(s),
+            ConfigValue::Integer(i) => write!(f, "{i}"),
+            ConfigValue::Float(x) => write!(f, "{x}"),
+            ConfigValue::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+impl ProviderConfig {
+    /// The config values as the component sees them.
+    pub fn values(&self) -> BTreeMap<String, String> {
+        self.config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect()
+    }
+}
+
+/// The top-level keys, so that unrelated `LANES_*` variables (such as `LANES_LOG`) are not
+/// mistaken for settings.
+const KEYS: &[&str] = &[
+    "database_url",
+    "plugins_dir",
+    "fallback_limit",
+    "default_max_attempts",
+    "poll_interval_ms",
+    "limits_refresh_ms",
+    "shutdown_grace_secs",
+    "plugins_rescan_ms",
+    "retry",
+    "sandbox",
+    "providers",
+];
+
+impl Config {
+    /// Loads defaults, then `path` (or `lanes.toml` when present), then `LANES_*` variables
+    /// (`LANES_PROVIDERS__CLAUDE__LIMIT=5` sets `providers.claude.limit`).
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match path {
+            Some(path) if !path.exists() => return Err(ConfigError::Missing(path.to_owned())),
+            Some(path) => figment = figment.merge(Toml::file_exact(path)),
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                figment = figment.merge(Toml::file_exact(DEFAULT_CONFIG_FILE))
+            }
+            None => {}
+        }
+        figment = figment.merge(Env::prefixed("LANES_").split("__").filter(|key| {
+            let first = key.as_str().split('.').next().unwrap_or_default();
+            KEYS.iter().any(|k| first.eq_ignore_ascii_case(k))
+        }));
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document on its own (no file, no environment).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(self.database_url.starts_with("sqlite:")) {
+            return Err(invalid(
+                "database_url",
+                format!(
+                    "`{}` is not supported: use sqlite://PATH",
+                    self.database_url
+                ),
+            ));
+        }
+        let positive = [
+            ("fallback_limit", self.fallback_limit as u64),
+            ("default_max_attempts", self.default_max_attempts as u64),
+            ("poll_interval_ms", self.poll_interval_ms),
+            ("limits_refresh_ms", self.limits_refresh_ms),
+            ("plugins_rescan_ms", self.plugins_rescan_ms),
+            ("retry.base_ms", self.retry.base_ms),
+            ("retry.max_ms", self.retry.max_ms),
+            ("sandbox.timeout_ms", self.sandbox.timeout_ms),
+            ("sandbox.cpu_ms", self.sandbox.cpu_ms),
+            ("sandbox.memory_mb", self.sandbox.memory_mb),
+            ("sandbox.max_output_bytes", self.sandbox.max_output_bytes),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(invalid(field, "must be at least 1"));
+            }
+        }
+        for (name, provider) in &self.providers {
+            validate_provider_name(name).map_err(|e| invalid(format!("providers.{name}"), e))?;
+            if provider.limit == Some(0) {
+                return Err(invalid(
+                    format!("providers.{name}.limit"),
+                    "must be at least 1 (a limit of 0 would never run anything)",
+                ));
+            }
+            if let Some(component) = &provider.component
+                && (component.contains('/') || !component.ends_with(".wasm"))
+            {
+                return Err(invalid(
+                    format!("providers.{name}.component"),
+                    format!("`{component}` must be a `.wasm` file name inside plugins_dir"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The SQLite file of `database_url`.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        let rest = self.database_url.strip_prefix("sqlite:")?;
+        let rest = rest.strip_prefix("//").unwrap_or(rest);
+        let path = rest.split('?').next().unwrap_or(rest);
+        (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+    }
+
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.poll_interval_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn provider_tables_parse() {
+        let config = Config::from_toml(
+            r#"
+            fallback_limit = 2
+            [providers.fast]
+            component = "stub.wasm"
+            limit = 8
+            config = { latency_ms = 20, model = "m" }
+            "#,
+        )
+        .unwrap();
+        let fast = &config.providers["fast"];
+        assert_eq!(fast.limit, Some(8));
+        assert_eq!(fast.values()["latency_ms"], "20");
+        assert_eq!(config.fallback_limit, 2);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let err = Config::from_toml("[providers.claude]\nlimit = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("providers.claude.limit"), "{err}");
+        let err = Config::from_toml("fallback_limit = \"many\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("fallback_limit"), "{err}");
+        let err = Config::from_toml("polll_interval_ms = 5")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("polll_interval_ms"), "{err}");
+        let err = Config::from_toml("database_url = \"mysql://x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("database_url"), "{err}");
+    }
+
+    #[test]
+    fn sqlite_path_forms() {
+        let mut c = Config::default();
+        assert_eq!(c.sqlite_path(), Some(PathBuf::from("lanes.db")));
+        c.database_url = "sqlite:///tmp/x.db?mode=rwc".into();
+        assert_eq!(c.sqlite_path(), Some(PathBuf::from("/tmp/x.db")));
+    }
+}

@@ -1,0 +1,180 @@
+//! One provider's lane: a semaphore sized to its effective limit, the component serving it,
+//! and the signal that wakes its dispatch loop.
+//!
+//! The semaphore is resizable. Raising the limit adds permits; lowering it forgets free
+//! permits at once and records the rest as a debt that running executions pay back as they
+//! finish, so no start ever exceeds the new limit.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::plugin::Provider;
+
+struct Capacity {
+    limit: u32,
+    /// Permits to forget as they come back, after a lowered limit.
+    debt: u32,
+}
+
+/// A provider's lane.
+pub struct Lane {
+    name: Arc<str>,
+    semaphore: Arc<Semaphore>,
+    capacity: Mutex<Capacity>,
+    running: AtomicU32,
+    wake: Notify,
+    provider: RwLock<Option<Arc<Provider>>>,
+}
+
+/// A running execution's slot; give it back with [`Lane::release`].
+pub struct Slot(OwnedSemaphorePermit);
+
+impl Lane {
+    /// A lane with `limit` slots (at least 1) and no component yet.
+    pub fn new(name: &str, limit: u32) -> Self {
+        let limit = limit.max(1);
+        Lane {
+            name: Arc::from(name),
+            semaphore: Arc::new(Semaphore::new(limit as usize)),
+            capacity: Mutex::new(Capacity { limit, debt: 0 }),
+            running: AtomicU32::new(0),
+            wake: Notify::new(),
+            provider: RwLock::new(None),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The effective limit.
+    pub fn limit(&self) -> u32 {
+        self.lock_capacity().limit
+    }
+
+    /// Executions running now.
+    pub fn running(&self) -> u32 {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// Slots free now.
+    pub fn free(&self) -> u32 {
+        self.semaphore.available_permits() as u32
+    }
+
+    fn lock_capacity(&self) -> std::sync::MutexGuard<'_, Capacity> {
+        // A panic while holding this lock cannot leave the counts half-updated (every update
+        // is a single assignment), so a poisoned lock is still consistent.
+        self.capacity.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Resizes the lane. Returns the previous limit.
+    pub fn set_limit(&self, limit: u32) -> u32 {
+        let limit = limit.max(1);
+        let mut cap = self.lock_capacity();
+        let old = cap.limit;
+        if limit > old {
+            let mut grow = limit - old;
+            let repaid = grow.min(cap.debt);
+            cap.debt -= repaid;
+            grow -= repaid;
+            self.semaphore.add_permits(grow as usize);
+        } else if limit < old {
+            let shrink = old - limit;
+            let forgotten = self.semaphore.forget_permits(shrink as usize) as u32;
+            cap.debt += shrink - forgotten;
+        }
+        cap.limit = limit;
+        drop(cap);
+        self.wake();
+        old
+    }
+
+    /// Takes a free slot, if there is one.
+    pub fn try_acquire(&self) -> Option<Slot> {
+        let permit = self.semaphore.clone().try_acquire_owned().ok()?;
+        self.running.fetch_add(1, Ordering::SeqCst);
+        Some(Slot(permit))
+    }
+
+    /// Gives a slot back (or forgets it, to pay a lowered limit's debt) and wakes the lane.
+    pub fn release(&self, slot: Slot) {
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        let mut cap = self.lock_capacity();
+        if cap.debt > 0 {
+            cap.debt -= 1;
+            slot.0.forget();
+        } else {
+            drop(slot);
+        }
+        drop(cap);
+        self.wake();
+    }
+
+    /// Wakes the dispatch loop: a slot freed, work arrived or the limit changed.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Waits for [`Lane::wake`].
+    pub async fn woken(&self) {
+        self.wake.notified().await
+    }
+
+    /// The component serving this lane, if any.
+    pub fn provider(&self) -> Option<Arc<Provider>> {
+        self.provider
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Serves the lane from `provider` (or stops claiming, with `None`). Running executions
+    /// finish on the component they started with.
+    pub fn set_provider(&self, provider: Option<Arc<Provider>>) {
+        *self.provider.write().unwrap_or_else(|p| p.into_inner()) = provider;
+        self.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lowering_the_limit_blocks_starts_until_running_drops_below_it() {
+        let lane = Lane::new("a", 4);
+        let slots: Vec<Slot> = (0..4).map(|_| lane.try_acquire().unwrap()).collect();
+        lane.set_limit(2);
+        assert!(lane.try_acquire().is_none());
+        let mut slots = slots.into_iter();
+        lane.release(slots.next().unwrap());
+        lane.release(slots.next().unwrap());
+        assert!(
+            lane.try_acquire().is_none(),
+            "2 still run: the limit is reached"
+        );
+        lane.release(slots.next().unwrap());
+        let again = lane.try_acquire().expect("1 runs, limit 2");
+        assert!(lane.try_acquire().is_none());
+        lane.release(again);
+        lane.release(slots.next().unwrap());
+        assert_eq!(lane.free(), 2);
+    }
+
+    #[test]
+    fn raising_the_limit_repays_debt_first() {
+        let lane = Lane::new("a", 3);
+        let held: Vec<Slot> = (0..3).map(|_| lane.try_acquire().unwrap()).collect();
+        lane.set_limit(1); // debt 2
+        lane.set_limit(4); // repays 2, adds 1
+        assert_eq!(lane.free(), 1);
+        for slot in held {
+            lane.release(slot);
+        }
+        assert_eq!(lane.free(), 4);
+        assert_eq!(lane.limit(), 4);
+    }
+}

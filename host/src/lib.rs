@@ -1,0 +1,24 @@
+//! lanes: runs LLM calls from a database queue, one lane per provider, each lane with its
+//! own concurrency limit. Providers are WebAssembly components (see `wit/`).
+//!
+//! The codemap is `docs/ARCHITECTURE.md`.
+
+pub mod attempt;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod demo;
+pub mod lane;
+pub mod limits;
+pub mod logging;
+pub mod model;
+pub mod plugin;
+pub mod report;
+pub mod retry;
+pub mod store;
+
+pub use config::Config;
+pub use daemon::Daemon;
+pub use model::{ChatInput, Execution, ExecutionId, NewExecution, Status};
+pub use store::Queue;
+pub use store::sqlite::SqliteQueue;

@@ -1,0 +1,184 @@
+//! What one guest instance may see and use: its own config values, a WASI context with no
+//! files, no environment and no sockets, a linear-memory cap and a CPU budget.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, ResourceLimiter, Store, StoreContextMut, UpdateDeadline};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::Provider;
+use super::bindings::lanes::provider::{config, logging, types};
+use crate::config::SandboxConfig;
+
+/// How often the engine's epoch advances; the unit of the CPU budget.
+pub const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// How much of a guest's stderr is kept to explain a trap.
+const STDERR_CAPTURE: usize = 16 * 1024;
+
+/// The limits of one instance, resolved from config.
+#[derive(Debug, Clone)]
+pub struct SandboxLimits {
+    pub timeout: std::time::Duration,
+    pub cpu_ticks: u64,
+    pub memory_bytes: usize,
+    pub max_output_bytes: usize,
+}
+
+impl From<&SandboxConfig> for SandboxLimits {
+    fn from(c: &SandboxConfig) -> Self {
+        SandboxLimits {
+            timeout: c.timeout(),
+            cpu_ticks: c.cpu_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1),
+            memory_bytes: usize::try_from(c.memory_mb.saturating_mul(1 << 20))
+                .unwrap_or(usize::MAX),
+            max_output_bytes: usize::try_from(c.max_output_bytes).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+/// Caps the total linear memory of all of an instance's memories.
+struct MemoryCap {
+    cap: usize,
+    used: usize,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let total = self.used - current.min(self.used) + desired;
+        if total > self.cap {
+            return Err(wasmtime::format_err!(
+                "memory limit exceeded: the guest asked for {} MiB, the cap is {} MiB",
+                total.div_ceil(1 << 20),
+                self.cap >> 20
+            ));
+        }
+        self.used = total;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1_000_000)
+    }
+}
+
+/// The data of one guest's store.
+pub struct GuestState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    memory: MemoryCap,
+    cpu_ticks_left: u64,
+    cpu_ticks: u64,
+    provider: Arc<str>,
+    config: Arc<BTreeMap<String, String>>,
+}
+
+impl WasiView for GuestState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl logging::Host for GuestState {
+    fn log(&mut self, level: logging::Level, message: String) {
+        let provider = &*self.provider;
+        match level {
+            logging::Level::Trace => tracing::trace!(provider, "{message}"),
+            logging::Level::Debug => tracing::debug!(provider, "{message}"),
+            logging::Level::Info => tracing::info!(provider, "{message}"),
+            logging::Level::Warn => tracing::warn!(provider, "{message}"),
+            logging::Level::Error => tracing::error!(provider, "{message}"),
+        }
+    }
+}
+
+impl types::Host for GuestState {}
+
+impl config::Host for GuestState {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.config.get(&key).cloned()
+    }
+}
+
+/// Adds WASI and the `lanes:provider` imports to `linker`.
+pub fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    Provider::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |s| s)?;
+    Ok(())
+}
+
+/// A fresh store for one call, with the guest's stderr captured.
+pub fn new_store(
+    engine: &Engine,
+    provider: Arc<str>,
+    config: Arc<BTreeMap<String, String>>,
+    limits: &SandboxLimits,
+) -> (Store<GuestState>, MemoryOutputPipe) {
+    let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
+    // No preopened directories, no environment, no arguments and no network: a guest sees
+    // only its clock, randomness and the lanes imports.
+    let wasi = WasiCtx::builder().stderr(stderr.clone()).build();
+    let state = GuestState {
+        wasi,
+        table: ResourceTable::new(),
+        memory: MemoryCap {
+            cap: limits.memory_bytes,
+            used: 0,
+        },
+        cpu_ticks_left: limits.cpu_ticks,
+        cpu_ticks: limits.cpu_ticks,
+        provider,
+        config,
+    };
+    let mut store = Store::new(engine, state);
+    store.limiter(|s| &mut s.memory);
+    store.set_epoch_deadline(1);
+    // Called each time the guest runs past an epoch tick. Yielding keeps a spinning guest from
+    // holding a runtime thread; counting the calls approximates the guest's CPU time, since a
+    // guest blocked in a host call (a sleep, HTTP) is charged at most one tick for it.
+    store.epoch_deadline_callback(|mut ctx: StoreContextMut<'_, GuestState>| {
+        let state = ctx.data_mut();
+        if state.cpu_ticks_left == 0 {
+            return Err(wasmtime::format_err!(
+                "CPU limit exceeded: the guest ran for more than {} ms",
+                state.cpu_ticks * EPOCH_TICK.as_millis() as u64
+            ));
+        }
+        state.cpu_ticks_left -= 1;
+        Ok(UpdateDeadline::Yield(1))
+    });
+    (store, stderr)
+}
+
+/// Starts the thread that advances `engine`'s epoch; it stops when the engine is dropped.
+pub fn start_epoch_ticker(engine: &Engine) {
+    let weak = engine.weak();
+    let spawned = std::thread::Builder::new()
+        .name("lanes-epoch".into())
+        .spawn(move || {
+            while let Some(engine) = weak.upgrade() {
+                engine.increment_epoch();
+                drop(engine);
+                std::thread::sleep(EPOCH_TICK);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("could not start the epoch thread, CPU limits will not apply: {e}");
+    }
+}

@@ -1,0 +1,165 @@
+//! The queue's storage. Every SQL statement lives below this module; the rest of the host
+//! sees only the [`Queue`] trait, so a second backend (PostgreSQL, for fleet-wide limits)
+//! plugs in beside [`sqlite`].
+//!
+//! Invariants every backend keeps:
+//! - a claim moves rows from `pending` to `running` atomically, so no row runs twice at once;
+//! - claims take interrupted rows (`resume`) first, then higher priority, then older rows;
+//! - a running row changes only through the worker that owns it (`owner`), so a worker that
+//!   lost a row cannot overwrite what another wrote.
+
+pub mod sqlite;
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use crate::model::{ErrorKind, Execution, ExecutionId, NewExecution, Status};
+
+/// A failed storage operation, named by what it was doing.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {op}: {source}")]
+    Db {
+        op: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    #[error("database: applying migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database: row {id} is corrupt: {reason}")]
+    Corrupt { id: ExecutionId, reason: String },
+    #[error("database: {0}")]
+    Other(String),
+}
+
+/// Attach the operation's name to a sqlx error.
+pub(crate) trait DbContext<T> {
+    fn op(self, op: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T> DbContext<T> for Result<T, sqlx::Error> {
+    fn op(self, op: &'static str) -> Result<T, StoreError> {
+        self.map_err(|source| StoreError::Db { op, source })
+    }
+}
+
+/// How many executions of one provider are in each status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StatusCounts {
+    pub pending: u64,
+    pub running: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+impl StatusCounts {
+    /// Adds `n` to the count of `status`.
+    pub fn add(&mut self, status: Status, n: u64) {
+        match status {
+            Status::Pending => self.pending += n,
+            Status::Running => self.running += n,
+            Status::Completed => self.completed += n,
+            Status::Failed => self.failed += n,
+            Status::Cancelled => self.cancelled += n,
+        }
+    }
+}
+
+/// A provider as the daemon loaded it, kept so that other commands can see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ProviderRecord {
+    pub name: String,
+    pub component: String,
+    pub version: String,
+    pub default_limit: u32,
+    pub description: String,
+}
+
+/// What start-up recovery did with rows a stopped process left `running`.
+#[derive(Debug, Clone, Default)]
+pub struct Recovered {
+    /// Back to pending, to be claimed first: `(id, provider)`.
+    pub resumed: Vec<(ExecutionId, String)>,
+    /// Failed because the interrupted attempt was their last.
+    pub failed: Vec<(ExecutionId, String)>,
+}
+
+/// How an attempt ended, as the queue records it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finish {
+    Completed(serde_json::Value),
+    /// Back to pending until `not_before` (Unix ms), keeping the error.
+    Retry {
+        error: String,
+        kind: ErrorKind,
+        not_before: i64,
+    },
+    Failed {
+        error: String,
+        kind: ErrorKind,
+    },
+    /// Back to pending without counting the attempt (a graceful shutdown took it away).
+    Requeue,
+}
+
+/// The queue's storage contract.
+#[async_trait]
+pub trait Queue: Send + Sync + 'static {
+    /// Inserts a pending execution and returns its id.
+    async fn submit(&self, new: &NewExecution) -> Result<ExecutionId, StoreError>;
+
+    /// Inserts many pending executions in one transaction and returns their ids in order.
+    async fn submit_many(&self, new: &[NewExecution]) -> Result<Vec<ExecutionId>, StoreError>;
+
+    async fn get(&self, id: ExecutionId) -> Result<Option<Execution>, StoreError>;
+
+    /// Every execution, or one provider's, in id order.
+    async fn list(&self, provider: Option<&str>) -> Result<Vec<Execution>, StoreError>;
+
+    /// Atomically moves up to `max` due pending rows of `provider` to `running` under `owner`,
+    /// counting an attempt for each, and returns them in claim order.
+    async fn claim(
+        &self,
+        provider: &str,
+        max: u32,
+        owner: &str,
+    ) -> Result<Vec<Execution>, StoreError>;
+
+    /// The earliest `not_before` of `provider`'s pending rows that are not yet due.
+    async fn next_due(&self, provider: &str) -> Result<Option<i64>, StoreError>;
+
+    /// Records how an attempt ended. Returns false when `owner` no longer owns the row, in
+    /// which case nothing was written.
+    async fn finish(
+        &self,
+        id: ExecutionId,
+        owner: &str,
+        finish: &Finish,
+    ) -> Result<bool, StoreError>;
+
+    /// Returns every `running` row to pending with `resume` set, or fails it when the
+    /// interrupted attempt was its last. Only for a process that knows no other worker is
+    /// running (SQLite holds a lock file for that).
+    async fn recover_interrupted(&self) -> Result<Recovered, StoreError>;
+
+    /// Counts by provider and status.
+    async fn counts(&self) -> Result<BTreeMap<String, StatusCounts>, StoreError>;
+
+    /// Stores a run-time limit; it outranks config and component defaults.
+    async fn set_limit(&self, provider: &str, limit: u32) -> Result<(), StoreError>;
+
+    /// Removes a run-time limit.
+    async fn clear_limit(&self, provider: &str) -> Result<bool, StoreError>;
+
+    /// Every run-time limit.
+    async fn limits(&self) -> Result<BTreeMap<String, u32>, StoreError>;
+
+    /// Replaces the record of loaded providers.
+    async fn record_providers(&self, providers: &[ProviderRecord]) -> Result<(), StoreError>;
+
+    /// The providers the daemon last loaded.
+    async fn providers(&self) -> Result<Vec<ProviderRecord>, StoreError>;
+}

@@ -1,0 +1,520 @@
+//! The embedded backend: one SQLite file in WAL mode.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use super::{DbContext, Finish, ProviderRecord, Queue, Recovered, StatusCounts, StoreError};
+use crate::model::{Execution, ExecutionId, NewExecution, Status, now_ms};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
+
+/// The columns every execution query returns, in [`row_to_execution`]'s order.
+const COLUMNS: &str = "id, provider, status, priority, input, output, error, error_kind, \
+    attempts, max_attempts, not_before, resume, created_at, started_at, finished_at, owner";
+
+/// The guard of every write to a running row: only its owner may change it.
+macro_rules! owned_running {
+    () => {
+        "WHERE id = ?1 AND owner = ?2 AND status = 'running'"
+    };
+}
+
+/// A queue in one SQLite file.
+#[derive(Clone)]
+pub struct SqliteQueue {
+    pool: SqlitePool,
+}
+
+impl SqliteQueue {
+    /// Opens (creating when missing) the database at `url` (`sqlite://PATH`) and applies
+    /// migrations.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .op("parsing database_url")?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .op("opening the database")?;
+        MIGRATOR.run(&pool).await?;
+        Ok(SqliteQueue { pool })
+    }
+
+    /// Opens the database file at `path`.
+    pub async fn open_path(path: &Path) -> Result<Self, StoreError> {
+        Self::open(&format!("sqlite://{}", path.display())).await
+    }
+
+    /// The connection pool, for tests that inspect the table directly.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
+fn row_to_execution(row: &sqlx::sqlite::SqliteRow) -> Result<Execution, StoreError> {
+    let id: i64 = row.get(0);
+    let corrupt = |reason: String| StoreError::Corrupt { id, reason };
+    let status: String = row.get(2);
+    let input: String = row.get(4);
+    let output: Option<String> = row.get(5);
+    Ok(Execution {
+        id,
+        provider: row.get(1),
+        status: status.parse().map_err(corrupt)?,
+        priority: row.get(3),
+        // Input that another writer stored as invalid JSON is kept as a string: the attempt
+        // then fails with a clear error instead of the row blocking its lane's claims.
+        input: serde_json::from_str(&input).unwrap_or(serde_json::Value::String(input)),
+        output: output
+            .map(|o| serde_json::from_str(&o))
+            .transpose()
+            .map_err(|e| corrupt(format!("output: {e}")))?,
+        error: row.get(6),
+        error_kind: row.get(7),
+        attempts: row.get(8),
+        max_attempts: row.get(9),
+        not_before: row.get(10),
+        resume: row.get::<i64, _>(11) != 0,
+        created_at: row.get(12),
+        started_at: row.get(13),
+        finished_at: row.get(14),
+        owner: row.get(15),
+    })
+}
+
+async fn insert(
+    conn: &mut sqlx::SqliteConnection,
+    new: &NewExecution,
+    now: i64,
+) -> Result<ExecutionId, StoreError> {
+    let input = serde_json::to_string(&new.input)
+        .map_err(|e| StoreError::Other(format!("serializing input: {e}")))?;
+    sqlx::query_scalar(
+        "INSERT INTO executions (provider, priority, input, max_attempts, not_before, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5) RETURNING id",
+    )
+    .bind(&new.provider)
+    .bind(new.priority)
+    .bind(input)
+    .bind(new.max_attempts)
+    .bind(now)
+    .fetch_one(conn)
+    .await
+    .op("submitting an execution")
+}
+
+/// Claim order: interrupted rows first, then priority, then FIFO.
+fn claim_order(a: &Execution, b: &Execution) -> std::cmp::Ordering {
+    b.resume
+        .cmp(&a.resume)
+        .then(b.priority.cmp(&a.priority))
+        .then(a.id.cmp(&b.id))
+}
+
+#[async_trait]
+impl Queue for SqliteQueue {
+    async fn submit(&self, new: &NewExecution) -> Result<ExecutionId, StoreError> {
+        let mut conn = self.pool.acquire().await.op("submitting an execution")?;
+        insert(&mut conn, new, now_ms()).await
+    }
+
+    async fn submit_many(&self, new: &[NewExecution]) -> Result<Vec<ExecutionId>, StoreError> {
+        let mut tx = self.pool.begin().await.op("submitting executions")?;
+        let now = now_ms();
+        let mut ids = Vec::with_capacity(new.len());
+        for one in new {
+            ids.push(insert(&mut tx, one, now).await?);
+        }
+        tx.commit().await.op("submitting executions")?;
+        Ok(ids)
+    }
+
+    async fn get(&self, id: ExecutionId) -> Result<Option<Execution>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM executions WHERE id = ?1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .op("reading an execution")?;
+        row.as_ref().map(row_to_execution).transpose()
+    }
+
+    async fn list(&self, provider: Option<&str>) -> Result<Vec<Execution>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM executions WHERE ?1 IS NULL OR provider = ?1 ORDER BY id"
+        ))
+        .bind(provider)
+        .fetch_all(&self.pool)
+        .await
+        .op("listing executions")?;
+        rows.iter().map(row_to_execution).collect()
+    }
+
+    async fn claim(
+        &self,
+        provider: &str,
+        max: u32,
+        owner: &str,
+    ) -> Result<Vec<Execution>, StoreError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        // One statement: SQLite serializes writers, so the sub-select and the update see the
+        // same rows and no other claim can take them in between.
+        let rows = sqlx::query(&format!(
+            "UPDATE executions
+                SET status = 'running', owner = ?1, started_at = ?2, attempts = attempts + 1,
+                    resume = 0
+              WHERE id IN (SELECT id FROM executions
+                            WHERE provider = ?3 AND status = 'pending' AND not_before <= ?2
+                            ORDER BY resume DESC, priority DESC, id
+                            LIMIT ?4)
+             RETURNING {COLUMNS}"
+        ))
+        .bind(owner)
+        .bind(now_ms())
+        .bind(provider)
+        .bind(max as i64)
+        .fetch_all(&self.pool)
+        .await
+        .op("claiming executions")?;
+        let mut claimed: Vec<Execution> = rows
+            .iter()
+            .map(row_to_execution)
+            .collect::<Result<_, _>>()?;
+        claimed.sort_by(claim_order);
+        Ok(claimed)
+    }
+
+    async fn next_due(&self, provider: &str) -> Result<Option<i64>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT MIN(not_before) FROM executions
+              WHERE provider = ?1 AND status = 'pending' AND not_before > ?2",
+        )
+        .bind(provider)
+        .bind(now_ms())
+        .fetch_one(&self.pool)
+        .await
+        .op("reading the next retry time")
+    }
+
+    async fn finish(
+        &self,
+        id: ExecutionId,
+        owner: &str,
+        finish: &Finish,
+    ) -> Result<bool, StoreError> {
+        let now = now_ms();
+        let query = match finish {
+            Finish::Completed(output) => sqlx::query(concat!(
+                "UPDATE executions SET status = 'completed', output = ?3, finished_at = ?4,
+                        owner = NULL ",
+                owned_running!()
+            ))
+            .bind(id)
+            .bind(owner)
+            .bind(output.to_string())
+            .bind(now),
+            Finish::Retry {
+                error,
+                kind,
+                not_before,
+            } => sqlx::query(concat!(
+                "UPDATE executions SET status = 'pending', error = ?3, error_kind = ?4,
+                        not_before = ?5, owner = NULL ",
+                owned_running!()
+            ))
+            .bind(id)
+            .bind(owner)
+            .bind(error)
+            .bind(kind.as_str())
+            .bind(not_before),
+            Finish::Failed { error, kind } => sqlx::query(concat!(
+                "UPDATE executions SET status = 'failed', error = ?3, error_kind = ?4,
+                        finished_at = ?5, owner = NULL ",
+                owned_running!()
+            ))
+            .bind(id)
+            .bind(owner)
+            .bind(error)
+            .bind(kind.as_str())
+            .bind(now),
+            Finish::Requeue => sqlx::query(concat!(
+                "UPDATE executions SET status = 'pending', attempts = attempts - 1, resume = 1,
+                        started_at = NULL, owner = NULL ",
+                owned_running!()
+            ))
+            .bind(id)
+            .bind(owner),
+        };
+        let done = query
+            .execute(&self.pool)
+            .await
+            .op("recording an attempt's end")?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn recover_interrupted(&self) -> Result<Recovered, StoreError> {
+        let mut tx = self.pool.begin().await.op("starting recovery")?;
+        let failed: Vec<(i64, String)> = sqlx::query_as(
+            "UPDATE executions
+                SET status = 'failed', finished_at = ?1, owner = NULL, error_kind = 'interrupted',
+                    error = 'interrupted: the process running it stopped, and that was attempt '
+                            || attempts || ' of ' || max_attempts
+              WHERE status = 'running' AND attempts >= max_attempts
+             RETURNING id, provider",
+        )
+        .bind(now_ms())
+        .fetch_all(&mut *tx)
+        .await
+        .op("failing interrupted executions without attempts left")?;
+        let resumed: Vec<(i64, String)> = sqlx::query_as(
+            "UPDATE executions SET status = 'pending', resume = 1, owner = NULL
+              WHERE status = 'running'
+             RETURNING id, provider",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .op("returning interrupted executions to the queue")?;
+        tx.commit().await.op("committing recovery")?;
+        let mut recovered = Recovered { resumed, failed };
+        recovered.resumed.sort();
+        recovered.failed.sort();
+        Ok(recovered)
+    }
+
+    async fn counts(&self) -> Result<BTreeMap<String, StatusCounts>, StoreError> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT provider, status, COUNT(*) FROM executions GROUP BY provider, status",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .op("counting executions")?;
+        let mut counts: BTreeMap<String, StatusCounts> = BTreeMap::new();
+        for (provider, status, n) in rows {
+            let status: Status = status
+                .parse()
+                .map_err(|e: String| StoreError::Other(format!("provider {provider}: {e}")))?;
+            counts.entry(provider).or_default().add(status, n as u64);
+        }
+        Ok(counts)
+    }
+
+    async fn set_limit(&self, provider: &str, limit: u32) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO provider_limits (provider, max_running, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (provider) DO UPDATE SET max_running = ?2, updated_at = ?3",
+        )
+        .bind(provider)
+        .bind(limit as i64)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .op("storing a limit")?;
+        Ok(())
+    }
+
+    async fn clear_limit(&self, provider: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM provider_limits WHERE provider = ?1")
+            .bind(provider)
+            .execute(&self.pool)
+            .await
+            .op("clearing a limit")?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn limits(&self) -> Result<BTreeMap<String, u32>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT provider, max_running FROM provider_limits")
+                .fetch_all(&self.pool)
+                .await
+                .op("reading limits")?;
+        Ok(rows.into_iter().map(|(p, l)| (p, l as u32)).collect())
+    }
+
+    async fn record_providers(&self, providers: &[ProviderRecord]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.op("recording providers")?;
+        sqlx::query("DELETE FROM providers")
+            .execute(&mut *tx)
+            .await
+            .op("recording providers")?;
+        let now = now_ms();
+        for p in providers {
+            sqlx::query(
+                "INSERT INTO providers (name, component, version, default_limit, description, seen_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .bind(&p.name)
+            .bind(&p.component)
+            .bind(&p.version)
+            .bind(p.default_limit as i64)
+            .bind(&p.description)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .op("recording providers")?;
+        }
+        tx.commit().await.op("recording providers")?;
+        Ok(())
+    }
+
+    async fn providers(&self) -> Result<Vec<ProviderRecord>, StoreError> {
+        let rows: Vec<(String, String, String, i64, String)> = sqlx::query_as(
+            "SELECT name, component, version, default_limit, description FROM providers ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .op("reading providers")?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(name, component, version, default_limit, description)| ProviderRecord {
+                    name,
+                    component,
+                    version,
+                    default_limit: default_limit as u32,
+                    description,
+                },
+            )
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ChatInput, ErrorKind};
+
+    async fn queue() -> (tempfile::TempDir, SqliteQueue) {
+        let dir = tempfile::tempdir().unwrap();
+        let q = SqliteQueue::open_path(&dir.path().join("q.db"))
+            .await
+            .unwrap();
+        (dir, q)
+    }
+
+    fn new(provider: &str, priority: i32) -> NewExecution {
+        NewExecution {
+            provider: provider.into(),
+            input: ChatInput::prompt("hi"),
+            priority,
+            max_attempts: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn claims_follow_priority_then_fifo_and_count_attempts() {
+        let (_dir, q) = queue().await;
+        let low = q.submit(&new("a", 0)).await.unwrap();
+        let high = q.submit(&new("a", 5)).await.unwrap();
+        let low2 = q.submit(&new("a", 0)).await.unwrap();
+        q.submit(&new("b", 9)).await.unwrap();
+        let claimed = q.claim("a", 2, "w1").await.unwrap();
+        let ids: Vec<_> = claimed.iter().map(|e| e.id).collect();
+        assert_eq!(ids, vec![high, low]);
+        assert!(
+            claimed
+                .iter()
+                .all(|e| e.attempts == 1 && e.status == Status::Running)
+        );
+        let rest = q.claim("a", 5, "w1").await.unwrap();
+        assert_eq!(rest.iter().map(|e| e.id).collect::<Vec<_>>(), vec![low2]);
+    }
+
+    #[tokio::test]
+    async fn only_the_owner_finishes_a_row() {
+        let (_dir, q) = queue().await;
+        let id = q.submit(&new("a", 0)).await.unwrap();
+        q.claim("a", 1, "w1").await.unwrap();
+        let done = Finish::Completed(serde_json::json!({"text": "x"}));
+        assert!(!q.finish(id, "w2", &done).await.unwrap());
+        assert!(q.finish(id, "w1", &done).await.unwrap());
+        assert!(!q.finish(id, "w1", &done).await.unwrap());
+        assert_eq!(q.get(id).await.unwrap().unwrap().status, Status::Completed);
+    }
+
+    #[tokio::test]
+    async fn recovery_resumes_first_or_fails_without_attempts_left() {
+        let (_dir, q) = queue().await;
+        let a = q.submit(&new("a", 0)).await.unwrap();
+        let b = q.submit(&new("a", 0)).await.unwrap();
+        q.claim("a", 1, "dead").await.unwrap();
+        let urgent = q.submit(&new("a", 100)).await.unwrap();
+        let recovered = q.recover_interrupted().await.unwrap();
+        assert_eq!(recovered.resumed, vec![(a, "a".to_string())]);
+        let next = q.claim("a", 1, "w").await.unwrap();
+        assert_eq!(
+            next[0].id, a,
+            "the interrupted row goes before priority 100"
+        );
+        assert_eq!(next[0].attempts, 2);
+        // The second interruption exhausts max_attempts = 2.
+        let recovered = q.recover_interrupted().await.unwrap();
+        assert_eq!(recovered.failed, vec![(a, "a".to_string())]);
+        let row = q.get(a).await.unwrap().unwrap();
+        assert_eq!(row.status, Status::Failed);
+        assert_eq!(
+            row.error_kind.as_deref(),
+            Some(ErrorKind::Interrupted.as_str())
+        );
+        let next = q.claim("a", 5, "w").await.unwrap();
+        assert_eq!(
+            next.iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![urgent, b]
+        );
+    }
+
+    #[tokio::test]
+    async fn retry_waits_for_not_before_and_requeue_gives_the_attempt_back() {
+        let (_dir, q) = queue().await;
+        let id = q.submit(&new("a", 0)).await.unwrap();
+        q.claim("a", 1, "w").await.unwrap();
+        let later = now_ms() + 60_000;
+        let retry = Finish::Retry {
+            error: "busy".into(),
+            kind: ErrorKind::Unavailable,
+            not_before: later,
+        };
+        assert!(q.finish(id, "w", &retry).await.unwrap());
+        assert!(q.claim("a", 1, "w").await.unwrap().is_empty());
+        assert_eq!(q.next_due("a").await.unwrap(), Some(later));
+        sqlx::query("UPDATE executions SET not_before = 0")
+            .execute(q.pool())
+            .await
+            .unwrap();
+        let again = q.claim("a", 1, "w").await.unwrap();
+        assert_eq!(again[0].attempts, 2);
+        assert_eq!(again[0].error.as_deref(), Some("busy"));
+        assert!(q.finish(id, "w", &Finish::Requeue).await.unwrap());
+        let row = q.get(id).await.unwrap().unwrap();
+        assert_eq!(
+            (row.status, row.attempts, row.resume),
+            (Status::Pending, 1, true)
+        );
+    }
+
+    #[tokio::test]
+    async fn limits_and_counts() {
+        let (_dir, q) = queue().await;
+        q.set_limit("a", 3).await.unwrap();
+        q.set_limit("a", 4).await.unwrap();
+        assert_eq!(q.limits().await.unwrap()["a"], 4);
+        assert!(q.clear_limit("a").await.unwrap());
+        assert!(q.limits().await.unwrap().is_empty());
+        q.submit(&new("a", 0)).await.unwrap();
+        q.submit(&new("a", 0)).await.unwrap();
+        q.claim("a", 1, "w").await.unwrap();
+        let counts = q.counts().await.unwrap();
+        assert_eq!((counts["a"].pending, counts["a"].running), (1, 1));
+    }
+}

@@ -1,0 +1,192 @@
+//! A provider component whose behaviour the request drives: the tests, the benchmarks and
+//! `lanes demo` use it in place of a real LLM API.
+//!
+//! Behaviour comes from the request's `extra` JSON object, with defaults from this provider's
+//! config values (so one `stub.wasm` loaded under several names can act as several providers):
+//!
+//! | key | effect |
+//! |---|---|
+//! | `sleep_ms` (config `latency_ms`) | sleep this long before answering |
+//! | `jitter_ms` (config `jitter_ms`) | add a pseudo-random 0..=N ms to the sleep |
+//! | `error` (config `error`) | fail with `rate-limited`, `unavailable`, `invalid-request`, `unauthorized` or `other` |
+//! | `fail_rate` (config `fail_rate`) | fail with `unavailable` on this fraction (0.0-1.0) of calls |
+//! | `fail_until_ms` | fail with `error` (default `unavailable`) until the wall clock passes this Unix time in ms |
+//! | `retry_after_ms` | the retry-after that a `rate-limited` error carries |
+//! | `trap` / `panic` | trap with `unreachable`, or panic (which also traps) |
+//! | `loop` | spin forever |
+//! | `alloc_mb` | allocate this many MiB, 1 MiB at a time; `-1` allocates without bound |
+//! | `output_bytes` | answer with a text of this many bytes |
+//! | `text` | answer with this text |
+//!
+//! Config `default_limit` sets the limit that `info()` declares (default 4).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+wit_bindgen::generate!({
+    world: "provider",
+    path: "../../wit",
+});
+
+use exports::lanes::provider::adapter::Guest;
+use lanes::provider::types::{
+    ChatRequest, ChatResponse, FinishReason, ProviderError, ProviderInfo, RateLimit, Usage,
+};
+use lanes::provider::{config, logging};
+
+/// What the request asks the stub to do. Every field is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Behaviour {
+    sleep_ms: Option<u64>,
+    jitter_ms: Option<u64>,
+    error: Option<String>,
+    fail_rate: Option<f64>,
+    fail_until_ms: Option<u64>,
+    retry_after_ms: Option<u64>,
+    trap: bool,
+    panic: bool,
+    #[serde(rename = "loop")]
+    spin: bool,
+    alloc_mb: Option<i64>,
+    output_bytes: Option<usize>,
+    text: Option<String>,
+}
+
+struct Stub;
+
+fn config_u64(key: &str) -> Option<u64> {
+    config::get(key).and_then(|v| v.trim().parse().ok())
+}
+
+/// A cheap pseudo-random number from the clock: good enough for latency jitter and fail rates.
+fn pseudo_random() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64;
+    // splitmix64
+    let mut z = now.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn error_of(kind: &str, retry_after_ms: Option<u64>) -> ProviderError {
+    let message = format!("stub asked to fail with {kind}");
+    match kind {
+        "rate-limited" => ProviderError::RateLimited(RateLimit {
+            retry_after_ms,
+            message,
+        }),
+        "unavailable" => ProviderError::Unavailable(message),
+        "invalid-request" => ProviderError::InvalidRequest(message),
+        "unauthorized" => ProviderError::Unauthorized(message),
+        _ => ProviderError::Other(message),
+    }
+}
+
+impl Guest for Stub {
+    fn info() -> ProviderInfo {
+        ProviderInfo {
+            name: "stub".to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            default_limit: config_u64("default_limit").map_or(4, |v| v as u32),
+            description: "Test provider: the request drives latency, errors, traps and memory"
+                .to_string(),
+        }
+    }
+
+    fn execute(request: ChatRequest) -> Result<ChatResponse, ProviderError> {
+        let behaviour: Behaviour = match request.extra.as_deref() {
+            Some(json) => serde_json::from_str(json)
+                .map_err(|e| ProviderError::InvalidRequest(format!("stub: bad extra: {e}")))?,
+            None => Behaviour::default(),
+        };
+
+        let sleep_ms = behaviour.sleep_ms.or_else(|| config_u64("latency_ms"));
+        let jitter_ms = behaviour.jitter_ms.or_else(|| config_u64("jitter_ms"));
+        let total_sleep = sleep_ms.unwrap_or(0)
+            + jitter_ms.map_or(0, |j| if j == 0 { 0 } else { pseudo_random() % (j + 1) });
+        if total_sleep > 0 {
+            std::thread::sleep(Duration::from_millis(total_sleep));
+        }
+
+        if behaviour.trap {
+            logging::log(logging::Level::Warn, "stub: trapping as asked");
+            #[cfg(target_arch = "wasm32")]
+            core::arch::wasm32::unreachable();
+        }
+        if behaviour.panic {
+            panic!("stub: panicking as asked");
+        }
+        if behaviour.spin {
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        if let Some(mb) = behaviour.alloc_mb {
+            let mut held: Vec<Vec<u8>> = Vec::new();
+            let mut i: i64 = 0;
+            while mb < 0 || i < mb {
+                held.push(vec![0xA5; 1 << 20]);
+                i += 1;
+            }
+            std::hint::black_box(&held);
+        }
+
+        let error = behaviour.error.clone().or_else(|| config::get("error"));
+        if let Some(until) = behaviour.fail_until_ms {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64;
+            if now < until {
+                return Err(error_of(
+                    error.as_deref().unwrap_or("unavailable"),
+                    behaviour.retry_after_ms,
+                ));
+            }
+        } else if let Some(kind) = error {
+            return Err(error_of(&kind, behaviour.retry_after_ms));
+        }
+        let fail_rate = behaviour
+            .fail_rate
+            .or_else(|| config::get("fail_rate").and_then(|v| v.parse().ok()));
+        if let Some(rate) = fail_rate
+            && (pseudo_random() % 10_000) as f64 / 10_000.0 < rate
+        {
+            return Err(error_of("unavailable", None));
+        }
+
+        let text = match (behaviour.output_bytes, behaviour.text) {
+            (Some(n), _) => "x".repeat(n),
+            (None, Some(text)) => text,
+            (None, None) => {
+                let last = request.messages.last().map_or("", |m| m.content.as_str());
+                format!("stub reply to: {last}")
+            }
+        };
+        let input_tokens: usize = request
+            .messages
+            .iter()
+            .map(|m| m.content.split_whitespace().count())
+            .sum();
+        Ok(ChatResponse {
+            text: text.clone(),
+            model: request
+                .model
+                .or_else(|| config::get("model"))
+                .unwrap_or_else(|| "stub-1".to_string()),
+            usage: Usage {
+                input_tokens: input_tokens as u32,
+                output_tokens: text.split_whitespace().count() as u32,
+            },
+            finish_reason: FinishReason::Stop,
+        })
+    }
+}
+
+export!(Stub);
