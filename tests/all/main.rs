@@ -1,1 +1,11 @@
-fn main() {}
+//! The one integration test binary: a module per area. Every test uses real components built
+//! from `plugins/` and its own SQLite file.
+
+mod bad_input;
+mod crash;
+mod isolation;
+mod limits;
+mod live_limits;
+mod priority;
+mod retries;
+mod support;

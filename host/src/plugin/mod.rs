@@ -399,15 +399,22 @@ impl Provider {
 
 /// A trap's message, with the last line the guest wrote to stderr (a panic message).
 fn trap_message(e: &wasmtime::Error, stderr: &wasmtime_wasi::p2::pipe::MemoryOutputPipe) -> String {
-    let mut message = format!("{e:#}");
-    // Backtraces make one-line errors unreadable; the first line says what happened.
-    if let Some(first) = message.lines().next() {
-        message = first.to_string();
-    }
+    // The outer layers are a wasm backtrace; the root cause says what happened (a trap code,
+    // or the CPU or memory limit that stopped the guest).
+    let mut message = e.root_cause().to_string();
     let captured = stderr.contents();
     let text = String::from_utf8_lossy(&captured);
-    if let Some(last) = text.lines().rev().find(|l| !l.trim().is_empty()) {
-        message.push_str(&format!(" (guest stderr: {})", last.trim()));
+    // A Rust panic prints "thread ... panicked at FILE:LINE:" and the message on the next
+    // line, then a note about RUST_BACKTRACE that explains nothing here.
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
+        .collect();
+    if !lines.is_empty() {
+        let tail = lines[lines.len().saturating_sub(2)..].join(" ");
+        let tail: String = tail.chars().take(500).collect();
+        message.push_str(&format!(" (guest stderr: {tail})"));
     }
     message
 }

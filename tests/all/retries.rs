@@ -1,0 +1,130 @@
+//! The error class decides: retryable errors back off (or honor retry-after), permanent ones
+//! fail at once, and `max_attempts` caps the attempts.
+
+use std::time::Duration;
+
+use lanes::model::{ChatInput, NewExecution, Status, now_ms};
+
+use crate::support::*;
+
+fn env() -> TestEnv {
+    let mut env = TestEnv::new();
+    env.stub("flaky", Some(4), &[]);
+    env.config.retry.base_ms = 100;
+    env.config.retry.max_ms = 1000;
+    env
+}
+
+fn with_attempts(extra: serde_json::Value, max_attempts: i32) -> NewExecution {
+    NewExecution {
+        provider: "flaky".into(),
+        input: ChatInput::prompt("x").with_extra(extra),
+        priority: 0,
+        max_attempts,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retryable_errors_back_off_until_max_attempts() {
+    let env = env();
+    let (daemon, queue) = env.start().await;
+    let id = daemon
+        .submit(&with_attempts(
+            serde_json::json!({"error": "unavailable"}),
+            4,
+        ))
+        .await
+        .unwrap();
+    let rows = wait_terminal(queue.as_ref(), Some("flaky"), Duration::from_secs(30)).await;
+    let e = rows.iter().find(|e| e.id == id).unwrap();
+    assert_eq!(e.status, Status::Failed);
+    assert_eq!(e.attempts, 4, "max_attempts caps the attempts");
+    assert_eq!(e.error_kind.as_deref(), Some("unavailable"));
+    assert!(
+        e.error
+            .as_deref()
+            .unwrap()
+            .contains("unavailable: stub asked to fail")
+    );
+    // Backoffs of 100, 200 and 400 ms nominal, jittered within their upper half.
+    let spent = e.finished_at.unwrap() - e.created_at;
+    println!("4 attempts with backoff took {spent} ms (at least 350 expected)");
+    assert!(spent >= 350, "backoff too short: {spent} ms");
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_then_success() {
+    let env = env();
+    let (daemon, queue) = env.start().await;
+    let until = now_ms() + 250;
+    let id = daemon
+        .submit(&with_attempts(
+            serde_json::json!({"fail_until_ms": until}),
+            10,
+        ))
+        .await
+        .unwrap();
+    wait_terminal(queue.as_ref(), Some("flaky"), Duration::from_secs(30)).await;
+    let e = queue.get(id).await.unwrap().unwrap();
+    assert_eq!(e.status, Status::Completed);
+    assert!(e.attempts >= 2, "attempts {}", e.attempts);
+    assert!(
+        e.error.is_some(),
+        "the last transient error is kept for the record"
+    );
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honored() {
+    let env = env();
+    let (daemon, queue) = env.start().await;
+    let until = now_ms() + 300;
+    let id = daemon
+        .submit(&with_attempts(
+            serde_json::json!({"fail_until_ms": until, "error": "rate-limited", "retry_after_ms": 1200}),
+            3,
+        ))
+        .await
+        .unwrap();
+    wait_terminal(queue.as_ref(), Some("flaky"), Duration::from_secs(30)).await;
+    let e = queue.get(id).await.unwrap().unwrap();
+    assert_eq!((e.status, e.attempts), (Status::Completed, 2));
+    let waited = e.started_at.unwrap() - e.created_at;
+    println!("second attempt started {waited} ms after submission (retry-after 1200 ms)");
+    assert!(waited >= 1200, "retry-after not honored: {waited} ms");
+    assert!(waited < 5000, "retry-after overshot: {waited} ms");
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_errors_are_not_retried() {
+    let env = env();
+    let (daemon, queue) = env.start().await;
+    let mut ids = Vec::new();
+    for kind in ["invalid-request", "unauthorized", "other"] {
+        let id = daemon
+            .submit(&with_attempts(serde_json::json!({"error": kind}), 5))
+            .await
+            .unwrap();
+        ids.push((id, kind.replace('-', "_")));
+    }
+    // One attempt only: a retryable error with max_attempts 1 fails at once too.
+    let single = daemon
+        .submit(&with_attempts(
+            serde_json::json!({"error": "unavailable"}),
+            1,
+        ))
+        .await
+        .unwrap();
+    ids.push((single, "unavailable".into()));
+    wait_terminal(queue.as_ref(), Some("flaky"), Duration::from_secs(30)).await;
+    for (id, kind) in ids {
+        let e = queue.get(id).await.unwrap().unwrap();
+        assert_eq!(e.status, Status::Failed, "{kind}");
+        assert_eq!(e.attempts, 1, "{kind} must not be retried");
+        assert_eq!(e.error_kind.as_deref(), Some(kind.as_str()));
+    }
+    daemon.shutdown(Duration::from_secs(5)).await;
+}

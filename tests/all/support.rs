@@ -1,0 +1,240 @@
+//! Shared test harness: real components built from `plugins/`, a real SQLite file per test.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+pub use lanes::Queue;
+use lanes::config::{ConfigValue, ProviderConfig};
+use lanes::model::{ChatInput, Execution, NewExecution, Status};
+use lanes::{Config, Daemon, SqliteQueue};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host/ has a parent")
+        .to_path_buf()
+}
+
+/// The folder of built provider components. `scripts/test` builds them once per run and
+/// sets `LANES_TEST_PLUGINS`; without it, the first test of each process runs the build
+/// (a no-op when nothing changed).
+pub fn plugins_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("LANES_TEST_PLUGINS") {
+            return PathBuf::from(dir);
+        }
+        let root = repo_root();
+        let status = Command::new("bash")
+            .arg(root.join("scripts/build-plugins"))
+            .status()
+            .expect("running scripts/build-plugins");
+        assert!(status.success(), "scripts/build-plugins failed");
+        root.join("target/plugins")
+    })
+}
+
+/// A built component file.
+pub fn component(name: &str) -> PathBuf {
+    let path = plugins_dir().join(name);
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
+}
+
+/// A built test fixture (a component that is not a provider).
+pub fn fixture(name: &str) -> PathBuf {
+    plugins_dir(); // builds fixtures too
+    let path = plugins_dir()
+        .parent()
+        .expect("plugins dir has a parent")
+        .join("fixtures")
+        .join(name);
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
+}
+
+/// One test's world: a temp folder with a plugins folder holding `stub.wasm`, a SQLite file
+/// and a config whose intervals suit tests.
+pub struct TestEnv {
+    pub dir: tempfile::TempDir,
+    pub config: Config,
+}
+
+impl TestEnv {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir(&plugins).unwrap();
+        std::fs::copy(component("stub.wasm"), plugins.join("stub.wasm")).unwrap();
+        let config = Config {
+            database_url: format!("sqlite://{}", dir.path().join("lanes.db").display()),
+            plugins_dir: plugins,
+            poll_interval_ms: 200,
+            limits_refresh_ms: 100,
+            plugins_rescan_ms: 200,
+            ..Config::default()
+        };
+        TestEnv { dir, config }
+    }
+
+    pub fn plugins(&self) -> &Path {
+        &self.config.plugins_dir
+    }
+
+    /// Registers `stub.wasm` under `name` with `limit` and config values.
+    pub fn stub(&mut self, name: &str, limit: Option<u32>, values: &[(&str, &str)]) -> &mut Self {
+        let config: BTreeMap<String, ConfigValue> = values
+            .iter()
+            .map(|(k, v)| (k.to_string(), ConfigValue::String(v.to_string())))
+            .collect();
+        self.config.providers.insert(
+            name.to_string(),
+            ProviderConfig {
+                component: Some("stub.wasm".into()),
+                limit,
+                config,
+            },
+        );
+        self
+    }
+
+    pub async fn queue(&self) -> Arc<SqliteQueue> {
+        Arc::new(SqliteQueue::open(&self.config.database_url).await.unwrap())
+    }
+
+    pub async fn start(&self) -> (Daemon, Arc<SqliteQueue>) {
+        let queue = self.queue().await;
+        let daemon = Daemon::start(self.config.clone(), queue.clone())
+            .await
+            .expect("daemon starts");
+        (daemon, queue)
+    }
+
+    /// Writes the config as TOML for the `lanes` binary, and returns its path.
+    pub fn write_config(&self) -> PathBuf {
+        let path = self.dir.path().join("lanes.toml");
+        std::fs::write(&path, toml::to_string(&self.config).unwrap()).unwrap();
+        path
+    }
+
+    /// Runs the `lanes` binary with this env's config.
+    pub fn lanes(&self, args: &[&str]) -> Output {
+        let config = self.write_config();
+        Command::new(env!("CARGO_BIN_EXE_lanes"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("running lanes")
+    }
+
+    /// A `lanes serve` child process with this env's config.
+    pub fn spawn_serve(&self) -> std::process::Child {
+        let config = self.write_config();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("serve.log"))
+            .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_lanes"))
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawning lanes serve")
+    }
+
+    pub fn serve_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+    }
+}
+
+/// A one-message execution for `provider` whose stub behaviour is `extra`.
+pub fn job(provider: &str, extra: serde_json::Value) -> NewExecution {
+    NewExecution {
+        provider: provider.to_string(),
+        input: ChatInput::prompt("hello").with_extra(extra),
+        priority: 0,
+        max_attempts: 3,
+    }
+}
+
+/// `n` jobs for `provider` that sleep `ms`.
+pub fn sleepers(provider: &str, n: usize, ms: u64) -> Vec<NewExecution> {
+    (0..n)
+        .map(|_| job(provider, serde_json::json!({ "sleep_ms": ms })))
+        .collect()
+}
+
+/// Waits until every execution of `provider` (or all) is terminal; panics after `timeout`.
+pub async fn wait_terminal(
+    queue: &dyn Queue,
+    provider: Option<&str>,
+    timeout: Duration,
+) -> Vec<Execution> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let rows = queue.list(provider).await.unwrap();
+        if rows.iter().all(|e| e.status.is_terminal()) {
+            return rows;
+        }
+        if Instant::now() > deadline {
+            let open: Vec<_> = rows
+                .iter()
+                .filter(|e| !e.status.is_terminal())
+                .map(|e| (e.id, e.status, e.attempts))
+                .collect();
+            panic!("not terminal after {timeout:?}: {open:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until `check` holds for the rows of `provider`.
+pub async fn wait_until(
+    queue: &dyn Queue,
+    provider: Option<&str>,
+    timeout: Duration,
+    what: &str,
+    check: impl Fn(&[Execution]) -> bool,
+) -> Vec<Execution> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let rows = queue.list(provider).await.unwrap();
+        if check(&rows) {
+            return rows;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Counts of each status.
+pub fn count(rows: &[Execution], status: Status) -> usize {
+    rows.iter().filter(|e| e.status == status).count()
+}
+
+/// How many executions overlapped the start of `e` (itself included).
+pub fn running_at_start(rows: &[Execution], start: i64) -> usize {
+    rows.iter()
+        .filter(|o| {
+            o.started_at.is_some_and(|s| s <= start) && o.finished_at.is_none_or(|f| f > start)
+        })
+        .count()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
