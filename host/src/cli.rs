@@ -134,6 +134,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
         Command::Serve => "info",
+        // The demo draws its own live view; only errors should interrupt it.
+        Command::Demo(_) => "error",
         _ => "warn",
     };
     logging::init(cli.log_format, default_filter);
