@@ -2,6 +2,7 @@
 //! from `plugins/` and its own SQLite file.
 
 mod bad_input;
+mod cli;
 mod crash;
 mod isolation;
 mod limits;

@@ -1,0 +1,88 @@
+//! The `lanes` binary: environment overrides, JSON logs, and exit codes.
+
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_env_overrides_and_wait_exit_codes() {
+    let mut env = TestEnv::new();
+    env.stub("cli", Some(2), &[]);
+    let config = env.write_config();
+    // LANES_* overrides the file: the limit of `cli` becomes 3.
+    let log_path = env.dir.path().join("json.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_lanes"))
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--log-format",
+            "json",
+            "serve",
+        ])
+        .env("LANES_PROVIDERS__CLI__LIMIT", "3")
+        .env("RUST_LOG", "info")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+
+    let ok = env.lanes(&[
+        "submit",
+        "--provider",
+        "cli",
+        "--input",
+        r#"{"prompt": "a"}"#,
+    ]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let ok_id = stdout(&ok).trim().to_string();
+    let bad = env.lanes(&[
+        "submit",
+        "--provider",
+        "cli",
+        "--max-attempts",
+        "1",
+        "--input",
+        r#"{"prompt": "b", "extra": {"error": "unauthorized"}}"#,
+    ]);
+    let bad_id = stdout(&bad).trim().to_string();
+
+    let out = env.lanes(&["wait", &ok_id, "--timeout", "20"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("stub reply to: a"));
+    let out = env.lanes(&["wait", &bad_id, "--timeout", "20"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("unauthorized"), "{}", stderr(&out));
+
+    // A pending execution of a provider without a component: wait times out with exit 2.
+    let queue = env.queue().await;
+    let ghost = queue
+        .submit(&job("ghost", serde_json::json!({})))
+        .await
+        .unwrap();
+    let out = env.lanes(&["wait", &ghost.to_string(), "--timeout", "0.3"]);
+    assert_eq!(out.status.code(), Some(2));
+
+    // JSON logs: one object a line, with the lane's decision and the overridden limit.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lines = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap();
+        if text.contains("Processing") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = serve.kill();
+    let _ = serve.wait();
+    let events: Vec<serde_json::Value> = lines
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        events.iter().any(|e| e["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("Processing ")
+                && m.contains(" pending executions for provider cli (")
+                && m.ends_with("limit: 3)"))),
+        "{lines}"
+    );
+}
