@@ -42,6 +42,7 @@ fn stub(limit: u32, latency_ms: u32) -> ProviderConfig {
         component: Some("stub.wasm".into()),
         limit: Some(limit),
         config: values,
+        ..ProviderConfig::default()
     }
 }
 

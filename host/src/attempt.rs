@@ -67,6 +67,8 @@ pub fn classify(error: &ExecError) -> (ErrorKind, Option<Duration>) {
             ProviderError::Other(_) => (ErrorKind::Other, None),
         },
         ExecError::Instantiate(_) => (ErrorKind::Instantiate, None),
+        // Every pool slot is busy: another attempt soon will find one.
+        ExecError::PoolExhausted(_) => (ErrorKind::Unavailable, None),
         ExecError::Trap(_) => (ErrorKind::Trap, None),
         ExecError::Timeout(_) => (ErrorKind::Timeout, None),
         ExecError::OutputTooLarge { .. } => (ErrorKind::OutputTooLarge, None),

@@ -127,6 +127,30 @@ pub enum PluginsAction {
         #[arg(long)]
         json: bool,
     },
+    /// Validate one component for its author: world, WIT version and `info()`, then
+    /// optionally one dry `execute`. Exits non-zero with the reason when it would not load.
+    Check(CheckArgs),
+}
+
+/// `lanes plugins check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The `.wasm` file.
+    pub file: PathBuf,
+    /// Chat input JSON (or `@FILE`) for a dry `execute`.
+    #[arg(long)]
+    pub request: Option<String>,
+    /// A config value the component sees, as `KEY=VALUE` (repeatable).
+    #[arg(long = "value", value_parser = parse_key_value)]
+    pub values: Vec<(String, String)>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
 }
 
 /// Parses arguments, runs the command and turns errors into a message and exit code.
@@ -226,6 +250,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugins {
             action: PluginsAction::List { json },
         } => plugins_list(&config, json).await?,
+        Command::Plugins {
+            action: PluginsAction::Check(args),
+        } => return plugins_check(&config, args).await,
         Command::Demo(args) => crate::demo::run(&config, args).await?,
     }
     Ok(ExitCode::SUCCESS)
@@ -430,8 +457,8 @@ async fn limits(config: &Config, action: Option<LimitsAction>, json: bool) -> an
 }
 
 async fn plugins_list(config: &Config, json: bool) -> anyhow::Result<()> {
-    let host = PluginHost::new()?;
-    let catalog = host.scan(config).await;
+    let host = PluginHost::new(config)?;
+    let catalog = host.scan(config, None).await;
     if json {
         let providers: Vec<_> = catalog
             .providers
@@ -462,9 +489,13 @@ async fn plugins_list(config: &Config, json: bool) -> anyhow::Result<()> {
     }
     for f in &catalog.files {
         match (&f.info, &f.reason) {
-            (Some(info), _) => println!(
+            (Some(info), None) => println!(
                 "  {:<20} loaded    {} {} (default limit {}): {}",
                 f.file, info.name, info.version, info.default_limit, info.description
+            ),
+            (Some(info), Some(reason)) => println!(
+                "  {:<20} rejected  {reason}; its previous version ({} {}) keeps serving",
+                f.file, info.name, info.version
             ),
             (None, reason) => println!(
                 "  {:<20} rejected  {}",
@@ -487,4 +518,65 @@ async fn plugins_list(config: &Config, json: bool) -> anyhow::Result<()> {
         println!("  {provider:<20} rejected  {reason}");
     }
     Ok(())
+}
+
+async fn plugins_check(config: &Config, args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let host = PluginHost::new(config)?;
+    let component = match host.load(&args.file).await {
+        Ok(component) => Arc::new(component),
+        Err(e) => {
+            if args.json {
+                print_json(&serde_json::json!({ "loadable": false, "reason": e.to_string() }))?;
+            }
+            eprintln!("not loadable: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let info = component.info.clone();
+    let mut report = serde_json::json!({ "loadable": true, "info": info });
+    if !args.json {
+        println!(
+            "{}: loadable: provider `{}` {} (default limit {}): {}",
+            component.file, info.name, info.version, info.default_limit, info.description
+        );
+    }
+    let Some(request) = args.request else {
+        if args.json {
+            print_json(&report)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let input = ChatInput::parse(&read_input(&request)?)?;
+    let mut config = config.clone();
+    let values = args
+        .values
+        .into_iter()
+        .map(|(k, v)| (k, crate::config::ConfigValue::String(v)))
+        .collect();
+    let entry = config.providers.entry(info.name.clone()).or_default();
+    entry.config = values;
+    let provider = host.bind(&config, &info.name, component).await?;
+    let outcome = provider.execute(crate::attempt::to_request(&input)).await;
+    let code = match outcome {
+        Ok(response) => {
+            let output = crate::attempt::to_output(response);
+            if !args.json {
+                println!("execute: ok: {}", serde_json::to_string(&output)?);
+            }
+            report["execute"] = serde_json::json!({ "ok": output });
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let (kind, _) = crate::attempt::classify(&e);
+            if !args.json {
+                eprintln!("execute: {kind}: {e}");
+            }
+            report["execute"] = serde_json::json!({ "error": e.to_string(), "kind": kind });
+            ExitCode::FAILURE
+        }
+    };
+    if args.json {
+        print_json(&report)?;
+    }
+    Ok(code)
 }

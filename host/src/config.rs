@@ -53,7 +53,10 @@ pub struct Config {
     /// How often the daemon looks for new components in `plugins_dir`.
     pub plugins_rescan_ms: u64,
     pub retry: RetryConfig,
+    /// Default limits of every component instance; `[providers.NAME.sandbox]` overrides them.
     pub sandbox: SandboxConfig,
+    pub engine: EngineConfig,
+    pub cache: CacheConfig,
     /// Providers by name: extra names for a component, limits and config values.
     pub providers: BTreeMap<String, ProviderConfig>,
 }
@@ -71,6 +74,8 @@ impl Default for Config {
             plugins_rescan_ms: 2000,
             retry: RetryConfig::default(),
             sandbox: SandboxConfig::default(),
+            engine: EngineConfig::default(),
+            cache: CacheConfig::default(),
             providers: BTreeMap::new(),
         }
     }
@@ -122,6 +127,80 @@ impl SandboxConfig {
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
     }
+
+    /// These limits with a provider's overrides applied.
+    pub fn with(&self, o: &SandboxOverride) -> SandboxConfig {
+        SandboxConfig {
+            timeout_ms: o.timeout_ms.unwrap_or(self.timeout_ms),
+            cpu_ms: o.cpu_ms.unwrap_or(self.cpu_ms),
+            memory_mb: o.memory_mb.unwrap_or(self.memory_mb),
+            max_output_bytes: o.max_output_bytes.unwrap_or(self.max_output_bytes),
+        }
+    }
+}
+
+/// `[providers.NAME.sandbox]`: any of the `[sandbox]` limits, for one provider.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SandboxOverride {
+    pub timeout_ms: Option<u64>,
+    pub cpu_ms: Option<u64>,
+    pub memory_mb: Option<u64>,
+    pub max_output_bytes: Option<u64>,
+}
+
+/// The wasm engine's instance pool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// Pre-allocate instance slots (the pooling allocator): fast instantiation, bounded use.
+    pub pooling: bool,
+    /// Component instances that may exist at once, across every provider. Executions beyond
+    /// it wait and retry.
+    pub max_instances: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            pooling: true,
+            max_instances: 256,
+        }
+    }
+}
+
+/// The on-disk cache of compiled components.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    pub enabled: bool,
+    /// Default: `$XDG_CACHE_HOME/lanes`, else `$HOME/.cache/lanes`, else `.lanes-cache`.
+    pub dir: Option<PathBuf>,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            dir: None,
+        }
+    }
+}
+
+impl CacheConfig {
+    /// The cache folder, or `None` when the cache is off.
+    pub fn resolved_dir(&self) -> Option<PathBuf> {
+        if !self.enabled {
+            return None;
+        }
+        if let Some(dir) = &self.dir {
+            return Some(dir.clone());
+        }
+        let base = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")));
+        Some(base.map_or_else(|| PathBuf::from(".lanes-cache"), |b| b.join("lanes")))
+    }
 }
 
 /// `[providers.NAME]`.
@@ -135,6 +214,12 @@ pub struct ProviderConfig {
     pub limit: Option<u32>,
     /// Values the component reads through the `config` import.
     pub config: BTreeMap<String, ConfigValue>,
+    /// The environment variable holding this provider's API key (the `api-key` secret).
+    pub api_key_env: Option<String>,
+    /// A file holding this provider's API key, read when the component loads.
+    pub api_key_file: Option<PathBuf>,
+    /// Overrides of the `[sandbox]` limits for this provider.
+    pub sandbox: SandboxOverride,
 }
 
 /// A config value: TOML strings, numbers and booleans all reach the component as text.
@@ -181,6 +266,8 @@ const KEYS: &[&str] = &[
     "plugins_rescan_ms",
     "retry",
     "sandbox",
+    "engine",
+    "cache",
     "providers",
 ];
 
@@ -247,12 +334,35 @@ impl Config {
                 return Err(invalid(field, "must be at least 1"));
             }
         }
+        if self.engine.max_instances == 0 {
+            return Err(invalid("engine.max_instances", "must be at least 1"));
+        }
         for (name, provider) in &self.providers {
             validate_provider_name(name).map_err(|e| invalid(format!("providers.{name}"), e))?;
             if provider.limit == Some(0) {
                 return Err(invalid(
                     format!("providers.{name}.limit"),
                     "must be at least 1 (a limit of 0 would never run anything)",
+                ));
+            }
+            let sandbox = &provider.sandbox;
+            for (field, value) in [
+                ("timeout_ms", sandbox.timeout_ms),
+                ("cpu_ms", sandbox.cpu_ms),
+                ("memory_mb", sandbox.memory_mb),
+                ("max_output_bytes", sandbox.max_output_bytes),
+            ] {
+                if value == Some(0) {
+                    return Err(invalid(
+                        format!("providers.{name}.sandbox.{field}"),
+                        "must be at least 1",
+                    ));
+                }
+            }
+            if provider.api_key_env.is_some() && provider.api_key_file.is_some() {
+                return Err(invalid(
+                    format!("providers.{name}"),
+                    "set api_key_env or api_key_file, not both",
                 ));
             }
             if let Some(component) = &provider.component
@@ -273,6 +383,22 @@ impl Config {
         let rest = rest.strip_prefix("//").unwrap_or(rest);
         let path = rest.split('?').next().unwrap_or(rest);
         (!path.is_empty() && path != ":memory:").then(|| PathBuf::from(path))
+    }
+
+    /// The sandbox limits of provider `name`.
+    pub fn sandbox_for(&self, name: &str) -> SandboxConfig {
+        match self.providers.get(name) {
+            Some(p) => self.sandbox.with(&p.sandbox),
+            None => self.sandbox.clone(),
+        }
+    }
+
+    /// The largest memory cap of any provider: the size of an instance pool slot.
+    pub fn max_memory_mb(&self) -> u64 {
+        self.providers
+            .values()
+            .filter_map(|p| p.sandbox.memory_mb)
+            .fold(self.sandbox.memory_mb, u64::max)
     }
 
     pub fn poll_interval(&self) -> Duration {

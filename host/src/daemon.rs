@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::lane::{Lane, Slot};
 use crate::limits::LimitView;
 use crate::model::{ChatInput, ErrorKind, Execution, ExecutionId, NewExecution, now_ms};
-use crate::plugin::{Catalog, PluginHost, Provider};
+use crate::plugin::{Catalog, PluginHost, Provider, wasm_files};
 use crate::retry::{Decision, RetryPolicy};
 use crate::store::{Finish, ProviderRecord, Queue, StoreError};
 
@@ -47,6 +47,8 @@ struct Inner {
     owner: String,
     retry: RetryPolicy,
     lanes: RwLock<BTreeMap<String, Arc<Lane>>>,
+    /// The last scan of the plugins folder; a rescan reuses what did not change.
+    catalog: tokio::sync::Mutex<Catalog>,
     /// Stops the lanes from claiming.
     stop_claiming: CancellationToken,
     /// Takes running executions away (they return to pending) once the grace period is over.
@@ -92,7 +94,8 @@ impl Daemon {
     /// Loads the plugins, recovers interrupted executions and starts every lane.
     pub async fn start(config: Config, queue: Arc<dyn Queue>) -> Result<Daemon, DaemonError> {
         let lock = lock_database(&config)?;
-        let plugins = PluginHost::new().map_err(|e| DaemonError::Plugins(format!("{e:#}")))?;
+        let plugins =
+            PluginHost::new(&config).map_err(|e| DaemonError::Plugins(format!("{e:#}")))?;
         let owner = format!(
             "{}:{}:{:08x}",
             hostname(),
@@ -106,6 +109,7 @@ impl Daemon {
             plugins,
             owner,
             lanes: RwLock::new(BTreeMap::new()),
+            catalog: tokio::sync::Mutex::new(Catalog::default()),
             stop_claiming: CancellationToken::new(),
             stop_running: CancellationToken::new(),
             executions: TaskTracker::new(),
@@ -120,9 +124,7 @@ impl Daemon {
             warn!("Interrupted execution {id} (provider: {provider}) had no attempts left: failed");
         }
 
-        let catalog = inner.plugins.scan(&inner.config).await;
-        let runtime_limits = inner.queue.limits().await?;
-        inner.apply_catalog(catalog, &runtime_limits).await?;
+        inner.reload_plugins().await?;
         info!(
             owner = %inner.owner,
             "lanes serving {} provider(s) from {}",
@@ -182,6 +184,11 @@ impl Daemon {
             .into_iter()
             .map(|(name, lane)| (name, (lane.limit(), lane.running())))
             .collect()
+    }
+
+    /// The outcome of every file in the plugins folder, as of the last scan.
+    pub async fn plugin_files(&self) -> Vec<crate::plugin::FileReport> {
+        self.inner.catalog.lock().await.files.clone()
     }
 
     /// Stops claiming, lets running executions finish within `grace`, and returns the rest
@@ -273,9 +280,19 @@ impl Inner {
 
     /// Serves each lane from the catalog's component, creating lanes for new providers and
     /// idling lanes whose component is gone.
+    /// Rescans the plugins folder and applies the result to the lanes.
+    async fn reload_plugins(self: &Arc<Self>) -> Result<(), StoreError> {
+        let mut catalog = self.catalog.lock().await;
+        let fresh = self.plugins.scan(&self.config, Some(&catalog)).await;
+        let runtime = self.queue.limits().await?;
+        self.apply_catalog(&fresh, &runtime).await?;
+        *catalog = fresh;
+        Ok(())
+    }
+
     async fn apply_catalog(
         self: &Arc<Self>,
-        catalog: Catalog,
+        catalog: &Catalog,
         runtime: &BTreeMap<String, u32>,
     ) -> Result<(), StoreError> {
         let records: Vec<ProviderRecord> = catalog
@@ -550,54 +567,62 @@ impl Inner {
         }
     }
 
-    /// Reloads the plugins folder when its files change and have stopped changing (a file
-    /// still being copied is not loaded until it is complete).
+    /// Reloads the plugins folder when its files change and have stopped changing, so a
+    /// file still being copied is not loaded until it is complete. File events wake it at
+    /// once; `plugins_rescan_ms` is the fallback where events do not arrive.
     async fn rescan_loop(self: Arc<Self>) {
         let every = Duration::from_millis(self.config.plugins_rescan_ms);
-        let mut seen = fingerprint(&self.config.plugins_dir);
-        let mut changed: Option<BTreeSet<(String, u64, SystemTime)>> = None;
+        let events = Arc::new(tokio::sync::Notify::new());
+        let _watcher = watch(&self.config.plugins_dir, events.clone());
+        let mut seen = wasm_files(&self.config.plugins_dir);
         loop {
             tokio::select! {
+                _ = events.notified() => {}
                 _ = tokio::time::sleep(every) => {}
                 _ = self.stop_claiming.cancelled() => return,
             }
-            let now = fingerprint(&self.config.plugins_dir);
+            let mut now = wasm_files(&self.config.plugins_dir);
             if now == seen {
-                changed = None;
                 continue;
             }
-            // Load only once two looks in a row agree.
-            if changed.as_ref() != Some(&now) {
-                changed = Some(now);
-                continue;
+            // Load only once two looks `SETTLE` apart agree.
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(SETTLE) => {}
+                    _ = self.stop_claiming.cancelled() => return,
+                }
+                let again = wasm_files(&self.config.plugins_dir);
+                if again == now {
+                    break;
+                }
+                now = again;
             }
             info!("plugins folder changed: reloading");
-            let catalog = self.plugins.scan(&self.config).await;
-            let runtime = self.queue.limits().await.unwrap_or_default();
-            if let Err(e) = self.apply_catalog(catalog, &runtime).await {
+            if let Err(e) = self.reload_plugins().await {
                 error!("applying reloaded plugins: {e}");
             }
             seen = now;
-            changed = None;
         }
     }
 }
 
-/// The `(name, size, mtime)` of every `.wasm` file in `dir`.
-fn fingerprint(dir: &std::path::Path) -> BTreeSet<(String, u64, SystemTime)> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return BTreeSet::new();
-    };
-    entries
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().extension().is_some_and(|x| x == "wasm"))
-        .filter_map(|e| {
-            let meta = e.metadata().ok()?;
-            Some((
-                e.file_name().to_string_lossy().into_owned(),
-                meta.len(),
-                meta.modified().ok()?,
-            ))
-        })
-        .collect()
+/// How long the plugins folder must stay unchanged before it is reloaded.
+const SETTLE: Duration = Duration::from_millis(250);
+
+/// Watches `dir` for file events; `None` (with a log line) where that is not possible.
+fn watch(
+    dir: &std::path::Path,
+    events: Arc<tokio::sync::Notify>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut watcher = notify::recommended_watcher(move |_event| events.notify_one())
+        .map_err(|e| warn!("cannot watch {}: {e}; polling only", dir.display()))
+        .ok()?;
+    match watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+        Ok(()) => Some(watcher),
+        Err(e) => {
+            warn!("cannot watch {}: {e}; polling only", dir.display());
+            None
+        }
+    }
 }

@@ -88,6 +88,7 @@ fn demo_config(base: &Config, plugins: PathBuf, db: &std::path::Path) -> Config 
                 component: Some("stub.wasm".into()),
                 limit: None,
                 config: values,
+                ..ProviderConfig::default()
             },
         );
     }

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use lanes::Queue;
-use lanes::config::{ConfigValue, ProviderConfig};
+use lanes::config::{CacheConfig, ConfigValue, ProviderConfig};
 use lanes::model::{ChatInput, Execution, NewExecution, Status};
 use lanes::{Config, Daemon, SqliteQueue};
 
@@ -76,6 +76,10 @@ impl TestEnv {
             poll_interval_ms: 200,
             limits_refresh_ms: 100,
             plugins_rescan_ms: 200,
+            cache: CacheConfig {
+                enabled: true,
+                dir: Some(repo_root().join("target/test-cache")),
+            },
             ..Config::default()
         };
         TestEnv { dir, config }
@@ -97,6 +101,7 @@ impl TestEnv {
                 component: Some("stub.wasm".into()),
                 limit,
                 config,
+                ..ProviderConfig::default()
             },
         );
         self

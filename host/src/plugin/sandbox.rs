@@ -75,6 +75,26 @@ impl ResourceLimiter for MemoryCap {
     }
 }
 
+/// What one provider's guests may read: its name (for log records), its config values and
+/// its secrets. Cheap to clone into every store.
+#[derive(Debug, Clone)]
+pub struct GuestView {
+    pub provider: Arc<str>,
+    pub config: Arc<BTreeMap<String, String>>,
+    pub secrets: Arc<BTreeMap<String, String>>,
+}
+
+impl GuestView {
+    /// A view with no values, used to ask a file's `info()` before any name is bound.
+    pub fn anonymous(label: &str) -> Self {
+        GuestView {
+            provider: Arc::from(label),
+            config: Arc::default(),
+            secrets: Arc::default(),
+        }
+    }
+}
+
 /// The data of one guest's store.
 pub struct GuestState {
     wasi: WasiCtx,
@@ -82,8 +102,7 @@ pub struct GuestState {
     memory: MemoryCap,
     cpu_ticks_left: u64,
     cpu_ticks: u64,
-    provider: Arc<str>,
-    config: Arc<BTreeMap<String, String>>,
+    view: GuestView,
 }
 
 impl WasiView for GuestState {
@@ -97,7 +116,7 @@ impl WasiView for GuestState {
 
 impl logging::Host for GuestState {
     fn log(&mut self, level: logging::Level, message: String) {
-        let provider = &*self.provider;
+        let provider = &*self.view.provider;
         match level {
             logging::Level::Trace => tracing::trace!(provider, "{message}"),
             logging::Level::Debug => tracing::debug!(provider, "{message}"),
@@ -112,7 +131,11 @@ impl types::Host for GuestState {}
 
 impl config::Host for GuestState {
     fn get(&mut self, key: String) -> Option<String> {
-        self.config.get(&key).cloned()
+        self.view.config.get(&key).cloned()
+    }
+
+    fn secret(&mut self, name: String) -> Option<String> {
+        self.view.secrets.get(&name).cloned()
     }
 }
 
@@ -126,8 +149,7 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
 /// A fresh store for one call, with the guest's stderr captured.
 pub fn new_store(
     engine: &Engine,
-    provider: Arc<str>,
-    config: Arc<BTreeMap<String, String>>,
+    view: GuestView,
     limits: &SandboxLimits,
 ) -> (Store<GuestState>, MemoryOutputPipe) {
     let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
@@ -143,8 +165,7 @@ pub fn new_store(
         },
         cpu_ticks_left: limits.cpu_ticks,
         cpu_ticks: limits.cpu_ticks,
-        provider,
-        config,
+        view,
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.memory);

@@ -18,7 +18,8 @@
 //! | `output_bytes` | answer with a text of this many bytes |
 //! | `text` | answer with this text |
 //!
-//! Config `default_limit` sets the limit that `info()` declares (default 4).
+//! Config `default_limit` sets the limit that `info()` declares (default 4), and config
+//! `info_trap` makes `info()` panic.
 
 use std::time::Duration;
 
@@ -89,6 +90,9 @@ fn error_of(kind: &str, retry_after_ms: Option<u64>) -> ProviderError {
 
 impl Guest for Stub {
     fn info() -> ProviderInfo {
+        if config::get("info_trap").is_some() {
+            panic!("stub: info() asked to trap");
+        }
         ProviderInfo {
             name: "stub".to_string(),
             version: env!("CARGO_PKG_VERSION").to_string(),

@@ -1,0 +1,219 @@
+//! The wasmtime engine (pooling allocator, epoch interruption), the linker, and loading one
+//! component file: compile (or take from the cache), check the WIT version and world, and
+//! call `info()`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::Linker;
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use super::bindings::ProviderPre;
+use super::cache::{CacheOutcome, CompileCache, sha256_hex};
+use super::provider::trap_message;
+use super::sandbox::{self, GuestState, GuestView, SandboxLimits};
+use super::{ComponentInfo, PluginError, file_name, version};
+use crate::config::Config;
+use crate::model::validate_provider_name;
+
+/// A compiled, linked and validated component file.
+pub struct LoadedComponent {
+    /// The file name inside the plugins folder, such as `stub.wasm`.
+    pub file: String,
+    pub path: PathBuf,
+    /// SHA-256 of the file's bytes.
+    pub sha256: String,
+    /// What `info()` returned with no config values.
+    pub info: ComponentInfo,
+    /// Whether the compiled code came from the cache.
+    pub cache: CacheOutcome,
+    pub(crate) pre: ProviderPre<GuestState>,
+}
+
+impl std::fmt::Debug for LoadedComponent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedComponent")
+            .field("file", &self.file)
+            .field("info", &self.info)
+            .finish()
+    }
+}
+
+/// The wasmtime engine and linker shared by every component.
+#[derive(Clone)]
+pub struct PluginHost {
+    pub(crate) engine: Engine,
+    linker: Arc<Linker<GuestState>>,
+    cache: CompileCache,
+}
+
+/// Limits of the `info()` call made when a component loads.
+fn info_limits() -> SandboxLimits {
+    SandboxLimits {
+        timeout: Duration::from_secs(5),
+        cpu_ticks: 100,
+        memory_bytes: 64 << 20,
+        max_output_bytes: 64 << 10,
+    }
+}
+
+impl PluginHost {
+    /// An engine sized by `config` (instance pool, memory slot size), a linker with WASI
+    /// and the `lanes:provider` imports, and the compile cache.
+    pub fn new(config: &Config) -> anyhow::Result<Self> {
+        let mut wasm = wasmtime::Config::new();
+        wasm.epoch_interruption(true);
+        wasm.wasm_component_model(true);
+        if config.engine.pooling {
+            let memory = usize::try_from(config.max_memory_mb().saturating_mul(1 << 20))
+                .unwrap_or(usize::MAX)
+                .max(64 << 20);
+            let instances = config.engine.max_instances;
+            let mut pool = PoolingAllocationConfig::default();
+            pool.total_component_instances(instances)
+                .total_core_instances(instances.saturating_mul(8))
+                .total_memories(instances.saturating_mul(2))
+                .total_tables(instances.saturating_mul(4))
+                .total_stacks(instances)
+                .max_memories_per_component(4)
+                .max_tables_per_component(8)
+                .max_core_instances_per_component(16)
+                .max_memory_size(memory)
+                // Keep a little of each slot's memory mapped for the next instance, so a
+                // fresh instance per execution does not pay for page faults from zero.
+                .linear_memory_keep_resident(1 << 20)
+                .table_keep_resident(64 << 10);
+            wasm.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
+        let engine =
+            Engine::new(&wasm).map_err(|e| anyhow::anyhow!("creating the wasm engine: {e:#}"))?;
+        sandbox::start_epoch_ticker(&engine);
+        let mut linker = Linker::new(&engine);
+        sandbox::add_to_linker(&mut linker)
+            .map_err(|e| anyhow::anyhow!("linking host imports: {e:#}"))?;
+        let cache = CompileCache::new(config.cache.resolved_dir(), &engine);
+        Ok(PluginHost {
+            engine,
+            linker: Arc::new(linker),
+            cache,
+        })
+    }
+
+    /// Compiles (or takes from the cache), links and validates one component file.
+    pub async fn load(&self, path: &Path) -> Result<LoadedComponent, PluginError> {
+        let file = file_name(path);
+        let bytes = tokio::fs::read(path).await.map_err(|e| PluginError::Io {
+            file: file.clone(),
+            reason: e.to_string(),
+        })?;
+        let sha256 = sha256_hex(&bytes);
+        let (engine, cache, hash) = (self.engine.clone(), self.cache.clone(), sha256.clone());
+        let corrupt = |reason: String| PluginError::Corrupt {
+            file: file.clone(),
+            reason,
+        };
+        let (component, cache) = tokio::task::spawn_blocking(move || {
+            cache.load_or_compile(&engine, &bytes, &hash)
+        })
+        .await
+        .map_err(|e| corrupt(e.to_string()))?
+        .map_err(|e| corrupt(format!("{e:#}")))?;
+
+        version::check(&component, &self.engine).map_err(|reason| PluginError::Version {
+            file: file.clone(),
+            reason,
+        })?;
+        let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld {
+            file: file.clone(),
+            reason: format!("{e:#}"),
+        };
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let pre = ProviderPre::new(instance_pre).map_err(wrong_world)?;
+        let mut loaded = LoadedComponent {
+            file: file.clone(),
+            path: path.to_owned(),
+            sha256,
+            info: ComponentInfo {
+                name: String::new(),
+                version: String::new(),
+                default_limit: 0,
+                description: String::new(),
+            },
+            cache,
+            pre,
+        };
+        loaded.info = self.info(&loaded, GuestView::anonymous(&file)).await?;
+        Ok(loaded)
+    }
+
+    /// Calls `info()` as provider `view` sees it, and checks the answer.
+    pub(crate) async fn info(
+        &self,
+        component: &LoadedComponent,
+        view: GuestView,
+    ) -> Result<ComponentInfo, PluginError> {
+        let limits = info_limits();
+        let (mut store, stderr) = sandbox::new_store(&self.engine, view, &limits);
+        let call = async {
+            let instance = component.pre.instantiate_async(&mut store).await?;
+            instance.lanes_provider_adapter().call_info(&mut store).await
+        };
+        let info = match tokio::time::timeout(limits.timeout, call).await {
+            Err(_) => Err(format!("did not return within {:?}", limits.timeout)),
+            Ok(Err(e)) => Err(trap_message(&e, &stderr)),
+            Ok(Ok(info)) => Ok(info),
+        }
+        .map_err(|reason| PluginError::Info {
+            file: component.file.clone(),
+            reason,
+        })?;
+        let bad = |reason: String| PluginError::BadInfo {
+            file: component.file.clone(),
+            reason,
+        };
+        validate_provider_name(&info.name).map_err(bad)?;
+        if info.default_limit == 0 {
+            return Err(bad(format!(
+                "provider `{}` declares a default limit of 0; it must be at least 1",
+                info.name
+            )));
+        }
+        Ok(ComponentInfo {
+            name: info.name,
+            version: info.version,
+            default_limit: info.default_limit,
+            description: info.description,
+        })
+    }
+}
+
+/// Reads a provider's secrets (`api-key`) from where the operator put them.
+pub(crate) fn secrets_of(
+    name: &str,
+    provider: Option<&crate::config::ProviderConfig>,
+) -> Result<BTreeMap<String, String>, PluginError> {
+    let mut secrets = BTreeMap::new();
+    let Some(p) = provider else {
+        return Ok(secrets);
+    };
+    let fail = |reason: String| PluginError::Secret {
+        name: name.to_string(),
+        reason,
+    };
+    if let Some(var) = &p.api_key_env {
+        match std::env::var(var) {
+            Ok(key) if !key.trim().is_empty() => {
+                secrets.insert("api-key".to_string(), key.trim().to_string());
+            }
+            _ => return Err(fail(format!("api_key_env: variable {var} is not set"))),
+        }
+    }
+    if let Some(path) = &p.api_key_file {
+        let key = std::fs::read_to_string(path)
+            .map_err(|e| fail(format!("api_key_file {}: {e}", path.display())))?;
+        secrets.insert("api-key".to_string(), key.trim().to_string());
+    }
+    Ok(secrets)
+}

@@ -1,0 +1,137 @@
+//! A provider: a name bound to a component with its config values, secrets and limits.
+
+use std::sync::Arc;
+
+use wasmtime::Engine;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+
+use super::bindings::{ChatRequest, ChatResponse, ProviderError};
+use super::engine::LoadedComponent;
+use super::sandbox::{self, GuestView, SandboxLimits};
+
+/// Why one attempt did not produce a response.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The component answered with an error.
+    #[error("{0}")]
+    Provider(ProviderErrorDisplay),
+    #[error("instantiate failed: {0}")]
+    Instantiate(String),
+    /// Every instance slot of the pool is in use; the attempt is retried.
+    #[error("instantiate failed: {0} (engine.max_instances)")]
+    PoolExhausted(String),
+    #[error("trapped: {0}")]
+    Trap(String),
+    #[error("timed out after {0} ms (sandbox.timeout_ms)")]
+    Timeout(u128),
+    #[error("output of {size} bytes exceeds the cap of {cap} bytes (sandbox.max_output_bytes)")]
+    OutputTooLarge { size: usize, cap: usize },
+}
+
+/// A [`ProviderError`] with a readable `Display`.
+#[derive(Debug)]
+pub struct ProviderErrorDisplay(pub ProviderError);
+
+impl std::fmt::Display for ProviderErrorDisplay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            ProviderError::RateLimited(r) => match r.retry_after_ms {
+                Some(ms) => write!(f, "rate limited (retry after {ms} ms): {}", r.message),
+                None => write!(f, "rate limited: {}", r.message),
+            },
+            ProviderError::Unavailable(m) => write!(f, "unavailable: {m}"),
+            ProviderError::InvalidRequest(m) => write!(f, "invalid request: {m}"),
+            ProviderError::Unauthorized(m) => write!(f, "unauthorized: {m}"),
+            ProviderError::Other(m) => write!(f, "error: {m}"),
+        }
+    }
+}
+
+/// A provider name bound to a component, with that provider's values and limits.
+pub struct Provider {
+    pub name: Arc<str>,
+    /// The component's `info()` limit under this provider's config values.
+    pub default_limit: u32,
+    pub component: Arc<LoadedComponent>,
+    pub(crate) view: GuestView,
+    pub(crate) sandbox: SandboxLimits,
+    pub(crate) engine: Engine,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider")
+            .field("name", &self.name)
+            .field("component", &self.component.file)
+            .finish()
+    }
+}
+
+impl Provider {
+    /// How errors about this provider name it: "provider `fast` (stub.wasm 0.1.0)".
+    pub fn label(&self) -> String {
+        format!(
+            "provider `{}` ({} {})",
+            self.name, self.component.file, self.component.info.version
+        )
+    }
+
+    /// Runs one attempt in a fresh instance, under the sandbox limits. The store, and with
+    /// it the instance, is dropped afterwards whatever happened: a trapped instance is never
+    /// entered again.
+    pub async fn execute(&self, request: ChatRequest) -> Result<ChatResponse, ExecError> {
+        let (mut store, stderr) = sandbox::new_store(&self.engine, self.view.clone(), &self.sandbox);
+        let call = async {
+            let instance = self
+                .component
+                .pre
+                .instantiate_async(&mut store)
+                .await
+                .map_err(|e| {
+                    if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
+                        ExecError::PoolExhausted(format!("{e:#}"))
+                    } else {
+                        ExecError::Instantiate(trap_message(&e, &stderr))
+                    }
+                })?;
+            instance
+                .lanes_provider_adapter()
+                .call_execute(&mut store, &request)
+                .await
+                .map_err(|e| ExecError::Trap(trap_message(&e, &stderr)))
+        };
+        let response = match tokio::time::timeout(self.sandbox.timeout, call).await {
+            Err(_) => return Err(ExecError::Timeout(self.sandbox.timeout.as_millis())),
+            Ok(result) => result?.map_err(|e| ExecError::Provider(ProviderErrorDisplay(e)))?,
+        };
+        if response.text.len() > self.sandbox.max_output_bytes {
+            return Err(ExecError::OutputTooLarge {
+                size: response.text.len(),
+                cap: self.sandbox.max_output_bytes,
+            });
+        }
+        Ok(response)
+    }
+}
+
+/// A trap's message, with the end of what the guest wrote to stderr (a panic message).
+pub(crate) fn trap_message(e: &wasmtime::Error, stderr: &MemoryOutputPipe) -> String {
+    // The outer layers are a wasm backtrace; the root cause says what happened (a trap code,
+    // or the CPU or memory limit that stopped the guest).
+    let mut message = e.root_cause().to_string();
+    let captured = stderr.contents();
+    let text = String::from_utf8_lossy(&captured);
+    // A Rust panic prints "thread ... panicked at FILE:LINE:" and the message on the next
+    // line, then a note about RUST_BACKTRACE that explains nothing here.
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
+        .collect();
+    if !lines.is_empty() {
+        let tail = lines[lines.len().saturating_sub(2)..].join(" ");
+        let tail: String = tail.chars().take(500).collect();
+        message.push_str(&format!(" (guest stderr: {tail})"));
+    }
+    message
+}
