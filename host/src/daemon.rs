@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::lane::{Lane, Slot};
 use crate::limits::LimitView;
 use crate::model::{ChatInput, ErrorKind, Execution, ExecutionId, NewExecution, now_ms};
-use crate::plugin::{Catalog, PluginHost, Provider, wasm_files};
+use crate::plugin::{Catalog, Fingerprint, PluginHost, Provider, wasm_files};
 use crate::retry::{Decision, RetryPolicy};
 use crate::store::{Finish, ProviderRecord, Queue, StoreError};
 
@@ -124,7 +124,10 @@ impl Daemon {
             warn!("Interrupted execution {id} (provider: {provider}) had no attempts left: failed");
         }
 
-        inner.reload_plugins().await?;
+        // Watch before the first scan, so that no file dropped in meanwhile goes unnoticed.
+        let events = Arc::new(tokio::sync::Notify::new());
+        let watcher = watch(&inner.config.plugins_dir, events.clone());
+        let seen = inner.reload_plugins().await?;
         info!(
             owner = %inner.owner,
             "lanes serving {} provider(s) from {}",
@@ -139,7 +142,7 @@ impl Daemon {
         let rescan_task = inner.clone();
         inner
             .background
-            .spawn(async move { rescan_task.rescan_loop().await });
+            .spawn(async move { rescan_task.rescan_loop(seen, events, watcher).await });
         Ok(Daemon { inner, _lock: lock })
     }
 
@@ -280,14 +283,16 @@ impl Inner {
 
     /// Serves each lane from the catalog's component, creating lanes for new providers and
     /// idling lanes whose component is gone.
-    /// Rescans the plugins folder and applies the result to the lanes.
-    async fn reload_plugins(self: &Arc<Self>) -> Result<(), StoreError> {
+    /// Rescans the plugins folder and applies the result to the lanes. Returns the folder's
+    /// listing as it was before the scan: a change after that point triggers another.
+    async fn reload_plugins(self: &Arc<Self>) -> Result<Vec<(PathBuf, Fingerprint)>, StoreError> {
+        let listing = wasm_files(&self.config.plugins_dir);
         let mut catalog = self.catalog.lock().await;
         let fresh = self.plugins.scan(&self.config, Some(&catalog)).await;
         let runtime = self.queue.limits().await?;
         self.apply_catalog(&fresh, &runtime).await?;
         *catalog = fresh;
-        Ok(())
+        Ok(listing)
     }
 
     async fn apply_catalog(
@@ -570,19 +575,21 @@ impl Inner {
     /// Reloads the plugins folder when its files change and have stopped changing, so a
     /// file still being copied is not loaded until it is complete. File events wake it at
     /// once; `plugins_rescan_ms` is the fallback where events do not arrive.
-    async fn rescan_loop(self: Arc<Self>) {
+    async fn rescan_loop(
+        self: Arc<Self>,
+        mut seen: Vec<(PathBuf, Fingerprint)>,
+        events: Arc<tokio::sync::Notify>,
+        _watcher: Option<notify::RecommendedWatcher>,
+    ) {
         let every = Duration::from_millis(self.config.plugins_rescan_ms);
-        let events = Arc::new(tokio::sync::Notify::new());
-        let _watcher = watch(&self.config.plugins_dir, events.clone());
-        let mut seen = wasm_files(&self.config.plugins_dir);
         loop {
-            tokio::select! {
-                _ = events.notified() => {}
-                _ = tokio::time::sleep(every) => {}
-                _ = self.stop_claiming.cancelled() => return,
-            }
             let mut now = wasm_files(&self.config.plugins_dir);
             if now == seen {
+                tokio::select! {
+                    _ = events.notified() => {}
+                    _ = tokio::time::sleep(every) => {}
+                    _ = self.stop_claiming.cancelled() => return,
+                }
                 continue;
             }
             // Load only once two looks `SETTLE` apart agree.
@@ -598,10 +605,13 @@ impl Inner {
                 now = again;
             }
             info!("plugins folder changed: reloading");
-            if let Err(e) = self.reload_plugins().await {
-                error!("applying reloaded plugins: {e}");
+            match self.reload_plugins().await {
+                Ok(listing) => seen = listing,
+                Err(e) => {
+                    error!("applying reloaded plugins: {e}");
+                    tokio::time::sleep(every).await;
+                }
             }
-            seen = now;
         }
     }
 }

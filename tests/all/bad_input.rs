@@ -149,7 +149,9 @@ async fn bad_components_are_rejected_with_reasons_and_the_rest_serve() {
     )
     .unwrap();
     std::fs::copy(component("stub.wasm"), plugins.join("zz-stub-copy.wasm")).unwrap();
+    std::fs::copy(fixture("wit-0-2-0.wasm"), plugins.join("future.wasm")).unwrap();
     env.stub("zero", None, &[("default_limit", "0")]);
+    env.stub("trapper", None, &[("info_trap", "1")]);
     env.stub("works", Some(2), &[]);
 
     let out = env.lanes(&["plugins", "list", "--json"]);
@@ -171,14 +173,23 @@ async fn bad_components_are_rejected_with_reasons_and_the_rest_serve() {
         reason("zz-stub-copy.wasm")
             .contains("provider name `stub` is already provided by stub.wasm")
     );
-    let zero = &report["rejected"][0];
-    assert_eq!(zero["provider"], "zero");
-    assert!(
-        zero["reason"]
+    assert!(reason("future.wasm").contains("incompatible WIT version"));
+    let rejected = |name: &str| -> String {
+        report["rejected"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["provider"] == name)
+            .unwrap_or_else(|| panic!("{name} rejected"))["reason"]
             .as_str()
             .unwrap()
-            .contains("default limit of 0"),
-        "{zero}"
+            .to_string()
+    };
+    assert!(rejected("zero").contains("default limit of 0"));
+    let trapper = rejected("trapper");
+    assert!(
+        trapper.contains("info() failed") && trapper.contains("stub: info() asked to trap"),
+        "{trapper}"
     );
 
     let text = stdout(&env.lanes(&["plugins", "list"]));
@@ -190,6 +201,8 @@ async fn bad_components_are_rejected_with_reasons_and_the_rest_serve() {
     let (daemon, queue) = env.start().await;
     assert!(daemon.lanes().contains_key("works"));
     assert!(!daemon.lanes().contains_key("zero"));
+    assert!(!daemon.lanes().contains_key("trapper"));
+    assert!(!daemon.lanes().contains_key("trapper"));
     daemon.submit_many(&sleepers("works", 4, 10)).await.unwrap();
     let rows = wait_terminal(queue.as_ref(), Some("works"), Duration::from_secs(20)).await;
     assert_eq!(count(&rows, Status::Completed), 4);

@@ -57,39 +57,3 @@ async fn slow_and_trapping_providers_do_not_slow_a_third() {
     }
     daemon.shutdown(Duration::from_secs(1)).await;
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn loops_memory_bombs_and_panics_fail_one_execution_each() {
-    let mut env = TestEnv::new();
-    env.stub("bad", Some(3), &[]);
-    env.stub("good", Some(2), &[]);
-    env.config.sandbox.cpu_ms = 300;
-    env.config.sandbox.memory_mb = 64;
-    let (daemon, queue) = env.start().await;
-    let bad = vec![
-        job("bad", serde_json::json!({ "loop": true })),
-        job("bad", serde_json::json!({ "alloc_mb": -1 })),
-        job("bad", serde_json::json!({ "panic": true })),
-    ];
-    let ids = daemon.submit_many(&bad).await.unwrap();
-    daemon.submit_many(&sleepers("good", 6, 20)).await.unwrap();
-
-    let good = wait_terminal(queue.as_ref(), Some("good"), Duration::from_secs(30)).await;
-    assert_eq!(count(&good, Status::Completed), 6);
-    wait_terminal(queue.as_ref(), Some("bad"), Duration::from_secs(30)).await;
-    let expect = [
-        "CPU limit exceeded",
-        "memory limit exceeded",
-        "stub: panicking as asked",
-    ];
-    for (id, needle) in ids.into_iter().zip(expect) {
-        let e = queue.get(id).await.unwrap().unwrap();
-        assert_eq!(e.status, Status::Failed);
-        let error = e.error.unwrap();
-        assert!(
-            error.contains(needle),
-            "execution {id}: `{error}` should say `{needle}`"
-        );
-    }
-    daemon.shutdown(Duration::from_secs(1)).await;
-}

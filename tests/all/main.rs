@@ -7,6 +7,8 @@ mod crash;
 mod isolation;
 mod limits;
 mod live_limits;
+mod plugins;
 mod priority;
 mod retries;
+mod sandbox;
 mod support;

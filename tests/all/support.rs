@@ -66,6 +66,8 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub fn new() -> Self {
+        // Warnings and errors go to the test's captured output; RUST_LOG shows more.
+        lanes::logging::init(lanes::logging::LogFormat::Text, "warn");
         let dir = tempfile::tempdir().expect("temp dir");
         let plugins = dir.path().join("plugins");
         std::fs::create_dir(&plugins).unwrap();

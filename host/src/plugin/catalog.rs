@@ -136,12 +136,14 @@ impl PluginHost {
         let mut order: Vec<&String> = catalog.states.keys().collect();
         order.sort_by_key(|file| {
             let state = &catalog.states[*file];
-            let keeps = previous.and_then(|p| p.holder_name(file)).is_some_and(|held| {
-                state
-                    .component
-                    .as_ref()
-                    .is_some_and(|c| c.info.name == held)
-            });
+            let keeps = previous
+                .and_then(|p| p.holder_name(file))
+                .is_some_and(|held| {
+                    state
+                        .component
+                        .as_ref()
+                        .is_some_and(|c| c.info.name == held)
+                });
             !keeps
         });
         let mut by_name: BTreeMap<String, Arc<LoadedComponent>> = BTreeMap::new();
@@ -171,7 +173,11 @@ impl PluginHost {
                 file.clone(),
                 FileReport {
                     file: file.clone(),
-                    status: if error.is_none() { "loaded" } else { "rejected" },
+                    status: if error.is_none() {
+                        "loaded"
+                    } else {
+                        "rejected"
+                    },
                     serving_previous: error.is_some() && serving.is_some(),
                     info: serving,
                     reason: error.map(|e| e.to_string()),

@@ -114,12 +114,11 @@ impl PluginHost {
             file: file.clone(),
             reason,
         };
-        let (component, cache) = tokio::task::spawn_blocking(move || {
-            cache.load_or_compile(&engine, &bytes, &hash)
-        })
-        .await
-        .map_err(|e| corrupt(e.to_string()))?
-        .map_err(|e| corrupt(format!("{e:#}")))?;
+        let (component, cache) =
+            tokio::task::spawn_blocking(move || cache.load_or_compile(&engine, &bytes, &hash))
+                .await
+                .map_err(|e| corrupt(e.to_string()))?
+                .map_err(|e| corrupt(format!("{e:#}")))?;
 
         version::check(&component, &self.engine).map_err(|reason| PluginError::Version {
             file: file.clone(),
@@ -129,7 +128,10 @@ impl PluginHost {
             file: file.clone(),
             reason: format!("{e:#}"),
         };
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(wrong_world)?;
         let pre = ProviderPre::new(instance_pre).map_err(wrong_world)?;
         let mut loaded = LoadedComponent {
             file: file.clone(),
@@ -158,7 +160,10 @@ impl PluginHost {
         let (mut store, stderr) = sandbox::new_store(&self.engine, view, &limits);
         let call = async {
             let instance = component.pre.instantiate_async(&mut store).await?;
-            instance.lanes_provider_adapter().call_info(&mut store).await
+            instance
+                .lanes_provider_adapter()
+                .call_info(&mut store)
+                .await
         };
         let info = match tokio::time::timeout(limits.timeout, call).await {
             Err(_) => Err(format!("did not return within {:?}", limits.timeout)),

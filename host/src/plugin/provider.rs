@@ -80,7 +80,8 @@ impl Provider {
     /// it the instance, is dropped afterwards whatever happened: a trapped instance is never
     /// entered again.
     pub async fn execute(&self, request: ChatRequest) -> Result<ChatResponse, ExecError> {
-        let (mut store, stderr) = sandbox::new_store(&self.engine, self.view.clone(), &self.sandbox);
+        let (mut store, stderr) =
+            sandbox::new_store(&self.engine, self.view.clone(), &self.sandbox);
         let call = async {
             let instance = self
                 .component
@@ -88,7 +89,9 @@ impl Provider {
                 .instantiate_async(&mut store)
                 .await
                 .map_err(|e| {
-                    if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
+                    if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                        .is_some()
+                    {
                         ExecError::PoolExhausted(format!("{e:#}"))
                     } else {
                         ExecError::Instantiate(trap_message(&e, &stderr))

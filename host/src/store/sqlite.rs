@@ -42,12 +42,16 @@ impl SqliteQueue {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(true);
+        // Several processes may open a new file at once (`lanes serve` and `lanes submit`):
+        // switching to WAL and migrating must happen in one of them at a time.
+        let init_lock = init_lock(options.get_filename()).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options)
             .await
             .op("opening the database")?;
         MIGRATOR.run(&pool).await?;
+        drop(init_lock);
         Ok(SqliteQueue { pool })
     }
 
@@ -60,6 +64,29 @@ impl SqliteQueue {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+}
+
+/// Holds `<db>.init.lock` exclusively, waiting for any other process that holds it.
+async fn init_lock(db: &Path) -> Result<Option<std::fs::File>, StoreError> {
+    use fs2::FileExt;
+    if db.as_os_str().is_empty() || db == Path::new(":memory:") {
+        return Ok(None);
+    }
+    let mut path = db.as_os_str().to_owned();
+    path.push(".init.lock");
+    let path = std::path::PathBuf::from(path);
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        file.lock_exclusive()?;
+        Ok::<_, std::io::Error>(Some(file))
+    })
+    .await
+    .map_err(|e| StoreError::Other(format!("locking the database for start-up: {e}")))?
+    .map_err(|e| StoreError::Other(format!("locking the database for start-up: {e}")))
 }
 
 fn row_to_execution(row: &sqlx::sqlite::SqliteRow) -> Result<Execution, StoreError> {

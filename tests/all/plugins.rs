@@ -1,0 +1,318 @@
+//! Components while the daemon runs: hot drop-in, replacement, removal, half-copied files,
+//! validation, WIT versions, the compile cache and `lanes plugins check`.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use lanes::model::Status;
+use lanes::plugin::PluginHost;
+use lanes::plugin::cache::CacheOutcome;
+
+use crate::support::*;
+
+async fn wait_for_lane(
+    daemon: &lanes::Daemon,
+    name: &str,
+    present: bool,
+    timeout: Duration,
+) -> Duration {
+    let started = Instant::now();
+    while daemon.lanes().contains_key(name) != present {
+        assert!(
+            started.elapsed() < timeout,
+            "lane {name} present={present} not reached in {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_component_serves_within_two_seconds() {
+    let mut env = TestEnv::new();
+    env.config.plugins_rescan_ms = 60_000; // file events, not polling, must do it
+    let (daemon, queue) = env.start().await;
+    queue
+        .submit(&job("wit-0-1-0", serde_json::json!({})))
+        .await
+        .unwrap();
+
+    let tmp = env.dir.path().join("incoming.wasm");
+    std::fs::copy(fixture("wit-0-1-0.wasm"), &tmp).unwrap();
+    let dropped = Instant::now();
+    std::fs::rename(&tmp, env.plugins().join("echo.wasm")).unwrap();
+    wait_for_lane(&daemon, "wit-0-1-0", true, Duration::from_secs(2)).await;
+    println!(
+        "new component serving {:?} after it was dropped in",
+        dropped.elapsed()
+    );
+    let rows = wait_terminal(queue.as_ref(), Some("wit-0-1-0"), Duration::from_secs(5)).await;
+    assert_eq!(
+        rows[0].output.as_ref().unwrap()["text"],
+        "wit-0-1-0 echoes: hello"
+    );
+    daemon.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_serves_new_work_from_the_new_version_and_remove_stops_claiming() {
+    let mut env = TestEnv::new();
+    env.stub("swap", Some(2), &[]);
+    let (daemon, queue) = env.start().await;
+    let old = daemon
+        .submit_many(&sleepers("swap", 2, 1500))
+        .await
+        .unwrap();
+    wait_until(
+        queue.as_ref(),
+        Some("swap"),
+        Duration::from_secs(10),
+        "2 running",
+        |rows| count(rows, Status::Running) == 2,
+    )
+    .await;
+
+    // Replace stub.wasm (which serves `swap`) with another component, atomically.
+    let tmp = env.dir.path().join("next.wasm");
+    std::fs::copy(fixture("wit-0-1-0.wasm"), &tmp).unwrap();
+    std::fs::rename(&tmp, env.plugins().join("stub.wasm")).unwrap();
+    wait_for_lane(&daemon, "wit-0-1-0", true, Duration::from_secs(3)).await;
+    let new = daemon
+        .submit(&job("swap", serde_json::json!({})))
+        .await
+        .unwrap();
+    wait_terminal(queue.as_ref(), Some("swap"), Duration::from_secs(10)).await;
+    for id in old {
+        let e = queue.get(id).await.unwrap().unwrap();
+        assert_eq!(
+            e.output.unwrap()["text"],
+            "stub reply to: hello",
+            "running work finishes on the old version"
+        );
+    }
+    let e = queue.get(new).await.unwrap().unwrap();
+    assert_eq!(
+        e.output.unwrap()["text"],
+        "wit-0-1-0 echoes: hello",
+        "new work uses the new version"
+    );
+
+    // Remove it: the lane stops claiming and its work stays pending.
+    std::fs::remove_file(env.plugins().join("stub.wasm")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while daemon
+        .plugin_files()
+        .await
+        .iter()
+        .any(|f| f.file == "stub.wasm")
+    {
+        assert!(Instant::now() < deadline, "removal not noticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let waiting = daemon
+        .submit(&job("swap", serde_json::json!({})))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        queue.get(waiting).await.unwrap().unwrap().status,
+        Status::Pending
+    );
+    let out = env.lanes(&["status", "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let swap = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["provider"] == "swap")
+        .unwrap();
+    assert_eq!(swap["pending"], 1);
+    daemon.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_being_copied_is_never_loaded_half_written() {
+    let env = TestEnv::new();
+    let (daemon, queue) = env.start().await;
+    let bytes = std::fs::read(fixture("wit-0-1-0.wasm")).unwrap();
+    let target = env.plugins().join("slow-copy.wasm");
+    let mut file = std::fs::File::create(&target).unwrap();
+    // Copy in 20 chunks, 60 ms apart, checking the daemon's view of the file as we go.
+    for chunk in bytes.chunks(bytes.len().div_ceil(20)) {
+        file.write_all(chunk).unwrap();
+        file.flush().unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let files = daemon.plugin_files().await;
+        assert!(
+            !files.iter().any(|f| f.file == "slow-copy.wasm"),
+            "a half-written file was loaded: {files:?}"
+        );
+    }
+    drop(file);
+    wait_for_lane(&daemon, "wit-0-1-0", true, Duration::from_secs(3)).await;
+    let files = daemon.plugin_files().await;
+    let report = files.iter().find(|f| f.file == "slow-copy.wasm").unwrap();
+    assert_eq!(report.status, "loaded");
+    queue.list(None).await.unwrap();
+    daemon.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_replacement_leaves_the_previous_version_serving() {
+    let env = TestEnv::new();
+    let (daemon, queue) = env.start().await;
+    let tmp = env.dir.path().join("broken.wasm");
+    std::fs::write(&tmp, b"definitely not wasm").unwrap();
+    std::fs::rename(&tmp, env.plugins().join("stub.wasm")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let report = loop {
+        let files = daemon.plugin_files().await;
+        let stub = files.into_iter().find(|f| f.file == "stub.wasm").unwrap();
+        if stub.status == "rejected" {
+            break stub;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broken replacement was not noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(report.serving_previous);
+    assert!(
+        report
+            .reason
+            .unwrap()
+            .contains("not a valid WebAssembly component")
+    );
+    let id = daemon
+        .submit(&job("stub", serde_json::json!({})))
+        .await
+        .unwrap();
+    wait_terminal(queue.as_ref(), Some("stub"), Duration::from_secs(5)).await;
+    let e = queue.get(id).await.unwrap().unwrap();
+    assert_eq!(e.output.unwrap()["text"], "stub reply to: hello");
+    daemon.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compile_cache_hits_after_restart_and_rebuilds_damaged_entries() {
+    let env = TestEnv::new();
+    let mut config = env.config.clone();
+    let cache_dir = env.dir.path().join("cache");
+    config.cache.dir = Some(cache_dir.clone());
+    let stub = component("stub.wasm");
+
+    let host = PluginHost::new(&config).unwrap();
+    assert_eq!(host.load(&stub).await.unwrap().cache, CacheOutcome::Miss);
+    // A new engine (a restart) with the same settings reads the entry back.
+    let host = PluginHost::new(&config).unwrap();
+    assert_eq!(host.load(&stub).await.unwrap().cache, CacheOutcome::Hit);
+
+    let artifact = std::fs::read_dir(&cache_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "cwasm"))
+        .unwrap();
+    let mut bytes = std::fs::read(&artifact).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&artifact, &bytes).unwrap();
+    let loaded = host.load(&stub).await.unwrap();
+    assert_eq!(
+        loaded.cache,
+        CacheOutcome::Rebuilt,
+        "a corrupt entry is rebuilt"
+    );
+    assert_eq!(host.load(&stub).await.unwrap().cache, CacheOutcome::Hit);
+
+    // An entry that wasmtime refuses (stale: written for another engine) is rebuilt too.
+    let checksum = artifact.with_extension("sha256");
+    let junk = b"\x7fELF not an artifact of this engine".to_vec();
+    std::fs::write(&artifact, &junk).unwrap();
+    std::fs::write(&checksum, lanes::plugin::cache::sha256_hex(&junk)).unwrap();
+    assert_eq!(host.load(&stub).await.unwrap().cache, CacheOutcome::Rebuilt);
+    assert_eq!(host.load(&stub).await.unwrap().cache, CacheOutcome::Hit);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_check_validates_for_authors() {
+    let env = TestEnv::new();
+    let stub = component("stub.wasm");
+    let stub = stub.to_str().unwrap();
+    let out = env.lanes(&["plugins", "check", stub]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("loadable: provider `stub` 0.1.0 (default limit 4)"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = env.lanes(&[
+        "plugins",
+        "check",
+        stub,
+        "--request",
+        r#"{"prompt": "dry run"}"#,
+        "--value",
+        "model=m1",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(report["execute"]["ok"]["text"], "stub reply to: dry run");
+    assert_eq!(report["execute"]["ok"]["model"], "m1");
+
+    let out = env.lanes(&[
+        "plugins",
+        "check",
+        stub,
+        "--request",
+        r#"{"prompt": "x", "extra": {"error": "unauthorized"}}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("unauthorized"), "{}", stderr(&out));
+
+    let old = fixture("wit-0-1-0.wasm");
+    let out = env.lanes(&[
+        "plugins",
+        "check",
+        old.to_str().unwrap(),
+        "--request",
+        r#"{"prompt": "hi"}"#,
+    ]);
+    assert!(
+        out.status.success(),
+        "a component built against 0.1.0 loads: {}",
+        stderr(&out)
+    );
+    assert!(
+        stdout(&out).contains("wit-0-1-0 echoes: hi"),
+        "{}",
+        stdout(&out)
+    );
+
+    let cases = [
+        (
+            fixture("wit-0-2-0.wasm"),
+            "incompatible WIT version: built against lanes:provider@0.2.0",
+        ),
+        (
+            fixture("not-a-provider.wasm"),
+            "not a lanes provider component",
+        ),
+    ];
+    for (path, needle) in cases {
+        let out = env.lanes(&["plugins", "check", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).contains(needle), "{}", stderr(&out));
+    }
+    let corrupt = env.dir.path().join("corrupt.wasm");
+    std::fs::write(&corrupt, b"\0asm garbage").unwrap();
+    let out = env.lanes(&["plugins", "check", corrupt.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not a valid WebAssembly component"),
+        "{}",
+        stderr(&out)
+    );
+}

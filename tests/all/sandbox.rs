@@ -1,0 +1,141 @@
+//! Per-provider sandbox limits: each stub failure mode fails only its own execution, with a
+//! message naming the limit, while another provider's batch runs in its normal time.
+
+use std::time::{Duration, Instant};
+
+use lanes::config::SandboxOverride;
+use lanes::model::{ChatInput, NewExecution, Status};
+
+use crate::support::*;
+
+async fn good_batch(daemon: &lanes::Daemon, queue: &dyn Queue) -> Duration {
+    let before = queue.list(Some("good")).await.unwrap().len();
+    let started = Instant::now();
+    daemon.submit_many(&sleepers("good", 8, 100)).await.unwrap();
+    wait_until(
+        queue,
+        Some("good"),
+        Duration::from_secs(30),
+        "good batch",
+        |rows| rows.len() == before + 8 && count(rows, Status::Completed) == before + 8,
+    )
+    .await;
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_failure_mode_fails_alone_with_a_named_limit() {
+    let mut env = TestEnv::new();
+    env.stub("good", Some(4), &[]);
+    env.stub("bad", Some(6), &[]);
+    // Limits for `bad` only; `good` keeps the defaults.
+    env.config.providers.get_mut("bad").unwrap().sandbox = SandboxOverride {
+        timeout_ms: Some(1500),
+        cpu_ms: Some(300),
+        memory_mb: Some(64),
+        max_output_bytes: Some(1000),
+    };
+    let (daemon, queue) = env.start().await;
+
+    let alone = good_batch(&daemon, queue.as_ref()).await;
+
+    let modes = [
+        (serde_json::json!({"trap": true}), "trap", "unreachable"),
+        (
+            serde_json::json!({"loop": true}),
+            "trap",
+            "CPU limit exceeded",
+        ),
+        (
+            serde_json::json!({"alloc_mb": -1}),
+            "trap",
+            "memory limit exceeded: the guest asked for 65 MiB, the cap is 64 MiB",
+        ),
+        (
+            serde_json::json!({"panic": true}),
+            "trap",
+            "stub: panicking as asked",
+        ),
+        (
+            serde_json::json!({"output_bytes": 5000}),
+            "output_too_large",
+            "output of 5000 bytes exceeds the cap of 1000 bytes (sandbox.max_output_bytes)",
+        ),
+        (
+            serde_json::json!({"sleep_ms": 60_000}),
+            "timeout",
+            "timed out after 1500 ms (sandbox.timeout_ms)",
+        ),
+    ];
+    let bad: Vec<NewExecution> = modes
+        .iter()
+        .map(|(extra, _, _)| NewExecution {
+            provider: "bad".into(),
+            input: ChatInput::prompt("x").with_extra(extra.clone()),
+            priority: 0,
+            max_attempts: 1,
+        })
+        .collect();
+    let ids = daemon.submit_many(&bad).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let beside = good_batch(&daemon, queue.as_ref()).await;
+    println!("good batch: {alone:?} alone, {beside:?} beside every failure mode (ideal 200 ms)");
+    assert!(
+        beside < alone * 3 + Duration::from_millis(500),
+        "the good batch slowed down: {alone:?} alone, {beside:?} beside the failures"
+    );
+
+    wait_terminal(queue.as_ref(), Some("bad"), Duration::from_secs(30)).await;
+    for (id, (_, kind, needle)) in ids.into_iter().zip(modes) {
+        let e = queue.get(id).await.unwrap().unwrap();
+        let error = e.error.unwrap_or_default();
+        assert_eq!(e.status, Status::Failed, "{needle}: {error}");
+        assert_eq!(e.error_kind.as_deref(), Some(kind), "{error}");
+        assert!(
+            error.contains(needle),
+            "execution {id}: `{error}` should say `{needle}`"
+        );
+        assert!(
+            error.starts_with("provider `bad` (stub.wasm 0.1.0): "),
+            "{error}"
+        );
+    }
+    // The host is fine: the same lane still serves good requests.
+    let id = daemon
+        .submit(&job("bad", serde_json::json!({})))
+        .await
+        .unwrap();
+    wait_terminal(queue.as_ref(), Some("bad"), Duration::from_secs(10)).await;
+    assert_eq!(
+        queue.get(id).await.unwrap().unwrap().status,
+        Status::Completed
+    );
+    daemon.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_instance_pool_delays_work_but_loses_none() {
+    let mut env = TestEnv::new();
+    env.stub("wide", Some(6), &[]);
+    env.config.engine.max_instances = 2;
+    env.config.retry.base_ms = 20;
+    env.config.retry.max_ms = 200;
+    let (daemon, queue) = env.start().await;
+    let batch: Vec<NewExecution> = (0..12)
+        .map(|_| NewExecution {
+            max_attempts: 50,
+            ..job("wide", serde_json::json!({"sleep_ms": 100}))
+        })
+        .collect();
+    daemon.submit_many(&batch).await.unwrap();
+    let rows = wait_terminal(queue.as_ref(), Some("wide"), Duration::from_secs(60)).await;
+    assert_eq!(count(&rows, Status::Completed), 12);
+    let retried: Vec<_> = rows.iter().filter(|e| e.attempts > 1).collect();
+    assert!(
+        !retried.is_empty(),
+        "6 slots over a pool of 2 must have retried some"
+    );
+    let error = retried[0].error.as_deref().unwrap();
+    assert!(error.contains("engine.max_instances"), "{error}");
+    daemon.shutdown(Duration::from_secs(1)).await;
+}
