@@ -5,6 +5,8 @@
 //!    ideal = the sum of limit / latency).
 //! 3. p50 and p99 of the time from submit to start, for submissions that arrive one at a time
 //!    at a lane with free slots.
+//! 4. Restart-to-first-dispatch: from `Daemon::start` to a queued execution starting, with a
+//!    cold compile cache and with a warm one.
 //!
 //! `cargo bench -- --quick` runs a smaller version (CI uses it to prove the benchmark runs).
 //! The machines are shared and noisy: compare ratios within one run, not across runs.
@@ -20,16 +22,20 @@ use lanes::report::{max_overlap, percentile};
 use lanes::{Config, Daemon, Queue, SqliteQueue};
 
 fn plugins_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("LANES_TEST_PLUGINS") {
-        return PathBuf::from(dir);
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = Command::new("bash")
-        .arg(root.join("scripts/build-plugins"))
-        .status()
-        .expect("running scripts/build-plugins");
-    assert!(status.success(), "scripts/build-plugins failed");
-    root.join("target/plugins")
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        if let Some(dir) = std::env::var_os("LANES_TEST_PLUGINS") {
+            return PathBuf::from(dir);
+        }
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let status = Command::new("bash")
+            .arg(root.join("scripts/build-plugins"))
+            .status()
+            .expect("running scripts/build-plugins");
+        assert!(status.success(), "scripts/build-plugins failed");
+        root.join("target/plugins")
+    })
+    .clone()
 }
 
 fn stub(limit: u32, latency_ms: u32) -> ProviderConfig {
@@ -50,6 +56,10 @@ fn config(dir: &tempfile::TempDir, providers: &[(&str, ProviderConfig)]) -> Conf
     let mut config = Config {
         database_url: format!("sqlite://{}", dir.path().join("bench.db").display()),
         plugins_dir: plugins_dir(),
+        cache: lanes::config::CacheConfig {
+            enabled: true,
+            dir: Some(dir.path().join("cache")),
+        },
         ..Config::default()
     };
     for (name, p) in providers {
@@ -175,6 +185,41 @@ async fn submit_to_start(n: usize) {
     daemon.shutdown(Duration::from_secs(5)).await;
 }
 
+async fn restart_to_first_dispatch() {
+    let dir = tempfile::tempdir().unwrap();
+    // A fresh cache folder: the first start compiles, the second reads the cache.
+    let config = config(&dir, &[("first", stub(1, 0))]);
+    let queue = Arc::new(
+        SqliteQueue::open(&config.database_url)
+            .await
+            .expect("queue"),
+    );
+    let mut figures = Vec::new();
+    for label in ["cold", "warm"] {
+        let id = queue.submit(&jobs("first", 1)[0]).await.unwrap();
+        let started = Instant::now();
+        let daemon = Daemon::start(config.clone(), queue.clone())
+            .await
+            .expect("daemon");
+        loop {
+            let e = queue.get(id).await.unwrap().unwrap();
+            if e.status != Status::Pending {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        figures.push(format!(
+            "{label} cache {:.0} ms",
+            started.elapsed().as_secs_f64() * 1000.0
+        ));
+        daemon.shutdown(Duration::from_secs(5)).await;
+    }
+    println!(
+        "restart-to-first-dispatch (stub.wasm): {}",
+        figures.join(", ")
+    );
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -194,5 +239,6 @@ fn main() {
         noop_throughput(noop).await;
         latency_bound(scale).await;
         submit_to_start(probes).await;
+        restart_to_first_dispatch().await;
     });
 }
