@@ -17,7 +17,6 @@ use crate::limits::LimitView;
 use crate::logging::{self, LogFormat};
 use crate::model::{ChatInput, Execution, NewExecution, validate_provider_name};
 use crate::plugin::PluginHost;
-use crate::store::sqlite::SqliteQueue;
 use crate::store::{Queue, StatusCounts};
 
 /// Runs LLM calls from a database queue, with one lane and one concurrency limit per provider.
@@ -183,10 +182,22 @@ pub fn main() -> ExitCode {
 }
 
 async fn open_queue(config: &Config) -> anyhow::Result<Arc<dyn Queue>> {
-    let queue = SqliteQueue::open(&config.database_url)
+    crate::store::open(&config.database_url)
         .await
-        .with_context(|| format!("opening {}", config.database_url))?;
-    Ok(Arc::new(queue))
+        .with_context(|| format!("opening {}", redact(&config.database_url)))
+}
+
+/// A database URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            match url[scheme + 3..at].split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
 }
 
 fn print_json(value: &impl Serialize) -> anyhow::Result<()> {

@@ -36,7 +36,7 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// `sqlite://PATH` (created when missing).
+    /// `sqlite://PATH` (created when missing), or `postgres://...` for a fleet of workers.
     pub database_url: String,
     /// The folder of provider components (`*.wasm`).
     pub plugins_dir: PathBuf,
@@ -52,6 +52,9 @@ pub struct Config {
     pub shutdown_grace_secs: u64,
     /// How often the daemon looks for new components in `plugins_dir`.
     pub plugins_rescan_ms: u64,
+    /// PostgreSQL: how long a worker's claim on a running execution lasts without renewal.
+    /// Another worker reclaims the execution once it expires.
+    pub lease_ms: u64,
     pub retry: RetryConfig,
     /// Default limits of every component instance; `[providers.NAME.sandbox]` overrides them.
     pub sandbox: SandboxConfig,
@@ -72,6 +75,7 @@ impl Default for Config {
             limits_refresh_ms: 500,
             shutdown_grace_secs: 30,
             plugins_rescan_ms: 2000,
+            lease_ms: 30_000,
             retry: RetryConfig::default(),
             sandbox: SandboxConfig::default(),
             engine: EngineConfig::default(),
@@ -264,6 +268,7 @@ const KEYS: &[&str] = &[
     "limits_refresh_ms",
     "shutdown_grace_secs",
     "plugins_rescan_ms",
+    "lease_ms",
     "retry",
     "sandbox",
     "engine",
@@ -307,13 +312,14 @@ impl Config {
 
     /// Checks what types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !(self.database_url.starts_with("sqlite:")) {
+        let url = &self.database_url;
+        if !["sqlite:", "postgres://", "postgresql://"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme))
+        {
             return Err(invalid(
                 "database_url",
-                format!(
-                    "`{}` is not supported: use sqlite://PATH",
-                    self.database_url
-                ),
+                format!("`{url}` is not supported: use sqlite://PATH or postgres://..."),
             ));
         }
         let positive = [
@@ -322,6 +328,7 @@ impl Config {
             ("poll_interval_ms", self.poll_interval_ms),
             ("limits_refresh_ms", self.limits_refresh_ms),
             ("plugins_rescan_ms", self.plugins_rescan_ms),
+            ("lease_ms", self.lease_ms),
             ("retry.base_ms", self.retry.base_ms),
             ("retry.max_ms", self.retry.max_ms),
             ("sandbox.timeout_ms", self.sandbox.timeout_ms),

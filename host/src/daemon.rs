@@ -22,7 +22,7 @@ use crate::limits::LimitView;
 use crate::model::{ChatInput, ErrorKind, Execution, ExecutionId, NewExecution, now_ms};
 use crate::plugin::{Catalog, Fingerprint, PluginHost, Provider, wasm_files};
 use crate::retry::{Decision, RetryPolicy};
-use crate::store::{Finish, ProviderRecord, Queue, StoreError};
+use crate::store::{Claim, Finish, ProviderRecord, Queue, StoreError};
 
 /// Why the daemon could not start or refused a request.
 #[derive(Debug, thiserror::Error)]
@@ -116,13 +116,7 @@ impl Daemon {
             background: TaskTracker::new(),
         });
 
-        let recovered = inner.queue.recover_interrupted().await?;
-        for (id, provider) in &recovered.resumed {
-            info!("Resuming interrupted execution: {id} (provider: {provider})");
-        }
-        for (id, provider) in &recovered.failed {
-            warn!("Interrupted execution {id} (provider: {provider}) had no attempts left: failed");
-        }
+        inner.recover().await?;
 
         // Watch before the first scan, so that no file dropped in meanwhile goes unnoticed.
         let events = Arc::new(tokio::sync::Notify::new());
@@ -139,6 +133,30 @@ impl Daemon {
         inner
             .background
             .spawn(async move { limits_task.refresh_limits_loop().await });
+        if inner.queue.shared() {
+            let leases = inner.clone();
+            inner
+                .background
+                .spawn(async move { leases.lease_loop().await });
+        }
+        if let Some(mut changes) = inner.queue.listen().await? {
+            let wake = inner.clone();
+            inner.background.spawn(async move {
+                loop {
+                    tokio::select! {
+                        provider = changes.recv() => match provider {
+                            Some(provider) => {
+                                if let Some(lane) = wake.lane(&provider) {
+                                    lane.wake();
+                                }
+                            }
+                            None => return,
+                        },
+                        _ = wake.stop_claiming.cancelled() => return,
+                    }
+                }
+            });
+        }
         let rescan_task = inner.clone();
         inner
             .background
@@ -262,6 +280,41 @@ impl Inner {
             .unwrap_or_else(|p| p.into_inner())
             .get(name)
             .cloned()
+    }
+
+    /// Returns executions whose worker is gone to the queue (or fails them when that was
+    /// their last attempt), and wakes their lanes.
+    async fn recover(&self) -> Result<(), StoreError> {
+        let recovered = self.queue.recover_interrupted().await?;
+        for (id, provider) in &recovered.resumed {
+            info!("Resuming interrupted execution: {id} (provider: {provider})");
+            if let Some(lane) = self.lane(provider) {
+                lane.wake();
+            }
+        }
+        for (id, provider) in &recovered.failed {
+            warn!("Interrupted execution {id} (provider: {provider}) had no attempts left: failed");
+        }
+        Ok(())
+    }
+
+    /// With a shared queue: renews this worker's leases every third of `lease_ms`, and
+    /// reclaims the executions of workers whose leases expired.
+    async fn lease_loop(self: Arc<Self>) {
+        let lease = self.config.lease_ms;
+        let every = Duration::from_millis((lease / 3).max(1));
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = self.stop_claiming.cancelled() => return,
+            }
+            if let Err(e) = self.queue.renew_leases(&self.owner, lease as i64).await {
+                error!("renewing leases: {e}");
+            }
+            if let Err(e) = self.recover().await {
+                error!("reclaiming expired leases: {e}");
+            }
+        }
     }
 
     fn lanes_snapshot(&self) -> BTreeMap<String, Arc<Lane>> {
@@ -399,7 +452,18 @@ impl Inner {
         provider: &Arc<Provider>,
         free: u32,
     ) -> Result<u32, StoreError> {
-        let claimed = self.queue.claim(lane.name(), free, &self.owner).await?;
+        let claimed = self
+            .queue
+            .claim(
+                lane.name(),
+                Claim {
+                    owner: &self.owner,
+                    max: free,
+                    limit: lane.limit(),
+                    lease_ms: self.config.lease_ms as i64,
+                },
+            )
+            .await?;
         if claimed.is_empty() {
             return Ok(0);
         }
@@ -453,14 +517,13 @@ impl Inner {
         match &finish {
             Finish::Completed(_) => tracing::debug!(id, provider = lane.name(), "completed"),
             Finish::Retry {
-                error, not_before, ..
+                error, delay_ms, ..
             } => warn!(
                 id,
                 provider = lane.name(),
-                "attempt {} of {} failed, retrying in {} ms: {error}",
+                "attempt {} of {} failed, retrying in {delay_ms} ms: {error}",
                 execution.attempts,
                 execution.max_attempts,
-                (not_before - now_ms()).max(0)
             ),
             Finish::Failed { error, .. } => warn!(
                 id,
@@ -532,7 +595,7 @@ impl Inner {
             Decision::Retry(delay) => Finish::Retry {
                 error: message,
                 kind,
-                not_before: now_ms() + delay.as_millis() as i64,
+                delay_ms: delay.as_millis() as i64,
             },
             Decision::Fail => Finish::Failed {
                 error: message,

@@ -100,6 +100,10 @@ pub struct Execution {
     pub finished_at: Option<i64>,
     /// The worker running it, while it runs.
     pub owner: Option<String>,
+    /// Until when (Unix ms) the owner's lease holds; another worker reclaims the row after.
+    pub lease_until: Option<i64>,
+    /// The worker that ran the last attempt.
+    pub worker: Option<String>,
 }
 
 /// A new execution, validated and ready to insert.

@@ -11,4 +11,5 @@ mod plugins;
 mod priority;
 mod retries;
 mod sandbox;
+mod store;
 mod support;

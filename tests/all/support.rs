@@ -113,6 +113,20 @@ impl TestEnv {
         Arc::new(SqliteQueue::open(&self.config.database_url).await.unwrap())
     }
 
+    /// The queue behind `database_url`, whichever backend it is.
+    pub async fn any_queue(&self) -> Arc<dyn Queue> {
+        lanes::store::open(&self.config.database_url).await.unwrap()
+    }
+
+    /// A daemon on `database_url`, whichever backend it is.
+    pub async fn start_any(&self) -> (Daemon, Arc<dyn Queue>) {
+        let queue = self.any_queue().await;
+        let daemon = Daemon::start(self.config.clone(), queue.clone())
+            .await
+            .expect("daemon starts");
+        (daemon, queue)
+    }
+
     pub async fn start(&self) -> (Daemon, Arc<SqliteQueue>) {
         let queue = self.queue().await;
         let daemon = Daemon::start(self.config.clone(), queue.clone())
@@ -140,13 +154,18 @@ impl TestEnv {
             .expect("running lanes")
     }
 
-    /// A `lanes serve` child process with this env's config.
+    /// A `lanes serve` child process with this env's config, logging to `serve.log`.
     pub fn spawn_serve(&self) -> std::process::Child {
+        self.spawn_worker("serve")
+    }
+
+    /// A `lanes serve` child process logging to `NAME.log`.
+    pub fn spawn_worker(&self, name: &str) -> std::process::Child {
         let config = self.write_config();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join("serve.log"))
+            .open(self.dir.path().join(format!("{name}.log")))
             .unwrap();
         Command::new(env!("CARGO_BIN_EXE_lanes"))
             .arg("--config")
@@ -160,7 +179,20 @@ impl TestEnv {
     }
 
     pub fn serve_log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
+        self.log("serve")
+    }
+
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// The same world on PostgreSQL, in a schema of its own; `None` (with one line saying
+    /// how to enable the test) where no server answers, except under CI, where that fails.
+    pub async fn postgres() -> Option<(TestEnv, PgSchema)> {
+        let schema = PgSchema::create().await?;
+        let mut env = TestEnv::new();
+        env.config.database_url = schema.url.clone();
+        Some((env, schema))
     }
 }
 
@@ -244,4 +276,70 @@ pub fn stdout(out: &Output) -> String {
 
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A schema of its own in the test PostgreSQL database, dropped when the test ends.
+pub struct PgSchema {
+    pub url: String,
+    base: String,
+    name: String,
+}
+
+/// The PostgreSQL server the tests use.
+pub fn pg_base_url() -> String {
+    std::env::var("LANES_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+impl PgSchema {
+    pub async fn create() -> Option<PgSchema> {
+        let base = pg_base_url();
+        let pool = match sqlx::PgPool::connect(&base).await {
+            Ok(pool) => pool,
+            Err(e) if std::env::var_os("CI").is_some() => {
+                panic!("PostgreSQL tests could not run in CI: cannot connect to {base}: {e}")
+            }
+            Err(e) => {
+                eprintln!(
+                    "skipping PostgreSQL test: cannot connect to {base} ({e}); start PostgreSQL \
+                     or set LANES_TEST_PG=postgres://USER@HOST:PORT/DB to enable it"
+                );
+                return None;
+            }
+        };
+        let name = format!("lanes_test_{}_{:08x}", std::process::id(), rand_u32());
+        sqlx::query(&format!("CREATE SCHEMA {name}"))
+            .execute(&pool)
+            .await
+            .expect("creating a test schema");
+        pool.close().await;
+        let separator = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{separator}options[search_path]={name}");
+        Some(PgSchema { url, base, name })
+    }
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    h.finish() as u32
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let (base, name) = (self.base.clone(), self.name.clone());
+        // A runtime of its own: this may run inside (or after) the test's runtime.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            runtime.block_on(async {
+                let pool = sqlx::PgPool::connect(&base).await.ok()?;
+                sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                    .execute(&pool)
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
 }

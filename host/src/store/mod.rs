@@ -1,14 +1,19 @@
 //! The queue's storage. Every SQL statement lives below this module; the rest of the host
-//! sees only the [`Queue`] trait, so a second backend (PostgreSQL, for fleet-wide limits)
-//! plugs in beside [`sqlite`].
+//! sees only the [`Queue`] trait, implemented by [`sqlite`] (embedded, one worker) and
+//! [`postgres`] (a fleet of workers sharing one queue). [`open`] picks one by URL.
 //!
 //! Invariants every backend keeps:
 //! - a claim moves rows from `pending` to `running` atomically, so no row runs twice at once;
+//! - a claim never brings a provider's running rows, across every worker, above the limit it
+//!   is given;
 //! - claims take interrupted rows (`resume`) first, then higher priority, then older rows;
 //! - a running row changes only through the worker that owns it (`owner`), so a worker that
-//!   lost a row cannot overwrite what another wrote.
+//!   lost a row (its lease expired and another took over) cannot overwrite what another wrote.
 
+pub mod postgres;
 pub mod sqlite;
+
+use std::sync::Arc;
 
 use std::collections::BTreeMap;
 
@@ -91,11 +96,11 @@ pub struct Recovered {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Finish {
     Completed(serde_json::Value),
-    /// Back to pending until `not_before` (Unix ms), keeping the error.
+    /// Back to pending for `delay_ms` (from the database's clock), keeping the error.
     Retry {
         error: String,
         kind: ErrorKind,
-        not_before: i64,
+        delay_ms: i64,
     },
     Failed {
         error: String,
@@ -119,14 +124,14 @@ pub trait Queue: Send + Sync + 'static {
     /// Every execution, or one provider's, in id order.
     async fn list(&self, provider: Option<&str>) -> Result<Vec<Execution>, StoreError>;
 
-    /// Atomically moves up to `max` due pending rows of `provider` to `running` under `owner`,
-    /// counting an attempt for each, and returns them in claim order.
-    async fn claim(
-        &self,
-        provider: &str,
-        max: u32,
-        owner: &str,
-    ) -> Result<Vec<Execution>, StoreError>;
+    /// Atomically moves due pending rows of `provider` to `running` under `owner`, counting
+    /// an attempt for each and leasing them for `lease_ms`, and returns them in claim order.
+    /// It claims at most `max`, and no more than keeps the provider's running rows, across
+    /// every worker, within `limit`.
+    async fn claim(&self, provider: &str, claim: Claim<'_>) -> Result<Vec<Execution>, StoreError>;
+
+    /// Extends the lease of every row `owner` runs by `lease_ms`. Returns how many it holds.
+    async fn renew_leases(&self, owner: &str, lease_ms: i64) -> Result<u64, StoreError>;
 
     /// The earliest `not_before` of `provider`'s pending rows that are not yet due.
     async fn next_due(&self, provider: &str) -> Result<Option<i64>, StoreError>;
@@ -140,10 +145,22 @@ pub trait Queue: Send + Sync + 'static {
         finish: &Finish,
     ) -> Result<bool, StoreError>;
 
-    /// Returns every `running` row to pending with `resume` set, or fails it when the
-    /// interrupted attempt was its last. Only for a process that knows no other worker is
-    /// running (SQLite holds a lock file for that).
+    /// Returns the `running` rows whose worker is gone to pending with `resume` set, or
+    /// fails them when the interrupted attempt was their last. On SQLite (one worker, held by
+    /// a lock file) that is every running row; on PostgreSQL, the rows whose lease expired.
     async fn recover_interrupted(&self) -> Result<Recovered, StoreError>;
+
+    /// Whether rows of other workers can be running: leases then need renewing and expired
+    /// ones reclaiming while the daemon runs.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// A stream of provider names, each sent when that provider's queue changed in another
+    /// process (a submission, or a slot freed); `None` where the backend cannot notify.
+    async fn listen(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>, StoreError> {
+        Ok(None)
+    }
 
     /// Counts by provider and status.
     async fn counts(&self) -> Result<BTreeMap<String, StatusCounts>, StoreError>;
@@ -157,9 +174,30 @@ pub trait Queue: Send + Sync + 'static {
     /// Every run-time limit.
     async fn limits(&self) -> Result<BTreeMap<String, u32>, StoreError>;
 
-    /// Replaces the record of loaded providers.
+    /// Records the providers this worker loaded (SQLite replaces the record; on PostgreSQL,
+    /// workers share it and each upserts its own).
     async fn record_providers(&self, providers: &[ProviderRecord]) -> Result<(), StoreError>;
 
     /// The providers the daemon last loaded.
     async fn providers(&self) -> Result<Vec<ProviderRecord>, StoreError>;
+}
+
+/// The parameters of one claim.
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    pub owner: &'a str,
+    /// The most rows to claim (this worker's free slots).
+    pub max: u32,
+    /// The provider's limit across every worker.
+    pub limit: u32,
+    pub lease_ms: i64,
+}
+
+/// Opens the queue at `url`: `sqlite://PATH` or `postgres://...`.
+pub async fn open(url: &str) -> Result<Arc<dyn Queue>, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PgQueue::open(url).await?))
+    } else {
+        Ok(Arc::new(sqlite::SqliteQueue::open(url).await?))
+    }
 }

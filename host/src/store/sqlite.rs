@@ -9,14 +9,17 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-use super::{DbContext, Finish, ProviderRecord, Queue, Recovered, StatusCounts, StoreError};
+use super::{
+    Claim, DbContext, Finish, ProviderRecord, Queue, Recovered, StatusCounts, StoreError,
+};
 use crate::model::{Execution, ExecutionId, NewExecution, Status, now_ms};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
 /// The columns every execution query returns, in [`row_to_execution`]'s order.
 const COLUMNS: &str = "id, provider, status, priority, input, output, error, error_kind, \
-    attempts, max_attempts, not_before, resume, created_at, started_at, finished_at, owner";
+    attempts, max_attempts, not_before, resume, created_at, started_at, finished_at, owner, \
+    lease_until, worker";
 
 /// The guard of every write to a running row: only its owner may change it.
 macro_rules! owned_running {
@@ -117,6 +120,8 @@ fn row_to_execution(row: &sqlx::sqlite::SqliteRow) -> Result<Execution, StoreErr
         started_at: row.get(13),
         finished_at: row.get(14),
         owner: row.get(15),
+        lease_until: row.get(16),
+        worker: row.get(17),
     })
 }
 
@@ -187,40 +192,52 @@ impl Queue for SqliteQueue {
         rows.iter().map(row_to_execution).collect()
     }
 
-    async fn claim(
-        &self,
-        provider: &str,
-        max: u32,
-        owner: &str,
-    ) -> Result<Vec<Execution>, StoreError> {
-        if max == 0 {
+    async fn claim(&self, provider: &str, claim: Claim<'_>) -> Result<Vec<Execution>, StoreError> {
+        if claim.max == 0 {
             return Ok(Vec::new());
         }
-        // One statement: SQLite serializes writers, so the sub-select and the update see the
-        // same rows and no other claim can take them in between.
+        let now = now_ms();
+        // One statement: SQLite serializes writers, so the running count, the sub-select and
+        // the update see the same rows and no other claim can come in between.
         let rows = sqlx::query(&format!(
             "UPDATE executions
-                SET status = 'running', owner = ?1, started_at = ?2, attempts = attempts + 1,
-                    resume = 0
+                SET status = 'running', owner = ?1, worker = ?1, started_at = ?2,
+                    attempts = attempts + 1, resume = 0, lease_until = ?2 + ?6
               WHERE id IN (SELECT id FROM executions
                             WHERE provider = ?3 AND status = 'pending' AND not_before <= ?2
                             ORDER BY resume DESC, priority DESC, id
-                            LIMIT ?4)
+                            LIMIT MAX(0, MIN(?4, ?5 - (SELECT COUNT(*) FROM executions
+                                                      WHERE provider = ?3
+                                                        AND status = 'running'))))
              RETURNING {COLUMNS}"
         ))
-        .bind(owner)
-        .bind(now_ms())
+        .bind(claim.owner)
+        .bind(now)
         .bind(provider)
-        .bind(max as i64)
+        .bind(claim.max as i64)
+        .bind(claim.limit as i64)
+        .bind(claim.lease_ms)
         .fetch_all(&self.pool)
         .await
         .op("claiming executions")?;
-        let mut claimed: Vec<Execution> = rows
-            .iter()
-            .map(row_to_execution)
-            .collect::<Result<_, _>>()?;
+        let mut claimed: Vec<Execution> =
+            rows.iter().map(row_to_execution).collect::<Result<_, _>>()?;
         claimed.sort_by(claim_order);
         Ok(claimed)
+    }
+
+    async fn renew_leases(&self, owner: &str, lease_ms: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE executions SET lease_until = ?2 + ?3
+              WHERE owner = ?1 AND status = 'running'",
+        )
+        .bind(owner)
+        .bind(now_ms())
+        .bind(lease_ms)
+        .execute(&self.pool)
+        .await
+        .op("renewing leases")?;
+        Ok(done.rows_affected())
     }
 
     async fn next_due(&self, provider: &str) -> Result<Option<i64>, StoreError> {
@@ -245,7 +262,7 @@ impl Queue for SqliteQueue {
         let query = match finish {
             Finish::Completed(output) => sqlx::query(concat!(
                 "UPDATE executions SET status = 'completed', output = ?3, finished_at = ?4,
-                        owner = NULL ",
+                        owner = NULL, lease_until = NULL ",
                 owned_running!()
             ))
             .bind(id)
@@ -255,20 +272,20 @@ impl Queue for SqliteQueue {
             Finish::Retry {
                 error,
                 kind,
-                not_before,
+                delay_ms,
             } => sqlx::query(concat!(
                 "UPDATE executions SET status = 'pending', error = ?3, error_kind = ?4,
-                        not_before = ?5, owner = NULL ",
+                        not_before = ?5, owner = NULL, lease_until = NULL ",
                 owned_running!()
             ))
             .bind(id)
             .bind(owner)
             .bind(error)
             .bind(kind.as_str())
-            .bind(not_before),
+            .bind(now + delay_ms),
             Finish::Failed { error, kind } => sqlx::query(concat!(
                 "UPDATE executions SET status = 'failed', error = ?3, error_kind = ?4,
-                        finished_at = ?5, owner = NULL ",
+                        finished_at = ?5, owner = NULL, lease_until = NULL ",
                 owned_running!()
             ))
             .bind(id)
@@ -278,7 +295,7 @@ impl Queue for SqliteQueue {
             .bind(now),
             Finish::Requeue => sqlx::query(concat!(
                 "UPDATE executions SET status = 'pending', attempts = attempts - 1, resume = 1,
-                        started_at = NULL, owner = NULL ",
+                        started_at = NULL, owner = NULL, lease_until = NULL ",
                 owned_running!()
             ))
             .bind(id)
@@ -295,7 +312,8 @@ impl Queue for SqliteQueue {
         let mut tx = self.pool.begin().await.op("starting recovery")?;
         let failed: Vec<(i64, String)> = sqlx::query_as(
             "UPDATE executions
-                SET status = 'failed', finished_at = ?1, owner = NULL, error_kind = 'interrupted',
+                SET status = 'failed', finished_at = ?1, owner = NULL, lease_until = NULL,
+                    error_kind = 'interrupted',
                     error = 'interrupted: the process running it stopped, and that was attempt '
                             || attempts || ' of ' || max_attempts
               WHERE status = 'running' AND attempts >= max_attempts
@@ -306,7 +324,7 @@ impl Queue for SqliteQueue {
         .await
         .op("failing interrupted executions without attempts left")?;
         let resumed: Vec<(i64, String)> = sqlx::query_as(
-            "UPDATE executions SET status = 'pending', resume = 1, owner = NULL
+            "UPDATE executions SET status = 'pending', resume = 1, owner = NULL, lease_until = NULL
               WHERE status = 'running'
              RETURNING id, provider",
         )
@@ -414,134 +432,5 @@ impl Queue for SqliteQueue {
                 },
             )
             .collect())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{ChatInput, ErrorKind};
-
-    async fn queue() -> (tempfile::TempDir, SqliteQueue) {
-        let dir = tempfile::tempdir().unwrap();
-        let q = SqliteQueue::open_path(&dir.path().join("q.db"))
-            .await
-            .unwrap();
-        (dir, q)
-    }
-
-    fn new(provider: &str, priority: i32) -> NewExecution {
-        NewExecution {
-            provider: provider.into(),
-            input: ChatInput::prompt("hi"),
-            priority,
-            max_attempts: 2,
-        }
-    }
-
-    #[tokio::test]
-    async fn claims_follow_priority_then_fifo_and_count_attempts() {
-        let (_dir, q) = queue().await;
-        let low = q.submit(&new("a", 0)).await.unwrap();
-        let high = q.submit(&new("a", 5)).await.unwrap();
-        let low2 = q.submit(&new("a", 0)).await.unwrap();
-        q.submit(&new("b", 9)).await.unwrap();
-        let claimed = q.claim("a", 2, "w1").await.unwrap();
-        let ids: Vec<_> = claimed.iter().map(|e| e.id).collect();
-        assert_eq!(ids, vec![high, low]);
-        assert!(
-            claimed
-                .iter()
-                .all(|e| e.attempts == 1 && e.status == Status::Running)
-        );
-        let rest = q.claim("a", 5, "w1").await.unwrap();
-        assert_eq!(rest.iter().map(|e| e.id).collect::<Vec<_>>(), vec![low2]);
-    }
-
-    #[tokio::test]
-    async fn only_the_owner_finishes_a_row() {
-        let (_dir, q) = queue().await;
-        let id = q.submit(&new("a", 0)).await.unwrap();
-        q.claim("a", 1, "w1").await.unwrap();
-        let done = Finish::Completed(serde_json::json!({"text": "x"}));
-        assert!(!q.finish(id, "w2", &done).await.unwrap());
-        assert!(q.finish(id, "w1", &done).await.unwrap());
-        assert!(!q.finish(id, "w1", &done).await.unwrap());
-        assert_eq!(q.get(id).await.unwrap().unwrap().status, Status::Completed);
-    }
-
-    #[tokio::test]
-    async fn recovery_resumes_first_or_fails_without_attempts_left() {
-        let (_dir, q) = queue().await;
-        let a = q.submit(&new("a", 0)).await.unwrap();
-        let b = q.submit(&new("a", 0)).await.unwrap();
-        q.claim("a", 1, "dead").await.unwrap();
-        let urgent = q.submit(&new("a", 100)).await.unwrap();
-        let recovered = q.recover_interrupted().await.unwrap();
-        assert_eq!(recovered.resumed, vec![(a, "a".to_string())]);
-        let next = q.claim("a", 1, "w").await.unwrap();
-        assert_eq!(
-            next[0].id, a,
-            "the interrupted row goes before priority 100"
-        );
-        assert_eq!(next[0].attempts, 2);
-        // The second interruption exhausts max_attempts = 2.
-        let recovered = q.recover_interrupted().await.unwrap();
-        assert_eq!(recovered.failed, vec![(a, "a".to_string())]);
-        let row = q.get(a).await.unwrap().unwrap();
-        assert_eq!(row.status, Status::Failed);
-        assert_eq!(
-            row.error_kind.as_deref(),
-            Some(ErrorKind::Interrupted.as_str())
-        );
-        let next = q.claim("a", 5, "w").await.unwrap();
-        assert_eq!(
-            next.iter().map(|e| e.id).collect::<Vec<_>>(),
-            vec![urgent, b]
-        );
-    }
-
-    #[tokio::test]
-    async fn retry_waits_for_not_before_and_requeue_gives_the_attempt_back() {
-        let (_dir, q) = queue().await;
-        let id = q.submit(&new("a", 0)).await.unwrap();
-        q.claim("a", 1, "w").await.unwrap();
-        let later = now_ms() + 60_000;
-        let retry = Finish::Retry {
-            error: "busy".into(),
-            kind: ErrorKind::Unavailable,
-            not_before: later,
-        };
-        assert!(q.finish(id, "w", &retry).await.unwrap());
-        assert!(q.claim("a", 1, "w").await.unwrap().is_empty());
-        assert_eq!(q.next_due("a").await.unwrap(), Some(later));
-        sqlx::query("UPDATE executions SET not_before = 0")
-            .execute(q.pool())
-            .await
-            .unwrap();
-        let again = q.claim("a", 1, "w").await.unwrap();
-        assert_eq!(again[0].attempts, 2);
-        assert_eq!(again[0].error.as_deref(), Some("busy"));
-        assert!(q.finish(id, "w", &Finish::Requeue).await.unwrap());
-        let row = q.get(id).await.unwrap().unwrap();
-        assert_eq!(
-            (row.status, row.attempts, row.resume),
-            (Status::Pending, 1, true)
-        );
-    }
-
-    #[tokio::test]
-    async fn limits_and_counts() {
-        let (_dir, q) = queue().await;
-        q.set_limit("a", 3).await.unwrap();
-        q.set_limit("a", 4).await.unwrap();
-        assert_eq!(q.limits().await.unwrap()["a"], 4);
-        assert!(q.clear_limit("a").await.unwrap());
-        assert!(q.limits().await.unwrap().is_empty());
-        q.submit(&new("a", 0)).await.unwrap();
-        q.submit(&new("a", 0)).await.unwrap();
-        q.claim("a", 1, "w").await.unwrap();
-        let counts = q.counts().await.unwrap();
-        assert_eq!((counts["a"].pending, counts["a"].running), (1, 1));
     }
 }

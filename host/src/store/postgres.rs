@@ -1,0 +1,479 @@
+//! The scale-out backend: several workers share one PostgreSQL queue.
+//!
+//! - A claim holds a transaction-scoped advisory lock per provider while it counts the
+//!   provider's running rows and takes pending ones (`FOR UPDATE SKIP LOCKED`), so a limit
+//!   holds across the whole fleet.
+//! - Every timestamp comes from the database clock, so workers on different machines agree on
+//!   leases and on recorded times.
+//! - A submission and a freed slot `NOTIFY` the channel `lanes` with the provider's name, and
+//!   every worker `LISTEN`s, so pickup never waits for the poll interval.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgListener, PgPoolOptions, PgRow};
+use sqlx::{PgPool, Row};
+
+use super::{
+    Claim, DbContext, Finish, ProviderRecord, Queue, Recovered, StatusCounts, StoreError,
+};
+use crate::model::{Execution, ExecutionId, NewExecution, Status};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// The notification channel.
+pub const CHANNEL: &str = "lanes";
+
+/// The database clock in Unix milliseconds.
+const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+/// The columns every execution query returns, in [`row_to_execution`]'s order.
+const COLUMNS: &str = "id, provider, status, priority, input, output, error, error_kind, \
+    attempts, max_attempts, not_before, resume, created_at, started_at, finished_at, owner, \
+    lease_until, worker";
+
+/// A queue in a PostgreSQL database (or one schema of it, through `search_path`).
+#[derive(Clone)]
+pub struct PgQueue {
+    pool: PgPool,
+}
+
+impl PgQueue {
+    /// Connects to `url` and applies migrations. A schema can be chosen with
+    /// `?options[search_path]=NAME`.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(url)
+            .await
+            .op("connecting to PostgreSQL")?;
+        // sqlx takes an advisory lock, so workers starting together migrate one at a time.
+        MIGRATOR.run(&pool).await?;
+        Ok(PgQueue { pool })
+    }
+
+    /// The connection pool, for tests that inspect the tables directly.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn row_to_execution(row: &PgRow) -> Result<Execution, StoreError> {
+    let id: i64 = row.get(0);
+    let status: String = row.get(2);
+    let input: String = row.get(4);
+    let output: Option<String> = row.get(5);
+    Ok(Execution {
+        id,
+        provider: row.get(1),
+        status: status
+            .parse()
+            .map_err(|reason| StoreError::Corrupt { id, reason })?,
+        priority: row.get(3),
+        // See the SQLite backend: broken input fails its attempt instead of blocking claims.
+        input: serde_json::from_str(&input).unwrap_or(serde_json::Value::String(input)),
+        output: output
+            .map(|o| serde_json::from_str(&o))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt {
+                id,
+                reason: format!("output: {e}"),
+            })?,
+        error: row.get(6),
+        error_kind: row.get(7),
+        attempts: row.get(8),
+        max_attempts: row.get(9),
+        not_before: row.get(10),
+        resume: row.get(11),
+        created_at: row.get(12),
+        started_at: row.get(13),
+        finished_at: row.get(14),
+        owner: row.get(15),
+        lease_until: row.get(16),
+        worker: row.get(17),
+    })
+}
+
+/// Sends `provider` on the channel within `tx`: delivered when it commits.
+async fn notify(tx: &mut sqlx::PgConnection, provider: &str) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(provider)
+        .execute(tx)
+        .await
+        .op("notifying other workers")?;
+    Ok(())
+}
+
+async fn insert(
+    tx: &mut sqlx::PgConnection,
+    new: &NewExecution,
+) -> Result<ExecutionId, StoreError> {
+    let input = serde_json::to_string(&new.input)
+        .map_err(|e| StoreError::Other(format!("serializing input: {e}")))?;
+    sqlx::query_scalar(&format!(
+        "INSERT INTO executions (provider, priority, input, max_attempts, not_before, created_at)
+         VALUES ($1, $2, $3, $4, {NOW_MS}, {NOW_MS}) RETURNING id"
+    ))
+    .bind(&new.provider)
+    .bind(new.priority)
+    .bind(input)
+    .bind(new.max_attempts)
+    .fetch_one(tx)
+    .await
+    .op("submitting an execution")
+}
+
+#[async_trait]
+impl Queue for PgQueue {
+    async fn submit(&self, new: &NewExecution) -> Result<ExecutionId, StoreError> {
+        let mut tx = self.pool.begin().await.op("submitting an execution")?;
+        let id = insert(&mut tx, new).await?;
+        notify(&mut tx, &new.provider).await?;
+        tx.commit().await.op("submitting an execution")?;
+        Ok(id)
+    }
+
+    async fn submit_many(&self, new: &[NewExecution]) -> Result<Vec<ExecutionId>, StoreError> {
+        let mut tx = self.pool.begin().await.op("submitting executions")?;
+        let mut ids = Vec::with_capacity(new.len());
+        for one in new {
+            ids.push(insert(&mut tx, one).await?);
+        }
+        let providers: std::collections::BTreeSet<&str> =
+            new.iter().map(|n| n.provider.as_str()).collect();
+        for provider in providers {
+            notify(&mut tx, provider).await?;
+        }
+        tx.commit().await.op("submitting executions")?;
+        Ok(ids)
+    }
+
+    async fn get(&self, id: ExecutionId) -> Result<Option<Execution>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM executions WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .op("reading an execution")?;
+        row.as_ref().map(row_to_execution).transpose()
+    }
+
+    async fn list(&self, provider: Option<&str>) -> Result<Vec<Execution>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM executions
+              WHERE $1::text IS NULL OR provider = $1 ORDER BY id"
+        ))
+        .bind(provider)
+        .fetch_all(&self.pool)
+        .await
+        .op("listing executions")?;
+        rows.iter().map(row_to_execution).collect()
+    }
+
+    async fn claim(&self, provider: &str, claim: Claim<'_>) -> Result<Vec<Execution>, StoreError> {
+        if claim.max == 0 {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await.op("claiming executions")?;
+        // Claims of one provider, from every worker, take turns: the count below stays true
+        // until this transaction commits.
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('lanes:' || $1, 0))")
+            .bind(provider)
+            .execute(&mut *tx)
+            .await
+            .op("locking the provider for a claim")?;
+        let running: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM executions WHERE provider = $1 AND status = 'running'",
+        )
+        .bind(provider)
+        .fetch_one(&mut *tx)
+        .await
+        .op("counting running executions")?;
+        let take = (claim.limit as i64 - running).min(claim.max as i64);
+        if take <= 0 {
+            tx.commit().await.op("claiming executions")?;
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(&format!(
+            "UPDATE executions
+                SET status = 'running', owner = $1, worker = $1, started_at = {NOW_MS},
+                    attempts = attempts + 1, resume = false, lease_until = {NOW_MS} + $4
+              WHERE id IN (SELECT id FROM executions
+                            WHERE provider = $2 AND status = 'pending' AND not_before <= {NOW_MS}
+                            ORDER BY resume DESC, priority DESC, id
+                            LIMIT $3
+                            FOR UPDATE SKIP LOCKED)
+             RETURNING {COLUMNS}"
+        ))
+        .bind(claim.owner)
+        .bind(provider)
+        .bind(take)
+        .bind(claim.lease_ms)
+        .fetch_all(&mut *tx)
+        .await
+        .op("claiming executions")?;
+        tx.commit().await.op("claiming executions")?;
+        let mut claimed: Vec<Execution> =
+            rows.iter().map(row_to_execution).collect::<Result<_, _>>()?;
+        claimed.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+        Ok(claimed)
+    }
+
+    async fn renew_leases(&self, owner: &str, lease_ms: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query(&format!(
+            "UPDATE executions SET lease_until = {NOW_MS} + $2
+              WHERE owner = $1 AND status = 'running'"
+        ))
+        .bind(owner)
+        .bind(lease_ms)
+        .execute(&self.pool)
+        .await
+        .op("renewing leases")?;
+        Ok(done.rows_affected())
+    }
+
+    async fn next_due(&self, provider: &str) -> Result<Option<i64>, StoreError> {
+        // Returned as a time on this host's clock: the caller sleeps until then.
+        let wait_ms: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT MIN(not_before) - {NOW_MS} FROM executions
+              WHERE provider = $1 AND status = 'pending' AND not_before > {NOW_MS}"
+        ))
+        .bind(provider)
+        .fetch_one(&self.pool)
+        .await
+        .op("reading the next retry time")?;
+        Ok(wait_ms.map(|w| crate::model::now_ms() + w))
+    }
+
+    async fn finish(
+        &self,
+        id: ExecutionId,
+        owner: &str,
+        finish: &Finish,
+    ) -> Result<bool, StoreError> {
+        const GUARD: &str = "WHERE id = $1 AND owner = $2 AND status = 'running' RETURNING provider";
+        let mut tx = self.pool.begin().await.op("recording an attempt's end")?;
+        let provider: Option<String> = match finish {
+            Finish::Completed(output) => sqlx::query_scalar(&format!(
+                "UPDATE executions SET status = 'completed', output = $3, finished_at = {NOW_MS},
+                        owner = NULL, lease_until = NULL {GUARD}"
+            ))
+            .bind(id)
+            .bind(owner)
+            .bind(output.to_string())
+            .fetch_optional(&mut *tx)
+            .await,
+            Finish::Retry {
+                error,
+                kind,
+                delay_ms,
+            } => sqlx::query_scalar(&format!(
+                "UPDATE executions SET status = 'pending', error = $3, error_kind = $4,
+                        not_before = {NOW_MS} + $5, owner = NULL, lease_until = NULL {GUARD}"
+            ))
+            .bind(id)
+            .bind(owner)
+            .bind(error)
+            .bind(kind.as_str())
+            .bind(delay_ms)
+            .fetch_optional(&mut *tx)
+            .await,
+            Finish::Failed { error, kind } => sqlx::query_scalar(&format!(
+                "UPDATE executions SET status = 'failed', error = $3, error_kind = $4,
+                        finished_at = {NOW_MS}, owner = NULL, lease_until = NULL {GUARD}"
+            ))
+            .bind(id)
+            .bind(owner)
+            .bind(error)
+            .bind(kind.as_str())
+            .fetch_optional(&mut *tx)
+            .await,
+            Finish::Requeue => sqlx::query_scalar(&format!(
+                "UPDATE executions SET status = 'pending', attempts = attempts - 1, resume = true,
+                        started_at = NULL, owner = NULL, lease_until = NULL {GUARD}"
+            ))
+            .bind(id)
+            .bind(owner)
+            .fetch_optional(&mut *tx)
+            .await,
+        }
+        .op("recording an attempt's end")?;
+        // A slot freed: wake the provider's lanes on every worker.
+        if let Some(provider) = &provider {
+            notify(&mut tx, provider).await?;
+        }
+        tx.commit().await.op("recording an attempt's end")?;
+        Ok(provider.is_some())
+    }
+
+    async fn recover_interrupted(&self) -> Result<Recovered, StoreError> {
+        let mut tx = self.pool.begin().await.op("reclaiming expired leases")?;
+        let failed: Vec<(i64, String)> = sqlx::query_as(&format!(
+            "UPDATE executions
+                SET status = 'failed', finished_at = {NOW_MS}, owner = NULL, lease_until = NULL,
+                    error_kind = 'interrupted',
+                    error = 'interrupted: the worker running it (' || owner
+                            || ') stopped renewing its lease, and that was attempt '
+                            || attempts || ' of ' || max_attempts
+              WHERE status = 'running' AND lease_until < {NOW_MS} AND attempts >= max_attempts
+             RETURNING id, provider"
+        ))
+        .fetch_all(&mut *tx)
+        .await
+        .op("failing expired executions without attempts left")?;
+        let resumed: Vec<(i64, String)> = sqlx::query_as(&format!(
+            "UPDATE executions SET status = 'pending', resume = true, owner = NULL,
+                    lease_until = NULL
+              WHERE status = 'running' AND lease_until < {NOW_MS}
+             RETURNING id, provider"
+        ))
+        .fetch_all(&mut *tx)
+        .await
+        .op("returning expired executions to the queue")?;
+        let providers: std::collections::BTreeSet<&str> =
+            resumed.iter().map(|(_, p)| p.as_str()).collect();
+        for provider in providers {
+            notify(&mut tx, provider).await?;
+        }
+        tx.commit().await.op("reclaiming expired leases")?;
+        let mut recovered = Recovered { resumed, failed };
+        recovered.resumed.sort();
+        recovered.failed.sort();
+        Ok(recovered)
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    async fn listen(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>, StoreError> {
+        let mut listener = PgListener::connect_with(&self.pool)
+            .await
+            .op("listening for notifications")?;
+        listener
+            .listen(CHANNEL)
+            .await
+            .op("listening for notifications")?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(async move {
+            loop {
+                // `recv` reconnects by itself after a lost connection; notifications sent
+                // meanwhile are lost, and the poll interval covers them.
+                match listener.recv().await {
+                    Ok(n) => {
+                        if tx.send(n.payload().to_string()).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("notification listener: {e}");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        if tx.is_closed() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Some(rx))
+    }
+
+    async fn counts(&self) -> Result<BTreeMap<String, StatusCounts>, StoreError> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT provider, status, COUNT(*) FROM executions GROUP BY provider, status",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .op("counting executions")?;
+        let mut counts: BTreeMap<String, StatusCounts> = BTreeMap::new();
+        for (provider, status, n) in rows {
+            let status: Status = status
+                .parse()
+                .map_err(|e: String| StoreError::Other(format!("provider {provider}: {e}")))?;
+            counts.entry(provider).or_default().add(status, n as u64);
+        }
+        Ok(counts)
+    }
+
+    async fn set_limit(&self, provider: &str, limit: u32) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.op("storing a limit")?;
+        sqlx::query(&format!(
+            "INSERT INTO provider_limits (provider, max_running, updated_at)
+             VALUES ($1, $2, {NOW_MS})
+             ON CONFLICT (provider) DO UPDATE SET max_running = $2, updated_at = {NOW_MS}"
+        ))
+        .bind(provider)
+        .bind(limit as i32)
+        .execute(&mut *tx)
+        .await
+        .op("storing a limit")?;
+        notify(&mut tx, provider).await?;
+        tx.commit().await.op("storing a limit")?;
+        Ok(())
+    }
+
+    async fn clear_limit(&self, provider: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM provider_limits WHERE provider = $1")
+            .bind(provider)
+            .execute(&self.pool)
+            .await
+            .op("clearing a limit")?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn limits(&self) -> Result<BTreeMap<String, u32>, StoreError> {
+        let rows: Vec<(String, i32)> =
+            sqlx::query_as("SELECT provider, max_running FROM provider_limits")
+                .fetch_all(&self.pool)
+                .await
+                .op("reading limits")?;
+        Ok(rows.into_iter().map(|(p, l)| (p, l as u32)).collect())
+    }
+
+    async fn record_providers(&self, providers: &[ProviderRecord]) -> Result<(), StoreError> {
+        // Workers share this table: each upserts what it loaded and removes nothing, since
+        // another worker may still serve a provider this one does not have.
+        let mut tx = self.pool.begin().await.op("recording providers")?;
+        for p in providers {
+            sqlx::query(&format!(
+                "INSERT INTO providers (name, component, version, default_limit, description, seen_at)
+                 VALUES ($1, $2, $3, $4, $5, {NOW_MS})
+                 ON CONFLICT (name) DO UPDATE SET component = $2, version = $3,
+                        default_limit = $4, description = $5, seen_at = {NOW_MS}"
+            ))
+            .bind(&p.name)
+            .bind(&p.component)
+            .bind(&p.version)
+            .bind(p.default_limit as i32)
+            .bind(&p.description)
+            .execute(&mut *tx)
+            .await
+            .op("recording providers")?;
+        }
+        tx.commit().await.op("recording providers")?;
+        Ok(())
+    }
+
+    async fn providers(&self) -> Result<Vec<ProviderRecord>, StoreError> {
+        let rows: Vec<(String, String, String, i32, String)> = sqlx::query_as(
+            "SELECT name, component, version, default_limit, description FROM providers ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .op("reading providers")?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(name, component, version, default_limit, description)| ProviderRecord {
+                    name,
+                    component,
+                    version,
+                    default_limit: default_limit as u32,
+                    description,
+                },
+            )
+            .collect())
+    }
+}

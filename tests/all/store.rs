@@ -1,0 +1,218 @@
+//! The storage contract, run against SQLite and against PostgreSQL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lanes::model::{ChatInput, ErrorKind, NewExecution, Status, now_ms};
+use lanes::store::{Claim, Finish, ProviderRecord, Queue};
+
+use crate::support::*;
+
+fn new(provider: &str, priority: i32) -> NewExecution {
+    NewExecution {
+        provider: provider.into(),
+        input: ChatInput::prompt("hi"),
+        priority,
+        max_attempts: 2,
+    }
+}
+
+fn claim(owner: &str, max: u32, limit: u32) -> Claim<'_> {
+    Claim {
+        owner,
+        max,
+        limit,
+        lease_ms: 60_000,
+    }
+}
+
+/// Runs `check` against a fresh SQLite queue and a fresh PostgreSQL schema.
+macro_rules! contract {
+    ($name:ident, $check:ident) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let env = TestEnv::new();
+                $check(env.any_queue().await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some((env, _schema)) = TestEnv::postgres().await else {
+                    return;
+                };
+                $check(env.any_queue().await).await;
+            }
+        }
+    };
+}
+
+contract!(claims_order_and_count, claims_follow_priority_then_fifo_and_count_attempts);
+async fn claims_follow_priority_then_fifo_and_count_attempts(q: Arc<dyn Queue>) {
+    let low = q.submit(&new("a", 0)).await.unwrap();
+    let high = q.submit(&new("a", 5)).await.unwrap();
+    let low2 = q.submit(&new("a", 0)).await.unwrap();
+    q.submit(&new("b", 9)).await.unwrap();
+    let claimed = q.claim("a", claim("w1", 2, 10)).await.unwrap();
+    let ids: Vec<_> = claimed.iter().map(|e| e.id).collect();
+    assert_eq!(ids, vec![high, low]);
+    for e in &claimed {
+        assert_eq!((e.status, e.attempts), (Status::Running, 1));
+        assert_eq!(e.worker.as_deref(), Some("w1"));
+        assert!(e.lease_until.unwrap() > e.started_at.unwrap());
+    }
+    let rest = q.claim("a", claim("w1", 5, 10)).await.unwrap();
+    assert_eq!(rest.iter().map(|e| e.id).collect::<Vec<_>>(), vec![low2]);
+}
+
+contract!(claims_limit, claims_never_exceed_the_limit_across_workers);
+async fn claims_never_exceed_the_limit_across_workers(q: Arc<dyn Queue>) {
+    q.submit_many(&(0..6).map(|_| new("a", 0)).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert_eq!(q.claim("a", claim("w1", 5, 2)).await.unwrap().len(), 2);
+    assert!(q.claim("a", claim("w2", 5, 2)).await.unwrap().is_empty());
+    let running = q.list(Some("a")).await.unwrap();
+    let first = running.iter().find(|e| e.status == Status::Running).unwrap();
+    let done = Finish::Completed(serde_json::json!({"text": "x"}));
+    assert!(q.finish(first.id, "w1", &done).await.unwrap());
+    assert_eq!(q.claim("a", claim("w2", 5, 2)).await.unwrap().len(), 1);
+    // A raised limit lets more through.
+    assert_eq!(q.claim("a", claim("w2", 5, 4)).await.unwrap().len(), 2);
+}
+
+contract!(owner_guard, a_worker_that_lost_its_row_cannot_overwrite_the_result);
+async fn a_worker_that_lost_its_row_cannot_overwrite_the_result(q: Arc<dyn Queue>) {
+    let id = q.submit(&new("a", 0)).await.unwrap();
+    let short = Claim {
+        lease_ms: 1,
+        ..claim("paused", 1, 1)
+    };
+    q.claim("a", short).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let recovered = q.recover_interrupted().await.unwrap();
+    assert_eq!(recovered.resumed, vec![(id, "a".to_string())]);
+    let taken = q.claim("a", claim("other", 1, 1)).await.unwrap();
+    assert_eq!(taken[0].attempts, 2);
+    let theirs = Finish::Completed(serde_json::json!({"text": "from other"}));
+    assert!(q.finish(id, "other", &theirs).await.unwrap());
+    let late = Finish::Completed(serde_json::json!({"text": "from paused"}));
+    assert!(!q.finish(id, "paused", &late).await.unwrap(), "the paused worker must not write");
+    let row = q.get(id).await.unwrap().unwrap();
+    assert_eq!(row.output.unwrap()["text"], "from other");
+    assert_eq!((row.status, row.worker.as_deref()), (Status::Completed, Some("other")));
+}
+
+contract!(recovery, recovery_resumes_first_or_fails_without_attempts_left);
+async fn recovery_resumes_first_or_fails_without_attempts_left(q: Arc<dyn Queue>) {
+    let expired = |owner| Claim {
+        lease_ms: 1,
+        ..claim(owner, 1, 10)
+    };
+    let a = q.submit(&new("a", 0)).await.unwrap();
+    let b = q.submit(&new("a", 0)).await.unwrap();
+    q.claim("a", expired("dead")).await.unwrap();
+    let urgent = q.submit(&new("a", 100)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let recovered = q.recover_interrupted().await.unwrap();
+    assert_eq!(recovered.resumed, vec![(a, "a".to_string())]);
+    let next = q.claim("a", expired("w")).await.unwrap();
+    assert_eq!(next[0].id, a, "the interrupted row goes before priority 100");
+    assert_eq!(next[0].attempts, 2);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The second interruption exhausts max_attempts = 2.
+    let recovered = q.recover_interrupted().await.unwrap();
+    assert_eq!(recovered.failed, vec![(a, "a".to_string())]);
+    let row = q.get(a).await.unwrap().unwrap();
+    assert_eq!(row.status, Status::Failed);
+    assert_eq!(row.error_kind.as_deref(), Some(ErrorKind::Interrupted.as_str()));
+    assert!(row.error.unwrap().contains("attempt 2 of 2"));
+    let next = q.claim("a", claim("w", 5, 10)).await.unwrap();
+    assert_eq!(next.iter().map(|e| e.id).collect::<Vec<_>>(), vec![urgent, b]);
+}
+
+contract!(retry_and_requeue, retry_waits_and_requeue_gives_the_attempt_back);
+async fn retry_waits_and_requeue_gives_the_attempt_back(q: Arc<dyn Queue>) {
+    let id = q.submit(&new("a", 0)).await.unwrap();
+    q.claim("a", claim("w", 1, 1)).await.unwrap();
+    let retry = Finish::Retry {
+        error: "busy".into(),
+        kind: ErrorKind::Unavailable,
+        delay_ms: 60_000,
+    };
+    assert!(q.finish(id, "w", &retry).await.unwrap());
+    assert!(q.claim("a", claim("w", 1, 1)).await.unwrap().is_empty());
+    let due = q.next_due("a").await.unwrap().unwrap();
+    assert!((due - now_ms() - 60_000).abs() < 5_000, "due in about 60 s: {due}");
+    let short = q.submit(&new("b", 0)).await.unwrap();
+    q.claim("b", claim("w", 1, 1)).await.unwrap();
+    let soon = Finish::Retry {
+        error: "busy".into(),
+        kind: ErrorKind::RateLimited,
+        delay_ms: 30,
+    };
+    assert!(q.finish(short, "w", &soon).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let again = q.claim("b", claim("w", 1, 1)).await.unwrap();
+    assert_eq!(again[0].attempts, 2);
+    assert_eq!(again[0].error.as_deref(), Some("busy"));
+    assert!(q.finish(short, "w", &Finish::Requeue).await.unwrap());
+    let row = q.get(short).await.unwrap().unwrap();
+    assert_eq!((row.status, row.attempts, row.resume), (Status::Pending, 1, true));
+}
+
+contract!(leases, renewing_keeps_a_lease_alive);
+async fn renewing_keeps_a_lease_alive(q: Arc<dyn Queue>) {
+    let id = q.submit(&new("a", 0)).await.unwrap();
+    let first = q.claim("a", Claim { lease_ms: 200, ..claim("w", 1, 1) }).await.unwrap();
+    let before = first[0].lease_until.unwrap();
+    assert_eq!(q.renew_leases("w", 60_000).await.unwrap(), 1);
+    assert_eq!(q.renew_leases("nobody", 60_000).await.unwrap(), 0);
+    let row = q.get(id).await.unwrap().unwrap();
+    assert!(row.lease_until.unwrap() > before + 30_000);
+}
+
+contract!(limits_counts_providers, limits_counts_and_providers);
+async fn limits_counts_and_providers(q: Arc<dyn Queue>) {
+    q.set_limit("a", 3).await.unwrap();
+    q.set_limit("a", 4).await.unwrap();
+    assert_eq!(q.limits().await.unwrap()["a"], 4);
+    assert!(q.clear_limit("a").await.unwrap());
+    assert!(!q.clear_limit("a").await.unwrap());
+    assert!(q.limits().await.unwrap().is_empty());
+    q.submit(&new("a", 0)).await.unwrap();
+    q.submit(&new("a", 0)).await.unwrap();
+    q.claim("a", claim("w", 1, 1)).await.unwrap();
+    let counts = q.counts().await.unwrap();
+    assert_eq!((counts["a"].pending, counts["a"].running), (1, 1));
+    let record = ProviderRecord {
+        name: "a".into(),
+        component: "a.wasm".into(),
+        version: "1.0.0".into(),
+        default_limit: 2,
+        description: "d".into(),
+    };
+    q.record_providers(std::slice::from_ref(&record)).await.unwrap();
+    assert_eq!(q.providers().await.unwrap(), vec![record]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_notifies_submissions_and_freed_slots() {
+    let Some((env, _schema)) = TestEnv::postgres().await else {
+        return;
+    };
+    let q = env.any_queue().await;
+    let mut changes = q.listen().await.unwrap().expect("PostgreSQL notifies");
+    let other = env.any_queue().await; // another worker's connection
+    let id = other.submit(&new("n", 0)).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), changes.recv()).await.unwrap();
+    assert_eq!(got.as_deref(), Some("n"));
+    other.claim("n", claim("w", 1, 1)).await.unwrap();
+    let done = Finish::Completed(serde_json::json!({"text": "x"}));
+    other.finish(id, "w", &done).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), changes.recv()).await.unwrap();
+    assert_eq!(got.as_deref(), Some("n"), "a freed slot wakes the other workers");
+    assert!(TestEnv::new().any_queue().await.listen().await.unwrap().is_none());
+}
