@@ -688,9 +688,22 @@ fn watch(
     events: Arc<tokio::sync::Notify>,
 ) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher;
-    let mut watcher = notify::recommended_watcher(move |_event| events.notify_one())
-        .map_err(|e| warn!("cannot watch {}: {e}; polling only", dir.display()))
-        .ok()?;
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Reading the folder is itself an event (open, access, close); reacting to those
+        // would rescan forever. Only changes to `.wasm` files matter.
+        let relevant = event.is_ok_and(|e| {
+            !matches!(e.kind, notify::EventKind::Access(_))
+                && (e.paths.is_empty()
+                    || e.paths
+                        .iter()
+                        .any(|p| p.extension().is_some_and(|x| x == "wasm")))
+        });
+        if relevant {
+            events.notify_one();
+        }
+    })
+    .map_err(|e| warn!("cannot watch {}: {e}; polling only", dir.display()))
+    .ok()?;
     match watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
         Ok(()) => Some(watcher),
         Err(e) => {

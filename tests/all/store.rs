@@ -49,7 +49,10 @@ macro_rules! contract {
     };
 }
 
-contract!(claims_order_and_count, claims_follow_priority_then_fifo_and_count_attempts);
+contract!(
+    claims_order_and_count,
+    claims_follow_priority_then_fifo_and_count_attempts
+);
 async fn claims_follow_priority_then_fifo_and_count_attempts(q: Arc<dyn Queue>) {
     let low = q.submit(&new("a", 0)).await.unwrap();
     let high = q.submit(&new("a", 5)).await.unwrap();
@@ -75,7 +78,10 @@ async fn claims_never_exceed_the_limit_across_workers(q: Arc<dyn Queue>) {
     assert_eq!(q.claim("a", claim("w1", 5, 2)).await.unwrap().len(), 2);
     assert!(q.claim("a", claim("w2", 5, 2)).await.unwrap().is_empty());
     let running = q.list(Some("a")).await.unwrap();
-    let first = running.iter().find(|e| e.status == Status::Running).unwrap();
+    let first = running
+        .iter()
+        .find(|e| e.status == Status::Running)
+        .unwrap();
     let done = Finish::Completed(serde_json::json!({"text": "x"}));
     assert!(q.finish(first.id, "w1", &done).await.unwrap());
     assert_eq!(q.claim("a", claim("w2", 5, 2)).await.unwrap().len(), 1);
@@ -83,7 +89,10 @@ async fn claims_never_exceed_the_limit_across_workers(q: Arc<dyn Queue>) {
     assert_eq!(q.claim("a", claim("w2", 5, 4)).await.unwrap().len(), 2);
 }
 
-contract!(owner_guard, a_worker_that_lost_its_row_cannot_overwrite_the_result);
+contract!(
+    owner_guard,
+    a_worker_that_lost_its_row_cannot_overwrite_the_result
+);
 async fn a_worker_that_lost_its_row_cannot_overwrite_the_result(q: Arc<dyn Queue>) {
     let id = q.submit(&new("a", 0)).await.unwrap();
     let short = Claim {
@@ -99,13 +108,22 @@ async fn a_worker_that_lost_its_row_cannot_overwrite_the_result(q: Arc<dyn Queue
     let theirs = Finish::Completed(serde_json::json!({"text": "from other"}));
     assert!(q.finish(id, "other", &theirs).await.unwrap());
     let late = Finish::Completed(serde_json::json!({"text": "from paused"}));
-    assert!(!q.finish(id, "paused", &late).await.unwrap(), "the paused worker must not write");
+    assert!(
+        !q.finish(id, "paused", &late).await.unwrap(),
+        "the paused worker must not write"
+    );
     let row = q.get(id).await.unwrap().unwrap();
     assert_eq!(row.output.unwrap()["text"], "from other");
-    assert_eq!((row.status, row.worker.as_deref()), (Status::Completed, Some("other")));
+    assert_eq!(
+        (row.status, row.worker.as_deref()),
+        (Status::Completed, Some("other"))
+    );
 }
 
-contract!(recovery, recovery_resumes_first_or_fails_without_attempts_left);
+contract!(
+    recovery,
+    recovery_resumes_first_or_fails_without_attempts_left
+);
 async fn recovery_resumes_first_or_fails_without_attempts_left(q: Arc<dyn Queue>) {
     let expired = |owner| Claim {
         lease_ms: 1,
@@ -119,7 +137,10 @@ async fn recovery_resumes_first_or_fails_without_attempts_left(q: Arc<dyn Queue>
     let recovered = q.recover_interrupted().await.unwrap();
     assert_eq!(recovered.resumed, vec![(a, "a".to_string())]);
     let next = q.claim("a", expired("w")).await.unwrap();
-    assert_eq!(next[0].id, a, "the interrupted row goes before priority 100");
+    assert_eq!(
+        next[0].id, a,
+        "the interrupted row goes before priority 100"
+    );
     assert_eq!(next[0].attempts, 2);
     tokio::time::sleep(Duration::from_millis(20)).await;
     // The second interruption exhausts max_attempts = 2.
@@ -127,13 +148,22 @@ async fn recovery_resumes_first_or_fails_without_attempts_left(q: Arc<dyn Queue>
     assert_eq!(recovered.failed, vec![(a, "a".to_string())]);
     let row = q.get(a).await.unwrap().unwrap();
     assert_eq!(row.status, Status::Failed);
-    assert_eq!(row.error_kind.as_deref(), Some(ErrorKind::Interrupted.as_str()));
+    assert_eq!(
+        row.error_kind.as_deref(),
+        Some(ErrorKind::Interrupted.as_str())
+    );
     assert!(row.error.unwrap().contains("attempt 2 of 2"));
     let next = q.claim("a", claim("w", 5, 10)).await.unwrap();
-    assert_eq!(next.iter().map(|e| e.id).collect::<Vec<_>>(), vec![urgent, b]);
+    assert_eq!(
+        next.iter().map(|e| e.id).collect::<Vec<_>>(),
+        vec![urgent, b]
+    );
 }
 
-contract!(retry_and_requeue, retry_waits_and_requeue_gives_the_attempt_back);
+contract!(
+    retry_and_requeue,
+    retry_waits_and_requeue_gives_the_attempt_back
+);
 async fn retry_waits_and_requeue_gives_the_attempt_back(q: Arc<dyn Queue>) {
     let id = q.submit(&new("a", 0)).await.unwrap();
     q.claim("a", claim("w", 1, 1)).await.unwrap();
@@ -145,7 +175,10 @@ async fn retry_waits_and_requeue_gives_the_attempt_back(q: Arc<dyn Queue>) {
     assert!(q.finish(id, "w", &retry).await.unwrap());
     assert!(q.claim("a", claim("w", 1, 1)).await.unwrap().is_empty());
     let due = q.next_due("a").await.unwrap().unwrap();
-    assert!((due - now_ms() - 60_000).abs() < 5_000, "due in about 60 s: {due}");
+    assert!(
+        (due - now_ms() - 60_000).abs() < 5_000,
+        "due in about 60 s: {due}"
+    );
     let short = q.submit(&new("b", 0)).await.unwrap();
     q.claim("b", claim("w", 1, 1)).await.unwrap();
     let soon = Finish::Retry {
@@ -160,13 +193,25 @@ async fn retry_waits_and_requeue_gives_the_attempt_back(q: Arc<dyn Queue>) {
     assert_eq!(again[0].error.as_deref(), Some("busy"));
     assert!(q.finish(short, "w", &Finish::Requeue).await.unwrap());
     let row = q.get(short).await.unwrap().unwrap();
-    assert_eq!((row.status, row.attempts, row.resume), (Status::Pending, 1, true));
+    assert_eq!(
+        (row.status, row.attempts, row.resume),
+        (Status::Pending, 1, true)
+    );
 }
 
 contract!(leases, renewing_keeps_a_lease_alive);
 async fn renewing_keeps_a_lease_alive(q: Arc<dyn Queue>) {
     let id = q.submit(&new("a", 0)).await.unwrap();
-    let first = q.claim("a", Claim { lease_ms: 200, ..claim("w", 1, 1) }).await.unwrap();
+    let first = q
+        .claim(
+            "a",
+            Claim {
+                lease_ms: 200,
+                ..claim("w", 1, 1)
+            },
+        )
+        .await
+        .unwrap();
     let before = first[0].lease_until.unwrap();
     assert_eq!(q.renew_leases("w", 60_000).await.unwrap(), 1);
     assert_eq!(q.renew_leases("nobody", 60_000).await.unwrap(), 0);
@@ -194,7 +239,9 @@ async fn limits_counts_and_providers(q: Arc<dyn Queue>) {
         default_limit: 2,
         description: "d".into(),
     };
-    q.record_providers(std::slice::from_ref(&record)).await.unwrap();
+    q.record_providers(std::slice::from_ref(&record))
+        .await
+        .unwrap();
     assert_eq!(q.providers().await.unwrap(), vec![record]);
 }
 
@@ -207,12 +254,28 @@ async fn postgres_notifies_submissions_and_freed_slots() {
     let mut changes = q.listen().await.unwrap().expect("PostgreSQL notifies");
     let other = env.any_queue().await; // another worker's connection
     let id = other.submit(&new("n", 0)).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), changes.recv()).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), changes.recv())
+        .await
+        .unwrap();
     assert_eq!(got.as_deref(), Some("n"));
     other.claim("n", claim("w", 1, 1)).await.unwrap();
     let done = Finish::Completed(serde_json::json!({"text": "x"}));
     other.finish(id, "w", &done).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), changes.recv()).await.unwrap();
-    assert_eq!(got.as_deref(), Some("n"), "a freed slot wakes the other workers");
-    assert!(TestEnv::new().any_queue().await.listen().await.unwrap().is_none());
+    let got = tokio::time::timeout(Duration::from_secs(5), changes.recv())
+        .await
+        .unwrap();
+    assert_eq!(
+        got.as_deref(),
+        Some("n"),
+        "a freed slot wakes the other workers"
+    );
+    assert!(
+        TestEnv::new()
+            .any_queue()
+            .await
+            .listen()
+            .await
+            .unwrap()
+            .is_none()
+    );
 }

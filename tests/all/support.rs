@@ -118,15 +118,6 @@ impl TestEnv {
         lanes::store::open(&self.config.database_url).await.unwrap()
     }
 
-    /// A daemon on `database_url`, whichever backend it is.
-    pub async fn start_any(&self) -> (Daemon, Arc<dyn Queue>) {
-        let queue = self.any_queue().await;
-        let daemon = Daemon::start(self.config.clone(), queue.clone())
-            .await
-            .expect("daemon starts");
-        (daemon, queue)
-    }
-
     pub async fn start(&self) -> (Daemon, Arc<SqliteQueue>) {
         let queue = self.queue().await;
         let daemon = Daemon::start(self.config.clone(), queue.clone())
@@ -322,7 +313,12 @@ impl PgSchema {
 fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
     h.finish() as u32
 }
 
@@ -331,7 +327,10 @@ impl Drop for PgSchema {
         let (base, name) = (self.base.clone(), self.name.clone());
         // A runtime of its own: this may run inside (or after) the test's runtime.
         let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
             runtime.block_on(async {
                 let pool = sqlx::PgPool::connect(&base).await.ok()?;
                 sqlx::query(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))

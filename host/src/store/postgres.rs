@@ -15,9 +15,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgListener, PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 
-use super::{
-    Claim, DbContext, Finish, ProviderRecord, Queue, Recovered, StatusCounts, StoreError,
-};
+use super::{Claim, DbContext, Finish, ProviderRecord, Queue, Recovered, StatusCounts, StoreError};
 use crate::model::{Execution, ExecutionId, NewExecution, Status};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -43,8 +41,10 @@ impl PgQueue {
     /// Connects to `url` and applies migrations. A schema can be chosen with
     /// `?options[search_path]=NAME`.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        // A worker needs few connections (claims, finishes, the lease loop); the listener
+        // holds one more. Keep fleets well under the server's max_connections.
         let pool = PgPoolOptions::new()
-            .max_connections(8)
+            .max_connections(5)
             .acquire_timeout(Duration::from_secs(30))
             .connect(url)
             .await
@@ -215,8 +215,10 @@ impl Queue for PgQueue {
         .await
         .op("claiming executions")?;
         tx.commit().await.op("claiming executions")?;
-        let mut claimed: Vec<Execution> =
-            rows.iter().map(row_to_execution).collect::<Result<_, _>>()?;
+        let mut claimed: Vec<Execution> = rows
+            .iter()
+            .map(row_to_execution)
+            .collect::<Result<_, _>>()?;
         claimed.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
         Ok(claimed)
     }
@@ -253,51 +255,60 @@ impl Queue for PgQueue {
         owner: &str,
         finish: &Finish,
     ) -> Result<bool, StoreError> {
-        const GUARD: &str = "WHERE id = $1 AND owner = $2 AND status = 'running' RETURNING provider";
+        const GUARD: &str =
+            "WHERE id = $1 AND owner = $2 AND status = 'running' RETURNING provider";
         let mut tx = self.pool.begin().await.op("recording an attempt's end")?;
         let provider: Option<String> = match finish {
-            Finish::Completed(output) => sqlx::query_scalar(&format!(
+            Finish::Completed(output) => {
+                sqlx::query_scalar(&format!(
                 "UPDATE executions SET status = 'completed', output = $3, finished_at = {NOW_MS},
                         owner = NULL, lease_until = NULL {GUARD}"
             ))
-            .bind(id)
-            .bind(owner)
-            .bind(output.to_string())
-            .fetch_optional(&mut *tx)
-            .await,
+                .bind(id)
+                .bind(owner)
+                .bind(output.to_string())
+                .fetch_optional(&mut *tx)
+                .await
+            }
             Finish::Retry {
                 error,
                 kind,
                 delay_ms,
-            } => sqlx::query_scalar(&format!(
-                "UPDATE executions SET status = 'pending', error = $3, error_kind = $4,
+            } => {
+                sqlx::query_scalar(&format!(
+                    "UPDATE executions SET status = 'pending', error = $3, error_kind = $4,
                         not_before = {NOW_MS} + $5, owner = NULL, lease_until = NULL {GUARD}"
-            ))
-            .bind(id)
-            .bind(owner)
-            .bind(error)
-            .bind(kind.as_str())
-            .bind(delay_ms)
-            .fetch_optional(&mut *tx)
-            .await,
-            Finish::Failed { error, kind } => sqlx::query_scalar(&format!(
-                "UPDATE executions SET status = 'failed', error = $3, error_kind = $4,
+                ))
+                .bind(id)
+                .bind(owner)
+                .bind(error)
+                .bind(kind.as_str())
+                .bind(delay_ms)
+                .fetch_optional(&mut *tx)
+                .await
+            }
+            Finish::Failed { error, kind } => {
+                sqlx::query_scalar(&format!(
+                    "UPDATE executions SET status = 'failed', error = $3, error_kind = $4,
                         finished_at = {NOW_MS}, owner = NULL, lease_until = NULL {GUARD}"
-            ))
-            .bind(id)
-            .bind(owner)
-            .bind(error)
-            .bind(kind.as_str())
-            .fetch_optional(&mut *tx)
-            .await,
-            Finish::Requeue => sqlx::query_scalar(&format!(
+                ))
+                .bind(id)
+                .bind(owner)
+                .bind(error)
+                .bind(kind.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+            }
+            Finish::Requeue => {
+                sqlx::query_scalar(&format!(
                 "UPDATE executions SET status = 'pending', attempts = attempts - 1, resume = true,
                         started_at = NULL, owner = NULL, lease_until = NULL {GUARD}"
             ))
-            .bind(id)
-            .bind(owner)
-            .fetch_optional(&mut *tx)
-            .await,
+                .bind(id)
+                .bind(owner)
+                .fetch_optional(&mut *tx)
+                .await
+            }
         }
         .op("recording an attempt's end")?;
         // A slot freed: wake the provider's lanes on every worker.

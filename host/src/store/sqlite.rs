@@ -9,9 +9,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-use super::{
-    Claim, DbContext, Finish, ProviderRecord, Queue, Recovered, StatusCounts, StoreError,
-};
+use super::{Claim, DbContext, Finish, ProviderRecord, Queue, Recovered, StatusCounts, StoreError};
 use crate::model::{Execution, ExecutionId, NewExecution, Status, now_ms};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -220,8 +218,10 @@ impl Queue for SqliteQueue {
         .fetch_all(&self.pool)
         .await
         .op("claiming executions")?;
-        let mut claimed: Vec<Execution> =
-            rows.iter().map(row_to_execution).collect::<Result<_, _>>()?;
+        let mut claimed: Vec<Execution> = rows
+            .iter()
+            .map(row_to_execution)
+            .collect::<Result<_, _>>()?;
         claimed.sort_by(claim_order);
         Ok(claimed)
     }

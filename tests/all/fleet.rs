@@ -1,0 +1,292 @@
+//! Several `lanes serve` processes on one PostgreSQL queue: fleet-wide limits, live limit
+//! changes, leases after kill -9 and after a pause, and wake-ups by LISTEN/NOTIFY.
+
+use std::collections::BTreeSet;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use lanes::model::{Execution, Status, now_ms};
+use lanes::report::{intervals, max_overlap};
+
+use crate::support::*;
+
+struct Fleet(Vec<Child>);
+
+impl Fleet {
+    fn start(env: &TestEnv, n: usize) -> Fleet {
+        Fleet(
+            (0..n)
+                .map(|i| env.spawn_worker(&format!("worker{i}")))
+                .collect(),
+        )
+    }
+
+    fn signal(&self, i: usize, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.0[i].id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn pid(&self, i: usize) -> u32 {
+        self.0[i].id()
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Which worker (index) ran the last attempt of `e`.
+fn ran_on(fleet: &Fleet, e: &Execution) -> Option<usize> {
+    let worker = e.worker.as_deref()?;
+    (0..fleet.0.len()).find(|i| worker.contains(&format!(":{}:", fleet.pid(*i))))
+}
+
+fn fleet_env(env: &mut TestEnv, limit: u32) {
+    env.stub("fleet", Some(limit), &[]);
+    env.config.lease_ms = 1000;
+    env.config.poll_interval_ms = 60_000; // pickup must come from notifications
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_share_one_limit() {
+    let Some((mut env, _schema)) = TestEnv::postgres().await else {
+        return;
+    };
+    fleet_env(&mut env, 3);
+    let queue = env.any_queue().await;
+    let fleet = Fleet::start(&env, 3);
+    tokio::time::sleep(Duration::from_millis(1500)).await; // all three listening
+    queue
+        .submit_many(&sleepers("fleet", 30, 300))
+        .await
+        .unwrap();
+    let rows = wait_terminal(queue.as_ref(), Some("fleet"), Duration::from_secs(60)).await;
+    assert_eq!(count(&rows, Status::Completed), 30);
+    let max = max_overlap(intervals(&rows));
+    let workers: BTreeSet<usize> = rows.iter().filter_map(|e| ran_on(&fleet, e)).collect();
+    println!("3 workers, limit 3: max concurrency {max}, workers used {workers:?}");
+    assert_eq!(
+        max, 3,
+        "the limit holds for the whole fleet, and is reached"
+    );
+    assert!(
+        workers.len() >= 2,
+        "the work spread over the fleet: {workers:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_set_on_one_worker_applies_to_all() {
+    let Some((mut env, _schema)) = TestEnv::postgres().await else {
+        return;
+    };
+    fleet_env(&mut env, 4);
+    let queue = env.any_queue().await;
+    let _fleet = Fleet::start(&env, 3);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    queue
+        .submit_many(&sleepers("fleet", 60, 200))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let changed_at = now_ms();
+    let out = env.lanes(&["limits", "set", "fleet", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows = wait_terminal(queue.as_ref(), Some("fleet"), Duration::from_secs(60)).await;
+    assert_eq!(count(&rows, Status::Completed), 60);
+    let at_start = |from: i64, to: i64| -> Vec<usize> {
+        rows.iter()
+            .filter_map(|e| e.started_at)
+            .filter(|s| *s >= from && *s < to)
+            .map(|s| running_at_start(&rows, s))
+            .collect()
+    };
+    let before = at_start(0, changed_at);
+    let after = at_start(changed_at + 1000, i64::MAX);
+    println!(
+        "max running at a start: {:?} before, {:?} after `limits set fleet 2`",
+        before.iter().max(),
+        after.iter().max()
+    );
+    assert_eq!(before.iter().max(), Some(&4));
+    assert!(
+        !after.is_empty() && after.iter().all(|n| *n <= 2),
+        "{after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_executions_are_reclaimed_and_resumed_first() {
+    let Some((mut env, _schema)) = TestEnv::postgres().await else {
+        return;
+    };
+    fleet_env(&mut env, 6);
+    let queue = env.any_queue().await;
+    let fleet = Fleet::start(&env, 3);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    queue
+        .submit_many(&sleepers("fleet", 24, 1000))
+        .await
+        .unwrap();
+    // Wait until worker 0 runs something, then kill it.
+    let rows = wait_until(
+        queue.as_ref(),
+        Some("fleet"),
+        Duration::from_secs(20),
+        "worker 0 running",
+        |rows| {
+            rows.iter()
+                .any(|e| e.status == Status::Running && ran_on(&fleet, e) == Some(0))
+        },
+    )
+    .await;
+    fleet.signal(0, "-KILL");
+    let killed_at = now_ms();
+    let lost: BTreeSet<i64> = rows
+        .iter()
+        .filter(|e| e.status == Status::Running && ran_on(&fleet, e) == Some(0))
+        .map(|e| e.id)
+        .collect();
+    let rows = wait_terminal(queue.as_ref(), Some("fleet"), Duration::from_secs(60)).await;
+    assert_eq!(rows.len(), 24);
+    assert!(
+        rows.iter().all(|e| e.status == Status::Completed),
+        "every execution completes"
+    );
+    for e in rows.iter().filter(|e| lost.contains(&e.id)) {
+        assert_eq!(e.attempts, 2, "execution {}: the lost attempt counts", e.id);
+        assert_ne!(ran_on(&fleet, e), Some(0), "finished by a surviving worker");
+        assert!(
+            e.started_at.unwrap() >= killed_at + 900,
+            "reclaimed only after the lease expired"
+        );
+    }
+    // Resumed first: once the reclaimed executions began to start, no waiting execution
+    // started before all of them had.
+    let resumed: Vec<i64> = rows
+        .iter()
+        .filter(|e| lost.contains(&e.id))
+        .filter_map(|e| e.started_at)
+        .collect();
+    let (first, last) = (
+        *resumed.iter().min().unwrap(),
+        *resumed.iter().max().unwrap(),
+    );
+    let overtaking: Vec<i64> = rows
+        .iter()
+        .filter(|e| !lost.contains(&e.id))
+        .filter_map(|e| e.started_at)
+        .filter(|s| first < *s && *s < last)
+        .collect();
+    assert!(
+        overtaking.is_empty(),
+        "resumed {first}..{last}, overtaken at {overtaking:?}"
+    );
+    let logs = env.log("worker1") + &env.log("worker2");
+    for id in &lost {
+        assert!(
+            logs.contains(&format!(
+                "Resuming interrupted execution: {id} (provider: fleet)"
+            )),
+            "{id}"
+        );
+    }
+    assert!(max_overlap(intervals(&rows)) <= 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_worker_cannot_overwrite_the_result_of_the_one_that_took_over() {
+    let Some((mut env, _schema)) = TestEnv::postgres().await else {
+        return;
+    };
+    fleet_env(&mut env, 2);
+    let queue = env.any_queue().await;
+    let fleet = Fleet::start(&env, 1);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let ids = queue
+        .submit_many(&sleepers("fleet", 2, 2500))
+        .await
+        .unwrap();
+    wait_until(
+        queue.as_ref(),
+        Some("fleet"),
+        Duration::from_secs(20),
+        "2 running",
+        |rows| count(rows, Status::Running) == 2,
+    )
+    .await;
+    fleet.signal(0, "-STOP");
+    let mut rescuer = Fleet::start(&env, 0);
+    rescuer.0.push(env.spawn_worker("rescuer"));
+    let rows = wait_terminal(queue.as_ref(), Some("fleet"), Duration::from_secs(30)).await;
+    let rescued: Vec<String> = rows
+        .iter()
+        .map(|e| e.output.as_ref().unwrap()["text"].to_string())
+        .collect();
+    let by_rescuer = rows.iter().all(|e| {
+        e.worker
+            .as_deref()
+            .is_some_and(|w| w.contains(&format!(":{}:", rescuer.pid(0))))
+    });
+    assert!(by_rescuer, "the rescuer ran the last attempts: {rows:?}");
+    fleet.signal(0, "-CONT");
+    // The paused worker wakes up, finishes its stale attempts and must be refused.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !env
+        .log("worker0")
+        .contains("no longer owned by this worker")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "paused worker log: {}",
+            env.log("worker0")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (id, text) in ids.iter().zip(rescued) {
+        let e = queue.get(*id).await.unwrap().unwrap();
+        assert_eq!(e.status, Status::Completed);
+        assert_eq!(e.output.unwrap()["text"].to_string(), text);
+        assert!(
+            e.worker.unwrap().contains(&format!(":{}:", rescuer.pid(0))),
+            "result not overwritten"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pickup_never_waits_for_the_poll_interval() {
+    let Some((mut env, _schema)) = TestEnv::postgres().await else {
+        return;
+    };
+    fleet_env(&mut env, 2);
+    let queue = env.any_queue().await;
+    let _fleet = Fleet::start(&env, 2);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut waits = Vec::new();
+    for _ in 0..5 {
+        let out = env.lanes(&[
+            "submit",
+            "--provider",
+            "fleet",
+            "--input",
+            r#"{"prompt": "now"}"#,
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let id: i64 = stdout(&out).trim().parse().unwrap();
+        let out = env.lanes(&["wait", &id.to_string(), "--timeout", "10"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let e = queue.get(id).await.unwrap().unwrap();
+        waits.push(e.started_at.unwrap() - e.created_at);
+    }
+    println!("submit-to-start across processes with a 60 s poll interval: {waits:?} ms");
+    assert!(waits.iter().all(|w| *w < 2000), "{waits:?}");
+}
