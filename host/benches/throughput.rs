@@ -7,6 +7,10 @@
 //!    at a lane with free slots.
 //! 4. Restart-to-first-dispatch: from `Daemon::start` to a queued execution starting, with a
 //!    cold compile cache and with a warm one.
+//! 5. The no-op throughput on PostgreSQL with 1 worker and with 3 (in one process, each with
+//!    its own engine and connections), in a schema of its own. `LANES_TEST_PG` names the
+//!    server (default postgres://postgres@127.0.0.1:5432/test); skipped with a line when
+//!    none answers.
 //!
 //! `cargo bench -- --quick` runs a smaller version (CI uses it to prove the benchmark runs).
 //! The machines are shared and noisy: compare ratios within one run, not across runs.
@@ -220,6 +224,61 @@ async fn restart_to_first_dispatch() {
     );
 }
 
+async fn pg_noop(n: usize, workers: usize) {
+    let base = std::env::var("LANES_TEST_PG")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let admin = match sqlx::PgPool::connect(&base).await {
+        Ok(pool) => pool,
+        Err(e) => {
+            println!("postgres: skipped, cannot connect to {base} ({e}); set LANES_TEST_PG");
+            return;
+        }
+    };
+    let schema = format!("lanes_bench_{}_{workers}", std::process::id());
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&admin)
+        .await
+        .expect("schema");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&dir, &[("noop", stub(32, 0))]);
+    config.database_url = format!("{base}?options[search_path]={schema}");
+    let mut daemons = Vec::new();
+    let mut queues = Vec::new();
+    for _ in 0..workers {
+        let queue = lanes::store::open(&config.database_url)
+            .await
+            .expect("queue");
+        daemons.push(
+            Daemon::start(config.clone(), queue.clone())
+                .await
+                .expect("daemon"),
+        );
+        queues.push(queue);
+    }
+    let started = Instant::now();
+    queues[0].submit_many(&jobs("noop", n)).await.unwrap();
+    wait_done(queues[0].as_ref(), n as u64).await;
+    let elapsed = started.elapsed();
+    let rows = queues[0].list(Some("noop")).await.unwrap();
+    let completed = rows
+        .iter()
+        .filter(|e| e.status == Status::Completed)
+        .count();
+    assert_eq!(completed, n);
+    let max = max_overlap(lanes::report::intervals(&rows));
+    println!(
+        "postgres noop: {n} executions, {workers} worker(s), fleet limit 32: {:.2} s = {:.0} executions/s (max concurrency {max})",
+        elapsed.as_secs_f64(),
+        n as f64 / elapsed.as_secs_f64()
+    );
+    for daemon in daemons {
+        daemon.shutdown(Duration::from_secs(5)).await;
+    }
+    let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&admin)
+        .await;
+}
+
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -240,5 +299,8 @@ fn main() {
         latency_bound(scale).await;
         submit_to_start(probes).await;
         restart_to_first_dispatch().await;
+        let pg_n = if quick { 1_000 } else { 20_000 };
+        pg_noop(pg_n, 1).await;
+        pg_noop(pg_n, 3).await;
     });
 }
