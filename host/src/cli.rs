@@ -589,3 +589,18 @@ async fn plugins_check(config: &Config, args: CheckArgs) -> anyhow::Result<ExitC
     }
     Ok(code)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn database_passwords_never_reach_messages() {
+        assert_eq!(
+            redact("postgres://lanes:s3cret@db:5432/q"),
+            "postgres://lanes:***@db:5432/q"
+        );
+        assert_eq!(redact("postgres://lanes@db/q"), "postgres://lanes@db/q");
+        assert_eq!(redact("sqlite://lanes.db"), "sqlite://lanes.db");
+    }
+}

@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 use crate::model::{ErrorKind, Execution, ExecutionId, NewExecution, Status};
+use sqlx::FromRow;
 
 /// A failed storage operation, named by what it was doing.
 #[derive(Debug, thiserror::Error)]
@@ -200,4 +201,99 @@ pub async fn open(url: &str) -> Result<Arc<dyn Queue>, StoreError> {
     } else {
         Ok(Arc::new(sqlite::SqliteQueue::open(url).await?))
     }
+}
+
+/// The columns every execution query returns: the fields of [`ExecutionRow`].
+pub(crate) const COLUMNS: &str = "id, provider, status, priority, input, output, error, \
+    error_kind, attempts, max_attempts, not_before, resume, created_at, started_at, \
+    finished_at, owner, lease_until, worker";
+
+/// An execution as both backends store it.
+#[derive(sqlx::FromRow)]
+pub(crate) struct ExecutionRow {
+    id: i64,
+    provider: String,
+    status: String,
+    priority: i32,
+    input: String,
+    output: Option<String>,
+    error: Option<String>,
+    error_kind: Option<String>,
+    attempts: i32,
+    max_attempts: i32,
+    not_before: i64,
+    resume: bool,
+    created_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    owner: Option<String>,
+    lease_until: Option<i64>,
+    worker: Option<String>,
+}
+
+/// Reads an execution from a row of either backend.
+pub(crate) fn execution_from_row<'r, R: sqlx::Row>(row: &'r R) -> Result<Execution, StoreError>
+where
+    ExecutionRow: sqlx::FromRow<'r, R>,
+{
+    let raw = ExecutionRow::from_row(row).op("reading an execution")?;
+    let id = raw.id;
+    let corrupt = |reason: String| StoreError::Corrupt { id, reason };
+    Ok(Execution {
+        id,
+        provider: raw.provider,
+        status: raw.status.parse().map_err(corrupt)?,
+        priority: raw.priority,
+        // Input that another writer stored as invalid JSON is kept as a string: the attempt
+        // then fails with a clear error instead of the row blocking its lane's claims.
+        input: serde_json::from_str(&raw.input).unwrap_or(serde_json::Value::String(raw.input)),
+        output: raw
+            .output
+            .map(|o| serde_json::from_str(&o))
+            .transpose()
+            .map_err(|e| corrupt(format!("output: {e}")))?,
+        error: raw.error,
+        error_kind: raw.error_kind,
+        attempts: raw.attempts,
+        max_attempts: raw.max_attempts,
+        not_before: raw.not_before,
+        resume: raw.resume,
+        created_at: raw.created_at,
+        started_at: raw.started_at,
+        finished_at: raw.finished_at,
+        owner: raw.owner,
+        lease_until: raw.lease_until,
+        worker: raw.worker,
+    })
+}
+
+/// Folds `(provider, status, count)` rows into counts per provider.
+pub(crate) fn fold_counts(
+    rows: Vec<(String, String, i64)>,
+) -> Result<BTreeMap<String, StatusCounts>, StoreError> {
+    let mut counts: BTreeMap<String, StatusCounts> = BTreeMap::new();
+    for (provider, status, n) in rows {
+        let status: Status = status
+            .parse()
+            .map_err(|e: String| StoreError::Other(format!("provider {provider}: {e}")))?;
+        counts.entry(provider).or_default().add(status, n as u64);
+    }
+    Ok(counts)
+}
+
+/// `(name, component, version, default_limit, description)` rows as records.
+pub(crate) fn provider_records(
+    rows: Vec<(String, String, String, i64, String)>,
+) -> Vec<ProviderRecord> {
+    rows.into_iter()
+        .map(
+            |(name, component, version, default_limit, description)| ProviderRecord {
+                name,
+                component,
+                version,
+                default_limit: default_limit as u32,
+                description,
+            },
+        )
+        .collect()
 }

@@ -12,11 +12,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::postgres::{PgListener, PgPoolOptions, PgRow};
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 
-use super::{Claim, DbContext, Finish, ProviderRecord, Queue, Recovered, StatusCounts, StoreError};
-use crate::model::{Execution, ExecutionId, NewExecution, Status};
+use super::{
+    COLUMNS, Claim, DbContext, Finish, ProviderRecord, Queue, Recovered, StatusCounts, StoreError,
+    execution_from_row, fold_counts, provider_records,
+};
+use crate::model::{Execution, ExecutionId, NewExecution};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -25,11 +28,6 @@ pub const CHANNEL: &str = "lanes";
 
 /// The database clock in Unix milliseconds.
 const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
-
-/// The columns every execution query returns, in [`row_to_execution`]'s order.
-const COLUMNS: &str = "id, provider, status, priority, input, output, error, error_kind, \
-    attempts, max_attempts, not_before, resume, created_at, started_at, finished_at, owner, \
-    lease_until, worker";
 
 /// A queue in a PostgreSQL database (or one schema of it, through `search_path`).
 #[derive(Clone)]
@@ -58,42 +56,6 @@ impl PgQueue {
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
-}
-
-fn row_to_execution(row: &PgRow) -> Result<Execution, StoreError> {
-    let id: i64 = row.get(0);
-    let status: String = row.get(2);
-    let input: String = row.get(4);
-    let output: Option<String> = row.get(5);
-    Ok(Execution {
-        id,
-        provider: row.get(1),
-        status: status
-            .parse()
-            .map_err(|reason| StoreError::Corrupt { id, reason })?,
-        priority: row.get(3),
-        // See the SQLite backend: broken input fails its attempt instead of blocking claims.
-        input: serde_json::from_str(&input).unwrap_or(serde_json::Value::String(input)),
-        output: output
-            .map(|o| serde_json::from_str(&o))
-            .transpose()
-            .map_err(|e| StoreError::Corrupt {
-                id,
-                reason: format!("output: {e}"),
-            })?,
-        error: row.get(6),
-        error_kind: row.get(7),
-        attempts: row.get(8),
-        max_attempts: row.get(9),
-        not_before: row.get(10),
-        resume: row.get(11),
-        created_at: row.get(12),
-        started_at: row.get(13),
-        finished_at: row.get(14),
-        owner: row.get(15),
-        lease_until: row.get(16),
-        worker: row.get(17),
-    })
 }
 
 /// Sends `provider` on the channel within `tx`: delivered when it commits.
@@ -157,7 +119,7 @@ impl Queue for PgQueue {
             .fetch_optional(&self.pool)
             .await
             .op("reading an execution")?;
-        row.as_ref().map(row_to_execution).transpose()
+        row.as_ref().map(execution_from_row).transpose()
     }
 
     async fn list(&self, provider: Option<&str>) -> Result<Vec<Execution>, StoreError> {
@@ -169,7 +131,7 @@ impl Queue for PgQueue {
         .fetch_all(&self.pool)
         .await
         .op("listing executions")?;
-        rows.iter().map(row_to_execution).collect()
+        rows.iter().map(execution_from_row).collect()
     }
 
     async fn claim(&self, provider: &str, claim: Claim<'_>) -> Result<Vec<Execution>, StoreError> {
@@ -217,7 +179,7 @@ impl Queue for PgQueue {
         tx.commit().await.op("claiming executions")?;
         let mut claimed: Vec<Execution> = rows
             .iter()
-            .map(row_to_execution)
+            .map(execution_from_row)
             .collect::<Result<_, _>>()?;
         claimed.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
         Ok(claimed)
@@ -398,14 +360,7 @@ impl Queue for PgQueue {
         .fetch_all(&self.pool)
         .await
         .op("counting executions")?;
-        let mut counts: BTreeMap<String, StatusCounts> = BTreeMap::new();
-        for (provider, status, n) in rows {
-            let status: Status = status
-                .parse()
-                .map_err(|e: String| StoreError::Other(format!("provider {provider}: {e}")))?;
-            counts.entry(provider).or_default().add(status, n as u64);
-        }
-        Ok(counts)
+        fold_counts(rows)
     }
 
     async fn set_limit(&self, provider: &str, limit: u32) -> Result<(), StoreError> {
@@ -468,23 +423,13 @@ impl Queue for PgQueue {
     }
 
     async fn providers(&self) -> Result<Vec<ProviderRecord>, StoreError> {
-        let rows: Vec<(String, String, String, i32, String)> = sqlx::query_as(
-            "SELECT name, component, version, default_limit, description FROM providers ORDER BY name",
+        let rows: Vec<(String, String, String, i64, String)> = sqlx::query_as(
+            "SELECT name, component, version, default_limit::bigint, description
+               FROM providers ORDER BY name",
         )
         .fetch_all(&self.pool)
         .await
         .op("reading providers")?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(name, component, version, default_limit, description)| ProviderRecord {
-                    name,
-                    component,
-                    version,
-                    default_limit: default_limit as u32,
-                    description,
-                },
-            )
-            .collect())
+        Ok(provider_records(rows))
     }
 }

@@ -6,18 +6,16 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
 
-use super::{Claim, DbContext, Finish, ProviderRecord, Queue, Recovered, StatusCounts, StoreError};
-use crate::model::{Execution, ExecutionId, NewExecution, Status, now_ms};
+use super::{
+    COLUMNS, Claim, DbContext, Finish, ProviderRecord, Queue, Recovered, StatusCounts, StoreError,
+    execution_from_row, fold_counts, provider_records,
+};
+use crate::model::{Execution, ExecutionId, NewExecution, now_ms};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
-
-/// The columns every execution query returns, in [`row_to_execution`]'s order.
-const COLUMNS: &str = "id, provider, status, priority, input, output, error, error_kind, \
-    attempts, max_attempts, not_before, resume, created_at, started_at, finished_at, owner, \
-    lease_until, worker";
 
 /// The guard of every write to a running row: only its owner may change it.
 macro_rules! owned_running {
@@ -90,39 +88,6 @@ async fn init_lock(db: &Path) -> Result<Option<std::fs::File>, StoreError> {
     .map_err(|e| StoreError::Other(format!("locking the database for start-up: {e}")))
 }
 
-fn row_to_execution(row: &sqlx::sqlite::SqliteRow) -> Result<Execution, StoreError> {
-    let id: i64 = row.get(0);
-    let corrupt = |reason: String| StoreError::Corrupt { id, reason };
-    let status: String = row.get(2);
-    let input: String = row.get(4);
-    let output: Option<String> = row.get(5);
-    Ok(Execution {
-        id,
-        provider: row.get(1),
-        status: status.parse().map_err(corrupt)?,
-        priority: row.get(3),
-        // Input that another writer stored as invalid JSON is kept as a string: the attempt
-        // then fails with a clear error instead of the row blocking its lane's claims.
-        input: serde_json::from_str(&input).unwrap_or(serde_json::Value::String(input)),
-        output: output
-            .map(|o| serde_json::from_str(&o))
-            .transpose()
-            .map_err(|e| corrupt(format!("output: {e}")))?,
-        error: row.get(6),
-        error_kind: row.get(7),
-        attempts: row.get(8),
-        max_attempts: row.get(9),
-        not_before: row.get(10),
-        resume: row.get::<i64, _>(11) != 0,
-        created_at: row.get(12),
-        started_at: row.get(13),
-        finished_at: row.get(14),
-        owner: row.get(15),
-        lease_until: row.get(16),
-        worker: row.get(17),
-    })
-}
-
 async fn insert(
     conn: &mut sqlx::SqliteConnection,
     new: &NewExecution,
@@ -176,7 +141,7 @@ impl Queue for SqliteQueue {
             .fetch_optional(&self.pool)
             .await
             .op("reading an execution")?;
-        row.as_ref().map(row_to_execution).transpose()
+        row.as_ref().map(execution_from_row).transpose()
     }
 
     async fn list(&self, provider: Option<&str>) -> Result<Vec<Execution>, StoreError> {
@@ -187,7 +152,7 @@ impl Queue for SqliteQueue {
         .fetch_all(&self.pool)
         .await
         .op("listing executions")?;
-        rows.iter().map(row_to_execution).collect()
+        rows.iter().map(execution_from_row).collect()
     }
 
     async fn claim(&self, provider: &str, claim: Claim<'_>) -> Result<Vec<Execution>, StoreError> {
@@ -220,7 +185,7 @@ impl Queue for SqliteQueue {
         .op("claiming executions")?;
         let mut claimed: Vec<Execution> = rows
             .iter()
-            .map(row_to_execution)
+            .map(execution_from_row)
             .collect::<Result<_, _>>()?;
         claimed.sort_by(claim_order);
         Ok(claimed)
@@ -345,14 +310,7 @@ impl Queue for SqliteQueue {
         .fetch_all(&self.pool)
         .await
         .op("counting executions")?;
-        let mut counts: BTreeMap<String, StatusCounts> = BTreeMap::new();
-        for (provider, status, n) in rows {
-            let status: Status = status
-                .parse()
-                .map_err(|e: String| StoreError::Other(format!("provider {provider}: {e}")))?;
-            counts.entry(provider).or_default().add(status, n as u64);
-        }
-        Ok(counts)
+        fold_counts(rows)
     }
 
     async fn set_limit(&self, provider: &str, limit: u32) -> Result<(), StoreError> {
@@ -420,17 +378,6 @@ impl Queue for SqliteQueue {
         .fetch_all(&self.pool)
         .await
         .op("reading providers")?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(name, component, version, default_limit, description)| ProviderRecord {
-                    name,
-                    component,
-                    version,
-                    default_limit: default_limit as u32,
-                    description,
-                },
-            )
-            .collect())
+        Ok(provider_records(rows))
     }
 }
