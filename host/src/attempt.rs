@@ -72,5 +72,6 @@ pub fn classify(error: &ExecError) -> (ErrorKind, Option<Duration>) {
         ExecError::Trap(_) => (ErrorKind::Trap, None),
         ExecError::Timeout(_) => (ErrorKind::Timeout, None),
         ExecError::OutputTooLarge { .. } => (ErrorKind::OutputTooLarge, None),
+        ExecError::Denied { .. } => (ErrorKind::Denied, None),
     }
 }

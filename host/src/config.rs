@@ -60,6 +60,8 @@ pub struct Config {
     pub sandbox: SandboxConfig,
     pub engine: EngineConfig,
     pub cache: CacheConfig,
+    /// Default outbound HTTP limits; `[providers.NAME]` overrides them.
+    pub http: HttpConfig,
     /// Providers by name: extra names for a component, limits and config values.
     pub providers: BTreeMap<String, ProviderConfig>,
 }
@@ -80,6 +82,7 @@ impl Default for Config {
             sandbox: SandboxConfig::default(),
             engine: EngineConfig::default(),
             cache: CacheConfig::default(),
+            http: HttpConfig::default(),
             providers: BTreeMap::new(),
         }
     }
@@ -153,6 +156,25 @@ pub struct SandboxOverride {
     pub max_output_bytes: Option<u64>,
 }
 
+/// Outbound HTTP limits of every provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// From sending a request to its response headers.
+    pub request_timeout_ms: u64,
+    /// The largest response body a component may read.
+    pub max_response_bytes: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            request_timeout_ms: 60_000,
+            max_response_bytes: 8 << 20,
+        }
+    }
+}
+
 /// The wasm engine's instance pool.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -216,6 +238,18 @@ pub struct ProviderConfig {
     pub component: Option<String>,
     /// Overrides the component's default limit.
     pub limit: Option<u32>,
+    /// The API's base URL. The component reads it as config value `base_url`, and its host
+    /// is what the component may reach unless `allowed_hosts` says otherwise.
+    pub base_url: Option<String>,
+    /// The default model, read by the component as config value `model`.
+    pub model: Option<String>,
+    /// Hosts (`host` or `host:port`) the component may send HTTP requests to. Default: the
+    /// host of `base_url`, or none.
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Overrides `[http] request_timeout_ms`.
+    pub request_timeout_ms: Option<u64>,
+    /// Overrides `[http] max_response_bytes`.
+    pub max_response_bytes: Option<u64>,
     /// Values the component reads through the `config` import.
     pub config: BTreeMap<String, ConfigValue>,
     /// The environment variable holding this provider's API key (the `api-key` secret).
@@ -248,13 +282,45 @@ impl std::fmt::Display for ConfigValue {
 }
 
 impl ProviderConfig {
-    /// The config values as the component sees them.
+    /// The config values as the component sees them: `config`, plus `base_url` and `model`.
     pub fn values(&self) -> BTreeMap<String, String> {
-        self.config
+        let mut values: BTreeMap<String, String> = self
+            .config
             .iter()
             .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect();
+        if let Some(url) = &self.base_url {
+            values.insert("base_url".into(), url.trim_end_matches('/').to_string());
+        }
+        if let Some(model) = &self.model {
+            values.insert("model".into(), model.clone());
+        }
+        values
+    }
+
+    /// The hosts the component may reach: `allowed_hosts`, else the host of `base_url`.
+    pub fn allowed_hosts(&self) -> Vec<String> {
+        if let Some(hosts) = &self.allowed_hosts {
+            return hosts.clone();
+        }
+        self.base_url
+            .as_deref()
+            .and_then(base_url_authority)
+            .into_iter()
             .collect()
     }
+}
+
+/// `host:port` of an `http(s)://` URL, the port made explicit; `None` when it is not one.
+pub fn base_url_authority(url: &str) -> Option<String> {
+    let uri: http::Uri = url.parse().ok()?;
+    let default_port = match uri.scheme_str()? {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let host = uri.host().filter(|h| !h.is_empty())?;
+    Some(format!("{host}:{}", uri.port_u16().unwrap_or(default_port)))
 }
 
 /// The top-level keys, so that unrelated `LANES_*` variables (such as `LANES_LOG`) are not
@@ -273,6 +339,7 @@ const KEYS: &[&str] = &[
     "sandbox",
     "engine",
     "cache",
+    "http",
     "providers",
 ];
 
@@ -335,6 +402,8 @@ impl Config {
             ("sandbox.cpu_ms", self.sandbox.cpu_ms),
             ("sandbox.memory_mb", self.sandbox.memory_mb),
             ("sandbox.max_output_bytes", self.sandbox.max_output_bytes),
+            ("http.request_timeout_ms", self.http.request_timeout_ms),
+            ("http.max_response_bytes", self.http.max_response_bytes),
         ];
         for (field, value) in positive {
             if value == 0 {
@@ -362,6 +431,25 @@ impl Config {
                 if value == Some(0) {
                     return Err(invalid(
                         format!("providers.{name}.sandbox.{field}"),
+                        "must be at least 1",
+                    ));
+                }
+            }
+            if let Some(url) = &provider.base_url
+                && base_url_authority(url).is_none()
+            {
+                return Err(invalid(
+                    format!("providers.{name}.base_url"),
+                    format!("`{url}` is not an http:// or https:// URL with a host"),
+                ));
+            }
+            for (field, value) in [
+                ("request_timeout_ms", provider.request_timeout_ms),
+                ("max_response_bytes", provider.max_response_bytes),
+            ] {
+                if value == Some(0) {
+                    return Err(invalid(
+                        format!("providers.{name}.{field}"),
                         "must be at least 1",
                     ));
                 }
@@ -458,6 +546,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("database_url"), "{err}");
+    }
+
+    #[test]
+    fn base_urls_become_allowed_hosts() {
+        let config = Config::from_toml(
+            "[providers.a]\nbase_url = \"https://api.example.com/\"\n\
+             [providers.b]\nbase_url = \"http://127.0.0.1:11434\"\n\
+             [providers.c]\nbase_url = \"http://x:1\"\nallowed_hosts = [\"y\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.providers["a"].allowed_hosts(),
+            vec!["api.example.com:443"]
+        );
+        assert_eq!(
+            config.providers["a"].values()["base_url"],
+            "https://api.example.com"
+        );
+        assert_eq!(
+            config.providers["b"].allowed_hosts(),
+            vec!["127.0.0.1:11434"]
+        );
+        assert_eq!(config.providers["c"].allowed_hosts(), vec!["y"]);
+        assert!(ProviderConfig::default().allowed_hosts().is_empty());
+        let err = Config::from_toml("[providers.a]\nbase_url = \"ftp://x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("providers.a.base_url"), "{err}");
     }
 
     #[test]

@@ -106,7 +106,12 @@ pub async fn run(base: &Config, args: DemoArgs) -> anyhow::Result<()> {
     }
     let dir = tempfile::tempdir().context("creating a folder for the demo database")?;
     let db = dir.path().join("demo.db");
-    let config = demo_config(base, plugins, &db);
+    // Only the stub: the real adapters in the same folder would claim the same names.
+    let demo_plugins = dir.path().join("plugins");
+    std::fs::create_dir(&demo_plugins).context("creating the demo plugins folder")?;
+    std::fs::copy(plugins.join("stub.wasm"), demo_plugins.join("stub.wasm"))
+        .context("copying stub.wasm")?;
+    let config = demo_config(base, demo_plugins, &db);
     let queue = Arc::new(SqliteQueue::open_path(&db).await?);
     println!("lanes demo: a fresh queue at {}", db.display());
     println!(

@@ -284,6 +284,8 @@ pub enum ErrorKind {
     OutputTooLarge,
     /// The process running it stopped and no attempts remained.
     Interrupted,
+    /// The component tried to reach a host outside its allow-list.
+    Denied,
 }
 
 impl ErrorKind {
@@ -301,6 +303,7 @@ impl ErrorKind {
             ErrorKind::Instantiate => "instantiate",
             ErrorKind::OutputTooLarge => "output_too_large",
             ErrorKind::Interrupted => "interrupted",
+            ErrorKind::Denied => "denied",
         }
     }
 

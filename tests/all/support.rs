@@ -87,6 +87,32 @@ impl TestEnv {
         TestEnv { dir, config }
     }
 
+    /// Copies the built component `file` into this env's plugins folder.
+    pub fn add_component(&mut self, file: &str) -> &mut Self {
+        std::fs::copy(component(file), self.plugins().join(file)).unwrap();
+        self
+    }
+
+    /// Configures provider `name` (served by `file`) with a base URL and a model.
+    pub fn adapter(
+        &mut self,
+        name: &str,
+        file: &str,
+        base_url: &str,
+        model: &str,
+    ) -> &mut ProviderConfig {
+        self.config.providers.insert(
+            name.to_string(),
+            ProviderConfig {
+                component: Some(file.to_string()),
+                base_url: Some(base_url.to_string()),
+                model: Some(model.to_string()),
+                ..ProviderConfig::default()
+            },
+        );
+        self.config.providers.get_mut(name).unwrap()
+    }
+
     pub fn plugins(&self) -> &Path {
         &self.config.plugins_dir
     }

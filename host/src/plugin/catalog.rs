@@ -12,6 +12,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::engine::{LoadedComponent, PluginHost, secrets_of};
+use super::outbound::OutboundRules;
 use super::provider::Provider;
 use super::sandbox::{GuestView, SandboxLimits};
 use super::{ComponentInfo, Fingerprint, PluginError, file_name, wasm_files};
@@ -229,10 +230,29 @@ impl PluginHost {
         component: Arc<LoadedComponent>,
     ) -> Result<Provider, PluginError> {
         let provider_config = config.providers.get(name);
+        let http = &config.http;
         let view = GuestView {
             provider: Arc::from(name),
             config: Arc::new(provider_config.map(|p| p.values()).unwrap_or_default()),
             secrets: Arc::new(secrets_of(name, provider_config)?),
+            outbound: OutboundRules {
+                allowed_hosts: Arc::from(
+                    provider_config
+                        .map(|p| p.allowed_hosts())
+                        .unwrap_or_default(),
+                ),
+                request_timeout: std::time::Duration::from_millis(
+                    provider_config
+                        .and_then(|p| p.request_timeout_ms)
+                        .unwrap_or(http.request_timeout_ms),
+                ),
+                max_response_bytes: usize::try_from(
+                    provider_config
+                        .and_then(|p| p.max_response_bytes)
+                        .unwrap_or(http.max_response_bytes),
+                )
+                .unwrap_or(usize::MAX),
+            },
         };
         let info = self.info(&component, view.clone()).await?;
         Ok(Provider {
@@ -242,6 +262,7 @@ impl PluginHost {
             view,
             sandbox: SandboxLimits::from(&config.sandbox_for(name)),
             engine: self.engine.clone(),
+            client: self.client.clone(),
         })
     }
 }

@@ -47,6 +47,8 @@ pub struct PluginHost {
     pub(crate) engine: Engine,
     linker: Arc<Linker<GuestState>>,
     cache: CompileCache,
+    /// Outbound HTTP connections, pooled across every execution.
+    pub(crate) client: super::outbound::SharedClient,
 }
 
 /// Limits of the `info()` call made when a component loads.
@@ -98,6 +100,7 @@ impl PluginHost {
             engine,
             linker: Arc::new(linker),
             cache,
+            client: super::outbound::SharedClient::new(),
         })
     }
 
@@ -157,7 +160,7 @@ impl PluginHost {
         view: GuestView,
     ) -> Result<ComponentInfo, PluginError> {
         let limits = info_limits();
-        let (mut store, stderr) = sandbox::new_store(&self.engine, view, &limits);
+        let (mut store, stderr) = sandbox::new_store(&self.engine, view, &limits, &self.client);
         let call = async {
             let instance = component.pre.instantiate_async(&mut store).await?;
             instance

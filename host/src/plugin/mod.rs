@@ -15,6 +15,7 @@ pub mod bindings;
 pub mod cache;
 pub mod catalog;
 pub mod engine;
+pub mod outbound;
 pub mod provider;
 pub mod sandbox;
 pub mod version;

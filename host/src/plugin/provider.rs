@@ -26,6 +26,15 @@ pub enum ExecError {
     Timeout(u128),
     #[error("output of {size} bytes exceeds the cap of {cap} bytes (sandbox.max_output_bytes)")]
     OutputTooLarge { size: usize, cap: usize },
+    /// The component tried to reach a host outside its allow-list.
+    #[error(
+        "outbound request to {target} denied: not in the provider's allowed hosts {allowed:?} \
+         (set base_url or allowed_hosts)"
+    )]
+    Denied {
+        target: String,
+        allowed: Vec<String>,
+    },
 }
 
 /// A [`ProviderError`] with a readable `Display`.
@@ -56,6 +65,7 @@ pub struct Provider {
     pub(crate) view: GuestView,
     pub(crate) sandbox: SandboxLimits,
     pub(crate) engine: Engine,
+    pub(crate) client: super::outbound::SharedClient,
 }
 
 impl std::fmt::Debug for Provider {
@@ -81,7 +91,8 @@ impl Provider {
     /// entered again.
     pub async fn execute(&self, request: ChatRequest) -> Result<ChatResponse, ExecError> {
         let (mut store, stderr) =
-            sandbox::new_store(&self.engine, self.view.clone(), &self.sandbox);
+            sandbox::new_store(&self.engine, self.view.clone(), &self.sandbox, &self.client);
+        let denied = store.data().outbound.denied.clone();
         let call = async {
             let instance = self
                 .component
@@ -103,9 +114,21 @@ impl Provider {
                 .await
                 .map_err(|e| ExecError::Trap(trap_message(&e, &stderr)))
         };
-        let response = match tokio::time::timeout(self.sandbox.timeout, call).await {
-            Err(_) => return Err(ExecError::Timeout(self.sandbox.timeout.as_millis())),
-            Ok(result) => result?.map_err(|e| ExecError::Provider(ProviderErrorDisplay(e)))?,
+        let outcome = tokio::time::timeout(self.sandbox.timeout, call).await;
+        // A denied request explains whatever error the component made of it.
+        let denied = denied.lock().ok().and_then(|d| d.clone());
+        let response = match (outcome, denied) {
+            (Ok(Ok(Ok(response))), _) => response,
+            (_, Some(target)) => {
+                return Err(ExecError::Denied {
+                    target,
+                    allowed: self.view.outbound.allowed_hosts.to_vec(),
+                });
+            }
+            (Err(_), None) => return Err(ExecError::Timeout(self.sandbox.timeout.as_millis())),
+            (Ok(result), None) => {
+                result?.map_err(|e| ExecError::Provider(ProviderErrorDisplay(e)))?
+            }
         };
         if response.text.len() > self.sandbox.max_output_bytes {
             return Err(ExecError::OutputTooLarge {

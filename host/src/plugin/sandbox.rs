@@ -1,5 +1,6 @@
-//! What one guest instance may see and use: its own config values, a WASI context with no
-//! files, no environment and no sockets, a linear-memory cap and a CPU budget.
+//! What one guest instance may see and use: its own config values and secrets, a WASI
+//! context with no files, no environment and no sockets, outbound HTTP to its allowed hosts
+//! only, a linear-memory cap and a CPU budget.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,6 +9,9 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter, Store, StoreContextMut, UpdateDeadline};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use super::outbound::{Outbound, OutboundRules, SharedClient};
 
 use super::bindings::Provider;
 use super::bindings::lanes::provider::{config, logging, types};
@@ -82,6 +86,7 @@ pub struct GuestView {
     pub provider: Arc<str>,
     pub config: Arc<BTreeMap<String, String>>,
     pub secrets: Arc<BTreeMap<String, String>>,
+    pub outbound: OutboundRules,
 }
 
 impl GuestView {
@@ -91,6 +96,11 @@ impl GuestView {
             provider: Arc::from(label),
             config: Arc::default(),
             secrets: Arc::default(),
+            outbound: OutboundRules {
+                allowed_hosts: Arc::from(Vec::new()),
+                request_timeout: std::time::Duration::from_secs(5),
+                max_response_bytes: 0,
+            },
         }
     }
 }
@@ -103,6 +113,18 @@ pub struct GuestState {
     cpu_ticks_left: u64,
     cpu_ticks: u64,
     view: GuestView,
+    http: WasiHttpCtx,
+    pub(crate) outbound: Outbound,
+}
+
+impl WasiHttpView for GuestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
 }
 
 impl WasiView for GuestState {
@@ -142,6 +164,7 @@ impl config::Host for GuestState {
 /// Adds WASI and the `lanes:provider` imports to `linker`.
 pub fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
     Provider::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |s| s)?;
     Ok(())
 }
@@ -151,6 +174,7 @@ pub fn new_store(
     engine: &Engine,
     view: GuestView,
     limits: &SandboxLimits,
+    client: &SharedClient,
 ) -> (Store<GuestState>, MemoryOutputPipe) {
     let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
     // No preopened directories, no environment, no arguments and no network: a guest sees
@@ -165,6 +189,8 @@ pub fn new_store(
         },
         cpu_ticks_left: limits.cpu_ticks,
         cpu_ticks: limits.cpu_ticks,
+        http: WasiHttpCtx::new(),
+        outbound: Outbound::new(view.provider.clone(), view.outbound.clone(), client.clone()),
         view,
     };
     let mut store = Store::new(engine, state);

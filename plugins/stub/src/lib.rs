@@ -17,6 +17,7 @@
 //! | `alloc_mb` | allocate this many MiB, 1 MiB at a time; `-1` allocates without bound |
 //! | `output_bytes` | answer with a text of this many bytes |
 //! | `text` | answer with this text |
+//! | `probe_file` / `probe_env` | try to read this host file / environment variable, and answer with what happened |
 //!
 //! Config `default_limit` sets the limit that `info()` declares (default 4), and config
 //! `info_trap` makes `info()` panic.
@@ -53,6 +54,8 @@ struct Behaviour {
     alloc_mb: Option<i64>,
     output_bytes: Option<usize>,
     text: Option<String>,
+    probe_file: Option<String>,
+    probe_env: Option<String>,
 }
 
 struct Stub;
@@ -165,6 +168,20 @@ impl Guest for Stub {
             return Err(error_of("unavailable", None));
         }
 
+        if let Some(path) = &behaviour.probe_file {
+            let text = match std::fs::read_to_string(path) {
+                Ok(content) => format!("file read: {content}"),
+                Err(e) => format!("file denied: {e}"),
+            };
+            return Ok(reply(text, &request));
+        }
+        if let Some(name) = &behaviour.probe_env {
+            let text = match std::env::var(name) {
+                Ok(value) => format!("env read: {value}"),
+                Err(e) => format!("env denied: {e}"),
+            };
+            return Ok(reply(text, &request));
+        }
         let text = match (behaviour.output_bytes, behaviour.text) {
             (Some(n), _) => "x".repeat(n),
             (None, Some(text)) => text,
@@ -173,23 +190,28 @@ impl Guest for Stub {
                 format!("stub reply to: {last}")
             }
         };
-        let input_tokens: usize = request
-            .messages
-            .iter()
-            .map(|m| m.content.split_whitespace().count())
-            .sum();
-        Ok(ChatResponse {
-            text: text.clone(),
-            model: request
-                .model
-                .or_else(|| config::get("model"))
-                .unwrap_or_else(|| "stub-1".to_string()),
-            usage: Usage {
-                input_tokens: input_tokens as u32,
-                output_tokens: text.split_whitespace().count() as u32,
-            },
-            finish_reason: FinishReason::Stop,
-        })
+        Ok(reply(text, &request))
+    }
+}
+
+fn reply(text: String, request: &ChatRequest) -> ChatResponse {
+    let input_tokens: usize = request
+        .messages
+        .iter()
+        .map(|m| m.content.split_whitespace().count())
+        .sum();
+    ChatResponse {
+        model: request
+            .model
+            .clone()
+            .or_else(|| config::get("model"))
+            .unwrap_or_else(|| "stub-1".to_string()),
+        usage: Usage {
+            input_tokens: input_tokens as u32,
+            output_tokens: text.split_whitespace().count() as u32,
+        },
+        text,
+        finish_reason: FinishReason::Stop,
     }
 }
 

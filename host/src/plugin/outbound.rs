@@ -1,0 +1,179 @@
+//! Outbound HTTP for components (`wasi:http/outgoing-handler`): the host decides each request.
+//!
+//! - A request goes out only to a host the operator allowed for that provider. Anything else
+//!   is denied (`HttpRequestDenied`), logged, and remembered, so that the execution's error
+//!   names the host.
+//! - Each provider has a request timeout (connect to response headers) and a cap on the
+//!   response body.
+//! - Every execution shares one pooled client, so keep-alive connections are reused.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// The client every execution shares.
+#[derive(Clone)]
+pub struct SharedClient(Client<Connector, WasiBody>);
+
+impl SharedClient {
+    pub fn new() -> Self {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .build();
+        SharedClient(
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(60))
+                .build(connector),
+        )
+    }
+}
+
+impl Default for SharedClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// What one provider's guests may reach.
+#[derive(Debug, Clone)]
+pub struct OutboundRules {
+    /// `host` or `host:port` entries; a bare host allows any port.
+    pub allowed_hosts: Arc<[String]>,
+    pub request_timeout: Duration,
+    pub max_response_bytes: usize,
+}
+
+impl OutboundRules {
+    /// Whether `host` (with `port`) may be reached.
+    pub fn allows(&self, host: &str, port: u16) -> bool {
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        self.allowed_hosts.iter().any(|entry| {
+            match entry
+                .rsplit_once(':')
+                .filter(|(_, p)| p.parse::<u16>().is_ok())
+            {
+                Some((h, p)) => h.eq_ignore_ascii_case(host) && p.parse() == Ok(port),
+                None => entry.eq_ignore_ascii_case(host),
+            }
+        })
+    }
+}
+
+/// The hooks of one guest: its provider's rules and the shared client. The first denied
+/// host is kept for the execution's error.
+pub struct Outbound {
+    provider: Arc<str>,
+    rules: OutboundRules,
+    client: SharedClient,
+    pub(crate) denied: Arc<Mutex<Option<String>>>,
+}
+
+impl Outbound {
+    pub fn new(provider: Arc<str>, rules: OutboundRules, client: SharedClient) -> Self {
+        Outbound {
+            provider,
+            rules,
+            client,
+            denied: Arc::default(),
+        }
+    }
+}
+
+type ResponseFuture = Box<
+    dyn Future<
+            Output = Result<
+                (
+                    http::Response<WasiBody>,
+                    Box<dyn Future<Output = Result<(), Error>> + Send>,
+                ),
+                Error,
+            >,
+        > + Send,
+>;
+
+impl WasiHttpHooks for Outbound {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        _options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ) -> ResponseFuture {
+        let uri = request.uri();
+        let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
+        let host = uri.host().unwrap_or_default().to_string();
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        if !self.rules.allows(&host, port) {
+            let target = format!("{host}:{port}");
+            tracing::warn!(
+                provider = &*self.provider,
+                "outbound request to {target} denied: not in the provider's allowed hosts {:?}",
+                self.rules.allowed_hosts
+            );
+            if let Ok(mut denied) = self.denied.lock() {
+                denied.get_or_insert(target);
+            }
+            return Box::new(async { Err(Error::HttpRequestDenied) });
+        }
+        let client = self.client.0.clone();
+        let rules = self.rules.clone();
+        Box::new(async move {
+            let response =
+                match tokio::time::timeout(rules.request_timeout, client.request(request)).await {
+                    Err(_) => return Err(Error::HttpResponseTimeout),
+                    Ok(Err(e)) => {
+                        return Err(if e.is_connect() {
+                            Error::ConnectionRefused
+                        } else {
+                            Error::InternalError(Some(e.to_string()))
+                        });
+                    }
+                    Ok(Ok(response)) => response,
+                };
+            let cap = rules.max_response_bytes;
+            let (parts, body) = response.into_parts();
+            let body = http_body_util::Limited::new(body, cap)
+                .map_err(move |e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        Error::HttpResponseBodySize(Some(cap as u64))
+                    } else {
+                        Error::InternalError(Some(e.to_string()))
+                    }
+                })
+                .boxed_unsync();
+            let io: Box<dyn Future<Output = Result<(), Error>> + Send> = Box::new(async { Ok(()) });
+            Ok((http::Response::from_parts(parts, body), io))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_list_matches_host_and_optional_port() {
+        let rules = OutboundRules {
+            allowed_hosts: Arc::from(vec![
+                "api.example.com".to_string(),
+                "127.0.0.1:8080".to_string(),
+            ]),
+            request_timeout: Duration::from_secs(1),
+            max_response_bytes: 1,
+        };
+        assert!(rules.allows("api.example.com", 443));
+        assert!(rules.allows("API.example.com", 80));
+        assert!(rules.allows("127.0.0.1", 8080));
+        assert!(!rules.allows("127.0.0.1", 8081));
+        assert!(!rules.allows("evil.example.com", 443));
+        assert!(!rules.allows("api.example.com.evil", 443));
+    }
+}

@@ -1,0 +1,173 @@
+//! Anthropic's Messages API (`POST {base_url}/v1/messages`) as a lanes provider.
+//!
+//! Config: `base_url` (default https://api.anthropic.com), `model`, `anthropic_version`
+//! (default `2026-10-21`, what the current official SDK sends), `default_max_tokens` (the API
+//! requires `max_tokens`; default 1024) and `auth` (`bearer`, the SDK's form and the default,
+//! or `x-api-key`). The key is the provider's `api-key` secret.
+//!
+//! Sampling fields are sent only when the request sets them: the 2026-10-21 API version
+//! rejects `temperature` even at its default value.
+
+use lanes_guest::bindings::exports::lanes::provider::adapter::Guest;
+use lanes_guest::bindings::lanes::provider::config;
+use lanes_guest::bindings::lanes::provider::types::{
+    ChatRequest, ChatResponse, FinishReason, ProviderError, ProviderInfo, Role, Usage,
+};
+use lanes_guest::{errors, http};
+use serde_json::{Map, Value, json};
+
+struct Claude;
+
+/// The request body the Messages API expects.
+fn body(request: &ChatRequest, model: &str) -> Result<Map<String, Value>, ProviderError> {
+    // System turns have no place in `messages`: they join the top-level system prompt.
+    let mut system: Vec<&str> = request.system.as_deref().into_iter().collect();
+    let mut messages = Vec::new();
+    for m in &request.messages {
+        match m.role {
+            Role::System => system.push(&m.content),
+            Role::User => messages.push(json!({"role": "user", "content": m.content})),
+            Role::Assistant => messages.push(json!({"role": "assistant", "content": m.content})),
+        }
+    }
+    let max_tokens = match request.max_tokens {
+        Some(n) => n,
+        None => config::get("default_max_tokens")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1024),
+    };
+    let mut body = Map::new();
+    body.insert("model".into(), json!(model));
+    body.insert("max_tokens".into(), json!(max_tokens));
+    body.insert("messages".into(), Value::Array(messages));
+    if !system.is_empty() {
+        body.insert("system".into(), json!(system.join("\n\n")));
+    }
+    if !request.stop.is_empty() {
+        body.insert("stop_sequences".into(), json!(request.stop));
+    }
+    if let Some(t) = request.temperature {
+        body.insert("temperature".into(), lanes_guest::f32_json(t));
+    }
+    lanes_guest::merge_extra(&mut body, request.extra.as_deref())
+        .map_err(ProviderError::InvalidRequest)?;
+    Ok(body)
+}
+
+fn parse(text: &str) -> Result<ChatResponse, ProviderError> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| ProviderError::Unavailable(format!("unreadable reply: {e}")))?;
+    let text = value
+        .get("content")
+        .and_then(Value::as_array)
+        .map(|blocks| {
+            blocks
+                .iter()
+                .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
+                .filter_map(|b| b.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join("")
+        })
+        .unwrap_or_default();
+    let finish_reason = match value.get("stop_reason").and_then(Value::as_str) {
+        Some("end_turn") | Some("stop_sequence") | None => FinishReason::Stop,
+        Some("max_tokens") | Some("model_context_window_exceeded") => FinishReason::Length,
+        Some("tool_use") => FinishReason::ToolCalls,
+        Some("refusal") => FinishReason::ContentFilter,
+        Some(other) => FinishReason::Other(other.to_string()),
+    };
+    let count = |key: &str| {
+        value
+            .pointer(&format!("/usage/{key}"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0) as u32
+    };
+    Ok(ChatResponse {
+        text,
+        model: value
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        usage: Usage {
+            input_tokens: count("input_tokens"),
+            output_tokens: count("output_tokens"),
+        },
+        finish_reason,
+    })
+}
+
+/// Maps an error reply `{"type":"error","error":{"type","message"}}`.
+fn error(response: &http::Response) -> ProviderError {
+    let text = response.text();
+    let parsed: Option<(String, String)> = serde_json::from_str::<Value>(&text).ok().map(|v| {
+        let kind = v
+            .pointer("/error/type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let message = v
+            .pointer("/error/message")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        (kind, message)
+    });
+    let (kind, message) = parsed.unwrap_or_else(|| (String::new(), text));
+    let described = if kind.is_empty() {
+        message.clone()
+    } else {
+        format!("{kind}: {message}")
+    };
+    // A spend limit is not lifted by waiting.
+    if response.status == 429 && message.to_ascii_lowercase().contains("spend limit") {
+        return ProviderError::Other(format!("HTTP 429: {described}"));
+    }
+    match response.status {
+        529 => ProviderError::Unavailable(format!("HTTP 529: {described}")),
+        _ => errors::from_status(response, described),
+    }
+}
+
+impl Guest for Claude {
+    fn info() -> ProviderInfo {
+        ProviderInfo {
+            name: "claude".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            default_limit: 3,
+            description: "Anthropic Messages API (/v1/messages)".into(),
+        }
+    }
+
+    fn execute(request: ChatRequest) -> Result<ChatResponse, ProviderError> {
+        let model = lanes_guest::model(&request)?;
+        let key = config::secret("api-key").ok_or_else(|| {
+            ProviderError::Unauthorized("no API key: set api_key_env or api_key_file".into())
+        })?;
+        let version = lanes_guest::config_or("anthropic_version", "2026-10-21");
+        let auth_value;
+        let auth = if config::get("auth").as_deref() == Some("x-api-key") {
+            ("x-api-key", key.as_str())
+        } else {
+            auth_value = format!("Bearer {key}");
+            ("authorization", auth_value.as_str())
+        };
+        let url = format!(
+            "{}/v1/messages",
+            lanes_guest::base_url("https://api.anthropic.com")
+        );
+        let body = Value::Object(body(&request, &model)?).to_string();
+        let response = http::post_json(
+            &url,
+            &[("anthropic-version", &version), auth],
+            body.as_bytes(),
+        )
+        .map_err(errors::transport)?;
+        if response.status != 200 {
+            return Err(error(&response));
+        }
+        parse(&response.text())
+    }
+}
+
+lanes_guest::bindings::export!(Claude with_types_in lanes_guest::bindings);

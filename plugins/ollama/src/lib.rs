@@ -1,0 +1,109 @@
+//! Ollama's chat API (`POST {base_url}/api/chat`) as a lanes provider.
+//!
+//! Config: `base_url` (default http://127.0.0.1:11434) and `model`. There is no auth.
+//! `"stream": false` is always sent, since Ollama streams NDJSON when the field is missing;
+//! an NDJSON reply is still understood.
+
+use lanes_guest::bindings::exports::lanes::provider::adapter::Guest;
+use lanes_guest::bindings::lanes::provider::types::{
+    ChatRequest, ChatResponse, FinishReason, ProviderError, ProviderInfo, Usage,
+};
+use lanes_guest::{errors, http};
+use serde_json::{Map, Value, json};
+
+struct Ollama;
+
+/// The request body Ollama expects.
+fn body(request: &ChatRequest, model: &str) -> Result<Map<String, Value>, ProviderError> {
+    let messages = lanes_guest::chat_messages(request);
+    let mut options = Map::new();
+    if let Some(t) = request.temperature {
+        options.insert("temperature".into(), lanes_guest::f32_json(t));
+    }
+    if let Some(n) = request.max_tokens {
+        options.insert("num_predict".into(), json!(n));
+    }
+    if !request.stop.is_empty() {
+        options.insert("stop".into(), json!(request.stop));
+    }
+    let mut body = Map::new();
+    body.insert("model".into(), json!(model));
+    body.insert("messages".into(), Value::Array(messages));
+    body.insert("stream".into(), json!(false));
+    if !options.is_empty() {
+        body.insert("options".into(), Value::Object(options));
+    }
+    lanes_guest::merge_extra(&mut body, request.extra.as_deref())
+        .map_err(ProviderError::InvalidRequest)?;
+    Ok(body)
+}
+
+/// Reads a reply: one JSON object, or NDJSON lines whose contents are joined.
+fn parse(text: &str) -> Result<ChatResponse, ProviderError> {
+    let mut content = String::new();
+    let mut last = Value::Null;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let value: Value = serde_json::from_str(line)
+            .map_err(|e| ProviderError::Unavailable(format!("unreadable reply: {e}")))?;
+        if let Some(error) = value.get("error").and_then(Value::as_str) {
+            return Err(ProviderError::Unavailable(format!(
+                "error in stream: {error}"
+            )));
+        }
+        if let Some(piece) = value.pointer("/message/content").and_then(Value::as_str) {
+            content.push_str(piece);
+        }
+        last = value;
+    }
+    let count = |key: &str| last.get(key).and_then(Value::as_u64).unwrap_or(0) as u32;
+    let finish_reason = match last.get("done_reason").and_then(Value::as_str) {
+        Some("stop") | None => FinishReason::Stop,
+        Some("length") => FinishReason::Length,
+        Some(other) => FinishReason::Other(other.to_string()),
+    };
+    Ok(ChatResponse {
+        text: content,
+        model: last
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        usage: Usage {
+            input_tokens: count("prompt_eval_count"),
+            output_tokens: count("eval_count"),
+        },
+        finish_reason,
+    })
+}
+
+impl Guest for Ollama {
+    fn info() -> ProviderInfo {
+        ProviderInfo {
+            name: "ollama".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            default_limit: 2,
+            description: "Ollama chat API (/api/chat), local or remote".into(),
+        }
+    }
+
+    fn execute(request: ChatRequest) -> Result<ChatResponse, ProviderError> {
+        let model = lanes_guest::model(&request)?;
+        let url = format!(
+            "{}/api/chat",
+            lanes_guest::base_url("http://127.0.0.1:11434")
+        );
+        let body = Value::Object(body(&request, &model)?).to_string();
+        let response = http::post_json(&url, &[], body.as_bytes()).map_err(errors::transport)?;
+        let text = response.text();
+        if response.status != 200 {
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+                .unwrap_or(text);
+            return Err(errors::from_status(&response, message));
+        }
+        parse(&text)
+    }
+}
+
+lanes_guest::bindings::export!(Ollama with_types_in lanes_guest::bindings);

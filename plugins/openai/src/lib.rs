@@ -1,0 +1,143 @@
+//! OpenAI's Chat Completions API (`POST {base_url}/v1/chat/completions`) as a lanes
+//! provider. With `base_url` it serves any OpenAI-compatible server (vLLM, the llama.cpp
+//! server, LM Studio).
+//!
+//! Config: `base_url` (default https://api.openai.com), `model` and `max_tokens_field`
+//! (`max_completion_tokens`, the default, or `max_tokens` for older compatible servers). The
+//! key, when set, is the provider's `api-key` secret, sent as a Bearer token.
+
+use lanes_guest::bindings::exports::lanes::provider::adapter::Guest;
+use lanes_guest::bindings::lanes::provider::config;
+use lanes_guest::bindings::lanes::provider::types::{
+    ChatRequest, ChatResponse, FinishReason, ProviderError, ProviderInfo, RateLimit, Usage,
+};
+use lanes_guest::{errors, http};
+use serde_json::{Map, Value, json};
+
+struct OpenAi;
+
+/// The request body Chat Completions expects.
+fn body(request: &ChatRequest, model: &str) -> Result<Map<String, Value>, ProviderError> {
+    let messages = lanes_guest::chat_messages(request);
+    let mut body = Map::new();
+    body.insert("model".into(), json!(model));
+    body.insert("messages".into(), Value::Array(messages));
+    if let Some(n) = request.max_tokens {
+        let field = lanes_guest::config_or("max_tokens_field", "max_completion_tokens");
+        body.insert(field, json!(n));
+    }
+    if let Some(t) = request.temperature {
+        body.insert("temperature".into(), lanes_guest::f32_json(t));
+    }
+    if !request.stop.is_empty() {
+        body.insert("stop".into(), json!(request.stop));
+    }
+    lanes_guest::merge_extra(&mut body, request.extra.as_deref())
+        .map_err(ProviderError::InvalidRequest)?;
+    Ok(body)
+}
+
+fn parse(text: &str) -> Result<ChatResponse, ProviderError> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| ProviderError::Unavailable(format!("unreadable reply: {e}")))?;
+    let choice = value
+        .pointer("/choices/0")
+        .ok_or_else(|| ProviderError::Unavailable("reply has no choices".into()))?;
+    let finish_reason = match choice.get("finish_reason").and_then(Value::as_str) {
+        Some("stop") | None => FinishReason::Stop,
+        Some("length") => FinishReason::Length,
+        Some("content_filter") => FinishReason::ContentFilter,
+        Some("tool_calls") | Some("function_call") => FinishReason::ToolCalls,
+        Some(other) => FinishReason::Other(other.to_string()),
+    };
+    let count = |key: &str| {
+        value
+            .pointer(&format!("/usage/{key}"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0) as u32
+    };
+    Ok(ChatResponse {
+        text: choice
+            .pointer("/message/content")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        model: value
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string(),
+        usage: Usage {
+            input_tokens: count("prompt_tokens"),
+            output_tokens: count("completion_tokens"),
+        },
+        finish_reason,
+    })
+}
+
+/// Maps an error reply `{"error":{"message","type","code"}}`.
+fn error(response: &http::Response) -> ProviderError {
+    let text = response.text();
+    let value: Option<Value> = serde_json::from_str(&text).ok();
+    let field = |key: &str| {
+        value
+            .as_ref()
+            .and_then(|v| v.pointer(&format!("/error/{key}")))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let code = field("code").unwrap_or_default();
+    let message = match (field("message"), code.is_empty()) {
+        (Some(m), true) => m,
+        (Some(m), false) => format!("{code}: {m}"),
+        (None, _) => text,
+    };
+    if response.status == 429 {
+        // Quota is not restored by waiting.
+        if code == "insufficient_quota" {
+            return ProviderError::Other(format!("HTTP 429: {message}"));
+        }
+        let reset = ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
+            .iter()
+            .filter_map(|h| response.header(h).and_then(errors::go_duration_ms))
+            .max();
+        return ProviderError::RateLimited(RateLimit {
+            retry_after_ms: errors::retry_after_ms(response).or(reset),
+            message: format!("HTTP 429: {message}"),
+        });
+    }
+    errors::from_status(response, message)
+}
+
+impl Guest for OpenAi {
+    fn info() -> ProviderInfo {
+        ProviderInfo {
+            name: "openai".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            default_limit: 3,
+            description: "OpenAI Chat Completions API and compatible servers".into(),
+        }
+    }
+
+    fn execute(request: ChatRequest) -> Result<ChatResponse, ProviderError> {
+        let model = lanes_guest::model(&request)?;
+        let bearer = config::secret("api-key").map(|key| format!("Bearer {key}"));
+        let headers: Vec<(&str, &str)> = bearer
+            .iter()
+            .map(|b| ("authorization", b.as_str()))
+            .collect();
+        let url = format!(
+            "{}/v1/chat/completions",
+            lanes_guest::base_url("https://api.openai.com")
+        );
+        let body = Value::Object(body(&request, &model)?).to_string();
+        let response =
+            http::post_json(&url, &headers, body.as_bytes()).map_err(errors::transport)?;
+        if response.status != 200 {
+            return Err(error(&response));
+        }
+        parse(&response.text())
+    }
+}
+
+lanes_guest::bindings::export!(OpenAi with_types_in lanes_guest::bindings);

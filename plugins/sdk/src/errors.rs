@@ -1,0 +1,88 @@
+//! From HTTP outcomes to `provider-error` cases.
+
+use crate::bindings::lanes::provider::types::{ProviderError, RateLimit};
+use crate::http::{HttpError, Response};
+
+/// A transport failure: a denied host is permanent; the rest are transient.
+pub fn transport(e: HttpError) -> ProviderError {
+    match e {
+        HttpError::Denied(m) => ProviderError::Other(m),
+        other => ProviderError::Unavailable(other.to_string()),
+    }
+}
+
+/// The common mapping of an error status, with the API's own `message`:
+/// 429 rate-limited (with retry-after), 408/409/5xx unavailable, 401/403 unauthorized, and
+/// any other 4xx an invalid request.
+pub fn from_status(response: &Response, message: String) -> ProviderError {
+    let message = format!("HTTP {}: {message}", response.status);
+    match response.status {
+        429 => ProviderError::RateLimited(RateLimit {
+            retry_after_ms: retry_after_ms(response),
+            message,
+        }),
+        401 | 403 => ProviderError::Unauthorized(message),
+        408 | 409 => ProviderError::Unavailable(message),
+        s if s >= 500 => ProviderError::Unavailable(message),
+        _ => ProviderError::InvalidRequest(message),
+    }
+}
+
+/// How long the server asked to wait: `retry-after-ms`, then `retry-after` in seconds.
+pub fn retry_after_ms(response: &Response) -> Option<u64> {
+    if let Some(ms) = response
+        .header("retry-after-ms")
+        .and_then(|v| v.trim().parse::<f64>().ok())
+    {
+        return Some(ms.max(0.0) as u64);
+    }
+    response
+        .header("retry-after")
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|s| (s.max(0.0) * 1000.0) as u64)
+}
+
+/// A Go-style duration such as `1s`, `6m0s`, `20ms` or `1.5s`, in milliseconds.
+pub fn go_duration_ms(text: &str) -> Option<u64> {
+    let mut total = 0f64;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let number_end = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let value: f64 = rest[..number_end].parse().ok()?;
+        rest = &rest[number_end..];
+        let unit_end = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let factor = match &rest[..unit_end] {
+            "h" => 3_600_000.0,
+            "m" => 60_000.0,
+            "s" => 1000.0,
+            "ms" => 1.0,
+            "us" | "µs" => 0.001,
+            "ns" => 0.000_001,
+            _ => return None,
+        };
+        total += value * factor;
+        rest = &rest[unit_end..];
+    }
+    Some(total.ceil() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(go_duration_ms("1s"), Some(1000));
+        assert_eq!(go_duration_ms("6m0s"), Some(360_000));
+        assert_eq!(go_duration_ms("20ms"), Some(20));
+        assert_eq!(go_duration_ms("1.5s"), Some(1500));
+        assert_eq!(go_duration_ms("soon"), None);
+    }
+}

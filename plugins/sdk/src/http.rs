@@ -1,0 +1,209 @@
+//! Blocking HTTP over `wasi:http`. Each call is one request and one response read whole;
+//! the host applies the provider's allow-list, timeout and response-size cap.
+
+use wasip2::http::outgoing_handler;
+use wasip2::http::types::{
+    ErrorCode, Fields, IncomingBody, Method, OutgoingBody, OutgoingRequest, Scheme,
+};
+use wasip2::io::streams::{OutputStream, StreamError};
+
+/// A response read whole.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text (lossy).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// Why a request got no response.
+#[derive(Debug, Clone)]
+pub enum HttpError {
+    /// The host refused the destination (not in the provider's allowed hosts).
+    Denied(String),
+    /// No response in time.
+    Timeout(String),
+    /// The server could not be reached.
+    Unreachable(String),
+    /// The URL is malformed.
+    BadUrl(String),
+    /// Anything else on the wire, such as a response larger than the host's cap.
+    Protocol(String),
+}
+
+impl std::fmt::Display for HttpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HttpError::Denied(m) => write!(f, "request denied: {m}"),
+            HttpError::Timeout(m) => write!(f, "timed out: {m}"),
+            HttpError::Unreachable(m) => write!(f, "unreachable: {m}"),
+            HttpError::BadUrl(m) => write!(f, "bad URL: {m}"),
+            HttpError::Protocol(m) => write!(f, "HTTP error: {m}"),
+        }
+    }
+}
+
+fn from_code(url: &str, code: ErrorCode) -> HttpError {
+    match code {
+        ErrorCode::HttpRequestDenied => HttpError::Denied(format!("{url} is not allowed")),
+        ErrorCode::ConnectionTimeout
+        | ErrorCode::ConnectionReadTimeout
+        | ErrorCode::ConnectionWriteTimeout
+        | ErrorCode::HttpResponseTimeout => HttpError::Timeout(format!("{url}: {code:?}")),
+        ErrorCode::ConnectionRefused
+        | ErrorCode::ConnectionTerminated
+        | ErrorCode::DestinationNotFound
+        | ErrorCode::DestinationUnavailable
+        | ErrorCode::DnsTimeout
+        | ErrorCode::DnsError(_) => HttpError::Unreachable(format!("{url}: {code:?}")),
+        ErrorCode::HttpResponseBodySize(limit) => HttpError::Protocol(format!(
+            "{url}: the response is larger than the host allows ({} bytes)",
+            limit.unwrap_or_default()
+        )),
+        other => HttpError::Protocol(format!("{url}: {other:?}")),
+    }
+}
+
+struct Url<'a> {
+    scheme: Scheme,
+    authority: &'a str,
+    path_and_query: &'a str,
+}
+
+fn parse(url: &str) -> Result<Url<'_>, HttpError> {
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("https://") {
+        (Scheme::Https, rest)
+    } else if let Some(rest) = url.strip_prefix("http://") {
+        (Scheme::Http, rest)
+    } else {
+        return Err(HttpError::BadUrl(format!(
+            "`{url}` is not http:// or https://"
+        )));
+    };
+    let split = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(split);
+    if authority.is_empty() {
+        return Err(HttpError::BadUrl(format!("`{url}` has no host")));
+    }
+    Ok(Url {
+        scheme,
+        authority,
+        path_and_query: if path.is_empty() { "/" } else { path },
+    })
+}
+
+fn write_all(stream: &OutputStream, bytes: &[u8]) -> Result<(), HttpError> {
+    // `blocking-write-and-flush` takes at most 4096 bytes a call.
+    for chunk in bytes.chunks(4096) {
+        stream
+            .blocking_write_and_flush(chunk)
+            .map_err(|e| HttpError::Protocol(format!("writing the request body: {e:?}")))?;
+    }
+    Ok(())
+}
+
+/// `POST url` with a JSON body and `headers` (`content-type: application/json` is added).
+pub fn post_json(url: &str, headers: &[(&str, &str)], body: &[u8]) -> Result<Response, HttpError> {
+    let mut all: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+    all.extend_from_slice(headers);
+    send(Method::Post, url, &all, Some(body))
+}
+
+/// Sends one request and reads the whole response.
+pub fn send(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Result<Response, HttpError> {
+    let parsed = parse(url)?;
+    let entries: Vec<(String, Vec<u8>)> = headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+        .collect();
+    let fields = Fields::from_list(&entries)
+        .map_err(|e| HttpError::Protocol(format!("invalid header: {e:?}")))?;
+    let request = OutgoingRequest::new(fields);
+    let bad = |what: &str| HttpError::BadUrl(format!("`{url}`: invalid {what}"));
+    request.set_method(&method).map_err(|()| bad("method"))?;
+    request
+        .set_scheme(Some(&parsed.scheme))
+        .map_err(|()| bad("scheme"))?;
+    request
+        .set_authority(Some(parsed.authority))
+        .map_err(|()| bad("host"))?;
+    request
+        .set_path_with_query(Some(parsed.path_and_query))
+        .map_err(|()| bad("path"))?;
+    let outgoing = request
+        .body()
+        .map_err(|()| HttpError::Protocol("request body already taken".into()))?;
+    // Hand the request over first: the host buffers little of the body until it sends.
+    let pending = outgoing_handler::handle(request, None).map_err(|e| from_code(url, e))?;
+    if let Some(bytes) = body {
+        let stream = outgoing
+            .write()
+            .map_err(|()| HttpError::Protocol("request body stream unavailable".into()))?;
+        write_all(&stream, bytes)?;
+    }
+    OutgoingBody::finish(outgoing, None).map_err(|e| from_code(url, e))?;
+
+    pending.subscribe().block();
+    let response = match pending.get() {
+        Some(Ok(Ok(response))) => response,
+        Some(Ok(Err(code))) => return Err(from_code(url, code)),
+        Some(Err(())) | None => {
+            return Err(HttpError::Protocol(format!("{url}: no response")));
+        }
+    };
+    let status = response.status();
+    let headers = response
+        .headers()
+        .entries()
+        .into_iter()
+        .map(|(n, v)| (n, String::from_utf8_lossy(&v).into_owned()))
+        .collect();
+    let incoming = response
+        .consume()
+        .map_err(|()| HttpError::Protocol("response body already taken".into()))?;
+    let stream = incoming
+        .stream()
+        .map_err(|()| HttpError::Protocol("response body stream unavailable".into()))?;
+    let mut body = Vec::new();
+    loop {
+        match stream.blocking_read(64 * 1024) {
+            Ok(chunk) => body.extend_from_slice(&chunk),
+            Err(StreamError::Closed) => break,
+            Err(StreamError::LastOperationFailed(e)) => {
+                return Err(match wasip2::http::types::http_error_code(&e) {
+                    Some(code) => from_code(url, code),
+                    None => HttpError::Protocol(format!(
+                        "{url}: reading the body: {}",
+                        e.to_debug_string()
+                    )),
+                });
+            }
+        }
+    }
+    drop(stream);
+    drop(IncomingBody::finish(incoming));
+    Ok(Response {
+        status,
+        headers,
+        body,
+    })
+}

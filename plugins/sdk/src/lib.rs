@@ -1,0 +1,99 @@
+//! The guest SDK for lanes provider components written in Rust.
+//!
+//! - [`bindings`]: the `lanes:provider` world (types, imports, and the `Guest` trait with its
+//!   `export!` macro), generated once here so that every adapter shares it.
+//! - [`http`]: blocking HTTP requests over the standard `wasi:http` interface. The host
+//!   decides each request: only the provider's allowed hosts are reachable.
+//! - [`errors`]: turning HTTP statuses and transport failures into the `provider-error` cases
+//!   that tell the host whether to retry.
+//!
+//! An adapter implements `bindings::exports::lanes::provider::adapter::Guest` and calls
+//! `lanes_guest::bindings::export!(MyAdapter with_types_in lanes_guest::bindings);`.
+
+pub mod bindings {
+    //! The `lanes:provider` world, generated from `wit/`.
+    wit_bindgen::generate!({
+        world: "provider",
+        path: "../../wit",
+        pub_export_macro: true,
+        default_bindings_module: "lanes_guest::bindings",
+    });
+}
+
+pub mod errors;
+pub mod http;
+
+use bindings::lanes::provider::config;
+use bindings::lanes::provider::types::{ChatRequest, ProviderError, Role};
+
+/// A config value of this provider, or `default`.
+pub fn config_or(key: &str, default: &str) -> String {
+    config::get(key).unwrap_or_else(|| default.to_string())
+}
+
+/// The provider's base URL (config `base_url`, else `default`), without a trailing slash.
+pub fn base_url(default: &str) -> String {
+    config_or("base_url", default)
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// Merges the request's `extra` JSON object into `body` (extra keys win).
+pub fn merge_extra(
+    body: &mut serde_json::Map<String, serde_json::Value>,
+    extra: Option<&str>,
+) -> Result<(), String> {
+    let Some(extra) = extra else {
+        return Ok(());
+    };
+    match serde_json::from_str::<serde_json::Value>(extra) {
+        Ok(serde_json::Value::Object(map)) => {
+            body.extend(map);
+            Ok(())
+        }
+        Ok(_) => Err("extra must be a JSON object".to_string()),
+        Err(e) => Err(format!("extra is not valid JSON: {e}")),
+    }
+}
+
+/// A temperature (or any `f32`) as JSON, written as the user wrote it: `0.2`, not
+/// `0.20000000298023224`.
+pub fn f32_json(value: f32) -> serde_json::Value {
+    serde_json::from_str(&value.to_string()).unwrap_or(serde_json::Value::Null)
+}
+
+/// The model to use: the request's, else the provider's configured `model`.
+pub fn model(request: &ChatRequest) -> Result<String, ProviderError> {
+    request
+        .model
+        .clone()
+        .or_else(|| config::get("model"))
+        .ok_or_else(|| {
+            ProviderError::InvalidRequest(
+                "no model: set one in the request or the provider's `model`".into(),
+            )
+        })
+}
+
+/// The role as the chat APIs spell it.
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::System => "system",
+        Role::User => "user",
+        Role::Assistant => "assistant",
+    }
+}
+
+/// `[{role, content}]` with the system prompt, if any, as the first message: the shape of
+/// OpenAI's and Ollama's chat APIs.
+pub fn chat_messages(request: &ChatRequest) -> Vec<serde_json::Value> {
+    let system = request
+        .system
+        .iter()
+        .map(|s| serde_json::json!({"role": "system", "content": s}));
+    let turns = request
+        .messages
+        .iter()
+        .map(|m| serde_json::json!({"role": role_name(m.role), "content": m.content}));
+    system.chain(turns).collect()
+}

@@ -1,0 +1,189 @@
+//! A local HTTP server on 127.0.0.1 that plays an LLM API: it records every request exactly
+//! (method, path, headers, JSON body) and answers from a script of canned replies.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
+/// One request as the server received it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: serde_json::Value,
+}
+
+impl Recorded {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A scripted reply.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    /// Accept the request and never answer.
+    pub hang: bool,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: serde_json::Value) -> Reply {
+        Reply {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.to_string(),
+            hang: false,
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    pub fn hang() -> Reply {
+        Reply {
+            status: 200,
+            headers: Vec::new(),
+            body: String::new(),
+            hang: true,
+        }
+    }
+}
+
+/// What decides a reply when the script is empty, from the request.
+pub type Fallback = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
+
+struct State {
+    requests: Mutex<Vec<Recorded>>,
+    script: Mutex<VecDeque<Reply>>,
+    fallback: Mutex<Option<Fallback>>,
+    connections: AtomicUsize,
+}
+
+/// The server; it stops when dropped.
+pub struct MockApi {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for MockApi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MockApi {
+    pub async fn start() -> MockApi {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State {
+            requests: Mutex::default(),
+            script: Mutex::default(),
+            fallback: Mutex::default(),
+            connections: AtomicUsize::new(0),
+        });
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                shared.connections.fetch_add(1, Ordering::SeqCst);
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| handle(state.clone(), req));
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        MockApi { addr, state, task }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Queues replies, answered in order.
+    pub fn reply(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state.script.lock().unwrap().extend(replies);
+    }
+
+    /// Answers with `f` once the script is empty.
+    pub fn fallback(&self, f: impl Fn(&Recorded) -> Reply + Send + Sync + 'static) {
+        *self.state.fallback.lock().unwrap() = Some(Arc::new(f));
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.state.connections.load(Ordering::SeqCst)
+    }
+}
+
+async fn handle(
+    state: Arc<State>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let headers = req
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
+        .collect();
+    let bytes = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into()));
+    let recorded = Recorded {
+        method,
+        path,
+        headers,
+        body,
+    };
+    state.requests.lock().unwrap().push(recorded.clone());
+    let scripted = state.script.lock().unwrap().pop_front();
+    let reply = match scripted {
+        Some(reply) => reply,
+        None => match state.fallback.lock().unwrap().clone() {
+            Some(f) => f(&recorded),
+            None => Reply::json(500, serde_json::json!({"error": "mock: no reply scripted"})),
+        },
+    };
+    if reply.hang {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+    let mut response = hyper::Response::builder().status(reply.status);
+    for (name, value) in &reply.headers {
+        response = response.header(name, value);
+    }
+    Ok(response.body(Full::new(Bytes::from(reply.body))).unwrap())
+}
