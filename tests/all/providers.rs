@@ -7,6 +7,8 @@ use std::time::Duration;
 use lanes::model::{ChatInput, ChatMessage, NewExecution, Role, Status};
 use serde_json::json;
 
+use lanes::config::ConfigValue;
+
 use crate::mock::{MockApi, Reply};
 use crate::support::*;
 
@@ -136,6 +138,51 @@ async fn ollama_speaks_the_chat_api() {
     assert_eq!(e.error_kind.as_deref(), Some("invalid_request"));
     assert!(e.error.unwrap().contains("model \"nope\" not found"));
 
+    // Every error status Ollama sends, with its body.
+    let cases = [
+        (400, "invalid_request", 1),
+        (401, "unauthorized", 1),
+        (403, "unauthorized", 1),
+        (429, "rate_limited", 2),
+        (502, "unavailable", 2),
+    ];
+    for (status, kind, attempts) in cases {
+        let reply = Reply::json(status, json!({"error": format!("status {status}")}))
+            .header("retry-after", "0");
+        api.reply(std::iter::repeat_n(reply, attempts));
+        let e = run_one(
+            &daemon,
+            queue.as_ref(),
+            execution("ollama", full_input(None), 2),
+        )
+        .await;
+        assert_eq!(
+            (e.status, e.error_kind.as_deref()),
+            (Status::Failed, Some(kind))
+        );
+        assert_eq!(e.attempts as usize, attempts, "{status}");
+        assert!(
+            e.error
+                .unwrap()
+                .contains(&format!("HTTP {status}: status {status}"))
+        );
+    }
+    api.reply([
+        Reply::json(429, json!({"error": "busy"})).header("retry-after", "1"),
+        ollama_reply("after waiting"),
+    ]);
+    let e = run_one(
+        &daemon,
+        queue.as_ref(),
+        execution("ollama", full_input(None), 2),
+    )
+    .await;
+    assert_eq!((e.status, e.attempts), (Status::Completed, 2));
+    assert!(
+        e.started_at.unwrap() - e.created_at >= 1000,
+        "retry-after honored"
+    );
+
     api.reply([
         Reply::json(500, json!({"error": "out of memory"})),
         ollama_reply("recovered"),
@@ -184,7 +231,17 @@ async fn claude_speaks_the_messages_api() {
     let key_file = env.dir.path().join("claude.key");
     std::fs::write(&key_file, "sk-ant-test-secret\n").unwrap();
     env.adapter("claude", "claude.wasm", &api.url(), "claude-x")
-        .api_key_file = Some(key_file);
+        .api_key_file = Some(key_file.clone());
+    // A second provider from the same component: the classic version and auth header.
+    let classic = env.adapter("claude-classic", "claude.wasm", &api.url(), "claude-y");
+    classic.api_key_file = Some(key_file);
+    classic.config.insert(
+        "anthropic_version".into(),
+        ConfigValue::String("2023-06-01".into()),
+    );
+    classic
+        .config
+        .insert("auth".into(), ConfigValue::String("x-api-key".into()));
     env.config.retry.base_ms = 10;
     let (daemon, queue) = env.start().await;
 
@@ -230,6 +287,19 @@ async fn claude_speaks_the_messages_api() {
     let body = &api.requests()[1].body;
     assert!(body.get("temperature").is_none(), "{body}");
     assert_eq!(body["max_tokens"], 1024);
+
+    api.reply([claude_reply()]);
+    run_one(
+        &daemon,
+        queue.as_ref(),
+        execution("claude-classic", ChatInput::prompt("x"), 1),
+    )
+    .await;
+    let req = &api.requests()[2];
+    assert_eq!(req.header("anthropic-version"), Some("2023-06-01"));
+    assert_eq!(req.header("x-api-key"), Some("sk-ant-test-secret"));
+    assert_eq!(req.header("authorization"), None);
+    assert_eq!(req.body["model"], "claude-y");
 
     // The error table.
     let cases = [
@@ -404,6 +474,19 @@ async fn openai_speaks_chat_completions() {
         (e.status, e.attempts, e.error_kind.as_deref()),
         (Status::Failed, 1, Some("other"))
     );
+    for (status, code, kind) in [
+        (400, "invalid_value", "invalid_request"),
+        (500, "server_error", "unavailable"),
+    ] {
+        api.reply([openai_error(status, code)]);
+        let e = run_one(
+            &daemon,
+            queue.as_ref(),
+            execution("openai", ChatInput::prompt("x"), 1),
+        )
+        .await;
+        assert_eq!(e.error_kind.as_deref(), Some(kind), "{status}");
+    }
     api.reply([openai_error(401, "invalid_api_key")]);
     let e = run_one(
         &daemon,
@@ -553,4 +636,49 @@ async fn two_providers_from_one_component_with_pooled_connections() {
         a.connections()
     );
     daemon.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_never_reach_the_logs() {
+    let api = MockApi::start().await;
+    api.fallback(|_| claude_error(401, "authentication_error", "invalid x-api-key"));
+    let mut env = TestEnv::new();
+    env.add_component("claude.wasm");
+    env.adapter("claude", "claude.wasm", &api.url(), "claude-x")
+        .api_key_env = Some("LANES_TEST_CLAUDE_KEY".into());
+    let config = env.write_config();
+    let log = std::fs::File::create(env.dir.path().join("serve.log")).unwrap();
+    let mut serve = std::process::Command::new(env!("CARGO_BIN_EXE_lanes"))
+        .args(["--config", config.to_str().unwrap(), "serve"])
+        .env("LANES_TEST_CLAUDE_KEY", "sk-ant-never-logged")
+        .env("RUST_LOG", "debug")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let out = env.lanes(&[
+        "submit",
+        "--provider",
+        "claude",
+        "--input",
+        r#"{"prompt": "x"}"#,
+    ]);
+    let id = stdout(&out).trim().to_string();
+    let out = env.lanes(&["wait", &id, "--timeout", "20"]);
+    let _ = serve.kill();
+    let _ = serve.wait();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        api.requests()[0].header("authorization"),
+        Some("Bearer sk-ant-never-logged")
+    );
+    let log = env.serve_log();
+    assert!(log.contains("unauthorized"), "{log}");
+    assert!(
+        !log.contains("sk-ant-never-logged"),
+        "the key leaked into the log"
+    );
+    assert!(
+        !stderr(&out).contains("sk-ant-never-logged")
+            && !stdout(&out).contains("sk-ant-never-logged")
+    );
 }
