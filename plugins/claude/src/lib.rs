@@ -76,19 +76,10 @@ fn parse(text: &str) -> Result<ChatResponse, ProviderError> {
         Some("refusal") => FinishReason::ContentFilter,
         Some(other) => FinishReason::Other(other.to_string()),
     };
-    let count = |key: &str| {
-        value
-            .pointer(&format!("/usage/{key}"))
-            .and_then(Value::as_u64)
-            .unwrap_or(0) as u32
-    };
+    let count = |key: &str| lanes_guest::count_at(&value, &format!("/usage/{key}"));
     Ok(ChatResponse {
         text,
-        model: value
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
+        model: lanes_guest::text_at(&value, "/model"),
         usage: Usage {
             input_tokens: count("input_tokens"),
             output_tokens: count("output_tokens"),

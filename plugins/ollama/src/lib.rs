@@ -55,7 +55,7 @@ fn parse(text: &str) -> Result<ChatResponse, ProviderError> {
         }
         last = value;
     }
-    let count = |key: &str| last.get(key).and_then(Value::as_u64).unwrap_or(0) as u32;
+    let count = |key: &str| lanes_guest::count_at(&last, &format!("/{key}"));
     let finish_reason = match last.get("done_reason").and_then(Value::as_str) {
         Some("stop") | None => FinishReason::Stop,
         Some("length") => FinishReason::Length,
@@ -63,11 +63,7 @@ fn parse(text: &str) -> Result<ChatResponse, ProviderError> {
     };
     Ok(ChatResponse {
         text: content,
-        model: last
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
+        model: lanes_guest::text_at(&last, "/model"),
         usage: Usage {
             input_tokens: count("prompt_eval_count"),
             output_tokens: count("eval_count"),

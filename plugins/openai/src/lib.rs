@@ -50,23 +50,10 @@ fn parse(text: &str) -> Result<ChatResponse, ProviderError> {
         Some("tool_calls") | Some("function_call") => FinishReason::ToolCalls,
         Some(other) => FinishReason::Other(other.to_string()),
     };
-    let count = |key: &str| {
-        value
-            .pointer(&format!("/usage/{key}"))
-            .and_then(Value::as_u64)
-            .unwrap_or(0) as u32
-    };
+    let count = |key: &str| lanes_guest::count_at(&value, &format!("/usage/{key}"));
     Ok(ChatResponse {
-        text: choice
-            .pointer("/message/content")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
-        model: value
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
+        text: lanes_guest::text_at(choice, "/message/content"),
+        model: lanes_guest::text_at(&value, "/model"),
         usage: Usage {
             input_tokens: count("prompt_tokens"),
             output_tokens: count("completion_tokens"),

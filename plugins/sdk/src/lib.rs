@@ -97,3 +97,20 @@ pub fn chat_messages(request: &ChatRequest) -> Vec<serde_json::Value> {
         .map(|m| serde_json::json!({"role": role_name(m.role), "content": m.content}));
     system.chain(turns).collect()
 }
+
+/// The string at JSON `pointer` (such as `/message/content`), or `""`.
+pub fn text_at(value: &serde_json::Value, pointer: &str) -> String {
+    value
+        .pointer(pointer)
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The count at JSON `pointer` (such as `/usage/input_tokens`), or 0.
+pub fn count_at(value: &serde_json::Value, pointer: &str) -> u32 {
+    value
+        .pointer(pointer)
+        .and_then(serde_json::Value::as_u64)
+        .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
+}
