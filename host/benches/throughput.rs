@@ -218,8 +218,10 @@ async fn restart_to_first_dispatch() {
         ));
         daemon.shutdown(Duration::from_secs(5)).await;
     }
+    let components = lanes::plugin::wasm_files(&config.plugins_dir).len();
     println!(
-        "restart-to-first-dispatch (stub.wasm): {}",
+        "restart-to-first-dispatch ({components} components in {}): {}",
+        config.plugins_dir.display(),
         figures.join(", ")
     );
 }
