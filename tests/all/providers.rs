@@ -592,6 +592,40 @@ async fn a_server_that_never_answers_hits_the_request_timeout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_over_the_cap_fail_the_attempt() {
+    let api = MockApi::start().await;
+    let mut env = TestEnv::new();
+    env.add_component("ollama.wasm");
+    env.adapter("ollama", "ollama.wasm", &api.url(), "llama3")
+        .max_response_bytes = Some(1000);
+    let (daemon, queue) = env.start().await;
+    api.reply([ollama_reply(&"x".repeat(5000))]);
+    let e = run_one(
+        &daemon,
+        queue.as_ref(),
+        execution("ollama", ChatInput::prompt("x"), 3),
+    )
+    .await;
+    assert_eq!((e.status, e.attempts), (Status::Failed, 1), "not retried");
+    let error = e.error.unwrap();
+    assert!(
+        error.contains("response too large")
+            && error.contains("1000 bytes")
+            && error.contains("max_response_bytes"),
+        "{error}"
+    );
+    api.reply([ollama_reply("small")]);
+    let e = run_one(
+        &daemon,
+        queue.as_ref(),
+        execution("ollama", ChatInput::prompt("x"), 1),
+    )
+    .await;
+    assert_eq!(e.output.unwrap()["text"], "small");
+    daemon.shutdown(Duration::from_secs(1)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_providers_from_one_component_with_pooled_connections() {
     let (a, b) = (MockApi::start().await, MockApi::start().await);
     a.fallback(|_| ollama_reply("from a"));

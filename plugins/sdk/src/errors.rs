@@ -3,10 +3,12 @@
 use crate::bindings::lanes::provider::types::{ProviderError, RateLimit};
 use crate::http::{HttpError, Response};
 
-/// A transport failure: a denied host is permanent; the rest are transient.
+/// A transport failure: a denied host, a bad URL or an oversized response is permanent;
+/// the rest are transient.
 pub fn transport(e: HttpError) -> ProviderError {
     match e {
-        HttpError::Denied(m) => ProviderError::Other(m),
+        HttpError::Denied(_) | HttpError::TooLarge(_) => ProviderError::Other(e.to_string()),
+        HttpError::BadUrl(_) => ProviderError::InvalidRequest(e.to_string()),
         other => ProviderError::Unavailable(other.to_string()),
     }
 }

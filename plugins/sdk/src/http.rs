@@ -41,6 +41,8 @@ pub enum HttpError {
     Unreachable(String),
     /// The URL is malformed.
     BadUrl(String),
+    /// The response is larger than the host allows the provider to read.
+    TooLarge(String),
     /// Anything else on the wire, such as a response larger than the host's cap.
     Protocol(String),
 }
@@ -52,6 +54,7 @@ impl std::fmt::Display for HttpError {
             HttpError::Timeout(m) => write!(f, "timed out: {m}"),
             HttpError::Unreachable(m) => write!(f, "unreachable: {m}"),
             HttpError::BadUrl(m) => write!(f, "bad URL: {m}"),
+            HttpError::TooLarge(m) => write!(f, "response too large: {m}"),
             HttpError::Protocol(m) => write!(f, "HTTP error: {m}"),
         }
     }
@@ -70,8 +73,8 @@ fn from_code(url: &str, code: ErrorCode) -> HttpError {
         | ErrorCode::DestinationUnavailable
         | ErrorCode::DnsTimeout
         | ErrorCode::DnsError(_) => HttpError::Unreachable(format!("{url}: {code:?}")),
-        ErrorCode::HttpResponseBodySize(limit) => HttpError::Protocol(format!(
-            "{url}: the response is larger than the host allows ({} bytes)",
+        ErrorCode::HttpResponseBodySize(limit) => HttpError::TooLarge(format!(
+            "{url}: more than the {} bytes the host allows (max_response_bytes)",
             limit.unwrap_or_default()
         )),
         other => HttpError::Protocol(format!("{url}: {other:?}")),
@@ -189,12 +192,14 @@ pub fn send(
             Ok(chunk) => body.extend_from_slice(&chunk),
             Err(StreamError::Closed) => break,
             Err(StreamError::LastOperationFailed(e)) => {
+                let detail = e.to_debug_string();
                 return Err(match wasip2::http::types::http_error_code(&e) {
                     Some(code) => from_code(url, code),
-                    None => HttpError::Protocol(format!(
-                        "{url}: reading the body: {}",
-                        e.to_debug_string()
-                    )),
+                    // The host's body-size cap arrives as a plain stream error.
+                    None if detail.contains("body size exceeds limit") => {
+                        HttpError::TooLarge(format!("{url}: {detail} (max_response_bytes)"))
+                    }
+                    None => HttpError::Protocol(format!("{url}: reading the body: {detail}")),
                 });
             }
         }
