@@ -117,6 +117,8 @@ impl Daemon {
         });
 
         inner.recover().await?;
+        // Everything that can fail comes before the first lane starts.
+        let changes = inner.queue.listen().await?;
 
         // Watch before the first scan, so that no file dropped in meanwhile goes unnoticed.
         let events = Arc::new(tokio::sync::Notify::new());
@@ -139,7 +141,7 @@ impl Daemon {
                 .background
                 .spawn(async move { leases.lease_loop().await });
         }
-        if let Some(mut changes) = inner.queue.listen().await? {
+        if let Some(mut changes) = changes {
             let wake = inner.clone();
             inner.background.spawn(async move {
                 loop {
