@@ -5,8 +5,9 @@
 //!   holds across the whole fleet.
 //! - Every timestamp comes from the database clock, so workers on different machines agree on
 //!   leases and on recorded times.
-//! - A submission and a freed slot `NOTIFY` the channel `lanes` with the provider's name, and
-//!   every worker `LISTEN`s, so pickup never waits for the poll interval.
+//! - A submission and a freed slot `NOTIFY` the queue's channel (`lanes:<schema>`) with the
+//!   provider's name, and every worker `LISTEN`s, so pickup never waits for the poll
+//!   interval. Queues in other schemas of the same database neither hear nor lock each other.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,8 +24,8 @@ use crate::model::{Execution, ExecutionId, NewExecution};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
-/// The notification channel.
-pub const CHANNEL: &str = "lanes";
+/// The longest channel name PostgreSQL accepts.
+const MAX_IDENTIFIER: usize = 63;
 
 /// The database clock in Unix milliseconds.
 const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
@@ -33,6 +34,8 @@ const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 #[derive(Clone)]
 pub struct PgQueue {
     pool: PgPool,
+    /// `lanes:<schema>`: the notification channel, and the prefix of advisory-lock keys.
+    channel: String,
 }
 
 impl PgQueue {
@@ -49,24 +52,40 @@ impl PgQueue {
             .op("connecting to PostgreSQL")?;
         // sqlx takes an advisory lock, so workers starting together migrate one at a time.
         MIGRATOR.run(&pool).await?;
-        Ok(PgQueue { pool })
+        let schema: String = sqlx::query_scalar("SELECT current_schema()")
+            .fetch_one(&pool)
+            .await
+            .op("reading the current schema")?;
+        let mut channel = format!("lanes:{schema}");
+        if channel.len() > MAX_IDENTIFIER {
+            channel = format!(
+                "lanes:{}",
+                &crate::plugin::cache::sha256_hex(schema.as_bytes())[..32]
+            );
+        }
+        Ok(PgQueue { pool, channel })
+    }
+
+    /// The notification channel of this queue.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// Sends `provider` on the channel within `tx`: delivered when it commits.
+    async fn notify(&self, tx: &mut sqlx::PgConnection, provider: &str) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(&self.channel)
+            .bind(provider)
+            .execute(tx)
+            .await
+            .op("notifying other workers")?;
+        Ok(())
     }
 
     /// The connection pool, for tests that inspect the tables directly.
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
-}
-
-/// Sends `provider` on the channel within `tx`: delivered when it commits.
-async fn notify(tx: &mut sqlx::PgConnection, provider: &str) -> Result<(), StoreError> {
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CHANNEL)
-        .bind(provider)
-        .execute(tx)
-        .await
-        .op("notifying other workers")?;
-    Ok(())
 }
 
 async fn insert(
@@ -93,7 +112,7 @@ impl Queue for PgQueue {
     async fn submit(&self, new: &NewExecution) -> Result<ExecutionId, StoreError> {
         let mut tx = self.pool.begin().await.op("submitting an execution")?;
         let id = insert(&mut tx, new).await?;
-        notify(&mut tx, &new.provider).await?;
+        self.notify(&mut tx, &new.provider).await?;
         tx.commit().await.op("submitting an execution")?;
         Ok(id)
     }
@@ -107,7 +126,7 @@ impl Queue for PgQueue {
         let providers: std::collections::BTreeSet<&str> =
             new.iter().map(|n| n.provider.as_str()).collect();
         for provider in providers {
-            notify(&mut tx, provider).await?;
+            self.notify(&mut tx, provider).await?;
         }
         tx.commit().await.op("submitting executions")?;
         Ok(ids)
@@ -141,7 +160,8 @@ impl Queue for PgQueue {
         let mut tx = self.pool.begin().await.op("claiming executions")?;
         // Claims of one provider, from every worker, take turns: the count below stays true
         // until this transaction commits.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('lanes:' || $1, 0))")
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || ':' || $2, 0))")
+            .bind(&self.channel)
             .bind(provider)
             .execute(&mut *tx)
             .await
@@ -275,7 +295,7 @@ impl Queue for PgQueue {
         .op("recording an attempt's end")?;
         // A slot freed: wake the provider's lanes on every worker.
         if let Some(provider) = &provider {
-            notify(&mut tx, provider).await?;
+            self.notify(&mut tx, provider).await?;
         }
         tx.commit().await.op("recording an attempt's end")?;
         Ok(provider.is_some())
@@ -308,7 +328,7 @@ impl Queue for PgQueue {
         let providers: std::collections::BTreeSet<&str> =
             resumed.iter().map(|(_, p)| p.as_str()).collect();
         for provider in providers {
-            notify(&mut tx, provider).await?;
+            self.notify(&mut tx, provider).await?;
         }
         tx.commit().await.op("reclaiming expired leases")?;
         let mut recovered = Recovered { resumed, failed };
@@ -326,7 +346,7 @@ impl Queue for PgQueue {
             .await
             .op("listening for notifications")?;
         listener
-            .listen(CHANNEL)
+            .listen(&self.channel)
             .await
             .op("listening for notifications")?;
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
@@ -375,7 +395,7 @@ impl Queue for PgQueue {
         .execute(&mut *tx)
         .await
         .op("storing a limit")?;
-        notify(&mut tx, provider).await?;
+        self.notify(&mut tx, provider).await?;
         tx.commit().await.op("storing a limit")?;
         Ok(())
     }
