@@ -46,6 +46,45 @@ async fn json_logs_env_overrides_and_wait_exit_codes() {
     ]);
     let bad_id = stdout(&bad).trim().to_string();
 
+    // Input from a file.
+    let file = env.dir.path().join("input.json");
+    std::fs::write(
+        &file,
+        r#"{"messages": [{"role": "user", "content": "from a file"}]}"#,
+    )
+    .unwrap();
+    let from_file = env.lanes(&[
+        "submit",
+        "--provider",
+        "cli",
+        "--input",
+        &format!("@{}", file.display()),
+        "--json",
+    ]);
+    assert!(from_file.status.success(), "{}", stderr(&from_file));
+    let submitted: serde_json::Value = serde_json::from_str(&stdout(&from_file)).unwrap();
+    let out = env.lanes(&[
+        "wait",
+        &submitted["id"].to_string(),
+        "--timeout",
+        "20",
+        "--json",
+    ]);
+    let e: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(e["output"]["text"], "stub reply to: from a file");
+    let missing = env.lanes(&[
+        "submit",
+        "--provider",
+        "cli",
+        "--input",
+        "@/no/such/file.json",
+    ]);
+    assert!(
+        stderr(&missing).contains("reading input file /no/such/file.json"),
+        "{}",
+        stderr(&missing)
+    );
+
     let out = env.lanes(&["wait", &ok_id, "--timeout", "20"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stdout(&out).contains("stub reply to: a"));
