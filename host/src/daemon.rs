@@ -342,6 +342,7 @@ impl Inner {
     /// listing as it was before the scan: a change after that point triggers another.
     async fn reload_plugins(self: &Arc<Self>) -> Result<Vec<(PathBuf, Fingerprint)>, StoreError> {
         let listing = wasm_files(&self.config.plugins_dir);
+        // Held across the scan on purpose: reloads take turns, and each builds on the last.
         let mut catalog = self.catalog.lock().await;
         let fresh = self.plugins.scan(&self.config, Some(&catalog)).await;
         let runtime = self.queue.limits().await?;

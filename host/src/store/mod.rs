@@ -267,6 +267,12 @@ where
     })
 }
 
+/// Puts freshly claimed rows in start order: higher priority first, then FIFO. (The claim
+/// itself took interrupted rows first; it clears `resume`, so that is not visible here.)
+pub(crate) fn sort_claimed(rows: &mut [Execution]) {
+    rows.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+}
+
 /// Folds `(provider, status, count)` rows into counts per provider.
 pub(crate) fn fold_counts(
     rows: Vec<(String, String, i64)>,

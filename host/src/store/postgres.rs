@@ -13,12 +13,13 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sha2::Digest;
 use sqlx::PgPool;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 
 use super::{
     COLUMNS, Claim, DbContext, Finish, ProviderRecord, Queue, Recovered, StatusCounts, StoreError,
-    execution_from_row, fold_counts, provider_records,
+    execution_from_row, fold_counts, provider_records, sort_claimed,
 };
 use crate::model::{Execution, ExecutionId, NewExecution};
 
@@ -60,15 +61,10 @@ impl PgQueue {
         if channel.len() > MAX_IDENTIFIER {
             channel = format!(
                 "lanes:{}",
-                &crate::plugin::cache::sha256_hex(schema.as_bytes())[..32]
+                &hex::encode(sha2::Sha256::digest(schema.as_bytes()))[..32]
             );
         }
         Ok(PgQueue { pool, channel })
-    }
-
-    /// The notification channel of this queue.
-    pub fn channel(&self) -> &str {
-        &self.channel
     }
 
     /// Sends `provider` on the channel within `tx`: delivered when it commits.
@@ -201,7 +197,7 @@ impl Queue for PgQueue {
             .iter()
             .map(execution_from_row)
             .collect::<Result<_, _>>()?;
-        claimed.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
+        sort_claimed(&mut claimed);
         Ok(claimed)
     }
 

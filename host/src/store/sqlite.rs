@@ -11,7 +11,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 use super::{
     COLUMNS, Claim, DbContext, Finish, ProviderRecord, Queue, Recovered, StatusCounts, StoreError,
-    execution_from_row, fold_counts, provider_records,
+    execution_from_row, fold_counts, provider_records, sort_claimed,
 };
 use crate::model::{Execution, ExecutionId, NewExecution, now_ms};
 
@@ -109,14 +109,6 @@ async fn insert(
     .op("submitting an execution")
 }
 
-/// Claim order: interrupted rows first, then priority, then FIFO.
-fn claim_order(a: &Execution, b: &Execution) -> std::cmp::Ordering {
-    b.resume
-        .cmp(&a.resume)
-        .then(b.priority.cmp(&a.priority))
-        .then(a.id.cmp(&b.id))
-}
-
 #[async_trait]
 impl Queue for SqliteQueue {
     async fn submit(&self, new: &NewExecution) -> Result<ExecutionId, StoreError> {
@@ -187,7 +179,7 @@ impl Queue for SqliteQueue {
             .iter()
             .map(execution_from_row)
             .collect::<Result<_, _>>()?;
-        claimed.sort_by(claim_order);
+        sort_claimed(&mut claimed);
         Ok(claimed)
     }
 
