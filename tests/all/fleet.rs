@@ -10,15 +10,37 @@ use lanes::report::{intervals, max_overlap};
 
 use crate::support::*;
 
-struct Fleet(Vec<Child>);
+/// `lanes serve` workers with their log names.
+struct Fleet(Vec<Child>, Vec<String>);
 
 impl Fleet {
-    fn start(env: &TestEnv, n: usize) -> Fleet {
-        Fleet(
-            (0..n)
-                .map(|i| env.spawn_worker(&format!("worker{i}")))
-                .collect(),
-        )
+    /// Starts `n` workers named `worker0..` and waits until each serves its lanes and
+    /// listens, so that a test's first submission reaches all of them.
+    async fn start(env: &TestEnv, n: usize) -> Fleet {
+        let mut fleet = Fleet(Vec::new(), Vec::new());
+        for i in 0..n {
+            fleet.spawn(env, &format!("worker{i}"));
+        }
+        fleet.ready(env).await;
+        fleet
+    }
+
+    fn spawn(&mut self, env: &TestEnv, name: &str) {
+        self.0.push(env.spawn_worker(name));
+        self.1.push(name.to_string());
+    }
+
+    /// Waits until every worker logged that it serves (it listens before that line).
+    async fn ready(&mut self, env: &TestEnv) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.1.iter().all(|n| env.log(n).contains("lanes serving")) {
+            assert!(
+                Instant::now() < deadline,
+                "workers not ready after 30 s\n{}",
+                self.report(env)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn signal(&self, i: usize, signal: &str) {
@@ -37,6 +59,40 @@ impl Fleet {
 
     fn pid(&self, i: usize) -> u32 {
         self.0[i].id()
+    }
+
+    /// Each worker's state and the end of its log: what a failed fleet test needs to say.
+    fn report(&mut self, env: &TestEnv) -> String {
+        let mut out = String::new();
+        for (child, name) in self.0.iter_mut().zip(&self.1) {
+            let state = match child.try_wait() {
+                Ok(Some(status)) => format!("exited ({status})"),
+                Ok(None) => "running".to_string(),
+                Err(e) => format!("unknown ({e})"),
+            };
+            let log = env.log(name);
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            out.push_str(&format!("--- {name} (pid {}): {state}\n", child.id()));
+            for line in tail.iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Waits until every execution of the `fleet` provider is terminal; on a stall, fails
+    /// with the open rows and every worker's state and log.
+    async fn finish(
+        &mut self,
+        env: &TestEnv,
+        queue: &dyn Queue,
+        timeout: Duration,
+    ) -> Vec<Execution> {
+        match try_wait_terminal(queue, Some("fleet"), timeout).await {
+            Ok(rows) => rows,
+            Err(open) => panic!("{open}\n{}", self.report(env)),
+        }
     }
 }
 
@@ -68,13 +124,14 @@ async fn three_workers_share_one_limit() {
     };
     fleet_env(&mut env, 3);
     let queue = env.any_queue().await;
-    let fleet = Fleet::start(&env, 3);
-    tokio::time::sleep(Duration::from_millis(1500)).await; // all three listening
+    let mut fleet = Fleet::start(&env, 3).await;
     queue
         .submit_many(&sleepers("fleet", 30, 300))
         .await
         .unwrap();
-    let rows = wait_terminal(queue.as_ref(), Some("fleet"), Duration::from_secs(60)).await;
+    let rows = fleet
+        .finish(&env, queue.as_ref(), Duration::from_secs(60))
+        .await;
     assert_eq!(count(&rows, Status::Completed), 30);
     let max = max_overlap(intervals(&rows));
     let workers: BTreeSet<usize> = rows.iter().filter_map(|e| ran_on(&fleet, e)).collect();
@@ -96,8 +153,7 @@ async fn limits_set_on_one_worker_applies_to_all() {
     };
     fleet_env(&mut env, 4);
     let queue = env.any_queue().await;
-    let _fleet = Fleet::start(&env, 3);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut fleet = Fleet::start(&env, 3).await;
     queue
         .submit_many(&sleepers("fleet", 60, 200))
         .await
@@ -106,7 +162,9 @@ async fn limits_set_on_one_worker_applies_to_all() {
     let changed_at = now_ms();
     let out = env.lanes(&["limits", "set", "fleet", "2"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let rows = wait_terminal(queue.as_ref(), Some("fleet"), Duration::from_secs(60)).await;
+    let rows = fleet
+        .finish(&env, queue.as_ref(), Duration::from_secs(60))
+        .await;
     assert_eq!(count(&rows, Status::Completed), 60);
     let at_start = |from: i64, to: i64| -> Vec<usize> {
         rows.iter()
@@ -136,8 +194,7 @@ async fn a_killed_workers_executions_are_reclaimed_and_resumed_first() {
     };
     fleet_env(&mut env, 6);
     let queue = env.any_queue().await;
-    let mut fleet = Fleet::start(&env, 3);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut fleet = Fleet::start(&env, 3).await;
     queue
         .submit_many(&sleepers("fleet", 24, 1000))
         .await
@@ -168,7 +225,9 @@ async fn a_killed_workers_executions_are_reclaimed_and_resumed_first() {
         .map(|e| e.id)
         .collect();
     assert!(!lost.is_empty());
-    let rows = wait_terminal(queue.as_ref(), Some("fleet"), Duration::from_secs(60)).await;
+    let rows = fleet
+        .finish(&env, queue.as_ref(), Duration::from_secs(60))
+        .await;
     assert_eq!(rows.len(), 24);
     assert!(
         rows.iter().all(|e| e.status == Status::Completed),
@@ -229,8 +288,7 @@ async fn a_paused_worker_cannot_overwrite_the_result_of_the_one_that_took_over()
     };
     fleet_env(&mut env, 2);
     let queue = env.any_queue().await;
-    let fleet = Fleet::start(&env, 1);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let fleet = Fleet::start(&env, 1).await;
     let ids = queue
         .submit_many(&sleepers("fleet", 2, 2500))
         .await
@@ -244,9 +302,11 @@ async fn a_paused_worker_cannot_overwrite_the_result_of_the_one_that_took_over()
     )
     .await;
     fleet.signal(0, "-STOP");
-    let mut rescuer = Fleet::start(&env, 0);
-    rescuer.0.push(env.spawn_worker("rescuer"));
-    let rows = wait_terminal(queue.as_ref(), Some("fleet"), Duration::from_secs(30)).await;
+    let mut rescuer = Fleet::start(&env, 0).await;
+    rescuer.spawn(&env, "rescuer");
+    let rows = rescuer
+        .finish(&env, queue.as_ref(), Duration::from_secs(30))
+        .await;
     let rescued: Vec<String> = rows
         .iter()
         .map(|e| e.output.as_ref().unwrap()["text"].to_string())
@@ -289,8 +349,7 @@ async fn pickup_never_waits_for_the_poll_interval() {
     };
     fleet_env(&mut env, 2);
     let queue = env.any_queue().await;
-    let _fleet = Fleet::start(&env, 2);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let _fleet = Fleet::start(&env, 2).await;
     let mut waits = Vec::new();
     for _ in 0..5 {
         let out = env.lanes(&[

@@ -153,9 +153,14 @@ impl TestEnv {
     }
 
     /// Writes the config as TOML for the `lanes` binary, and returns its path.
+    ///
+    /// A temporary file and a rename: a worker started a moment ago may be reading the
+    /// file, and a truncated one is a valid, empty config that points at the defaults.
     pub fn write_config(&self) -> PathBuf {
         let path = self.dir.path().join("lanes.toml");
-        std::fs::write(&path, toml::to_string(&self.config).unwrap()).unwrap();
+        let tmp = tempfile::NamedTempFile::new_in(self.dir.path()).unwrap();
+        std::fs::write(tmp.path(), toml::to_string(&self.config).unwrap()).unwrap();
+        tmp.persist(&path).unwrap();
         path
     }
 
@@ -236,19 +241,32 @@ pub async fn wait_terminal(
     provider: Option<&str>,
     timeout: Duration,
 ) -> Vec<Execution> {
+    match try_wait_terminal(queue, provider, timeout).await {
+        Ok(rows) => rows,
+        Err(open) => panic!("{open}"),
+    }
+}
+
+/// Waits until every execution of `provider` (or all) is terminal; after `timeout`, says
+/// which are still open.
+pub async fn try_wait_terminal(
+    queue: &dyn Queue,
+    provider: Option<&str>,
+    timeout: Duration,
+) -> Result<Vec<Execution>, String> {
     let deadline = Instant::now() + timeout;
     loop {
         let rows = queue.list(provider).await.unwrap();
         if rows.iter().all(|e| e.status.is_terminal()) {
-            return rows;
+            return Ok(rows);
         }
         if Instant::now() > deadline {
             let open: Vec<_> = rows
                 .iter()
                 .filter(|e| !e.status.is_terminal())
-                .map(|e| (e.id, e.status, e.attempts))
+                .map(|e| (e.id, e.status, e.attempts, e.worker.clone()))
                 .collect();
-            panic!("not terminal after {timeout:?}: {open:?}");
+            return Err(format!("not terminal after {timeout:?}: {open:?}"));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
