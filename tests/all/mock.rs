@@ -8,8 +8,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
+use hyper::body::{Body, Bytes, Frame};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -40,6 +44,8 @@ pub struct Reply {
     pub body: String,
     /// Accept the request and never answer.
     pub hang: bool,
+    /// Send the headers and the body up to this many bytes, then stall.
+    pub stall_after: Option<usize>,
 }
 
 impl Reply {
@@ -49,7 +55,14 @@ impl Reply {
             headers: vec![("content-type".into(), "application/json".into())],
             body: body.to_string(),
             hang: false,
+            stall_after: None,
         }
+    }
+
+    /// Sends the status, the headers and the first `bytes` of the body, then stalls.
+    pub fn stall_after(mut self, bytes: usize) -> Reply {
+        self.stall_after = Some(bytes);
+        self
     }
 
     pub fn header(mut self, name: &str, value: &str) -> Reply {
@@ -63,6 +76,7 @@ impl Reply {
             headers: Vec::new(),
             body: String::new(),
             hang: true,
+            stall_after: None,
         }
     }
 }
@@ -147,7 +161,7 @@ impl MockApi {
 async fn handle(
     state: Arc<State>,
     req: hyper::Request<hyper::body::Incoming>,
-) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+) -> Result<hyper::Response<BoxBody<Bytes, Infallible>>, Infallible> {
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let headers = req
@@ -185,5 +199,30 @@ async fn handle(
     for (name, value) in &reply.headers {
         response = response.header(name, value);
     }
-    Ok(response.body(Full::new(Bytes::from(reply.body))).unwrap())
+    let body = match reply.stall_after {
+        Some(n) => {
+            let head = Bytes::from(reply.body).slice(..n);
+            Stalling(Some(head)).boxed()
+        }
+        None => Full::new(Bytes::from(reply.body)).boxed(),
+    };
+    Ok(response.body(body).unwrap())
+}
+
+/// A body that yields one chunk and then never another.
+struct Stalling(Option<Bytes>);
+
+impl Body for Stalling {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.0.take() {
+            Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
+            None => Poll::Pending,
+        }
+    }
 }

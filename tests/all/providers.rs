@@ -112,6 +112,7 @@ async fn ollama_speaks_the_chat_api() {
             headers: vec![("content-type".into(), "application/x-ndjson".into())],
             body: lines.iter().map(|l| format!("{l}\n")).collect(),
             hang: false,
+            stall_after: None,
         }
     });
     let streamed = full_input(Some(json!({"stream": true})));
@@ -463,6 +464,25 @@ async fn openai_speaks_chat_completions() {
         e.started_at.unwrap() - e.created_at >= 1000,
         "x-ratelimit-reset-requests honored"
     );
+    // retry-after as an HTTP date (whole seconds): 2 s ahead means at least 1 s of waiting.
+    let at = std::time::SystemTime::now() + Duration::from_secs(2);
+    api.reply([
+        openai_error(429, "rate_limit_exceeded")
+            .header("retry-after", &httpdate::fmt_http_date(at)),
+        openai_reply(),
+    ]);
+    let e = run_one(
+        &daemon,
+        queue.as_ref(),
+        execution("openai", ChatInput::prompt("x"), 3),
+    )
+    .await;
+    assert_eq!((e.status, e.attempts), (Status::Completed, 2));
+    let waited = e.started_at.unwrap() - e.created_at;
+    assert!(
+        (1000..10_000).contains(&waited),
+        "retry-after as an HTTP date honored, waited {waited} ms"
+    );
     api.reply([openai_error(429, "insufficient_quota")]);
     let e = run_one(
         &daemon,
@@ -578,6 +598,32 @@ async fn a_server_that_never_answers_hits_the_request_timeout() {
     assert!(
         (400..5000).contains(&took),
         "took {took} ms for a 500 ms timeout"
+    );
+    // Headers and half a body, then silence: the same timeout ends the attempt.
+    let reply = ollama_reply("never finished");
+    let half = reply.body.len() / 2;
+    api.reply([reply.stall_after(half)]);
+    let e = run_one(
+        &daemon,
+        queue.as_ref(),
+        execution("ollama", ChatInput::prompt("x"), 1),
+    )
+    .await;
+    assert_eq!(
+        e.error_kind.as_deref(),
+        Some("unavailable"),
+        "{:?}",
+        e.error
+    );
+    let error = e.error.unwrap();
+    assert!(
+        error.contains("timed out") && error.contains("reading the body"),
+        "{error}"
+    );
+    let took = e.finished_at.unwrap() - e.started_at.unwrap();
+    assert!(
+        (400..5000).contains(&took),
+        "a stalled body took {took} ms for a 500 ms timeout"
     );
     // The lane keeps running.
     api.reply([ollama_reply("still here")]);

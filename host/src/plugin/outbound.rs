@@ -3,14 +3,17 @@
 //! - A request goes out only to a host the operator allowed for that provider. Anything else
 //!   is denied (`HttpRequestDenied`), logged, and remembered, so that the execution's error
 //!   names the host.
-//! - Each provider has a request timeout (connect to response headers) and a cap on the
-//!   response body.
+//! - Each provider has a request timeout, which covers the whole exchange (connect, response
+//!   headers and the last byte of the body), and a cap on the response body.
 //! - Every execution shares one pooled client, so keep-alive connections are reused.
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body_util::BodyExt;
+use hyper::body::{Body, Bytes, Frame, SizeHint};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -126,18 +129,18 @@ impl WasiHttpHooks for Outbound {
         let client = self.client.0.clone();
         let rules = self.rules.clone();
         Box::new(async move {
-            let response =
-                match tokio::time::timeout(rules.request_timeout, client.request(request)).await {
-                    Err(_) => return Err(Error::HttpResponseTimeout),
-                    Ok(Err(e)) => {
-                        return Err(if e.is_connect() {
-                            Error::ConnectionRefused
-                        } else {
-                            Error::InternalError(Some(e.to_string()))
-                        });
-                    }
-                    Ok(Ok(response)) => response,
-                };
+            let deadline = tokio::time::Instant::now() + rules.request_timeout;
+            let response = match tokio::time::timeout_at(deadline, client.request(request)).await {
+                Err(_) => return Err(Error::HttpResponseTimeout),
+                Ok(Err(e)) => {
+                    return Err(if e.is_connect() {
+                        Error::ConnectionRefused
+                    } else {
+                        Error::InternalError(Some(e.to_string()))
+                    });
+                }
+                Ok(Ok(response)) => response,
+            };
             let cap = rules.max_response_bytes;
             let (parts, body) = response.into_parts();
             let body = http_body_util::Limited::new(body, cap)
@@ -149,9 +152,45 @@ impl WasiHttpHooks for Outbound {
                     }
                 })
                 .boxed_unsync();
+            let body = Deadline {
+                body,
+                deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            }
+            .boxed_unsync();
             let io: Box<dyn Future<Output = Result<(), Error>> + Send> = Box::new(async { Ok(()) });
             Ok((http::Response::from_parts(parts, body), io))
         })
+    }
+}
+
+/// A response body that fails with `HttpResponseTimeout` once the request's deadline has
+/// passed: a server that sends the headers and then stalls must not hold the guest until
+/// the sandbox's wall clock ends the whole execution.
+struct Deadline {
+    body: WasiBody,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Body for Deadline {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(Error::HttpResponseTimeout)));
+        }
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

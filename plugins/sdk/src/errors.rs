@@ -30,7 +30,8 @@ pub fn from_status(response: &Response, message: String) -> ProviderError {
     }
 }
 
-/// How long the server asked to wait: `retry-after-ms`, then `retry-after` in seconds.
+/// How long the server asked to wait: `retry-after-ms`, then `retry-after` in seconds or
+/// as an HTTP date (RFC 9110), measured against the guest's wall clock.
 pub fn retry_after_ms(response: &Response) -> Option<u64> {
     if let Some(ms) = response
         .header("retry-after-ms")
@@ -38,10 +39,15 @@ pub fn retry_after_ms(response: &Response) -> Option<u64> {
     {
         return Some(ms.max(0.0) as u64);
     }
-    response
-        .header("retry-after")
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|s| (s.max(0.0) * 1000.0) as u64)
+    let value = response.header("retry-after")?.trim();
+    if let Ok(seconds) = value.parse::<f64>() {
+        return Some((seconds.max(0.0) * 1000.0) as u64);
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .map_or(0, |d| d.as_millis() as u64),
+    )
 }
 
 /// A Go-style duration such as `1s`, `6m0s`, `20ms` or `1.5s`, in milliseconds.
@@ -78,6 +84,39 @@ pub fn go_duration_ms(text: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn with_headers(headers: &[(&str, &str)]) -> Response {
+        Response {
+            status: 429,
+            headers: headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+            body: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn retry_after_in_every_form() {
+        let ms = |h: &[(&str, &str)]| retry_after_ms(&with_headers(h));
+        assert_eq!(
+            ms(&[("retry-after-ms", "250"), ("retry-after", "9")]),
+            Some(250)
+        );
+        assert_eq!(ms(&[("Retry-After", "2")]), Some(2000));
+        assert_eq!(ms(&[("retry-after", "0.5")]), Some(500));
+        let ahead = std::time::SystemTime::now() + std::time::Duration::from_secs(30);
+        let date = httpdate::fmt_http_date(ahead);
+        let waited = ms(&[("retry-after", &date)]).unwrap();
+        assert!((28_000..=30_000).contains(&waited), "{date}: {waited}");
+        assert_eq!(
+            ms(&[("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT")]),
+            Some(0),
+            "a date in the past means now"
+        );
+        assert_eq!(ms(&[("retry-after", "soon")]), None);
+        assert_eq!(ms(&[]), None);
+    }
 
     #[test]
     fn go_durations() {

@@ -199,6 +199,10 @@ pub fn send(
                     None if detail.contains("body size exceeds limit") => {
                         HttpError::TooLarge(format!("{url}: {detail} (max_response_bytes)"))
                     }
+                    // So does the request timeout, when it ends a body that stalled.
+                    None if detail.contains("HTTP response timeout") => {
+                        HttpError::Timeout(format!("{url}: reading the body: {detail}"))
+                    }
                     None => HttpError::Protocol(format!("{url}: reading the body: {detail}")),
                 });
             }
