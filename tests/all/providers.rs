@@ -347,6 +347,18 @@ async fn claude_speaks_the_messages_api() {
             "unauthorized",
             1,
         ),
+        // The server's x-should-retry decides first, as in the official SDKs.
+        (
+            claude_error(500, "api_error", "do not retry").header("x-should-retry", "false"),
+            "other",
+            1,
+        ),
+        (
+            claude_error(400, "invalid_request_error", "try again")
+                .header("x-should-retry", "true"),
+            "unavailable",
+            2,
+        ),
     ];
     for (reply, kind, attempts) in cases {
         let reply = reply.header("retry-after", "0");

@@ -111,13 +111,14 @@ fn error(response: &http::Response) -> ProviderError {
         format!("{kind}: {message}")
     };
     // A spend limit is not lifted by waiting.
-    if response.status == 429 && message.to_ascii_lowercase().contains("spend limit") {
-        return ProviderError::Other(format!("HTTP 429: {described}"));
-    }
-    match response.status {
-        529 => ProviderError::Unavailable(format!("HTTP 529: {described}")),
-        _ => errors::from_status(response, described),
-    }
+    let class = if response.status == 429 && message.to_ascii_lowercase().contains("spend limit") {
+        ProviderError::Other(format!("HTTP 429: {described}"))
+    } else if response.status == 529 {
+        ProviderError::Unavailable(format!("HTTP 529: {described}"))
+    } else {
+        errors::from_status(response, described)
+    };
+    errors::obey_should_retry(response, class)
 }
 
 impl Guest for Claude {

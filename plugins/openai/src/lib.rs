@@ -79,21 +79,24 @@ fn error(response: &http::Response) -> ProviderError {
         (Some(m), false) => format!("{code}: {m}"),
         (None, _) => text,
     };
-    if response.status == 429 {
+    let class = if response.status == 429 {
         // Quota is not restored by waiting.
         if code == "insufficient_quota" {
-            return ProviderError::Other(format!("HTTP 429: {message}"));
+            ProviderError::Other(format!("HTTP 429: {message}"))
+        } else {
+            let reset = ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
+                .iter()
+                .filter_map(|h| response.header(h).and_then(errors::go_duration_ms))
+                .max();
+            ProviderError::RateLimited(RateLimit {
+                retry_after_ms: errors::retry_after_ms(response).or(reset),
+                message: format!("HTTP 429: {message}"),
+            })
         }
-        let reset = ["x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"]
-            .iter()
-            .filter_map(|h| response.header(h).and_then(errors::go_duration_ms))
-            .max();
-        return ProviderError::RateLimited(RateLimit {
-            retry_after_ms: errors::retry_after_ms(response).or(reset),
-            message: format!("HTTP 429: {message}"),
-        });
-    }
-    errors::from_status(response, message)
+    } else {
+        errors::from_status(response, message)
+    };
+    errors::obey_should_retry(response, class)
 }
 
 impl Guest for OpenAi {

@@ -30,6 +30,27 @@ pub fn from_status(response: &Response, message: String) -> ProviderError {
     }
 }
 
+/// Applies the server's `x-should-retry` header, which Anthropic and OpenAI send and their
+/// official SDKs obey before anything else: `true` makes the error transient, `false` makes
+/// it permanent. Without the header (or with another value) `error` stands.
+pub fn obey_should_retry(response: &Response, error: ProviderError) -> ProviderError {
+    let said = response
+        .header("x-should-retry")
+        .map(|v| v.trim().to_ascii_lowercase());
+    match (said.as_deref(), error) {
+        (Some("true"), ProviderError::InvalidRequest(m))
+        | (Some("true"), ProviderError::Unauthorized(m))
+        | (Some("true"), ProviderError::Other(m)) => {
+            ProviderError::Unavailable(format!("{m} (x-should-retry: true)"))
+        }
+        (Some("false"), ProviderError::RateLimited(RateLimit { message, .. }))
+        | (Some("false"), ProviderError::Unavailable(message)) => {
+            ProviderError::Other(format!("{message} (x-should-retry: false)"))
+        }
+        (_, error) => error,
+    }
+}
+
 /// How long the server asked to wait: `retry-after-ms`, then `retry-after` in seconds or
 /// as an HTTP date (RFC 9110), measured against the guest's wall clock.
 pub fn retry_after_ms(response: &Response) -> Option<u64> {
