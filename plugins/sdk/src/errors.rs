@@ -140,6 +140,40 @@ mod tests {
     }
 
     #[test]
+    fn should_retry_overrides_the_class() {
+        let class = |said: Option<&str>, error: ProviderError| {
+            let headers: Vec<(&str, &str)> =
+                said.map(|v| ("x-should-retry", v)).into_iter().collect();
+            obey_should_retry(&with_headers(&headers), error)
+        };
+        let invalid = || ProviderError::InvalidRequest("bad".into());
+        let busy = || ProviderError::Unavailable("busy".into());
+        assert!(matches!(
+            class(Some("true"), invalid()),
+            ProviderError::Unavailable(_)
+        ));
+        assert!(
+            matches!(class(Some("false"), busy()), ProviderError::Other(m) if m.contains("x-should-retry: false"))
+        );
+        let limited = ProviderError::RateLimited(RateLimit {
+            retry_after_ms: Some(1),
+            message: "slow".into(),
+        });
+        assert!(matches!(
+            class(Some("False"), limited),
+            ProviderError::Other(_)
+        ));
+        assert!(matches!(
+            class(None, invalid()),
+            ProviderError::InvalidRequest(_)
+        ));
+        assert!(matches!(
+            class(Some("maybe"), busy()),
+            ProviderError::Unavailable(_)
+        ));
+    }
+
+    #[test]
     fn go_durations() {
         assert_eq!(go_duration_ms("1s"), Some(1000));
         assert_eq!(go_duration_ms("6m0s"), Some(360_000));
