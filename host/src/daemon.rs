@@ -55,6 +55,10 @@ struct Inner {
     stop_running: CancellationToken,
     executions: TaskTracker,
     background: TaskTracker,
+    /// Stops renewing leases: only once every execution has ended, since a lease that lapsed
+    /// during the grace period would let another worker run the same execution again.
+    stop_leasing: CancellationToken,
+    leasing: TaskTracker,
 }
 
 /// A running daemon. Dropping it without [`Daemon::shutdown`] abandons running executions,
@@ -114,6 +118,8 @@ impl Daemon {
             stop_running: CancellationToken::new(),
             executions: TaskTracker::new(),
             background: TaskTracker::new(),
+            stop_leasing: CancellationToken::new(),
+            leasing: TaskTracker::new(),
         });
 
         inner.recover().await?;
@@ -138,7 +144,7 @@ impl Daemon {
         if inner.queue.shared() {
             let leases = inner.clone();
             inner
-                .background
+                .leasing
                 .spawn(async move { leases.lease_loop().await });
         }
         if let Some(mut changes) = changes {
@@ -234,6 +240,9 @@ impl Daemon {
             inner.stop_running.cancel();
             inner.executions.wait().await;
         }
+        inner.stop_leasing.cancel();
+        inner.leasing.close();
+        inner.leasing.wait().await;
         info!("shutdown complete");
     }
 
@@ -301,17 +310,21 @@ impl Inner {
     }
 
     /// With a shared queue: renews this worker's leases every third of `lease_ms`, and
-    /// reclaims the executions of workers whose leases expired.
+    /// reclaims the executions of workers whose leases expired. Renewal goes on through a
+    /// graceful shutdown, until the last execution has ended; reclaiming stops with claims.
     async fn lease_loop(self: Arc<Self>) {
         let lease = self.config.lease_ms;
         let every = Duration::from_millis((lease / 3).max(1));
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}
-                _ = self.stop_claiming.cancelled() => return,
+                _ = self.stop_leasing.cancelled() => return,
             }
             if let Err(e) = self.queue.renew_leases(&self.owner, lease as i64).await {
                 error!("renewing leases: {e}");
+            }
+            if self.stop_claiming.is_cancelled() {
+                continue;
             }
             if let Err(e) = self.recover().await {
                 error!("reclaiming expired leases: {e}");
@@ -539,6 +552,18 @@ impl Inner {
         }
         self.record(id, &finish).await;
         lane.release(slot);
+        // The lane refills the slot itself when it can; otherwise another worker should.
+        let refills =
+            !self.stop_claiming.is_cancelled() && lane.provider().is_some() && lane.free() > 0;
+        if !refills
+            && matches!(finish, Finish::Completed(_) | Finish::Failed { .. })
+            && let Err(e) = self.queue.slot_freed(lane.name()).await
+        {
+            warn!(
+                "provider {}: telling other workers of a free slot: {e}",
+                lane.name()
+            );
+        }
     }
 
     /// Writes an attempt's end, retrying briefly when the database is busy: losing a result

@@ -246,29 +246,44 @@ async fn limits_counts_and_providers(q: Arc<dyn Queue>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_notifies_submissions_and_freed_slots() {
+async fn postgres_notifies_what_other_workers_can_claim() {
     let Some((env, _schema)) = TestEnv::postgres().await else {
         return;
     };
     let q = env.any_queue().await;
     let mut changes = q.listen().await.unwrap().expect("PostgreSQL notifies");
     let other = env.any_queue().await; // another worker's connection
-    let id = other.submit(&new("n", 0)).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), changes.recv())
-        .await
-        .unwrap();
-    assert_eq!(got.as_deref(), Some("n"));
-    other.claim("n", claim("w", 1, 1)).await.unwrap();
+    async fn heard(changes: &mut tokio::sync::mpsc::Receiver<String>, what: &str) {
+        let got = tokio::time::timeout(Duration::from_secs(5), changes.recv()).await;
+        assert_eq!(
+            got.ok().flatten().as_deref(),
+            Some("n"),
+            "{what} wakes the others"
+        );
+    }
+    let first = other.submit(&new("n", 0)).await.unwrap();
+    heard(&mut changes, "a submission").await;
+    let second = other.submit(&new("n", 0)).await.unwrap();
+    heard(&mut changes, "a submission").await;
+    // The claiming worker has 1 slot, the fleet 2: the others may take the second row.
+    other.claim("n", claim("w", 1, 2)).await.unwrap();
+    heard(&mut changes, "a claim that left fleet room").await;
+    other.claim("n", claim("w", 1, 2)).await.unwrap();
     let done = Finish::Completed(serde_json::json!({"text": "x"}));
-    other.finish(id, "w", &done).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), changes.recv())
-        .await
-        .unwrap();
-    assert_eq!(
-        got.as_deref(),
-        Some("n"),
-        "a freed slot wakes the other workers"
-    );
+    other.finish(first, "w", &done).await.unwrap();
+    // Neither a claim that filled the fleet nor a finish (its worker refills the slot)
+    // wakes anyone.
+    let quiet = tokio::time::timeout(Duration::from_millis(500), changes.recv()).await;
+    assert!(quiet.is_err(), "woken for nothing: {quiet:?}");
+    other.slot_freed("n").await.unwrap();
+    heard(&mut changes, "a slot its worker will not refill").await;
+    let retry = Finish::Retry {
+        error: "busy".into(),
+        kind: ErrorKind::Unavailable,
+        delay_ms: 0,
+    };
+    other.finish(second, "w", &retry).await.unwrap();
+    heard(&mut changes, "a row back to pending").await;
     assert!(
         TestEnv::new()
             .any_queue()

@@ -138,7 +138,9 @@ pub trait Queue: Send + Sync + 'static {
     async fn next_due(&self, provider: &str) -> Result<Option<i64>, StoreError>;
 
     /// Records how an attempt ended. Returns false when `owner` no longer owns the row, in
-    /// which case nothing was written.
+    /// which case nothing was written. A row that goes back to pending (a retry, a requeue)
+    /// wakes the other workers; a completed or failed one does not, because the worker that
+    /// freed the slot refills it itself, or calls [`Queue::slot_freed`] when it will not.
     async fn finish(
         &self,
         id: ExecutionId,
@@ -155,6 +157,12 @@ pub trait Queue: Send + Sync + 'static {
     /// ones reclaiming while the daemon runs.
     fn shared(&self) -> bool {
         false
+    }
+
+    /// Tells the other workers that a slot of `provider` is free and this worker will not
+    /// take it (it is stopping, lost the provider's component, or lowered its limit).
+    async fn slot_freed(&self, _provider: &str) -> Result<(), StoreError> {
+        Ok(())
     }
 
     /// A stream of provider names, each sent when that provider's queue changed in another

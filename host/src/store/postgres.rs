@@ -5,9 +5,14 @@
 //!   holds across the whole fleet.
 //! - Every timestamp comes from the database clock, so workers on different machines agree on
 //!   leases and on recorded times.
-//! - A submission and a freed slot `NOTIFY` the queue's channel (`lanes:<schema>`) with the
-//!   provider's name, and every worker `LISTEN`s, so pickup never waits for the poll
-//!   interval. Queues in other schemas of the same database neither hear nor lock each other.
+//! - Every worker `LISTEN`s on the queue's channel (`lanes:<schema>`), and a change that
+//!   another worker may act on `NOTIFY`s it with the provider's name, so pickup never waits
+//!   for the poll interval: a submission, a row back to pending (retry, requeue, reclaim), a
+//!   limit change, a slot freed by a worker that will not refill it, and a claim that left
+//!   fleet capacity it could not take. A worker that finishes an attempt refills its own
+//!   slot without a broadcast: waking every worker for each finish made them all queue for
+//!   the provider's claim lock, mostly for nothing.
+//! - Queues in other schemas of the same database neither hear nor lock each other.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -192,6 +197,11 @@ impl Queue for PgQueue {
         .fetch_all(&mut *tx)
         .await
         .op("claiming executions")?;
+        // This worker ran out of slots before the fleet did, and there may be more due
+        // rows: let the others fill the rest.
+        if running + take < claim.limit as i64 && rows.len() as i64 == take {
+            self.notify(&mut tx, provider).await?;
+        }
         tx.commit().await.op("claiming executions")?;
         let mut claimed: Vec<Execution> = rows
             .iter()
@@ -289,8 +299,10 @@ impl Queue for PgQueue {
             }
         }
         .op("recording an attempt's end")?;
-        // A slot freed: wake the provider's lanes on every worker.
-        if let Some(provider) = &provider {
+        // The row is pending again: any worker may take it (a retry, once it is due).
+        if let Some(provider) = &provider
+            && matches!(finish, Finish::Retry { .. } | Finish::Requeue)
+        {
             self.notify(&mut tx, provider).await?;
         }
         tx.commit().await.op("recording an attempt's end")?;
@@ -335,6 +347,11 @@ impl Queue for PgQueue {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    async fn slot_freed(&self, provider: &str) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.op("notifying other workers")?;
+        self.notify(&mut conn, provider).await
     }
 
     async fn listen(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>, StoreError> {
