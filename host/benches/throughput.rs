@@ -63,6 +63,7 @@ fn config(dir: &tempfile::TempDir, providers: &[(&str, ProviderConfig)]) -> Conf
         cache: lanes::config::CacheConfig {
             enabled: true,
             dir: Some(dir.path().join("cache")),
+            ..lanes::config::CacheConfig::default()
         },
         ..Config::default()
     };

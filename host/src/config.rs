@@ -202,6 +202,9 @@ pub struct CacheConfig {
     pub enabled: bool,
     /// Default: `$XDG_CACHE_HOME/lanes`, else `$HOME/.cache/lanes`, else `.lanes-cache`.
     pub dir: Option<PathBuf>,
+    /// Entries that no loaded component uses are removed once they have gone unused this
+    /// many days (0: never).
+    pub prune_after_days: u64,
 }
 
 impl Default for CacheConfig {
@@ -209,11 +212,18 @@ impl Default for CacheConfig {
         CacheConfig {
             enabled: true,
             dir: None,
+            prune_after_days: 14,
         }
     }
 }
 
 impl CacheConfig {
+    /// How long an unused entry is kept, or `None` to keep entries forever.
+    pub fn prune_after(&self) -> Option<std::time::Duration> {
+        (self.prune_after_days > 0)
+            .then(|| std::time::Duration::from_secs(self.prune_after_days.saturating_mul(86_400)))
+    }
+
     /// The cache folder, or `None` when the cache is off.
     pub fn resolved_dir(&self) -> Option<PathBuf> {
         if !self.enabled {

@@ -2,6 +2,7 @@
 //! validation, WIT versions, the compile cache and `lanes plugins check`.
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use lanes::model::Status;
@@ -232,6 +233,69 @@ async fn compile_cache_hits_after_restart_and_rebuilds_damaged_entries() {
     std::fs::write(&checksum, lanes::plugin::cache::sha256_hex(&junk)).unwrap();
     assert_eq!(host.load(&stub).await.unwrap().cache, CacheOutcome::Rebuilt);
     assert_eq!(host.load(&stub).await.unwrap().cache, CacheOutcome::Hit);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compile_cache_prunes_what_has_gone_unused() {
+    let mut env = TestEnv::new();
+    let cache_dir = env.dir.path().join("cache");
+    env.config.cache.dir = Some(cache_dir.clone());
+    env.config.cache.prune_after_days = 7;
+    let (daemon, _queue) = env.start().await;
+    daemon.shutdown(Duration::from_secs(1)).await;
+    let in_use: Vec<PathBuf> = std::fs::read_dir(&cache_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(
+        in_use.len(),
+        2,
+        "the stub's artifact and checksum: {in_use:?}"
+    );
+
+    let month_ago = std::time::SystemTime::now() - Duration::from_secs(30 * 86_400);
+    let plant = |name: &str, old: bool| {
+        let path = cache_dir.join(name);
+        std::fs::write(&path, b"x").unwrap();
+        if old {
+            let file = std::fs::File::options().append(true).open(&path).unwrap();
+            file.set_modified(month_ago).unwrap();
+        }
+        path
+    };
+    let other = "ab".repeat(32);
+    let gone = [
+        plant(&format!("{other}-0123456789abcdef.cwasm"), true),
+        plant(&format!("{other}-0123456789abcdef.sha256"), true),
+        plant(&format!("{other}-0123456789abcdef.tmp4242"), true),
+    ];
+    let kept = [
+        plant(
+            &format!("{}-0123456789abcdef.cwasm", "cd".repeat(32)),
+            false,
+        ),
+        plant("notes.txt", true),
+        plant("not-an-entry.cwasm", true),
+    ];
+    // The stub's own entry is old too, but in use.
+    for path in &in_use {
+        let file = std::fs::File::options().append(true).open(path).unwrap();
+        file.set_modified(month_ago).unwrap();
+    }
+
+    let (daemon, _queue) = env.start().await;
+    daemon.shutdown(Duration::from_secs(1)).await;
+    for path in &gone {
+        assert!(!path.exists(), "{} should be pruned", path.display());
+    }
+    for path in kept.iter().chain(&in_use) {
+        assert!(path.exists(), "{} should be kept", path.display());
+    }
+    let touched = std::fs::metadata(&in_use[0]).unwrap().modified().unwrap();
+    assert!(
+        touched > month_ago,
+        "a cache hit refreshes the entry's time"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

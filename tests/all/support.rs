@@ -81,6 +81,7 @@ impl TestEnv {
             cache: CacheConfig {
                 enabled: true,
                 dir: Some(repo_root().join("target/test-cache")),
+                ..CacheConfig::default()
             },
             ..Config::default()
         };

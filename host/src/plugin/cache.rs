@@ -4,9 +4,17 @@
 //! (wasmtime version, target and settings). Each artifact is written with the SHA-256 of its
 //! own bytes beside it; an entry whose bytes do not match, or that wasmtime refuses, is
 //! stale or corrupt: it is ignored and rebuilt.
+//!
+//! After each scan the host prunes the folder: entries that no loaded component uses go once
+//! they have been unused for `cache.prune_after_days` (an entry's modification time is
+//! refreshed on every hit), and so do the leftovers of an interrupted write. Entries of
+//! another engine configuration count as unused here. Files that are not entries are never
+//! touched, so the folder may be shared.
 
+use std::collections::BTreeSet;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
@@ -35,6 +43,16 @@ impl Hasher for ShaHasher {
         self.0.update(bytes);
     }
 }
+
+/// What a prune removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub files: usize,
+    pub bytes: u64,
+}
+
+/// A temporary file left by a write that never finished is removed after this long.
+const ABANDONED_WRITE: Duration = Duration::from_secs(3600);
 
 /// A folder of compiled components for one engine configuration.
 #[derive(Debug, Clone)]
@@ -82,7 +100,12 @@ impl CompileCache {
                 // SAFETY: the bytes are an artifact this host wrote (the checksum beside it
                 // matches), and wasmtime checks that it fits this engine before using it.
                 match unsafe { Component::deserialize(engine, &compiled) } {
-                    Ok(component) => return Ok((component, CacheOutcome::Hit)),
+                    Ok(component) => {
+                        // In use: a prune by another host sharing the folder keeps it.
+                        touch(&artifact);
+                        touch(&checksum);
+                        return Ok((component, CacheOutcome::Hit));
+                    }
                     Err(e) => {
                         tracing::warn!(
                             "compile cache entry {} refused ({e}); rebuilding",
@@ -108,6 +131,71 @@ impl CompileCache {
         // SAFETY: `compiled` was produced by this engine a moment ago.
         let component = unsafe { Component::deserialize(engine, &compiled)? };
         Ok((component, outcome))
+    }
+}
+
+impl CompileCache {
+    /// Removes the entries of components not in `keep` (content hashes) that have gone
+    /// unused for `max_age`, entries of another engine configuration likewise, and
+    /// temporary files of writes that never finished. Errors are skipped: a prune is only
+    /// housekeeping.
+    pub fn prune(&self, keep: &BTreeSet<String>, max_age: Duration) -> Pruned {
+        let mut pruned = Pruned::default();
+        let Some(dir) = &self.dir else {
+            return pruned;
+        };
+        let Ok(listing) = std::fs::read_dir(dir) else {
+            return pruned;
+        };
+        let now = SystemTime::now();
+        for entry in listing.flatten() {
+            let path = entry.path();
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                continue;
+            };
+            let Some((stem, extension)) = name.rsplit_once('.') else {
+                continue;
+            };
+            let Some((content_hash, engine_key)) = stem.split_once('-') else {
+                continue;
+            };
+            let is_entry = content_hash.len() == 64
+                && content_hash.bytes().all(|b| b.is_ascii_hexdigit())
+                && engine_key.bytes().all(|b| b.is_ascii_hexdigit());
+            if !is_entry {
+                continue;
+            }
+            let age_limit = match extension {
+                "cwasm" | "sha256" => {
+                    if engine_key == self.engine_key && keep.contains(content_hash) {
+                        continue;
+                    }
+                    max_age
+                }
+                tmp if tmp.starts_with("tmp") => ABANDONED_WRITE,
+                _ => continue,
+            };
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            let unused_for = meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .unwrap_or_default();
+            if meta.is_file() && unused_for >= age_limit && std::fs::remove_file(&path).is_ok() {
+                pruned.files += 1;
+                pruned.bytes += meta.len();
+            }
+        }
+        pruned
+    }
+}
+
+/// Sets a file's modification time to now, where the file system allows it.
+fn touch(path: &Path) {
+    if let Ok(file) = std::fs::File::options().append(true).open(path) {
+        let _ = file.set_modified(SystemTime::now());
     }
 }
 

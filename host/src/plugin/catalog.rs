@@ -219,6 +219,25 @@ impl PluginHost {
                 dir.display()
             );
         }
+        if let Some(max_age) = config.cache.prune_after() {
+            let keep: std::collections::BTreeSet<String> = catalog
+                .states
+                .values()
+                .filter_map(|s| s.component.as_ref().map(|c| c.sha256.clone()))
+                .collect();
+            let cache = self.cache.clone();
+            if let Ok(pruned) =
+                tokio::task::spawn_blocking(move || cache.prune(&keep, max_age)).await
+                && pruned.files > 0
+            {
+                tracing::info!(
+                    "compile cache: removed {} file(s) unused for {} day(s), {} KiB",
+                    pruned.files,
+                    config.cache.prune_after_days,
+                    pruned.bytes / 1024
+                );
+            }
+        }
         catalog
     }
 

@@ -46,7 +46,7 @@ impl std::fmt::Debug for LoadedComponent {
 pub struct PluginHost {
     pub(crate) engine: Engine,
     linker: Arc<Linker<GuestState>>,
-    cache: CompileCache,
+    pub(crate) cache: CompileCache,
     /// Outbound HTTP connections, pooled across every execution.
     pub(crate) client: super::outbound::SharedClient,
 }
