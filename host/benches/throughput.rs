@@ -1,26 +1,33 @@
-//! `cargo bench`: end-to-end figures on SQLite with the real stub component.
+//! `cargo bench`: end-to-end figures with the real stub component, each printed beside a
+//! reference measured in the same run, as a ratio. The machines are shared and noisy:
+//! compare ratios within one run, not figures across runs.
 //!
-//! 1. Throughput of 20,000 no-op executions with a generous limit.
-//! 2. Achieved vs ideal throughput of three latency-bound lanes (limits 2, 3, 3; 20 ms each;
-//!    ideal = the sum of limit / latency).
-//! 3. p50 and p99 of the time from submit to start, for submissions that arrive one at a time
-//!    at a lane with free slots.
-//! 4. Restart-to-first-dispatch: from `Daemon::start` to a queued execution starting, with a
-//!    cold compile cache and with a warm one.
-//! 5. The no-op throughput on PostgreSQL with 1 worker and with 3 (in one process, each with
-//!    its own engine and connections), in a schema of its own. `LANES_TEST_PG` names the
-//!    server (default postgres://postgres@127.0.0.1:5432/test); skipped with a line when
-//!    none answers.
+//! 1. SQLite no-op throughput (limit 256), beside a bare sqlx claim + complete cycle in
+//!    batches of 100 on a file with the same settings.
+//! 2. Latency-bound lanes (limits 2, 3, 3; 20 ms each): achieved vs ideal throughput, slot
+//!    occupancy (busy slot time ÷ limit × wall time), and the gap from a slot's result to
+//!    the lane's next start (from the event bus).
+//! 3. p50 and p99 of the time from submit to start, at a lane with free slots.
+//! 4. Batched submission rate.
+//! 5. No-op throughput with a deep queue beside a shallow one.
+//! 6. Restart-to-first-dispatch: cold and warm compile cache.
+//! 7. Memory (RSS) of a `lanes serve` process: idle with every component, then with a
+//!    deep queue and 256 running.
+//! 8. PostgreSQL no-op throughput with 1 worker and with 3 (in one process, each with its
+//!    own engine and connections), in a schema of its own. `LANES_TEST_PG` names the server
+//!    (default postgres://postgres@127.0.0.1:5432/test); skipped with a line when none
+//!    answers. `scripts/river-bench` runs River's benchmark on the same server.
 //!
 //! `cargo bench -- --quick` runs a smaller version (CI uses it to prove the benchmark runs).
-//! The machines are shared and noisy: compare ratios within one run, not across runs.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lanes::config::{ConfigValue, ProviderConfig};
+use lanes::daemon::events::Event;
 use lanes::model::{ChatInput, NewExecution, Status};
 use lanes::report::{max_overlap, percentile};
 use lanes::{Config, Daemon, Queue, SqliteQueue};
@@ -105,28 +112,73 @@ async fn start(config: Config) -> (Daemon, Arc<SqliteQueue>) {
     (daemon, queue)
 }
 
-async fn noop_throughput(n: usize) {
+async fn noop_throughput(n: usize, limit: u32) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let (daemon, queue) = start(config(&dir, &[("noop", stub(32, 0))])).await;
+    let (daemon, queue) = start(config(&dir, &[("noop", stub(limit, 0))])).await;
     let started = Instant::now();
     daemon.submit_many(&jobs("noop", n)).await.unwrap();
     let submitted = started.elapsed();
     wait_done(queue.as_ref(), n as u64).await;
     let elapsed = started.elapsed();
-    let rows = queue.list(Some("noop")).await.unwrap();
-    let completed = rows
-        .iter()
-        .filter(|e| e.status == Status::Completed)
-        .count();
-    assert_eq!(completed, n, "every no-op execution completes");
+    let counts = queue.counts().await.unwrap();
+    assert_eq!(
+        counts["noop"].completed, n as u64,
+        "every no-op execution completes"
+    );
+    let rate = n as f64 / elapsed.as_secs_f64();
     println!(
-        "noop: {n} executions end to end in {:.2} s = {:.0} executions/s \
-         (submit in one transaction: {:.0} ms; limit 32)",
+        "noop: {n} executions end to end in {:.2} s = {rate:.0} executions/s \
+         (submit: {:.0} ms; limit {limit})",
         elapsed.as_secs_f64(),
-        n as f64 / elapsed.as_secs_f64(),
         submitted.as_secs_f64() * 1000.0
     );
     daemon.shutdown(Duration::from_secs(5)).await;
+    rate
+}
+
+/// The reference for the no-op figure: the same claim and complete statements' work done
+/// by bare sqlx, 100 rows at a time, on a file with the queue's settings.
+async fn bare_sqlite_cycle(n: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = SqliteQueue::open_path(&dir.path().join("bare.db"))
+        .await
+        .unwrap();
+    queue.submit_many(&jobs("bare", n)).await.unwrap();
+    let pool = queue.pool();
+    let output = serde_json::json!({"text": "ok", "model": "stub", "usage":
+        {"input_tokens": 1, "output_tokens": 1}, "finish_reason": "stop"})
+    .to_string();
+    let started = Instant::now();
+    let mut done = 0;
+    while done < n {
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "UPDATE executions SET status = 'running', owner = 'w', started_at = ?1,
+                    attempts = attempts + 1
+              WHERE id IN (SELECT id FROM executions
+                            WHERE provider = 'bare' AND status = 'pending' AND not_before <= ?1
+                            ORDER BY resume DESC, priority DESC, id LIMIT 100)
+             RETURNING id",
+        )
+        .bind(lanes::model::now_ms())
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        let rows: Vec<(i64, &str)> = ids.iter().map(|id| (*id, output.as_str())).collect();
+        sqlx::query(
+            "UPDATE executions SET status = 'completed', output = json_extract(b.value, '$[1]'),
+                    finished_at = ?2, owner = NULL
+               FROM json_each(?1) AS b WHERE executions.id = json_extract(b.value, '$[0]')",
+        )
+        .bind(serde_json::to_string(&rows).unwrap())
+        .bind(lanes::model::now_ms())
+        .execute(pool)
+        .await
+        .unwrap();
+        done += ids.len();
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    println!("  reference: bare sqlx claim + complete, batches of 100: {rate:.0} rows/s");
+    rate
 }
 
 async fn latency_bound(scale: usize) {
@@ -138,6 +190,32 @@ async fn latency_bound(scale: usize) {
         .map(|(n, l)| (*n, stub(*l, latency_ms)))
         .collect();
     let (daemon, queue) = start(config(&dir, &providers)).await;
+    // The gap from a slot's result (written, slot freed) to the lane's next start.
+    let mut events = daemon.subscribe();
+    let gaps = tokio::spawn(async move {
+        let mut freed: BTreeMap<String, VecDeque<Instant>> = BTreeMap::new();
+        let mut gaps_us: Vec<i64> = Vec::new();
+        while let Some(event) = events.recv().await {
+            let now = Instant::now();
+            match event {
+                Ok(Event::Finished { provider, .. }) => freed
+                    .entry(provider.to_string())
+                    .or_default()
+                    .push_back(now),
+                Ok(Event::Started { provider, .. }) => {
+                    if let Some(at) = freed
+                        .get_mut(provider.as_ref())
+                        .and_then(VecDeque::pop_front)
+                    {
+                        gaps_us.push(now.duration_since(at).as_micros() as i64);
+                    }
+                }
+                Ok(_) => {}
+                Err(lagged) => panic!("{lagged}"),
+            }
+        }
+        gaps_us
+    });
     // Each lane gets work for the same ideal duration: limit * scale executions.
     let mut batch = Vec::new();
     for (name, limit) in lanes {
@@ -160,10 +238,24 @@ async fn latency_bound(scale: usize) {
     );
     for (name, limit) in lanes {
         let rows = queue.list(Some(name)).await.unwrap();
-        let max = max_overlap(lanes::report::intervals(&rows));
-        println!("  {name}: limit {limit}, max concurrency {max}");
+        let spans = lanes::report::intervals(&rows);
+        let max = max_overlap(spans.iter().copied());
+        let busy: i64 = spans.iter().map(|(s, f)| f - s).sum();
+        let first = spans.iter().map(|(s, _)| *s).min().unwrap_or(0);
+        let last = spans.iter().map(|(_, f)| *f).max().unwrap_or(0);
+        let occupancy = busy as f64 / (limit as f64 * (last - first).max(1) as f64);
+        println!(
+            "  {name}: limit {limit}, max concurrency {max}, slot occupancy {occupancy:.3} (target 0.97)"
+        );
     }
     daemon.shutdown(Duration::from_secs(5)).await;
+    let mut gaps_us = gaps.await.unwrap();
+    println!(
+        "  result-to-next-start gap in a lane: p50 {} us, p99 {} us over {} starts (targets 200 us, 2000 us)",
+        percentile(&mut gaps_us, 50.0).unwrap_or(-1),
+        percentile(&mut gaps_us, 99.0).unwrap_or(-1),
+        gaps_us.len()
+    );
 }
 
 async fn submit_to_start(n: usize) {
@@ -188,6 +280,112 @@ async fn submit_to_start(n: usize) {
         waits.iter().max().copied().unwrap_or(-1)
     );
     daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+async fn submit_rate(n: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = SqliteQueue::open_path(&dir.path().join("submit.db"))
+        .await
+        .unwrap();
+    let batch = 10_000;
+    let all = jobs("submit", n);
+    let started = Instant::now();
+    for chunk in all.chunks(batch) {
+        queue.submit_many(chunk).await.unwrap();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "submit: {n} executions in batches of {batch}: {elapsed:.2} s = {:.0} rows/s (target 100000)",
+        n as f64 / elapsed
+    );
+}
+
+/// No-op throughput over the first `measured` executions, with `depth` pending at start.
+async fn drain_rate(depth: usize, measured: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&dir, &[("deep", stub(256, 0))]);
+    let queue = Arc::new(
+        SqliteQueue::open(&config.database_url)
+            .await
+            .expect("queue"),
+    );
+    for chunk in jobs("deep", depth).chunks(10_000) {
+        queue.submit_many(chunk).await.unwrap();
+    }
+    let daemon = Daemon::start(config, queue.clone()).await.expect("daemon");
+    let started = Instant::now();
+    wait_done(queue.as_ref(), measured as u64).await;
+    let rate = measured as f64 / started.elapsed().as_secs_f64();
+    daemon.shutdown(Duration::from_secs(5)).await;
+    rate
+}
+
+async fn deep_queue(shallow: usize, deep: usize) {
+    let measured = shallow;
+    let small = drain_rate(shallow, measured).await;
+    let large = drain_rate(deep, measured).await;
+    println!(
+        "deep queue: first {measured} no-ops with {deep} pending {large:.0}/s, with {shallow} pending \
+         {small:.0}/s: ratio {:.2} (target 0.8)",
+        large / small
+    );
+}
+
+/// The resident memory of `pid`, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(-1.0, |kb| kb / 1024.0)
+}
+
+/// RSS of a real `lanes serve`: idle with every component loaded, then with `pending`
+/// executions queued and 256 running.
+async fn memory(pending: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&dir, &[("mem", stub(256, 60_000))]);
+    config.shutdown_grace_secs = 0;
+    let path = dir.path().join("lanes.toml");
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_lanes"))
+        .arg("--config")
+        .arg(&path)
+        .arg("serve")
+        .env("RUST_LOG", "warn")
+        .stderr(log)
+        .spawn()
+        .expect("lanes serve");
+    let queue = SqliteQueue::open(&config.database_url).await.unwrap();
+    // Serving once the providers are recorded.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while queue.providers().await.unwrap().len() < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let idle = rss_mib(serve.id());
+    for chunk in jobs("mem", pending).chunks(10_000) {
+        queue.submit_many(chunk).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let running = queue.counts().await.unwrap()["mem"].running;
+        if running >= 256 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let loaded = rss_mib(serve.id());
+    let _ = serve.kill();
+    let _ = serve.wait();
+    println!(
+        "memory (lanes serve RSS): idle with {} components {idle:.1} MiB (target 40), \
+         {pending} pending and 256 running {loaded:.1} MiB (target 150)",
+        lanes::plugin::wasm_files(&config.plugins_dir).len()
+    );
 }
 
 async fn restart_to_first_dispatch() {
@@ -227,14 +425,14 @@ async fn restart_to_first_dispatch() {
     );
 }
 
-async fn pg_noop(n: usize, workers: usize) {
+async fn pg_noop(n: usize, workers: usize) -> Option<f64> {
     let base = std::env::var("LANES_TEST_PG")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
     let admin = match sqlx::PgPool::connect(&base).await {
         Ok(pool) => pool,
         Err(e) => {
             println!("postgres: skipped, cannot connect to {base} ({e}); set LANES_TEST_PG");
-            return;
+            return None;
         }
     };
     let schema = format!("lanes_bench_{}_{workers}", std::process::id());
@@ -280,6 +478,7 @@ async fn pg_noop(n: usize, workers: usize) {
     let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
         .execute(&admin)
         .await;
+    Some(n as f64 / elapsed.as_secs_f64())
 }
 
 fn main() {
@@ -289,21 +488,32 @@ fn main() {
         .build()
         .expect("runtime");
     runtime.block_on(async {
-        let (noop, scale, probes) = if quick {
-            (2_000, 20, 100)
+        let (noop, scale, probes, submit, deep) = if quick {
+            (5_000, 20, 100, 50_000, 100_000)
         } else {
-            (20_000, 100, 500)
+            (100_000, 100, 500, 1_000_000, 1_000_000)
         };
         println!(
             "lanes benchmark ({}), SQLite, stub component",
             if quick { "quick" } else { "full" }
         );
-        noop_throughput(noop).await;
+        let lanes_rate = noop_throughput(noop, 256).await;
+        let bare = bare_sqlite_cycle(noop).await;
+        println!(
+            "  ratio to the reference: {:.3} (target 0.25; and 30000/s)",
+            lanes_rate / bare
+        );
         latency_bound(scale).await;
         submit_to_start(probes).await;
+        submit_rate(submit).await;
+        deep_queue(if quick { 2_000 } else { 10_000 }, deep).await;
         restart_to_first_dispatch().await;
+        memory(if quick { 10_000 } else { 100_000 }).await;
         let pg_n = if quick { 1_000 } else { 20_000 };
-        pg_noop(pg_n, 1).await;
-        pg_noop(pg_n, 3).await;
+        let one = pg_noop(pg_n, 1).await;
+        let three = pg_noop(pg_n, 3).await;
+        if let (Some(one), Some(three)) = (one, three) {
+            println!("  3 workers ÷ 1 worker: {:.2} (target 1.0)", three / one);
+        }
     });
 }

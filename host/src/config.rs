@@ -62,6 +62,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Default outbound HTTP limits; `[providers.NAME]` overrides them.
     pub http: HttpConfig,
+    /// How finished attempts are written to the queue.
+    pub completer: CompleterConfig,
     /// Providers by name: extra names for a component, limits and config values.
     pub providers: BTreeMap<String, ProviderConfig>,
 }
@@ -83,7 +85,33 @@ impl Default for Config {
             engine: EngineConfig::default(),
             cache: CacheConfig::default(),
             http: HttpConfig::default(),
+            completer: CompleterConfig::default(),
             providers: BTreeMap::new(),
+        }
+    }
+}
+
+/// The completer writes finished attempts in batches: one transaction for many rows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompleterConfig {
+    /// The most results one write takes.
+    pub max_batch: u32,
+    /// How long a write waits for more results once it has one, in microseconds. 0 writes
+    /// at once: results that finish while a write is under way go in the next one, so
+    /// batches grow with the load without delaying a quiet lane.
+    pub max_wait_us: u64,
+    /// Results waiting to be written. When it is full, finished attempts wait (their slots
+    /// stay held) until a write makes room; nothing is dropped.
+    pub backlog: u32,
+}
+
+impl Default for CompleterConfig {
+    fn default() -> Self {
+        CompleterConfig {
+            max_batch: 512,
+            max_wait_us: 0,
+            backlog: 4096,
         }
     }
 }
@@ -350,6 +378,7 @@ const KEYS: &[&str] = &[
     "engine",
     "cache",
     "http",
+    "completer",
     "providers",
 ];
 
@@ -419,6 +448,24 @@ impl Config {
             if value == 0 {
                 return Err(invalid(field, "must be at least 1"));
             }
+        }
+        if !(1..=10_000).contains(&self.completer.max_batch) {
+            return Err(invalid("completer.max_batch", "must be from 1 to 10000"));
+        }
+        if self.completer.backlog < self.completer.max_batch {
+            return Err(invalid(
+                "completer.backlog",
+                format!(
+                    "must be at least completer.max_batch ({})",
+                    self.completer.max_batch
+                ),
+            ));
+        }
+        if self.completer.max_wait_us > 1_000_000 {
+            return Err(invalid(
+                "completer.max_wait_us",
+                "must be at most 1000000 (1 s): results hold their slots while they wait",
+            ));
         }
         if self.engine.max_instances == 0 {
             return Err(invalid("engine.max_instances", "must be at least 1"));

@@ -8,7 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod demo;
-pub mod lane;
+
 pub mod limits;
 pub mod logging;
 pub mod model;

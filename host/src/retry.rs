@@ -17,6 +17,11 @@ pub enum Decision {
     Fail,
 }
 
+/// The longest wait a provider's retry-after may impose. A larger one (or a garbled one)
+/// would park the execution for years, and its end time would overflow the database's
+/// 64-bit column, so it is capped.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
 /// Backoff `base * 2^(attempt-1)`, capped at `max`, with "equal jitter": the delay is drawn
 /// from the upper half of that window, so retries of many executions spread out but never
 /// come sooner than half the nominal backoff.
@@ -56,7 +61,7 @@ impl RetryPolicy {
             return Decision::Fail;
         }
         if let Some(after) = retry_after {
-            return Decision::Retry(after);
+            return Decision::Retry(after.min(MAX_RETRY_AFTER));
         }
         let nominal = self.nominal(attempts);
         let half = nominal / 2;
@@ -112,5 +117,14 @@ mod tests {
             assert_eq!(p.decide(1, 3, kind, None), Decision::Fail);
         }
         assert_eq!(p.decide(3, 3, ErrorKind::Unavailable, None), Decision::Fail);
+    }
+
+    #[test]
+    fn a_huge_retry_after_is_capped_not_wrapped() {
+        let huge = Some(Duration::from_millis(u64::MAX));
+        assert_eq!(
+            policy().decide(1, 3, ErrorKind::RateLimited, huge),
+            Decision::Retry(MAX_RETRY_AFTER)
+        );
     }
 }

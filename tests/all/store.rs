@@ -245,6 +245,74 @@ async fn limits_counts_and_providers(q: Arc<dyn Queue>) {
     assert_eq!(q.providers().await.unwrap(), vec![record]);
 }
 
+contract!(batched_finish, a_batch_writes_every_kind_of_end_at_once);
+async fn a_batch_writes_every_kind_of_end_at_once(q: Arc<dyn Queue>) {
+    let ids = q
+        .submit_many(&(0..5).map(|_| new("a", 0)).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert_eq!(ids.windows(2).filter(|w| w[0] < w[1]).count(), 4, "{ids:?}");
+    let claimed = q.claim("a", claim("w", 5, 5)).await.unwrap();
+    assert_eq!(claimed.len(), 5);
+    let done = Finish::Completed(serde_json::json!({"text": "ok"}));
+    let retry = Finish::Retry {
+        error: "busy".into(),
+        kind: ErrorKind::Unavailable,
+        delay_ms: 60_000,
+    };
+    let failed = Finish::Failed {
+        error: "bad".into(),
+        kind: ErrorKind::InvalidRequest,
+    };
+    // ids[4] belongs to another worker now: that entry alone is not written.
+    let held = q.renew_leases("w", 60_000).await.unwrap();
+    assert_eq!(held, 5);
+    let stolen = q.finish(ids[4], "w", &Finish::Requeue).await.unwrap();
+    assert!(stolen);
+    q.claim("a", claim("other", 1, 5)).await.unwrap();
+    let batch = [
+        (ids[0], &done),
+        (ids[1], &retry),
+        (ids[2], &failed),
+        (ids[3], &Finish::Requeue),
+        (ids[4], &done),
+    ];
+    let written = q.finish_many("w", &batch).await.unwrap();
+    assert_eq!(written, vec![true, true, true, true, false]);
+    // Written once: the same batch again changes nothing.
+    let again = q.finish_many("w", &batch).await.unwrap();
+    assert_eq!(again, vec![false; 5]);
+
+    let get = |id| {
+        let q = q.clone();
+        async move { q.get(id).await.unwrap().unwrap() }
+    };
+    let e = get(ids[0]).await;
+    assert_eq!(e.status, Status::Completed);
+    assert_eq!(e.output, Some(serde_json::json!({"text": "ok"})));
+    assert!(e.finished_at.is_some() && e.owner.is_none() && e.lease_until.is_none());
+    let e = get(ids[1]).await;
+    assert_eq!(e.status, Status::Pending);
+    assert_eq!(
+        (e.error.as_deref(), e.error_kind.as_deref()),
+        (Some("busy"), Some("unavailable"))
+    );
+    assert!(e.not_before > now_ms() + 50_000 && e.finished_at.is_none());
+    assert_eq!(e.attempts, 1);
+    let e = get(ids[2]).await;
+    assert_eq!(e.status, Status::Failed);
+    assert_eq!(e.error_kind.as_deref(), Some("invalid_request"));
+    assert!(e.finished_at.is_some() && e.output.is_none());
+    let e = get(ids[3]).await;
+    assert_eq!((e.status, e.attempts, e.resume), (Status::Pending, 0, true));
+    assert!(e.started_at.is_none() && e.error.is_none());
+    let e = get(ids[4]).await;
+    assert_eq!(
+        (e.status, e.owner.as_deref()),
+        (Status::Running, Some("other"))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_notifies_what_other_workers_can_claim() {
     let Some((env, _schema)) = TestEnv::postgres().await else {

@@ -146,7 +146,20 @@ pub trait Queue: Send + Sync + 'static {
         id: ExecutionId,
         owner: &str,
         finish: &Finish,
-    ) -> Result<bool, StoreError>;
+    ) -> Result<bool, StoreError> {
+        let written = self.finish_many(owner, &[(id, finish)]).await?;
+        Ok(written.first().copied().unwrap_or(false))
+    }
+
+    /// Records how many attempts ended, in one transaction (group commit): at most one
+    /// statement per kind of end. Returns, in order, whether each was written; like
+    /// [`Queue::finish`], a row `owner` no longer runs is left as it is. Either every row
+    /// of the batch is written or none is, so a failed batch can be retried whole.
+    async fn finish_many(
+        &self,
+        owner: &str,
+        batch: &[(ExecutionId, &Finish)],
+    ) -> Result<Vec<bool>, StoreError>;
 
     /// Returns the `running` rows whose worker is gone to pending with `resume` set, or
     /// fails them when the interrupted attempt was their last. On SQLite (one worker, held by
@@ -273,6 +286,66 @@ where
         lease_until: raw.lease_until,
         worker: raw.worker,
     })
+}
+
+/// One attempt's end as a batched write stores it: every kind of end in one row shape, so
+/// that each backend writes a whole batch in one statement. The statement sets `status`;
+/// `output` when completed; `error` and `error_kind` when retried or failed; `not_before`
+/// to now + `delay_ms` when retried; `finished_at` when completed or failed; and, for a
+/// requeue, takes the attempt back (`attempts - 1`, `resume`, no `started_at`).
+#[derive(Debug, Serialize)]
+pub(crate) struct FinishRow<'a> {
+    pub id: ExecutionId,
+    pub status: &'static str,
+    pub output: Option<String>,
+    pub error: Option<&'a str>,
+    pub kind: Option<&'static str>,
+    pub delay_ms: Option<i64>,
+    pub requeue: bool,
+}
+
+impl<'a> FinishRow<'a> {
+    pub fn new(id: ExecutionId, finish: &'a Finish) -> Self {
+        let mut row = FinishRow {
+            id,
+            status: "pending",
+            output: None,
+            error: None,
+            kind: None,
+            delay_ms: None,
+            requeue: false,
+        };
+        match finish {
+            Finish::Completed(output) => {
+                row.status = "completed";
+                row.output = Some(output.to_string());
+            }
+            Finish::Retry {
+                error,
+                kind,
+                delay_ms,
+            } => {
+                row.error = Some(error);
+                row.kind = Some(kind.as_str());
+                row.delay_ms = Some(*delay_ms);
+            }
+            Finish::Failed { error, kind } => {
+                row.status = "failed";
+                row.error = Some(error);
+                row.kind = Some(kind.as_str());
+            }
+            Finish::Requeue => row.requeue = true,
+        }
+        row
+    }
+}
+
+/// Which entries of `batch` were written, given the ids the statements returned.
+pub(crate) fn written_flags(
+    batch: &[(ExecutionId, &Finish)],
+    written: &std::collections::HashSet<i64>,
+) -> Vec<bool> {
+    batch.iter().map(|(id, _)| written.contains(id)).collect()
 }
 
 /// Puts freshly claimed rows in start order: higher priority first, then FIFO. (The claim

@@ -14,7 +14,7 @@
 //!   the provider's claim lock, mostly for nothing.
 //! - Queues in other schemas of the same database neither hear nor lock each other.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,12 +23,15 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 
 use super::{
-    COLUMNS, Claim, DbContext, Finish, ProviderRecord, Queue, Recovered, StatusCounts, StoreError,
-    execution_from_row, fold_counts, provider_records, sort_claimed,
+    COLUMNS, Claim, DbContext, Finish, FinishRow, ProviderRecord, Queue, Recovered, StatusCounts,
+    StoreError, execution_from_row, fold_counts, provider_records, sort_claimed, written_flags,
 };
 use crate::model::{Execution, ExecutionId, NewExecution};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// Rows per statement of a batched submission.
+const SUBMIT_CHUNK: usize = 5000;
 
 /// The longest channel name PostgreSQL accepts.
 const MAX_IDENTIFIER: usize = 63;
@@ -119,17 +122,49 @@ impl Queue for PgQueue {
     }
 
     async fn submit_many(&self, new: &[NewExecution]) -> Result<Vec<ExecutionId>, StoreError> {
-        let mut tx = self.pool.begin().await.op("submitting executions")?;
+        const OP: &str = "submitting executions";
+        let mut tx = self.pool.begin().await.op(OP)?;
         let mut ids = Vec::with_capacity(new.len());
-        for one in new {
-            ids.push(insert(&mut tx, one).await?);
+        // One statement per chunk, over arrays.
+        for chunk in new.chunks(SUBMIT_CHUNK) {
+            let mut providers = Vec::with_capacity(chunk.len());
+            let mut priorities = Vec::with_capacity(chunk.len());
+            let mut inputs = Vec::with_capacity(chunk.len());
+            let mut max_attempts = Vec::with_capacity(chunk.len());
+            for n in chunk {
+                providers.push(n.provider.as_str());
+                priorities.push(n.priority);
+                inputs.push(
+                    serde_json::to_string(&n.input)
+                        .map_err(|e| StoreError::Other(format!("serializing input: {e}")))?,
+                );
+                max_attempts.push(n.max_attempts);
+            }
+            let mut chunk_ids: Vec<i64> = sqlx::query_scalar(&format!(
+                "INSERT INTO executions (provider, priority, input, max_attempts, not_before,
+                                         created_at)
+                 SELECT b.provider, b.priority, b.input, b.max_attempts, {NOW_MS}, {NOW_MS}
+                   FROM unnest($1::text[], $2::int[], $3::text[], $4::int[])
+                        WITH ORDINALITY AS b(provider, priority, input, max_attempts, n)
+                  ORDER BY b.n
+                 RETURNING id"
+            ))
+            .bind(&providers)
+            .bind(&priorities)
+            .bind(&inputs)
+            .bind(&max_attempts)
+            .fetch_all(&mut *tx)
+            .await
+            .op(OP)?;
+            // Ids rise in insertion order, which is the batch's order.
+            chunk_ids.sort_unstable();
+            ids.extend(chunk_ids);
         }
-        let providers: std::collections::BTreeSet<&str> =
-            new.iter().map(|n| n.provider.as_str()).collect();
+        let providers: BTreeSet<&str> = new.iter().map(|n| n.provider.as_str()).collect();
         for provider in providers {
             self.notify(&mut tx, provider).await?;
         }
-        tx.commit().await.op("submitting executions")?;
+        tx.commit().await.op(OP)?;
         Ok(ids)
     }
 
@@ -237,76 +272,66 @@ impl Queue for PgQueue {
         Ok(wait_ms.map(|w| crate::model::now_ms() + w))
     }
 
-    async fn finish(
+    async fn finish_many(
         &self,
-        id: ExecutionId,
         owner: &str,
-        finish: &Finish,
-    ) -> Result<bool, StoreError> {
-        const GUARD: &str =
-            "WHERE id = $1 AND owner = $2 AND status = 'running' RETURNING provider";
-        let mut tx = self.pool.begin().await.op("recording an attempt's end")?;
-        let provider: Option<String> = match finish {
-            Finish::Completed(output) => {
-                sqlx::query_scalar(&format!(
-                "UPDATE executions SET status = 'completed', output = $3, finished_at = {NOW_MS},
-                        owner = NULL, lease_until = NULL {GUARD}"
-            ))
-                .bind(id)
-                .bind(owner)
-                .bind(output.to_string())
-                .fetch_optional(&mut *tx)
-                .await
-            }
-            Finish::Retry {
-                error,
-                kind,
-                delay_ms,
-            } => {
-                sqlx::query_scalar(&format!(
-                    "UPDATE executions SET status = 'pending', error = $3, error_kind = $4,
-                        not_before = {NOW_MS} + $5, owner = NULL, lease_until = NULL {GUARD}"
-                ))
-                .bind(id)
-                .bind(owner)
-                .bind(error)
-                .bind(kind.as_str())
-                .bind(delay_ms)
-                .fetch_optional(&mut *tx)
-                .await
-            }
-            Finish::Failed { error, kind } => {
-                sqlx::query_scalar(&format!(
-                    "UPDATE executions SET status = 'failed', error = $3, error_kind = $4,
-                        finished_at = {NOW_MS}, owner = NULL, lease_until = NULL {GUARD}"
-                ))
-                .bind(id)
-                .bind(owner)
-                .bind(error)
-                .bind(kind.as_str())
-                .fetch_optional(&mut *tx)
-                .await
-            }
-            Finish::Requeue => {
-                sqlx::query_scalar(&format!(
-                "UPDATE executions SET status = 'pending', attempts = attempts - 1, resume = true,
-                        started_at = NULL, owner = NULL, lease_until = NULL {GUARD}"
-            ))
-                .bind(id)
-                .bind(owner)
-                .fetch_optional(&mut *tx)
-                .await
-            }
-        }
-        .op("recording an attempt's end")?;
-        // The row is pending again: any worker may take it (a retry, once it is due).
-        if let Some(provider) = &provider
-            && matches!(finish, Finish::Retry { .. } | Finish::Requeue)
-        {
+        batch: &[(ExecutionId, &Finish)],
+    ) -> Result<Vec<bool>, StoreError> {
+        const OP: &str = "recording attempts' ends";
+        let rows: Vec<FinishRow> = batch.iter().map(|(id, f)| FinishRow::new(*id, f)).collect();
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        let statuses: Vec<&str> = rows.iter().map(|r| r.status).collect();
+        let outputs: Vec<Option<&str>> = rows.iter().map(|r| r.output.as_deref()).collect();
+        let errors: Vec<Option<&str>> = rows.iter().map(|r| r.error).collect();
+        let kinds: Vec<Option<&str>> = rows.iter().map(|r| r.kind).collect();
+        let delays: Vec<Option<i64>> = rows.iter().map(|r| r.delay_ms).collect();
+        let requeues: Vec<bool> = rows.iter().map(|r| r.requeue).collect();
+        let mut tx = self.pool.begin().await.op(OP)?;
+        // One statement over arrays (`unnest`), whatever the batch size and its kinds.
+        let written: Vec<(i64, String, String)> = sqlx::query_as(&format!(
+            "UPDATE executions e SET
+                    status = b.status,
+                    output = CASE WHEN b.status = 'completed' THEN b.output ELSE e.output END,
+                    error = COALESCE(b.error, e.error),
+                    error_kind = COALESCE(b.kind, e.error_kind),
+                    not_before = COALESCE({NOW_MS} + b.delay, e.not_before),
+                    finished_at = CASE WHEN b.status = 'pending' THEN e.finished_at
+                                       ELSE {NOW_MS} END,
+                    attempts = e.attempts - CASE WHEN b.requeue THEN 1 ELSE 0 END,
+                    resume = b.requeue,
+                    started_at = CASE WHEN b.requeue THEN NULL ELSE e.started_at END,
+                    owner = NULL, lease_until = NULL
+               FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
+                           $7::bigint[], $8::bool[])
+                    AS b(id, status, output, error, kind, delay, requeue)
+              WHERE e.id = b.id AND e.owner = $1 AND e.status = 'running'
+             RETURNING e.id, e.provider, b.status"
+        ))
+        .bind(owner)
+        .bind(&ids)
+        .bind(&statuses)
+        .bind(&outputs)
+        .bind(&errors)
+        .bind(&kinds)
+        .bind(&delays)
+        .bind(&requeues)
+        .fetch_all(&mut *tx)
+        .await
+        .op(OP)?;
+        // Rows back to pending: any worker may take them (a retry, once it is due).
+        let pending_again: BTreeSet<&str> = written
+            .iter()
+            .filter(|(_, _, status)| status == "pending")
+            .map(|(_, provider, _)| provider.as_str())
+            .collect();
+        for provider in pending_again {
             self.notify(&mut tx, provider).await?;
         }
-        tx.commit().await.op("recording an attempt's end")?;
-        Ok(provider.is_some())
+        tx.commit().await.op(OP)?;
+        Ok(written_flags(
+            batch,
+            &written.iter().map(|(id, _, _)| *id).collect(),
+        ))
     }
 
     async fn recover_interrupted(&self) -> Result<Recovered, StoreError> {

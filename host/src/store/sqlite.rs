@@ -10,19 +10,22 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use super::{
-    COLUMNS, Claim, DbContext, Finish, ProviderRecord, Queue, Recovered, StatusCounts, StoreError,
-    execution_from_row, fold_counts, provider_records, sort_claimed,
+    COLUMNS, Claim, DbContext, Finish, FinishRow, ProviderRecord, Queue, Recovered, StatusCounts,
+    StoreError, execution_from_row, fold_counts, provider_records, sort_claimed, written_flags,
 };
 use crate::model::{Execution, ExecutionId, NewExecution, now_ms};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
-/// The guard of every write to a running row: only its owner may change it.
-macro_rules! owned_running {
-    () => {
-        "WHERE id = ?1 AND owner = ?2 AND status = 'running'"
-    };
+/// Rows as one JSON array, bound as the batch's `?1`.
+fn json_rows<T: serde::Serialize>(rows: impl Iterator<Item = T>) -> Result<String, StoreError> {
+    let rows: Vec<T> = rows.collect();
+    serde_json::to_string(&rows)
+        .map_err(|e| StoreError::Other(format!("encoding a batch of results: {e}")))
 }
+
+/// Rows per statement of a batched submission.
+const SUBMIT_CHUNK: usize = 5000;
 
 /// A queue in one SQLite file.
 #[derive(Clone)]
@@ -117,13 +120,36 @@ impl Queue for SqliteQueue {
     }
 
     async fn submit_many(&self, new: &[NewExecution]) -> Result<Vec<ExecutionId>, StoreError> {
-        let mut tx = self.pool.begin().await.op("submitting executions")?;
+        const OP: &str = "submitting executions";
         let now = now_ms();
         let mut ids = Vec::with_capacity(new.len());
-        for one in new {
-            ids.push(insert(&mut tx, one, now).await?);
+        let mut tx = self.pool.begin().await.op(OP)?;
+        // One statement per chunk over a JSON array of rows; the input is embedded as JSON
+        // and stored as SQLite's text of it.
+        for chunk in new.chunks(SUBMIT_CHUNK) {
+            let rows = json_rows(
+                chunk
+                    .iter()
+                    .map(|n| (&n.provider, n.priority, &n.input, n.max_attempts)),
+            )?;
+            let mut chunk_ids: Vec<i64> = sqlx::query_scalar(
+                "INSERT INTO executions (provider, priority, input, max_attempts, not_before,
+                                         created_at)
+                 SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+                        json_extract(value, '$[2]'), json_extract(value, '$[3]'), ?2, ?2
+                   FROM json_each(?1) ORDER BY key
+                 RETURNING id",
+            )
+            .bind(rows)
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await
+            .op(OP)?;
+            // Ids rise in insertion order, which is the batch's order.
+            chunk_ids.sort_unstable();
+            ids.extend(chunk_ids);
         }
-        tx.commit().await.op("submitting executions")?;
+        tx.commit().await.op(OP)?;
         Ok(ids)
     }
 
@@ -209,60 +235,47 @@ impl Queue for SqliteQueue {
         .op("reading the next retry time")
     }
 
-    async fn finish(
+    async fn finish_many(
         &self,
-        id: ExecutionId,
         owner: &str,
-        finish: &Finish,
-    ) -> Result<bool, StoreError> {
-        let now = now_ms();
-        let query = match finish {
-            Finish::Completed(output) => sqlx::query(concat!(
-                "UPDATE executions SET status = 'completed', output = ?3, finished_at = ?4,
-                        owner = NULL, lease_until = NULL ",
-                owned_running!()
-            ))
-            .bind(id)
-            .bind(owner)
-            .bind(output.to_string())
-            .bind(now),
-            Finish::Retry {
-                error,
-                kind,
-                delay_ms,
-            } => sqlx::query(concat!(
-                "UPDATE executions SET status = 'pending', error = ?3, error_kind = ?4,
-                        not_before = ?5, owner = NULL, lease_until = NULL ",
-                owned_running!()
-            ))
-            .bind(id)
-            .bind(owner)
-            .bind(error)
-            .bind(kind.as_str())
-            .bind(now + delay_ms),
-            Finish::Failed { error, kind } => sqlx::query(concat!(
-                "UPDATE executions SET status = 'failed', error = ?3, error_kind = ?4,
-                        finished_at = ?5, owner = NULL, lease_until = NULL ",
-                owned_running!()
-            ))
-            .bind(id)
-            .bind(owner)
-            .bind(error)
-            .bind(kind.as_str())
-            .bind(now),
-            Finish::Requeue => sqlx::query(concat!(
-                "UPDATE executions SET status = 'pending', attempts = attempts - 1, resume = 1,
-                        started_at = NULL, owner = NULL, lease_until = NULL ",
-                owned_running!()
-            ))
-            .bind(id)
-            .bind(owner),
-        };
-        let done = query
-            .execute(&self.pool)
-            .await
-            .op("recording an attempt's end")?;
-        Ok(done.rows_affected() == 1)
+        batch: &[(ExecutionId, &Finish)],
+    ) -> Result<Vec<bool>, StoreError> {
+        const OP: &str = "recording attempts' ends";
+        // One statement over a JSON array of rows: a batch costs one round trip to the
+        // database thread however many rows it holds. `$[i]` are `FinishRow`'s fields.
+        let rows = json_rows(batch.iter().map(|(id, finish)| {
+            let r = FinishRow::new(*id, finish);
+            (
+                r.id, r.status, r.output, r.error, r.kind, r.delay_ms, r.requeue,
+            )
+        }))?;
+        let ids: Vec<i64> = sqlx::query_scalar(
+            "UPDATE executions SET
+                    status = json_extract(b.value, '$[1]'),
+                    output = CASE WHEN json_extract(b.value, '$[1]') = 'completed'
+                                  THEN json_extract(b.value, '$[2]') ELSE output END,
+                    error = COALESCE(json_extract(b.value, '$[3]'), error),
+                    error_kind = COALESCE(json_extract(b.value, '$[4]'), error_kind),
+                    not_before = COALESCE(?3 + json_extract(b.value, '$[5]'), not_before),
+                    finished_at = CASE WHEN json_extract(b.value, '$[1]') = 'pending'
+                                       THEN finished_at ELSE ?3 END,
+                    attempts = attempts - json_extract(b.value, '$[6]'),
+                    resume = json_extract(b.value, '$[6]'),
+                    started_at = CASE WHEN json_extract(b.value, '$[6]')
+                                      THEN NULL ELSE started_at END,
+                    owner = NULL, lease_until = NULL
+               FROM json_each(?1) AS b
+              WHERE executions.id = json_extract(b.value, '$[0]')
+                AND executions.owner = ?2 AND executions.status = 'running'
+             RETURNING executions.id",
+        )
+        .bind(rows)
+        .bind(owner)
+        .bind(now_ms())
+        .fetch_all(&self.pool)
+        .await
+        .op(OP)?;
+        Ok(written_flags(batch, &ids.into_iter().collect()))
     }
 
     async fn recover_interrupted(&self) -> Result<Recovered, StoreError> {

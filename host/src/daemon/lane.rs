@@ -5,7 +5,7 @@
 //! permits at once and records the rest as a debt that running executions pay back as they
 //! finish, so no start ever exceeds the new limit.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
@@ -26,6 +26,9 @@ pub struct Lane {
     running: AtomicU32,
     wake: Notify,
     provider: RwLock<Option<Arc<Provider>>>,
+    /// Whether a pending row may be waiting for a later `not_before` (a retry): only then
+    /// is the next due time worth a query.
+    retry_pending: AtomicBool,
 }
 
 /// A running execution's slot; give it back with [`Lane::release`].
@@ -42,11 +45,19 @@ impl Lane {
             running: AtomicU32::new(0),
             wake: Notify::new(),
             provider: RwLock::new(None),
+            // Rows from before this start may be waiting for their retry.
+            retry_pending: AtomicBool::new(true),
         }
     }
 
+    /// The provider's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The provider's name, shared (for events).
+    pub fn name_arc(&self) -> Arc<str> {
+        self.name.clone()
     }
 
     /// The effective limit.
@@ -121,6 +132,23 @@ impl Lane {
     /// Waits for [`Lane::wake`].
     pub async fn woken(&self) {
         self.wake.notified().await
+    }
+
+    /// Notes that a row may be waiting for a retry time, and wakes the lane.
+    pub fn note_retry(&self) {
+        self.retry_pending.store(true, Ordering::SeqCst);
+        self.wake();
+    }
+
+    /// Notes that a row may still be waiting for a retry time, without waking the lane.
+    pub fn note_retry_quietly(&self) {
+        self.retry_pending.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a retry may be pending; clears the note (a caller that finds one notes it
+    /// again).
+    pub fn take_retry_note(&self) -> bool {
+        self.retry_pending.swap(false, Ordering::SeqCst)
     }
 
     /// The component serving this lane, if any.

@@ -1,0 +1,117 @@
+//! The executor: runs one attempt of a claimed execution in a fresh instance, decides how it
+//! ended (completed, retry after a delay, failed), and hands that to the completer. It does
+//! no database work itself.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+
+use super::completer::{CompleterHandle, Completion};
+use super::events::{Event, EventBus};
+use super::lane::{Lane, Slot};
+use crate::attempt;
+use crate::model::{ChatInput, ErrorKind, Execution, now_ms};
+use crate::plugin::Provider;
+use crate::retry::{Decision, RetryPolicy};
+use crate::store::Finish;
+
+/// Runs attempts. Shared by every lane.
+pub struct Executor {
+    pub(super) retry: RetryPolicy,
+    pub(super) events: EventBus,
+    pub(super) completer: CompleterHandle,
+    /// Takes running attempts away (they return to pending) once the grace period is over.
+    pub(super) stop_running: CancellationToken,
+}
+
+impl Executor {
+    /// Runs one attempt in `slot` and hands its end, with the slot, to the completer.
+    pub async fn run(
+        &self,
+        lane: Arc<Lane>,
+        provider: Arc<Provider>,
+        execution: Execution,
+        slot: Slot,
+    ) {
+        let started_at = execution.started_at.unwrap_or_else(now_ms);
+        self.events.publish_with(|| Event::Started {
+            id: execution.id,
+            provider: lane.name_arc(),
+            attempt: execution.attempts,
+            queue_wait_ms: (started_at - execution.created_at).max(0),
+        });
+        let began = Instant::now();
+        let (finish, tokens) = tokio::select! {
+            end = self.attempt(&provider, &execution) => end,
+            _ = self.stop_running.cancelled() => (Finish::Requeue, None),
+        };
+        let ended = Instant::now();
+        self.completer
+            .send(Completion {
+                id: execution.id,
+                attempt: execution.attempts,
+                max_attempts: execution.max_attempts,
+                lane,
+                slot: Some(slot),
+                finish,
+                duration_ms: i64::try_from(ended.duration_since(began).as_millis())
+                    .unwrap_or(i64::MAX),
+                ended,
+                tokens,
+            })
+            .await;
+    }
+
+    /// One attempt: how it ended, and the tokens it used when it completed.
+    async fn attempt(
+        &self,
+        provider: &Provider,
+        execution: &Execution,
+    ) -> (Finish, Option<(u32, u32)>) {
+        let input = match ChatInput::from_value(execution.input.clone()) {
+            Ok(input) => input,
+            Err(e) => {
+                let finish = Finish::Failed {
+                    error: format!("{}: {e}", provider.label()),
+                    kind: ErrorKind::BadInput,
+                };
+                return (finish, None);
+            }
+        };
+        let error = match provider.execute(attempt::to_request(&input)).await {
+            Ok(response) => {
+                let output = attempt::to_output(response);
+                let tokens = (output.usage.input_tokens, output.usage.output_tokens);
+                let finish = match serde_json::to_value(&output) {
+                    Ok(value) => Finish::Completed(value),
+                    Err(e) => Finish::Failed {
+                        error: format!("{}: output cannot be stored: {e}", provider.label()),
+                        kind: ErrorKind::Other,
+                    },
+                };
+                return (finish, Some(tokens));
+            }
+            Err(e) => e,
+        };
+        let (kind, retry_after) = attempt::classify(&error);
+        let message = format!("{}: {error}", provider.label());
+        let finish = match self.retry.decide(
+            u32::try_from(execution.attempts).unwrap_or(0),
+            u32::try_from(execution.max_attempts).unwrap_or(1).max(1),
+            kind,
+            retry_after,
+        ) {
+            Decision::Retry(delay) => Finish::Retry {
+                error: message,
+                kind,
+                delay_ms: i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
+            },
+            Decision::Fail => Finish::Failed {
+                error: message,
+                kind,
+            },
+        };
+        (finish, None)
+    }
+}

@@ -1,0 +1,334 @@
+//! The daemon: the parts of a running worker, wired together. Data flows one way, with
+//! events beside it:
+//!
+//! ```text
+//! store ──► producer (one per lane) ──► executor (one task per attempt) ──► completer ──► store
+//!              claims up to free slots     runs a fresh instance              batches results
+//!                         └──────────────── events (EventBus) ────────────────┘
+//! ```
+//!
+//! - [`registry`] holds the lanes ([`lane`]), their components and limits;
+//! - [`producer`] claims for one lane; [`executor`] runs one attempt; [`completer`] writes
+//!   results in batches and frees their slots;
+//! - [`leases`] recovers interrupted executions and keeps this worker's leases;
+//! - [`reload`] loads the plugins folder and applies run-time limits;
+//! - [`events`] is the bus that the API, metrics, dashboard and policies subscribe to.
+//!
+//! This module starts the parts in order and shuts them down gracefully.
+
+pub mod completer;
+pub mod events;
+pub mod executor;
+pub mod lane;
+pub mod leases;
+pub mod producer;
+pub mod registry;
+pub mod reload;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::model::{ExecutionId, NewExecution};
+use crate::plugin::PluginHost;
+use crate::retry::RetryPolicy;
+use crate::store::{Queue, StoreError};
+use completer::{Completer, CompleterParts, QueueSink};
+use events::{EventBus, Subscription};
+use executor::Executor;
+use producer::Producer;
+use registry::Registry;
+use reload::Reloader;
+
+/// Why the daemon could not start or refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Plugins(String),
+    #[error(
+        "another `lanes serve` is already using {db} (lock file {lock}); SQLite allows one worker"
+    )]
+    Locked { db: String, lock: String },
+    #[error("lock file {path}: {reason}")]
+    LockFile { path: String, reason: String },
+}
+
+/// What every part of a running worker shares: its settings, the queue, its identity, the
+/// lanes, the event bus, and the signals that stop it.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub queue: Arc<dyn Queue>,
+    /// This worker's id, as recorded on the rows it runs.
+    pub owner: Arc<str>,
+    pub registry: Registry,
+    pub events: EventBus,
+    /// Stops the producers and background loops.
+    pub stop_claiming: CancellationToken,
+    /// Stops renewing leases: only once every execution has ended.
+    pub stop_leasing: CancellationToken,
+}
+
+/// A running daemon. Dropping it without [`Daemon::shutdown`] abandons running executions,
+/// which the next start resumes.
+pub struct Daemon {
+    shared: Arc<Shared>,
+    reloader: Arc<Reloader>,
+    completer: Completer,
+    stop_running: CancellationToken,
+    executions: TaskTracker,
+    background: TaskTracker,
+    leasing: TaskTracker,
+    _lock: Option<std::fs::File>,
+}
+
+/// Takes the SQLite file's lock: one `serve` per file, since start-up recovery assumes that
+/// any `running` row belongs to a process that is gone.
+fn lock_database(config: &Config) -> Result<Option<std::fs::File>, DaemonError> {
+    use fs2::FileExt;
+    let Some(db) = config.sqlite_path() else {
+        return Ok(None);
+    };
+    let mut lock_path = db.clone().into_os_string();
+    lock_path.push(".lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| DaemonError::LockFile {
+            path: lock_path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    file.try_lock_exclusive().map_err(|_| DaemonError::Locked {
+        db: db.display().to_string(),
+        lock: lock_path.display().to_string(),
+    })?;
+    Ok(Some(file))
+}
+
+impl Daemon {
+    /// Loads the plugins, recovers interrupted executions and starts every lane.
+    pub async fn start(config: Config, queue: Arc<dyn Queue>) -> Result<Daemon, DaemonError> {
+        let lock = lock_database(&config)?;
+        let plugins =
+            PluginHost::new(&config).map_err(|e| DaemonError::Plugins(format!("{e:#}")))?;
+        let owner: Arc<str> = Arc::from(format!(
+            "{}:{}:{:08x}",
+            hostname(),
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        let config = Arc::new(config);
+        let events = EventBus::default();
+        let shared = Arc::new(Shared {
+            registry: Registry::new(config.clone(), events.clone()),
+            config: config.clone(),
+            queue: queue.clone(),
+            owner: owner.clone(),
+            events: events.clone(),
+            stop_claiming: CancellationToken::new(),
+            stop_leasing: CancellationToken::new(),
+        });
+        let completer = Completer::spawn(
+            Arc::new(QueueSink(queue.clone())),
+            CompleterParts {
+                owner,
+                events: events.clone(),
+                stop_claiming: shared.stop_claiming.clone(),
+                settings: config.completer.clone(),
+            },
+        );
+        let stop_running = CancellationToken::new();
+        let executor = Arc::new(Executor {
+            retry: RetryPolicy::from(&config.retry),
+            events,
+            completer: completer.handle(),
+            stop_running: stop_running.clone(),
+        });
+        let executions = TaskTracker::new();
+        let background = TaskTracker::new();
+        let start_lane: reload::StartLane = {
+            let (shared, executor) = (shared.clone(), executor.clone());
+            let (executions, background) = (executions.clone(), background.clone());
+            Box::new(move |lane| {
+                let producer =
+                    Producer::new(shared.clone(), executor.clone(), executions.clone(), lane);
+                background.spawn(producer.run());
+            })
+        };
+        let reloader = Arc::new(Reloader::new(shared.clone(), plugins, start_lane));
+        let daemon = Daemon {
+            shared: shared.clone(),
+            reloader: reloader.clone(),
+            completer,
+            stop_running,
+            executions,
+            background: background.clone(),
+            leasing: TaskTracker::new(),
+            _lock: lock,
+        };
+
+        leases::recover(&shared).await?;
+        // Everything that can fail comes before the first lane starts.
+        let changes = queue.listen().await?;
+
+        // Watch before the first scan, so that no file dropped in meanwhile goes unnoticed.
+        let file_events = Arc::new(tokio::sync::Notify::new());
+        let watcher = reload::watch(&config.plugins_dir, file_events.clone());
+        let seen = reloader.reload().await?;
+        info!(
+            owner = %shared.owner,
+            "lanes serving {} provider(s) from {}",
+            shared.registry.snapshot().len(),
+            config.plugins_dir.display()
+        );
+
+        background.spawn(reload::refresh_limits_loop(shared.clone()));
+        if queue.shared() {
+            daemon.leasing.spawn(leases::lease_loop(shared.clone()));
+        }
+        if let Some(mut changes) = changes {
+            let shared = shared.clone();
+            background.spawn(async move {
+                loop {
+                    tokio::select! {
+                        provider = changes.recv() => match provider {
+                            // Another worker's change: a submission, a freed slot, or a row
+                            // back to pending, perhaps for a later retry.
+                            Some(provider) => if let Some(lane) = shared.registry.get(&provider) {
+                                lane.note_retry();
+                            },
+                            None => return,
+                        },
+                        _ = shared.stop_claiming.cancelled() => return,
+                    }
+                }
+            });
+        }
+        background.spawn(reloader.rescan_loop(seen, file_events, watcher));
+        Ok(daemon)
+    }
+
+    /// Queues an execution and wakes its lane at once.
+    pub async fn submit(&self, new: &NewExecution) -> Result<ExecutionId, StoreError> {
+        let id = self.shared.queue.submit(new).await?;
+        self.shared.registry.wake(&new.provider);
+        Ok(id)
+    }
+
+    /// Queues many executions in one transaction and wakes their lanes.
+    pub async fn submit_many(
+        &self,
+        batch: &[NewExecution],
+    ) -> Result<Vec<ExecutionId>, StoreError> {
+        let ids = self.shared.queue.submit_many(batch).await?;
+        let providers: BTreeSet<&str> = batch.iter().map(|n| n.provider.as_str()).collect();
+        for provider in providers {
+            self.shared.registry.wake(provider);
+        }
+        Ok(ids)
+    }
+
+    /// The queue this daemon serves.
+    pub fn queue(&self) -> &Arc<dyn Queue> {
+        &self.shared.queue
+    }
+
+    /// This worker's owner id, as recorded on the rows it runs.
+    pub fn owner(&self) -> &str {
+        &self.shared.owner
+    }
+
+    /// The limit and running count of every lane.
+    pub fn lanes(&self) -> BTreeMap<String, (u32, u32)> {
+        self.shared
+            .registry
+            .snapshot()
+            .into_iter()
+            .map(|(name, lane)| (name, (lane.limit(), lane.running())))
+            .collect()
+    }
+
+    /// A subscription to the daemon's events, from now on.
+    pub fn subscribe(&self) -> Subscription {
+        self.shared.events.subscribe()
+    }
+
+    /// The outcome of every file in the plugins folder, as of the last scan.
+    pub async fn plugin_files(&self) -> Vec<crate::plugin::FileReport> {
+        self.reloader.files().await
+    }
+
+    /// Stops claiming, lets running executions finish within `grace`, returns the rest to
+    /// pending without counting their attempt, and writes every result before it returns.
+    pub async fn shutdown(self, grace: Duration) {
+        info!("shutting down: no new claims; waiting up to {grace:?} for running executions");
+        self.shared.stop_claiming.cancel();
+        self.background.close();
+        self.background.wait().await;
+        self.executions.close();
+        if tokio::time::timeout(grace, self.executions.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                "grace period over: returning {} running execution(s) to pending",
+                self.executions.len()
+            );
+            self.stop_running.cancel();
+            self.executions.wait().await;
+        }
+        // Every execution has handed its result over; write them all.
+        self.completer.close().await;
+        self.shared.stop_leasing.cancel();
+        self.leasing.close();
+        self.leasing.wait().await;
+        info!("shutdown complete");
+    }
+
+    /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
+    pub async fn run_until_signal(self) {
+        wait_for_signal().await;
+        let grace = Duration::from_secs(self.shared.config.shutdown_grace_secs);
+        self.shutdown(grace).await;
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                warn!("cannot listen for SIGTERM ({e}); only SIGINT stops the daemon");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}

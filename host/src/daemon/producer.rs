@@ -1,0 +1,198 @@
+//! A lane's producer: claims up to the lane's free slots in one statement and starts an
+//! executor task for each claimed execution, then sleeps until something can change that:
+//! a slot frees, a local submission arrives, the limit changes, a retry comes due, or the
+//! poll interval (for rows other processes wrote) passes.
+//!
+//! Wake-ups coalesce: slots freed by one batch of results mean one claim, not one each. The
+//! next due time is read only when a retry may be pending. The "Processing" log line is
+//! aggregated to at most one a second per lane, so logging costs nothing under load.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::task::TaskTracker;
+use tracing::{error, info};
+
+use super::Shared;
+use super::completer::Completion;
+use super::events::Event;
+use super::executor::Executor;
+use super::lane::Lane;
+use crate::model::now_ms;
+use crate::plugin::Provider;
+use crate::store::{Claim, Finish, StoreError};
+
+/// How often, at most, a lane logs what it claimed.
+const LOG_EVERY: Duration = Duration::from_secs(1);
+
+/// One lane's claim loop.
+pub struct Producer {
+    shared: Arc<Shared>,
+    executor: Arc<Executor>,
+    executions: TaskTracker,
+    lane: Arc<Lane>,
+    log: ClaimLog,
+}
+
+impl Producer {
+    /// A producer for `lane`; its executions run on `executions`.
+    pub fn new(
+        shared: Arc<Shared>,
+        executor: Arc<Executor>,
+        executions: TaskTracker,
+        lane: Arc<Lane>,
+    ) -> Self {
+        Producer {
+            shared,
+            executor,
+            executions,
+            lane,
+            log: ClaimLog::default(),
+        }
+    }
+
+    /// Claims and starts executions until the daemon stops claiming.
+    pub async fn run(mut self) {
+        let poll = self.shared.config.poll_interval();
+        let stop = self.shared.stop_claiming.clone();
+        loop {
+            if stop.is_cancelled() {
+                return;
+            }
+            let mut wait = poll;
+            if let Some(provider) = self.lane.provider() {
+                let free = self.lane.free();
+                if free > 0 {
+                    match self.claim_and_start(&provider, free).await {
+                        Ok(claimed) if claimed < free => {
+                            if let Some(due) = self.next_due().await {
+                                wait = wait.min(due);
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => error!("provider {}: claim failed: {e}", self.lane.name()),
+                    }
+                }
+            }
+            self.log.flush_if_due(&self.lane);
+            tokio::select! {
+                _ = self.lane.woken() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// How long until the next retry of this lane is due, when one may be pending.
+    async fn next_due(&self) -> Option<Duration> {
+        if !self.lane.take_retry_note() {
+            return None;
+        }
+        match self.shared.queue.next_due(self.lane.name()).await {
+            Ok(Some(due)) => {
+                // Still pending: look again next time.
+                self.lane.note_retry_quietly();
+                let until = u64::try_from(due - now_ms()).unwrap_or(0).max(1);
+                Some(Duration::from_millis(until))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.lane.note_retry_quietly();
+                error!("provider {}: {e}", self.lane.name());
+                None
+            }
+        }
+    }
+
+    /// Claims up to `free` executions and starts them. Returns how many it claimed.
+    async fn claim_and_start(
+        &mut self,
+        provider: &Arc<Provider>,
+        free: u32,
+    ) -> Result<u32, StoreError> {
+        let shared = &self.shared;
+        let claimed = shared
+            .queue
+            .claim(
+                self.lane.name(),
+                Claim {
+                    owner: &shared.owner,
+                    max: free,
+                    limit: self.lane.limit(),
+                    lease_ms: i64::try_from(shared.config.lease_ms).unwrap_or(i64::MAX),
+                },
+            )
+            .await?;
+        if claimed.is_empty() {
+            return Ok(0);
+        }
+        let count = u32::try_from(claimed.len()).unwrap_or(u32::MAX);
+        self.log.note(&self.lane, claimed.len());
+        for execution in claimed {
+            shared.events.publish_with(|| Event::Claimed {
+                id: execution.id,
+                provider: self.lane.name_arc(),
+                attempt: execution.attempts,
+            });
+            // Only this loop takes slots, and it claimed no more than were free; a limit
+            // lowered meanwhile can still leave none, and then the row goes back.
+            let Some(slot) = self.lane.try_acquire() else {
+                self.executor
+                    .completer
+                    .send(Completion {
+                        id: execution.id,
+                        attempt: execution.attempts,
+                        max_attempts: execution.max_attempts,
+                        lane: self.lane.clone(),
+                        slot: None,
+                        finish: Finish::Requeue,
+                        duration_ms: 0,
+                        ended: Instant::now(),
+                        tokens: None,
+                    })
+                    .await;
+                continue;
+            };
+            let executor = self.executor.clone();
+            let lane = self.lane.clone();
+            let provider = provider.clone();
+            self.executions
+                .spawn(async move { executor.run(lane, provider, execution, slot).await });
+        }
+        Ok(count)
+    }
+}
+
+/// The lane's "Processing" line, at most once per [`LOG_EVERY`]: under load one line sums
+/// many claims.
+#[derive(Default)]
+struct ClaimLog {
+    last: Option<Instant>,
+    claimed: usize,
+    claims: usize,
+}
+
+impl ClaimLog {
+    fn note(&mut self, lane: &Lane, claimed: usize) {
+        self.claimed += claimed;
+        self.claims += 1;
+        self.flush_if_due(lane);
+    }
+
+    fn flush_if_due(&mut self, lane: &Lane) {
+        if self.claimed == 0 || self.last.is_some_and(|t| t.elapsed() < LOG_EVERY) {
+            return;
+        }
+        info!(
+            claims = self.claims,
+            "Processing {} pending executions for provider {} ({} currently running, limit: {})",
+            self.claimed,
+            lane.name(),
+            lane.running(),
+            lane.limit()
+        );
+        self.last = Some(Instant::now());
+        self.claimed = 0;
+        self.claims = 0;
+    }
+}

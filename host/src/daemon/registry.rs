@@ -1,0 +1,141 @@
+//! The registry of lanes: one [`Lane`] per provider name, the component serving it, and its
+//! effective limit (run-time, then config, then the component's default, then the
+//! fallback). It opens lanes for new providers, idles lanes whose component is gone, and
+//! applies limits stored at run time.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use tracing::{info, warn};
+
+use super::events::{Event, EventBus, PauseReason};
+use super::lane::Lane;
+use crate::config::Config;
+use crate::limits::LimitView;
+use crate::plugin::{Catalog, Provider};
+
+/// Every lane of this worker, by provider name.
+pub struct Registry {
+    config: Arc<Config>,
+    events: EventBus,
+    lanes: RwLock<BTreeMap<String, Arc<Lane>>>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new(config: Arc<Config>, events: EventBus) -> Self {
+        Registry {
+            config,
+            events,
+            lanes: RwLock::new(BTreeMap::new()),
+        }
+    }
+
+    /// The lane of `name`, if one is open.
+    pub fn get(&self, name: &str) -> Option<Arc<Lane>> {
+        self.lanes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Every lane, by name.
+    pub fn snapshot(&self) -> BTreeMap<String, Arc<Lane>> {
+        self.lanes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Wakes the lane of `name`, if one is open.
+    pub fn wake(&self, name: &str) {
+        if let Some(lane) = self.get(name) {
+            lane.wake();
+        }
+    }
+
+    /// Every source of `provider`'s limit, given the run-time limits.
+    pub fn limit_of(&self, provider: &Provider, runtime: &BTreeMap<String, u32>) -> LimitView {
+        LimitView::resolve(
+            provider.name.as_ref(),
+            Some(provider.default_limit),
+            self.config
+                .providers
+                .get(provider.name.as_ref())
+                .and_then(|p| p.limit),
+            runtime.get(provider.name.as_ref()).copied(),
+            self.config.fallback_limit,
+        )
+    }
+
+    /// Serves each lane from the catalog's component: opens lanes for new providers (and
+    /// returns them, for their producers to start), and idles lanes whose component is gone.
+    pub fn apply(&self, catalog: &Catalog, runtime: &BTreeMap<String, u32>) -> Vec<Arc<Lane>> {
+        let mut opened = Vec::new();
+        let mut lanes = self.lanes.write().unwrap_or_else(|p| p.into_inner());
+        for (name, lane) in lanes.iter() {
+            if !catalog.providers.contains_key(name) && lane.provider().is_some() {
+                warn!("provider {name}: component removed; its lane stops claiming");
+                lane.set_provider(None);
+                self.events.publish(Event::LanePaused {
+                    provider: lane.name_arc(),
+                    reason: PauseReason::NoComponent,
+                });
+            }
+        }
+        for (name, provider) in &catalog.providers {
+            let loaded = || Event::ComponentLoaded {
+                provider: provider.name.clone(),
+                file: provider.component.file.clone(),
+                version: provider.component.info.version.clone(),
+            };
+            match lanes.get(name) {
+                Some(lane) => {
+                    let same = lane
+                        .provider()
+                        .is_some_and(|old| Arc::ptr_eq(&old.component, &provider.component));
+                    if !same {
+                        info!("{}: now serving its lane", provider.label());
+                        lane.set_provider(Some(provider.clone()));
+                        self.events.publish(loaded());
+                    }
+                }
+                None => {
+                    let limit = self.limit_of(provider, runtime);
+                    let lane = Arc::new(Lane::new(name, limit.effective));
+                    lane.set_provider(Some(provider.clone()));
+                    info!(
+                        "{}: lane open, limit {} ({:?})",
+                        provider.label(),
+                        limit.effective,
+                        limit.source
+                    );
+                    self.events.publish(loaded());
+                    lanes.insert(name.clone(), lane.clone());
+                    opened.push(lane);
+                }
+            }
+        }
+        opened
+    }
+
+    /// Resizes every lane whose effective limit changed under `runtime`.
+    pub fn apply_limits(&self, runtime: &BTreeMap<String, u32>) {
+        for (name, lane) in self.snapshot() {
+            let Some(provider) = lane.provider() else {
+                continue;
+            };
+            let view = self.limit_of(&provider, runtime);
+            if view.effective != lane.limit() {
+                let old = lane.set_limit(view.effective);
+                info!(
+                    "Limit of provider {name} changed from {old} to {} ({:?})",
+                    view.effective, view.source
+                );
+                self.events.publish(Event::LimitChanged {
+                    provider: lane.name_arc(),
+                    old,
+                    new: view.effective,
+                });
+            }
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! Plugin reload: scans the plugins folder (at start, and again when its files change and
+//! have stopped changing), applies the result to the registry, and starts a producer for
+//! each new lane. File events wake it at once; `plugins_rescan_ms` is the fallback where
+//! events do not arrive. It also applies run-time limits within `limits_refresh_ms`.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::{error, info, warn};
+
+use super::Shared;
+use super::events::Event;
+use super::lane::Lane;
+use crate::plugin::{Catalog, Fingerprint, PluginHost, wasm_files};
+use crate::store::{ProviderRecord, StoreError};
+
+/// How long the plugins folder must stay unchanged before it is reloaded.
+const SETTLE: Duration = Duration::from_millis(250);
+
+/// Starts a producer for a newly opened lane.
+pub type StartLane = Box<dyn Fn(Arc<Lane>) + Send + Sync>;
+
+/// Loads components and keeps the lanes served by the newest good ones.
+pub struct Reloader {
+    shared: Arc<Shared>,
+    plugins: PluginHost,
+    /// The last scan; a rescan reuses what did not change. Held across a scan on purpose:
+    /// reloads take turns, and each builds on the last.
+    catalog: tokio::sync::Mutex<Catalog>,
+    start_lane: StartLane,
+}
+
+impl Reloader {
+    /// A reloader that has scanned nothing yet.
+    pub fn new(shared: Arc<Shared>, plugins: PluginHost, start_lane: StartLane) -> Self {
+        Reloader {
+            shared,
+            plugins,
+            catalog: tokio::sync::Mutex::new(Catalog::default()),
+            start_lane,
+        }
+    }
+
+    /// The outcome of every file in the plugins folder, as of the last scan.
+    pub async fn files(&self) -> Vec<crate::plugin::FileReport> {
+        self.catalog.lock().await.files.clone()
+    }
+
+    /// Rescans the plugins folder and applies the result. Returns the folder's listing as
+    /// it was before the scan: a change after that point triggers another.
+    pub async fn reload(&self) -> Result<Vec<(PathBuf, Fingerprint)>, StoreError> {
+        let config = &self.shared.config;
+        let listing = wasm_files(&config.plugins_dir);
+        let mut catalog = self.catalog.lock().await;
+        let fresh = self.plugins.scan(config, Some(&catalog)).await;
+        let runtime = self.shared.queue.limits().await?;
+        let records: Vec<ProviderRecord> = fresh
+            .providers
+            .values()
+            .map(|p| ProviderRecord {
+                name: p.name.to_string(),
+                component: p.component.file.clone(),
+                version: p.component.info.version.clone(),
+                default_limit: p.default_limit,
+                description: p.component.info.description.clone(),
+            })
+            .collect();
+        self.shared.queue.record_providers(&records).await?;
+        for file in &fresh.files {
+            let known = catalog
+                .files
+                .iter()
+                .any(|old| old.file == file.file && old.reason == file.reason);
+            if let Some(reason) = &file.reason
+                && !known
+            {
+                self.shared.events.publish(Event::ComponentRejected {
+                    file: file.file.clone(),
+                    reason: reason.clone(),
+                });
+            }
+        }
+        for lane in self.shared.registry.apply(&fresh, &runtime) {
+            (self.start_lane)(lane);
+        }
+        *catalog = fresh;
+        Ok(listing)
+    }
+
+    /// Reloads when the folder's files change and have stopped changing, so a file still
+    /// being copied is not loaded until it is complete.
+    pub async fn rescan_loop(
+        self: Arc<Self>,
+        mut seen: Vec<(PathBuf, Fingerprint)>,
+        events: Arc<tokio::sync::Notify>,
+        _watcher: Option<notify::RecommendedWatcher>,
+    ) {
+        let config = self.shared.config.clone();
+        let stop = self.shared.stop_claiming.clone();
+        let every = Duration::from_millis(config.plugins_rescan_ms);
+        loop {
+            let mut now = wasm_files(&config.plugins_dir);
+            if now == seen {
+                tokio::select! {
+                    _ = events.notified() => {}
+                    _ = tokio::time::sleep(every) => {}
+                    _ = stop.cancelled() => return,
+                }
+                continue;
+            }
+            // Load only once two looks `SETTLE` apart agree.
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(SETTLE) => {}
+                    _ = stop.cancelled() => return,
+                }
+                let again = wasm_files(&config.plugins_dir);
+                if again == now {
+                    break;
+                }
+                now = again;
+            }
+            info!("plugins folder changed: reloading");
+            match self.reload().await {
+                Ok(listing) => seen = listing,
+                Err(e) => {
+                    error!("applying reloaded plugins: {e}");
+                    tokio::time::sleep(every).await;
+                }
+            }
+        }
+    }
+}
+
+/// Applies limits stored by `lanes limits set` within `limits_refresh_ms`.
+pub async fn refresh_limits_loop(shared: Arc<Shared>) {
+    let every = Duration::from_millis(shared.config.limits_refresh_ms);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shared.stop_claiming.cancelled() => return,
+        }
+        match shared.queue.limits().await {
+            Ok(runtime) => shared.registry.apply_limits(&runtime),
+            Err(e) => error!("reading limits: {e}"),
+        }
+    }
+}
+
+/// Watches `dir` for file events; `None` (with a log line) where that is not possible.
+pub fn watch(
+    dir: &std::path::Path,
+    events: Arc<tokio::sync::Notify>,
+) -> Option<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        // Reading the folder is itself an event (open, access, close); reacting to those
+        // would rescan forever. Only changes to `.wasm` files matter.
+        let relevant = event.is_ok_and(|e| {
+            !matches!(e.kind, notify::EventKind::Access(_))
+                && (e.paths.is_empty()
+                    || e.paths
+                        .iter()
+                        .any(|p| p.extension().is_some_and(|x| x == "wasm")))
+        });
+        if relevant {
+            events.notify_one();
+        }
+    })
+    .map_err(|e| warn!("cannot watch {}: {e}; polling only", dir.display()))
+    .ok()?;
+    match watcher.watch(dir, notify::RecursiveMode::NonRecursive) {
+        Ok(()) => Some(watcher),
+        Err(e) => {
+            warn!("cannot watch {}: {e}; polling only", dir.display());
+            None
+        }
+    }
+}
