@@ -153,3 +153,96 @@ async fn sigterm_lets_short_work_finish_and_returns_the_rest_to_pending() {
         assert!(e.owner.is_none());
     }
 }
+
+/// kill -9 of a worker, `cycles` times, at varied points of a steady load, each time started
+/// again; then every execution must be completed exactly once in the queue (0 lost, 0
+/// stuck), and running rows never exceeded `limit`, as sampled during the run and as seen in
+/// the start and finish times of the final attempts. On a shared queue, `workers` run at
+/// once and the victim rotates; the survivors reclaim its rows once their leases expire.
+pub(crate) async fn kill_loop(env: &TestEnv, workers: usize, limit: u32, cycles: usize) {
+    let queue = env.any_queue().await;
+    let n = 300;
+    let mut batch = sleepers("loop", n, 25);
+    for job in &mut batch {
+        // Each kill interrupts up to `limit` attempts, and resumed rows go first.
+        job.max_attempts = 40;
+    }
+    let ids: BTreeSet<i64> = queue
+        .submit_many(&batch)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+
+    let stop = tokio_util::sync::CancellationToken::new();
+    let sampler = tokio::spawn({
+        let (queue, stop) = (queue.clone(), stop.clone());
+        async move {
+            let mut max = 0;
+            while !stop.is_cancelled() {
+                let counts = queue.counts().await.unwrap();
+                max = max.max(counts.get("loop").map_or(0, |c| c.running));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            max
+        }
+    });
+    let name = |i: usize| format!("loop{i}");
+    let mut children: Vec<_> = (0..workers).map(|i| env.spawn_worker(&name(i))).collect();
+    // A fixed pseudo-random sequence of kill points, 80..400 ms apart.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    for cycle in 0..cycles {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let wait = 80 + (seed >> 33) % 320;
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let victim = cycle % workers;
+        children[victim].kill().unwrap(); // SIGKILL
+        children[victim].wait().unwrap();
+        children[victim] = env.spawn_worker(&name(victim));
+    }
+    let outcome = try_wait_terminal(queue.as_ref(), Some("loop"), Duration::from_secs(120)).await;
+    stop.cancel();
+    let max_sampled = sampler.await.unwrap();
+    for child in &mut children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let logs: String = (0..workers).map(|i| env.log(&name(i))).collect();
+    let rows = outcome.unwrap_or_else(|open| panic!("{open}\n{logs}"));
+
+    assert_eq!(
+        rows.iter().map(|e| e.id).collect::<BTreeSet<_>>(),
+        ids,
+        "no execution lost or added"
+    );
+    let not_done: Vec<_> = rows
+        .iter()
+        .filter(|e| e.status != Status::Completed || e.output.is_none() || e.owner.is_some())
+        .collect();
+    assert!(not_done.is_empty(), "{not_done:?}");
+    let attempts: i32 = rows.iter().map(|e| e.attempts).sum();
+    let resumed = logs.matches("Resuming interrupted execution").count();
+    println!(
+        "{cycles} kills: {n} executions completed in {attempts} attempts; {resumed} resumed; \
+         max running sampled {max_sampled}"
+    );
+    assert!(resumed > 0, "the kills interrupted nothing\n{logs}");
+    assert!(
+        max_sampled <= u64::from(limit),
+        "{max_sampled} running at once, limit {limit}"
+    );
+    let overlap = lanes::report::max_overlap(lanes::report::intervals(&rows));
+    assert!(
+        overlap <= limit as usize,
+        "{overlap} overlapped, limit {limit}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_in_a_loop_under_load_loses_nothing_and_keeps_the_limit() {
+    let mut env = TestEnv::new();
+    env.stub("loop", Some(4), &[]);
+    kill_loop(&env, 1, 4, 10).await;
+}

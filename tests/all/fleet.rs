@@ -416,3 +416,13 @@ async fn a_stopping_worker_hands_its_freed_slot_to_the_fleet() {
         "worker1 started {handover} ms after the slot was freed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_in_a_loop_under_load_loses_nothing_and_keeps_the_fleet_limit() {
+    let Some((mut env, _schema)) = TestEnv::postgres().await else {
+        return;
+    };
+    env.stub("loop", Some(4), &[]);
+    env.config.lease_ms = 600;
+    crate::crash::kill_loop(&env, 2, 4, 10).await;
+}

@@ -4,6 +4,7 @@
 mod bad_input;
 mod cli;
 mod crash;
+mod events;
 mod fleet;
 mod isolation;
 mod limits;
