@@ -10,10 +10,11 @@
 //! 3. p50 and p99 of the time from submit to start, at a lane with free slots.
 //! 4. Batched submission rate.
 //! 5. No-op throughput with a deep queue beside a shallow one.
-//! 6. Restart-to-first-dispatch: cold and warm compile cache.
-//! 7. Memory (RSS) of a `lanes serve` process: idle with every component, then with a
+//! 6. One wasm instantiate + call inside lanes, beside bare wasmtime on the same component.
+//! 7. Restart-to-first-dispatch: cold and warm compile cache.
+//! 8. Memory (RSS) of a `lanes serve` process: idle with every component, then with a
 //!    deep queue and 256 running.
-//! 8. PostgreSQL no-op throughput with 1 worker and with 3 (in one process, each with its
+//! 9. PostgreSQL no-op throughput with 1 worker and with 3 (in one process, each with its
 //!    own engine and connections), in a schema of its own. `LANES_TEST_PG` names the server
 //!    (default postgres://postgres@127.0.0.1:5432/test); skipped with a line when none
 //!    answers. `scripts/river-bench` runs River's benchmark on the same server.
@@ -102,6 +103,28 @@ async fn wait_done(queue: &dyn Queue, total: u64) {
     }
 }
 
+/// Waits until `total` executions have ended, counting `Finished` events: polling the
+/// table would cost the database more than the run under test. A subscriber that lagged
+/// falls back to counting rows.
+async fn wait_finished(
+    events: &mut lanes::daemon::events::Subscription,
+    queue: &dyn Queue,
+    total: u64,
+) {
+    use lanes::daemon::events::Outcome;
+    let mut ended = 0;
+    while ended < total {
+        match events.recv().await {
+            Some(Ok(Event::Finished {
+                outcome: Outcome::Completed | Outcome::Failed { .. },
+                ..
+            })) => ended += 1,
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => return wait_done(queue, total).await,
+        }
+    }
+}
+
 async fn start(config: Config) -> (Daemon, Arc<SqliteQueue>) {
     let queue = Arc::new(
         SqliteQueue::open(&config.database_url)
@@ -115,10 +138,11 @@ async fn start(config: Config) -> (Daemon, Arc<SqliteQueue>) {
 async fn noop_throughput(n: usize, limit: u32) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let (daemon, queue) = start(config(&dir, &[("noop", stub(limit, 0))])).await;
+    let mut events = daemon.subscribe();
     let started = Instant::now();
     daemon.submit_many(&jobs("noop", n)).await.unwrap();
     let submitted = started.elapsed();
-    wait_done(queue.as_ref(), n as u64).await;
+    wait_finished(&mut events, queue.as_ref(), n as u64).await;
     let elapsed = started.elapsed();
     let counts = queue.counts().await.unwrap();
     assert_eq!(
@@ -313,8 +337,9 @@ async fn drain_rate(depth: usize, measured: usize) -> f64 {
         queue.submit_many(chunk).await.unwrap();
     }
     let daemon = Daemon::start(config, queue.clone()).await.expect("daemon");
+    let mut events = daemon.subscribe();
     let started = Instant::now();
-    wait_done(queue.as_ref(), measured as u64).await;
+    wait_finished(&mut events, queue.as_ref(), measured as u64).await;
     let rate = measured as f64 / started.elapsed().as_secs_f64();
     daemon.shutdown(Duration::from_secs(5)).await;
     rate
@@ -328,6 +353,42 @@ async fn deep_queue(shallow: usize, deep: usize) {
         "deep queue: first {measured} no-ops with {deep} pending {large:.0}/s, with {shallow} pending \
          {small:.0}/s: ratio {:.2} (target 0.8)",
         large / small
+    );
+}
+
+/// One stub call inside lanes (`Provider::execute`: the sandboxed store, limiter, CPU
+/// accounting, timeout) beside the bare wasmtime way (a plain store, instantiate, call), on
+/// the same engine, component and linker; rounds alternate so that noise hits both alike.
+async fn wasm_call(n: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&dir, &[("call", stub(1, 0))]);
+    let host = lanes::plugin::PluginHost::new(&config).expect("engine");
+    let catalog = host.scan(&config, None).await;
+    let provider = catalog.providers["call"].clone();
+    let request = lanes::attempt::to_request(&ChatInput::prompt("bench"));
+    let (mut inside, mut bare) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let started = Instant::now();
+        for _ in 0..n {
+            provider.execute(request.clone()).await.expect("call");
+        }
+        inside.push(started.elapsed().as_secs_f64() / n as f64);
+        let started = Instant::now();
+        for _ in 0..n {
+            provider.execute_bare(&request).await.expect("bare call");
+        }
+        bare.push(started.elapsed().as_secs_f64() / n as f64);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (inside, bare) = (median(&mut inside), median(&mut bare));
+    println!(
+        "wasm instantiate + call: inside lanes {:.1} us, bare wasmtime {:.1} us: ratio {:.2} (target 1.1)",
+        inside * 1e6,
+        bare * 1e6,
+        inside / bare
     );
 }
 
@@ -425,6 +486,9 @@ async fn restart_to_first_dispatch() {
     );
 }
 
+/// The fleet-wide limit of the PostgreSQL no-op runs.
+const PG_LIMIT: u32 = 256;
+
 async fn pg_noop(n: usize, workers: usize) -> Option<f64> {
     let base = std::env::var("LANES_TEST_PG")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
@@ -441,7 +505,7 @@ async fn pg_noop(n: usize, workers: usize) -> Option<f64> {
         .await
         .expect("schema");
     let dir = tempfile::tempdir().unwrap();
-    let mut config = config(&dir, &[("noop", stub(32, 0))]);
+    let mut config = config(&dir, &[("noop", stub(PG_LIMIT, 0))]);
     config.database_url = format!("{base}?options[search_path]={schema}");
     let mut daemons = Vec::new();
     let mut queues = Vec::new();
@@ -456,9 +520,39 @@ async fn pg_noop(n: usize, workers: usize) -> Option<f64> {
         );
         queues.push(queue);
     }
+    // Every worker's events, merged: the run ends when n executions have ended.
+    let (tx, mut ended) = tokio::sync::mpsc::unbounded_channel();
+    for daemon in &daemons {
+        let mut events = daemon.subscribe();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                let done = matches!(
+                    event,
+                    Ok(Event::Finished {
+                        outcome: lanes::daemon::events::Outcome::Completed,
+                        ..
+                    })
+                );
+                if (done || event.is_err()) && tx.send(event.is_err()).is_err() {
+                    return;
+                }
+            }
+        });
+    }
     let started = Instant::now();
     queues[0].submit_many(&jobs("noop", n)).await.unwrap();
-    wait_done(queues[0].as_ref(), n as u64).await;
+    let mut count = 0;
+    while count < n {
+        match ended.recv().await {
+            Some(false) => count += 1,
+            // A subscriber lagged: count rows instead.
+            _ => {
+                wait_done(queues[0].as_ref(), n as u64).await;
+                break;
+            }
+        }
+    }
     let elapsed = started.elapsed();
     let rows = queues[0].list(Some("noop")).await.unwrap();
     let completed = rows
@@ -468,7 +562,7 @@ async fn pg_noop(n: usize, workers: usize) -> Option<f64> {
     assert_eq!(completed, n);
     let max = max_overlap(lanes::report::intervals(&rows));
     println!(
-        "postgres noop: {n} executions, {workers} worker(s), fleet limit 32: {:.2} s = {:.0} executions/s (max concurrency {max})",
+        "postgres noop: {n} executions, {workers} worker(s), fleet limit {PG_LIMIT}: {:.2} s = {:.0} executions/s (max concurrency {max})",
         elapsed.as_secs_f64(),
         n as f64 / elapsed.as_secs_f64()
     );
@@ -482,7 +576,15 @@ async fn pg_noop(n: usize, workers: usize) -> Option<f64> {
 }
 
 fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    // Names after the flags pick scenarios (`cargo bench -- noop pg`); none runs them all.
+    let picked: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with("--"))
+        .map(String::as_str)
+        .collect();
+    let run = |name: &str| picked.is_empty() || picked.contains(&name);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -497,23 +599,42 @@ fn main() {
             "lanes benchmark ({}), SQLite, stub component",
             if quick { "quick" } else { "full" }
         );
-        let lanes_rate = noop_throughput(noop, 256).await;
-        let bare = bare_sqlite_cycle(noop).await;
-        println!(
-            "  ratio to the reference: {:.3} (target 0.25; and 30000/s)",
-            lanes_rate / bare
-        );
-        latency_bound(scale).await;
-        submit_to_start(probes).await;
-        submit_rate(submit).await;
-        deep_queue(if quick { 2_000 } else { 10_000 }, deep).await;
-        restart_to_first_dispatch().await;
-        memory(if quick { 10_000 } else { 100_000 }).await;
-        let pg_n = if quick { 1_000 } else { 20_000 };
-        let one = pg_noop(pg_n, 1).await;
-        let three = pg_noop(pg_n, 3).await;
-        if let (Some(one), Some(three)) = (one, three) {
-            println!("  3 workers ÷ 1 worker: {:.2} (target 1.0)", three / one);
+        if run("noop") {
+            let lanes_rate = noop_throughput(noop, 256).await;
+            let bare = bare_sqlite_cycle(noop).await;
+            println!(
+                "  ratio to the reference: {:.3} (target 0.25; and 30000/s)",
+                lanes_rate / bare
+            );
+        }
+        if run("latency") {
+            latency_bound(scale).await;
+        }
+        if run("start") {
+            submit_to_start(probes).await;
+        }
+        if run("submit") {
+            submit_rate(submit).await;
+        }
+        if run("deep") {
+            deep_queue(if quick { 2_000 } else { 10_000 }, deep).await;
+        }
+        if run("call") {
+            wasm_call(if quick { 200 } else { 2_000 }).await;
+        }
+        if run("restart") {
+            restart_to_first_dispatch().await;
+        }
+        if run("memory") {
+            memory(if quick { 10_000 } else { 100_000 }).await;
+        }
+        if run("pg") {
+            let pg_n = if quick { 1_000 } else { 20_000 };
+            let one = pg_noop(pg_n, 1).await;
+            let three = pg_noop(pg_n, 3).await;
+            if let (Some(one), Some(three)) = (one, three) {
+                println!("  3 workers ÷ 1 worker: {:.2} (target 1.0)", three / one);
+            }
         }
     });
 }

@@ -140,6 +140,21 @@ impl Provider {
     }
 }
 
+impl Provider {
+    /// One call the bare wasmtime way: a plain store, `instantiate_async` and `execute`,
+    /// without lanes' sandbox. The benchmark compares [`Provider::execute`] with it.
+    #[doc(hidden)]
+    pub async fn execute_bare(&self, request: &ChatRequest) -> wasmtime::Result<()> {
+        let mut store = sandbox::bare_store(&self.engine, self.view.clone(), &self.client);
+        let instance = self.component.pre.instantiate_async(&mut store).await?;
+        let _ = instance
+            .lanes_provider_adapter()
+            .call_execute(&mut store, request)
+            .await?;
+        Ok(())
+    }
+}
+
 /// A trap's message, with the end of what the guest wrote to stderr (a panic message).
 pub(crate) fn trap_message(e: &wasmtime::Error, stderr: &MemoryOutputPipe) -> String {
     // The outer layers are a wasm backtrace; the root cause says what happened (a trap code,

@@ -213,6 +213,28 @@ pub fn new_store(
     (store, stderr)
 }
 
+/// A store with nothing of lanes' sandbox: no memory limiter, no CPU accounting, no stderr
+/// capture, no deadline. Only the benchmark's reference for the cost of the sandbox uses it.
+#[doc(hidden)]
+pub fn bare_store(engine: &Engine, view: GuestView, client: &SharedClient) -> Store<GuestState> {
+    let state = GuestState {
+        wasi: WasiCtx::builder().build(),
+        table: ResourceTable::new(),
+        memory: MemoryCap {
+            cap: usize::MAX,
+            used: 0,
+        },
+        cpu_ticks_left: u64::MAX,
+        cpu_ticks: u64::MAX,
+        http: WasiHttpCtx::new(),
+        outbound: Outbound::new(view.provider.clone(), view.outbound.clone(), client.clone()),
+        view,
+    };
+    let mut store = Store::new(engine, state);
+    store.set_epoch_deadline(u64::MAX / 2);
+    store
+}
+
 /// Starts the thread that advances `engine`'s epoch; it stops when the engine is dropped.
 pub fn start_epoch_ticker(engine: &Engine) {
     let weak = engine.weak();

@@ -193,51 +193,19 @@ impl Queue for PgQueue {
         if claim.max == 0 {
             return Ok(Vec::new());
         }
-        let mut tx = self.pool.begin().await.op("claiming executions")?;
-        // Claims of one provider, from every worker, take turns: the count below stays true
-        // until this transaction commits.
-        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || ':' || $2, 0))")
+        // One round trip: `lanes_claim` (migration 0002) takes the provider's advisory lock,
+        // counts its running rows across the fleet, takes up to the room left with
+        // `FOR UPDATE SKIP LOCKED`, and notifies the fleet of room it could not take.
+        let rows = sqlx::query("SELECT * FROM lanes_claim($1, $2, $3, $4, $5, $6)")
             .bind(&self.channel)
             .bind(provider)
-            .execute(&mut *tx)
+            .bind(claim.owner)
+            .bind(i64::from(claim.max))
+            .bind(i64::from(claim.limit))
+            .bind(claim.lease_ms)
+            .fetch_all(&self.pool)
             .await
-            .op("locking the provider for a claim")?;
-        let running: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM executions WHERE provider = $1 AND status = 'running'",
-        )
-        .bind(provider)
-        .fetch_one(&mut *tx)
-        .await
-        .op("counting running executions")?;
-        let take = (claim.limit as i64 - running).min(claim.max as i64);
-        if take <= 0 {
-            tx.commit().await.op("claiming executions")?;
-            return Ok(Vec::new());
-        }
-        let rows = sqlx::query(&format!(
-            "UPDATE executions
-                SET status = 'running', owner = $1, worker = $1, started_at = {NOW_MS},
-                    attempts = attempts + 1, resume = false, lease_until = {NOW_MS} + $4
-              WHERE id IN (SELECT id FROM executions
-                            WHERE provider = $2 AND status = 'pending' AND not_before <= {NOW_MS}
-                            ORDER BY resume DESC, priority DESC, id
-                            LIMIT $3
-                            FOR UPDATE SKIP LOCKED)
-             RETURNING {COLUMNS}"
-        ))
-        .bind(claim.owner)
-        .bind(provider)
-        .bind(take)
-        .bind(claim.lease_ms)
-        .fetch_all(&mut *tx)
-        .await
-        .op("claiming executions")?;
-        // This worker ran out of slots before the fleet did, and there may be more due
-        // rows: let the others fill the rest.
-        if running + take < claim.limit as i64 && rows.len() as i64 == take {
-            self.notify(&mut tx, provider).await?;
-        }
-        tx.commit().await.op("claiming executions")?;
+            .op("claiming executions")?;
         let mut claimed: Vec<Execution> = rows
             .iter()
             .map(execution_from_row)
@@ -286,26 +254,32 @@ impl Queue for PgQueue {
         let kinds: Vec<Option<&str>> = rows.iter().map(|r| r.kind).collect();
         let delays: Vec<Option<i64>> = rows.iter().map(|r| r.delay_ms).collect();
         let requeues: Vec<bool> = rows.iter().map(|r| r.requeue).collect();
-        let mut tx = self.pool.begin().await.op(OP)?;
-        // One statement over arrays (`unnest`), whatever the batch size and its kinds.
-        let written: Vec<(i64, String, String)> = sqlx::query_as(&format!(
-            "UPDATE executions e SET
-                    status = b.status,
-                    output = CASE WHEN b.status = 'completed' THEN b.output ELSE e.output END,
-                    error = COALESCE(b.error, e.error),
-                    error_kind = COALESCE(b.kind, e.error_kind),
-                    not_before = COALESCE({NOW_MS} + b.delay, e.not_before),
-                    finished_at = CASE WHEN b.status = 'pending' THEN e.finished_at
-                                       ELSE {NOW_MS} END,
-                    attempts = e.attempts - CASE WHEN b.requeue THEN 1 ELSE 0 END,
-                    resume = b.requeue,
-                    started_at = CASE WHEN b.requeue THEN NULL ELSE e.started_at END,
-                    owner = NULL, lease_until = NULL
-               FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
-                           $7::bigint[], $8::bool[])
-                    AS b(id, status, output, error, kind, delay, requeue)
-              WHERE e.id = b.id AND e.owner = $1 AND e.status = 'running'
-             RETURNING e.id, e.provider, b.status"
+        // One statement, in its own transaction: the batch's rows over arrays (`unnest`),
+        // whatever their kinds, and a notification for each provider with a row back to
+        // pending (any worker may take it, once due), delivered at commit.
+        let written: Vec<(i64, i64)> = sqlx::query_as(&format!(
+            "WITH done AS (
+               UPDATE executions e SET
+                      status = b.status,
+                      output = CASE WHEN b.status = 'completed' THEN b.output ELSE e.output END,
+                      error = COALESCE(b.error, e.error),
+                      error_kind = COALESCE(b.kind, e.error_kind),
+                      not_before = COALESCE({NOW_MS} + b.delay, e.not_before),
+                      finished_at = CASE WHEN b.status = 'pending' THEN e.finished_at
+                                         ELSE {NOW_MS} END,
+                      attempts = e.attempts - CASE WHEN b.requeue THEN 1 ELSE 0 END,
+                      resume = b.requeue,
+                      started_at = CASE WHEN b.requeue THEN NULL ELSE e.started_at END,
+                      owner = NULL, lease_until = NULL
+                 FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
+                             $7::bigint[], $8::bool[])
+                      AS b(id, status, output, error, kind, delay, requeue)
+                WHERE e.id = b.id AND e.owner = $1 AND e.status = 'running'
+               RETURNING e.id, e.provider, b.status),
+             woken AS (
+               SELECT pg_notify($9, provider)
+                 FROM (SELECT DISTINCT provider FROM done WHERE status = 'pending') p)
+             SELECT id, (SELECT COUNT(*) FROM woken) FROM done"
         ))
         .bind(owner)
         .bind(&ids)
@@ -315,22 +289,13 @@ impl Queue for PgQueue {
         .bind(&kinds)
         .bind(&delays)
         .bind(&requeues)
-        .fetch_all(&mut *tx)
+        .bind(&self.channel)
+        .fetch_all(&self.pool)
         .await
         .op(OP)?;
-        // Rows back to pending: any worker may take them (a retry, once it is due).
-        let pending_again: BTreeSet<&str> = written
-            .iter()
-            .filter(|(_, _, status)| status == "pending")
-            .map(|(_, provider, _)| provider.as_str())
-            .collect();
-        for provider in pending_again {
-            self.notify(&mut tx, provider).await?;
-        }
-        tx.commit().await.op(OP)?;
         Ok(written_flags(
             batch,
-            &written.iter().map(|(id, _, _)| *id).collect(),
+            &written.iter().map(|(id, _)| *id).collect(),
         ))
     }
 

@@ -43,7 +43,8 @@ impl SqliteQueue {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(30))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            .pragma("cache_size", "-32768");
         // Several processes may open a new file at once (`lanes serve` and `lanes submit`):
         // switching to WAL and migrating must happen in one of them at a time.
         let init_lock = init_lock(options.get_filename()).await?;
