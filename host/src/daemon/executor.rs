@@ -31,7 +31,7 @@ impl Executor {
         &self,
         lane: Arc<Lane>,
         provider: Arc<Provider>,
-        execution: Execution,
+        mut execution: Execution,
         slot: Slot,
     ) {
         let started_at = execution.started_at.unwrap_or_else(now_ms);
@@ -42,8 +42,10 @@ impl Executor {
             queue_wait_ms: (started_at - execution.created_at).max(0),
         });
         let began = Instant::now();
+        // The attempt consumes the input; the rest of the row stays for the hand-over.
+        let input = std::mem::take(&mut execution.input);
         let (finish, tokens) = tokio::select! {
-            end = self.attempt(&provider, &execution) => end,
+            end = self.attempt(&provider, &execution, input) => end,
             _ = self.stop_running.cancelled() => (Finish::Requeue, None),
         };
         let ended = Instant::now();
@@ -68,8 +70,9 @@ impl Executor {
         &self,
         provider: &Provider,
         execution: &Execution,
+        input: serde_json::Value,
     ) -> (Finish, Option<(u32, u32)>) {
-        let input = match ChatInput::from_value(execution.input.clone()) {
+        let input = match ChatInput::from_value(input) {
             Ok(input) => input,
             Err(e) => {
                 let finish = Finish::Failed {
