@@ -15,7 +15,7 @@ use crate::config::Config;
 use crate::daemon::Daemon;
 use crate::limits::LimitView;
 use crate::logging::{self, LogFormat};
-use crate::model::{ChatInput, Execution, NewExecution, validate_provider_name};
+use crate::model::{ChatInput, Execution, MAX_COUNT, NewExecution, validate_provider_name};
 use crate::plugin::PluginHost;
 use crate::store::{Queue, StatusCounts};
 
@@ -94,7 +94,7 @@ pub struct SubmitArgs {
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub priority: i32,
     /// Attempts before failing (default: `default_max_attempts`).
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_COUNT)))]
     pub max_attempts: Option<u32>,
     /// Queue it even though no component or config knows the provider yet; it stays
     /// pending until one does.
@@ -111,7 +111,7 @@ pub enum LimitsAction {
     /// it survives restarts.
     Set {
         name: String,
-        #[arg(value_parser = clap::value_parser!(u32).range(1..))]
+        #[arg(value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_COUNT)))]
         limit: u32,
     },
     /// Remove a run-time limit, going back to config or the component's default.
@@ -301,12 +301,16 @@ async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<()> {
             args.provider
         );
     }
+    let max_attempts = args.max_attempts.unwrap_or(config.default_max_attempts);
+    // The CLI and the config cap both sources at MAX_COUNT, which an i32 holds.
+    let max_attempts = i32::try_from(max_attempts)
+        .map_err(|_| anyhow::anyhow!("max attempts {max_attempts}: the most is {MAX_COUNT}"))?;
     let id = queue
         .submit(&NewExecution {
             provider: args.provider,
             input,
             priority: args.priority,
-            max_attempts: args.max_attempts.unwrap_or(config.default_max_attempts) as i32,
+            max_attempts,
         })
         .await?;
     if args.json {

@@ -9,7 +9,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::model::validate_provider_name;
+use crate::model::{MAX_COUNT, validate_provider_name};
 
 /// The file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "lanes.toml";
@@ -428,9 +428,20 @@ impl Config {
                 format!("`{url}` is not supported: use sqlite://PATH or postgres://..."),
             ));
         }
+        for (field, value) in [
+            ("fallback_limit", self.fallback_limit),
+            ("default_max_attempts", self.default_max_attempts),
+        ] {
+            if value > MAX_COUNT {
+                return Err(invalid(
+                    field,
+                    format!("{value} is too large: the most lanes stores is {MAX_COUNT}"),
+                ));
+            }
+        }
         let positive = [
-            ("fallback_limit", self.fallback_limit as u64),
-            ("default_max_attempts", self.default_max_attempts as u64),
+            ("fallback_limit", u64::from(self.fallback_limit)),
+            ("default_max_attempts", u64::from(self.default_max_attempts)),
             ("poll_interval_ms", self.poll_interval_ms),
             ("limits_refresh_ms", self.limits_refresh_ms),
             ("plugins_rescan_ms", self.plugins_rescan_ms),
@@ -476,6 +487,14 @@ impl Config {
                 return Err(invalid(
                     format!("providers.{name}.limit"),
                     "must be at least 1 (a limit of 0 would never run anything)",
+                ));
+            }
+            if let Some(limit) = provider.limit
+                && limit > MAX_COUNT
+            {
+                return Err(invalid(
+                    format!("providers.{name}.limit"),
+                    format!("{limit} is too large: the most lanes stores is {MAX_COUNT}"),
                 ));
             }
             let sandbox = &provider.sandbox;
@@ -561,6 +580,23 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_past_what_the_database_stores_are_refused_with_their_key() {
+        for (text, key) in [
+            ("default_max_attempts = 2147483648", "default_max_attempts"),
+            ("fallback_limit = 4294967295", "fallback_limit"),
+            ("[providers.big]\nlimit = 2147483648", "providers.big.limit"),
+        ] {
+            let err = Config::from_toml(text).unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains("2147483647"),
+                "{text}: {err}"
+            );
+        }
+        let ok = Config::from_toml("default_max_attempts = 2147483647").unwrap();
+        assert_eq!(ok.default_max_attempts, 2_147_483_647);
+    }
 
     #[test]
     fn defaults_are_valid() {

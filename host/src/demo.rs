@@ -129,7 +129,7 @@ pub async fn run(base: &Config, args: DemoArgs) -> anyhow::Result<()> {
     let mut per_provider = BTreeMap::new();
     for p in &PROVIDERS {
         let n = (args.executions * p.share / total_share).max(1);
-        per_provider.insert(p.name, n as u64);
+        per_provider.insert(p.name, u64::from(n));
         for i in 0..n {
             batch.push(NewExecution {
                 provider: p.name.to_string(),
@@ -170,7 +170,7 @@ pub async fn run(base: &Config, args: DemoArgs) -> anyhow::Result<()> {
             bar.set_position(c.completed + c.failed);
             bar.set_message(format!(
                 "running {running}/{limit} {}  failed {}",
-                "#".repeat(running as usize),
+                "#".repeat(usize::try_from(running).unwrap_or(0)),
                 c.failed
             ));
             done_all &= c.completed + c.failed >= per_provider[name];

@@ -6,6 +6,10 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+/// The largest limit or attempt count lanes accepts: what the database's 32-bit signed
+/// columns hold, on both backends alike.
+pub const MAX_COUNT: u32 = 2_147_483_647;
+
 /// An execution's id: a positive integer, increasing in submission order.
 pub type ExecutionId = i64;
 
@@ -326,7 +330,7 @@ impl fmt::Display for ErrorKind {
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Checks a provider name: 1 to 64 of lowercase ASCII letters, digits, `-` and `_`.

@@ -15,12 +15,16 @@ pub fn max_overlap(intervals: impl IntoIterator<Item = (i64, i64)>) -> usize {
     }
     // At equal times, finishes (-1) sort before starts (+1).
     events.sort();
-    let (mut now, mut max) = (0i32, 0i32);
+    let (mut now, mut max) = (0usize, 0usize);
     for (_, delta) in events {
-        now += delta;
+        if delta > 0 {
+            now += 1;
+        } else {
+            now = now.saturating_sub(1);
+        }
         max = max.max(now);
     }
-    max as usize
+    max
 }
 
 /// The `[started_at, finished_at)` intervals of finished executions.

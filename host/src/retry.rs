@@ -65,7 +65,8 @@ impl RetryPolicy {
         }
         let nominal = self.nominal(attempts);
         let half = nominal / 2;
-        let jitter = rand::rng().random_range(0..=half.as_millis() as u64);
+        let jitter =
+            rand::rng().random_range(0..=u64::try_from(half.as_millis()).unwrap_or(u64::MAX));
         Decision::Retry(half + Duration::from_millis(jitter))
     }
 }

@@ -52,6 +52,31 @@ async fn cli_refuses_bad_input_and_the_daemon_keeps_serving() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("'0'"), "{}", stderr(&out));
 
+    // Numbers past what the database stores are refused up front, the same on every
+    // backend, with the range named: never a wrapped value or a constraint error.
+    for args in [
+        &["limits", "set", "ok", "2147483648"][..],
+        &[
+            "submit",
+            "--provider",
+            "ok",
+            "--max-attempts",
+            "2147483648",
+            "--input",
+            r#"{"prompt": "hi"}"#,
+        ][..],
+    ] {
+        let out = env.lanes(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("2147483648") && err.contains("1..=2147483647"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("CHECK"), "{err}");
+    }
+    assert!(queue.limits().await.unwrap().is_empty(), "no limit stored");
+
     let out = env.lanes(&["get", "999"]);
     assert!(!out.status.success());
     assert!(

@@ -245,6 +245,19 @@ async fn limits_counts_and_providers(q: Arc<dyn Queue>) {
     assert_eq!(q.providers().await.unwrap(), vec![record]);
 }
 
+contract!(huge_limit, a_limit_past_what_is_stored_is_refused_alike);
+async fn a_limit_past_what_is_stored_is_refused_alike(q: Arc<dyn Queue>) {
+    let err = q
+        .set_limit("a", 2_147_483_648)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("limit 2147483648 is too large"), "{err}");
+    assert!(q.limits().await.unwrap().is_empty());
+    q.set_limit("a", 2_147_483_647).await.unwrap();
+    assert_eq!(q.limits().await.unwrap()["a"], 2_147_483_647);
+}
+
 contract!(batched_finish, a_batch_writes_every_kind_of_end_at_once);
 async fn a_batch_writes_every_kind_of_end_at_once(q: Arc<dyn Queue>) {
     let ids = q

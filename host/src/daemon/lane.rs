@@ -18,6 +18,11 @@ struct Capacity {
     debt: u32,
 }
 
+/// A count of slots as semaphore permits.
+fn permits(slots: u32) -> usize {
+    usize::try_from(slots).unwrap_or(usize::MAX)
+}
+
 /// A provider's lane.
 pub struct Lane {
     name: Arc<str>,
@@ -40,7 +45,7 @@ impl Lane {
         let limit = limit.max(1);
         Lane {
             name: Arc::from(name),
-            semaphore: Arc::new(Semaphore::new(limit as usize)),
+            semaphore: Arc::new(Semaphore::new(permits(limit))),
             capacity: Mutex::new(Capacity { limit, debt: 0 }),
             running: AtomicU32::new(0),
             wake: Notify::new(),
@@ -72,7 +77,7 @@ impl Lane {
 
     /// Slots free now.
     pub fn free(&self) -> u32 {
-        self.semaphore.available_permits() as u32
+        u32::try_from(self.semaphore.available_permits()).unwrap_or(u32::MAX)
     }
 
     fn lock_capacity(&self) -> std::sync::MutexGuard<'_, Capacity> {
@@ -91,10 +96,11 @@ impl Lane {
             let repaid = grow.min(cap.debt);
             cap.debt -= repaid;
             grow -= repaid;
-            self.semaphore.add_permits(grow as usize);
+            self.semaphore.add_permits(permits(grow));
         } else if limit < old {
             let shrink = old - limit;
-            let forgotten = self.semaphore.forget_permits(shrink as usize) as u32;
+            let forgotten =
+                u32::try_from(self.semaphore.forget_permits(permits(shrink))).unwrap_or(shrink);
             cap.debt += shrink - forgotten;
         }
         cap.limit = limit;

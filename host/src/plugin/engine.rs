@@ -16,7 +16,7 @@ use super::provider::trap_message;
 use super::sandbox::{self, GuestState, GuestView, SandboxLimits};
 use super::{ComponentInfo, PluginError, file_name, version};
 use crate::config::Config;
-use crate::model::validate_provider_name;
+use crate::model::{MAX_COUNT, validate_provider_name};
 
 /// A compiled, linked and validated component file.
 pub struct LoadedComponent {
@@ -191,6 +191,12 @@ impl PluginHost {
             return Err(bad(format!(
                 "provider `{}` declares a default limit of 0; it must be at least 1",
                 info.name
+            )));
+        }
+        if info.default_limit > MAX_COUNT {
+            return Err(bad(format!(
+                "provider `{}` declares a default limit of {}; the most lanes stores is {MAX_COUNT}",
+                info.name, info.default_limit
             )));
         }
         Ok(ComponentInfo {

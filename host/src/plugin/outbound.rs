@@ -146,7 +146,7 @@ impl WasiHttpHooks for Outbound {
             let body = http_body_util::Limited::new(body, cap)
                 .map_err(move |e| {
                     if e.is::<http_body_util::LengthLimitError>() {
-                        Error::HttpResponseBodySize(Some(cap as u64))
+                        Error::HttpResponseBodySize(u64::try_from(cap).ok())
                     } else {
                         Error::InternalError(Some(e.to_string()))
                     }

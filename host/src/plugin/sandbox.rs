@@ -18,7 +18,10 @@ use super::bindings::lanes::provider::{config, logging, types};
 use crate::config::SandboxConfig;
 
 /// How often the engine's epoch advances; the unit of the CPU budget.
-pub const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(10);
+pub const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(EPOCH_TICK_MS);
+
+/// [`EPOCH_TICK`] in milliseconds.
+pub const EPOCH_TICK_MS: u64 = 10;
 
 /// How much of a guest's stderr is kept to explain a trap.
 const STDERR_CAPTURE: usize = 16 * 1024;
@@ -36,7 +39,7 @@ impl From<&SandboxConfig> for SandboxLimits {
     fn from(c: &SandboxConfig) -> Self {
         SandboxLimits {
             timeout: c.timeout(),
-            cpu_ticks: c.cpu_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1),
+            cpu_ticks: c.cpu_ms.div_ceil(EPOCH_TICK_MS).max(1),
             memory_bytes: usize::try_from(c.memory_mb.saturating_mul(1 << 20))
                 .unwrap_or(usize::MAX),
             max_output_bytes: usize::try_from(c.max_output_bytes).unwrap_or(usize::MAX),
@@ -204,7 +207,7 @@ pub fn new_store(
         if state.cpu_ticks_left == 0 {
             return Err(wasmtime::format_err!(
                 "CPU limit exceeded: the guest ran for more than {} ms",
-                state.cpu_ticks * EPOCH_TICK.as_millis() as u64
+                state.cpu_ticks.saturating_mul(EPOCH_TICK_MS)
             ));
         }
         state.cpu_ticks_left -= 1;

@@ -354,6 +354,23 @@ pub(crate) fn sort_claimed(rows: &mut [Execution]) {
     rows.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
 }
 
+/// A count (a limit) as both backends store it: a 32-bit signed integer. Larger values are
+/// refused the same way on both, never wrapped.
+pub(crate) fn stored_count(what: &str, value: u32) -> Result<i32, StoreError> {
+    i32::try_from(value).map_err(|_| {
+        StoreError::Other(format!(
+            "{what} {value} is too large: the most lanes stores is {}",
+            crate::model::MAX_COUNT
+        ))
+    })
+}
+
+/// A count read back from either backend; the schema's checks keep it positive.
+pub(crate) fn read_count(what: &str, value: i64) -> Result<u32, StoreError> {
+    u32::try_from(value)
+        .map_err(|_| StoreError::Other(format!("the stored {what} {value} is out of range")))
+}
+
 /// Folds `(provider, status, count)` rows into counts per provider.
 pub(crate) fn fold_counts(
     rows: Vec<(String, String, i64)>,
@@ -363,7 +380,10 @@ pub(crate) fn fold_counts(
         let status: Status = status
             .parse()
             .map_err(|e: String| StoreError::Other(format!("provider {provider}: {e}")))?;
-        counts.entry(provider).or_default().add(status, n as u64);
+        counts
+            .entry(provider)
+            .or_default()
+            .add(status, u64::try_from(n).unwrap_or(0));
     }
     Ok(counts)
 }
@@ -371,16 +391,16 @@ pub(crate) fn fold_counts(
 /// `(name, component, version, default_limit, description)` rows as records.
 pub(crate) fn provider_records(
     rows: Vec<(String, String, String, i64, String)>,
-) -> Vec<ProviderRecord> {
+) -> Result<Vec<ProviderRecord>, StoreError> {
     rows.into_iter()
-        .map(
-            |(name, component, version, default_limit, description)| ProviderRecord {
+        .map(|(name, component, version, default_limit, description)| {
+            Ok(ProviderRecord {
+                default_limit: read_count("default limit", default_limit)?,
                 name,
                 component,
                 version,
-                default_limit: default_limit as u32,
                 description,
-            },
-        )
+            })
+        })
         .collect()
 }

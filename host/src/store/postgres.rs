@@ -24,7 +24,8 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 
 use super::{
     COLUMNS, Claim, DbContext, Finish, FinishRow, ProviderRecord, Queue, Recovered, StatusCounts,
-    StoreError, execution_from_row, fold_counts, provider_records, sort_claimed, written_flags,
+    StoreError, execution_from_row, fold_counts, provider_records, read_count, sort_claimed,
+    stored_count, written_flags,
 };
 use crate::model::{Execution, ExecutionId, NewExecution};
 
@@ -394,7 +395,7 @@ impl Queue for PgQueue {
              ON CONFLICT (provider) DO UPDATE SET max_running = $2, updated_at = {NOW_MS}"
         ))
         .bind(provider)
-        .bind(limit as i32)
+        .bind(stored_count("limit", limit)?)
         .execute(&mut *tx)
         .await
         .op("storing a limit")?;
@@ -418,7 +419,9 @@ impl Queue for PgQueue {
                 .fetch_all(&self.pool)
                 .await
                 .op("reading limits")?;
-        Ok(rows.into_iter().map(|(p, l)| (p, l as u32)).collect())
+        rows.into_iter()
+            .map(|(p, l)| Ok((p, read_count("limit", i64::from(l))?)))
+            .collect()
     }
 
     async fn record_providers(&self, providers: &[ProviderRecord]) -> Result<(), StoreError> {
@@ -435,7 +438,7 @@ impl Queue for PgQueue {
             .bind(&p.name)
             .bind(&p.component)
             .bind(&p.version)
-            .bind(p.default_limit as i32)
+            .bind(stored_count("default limit", p.default_limit)?)
             .bind(&p.description)
             .execute(&mut *tx)
             .await
@@ -453,6 +456,6 @@ impl Queue for PgQueue {
         .fetch_all(&self.pool)
         .await
         .op("reading providers")?;
-        Ok(provider_records(rows))
+        provider_records(rows)
     }
 }

@@ -11,7 +11,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 use super::{
     COLUMNS, Claim, DbContext, Finish, FinishRow, ProviderRecord, Queue, Recovered, StatusCounts,
-    StoreError, execution_from_row, fold_counts, provider_records, sort_claimed, written_flags,
+    StoreError, execution_from_row, fold_counts, provider_records, read_count, sort_claimed,
+    stored_count, written_flags,
 };
 use crate::model::{Execution, ExecutionId, NewExecution, now_ms};
 
@@ -196,8 +197,8 @@ impl Queue for SqliteQueue {
         .bind(claim.owner)
         .bind(now)
         .bind(provider)
-        .bind(claim.max as i64)
-        .bind(claim.limit as i64)
+        .bind(i64::from(claim.max))
+        .bind(i64::from(claim.limit))
         .bind(claim.lease_ms)
         .fetch_all(&self.pool)
         .await
@@ -325,7 +326,7 @@ impl Queue for SqliteQueue {
              ON CONFLICT (provider) DO UPDATE SET max_running = ?2, updated_at = ?3",
         )
         .bind(provider)
-        .bind(limit as i64)
+        .bind(i64::from(stored_count("limit", limit)?))
         .bind(now_ms())
         .execute(&self.pool)
         .await
@@ -348,7 +349,9 @@ impl Queue for SqliteQueue {
                 .fetch_all(&self.pool)
                 .await
                 .op("reading limits")?;
-        Ok(rows.into_iter().map(|(p, l)| (p, l as u32)).collect())
+        rows.into_iter()
+            .map(|(p, l)| Ok((p, read_count("limit", l)?)))
+            .collect()
     }
 
     async fn record_providers(&self, providers: &[ProviderRecord]) -> Result<(), StoreError> {
@@ -366,7 +369,7 @@ impl Queue for SqliteQueue {
             .bind(&p.name)
             .bind(&p.component)
             .bind(&p.version)
-            .bind(p.default_limit as i64)
+            .bind(i64::from(stored_count("default limit", p.default_limit)?))
             .bind(&p.description)
             .bind(now)
             .execute(&mut *tx)
@@ -384,6 +387,6 @@ impl Queue for SqliteQueue {
         .fetch_all(&self.pool)
         .await
         .op("reading providers")?;
-        Ok(provider_records(rows))
+        provider_records(rows)
     }
 }
