@@ -64,13 +64,22 @@ fn stub(limit: u32, latency_ms: u32) -> ProviderConfig {
     }
 }
 
+/// One compile cache for every scenario but the restart one: compiling the components
+/// once per daemon would only add noise to the figures and their profiles.
+fn shared_cache() -> PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("cache dir"))
+        .path()
+        .to_path_buf()
+}
+
 fn config(dir: &tempfile::TempDir, providers: &[(&str, ProviderConfig)]) -> Config {
     let mut config = Config {
         database_url: format!("sqlite://{}", dir.path().join("bench.db").display()),
         plugins_dir: plugins_dir(),
         cache: lanes::config::CacheConfig {
             enabled: true,
-            dir: Some(dir.path().join("cache")),
+            dir: Some(shared_cache()),
             ..lanes::config::CacheConfig::default()
         },
         ..Config::default()
@@ -452,7 +461,8 @@ async fn memory(pending: usize) {
 async fn restart_to_first_dispatch() {
     let dir = tempfile::tempdir().unwrap();
     // A fresh cache folder: the first start compiles, the second reads the cache.
-    let config = config(&dir, &[("first", stub(1, 0))]);
+    let mut config = config(&dir, &[("first", stub(1, 0))]);
+    config.cache.dir = Some(dir.path().join("cache"));
     let queue = Arc::new(
         SqliteQueue::open(&config.database_url)
             .await
@@ -486,8 +496,8 @@ async fn restart_to_first_dispatch() {
     );
 }
 
-/// The fleet-wide limit of the PostgreSQL no-op runs.
-const PG_LIMIT: u32 = 256;
+/// The fleet-wide limit of the PostgreSQL no-op runs (River's benchmark runs 2,000 workers).
+const PG_LIMIT: u32 = 1024;
 
 async fn pg_noop(n: usize, workers: usize) -> Option<f64> {
     let base = std::env::var("LANES_TEST_PG")
@@ -507,6 +517,8 @@ async fn pg_noop(n: usize, workers: usize) -> Option<f64> {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(&dir, &[("noop", stub(PG_LIMIT, 0))]);
     config.database_url = format!("{base}?options[search_path]={schema}");
+    // Enough instance slots for the whole limit in each worker.
+    config.engine.max_instances = PG_LIMIT;
     let mut daemons = Vec::new();
     let mut queues = Vec::new();
     for _ in 0..workers {
