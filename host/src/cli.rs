@@ -175,10 +175,28 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", say_once(e.chain()));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, each cause said once: many errors (ours, sqlx's,
+/// serde's) already include their cause's text in their own, and printing the chain as it
+/// is would repeat it.
+pub fn say_once<'a>(chain: impl Iterator<Item = &'a (dyn std::error::Error + 'static)>) -> String {
+    let mut out = String::new();
+    for cause in chain {
+        let text = cause.to_string();
+        if text.is_empty() || out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 async fn open_queue(config: &Config) -> anyhow::Result<Arc<dyn Queue>> {
@@ -205,12 +223,17 @@ fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
 
 /// Runs one parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // First of all: a SIGTERM while the daemon starts must stop it gracefully, not kill it.
+    let signals = matches!(cli.command, Command::Serve).then(crate::daemon::StopSignals::install);
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Serve => {
             let queue = open_queue(&config).await?;
             let daemon = Daemon::start(config, queue).await?;
-            daemon.run_until_signal().await;
+            match signals {
+                Some(signals) => daemon.run_until(signals).await,
+                None => daemon.run_until_signal().await,
+            }
         }
         Command::Submit(args) => submit(&config, args).await?,
         Command::Get { id, json } => {
@@ -592,6 +615,23 @@ async fn plugins_check(config: &Config, args: CheckArgs) -> anyhow::Result<ExitC
         print_json(&report)?;
     }
     Ok(code)
+}
+
+#[cfg(test)]
+mod say_once_tests {
+    use super::say_once;
+
+    #[test]
+    fn a_cause_already_in_its_parents_text_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let e = anyhow::Error::new(io)
+            .context("error communicating with database: Connection refused")
+            .context("opening the queue");
+        assert_eq!(
+            say_once(e.chain()),
+            "opening the queue: error communicating with database: Connection refused"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -25,6 +25,29 @@ pub enum ConfigError {
     Invalid { field: String, reason: String },
 }
 
+/// A parse error as one line per problem, each naming its key the way the file spells it
+/// (figment's own text prefixes an internal profile: "default.fallback_limit").
+fn parse_error(e: figment::Error) -> ConfigError {
+    let lines: Vec<String> = e
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = e
+                .metadata
+                .as_ref()
+                .and_then(|m| m.source.as_ref())
+                .map(|s| format!(" (in {s})"))
+                .unwrap_or_default();
+            if key.is_empty() {
+                format!("{}{source}", e.kind)
+            } else {
+                format!("{key}: {}{source}", e.kind)
+            }
+        })
+        .collect();
+    ConfigError::Parse(lines.join("; "))
+}
+
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
@@ -399,9 +422,7 @@ impl Config {
             let first = key.as_str().split('.').next().unwrap_or_default();
             KEYS.iter().any(|k| first.eq_ignore_ascii_case(k))
         }));
-        let config: Config = figment
-            .extract()
-            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let config: Config = figment.extract().map_err(parse_error)?;
         config.validate()?;
         Ok(config)
     }
@@ -411,7 +432,7 @@ impl Config {
         let config: Config = Figment::from(Serialized::defaults(Config::default()))
             .merge(Toml::string(text))
             .extract()
-            .map_err(|e| ConfigError::Parse(e.to_string()))?;
+            .map_err(parse_error)?;
         config.validate()?;
         Ok(config)
     }
@@ -631,6 +652,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("fallback_limit"), "{err}");
+        assert!(
+            !err.contains("default."),
+            "no internal profile prefix: {err}"
+        );
         let err = Config::from_toml("polll_interval_ms = 5")
             .unwrap_err()
             .to_string();

@@ -19,6 +19,12 @@ async fn cli_refuses_bad_input_and_the_daemon_keeps_serving() {
         "{}",
         stderr(&out)
     );
+    assert_eq!(
+        stderr(&out).matches("EOF while parsing").count(),
+        1,
+        "each cause said once: {}",
+        stderr(&out)
+    );
 
     let out = env.lanes(&[
         "submit",
@@ -232,4 +238,23 @@ async fn bad_components_are_rejected_with_reasons_and_the_rest_serve() {
     let rows = wait_terminal(queue.as_ref(), Some("works"), Duration::from_secs(20)).await;
     assert_eq!(count(&rows, Status::Completed), 4);
     daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_postgres_is_named_at_once() {
+    let mut env = TestEnv::new();
+    // Nothing listens on port 1.
+    env.config.database_url = "postgres://postgres@127.0.0.1:1/test".into();
+    let started = std::time::Instant::now();
+    let out = env.lanes(&["status"]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(err.matches("Connection refused").count(), 1, "{err}");
+    assert!(!err.contains("pool timed out"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }

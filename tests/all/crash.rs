@@ -246,3 +246,38 @@ async fn kill_9_in_a_loop_under_load_loses_nothing_and_keeps_the_limit() {
     env.stub("loop", Some(4), &[]);
     kill_loop(&env, 1, 4, 10).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_start_up_stops_the_daemon_gracefully() {
+    use fs2::FileExt;
+    let mut env = TestEnv::new();
+    env.stub("early", Some(1), &[]);
+    // Hold the database's start-up lock, so that `lanes serve` is provably still starting
+    // (waiting to open the database) when the signal arrives.
+    let db = env.config.sqlite_path().unwrap();
+    let mut lock_path = db.into_os_string();
+    lock_path.push(".init.lock");
+    let lock = std::fs::File::create(&lock_path).unwrap();
+    lock.lock_exclusive().unwrap();
+    let mut serve = env.spawn_serve();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sigterm(&serve);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        serve.try_wait().unwrap().is_none(),
+        "killed by a SIGTERM during start-up:\n{}",
+        env.serve_log()
+    );
+    drop(lock);
+    let status = wait_exit(&mut serve, Duration::from_secs(60));
+    let log = env.serve_log();
+    assert!(status.success(), "{status:?}\n{log}");
+    assert!(
+        log.contains("lanes serving") && log.contains("shutdown complete"),
+        "{log}"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file:\n{log}"
+    );
+}

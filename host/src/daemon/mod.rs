@@ -297,32 +297,68 @@ impl Daemon {
 
     /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
     pub async fn run_until_signal(self) {
-        wait_for_signal().await;
+        self.run_until(StopSignals::install()).await;
+    }
+
+    /// Runs until one of `signals` arrives (perhaps already, during start-up), then shuts
+    /// down gracefully.
+    pub async fn run_until(self, mut signals: StopSignals) {
+        signals.recv().await;
         let grace = Duration::from_secs(self.shared.config.shutdown_grace_secs);
         self.shutdown(grace).await;
     }
 }
 
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGINT and SIGTERM, caught from the moment this is created: install it first, so that a
+/// signal during start-up (opening the database, compiling components) is not fatal but
+/// stops the daemon gracefully once it has started.
+pub struct StopSignals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(e) => {
-                warn!("cannot listen for SIGTERM ({e}); only SIGINT stops the daemon");
-                let _ = ctrl_c.await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    /// Installs the handlers now. Must be called within the async runtime.
+    pub fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let catch = |kind: SignalKind, name: &str| {
+                signal(kind)
+                    .map_err(|e| warn!("cannot listen for {name} ({e})"))
+                    .ok()
+            };
+            StopSignals {
+                term: catch(SignalKind::terminate(), "SIGTERM"),
+                int: catch(SignalKind::interrupt(), "SIGINT"),
             }
         }
+        #[cfg(not(unix))]
+        StopSignals {}
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+
+    /// Waits for the first signal.
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(signal: &mut Option<tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                _ = next(&mut self.term) => {}
+                _ = next(&mut self.int) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn hostname() -> String {

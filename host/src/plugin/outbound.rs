@@ -49,7 +49,8 @@ impl Default for SharedClient {
 /// What one provider's guests may reach.
 #[derive(Debug, Clone)]
 pub struct OutboundRules {
-    /// `host` or `host:port` entries; a bare host allows any port.
+    /// `host` or `host:port` entries; a bare host allows any port. An IPv6 address is
+    /// written `[::1]:8080` or `[::1]` (or bare, `::1`, for any port).
     pub allowed_hosts: Arc<[String]>,
     pub request_timeout: Duration,
     pub max_response_bytes: usize,
@@ -58,16 +59,41 @@ pub struct OutboundRules {
 impl OutboundRules {
     /// Whether `host` (with `port`) may be reached.
     pub fn allows(&self, host: &str, port: u16) -> bool {
-        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let host = unbracket(host);
         self.allowed_hosts.iter().any(|entry| {
-            match entry
-                .rsplit_once(':')
-                .filter(|(_, p)| p.parse::<u16>().is_ok())
-            {
-                Some((h, p)) => h.eq_ignore_ascii_case(host) && p.parse() == Ok(port),
-                None => entry.eq_ignore_ascii_case(host),
-            }
+            let (h, p) = split_entry(entry);
+            h.eq_ignore_ascii_case(host) && p.is_none_or(|p| p == port)
         })
+    }
+}
+
+/// An IPv6 address without its URL brackets.
+fn unbracket(host: &str) -> &str {
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+}
+
+/// An allow-list entry as its host and, when it names one, its port.
+fn split_entry(entry: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = entry.strip_prefix('[') {
+        // `[v6]` or `[v6]:port`
+        return match rest.split_once(']') {
+            Some((host, "")) => (host, None),
+            Some((host, port)) => match port.strip_prefix(':').map(str::parse::<u16>) {
+                Some(Ok(port)) => (host, Some(port)),
+                _ => (entry, None),
+            },
+            None => (entry, None),
+        };
+    }
+    // A bare IPv6 address has several colons and no port.
+    if entry.matches(':').count() > 1 {
+        return (entry, None);
+    }
+    match entry.rsplit_once(':').map(|(h, p)| (h, p.parse::<u16>())) {
+        Some((host, Ok(port))) => (host, Some(port)),
+        _ => (entry, None),
     }
 }
 
@@ -214,5 +240,27 @@ mod tests {
         assert!(!rules.allows("127.0.0.1", 8081));
         assert!(!rules.allows("evil.example.com", 443));
         assert!(!rules.allows("api.example.com.evil", 443));
+    }
+
+    #[test]
+    fn ipv6_hosts_match_with_or_without_brackets_and_ports() {
+        let default = crate::config::base_url_authority("http://[::1]:8080/v1").unwrap();
+        let rules = OutboundRules {
+            allowed_hosts: Arc::from(vec![
+                default,
+                "[fd00::7]".to_string(),
+                "2001:db8::1".to_string(),
+            ]),
+            request_timeout: Duration::from_secs(1),
+            max_response_bytes: 1,
+        };
+        // The default entry of a base_url allows that URL's own host and port.
+        assert!(rules.allows("[::1]", 8080));
+        assert!(rules.allows("::1", 8080));
+        assert!(!rules.allows("[::1]", 8081));
+        assert!(rules.allows("[fd00::7]", 443));
+        assert!(rules.allows("2001:DB8::1", 80));
+        assert!(!rules.allows("[::2]", 8080));
+        assert!(!rules.allows("1", 8080), "no stray match on the last group");
     }
 }

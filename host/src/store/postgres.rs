@@ -52,12 +52,25 @@ impl PgQueue {
     /// Connects to `url` and applies migrations. A schema can be chosen with
     /// `?options[search_path]=NAME`.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        // One plain connection first: the pool retries until its timeout and then reports
+        // only "pool timed out", hiding a refused connection or a bad password.
+        let options: sqlx::postgres::PgConnectOptions = url.parse().op("parsing database_url")?;
+        let first = tokio::time::timeout(
+            Duration::from_secs(10),
+            sqlx::ConnectOptions::connect(&options),
+        )
+        .await
+        .map_err(|_| StoreError::Other("connecting to PostgreSQL: no answer in 10 s".into()))?
+        .op("connecting to PostgreSQL")?;
+        sqlx::Connection::close(first)
+            .await
+            .op("connecting to PostgreSQL")?;
         // A worker needs few connections (claims, finishes, the lease loop); the listener
         // holds one more. Keep fleets well under the server's max_connections.
         let pool = PgPoolOptions::new()
             .max_connections(5)
             .acquire_timeout(Duration::from_secs(30))
-            .connect(url)
+            .connect_with(options)
             .await
             .op("connecting to PostgreSQL")?;
         // sqlx takes an advisory lock, so workers starting together migrate one at a time.
