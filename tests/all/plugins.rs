@@ -5,6 +5,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use lanes::config::ProviderConfig;
 use lanes::model::Status;
 use lanes::plugin::PluginHost;
 use lanes::plugin::cache::CacheOutcome;
@@ -379,4 +380,58 @@ async fn plugins_check_validates_for_authors() {
         "{}",
         stderr(&out)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_files_of_one_component_serve_the_names_config_binds_them_to() {
+    let mut env = TestEnv::new();
+    for copy in ["late.wasm", "late2.wasm"] {
+        std::fs::copy(env.plugins().join("stub.wasm"), env.plugins().join(copy)).unwrap();
+    }
+    env.config.providers.insert(
+        "late".into(),
+        ProviderConfig {
+            component: Some("late.wasm".into()),
+            ..ProviderConfig::default()
+        },
+    );
+    env.config.providers.insert(
+        "late2".into(),
+        ProviderConfig {
+            component: Some("late2.wasm".into()),
+            ..ProviderConfig::default()
+        },
+    );
+    // A third copy that nothing binds is still a duplicate of `stub`.
+    std::fs::copy(
+        env.plugins().join("stub.wasm"),
+        env.plugins().join("spare.wasm"),
+    )
+    .unwrap();
+    let (daemon, queue) = env.start().await;
+    let lanes = daemon.lanes();
+    for name in ["stub", "late", "late2"] {
+        assert!(lanes.contains_key(name), "{name} serves: {lanes:?}");
+    }
+    let files = daemon.plugin_files().await;
+    let status = |f: &str| files.iter().find(|r| r.file == f).map(|r| r.status);
+    assert_eq!(status("late.wasm"), Some("loaded"), "{files:?}");
+    assert_eq!(status("late2.wasm"), Some("loaded"), "{files:?}");
+    let spare = files.iter().find(|r| r.file == "spare.wasm").unwrap();
+    assert_eq!(spare.status, "rejected");
+    assert!(
+        spare
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("already provided by"),
+        "{spare:?}"
+    );
+    daemon.submit_many(&sleepers("late2", 2, 1)).await.unwrap();
+    let rows = wait_terminal(queue.as_ref(), Some("late2"), Duration::from_secs(20)).await;
+    assert!(
+        rows.iter()
+            .all(|e| e.status == lanes::model::Status::Completed)
+    );
+    daemon.shutdown(Duration::from_secs(5)).await;
 }

@@ -147,7 +147,15 @@ impl PluginHost {
                 });
             !keeps
         });
+        // A file that config binds by name serves those names even when another file holds
+        // its component's own name: two copies of one component under two names are normal.
+        let configured: std::collections::BTreeSet<&str> = config
+            .providers
+            .values()
+            .filter_map(|p| p.component.as_deref())
+            .collect();
         let mut by_name: BTreeMap<String, Arc<LoadedComponent>> = BTreeMap::new();
+        let mut by_file: BTreeMap<String, Arc<LoadedComponent>> = BTreeMap::new();
         let mut reports: BTreeMap<String, FileReport> = BTreeMap::new();
         for file in order {
             let state = &catalog.states[file];
@@ -155,6 +163,10 @@ impl PluginHost {
             let mut serving = None;
             if let Some(component) = &state.component {
                 match by_name.get(&component.info.name) {
+                    Some(_) if configured.contains(file.as_str()) => {
+                        by_file.insert(file.clone(), component.clone());
+                        serving = Some(component.info.clone());
+                    }
                     Some(holder) => {
                         let duplicate = PluginError::Duplicate {
                             file: file.clone(),
@@ -166,6 +178,7 @@ impl PluginHost {
                     }
                     None => {
                         by_name.insert(component.info.name.clone(), component.clone());
+                        by_file.insert(file.clone(), component.clone());
                         serving = Some(component.info.clone());
                     }
                 }
@@ -187,8 +200,6 @@ impl PluginHost {
         }
         catalog.files = reports.into_values().collect();
 
-        let by_file: BTreeMap<&str, &Arc<LoadedComponent>> =
-            by_name.values().map(|c| (c.file.as_str(), c)).collect();
         let mut bindings: Vec<(String, Arc<LoadedComponent>)> = by_name
             .iter()
             .map(|(name, c)| (name.clone(), c.clone()))
@@ -196,8 +207,16 @@ impl PluginHost {
         for (name, provider) in &config.providers {
             if let Some(file) = &provider.component {
                 match by_file.get(file.as_str()) {
-                    Some(c) if c.info.name != *name => bindings.push((name.clone(), (*c).clone())),
-                    Some(_) => {}
+                    // Already served under its own name by this very file.
+                    Some(c) if by_name.get(name).is_some_and(|held| Arc::ptr_eq(held, c)) => {}
+                    Some(c) => bindings.push((name.clone(), c.clone())),
+                    // Present, but it did not load: say so, not that it is absent.
+                    None if catalog.states.contains_key(file) => {
+                        let reason =
+                            format!("its component {file} was rejected (see plugins list)");
+                        tracing::error!("provider `{name}`: {reason}");
+                        catalog.rejected.push((name.clone(), reason));
+                    }
                     None => catalog.missing.push((name.clone(), file.clone())),
                 }
             }
