@@ -435,3 +435,21 @@ async fn two_files_of_one_component_serve_the_names_config_binds_them_to() {
     );
     daemon.shutdown(Duration::from_secs(5)).await;
 }
+
+#[test]
+fn a_file_that_is_not_wasm_is_refused_in_one_line() {
+    let env = TestEnv::new();
+    let junk = env.plugins().join("junk.wasm");
+    let bytes: Vec<u8> = (0..5000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(&junk, bytes).unwrap();
+    let out = env.lanes(&["plugins", "check", junk.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("junk.wasm") && err.contains("not a WebAssembly file"),
+        "{err}"
+    );
+}

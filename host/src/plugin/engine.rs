@@ -51,6 +51,28 @@ pub struct PluginHost {
     pub(crate) client: super::outbound::SharedClient,
 }
 
+/// What is wrong with a file's first bytes, if they are not a component's: said plainly,
+/// before the parser's own message (which prints both headers as byte arrays).
+fn header_problem(bytes: &[u8]) -> Option<String> {
+    if bytes.len() < 8 || !bytes.starts_with(b"\0asm") {
+        return Some("not a WebAssembly file (it does not start with `\\0asm`)".to_string());
+    }
+    // Bytes 6 and 7 are the layer: 0 for a core module, 1 for a component.
+    if bytes[6..8] == [0, 0] {
+        return Some(
+            "a core WebAssembly module, not a component: build it for wasm32-wasip2, \
+             or wrap it with `wasm-tools component new`"
+                .to_string(),
+        );
+    }
+    None
+}
+
+/// A message on one line, its runs of white space folded.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// Limits of the `info()` call made when a component loads.
 fn info_limits() -> SandboxLimits {
     SandboxLimits {
@@ -120,8 +142,11 @@ impl PluginHost {
         let (engine, cache, hash) = (self.engine.clone(), self.cache.clone(), sha256.clone());
         let corrupt = |reason: String| PluginError::Corrupt {
             file: file.clone(),
-            reason,
+            reason: one_line(&reason),
         };
+        if let Some(reason) = header_problem(&bytes) {
+            return Err(corrupt(reason));
+        }
         let (component, cache) =
             tokio::task::spawn_blocking(move || cache.load_or_compile(&engine, &bytes, &hash))
                 .await
@@ -235,4 +260,22 @@ pub(crate) fn secrets_of(
         secrets.insert("api-key".to_string(), key.trim().to_string());
     }
     Ok(secrets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_header_is_named_in_one_line() {
+        let junk = header_problem(&[0xfa, 0x9b, 0x60, 0xcd, 1, 2, 3, 4, 5]).unwrap();
+        assert!(junk.starts_with("not a WebAssembly file"), "{junk}");
+        let core = header_problem(b"\0asm\x01\0\0\0").unwrap();
+        assert!(core.contains("core WebAssembly module"), "{core}");
+        assert_eq!(header_problem(b"\0asm\x0d\0\x01\0"), None);
+        assert_eq!(
+            one_line("expected=[\n    0x0,\n    0x61,\n] at"),
+            "expected=[ 0x0, 0x61, ] at"
+        );
+    }
 }
