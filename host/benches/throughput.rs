@@ -10,11 +10,12 @@
 //! 3. p50 and p99 of the time from submit to start, at a lane with free slots.
 //! 4. Batched submission rate.
 //! 5. No-op throughput with a deep queue beside a shallow one.
-//! 6. One wasm instantiate + call inside lanes, beside bare wasmtime on the same component.
-//! 7. Restart-to-first-dispatch: cold and warm compile cache.
-//! 8. Memory (RSS) of a `lanes serve` process: idle with every component, then with a
+//! 6. Isolation: a good lane's throughput beside two guests spinning in a loop, and alone.
+//! 7. One wasm instantiate + call inside lanes, beside bare wasmtime on the same component.
+//! 8. Restart-to-first-dispatch: cold and warm compile cache.
+//! 9. Memory (RSS) of a `lanes serve` process: idle with every component, then with a
 //!    deep queue and 256 running.
-//! 9. PostgreSQL no-op throughput with 1 worker and with 3 (in one process, each with its
+//! 10. PostgreSQL no-op throughput with 1 worker and with 3 (in one process, each with its
 //!    own engine and connections), in a schema of its own. `LANES_TEST_PG` names the server
 //!    (default postgres://postgres@127.0.0.1:5432/test); skipped with a line when none
 //!    answers. `scripts/river-bench` runs River's benchmark on the same server.
@@ -401,6 +402,61 @@ async fn wasm_call(n: usize) {
     );
 }
 
+/// How fast a "good" lane (limit 4, 10 ms calls) runs alone, and beside a "bad" lane whose
+/// two slots spin in guest code until their CPU budget ends, in the same run.
+async fn isolation(n: usize) {
+    let alone = good_lane_rate(n, false).await;
+    let beside = good_lane_rate(n, true).await;
+    println!(
+        "isolation: good lane (limit 4, 10 ms) alone {alone:.0}/s, beside two spinning guests \
+         {beside:.0}/s: ratio {:.2} (target 0.9)",
+        beside / alone
+    );
+}
+
+async fn good_lane_rate(n: usize, spinners: bool) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bad = stub(2, 0);
+    bad.sandbox.cpu_ms = Some(2_000);
+    let (daemon, queue) = start(config(&dir, &[("good", stub(4, 10)), ("bad", bad)])).await;
+    if spinners {
+        let spin: Vec<NewExecution> = (0..20)
+            .map(|_| NewExecution {
+                provider: "bad".into(),
+                input: ChatInput::prompt("spin").with_extra(serde_json::json!({"loop": true})),
+                priority: 0,
+                max_attempts: 1,
+            })
+            .collect();
+        daemon.submit_many(&spin).await.unwrap();
+        while queue
+            .counts()
+            .await
+            .unwrap()
+            .get("bad")
+            .map_or(0, |c| c.running)
+            < 2
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let mut events = daemon.subscribe();
+    let started = Instant::now();
+    daemon.submit_many(&jobs("good", n)).await.unwrap();
+    let mut done = 0;
+    while done < n {
+        match events.recv().await {
+            Some(Ok(Event::Finished { provider, .. })) if provider.as_ref() == "good" => done += 1,
+            Some(Ok(_)) => {}
+            Some(Err(lagged)) => panic!("{lagged}"),
+            None => break,
+        }
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    daemon.shutdown(Duration::from_millis(100)).await;
+    rate
+}
+
 /// The resident memory of `pid`, in MiB.
 fn rss_mib(pid: u32) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -597,7 +653,9 @@ fn main() {
         .map(String::as_str)
         .collect();
     let run = |name: &str| picked.is_empty() || picked.contains(&name);
+    // The runtime `lanes serve` runs on.
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(lanes::cli::runtime_threads())
         .enable_all()
         .build()
         .expect("runtime");
@@ -630,6 +688,9 @@ fn main() {
         }
         if run("deep") {
             deep_queue(if quick { 2_000 } else { 10_000 }, deep).await;
+        }
+        if run("isolation") {
+            isolation(if quick { 100 } else { 400 }).await;
         }
         if run("call") {
             wasm_call(if quick { 200 } else { 2_000 }).await;

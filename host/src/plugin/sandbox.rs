@@ -21,7 +21,7 @@ use crate::config::SandboxConfig;
 pub const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(EPOCH_TICK_MS);
 
 /// [`EPOCH_TICK`] in milliseconds.
-pub const EPOCH_TICK_MS: u64 = 10;
+pub const EPOCH_TICK_MS: u64 = 1;
 
 /// How much of a guest's stderr is kept to explain a trap.
 const STDERR_CAPTURE: usize = 16 * 1024;
@@ -199,9 +199,11 @@ pub fn new_store(
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.memory);
     store.set_epoch_deadline(1);
-    // Called each time the guest runs past an epoch tick. Yielding keeps a spinning guest from
-    // holding a runtime thread; counting the calls approximates the guest's CPU time, since a
-    // guest blocked in a host call (a sleep, HTTP) is charged at most one tick for it.
+    // Called each time the guest runs past an epoch tick (every millisecond). Yielding keeps
+    // a spinning guest from holding a runtime thread: `yield_now` puts it behind every task
+    // that is ready, where a plain wake would let it run again at once. Counting the calls
+    // approximates the guest's CPU time, since a guest blocked in a host call (a sleep,
+    // HTTP) is charged at most one tick for it.
     store.epoch_deadline_callback(|mut ctx: StoreContextMut<'_, GuestState>| {
         let state = ctx.data_mut();
         if state.cpu_ticks_left == 0 {
@@ -211,7 +213,10 @@ pub fn new_store(
             ));
         }
         state.cpu_ticks_left -= 1;
-        Ok(UpdateDeadline::Yield(1))
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(tokio::task::yield_now()),
+        ))
     });
     (store, stderr)
 }
