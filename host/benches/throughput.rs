@@ -16,9 +16,9 @@
 //! 9. Memory (RSS) of a `lanes serve` process: idle with every component, then with a
 //!    deep queue and 256 running.
 //! 10. PostgreSQL no-op throughput with 1 worker and with 3 (in one process, each with its
-//!    own engine and connections), in a schema of its own. `LANES_TEST_PG` names the server
-//!    (default postgres://postgres@127.0.0.1:5432/test); skipped with a line when none
-//!    answers. `scripts/river-bench` runs River's benchmark on the same server.
+//!     own engine and connections), in a schema of its own. `LANES_TEST_PG` names the
+//!     server (default postgres://postgres@127.0.0.1:5432/test); skipped with a line when
+//!     none answers. `scripts/river-bench` runs River's benchmark on the same server.
 //!
 //! `cargo bench -- --quick` runs a smaller version (CI uses it to prove the benchmark runs).
 
