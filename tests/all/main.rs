@@ -12,6 +12,7 @@ mod live_limits;
 mod mock;
 mod plugins;
 mod priority;
+mod properties;
 mod providers;
 mod retries;
 mod sandbox;
