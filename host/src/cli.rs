@@ -374,6 +374,33 @@ fn print_execution(e: &Execution, json: bool) -> anyhow::Result<()> {
             e.error_kind.as_deref().unwrap_or("unknown")
         );
     }
+    if !e.history.is_empty() {
+        println!("history:");
+        println!(
+            "  {:>7}  {:<11}  {:>9}  {:>10}  {:<24}  error",
+            "attempt", "outcome", "ran (ms)", "retry (ms)", "worker"
+        );
+        for a in &e.history {
+            let ran = match (a.started_at, a.finished_at) {
+                (Some(s), Some(f)) => (f - s).to_string(),
+                _ => "-".to_string(),
+            };
+            let retry = a.retry_delay_ms.map_or("-".to_string(), |d| d.to_string());
+            let error = match (&a.error_kind, &a.error) {
+                (Some(kind), Some(error)) => format!("[{kind}] {error}"),
+                (None, Some(error)) => error.clone(),
+                _ => String::new(),
+            };
+            println!(
+                "  {:>7}  {:<11}  {:>9}  {:>10}  {:<24}  {error}",
+                a.attempt,
+                a.outcome,
+                ran,
+                retry,
+                a.worker.as_deref().unwrap_or("-")
+            );
+        }
+    }
     Ok(())
 }
 

@@ -108,6 +108,30 @@ pub struct Execution {
     pub lease_until: Option<i64>,
     /// The worker that ran the last attempt.
     pub worker: Option<String>,
+    /// The ended attempts, oldest first (the last 20 are kept).
+    #[serde(default)]
+    pub history: Vec<AttemptRecord>,
+}
+
+/// How one attempt went, as the execution's history keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// The attempt's number (1 for the first).
+    pub attempt: i32,
+    /// Unix ms.
+    pub started_at: Option<i64>,
+    /// Unix ms: when its end was recorded.
+    pub finished_at: Option<i64>,
+    /// The worker that ran it.
+    pub worker: Option<String>,
+    /// `completed`, `retried`, `failed`, `returned` (taken back at shutdown, not counted) or
+    /// `interrupted` (its worker stopped while running it).
+    pub outcome: String,
+    pub error_kind: Option<String>,
+    /// The error, cut to 1000 characters.
+    pub error: Option<String>,
+    /// How long it waited before the next attempt, when retried.
+    pub retry_delay_ms: Option<i64>,
 }
 
 /// A new execution, validated and ready to insert.

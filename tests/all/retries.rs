@@ -50,6 +50,25 @@ async fn retryable_errors_back_off_until_max_attempts() {
     let spent = e.finished_at.unwrap() - e.created_at;
     println!("4 attempts with backoff took {spent} ms (at least 350 expected)");
     assert!(spent >= 350, "backoff too short: {spent} ms");
+    // Every attempt is in the history, and `lanes get` shows it.
+    let outcomes: Vec<&str> = e.history.iter().map(|a| a.outcome.as_str()).collect();
+    assert_eq!(outcomes, ["retried", "retried", "retried", "failed"]);
+    assert!(
+        e.history[..3]
+            .iter()
+            .all(|a| a.retry_delay_ms.unwrap() >= 50)
+    );
+    assert!(
+        e.history
+            .iter()
+            .all(|a| a.worker.as_deref() == Some(daemon.owner()))
+    );
+    let out = env.lanes(&["get", &id.to_string()]);
+    let text = stdout(&out);
+    assert!(text.contains("history:"), "{text}");
+    assert_eq!(text.matches(" retried ").count(), 3, "{text}");
+    assert_eq!(text.matches(" failed ").count(), 1, "{text}");
+    assert!(text.contains("[unavailable] "), "{text}");
     daemon.shutdown(Duration::from_secs(5)).await;
 }
 

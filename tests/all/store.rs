@@ -245,6 +245,90 @@ async fn limits_counts_and_providers(q: Arc<dyn Queue>) {
     assert_eq!(q.providers().await.unwrap(), vec![record]);
 }
 
+contract!(history, each_attempt_is_kept_in_a_bounded_history);
+async fn each_attempt_is_kept_in_a_bounded_history(q: Arc<dyn Queue>) {
+    let mut job = new("h", 0);
+    job.max_attempts = 100;
+    let id = q.submit(&job).await.unwrap();
+    let take = |lease_ms| {
+        let q = q.clone();
+        async move {
+            let claim = Claim {
+                owner: "w",
+                max: 1,
+                limit: 5,
+                lease_ms,
+            };
+            assert_eq!(q.claim("h", claim).await.unwrap().len(), 1);
+        }
+    };
+    let busy = Finish::Retry {
+        error: "busy".into(),
+        kind: ErrorKind::Unavailable,
+        delay_ms: 0,
+    };
+    take(60_000).await;
+    assert!(q.finish(id, "w", &busy).await.unwrap());
+    take(60_000).await;
+    assert!(q.finish(id, "w", &Finish::Requeue).await.unwrap());
+    // An attempt whose worker is gone (its lease expired at once).
+    take(0).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    q.recover_interrupted().await.unwrap();
+    take(60_000).await;
+    let done = Finish::Completed(serde_json::json!({"text": "ok"}));
+    assert!(q.finish(id, "w", &done).await.unwrap());
+
+    let e = q.get(id).await.unwrap().unwrap();
+    let seen: Vec<(i32, &str)> = e
+        .history
+        .iter()
+        .map(|a| (a.attempt, a.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (1, "retried"),
+            (2, "returned"),
+            (2, "interrupted"),
+            (3, "completed")
+        ]
+    );
+    let first = &e.history[0];
+    assert_eq!(first.worker.as_deref(), Some("w"));
+    assert_eq!(
+        (first.error.as_deref(), first.error_kind.as_deref()),
+        (Some("busy"), Some("unavailable"))
+    );
+    assert_eq!(first.retry_delay_ms, Some(0));
+    assert!(first.started_at.unwrap() <= first.finished_at.unwrap());
+    assert_eq!(e.history[3].error, None);
+
+    // A first attempt that completes: its one entry comes from the row itself.
+    let once = q.submit(&job).await.unwrap();
+    take(60_000).await;
+    assert!(q.finish(once, "w", &done).await.unwrap());
+    let e = q.get(once).await.unwrap().unwrap();
+    assert_eq!(e.history.len(), 1);
+    let only = &e.history[0];
+    assert_eq!((only.attempt, only.outcome.as_str()), (1, "completed"));
+    assert_eq!(
+        (only.started_at, only.finished_at, only.worker.as_deref()),
+        (e.started_at, e.finished_at, Some("w"))
+    );
+
+    // Bounded: the newest are kept.
+    let long = q.submit(&job).await.unwrap();
+    for _ in 0..25 {
+        take(60_000).await;
+        assert!(q.finish(long, "w", &busy).await.unwrap());
+    }
+    let e = q.get(long).await.unwrap().unwrap();
+    assert_eq!(e.history.len(), 20);
+    assert_eq!(e.history.first().unwrap().attempt, 6);
+    assert_eq!(e.history.last().unwrap().attempt, 25);
+}
+
 contract!(huge_limit, a_limit_past_what_is_stored_is_refused_alike);
 async fn a_limit_past_what_is_stored_is_refused_alike(q: Arc<dyn Queue>) {
     let err = q

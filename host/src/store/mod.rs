@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use serde::Serialize;
 
-use crate::model::{ErrorKind, Execution, ExecutionId, NewExecution, Status};
+use crate::model::{AttemptRecord, ErrorKind, Execution, ExecutionId, NewExecution, Status};
 use sqlx::FromRow;
 
 /// A failed storage operation, named by what it was doing.
@@ -227,7 +227,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Queue>, StoreError> {
 /// The columns every execution query returns: the fields of [`ExecutionRow`].
 pub(crate) const COLUMNS: &str = "id, provider, status, priority, input, output, error, \
     error_kind, attempts, max_attempts, not_before, resume, created_at, started_at, \
-    finished_at, owner, lease_until, worker";
+    finished_at, owner, lease_until, worker, history";
 
 /// An execution as both backends store it.
 #[derive(sqlx::FromRow)]
@@ -250,6 +250,7 @@ pub(crate) struct ExecutionRow {
     owner: Option<String>,
     lease_until: Option<i64>,
     worker: Option<String>,
+    history: Option<String>,
 }
 
 /// Reads an execution from a row of either backend.
@@ -260,10 +261,11 @@ where
     let raw = ExecutionRow::from_row(row).op("reading an execution")?;
     let id = raw.id;
     let corrupt = |reason: String| StoreError::Corrupt { id, reason };
+    let status: Status = raw.status.parse().map_err(corrupt)?;
     Ok(Execution {
         id,
         provider: raw.provider,
-        status: raw.status.parse().map_err(corrupt)?,
+        status,
         priority: raw.priority,
         // Input that another writer stored as invalid JSON is kept as a string: the attempt
         // then fails with a clear error instead of the row blocking its lane's claims.
@@ -284,6 +286,31 @@ where
         finished_at: raw.finished_at,
         owner: raw.owner,
         lease_until: raw.lease_until,
+        history: {
+            let mut history: Vec<AttemptRecord> = raw
+                .history
+                .map(|h| serde_json::from_str(&h))
+                .transpose()
+                .map_err(|e| corrupt(format!("history: {e}")))?
+                .unwrap_or_default();
+            // A completed attempt is written to the history only after an earlier one; a
+            // first attempt that completed is the row itself.
+            if status == Status::Completed
+                && history.last().is_none_or(|a| a.attempt != raw.attempts)
+            {
+                history.push(AttemptRecord {
+                    attempt: raw.attempts,
+                    started_at: raw.started_at,
+                    finished_at: raw.finished_at,
+                    worker: raw.worker.clone(),
+                    outcome: "completed".to_string(),
+                    error_kind: None,
+                    error: None,
+                    retry_delay_ms: None,
+                });
+            }
+            history
+        },
         worker: raw.worker,
     })
 }
@@ -353,6 +380,12 @@ pub(crate) fn written_flags(
 pub(crate) fn sort_claimed(rows: &mut [Execution]) {
     rows.sort_by(|a, b| b.priority.cmp(&a.priority).then(a.id.cmp(&b.id)));
 }
+
+/// How many ended attempts an execution's history keeps (the newest).
+pub const HISTORY_KEPT: i64 = 20;
+
+/// How much of an attempt's error its history keeps, in characters.
+pub const HISTORY_ERROR_CHARS: i64 = 1000;
 
 /// A count (a limit) as both backends store it: a 32-bit signed integer. Larger values are
 /// refused the same way on both, never wrapped.

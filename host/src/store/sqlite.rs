@@ -10,9 +10,9 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use super::{
-    COLUMNS, Claim, DbContext, Finish, FinishRow, ProviderRecord, Queue, Recovered, StatusCounts,
-    StoreError, execution_from_row, fold_counts, provider_records, read_count, sort_claimed,
-    stored_count, written_flags,
+    COLUMNS, Claim, DbContext, Finish, FinishRow, HISTORY_ERROR_CHARS, HISTORY_KEPT,
+    ProviderRecord, Queue, Recovered, StatusCounts, StoreError, execution_from_row, fold_counts,
+    provider_records, read_count, sort_claimed, stored_count, written_flags,
 };
 use crate::model::{Execution, ExecutionId, NewExecution, now_ms};
 
@@ -23,6 +23,22 @@ fn json_rows<T: serde::Serialize>(rows: impl Iterator<Item = T>) -> Result<Strin
     let rows: Vec<T> = rows.collect();
     serde_json::to_string(&rows)
         .map_err(|e| StoreError::Other(format!("encoding a batch of results: {e}")))
+}
+
+/// `history = …`: the row's attempt history with one more entry, the oldest dropped past
+/// `HISTORY_KEPT`. The arguments are SQL expressions; the row's other columns are its old
+/// values.
+fn history_append(finished: &str, outcome: &str, kind: &str, error: &str, delay: &str) -> String {
+    format!(
+        "history = json_insert(
+            CASE WHEN json_array_length(COALESCE(history, '[]')) >= {HISTORY_KEPT}
+                 THEN json_remove(history, '$[0]') ELSE COALESCE(history, '[]') END,
+            '$[#]',
+            json_object('attempt', attempts, 'started_at', started_at,
+                        'finished_at', {finished}, 'worker', worker, 'outcome', {outcome},
+                        'error_kind', {kind}, 'error', substr({error}, 1, {HISTORY_ERROR_CHARS}),
+                        'retry_delay_ms', {delay}))"
+    )
 }
 
 /// Rows per statement of a batched submission.
@@ -251,8 +267,26 @@ impl Queue for SqliteQueue {
                 r.id, r.status, r.output, r.error, r.kind, r.delay_ms, r.requeue,
             )
         }))?;
-        let ids: Vec<i64> = sqlx::query_scalar(
+        let history = history_append(
+            "?3",
+            "CASE WHEN json_extract(b.value, '$[6]') THEN 'returned'
+                  WHEN json_extract(b.value, '$[1]') = 'pending' THEN 'retried'
+                  ELSE json_extract(b.value, '$[1]') END",
+            "json_extract(b.value, '$[4]')",
+            "json_extract(b.value, '$[3]')",
+            "json_extract(b.value, '$[5]')",
+        );
+        // A first attempt that completes leaves the history empty: the row's own times and
+        // worker describe it (see `execution_from_row`), and it is by far the common case.
+        let history = history.replacen(
+            "history = ",
+            "history = CASE WHEN history IS NULL AND json_extract(b.value, '$[1]') = 'completed'
+                            THEN NULL ELSE ",
+            1,
+        ) + " END";
+        let ids: Vec<i64> = sqlx::query_scalar(&format!(
             "UPDATE executions SET
+                    {history},
                     status = json_extract(b.value, '$[1]'),
                     output = CASE WHEN json_extract(b.value, '$[1]') = 'completed'
                                   THEN json_extract(b.value, '$[2]') ELSE output END,
@@ -269,8 +303,8 @@ impl Queue for SqliteQueue {
                FROM json_each(?1) AS b
               WHERE executions.id = json_extract(b.value, '$[0]')
                 AND executions.owner = ?2 AND executions.status = 'running'
-             RETURNING executions.id",
-        )
+             RETURNING executions.id"
+        ))
         .bind(rows)
         .bind(owner)
         .bind(now_ms())
@@ -282,24 +316,27 @@ impl Queue for SqliteQueue {
 
     async fn recover_interrupted(&self) -> Result<Recovered, StoreError> {
         let mut tx = self.pool.begin().await.op("starting recovery")?;
-        let failed: Vec<(i64, String)> = sqlx::query_as(
+        let history = history_append("?1", "'interrupted'", "NULL", "NULL", "NULL");
+        let failed: Vec<(i64, String)> = sqlx::query_as(&format!(
             "UPDATE executions
-                SET status = 'failed', finished_at = ?1, owner = NULL, lease_until = NULL,
-                    error_kind = 'interrupted',
+                SET {history}, status = 'failed', finished_at = ?1, owner = NULL,
+                    lease_until = NULL, error_kind = 'interrupted',
                     error = 'interrupted: the process running it stopped, and that was attempt '
                             || attempts || ' of ' || max_attempts
               WHERE status = 'running' AND attempts >= max_attempts
-             RETURNING id, provider",
-        )
+             RETURNING id, provider"
+        ))
         .bind(now_ms())
         .fetch_all(&mut *tx)
         .await
         .op("failing interrupted executions without attempts left")?;
-        let resumed: Vec<(i64, String)> = sqlx::query_as(
-            "UPDATE executions SET status = 'pending', resume = 1, owner = NULL, lease_until = NULL
+        let resumed: Vec<(i64, String)> = sqlx::query_as(&format!(
+            "UPDATE executions SET {history}, status = 'pending', resume = 1, owner = NULL,
+                    lease_until = NULL
               WHERE status = 'running'
-             RETURNING id, provider",
-        )
+             RETURNING id, provider"
+        ))
+        .bind(now_ms())
         .fetch_all(&mut *tx)
         .await
         .op("returning interrupted executions to the queue")?;
