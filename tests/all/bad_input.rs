@@ -258,3 +258,25 @@ async fn an_unreachable_postgres_is_named_at_once() {
     assert!(!err.contains("pool timed out"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_constraint_error_is_said_once() {
+    let Some((env, _schema)) = TestEnv::postgres().await else {
+        return;
+    };
+    let queue = env.any_queue().await;
+    let mut bad = job("x", serde_json::json!({}));
+    // Past every front-end check: the table's own constraint refuses it.
+    bad.max_attempts = 0;
+    let err = queue.submit(&bad).await.unwrap_err();
+    let text = lanes::cli::say_once(anyhow::Error::from(err).chain());
+    assert_eq!(
+        text.matches("violates check constraint").count(),
+        1,
+        "{text}"
+    );
+    assert!(
+        text.starts_with("database: submitting an execution"),
+        "{text}"
+    );
+}

@@ -106,7 +106,12 @@ impl Drop for MockApi {
 
 impl MockApi {
     pub async fn start() -> MockApi {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on("127.0.0.1:0").await
+    }
+
+    /// A mock listening on `addr`, such as `[::1]:0`.
+    pub async fn start_on(addr: &str) -> MockApi {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
             requests: Mutex::default(),
@@ -133,7 +138,7 @@ impl MockApi {
         MockApi { addr, state, task }
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (or `http://[::1]:PORT`).
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }

@@ -774,3 +774,23 @@ async fn api_keys_never_reach_the_logs() {
             && !stdout(&out).contains("sk-ant-never-logged")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_base_url_is_allowed_by_its_own_default_entry() {
+    let api = MockApi::start_on("[::1]:0").await;
+    assert!(api.url().starts_with("http://[::1]:"), "{}", api.url());
+    let mut env = TestEnv::new();
+    env.add_component("ollama.wasm");
+    env.adapter("ollama", "ollama.wasm", &api.url(), "llama3");
+    let (daemon, queue) = env.start().await;
+    api.reply([ollama_reply("Hi over IPv6")]);
+    let e = run_one(
+        &daemon,
+        queue.as_ref(),
+        execution("ollama", full_input(None), 1),
+    )
+    .await;
+    assert_eq!(e.status, Status::Completed, "{:?}", e.error);
+    assert_eq!(e.output.unwrap()["text"], "Hi over IPv6");
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
