@@ -469,14 +469,15 @@ fn rss_mib(pid: u32) -> f64 {
 
 /// RSS of a real `lanes serve`: idle with every component loaded, then with `pending`
 /// executions queued and 256 running.
-async fn memory(pending: usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = config(&dir, &[("mem", stub(256, 60_000))]);
-    config.shutdown_grace_secs = 0;
+/// A `lanes serve` process on `config`, once it serves every component, and the queue.
+async fn spawn_serve(
+    dir: &tempfile::TempDir,
+    config: &Config,
+) -> (std::process::Child, SqliteQueue) {
     let path = dir.path().join("lanes.toml");
-    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    std::fs::write(&path, toml::to_string(config).unwrap()).unwrap();
     let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
-    let mut serve = Command::new(env!("CARGO_BIN_EXE_lanes"))
+    let serve = Command::new(env!("CARGO_BIN_EXE_lanes"))
         .arg("--config")
         .arg(&path)
         .arg("serve")
@@ -485,13 +486,31 @@ async fn memory(pending: usize) {
         .spawn()
         .expect("lanes serve");
     let queue = SqliteQueue::open(&config.database_url).await.unwrap();
-    // Serving once the providers are recorded.
+    let components = lanes::plugin::wasm_files(&config.plugins_dir).len();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while queue.providers().await.unwrap().len() < 4 && Instant::now() < deadline {
+    while queue.providers().await.unwrap().len() < components && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Serving: let start-up settle before reading its memory.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let idle = rss_mib(serve.id());
+    (serve, queue)
+}
+
+/// RSS of a real `lanes serve`: idle with every component, first compiling them (a fresh
+/// cache) and then reading them from the cache; then with `pending` queued and 256 running.
+async fn memory(pending: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&dir, &[("mem", stub(256, 60_000))]);
+    config.shutdown_grace_secs = 0;
+    config.cache.dir = Some(dir.path().join("cache"));
+    let mut idle = Vec::new();
+    for _ in ["cold", "warm"] {
+        let (mut serve, _) = spawn_serve(&dir, &config).await;
+        idle.push(rss_mib(serve.id()));
+        let _ = serve.kill();
+        let _ = serve.wait();
+    }
+    let (mut serve, queue) = spawn_serve(&dir, &config).await;
     for chunk in jobs("mem", pending).chunks(10_000) {
         queue.submit_many(chunk).await.unwrap();
     }
@@ -508,9 +527,11 @@ async fn memory(pending: usize) {
     let _ = serve.kill();
     let _ = serve.wait();
     println!(
-        "memory (lanes serve RSS): idle with {} components {idle:.1} MiB (target 40), \
-         {pending} pending and 256 running {loaded:.1} MiB (target 150)",
-        lanes::plugin::wasm_files(&config.plugins_dir).len()
+        "memory (lanes serve RSS): idle with {} components {:.1} MiB compiling them, {:.1} MiB \
+         from the cache (target 40); {pending} pending and 256 running {loaded:.1} MiB (target 150)",
+        lanes::plugin::wasm_files(&config.plugins_dir).len(),
+        idle[0],
+        idle[1]
     );
 }
 

@@ -85,6 +85,7 @@ impl Reloader {
             (self.start_lane)(lane);
         }
         *catalog = fresh;
+        release_freed_memory();
         Ok(listing)
     }
 
@@ -130,6 +131,19 @@ impl Reloader {
                 }
             }
         }
+    }
+}
+
+/// Gives the heap's free pages back to the system. Compiling a component allocates tens of
+/// megabytes that are freed at once, and glibc keeps them otherwise: a daemon that compiled
+/// its components at start would idle at nearly twice the memory of one that read them
+/// from the compile cache.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns unused memory of the allocator to the system; it
+    // touches no live allocation.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
