@@ -9,7 +9,8 @@
 //! - A write that fails is retried with backoff for as long as it takes. Until its result
 //!   is written, an attempt's slot stays held and its row stays `running`, so a limit
 //!   counted from the database and one counted from the lane agree. If the process dies
-//!   first, recovery (or the lease) resumes the row: the attempt runs again.
+//!   first, recovery (or the lease) resumes the row and the attempt runs again; when that
+//!   was its last attempt, recovery fails it as `interrupted` instead.
 //! - A graceful shutdown writes every result handed over before it ends.
 
 use std::collections::BTreeMap;
@@ -89,8 +90,9 @@ impl CompleterHandle {
             // Only after the completer has ended, which a shutdown does once every execution
             // has handed its result over: the row stays running and is resumed.
             error!(
-                "execution {}: the completer has stopped; its result is not written and it \
-                 will run again",
+                "execution {}: the completer has stopped; its result is not written, so the \
+                 row stays running until recovery resumes it (or fails it as interrupted, if \
+                 that was its last attempt)",
                 c.id
             );
         }
@@ -240,7 +242,7 @@ impl Worker {
             log_end(&c, outcome);
             let lane = c.lane.clone();
             if let Some(slot) = c.slot {
-                lane.release(slot);
+                lane.release_quietly(slot);
             }
             let entry = freed
                 .entry(lane.name_arc())
@@ -259,10 +261,12 @@ impl Worker {
                 tokens: c.tokens,
             });
         }
+        // One wake per lane for the whole batch: its freed slots make one claim.
         for (name, (lane, retried)) in freed {
             if retried {
-                lane.note_retry();
+                lane.note_retry_quietly();
             }
+            lane.wake();
             // The lane refills its slots itself when it can; otherwise another worker should.
             let refills =
                 !self.stop_claiming.is_cancelled() && lane.provider().is_some() && lane.free() > 0;

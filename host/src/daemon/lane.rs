@@ -118,6 +118,13 @@ impl Lane {
 
     /// Gives a slot back (or forgets it, to pay a lowered limit's debt) and wakes the lane.
     pub fn release(&self, slot: Slot) {
+        self.release_quietly(slot);
+        self.wake();
+    }
+
+    /// Gives a slot back without waking the lane: the caller frees several, then wakes it
+    /// once, so that they make one claim.
+    pub fn release_quietly(&self, slot: Slot) {
         self.running.fetch_sub(1, Ordering::SeqCst);
         let mut cap = self.lock_capacity();
         if cap.debt > 0 {
@@ -126,8 +133,6 @@ impl Lane {
         } else {
             drop(slot);
         }
-        drop(cap);
-        self.wake();
     }
 
     /// Wakes the dispatch loop: a slot freed, work arrived or the limit changed.
