@@ -80,6 +80,19 @@ pub enum Command {
     },
     /// A one-minute tour: three stub providers, a few hundred executions, live lanes.
     Demo(crate::demo::DemoArgs),
+    /// Check a config without touching the database, or print the config in effect.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+    /// Print a shell completion script: `lanes completions bash > /etc/bash_completion.d/lanes`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages into DIR (`scripts/man` runs it).
+    #[command(hide = true)]
+    Man { dir: PathBuf },
 }
 
 /// `lanes submit`.
@@ -102,6 +115,20 @@ pub struct SubmitArgs {
     pub allow_unknown: bool,
     #[arg(long)]
     pub json: bool,
+}
+
+/// `lanes config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Validate the config (`--config FILE`, `lanes.toml`, and `LANES_*`) and report every
+    /// problem with its key; exits non-zero on any. The database is not opened.
+    Check,
+    /// Print the config in effect after defaults, the file and `LANES_*`, with the database
+    /// password hidden.
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `lanes limits ...`.
@@ -211,18 +238,60 @@ pub fn say_once<'a>(chain: impl Iterator<Item = &'a (dyn std::error::Error + 'st
 async fn open_queue(config: &Config) -> anyhow::Result<Arc<dyn Queue>> {
     crate::store::open(&config.database_url)
         .await
-        .with_context(|| format!("opening {}", redact(&config.database_url)))
+        .with_context(|| {
+            format!(
+                "opening {}",
+                crate::config::redact_url(&config.database_url)
+            )
+        })
 }
 
-/// A database URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => match url[scheme + 3..at].split_once(':') {
-            Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-            None => url.to_string(),
-        },
-        _ => url.to_string(),
+/// `lanes config check`: every problem on its own line, then a count.
+fn config_check(path: Option<&std::path::Path>) -> ExitCode {
+    let source = match path {
+        Some(path) => path.display().to_string(),
+        None if std::path::Path::new(crate::config::DEFAULT_CONFIG_FILE).exists() => {
+            crate::config::DEFAULT_CONFIG_FILE.to_string()
+        }
+        None => "the defaults and LANES_* variables".to_string(),
+    };
+    let problems = match Config::load_unchecked(path) {
+        Ok(config) => {
+            let problems = config.problems();
+            if problems.is_empty() {
+                println!(
+                    "{source}: OK, {} provider(s) configured",
+                    config.providers.len()
+                );
+                return ExitCode::SUCCESS;
+            }
+            problems
+        }
+        Err(e) => vec![e],
+    };
+    for problem in &problems {
+        eprintln!("error: {problem}");
     }
+    eprintln!("{source}: {} problem(s)", problems.len());
+    ExitCode::FAILURE
+}
+
+/// One man page for `lanes` and one for each of its commands, as `DIR/lanes[-CMD].1`.
+fn write_man_pages(dir: &std::path::Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let root = Cli::command();
+    let mut pages = vec![("lanes".to_string(), root.clone())];
+    for sub in root.get_subcommands().filter(|c| !c.is_hide_set()) {
+        pages.push((format!("lanes-{}", sub.get_name()), sub.clone()));
+    }
+    for (name, command) in pages {
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        clap_mangen::Man::new(command.name(name.clone())).render(&mut out)?;
+        std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
@@ -232,17 +301,46 @@ fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
 
 /// Runs one parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Commands that must work with a broken config, or need none.
+    match &cli.command {
+        Command::Config {
+            action: ConfigAction::Check,
+        } => return Ok(config_check(cli.config.as_deref())),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(*shell, &mut Cli::command(), "lanes", &mut std::io::stdout());
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Man { dir } => {
+            write_man_pages(dir)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
     // First of all: a SIGTERM while the daemon starts must stop it gracefully, not kill it.
     let signals = matches!(cli.command, Command::Serve).then(crate::daemon::StopSignals::install);
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Serve => {
+            let grace = Duration::from_secs(config.shutdown_grace_secs);
+            #[cfg(unix)]
+            let notifier = crate::systemd::Notifier::from_env();
             let queue = open_queue(&config).await?;
             let daemon = Daemon::start(config, queue).await?;
-            match signals {
-                Some(signals) => daemon.run_until(signals).await,
-                None => daemon.run_until_signal().await,
+            #[cfg(unix)]
+            if let Some(notifier) = &notifier {
+                notifier.send(&format!(
+                    "READY=1\nSTATUS=serving {} provider(s)",
+                    daemon.lanes().len()
+                ));
             }
+            let mut signals = signals.unwrap_or_else(crate::daemon::StopSignals::install);
+            signals.recv().await;
+            #[cfg(unix)]
+            if let Some(notifier) = &notifier {
+                notifier.send("STOPPING=1\nSTATUS=shutting down");
+            }
+            daemon.shutdown(grace).await;
         }
         Command::Submit(args) => submit(&config, args).await?,
         Command::Get { id, json } => {
@@ -295,6 +393,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             action: PluginsAction::Check(args),
         } => return plugins_check(&config, args).await,
         Command::Demo(args) => crate::demo::run(&config, args).await?,
+        Command::Config {
+            action: ConfigAction::Show { json },
+        } => {
+            let shown = config.redacted();
+            if json {
+                print_json(&shown)?;
+            } else {
+                print!("{}", toml::to_string(&shown)?);
+            }
+        }
+        // Handled before the config is loaded.
+        Command::Config {
+            action: ConfigAction::Check,
+        }
+        | Command::Completions { .. }
+        | Command::Man { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -672,15 +786,15 @@ mod say_once_tests {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use crate::config::redact_url;
 
     #[test]
     fn database_passwords_never_reach_messages() {
         assert_eq!(
-            redact("postgres://lanes:s3cret@db:5432/q"),
+            redact_url("postgres://lanes:s3cret@db:5432/q"),
             "postgres://lanes:***@db:5432/q"
         );
-        assert_eq!(redact("postgres://lanes@db/q"), "postgres://lanes@db/q");
-        assert_eq!(redact("sqlite://lanes.db"), "sqlite://lanes.db");
+        assert_eq!(redact_url("postgres://lanes@db/q"), "postgres://lanes@db/q");
+        assert_eq!(redact_url("sqlite://lanes.db"), "sqlite://lanes.db");
     }
 }

@@ -25,6 +25,17 @@ pub enum ConfigError {
     Invalid { field: String, reason: String },
 }
 
+/// A database URL without its password.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => match url[scheme + 3..at].split_once(':') {
+            Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+            None => url.to_string(),
+        },
+        _ => url.to_string(),
+    }
+}
+
 /// A parse error as one line per problem, each naming its key the way the file spells it
 /// (figment's own text prefixes an internal profile: "default.fallback_limit").
 fn parse_error(e: figment::Error) -> ConfigError {
@@ -409,6 +420,14 @@ impl Config {
     /// Loads defaults, then `path` (or `lanes.toml` when present), then `LANES_*` variables
     /// (`LANES_PROVIDERS__CLAUDE__LIMIT=5` sets `providers.claude.limit`).
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let config = Self::load_unchecked(path)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Like [`Config::load`], without the checks that types alone cannot make: for `lanes
+    /// config check`, which reports every problem.
+    pub fn load_unchecked(path: Option<&Path>) -> Result<Config, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         match path {
             Some(path) if !path.exists() => return Err(ConfigError::Missing(path.to_owned())),
@@ -422,9 +441,16 @@ impl Config {
             let first = key.as_str().split('.').next().unwrap_or_default();
             KEYS.iter().any(|k| first.eq_ignore_ascii_case(k))
         }));
-        let config: Config = figment.extract().map_err(parse_error)?;
-        config.validate()?;
-        Ok(config)
+        figment.extract().map_err(parse_error)
+    }
+
+    /// The config as `lanes config show` prints it: every value in effect, with the
+    /// password of `database_url` hidden. (Secrets themselves never appear in the config:
+    /// it names the variable or file they come from.)
+    pub fn redacted(&self) -> Config {
+        let mut shown = self.clone();
+        shown.database_url = redact_url(&self.database_url);
+        shown
     }
 
     /// Parses a TOML document on its own (no file, no environment).
@@ -437,14 +463,23 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks what types alone cannot.
+    /// Checks what types alone cannot; the first problem, if any.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.problems().into_iter().next() {
+            Some(problem) => Err(problem),
+            None => Ok(()),
+        }
+    }
+
+    /// Every problem that types alone cannot catch, each naming its key, in key order.
+    pub fn problems(&self) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
         let url = &self.database_url;
         if !["sqlite:", "postgres://", "postgresql://"]
             .iter()
             .any(|scheme| url.starts_with(scheme))
         {
-            return Err(invalid(
+            problems.push(invalid(
                 "database_url",
                 format!("`{url}` is not supported: use sqlite://PATH or postgres://..."),
             ));
@@ -454,7 +489,7 @@ impl Config {
             ("default_max_attempts", self.default_max_attempts),
         ] {
             if value > MAX_COUNT {
-                return Err(invalid(
+                problems.push(invalid(
                     field,
                     format!("{value} is too large: the most lanes stores is {MAX_COUNT}"),
                 ));
@@ -478,14 +513,14 @@ impl Config {
         ];
         for (field, value) in positive {
             if value == 0 {
-                return Err(invalid(field, "must be at least 1"));
+                problems.push(invalid(field, "must be at least 1"));
             }
         }
         if !(1..=10_000).contains(&self.completer.max_batch) {
-            return Err(invalid("completer.max_batch", "must be from 1 to 10000"));
+            problems.push(invalid("completer.max_batch", "must be from 1 to 10000"));
         }
         if self.completer.backlog < self.completer.max_batch {
-            return Err(invalid(
+            problems.push(invalid(
                 "completer.backlog",
                 format!(
                     "must be at least completer.max_batch ({})",
@@ -494,18 +529,20 @@ impl Config {
             ));
         }
         if self.completer.max_wait_us > 1_000_000 {
-            return Err(invalid(
+            problems.push(invalid(
                 "completer.max_wait_us",
                 "must be at most 1000000 (1 s): results hold their slots while they wait",
             ));
         }
         if self.engine.max_instances == 0 {
-            return Err(invalid("engine.max_instances", "must be at least 1"));
+            problems.push(invalid("engine.max_instances", "must be at least 1"));
         }
         for (name, provider) in &self.providers {
-            validate_provider_name(name).map_err(|e| invalid(format!("providers.{name}"), e))?;
+            if let Err(e) = validate_provider_name(name) {
+                problems.push(invalid(format!("providers.{name}"), e));
+            }
             if provider.limit == Some(0) {
-                return Err(invalid(
+                problems.push(invalid(
                     format!("providers.{name}.limit"),
                     "must be at least 1 (a limit of 0 would never run anything)",
                 ));
@@ -513,7 +550,7 @@ impl Config {
             if let Some(limit) = provider.limit
                 && limit > MAX_COUNT
             {
-                return Err(invalid(
+                problems.push(invalid(
                     format!("providers.{name}.limit"),
                     format!("{limit} is too large: the most lanes stores is {MAX_COUNT}"),
                 ));
@@ -526,7 +563,7 @@ impl Config {
                 ("max_output_bytes", sandbox.max_output_bytes),
             ] {
                 if value == Some(0) {
-                    return Err(invalid(
+                    problems.push(invalid(
                         format!("providers.{name}.sandbox.{field}"),
                         "must be at least 1",
                     ));
@@ -535,7 +572,7 @@ impl Config {
             if let Some(url) = &provider.base_url
                 && base_url_authority(url).is_none()
             {
-                return Err(invalid(
+                problems.push(invalid(
                     format!("providers.{name}.base_url"),
                     format!("`{url}` is not an http:// or https:// URL with a host"),
                 ));
@@ -545,14 +582,14 @@ impl Config {
                 ("max_response_bytes", provider.max_response_bytes),
             ] {
                 if value == Some(0) {
-                    return Err(invalid(
+                    problems.push(invalid(
                         format!("providers.{name}.{field}"),
                         "must be at least 1",
                     ));
                 }
             }
             if provider.api_key_env.is_some() && provider.api_key_file.is_some() {
-                return Err(invalid(
+                problems.push(invalid(
                     format!("providers.{name}"),
                     "set api_key_env or api_key_file, not both",
                 ));
@@ -560,13 +597,13 @@ impl Config {
             if let Some(component) = &provider.component
                 && (component.contains('/') || !component.ends_with(".wasm"))
             {
-                return Err(invalid(
+                problems.push(invalid(
                     format!("providers.{name}.component"),
                     format!("`{component}` must be a `.wasm` file name inside plugins_dir"),
                 ));
             }
         }
-        Ok(())
+        problems
     }
 
     /// The SQLite file of `database_url`.

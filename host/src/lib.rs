@@ -16,6 +16,8 @@ pub mod plugin;
 pub mod report;
 pub mod retry;
 pub mod store;
+#[cfg(unix)]
+pub mod systemd;
 
 pub use config::Config;
 pub use daemon::Daemon;

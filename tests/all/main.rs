@@ -10,6 +10,7 @@ mod isolation;
 mod limits;
 mod live_limits;
 mod mock;
+mod operating;
 mod plugins;
 mod priority;
 mod properties;
