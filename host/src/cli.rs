@@ -80,6 +80,9 @@ pub enum Command {
     },
     /// A one-minute tour: three stub providers, a few hundred executions, live lanes.
     Demo(crate::demo::DemoArgs),
+    /// Make the running daemon re-read its config and key files (SIGHUP to the pid in the
+    /// SQLite lock file; on PostgreSQL, signal each worker: `systemctl reload lanes`).
+    Reload,
     /// Check a config without touching the database, or print the config in effect.
     Config {
         #[command(subcommand)]
@@ -246,6 +249,70 @@ async fn open_queue(config: &Config) -> anyhow::Result<Arc<dyn Queue>> {
         })
 }
 
+/// SIGHUP: the config file, the `LANES_*` variables the daemon started with, and the key
+/// files, read again and applied; a config that fails validation changes nothing.
+async fn reload_config(daemon: &Daemon, path: Option<&std::path::Path>) {
+    tracing::info!("SIGHUP: reloading the config");
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            tracing::error!("config reload refused, the running config keeps serving: {e}");
+            return;
+        }
+    };
+    match daemon.reload_config(config).await {
+        Ok(kept) if kept.is_empty() => tracing::info!("config reloaded"),
+        Ok(kept) => tracing::warn!(
+            "config reloaded, except {}: these cannot change while running and keep their \
+             values until a restart",
+            kept.join(", ")
+        ),
+        Err(e) => tracing::error!("config reload: {e}"),
+    }
+}
+
+/// `lanes reload`: SIGHUP to the daemon that holds the SQLite file's lock.
+fn signal_reload(config: &Config) -> anyhow::Result<ExitCode> {
+    let Some(db) = config.sqlite_path() else {
+        bail!(
+            "on PostgreSQL several workers may serve the queue: send SIGHUP to each \
+             (`systemctl reload lanes`, or `kill -HUP PID`)"
+        );
+    };
+    let mut lock = db.clone().into_os_string();
+    lock.push(".lock");
+    let lock = PathBuf::from(lock);
+    // A pid in a lock file nobody holds is stale: it may name another process by now.
+    let held = std::fs::File::open(&lock)
+        .map(|file| fs2::FileExt::try_lock_shared(&file).is_err())
+        .unwrap_or(false);
+    if !held {
+        bail!("no running `lanes serve` for {}", db.display());
+    }
+    let pid = std::fs::read_to_string(&lock)
+        .ok()
+        .and_then(|text| text.trim().parse::<u32>().ok())
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "no running `lanes serve` for {} (no pid in {})",
+                db.display(),
+                lock.display()
+            )
+        })?;
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .context("running kill")?;
+    if !status.success() {
+        bail!(
+            "no running `lanes serve` with pid {pid} (from {})",
+            lock.display()
+        );
+    }
+    println!("asked lanes serve (pid {pid}) to reload its config");
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `lanes config check`: every problem on its own line, then a count.
 fn config_check(path: Option<&std::path::Path>) -> ExitCode {
     let source = match path {
@@ -319,6 +386,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     // First of all: a SIGTERM while the daemon starts must stop it gracefully, not kill it.
     let signals = matches!(cli.command, Command::Serve).then(crate::daemon::StopSignals::install);
+    // SIGHUP's default action ends the process: catch it as early too.
+    #[cfg(unix)]
+    let mut hangups = match cli.command {
+        Command::Serve => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| tracing::warn!("cannot listen for SIGHUP ({e}); no reloads"))
+            .ok(),
+        _ => None,
+    };
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
         Command::Serve => {
@@ -335,7 +410,36 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ));
             }
             let mut signals = signals.unwrap_or_else(crate::daemon::StopSignals::install);
-            signals.recv().await;
+            loop {
+                #[cfg(unix)]
+                let hangup = async {
+                    match hangups.as_mut() {
+                        Some(h) => {
+                            h.recv().await;
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                #[cfg(not(unix))]
+                let hangup = std::future::pending::<()>();
+                tokio::select! {
+                    _ = signals.recv() => break,
+                    _ = hangup => {
+                        #[cfg(unix)]
+                        if let Some(notifier) = &notifier {
+                            notifier.send("RELOADING=1\nSTATUS=reloading the config");
+                        }
+                        reload_config(&daemon, cli.config.as_deref()).await;
+                        #[cfg(unix)]
+                        if let Some(notifier) = &notifier {
+                            notifier.send(&format!(
+                                "READY=1\nSTATUS=serving {} provider(s)",
+                                daemon.lanes().len()
+                            ));
+                        }
+                    }
+                }
+            }
             #[cfg(unix)]
             if let Some(notifier) = &notifier {
                 notifier.send("STOPPING=1\nSTATUS=shutting down");
@@ -403,6 +507,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 print!("{}", toml::to_string(&shown)?);
             }
         }
+        Command::Reload => return signal_reload(&config),
         // Handled before the config is loaded.
         Command::Config {
             action: ConfigAction::Check,

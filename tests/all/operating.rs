@@ -44,6 +44,21 @@ async fn serve_tells_systemd_when_it_is_ready_and_when_it_stops() {
         "READY=1 before the lanes were open:\n{log_then}"
     );
     println!("READY=1 after {:?}", started.elapsed());
+
+    // `lanes reload` signals it through the lock file's pid: RELOADING=1, then READY=1. A
+    // setting that cannot change while running is named, and keeps its value.
+    env.config.lease_ms += 1;
+    let out = env.lanes(&["reload"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let reloading = next_message(&socket, Duration::from_secs(20));
+    assert!(reloading.contains("RELOADING=1"), "{reloading}");
+    let ready_again = next_message(&socket, Duration::from_secs(20));
+    assert!(ready_again.contains("READY=1"), "{ready_again}");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("config reloaded, except lease_ms"),
+        "the fixed setting is named:\n{log}"
+    );
     let kill = Command::new("kill")
         .args(["-TERM", &serve.id().to_string()])
         .status()
@@ -52,6 +67,14 @@ async fn serve_tells_systemd_when_it_is_ready_and_when_it_stops() {
     let stopping = next_message(&socket, Duration::from_secs(20));
     assert!(stopping.contains("STOPPING=1"), "{stopping}");
     assert!(serve.wait().unwrap().success());
+    // With no daemon, `lanes reload` says so (and signals no stale pid).
+    let out = env.lanes(&["reload"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("no running `lanes serve`"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -142,4 +165,140 @@ fn the_unit_file_passes_systemd_analyze_verify() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+fn signal(child: &std::process::Child, name: &str) {
+    let status = Command::new("kill")
+        .args([name, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+async fn wait_log(env: &TestEnv, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !env.serve_log().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "no `{text}` in the log:\n{}",
+            env.serve_log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_limits_values_base_urls_and_keys_under_load() {
+    use crate::mock::{MockApi, Reply};
+    use lanes::model::Status;
+    let (old_api, new_api) = (MockApi::start().await, MockApi::start().await);
+    for api in [&old_api, &new_api] {
+        api.fallback(|_| {
+            Reply::json(
+                200,
+                serde_json::json!({"id": "c", "object": "chat.completion", "created": 1,
+                    "model": "gpt-x", "choices": [{"index": 0, "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": "ok"}}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1}}),
+            )
+        });
+    }
+    let mut env = TestEnv::new();
+    env.config.plugins_rescan_ms = 200;
+    env.stub("rl", Some(2), &[("latency_ms", "300")]);
+    env.add_component("openai.wasm");
+    let key = env.plugins().parent().unwrap().join("openai.key");
+    std::fs::write(&key, "key-one").unwrap();
+    env.adapter("oa", "openai.wasm", &old_api.url(), "gpt-x")
+        .api_key_file = Some(key.clone());
+    let queue = env.queue().await;
+    let mut serve = env.spawn_serve();
+    wait_log(&env, "lanes serving").await;
+    let run_oa = |queue: std::sync::Arc<lanes::SqliteQueue>| async move {
+        let id = queue
+            .submit(&job("oa", serde_json::json!({})))
+            .await
+            .unwrap();
+        let rows = wait_terminal(queue.as_ref(), Some("oa"), Duration::from_secs(30)).await;
+        let e = rows.into_iter().find(|e| e.id == id).unwrap();
+        assert_eq!(e.status, Status::Completed, "{:?}", e.error);
+    };
+    run_oa(queue.clone()).await;
+    assert_eq!(
+        old_api.requests()[0].header("authorization"),
+        Some("Bearer key-one")
+    );
+
+    // Under load: 2 running on the old settings when the reload comes.
+    // Jobs without a sleep of their own take the provider's latency_ms.
+    let plain = |n| {
+        (0..n)
+            .map(|_| job("rl", serde_json::json!({})))
+            .collect::<Vec<_>>()
+    };
+    let ids = queue.submit_many(&plain(8)).await.unwrap();
+    wait_until(
+        queue.as_ref(),
+        Some("rl"),
+        Duration::from_secs(30),
+        "2 running",
+        |rows| count(rows, Status::Running) == 2,
+    )
+    .await;
+    env.config.providers.get_mut("rl").unwrap().limit = Some(4);
+    env.config.providers.get_mut("rl").unwrap().config.insert(
+        "latency_ms".into(),
+        lanes::config::ConfigValue::String("0".into()),
+    );
+    env.config.providers.get_mut("oa").unwrap().base_url = Some(new_api.url());
+    env.write_config();
+    signal(&serve, "-HUP");
+    wait_log(&env, "config reloaded").await;
+    let rows = wait_terminal(queue.as_ref(), Some("rl"), Duration::from_secs(30)).await;
+    assert_eq!(rows.len(), ids.len(), "nothing lost");
+    assert!(rows.iter().all(|e| e.status == Status::Completed));
+    let ran = |e: &lanes::Execution| e.finished_at.unwrap() - e.started_at.unwrap();
+    let old = rows.iter().filter(|e| ran(e) >= 250).count();
+    let new = rows.iter().filter(|e| ran(e) < 150).count();
+    assert!(
+        old >= 2,
+        "the running ones finish on the old settings: {old}"
+    );
+    assert!(new >= 4, "new attempts use the new settings: {new}");
+    let overlap = lanes::report::max_overlap(lanes::report::intervals(&rows));
+    assert!((3..=4).contains(&overlap), "the new limit of 4: {overlap}");
+
+    // The new base URL, with the old key.
+    run_oa(queue.clone()).await;
+    let seen = new_api.requests();
+    assert_eq!(seen.len(), 1, "the new base URL serves");
+    assert_eq!(seen[0].header("authorization"), Some("Bearer key-one"));
+    // A rotated key file is used by the next attempt, without a signal.
+    std::fs::write(&key, "key-number-two").unwrap();
+    wait_log(&env, "key file changed").await;
+    run_oa(queue.clone()).await;
+    assert_eq!(
+        new_api.requests()[1].header("authorization"),
+        Some("Bearer key-number-two")
+    );
+
+    // A config that fails validation changes nothing.
+    env.config.providers.get_mut("rl").unwrap().limit = Some(0);
+    env.write_config();
+    signal(&serve, "-HUP");
+    wait_log(&env, "config reload refused").await;
+    let more = queue.submit_many(&plain(4)).await.unwrap();
+    let rows = wait_terminal(queue.as_ref(), Some("rl"), Duration::from_secs(30)).await;
+    assert!(more.iter().all(|id| {
+        rows.iter()
+            .any(|e| e.id == *id && e.status == Status::Completed)
+    }));
+    let log = env.serve_log();
+    let refused = log
+        .lines()
+        .find(|l| l.contains("config reload refused"))
+        .unwrap();
+    assert!(refused.contains("providers.rl.limit"), "{refused}");
+    signal(&serve, "-TERM");
+    assert!(serve.wait().unwrap().success(), "{}", env.serve_log());
 }

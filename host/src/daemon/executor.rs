@@ -18,7 +18,8 @@ use crate::store::Finish;
 
 /// Runs attempts. Shared by every lane.
 pub struct Executor {
-    pub(super) retry: RetryPolicy,
+    /// Replaced by a config reload.
+    pub(super) retry: std::sync::RwLock<RetryPolicy>,
     pub(super) events: EventBus,
     pub(super) completer: CompleterHandle,
     /// Takes running attempts away (they return to pending) once the grace period is over.
@@ -99,7 +100,8 @@ impl Executor {
         };
         let (kind, retry_after) = attempt::classify(&error);
         let message = format!("{}: {error}", provider.label());
-        let finish = match self.retry.decide(
+        let retry = self.retry.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let finish = match retry.decide(
             u32::try_from(execution.attempts).unwrap_or(0),
             u32::try_from(execution.max_attempts).unwrap_or(1).max(1),
             kind,

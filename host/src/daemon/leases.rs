@@ -30,7 +30,8 @@ pub async fn recover(shared: &Shared) -> Result<(), StoreError> {
 /// that lapsed during the grace period would let another worker run the same execution
 /// again; reclaiming stops with claims.
 pub async fn lease_loop(shared: Arc<Shared>) {
-    let lease = shared.config.lease_ms;
+    // Fixed at start: a reload keeps it (see `reload::FIXED`).
+    let lease = shared.config.get().lease_ms;
     let lease_ms = i64::try_from(lease).unwrap_or(i64::MAX);
     let every = Duration::from_millis((lease / 3).max(1));
     loop {

@@ -64,7 +64,8 @@ pub enum DaemonError {
 /// What every part of a running worker shares: its settings, the queue, its identity, the
 /// lanes, the event bus, and the signals that stop it.
 pub struct Shared {
-    pub config: Arc<Config>,
+    /// The config in effect; a reload replaces it (see [`reload`]).
+    pub config: LiveConfig,
     pub queue: Arc<dyn Queue>,
     /// This worker's id, as recorded on the rows it runs.
     pub owner: Arc<str>,
@@ -74,6 +75,21 @@ pub struct Shared {
     pub stop_claiming: CancellationToken,
     /// Stops renewing leases: only once every execution has ended.
     pub stop_leasing: CancellationToken,
+}
+
+/// The config in effect, replaced whole by a reload. Readers take the current one and keep
+/// it for what they are doing, so a running attempt finishes on the settings it began with.
+pub struct LiveConfig(std::sync::RwLock<Arc<Config>>);
+
+impl LiveConfig {
+    /// The config in effect now.
+    pub fn get(&self) -> Arc<Config> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, config: Arc<Config>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = config;
+    }
 }
 
 /// A running daemon. Dropping it without [`Daemon::shutdown`] abandons running executions,
@@ -112,6 +128,13 @@ fn lock_database(config: &Config) -> Result<Option<std::fs::File>, DaemonError> 
         db: db.display().to_string(),
         lock: lock_path.display().to_string(),
     })?;
+    // The pid, for `lanes reload`.
+    {
+        use std::io::Write;
+        let mut writer = &file;
+        let _ = file.set_len(0);
+        let _ = writeln!(writer, "{}", std::process::id());
+    }
     Ok(Some(file))
 }
 
@@ -130,8 +153,8 @@ impl Daemon {
         let config = Arc::new(config);
         let events = EventBus::default();
         let shared = Arc::new(Shared {
-            registry: Registry::new(config.clone(), events.clone()),
-            config: config.clone(),
+            registry: Registry::new(events.clone()),
+            config: LiveConfig(std::sync::RwLock::new(config.clone())),
             queue: queue.clone(),
             owner: owner.clone(),
             events: events.clone(),
@@ -149,7 +172,7 @@ impl Daemon {
         );
         let stop_running = CancellationToken::new();
         let executor = Arc::new(Executor {
-            retry: RetryPolicy::from(&config.retry),
+            retry: std::sync::RwLock::new(RetryPolicy::from(&config.retry)),
             events,
             completer: completer.handle(),
             stop_running: stop_running.clone(),
@@ -165,7 +188,12 @@ impl Daemon {
                 background.spawn(producer.run());
             })
         };
-        let reloader = Arc::new(Reloader::new(shared.clone(), plugins, start_lane));
+        let reloader = Arc::new(Reloader::new(
+            shared.clone(),
+            plugins,
+            start_lane,
+            executor.clone(),
+        ));
         let daemon = Daemon {
             shared: shared.clone(),
             reloader: reloader.clone(),
@@ -263,6 +291,12 @@ impl Daemon {
         self.shared.events.subscribe()
     }
 
+    /// Applies a new, validated config without a restart (see [`Reloader::apply_config`]).
+    /// Returns the settings that cannot change while running and kept their old values.
+    pub async fn reload_config(&self, config: Config) -> Result<Vec<&'static str>, StoreError> {
+        self.reloader.apply_config(config).await
+    }
+
     /// The outcome of every file in the plugins folder, as of the last scan.
     pub async fn plugin_files(&self) -> Vec<crate::plugin::FileReport> {
         self.reloader.files().await
@@ -304,7 +338,7 @@ impl Daemon {
     /// down gracefully.
     pub async fn run_until(self, mut signals: StopSignals) {
         signals.recv().await;
-        let grace = Duration::from_secs(self.shared.config.shutdown_grace_secs);
+        let grace = Duration::from_secs(self.shared.config.get().shutdown_grace_secs);
         self.shutdown(grace).await;
     }
 }

@@ -53,13 +53,12 @@ impl Producer {
 
     /// Claims and starts executions until the daemon stops claiming.
     pub async fn run(mut self) {
-        let poll = self.shared.config.poll_interval();
         let stop = self.shared.stop_claiming.clone();
         loop {
             if stop.is_cancelled() {
                 return;
             }
-            let mut wait = poll;
+            let mut wait = self.shared.config.get().poll_interval();
             if let Some(provider) = self.lane.provider() {
                 let free = self.lane.free();
                 if free > 0 {
@@ -119,7 +118,7 @@ impl Producer {
                     owner: &shared.owner,
                     max: free,
                     limit: self.lane.limit(),
-                    lease_ms: i64::try_from(shared.config.lease_ms).unwrap_or(i64::MAX),
+                    lease_ms: i64::try_from(shared.config.get().lease_ms).unwrap_or(i64::MAX),
                 },
             )
             .await?;

@@ -16,16 +16,14 @@ use crate::plugin::{Catalog, Provider};
 
 /// Every lane of this worker, by provider name.
 pub struct Registry {
-    config: Arc<Config>,
     events: EventBus,
     lanes: RwLock<BTreeMap<String, Arc<Lane>>>,
 }
 
 impl Registry {
     /// An empty registry.
-    pub fn new(config: Arc<Config>, events: EventBus) -> Self {
+    pub fn new(events: EventBus) -> Self {
         Registry {
-            config,
             events,
             lanes: RwLock::new(BTreeMap::new()),
         }
@@ -52,23 +50,34 @@ impl Registry {
         }
     }
 
-    /// Every source of `provider`'s limit, given the run-time limits.
-    pub fn limit_of(&self, provider: &Provider, runtime: &BTreeMap<String, u32>) -> LimitView {
+    /// Every source of `provider`'s limit under `config`, given the run-time limits.
+    pub fn limit_of(
+        config: &Config,
+        provider: &Provider,
+        runtime: &BTreeMap<String, u32>,
+    ) -> LimitView {
         LimitView::resolve(
             provider.name.as_ref(),
             Some(provider.default_limit),
-            self.config
+            config
                 .providers
                 .get(provider.name.as_ref())
                 .and_then(|p| p.limit),
             runtime.get(provider.name.as_ref()).copied(),
-            self.config.fallback_limit,
+            config.fallback_limit,
         )
     }
 
     /// Serves each lane from the catalog's component: opens lanes for new providers (and
     /// returns them, for their producers to start), and idles lanes whose component is gone.
-    pub fn apply(&self, catalog: &Catalog, runtime: &BTreeMap<String, u32>) -> Vec<Arc<Lane>> {
+    /// A lane whose provider was bound anew (its config or secrets changed) serves the new
+    /// binding; running executions finish on the one they started with.
+    pub fn apply(
+        &self,
+        config: &Config,
+        catalog: &Catalog,
+        runtime: &BTreeMap<String, u32>,
+    ) -> Vec<Arc<Lane>> {
         let mut opened = Vec::new();
         let mut lanes = self.lanes.write().unwrap_or_else(|p| p.into_inner());
         for (name, lane) in lanes.iter() {
@@ -96,10 +105,15 @@ impl Registry {
                         info!("{}: now serving its lane", provider.label());
                         lane.set_provider(Some(provider.clone()));
                         self.events.publish(loaded());
+                    } else if !lane
+                        .provider()
+                        .is_some_and(|old| Arc::ptr_eq(&old, provider))
+                    {
+                        lane.set_provider(Some(provider.clone()));
                     }
                 }
                 None => {
-                    let limit = self.limit_of(provider, runtime);
+                    let limit = Self::limit_of(config, provider, runtime);
                     let lane = Arc::new(Lane::new(name, limit.effective));
                     lane.set_provider(Some(provider.clone()));
                     info!(
@@ -117,13 +131,13 @@ impl Registry {
         opened
     }
 
-    /// Resizes every lane whose effective limit changed under `runtime`.
-    pub fn apply_limits(&self, runtime: &BTreeMap<String, u32>) {
+    /// Resizes every lane whose effective limit changed under `config` and `runtime`.
+    pub fn apply_limits(&self, config: &Config, runtime: &BTreeMap<String, u32>) {
         for (name, lane) in self.snapshot() {
             let Some(provider) = lane.provider() else {
                 continue;
             };
-            let view = self.limit_of(&provider, runtime);
+            let view = Self::limit_of(config, &provider, runtime);
             if view.effective != lane.limit() {
                 let old = lane.set_limit(view.effective);
                 info!(

@@ -11,8 +11,11 @@ use tracing::{error, info, warn};
 
 use super::Shared;
 use super::events::Event;
+use super::executor::Executor;
 use super::lane::Lane;
+use crate::config::Config;
 use crate::plugin::{Catalog, Fingerprint, PluginHost, wasm_files};
+use crate::retry::RetryPolicy;
 use crate::store::{ProviderRecord, StoreError};
 
 /// How long the plugins folder must stay unchanged before it is reloaded.
@@ -29,17 +32,75 @@ pub struct Reloader {
     /// reloads take turns, and each builds on the last.
     catalog: tokio::sync::Mutex<Catalog>,
     start_lane: StartLane,
+    executor: Arc<Executor>,
 }
+
+/// Settings read once at start, which a reload cannot change: the rest of the config can.
+pub const FIXED: &[&str] = &[
+    "database_url",
+    "plugins_dir",
+    "lease_ms",
+    "shutdown_grace_secs",
+    "engine",
+    "cache",
+    "completer",
+];
 
 impl Reloader {
     /// A reloader that has scanned nothing yet.
-    pub fn new(shared: Arc<Shared>, plugins: PluginHost, start_lane: StartLane) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        plugins: PluginHost,
+        start_lane: StartLane,
+        executor: Arc<Executor>,
+    ) -> Self {
         Reloader {
             shared,
             plugins,
             catalog: tokio::sync::Mutex::new(Catalog::default()),
             start_lane,
+            executor,
         }
+    }
+
+    /// Applies a new, validated config: providers added, removed or changed (values,
+    /// secrets, limits, base URL, allowed hosts, sandbox limits), retry and poll settings.
+    /// Running executions finish on the settings they started with. Settings in [`FIXED`]
+    /// keep their old values; their names are returned, for a warning.
+    pub async fn apply_config(&self, mut fresh: Config) -> Result<Vec<&'static str>, StoreError> {
+        let old = self.shared.config.get();
+        let mut kept = Vec::new();
+        macro_rules! keep {
+            ($($field:ident),*) => {$(
+                if fresh.$field != old.$field {
+                    kept.push(stringify!($field));
+                    fresh.$field = old.$field.clone();
+                }
+            )*};
+        }
+        keep!(
+            database_url,
+            plugins_dir,
+            lease_ms,
+            shutdown_grace_secs,
+            engine,
+            cache,
+            completer
+        );
+        *self
+            .executor
+            .retry
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = RetryPolicy::from(&fresh.retry);
+        self.shared.config.set(Arc::new(fresh));
+        // A rescan binds every provider again under the new config (and re-reads its
+        // secrets), and the registry serves the lanes from the new bindings.
+        self.reload().await?;
+        let runtime = self.shared.queue.limits().await?;
+        self.shared
+            .registry
+            .apply_limits(&self.shared.config.get(), &runtime);
+        Ok(kept)
     }
 
     /// The outcome of every file in the plugins folder, as of the last scan.
@@ -50,10 +111,10 @@ impl Reloader {
     /// Rescans the plugins folder and applies the result. Returns the folder's listing as
     /// it was before the scan: a change after that point triggers another.
     pub async fn reload(&self) -> Result<Vec<(PathBuf, Fingerprint)>, StoreError> {
-        let config = &self.shared.config;
+        let config = self.shared.config.get();
         let listing = wasm_files(&config.plugins_dir);
         let mut catalog = self.catalog.lock().await;
-        let fresh = self.plugins.scan(config, Some(&catalog)).await;
+        let fresh = self.plugins.scan(&config, Some(&catalog)).await;
         let runtime = self.shared.queue.limits().await?;
         let records: Vec<ProviderRecord> = fresh
             .providers
@@ -81,7 +142,7 @@ impl Reloader {
                 });
             }
         }
-        for lane in self.shared.registry.apply(&fresh, &runtime) {
+        for lane in self.shared.registry.apply(&config, &fresh, &runtime) {
             (self.start_lane)(lane);
         }
         *catalog = fresh;
@@ -97,10 +158,20 @@ impl Reloader {
         events: Arc<tokio::sync::Notify>,
         _watcher: Option<notify::RecommendedWatcher>,
     ) {
-        let config = self.shared.config.clone();
         let stop = self.shared.stop_claiming.clone();
-        let every = Duration::from_millis(config.plugins_rescan_ms);
+        let mut keys = key_files(&self.shared.config.get());
         loop {
+            let config = self.shared.config.get();
+            let every = Duration::from_millis(config.plugins_rescan_ms);
+            // A rotated key file (`api_key_file`) is used from the next attempt on.
+            let keys_now = key_files(&config);
+            if keys_now != keys {
+                keys = keys_now;
+                info!("a provider's key file changed: binding its providers again");
+                if let Err(e) = self.reload().await {
+                    error!("applying a changed key file: {e}");
+                }
+            }
             let mut now = wasm_files(&config.plugins_dir);
             if now == seen {
                 tokio::select! {
@@ -147,16 +218,31 @@ fn release_freed_memory() {
     }
 }
 
+/// Every `api_key_file` with its modification time and size, to notice a rotated key.
+fn key_files(config: &Config) -> Vec<(PathBuf, Option<(std::time::SystemTime, u64)>)> {
+    config
+        .providers
+        .values()
+        .filter_map(|p| p.api_key_file.clone())
+        .map(|path| {
+            let seen = std::fs::metadata(&path)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())));
+            (path, seen)
+        })
+        .collect()
+}
+
 /// Applies limits stored by `lanes limits set` within `limits_refresh_ms`.
 pub async fn refresh_limits_loop(shared: Arc<Shared>) {
-    let every = Duration::from_millis(shared.config.limits_refresh_ms);
     loop {
+        let every = Duration::from_millis(shared.config.get().limits_refresh_ms);
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = shared.stop_claiming.cancelled() => return,
         }
         match shared.queue.limits().await {
-            Ok(runtime) => shared.registry.apply_limits(&runtime),
+            Ok(runtime) => shared.registry.apply_limits(&shared.config.get(), &runtime),
             Err(e) => error!("reading limits: {e}"),
         }
     }
