@@ -251,6 +251,8 @@ async fn sighup_reloads_limits_values_base_urls_and_keys_under_load() {
         lanes::config::ConfigValue::String("0".into()),
     );
     env.config.providers.get_mut("oa").unwrap().base_url = Some(new_api.url());
+    // A provider entry the reload adds: a new name for the stub.
+    env.stub("added", Some(1), &[]);
     env.write_config();
     signal(&serve, "-HUP");
     wait_log(&env, "config reloaded").await;
@@ -267,6 +269,13 @@ async fn sighup_reloads_limits_values_base_urls_and_keys_under_load() {
     assert!(new >= 4, "new attempts use the new settings: {new}");
     let overlap = lanes::report::max_overlap(lanes::report::intervals(&rows));
     assert!((3..=4).contains(&overlap), "the new limit of 4: {overlap}");
+
+    let added = queue
+        .submit(&job("added", serde_json::json!({})))
+        .await
+        .unwrap();
+    let rows = wait_terminal(queue.as_ref(), Some("added"), Duration::from_secs(30)).await;
+    assert!(rows.iter().any(|e| e.id == added && e.status == Status::Completed));
 
     // The new base URL, with the old key.
     run_oa(queue.clone()).await;
