@@ -275,7 +275,10 @@ async fn sighup_reloads_limits_values_base_urls_and_keys_under_load() {
         .await
         .unwrap();
     let rows = wait_terminal(queue.as_ref(), Some("added"), Duration::from_secs(30)).await;
-    assert!(rows.iter().any(|e| e.id == added && e.status == Status::Completed));
+    assert!(
+        rows.iter()
+            .any(|e| e.id == added && e.status == Status::Completed)
+    );
 
     // The new base URL, with the old key.
     run_oa(queue.clone()).await;
