@@ -328,19 +328,6 @@ impl Daemon {
         self.leasing.wait().await;
         info!("shutdown complete");
     }
-
-    /// Runs until SIGINT or SIGTERM, then shuts down gracefully.
-    pub async fn run_until_signal(self) {
-        self.run_until(StopSignals::install()).await;
-    }
-
-    /// Runs until one of `signals` arrives (perhaps already, during start-up), then shuts
-    /// down gracefully.
-    pub async fn run_until(self, mut signals: StopSignals) {
-        signals.recv().await;
-        let grace = Duration::from_secs(self.shared.config.get().shutdown_grace_secs);
-        self.shutdown(grace).await;
-    }
 }
 
 /// SIGINT and SIGTERM, caught from the moment this is created: install it first, so that a
