@@ -579,18 +579,8 @@ const PG_LIMIT: u32 = 1024;
 /// The no-op throughput of `workers` separate `lanes serve` processes sharing one
 /// PostgreSQL queue and one fleet-wide limit, in a schema of its own.
 async fn pg_processes(n: usize, workers: usize) -> Option<f64> {
-    let base = std::env::var("LANES_TEST_PG")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
-    let admin = sqlx::PgPool::connect(&base).await.ok()?;
-    let schema = format!("lanes_bench_p{}_{workers}", std::process::id());
-    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-        .execute(&admin)
-        .await
-        .expect("schema");
     let dir = tempfile::tempdir().unwrap();
-    let mut config = config(&dir, &[("noop", stub(PG_LIMIT, 0))]);
-    config.database_url = format!("{base}?options[search_path]={schema}");
-    config.engine.max_instances = PG_LIMIT;
+    let (admin, schema, config) = pg_setup(&dir, &format!("p{workers}")).await?;
     let path = dir.path().join("lanes.toml");
     std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
     let queue = lanes::store::open(&config.database_url)
@@ -650,7 +640,10 @@ async fn pg_processes(n: usize, workers: usize) -> Option<f64> {
     Some(rate)
 }
 
-async fn pg_noop(n: usize, workers: usize) -> Option<f64> {
+/// A schema of its own on the server `LANES_TEST_PG` names (default
+/// postgres://postgres@127.0.0.1:5432/test), and a no-op provider's config on it; `None`,
+/// with a line, when no server answers.
+async fn pg_setup(dir: &tempfile::TempDir, tag: &str) -> Option<(sqlx::PgPool, String, Config)> {
     let base = std::env::var("LANES_TEST_PG")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
     let admin = match sqlx::PgPool::connect(&base).await {
@@ -660,16 +653,21 @@ async fn pg_noop(n: usize, workers: usize) -> Option<f64> {
             return None;
         }
     };
-    let schema = format!("lanes_bench_{}_{workers}", std::process::id());
+    let schema = format!("lanes_bench_{}_{tag}", std::process::id());
     sqlx::query(&format!("CREATE SCHEMA {schema}"))
         .execute(&admin)
         .await
         .expect("schema");
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = config(&dir, &[("noop", stub(PG_LIMIT, 0))]);
+    let mut config = config(dir, &[("noop", stub(PG_LIMIT, 0))]);
     config.database_url = format!("{base}?options[search_path]={schema}");
     // Enough instance slots for the whole limit in each worker.
     config.engine.max_instances = PG_LIMIT;
+    Some((admin, schema, config))
+}
+
+async fn pg_noop(n: usize, workers: usize) -> Option<f64> {
+    let dir = tempfile::tempdir().unwrap();
+    let (admin, schema, config) = pg_setup(&dir, &workers.to_string()).await?;
     let mut daemons = Vec::new();
     let mut queues = Vec::new();
     for _ in 0..workers {
