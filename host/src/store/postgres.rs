@@ -31,12 +31,12 @@ use crate::model::{Execution, ExecutionId, NewExecution};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
-/// `history = …`: the row's attempt history with one more entry, the oldest dropped past
-/// `HISTORY_KEPT`. `row` qualifies the row's columns (`e.` or nothing); the other arguments
-/// are SQL expressions. The row's columns are its old values.
-fn history_append(row: &str, outcome: &str, kind: &str, error: &str, delay: &str) -> String {
+/// An SQL expression: the row's attempt history with one more entry, the oldest dropped
+/// past `HISTORY_KEPT`. `row` qualifies the row's columns (`e.` or nothing); the other
+/// arguments are SQL expressions. The row's columns are its old values.
+fn history_with(row: &str, outcome: &str, kind: &str, error: &str, delay: &str) -> String {
     format!(
-        "history = (
+        "(
             CASE WHEN jsonb_array_length(COALESCE({row}history, '[]')::jsonb) >= {HISTORY_KEPT}
                  THEN COALESCE({row}history, '[]')::jsonb - 0
                  ELSE COALESCE({row}history, '[]')::jsonb END
@@ -289,7 +289,7 @@ impl Queue for PgQueue {
         // One statement, in its own transaction: the batch's rows over arrays (`unnest`),
         // whatever their kinds, and a notification for each provider with a row back to
         // pending (any worker may take it, once due), delivered at commit.
-        let history = history_append(
+        let history = history_with(
             "e.",
             "CASE WHEN b.requeue THEN 'returned' WHEN b.status = 'pending' THEN 'retried'
                   ELSE b.status END",
@@ -297,17 +297,13 @@ impl Queue for PgQueue {
             "b.error",
             "b.delay",
         );
-        // A first attempt that completes leaves the history empty: the row's own times and
-        // worker describe it (see `execution_from_row`), and it is by far the common case.
-        let history = history.replacen(
-            "history = ",
-            "history = CASE WHEN e.history IS NULL AND b.status = 'completed' THEN NULL ELSE ",
-            1,
-        ) + " END";
         let written: Vec<(i64, i64)> = sqlx::query_as(&format!(
+            // A first attempt that completes leaves the history empty: the row's own times
+            // and worker describe it (see `execution_from_row`), and it is the common case.
             "WITH done AS (
                UPDATE executions e SET
-                      {history},
+                      history = CASE WHEN e.history IS NULL AND b.status = 'completed'
+                                     THEN NULL ELSE {history} END,
                       status = b.status,
                       output = CASE WHEN b.status = 'completed' THEN b.output ELSE e.output END,
                       error = COALESCE(b.error, e.error),
@@ -349,10 +345,10 @@ impl Queue for PgQueue {
 
     async fn recover_interrupted(&self) -> Result<Recovered, StoreError> {
         let mut tx = self.pool.begin().await.op("reclaiming expired leases")?;
-        let history = history_append("", "'interrupted'", "NULL", "NULL", "NULL");
+        let history = history_with("", "'interrupted'", "NULL", "NULL", "NULL");
         let failed: Vec<(i64, String)> = sqlx::query_as(&format!(
             "UPDATE executions
-                SET {history},
+                SET history = {history},
                     status = 'failed', finished_at = {NOW_MS}, owner = NULL, lease_until = NULL,
                     error_kind = 'interrupted',
                     error = 'interrupted: the worker running it (' || owner
@@ -365,7 +361,7 @@ impl Queue for PgQueue {
         .await
         .op("failing expired executions without attempts left")?;
         let resumed: Vec<(i64, String)> = sqlx::query_as(&format!(
-            "UPDATE executions SET {history}, status = 'pending', resume = true, owner = NULL,
+            "UPDATE executions SET history = {history}, status = 'pending', resume = true, owner = NULL,
                     lease_until = NULL
               WHERE status = 'running' AND lease_until < {NOW_MS}
              RETURNING id, provider"

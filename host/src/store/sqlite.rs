@@ -25,12 +25,12 @@ fn json_rows<T: serde::Serialize>(rows: impl Iterator<Item = T>) -> Result<Strin
         .map_err(|e| StoreError::Other(format!("encoding a batch of results: {e}")))
 }
 
-/// `history = …`: the row's attempt history with one more entry, the oldest dropped past
-/// `HISTORY_KEPT`. The arguments are SQL expressions; the row's other columns are its old
-/// values.
-fn history_append(finished: &str, outcome: &str, kind: &str, error: &str, delay: &str) -> String {
+/// An SQL expression: the row's attempt history with one more entry, the oldest dropped
+/// past `HISTORY_KEPT`. The arguments are SQL expressions; the row's other columns are its
+/// old values.
+fn history_with(finished: &str, outcome: &str, kind: &str, error: &str, delay: &str) -> String {
     format!(
-        "history = json_insert(
+        "json_insert(
             CASE WHEN json_array_length(COALESCE(history, '[]')) >= {HISTORY_KEPT}
                  THEN json_remove(history, '$[0]') ELSE COALESCE(history, '[]') END,
             '$[#]',
@@ -267,7 +267,7 @@ impl Queue for SqliteQueue {
                 r.id, r.status, r.output, r.error, r.kind, r.delay_ms, r.requeue,
             )
         }))?;
-        let history = history_append(
+        let history = history_with(
             "?3",
             "CASE WHEN json_extract(b.value, '$[6]') THEN 'returned'
                   WHEN json_extract(b.value, '$[1]') = 'pending' THEN 'retried'
@@ -276,17 +276,13 @@ impl Queue for SqliteQueue {
             "json_extract(b.value, '$[3]')",
             "json_extract(b.value, '$[5]')",
         );
-        // A first attempt that completes leaves the history empty: the row's own times and
-        // worker describe it (see `execution_from_row`), and it is by far the common case.
-        let history = history.replacen(
-            "history = ",
-            "history = CASE WHEN history IS NULL AND json_extract(b.value, '$[1]') = 'completed'
-                            THEN NULL ELSE ",
-            1,
-        ) + " END";
         let ids: Vec<i64> = sqlx::query_scalar(&format!(
+            // A first attempt that completes leaves the history empty: the row's own times
+            // and worker describe it (see `execution_from_row`), and it is the common case.
             "UPDATE executions SET
-                    {history},
+                    history = CASE WHEN history IS NULL
+                                        AND json_extract(b.value, '$[1]') = 'completed'
+                                   THEN NULL ELSE {history} END,
                     status = json_extract(b.value, '$[1]'),
                     output = CASE WHEN json_extract(b.value, '$[1]') = 'completed'
                                   THEN json_extract(b.value, '$[2]') ELSE output END,
@@ -316,10 +312,10 @@ impl Queue for SqliteQueue {
 
     async fn recover_interrupted(&self) -> Result<Recovered, StoreError> {
         let mut tx = self.pool.begin().await.op("starting recovery")?;
-        let history = history_append("?1", "'interrupted'", "NULL", "NULL", "NULL");
+        let history = history_with("?1", "'interrupted'", "NULL", "NULL", "NULL");
         let failed: Vec<(i64, String)> = sqlx::query_as(&format!(
             "UPDATE executions
-                SET {history}, status = 'failed', finished_at = ?1, owner = NULL,
+                SET history = {history}, status = 'failed', finished_at = ?1, owner = NULL,
                     lease_until = NULL, error_kind = 'interrupted',
                     error = 'interrupted: the process running it stopped, and that was attempt '
                             || attempts || ' of ' || max_attempts
@@ -331,7 +327,7 @@ impl Queue for SqliteQueue {
         .await
         .op("failing interrupted executions without attempts left")?;
         let resumed: Vec<(i64, String)> = sqlx::query_as(&format!(
-            "UPDATE executions SET {history}, status = 'pending', resume = 1, owner = NULL,
+            "UPDATE executions SET history = {history}, status = 'pending', resume = 1, owner = NULL,
                     lease_until = NULL
               WHERE status = 'running'
              RETURNING id, provider"
