@@ -42,8 +42,12 @@ pub struct Cli {
 /// A `lanes` subcommand.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the daemon until SIGINT or SIGTERM.
-    Serve,
+    /// Run the daemon until SIGINT or SIGTERM, with the HTTP API, metrics and dashboard.
+    Serve {
+        /// Do not serve the HTTP API, metrics or dashboard (as `[api] enabled = false`).
+        #[arg(long)]
+        no_api: bool,
+    },
     /// Queue an execution and print its id.
     Submit(SubmitArgs),
     /// Show one execution.
@@ -194,7 +198,7 @@ pub fn runtime_threads() -> usize {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_filter = match cli.command {
-        Command::Serve => "info",
+        Command::Serve { .. } => "info",
         // The demo draws its own live view; only errors should interrupt it.
         Command::Demo(_) => "error",
         _ => "warn",
@@ -385,23 +389,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         _ => {}
     }
     // First of all: a SIGTERM while the daemon starts must stop it gracefully, not kill it.
-    let signals = matches!(cli.command, Command::Serve).then(crate::daemon::StopSignals::install);
+    let signals =
+        matches!(cli.command, Command::Serve { .. }).then(crate::daemon::StopSignals::install);
     // SIGHUP's default action ends the process: catch it as early too.
     #[cfg(unix)]
     let mut hangups = match cli.command {
-        Command::Serve => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .map_err(|e| tracing::warn!("cannot listen for SIGHUP ({e}); no reloads"))
-            .ok(),
+        Command::Serve { .. } => {
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .map_err(|e| tracing::warn!("cannot listen for SIGHUP ({e}); no reloads"))
+                .ok()
+        }
         _ => None,
     };
     let config = Config::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Serve => {
+        Command::Serve { no_api } => {
             let grace = Duration::from_secs(config.shutdown_grace_secs);
             #[cfg(unix)]
             let notifier = crate::systemd::Notifier::from_env();
+            let api = match config.api.enabled && !no_api {
+                true => Some(crate::api::bind(&config.api).await?),
+                false => None,
+            };
             let queue = open_queue(&config).await?;
             let daemon = Daemon::start(config, queue).await?;
+            let api = api.map(|bound| bound.serve(daemon.control()));
             #[cfg(unix)]
             if let Some(notifier) = &notifier {
                 notifier.send(&format!(
@@ -443,6 +455,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             #[cfg(unix)]
             if let Some(notifier) = &notifier {
                 notifier.send("STOPPING=1\nSTATUS=shutting down");
+            }
+            // No new requests while the lanes drain.
+            if let Some(api) = api {
+                api.shutdown().await;
             }
             daemon.shutdown(grace).await;
         }

@@ -98,6 +98,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// How finished attempts are written to the queue.
     pub completer: CompleterConfig,
+    /// The HTTP API, metrics and dashboard that `lanes serve` serves.
+    pub api: ApiConfig,
     /// Providers by name: extra names for a component, limits and config values.
     pub providers: BTreeMap<String, ProviderConfig>,
 }
@@ -120,7 +122,37 @@ impl Default for Config {
             cache: CacheConfig::default(),
             http: HttpConfig::default(),
             completer: CompleterConfig::default(),
+            api: ApiConfig::default(),
             providers: BTreeMap::new(),
+        }
+    }
+}
+
+/// The HTTP API (`/v1`), the metrics (`/metrics`) and the dashboard (`/`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Serve it at all (`lanes serve --no-api` turns it off too).
+    pub enabled: bool,
+    /// `IP:PORT` to listen on; port 0 picks a free one (the log says which).
+    pub addr: String,
+    /// The environment variable holding the bearer token every request but `/healthz`
+    /// must carry. A non-loopback `addr` needs a token.
+    pub token_env: Option<String>,
+    /// A file holding the bearer token (its first line).
+    pub token_file: Option<PathBuf>,
+    /// The largest request body, in bytes.
+    pub max_body_bytes: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            enabled: true,
+            addr: "127.0.0.1:7465".to_string(),
+            token_env: None,
+            token_file: None,
+            max_body_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -515,6 +547,18 @@ impl Config {
             if value == 0 {
                 problems.push(invalid(field, "must be at least 1"));
             }
+        }
+        if let Err(e) = self.api.addr.parse::<std::net::SocketAddr>() {
+            problems.push(invalid(
+                "api.addr",
+                format!("`{}` is not IP:PORT: {e}", self.api.addr),
+            ));
+        }
+        if self.api.token_env.is_some() && self.api.token_file.is_some() {
+            problems.push(invalid("api", "set token_env or token_file, not both"));
+        }
+        if self.api.max_body_bytes == 0 {
+            problems.push(invalid("api.max_body_bytes", "must be at least 1"));
         }
         if !(1..=10_000).contains(&self.completer.max_batch) {
             problems.push(invalid("completer.max_batch", "must be from 1 to 10000"));

@@ -3,6 +3,7 @@
 //!
 //! The codemap is `docs/ARCHITECTURE.md`.
 
+pub mod api;
 pub mod attempt;
 pub mod cli;
 pub mod config;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lanes::model::{ChatInput, ErrorKind, NewExecution, Status, now_ms};
-use lanes::store::{Claim, Finish, ProviderRecord, Queue};
+use lanes::store::{Change, Claim, Finish, ProviderRecord, Queue};
 
 use crate::support::*;
 
@@ -418,11 +418,11 @@ async fn postgres_notifies_what_other_workers_can_claim() {
     let q = env.any_queue().await;
     let mut changes = q.listen().await.unwrap().expect("PostgreSQL notifies");
     let other = env.any_queue().await; // another worker's connection
-    async fn heard(changes: &mut tokio::sync::mpsc::Receiver<String>, what: &str) {
+    async fn heard(changes: &mut tokio::sync::mpsc::Receiver<Change>, what: &str) {
         let got = tokio::time::timeout(Duration::from_secs(5), changes.recv()).await;
         assert_eq!(
-            got.ok().flatten().as_deref(),
-            Some("n"),
+            got.ok().flatten(),
+            Some(Change::Provider("n".into())),
             "{what} wakes the others"
         );
     }
@@ -449,6 +449,21 @@ async fn postgres_notifies_what_other_workers_can_claim() {
     };
     other.finish(second, "w", &retry).await.unwrap();
     heard(&mut changes, "a row back to pending").await;
+    // A running row cancelled: its worker, whichever it is, hears which one.
+    let third = other.submit(&new("n", 0)).await.unwrap();
+    heard(&mut changes, "a submission").await;
+    other.claim("n", claim("w", 5, 5)).await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_millis(300), changes.recv()).await;
+    other.cancel(third).await.unwrap();
+    loop {
+        let got = tokio::time::timeout(Duration::from_secs(5), changes.recv())
+            .await
+            .expect("a cancel is heard")
+            .unwrap();
+        if got == Change::Cancel(third) {
+            break;
+        }
+    }
     assert!(
         TestEnv::new()
             .any_queue()
@@ -458,4 +473,93 @@ async fn postgres_notifies_what_other_workers_can_claim() {
             .unwrap()
             .is_none()
     );
+}
+
+contract!(keyed, idempotency_keys_pages_and_cancels);
+async fn idempotency_keys_pages_and_cancels(q: Arc<dyn Queue>) {
+    use lanes::store::{Cancelled, ExecutionFilter, IdempotencyKey, Submitted};
+    let key = |k: &str, f: &str| {
+        Some(IdempotencyKey {
+            key: k.into(),
+            fingerprint: f.into(),
+        })
+    };
+    let first = q
+        .submit_keyed(&[(new("k", 0), key("a", "1")), (new("k", 0), None)])
+        .await
+        .unwrap();
+    let Submitted::Created(a) = first[0] else {
+        panic!("{first:?}")
+    };
+    assert!(matches!(first[1], Submitted::Created(_)));
+    // The same key and fingerprint: the same execution; another fingerprint: a conflict,
+    // and then nothing of that batch is written.
+    let again = q
+        .submit_keyed(&[(new("k", 0), key("a", "1"))])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![Submitted::Repeated(a)]);
+    let before = q.list(None).await.unwrap().len();
+    let clash = q
+        .submit_keyed(&[(new("k", 0), None), (new("k", 0), key("a", "2"))])
+        .await
+        .unwrap();
+    assert_eq!(clash[1], Submitted::Conflict(a));
+    assert_eq!(q.list(None).await.unwrap().len(), before, "rolled back");
+
+    // Pages: newest first, filtered, below a cursor.
+    for _ in 0..3 {
+        q.submit(&new("p", 0)).await.unwrap();
+    }
+    let page = |before_id, limit| ExecutionFilter {
+        provider: Some("p".into()),
+        before_id,
+        limit,
+        ..ExecutionFilter::default()
+    };
+    let top = q.list_page(&page(None, 2)).await.unwrap();
+    assert_eq!(top.len(), 2);
+    assert!(top[0].id > top[1].id);
+    let rest = q.list_page(&page(Some(top[1].id), 2)).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert!(rest[0].id < top[1].id);
+    let future = ExecutionFilter {
+        created_after: Some(now_ms() + 60_000),
+        limit: 10,
+        ..ExecutionFilter::default()
+    };
+    assert!(q.list_page(&future).await.unwrap().is_empty());
+    let completed = ExecutionFilter {
+        status: Some(Status::Completed),
+        limit: 10,
+        ..ExecutionFilter::default()
+    };
+    assert!(q.list_page(&completed).await.unwrap().is_empty());
+
+    // Cancels: pending at once; running under its owner, whose result is then not
+    // written; ended ones are left as they are.
+    assert_eq!(q.cancel(rest[0].id).await.unwrap(), Cancelled::Pending);
+    let running = q.claim("p", claim("w", 1, 5)).await.unwrap();
+    let id = running[0].id;
+    assert_eq!(
+        q.cancel(id).await.unwrap(),
+        Cancelled::Running {
+            owner: Some("w".into())
+        }
+    );
+    let done = Finish::Completed(serde_json::json!({"text": "late"}));
+    assert!(
+        !q.finish(id, "w", &done).await.unwrap(),
+        "a cancelled row is not written"
+    );
+    let row = q.get(id).await.unwrap().unwrap();
+    assert_eq!(row.status, Status::Cancelled);
+    assert!(row.output.is_none());
+    assert_eq!(row.history.last().unwrap().outcome, "cancelled");
+    assert_eq!(
+        q.cancel(id).await.unwrap(),
+        Cancelled::Terminal(Status::Cancelled)
+    );
+    assert_eq!(q.cancel(999_999).await.unwrap(), Cancelled::NotFound);
+    q.ping().await.unwrap();
 }

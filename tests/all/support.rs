@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use lanes::Queue;
-use lanes::config::{CacheConfig, ConfigValue, ProviderConfig};
+use lanes::config::{ApiConfig, CacheConfig, ConfigValue, ProviderConfig};
 use lanes::model::{ChatInput, Execution, NewExecution, Status};
 use lanes::{Config, Daemon, SqliteQueue};
 
@@ -82,6 +82,11 @@ impl TestEnv {
                 enabled: true,
                 dir: Some(repo_root().join("target/test-cache")),
                 ..CacheConfig::default()
+            },
+            // Tests run side by side: each API on a free port.
+            api: ApiConfig {
+                addr: "127.0.0.1:0".into(),
+                ..ApiConfig::default()
             },
             ..Config::default()
         };
@@ -182,8 +187,18 @@ impl TestEnv {
         self.spawn_worker("serve")
     }
 
+    /// A `lanes serve ARGS` child process logging to `serve.log`.
+    pub fn spawn_serve_with(&self, args: &[&str]) -> std::process::Child {
+        self.spawn_worker_with("serve", args)
+    }
+
     /// A `lanes serve` child process logging to `NAME.log`.
     pub fn spawn_worker(&self, name: &str) -> std::process::Child {
+        self.spawn_worker_with(name, &[])
+    }
+
+    /// A `lanes serve ARGS` child process logging to `NAME.log`.
+    pub fn spawn_worker_with(&self, name: &str, args: &[&str]) -> std::process::Child {
         let config = self.write_config();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -194,6 +209,7 @@ impl TestEnv {
             .arg("--config")
             .arg(&config)
             .arg("serve")
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -385,5 +401,55 @@ impl Drop for PgSchema {
             })
         })
         .join();
+    }
+}
+
+/// Waits until `NAME.log` of `env` holds `text`; panics with the log after `timeout`.
+pub async fn wait_for_log(env: &TestEnv, name: &str, text: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let log = env.log(name);
+        if log.contains(text) {
+            return log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no `{text}` in {name}.log:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The API address a `lanes serve` logged.
+pub async fn api_addr(env: &TestEnv, name: &str) -> std::net::SocketAddr {
+    let log = wait_for_log(
+        env,
+        name,
+        "API listening on http://",
+        Duration::from_secs(60),
+    )
+    .await;
+    let rest = &log[log.find("API listening on http://").unwrap() + 24..];
+    let addr: String = rest.chars().take_while(|c| !c.is_whitespace()).collect();
+    addr.trim_end_matches(|c: char| !c.is_ascii_digit())
+        .parse()
+        .unwrap_or_else(|e| panic!("address `{addr}` in the log: {e}"))
+}
+
+/// SIGTERM, then waits for the child to exit (killing it after 30 s).
+pub fn terminate(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("lanes serve did not exit within 30 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -75,6 +75,9 @@ pub struct Completion {
     /// When the attempt ended, for the write delay.
     pub ended: Instant,
     pub tokens: Option<(u32, u32)>,
+    /// The execution was cancelled while it ran: its row is already `cancelled`, and
+    /// nothing of the attempt is written.
+    pub cancelled: bool,
 }
 
 /// Hands results to the completer. Cheap to clone.
@@ -230,6 +233,7 @@ impl Worker {
         let mut freed: BTreeMap<Arc<str>, (Arc<Lane>, bool)> = BTreeMap::new();
         for (c, ok) in batch.drain(..).zip(written) {
             let outcome = match (&c.finish, ok) {
+                (_, false) if c.cancelled => Outcome::Cancelled,
                 (_, false) => Outcome::Lost,
                 (Finish::Completed(_), true) => Outcome::Completed,
                 (Finish::Retry { kind, delay_ms, .. }, true) => Outcome::Retried {
@@ -281,6 +285,10 @@ impl Worker {
 fn log_end(c: &Completion, outcome: Outcome) {
     let (id, provider) = (c.id, c.lane.name());
     match (&c.finish, outcome) {
+        (_, Outcome::Cancelled) => info!(
+            id,
+            provider, "cancelled while running: attempt stopped, its result discarded"
+        ),
         (_, Outcome::Lost) => {
             warn!(
                 id,
@@ -397,6 +405,7 @@ mod tests {
             duration_ms: 1,
             ended: Instant::now(),
             tokens: None,
+            cancelled: false,
         }
     }
 

@@ -28,6 +28,9 @@ pub enum Outcome {
     Requeued,
     /// This worker no longer owned the row (its lease expired): nothing was written.
     Lost,
+    /// The execution was cancelled while it ran: the attempt was stopped and nothing of it
+    /// was written.
+    Cancelled,
 }
 
 /// Why a lane stopped claiming.

@@ -2,6 +2,7 @@
 //! ended (completed, retry after a delay, failed), and hands that to the completer. It does
 //! no database work itself.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,7 +12,7 @@ use super::completer::{CompleterHandle, Completion};
 use super::events::{Event, EventBus};
 use super::lane::{Lane, Slot};
 use crate::attempt;
-use crate::model::{ChatInput, ErrorKind, Execution, now_ms};
+use crate::model::{ChatInput, ErrorKind, Execution, ExecutionId, now_ms};
 use crate::plugin::Provider;
 use crate::retry::{Decision, RetryPolicy};
 use crate::store::Finish;
@@ -24,6 +25,8 @@ pub struct Executor {
     pub(super) completer: CompleterHandle,
     /// Takes running attempts away (they return to pending) once the grace period is over.
     pub(super) stop_running: CancellationToken,
+    /// The attempts running now, by execution, to stop one that is cancelled.
+    pub(super) running: std::sync::Mutex<HashMap<ExecutionId, CancellationToken>>,
 }
 
 impl Executor {
@@ -45,10 +48,15 @@ impl Executor {
         let began = Instant::now();
         // The attempt consumes the input; the rest of the row stays for the hand-over.
         let input = std::mem::take(&mut execution.input);
+        let cancel = CancellationToken::new();
+        self.running_attempts().insert(execution.id, cancel.clone());
         let (finish, tokens) = tokio::select! {
             end = self.attempt(&provider, &execution, input) => end,
             _ = self.stop_running.cancelled() => (Finish::Requeue, None),
+            // The row is already `cancelled`: whatever is sent is not written.
+            _ = cancel.cancelled() => (Finish::Requeue, None),
         };
+        self.running_attempts().remove(&execution.id);
         let ended = Instant::now();
         self.completer
             .send(Completion {
@@ -62,8 +70,27 @@ impl Executor {
                     .unwrap_or(i64::MAX),
                 ended,
                 tokens,
+                cancelled: cancel.is_cancelled(),
             })
             .await;
+    }
+
+    /// Stops the attempt of `id` if it runs here; its row must already be `cancelled`.
+    /// Returns whether it ran here.
+    pub fn stop(&self, id: ExecutionId) -> bool {
+        match self.running_attempts().get(&id) {
+            Some(token) => {
+                token.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn running_attempts(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<ExecutionId, CancellationToken>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// One attempt: how it ended, and the tokens it used when it completed.

@@ -38,7 +38,7 @@ use crate::config::Config;
 use crate::model::{ExecutionId, NewExecution};
 use crate::plugin::PluginHost;
 use crate::retry::RetryPolicy;
-use crate::store::{Queue, StoreError};
+use crate::store::{Cancelled, Change, Queue, StoreError};
 use completer::{Completer, CompleterParts, QueueSink};
 use events::{EventBus, Subscription};
 use executor::Executor;
@@ -97,6 +97,7 @@ impl LiveConfig {
 pub struct Daemon {
     shared: Arc<Shared>,
     reloader: Arc<Reloader>,
+    executor: Arc<Executor>,
     completer: Completer,
     stop_running: CancellationToken,
     executions: TaskTracker,
@@ -138,7 +139,155 @@ fn lock_database(config: &Config) -> Result<Option<std::fs::File>, DaemonError> 
     Ok(Some(file))
 }
 
+/// What the control plane (the HTTP API) may do with a running daemon: submit, cancel,
+/// change limits and look at its lanes and plugins. Cheap to clone; it outlives nothing:
+/// once the daemon shuts down, its calls see a stopped daemon.
+#[derive(Clone)]
+pub struct Control {
+    shared: Arc<Shared>,
+    executor: Arc<Executor>,
+    reloader: Arc<Reloader>,
+}
+
+/// One lane as the control plane sees it.
+#[derive(Debug, Clone)]
+pub struct LaneView {
+    pub provider: String,
+    /// The component serving it, if any: `(file, version)`.
+    pub component: Option<(String, String)>,
+    /// Every source of its limit, under the config and run-time limits in effect.
+    pub limits: Option<crate::limits::LimitView>,
+    /// The lane's limit now.
+    pub effective: u32,
+    /// Attempts this worker runs now.
+    pub running: u32,
+}
+
+impl Control {
+    /// The queue this daemon serves.
+    pub fn queue(&self) -> &Arc<dyn Queue> {
+        &self.shared.queue
+    }
+
+    /// The config in effect.
+    pub fn config(&self) -> Arc<Config> {
+        self.shared.config.get()
+    }
+
+    /// A subscription to the daemon's events, from now on.
+    pub fn subscribe(&self) -> Subscription {
+        self.shared.events.subscribe()
+    }
+
+    /// Whether `provider` is known: a lane, the config, or (on a fleet) another worker's
+    /// loaded component.
+    pub async fn knows(&self, provider: &str) -> Result<bool, StoreError> {
+        if self.shared.registry.get(provider).is_some()
+            || self.shared.config.get().providers.contains_key(provider)
+        {
+            return Ok(true);
+        }
+        Ok(self
+            .shared
+            .queue
+            .providers()
+            .await?
+            .iter()
+            .any(|p| p.name == provider))
+    }
+
+    /// Queues executions in one transaction (see [`Queue::submit_keyed`]) and wakes the
+    /// lanes of those created.
+    pub async fn submit_keyed(
+        &self,
+        batch: &[(NewExecution, Option<crate::store::IdempotencyKey>)],
+    ) -> Result<Vec<crate::store::Submitted>, StoreError> {
+        let done = self.shared.queue.submit_keyed(batch).await?;
+        let created: BTreeSet<&str> = batch
+            .iter()
+            .zip(&done)
+            .filter(|(_, s)| matches!(s, crate::store::Submitted::Created(_)))
+            .map(|((n, _), _)| n.provider.as_str())
+            .collect();
+        for provider in created {
+            self.shared.registry.wake(provider);
+        }
+        Ok(done)
+    }
+
+    /// Cancels an execution; a running one here is stopped at once (on another worker, by
+    /// its notification).
+    pub async fn cancel(&self, id: ExecutionId) -> Result<Cancelled, StoreError> {
+        let done = self.shared.queue.cancel(id).await?;
+        if matches!(done, Cancelled::Running { .. }) {
+            self.executor.stop(id);
+        }
+        Ok(done)
+    }
+
+    /// Sets (`Some`) or clears (`None`) a provider's run-time limit, and applies it to this
+    /// worker's lanes at once; other workers apply it within `limits_refresh_ms`. Returns
+    /// whether a run-time limit was there to clear.
+    pub async fn set_limit(&self, provider: &str, limit: Option<u32>) -> Result<bool, StoreError> {
+        let had = match limit {
+            Some(limit) => {
+                self.shared.queue.set_limit(provider, limit).await?;
+                true
+            }
+            None => self.shared.queue.clear_limit(provider).await?,
+        };
+        let runtime = self.shared.queue.limits().await?;
+        self.shared
+            .registry
+            .apply_limits(&self.shared.config.get(), &runtime);
+        Ok(had)
+    }
+
+    /// Every lane of this worker, with its limits under the run-time limits `runtime`.
+    pub fn lanes(&self, runtime: &BTreeMap<String, u32>) -> Vec<LaneView> {
+        let config = self.shared.config.get();
+        self.shared
+            .registry
+            .snapshot()
+            .into_iter()
+            .map(|(name, lane)| {
+                let provider = lane.provider();
+                LaneView {
+                    component: provider
+                        .as_ref()
+                        .map(|p| (p.component.file.clone(), p.component.info.version.clone())),
+                    limits: provider
+                        .as_ref()
+                        .map(|p| Registry::limit_of(&config, p, runtime)),
+                    effective: lane.limit(),
+                    running: lane.running(),
+                    provider: name,
+                }
+            })
+            .collect()
+    }
+
+    /// The outcome of every file in the plugins folder, as of the last scan.
+    pub async fn plugin_files(&self) -> Vec<crate::plugin::FileReport> {
+        self.reloader.files().await
+    }
+
+    /// This worker's owner id.
+    pub fn owner(&self) -> &str {
+        &self.shared.owner
+    }
+}
+
 impl Daemon {
+    /// The handle the control plane uses.
+    pub fn control(&self) -> Control {
+        Control {
+            shared: self.shared.clone(),
+            executor: self.executor.clone(),
+            reloader: self.reloader.clone(),
+        }
+    }
+
     /// Loads the plugins, recovers interrupted executions and starts every lane.
     pub async fn start(config: Config, queue: Arc<dyn Queue>) -> Result<Daemon, DaemonError> {
         let lock = lock_database(&config)?;
@@ -176,6 +325,7 @@ impl Daemon {
             events,
             completer: completer.handle(),
             stop_running: stop_running.clone(),
+            running: Default::default(),
         });
         let executions = TaskTracker::new();
         let background = TaskTracker::new();
@@ -197,6 +347,7 @@ impl Daemon {
         let daemon = Daemon {
             shared: shared.clone(),
             reloader: reloader.clone(),
+            executor: executor.clone(),
             completer,
             stop_running,
             executions,
@@ -225,16 +376,21 @@ impl Daemon {
             daemon.leasing.spawn(leases::lease_loop(shared.clone()));
         }
         if let Some(mut changes) = changes {
-            let shared = shared.clone();
+            let (shared, executor) = (shared.clone(), executor.clone());
             background.spawn(async move {
                 loop {
                     tokio::select! {
-                        provider = changes.recv() => match provider {
+                        change = changes.recv() => match change {
                             // Another worker's change: a submission, a freed slot, or a row
                             // back to pending, perhaps for a later retry.
-                            Some(provider) => if let Some(lane) = shared.registry.get(&provider) {
-                                lane.note_retry();
-                            },
+                            Some(Change::Provider(provider)) => {
+                                if let Some(lane) = shared.registry.get(&provider) {
+                                    lane.note_retry();
+                                }
+                            }
+                            Some(Change::Cancel(id)) => {
+                                executor.stop(id);
+                            }
                             None => return,
                         },
                         _ = shared.stop_claiming.cancelled() => return,

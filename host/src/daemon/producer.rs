@@ -148,6 +148,7 @@ impl Producer {
                         duration_ms: 0,
                         ended: Instant::now(),
                         tokens: None,
+                        cancelled: false,
                     })
                     .await;
                 continue;

@@ -44,6 +44,7 @@ pub const FIXED: &[&str] = &[
     "engine",
     "cache",
     "completer",
+    "api",
 ];
 
 impl Reloader {
@@ -85,7 +86,8 @@ impl Reloader {
             shutdown_grace_secs,
             engine,
             cache,
-            completer
+            completer,
+            api
         );
         *self
             .executor

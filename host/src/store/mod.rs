@@ -178,9 +178,10 @@ pub trait Queue: Send + Sync + 'static {
         Ok(())
     }
 
-    /// A stream of provider names, each sent when that provider's queue changed in another
-    /// process (a submission, or a slot freed); `None` where the backend cannot notify.
-    async fn listen(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>, StoreError> {
+    /// A stream of changes made in other processes: a provider's queue changed (a
+    /// submission, or a slot freed), or a running execution was cancelled; `None` where the
+    /// backend cannot notify.
+    async fn listen(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Change>>, StoreError> {
         Ok(None)
     }
 
@@ -202,6 +203,117 @@ pub trait Queue: Send + Sync + 'static {
 
     /// The providers the daemon last loaded.
     async fn providers(&self) -> Result<Vec<ProviderRecord>, StoreError>;
+
+    /// Inserts pending executions in one transaction, each with an optional idempotency
+    /// key. A key already stored with the same fingerprint gives back its execution
+    /// ([`Submitted::Repeated`]); with another fingerprint it is a [`Submitted::Conflict`],
+    /// and then nothing of the batch is written.
+    async fn submit_keyed(
+        &self,
+        batch: &[(NewExecution, Option<IdempotencyKey>)],
+    ) -> Result<Vec<Submitted>, StoreError>;
+
+    /// One page of executions, newest first (see [`ExecutionFilter`]).
+    async fn list_page(&self, filter: &ExecutionFilter) -> Result<Vec<Execution>, StoreError>;
+
+    /// Cancels a pending or running execution. A running one is left to its worker to stop:
+    /// the row is `cancelled` at once, so whatever the attempt ends with is not written,
+    /// and on PostgreSQL every worker is told (see [`Change::Cancel`]).
+    async fn cancel(&self, id: ExecutionId) -> Result<Cancelled, StoreError>;
+
+    /// Whether the database answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// An idempotency key and the fingerprint of the request that came with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    pub key: String,
+    pub fingerprint: String,
+}
+
+impl IdempotencyKey {
+    /// What a stored execution `id` of this key, stored with `fingerprint`, means.
+    pub(crate) fn outcome(&self, id: ExecutionId, fingerprint: Option<&str>) -> Submitted {
+        if fingerprint == Some(self.fingerprint.as_str()) {
+            Submitted::Repeated(id)
+        } else {
+            Submitted::Conflict(id)
+        }
+    }
+}
+
+/// What [`Queue::submit_keyed`] did with one entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Submitted {
+    /// A new execution.
+    Created(ExecutionId),
+    /// The key was stored with the same request: its execution.
+    Repeated(ExecutionId),
+    /// The key was stored with another request: that execution.
+    Conflict(ExecutionId),
+}
+
+/// Which executions [`Queue::list_page`] returns: every filter given, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutionFilter {
+    pub provider: Option<String>,
+    pub status: Option<Status>,
+    /// Created at or after this time (Unix ms).
+    pub created_after: Option<i64>,
+    /// Created before this time (Unix ms).
+    pub created_before: Option<i64>,
+    /// Only ids below this one: the cursor of the next page.
+    pub before_id: Option<ExecutionId>,
+    /// At most this many.
+    pub limit: u32,
+}
+
+/// What [`Queue::cancel`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cancelled {
+    /// It was pending and is cancelled.
+    Pending,
+    /// It was running under `owner`, and is cancelled; its worker stops the attempt.
+    Running {
+        owner: Option<String>,
+    },
+    /// It had already ended.
+    Terminal(Status),
+    NotFound,
+}
+
+impl Cancelled {
+    /// A row that was neither pending nor running, by its stored status (`None`: no row).
+    pub(crate) fn ended(id: ExecutionId, status: Option<String>) -> Result<Cancelled, StoreError> {
+        match status {
+            None => Ok(Cancelled::NotFound),
+            Some(s) => Ok(Cancelled::Terminal(
+                s.parse()
+                    .map_err(|reason| StoreError::Corrupt { id, reason })?,
+            )),
+        }
+    }
+}
+
+/// A change another process made that this worker may act on (see [`Queue::listen`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A provider's queue changed: a submission, a freed slot, a row back to pending.
+    Provider(String),
+    /// An execution was cancelled while running: its worker stops the attempt.
+    Cancel(ExecutionId),
+}
+
+impl Change {
+    /// A notification's payload: a provider name, or `cancel:ID` (provider names have no
+    /// `:`).
+    pub fn parse(payload: &str) -> Option<Change> {
+        match payload.strip_prefix("cancel:") {
+            Some(id) => id.parse().ok().map(Change::Cancel),
+            None => Some(Change::Provider(payload.to_string())),
+        }
+    }
 }
 
 /// The parameters of one claim.

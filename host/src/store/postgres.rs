@@ -23,9 +23,10 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 
 use super::{
-    COLUMNS, Claim, DbContext, Finish, FinishRow, HISTORY_ERROR_CHARS, HISTORY_KEPT,
-    ProviderRecord, Queue, Recovered, StatusCounts, StoreError, execution_from_row, fold_counts,
-    provider_records, read_count, sort_claimed, stored_count, written_flags,
+    COLUMNS, Cancelled, Change, Claim, DbContext, ExecutionFilter, Finish, FinishRow,
+    HISTORY_ERROR_CHARS, HISTORY_KEPT, IdempotencyKey, ProviderRecord, Queue, Recovered,
+    StatusCounts, StoreError, Submitted, execution_from_row, fold_counts, provider_records,
+    read_count, sort_claimed, stored_count, written_flags,
 };
 use crate::model::{Execution, ExecutionId, NewExecution};
 
@@ -124,21 +125,28 @@ impl PgQueue {
     }
 }
 
+/// Inserts one execution; with a key already stored, inserts nothing and returns `None`.
 async fn insert(
     tx: &mut sqlx::PgConnection,
     new: &NewExecution,
-) -> Result<ExecutionId, StoreError> {
+    key: Option<&IdempotencyKey>,
+) -> Result<Option<ExecutionId>, StoreError> {
     let input = serde_json::to_string(&new.input)
         .map_err(|e| StoreError::Other(format!("serializing input: {e}")))?;
     sqlx::query_scalar(&format!(
-        "INSERT INTO executions (provider, priority, input, max_attempts, not_before, created_at)
-         VALUES ($1, $2, $3, $4, {NOW_MS}, {NOW_MS}) RETURNING id"
+        "INSERT INTO executions (provider, priority, input, max_attempts, not_before, created_at,
+                                 idempotency_key, request_hash)
+         VALUES ($1, $2, $3, $4, {NOW_MS}, {NOW_MS}, $5, $6)
+         ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+         RETURNING id"
     ))
     .bind(&new.provider)
     .bind(new.priority)
     .bind(input)
     .bind(new.max_attempts)
-    .fetch_one(tx)
+    .bind(key.map(|k| &k.key))
+    .bind(key.map(|k| &k.fingerprint))
+    .fetch_optional(tx)
     .await
     .op("submitting an execution")
 }
@@ -147,7 +155,9 @@ async fn insert(
 impl Queue for PgQueue {
     async fn submit(&self, new: &NewExecution) -> Result<ExecutionId, StoreError> {
         let mut tx = self.pool.begin().await.op("submitting an execution")?;
-        let id = insert(&mut tx, new).await?;
+        let id = insert(&mut tx, new, None)
+            .await?
+            .ok_or_else(|| StoreError::Other("an insert without a key returned no id".into()))?;
         self.notify(&mut tx, &new.provider).await?;
         tx.commit().await.op("submitting an execution")?;
         Ok(id)
@@ -390,7 +400,7 @@ impl Queue for PgQueue {
         self.notify(&mut conn, provider).await
     }
 
-    async fn listen(&self) -> Result<Option<tokio::sync::mpsc::Receiver<String>>, StoreError> {
+    async fn listen(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Change>>, StoreError> {
         let mut listener = PgListener::connect_with(&self.pool)
             .await
             .op("listening for notifications")?;
@@ -405,7 +415,10 @@ impl Queue for PgQueue {
                 // meanwhile are lost, and the poll interval covers them.
                 match listener.recv().await {
                     Ok(n) => {
-                        if tx.send(n.payload().to_string()).await.is_err() {
+                        let Some(change) = Change::parse(n.payload()) else {
+                            continue;
+                        };
+                        if tx.send(change).await.is_err() {
                             return;
                         }
                     }
@@ -490,6 +503,123 @@ impl Queue for PgQueue {
             .op("recording providers")?;
         }
         tx.commit().await.op("recording providers")?;
+        Ok(())
+    }
+
+    async fn submit_keyed(
+        &self,
+        batch: &[(NewExecution, Option<IdempotencyKey>)],
+    ) -> Result<Vec<Submitted>, StoreError> {
+        const OP: &str = "submitting executions";
+        let mut tx = self.pool.begin().await.op(OP)?;
+        let mut out = Vec::with_capacity(batch.len());
+        for (new, key) in batch {
+            // A key another transaction is inserting makes this wait for it to end; then
+            // the read below sees its row.
+            if let Some(id) = insert(&mut tx, new, key.as_ref()).await? {
+                out.push(Submitted::Created(id));
+                continue;
+            }
+            let Some(key) = key else {
+                return Err(StoreError::Other(
+                    "an insert without a key returned no id".into(),
+                ));
+            };
+            let (id, hash): (i64, Option<String>) = sqlx::query_as(
+                "SELECT id, request_hash FROM executions WHERE idempotency_key = $1",
+            )
+            .bind(&key.key)
+            .fetch_one(&mut *tx)
+            .await
+            .op("reading an idempotency key")?;
+            out.push(key.outcome(id, hash.as_deref()));
+        }
+        if out.iter().any(|s| matches!(s, Submitted::Conflict(_))) {
+            tx.rollback().await.op(OP)?;
+            return Ok(out);
+        }
+        let created: BTreeSet<&str> = batch
+            .iter()
+            .zip(&out)
+            .filter(|(_, s)| matches!(s, Submitted::Created(_)))
+            .map(|((n, _), _)| n.provider.as_str())
+            .collect();
+        for provider in created {
+            self.notify(&mut tx, provider).await?;
+        }
+        tx.commit().await.op(OP)?;
+        Ok(out)
+    }
+
+    async fn list_page(&self, filter: &ExecutionFilter) -> Result<Vec<Execution>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM executions
+              WHERE ($1::text IS NULL OR provider = $1) AND ($2::text IS NULL OR status = $2)
+                AND ($3::bigint IS NULL OR created_at >= $3)
+                AND ($4::bigint IS NULL OR created_at < $4)
+                AND ($5::bigint IS NULL OR id < $5)
+              ORDER BY id DESC LIMIT $6"
+        ))
+        .bind(filter.provider.as_deref())
+        .bind(filter.status.map(|s| s.as_str()))
+        .bind(filter.created_after)
+        .bind(filter.created_before)
+        .bind(filter.before_id)
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.pool)
+        .await
+        .op("listing executions")?;
+        rows.iter().map(execution_from_row).collect()
+    }
+
+    async fn cancel(&self, id: ExecutionId) -> Result<Cancelled, StoreError> {
+        const OP: &str = "cancelling an execution";
+        // Two guarded statements rather than a read then a write: each is atomic, and a row
+        // claimed between them is caught by the second.
+        let pending = sqlx::query(&format!(
+            "UPDATE executions SET status = 'cancelled', finished_at = {NOW_MS}
+              WHERE id = $1 AND status = 'pending'"
+        ))
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .op(OP)?;
+        if pending.rows_affected() > 0 {
+            return Ok(Cancelled::Pending);
+        }
+        let history = history_with("", "'cancelled'", "NULL", "NULL", "NULL");
+        let mut tx = self.pool.begin().await.op(OP)?;
+        let running: Option<Option<String>> = sqlx::query_scalar(&format!(
+            "UPDATE executions SET history = {history}, status = 'cancelled',
+                    finished_at = {NOW_MS}, owner = NULL, lease_until = NULL
+              WHERE id = $1 AND status = 'running'
+             RETURNING worker"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .op(OP)?;
+        if let Some(owner) = running {
+            // Whichever worker runs it stops the attempt.
+            self.notify(&mut tx, &format!("cancel:{id}")).await?;
+            tx.commit().await.op(OP)?;
+            return Ok(Cancelled::Running { owner });
+        }
+        tx.commit().await.op(OP)?;
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM executions WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .op(OP)?;
+        Cancelled::ended(id, status)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .op("checking the database")?;
         Ok(())
     }
 

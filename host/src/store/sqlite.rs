@@ -10,9 +10,10 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use super::{
-    COLUMNS, Claim, DbContext, Finish, FinishRow, HISTORY_ERROR_CHARS, HISTORY_KEPT,
-    ProviderRecord, Queue, Recovered, StatusCounts, StoreError, execution_from_row, fold_counts,
-    provider_records, read_count, sort_claimed, stored_count, written_flags,
+    COLUMNS, Cancelled, Claim, DbContext, ExecutionFilter, Finish, FinishRow, HISTORY_ERROR_CHARS,
+    HISTORY_KEPT, IdempotencyKey, ProviderRecord, Queue, Recovered, StatusCounts, StoreError,
+    Submitted, execution_from_row, fold_counts, provider_records, read_count, sort_claimed,
+    stored_count, written_flags,
 };
 use crate::model::{Execution, ExecutionId, NewExecution, now_ms};
 
@@ -109,23 +110,30 @@ async fn init_lock(db: &Path) -> Result<Option<std::fs::File>, StoreError> {
     .map_err(|e| StoreError::Other(format!("locking the database for start-up: {e}")))
 }
 
+/// Inserts one execution; with a key already stored, inserts nothing and returns `None`.
 async fn insert(
     conn: &mut sqlx::SqliteConnection,
     new: &NewExecution,
+    key: Option<&IdempotencyKey>,
     now: i64,
-) -> Result<ExecutionId, StoreError> {
+) -> Result<Option<ExecutionId>, StoreError> {
     let input = serde_json::to_string(&new.input)
         .map_err(|e| StoreError::Other(format!("serializing input: {e}")))?;
     sqlx::query_scalar(
-        "INSERT INTO executions (provider, priority, input, max_attempts, not_before, created_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?5) RETURNING id",
+        "INSERT INTO executions (provider, priority, input, max_attempts, not_before, created_at,
+                                 idempotency_key, request_hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7)
+         ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+         RETURNING id",
     )
     .bind(&new.provider)
     .bind(new.priority)
     .bind(input)
     .bind(new.max_attempts)
     .bind(now)
-    .fetch_one(conn)
+    .bind(key.map(|k| &k.key))
+    .bind(key.map(|k| &k.fingerprint))
+    .fetch_optional(conn)
     .await
     .op("submitting an execution")
 }
@@ -134,7 +142,9 @@ async fn insert(
 impl Queue for SqliteQueue {
     async fn submit(&self, new: &NewExecution) -> Result<ExecutionId, StoreError> {
         let mut conn = self.pool.acquire().await.op("submitting an execution")?;
-        insert(&mut conn, new, now_ms()).await
+        insert(&mut conn, new, None, now_ms())
+            .await?
+            .ok_or_else(|| StoreError::Other("an insert without a key returned no id".into()))
     }
 
     async fn submit_many(&self, new: &[NewExecution]) -> Result<Vec<ExecutionId>, StoreError> {
@@ -410,6 +420,110 @@ impl Queue for SqliteQueue {
             .op("recording providers")?;
         }
         tx.commit().await.op("recording providers")?;
+        Ok(())
+    }
+
+    async fn submit_keyed(
+        &self,
+        batch: &[(NewExecution, Option<IdempotencyKey>)],
+    ) -> Result<Vec<Submitted>, StoreError> {
+        const OP: &str = "submitting executions";
+        let now = now_ms();
+        let mut tx = self.pool.begin().await.op(OP)?;
+        let mut out = Vec::with_capacity(batch.len());
+        for (new, key) in batch {
+            if let Some(id) = insert(&mut tx, new, key.as_ref(), now).await? {
+                out.push(Submitted::Created(id));
+                continue;
+            }
+            let Some(key) = key else {
+                return Err(StoreError::Other(
+                    "an insert without a key returned no id".into(),
+                ));
+            };
+            let (id, hash): (i64, Option<String>) = sqlx::query_as(
+                "SELECT id, request_hash FROM executions WHERE idempotency_key = ?1",
+            )
+            .bind(&key.key)
+            .fetch_one(&mut *tx)
+            .await
+            .op("reading an idempotency key")?;
+            out.push(key.outcome(id, hash.as_deref()));
+        }
+        if out.iter().any(|s| matches!(s, Submitted::Conflict(_))) {
+            tx.rollback().await.op(OP)?;
+        } else {
+            tx.commit().await.op(OP)?;
+        }
+        Ok(out)
+    }
+
+    async fn list_page(&self, filter: &ExecutionFilter) -> Result<Vec<Execution>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM executions
+              WHERE (?1 IS NULL OR provider = ?1) AND (?2 IS NULL OR status = ?2)
+                AND (?3 IS NULL OR created_at >= ?3) AND (?4 IS NULL OR created_at < ?4)
+                AND (?5 IS NULL OR id < ?5)
+              ORDER BY id DESC LIMIT ?6"
+        ))
+        .bind(filter.provider.as_deref())
+        .bind(filter.status.map(|s| s.as_str()))
+        .bind(filter.created_after)
+        .bind(filter.created_before)
+        .bind(filter.before_id)
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.pool)
+        .await
+        .op("listing executions")?;
+        rows.iter().map(execution_from_row).collect()
+    }
+
+    async fn cancel(&self, id: ExecutionId) -> Result<Cancelled, StoreError> {
+        const OP: &str = "cancelling an execution";
+        let now = now_ms();
+        // Two guarded statements rather than a read then a write: each is atomic, and a row
+        // claimed between them is caught by the second.
+        let pending = sqlx::query(
+            "UPDATE executions SET status = 'cancelled', finished_at = ?2
+              WHERE id = ?1 AND status = 'pending'",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .op(OP)?;
+        if pending.rows_affected() > 0 {
+            return Ok(Cancelled::Pending);
+        }
+        let history = history_with("?2", "'cancelled'", "NULL", "NULL", "NULL");
+        let running: Option<Option<String>> = sqlx::query_scalar(&format!(
+            "UPDATE executions SET history = {history}, status = 'cancelled', finished_at = ?2,
+                    owner = NULL, lease_until = NULL
+              WHERE id = ?1 AND status = 'running'
+             RETURNING worker"
+        ))
+        .bind(id)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await
+        .op(OP)?;
+        if let Some(owner) = running {
+            return Ok(Cancelled::Running { owner });
+        }
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM executions WHERE id = ?1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .op(OP)?;
+        Cancelled::ended(id, status)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .op("checking the database")?;
         Ok(())
     }
 

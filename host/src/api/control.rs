@@ -1,0 +1,319 @@
+//! Providers, limits, plugins, the event stream, health and metrics.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::Stream;
+use futures_util::StreamExt;
+
+use super::AppState;
+use super::metrics::GaugeValues;
+use super::problem::{Json, Path, Problem, Query};
+use super::wire::{
+    ComponentOut, EventOut, EventsQuery, HealthOut, LimitRequest, LimitResponse, LimitsOut,
+    PluginOut, PluginsOut, ProviderOut, ProvidersOut,
+};
+use crate::limits::LimitView;
+use crate::model::{MAX_COUNT, validate_provider_name};
+
+fn limits_out(view: &LimitView) -> LimitsOut {
+    LimitsOut {
+        default: view.default,
+        configured: view.configured,
+        runtime: view.runtime,
+        effective: view.effective,
+        source: serde_json::to_value(view.source)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+    }
+}
+
+/// Every provider known to this worker, the config or the queue, as the API shows it, with
+/// the gauges the metrics need.
+async fn provider_rows(state: &AppState) -> Result<Vec<(ProviderOut, u32)>, Problem> {
+    let queue = state.control.queue();
+    let runtime = queue.limits().await?;
+    let counts = queue.counts().await?;
+    let records: BTreeMap<String, crate::store::ProviderRecord> = queue
+        .providers()
+        .await?
+        .into_iter()
+        .map(|p| (p.name.clone(), p))
+        .collect();
+    let config = state.control.config();
+    let lanes: BTreeMap<String, crate::daemon::LaneView> = state
+        .control
+        .lanes(&runtime)
+        .into_iter()
+        .map(|l| (l.provider.clone(), l))
+        .collect();
+    let names: BTreeSet<&String> = lanes
+        .keys()
+        .chain(config.providers.keys())
+        .chain(counts.keys())
+        .chain(records.keys())
+        .collect();
+    let mut rows = Vec::with_capacity(names.len());
+    for name in names {
+        let lane = lanes.get(name);
+        let serving = lane.and_then(|l| l.component.clone());
+        let view = lane.and_then(|l| l.limits.clone()).unwrap_or_else(|| {
+            LimitView::resolve(
+                name.clone(),
+                records.get(name).map(|r| r.default_limit),
+                config.providers.get(name).and_then(|p| p.limit),
+                runtime.get(name).copied(),
+                config.fallback_limit,
+            )
+        });
+        let count = counts.get(name).cloned().unwrap_or_default();
+        let recent = state.stats.recent(name);
+        let lane_limit = lane.map_or(view.effective, |l| l.effective);
+        rows.push((
+            ProviderOut {
+                name: name.clone(),
+                component: serving
+                    .clone()
+                    .or_else(|| {
+                        records
+                            .get(name)
+                            .map(|r| (r.component.clone(), r.version.clone()))
+                    })
+                    .map(|(file, version)| ComponentOut { file, version }),
+                limits: limits_out(&view),
+                running: count.running,
+                pending: count.pending,
+                last_minute: recent.last_minute,
+                throughput_5m: recent.throughput_5m,
+                errors_5m: recent.errors_5m,
+                state: if serving.is_some() {
+                    "serving"
+                } else {
+                    "no_component"
+                }
+                .to_string(),
+            },
+            lane_limit,
+        ));
+    }
+    Ok(rows)
+}
+
+/// Every provider: component, limits, queue, last minute's numbers and state.
+#[utoipa::path(
+    get, path = "/v1/providers", tag = "providers",
+    responses((status = 200, description = "Every provider", body = ProvidersOut))
+)]
+pub async fn providers(State(state): State<AppState>) -> Result<axum::Json<ProvidersOut>, Problem> {
+    let providers = provider_rows(&state)
+        .await?
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    Ok(axum::Json(ProvidersOut { providers }))
+}
+
+async fn known_provider(state: &AppState, name: &str) -> Result<(), Problem> {
+    validate_provider_name(name).map_err(Problem::bad_request)?;
+    let queued = state.control.queue().counts().await?.contains_key(name);
+    if queued || state.control.knows(name).await? {
+        Ok(())
+    } else {
+        Err(Problem::not_found(format!(
+            "unknown provider `{name}`: no component, config or queued work names it"
+        )))
+    }
+}
+
+async fn limit_reply(state: &AppState, name: &str) -> Result<axum::Json<LimitResponse>, Problem> {
+    let rows = provider_rows(state).await?;
+    let row = rows
+        .into_iter()
+        .find(|(p, _)| p.name == name)
+        .ok_or_else(|| Problem::not_found(format!("unknown provider `{name}`")))?;
+    Ok(axum::Json(LimitResponse {
+        provider: name.to_string(),
+        limits: row.0.limits,
+    }))
+}
+
+/// Set a provider's run-time limit. This worker applies it at once, the rest of the fleet
+/// within `limits_refresh_ms`.
+#[utoipa::path(
+    put, path = "/v1/providers/{name}/limit", tag = "providers",
+    params(("name" = String, Path, description = "The provider")),
+    request_body = LimitRequest,
+    responses(
+        (status = 200, description = "The provider's limits now", body = LimitResponse),
+        (status = 404, description = "Unknown provider", body = Problem),
+        (status = 422, description = "Not a limit from 1 to 2147483647", body = Problem),
+    )
+)]
+pub async fn set_limit(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Json(request): Json<LimitRequest>,
+) -> Result<axum::Json<LimitResponse>, Problem> {
+    known_provider(&state, &name).await?;
+    if request.limit == 0 || request.limit > MAX_COUNT {
+        return Err(Problem::invalid(format!(
+            "limit {} is out of range: give 1 to {MAX_COUNT}",
+            request.limit
+        )));
+    }
+    state.control.set_limit(&name, Some(request.limit)).await?;
+    limit_reply(&state, &name).await
+}
+
+/// Clear a provider's run-time limit: config or the component's default applies again.
+#[utoipa::path(
+    delete, path = "/v1/providers/{name}/limit", tag = "providers",
+    params(("name" = String, Path, description = "The provider")),
+    responses(
+        (status = 200, description = "The provider's limits now", body = LimitResponse),
+        (status = 404, description = "Unknown provider", body = Problem),
+    )
+)]
+pub async fn clear_limit(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<axum::Json<LimitResponse>, Problem> {
+    known_provider(&state, &name).await?;
+    state.control.set_limit(&name, None).await?;
+    limit_reply(&state, &name).await
+}
+
+/// Every file of the plugins folder, as the last scan left it.
+#[utoipa::path(
+    get, path = "/v1/plugins", tag = "providers",
+    responses((status = 200, description = "Every component file", body = PluginsOut))
+)]
+pub async fn plugins(State(state): State<AppState>) -> axum::Json<PluginsOut> {
+    let plugins = state
+        .control
+        .plugin_files()
+        .await
+        .into_iter()
+        .map(|f| PluginOut {
+            file: f.file,
+            status: f.status.to_string(),
+            name: f.info.as_ref().map(|i| i.name.clone()),
+            version: f.info.as_ref().map(|i| i.version.clone()),
+            default_limit: f.info.as_ref().map(|i| i.default_limit),
+            description: f.info.as_ref().map(|i| i.description.clone()),
+            reason: f.reason,
+            serving_previous: f.serving_previous,
+        })
+        .collect();
+    axum::Json(PluginsOut { plugins })
+}
+
+/// Server-sent events: started, finished, limit changed, component loaded or rejected,
+/// lane paused; a comment every 15 s keeps the stream alive.
+#[utoipa::path(
+    get, path = "/v1/events", tag = "events",
+    params(EventsQuery),
+    responses((status = 200, description = "An event stream; each event's data is JSON", content_type = "text/event-stream", body = EventOut))
+)]
+pub async fn events(
+    State(state): State<AppState>,
+    Query(query): Query<EventsQuery>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Problem> {
+    if let Some(p) = &query.provider {
+        validate_provider_name(p).map_err(Problem::bad_request)?;
+    }
+    let subscription = state.control.subscribe();
+    let only = query.provider;
+    let stream = futures_util::stream::unfold(subscription, move |mut sub| {
+        let only = only.clone();
+        async move {
+            loop {
+                let out = match sub.recv().await? {
+                    Ok(event) => {
+                        if only.as_deref().is_some_and(|p| event.provider() != Some(p)) {
+                            continue;
+                        }
+                        match EventOut::from_event(&event) {
+                            Some(out) => out,
+                            None => continue,
+                        }
+                    }
+                    Err(lagged) => EventOut::Lagged { missed: lagged.0 },
+                };
+                let sse = SseEvent::default()
+                    .event(out.name())
+                    .json_data(&out)
+                    .unwrap_or_else(|_| SseEvent::default().comment("unencodable event"));
+                return Some((Ok(sse), sub));
+            }
+        }
+    })
+    .take_until(state.stop.clone().cancelled_owned());
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(
+    get, path = "/healthz", tag = "health", security(()),
+    responses((status = 200, description = "Alive", body = HealthOut))
+)]
+pub async fn healthz() -> axum::Json<HealthOut> {
+    axum::Json(HealthOut {
+        status: "ok".into(),
+    })
+}
+
+/// Readiness: the database answers and the plugins folder has been scanned.
+#[utoipa::path(
+    get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "Ready", body = HealthOut),
+        (status = 503, description = "Not ready, and why", body = Problem),
+    )
+)]
+pub async fn readyz(State(state): State<AppState>) -> Result<axum::Json<HealthOut>, Problem> {
+    // The API starts once the daemon has scanned its plugins; only the database can fail.
+    state.control.queue().ping().await.map_err(|e| Problem {
+        kind: "urn:lanes:problem:not-ready".into(),
+        title: "Not ready".into(),
+        ..Problem::from(e)
+    })?;
+    Ok(axum::Json(HealthOut {
+        status: "ready".into(),
+    }))
+}
+
+/// Prometheus metrics, in the text format.
+#[utoipa::path(
+    get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "The Prometheus text format", content_type = "text/plain", body = String))
+)]
+pub async fn metrics(State(state): State<AppState>) -> Result<Response, Problem> {
+    for (p, lane_limit) in provider_rows(&state).await? {
+        state.metrics.set_gauges(
+            &p.name,
+            &GaugeValues {
+                limit: p.limits.effective,
+                effective_limit: lane_limit,
+                running: p.running,
+                pending: p.pending,
+                paused: p.state != "serving",
+            },
+        );
+    }
+    Ok((
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        )],
+        state.metrics.encode(),
+    )
+        .into_response())
+}

@@ -1,0 +1,291 @@
+//! `GET /metrics`: the Prometheus text format. Counters and histograms are fed from the
+//! event bus (this worker's attempts); gauges are read at scrape time (the queue's counts
+//! are fleet-wide, the lanes this worker's).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::daemon::events::{Event, Outcome};
+
+/// `provider`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabel {
+    pub provider: String,
+}
+
+/// `provider`, `outcome` and `error_kind` (empty when there is none).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    provider: String,
+    outcome: String,
+    error_kind: String,
+}
+
+/// `provider` and `direction` (`input` or `output`).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    provider: String,
+    direction: String,
+}
+
+/// `file`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FileLabel {
+    file: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric family.
+pub struct Metrics {
+    registry: Registry,
+    limit: Family<ProviderLabel, Gauge>,
+    effective_limit: Family<ProviderLabel, Gauge>,
+    running: Family<ProviderLabel, Gauge>,
+    pending: Family<ProviderLabel, Gauge>,
+    paused: Family<ProviderLabel, Gauge>,
+    attempts: Family<AttemptLabels, Counter>,
+    rate_limited: Family<ProviderLabel, Counter>,
+    denied: Family<ProviderLabel, Counter>,
+    loads: Family<ProviderLabel, Counter>,
+    rejections: Family<FileLabel, Counter>,
+    events_lost: Counter,
+    queue_wait: Histograms<ProviderLabel>,
+    duration: Histograms<ProviderLabel>,
+    tokens: Histograms<TokenLabels>,
+}
+
+fn wait_histogram() -> Histogram {
+    // 1 ms to about 4.4 minutes.
+    Histogram::new(exponential_buckets(0.001, 4.0, 10))
+}
+
+fn duration_histogram() -> Histogram {
+    // 5 ms to about 5 minutes.
+    Histogram::new(exponential_buckets(0.005, 2.5, 13))
+}
+
+fn token_histogram() -> Histogram {
+    // 16 to about 260k tokens.
+    Histogram::new(exponential_buckets(16.0, 4.0, 8))
+}
+
+/// One provider's gauges at scrape time.
+pub struct GaugeValues {
+    pub limit: u32,
+    pub effective_limit: u32,
+    pub running: u64,
+    pub pending: u64,
+    pub paused: bool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("lanes");
+        let m = Metrics {
+            limit: Family::default(),
+            effective_limit: Family::default(),
+            running: Family::default(),
+            pending: Family::default(),
+            paused: Family::default(),
+            attempts: Family::default(),
+            rate_limited: Family::default(),
+            denied: Family::default(),
+            loads: Family::default(),
+            rejections: Family::default(),
+            events_lost: Counter::default(),
+            queue_wait: Family::new_with_constructor(wait_histogram),
+            duration: Family::new_with_constructor(duration_histogram),
+            tokens: Family::new_with_constructor(token_histogram),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "limit",
+            "The provider's limit from its sources (run-time, config, component, fallback)",
+            m.limit.clone(),
+        );
+        registry.register(
+            "effective_limit",
+            "The limit this worker's lane runs under now",
+            m.effective_limit.clone(),
+        );
+        registry.register(
+            "running",
+            "Executions running, across every worker of the queue",
+            m.running.clone(),
+        );
+        registry.register(
+            "pending",
+            "Executions pending, across every worker of the queue",
+            m.pending.clone(),
+        );
+        registry.register(
+            "paused",
+            "1 when the lane claims nothing (no component serves it)",
+            m.paused.clone(),
+        );
+        registry.register(
+            "attempts",
+            "Attempts this worker ended, by outcome and error kind",
+            m.attempts.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Rate-limited answers from the provider",
+            m.rate_limited.clone(),
+        );
+        registry.register(
+            "outbound_denied",
+            "Attempts that tried a host outside the provider's allow-list",
+            m.denied.clone(),
+        );
+        registry.register(
+            "component_loads",
+            "Components that started serving a provider",
+            m.loads.clone(),
+        );
+        registry.register(
+            "component_rejections",
+            "Component files that were rejected",
+            m.rejections.clone(),
+        );
+        registry.register(
+            "events_lost",
+            "Events the metrics missed because they fell behind",
+            m.events_lost.clone(),
+        );
+        registry.register_with_unit(
+            "queue_wait",
+            "From submission to the start of an attempt",
+            Unit::Seconds,
+            m.queue_wait.clone(),
+        );
+        registry.register_with_unit(
+            "attempt_duration",
+            "How long attempts ran",
+            Unit::Seconds,
+            m.duration.clone(),
+        );
+        registry.register(
+            "attempt_tokens",
+            "Tokens of completed attempts, by direction",
+            m.tokens.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+}
+
+fn provider(p: &str) -> ProviderLabel {
+    ProviderLabel {
+        provider: p.to_string(),
+    }
+}
+
+impl Metrics {
+    /// Counts one event.
+    pub fn observe(&self, event: &Event) {
+        match event {
+            Event::Started {
+                provider: p,
+                queue_wait_ms,
+                ..
+            } => {
+                self.queue_wait
+                    .get_or_create(&provider(p))
+                    .observe(ms_to_secs(*queue_wait_ms));
+            }
+            Event::Finished {
+                provider: p,
+                outcome,
+                duration_ms,
+                tokens,
+                ..
+            } => {
+                let (name, kind) = super::wire::outcome_parts(outcome);
+                self.attempts
+                    .get_or_create(&AttemptLabels {
+                        provider: p.to_string(),
+                        outcome: name.to_string(),
+                        error_kind: kind.unwrap_or("").to_string(),
+                    })
+                    .inc();
+                let kind = match outcome {
+                    Outcome::Retried { kind, .. } | Outcome::Failed { kind } => Some(*kind),
+                    _ => None,
+                };
+                match kind {
+                    Some(crate::model::ErrorKind::RateLimited) => {
+                        self.rate_limited.get_or_create(&provider(p)).inc();
+                    }
+                    Some(crate::model::ErrorKind::Denied) => {
+                        self.denied.get_or_create(&provider(p)).inc();
+                    }
+                    _ => {}
+                }
+                if !matches!(outcome, Outcome::Requeued | Outcome::Lost) {
+                    self.duration
+                        .get_or_create(&provider(p))
+                        .observe(ms_to_secs(*duration_ms));
+                }
+                if let Some((input, output)) = tokens {
+                    for (direction, n) in [("input", input), ("output", output)] {
+                        self.tokens
+                            .get_or_create(&TokenLabels {
+                                provider: p.to_string(),
+                                direction: direction.to_string(),
+                            })
+                            .observe(f64::from(*n));
+                    }
+                }
+            }
+            Event::ComponentLoaded { provider: p, .. } => {
+                self.loads.get_or_create(&provider(p)).inc();
+            }
+            Event::ComponentRejected { file, .. } => {
+                self.rejections
+                    .get_or_create(&FileLabel { file: file.clone() })
+                    .inc();
+            }
+            Event::Claimed { .. } | Event::LimitChanged { .. } | Event::LanePaused { .. } => {}
+        }
+    }
+
+    /// Counts events the metrics missed.
+    pub fn events_lost(&self, n: u64) {
+        self.events_lost.inc_by(n);
+    }
+
+    /// Sets one provider's gauges.
+    pub fn set_gauges(&self, name: &str, values: &GaugeValues) {
+        let label = provider(name);
+        let set = |family: &Family<ProviderLabel, Gauge>, v: u64| {
+            family
+                .get_or_create(&label)
+                .set(i64::try_from(v).unwrap_or(i64::MAX));
+        };
+        set(&self.limit, u64::from(values.limit));
+        set(&self.effective_limit, u64::from(values.effective_limit));
+        set(&self.running, values.running);
+        set(&self.pending, values.pending);
+        set(&self.paused, u64::from(values.paused));
+    }
+
+    /// The scrape, in the Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+fn ms_to_secs(ms: i64) -> f64 {
+    // Millisecond counts far below 2^53: exact as f64.
+    Duration::from_millis(u64::try_from(ms.max(0)).unwrap_or(0)).as_secs_f64()
+}
+
+use std::time::Duration;

@@ -1,0 +1,417 @@
+//! The API's JSON: its own types, apart from the daemon's, so that an internal change never
+//! changes the contract. Times are Unix milliseconds.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::daemon::events::{Event, Outcome};
+use crate::model::{AttemptRecord, Execution};
+
+/// A submission.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    /// The provider (or, where routes exist, a provider name) that runs it.
+    pub provider: String,
+    /// The normalized chat input: `{"messages": [{"role": "user", "content": "..."}], ...}`,
+    /// or the shorthand `{"prompt": "..."}`; the same validation as `lanes submit`.
+    #[schema(value_type = Object, example = json!({"prompt": "Say hi", "max_tokens": 20}))]
+    pub input: serde_json::Value,
+    /// Higher runs first; FIFO within one priority.
+    #[serde(default)]
+    pub priority: i32,
+    /// Attempts before it fails (default: the config's `default_max_attempts`).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 2147483647)]
+    pub max_attempts: Option<u32>,
+    /// The same key again returns the original execution; with a different request it is
+    /// refused (409). 1 to 255 characters.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// Queue it even though no component or config knows the provider yet.
+    #[serde(default)]
+    pub allow_unknown: bool,
+}
+
+/// Up to 1,000 submissions, written in one transaction: all or none.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchRequest {
+    pub executions: Vec<SubmitRequest>,
+}
+
+/// One entry of a batch's answer, in the batch's order.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BatchEntry {
+    pub id: i64,
+    /// False when its idempotency key returned an earlier execution.
+    pub created: bool,
+}
+
+/// A batch's answer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BatchResponse {
+    pub executions: Vec<BatchEntry>,
+}
+
+/// An execution.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ExecutionOut {
+    pub id: i64,
+    pub provider: String,
+    /// `pending`, `running`, `completed`, `failed` or `cancelled`.
+    pub status: String,
+    pub priority: i32,
+    #[schema(value_type = Object)]
+    pub input: serde_json::Value,
+    /// The answer once completed: `text`, `model`, `usage`, `finish_reason`.
+    #[schema(value_type = Option<Object>)]
+    pub output: Option<serde_json::Value>,
+    /// The last error, when it failed or waits for a retry.
+    pub error: Option<String>,
+    pub error_kind: Option<String>,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    /// Not started before this time (the retry backoff).
+    pub not_before: i64,
+    /// The worker that ran the last attempt.
+    pub worker: Option<String>,
+    /// The ended attempts, oldest first (the last 20).
+    pub history: Vec<AttemptOut>,
+}
+
+/// One ended attempt.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct AttemptOut {
+    pub attempt: i32,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub worker: Option<String>,
+    /// `completed`, `retried`, `failed`, `returned`, `interrupted` or `cancelled`.
+    pub outcome: String,
+    pub error_kind: Option<String>,
+    pub error: Option<String>,
+    pub retry_delay_ms: Option<i64>,
+}
+
+impl From<AttemptRecord> for AttemptOut {
+    fn from(a: AttemptRecord) -> Self {
+        AttemptOut {
+            attempt: a.attempt,
+            started_at: a.started_at,
+            finished_at: a.finished_at,
+            worker: a.worker,
+            outcome: a.outcome,
+            error_kind: a.error_kind,
+            error: a.error,
+            retry_delay_ms: a.retry_delay_ms,
+        }
+    }
+}
+
+impl From<Execution> for ExecutionOut {
+    fn from(e: Execution) -> Self {
+        ExecutionOut {
+            id: e.id,
+            provider: e.provider,
+            status: e.status.as_str().to_string(),
+            priority: e.priority,
+            input: e.input,
+            output: e.output,
+            error: e.error,
+            error_kind: e.error_kind,
+            attempts: e.attempts,
+            max_attempts: e.max_attempts,
+            created_at: e.created_at,
+            started_at: e.started_at,
+            finished_at: e.finished_at,
+            not_before: e.not_before,
+            worker: e.worker,
+            history: e.history.into_iter().map(AttemptOut::from).collect(),
+        }
+    }
+}
+
+/// One page of executions, newest first.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ExecutionPage {
+    pub executions: Vec<ExecutionOut>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    pub next: Option<String>,
+}
+
+/// The filters and page of `GET /v1/executions`.
+#[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    pub provider: Option<String>,
+    /// `pending`, `running`, `completed`, `failed` or `cancelled`.
+    pub status: Option<String>,
+    /// Created at or after this time (Unix ms).
+    pub created_after: Option<i64>,
+    /// Created before this time (Unix ms).
+    pub created_before: Option<i64>,
+    /// Page size, 1 to 500 (default 100).
+    pub limit: Option<u32>,
+    /// The `next` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// `GET /v1/executions/{id}`'s options.
+#[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct GetQuery {
+    /// Wait until the execution has ended or this long has passed: `30s`, `500ms`, `2m`,
+    /// or seconds; at most 5 minutes.
+    pub wait: Option<String>,
+}
+
+/// Where a limit came from: `runtime`, `config`, `component` or `fallback`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LimitsOut {
+    /// The component's declared default.
+    pub default: Option<u32>,
+    /// `[providers.NAME] limit`.
+    pub configured: Option<u32>,
+    /// Set at run time (`PUT /v1/providers/{name}/limit`, `lanes limits set`).
+    pub runtime: Option<u32>,
+    /// The limit in force.
+    pub effective: u32,
+    pub source: String,
+}
+
+/// The component serving a provider.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ComponentOut {
+    pub file: String,
+    pub version: String,
+}
+
+/// A provider's numbers over the last minute, from this worker's events.
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct WindowOut {
+    pub completed: u64,
+    pub failed: u64,
+    pub retried: u64,
+    /// Attempt duration percentiles of completed attempts, in ms.
+    pub latency_p50_ms: Option<u64>,
+    pub latency_p95_ms: Option<u64>,
+}
+
+/// A provider, its limits, its queue and its recent numbers.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ProviderOut {
+    pub name: String,
+    pub component: Option<ComponentOut>,
+    pub limits: LimitsOut,
+    /// Running across every worker.
+    pub running: u64,
+    /// Pending, due or waiting for a retry.
+    pub pending: u64,
+    pub last_minute: WindowOut,
+    /// Completed attempts per 10 seconds over the last 5 minutes, oldest first (30 values).
+    pub throughput_5m: Vec<u64>,
+    /// Failed and retried attempts per 10 seconds over the last 5 minutes, oldest first.
+    pub errors_5m: Vec<u64>,
+    /// `serving`, or `no_component` (work waits for one).
+    pub state: String,
+}
+
+/// The answer of `GET /v1/providers`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ProvidersOut {
+    pub providers: Vec<ProviderOut>,
+}
+
+/// A run-time limit to set.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitRequest {
+    /// 1 to 2147483647.
+    #[schema(minimum = 1, maximum = 2147483647)]
+    pub limit: u32,
+}
+
+/// A provider's limits after a change.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LimitResponse {
+    pub provider: String,
+    pub limits: LimitsOut,
+}
+
+/// A file of the plugins folder, as the last scan left it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PluginOut {
+    pub file: String,
+    /// `loaded` or `rejected`.
+    pub status: String,
+    /// The component's `info()`: name, version, default limit, description.
+    pub name: Option<String>,
+    pub version: Option<String>,
+    pub default_limit: Option<u32>,
+    pub description: Option<String>,
+    /// Why it was rejected.
+    pub reason: Option<String>,
+    /// Rejected, and its previous version keeps serving.
+    pub serving_previous: bool,
+}
+
+/// The answer of `GET /v1/plugins`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PluginsOut {
+    pub plugins: Vec<PluginOut>,
+}
+
+/// A health or readiness answer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct HealthOut {
+    /// `ok` or `ready`.
+    pub status: String,
+}
+
+/// `GET /v1/events`'s options.
+#[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct EventsQuery {
+    /// Only this provider's events.
+    pub provider: Option<String>,
+}
+
+/// One server-sent event's data; the SSE `event:` field is its `type`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventOut {
+    /// An attempt began.
+    Started {
+        id: i64,
+        provider: String,
+        attempt: i32,
+        queue_wait_ms: i64,
+    },
+    /// An attempt's end was written.
+    Finished {
+        id: i64,
+        provider: String,
+        attempt: i32,
+        /// `completed`, `retried`, `failed`, `requeued`, `lost` or `cancelled`.
+        outcome: String,
+        error_kind: Option<String>,
+        duration_ms: i64,
+        input_tokens: Option<u32>,
+        output_tokens: Option<u32>,
+    },
+    /// A lane's limit changed.
+    LimitChanged {
+        provider: String,
+        old: u32,
+        new: u32,
+    },
+    /// A component now serves a provider.
+    ComponentLoaded {
+        provider: String,
+        file: String,
+        version: String,
+    },
+    /// A component file was rejected.
+    ComponentRejected { file: String, reason: String },
+    /// A lane stopped claiming.
+    LanePaused { provider: String, reason: String },
+    /// This stream fell behind and lost events; re-read what you track.
+    Lagged { missed: u64 },
+}
+
+impl EventOut {
+    /// The SSE event name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventOut::Started { .. } => "started",
+            EventOut::Finished { .. } => "finished",
+            EventOut::LimitChanged { .. } => "limit_changed",
+            EventOut::ComponentLoaded { .. } => "component_loaded",
+            EventOut::ComponentRejected { .. } => "component_rejected",
+            EventOut::LanePaused { .. } => "lane_paused",
+            EventOut::Lagged { .. } => "lagged",
+        }
+    }
+
+    /// The wire form of an event; `None` for those the stream does not carry (claims).
+    pub fn from_event(event: &Event) -> Option<EventOut> {
+        Some(match event {
+            Event::Claimed { .. } => return None,
+            Event::Started {
+                id,
+                provider,
+                attempt,
+                queue_wait_ms,
+            } => EventOut::Started {
+                id: *id,
+                provider: provider.to_string(),
+                attempt: *attempt,
+                queue_wait_ms: *queue_wait_ms,
+            },
+            Event::Finished {
+                id,
+                provider,
+                attempt,
+                outcome,
+                duration_ms,
+                tokens,
+                ..
+            } => {
+                let (outcome, kind) = outcome_parts(outcome);
+                EventOut::Finished {
+                    id: *id,
+                    provider: provider.to_string(),
+                    attempt: *attempt,
+                    outcome: outcome.to_string(),
+                    error_kind: kind.map(str::to_string),
+                    duration_ms: *duration_ms,
+                    input_tokens: tokens.map(|t| t.0),
+                    output_tokens: tokens.map(|t| t.1),
+                }
+            }
+            Event::LimitChanged { provider, old, new } => EventOut::LimitChanged {
+                provider: provider.to_string(),
+                old: *old,
+                new: *new,
+            },
+            Event::ComponentLoaded {
+                provider,
+                file,
+                version,
+            } => EventOut::ComponentLoaded {
+                provider: provider.to_string(),
+                file: file.clone(),
+                version: version.clone(),
+            },
+            Event::ComponentRejected { file, reason } => EventOut::ComponentRejected {
+                file: file.clone(),
+                reason: reason.clone(),
+            },
+            Event::LanePaused { provider, reason } => EventOut::LanePaused {
+                provider: provider.to_string(),
+                reason: match reason {
+                    crate::daemon::events::PauseReason::NoComponent => "no_component".into(),
+                },
+            },
+        })
+    }
+}
+
+/// An outcome's wire name and error kind.
+pub fn outcome_parts(outcome: &Outcome) -> (&'static str, Option<&'static str>) {
+    match outcome {
+        Outcome::Completed => ("completed", None),
+        Outcome::Retried { kind, .. } => ("retried", Some(kind.as_str())),
+        Outcome::Failed { kind } => ("failed", Some(kind.as_str())),
+        Outcome::Requeued => ("requeued", None),
+        Outcome::Lost => ("lost", None),
+        Outcome::Cancelled => ("cancelled", None),
+    }
+}
