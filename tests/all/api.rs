@@ -83,6 +83,63 @@ impl Api {
         }
     }
 
+    /// Reads the server-sent events of `path` until `until` holds for one (its name and
+    /// data), and returns every one read.
+    pub async fn events(
+        &self,
+        path: &str,
+        until: impl Fn(&str, &Value) -> bool,
+        timeout: Duration,
+    ) -> Vec<(String, Value)> {
+        let mut request = Request::builder().uri(format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let response = self
+            .client
+            .request(request.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["content-type"], "text/event-stream");
+        let mut body = response.into_body();
+        let mut buffer = String::new();
+        let mut seen = Vec::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, body.frame())
+                .await
+                .unwrap_or_else(|_| panic!("not seen within {timeout:?}: {seen:?}"))
+                .expect("the stream stays open")
+                .unwrap();
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            buffer.push_str(&String::from_utf8_lossy(&data));
+            while let Some(end) = buffer.find("\n\n") {
+                let block: String = buffer.drain(..end + 2).collect();
+                let mut name = String::new();
+                let mut payload = String::new();
+                for line in block.lines() {
+                    if let Some(n) = line.strip_prefix("event:") {
+                        name = n.trim().to_string();
+                    } else if let Some(d) = line.strip_prefix("data:") {
+                        payload.push_str(d.trim());
+                    }
+                }
+                if payload.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                let data: Value = serde_json::from_str(&payload).unwrap();
+                let done = until(&name, &data);
+                seen.push((name, data));
+                if done {
+                    return seen;
+                }
+            }
+        }
+    }
+
     pub async fn get(&self, path: &str) -> Answer {
         self.raw(Method::GET, path, None, None).await
     }
@@ -437,6 +494,40 @@ async fn every_route_answers_and_bad_input_changes_nothing() {
     let plugins = api.get("/v1/plugins").await;
     assert_eq!(plugins.body["plugins"][0]["file"], "stub.wasm");
     assert_eq!(plugins.body["plugins"][0]["status"], "loaded");
+
+    // The event stream, filtered by provider: an execution's start and end, and a limit
+    // change.
+    let stream = {
+        let api = Api::new(server.addr());
+        tokio::spawn(async move {
+            api.events(
+                "/v1/events?provider=fast",
+                |name, _| name == "limit_changed",
+                Duration::from_secs(20),
+            )
+            .await
+        })
+    };
+    // Subscribed once the response has started; a moment is plenty.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    daemon.submit(&job("stub", json!({}))).await.unwrap();
+    let id = daemon.submit(&job("fast", json!({}))).await.unwrap();
+    api.get(&format!("/v1/executions/{id}?wait=20s")).await;
+    api.send(Method::PUT, "/v1/providers/fast/limit", json!({"limit": 3}))
+        .await;
+    let seen = stream.await.unwrap();
+    let names: Vec<&str> = seen.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["started", "finished", "limit_changed"], "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|(n, d)| d["type"] == n.as_str() && d["provider"] == "fast")
+    );
+    assert_eq!(seen[1].1["id"], id);
+    assert_eq!(seen[1].1["outcome"], "completed");
+    assert_eq!(
+        (seen[2].1["old"].clone(), seen[2].1["new"].clone()),
+        (json!(4), json!(3))
+    );
 
     server.shutdown().await;
     daemon.shutdown(Duration::from_secs(5)).await;

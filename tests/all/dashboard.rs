@@ -1,0 +1,297 @@
+//! The dashboard in a real browser: headless Chromium driven over the DevTools protocol.
+//! The page is loaded while a batch runs; its numbers must move and then agree with
+//! `/v1/providers`; a limit is changed through the page; a screenshot lands in `target/`.
+
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::AsyncBufReadExt;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::api::Api;
+use crate::support::*;
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// One headless Chromium with one page, spoken to over CDP.
+struct Browser {
+    child: tokio::process::Child,
+    socket: Socket,
+    session: String,
+    next_id: u64,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn launch() -> Browser {
+        let profile = tempfile::tempdir().unwrap();
+        let mut child = tokio::process::Command::new("chromium")
+            .args([
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--remote-debugging-port=0",
+                "--window-size=1400,900",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("chromium (Debian's `chromium`; .ci/run installs it)");
+        let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let url = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if let Some(at) = line.find("ws://") {
+                    return line[at..].trim().to_string();
+                }
+            }
+            panic!("chromium exited before it listened");
+        })
+        .await
+        .expect("chromium listens within 30 s");
+        // Keep reading its stderr, so that it never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let (socket, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .unwrap();
+        let mut browser = Browser {
+            child,
+            socket,
+            session: String::new(),
+            next_id: 0,
+            _profile: profile,
+        };
+        let target = browser
+            .call("Target.createTarget", json!({"url": "about:blank"}))
+            .await;
+        let attached = browser
+            .call(
+                "Target.attachToTarget",
+                json!({"targetId": target["targetId"], "flatten": true}),
+            )
+            .await;
+        browser.session = attached["sessionId"].as_str().unwrap().to_string();
+        browser
+    }
+
+    /// Sends a command (to the page once attached) and returns its result.
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut message = json!({"id": id, "method": method, "params": params});
+        if !self.session.is_empty() {
+            message["sessionId"] = json!(self.session);
+        }
+        self.socket
+            .send(Message::text(message.to_string()))
+            .await
+            .unwrap();
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(30), self.socket.next())
+                .await
+                .unwrap_or_else(|_| panic!("no answer to {method}"))
+                .expect("the browser is connected")
+                .unwrap();
+            let Message::Text(text) = frame else { continue };
+            let reply: Value = serde_json::from_str(text.as_str()).unwrap();
+            if reply["id"] == id {
+                assert!(reply["error"].is_null(), "{method}: {reply}");
+                return reply["result"].clone();
+            }
+        }
+    }
+
+    /// Evaluates `expression` in the page and returns its value.
+    async fn eval(&mut self, expression: &str) -> Value {
+        let r = self
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
+            )
+            .await;
+        assert!(r["exceptionDetails"].is_null(), "{expression}: {r}");
+        r["result"]["value"].clone()
+    }
+
+    /// Waits until `expression` is true in the page (an error, as while it loads, is false).
+    async fn wait_for(&mut self, expression: &str, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let guarded = format!(
+            "(() => {{ try {{ return !!({expression}); }} catch (e) {{ return false; }} }})()"
+        );
+        while self.eval(&guarded).await != json!(true) {
+            assert!(Instant::now() < deadline, "the page never showed {what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// What the page shows for `provider`: running, pending, limit and completed (last
+    /// minute), read from the elements' `data-value`.
+    async fn numbers(&mut self, provider: &str) -> Option<[u64; 4]> {
+        let v = self
+            .eval(&format!(
+                r#"(() => {{
+                    const row = document.querySelector('tr[data-provider="{provider}"]');
+                    if (!row) return null;
+                    const n = (c) => Number(row.querySelector(c).dataset.value);
+                    return [n('.running'), n('.pending'), n('.limit'), n('.throughput')];
+                }})()"#
+            ))
+            .await;
+        let a = v.as_array()?;
+        Some([0, 1, 2, 3].map(|i| a[i].as_u64().unwrap()))
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_is_live_agrees_with_the_api_and_sets_a_limit() {
+    let mut env = TestEnv::new();
+    env.stub("dash", Some(2), &[]);
+    let token_file = env.dir.path().join("token");
+    std::fs::write(&token_file, "dash-token").unwrap();
+    env.config.api.token_file = Some(token_file);
+    let (daemon, _queue) = env.start().await;
+    let server = lanes::api::serve(daemon.control(), &env.config.api)
+        .await
+        .unwrap();
+    let mut api = Api::new(server.addr());
+    api.token = Some("dash-token".into());
+
+    let mut browser = Browser::launch().await;
+    browser
+        .call("Page.navigate", json!({"url": format!("{}/", api.base)}))
+        .await;
+    // A token is set: the page asks for it before it shows anything.
+    browser
+        .wait_for(
+            "document.getElementById('token-panel').classList.contains('shown')",
+            "the token form",
+        )
+        .await;
+    browser
+        .eval(
+            "document.getElementById('token').value = 'dash-token'; \
+             document.getElementById('token-form').requestSubmit(); true",
+        )
+        .await;
+    browser
+        .wait_for(
+            "!!document.querySelector('tr[data-provider=\"dash\"]')",
+            "the provider's row",
+        )
+        .await;
+
+    // A batch: 2 at a time, 100 ms each, 60 of them: 3 s.
+    daemon
+        .submit_many(&sleepers("dash", 60, 100))
+        .await
+        .unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut busy = false;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if let Some([running, pending, limit, _]) = browser.numbers("dash").await {
+            assert_eq!(limit, 2);
+            assert!(
+                running <= limit,
+                "the page shows {running} running of {limit}"
+            );
+            busy |= running > 0;
+            seen.insert(pending);
+            if busy && seen.len() >= 2 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(busy, "the page never showed a running execution");
+    assert!(
+        seen.len() >= 2,
+        "the pending depth on the page never moved: {seen:?}"
+    );
+    let shot = browser
+        .call("Page.captureScreenshot", json!({"format": "png"}))
+        .await;
+    use base64::Engine;
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(shot["data"].as_str().unwrap())
+        .unwrap();
+    let path = repo_root().join("target/dashboard.png");
+    std::fs::write(&path, png).unwrap();
+    println!("screenshot: {}", path.display());
+
+    // Once the batch is done, the page settles on what the API says.
+    wait_terminal(
+        daemon.queue().as_ref(),
+        Some("dash"),
+        Duration::from_secs(30),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let providers = api.get("/v1/providers").await.body;
+        let p = providers["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "dash")
+            .cloned()
+            .unwrap();
+        let from_api = [
+            p["running"].as_u64().unwrap(),
+            p["pending"].as_u64().unwrap(),
+            p["limits"]["effective"].as_u64().unwrap(),
+            p["last_minute"]["completed"].as_u64().unwrap(),
+        ];
+        let on_page = browser.numbers("dash").await.unwrap();
+        if on_page == from_api && from_api[3] == 60 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page shows {on_page:?}, the API {from_api:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // A limit changed through the page reaches the daemon.
+    browser
+        .eval(
+            r#"(() => {
+                const form = document.querySelector('form[data-provider="dash"]');
+                form.querySelector('input').value = '5';
+                form.requestSubmit();
+                return true;
+            })()"#,
+        )
+        .await;
+    browser
+        .wait_for(
+            "document.getElementById('notice').textContent.includes('now 5')",
+            "the new limit",
+        )
+        .await;
+    assert_eq!(daemon.lanes()["dash"].0, 5);
+    let limits = api.get("/v1/providers").await.body["providers"][0]["limits"].clone();
+    assert_eq!(limits["runtime"], 5, "{limits}");
+    browser
+        .wait_for(
+            "document.querySelector('tr[data-provider=\"dash\"] .limit').dataset.value === '5'",
+            "the new limit in its row",
+        )
+        .await;
+    drop(browser);
+    server.shutdown().await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
