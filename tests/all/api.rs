@@ -243,6 +243,7 @@ async fn every_route_answers_and_bad_input_changes_nothing() {
     assert_eq!(again.status, StatusCode::OK, "{again:?}");
     assert_eq!(again.body["id"], first.body["id"]);
 
+    wait_terminal(queue.as_ref(), None, Duration::from_secs(20)).await;
     let before = snapshot(queue.as_ref()).await;
     let bad: Vec<(Answer, u16, &str)> = vec![
         (
