@@ -814,3 +814,74 @@ async fn the_metrics_scrape_parses_and_counts_known_runs() {
     server.shutdown().await;
     daemon.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_clients_submit_and_long_poll_twenty_thousand_executions() {
+    const CLIENTS: usize = 200;
+    const EACH: usize = 100;
+    let mut env = TestEnv::new();
+    env.stub("load", Some(64), &[]);
+    let (daemon, server, _) = start(&env).await;
+    let addr = server.addr();
+    let began = std::time::Instant::now();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            tokio::spawn(async move {
+                let api = Api::new(addr);
+                let mut out = Vec::with_capacity(EACH);
+                for n in 0..EACH {
+                    let key = format!("client-{c}-{n}");
+                    let sent = std::time::Instant::now();
+                    let created = api
+                        .post(
+                            "/v1/executions",
+                            json!({"provider": "load", "idempotency_key": key,
+                                   "input": {"prompt": "x", "extra": {"text": key}}}),
+                        )
+                        .await;
+                    let submit = sent.elapsed();
+                    assert_eq!(created.status, StatusCode::CREATED, "{created:?}");
+                    let id = created.body["id"].as_i64().unwrap();
+                    let done = loop {
+                        let got = api.get(&format!("/v1/executions/{id}?wait=60s")).await;
+                        if got.body["status"] == "completed" {
+                            break got;
+                        }
+                        assert_eq!(got.body["status"], "pending", "{got:?}");
+                    };
+                    // Each client gets its own result.
+                    assert_eq!(done.body["output"]["text"], key.as_str());
+                    out.push((id, submit, sent.elapsed()));
+                }
+                out
+            })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(CLIENTS * EACH);
+    for c in clients {
+        results.extend(c.await.unwrap());
+    }
+    let wall = began.elapsed();
+    let ids: std::collections::BTreeSet<i64> = results.iter().map(|r| r.0).collect();
+    assert_eq!(ids.len(), CLIENTS * EACH, "duplicated ids");
+    let rows = daemon.queue().list(Some("load")).await.unwrap();
+    assert_eq!(rows.len(), CLIENTS * EACH, "lost or extra rows");
+    assert!(rows.iter().all(|e| e.status == lanes::model::Status::Completed && e.attempts == 1));
+    let mut submits: Vec<Duration> = results.iter().map(|r| r.1).collect();
+    let mut ends: Vec<Duration> = results.iter().map(|r| r.2).collect();
+    submits.sort();
+    ends.sort();
+    let p99 = |v: &[Duration]| v[v.len() * 99 / 100];
+    println!(
+        "API load: {} clients, {} executions in {wall:.2?}: {:.0} submits/s (with their \
+         long-polls), submit p50 {:.2?} p99 {:.2?}, submit-to-result p99 {:.2?}",
+        CLIENTS,
+        CLIENTS * EACH,
+        (CLIENTS * EACH) as f64 / wall.as_secs_f64(),
+        submits[submits.len() / 2],
+        p99(&submits),
+        p99(&ends),
+    );
+    server.shutdown().await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
