@@ -69,6 +69,13 @@ pub enum Command {
     Status {
         #[arg(long)]
         json: bool,
+        /// Redraw every interval, with a bar of running out of the limit per provider
+        /// (plain lines when stdout is not a terminal); Ctrl-C stops it.
+        #[arg(long)]
+        watch: bool,
+        /// How often `--watch` redraws, in ms.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..))]
+        interval_ms: u64,
     },
     /// Show every provider's default, configured and effective limit, or change one.
     Limits {
@@ -504,7 +511,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        Command::Status { json } => status(&config, json).await?,
+        Command::Status {
+            json, watch: false, ..
+        } => status(&config, json).await?,
+        Command::Status {
+            json,
+            watch: true,
+            interval_ms,
+        } => status_watch(&config, json, Duration::from_millis(interval_ms)).await?,
         Command::Limits { action, json } => limits(&config, action, json).await?,
         Command::Plugins {
             action: PluginsAction::List { json },
@@ -681,23 +695,7 @@ async fn limit_views(config: &Config, queue: &dyn Queue) -> anyhow::Result<Vec<L
 
 async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
     let queue = open_queue(config).await?;
-    let components: BTreeMap<String, String> = queue
-        .providers()
-        .await?
-        .into_iter()
-        .map(|p| (p.name, p.component))
-        .collect();
-    let counts = queue.counts().await?;
-    let rows: Vec<ProviderStatus> = limit_views(config, queue.as_ref())
-        .await?
-        .into_iter()
-        .map(|view| ProviderStatus {
-            component: components.get(&view.provider).cloned(),
-            counts: counts.get(&view.provider).cloned().unwrap_or_default(),
-            limit: view.effective,
-            provider: view.provider,
-        })
-        .collect();
+    let rows = status_rows(config, queue.as_ref()).await?;
     if json {
         return print_json(&rows);
     }
@@ -720,6 +718,88 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `lanes status --watch`: bars in a terminal, a plain line per provider and tick
+/// otherwise, and a JSON array per tick with `--json`.
+async fn status_watch(config: &Config, json: bool, every: Duration) -> anyhow::Result<()> {
+    use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+    use std::io::IsTerminal;
+    let queue = open_queue(config).await?;
+    let terminal = !json && std::io::stdout().is_terminal();
+    let multi = MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stdout());
+    let style = ProgressStyle::with_template(
+        "{prefix:<20} [{bar:30.cyan/blue}] {pos:>4}/{len:<4} running  {msg}",
+    )?
+    .progress_chars("█▉ ");
+    let mut bars: BTreeMap<String, ProgressBar> = BTreeMap::new();
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tokio::signal::ctrl_c() => break,
+        }
+        let rows = status_rows(config, queue.as_ref()).await?;
+        if json {
+            println!("{}", serde_json::to_string(&rows)?);
+            continue;
+        }
+        for r in &rows {
+            let msg = format!(
+                "pending {:<6} completed {:<8} failed {}",
+                r.counts.pending, r.counts.completed, r.counts.failed
+            );
+            if terminal {
+                let bar = bars.entry(r.provider.clone()).or_insert_with(|| {
+                    let bar = multi.add(ProgressBar::new(1).with_style(style.clone()));
+                    bar.set_prefix(r.provider.clone());
+                    bar
+                });
+                bar.set_length(u64::from(r.limit));
+                bar.set_position(r.counts.running.min(u64::from(r.limit)));
+                bar.set_message(msg);
+            } else {
+                let limit = u64::from(r.limit.max(1));
+                let filled = usize::try_from(r.counts.running.min(limit) * 20 / limit).unwrap_or(0);
+                println!(
+                    "{:<20} [{:<20}] {:>4}/{:<4} running  {msg}",
+                    r.provider,
+                    "#".repeat(filled),
+                    r.counts.running,
+                    r.limit
+                );
+            }
+        }
+        if !terminal {
+            println!();
+        }
+    }
+    for bar in bars.values() {
+        bar.abandon();
+    }
+    Ok(())
+}
+
+/// Every provider's line of `lanes status`.
+async fn status_rows(config: &Config, queue: &dyn Queue) -> anyhow::Result<Vec<ProviderStatus>> {
+    let components: BTreeMap<String, String> = queue
+        .providers()
+        .await?
+        .into_iter()
+        .map(|p| (p.name, p.component))
+        .collect();
+    let counts = queue.counts().await?;
+    let rows: Vec<ProviderStatus> = limit_views(config, queue)
+        .await?
+        .into_iter()
+        .map(|view| ProviderStatus {
+            component: components.get(&view.provider).cloned(),
+            counts: counts.get(&view.provider).cloned().unwrap_or_default(),
+            limit: view.effective,
+            provider: view.provider,
+        })
+        .collect();
+    Ok(rows)
 }
 
 async fn limits(config: &Config, action: Option<LimitsAction>, json: bool) -> anyhow::Result<()> {

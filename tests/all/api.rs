@@ -866,7 +866,10 @@ async fn two_hundred_clients_submit_and_long_poll_twenty_thousand_executions() {
     assert_eq!(ids.len(), CLIENTS * EACH, "duplicated ids");
     let rows = daemon.queue().list(Some("load")).await.unwrap();
     assert_eq!(rows.len(), CLIENTS * EACH, "lost or extra rows");
-    assert!(rows.iter().all(|e| e.status == lanes::model::Status::Completed && e.attempts == 1));
+    assert!(
+        rows.iter()
+            .all(|e| e.status == lanes::model::Status::Completed && e.attempts == 1)
+    );
     let mut submits: Vec<Duration> = results.iter().map(|r| r.1).collect();
     let mut ends: Vec<Duration> = results.iter().map(|r| r.2).collect();
     submits.sort();

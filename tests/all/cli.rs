@@ -125,3 +125,50 @@ async fn json_logs_env_overrides_and_wait_exit_codes() {
         "{lines}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_watch_redraws_each_providers_bar() {
+    use std::io::{BufRead, BufReader};
+    let mut env = TestEnv::new();
+    env.stub("w", Some(2), &[]);
+    let (daemon, _queue) = env.start().await;
+    daemon.submit_many(&sleepers("w", 12, 300)).await.unwrap();
+    let config = env.write_config();
+    let mut watch = std::process::Command::new(env!("CARGO_BIN_EXE_lanes"))
+        .arg("--config")
+        .arg(&config)
+        .args(["status", "--watch", "--interval-ms", "100"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = tokio::task::spawn_blocking({
+        let stdout = watch.stdout.take().unwrap();
+        move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+                .filter(|l| l.starts_with("w "))
+                .take(8)
+                .collect::<Vec<_>>()
+        }
+    })
+    .await
+    .unwrap();
+    let _ = watch.kill();
+    // Not a terminal: a plain line per tick, the bar full while both slots run.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("[####################]    2/2")),
+        "{lines:#?}"
+    );
+    let pendings: std::collections::BTreeSet<&str> = lines
+        .iter()
+        .filter_map(|l| l.split("pending").nth(1)?.split_whitespace().next())
+        .collect();
+    assert!(
+        pendings.len() >= 2,
+        "the pending count never moved: {lines:#?}"
+    );
+    daemon.shutdown(Duration::from_secs(1)).await;
+}
