@@ -155,6 +155,7 @@ async fn status_watch_redraws_each_providers_bar() {
     .await
     .unwrap();
     let _ = watch.kill();
+    let _ = watch.wait();
     // Not a terminal: a plain line per tick, the bar full while both slots run.
     assert!(
         lines
