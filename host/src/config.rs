@@ -445,6 +445,7 @@ const KEYS: &[&str] = &[
     "cache",
     "http",
     "completer",
+    "api",
     "providers",
 ];
 
@@ -773,6 +774,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("providers.a.base_url"), "{err}");
+    }
+
+    #[test]
+    fn api_settings_are_checked_with_their_key() {
+        for (text, key) in [
+            ("[api]\naddr = \"localhost\"", "api.addr"),
+            ("[api]\ntoken_env = \"A\"\ntoken_file = \"/b\"", "api"),
+            ("[api]\nmax_body_bytes = 0", "api.max_body_bytes"),
+            ("[api]\nport = 1", "port"),
+        ] {
+            let err = Config::from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let ok = Config::from_toml("[api]\naddr = \"[::1]:0\"\nenabled = false").unwrap();
+        assert!(!ok.api.enabled);
     }
 
     #[test]

@@ -888,3 +888,79 @@ async fn two_hundred_clients_submit_and_long_poll_twenty_thousand_executions() {
     server.shutdown().await;
     daemon.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_cancel_stops_the_attempt_on_whichever_worker_runs_it() {
+    let Some((env, _schema)) = TestEnv::postgres().await else {
+        return;
+    };
+    // Worker B serves `far`; worker A, which serves the API, does not know it.
+    let mut config_b = env.config.clone();
+    config_b.providers.insert(
+        "far".into(),
+        lanes::config::ProviderConfig {
+            component: Some("stub.wasm".into()),
+            limit: Some(1),
+            ..Default::default()
+        },
+    );
+    let b = Daemon::start(config_b, env.any_queue().await)
+        .await
+        .unwrap();
+    let mut b_events = b.subscribe();
+    let a = Daemon::start(env.config.clone(), env.any_queue().await)
+        .await
+        .unwrap();
+    let server = lanes::api::serve(a.control(), &env.config.api)
+        .await
+        .unwrap();
+    let api = Api::new(server.addr());
+    let id = b
+        .submit(&job("far", json!({"sleep_ms": 30000})))
+        .await
+        .unwrap();
+    wait_until(
+        a.queue().as_ref(),
+        Some("far"),
+        Duration::from_secs(20),
+        "worker B to run it",
+        |rows| {
+            rows.iter()
+                .any(|e| e.status == lanes::model::Status::Running)
+        },
+    )
+    .await;
+    let poll = {
+        let api = Api::new(server.addr());
+        tokio::spawn(async move { api.get(&format!("/v1/executions/{id}?wait=60s")).await })
+    };
+    let cancelled = api
+        .post(&format!("/v1/executions/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!(cancelled.body["status"], "cancelled", "{cancelled:?}");
+    // B hears it and stops the instance, long before its 30 s sleep ends.
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), b_events.recv())
+            .await
+            .expect("worker B stops the attempt")
+            .unwrap()
+            .unwrap();
+        if let lanes::daemon::events::Event::Finished {
+            id: ended, outcome, ..
+        } = event
+            && ended == id
+        {
+            assert_eq!(outcome, lanes::daemon::events::Outcome::Cancelled);
+            break;
+        }
+    }
+    // A's long-poll of an execution another worker ran ends too.
+    let polled = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(polled.body["status"], "cancelled");
+    server.shutdown().await;
+    a.shutdown(Duration::from_secs(5)).await;
+    b.shutdown(Duration::from_secs(5)).await;
+}
