@@ -83,6 +83,11 @@ fn config(dir: &tempfile::TempDir, providers: &[(&str, ProviderConfig)]) -> Conf
             dir: Some(shared_cache()),
             ..lanes::config::CacheConfig::default()
         },
+        // Several `lanes serve` run at once: each API on a free port.
+        api: lanes::config::ApiConfig {
+            addr: "127.0.0.1:0".into(),
+            ..lanes::config::ApiConfig::default()
+        },
         ..Config::default()
     };
     for (name, p) in providers {
