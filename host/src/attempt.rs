@@ -61,7 +61,9 @@ pub fn classify(error: &ExecError) -> (ErrorKind, Option<Duration>) {
                 ErrorKind::RateLimited,
                 r.retry_after_ms.map(Duration::from_millis),
             ),
-            ProviderError::Unavailable(_) => (ErrorKind::Unavailable, None),
+            ProviderError::Unavailable(_) => {
+                (ErrorKind::Unavailable, e.1.map(Duration::from_millis))
+            }
             ProviderError::InvalidRequest(_) => (ErrorKind::InvalidRequest, None),
             ProviderError::Unauthorized(_) => (ErrorKind::Unauthorized, None),
             ProviderError::Other(_) => (ErrorKind::Other, None),

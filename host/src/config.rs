@@ -100,6 +100,8 @@ pub struct Config {
     pub completer: CompleterConfig,
     /// The HTTP API, metrics and dashboard that `lanes serve` serves.
     pub api: ApiConfig,
+    /// Scheduling policies for every provider; `[providers.NAME.policy]` overrides them.
+    pub policy: crate::policy::PolicyConfig,
     /// Providers by name: extra names for a component, limits and config values.
     pub providers: BTreeMap<String, ProviderConfig>,
 }
@@ -123,6 +125,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             completer: CompleterConfig::default(),
             api: ApiConfig::default(),
+            policy: Default::default(),
             providers: BTreeMap::new(),
         }
     }
@@ -362,6 +365,8 @@ pub struct ProviderConfig {
     pub api_key_file: Option<PathBuf>,
     /// Overrides of the `[sandbox]` limits for this provider.
     pub sandbox: SandboxOverride,
+    /// Overrides of `[policy]` for this provider.
+    pub policy: crate::policy::PolicyConfig,
 }
 
 /// A config value: TOML strings, numbers and booleans all reach the component as text.
@@ -446,10 +451,17 @@ const KEYS: &[&str] = &[
     "http",
     "completer",
     "api",
+    "policy",
     "providers",
 ];
 
 impl Config {
+    /// The policies of `provider`: its own, then `[policy]`, then the defaults.
+    pub fn policy_for(&self, provider: &str) -> crate::policy::Policy {
+        let own = self.providers.get(provider).map(|p| &p.policy);
+        crate::policy::Policy::resolve(own.unwrap_or(&Default::default()), &self.policy)
+    }
+
     /// Loads defaults, then `path` (or `lanes.toml` when present), then `LANES_*` variables
     /// (`LANES_PROVIDERS__CLAUDE__LIMIT=5` sets `providers.claude.limit`).
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -582,7 +594,13 @@ impl Config {
         if self.engine.max_instances == 0 {
             problems.push(invalid("engine.max_instances", "must be at least 1"));
         }
+        for (key, reason) in self.policy.problems() {
+            problems.push(invalid(format!("policy.{key}"), reason));
+        }
         for (name, provider) in &self.providers {
+            for (key, reason) in provider.policy.problems() {
+                problems.push(invalid(format!("providers.{name}.policy.{key}"), reason));
+            }
             if let Err(e) = validate_provider_name(name) {
                 problems.push(invalid(format!("providers.{name}"), e));
             }

@@ -14,6 +14,7 @@ pub mod limits;
 pub mod logging;
 pub mod model;
 pub mod plugin;
+pub mod policy;
 pub mod report;
 pub mod retry;
 pub mod store;

@@ -88,8 +88,12 @@ pub struct Execution {
     pub error: Option<String>,
     /// The class of the last error (see [`ErrorKind`]).
     pub error_kind: Option<String>,
-    /// Attempts started so far, the current one included.
+    /// Attempts started so far, the current one included. A rate-limited attempt is given
+    /// back and counted in `rate_limited` instead.
     pub attempts: i32,
+    /// Rate-limited answers so far (see the policy's `max_rate_limited`).
+    #[serde(default)]
+    pub rate_limited: i32,
     pub max_attempts: i32,
     /// Not claimed before this time (Unix ms): the retry backoff.
     pub not_before: i64,
@@ -124,8 +128,9 @@ pub struct AttemptRecord {
     pub finished_at: Option<i64>,
     /// The worker that ran it.
     pub worker: Option<String>,
-    /// `completed`, `retried`, `failed`, `returned` (taken back at shutdown, not counted) or
-    /// `interrupted` (its worker stopped while running it).
+    /// `completed`, `retried`, `rate_limited` (retried, not counted as an attempt), `failed`,
+    /// `returned` (taken back at shutdown, not counted), `interrupted` (its worker stopped
+    /// while running it) or `cancelled`.
     pub outcome: String,
     pub error_kind: Option<String>,
     /// The error, cut to 1000 characters.

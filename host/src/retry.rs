@@ -7,6 +7,7 @@ use rand::Rng;
 
 use crate::config::RetryConfig;
 use crate::model::ErrorKind;
+use crate::policy::Policy;
 
 /// What to do after a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,11 +17,6 @@ pub enum Decision {
     /// Stop: the error is permanent or no attempts remain.
     Fail,
 }
-
-/// The longest wait a provider's retry-after may impose. A larger one (or a garbled one)
-/// would park the execution for years, and its end time would overflow the database's
-/// 64-bit column, so it is capped.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
 /// Backoff `base * 2^(attempt-1)`, capped at `max`, with "equal jitter": the delay is drawn
 /// from the upper half of that window, so retries of many executions spread out but never
@@ -49,21 +45,36 @@ impl RetryPolicy {
         self.base.saturating_mul(factor).min(self.max)
     }
 
-    /// Decides what follows attempt `attempts` of `max_attempts` that failed with `kind`.
-    pub fn decide(
-        &self,
-        attempts: u32,
-        max_attempts: u32,
-        kind: ErrorKind,
-        retry_after: Option<Duration>,
-    ) -> Decision {
-        if !kind.is_retryable() || attempts >= max_attempts {
+    /// Decides what follows an attempt that failed with `kind`: attempt `attempts` of
+    /// `max_attempts`, after `rate_limited` rate-limited answers, the provider having asked
+    /// to wait `wait`, under `policy`.
+    ///
+    /// - A rate-limited answer is retried until the execution has had
+    ///   `policy.max_rate_limited` of them, whatever its attempts: it does not count as one.
+    /// - A wait the provider asked for is capped at `policy.max_retry_after`, and spread by
+    ///   up to `policy.resume_spread`, so that the executions a pause held back do not all
+    ///   resume in one instant.
+    /// - Without a wait, the backoff applies.
+    pub fn decide(&self, failed: Failed, policy: &Policy) -> Decision {
+        let retry = match failed.kind {
+            ErrorKind::RateLimited => failed.rate_limited < policy.max_rate_limited,
+            kind => kind.is_retryable() && failed.attempts < failed.max_attempts,
+        };
+        if !retry {
             return Decision::Fail;
         }
-        if let Some(after) = retry_after {
-            return Decision::Retry(after.min(MAX_RETRY_AFTER));
+        if let Some(wait) = failed.wait {
+            let spread = u64::try_from(policy.resume_spread.as_millis()).unwrap_or(u64::MAX);
+            let jitter = rand::rng().random_range(0..=spread);
+            return Decision::Retry(
+                wait.min(policy.max_retry_after) + Duration::from_millis(jitter),
+            );
         }
-        let nominal = self.nominal(attempts);
+        let step = match failed.kind {
+            ErrorKind::RateLimited => failed.rate_limited.saturating_add(1),
+            _ => failed.attempts,
+        };
+        let nominal = self.nominal(step);
         let half = nominal / 2;
         let jitter =
             rand::rng().random_range(0..=u64::try_from(half.as_millis()).unwrap_or(u64::MAX));
@@ -71,9 +82,40 @@ impl RetryPolicy {
     }
 }
 
+/// A failed attempt, as [`RetryPolicy::decide`] weighs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Failed {
+    pub kind: ErrorKind,
+    /// Attempts so far, this one included (rate-limited ones are given back).
+    pub attempts: u32,
+    pub max_attempts: u32,
+    /// Rate-limited answers before this one.
+    pub rate_limited: u32,
+    /// The wait the provider asked for.
+    pub wait: Option<Duration>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn failed(kind: ErrorKind, attempts: u32, max_attempts: u32, wait: Option<Duration>) -> Failed {
+        Failed {
+            kind,
+            attempts,
+            max_attempts,
+            rate_limited: 0,
+            wait,
+        }
+    }
+
+    /// The default policies without the resume spread, for exact waits.
+    fn exact() -> Policy {
+        Policy {
+            resume_spread: Duration::ZERO,
+            ..Policy::default()
+        }
+    }
 
     fn policy() -> RetryPolicy {
         RetryPolicy::from(&RetryConfig {
@@ -94,7 +136,8 @@ mod tests {
     fn jitter_stays_in_the_upper_half() {
         let p = policy();
         for _ in 0..200 {
-            let Decision::Retry(d) = p.decide(3, 5, ErrorKind::Unavailable, None) else {
+            let Decision::Retry(d) = p.decide(failed(ErrorKind::Unavailable, 3, 5, None), &exact())
+            else {
                 panic!("should retry")
             };
             assert!((200..=400).contains(&d.as_millis()), "{d:?}");
@@ -106,7 +149,7 @@ mod tests {
         let p = policy();
         let after = Some(Duration::from_millis(1234));
         assert_eq!(
-            p.decide(1, 3, ErrorKind::RateLimited, after),
+            p.decide(failed(ErrorKind::RateLimited, 1, 3, after), &exact()),
             Decision::Retry(Duration::from_millis(1234))
         );
         for kind in [
@@ -115,17 +158,59 @@ mod tests {
             ErrorKind::Trap,
             ErrorKind::Other,
         ] {
-            assert_eq!(p.decide(1, 3, kind, None), Decision::Fail);
+            assert_eq!(p.decide(failed(kind, 1, 3, None), &exact()), Decision::Fail);
         }
-        assert_eq!(p.decide(3, 3, ErrorKind::Unavailable, None), Decision::Fail);
+        assert_eq!(
+            p.decide(failed(ErrorKind::Unavailable, 3, 3, None), &exact()),
+            Decision::Fail
+        );
+    }
+
+    #[test]
+    fn rate_limits_have_their_own_cap_and_waits_spread() {
+        let p = policy();
+        // The last attempt, rate-limited: retried all the same, up to max_rate_limited.
+        let mut limited = failed(ErrorKind::RateLimited, 3, 3, Some(Duration::from_secs(1)));
+        let spread = Policy {
+            resume_spread: Duration::from_millis(500),
+            ..Policy::default()
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..100 {
+            let Decision::Retry(d) = p.decide(limited, &spread) else {
+                panic!("a rate limit is not an attempt")
+            };
+            assert!((1000..=1500).contains(&d.as_millis()), "{d:?}");
+            seen.insert(d.as_millis() / 50);
+        }
+        assert!(seen.len() > 3, "resumes spread over the window: {seen:?}");
+        limited.rate_limited = spread.max_rate_limited;
+        assert_eq!(p.decide(limited, &spread), Decision::Fail);
+        // An unavailable answer with a wait is waited for as asked.
+        assert_eq!(
+            p.decide(
+                failed(
+                    ErrorKind::Unavailable,
+                    1,
+                    3,
+                    Some(Duration::from_millis(700))
+                ),
+                &exact()
+            ),
+            Decision::Retry(Duration::from_millis(700))
+        );
     }
 
     #[test]
     fn a_huge_retry_after_is_capped_not_wrapped() {
         let huge = Some(Duration::from_millis(u64::MAX));
+        let capped = Policy {
+            max_retry_after: Duration::from_secs(90),
+            ..exact()
+        };
         assert_eq!(
-            policy().decide(1, 3, ErrorKind::RateLimited, huge),
-            Decision::Retry(MAX_RETRY_AFTER)
+            policy().decide(failed(ErrorKind::RateLimited, 1, 3, huge), &capped),
+            Decision::Retry(Duration::from_secs(90))
         );
     }
 }

@@ -726,11 +726,11 @@ async fn the_metrics_scrape_parses_and_counts_known_runs() {
     env.stub("m", Some(3), &[]);
     env.config.retry.base_ms = 1;
     env.config.retry.max_ms = 5;
+    env.config.policy.max_rate_limited = Some(1);
     let (daemon, server, api) = start(&env).await;
     let mut batch = sleepers("m", 10, 20);
-    // Rate-limited twice (two retries), then failed: max_attempts 2 means one retry.
-    let mut limited = job("m", json!({"error": "rate-limited"}));
-    limited.max_attempts = 2;
+    // Rate-limited twice: retried once (max_rate_limited 1), then failed.
+    let limited = job("m", json!({"error": "rate-limited"}));
     batch.push(limited);
     batch.push(job("m", json!({"error": "invalid-request"})));
     daemon.submit_many(&batch).await.unwrap();

@@ -8,6 +8,8 @@ use crate::support::*;
 async fn json_logs_env_overrides_and_wait_exit_codes() {
     let mut env = TestEnv::new();
     env.stub("cli", Some(2), &[]);
+    // One execution fails unauthorized on purpose; the breaker would stop the lane.
+    env.config.policy.breaker_failures = Some(0);
     let config = env.write_config();
     // LANES_* overrides the file: the limit of `cli` becomes 3.
     let log_path = env.dir.path().join("json.log");

@@ -3,6 +3,7 @@
 
 mod api;
 mod bad_input;
+mod capacity;
 mod cli;
 mod crash;
 mod dashboard;
@@ -14,6 +15,7 @@ mod live_limits;
 mod mock;
 mod operating;
 mod plugins;
+mod policies;
 mod priority;
 mod properties;
 mod providers;

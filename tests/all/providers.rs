@@ -27,6 +27,15 @@ fn full_input(extra: Option<serde_json::Value>) -> ChatInput {
     }
 }
 
+fn adapter_policy() -> lanes::policy::PolicyConfig {
+    lanes::policy::PolicyConfig {
+        max_rate_limited: Some(1),
+        breaker_failures: Some(0),
+        resume_spread_ms: Some(0),
+        ..Default::default()
+    }
+}
+
 fn execution(provider: &str, input: ChatInput, max_attempts: i32) -> NewExecution {
     NewExecution {
         provider: provider.into(),
@@ -67,6 +76,9 @@ async fn ollama_speaks_the_chat_api() {
     env.add_component("ollama.wasm");
     env.adapter("ollama", "ollama.wasm", &api.url(), "llama3");
     env.config.retry.base_ms = 10;
+    // These tests map each answer to its class: one rate-limited retry, no breaker, and
+    // waits as asked.
+    env.config.policy = adapter_policy();
     let (daemon, queue) = env.start().await;
 
     api.reply([ollama_reply("Hi!")]);
@@ -161,7 +173,8 @@ async fn ollama_speaks_the_chat_api() {
             (e.status, e.error_kind.as_deref()),
             (Status::Failed, Some(kind))
         );
-        assert_eq!(e.attempts as usize, attempts, "{status}");
+        // A rate-limited call is not an attempt: it is counted apart.
+        assert_eq!((e.attempts + e.rate_limited) as usize, attempts, "{status}");
         assert!(
             e.error
                 .unwrap()
@@ -178,7 +191,11 @@ async fn ollama_speaks_the_chat_api() {
         execution("ollama", full_input(None), 2),
     )
     .await;
-    assert_eq!((e.status, e.attempts), (Status::Completed, 2));
+    assert_eq!(
+        (e.status, e.attempts, e.rate_limited),
+        (Status::Completed, 1, 1),
+        "a 429 is not an attempt"
+    );
     assert!(
         e.started_at.unwrap() - e.created_at >= 1000,
         "retry-after honored"
@@ -244,6 +261,9 @@ async fn claude_speaks_the_messages_api() {
         .config
         .insert("auth".into(), ConfigValue::String("x-api-key".into()));
     env.config.retry.base_ms = 10;
+    // These tests map each answer to its class: one rate-limited retry, no breaker, and
+    // waits as asked.
+    env.config.policy = adapter_policy();
     let (daemon, queue) = env.start().await;
 
     api.reply([claude_reply()]);
@@ -371,7 +391,11 @@ async fn claude_speaks_the_messages_api() {
         .await;
         assert_eq!(e.status, Status::Failed);
         assert_eq!(e.error_kind.as_deref(), Some(kind), "{:?}", e.error);
-        assert_eq!(e.attempts, attempts, "{kind}: retried only when retryable");
+        assert_eq!(
+            e.attempts + e.rate_limited,
+            attempts,
+            "{kind}: retried only when retryable"
+        );
     }
 
     // retry-after is honored, then the call succeeds.
@@ -385,7 +409,11 @@ async fn claude_speaks_the_messages_api() {
         execution("claude", ChatInput::prompt("x"), 3),
     )
     .await;
-    assert_eq!((e.status, e.attempts), (Status::Completed, 2));
+    assert_eq!(
+        (e.status, e.attempts, e.rate_limited),
+        (Status::Completed, 1, 1),
+        "a 429 is not an attempt"
+    );
     let waited = e.started_at.unwrap() - e.created_at;
     assert!(waited >= 1000, "retry-after: 1 honored, waited {waited} ms");
 
@@ -434,6 +462,9 @@ async fn openai_speaks_chat_completions() {
     env.adapter("openai", "openai.wasm", &api.url(), "gpt-x")
         .api_key_env = Some("LANES_TEST_OPENAI_KEY".into());
     env.config.retry.base_ms = 10;
+    // These tests map each answer to its class: one rate-limited retry, no breaker, and
+    // waits as asked.
+    env.config.policy = adapter_policy();
     let (daemon, queue) = env.start().await;
 
     api.reply([openai_reply()]);
@@ -471,7 +502,11 @@ async fn openai_speaks_chat_completions() {
         execution("openai", ChatInput::prompt("x"), 3),
     )
     .await;
-    assert_eq!((e.status, e.attempts), (Status::Completed, 2));
+    assert_eq!(
+        (e.status, e.attempts, e.rate_limited),
+        (Status::Completed, 1, 1),
+        "a 429 is not an attempt"
+    );
     assert!(
         e.started_at.unwrap() - e.created_at >= 1000,
         "x-ratelimit-reset-requests honored"
@@ -489,7 +524,11 @@ async fn openai_speaks_chat_completions() {
         execution("openai", ChatInput::prompt("x"), 3),
     )
     .await;
-    assert_eq!((e.status, e.attempts), (Status::Completed, 2));
+    assert_eq!(
+        (e.status, e.attempts, e.rate_limited),
+        (Status::Completed, 1, 1),
+        "a 429 is not an attempt"
+    );
     let waited = e.started_at.unwrap() - e.created_at;
     assert!(
         (1000..10_000).contains(&waited),

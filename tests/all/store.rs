@@ -183,7 +183,7 @@ async fn retry_waits_and_requeue_gives_the_attempt_back(q: Arc<dyn Queue>) {
     q.claim("b", claim("w", 1, 1)).await.unwrap();
     let soon = Finish::Retry {
         error: "busy".into(),
-        kind: ErrorKind::RateLimited,
+        kind: ErrorKind::Unavailable,
         delay_ms: 30,
     };
     assert!(q.finish(short, "w", &soon).await.unwrap());
@@ -197,6 +197,20 @@ async fn retry_waits_and_requeue_gives_the_attempt_back(q: Arc<dyn Queue>) {
         (row.status, row.attempts, row.resume),
         (Status::Pending, 1, true)
     );
+    // A rate-limited retry gives its attempt back and is counted apart.
+    q.claim("b", claim("w", 1, 1)).await.unwrap();
+    let limited = Finish::Retry {
+        error: "slow down".into(),
+        kind: ErrorKind::RateLimited,
+        delay_ms: 0,
+    };
+    assert!(q.finish(short, "w", &limited).await.unwrap());
+    let row = q.get(short).await.unwrap().unwrap();
+    assert_eq!(
+        (row.status, row.attempts, row.rate_limited),
+        (Status::Pending, 1, 1)
+    );
+    assert_eq!(row.history.last().unwrap().outcome, "rate_limited");
 }
 
 contract!(leases, renewing_keeps_a_lease_alive);

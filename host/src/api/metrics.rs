@@ -250,7 +250,10 @@ impl Metrics {
                     .get_or_create(&FileLabel { file: file.clone() })
                     .inc();
             }
-            Event::Claimed { .. } | Event::LimitChanged { .. } | Event::LanePaused { .. } => {}
+            Event::Claimed { .. }
+            | Event::LimitChanged { .. }
+            | Event::LanePaused { .. }
+            | Event::CircuitChanged { .. } => {}
         }
     }
 

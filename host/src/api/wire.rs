@@ -320,8 +320,19 @@ pub enum EventOut {
     },
     /// A component file was rejected.
     ComponentRejected { file: String, reason: String },
-    /// A lane stopped claiming.
-    LanePaused { provider: String, reason: String },
+    /// A lane stopped claiming: `no_component`, `rate_limited` or `unavailable` (with
+    /// `for_ms`, the wait the provider asked for).
+    LanePaused {
+        provider: String,
+        reason: String,
+        for_ms: Option<i64>,
+    },
+    /// A provider's circuit opened or closed.
+    CircuitChanged {
+        provider: String,
+        open: bool,
+        reason: String,
+    },
     /// This stream fell behind and lost events; re-read what you track.
     Lagged { missed: u64 },
 }
@@ -336,6 +347,7 @@ impl EventOut {
             EventOut::ComponentLoaded { .. } => "component_loaded",
             EventOut::ComponentRejected { .. } => "component_rejected",
             EventOut::LanePaused { .. } => "lane_paused",
+            EventOut::CircuitChanged { .. } => "circuit_changed",
             EventOut::Lagged { .. } => "lagged",
         }
     }
@@ -394,11 +406,27 @@ impl EventOut {
                 file: file.clone(),
                 reason: reason.clone(),
             },
-            Event::LanePaused { provider, reason } => EventOut::LanePaused {
+            Event::LanePaused { provider, reason } => {
+                use crate::daemon::events::PauseReason;
+                let (reason, for_ms) = match reason {
+                    PauseReason::NoComponent => ("no_component", None),
+                    PauseReason::RateLimited { for_ms } => ("rate_limited", Some(*for_ms)),
+                    PauseReason::Unavailable { for_ms } => ("unavailable", Some(*for_ms)),
+                };
+                EventOut::LanePaused {
+                    provider: provider.to_string(),
+                    reason: reason.into(),
+                    for_ms,
+                }
+            }
+            Event::CircuitChanged {
+                provider,
+                open,
+                reason,
+            } => EventOut::CircuitChanged {
                 provider: provider.to_string(),
-                reason: match reason {
-                    crate::daemon::events::PauseReason::NoComponent => "no_component".into(),
-                },
+                open: *open,
+                reason: reason.clone(),
             },
         })
     }

@@ -38,6 +38,10 @@ pub enum Outcome {
 pub enum PauseReason {
     /// Its component was removed or rejected, and no other file serves its name.
     NoComponent,
+    /// A rate-limited answer asked to wait this long.
+    RateLimited { for_ms: i64 },
+    /// An unavailable answer asked to wait this long.
+    Unavailable { for_ms: i64 },
 }
 
 /// Something that happened in the daemon. Times are Unix milliseconds.
@@ -89,6 +93,13 @@ pub enum Event {
         provider: Arc<str>,
         reason: PauseReason,
     },
+    /// A provider's circuit opened (no claims for a cool-down, then one probe at a time) or
+    /// closed.
+    CircuitChanged {
+        provider: Arc<str>,
+        open: bool,
+        reason: String,
+    },
 }
 
 impl Event {
@@ -100,7 +111,8 @@ impl Event {
             | Event::Finished { provider, .. }
             | Event::LimitChanged { provider, .. }
             | Event::ComponentLoaded { provider, .. }
-            | Event::LanePaused { provider, .. } => Some(provider),
+            | Event::LanePaused { provider, .. }
+            | Event::CircuitChanged { provider, .. } => Some(provider),
             Event::ComponentRejected { .. } => None,
         }
     }

@@ -11,10 +11,11 @@ use tokio_util::sync::CancellationToken;
 use super::completer::{CompleterHandle, Completion};
 use super::events::{Event, EventBus};
 use super::lane::{Lane, Slot};
+use super::policies::{Governor, Seen};
 use crate::attempt;
 use crate::model::{ChatInput, ErrorKind, Execution, ExecutionId, now_ms};
-use crate::plugin::Provider;
-use crate::retry::{Decision, RetryPolicy};
+use crate::plugin::{ExecError, Provider};
+use crate::retry::{Decision, Failed, RetryPolicy};
 use crate::store::Finish;
 
 /// Runs attempts. Shared by every lane.
@@ -27,6 +28,8 @@ pub struct Executor {
     pub(super) stop_running: CancellationToken,
     /// The attempts running now, by execution, to stop one that is cancelled.
     pub(super) running: std::sync::Mutex<HashMap<ExecutionId, CancellationToken>>,
+    /// Weighs each attempt's end: pauses, circuits, adaptive limits.
+    pub(super) governor: Arc<Governor>,
 }
 
 impl Executor {
@@ -51,7 +54,7 @@ impl Executor {
         let cancel = CancellationToken::new();
         self.running_attempts().insert(execution.id, cancel.clone());
         let (finish, tokens) = tokio::select! {
-            end = self.attempt(&provider, &execution, input) => end,
+            end = self.attempt(&lane, &provider, &execution, input, began) => end,
             _ = self.stop_running.cancelled() => (Finish::Requeue, None),
             // The row is already `cancelled`: whatever is sent is not written.
             _ = cancel.cancelled() => (Finish::Requeue, None),
@@ -96,9 +99,11 @@ impl Executor {
     /// One attempt: how it ended, and the tokens it used when it completed.
     async fn attempt(
         &self,
+        lane: &Lane,
         provider: &Provider,
         execution: &Execution,
         input: serde_json::Value,
+        began: Instant,
     ) -> (Finish, Option<(u32, u32)>) {
         let input = match ChatInput::from_value(input) {
             Ok(input) => input,
@@ -112,6 +117,16 @@ impl Executor {
         };
         let error = match provider.execute(attempt::to_request(&input)).await {
             Ok(response) => {
+                self.governor.observe(
+                    lane,
+                    &provider.policy,
+                    &Seen {
+                        kind: None,
+                        wait: None,
+                        duration: began.elapsed(),
+                        error: None,
+                    },
+                );
                 let output = attempt::to_output(response);
                 let tokens = (output.usage.input_tokens, output.usage.output_tokens);
                 let finish = match serde_json::to_value(&output) {
@@ -125,15 +140,31 @@ impl Executor {
             }
             Err(e) => e,
         };
-        let (kind, retry_after) = attempt::classify(&error);
+        let (kind, wait) = attempt::classify(&error);
         let message = format!("{}: {error}", provider.label());
+        // Only the provider's own answers (and its silence) say how it is; a full instance
+        // pool or a trapping component says nothing about its health.
+        if matches!(error, ExecError::Provider(_) | ExecError::Timeout(_)) {
+            self.governor.observe(
+                lane,
+                &provider.policy,
+                &Seen {
+                    kind: Some(kind),
+                    wait,
+                    duration: began.elapsed(),
+                    error: Some(error.to_string()),
+                },
+            );
+        }
         let retry = self.retry.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let finish = match retry.decide(
-            u32::try_from(execution.attempts).unwrap_or(0),
-            u32::try_from(execution.max_attempts).unwrap_or(1).max(1),
+        let failed = Failed {
             kind,
-            retry_after,
-        ) {
+            attempts: u32::try_from(execution.attempts).unwrap_or(0),
+            max_attempts: u32::try_from(execution.max_attempts).unwrap_or(1).max(1),
+            rate_limited: u32::try_from(execution.rate_limited).unwrap_or(0),
+            wait,
+        };
+        let finish = match retry.decide(failed, &provider.policy) {
             Decision::Retry(delay) => Finish::Retry {
                 error: message,
                 kind,

@@ -34,6 +34,19 @@ pub struct Lane {
     /// Whether a pending row may be waiting for a later `not_before` (a retry): only then
     /// is the next due time worth a query.
     retry_pending: AtomicBool,
+    /// No claims before this instant: a policy's pause (rate limit, open circuit). The
+    /// store's claim enforces it for the fleet; this keeps the lane from even asking.
+    paused_until: Mutex<Pause>,
+}
+
+/// A lane's pause, and the ramp after it.
+#[derive(Default)]
+struct Pause {
+    until: Option<std::time::Instant>,
+    /// How long claims ramp up once the pause ends.
+    ramp: std::time::Duration,
+    /// While ramping: until when, and the time between single claims.
+    ramping: Option<(std::time::Instant, std::time::Duration)>,
 }
 
 /// A running execution's slot; give it back with [`Lane::release`].
@@ -52,7 +65,60 @@ impl Lane {
             provider: RwLock::new(None),
             // Rows from before this start may be waiting for their retry.
             retry_pending: AtomicBool::new(true),
+            paused_until: Mutex::new(Pause::default()),
         }
+    }
+
+    /// Pauses claims until `until`, unless a later pause is in place; once it ends, claims
+    /// ramp up over `ramp` (one at a time) so that the work it held back resumes spread, not
+    /// in one instant. Returns whether the pause grew.
+    pub fn pause_until(&self, until: std::time::Instant, ramp: std::time::Duration) -> bool {
+        let mut pause = self.pause();
+        if pause.until.is_some_and(|p| p >= until) {
+            return false;
+        }
+        pause.until = Some(until);
+        pause.ramp = ramp;
+        true
+    }
+
+    /// Ends a pause at once, without a ramp, and wakes the lane.
+    pub fn resume(&self) {
+        *self.pause() = Pause::default();
+        self.wake();
+    }
+
+    /// How long the pause still lasts, if the lane is paused.
+    pub fn paused_for(&self) -> Option<std::time::Duration> {
+        let mut pause = self.pause();
+        let until = pause.until?;
+        let now = std::time::Instant::now();
+        let left = until.saturating_duration_since(now);
+        if !left.is_zero() {
+            return Some(left);
+        }
+        pause.until = None;
+        if !pause.ramp.is_zero() {
+            let step = pause.ramp / self.limit().max(1);
+            pause.ramping = Some((now + pause.ramp, step));
+        }
+        None
+    }
+
+    /// While claims ramp up after a pause: the time between single claims.
+    pub fn ramp_step(&self) -> Option<std::time::Duration> {
+        let mut pause = self.pause();
+        match pause.ramping {
+            Some((end, step)) if std::time::Instant::now() < end => Some(step),
+            _ => {
+                pause.ramping = None;
+                None
+            }
+        }
+    }
+
+    fn pause(&self) -> std::sync::MutexGuard<'_, Pause> {
+        self.paused_until.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The provider's name.

@@ -21,6 +21,7 @@ pub mod events;
 pub mod executor;
 pub mod lane;
 pub mod leases;
+pub mod policies;
 pub mod producer;
 pub mod registry;
 pub mod reload;
@@ -71,6 +72,8 @@ pub struct Shared {
     pub owner: Arc<str>,
     pub registry: Registry,
     pub events: EventBus,
+    /// The policies: pauses, circuits, adaptive limits.
+    pub governor: Arc<policies::Governor>,
     /// Stops the producers and background loops.
     pub stop_claiming: CancellationToken,
     /// Stops renewing leases: only once every execution has ended.
@@ -301,7 +304,11 @@ impl Daemon {
         ));
         let config = Arc::new(config);
         let events = EventBus::default();
+        let (governor, policy_writer) = policies::Governor::new(queue.clone(), events.clone());
+        // Ends once the governor is gone.
+        tokio::spawn(policy_writer);
         let shared = Arc::new(Shared {
+            governor: Arc::new(governor),
             registry: Registry::new(events.clone()),
             config: LiveConfig(std::sync::RwLock::new(config.clone())),
             queue: queue.clone(),
@@ -321,6 +328,7 @@ impl Daemon {
         );
         let stop_running = CancellationToken::new();
         let executor = Arc::new(Executor {
+            governor: shared.governor.clone(),
             retry: std::sync::RwLock::new(RetryPolicy::from(&config.retry)),
             events,
             completer: completer.handle(),

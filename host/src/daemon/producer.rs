@@ -59,8 +59,20 @@ impl Producer {
                 return;
             }
             let mut wait = self.shared.config.get().poll_interval();
-            if let Some(provider) = self.lane.provider() {
-                let free = self.lane.free();
+            let paused = self.lane.paused_for();
+            if let Some(left) = paused {
+                // The provider asked for a pause: wake when it ends.
+                wait = wait.min(left);
+            } else if let Some(provider) = self.lane.provider() {
+                // Just after a pause, one claim at a time, spread over the ramp.
+                let ramp = self.lane.ramp_step();
+                let free = match ramp {
+                    Some(step) => {
+                        wait = wait.min(step);
+                        self.lane.free().min(1)
+                    }
+                    None => self.lane.free(),
+                };
                 if free > 0 {
                     match self.claim_and_start(&provider, free).await {
                         Ok(claimed) if claimed < free => {

@@ -14,6 +14,14 @@ use crate::config::Config;
 use crate::limits::LimitView;
 use crate::plugin::{Catalog, Provider};
 
+/// What [`Registry::apply`] changed.
+pub struct Applied {
+    /// New lanes, whose producers must start.
+    pub opened: Vec<Arc<Lane>>,
+    /// Lanes now served by a new binding (a new component, config or key).
+    pub rebound: Vec<Arc<Lane>>,
+}
+
 /// Every lane of this worker, by provider name.
 pub struct Registry {
     events: EventBus,
@@ -71,14 +79,15 @@ impl Registry {
     /// Serves each lane from the catalog's component: opens lanes for new providers (and
     /// returns them, for their producers to start), and idles lanes whose component is gone.
     /// A lane whose provider was bound anew (its config or secrets changed) serves the new
-    /// binding; running executions finish on the one they started with.
+    /// binding, and is returned too; running executions finish on the one they started with.
     pub fn apply(
         &self,
         config: &Config,
         catalog: &Catalog,
         runtime: &BTreeMap<String, u32>,
-    ) -> Vec<Arc<Lane>> {
+    ) -> Applied {
         let mut opened = Vec::new();
+        let mut rebound = Vec::new();
         let mut lanes = self.lanes.write().unwrap_or_else(|p| p.into_inner());
         for (name, lane) in lanes.iter() {
             if !catalog.providers.contains_key(name) && lane.provider().is_some() {
@@ -105,11 +114,13 @@ impl Registry {
                         info!("{}: now serving its lane", provider.label());
                         lane.set_provider(Some(provider.clone()));
                         self.events.publish(loaded());
+                        rebound.push(lane.clone());
                     } else if !lane
                         .provider()
                         .is_some_and(|old| Arc::ptr_eq(&old, provider))
                     {
                         lane.set_provider(Some(provider.clone()));
+                        rebound.push(lane.clone());
                     }
                 }
                 None => {
@@ -128,7 +139,7 @@ impl Registry {
                 }
             }
         }
-        opened
+        Applied { opened, rebound }
     }
 
     /// Resizes every lane whose effective limit changed under `config` and `runtime`.

@@ -144,8 +144,12 @@ impl Reloader {
                 });
             }
         }
-        for lane in self.shared.registry.apply(&config, &fresh, &runtime) {
+        let applied = self.shared.registry.apply(&config, &fresh, &runtime);
+        for lane in applied.opened {
             (self.start_lane)(lane);
+        }
+        for lane in &applied.rebound {
+            self.shared.governor.rebound(lane);
         }
         *catalog = fresh;
         release_freed_memory();
@@ -246,6 +250,18 @@ pub async fn refresh_limits_loop(shared: Arc<Shared>) {
         match shared.queue.limits().await {
             Ok(runtime) => shared.registry.apply_limits(&shared.config.get(), &runtime),
             Err(e) => error!("reading limits: {e}"),
+        }
+        // Pauses and circuits that other workers decided.
+        match shared.queue.provider_states().await {
+            Ok((now, states)) => {
+                let none = crate::store::ProviderState::default();
+                for (name, lane) in shared.registry.snapshot() {
+                    shared
+                        .governor
+                        .sync(&lane, states.get(&name).unwrap_or(&none), now);
+                }
+            }
+            Err(e) => error!("reading providers' states: {e}"),
         }
     }
 }

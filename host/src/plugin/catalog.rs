@@ -299,6 +299,7 @@ impl PluginHost {
             component,
             view,
             sandbox: SandboxLimits::from(&config.sandbox_for(name)),
+            policy: config.policy_for(name),
             engine: self.engine.clone(),
             client: self.client.clone(),
         })

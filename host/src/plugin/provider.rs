@@ -37,9 +37,10 @@ pub enum ExecError {
     },
 }
 
-/// A [`ProviderError`] with a readable `Display`.
+/// A [`ProviderError`] with a readable `Display`, and the wait the component asked for
+/// through `hints.retry-after` (for an error that is not a rate limit), in ms.
 #[derive(Debug)]
-pub struct ProviderErrorDisplay(pub ProviderError);
+pub struct ProviderErrorDisplay(pub ProviderError, pub Option<u64>);
 
 impl std::fmt::Display for ProviderErrorDisplay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -48,7 +49,10 @@ impl std::fmt::Display for ProviderErrorDisplay {
                 Some(ms) => write!(f, "rate limited (retry after {ms} ms): {}", r.message),
                 None => write!(f, "rate limited: {}", r.message),
             },
-            ProviderError::Unavailable(m) => write!(f, "unavailable: {m}"),
+            ProviderError::Unavailable(m) => match self.1 {
+                Some(ms) => write!(f, "unavailable (retry after {ms} ms): {m}"),
+                None => write!(f, "unavailable: {m}"),
+            },
             ProviderError::InvalidRequest(m) => write!(f, "invalid request: {m}"),
             ProviderError::Unauthorized(m) => write!(f, "unauthorized: {m}"),
             ProviderError::Other(m) => write!(f, "error: {m}"),
@@ -64,6 +68,8 @@ pub struct Provider {
     pub component: Arc<LoadedComponent>,
     pub(crate) view: GuestView,
     pub(crate) sandbox: SandboxLimits,
+    /// Its scheduling policies under the config it was bound with.
+    pub policy: crate::policy::Policy,
     pub(crate) engine: Engine,
     pub(crate) client: super::outbound::SharedClient,
 }
@@ -117,6 +123,7 @@ impl Provider {
         let outcome = tokio::time::timeout(self.sandbox.timeout, call).await;
         // A denied request explains whatever error the component made of it.
         let denied = denied.lock().ok().and_then(|d| d.clone());
+        let hint = store.data().retry_after_hint;
         let response = match (outcome, denied) {
             (Ok(Ok(Ok(response))), _) => response,
             (_, Some(target)) => {
@@ -127,7 +134,7 @@ impl Provider {
             }
             (Err(_), None) => return Err(ExecError::Timeout(self.sandbox.timeout.as_millis())),
             (Ok(result), None) => {
-                result?.map_err(|e| ExecError::Provider(ProviderErrorDisplay(e)))?
+                result?.map_err(|e| ExecError::Provider(ProviderErrorDisplay(e, hint)))?
             }
         };
         if response.text.len() > self.sandbox.max_output_bytes {

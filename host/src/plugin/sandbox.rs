@@ -14,7 +14,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use super::outbound::{Outbound, OutboundRules, SharedClient};
 
 use super::bindings::Provider;
-use super::bindings::lanes::provider::{config, logging, types};
+use super::bindings::lanes::provider::{config, hints, logging, types};
 use crate::config::SandboxConfig;
 
 /// How often the engine's epoch advances; the unit of the CPU budget.
@@ -118,6 +118,8 @@ pub struct GuestState {
     view: GuestView,
     http: WasiHttpCtx,
     pub(crate) outbound: Outbound,
+    /// The wait the component asked for through `hints.retry-after`, in ms.
+    pub(crate) retry_after_hint: Option<u64>,
 }
 
 impl WasiHttpView for GuestState {
@@ -153,6 +155,12 @@ impl logging::Host for GuestState {
 }
 
 impl types::Host for GuestState {}
+
+impl hints::Host for GuestState {
+    fn retry_after(&mut self, ms: u64) {
+        self.retry_after_hint = Some(ms);
+    }
+}
 
 impl config::Host for GuestState {
     fn get(&mut self, key: String) -> Option<String> {
@@ -194,6 +202,7 @@ pub fn new_store(
         cpu_ticks: limits.cpu_ticks,
         http: WasiHttpCtx::new(),
         outbound: Outbound::new(view.provider.clone(), view.outbound.clone(), client.clone()),
+        retry_after_hint: None,
         view,
     };
     let mut store = Store::new(engine, state);
@@ -236,6 +245,7 @@ pub fn bare_store(engine: &Engine, view: GuestView, client: &SharedClient) -> St
         cpu_ticks: u64::MAX,
         http: WasiHttpCtx::new(),
         outbound: Outbound::new(view.provider.clone(), view.outbound.clone(), client.clone()),
+        retry_after_hint: None,
         view,
     };
     let mut store = Store::new(engine, state);

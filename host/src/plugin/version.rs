@@ -6,7 +6,7 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 /// The `lanes:provider` version this host implements.
-pub const HOST_WIT_VERSION: (u64, u64, u64) = (0, 1, 1);
+pub const HOST_WIT_VERSION: (u64, u64, u64) = (0, 1, 2);
 
 const PACKAGE: &str = "lanes:provider/";
 

@@ -223,6 +223,64 @@ pub trait Queue: Send + Sync + 'static {
 
     /// Whether the database answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Records a policy decision about `provider` (see [`StateChange`]). Returns whether it
+    /// changed anything. Claims obey the result at once, on every worker.
+    async fn change_state(&self, provider: &str, change: &StateChange) -> Result<bool, StoreError>;
+
+    /// Every provider's policy state, as of the database's clock `now` (Unix ms).
+    async fn provider_states(&self) -> Result<(i64, BTreeMap<String, ProviderState>), StoreError>;
+}
+
+/// A provider's policy state, shared by every worker of a queue.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProviderState {
+    /// No claims before this time (Unix ms): a pause or an open circuit's cool-down.
+    pub paused_until: i64,
+    /// Why it is paused or open.
+    pub reason: Option<String>,
+    /// Open: once the cool-down is over, one probe at a time until a success closes it.
+    pub circuit_open: bool,
+    /// Openings in a row, for the next cool-down.
+    pub openings: u32,
+    /// The adaptive limit, when the provider adapts.
+    pub adaptive_limit: Option<u32>,
+}
+
+/// What a policy decided. Durations are from now, on the database's clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateChange {
+    /// No claims for `for_ms`; a later pause already in place is kept.
+    Pause { for_ms: i64, reason: String },
+    /// Opens the circuit for `for_ms` and counts an opening.
+    Open { for_ms: i64, reason: String },
+    /// Closes an open circuit (a probe succeeded).
+    Close,
+    /// Closes a circuit that an unauthorized answer opened (the config or key changed).
+    ClearUnauthorized,
+    /// Sets (or, with `None`, removes) the adaptive limit.
+    Adaptive(Option<u32>),
+}
+
+/// Reads a stored provider state row.
+pub(crate) fn provider_state(
+    (paused_until, reason, circuit, openings, adaptive): (
+        i64,
+        Option<String>,
+        String,
+        i64,
+        Option<i64>,
+    ),
+) -> Result<ProviderState, StoreError> {
+    Ok(ProviderState {
+        paused_until,
+        reason,
+        circuit_open: circuit == "open",
+        openings: read_count("circuit openings", openings)?,
+        adaptive_limit: adaptive
+            .map(|a| read_count("adaptive limit", a))
+            .transpose()?,
+    })
 }
 
 /// An idempotency key and the fingerprint of the request that came with it.
@@ -339,7 +397,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Queue>, StoreError> {
 /// The columns every execution query returns: the fields of [`ExecutionRow`].
 pub(crate) const COLUMNS: &str = "id, provider, status, priority, input, output, error, \
     error_kind, attempts, max_attempts, not_before, resume, created_at, started_at, \
-    finished_at, owner, lease_until, worker, history";
+    finished_at, owner, lease_until, worker, history, rate_limited";
 
 /// An execution as both backends store it.
 #[derive(sqlx::FromRow)]
@@ -363,6 +421,7 @@ pub(crate) struct ExecutionRow {
     lease_until: Option<i64>,
     worker: Option<String>,
     history: Option<String>,
+    rate_limited: i32,
 }
 
 /// Reads an execution from a row of either backend.
@@ -390,6 +449,7 @@ where
         error: raw.error,
         error_kind: raw.error_kind,
         attempts: raw.attempts,
+        rate_limited: raw.rate_limited,
         max_attempts: raw.max_attempts,
         not_before: raw.not_before,
         resume: raw.resume,
@@ -441,6 +501,9 @@ pub(crate) struct FinishRow<'a> {
     pub kind: Option<&'static str>,
     pub delay_ms: Option<i64>,
     pub requeue: bool,
+    /// A rate-limited retry: the attempt is given back and counted in `rate_limited`
+    /// instead, so a storm of 429s does not use up `max_attempts`.
+    pub rate_limited: bool,
 }
 
 impl<'a> FinishRow<'a> {
@@ -453,6 +516,7 @@ impl<'a> FinishRow<'a> {
             kind: None,
             delay_ms: None,
             requeue: false,
+            rate_limited: false,
         };
         match finish {
             Finish::Completed(output) => {
@@ -467,6 +531,7 @@ impl<'a> FinishRow<'a> {
                 row.error = Some(error);
                 row.kind = Some(kind.as_str());
                 row.delay_ms = Some(*delay_ms);
+                row.rate_limited = *kind == ErrorKind::RateLimited;
             }
             Finish::Failed { error, kind } => {
                 row.status = "failed";

@@ -24,9 +24,9 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 
 use super::{
     COLUMNS, Cancelled, Change, Claim, DbContext, ExecutionFilter, Finish, FinishRow,
-    HISTORY_ERROR_CHARS, HISTORY_KEPT, IdempotencyKey, ProviderRecord, Queue, Recovered,
-    StatusCounts, StoreError, Submitted, execution_from_row, fold_counts, provider_records,
-    read_count, sort_claimed, stored_count, written_flags,
+    HISTORY_ERROR_CHARS, HISTORY_KEPT, IdempotencyKey, ProviderRecord, ProviderState, Queue,
+    Recovered, StateChange, StatusCounts, StoreError, Submitted, execution_from_row, fold_counts,
+    provider_records, provider_state, read_count, sort_claimed, stored_count, written_flags,
 };
 use crate::model::{Execution, ExecutionId, NewExecution};
 
@@ -296,13 +296,14 @@ impl Queue for PgQueue {
         let kinds: Vec<Option<&str>> = rows.iter().map(|r| r.kind).collect();
         let delays: Vec<Option<i64>> = rows.iter().map(|r| r.delay_ms).collect();
         let requeues: Vec<bool> = rows.iter().map(|r| r.requeue).collect();
+        let limited: Vec<bool> = rows.iter().map(|r| r.rate_limited).collect();
         // One statement, in its own transaction: the batch's rows over arrays (`unnest`),
         // whatever their kinds, and a notification for each provider with a row back to
         // pending (any worker may take it, once due), delivered at commit.
         let history = history_with(
             "e.",
-            "CASE WHEN b.requeue THEN 'returned' WHEN b.status = 'pending' THEN 'retried'
-                  ELSE b.status END",
+            "CASE WHEN b.requeue THEN 'returned' WHEN b.limited THEN 'rate_limited'
+                  WHEN b.status = 'pending' THEN 'retried' ELSE b.status END",
             "b.kind",
             "b.error",
             "b.delay",
@@ -321,13 +322,14 @@ impl Queue for PgQueue {
                       not_before = COALESCE({NOW_MS} + b.delay, e.not_before),
                       finished_at = CASE WHEN b.status = 'pending' THEN e.finished_at
                                          ELSE {NOW_MS} END,
-                      attempts = e.attempts - CASE WHEN b.requeue THEN 1 ELSE 0 END,
+                      attempts = e.attempts - CASE WHEN b.requeue OR b.limited THEN 1 ELSE 0 END,
+                      rate_limited = e.rate_limited + CASE WHEN b.limited THEN 1 ELSE 0 END,
                       resume = b.requeue,
                       started_at = CASE WHEN b.requeue THEN NULL ELSE e.started_at END,
                       owner = NULL, lease_until = NULL
                  FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
-                             $7::bigint[], $8::bool[])
-                      AS b(id, status, output, error, kind, delay, requeue)
+                             $7::bigint[], $8::bool[], $10::bool[])
+                      AS b(id, status, output, error, kind, delay, requeue, limited)
                 WHERE e.id = b.id AND e.owner = $1 AND e.status = 'running'
                RETURNING e.id, e.provider, b.status),
              woken AS (
@@ -344,6 +346,7 @@ impl Queue for PgQueue {
         .bind(&delays)
         .bind(&requeues)
         .bind(&self.channel)
+        .bind(&limited)
         .fetch_all(&self.pool)
         .await
         .op(OP)?;
@@ -613,6 +616,92 @@ impl Queue for PgQueue {
                 .await
                 .op(OP)?;
         Cancelled::ended(id, status)
+    }
+
+    async fn change_state(&self, provider: &str, change: &StateChange) -> Result<bool, StoreError> {
+        // A pause or an opening: an upsert that never shortens a pause in place. Times come
+        // from the database clock, like every other on this backend.
+        let upsert = |circuit: &str, set: &str| {
+            format!(
+                "INSERT INTO provider_state AS s (provider, paused_until, reason, circuit,
+                                                  openings, updated_at)
+                 VALUES ($1, {NOW_MS} + $2, $3, '{circuit}', {opened}, {NOW_MS})
+                 ON CONFLICT (provider) DO UPDATE SET {set},
+                        paused_until = GREATEST(s.paused_until, excluded.paused_until),
+                        updated_at = {NOW_MS}",
+                opened = i32::from(circuit == "open"),
+            )
+        };
+        let pause = upsert(
+            "closed",
+            "reason = CASE WHEN excluded.paused_until > s.paused_until
+                           THEN excluded.reason ELSE s.reason END",
+        );
+        let open = upsert(
+            "open",
+            "circuit = 'open', openings = s.openings + 1, reason = excluded.reason",
+        );
+        let close = format!(
+            "UPDATE provider_state SET circuit = 'closed', openings = 0,
+                    reason = CASE WHEN paused_until > {NOW_MS} THEN reason END,
+                    updated_at = {NOW_MS}
+              WHERE provider = $1 AND circuit = 'open'"
+        );
+        let clear = format!(
+            "UPDATE provider_state SET circuit = 'closed', openings = 0, paused_until = 0,
+                    reason = NULL, updated_at = {NOW_MS}
+              WHERE provider = $1 AND circuit = 'open' AND reason LIKE 'unauthorized%'"
+        );
+        let adaptive = format!(
+            "INSERT INTO provider_state AS s (provider, adaptive_limit, updated_at)
+             VALUES ($1, $2, {NOW_MS})
+             ON CONFLICT (provider) DO UPDATE SET adaptive_limit = $2, updated_at = {NOW_MS}
+              WHERE s.adaptive_limit IS DISTINCT FROM $2"
+        );
+        let query = match change {
+            StateChange::Pause { for_ms, reason } => {
+                sqlx::query(&pause).bind(provider).bind(for_ms).bind(reason)
+            }
+            StateChange::Open { for_ms, reason } => {
+                sqlx::query(&open).bind(provider).bind(for_ms).bind(reason)
+            }
+            StateChange::Close => sqlx::query(&close).bind(provider),
+            StateChange::ClearUnauthorized => sqlx::query(&clear).bind(provider),
+            StateChange::Adaptive(limit) => sqlx::query(&adaptive).bind(provider).bind(
+                limit
+                    .map(|l| stored_count("adaptive limit", l))
+                    .transpose()?,
+            ),
+        };
+        let done = query
+            .execute(&self.pool)
+            .await
+            .op("recording a provider's state")?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn provider_states(&self) -> Result<(i64, BTreeMap<String, ProviderState>), StoreError> {
+        let now: i64 = sqlx::query_scalar(&format!("SELECT {NOW_MS}"))
+            .fetch_one(&self.pool)
+            .await
+            .op("reading the database clock")?;
+        let rows: Vec<(String, i64, Option<String>, String, i32, Option<i32>)> = sqlx::query_as(
+            "SELECT provider, paused_until, reason, circuit, openings, adaptive_limit
+               FROM provider_state",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .op("reading providers' states")?;
+        let states = rows
+            .into_iter()
+            .map(|(p, a, b, c, d, e)| {
+                Ok((
+                    p,
+                    provider_state((a, b, c, i64::from(d), e.map(i64::from)))?,
+                ))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok((now, states))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

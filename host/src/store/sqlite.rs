@@ -11,9 +11,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 use super::{
     COLUMNS, Cancelled, Claim, DbContext, ExecutionFilter, Finish, FinishRow, HISTORY_ERROR_CHARS,
-    HISTORY_KEPT, IdempotencyKey, ProviderRecord, Queue, Recovered, StatusCounts, StoreError,
-    Submitted, execution_from_row, fold_counts, provider_records, read_count, sort_claimed,
-    stored_count, written_flags,
+    HISTORY_KEPT, IdempotencyKey, ProviderRecord, ProviderState, Queue, Recovered, StateChange,
+    StatusCounts, StoreError, Submitted, execution_from_row, fold_counts, provider_records,
+    provider_state, read_count, sort_claimed, stored_count, written_flags,
 };
 use crate::model::{Execution, ExecutionId, NewExecution, now_ms};
 
@@ -41,6 +41,14 @@ fn history_with(finished: &str, outcome: &str, kind: &str, error: &str, delay: &
                         'retry_delay_ms', {delay}))"
     )
 }
+
+/// The most rows of provider `?3` that may run at `?2` under limit `?5`, given its policy
+/// state (see `provider_state`): none while paused, one while an open circuit probes, and
+/// at most the adaptive limit.
+const CLAIM_CAP: &str = "COALESCE((SELECT CASE WHEN s.paused_until > ?2 THEN 0
+                                    WHEN s.circuit = 'open' THEN MIN(?5, 1)
+                                    ELSE MIN(?5, COALESCE(s.adaptive_limit, ?5)) END
+                               FROM provider_state s WHERE s.provider = ?3), ?5)";
 
 /// Rows per statement of a batched submission.
 const SUBMIT_CHUNK: usize = 5000;
@@ -215,10 +223,11 @@ impl Queue for SqliteQueue {
               WHERE id IN (SELECT id FROM executions
                             WHERE provider = ?3 AND status = 'pending' AND not_before <= ?2
                             ORDER BY resume DESC, priority DESC, id
-                            LIMIT MAX(0, MIN(?4, ?5 - (SELECT COUNT(*) FROM executions
-                                                      WHERE provider = ?3
-                                                        AND status = 'running'))))
-             RETURNING {COLUMNS}"
+                            LIMIT MAX(0, MIN(?4, {CAP} - (SELECT COUNT(*) FROM executions
+                                                        WHERE provider = ?3
+                                                          AND status = 'running'))))
+             RETURNING {COLUMNS}",
+            CAP = CLAIM_CAP
         ))
         .bind(claim.owner)
         .bind(now)
@@ -274,12 +283,20 @@ impl Queue for SqliteQueue {
         let rows = json_rows(batch.iter().map(|(id, finish)| {
             let r = FinishRow::new(*id, finish);
             (
-                r.id, r.status, r.output, r.error, r.kind, r.delay_ms, r.requeue,
+                r.id,
+                r.status,
+                r.output,
+                r.error,
+                r.kind,
+                r.delay_ms,
+                r.requeue,
+                r.rate_limited,
             )
         }))?;
         let history = history_with(
             "?3",
             "CASE WHEN json_extract(b.value, '$[6]') THEN 'returned'
+                  WHEN json_extract(b.value, '$[7]') THEN 'rate_limited'
                   WHEN json_extract(b.value, '$[1]') = 'pending' THEN 'retried'
                   ELSE json_extract(b.value, '$[1]') END",
             "json_extract(b.value, '$[4]')",
@@ -301,7 +318,9 @@ impl Queue for SqliteQueue {
                     not_before = COALESCE(?3 + json_extract(b.value, '$[5]'), not_before),
                     finished_at = CASE WHEN json_extract(b.value, '$[1]') = 'pending'
                                        THEN finished_at ELSE ?3 END,
-                    attempts = attempts - json_extract(b.value, '$[6]'),
+                    attempts = attempts - json_extract(b.value, '$[6]')
+                               - json_extract(b.value, '$[7]'),
+                    rate_limited = rate_limited + json_extract(b.value, '$[7]'),
                     resume = json_extract(b.value, '$[6]'),
                     started_at = CASE WHEN json_extract(b.value, '$[6]')
                                       THEN NULL ELSE started_at END,
@@ -517,6 +536,89 @@ impl Queue for SqliteQueue {
                 .await
                 .op(OP)?;
         Cancelled::ended(id, status)
+    }
+
+    async fn change_state(&self, provider: &str, change: &StateChange) -> Result<bool, StoreError> {
+        let now = now_ms();
+        // A pause or an opening: an upsert that never shortens a pause in place.
+        let upsert = |circuit: &str, set: &str| {
+            format!(
+                "INSERT INTO provider_state (provider, paused_until, reason, circuit, openings,
+                                             updated_at)
+                 VALUES (?1, ?2 + ?3, ?4, '{circuit}', {opened}, ?2)
+                 ON CONFLICT (provider) DO UPDATE SET {set},
+                        paused_until = MAX(paused_until, excluded.paused_until), updated_at = ?2",
+                opened = i32::from(circuit == "open"),
+            )
+        };
+        let pause = upsert(
+            "closed",
+            "reason = CASE WHEN excluded.paused_until > paused_until
+                           THEN excluded.reason ELSE reason END",
+        );
+        let open = upsert(
+            "open",
+            "circuit = 'open', openings = openings + 1, reason = excluded.reason",
+        );
+        let query = match change {
+            StateChange::Pause { for_ms, reason } => sqlx::query(&pause)
+                .bind(provider)
+                .bind(now)
+                .bind(for_ms)
+                .bind(reason),
+            StateChange::Open { for_ms, reason } => sqlx::query(&open)
+                .bind(provider)
+                .bind(now)
+                .bind(for_ms)
+                .bind(reason),
+            StateChange::Close => sqlx::query(
+                "UPDATE provider_state SET circuit = 'closed', openings = 0,
+                        reason = CASE WHEN paused_until > ?2 THEN reason END, updated_at = ?2
+                  WHERE provider = ?1 AND circuit = 'open'",
+            )
+            .bind(provider)
+            .bind(now),
+            StateChange::ClearUnauthorized => sqlx::query(
+                "UPDATE provider_state SET circuit = 'closed', openings = 0, paused_until = 0,
+                        reason = NULL, updated_at = ?2
+                  WHERE provider = ?1 AND circuit = 'open' AND reason LIKE 'unauthorized%'",
+            )
+            .bind(provider)
+            .bind(now),
+            StateChange::Adaptive(limit) => sqlx::query(
+                "INSERT INTO provider_state (provider, adaptive_limit, updated_at)
+                 VALUES (?1, ?3, ?2)
+                 ON CONFLICT (provider) DO UPDATE SET adaptive_limit = ?3, updated_at = ?2
+                  WHERE adaptive_limit IS NOT ?3",
+            )
+            .bind(provider)
+            .bind(now)
+            .bind(
+                limit
+                    .map(|l| stored_count("adaptive limit", l))
+                    .transpose()?,
+            ),
+        };
+        let done = query
+            .execute(&self.pool)
+            .await
+            .op("recording a provider's state")?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn provider_states(&self) -> Result<(i64, BTreeMap<String, ProviderState>), StoreError> {
+        let rows: Vec<(String, i64, Option<String>, String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT provider, paused_until, reason, circuit, openings, adaptive_limit
+               FROM provider_state",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .op("reading providers' states")?;
+        let states = rows
+            .into_iter()
+            .map(|(p, a, b, c, d, e)| Ok((p, provider_state((a, b, c, d, e))?)))
+            .collect::<Result<_, StoreError>>()?;
+        Ok((now_ms(), states))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

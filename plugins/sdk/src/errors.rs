@@ -15,8 +15,34 @@ pub fn transport(e: HttpError) -> ProviderError {
 
 /// The common mapping of an error status, with the API's own `message`:
 /// 429 rate-limited (with retry-after), 408/409/5xx unavailable, 401/403 unauthorized, and
-/// any other 4xx an invalid request.
+/// any other 4xx an invalid request. An unavailable answer's `retry-after` (a 503 or 529
+/// that says when to come back) is reported to the host through `hints.retry-after`.
 pub fn from_status(response: &Response, message: String) -> ProviderError {
+    let error = classify_status(response, message);
+    report_wait(unavailable_wait(response, &error));
+    error
+}
+
+/// The wait an `unavailable` answer asked for, in ms (a rate limit carries its own).
+pub fn unavailable_wait(response: &Response, error: &ProviderError) -> Option<u64> {
+    match error {
+        ProviderError::Unavailable(_) => retry_after_ms(response),
+        _ => None,
+    }
+}
+
+/// Tells the host how long the provider asked to wait (`hints.retry-after`).
+pub fn report_wait(ms: Option<u64>) {
+    if let Some(ms) = ms {
+        // Native builds (the SDK's unit tests) have no host to tell.
+        #[cfg(target_arch = "wasm32")]
+        crate::bindings::lanes::provider::hints::retry_after(ms);
+        #[cfg(not(target_arch = "wasm32"))]
+        let _ = ms;
+    }
+}
+
+fn classify_status(response: &Response, message: String) -> ProviderError {
     let message = format!("HTTP {}: {message}", response.status);
     match response.status {
         429 => ProviderError::RateLimited(RateLimit {
@@ -115,6 +141,23 @@ mod tests {
                 .collect(),
             body: Vec::new(),
         }
+    }
+
+    #[test]
+    fn an_unavailable_answer_reports_its_wait() {
+        let mut busy = with_headers(&[("retry-after", "2")]);
+        busy.status = 503;
+        let error = from_status(&busy, "overloaded".into());
+        assert!(matches!(error, ProviderError::Unavailable(_)));
+        assert_eq!(unavailable_wait(&busy, &error), Some(2000));
+        let mut limited = with_headers(&[("retry-after", "2")]);
+        limited.status = 429;
+        let error = from_status(&limited, "slow down".into());
+        assert_eq!(
+            unavailable_wait(&limited, &error),
+            None,
+            "a rate limit carries its own"
+        );
     }
 
     #[test]

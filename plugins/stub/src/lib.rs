@@ -11,7 +11,7 @@
 //! | `error` (config `error`) | fail with `rate-limited`, `unavailable`, `invalid-request`, `unauthorized` or `other` |
 //! | `fail_rate` (config `fail_rate`) | fail with `unavailable` on this fraction (0.0-1.0) of calls |
 //! | `fail_until_ms` | fail with `error` (default `unavailable`) until the wall clock passes this Unix time in ms |
-//! | `retry_after_ms` | the retry-after that a `rate-limited` error carries |
+//! | `retry_after_ms` | the wait a `rate-limited` error carries, or an `unavailable` one reports through `hints.retry-after` |
 //! | `trap` / `panic` | trap with `unreachable`, or panic (which also traps) |
 //! | `loop` | spin forever |
 //! | `alloc_mb` | allocate this many MiB, 1 MiB at a time; `-1` allocates without bound |
@@ -35,7 +35,7 @@ use exports::lanes::provider::adapter::Guest;
 use lanes::provider::types::{
     ChatRequest, ChatResponse, FinishReason, ProviderError, ProviderInfo, RateLimit, Usage,
 };
-use lanes::provider::{config, logging};
+use lanes::provider::{config, hints, logging};
 
 /// What the request asks the stub to do. Every field is optional.
 #[derive(Debug, Default, Deserialize)]
@@ -84,7 +84,13 @@ fn error_of(kind: &str, retry_after_ms: Option<u64>) -> ProviderError {
             retry_after_ms,
             message,
         }),
-        "unavailable" => ProviderError::Unavailable(message),
+        "unavailable" => {
+            // A 503 that says when to come back.
+            if let Some(ms) = retry_after_ms {
+                hints::retry_after(ms);
+            }
+            ProviderError::Unavailable(message)
+        }
         "invalid-request" => ProviderError::InvalidRequest(message),
         "unauthorized" => ProviderError::Unauthorized(message),
         _ => ProviderError::Other(message),

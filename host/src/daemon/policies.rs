@@ -1,0 +1,337 @@
+//! The policies of a running worker: each attempt's end, as the executor saw it, becomes a
+//! pause, a circuit change or an adaptive limit (see [`crate::policy`]). A decision applies
+//! to this worker's lane at once and is written to the store for the fleet by a background
+//! task, so a slow database never slows an attempt; the store's claim enforces it on every
+//! worker. The limit refresh brings other workers' decisions here ([`Governor::sync`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::events::{Event, EventBus, PauseReason};
+use super::lane::Lane;
+use crate::model::ErrorKind;
+use crate::policy::Policy;
+use crate::store::{ProviderState, Queue, StateChange};
+
+/// How long an unauthorized answer keeps a circuit open: until the config or key changes,
+/// which clears it; this is only what fits the clock.
+const UNTIL_FIXED: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// An attempt's end, as the policies weigh it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    /// The error class; `None` when it completed.
+    pub kind: Option<ErrorKind>,
+    /// The wait the provider asked for.
+    pub wait: Option<Duration>,
+    pub duration: Duration,
+    /// The error, for the state message.
+    pub error: Option<String>,
+}
+
+/// One provider's recent health, in this worker.
+#[derive(Default)]
+struct Health {
+    /// Transient failures in a row.
+    failures_in_a_row: u32,
+    /// The last attempts' outcomes (true: a transient failure), at most the window.
+    recent: VecDeque<bool>,
+    /// Open (cooling down, or probing once the cool-down is over).
+    open: bool,
+    /// Openings in a row, for the next cool-down.
+    openings: u32,
+    /// Opened for an unauthorized answer: only a new config or key closes it.
+    unauthorized: bool,
+}
+
+/// The policies of every lane of this worker.
+pub struct Governor {
+    events: EventBus,
+    health: Mutex<HashMap<Arc<str>, Health>>,
+    writes: mpsc::UnboundedSender<(Arc<str>, StateChange)>,
+}
+
+impl Governor {
+    /// A governor, and the task that writes its decisions to `queue`.
+    pub fn new(
+        queue: Arc<dyn Queue>,
+        events: EventBus,
+    ) -> (Governor, impl std::future::Future<Output = ()>) {
+        let (writes, mut pending) = mpsc::unbounded_channel::<(Arc<str>, StateChange)>();
+        let writer = async move {
+            while let Some((provider, change)) = pending.recv().await {
+                // A decision that cannot be written still holds in this worker; the fleet
+                // learns of it from the next one.
+                let mut backoff = Duration::from_millis(50);
+                for attempt in 1..=5 {
+                    match queue.change_state(&provider, &change).await {
+                        Ok(_) => break,
+                        Err(e) if attempt == 5 => {
+                            warn!("provider {provider}: recording {change:?} failed: {e}")
+                        }
+                        Err(_) => {
+                            tokio::time::sleep(backoff).await;
+                            backoff *= 2;
+                        }
+                    }
+                }
+            }
+        };
+        let governor = Governor {
+            events,
+            health: Mutex::new(HashMap::new()),
+            writes,
+        };
+        (governor, writer)
+    }
+
+    fn write(&self, lane: &Lane, change: StateChange) {
+        // Only fails once the writer is gone, at shutdown.
+        let _ = self.writes.send((lane.name_arc(), change));
+    }
+
+    /// Weighs one attempt's end on `lane` under `policy`.
+    pub fn observe(&self, lane: &Lane, policy: &Policy, seen: &Seen) {
+        if let (Some(kind @ (ErrorKind::RateLimited | ErrorKind::Unavailable)), Some(wait)) =
+            (seen.kind, seen.wait)
+            && policy.pause
+        {
+            self.pause(lane, policy, kind, wait);
+        }
+        let mut all = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let health = all.entry(lane.name_arc()).or_default();
+        match seen.kind {
+            None => {
+                health.failures_in_a_row = 0;
+                push(&mut health.recent, false, policy.breaker_window);
+                if health.open && !health.unauthorized {
+                    health.open = false;
+                    health.openings = 0;
+                    info!(
+                        "provider {}: circuit closed: a probe succeeded",
+                        lane.name()
+                    );
+                    self.write(lane, StateChange::Close);
+                    self.events.publish(Event::CircuitChanged {
+                        provider: lane.name_arc(),
+                        open: false,
+                        reason: "a probe succeeded".into(),
+                    });
+                }
+            }
+            Some(ErrorKind::Unauthorized) if policy.breaker_failures > 0 => {
+                if !health.unauthorized {
+                    health.unauthorized = true;
+                    // The error already says "unauthorized: …".
+                    let reason = format!(
+                        "{}; fix the provider's key or config (a reload or a new key file \
+                         closes it)",
+                        seen.error
+                            .as_deref()
+                            .unwrap_or("unauthorized: the provider refused the credentials")
+                    );
+                    self.open(lane, health, UNTIL_FIXED, reason);
+                }
+            }
+            Some(ErrorKind::Unavailable | ErrorKind::Timeout) => {
+                health.failures_in_a_row += 1;
+                push(&mut health.recent, true, policy.breaker_window);
+                if policy.breaker_failures == 0 || health.unauthorized {
+                    return;
+                }
+                let failed = health.recent.iter().filter(|f| **f).count();
+                let window = usize::try_from(policy.breaker_window).unwrap_or(usize::MAX);
+                let ratio_hit = health.recent.len() >= window
+                    && failed as f64 >= policy.breaker_ratio * window as f64;
+                let reason = if health.open {
+                    Some("a probe failed".to_string())
+                } else if health.failures_in_a_row >= policy.breaker_failures {
+                    Some(format!(
+                        "{} transient failures in a row",
+                        health.failures_in_a_row
+                    ))
+                } else if ratio_hit {
+                    Some(format!("{failed} of the last {window} attempts failed"))
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    let reason = match &seen.error {
+                        Some(e) => format!("{reason} (last: {e})"),
+                        None => reason,
+                    };
+                    let cooldown = cooldown(policy, health.openings);
+                    self.open(lane, health, cooldown, reason);
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Opens the circuit of `lane` for `cooldown`.
+    fn open(&self, lane: &Lane, health: &mut Health, cooldown: Duration, reason: String) {
+        health.open = true;
+        health.openings += 1;
+        health.failures_in_a_row = 0;
+        health.recent.clear();
+        // The circuit's own probe (one at a time) is the ramp.
+        lane.pause_until(Instant::now() + cooldown, Duration::ZERO);
+        let until = if cooldown >= UNTIL_FIXED {
+            "until its config or key changes".to_string()
+        } else {
+            format!("for {}", show(cooldown))
+        };
+        warn!("provider {}: circuit open {until}: {reason}", lane.name());
+        self.write(
+            lane,
+            StateChange::Open {
+                for_ms: millis(cooldown),
+                reason: reason.clone(),
+            },
+        );
+        self.events.publish(Event::CircuitChanged {
+            provider: lane.name_arc(),
+            open: true,
+            reason,
+        });
+    }
+
+    /// Pauses `lane` for the wait its provider asked for.
+    fn pause(&self, lane: &Lane, policy: &Policy, kind: ErrorKind, wait: Duration) {
+        let wait = wait.min(policy.max_retry_after);
+        if wait.is_zero() || !lane.pause_until(Instant::now() + wait, policy.resume_spread) {
+            return;
+        }
+        let reason = match kind {
+            ErrorKind::RateLimited => {
+                format!("rate limited: the provider asked to wait {}", show(wait))
+            }
+            _ => format!("unavailable: the provider asked to wait {}", show(wait)),
+        };
+        info!(
+            "provider {}: claims paused for {}: {reason}",
+            lane.name(),
+            show(wait)
+        );
+        self.write(
+            lane,
+            StateChange::Pause {
+                for_ms: millis(wait),
+                reason,
+            },
+        );
+        self.events.publish(Event::LanePaused {
+            provider: lane.name_arc(),
+            reason: match kind {
+                ErrorKind::RateLimited => PauseReason::RateLimited {
+                    for_ms: millis(wait),
+                },
+                _ => PauseReason::Unavailable {
+                    for_ms: millis(wait),
+                },
+            },
+        });
+    }
+
+    /// Brings the fleet's decisions about `lane` here: a pause or an open circuit another
+    /// worker recorded, or a circuit closed elsewhere. `now` is the store's clock.
+    pub fn sync(&self, lane: &Lane, state: &ProviderState, now: i64) {
+        let left = state.paused_until.saturating_sub(now);
+        if left > 0 {
+            let ramp = match lane.provider() {
+                Some(p) if !state.circuit_open => p.policy.resume_spread,
+                _ => Duration::ZERO,
+            };
+            let until = Instant::now() + Duration::from_millis(u64::try_from(left).unwrap_or(0));
+            lane.pause_until(until, ramp);
+        }
+        let mut all = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let health = all.entry(lane.name_arc()).or_default();
+        if state.circuit_open {
+            health.open = true;
+            health.openings = health.openings.max(state.openings);
+            health.unauthorized = state
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("unauthorized"));
+        } else if health.open {
+            // Closed by another worker's probe, or by a new key: claim again at once.
+            *health = Health::default();
+            lane.resume();
+        }
+    }
+
+    /// The provider of `lane` was bound anew (its config or key changed): a circuit that
+    /// an unauthorized answer opened closes, and the lane claims again.
+    pub fn rebound(&self, lane: &Lane) {
+        let mut all = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(health) = all.get_mut(lane.name()) else {
+            return;
+        };
+        if health.unauthorized {
+            *health = Health::default();
+            info!(
+                "provider {}: config or key changed: circuit closed",
+                lane.name()
+            );
+            self.write(lane, StateChange::ClearUnauthorized);
+            lane.resume();
+            self.events.publish(Event::CircuitChanged {
+                provider: lane.name_arc(),
+                open: false,
+                reason: "the provider's config or key changed".into(),
+            });
+        }
+    }
+}
+
+fn push(recent: &mut VecDeque<bool>, failed: bool, window: u32) {
+    recent.push_back(failed);
+    while recent.len() > usize::try_from(window).unwrap_or(usize::MAX) {
+        recent.pop_front();
+    }
+}
+
+/// The cool-down after `openings` openings in a row: doubling, capped.
+fn cooldown(policy: &Policy, openings: u32) -> Duration {
+    let factor = 1u32.checked_shl(openings.min(20)).unwrap_or(u32::MAX);
+    policy
+        .breaker_cooldown
+        .saturating_mul(factor)
+        .min(policy.breaker_max_cooldown)
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A duration for a log line: `1.5 s`, `250 ms`, `2 min`.
+fn show(d: Duration) -> String {
+    if d >= Duration::from_secs(120) {
+        format!("{} min", d.as_secs() / 60)
+    } else if d >= Duration::from_secs(1) {
+        format!("{:.1} s", d.as_secs_f64())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cooldowns_double_and_cap() {
+        let policy = Policy {
+            breaker_cooldown: Duration::from_secs(1),
+            breaker_max_cooldown: Duration::from_secs(5),
+            ..Policy::default()
+        };
+        let c: Vec<u64> = (0..5).map(|n| cooldown(&policy, n).as_secs()).collect();
+        assert_eq!(c, [1, 2, 4, 5, 5]);
+    }
+}

@@ -1,0 +1,174 @@
+//! A local OpenAI-style API with a true capacity: at most `capacity` calls at once and
+//! `per_minute` a minute, answering 429 with `retry-after` beyond that. It can go down
+//! (503) and come back, and refuse keys (401). Every call is logged with its time and answer.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
+/// One call as the API answered it.
+#[derive(Debug, Clone, Copy)]
+pub struct Hit {
+    pub at: Instant,
+    pub status: u16,
+}
+
+/// What the API allows now; change it mid-run.
+pub struct Capacity {
+    pub capacity: AtomicUsize,
+    /// Calls a minute; 0: no such limit.
+    pub per_minute: AtomicUsize,
+    pub latency_ms: AtomicU64,
+    /// The `retry-after` (seconds) of a 429 or of a 503 while down; 0: none.
+    pub retry_after_s: AtomicU64,
+    /// Answer 503 to everything.
+    pub down: AtomicBool,
+    /// When set, a call without `Authorization: Bearer <key>` gets 401.
+    pub key: Mutex<Option<String>>,
+    in_flight: AtomicUsize,
+    pub max_in_flight: AtomicUsize,
+    accepted: Mutex<VecDeque<Instant>>,
+    log: Mutex<Vec<Hit>>,
+}
+
+pub struct CapacityMock {
+    pub addr: SocketAddr,
+    pub state: Arc<Capacity>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for CapacityMock {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl CapacityMock {
+    pub async fn start(capacity: usize, latency_ms: u64) -> CapacityMock {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Capacity {
+            capacity: AtomicUsize::new(capacity),
+            per_minute: AtomicUsize::new(0),
+            latency_ms: AtomicU64::new(latency_ms),
+            retry_after_s: AtomicU64::new(1),
+            down: AtomicBool::new(false),
+            key: Mutex::new(None),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
+            accepted: Mutex::new(VecDeque::new()),
+            log: Mutex::new(Vec::new()),
+        });
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    let service = service_fn(move |req| answer(state.clone(), req));
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        CapacityMock { addr, state, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every call so far.
+    pub fn hits(&self) -> Vec<Hit> {
+        self.state.log.lock().unwrap().clone()
+    }
+
+    /// Calls answered with `status`.
+    pub fn count(&self, status: u16) -> usize {
+        self.hits().iter().filter(|h| h.status == status).count()
+    }
+}
+
+fn reply(status: u16, retry_after: u64) -> hyper::Response<Full<Bytes>> {
+    let body = if status == 200 {
+        serde_json::json!({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}})
+    } else {
+        serde_json::json!({"error": {"message": format!("status {status}"), "type": "t",
+                                      "param": null, "code": null}})
+    };
+    let mut response = hyper::Response::builder()
+        .status(status)
+        .header("content-type", "application/json");
+    if retry_after > 0 && (status == 429 || status == 503) {
+        response = response.header("retry-after", retry_after.to_string());
+    }
+    response
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap()
+}
+
+async fn answer(
+    state: Arc<Capacity>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
+    let at = Instant::now();
+    let log = |status: u16| state.log.lock().unwrap().push(Hit { at, status });
+    let retry_after = state.retry_after_s.load(Ordering::SeqCst);
+    let key = state.key.lock().unwrap().clone();
+    if let Some(key) = key {
+        let given = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if given != format!("Bearer {key}") {
+            log(401);
+            return Ok(reply(401, 0));
+        }
+    }
+    if state.down.load(Ordering::SeqCst) {
+        log(503);
+        return Ok(reply(503, retry_after));
+    }
+    let over_rate = {
+        let per_minute = state.per_minute.load(Ordering::SeqCst);
+        let mut accepted = state.accepted.lock().unwrap();
+        while accepted
+            .front()
+            .is_some_and(|t| at.duration_since(*t) > Duration::from_secs(60))
+        {
+            accepted.pop_front();
+        }
+        per_minute > 0 && accepted.len() >= per_minute
+    };
+    let running = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    if over_rate || running > state.capacity.load(Ordering::SeqCst) {
+        state.in_flight.fetch_sub(1, Ordering::SeqCst);
+        log(429);
+        return Ok(reply(429, retry_after));
+    }
+    state.accepted.lock().unwrap().push_back(at);
+    state.max_in_flight.fetch_max(running, Ordering::SeqCst);
+    log(200);
+    tokio::time::sleep(Duration::from_millis(
+        state.latency_ms.load(Ordering::SeqCst),
+    ))
+    .await;
+    state.in_flight.fetch_sub(1, Ordering::SeqCst);
+    Ok(reply(200, 0))
+}

@@ -1,0 +1,244 @@
+//! Scheduling policies against an API with a true capacity (`capacity.rs`): rate-limit
+//! pauses (one worker and a fleet of three), the circuit breaker, and unauthorized answers.
+
+use std::time::{Duration, Instant};
+
+use lanes::daemon::events::Event;
+use lanes::model::{ChatInput, NewExecution, Status};
+use lanes::policy::PolicyConfig;
+
+use crate::capacity::{CapacityMock, Hit};
+use crate::support::*;
+
+/// An env with the OpenAI adapter as provider `cap`, pointed at `mock`, with `limit`.
+fn env_for(mock: &CapacityMock, limit: u32) -> TestEnv {
+    let mut env = TestEnv::new();
+    env.add_component("openai.wasm");
+    let key = env.dir.path().join("key");
+    std::fs::write(&key, "good").unwrap();
+    let p = env.adapter("cap", "openai.wasm", &mock.url(), "m");
+    p.limit = Some(limit);
+    p.api_key_file = Some(key);
+    env.config.retry.base_ms = 10;
+    env.config.retry.max_ms = 50;
+    env
+}
+
+fn calls(n: usize, max_attempts: i32) -> Vec<NewExecution> {
+    (0..n)
+        .map(|i| NewExecution {
+            provider: "cap".into(),
+            input: ChatInput::prompt(format!("call {i}")),
+            priority: 0,
+            max_attempts,
+        })
+        .collect()
+}
+
+/// The calls that reached the API strictly between `from` and `to`.
+fn hits_between(hits: &[Hit], from: Instant, to: Instant) -> Vec<Hit> {
+    hits.iter()
+        .filter(|h| h.at > from && h.at < to)
+        .copied()
+        .collect()
+}
+
+/// Waits for a circuit event of `cap`; returns when it came and whether it opened.
+async fn circuit(events: &mut lanes::daemon::events::Subscription) -> (Instant, bool, String) {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(20), events.recv())
+            .await
+            .expect("a circuit change")
+            .unwrap()
+            .unwrap();
+        if let Event::CircuitChanged { open, reason, .. } = event {
+            return (Instant::now(), open, reason);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_pauses_claims_and_the_paused_work_resumes_spread() {
+    let mock = CapacityMock::start(2, 100).await;
+    // A limit set too high for the API's capacity of 2.
+    let mut env = env_for(&mock, 6);
+    env.config.policy = PolicyConfig {
+        resume_spread_ms: Some(300),
+        ..Default::default()
+    };
+    let (daemon, queue) = env.start().await;
+    daemon.submit_many(&calls(20, 2)).await.unwrap();
+    let rows = wait_terminal(queue.as_ref(), Some("cap"), Duration::from_secs(60)).await;
+    // A 429 storm fails nothing: rate-limited calls are not attempts.
+    assert!(
+        rows.iter()
+            .all(|e| e.status == Status::Completed && e.attempts == 1),
+        "{:?}",
+        rows.iter()
+            .map(|e| (e.status, e.attempts, e.rate_limited))
+            .collect::<Vec<_>>()
+    );
+    let limited: i32 = rows.iter().map(|e| e.rate_limited).sum();
+    let hits = mock.hits();
+    assert_eq!(mock.count(429), usize::try_from(limited).unwrap());
+    // After the first 429 (retry-after: 1 s), nothing reaches the API until the pause ends,
+    // but what was already on its way.
+    let first = hits.iter().find(|h| h.status == 429).expect("a 429").at;
+    let during = hits_between(
+        &hits,
+        first + Duration::from_millis(150),
+        first + Duration::from_millis(950),
+    );
+    assert!(during.is_empty(), "calls during the pause: {during:?}");
+    // The paused work resumes spread over the window, not in one instant.
+    let after: Vec<Instant> = hits
+        .iter()
+        .filter(|h| h.at >= first + Duration::from_millis(950))
+        .map(|h| h.at)
+        .take(6)
+        .collect();
+    let spread = after.last().unwrap().duration_since(after[0]);
+    assert!(
+        spread >= Duration::from_millis(50),
+        "resumed at once: {spread:?}"
+    );
+    println!(
+        "20 calls, capacity 2, limit 6: {} answered 429, {} OK",
+        mock.count(429),
+        mock.count(200)
+    );
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_provider_opens_the_circuit_probes_once_and_closes() {
+    let mock = CapacityMock::start(100, 20).await;
+    mock.state
+        .down
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    mock.state
+        .retry_after_s
+        .store(0, std::sync::atomic::Ordering::SeqCst);
+    let mut env = env_for(&mock, 3);
+    env.config.policy = PolicyConfig {
+        breaker_failures: Some(3),
+        breaker_ratio: Some(1.0),
+        breaker_cooldown_ms: Some(400),
+        ..Default::default()
+    };
+    let (daemon, queue) = env.start().await;
+    let mut events = daemon.subscribe();
+    daemon.submit_many(&calls(6, 50)).await.unwrap();
+
+    let (opened, open, reason) = circuit(&mut events).await;
+    assert!(
+        open && reason.contains("3 transient failures in a row"),
+        "{reason}"
+    );
+    // The probe after the cool-down fails: open again, for twice as long.
+    let (reopened, open, reason) = circuit(&mut events).await;
+    assert!(open && reason.contains("a probe failed"), "{reason}");
+    let first_gap = reopened.duration_since(opened);
+    assert!(
+        first_gap >= Duration::from_millis(380),
+        "probed after {first_gap:?}"
+    );
+    let hits = mock.hits();
+    let probes = hits_between(&hits, opened + Duration::from_millis(50), reopened);
+    assert_eq!(probes.len(), 1, "one probe at a time: {probes:?}");
+    // The API comes back: the next probe closes the circuit, and the work completes.
+    mock.state
+        .down
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let (closed, open, reason) = circuit(&mut events).await;
+    assert!(!open && reason.contains("probe succeeded"), "{reason}");
+    let second_gap = closed.duration_since(reopened);
+    assert!(
+        second_gap >= Duration::from_millis(760),
+        "the second cool-down doubles: {second_gap:?}"
+    );
+    let rows = wait_terminal(queue.as_ref(), Some("cap"), Duration::from_secs(30)).await;
+    assert!(rows.iter().all(|e| e.status == Status::Completed));
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthorized_answer_holds_the_provider_until_its_key_changes() {
+    let mock = CapacityMock::start(100, 10).await;
+    *mock.state.key.lock().unwrap() = Some("good".into());
+    let env = env_for(&mock, 2);
+    let key = env.dir.path().join("key");
+    std::fs::write(&key, "stale").unwrap();
+    let (daemon, queue) = env.start().await;
+    let mut events = daemon.subscribe();
+    daemon.submit_many(&calls(4, 3)).await.unwrap();
+    let (_, open, reason) = circuit(&mut events).await;
+    assert!(open && reason.starts_with("unauthorized"), "{reason}");
+    assert!(reason.contains("key or config"), "{reason}");
+    let refused = mock.count(401);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(mock.count(401), refused, "no calls while the key is wrong");
+    // A new key: the circuit closes and the rest of the work runs.
+    std::fs::write(&key, "good").unwrap();
+    let (_, open, reason) = circuit(&mut events).await;
+    assert!(!open && reason.contains("key changed"), "{reason}");
+    let rows = wait_terminal(queue.as_ref(), Some("cap"), Duration::from_secs(30)).await;
+    let failed = rows.iter().filter(|e| e.status == Status::Failed).count();
+    assert_eq!(failed, refused, "only the calls the API refused failed");
+    assert_eq!(
+        rows.iter()
+            .filter(|e| e.status == Status::Completed)
+            .count(),
+        4 - refused
+    );
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_pause_holds_every_worker() {
+    let Some((mut env, _schema)) = TestEnv::postgres().await else {
+        return;
+    };
+    let mock = CapacityMock::start(2, 100).await;
+    env.add_component("openai.wasm");
+    let key = env.dir.path().join("key");
+    std::fs::write(&key, "good").unwrap();
+    let p = env.adapter("cap", "openai.wasm", &mock.url(), "m");
+    p.limit = Some(6);
+    p.api_key_file = Some(key);
+    env.config.retry.base_ms = 10;
+    let mut workers: Vec<_> = (0..3).map(|i| env.spawn_worker(&format!("w{i}"))).collect();
+    for i in 0..3 {
+        wait_for_log(
+            &env,
+            &format!("w{i}"),
+            "lanes serving",
+            Duration::from_secs(60),
+        )
+        .await;
+    }
+    let queue = env.any_queue().await;
+    queue.submit_many(&calls(30, 2)).await.unwrap();
+    let rows = wait_terminal(queue.as_ref(), Some("cap"), Duration::from_secs(90)).await;
+    for w in &mut workers {
+        terminate(w);
+    }
+    assert!(rows.iter().all(|e| e.status == Status::Completed));
+    let hits = mock.hits();
+    let first = hits.iter().find(|h| h.status == 429).expect("a 429").at;
+    let during = hits_between(
+        &hits,
+        first + Duration::from_millis(200),
+        first + Duration::from_millis(900),
+    );
+    assert!(
+        during.is_empty(),
+        "calls during the fleet's pause (3 workers): {during:?}"
+    );
+    let workers_used: std::collections::BTreeSet<_> =
+        rows.iter().filter_map(|e| e.worker.clone()).collect();
+    assert!(
+        workers_used.len() >= 2,
+        "the fleet shared the work: {workers_used:?}"
+    );
+}
