@@ -660,6 +660,14 @@ pub struct ProviderStatus {
     /// The component file serving it, when the daemon loaded one.
     pub component: Option<String>,
     pub limit: u32,
+    /// `serving`, `paused`, `open` or `half_open` (see `docs/policies.md`).
+    pub state: String,
+    /// Until when (Unix ms) it is paused or open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<i64>,
+    /// Why it is paused or open.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     #[serde(flatten)]
     pub counts: StatusCounts,
 }
@@ -673,6 +681,7 @@ async fn limit_views(config: &Config, queue: &dyn Queue) -> anyhow::Result<Vec<L
         .collect();
     let runtime = queue.limits().await?;
     let counts = queue.counts().await?;
+    let (_, states) = queue.provider_states().await?;
     let names: BTreeSet<&String> = defaults
         .keys()
         .chain(config.providers.keys())
@@ -689,6 +698,7 @@ async fn limit_views(config: &Config, queue: &dyn Queue) -> anyhow::Result<Vec<L
                 runtime.get(name).copied(),
                 config.fallback_limit,
             )
+            .with_adaptive(states.get(name).and_then(|s| s.adaptive_limit))
         })
         .collect())
 }
@@ -700,22 +710,31 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         return print_json(&rows);
     }
     println!(
-        "{:<20} {:>5} {:>8} {:>8} {:>10} {:>8}  component",
-        "provider", "limit", "running", "pending", "completed", "failed"
+        "{:<20} {:>5} {:>8} {:>8} {:>10} {:>8}  {:<14} component",
+        "provider", "limit", "running", "pending", "completed", "failed", "state"
     );
+    let now = crate::model::now_ms();
     for r in rows {
+        let state = match r.until {
+            Some(until) => format!("{} {}s", r.state, ((until - now).max(0) + 999) / 1000),
+            None => r.state.clone(),
+        };
         println!(
-            "{:<20} {:>5} {:>8} {:>8} {:>10} {:>8}  {}",
+            "{:<20} {:>5} {:>8} {:>8} {:>10} {:>8}  {:<14} {}",
             r.provider,
             r.limit,
             r.counts.running,
             r.counts.pending,
             r.counts.completed,
             r.counts.failed,
+            state,
             r.component
                 .as_deref()
                 .unwrap_or("(none: pending work waits)")
         );
+        if let Some(reason) = &r.reason {
+            println!("{:<20} {reason}", "");
+        }
     }
     Ok(())
 }
@@ -789,14 +808,21 @@ async fn status_rows(config: &Config, queue: &dyn Queue) -> anyhow::Result<Vec<P
         .map(|p| (p.name, p.component))
         .collect();
     let counts = queue.counts().await?;
+    let (now, states) = queue.provider_states().await?;
     let rows: Vec<ProviderStatus> = limit_views(config, queue)
         .await?
         .into_iter()
-        .map(|view| ProviderStatus {
-            component: components.get(&view.provider).cloned(),
-            counts: counts.get(&view.provider).cloned().unwrap_or_default(),
-            limit: view.effective,
-            provider: view.provider,
+        .map(|view| {
+            let state = crate::policy::PolicyState::of(states.get(&view.provider), now);
+            ProviderStatus {
+                component: components.get(&view.provider).cloned(),
+                counts: counts.get(&view.provider).cloned().unwrap_or_default(),
+                limit: view.effective,
+                state: state.kind.to_string(),
+                until: state.until,
+                reason: state.reason,
+                provider: view.provider,
+            }
         })
         .collect();
     Ok(rows)
@@ -824,16 +850,17 @@ async fn limits(config: &Config, action: Option<LimitsAction>, json: bool) -> an
             }
             let show = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
             println!(
-                "{:<20} {:>8} {:>10} {:>8} {:>9}  source",
-                "provider", "default", "configured", "runtime", "effective"
+                "{:<20} {:>8} {:>10} {:>8} {:>8} {:>9}  source",
+                "provider", "default", "configured", "runtime", "adaptive", "effective"
             );
             for v in views {
                 println!(
-                    "{:<20} {:>8} {:>10} {:>8} {:>9}  {:?}",
+                    "{:<20} {:>8} {:>10} {:>8} {:>8} {:>9}  {:?}",
                     v.provider,
                     show(v.default),
                     show(v.configured),
                     show(v.runtime),
+                    show(v.adaptive),
                     v.effective,
                     v.source
                 );

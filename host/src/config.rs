@@ -810,6 +810,49 @@ mod tests {
     }
 
     #[test]
+    fn bad_policies_are_refused_with_their_key() {
+        for (text, key) in [
+            ("[policy]\nbreaker_ratio = 1.5", "policy.breaker_ratio"),
+            ("[policy]\nbreaker_window = 0", "policy.breaker_window"),
+            (
+                "[policy]\nmax_retry_after_secs = 0",
+                "policy.max_retry_after_secs",
+            ),
+            ("[policy]\nadaptive_floor = 0", "policy.adaptive_floor"),
+            (
+                "[policy]\nadaptive_latency_ratio = 0.5",
+                "policy.adaptive_latency_ratio",
+            ),
+            (
+                "[policy]\nbreaker_cooldown_ms = 500\nbreaker_max_cooldown_ms = 100",
+                "policy.breaker_max_cooldown_ms",
+            ),
+            (
+                "[providers.x.policy]\nresume_spread_ms = 900000",
+                "providers.x.policy.resume_spread_ms",
+            ),
+            ("[providers.x.policy]\npuase = true", "puase"),
+            ("[policy]\nbreaker_failures = -1", "policy.breaker_failures"),
+        ] {
+            let err = Config::from_toml(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let c = Config::from_toml(
+            "[policy]\nbreaker_failures = 2\nmax_rate_limited = 9\n\
+             [providers.x.policy]\nbreaker_failures = 0",
+        )
+        .unwrap();
+        assert_eq!(
+            c.policy_for("x").breaker_failures,
+            0,
+            "the provider's own wins"
+        );
+        assert_eq!(c.policy_for("x").max_rate_limited, 9, "then [policy]");
+        assert_eq!(c.policy_for("y").breaker_failures, 2);
+        assert_eq!(c.policy_for("y").breaker_window, 20, "then the default");
+    }
+
+    #[test]
     fn sqlite_path_forms() {
         let mut c = Config::default();
         assert_eq!(c.sqlite_path(), Some(PathBuf::from("lanes.db")));

@@ -22,6 +22,9 @@ pub struct LimitView {
     pub default: Option<u32>,
     pub configured: Option<u32>,
     pub runtime: Option<u32>,
+    /// The adaptive limit, when the provider adapts: it caps the effective one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<u32>,
     pub effective: u32,
     pub source: LimitSource,
 }
@@ -45,9 +48,19 @@ impl LimitView {
             default,
             configured,
             runtime,
+            adaptive: None,
             effective,
             source,
         }
+    }
+
+    /// Caps the effective limit with an adaptive one.
+    pub fn with_adaptive(mut self, adaptive: Option<u32>) -> Self {
+        self.adaptive = adaptive;
+        if let Some(a) = adaptive {
+            self.effective = self.effective.min(a.max(1));
+        }
+        self
     }
 }
 

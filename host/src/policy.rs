@@ -166,3 +166,43 @@ impl PolicyConfig {
         problems
     }
 }
+
+/// What a provider's policies make of it now, for `lanes status`, the API and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyState {
+    /// `serving`, `paused` (a rate limit's wait), `open` (a circuit's cool-down) or
+    /// `half_open` (an open circuit probing, one call at a time).
+    pub kind: &'static str,
+    /// Until when (Unix ms) it is paused or open.
+    pub until: Option<i64>,
+    pub reason: Option<String>,
+    /// The adaptive limit, when the provider adapts.
+    pub adaptive_limit: Option<u32>,
+}
+
+impl PolicyState {
+    /// The state of a provider whose stored state is `state`, at the store's time `now`.
+    pub fn of(state: Option<&crate::store::ProviderState>, now: i64) -> PolicyState {
+        let Some(s) = state else {
+            return PolicyState {
+                kind: "serving",
+                until: None,
+                reason: None,
+                adaptive_limit: None,
+            };
+        };
+        let waiting = s.paused_until > now;
+        let kind = match (s.circuit_open, waiting) {
+            (true, true) => "open",
+            (true, false) => "half_open",
+            (false, true) => "paused",
+            (false, false) => "serving",
+        };
+        PolicyState {
+            kind,
+            until: waiting.then_some(s.paused_until),
+            reason: (kind != "serving").then(|| s.reason.clone()).flatten(),
+            adaptive_limit: s.adaptive_limit,
+        }
+    }
+}

@@ -28,8 +28,9 @@ pub struct Capacity {
     /// Calls a minute; 0: no such limit.
     pub per_minute: AtomicUsize,
     pub latency_ms: AtomicU64,
-    /// The `retry-after` (seconds) of a 429 or of a 503 while down; 0: none.
-    pub retry_after_s: AtomicU64,
+    /// The wait a 429 (or a 503 while down) asks for, in ms, as `retry-after-ms` and
+    /// `retry-after` (whole seconds, rounded up); 0: none.
+    pub retry_after_ms: AtomicU64,
     /// Answer 503 to everything.
     pub down: AtomicBool,
     /// When set, a call without `Authorization: Bearer <key>` gets 401.
@@ -60,7 +61,7 @@ impl CapacityMock {
             capacity: AtomicUsize::new(capacity),
             per_minute: AtomicUsize::new(0),
             latency_ms: AtomicU64::new(latency_ms),
-            retry_after_s: AtomicU64::new(1),
+            retry_after_ms: AtomicU64::new(1000),
             down: AtomicBool::new(false),
             key: Mutex::new(None),
             in_flight: AtomicUsize::new(0),
@@ -115,7 +116,9 @@ fn reply(status: u16, retry_after: u64) -> hyper::Response<Full<Bytes>> {
         .status(status)
         .header("content-type", "application/json");
     if retry_after > 0 && (status == 429 || status == 503) {
-        response = response.header("retry-after", retry_after.to_string());
+        response = response
+            .header("retry-after-ms", retry_after.to_string())
+            .header("retry-after", retry_after.div_ceil(1000).to_string());
     }
     response
         .body(Full::new(Bytes::from(body.to_string())))
@@ -128,7 +131,7 @@ async fn answer(
 ) -> Result<hyper::Response<Full<Bytes>>, Infallible> {
     let at = Instant::now();
     let log = |status: u16| state.log.lock().unwrap().push(Hit { at, status });
-    let retry_after = state.retry_after_s.load(Ordering::SeqCst);
+    let retry_after = state.retry_after_ms.load(Ordering::SeqCst);
     let key = state.key.lock().unwrap().clone();
     if let Some(key) = key {
         let given = req

@@ -120,8 +120,10 @@ async fn a_subscriber_that_never_reads_slows_nothing_and_learns_what_it_missed()
 async fn a_retry_after_a_rate_limit_and_a_failure_are_reported_with_their_kind() {
     let mut env = TestEnv::new();
     env.stub("kinds", Some(2), &[]);
-    // The exact retry-after, without the spread of resumes.
+    // The exact retry-after, without the spread of resumes, and no pause: the 60 s wait
+    // would hold the other execution back.
     env.config.policy.resume_spread_ms = Some(0);
+    env.config.policy.pause = Some(false);
     let (daemon, queue) = env.start().await;
     let mut events = daemon.subscribe();
     let limited = daemon

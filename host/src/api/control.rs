@@ -26,6 +26,7 @@ fn limits_out(view: &LimitView) -> LimitsOut {
         default: view.default,
         configured: view.configured,
         runtime: view.runtime,
+        adaptive: view.adaptive,
         effective: view.effective,
         source: serde_json::to_value(view.source)
             .ok()
@@ -40,6 +41,7 @@ async fn provider_rows(state: &AppState) -> Result<Vec<(ProviderOut, u32)>, Prob
     let queue = state.control.queue();
     let runtime = queue.limits().await?;
     let counts = queue.counts().await?;
+    let (now, states) = queue.provider_states().await?;
     let records: BTreeMap<String, crate::store::ProviderRecord> = queue
         .providers()
         .await?
@@ -63,15 +65,19 @@ async fn provider_rows(state: &AppState) -> Result<Vec<(ProviderOut, u32)>, Prob
     for name in names {
         let lane = lanes.get(name);
         let serving = lane.and_then(|l| l.component.clone());
-        let view = lane.and_then(|l| l.limits.clone()).unwrap_or_else(|| {
-            LimitView::resolve(
-                name.clone(),
-                records.get(name).map(|r| r.default_limit),
-                config.providers.get(name).and_then(|p| p.limit),
-                runtime.get(name).copied(),
-                config.fallback_limit,
-            )
-        });
+        let policy = crate::policy::PolicyState::of(states.get(name), now);
+        let view = lane
+            .and_then(|l| l.limits.clone())
+            .unwrap_or_else(|| {
+                LimitView::resolve(
+                    name.clone(),
+                    records.get(name).map(|r| r.default_limit),
+                    config.providers.get(name).and_then(|p| p.limit),
+                    runtime.get(name).copied(),
+                    config.fallback_limit,
+                )
+            })
+            .with_adaptive(policy.adaptive_limit);
         let count = counts.get(name).cloned().unwrap_or_default();
         let recent = state.stats.recent(name);
         let lane_limit = lane.map_or(view.effective, |l| l.effective);
@@ -93,11 +99,13 @@ async fn provider_rows(state: &AppState) -> Result<Vec<(ProviderOut, u32)>, Prob
                 throughput_5m: recent.throughput_5m,
                 errors_5m: recent.errors_5m,
                 state: if serving.is_some() {
-                    "serving"
+                    policy.kind
                 } else {
                     "no_component"
                 }
                 .to_string(),
+                paused_until: policy.until,
+                reason: policy.reason,
             },
             lane_limit,
         ));
@@ -304,6 +312,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, Problem>
                 running: p.running,
                 pending: p.pending,
                 paused: p.state != "serving",
+                circuit_open: p.state == "open" || p.state == "half_open",
             },
         );
     }

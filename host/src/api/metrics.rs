@@ -48,6 +48,7 @@ pub struct Metrics {
     running: Family<ProviderLabel, Gauge>,
     pending: Family<ProviderLabel, Gauge>,
     paused: Family<ProviderLabel, Gauge>,
+    circuit_open: Family<ProviderLabel, Gauge>,
     attempts: Family<AttemptLabels, Counter>,
     rate_limited: Family<ProviderLabel, Counter>,
     denied: Family<ProviderLabel, Counter>,
@@ -81,6 +82,7 @@ pub struct GaugeValues {
     pub running: u64,
     pub pending: u64,
     pub paused: bool,
+    pub circuit_open: bool,
 }
 
 impl Default for Metrics {
@@ -92,6 +94,7 @@ impl Default for Metrics {
             running: Family::default(),
             pending: Family::default(),
             paused: Family::default(),
+            circuit_open: Family::default(),
             attempts: Family::default(),
             rate_limited: Family::default(),
             denied: Family::default(),
@@ -125,8 +128,13 @@ impl Default for Metrics {
         );
         registry.register(
             "paused",
-            "1 when the lane claims nothing (no component serves it)",
+            "1 when the provider is not serving: no component, a pause, or an open circuit",
             m.paused.clone(),
+        );
+        registry.register(
+            "circuit_open",
+            "1 while the provider's circuit is open or half-open",
+            m.circuit_open.clone(),
         );
         registry.register(
             "attempts",
@@ -275,6 +283,7 @@ impl Metrics {
         set(&self.running, values.running);
         set(&self.pending, values.pending);
         set(&self.paused, u64::from(values.paused));
+        set(&self.circuit_open, u64::from(values.circuit_open));
     }
 
     /// The scrape, in the Prometheus text format.

@@ -180,6 +180,8 @@ pub struct LimitsOut {
     pub configured: Option<u32>,
     /// Set at run time (`PUT /v1/providers/{name}/limit`, `lanes limits set`).
     pub runtime: Option<u32>,
+    /// The adaptive limit, when the provider adapts; it caps the effective one.
+    pub adaptive: Option<u32>,
     /// The limit in force.
     pub effective: u32,
     pub source: String,
@@ -218,8 +220,13 @@ pub struct ProviderOut {
     pub throughput_5m: Vec<u64>,
     /// Failed and retried attempts per 10 seconds over the last 5 minutes, oldest first.
     pub errors_5m: Vec<u64>,
-    /// `serving`, or `no_component` (work waits for one).
+    /// `serving`; `no_component` (work waits for one); `paused` (a rate limit's wait);
+    /// `open` (the circuit's cool-down) or `half_open` (one probe at a time).
     pub state: String,
+    /// Until when it is paused or open.
+    pub paused_until: Option<i64>,
+    /// Why it is paused or open.
+    pub reason: Option<String>,
 }
 
 /// The answer of `GET /v1/providers`.

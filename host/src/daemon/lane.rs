@@ -29,6 +29,9 @@ pub struct Lane {
     semaphore: Arc<Semaphore>,
     capacity: Mutex<Capacity>,
     running: AtomicU32,
+    /// The limit its sources give (run-time, config, component, fallback); an adaptive
+    /// limit moves the lane's limit below it.
+    ceiling: AtomicU32,
     wake: Notify,
     provider: RwLock<Option<Arc<Provider>>>,
     /// Whether a pending row may be waiting for a later `not_before` (a retry): only then
@@ -61,6 +64,7 @@ impl Lane {
             semaphore: Arc::new(Semaphore::new(permits(limit))),
             capacity: Mutex::new(Capacity { limit, debt: 0 }),
             running: AtomicU32::new(0),
+            ceiling: AtomicU32::new(limit),
             wake: Notify::new(),
             provider: RwLock::new(None),
             // Rows from before this start may be waiting for their retry.
@@ -173,6 +177,16 @@ impl Lane {
         drop(cap);
         self.wake();
         old
+    }
+
+    /// The limit its sources give, above any adaptive limit.
+    pub fn ceiling(&self) -> u32 {
+        self.ceiling.load(Ordering::SeqCst)
+    }
+
+    /// Records the limit its sources give (see [`Lane::ceiling`]).
+    pub fn set_ceiling(&self, ceiling: u32) {
+        self.ceiling.store(ceiling.max(1), Ordering::SeqCst);
     }
 
     /// Takes a free slot, if there is one.

@@ -240,9 +240,11 @@ impl Control {
             None => self.shared.queue.clear_limit(provider).await?,
         };
         let runtime = self.shared.queue.limits().await?;
-        self.shared
-            .registry
-            .apply_limits(&self.shared.config.get(), &runtime);
+        self.shared.registry.apply_limits(
+            &self.shared.config.get(),
+            &runtime,
+            &self.shared.governor.adaptive_limits(),
+        );
         Ok(had)
     }
 

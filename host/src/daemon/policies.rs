@@ -46,6 +46,119 @@ struct Health {
     openings: u32,
     /// Opened for an unauthorized answer: only a new config or key closes it.
     unauthorized: bool,
+    /// The adaptive limit's controller, when the provider adapts.
+    adaptive: Option<Adaptive>,
+}
+
+/// An AIMD controller with a latency gradient (after Netflix's concurrency-limits): the
+/// limit halves on a rate-limited answer, shrinks by a tenth when latency rises past
+/// `adaptive_latency_ratio` × its baseline, and grows by one after a window of successes
+/// (the limit's worth; ten times that, for a while, to reach the limit that was last
+/// rate-limited).
+struct Adaptive {
+    limit: u32,
+    /// Successes since the last change.
+    successes: u32,
+    /// The latency baseline in ms: the lowest seen, drifting up slowly.
+    baseline: f64,
+    /// Recent latency in ms (an exponential average).
+    recent: f64,
+    samples: u32,
+    changed: Instant,
+    /// Whether the last change was a decrease: the answers of the burst that caused it are
+    /// still coming in, and must neither shrink the limit again nor let it grow yet.
+    decreased: bool,
+    /// The limit at the last rate limit, and when: growing back to it is slow for a while.
+    limited_at: Option<(u32, Instant)>,
+}
+
+/// The least time between two decreases: the answers of one burst come together.
+const DECREASE_GAP: Duration = Duration::from_millis(500);
+/// How long increases stay cautious after a rate limit.
+const CAUTIOUS: Duration = Duration::from_secs(30);
+
+impl Adaptive {
+    fn new(limit: u32) -> Self {
+        Adaptive {
+            limit,
+            successes: 0,
+            baseline: 0.0,
+            recent: 0.0,
+            samples: 0,
+            changed: Instant::now()
+                .checked_sub(DECREASE_GAP)
+                .unwrap_or_else(Instant::now),
+            decreased: false,
+            limited_at: None,
+        }
+    }
+
+    /// The new limit after `seen`, with why, when it changes.
+    fn step(&mut self, policy: &Policy, ceiling: u32, seen: &Seen) -> Option<(u32, String)> {
+        let floor = policy.adaptive_floor.min(ceiling).max(1);
+        let before = self.limit.clamp(floor, ceiling);
+        let settled = self.changed.elapsed() >= DECREASE_GAP;
+        let may_decrease = settled || !self.decreased;
+        let (limit, why) = match seen.kind {
+            Some(ErrorKind::RateLimited) if may_decrease => {
+                self.limited_at = Some((before, Instant::now()));
+                (before.div_ceil(2), "rate limited".to_string())
+            }
+            None => {
+                let ms = seen.duration.as_secs_f64() * 1000.0;
+                self.samples = self.samples.saturating_add(1);
+                self.recent = if self.samples == 1 {
+                    ms
+                } else {
+                    self.recent * 0.8 + ms * 0.2
+                };
+                self.baseline = if self.baseline == 0.0 || ms < self.baseline {
+                    ms
+                } else {
+                    self.baseline + (ms - self.baseline) * 0.01
+                };
+                let slow = self.samples >= 10
+                    && self.recent > policy.adaptive_latency_ratio * self.baseline.max(1.0);
+                if slow && may_decrease {
+                    let shrunk = (f64::from(before) * 0.9).floor();
+                    let shrunk = u32::try_from(shrunk as i64)
+                        .unwrap_or(before)
+                        .min(before - 1);
+                    (
+                        shrunk,
+                        format!(
+                            "latency {:.0} ms is past {} × its baseline {:.0} ms",
+                            self.recent, policy.adaptive_latency_ratio, self.baseline
+                        ),
+                    )
+                } else {
+                    if !settled && self.decreased {
+                        return None;
+                    }
+                    self.successes += 1;
+                    let cautious = self
+                        .limited_at
+                        .is_some_and(|(at, when)| before + 1 >= at && when.elapsed() < CAUTIOUS);
+                    let window = if cautious { before * 10 } else { before };
+                    if self.successes >= window {
+                        (before + 1, format!("{window} successes"))
+                    } else {
+                        (before, String::new())
+                    }
+                }
+            }
+            _ => (before, String::new()),
+        };
+        let limit = limit.clamp(floor, ceiling);
+        self.limit = limit;
+        if limit == before {
+            return None;
+        }
+        self.successes = 0;
+        self.changed = Instant::now();
+        self.decreased = limit < before;
+        Some((limit, why))
+    }
 }
 
 /// The policies of every lane of this worker.
@@ -104,6 +217,9 @@ impl Governor {
         }
         let mut all = self.health.lock().unwrap_or_else(|p| p.into_inner());
         let health = all.entry(lane.name_arc()).or_default();
+        if policy.adaptive {
+            self.adapt(lane, policy, health, seen);
+        }
         match seen.kind {
             None => {
                 health.failures_in_a_row = 0;
@@ -170,6 +286,36 @@ impl Governor {
             }
             Some(_) => {}
         }
+    }
+
+    /// Moves the adaptive limit of `lane` after `seen`.
+    fn adapt(&self, lane: &Lane, policy: &Policy, health: &mut Health, seen: &Seen) {
+        let ceiling = lane.ceiling();
+        let adaptive = health
+            .adaptive
+            .get_or_insert_with(|| Adaptive::new(lane.limit()));
+        let Some((limit, why)) = adaptive.step(policy, ceiling, seen) else {
+            return;
+        };
+        let old = lane.set_limit(limit);
+        info!(
+            "provider {}: adaptive limit {old} -> {limit} ({why}; ceiling {ceiling})",
+            lane.name()
+        );
+        self.write(lane, StateChange::Adaptive(Some(limit)));
+        self.events.publish(Event::LimitChanged {
+            provider: lane.name_arc(),
+            old,
+            new: limit,
+        });
+    }
+
+    /// The adaptive limit of every provider that adapts, as this worker knows it.
+    pub fn adaptive_limits(&self) -> HashMap<String, u32> {
+        let all = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        all.iter()
+            .filter_map(|(name, h)| Some((name.to_string(), h.adaptive.as_ref()?.limit)))
+            .collect()
     }
 
     /// Opens the circuit of `lane` for `cooldown`.
@@ -251,6 +397,25 @@ impl Governor {
         }
         let mut all = self.health.lock().unwrap_or_else(|p| p.into_inner());
         let health = all.entry(lane.name_arc()).or_default();
+        let adapts = lane.provider().is_some_and(|p| p.policy.adaptive);
+        match (adapts, state.adaptive_limit, health.adaptive.as_mut()) {
+            // Another worker moved the fleet's adaptive limit: follow it, unless this
+            // worker just did.
+            (true, Some(fleet), Some(own))
+                if fleet != own.limit && own.changed.elapsed() >= Duration::from_secs(1) =>
+            {
+                own.limit = fleet;
+                own.successes = 0;
+            }
+            (true, Some(fleet), None) => health.adaptive = Some(Adaptive::new(fleet)),
+            // No longer adaptive: the configured limit applies again, fleet-wide.
+            (false, Some(_), _) => {
+                health.adaptive = None;
+                self.write(lane, StateChange::Adaptive(None));
+            }
+            (false, None, Some(_)) => health.adaptive = None,
+            _ => {}
+        }
         if state.circuit_open {
             health.open = true;
             health.openings = health.openings.max(state.openings);

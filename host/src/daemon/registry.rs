@@ -142,13 +142,21 @@ impl Registry {
         Applied { opened, rebound }
     }
 
-    /// Resizes every lane whose effective limit changed under `config` and `runtime`.
-    pub fn apply_limits(&self, config: &Config, runtime: &BTreeMap<String, u32>) {
+    /// Resizes every lane whose effective limit changed under `config`, `runtime` and the
+    /// adaptive limits.
+    pub fn apply_limits(
+        &self,
+        config: &Config,
+        runtime: &BTreeMap<String, u32>,
+        adaptive: &std::collections::HashMap<String, u32>,
+    ) {
         for (name, lane) in self.snapshot() {
             let Some(provider) = lane.provider() else {
                 continue;
             };
             let view = Self::limit_of(config, &provider, runtime);
+            lane.set_ceiling(view.effective);
+            let view = view.with_adaptive(adaptive.get(&name).copied());
             if view.effective != lane.limit() {
                 let old = lane.set_limit(view.effective);
                 info!(

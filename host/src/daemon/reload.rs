@@ -99,9 +99,11 @@ impl Reloader {
         // secrets), and the registry serves the lanes from the new bindings.
         self.reload().await?;
         let runtime = self.shared.queue.limits().await?;
-        self.shared
-            .registry
-            .apply_limits(&self.shared.config.get(), &runtime);
+        self.shared.registry.apply_limits(
+            &self.shared.config.get(),
+            &runtime,
+            &self.shared.governor.adaptive_limits(),
+        );
         Ok(kept)
     }
 
@@ -239,7 +241,8 @@ fn key_files(config: &Config) -> Vec<(PathBuf, Option<(std::time::SystemTime, u6
         .collect()
 }
 
-/// Applies limits stored by `lanes limits set` within `limits_refresh_ms`.
+/// Within `limits_refresh_ms`: brings the fleet's policy decisions (pauses, circuits,
+/// adaptive limits) to this worker's lanes, then applies limits stored by `lanes limits set`.
 pub async fn refresh_limits_loop(shared: Arc<Shared>) {
     loop {
         let every = Duration::from_millis(shared.config.get().limits_refresh_ms);
@@ -247,11 +250,6 @@ pub async fn refresh_limits_loop(shared: Arc<Shared>) {
             _ = tokio::time::sleep(every) => {}
             _ = shared.stop_claiming.cancelled() => return,
         }
-        match shared.queue.limits().await {
-            Ok(runtime) => shared.registry.apply_limits(&shared.config.get(), &runtime),
-            Err(e) => error!("reading limits: {e}"),
-        }
-        // Pauses and circuits that other workers decided.
         match shared.queue.provider_states().await {
             Ok((now, states)) => {
                 let none = crate::store::ProviderState::default();
@@ -262,6 +260,14 @@ pub async fn refresh_limits_loop(shared: Arc<Shared>) {
                 }
             }
             Err(e) => error!("reading providers' states: {e}"),
+        }
+        match shared.queue.limits().await {
+            Ok(runtime) => shared.registry.apply_limits(
+                &shared.config.get(),
+                &runtime,
+                &shared.governor.adaptive_limits(),
+            ),
+            Err(e) => error!("reading limits: {e}"),
         }
     }
 }
