@@ -20,6 +20,12 @@
 //!     server (default postgres://postgres@127.0.0.1:5432/test); skipped with a line when
 //!     none answers. `scripts/river-bench` runs River's benchmark on the same server.
 //!
+//! 11. Policies: the OpenAI adapter against a local API with a true capacity (4 at once, 40
+//!     calls a second), which halves for the middle third of the run. A fixed lane set too high (16, no
+//!     pauses) beside an adaptive lane with pauses: goodput, 429s (each an attempt wasted),
+//!     and p95 time to completion; once where refused calls count against the rate, and
+//!     once where they are free.
+//!
 //! `cargo bench -- --quick` runs a smaller version (CI uses it to prove the benchmark runs).
 
 use std::collections::{BTreeMap, VecDeque};
@@ -33,6 +39,10 @@ use lanes::daemon::events::Event;
 use lanes::model::{ChatInput, NewExecution, Status};
 use lanes::report::{max_overlap, percentile};
 use lanes::{Config, Daemon, Queue, SqliteQueue};
+
+#[path = "../../tests/all/capacity.rs"]
+#[allow(dead_code)]
+mod capacity;
 
 fn plugins_dir() -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -741,6 +751,106 @@ async fn pg_noop(n: usize, workers: usize) -> Option<f64> {
     Some(n as f64 / elapsed.as_secs_f64())
 }
 
+/// What one lane achieved against the capacity API.
+struct PolicyRun {
+    goodput: f64,
+    refused: usize,
+    calls: usize,
+    p95_ms: i64,
+}
+
+async fn policy_run(adaptive: bool, count_refused: bool, secs: u64) -> PolicyRun {
+    use std::sync::atomic::Ordering;
+    let mock = capacity::CapacityMock::start(4, 50).await;
+    mock.state.per_minute.store(40, Ordering::SeqCst);
+    mock.state.window_ms.store(1000, Ordering::SeqCst);
+    mock.state
+        .count_refused
+        .store(count_refused, Ordering::SeqCst);
+    mock.state.retry_after_ms.store(500, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&dir, &[]);
+    config.providers.insert(
+        "api".into(),
+        ProviderConfig {
+            component: Some("openai.wasm".into()),
+            base_url: Some(mock.url()),
+            model: Some("m".into()),
+            limit: Some(16),
+            policy: lanes::policy::PolicyConfig {
+                adaptive: Some(adaptive),
+                pause: Some(adaptive),
+                ..Default::default()
+            },
+            ..ProviderConfig::default()
+        },
+    );
+    let (daemon, queue) = start(config).await;
+    let n = usize::try_from(secs * 80).unwrap_or(usize::MAX);
+    let work: Vec<NewExecution> = (0..n)
+        .map(|i| NewExecution {
+            provider: "api".into(),
+            input: ChatInput::prompt(format!("call {i}")),
+            priority: 0,
+            max_attempts: 3,
+        })
+        .collect();
+    let started = Instant::now();
+    daemon.submit_many(&work).await.unwrap();
+    // The API's capacity halves for the middle third of the run.
+    let third = Duration::from_secs(secs) / 3;
+    tokio::time::sleep(third).await;
+    mock.state.per_minute.store(20, Ordering::SeqCst);
+    mock.state.capacity.store(2, Ordering::SeqCst);
+    tokio::time::sleep(third).await;
+    mock.state.per_minute.store(40, Ordering::SeqCst);
+    mock.state.capacity.store(4, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(secs).saturating_sub(started.elapsed())).await;
+    let rows = queue.list(Some("api")).await.unwrap();
+    let mut done: Vec<i64> = rows
+        .iter()
+        .filter(|e| e.status == Status::Completed)
+        .filter_map(|e| Some(e.finished_at? - e.created_at))
+        .collect();
+    done.sort_unstable();
+    let run = PolicyRun {
+        goodput: done.len() as f64 / started.elapsed().as_secs_f64(),
+        refused: mock.count(429),
+        calls: mock.hits().len(),
+        p95_ms: done.get(done.len() * 95 / 100).copied().unwrap_or(0),
+    };
+    daemon.shutdown(Duration::from_millis(100)).await;
+    run
+}
+
+async fn policies(secs: u64) {
+    // OpenAI's rate-limit guide: "unsuccessful requests contribute to your per-minute
+    // limit". Some APIs do not count them; both are measured.
+    for (model, count_refused) in [
+        ("refused calls count against the rate, as OpenAI's do", true),
+        ("refused calls are free", false),
+    ] {
+        let fixed = policy_run(false, count_refused, secs).await;
+        let adaptive = policy_run(true, count_refused, secs).await;
+        println!("policies ({model}):");
+        for (name, r) in [
+            ("fixed 16, no pauses", &fixed),
+            ("adaptive + pauses", &adaptive),
+        ] {
+            println!(
+                "  {name}: goodput {:.1}/s, {} answered 429 of {} calls, p95 submit to \
+                 completion {} ms",
+                r.goodput, r.refused, r.calls, r.p95_ms
+            );
+        }
+        println!(
+            "  adaptive ÷ fixed: goodput {:.2} (target 1.3), 429s {:.3} (target 0.2)",
+            adaptive.goodput / fixed.goodput.max(0.001),
+            adaptive.refused as f64 / fixed.refused.max(1) as f64
+        );
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -798,6 +908,9 @@ fn main() {
         }
         if run("memory") {
             memory(if quick { 10_000 } else { 100_000 }).await;
+        }
+        if run("policy") {
+            policies(if quick { 6 } else { 30 }).await;
         }
         if run("pg") {
             let pg_n = if quick { 1_000 } else { 20_000 };

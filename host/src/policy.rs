@@ -30,7 +30,7 @@ pub struct PolicyConfig {
     /// Pause the provider's claims while a rate-limited (or unavailable) answer's wait runs
     /// (default true).
     pub pause: Option<bool>,
-    /// Executions waiting on a pause resume spread over this window, in ms (default 1000).
+    /// Executions waiting on a pause resume spread over this window, in ms (default 250).
     pub resume_spread_ms: Option<u64>,
     /// Rate-limited answers an execution may get before it fails (default 20). They do not
     /// count against `max_attempts`.
@@ -90,7 +90,7 @@ impl Policy {
         Policy {
             max_retry_after: Duration::from_secs(pick!(max_retry_after_secs, 3600)),
             pause: pick!(pause, true),
-            resume_spread: Duration::from_millis(pick!(resume_spread_ms, 1000)),
+            resume_spread: Duration::from_millis(pick!(resume_spread_ms, 250)),
             max_rate_limited: pick!(max_rate_limited, 20),
             breaker_failures: pick!(breaker_failures, 5),
             breaker_ratio: pick!(breaker_ratio, 0.5),

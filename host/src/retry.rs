@@ -64,7 +64,10 @@ impl RetryPolicy {
             return Decision::Fail;
         }
         if let Some(wait) = failed.wait {
-            let spread = u64::try_from(policy.resume_spread.as_millis()).unwrap_or(u64::MAX);
+            let wait = wait.min(policy.max_retry_after);
+            // Spread over the resume window, but never more than half the wait itself.
+            let spread = policy.resume_spread.min(wait / 2);
+            let spread = u64::try_from(spread.as_millis()).unwrap_or(u64::MAX);
             let jitter = rand::rng().random_range(0..=spread);
             return Decision::Retry(
                 wait.min(policy.max_retry_after) + Duration::from_millis(jitter),

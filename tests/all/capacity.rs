@@ -25,8 +25,13 @@ pub struct Hit {
 /// What the API allows now; change it mid-run.
 pub struct Capacity {
     pub capacity: AtomicUsize,
-    /// Calls a minute; 0: no such limit.
+    /// Calls per window (a minute unless `window_ms` says otherwise); 0: no such limit.
     pub per_minute: AtomicUsize,
+    /// The length of the rate window, in ms.
+    pub window_ms: AtomicU64,
+    /// Count refused calls against the rate window too, as some APIs do: a client that
+    /// keeps knocking then keeps itself out.
+    pub count_refused: AtomicBool,
     pub latency_ms: AtomicU64,
     /// The wait a 429 (or a 503 while down) asks for, in ms, as `retry-after-ms` and
     /// `retry-after` (whole seconds, rounded up); 0: none.
@@ -60,6 +65,8 @@ impl CapacityMock {
         let state = Arc::new(Capacity {
             capacity: AtomicUsize::new(capacity),
             per_minute: AtomicUsize::new(0),
+            window_ms: AtomicU64::new(60_000),
+            count_refused: AtomicBool::new(false),
             latency_ms: AtomicU64::new(latency_ms),
             retry_after_ms: AtomicU64::new(1000),
             down: AtomicBool::new(false),
@@ -148,22 +155,36 @@ async fn answer(
         log(503);
         return Ok(reply(503, retry_after));
     }
+    let window = Duration::from_millis(state.window_ms.load(Ordering::SeqCst));
+    // Over the rate: how long until the window has room again.
     let over_rate = {
         let per_minute = state.per_minute.load(Ordering::SeqCst);
         let mut accepted = state.accepted.lock().unwrap();
         while accepted
             .front()
-            .is_some_and(|t| at.duration_since(*t) > Duration::from_secs(60))
+            .is_some_and(|t| at.duration_since(*t) > window)
         {
             accepted.pop_front();
         }
-        per_minute > 0 && accepted.len() >= per_minute
+        (per_minute > 0 && accepted.len() >= per_minute).then(|| {
+            let oldest = accepted.front().copied().unwrap_or(at);
+            u64::try_from(window.saturating_sub(at.duration_since(oldest)).as_millis())
+                .unwrap_or(u64::MAX)
+                .saturating_add(1)
+        })
     };
     let running = state.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-    if over_rate || running > state.capacity.load(Ordering::SeqCst) {
+    if over_rate.is_some() || running > state.capacity.load(Ordering::SeqCst) {
         state.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if state.count_refused.load(Ordering::SeqCst) {
+            state.accepted.lock().unwrap().push_back(at);
+        }
         log(429);
-        return Ok(reply(429, retry_after));
+        let wait = match over_rate {
+            Some(until_room) if retry_after > 0 => until_room.max(1),
+            _ => retry_after,
+        };
+        return Ok(reply(429, wait));
     }
     state.accepted.lock().unwrap().push_back(at);
     state.max_in_flight.fetch_max(running, Ordering::SeqCst);

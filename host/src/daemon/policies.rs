@@ -51,9 +51,9 @@ struct Health {
 }
 
 /// An AIMD controller with a latency gradient (after Netflix's concurrency-limits): the
-/// limit halves on a rate-limited answer, shrinks by a tenth when latency rises past
+/// limit shrinks by a quarter on a rate-limited answer, by a tenth when latency rises past
 /// `adaptive_latency_ratio` × its baseline, and grows by one after a window of successes
-/// (the limit's worth; ten times that, for a while, to reach the limit that was last
+/// (the limit's worth; four times that, for a while, to reach the limit that was last
 /// rate-limited).
 struct Adaptive {
     limit: u32,
@@ -102,7 +102,9 @@ impl Adaptive {
         let (limit, why) = match seen.kind {
             Some(ErrorKind::RateLimited) if may_decrease => {
                 self.limited_at = Some((before, Instant::now()));
-                (before.div_ceil(2), "rate limited".to_string())
+                // × 0.75, rounded down, and at least one less.
+                let shrunk = (before * 3 / 4).min(before.saturating_sub(1));
+                (shrunk, "rate limited".to_string())
             }
             None => {
                 let ms = seen.duration.as_secs_f64() * 1000.0;
@@ -139,7 +141,7 @@ impl Adaptive {
                     let cautious = self
                         .limited_at
                         .is_some_and(|(at, when)| before + 1 >= at && when.elapsed() < CAUTIOUS);
-                    let window = if cautious { before * 10 } else { before };
+                    let window = if cautious { before * 4 } else { before };
                     if self.successes >= window {
                         (before + 1, format!("{window} successes"))
                     } else {
@@ -349,7 +351,9 @@ impl Governor {
     /// Pauses `lane` for the wait its provider asked for.
     fn pause(&self, lane: &Lane, policy: &Policy, kind: ErrorKind, wait: Duration) {
         let wait = wait.min(policy.max_retry_after);
-        if wait.is_zero() || !lane.pause_until(Instant::now() + wait, policy.resume_spread) {
+        // A short wait gets a short ramp: at most half of it.
+        let ramp = policy.resume_spread.min(wait / 2);
+        if wait.is_zero() || !lane.pause_until(Instant::now() + wait, ramp) {
             return;
         }
         let reason = match kind {
