@@ -78,8 +78,12 @@ pub struct Execution {
     pub id: ExecutionId,
     pub provider: String,
     pub status: Status,
-    /// Higher runs first; FIFO within one priority.
+    /// Higher runs first; FIFO within one priority. Priority aging raises it while the
+    /// execution waits (see `aged`).
     pub priority: i32,
+    /// How much priority aging added to `priority`.
+    #[serde(default)]
+    pub aged: i32,
     /// The normalized chat input (see [`ChatInput`]), as submitted.
     pub input: serde_json::Value,
     /// The provider's answer (see [`ChatOutput`]) once completed.

@@ -15,6 +15,8 @@
 //!   the configured limit, halving on rate-limited answers and shrinking when latency rises
 //!   past `adaptive_latency_ratio` × its baseline, and growing by one after a window of
 //!   successes.
+//! - **Priority aging** (`aging_ms`): a pending execution's priority rises by one for every
+//!   `aging_ms` it waits, up to `aging_max`, so low-priority work is never starved.
 
 use std::time::Duration;
 
@@ -54,6 +56,11 @@ pub struct PolicyConfig {
     pub adaptive_floor: Option<u32>,
     /// Latency above this multiple of its baseline shrinks the adaptive limit (default 2.0).
     pub adaptive_latency_ratio: Option<f64>,
+    /// Priority aging: every this many ms a pending execution waits, its priority rises by
+    /// one, so that low-priority work is never starved (default 0: off).
+    pub aging_ms: Option<u64>,
+    /// The most aging adds to an execution's priority (default 100).
+    pub aging_max: Option<u32>,
 }
 
 /// One provider's policies, resolved.
@@ -71,6 +78,9 @@ pub struct Policy {
     pub adaptive: bool,
     pub adaptive_floor: u32,
     pub adaptive_latency_ratio: f64,
+    /// `None`: no aging.
+    pub aging: Option<Duration>,
+    pub aging_max: u32,
 }
 
 impl Default for Policy {
@@ -100,6 +110,10 @@ impl Policy {
             adaptive: pick!(adaptive, false),
             adaptive_floor: pick!(adaptive_floor, 1),
             adaptive_latency_ratio: pick!(adaptive_latency_ratio, 2.0),
+            aging: Some(pick!(aging_ms, 0))
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis),
+            aging_max: pick!(aging_max, 100),
         }
     }
 }
@@ -154,6 +168,12 @@ impl PolicyConfig {
             .is_some_and(|ms| ms > 366 * 24 * 3600 * 1000)
         {
             problems.push(("breaker_max_cooldown_ms", "must be at most a year".into()));
+        }
+        if self.aging_ms.is_some_and(|ms| ms > 0 && ms < 100) {
+            problems.push(("aging_ms", "must be 0 (off) or at least 100".into()));
+        }
+        if self.aging_max.is_some_and(|m| m > 1_000_000) {
+            problems.push(("aging_max", "must be at most 1000000".into()));
         }
         if self.adaptive_floor == Some(0) {
             problems.push(("adaptive_floor", "must be at least 1".into()));

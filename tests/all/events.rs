@@ -39,18 +39,18 @@ async fn each_execution_is_claimed_started_and_finished_in_order() {
     env.config.retry.max_ms = 400;
     let (daemon, queue) = env.start().await;
     let mut events = daemon.subscribe();
-    let mut batch = sleepers("ev", 12, 5);
-    // Two fail until a time just ahead (their first attempt), then complete: a retry waits
-    // at least 100 ms.
-    let soon = lanes::model::now_ms() + 60;
-    batch.push(job(
-        "ev",
-        serde_json::json!({"fail_until_ms": soon, "sleep_ms": 1}),
-    ));
-    batch.push(job(
-        "ev",
-        serde_json::json!({"fail_until_ms": soon, "sleep_ms": 1}),
-    ));
+    // Two fail until a time ahead, then complete: they come first, so their first attempt
+    // is in the first claim and fails; a retry waits at least 100 ms, the one after at least
+    // 200 ms more, so the third attempt is past the time whatever the load.
+    let until = lanes::model::now_ms() + 300;
+    let failing = || {
+        job(
+            "ev",
+            serde_json::json!({"fail_until_ms": until, "sleep_ms": 1}),
+        )
+    };
+    let mut batch = vec![failing(), failing()];
+    batch.extend(sleepers("ev", 12, 5));
     let ids = daemon.submit_many(&batch).await.unwrap();
     let rows = wait_terminal(queue.as_ref(), Some("ev"), Duration::from_secs(30)).await;
     assert!(rows.iter().all(|e| e.status == Status::Completed));

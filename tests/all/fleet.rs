@@ -242,8 +242,9 @@ async fn a_killed_workers_executions_are_reclaimed_and_resumed_first() {
             Some(victim),
             "finished by a surviving worker"
         );
+        // The lease (1000 ms) was last renewed at most a third of it before the kill.
         assert!(
-            e.started_at.unwrap() >= killed_at + 900,
+            e.started_at.unwrap() >= killed_at + 600,
             "reclaimed only after the lease expired"
         );
     }

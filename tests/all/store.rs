@@ -577,3 +577,25 @@ async fn idempotency_keys_pages_and_cancels(q: Arc<dyn Queue>) {
     assert_eq!(q.cancel(999_999).await.unwrap(), Cancelled::NotFound);
     q.ping().await.unwrap();
 }
+
+contract!(aging, aging_raises_waiting_rows_once_per_interval);
+async fn aging_raises_waiting_rows_once_per_interval(q: Arc<dyn Queue>) {
+    let id = q.submit(&new("old", 3)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    // Waited 250 ms, every 100 ms: two intervals, one rise per sweep.
+    assert_eq!(q.age("old", 100, 10).await.unwrap(), 1);
+    assert_eq!(q.age("old", 100, 10).await.unwrap(), 1);
+    assert_eq!(
+        q.age("old", 100, 10).await.unwrap(),
+        0,
+        "a third interval has not passed"
+    );
+    let e = q.get(id).await.unwrap().unwrap();
+    assert_eq!((e.priority, e.aged), (5, 2));
+    // The cap, and other providers, are left alone.
+    assert_eq!(q.age("old", 1, 2).await.unwrap(), 0);
+    assert_eq!(q.age("other", 1, 10).await.unwrap(), 0);
+    // Running rows do not age.
+    q.claim("old", claim("w", 1, 1)).await.unwrap();
+    assert_eq!(q.age("old", 1, 10).await.unwrap(), 0);
+}

@@ -61,7 +61,9 @@ pub struct ExecutionOut {
     pub provider: String,
     /// `pending`, `running`, `completed`, `failed` or `cancelled`.
     pub status: String,
+    /// The effective priority: as submitted, plus what aging added (`aged`).
     pub priority: i32,
+    pub aged: i32,
     #[schema(value_type = Object)]
     pub input: serde_json::Value,
     /// The answer once completed: `text`, `model`, `usage`, `finish_reason`.
@@ -119,6 +121,7 @@ impl From<Execution> for ExecutionOut {
             provider: e.provider,
             status: e.status.as_str().to_string(),
             priority: e.priority,
+            aged: e.aged,
             input: e.input,
             output: e.output,
             error: e.error,

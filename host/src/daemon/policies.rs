@@ -42,6 +42,9 @@ struct Health {
     recent: VecDeque<bool>,
     /// Open (cooling down, or probing once the cool-down is over).
     open: bool,
+    /// When the cool-down ends: only attempts that start after it are probes; the ones
+    /// that were already running when the circuit opened say nothing new.
+    probe_after: Option<Instant>,
     /// Openings in a row, for the next cool-down.
     openings: u32,
     /// Opened for an unauthorized answer: only a new config or key closes it.
@@ -222,6 +225,12 @@ impl Governor {
         if policy.adaptive {
             self.adapt(lane, policy, health, seen);
         }
+        let started = Instant::now().checked_sub(seen.duration);
+        let straggler = health.open
+            && matches!((health.probe_after, started), (Some(after), Some(start)) if start < after);
+        if straggler {
+            return;
+        }
         match seen.kind {
             None => {
                 health.failures_in_a_row = 0;
@@ -326,6 +335,7 @@ impl Governor {
         health.openings += 1;
         health.failures_in_a_row = 0;
         health.recent.clear();
+        health.probe_after = Some(Instant::now() + cooldown.min(UNTIL_FIXED / 2));
         // The circuit's own probe (one at a time) is the ramp.
         lane.pause_until(Instant::now() + cooldown, Duration::ZERO);
         let until = if cooldown >= UNTIL_FIXED {
@@ -421,6 +431,10 @@ impl Governor {
             _ => {}
         }
         if state.circuit_open {
+            if !health.open {
+                health.probe_after =
+                    Some(Instant::now() + Duration::from_millis(u64::try_from(left).unwrap_or(0)));
+            }
             health.open = true;
             health.openings = health.openings.max(state.openings);
             health.unauthorized = state

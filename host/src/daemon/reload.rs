@@ -244,6 +244,8 @@ fn key_files(config: &Config) -> Vec<(PathBuf, Option<(std::time::SystemTime, u6
 /// Within `limits_refresh_ms`: brings the fleet's policy decisions (pauses, circuits,
 /// adaptive limits) to this worker's lanes, then applies limits stored by `lanes limits set`.
 pub async fn refresh_limits_loop(shared: Arc<Shared>) {
+    // When each provider's pending work last aged.
+    let mut aged: std::collections::HashMap<String, std::time::Instant> = Default::default();
     loop {
         let every = Duration::from_millis(shared.config.get().limits_refresh_ms);
         tokio::select! {
@@ -268,6 +270,32 @@ pub async fn refresh_limits_loop(shared: Arc<Shared>) {
                 &shared.governor.adaptive_limits(),
             ),
             Err(e) => error!("reading limits: {e}"),
+        }
+        // Priority aging, at a quarter of each provider's interval (the sweep is idempotent:
+        // a row rises once per interval whoever sweeps).
+        for (name, lane) in shared.registry.snapshot() {
+            let Some(provider) = lane.provider() else {
+                continue;
+            };
+            let Some(every) = provider.policy.aging else {
+                continue;
+            };
+            if aged.get(&name).is_some_and(|t| t.elapsed() < every / 4) {
+                continue;
+            }
+            aged.insert(name.clone(), std::time::Instant::now());
+            let every_ms = i64::try_from(every.as_millis()).unwrap_or(i64::MAX);
+            match shared
+                .queue
+                .age(&name, every_ms, provider.policy.aging_max)
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::debug!(provider = %name, "aging raised {n} pending execution(s)")
+                }
+                Err(e) => error!("provider {name}: aging: {e}"),
+            }
         }
     }
 }

@@ -228,6 +228,11 @@ pub trait Queue: Send + Sync + 'static {
     /// changed anything. Claims obey the result at once, on every worker.
     async fn change_state(&self, provider: &str, change: &StateChange) -> Result<bool, StoreError>;
 
+    /// Priority aging: raises by one the priority of `provider`'s pending executions that
+    /// have waited another `every_ms` since they were created, up to `max` in all. Returns
+    /// how many rose. Safe to run from every worker at once: a row rises once per interval.
+    async fn age(&self, provider: &str, every_ms: i64, max: u32) -> Result<u64, StoreError>;
+
     /// Every provider's policy state, as of the database's clock `now` (Unix ms).
     async fn provider_states(&self) -> Result<(i64, BTreeMap<String, ProviderState>), StoreError>;
 }
@@ -397,7 +402,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Queue>, StoreError> {
 /// The columns every execution query returns: the fields of [`ExecutionRow`].
 pub(crate) const COLUMNS: &str = "id, provider, status, priority, input, output, error, \
     error_kind, attempts, max_attempts, not_before, resume, created_at, started_at, \
-    finished_at, owner, lease_until, worker, history, rate_limited";
+    finished_at, owner, lease_until, worker, history, rate_limited, aged";
 
 /// An execution as both backends store it.
 #[derive(sqlx::FromRow)]
@@ -422,6 +427,7 @@ pub(crate) struct ExecutionRow {
     worker: Option<String>,
     history: Option<String>,
     rate_limited: i32,
+    aged: i32,
 }
 
 /// Reads an execution from a row of either backend.
@@ -450,6 +456,7 @@ where
         error_kind: raw.error_kind,
         attempts: raw.attempts,
         rate_limited: raw.rate_limited,
+        aged: raw.aged,
         max_attempts: raw.max_attempts,
         not_before: raw.not_before,
         resume: raw.resume,

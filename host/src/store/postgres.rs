@@ -680,6 +680,23 @@ impl Queue for PgQueue {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn age(&self, provider: &str, every_ms: i64, max: u32) -> Result<u64, StoreError> {
+        // Concurrent sweeps of several workers: a row locked by one is re-checked after it,
+        // and no longer matches.
+        let done = sqlx::query(&format!(
+            "UPDATE executions SET priority = priority + 1, aged = aged + 1
+              WHERE provider = $1 AND status = 'pending' AND aged < $3
+                AND priority < 2147483647 AND created_at <= {NOW_MS} - (aged + 1) * $2"
+        ))
+        .bind(provider)
+        .bind(every_ms)
+        .bind(i64::from(max))
+        .execute(&self.pool)
+        .await
+        .op("aging pending executions")?;
+        Ok(done.rows_affected())
+    }
+
     async fn provider_states(&self) -> Result<(i64, BTreeMap<String, ProviderState>), StoreError> {
         let now: i64 = sqlx::query_scalar(&format!("SELECT {NOW_MS}"))
             .fetch_one(&self.pool)

@@ -606,6 +606,22 @@ impl Queue for SqliteQueue {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn age(&self, provider: &str, every_ms: i64, max: u32) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE executions SET priority = priority + 1, aged = aged + 1
+              WHERE provider = ?1 AND status = 'pending' AND aged < ?3
+                AND priority < 2147483647 AND created_at <= ?4 - (aged + 1) * ?2",
+        )
+        .bind(provider)
+        .bind(every_ms)
+        .bind(i64::from(max))
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .op("aging pending executions")?;
+        Ok(done.rows_affected())
+    }
+
     async fn provider_states(&self) -> Result<(i64, BTreeMap<String, ProviderState>), StoreError> {
         let rows: Vec<(String, i64, Option<String>, String, i64, Option<i64>)> = sqlx::query_as(
             "SELECT provider, paused_until, reason, circuit, openings, adaptive_limit
