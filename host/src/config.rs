@@ -357,6 +357,9 @@ pub struct ProviderConfig {
     pub request_timeout_ms: Option<u64>,
     /// Overrides `[http] max_response_bytes`.
     pub max_response_bytes: Option<u64>,
+    /// The `user-agent` of the component's requests when it sets none (default
+    /// `lanes/VERSION (NAME/COMPONENT-VERSION)`).
+    pub user_agent: Option<String>,
     /// Values the component reads through the `config` import.
     pub config: BTreeMap<String, ConfigValue>,
     /// The environment variable holding this provider's API key (the `api-key` secret).
@@ -631,6 +634,14 @@ impl Config {
                         "must be at least 1",
                     ));
                 }
+            }
+            if let Some(agent) = &provider.user_agent
+                && (agent.is_empty() || http::HeaderValue::from_str(agent).is_err())
+            {
+                problems.push(invalid(
+                    format!("providers.{name}.user_agent"),
+                    "must be a non-empty header value (visible ASCII and spaces)",
+                ));
             }
             if let Some(url) = &provider.base_url
                 && base_url_authority(url).is_none()

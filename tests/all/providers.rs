@@ -101,12 +101,42 @@ async fn ollama_speaks_the_chat_api() {
         ("POST", "/api/chat")
     );
     assert_eq!(req.header("content-type"), Some("application/json"));
+    // Sent with its length, not chunked, and saying who calls.
+    let length: usize = req.header("content-length").unwrap().parse().unwrap();
+    assert_eq!(length, serde_json::to_vec(&req.body).unwrap().len());
+    assert_eq!(req.header("transfer-encoding"), None);
+    assert_eq!(
+        req.header("user-agent"),
+        Some(format!("lanes/{} (ollama/0.1.0)", env!("CARGO_PKG_VERSION")).as_str())
+    );
     assert_eq!(
         req.body,
         json!({"model": "llama3", "stream": false,
                "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello?"}],
                "options": {"temperature": 0.2, "num_predict": 50, "stop": ["END"]}})
     );
+
+    // `extra` merges deeply: a nested `options` adds to the adapter's, it does not replace
+    // them (num_predict, temperature and stop used to vanish).
+    api.reply([ollama_reply("Hi!")]);
+    run_one(
+        &daemon,
+        queue.as_ref(),
+        execution(
+            "ollama",
+            full_input(Some(
+                json!({"options": {"num_ctx": 8192}, "keep_alive": "5m"}),
+            )),
+            1,
+        ),
+    )
+    .await;
+    let req = api.requests().last().unwrap().clone();
+    assert_eq!(
+        req.body["options"],
+        json!({"temperature": 0.2, "num_predict": 50, "stop": ["END"], "num_ctx": 8192})
+    );
+    assert_eq!(req.body["keep_alive"], "5m");
 
     // Without "stream": false the real server streams NDJSON; the adapter joins it.
     api.fallback(|req| {
@@ -342,6 +372,17 @@ async fn claude_speaks_the_messages_api() {
             "other",
             1,
         ),
+        // The spend limit by its error code, whatever the words.
+        (
+            Reply::json(
+                429,
+                json!({"type": "error", "request_id": "req_x",
+                       "error": {"type": "rate_limit_error", "message": "Usage blocked.",
+                                 "details": {"error_code": "enforced_spend_limit_reached"}}}),
+            ),
+            "other",
+            1,
+        ),
         (
             claude_error(529, "overloaded_error", "Overloaded"),
             "unavailable",
@@ -417,6 +458,25 @@ async fn claude_speaks_the_messages_api() {
     let waited = e.started_at.unwrap() - e.created_at;
     assert!(waited >= 1000, "retry-after: 1 honored, waited {waited} ms");
 
+    // An overloaded answer that says when to come back is waited for as asked (it used to
+    // be retried after the 10-20 ms backoff).
+    api.reply([
+        claude_error(529, "overloaded_error", "Overloaded").header("retry-after", "1"),
+        claude_reply(),
+    ]);
+    let e = run_one(
+        &daemon,
+        queue.as_ref(),
+        execution("claude", ChatInput::prompt("x"), 3),
+    )
+    .await;
+    assert_eq!((e.status, e.attempts), (Status::Completed, 2));
+    let waited = e.started_at.unwrap() - e.created_at;
+    assert!(
+        waited >= 1000,
+        "529 with retry-after: 1 honored, waited {waited} ms"
+    );
+
     // The key appears nowhere: rows, status, the plugins report.
     let rows = serde_json::to_string(&queue.list(None).await.unwrap()).unwrap();
     assert!(!rows.contains("sk-ant-test-secret"));
@@ -459,8 +519,10 @@ async fn openai_speaks_chat_completions() {
     // The key from an environment variable of the host, never visible to the component's env.
     // SAFETY: tests in this binary run in processes of their own under nextest.
     unsafe { std::env::set_var("LANES_TEST_OPENAI_KEY", "sk-openai-test") };
-    env.adapter("openai", "openai.wasm", &api.url(), "gpt-x")
-        .api_key_env = Some("LANES_TEST_OPENAI_KEY".into());
+    let p = env.adapter("openai", "openai.wasm", &api.url(), "gpt-x");
+    p.api_key_env = Some("LANES_TEST_OPENAI_KEY".into());
+    // The operator's user-agent replaces lanes' own.
+    p.user_agent = Some("acme-batch/2 (ops@example.com)".into());
     env.config.retry.base_ms = 10;
     // These tests map each answer to its class: one rate-limited retry, no breaker, and
     // waits as asked.
@@ -485,6 +547,10 @@ async fn openai_speaks_chat_completions() {
         ("POST", "/v1/chat/completions")
     );
     assert_eq!(req.header("authorization"), Some("Bearer sk-openai-test"));
+    assert_eq!(
+        req.header("user-agent"),
+        Some("acme-batch/2 (ops@example.com)")
+    );
     assert_eq!(
         req.body,
         json!({"model": "gpt-x", "max_completion_tokens": 50, "temperature": 0.2, "stop": ["END"],

@@ -139,3 +139,45 @@ async fn a_full_instance_pool_delays_work_but_loses_none() {
     assert!(error.contains("engine.max_instances"), "{error}");
     daemon.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_echoed_by_the_provider_is_scrubbed_from_errors_and_logs() {
+    let mut env = TestEnv::new();
+    env.stub("careless", Some(1), &[]);
+    let key_file = env.dir.path().join("key");
+    std::fs::write(&key_file, "sk-careless-0123456789\n").unwrap();
+    env.config
+        .providers
+        .get_mut("careless")
+        .unwrap()
+        .api_key_file = Some(key_file);
+    let mut serve = env.spawn_serve();
+    let queue = env.any_queue().await;
+    wait_for_log(&env, "serve", "lanes serving", Duration::from_secs(30)).await;
+    let id = queue
+        .submit(&job("careless", serde_json::json!({"echo_secret": true})))
+        .await
+        .unwrap();
+    let rows = wait_terminal(queue.as_ref(), Some("careless"), Duration::from_secs(20)).await;
+    assert_eq!(rows[0].id, id);
+    let error = rows[0].error.clone().unwrap_or_default();
+    assert!(
+        error.contains("Incorrect API key provided: [secret redacted]"),
+        "{error}"
+    );
+    assert!(terminate(&mut serve).success());
+    let log = env.serve_log();
+    assert!(
+        log.contains("stub: calling with key [secret redacted]"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("sk-careless"),
+        "the key reached the log:\n{log}"
+    );
+    let stored = serde_json::to_string(&queue.get(id).await.unwrap()).unwrap();
+    assert!(
+        !stored.contains("sk-careless"),
+        "the key was stored: {stored}"
+    );
+}

@@ -290,6 +290,18 @@ impl PluginHost {
                         .unwrap_or(http.max_response_bytes),
                 )
                 .unwrap_or(usize::MAX),
+                user_agent: http::HeaderValue::from_str(
+                    &provider_config
+                        .and_then(|p| p.user_agent.clone())
+                        .unwrap_or_else(|| {
+                            format!(
+                                "lanes/{} ({name}/{})",
+                                env!("CARGO_PKG_VERSION"),
+                                component.info.version
+                            )
+                        }),
+                )
+                .ok(),
             },
         };
         let info = self.info(&component, view.clone()).await?;

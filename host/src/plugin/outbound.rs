@@ -54,6 +54,9 @@ pub struct OutboundRules {
     pub allowed_hosts: Arc<[String]>,
     pub request_timeout: Duration,
     pub max_response_bytes: usize,
+    /// The `user-agent` sent when the component sets none: `lanes/VERSION (PROVIDER/VERSION)`
+    /// or the operator's `[providers.NAME] user_agent`.
+    pub user_agent: Option<http::HeaderValue>,
 }
 
 impl OutboundRules {
@@ -152,6 +155,13 @@ impl WasiHttpHooks for Outbound {
             }
             return Box::new(async { Err(Error::HttpRequestDenied) });
         }
+        let mut request = request;
+        if let Some(agent) = &self.rules.user_agent {
+            request
+                .headers_mut()
+                .entry(http::header::USER_AGENT)
+                .or_insert_with(|| agent.clone());
+        }
         let client = self.client.0.clone();
         let rules = self.rules.clone();
         Box::new(async move {
@@ -233,6 +243,7 @@ mod tests {
             ]),
             request_timeout: Duration::from_secs(1),
             max_response_bytes: 1,
+            user_agent: None,
         };
         assert!(rules.allows("api.example.com", 443));
         assert!(rules.allows("API.example.com", 80));
@@ -253,6 +264,7 @@ mod tests {
             ]),
             request_timeout: Duration::from_secs(1),
             max_response_bytes: 1,
+            user_agent: None,
         };
         // The default entry of a base_url allows that URL's own host and port.
         assert!(rules.allows("[::1]", 8080));

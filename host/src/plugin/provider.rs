@@ -37,6 +37,32 @@ pub enum ExecError {
     },
 }
 
+impl ExecError {
+    /// The error with every secret of the provider replaced (see [`GuestView::scrub`]).
+    pub fn scrub(self, view: &GuestView) -> ExecError {
+        let s = |text: String| view.scrub(&text);
+        match self {
+            ExecError::Provider(ProviderErrorDisplay(error, hint)) => {
+                let error = match error {
+                    ProviderError::RateLimited(mut r) => {
+                        r.message = s(r.message);
+                        ProviderError::RateLimited(r)
+                    }
+                    ProviderError::Unavailable(m) => ProviderError::Unavailable(s(m)),
+                    ProviderError::InvalidRequest(m) => ProviderError::InvalidRequest(s(m)),
+                    ProviderError::Unauthorized(m) => ProviderError::Unauthorized(s(m)),
+                    ProviderError::Other(m) => ProviderError::Other(s(m)),
+                };
+                ExecError::Provider(ProviderErrorDisplay(error, hint))
+            }
+            ExecError::Instantiate(m) => ExecError::Instantiate(s(m)),
+            ExecError::PoolExhausted(m) => ExecError::PoolExhausted(s(m)),
+            ExecError::Trap(m) => ExecError::Trap(s(m)),
+            other => other,
+        }
+    }
+}
+
 /// A [`ProviderError`] with a readable `Display`, and the wait the component asked for
 /// through `hints.retry-after` (for an error that is not a rate limit), in ms.
 #[derive(Debug)]
@@ -96,6 +122,12 @@ impl Provider {
     /// it the instance, is dropped afterwards whatever happened: a trapped instance is never
     /// entered again.
     pub async fn execute(&self, request: ChatRequest) -> Result<ChatResponse, ExecError> {
+        self.execute_unscrubbed(request)
+            .await
+            .map_err(|e| e.scrub(&self.view))
+    }
+
+    async fn execute_unscrubbed(&self, request: ChatRequest) -> Result<ChatResponse, ExecError> {
         let (mut store, stderr) =
             sandbox::new_store(&self.engine, self.view.clone(), &self.sandbox, &self.client);
         let denied = store.data().outbound.denied.clone();

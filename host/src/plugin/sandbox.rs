@@ -92,7 +92,25 @@ pub struct GuestView {
     pub outbound: OutboundRules,
 }
 
+/// What stands for a secret in errors and logs.
+pub const REDACTED: &str = "[secret redacted]";
+
 impl GuestView {
+    /// `text` with every secret value of this provider replaced by [`REDACTED`]: a provider
+    /// that echoes the key in an error ("Incorrect API key provided: sk-…") must not get it
+    /// stored in the execution's error or written to the log. Values shorter than 4
+    /// characters are left alone: they would redact ordinary words.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for secret in self.secrets.values() {
+            let secret = secret.trim();
+            if secret.chars().count() >= 4 && out.contains(secret) {
+                out = out.replace(secret, REDACTED);
+            }
+        }
+        out
+    }
+
     /// A view with no values, used to ask a file's `info()` before any name is bound.
     pub fn anonymous(label: &str) -> Self {
         GuestView {
@@ -103,6 +121,7 @@ impl GuestView {
                 allowed_hosts: Arc::from(Vec::new()),
                 request_timeout: std::time::Duration::from_secs(5),
                 max_response_bytes: 0,
+                user_agent: None,
             },
         }
     }
@@ -143,6 +162,7 @@ impl WasiView for GuestState {
 
 impl logging::Host for GuestState {
     fn log(&mut self, level: logging::Level, message: String) {
+        let message = self.view.scrub(&message);
         let provider = &*self.view.provider;
         match level {
             logging::Level::Trace => tracing::trace!(provider, "{message}"),

@@ -91,29 +91,35 @@ fn parse(text: &str) -> Result<ChatResponse, ProviderError> {
 /// Maps an error reply `{"type":"error","error":{"type","message"}}`.
 fn error(response: &http::Response) -> ProviderError {
     let text = response.text();
-    let parsed: Option<(String, String)> = serde_json::from_str::<Value>(&text).ok().map(|v| {
-        let kind = v
-            .pointer("/error/type")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        let message = v
-            .pointer("/error/message")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        (kind, message)
-    });
-    let (kind, message) = parsed.unwrap_or_else(|| (String::new(), text));
+    let parsed: Option<(String, String, String)> =
+        serde_json::from_str::<Value>(&text).ok().map(|v| {
+            let field = |pointer: &str| {
+                v.pointer(pointer)
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            };
+            (
+                field("/error/type"),
+                field("/error/message"),
+                field("/error/details/error_code"),
+            )
+        });
+    let (kind, message, code) = parsed.unwrap_or_else(|| (String::new(), text, String::new()));
     let described = if kind.is_empty() {
         message.clone()
     } else {
         format!("{kind}: {message}")
     };
-    // A spend limit is not lifted by waiting.
-    let class = if response.status == 429 && message.to_ascii_lowercase().contains("spend limit") {
+    // A spend limit is not lifted by waiting: the error code says so, and older answers
+    // only say it in words.
+    let spend_limit = code == "enforced_spend_limit_reached"
+        || message.to_ascii_lowercase().contains("spend limit");
+    let class = if response.status == 429 && spend_limit {
         ProviderError::Other(format!("HTTP 429: {described}"))
     } else if response.status == 529 {
+        // Overloaded: wait as asked when the answer says how long.
+        errors::report_wait(errors::retry_after_ms(response));
         ProviderError::Unavailable(format!("HTTP 529: {described}"))
     } else {
         errors::from_status(response, described)

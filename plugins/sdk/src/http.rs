@@ -134,10 +134,19 @@ pub fn send(
     body: Option<&[u8]>,
 ) -> Result<Response, HttpError> {
     let parsed = parse(url)?;
-    let entries: Vec<(String, Vec<u8>)> = headers
+    let mut entries: Vec<(String, Vec<u8>)> = headers
         .iter()
         .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
         .collect();
+    // A body of known size goes with its length, not chunked: some servers and proxies
+    // refuse chunked requests.
+    if let Some(body) = body
+        && !headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+    {
+        entries.push(("content-length".into(), body.len().to_string().into_bytes()));
+    }
     let fields = Fields::from_list(&entries)
         .map_err(|e| HttpError::Protocol(format!("invalid header: {e:?}")))?;
     let request = OutgoingRequest::new(fields);

@@ -38,7 +38,9 @@ pub fn base_url(default: &str) -> String {
         .to_string()
 }
 
-/// Merges the request's `extra` JSON object into `body` (extra keys win).
+/// Merges the request's `extra` JSON object into `body`, deeply: where both hold an object
+/// under the same key, their keys merge (so `{"options": {"num_ctx": 8192}}` adds to the
+/// body's `options` instead of replacing it); anywhere else the value from `extra` wins.
 pub fn merge_extra(
     body: &mut serde_json::Map<String, serde_json::Value>,
     extra: Option<&str>,
@@ -48,11 +50,28 @@ pub fn merge_extra(
     };
     match serde_json::from_str::<serde_json::Value>(extra) {
         Ok(serde_json::Value::Object(map)) => {
-            body.extend(map);
+            deep_merge(body, map);
             Ok(())
         }
         Ok(_) => Err("extra must be a JSON object".to_string()),
         Err(e) => Err(format!("extra is not valid JSON: {e}")),
+    }
+}
+
+/// Merges `from` into `into`, object by object.
+pub fn deep_merge(
+    into: &mut serde_json::Map<String, serde_json::Value>,
+    from: serde_json::Map<String, serde_json::Value>,
+) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(serde_json::Value::Object(inner)), serde_json::Value::Object(value)) => {
+                deep_merge(inner, value)
+            }
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
     }
 }
 
@@ -113,4 +132,33 @@ pub fn count_at(value: &serde_json::Value, pointer: &str) -> u32 {
         .pointer(pointer)
         .and_then(serde_json::Value::as_u64)
         .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_merges_deeply() {
+        let mut body = serde_json::json!({
+            "model": "m",
+            "options": {"num_predict": 50, "temperature": 0.2, "stop": ["END"]}
+        })
+        .as_object()
+        .cloned()
+        .unwrap();
+        merge_extra(
+            &mut body,
+            Some(r#"{"options": {"num_ctx": 8192, "temperature": 0.5}, "keep_alive": "5m"}"#),
+        )
+        .unwrap();
+        assert_eq!(
+            serde_json::Value::Object(body),
+            serde_json::json!({
+                "model": "m",
+                "keep_alive": "5m",
+                "options": {"num_predict": 50, "temperature": 0.5, "stop": ["END"], "num_ctx": 8192}
+            })
+        );
+    }
 }

@@ -18,6 +18,7 @@
 //! | `output_bytes` | answer with a text of this many bytes |
 //! | `text` | answer with this text |
 //! | `probe_file` / `probe_env` | try to read this host file / environment variable, and answer with what happened |
+//! | `echo_secret` | log the `api-key` secret and fail with it in the error, as a careless API does |
 //!
 //! Config `default_limit` sets the limit that `info()` declares (default 4), and config
 //! `info_trap` makes `info()` panic.
@@ -56,6 +57,7 @@ struct Behaviour {
     text: Option<String>,
     probe_file: Option<String>,
     probe_env: Option<String>,
+    echo_secret: bool,
 }
 
 struct Stub;
@@ -150,6 +152,16 @@ impl Guest for Stub {
             std::hint::black_box(&held);
         }
 
+        if behaviour.echo_secret {
+            let key = config::secret("api-key").unwrap_or_default();
+            logging::log(
+                logging::Level::Warn,
+                &format!("stub: calling with key {key}"),
+            );
+            return Err(ProviderError::Unauthorized(format!(
+                "Incorrect API key provided: {key}. You can find your API key at ..."
+            )));
+        }
         let error = behaviour.error.clone().or_else(|| config::get("error"));
         if let Some(until) = behaviour.fail_until_ms {
             let now = std::time::SystemTime::now()
