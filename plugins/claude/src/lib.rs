@@ -8,7 +8,7 @@
 //! Sampling fields are sent only when the request sets them: the 2026-10-21 API version
 //! rejects `temperature` even at its default value.
 
-use lanes_guest::bindings::exports::lanes::provider::adapter::Guest;
+use lanes_guest::adapter::{HttpAdapter, HttpRequest};
 use lanes_guest::bindings::lanes::provider::config;
 use lanes_guest::bindings::lanes::provider::types::{
     ChatRequest, ChatResponse, FinishReason, ProviderError, ProviderInfo, Role, Usage,
@@ -19,7 +19,7 @@ use serde_json::{Map, Value, json};
 struct Claude;
 
 /// The request body the Messages API expects.
-fn body(request: &ChatRequest, model: &str) -> Result<Map<String, Value>, ProviderError> {
+fn body(request: &ChatRequest, model: &str) -> Map<String, Value> {
     // System turns have no place in `messages`: they join the top-level system prompt.
     let mut system: Vec<&str> = request.system.as_deref().into_iter().collect();
     let mut messages = Vec::new();
@@ -49,14 +49,11 @@ fn body(request: &ChatRequest, model: &str) -> Result<Map<String, Value>, Provid
     if let Some(t) = request.temperature {
         body.insert("temperature".into(), lanes_guest::f32_json(t));
     }
-    lanes_guest::merge_extra(&mut body, request.extra.as_deref())
-        .map_err(ProviderError::InvalidRequest)?;
-    Ok(body)
+    body
 }
 
-fn parse(text: &str) -> Result<ChatResponse, ProviderError> {
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| ProviderError::Unavailable(format!("unreadable reply: {e}")))?;
+fn parse(response: &http::Response) -> Result<ChatResponse, ProviderError> {
+    let value = lanes_guest::adapter::json(response)?;
     let text = value
         .get("content")
         .and_then(Value::as_array)
@@ -127,7 +124,7 @@ fn error(response: &http::Response) -> ProviderError {
     errors::obey_should_retry(response, class)
 }
 
-impl Guest for Claude {
+impl HttpAdapter for Claude {
     fn info() -> ProviderInfo {
         ProviderInfo {
             name: "claude".into(),
@@ -137,35 +134,35 @@ impl Guest for Claude {
         }
     }
 
-    fn execute(request: ChatRequest) -> Result<ChatResponse, ProviderError> {
-        let model = lanes_guest::model(&request)?;
-        let key = config::secret("api-key").ok_or_else(|| {
+    const DEFAULT_BASE_URL: &'static str = "https://api.anthropic.com";
+
+    fn build_request(request: &ChatRequest) -> Result<HttpRequest, ProviderError> {
+        let model = lanes_guest::model(request)?;
+        let key = lanes_guest::secret("api-key").ok_or_else(|| {
             ProviderError::Unauthorized("no API key: set api_key_env or api_key_file".into())
         })?;
-        let version = lanes_guest::config_or("anthropic_version", "2026-10-21");
-        let auth_value;
-        let auth = if config::get("auth").as_deref() == Some("x-api-key") {
-            ("x-api-key", key.as_str())
-        } else {
-            auth_value = format!("Bearer {key}");
-            ("authorization", auth_value.as_str())
-        };
-        let url = format!(
-            "{}/v1/messages",
-            lanes_guest::base_url("https://api.anthropic.com")
+        let built = HttpRequest::post("/v1/messages", Value::Object(body(request, &model))).header(
+            "anthropic-version",
+            lanes_guest::config_or("anthropic_version", "2026-10-21"),
         );
-        let body = Value::Object(body(&request, &model)?).to_string();
-        let response = http::post_json(
-            &url,
-            &[("anthropic-version", &version), auth],
-            body.as_bytes(),
-        )
-        .map_err(errors::transport)?;
-        if response.status != 200 {
-            return Err(error(&response));
-        }
-        parse(&response.text())
+        Ok(if config::get("auth").as_deref() == Some("x-api-key") {
+            built.header("x-api-key", key)
+        } else {
+            built.header("authorization", format!("Bearer {key}"))
+        })
+    }
+
+    fn parse_response(response: &http::Response) -> Result<ChatResponse, ProviderError> {
+        parse(response)
+    }
+
+    fn classify_error(response: &http::Response) -> ProviderError {
+        error(response)
+    }
+
+    fn is_success(response: &http::Response) -> bool {
+        response.status == 200
     }
 }
 
-lanes_guest::bindings::export!(Claude with_types_in lanes_guest::bindings);
+lanes_guest::export_http_adapter!(Claude);

@@ -4,17 +4,17 @@
 //! `"stream": false` is always sent, since Ollama streams NDJSON when the field is missing;
 //! an NDJSON reply is still understood.
 
-use lanes_guest::bindings::exports::lanes::provider::adapter::Guest;
+use lanes_guest::adapter::{HttpAdapter, HttpRequest};
 use lanes_guest::bindings::lanes::provider::types::{
     ChatRequest, ChatResponse, FinishReason, ProviderError, ProviderInfo, Usage,
 };
-use lanes_guest::{errors, http};
+use lanes_guest::http;
 use serde_json::{Map, Value, json};
 
 struct Ollama;
 
 /// The request body Ollama expects.
-fn body(request: &ChatRequest, model: &str) -> Result<Map<String, Value>, ProviderError> {
+fn body(request: &ChatRequest, model: &str) -> Map<String, Value> {
     let messages = lanes_guest::chat_messages(request);
     let mut options = Map::new();
     if let Some(t) = request.temperature {
@@ -33,9 +33,7 @@ fn body(request: &ChatRequest, model: &str) -> Result<Map<String, Value>, Provid
     if !options.is_empty() {
         body.insert("options".into(), Value::Object(options));
     }
-    lanes_guest::merge_extra(&mut body, request.extra.as_deref())
-        .map_err(ProviderError::InvalidRequest)?;
-    Ok(body)
+    body
 }
 
 /// Reads a reply: one JSON object, or NDJSON lines whose contents are joined.
@@ -72,7 +70,7 @@ fn parse(text: &str) -> Result<ChatResponse, ProviderError> {
     })
 }
 
-impl Guest for Ollama {
+impl HttpAdapter for Ollama {
     fn info() -> ProviderInfo {
         ProviderInfo {
             name: "ollama".into(),
@@ -82,24 +80,23 @@ impl Guest for Ollama {
         }
     }
 
-    fn execute(request: ChatRequest) -> Result<ChatResponse, ProviderError> {
-        let model = lanes_guest::model(&request)?;
-        let url = format!(
-            "{}/api/chat",
-            lanes_guest::base_url("http://127.0.0.1:11434")
-        );
-        let body = Value::Object(body(&request, &model)?).to_string();
-        let response = http::post_json(&url, &[], body.as_bytes()).map_err(errors::transport)?;
-        let text = response.text();
-        if response.status != 200 {
-            let message = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
-                .unwrap_or(text);
-            return Err(errors::from_status(&response, message));
-        }
-        parse(&text)
+    const DEFAULT_BASE_URL: &'static str = "http://127.0.0.1:11434";
+
+    fn build_request(request: &ChatRequest) -> Result<HttpRequest, ProviderError> {
+        let model = lanes_guest::model(request)?;
+        Ok(HttpRequest::post(
+            "/api/chat",
+            Value::Object(body(request, &model)),
+        ))
+    }
+
+    fn parse_response(response: &http::Response) -> Result<ChatResponse, ProviderError> {
+        parse(&response.text())
+    }
+
+    fn is_success(response: &http::Response) -> bool {
+        response.status == 200
     }
 }
 
-lanes_guest::bindings::export!(Ollama with_types_in lanes_guest::bindings);
+lanes_guest::export_http_adapter!(Ollama);

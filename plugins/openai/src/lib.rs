@@ -6,8 +6,7 @@
 //! (`max_completion_tokens`, the default, or `max_tokens` for older compatible servers). The
 //! key, when set, is the provider's `api-key` secret, sent as a Bearer token.
 
-use lanes_guest::bindings::exports::lanes::provider::adapter::Guest;
-use lanes_guest::bindings::lanes::provider::config;
+use lanes_guest::adapter::{HttpAdapter, HttpRequest};
 use lanes_guest::bindings::lanes::provider::types::{
     ChatRequest, ChatResponse, FinishReason, ProviderError, ProviderInfo, RateLimit, Usage,
 };
@@ -17,7 +16,7 @@ use serde_json::{Map, Value, json};
 struct OpenAi;
 
 /// The request body Chat Completions expects.
-fn body(request: &ChatRequest, model: &str) -> Result<Map<String, Value>, ProviderError> {
+fn body(request: &ChatRequest, model: &str) -> Map<String, Value> {
     let messages = lanes_guest::chat_messages(request);
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
@@ -32,14 +31,11 @@ fn body(request: &ChatRequest, model: &str) -> Result<Map<String, Value>, Provid
     if !request.stop.is_empty() {
         body.insert("stop".into(), json!(request.stop));
     }
-    lanes_guest::merge_extra(&mut body, request.extra.as_deref())
-        .map_err(ProviderError::InvalidRequest)?;
-    Ok(body)
+    body
 }
 
-fn parse(text: &str) -> Result<ChatResponse, ProviderError> {
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| ProviderError::Unavailable(format!("unreadable reply: {e}")))?;
+fn parse(response: &http::Response) -> Result<ChatResponse, ProviderError> {
+    let value = lanes_guest::adapter::json(response)?;
     let choice = value
         .pointer("/choices/0")
         .ok_or_else(|| ProviderError::Unavailable("reply has no choices".into()))?;
@@ -99,7 +95,7 @@ fn error(response: &http::Response) -> ProviderError {
     errors::obey_should_retry(response, class)
 }
 
-impl Guest for OpenAi {
+impl HttpAdapter for OpenAi {
     fn info() -> ProviderInfo {
         ProviderInfo {
             name: "openai".into(),
@@ -109,25 +105,25 @@ impl Guest for OpenAi {
         }
     }
 
-    fn execute(request: ChatRequest) -> Result<ChatResponse, ProviderError> {
-        let model = lanes_guest::model(&request)?;
-        let bearer = config::secret("api-key").map(|key| format!("Bearer {key}"));
-        let headers: Vec<(&str, &str)> = bearer
-            .iter()
-            .map(|b| ("authorization", b.as_str()))
-            .collect();
-        let url = format!(
-            "{}/v1/chat/completions",
-            lanes_guest::base_url("https://api.openai.com")
-        );
-        let body = Value::Object(body(&request, &model)?).to_string();
-        let response =
-            http::post_json(&url, &headers, body.as_bytes()).map_err(errors::transport)?;
-        if response.status != 200 {
-            return Err(error(&response));
-        }
-        parse(&response.text())
+    const DEFAULT_BASE_URL: &'static str = "https://api.openai.com";
+
+    fn build_request(request: &ChatRequest) -> Result<HttpRequest, ProviderError> {
+        let model = lanes_guest::model(request)?;
+        let body = Value::Object(body(request, &model));
+        Ok(HttpRequest::post("/v1/chat/completions", body).bearer_auth())
+    }
+
+    fn parse_response(response: &http::Response) -> Result<ChatResponse, ProviderError> {
+        parse(response)
+    }
+
+    fn classify_error(response: &http::Response) -> ProviderError {
+        error(response)
+    }
+
+    fn is_success(response: &http::Response) -> bool {
+        response.status == 200
     }
 }
 
-lanes_guest::bindings::export!(OpenAi with_types_in lanes_guest::bindings);
+lanes_guest::export_http_adapter!(OpenAi);

@@ -10,8 +10,11 @@ use wasip2::io::streams::{OutputStream, StreamError};
 /// A response read whole.
 #[derive(Debug, Clone)]
 pub struct Response {
+    /// The HTTP status code.
     pub status: u16,
+    /// The headers, names lowercase, in the order received.
     pub headers: Vec<(String, String)>,
+    /// The whole body.
     pub body: Vec<u8>,
 }
 

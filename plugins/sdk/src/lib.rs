@@ -7,9 +7,19 @@
 //! - [`errors`]: turning HTTP statuses and transport failures into the `provider-error` cases
 //!   that tell the host whether to retry.
 //!
-//! An adapter implements `bindings::exports::lanes::provider::adapter::Guest` and calls
+//! - [`adapter`]: [`adapter::HttpAdapter`], the skeleton of an HTTP provider: implement
+//!   `build_request` and `parse_response` (and `classify_error` when the API's errors need
+//!   more than the status), then `lanes_guest::export_http_adapter!(MyAdapter);`.
+//! - Config and secrets: [`config_or`], [`config_parse`], [`secret`], [`base_url`],
+//!   [`model`]; logging: [`info!`], [`warn!`], [`error!`], [`debug!`].
+//!
+//! A component that does not speak HTTP implements
+//! `bindings::exports::lanes::provider::adapter::Guest` itself and calls
 //! `lanes_guest::bindings::export!(MyAdapter with_types_in lanes_guest::bindings);`.
 
+#![deny(missing_docs)]
+
+#[allow(missing_docs)]
 pub mod bindings {
     //! The `lanes:provider` world, generated from `wit/`.
     wit_bindgen::generate!({
@@ -20,11 +30,69 @@ pub mod bindings {
     });
 }
 
+pub mod adapter;
 pub mod errors;
 pub mod http;
 
 use bindings::lanes::provider::config;
 use bindings::lanes::provider::types::{ChatRequest, ProviderError, Role};
+
+/// A secret of this provider, such as `api-key` (from the operator's `api_key_env` or
+/// `api-key_file`). Never put it in an error or a log line: the host scrubs them, but an
+/// adapter should not rely on that.
+pub fn secret(name: &str) -> Option<String> {
+    config::secret(name)
+}
+
+/// A config value of this provider parsed as `T`: `Ok(None)` when it is not set, an
+/// `invalid-request` error naming the key when it does not parse.
+pub fn config_parse<T: std::str::FromStr>(key: &str) -> Result<Option<T>, ProviderError>
+where
+    T::Err: std::fmt::Display,
+{
+    match config::get(key) {
+        None => Ok(None),
+        Some(text) => text.trim().parse().map(Some).map_err(|e| {
+            ProviderError::InvalidRequest(format!("config value `{key}` = `{text}`: {e}"))
+        }),
+    }
+}
+
+/// Logs through the host's `tracing`, tagged with the provider: `lanes_guest::log!(Warn,
+/// "retrying {n}")`.
+#[macro_export]
+macro_rules! log {
+    ($level:ident, $($arg:tt)*) => {
+        $crate::bindings::lanes::provider::logging::log(
+            $crate::bindings::lanes::provider::logging::Level::$level,
+            &::std::format!($($arg)*),
+        )
+    };
+}
+
+/// Logs at debug level (see [`log!`]).
+#[macro_export]
+macro_rules! debug {
+    ($($arg:tt)*) => { $crate::log!(Debug, $($arg)*) };
+}
+
+/// Logs at info level (see [`log!`]).
+#[macro_export]
+macro_rules! info {
+    ($($arg:tt)*) => { $crate::log!(Info, $($arg)*) };
+}
+
+/// Logs at warn level (see [`log!`]).
+#[macro_export]
+macro_rules! warn {
+    ($($arg:tt)*) => { $crate::log!(Warn, $($arg)*) };
+}
+
+/// Logs at error level (see [`log!`]).
+#[macro_export]
+macro_rules! error {
+    ($($arg:tt)*) => { $crate::log!(Error, $($arg)*) };
+}
 
 /// A config value of this provider, or `default`.
 pub fn config_or(key: &str, default: &str) -> String {
