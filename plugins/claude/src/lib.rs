@@ -159,10 +159,6 @@ impl HttpAdapter for Claude {
     fn classify_error(response: &http::Response) -> ProviderError {
         error(response)
     }
-
-    fn is_success(response: &http::Response) -> bool {
-        response.status == 200
-    }
 }
 
 lanes_guest::export_http_adapter!(Claude);

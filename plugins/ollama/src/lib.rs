@@ -93,10 +93,6 @@ impl HttpAdapter for Ollama {
     fn parse_response(response: &http::Response) -> Result<ChatResponse, ProviderError> {
         parse(&response.text())
     }
-
-    fn is_success(response: &http::Response) -> bool {
-        response.status == 200
-    }
 }
 
 lanes_guest::export_http_adapter!(Ollama);

@@ -120,10 +120,6 @@ impl HttpAdapter for OpenAi {
     fn classify_error(response: &http::Response) -> ProviderError {
         error(response)
     }
-
-    fn is_success(response: &http::Response) -> bool {
-        response.status == 200
-    }
 }
 
 lanes_guest::export_http_adapter!(OpenAi);
