@@ -56,6 +56,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Cancel a pending or running execution (a running one's result is discarded; on
+    /// PostgreSQL its worker stops the attempt at once, on SQLite it runs to its end).
+    Cancel { id: i64 },
     /// Wait until an execution completes (exit 0), fails (exit 1) or the timeout passes (exit 2).
     Wait {
         id: i64,
@@ -478,6 +481,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("no execution with id {id}"))?;
             print_execution(&execution, json)?;
         }
+        Command::Cancel { id } => {
+            let queue = open_queue(&config).await?;
+            match queue.cancel(id).await? {
+                crate::store::Cancelled::Pending => println!("execution {id} cancelled"),
+                crate::store::Cancelled::Running { owner } => println!(
+                    "execution {id} cancelled while running on {}; its result will be discarded",
+                    owner.as_deref().unwrap_or("a worker")
+                ),
+                crate::store::Cancelled::Terminal(status) => {
+                    bail!(
+                        "execution {id} is {status}: only pending or running ones can be cancelled"
+                    )
+                }
+                crate::store::Cancelled::NotFound => bail!("no execution with id {id}"),
+            }
+        }
         Command::Wait { id, timeout, json } => {
             let queue = open_queue(&config).await?;
             if !(timeout.is_finite() && timeout >= 0.0) {
@@ -609,8 +628,19 @@ fn print_execution(e: &Execution, json: bool) -> anyhow::Result<()> {
     println!("id:        {}", e.id);
     println!("provider:  {}", e.provider);
     println!("status:    {}", e.status);
-    println!("priority:  {}", e.priority);
-    println!("attempts:  {} of {}", e.attempts, e.max_attempts);
+    if e.aged > 0 {
+        println!("priority:  {} ({} from aging)", e.priority, e.aged);
+    } else {
+        println!("priority:  {}", e.priority);
+    }
+    if e.rate_limited > 0 {
+        println!(
+            "attempts:  {} of {} (and {} rate-limited, not counted)",
+            e.attempts, e.max_attempts, e.rate_limited
+        );
+    } else {
+        println!("attempts:  {} of {}", e.attempts, e.max_attempts);
+    }
     if let Some(output) = &e.output {
         match output.get("text").and_then(|t| t.as_str()) {
             Some(text) => println!("text:      {text}"),

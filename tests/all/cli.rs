@@ -175,3 +175,32 @@ async fn status_watch_redraws_each_providers_bar() {
     );
     daemon.shutdown(Duration::from_secs(1)).await;
 }
+
+#[test]
+fn cancel_from_the_cli() {
+    let env = TestEnv::new();
+    let out = env.lanes(&[
+        "submit",
+        "--provider",
+        "nobody-yet",
+        "--allow-unknown",
+        "--input",
+        r#"{"prompt": "x"}"#,
+    ]);
+    let id = stdout(&out).trim().to_string();
+    let out = env.lanes(&["cancel", &id]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("cancelled"));
+    let again = env.lanes(&["cancel", &id]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("is cancelled"),
+        "{}",
+        stderr(&again)
+    );
+    let missing = env.lanes(&["cancel", "999999"]);
+    assert!(stderr(&missing).contains("no execution with id 999999"));
+    let get = env.lanes(&["get", &id, "--json"]);
+    let e: serde_json::Value = serde_json::from_str(&stdout(&get)).unwrap();
+    assert_eq!(e["status"], "cancelled");
+}
