@@ -27,16 +27,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-wit_bindgen::generate!({
-    world: "provider",
-    path: "../../wit",
-});
-
-use exports::lanes::provider::adapter::Guest;
-use lanes::provider::types::{
+// No HTTP: the stub implements the export itself, on the SDK's bindings and helpers.
+use lanes_guest::bindings::exports::lanes::provider::adapter::Guest;
+use lanes_guest::bindings::lanes::provider::types::{
     ChatRequest, ChatResponse, FinishReason, ProviderError, ProviderInfo, RateLimit, Usage,
 };
-use lanes::provider::{config, hints, logging};
+use lanes_guest::bindings::lanes::provider::{config, hints};
 
 /// What the request asks the stub to do. Every field is optional.
 #[derive(Debug, Default, Deserialize)]
@@ -63,7 +59,7 @@ struct Behaviour {
 struct Stub;
 
 fn config_u64(key: &str) -> Option<u64> {
-    config::get(key).and_then(|v| v.trim().parse().ok())
+    lanes_guest::config_parse(key).ok().flatten()
 }
 
 /// A cheap pseudo-random number from the clock: good enough for latency jitter and fail rates.
@@ -129,7 +125,7 @@ impl Guest for Stub {
         }
 
         if behaviour.trap {
-            logging::log(logging::Level::Warn, "stub: trapping as asked");
+            lanes_guest::warn!("stub: trapping as asked");
             #[cfg(target_arch = "wasm32")]
             core::arch::wasm32::unreachable();
         }
@@ -153,11 +149,8 @@ impl Guest for Stub {
         }
 
         if behaviour.echo_secret {
-            let key = config::secret("api-key").unwrap_or_default();
-            logging::log(
-                logging::Level::Warn,
-                &format!("stub: calling with key {key}"),
-            );
+            let key = lanes_guest::secret("api-key").unwrap_or_default();
+            lanes_guest::warn!("stub: calling with key {key}");
             return Err(ProviderError::Unauthorized(format!(
                 "Incorrect API key provided: {key}. You can find your API key at ..."
             )));
@@ -233,4 +226,4 @@ fn reply(text: String, request: &ChatRequest) -> ChatResponse {
     }
 }
 
-export!(Stub);
+lanes_guest::bindings::export!(Stub with_types_in lanes_guest::bindings);
