@@ -329,12 +329,11 @@ pub async fn list(
         })
         .await?;
     let more = rows.len() > usize::try_from(limit).unwrap_or(usize::MAX);
-    let mut executions: Vec<ExecutionOut> = rows
+    let executions: Vec<ExecutionOut> = rows
         .into_iter()
         .take(usize::try_from(limit).unwrap_or(usize::MAX))
         .map(ExecutionOut::from)
         .collect();
-    executions.shrink_to_fit();
     let next = if more {
         executions.last().map(|e| cursor_of(e.id))
     } else {

@@ -79,14 +79,9 @@ impl Executor {
     }
 
     /// Stops the attempt of `id` if it runs here; its row must already be `cancelled`.
-    /// Returns whether it ran here.
-    pub fn stop(&self, id: ExecutionId) -> bool {
-        match self.running_attempts().get(&id) {
-            Some(token) => {
-                token.cancel();
-                true
-            }
-            None => false,
+    pub fn stop(&self, id: ExecutionId) {
+        if let Some(token) = self.running_attempts().get(&id) {
+            token.cancel();
         }
     }
 

@@ -39,7 +39,7 @@ pub struct Lane {
     retry_pending: AtomicBool,
     /// No claims before this instant: a policy's pause (rate limit, open circuit). The
     /// store's claim enforces it for the fleet; this keeps the lane from even asking.
-    paused_until: Mutex<Pause>,
+    pause: Mutex<Pause>,
 }
 
 /// A lane's pause, and the ramp after it.
@@ -69,7 +69,7 @@ impl Lane {
             provider: RwLock::new(None),
             // Rows from before this start may be waiting for their retry.
             retry_pending: AtomicBool::new(true),
-            paused_until: Mutex::new(Pause::default()),
+            pause: Mutex::new(Pause::default()),
         }
     }
 
@@ -122,7 +122,7 @@ impl Lane {
     }
 
     fn pause(&self) -> std::sync::MutexGuard<'_, Pause> {
-        self.paused_until.lock().unwrap_or_else(|p| p.into_inner())
+        self.pause.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The provider's name.

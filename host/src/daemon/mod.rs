@@ -276,11 +276,6 @@ impl Control {
     pub async fn plugin_files(&self) -> Vec<crate::plugin::FileReport> {
         self.reloader.files().await
     }
-
-    /// This worker's owner id.
-    pub fn owner(&self) -> &str {
-        &self.shared.owner
-    }
 }
 
 impl Daemon {
