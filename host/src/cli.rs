@@ -173,6 +173,50 @@ pub enum PluginsAction {
     /// Validate one component for its author: world, WIT version and `info()`, then
     /// optionally one dry `execute`. Exits non-zero with the reason when it would not load.
     Check(CheckArgs),
+    /// Write a new provider project (Rust, Python or JavaScript) that builds with one
+    /// command and passes `plugins check` and `plugins test` as written.
+    New(NewArgs),
+    /// Run the conformance suite against a component: info, a success, every error class,
+    /// a stalled body, a refused connection, hosts, secrets, and the cost of a call.
+    /// Prints a table; exits non-zero when a check fails.
+    Test(TestArgs),
+}
+
+/// `lanes plugins new`.
+#[derive(Debug, Args)]
+pub struct NewArgs {
+    /// The provider name (lowercase letters, digits, `-` and `_`).
+    pub name: String,
+    #[arg(long, value_enum)]
+    pub lang: crate::kit::templates::Lang,
+    /// Where to write the project (default: ./NAME). It must not exist or be empty.
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}
+
+/// `lanes plugins test`.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// The `.wasm` file.
+    pub file: PathBuf,
+    /// A config value the component sees, as `KEY=VALUE` (repeatable); `{server}` in a
+    /// value stands for the scripted server's URL. `base_url` points at it already.
+    #[arg(long = "provider-config", value_parser = parse_key_value)]
+    pub values: Vec<(String, String)>,
+    /// A secret, as `NAME=VALUE` (repeatable). `api-key` is set to a canary already.
+    #[arg(long = "secret", value_parser = parse_key_value)]
+    pub secrets: Vec<(String, String)>,
+    /// The API's success reply and what the component must make of it, as JSON:
+    /// `{"body": {...}, "expect": {"text", "input_tokens", "output_tokens",
+    /// "finish_reason"}}`. Needed only for an API the suite does not know (it knows
+    /// OpenAI's chat completions, Anthropic's messages and Ollama's chat).
+    #[arg(long)]
+    pub reply: Option<PathBuf>,
+    /// How many successful calls to time.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub calls: u16,
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `lanes plugins check`.
@@ -396,6 +440,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             write_man_pages(dir)?;
             return Ok(ExitCode::SUCCESS);
         }
+        Command::Plugins {
+            action: PluginsAction::New(args),
+        } => {
+            plugins_new(args)?;
+            return Ok(ExitCode::SUCCESS);
+        }
         _ => {}
     }
     // First of all: a SIGTERM while the daemon starts must stop it gracefully, not kill it.
@@ -545,6 +595,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plugins {
             action: PluginsAction::Check(args),
         } => return plugins_check(&config, args).await,
+        Command::Plugins {
+            action: PluginsAction::Test(args),
+        } => return plugins_test(&config, args).await,
         Command::Demo(args) => crate::demo::run(&config, args).await?,
         Command::Config {
             action: ConfigAction::Show { json },
@@ -562,6 +615,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             action: ConfigAction::Check,
         }
         | Command::Completions { .. }
+        | Command::Plugins {
+            action: PluginsAction::New(_),
+        }
         | Command::Man { .. } => {}
     }
     Ok(ExitCode::SUCCESS)
@@ -964,6 +1020,51 @@ async fn plugins_list(config: &Config, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn plugins_new(args: &NewArgs) -> anyhow::Result<()> {
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&args.name));
+    let written = crate::kit::templates::create(&args.name, args.lang, &dir)?;
+    println!(
+        "wrote {} files for provider `{}` in {}",
+        written.len(),
+        args.name,
+        dir.display()
+    );
+    println!(
+        "next: cd {} && {}",
+        dir.display(),
+        args.lang.build_hint(&args.name)
+    );
+    Ok(())
+}
+
+async fn plugins_test(config: &Config, args: TestArgs) -> anyhow::Result<ExitCode> {
+    let reply = args
+        .reply
+        .as_deref()
+        .map(crate::kit::conformance::read_reply)
+        .transpose()?;
+    let options = crate::kit::conformance::Options {
+        values: args.values,
+        secrets: args.secrets,
+        reply,
+        timed_calls: usize::from(args.calls),
+    };
+    let report = crate::kit::conformance::run(config, &args.file, options).await?;
+    if args.json {
+        print_json(&report)?;
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 async fn plugins_check(config: &Config, args: CheckArgs) -> anyhow::Result<ExitCode> {
     let host = PluginHost::new(config)?;
     let component = match host.load(&args.file).await {
@@ -992,12 +1093,16 @@ async fn plugins_check(config: &Config, args: CheckArgs) -> anyhow::Result<ExitC
     };
     let input = ChatInput::parse(&read_input(&request)?)?;
     let mut config = config.clone();
-    let values = args
+    let values: std::collections::BTreeMap<String, crate::config::ConfigValue> = args
         .values
         .into_iter()
         .map(|(k, v)| (k, crate::config::ConfigValue::String(v)))
         .collect();
     let entry = config.providers.entry(info.name.clone()).or_default();
+    // `--value base_url=…` is what an author points at a local mock: allow its host too.
+    if let Some(crate::config::ConfigValue::String(url)) = values.get("base_url") {
+        entry.base_url = Some(url.clone());
+    }
     entry.config = values;
     let provider = host.bind(&config, &info.name, component).await?;
     let outcome = provider.execute(crate::attempt::to_request(&input)).await;

@@ -10,6 +10,7 @@ mod dashboard;
 mod events;
 mod fleet;
 mod isolation;
+mod kit;
 mod limits;
 mod live_limits;
 mod mock;

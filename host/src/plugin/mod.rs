@@ -26,7 +26,7 @@ use serde::Serialize;
 
 pub use self::catalog::{Catalog, FileReport};
 pub use self::engine::{LoadedComponent, PluginHost};
-pub use self::provider::{ExecError, Provider, ProviderErrorDisplay};
+pub use self::provider::{CallCost, ExecError, Provider, ProviderErrorDisplay};
 
 /// Why a component file (or a provider name bound to one) was not loaded.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -86,6 +86,15 @@ impl std::fmt::Display for ProviderErrorDisplay {
     }
 }
 
+/// What one call cost, as the sandbox counts it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallCost {
+    /// The largest total linear memory of the instance, in bytes.
+    pub memory_peak: usize,
+    /// CPU time, in milliseconds (epoch ticks).
+    pub cpu_ms: u64,
+}
+
 /// A provider name bound to a component, with that provider's values and limits.
 pub struct Provider {
     pub name: Arc<str>,
@@ -122,20 +131,44 @@ impl Provider {
     /// it the instance, is dropped afterwards whatever happened: a trapped instance is never
     /// entered again.
     pub async fn execute(&self, request: ChatRequest) -> Result<ChatResponse, ExecError> {
-        self.execute_unscrubbed(request)
+        self.execute_measured(request)
             .await
+            .0
             .map_err(|e| e.scrub(&self.view))
     }
 
-    async fn execute_unscrubbed(&self, request: ChatRequest) -> Result<ChatResponse, ExecError> {
+    /// One attempt as [`Provider::execute`] runs it, but with the error as the component
+    /// made it (not scrubbed of secrets) and what the call cost: `lanes plugins test` checks
+    /// both.
+    pub(crate) async fn execute_measured(
+        &self,
+        request: ChatRequest,
+    ) -> (Result<ChatResponse, ExecError>, CallCost) {
         let (mut store, stderr) =
             sandbox::new_store(&self.engine, self.view.clone(), &self.sandbox, &self.client);
+        let result = self.call(&mut store, &stderr, request).await;
+        let (memory_peak, cpu_ms) = store.data().cost();
+        (
+            result,
+            CallCost {
+                memory_peak,
+                cpu_ms,
+            },
+        )
+    }
+
+    async fn call(
+        &self,
+        store: &mut wasmtime::Store<sandbox::GuestState>,
+        stderr: &MemoryOutputPipe,
+        request: ChatRequest,
+    ) -> Result<ChatResponse, ExecError> {
         let denied = store.data().outbound.denied.clone();
         let call = async {
             let instance = self
                 .component
                 .pre
-                .instantiate_async(&mut store)
+                .instantiate_async(&mut *store)
                 .await
                 .map_err(|e| {
                     if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
@@ -143,14 +176,14 @@ impl Provider {
                     {
                         ExecError::PoolExhausted(format!("{e:#}"))
                     } else {
-                        ExecError::Instantiate(trap_message(&e, &stderr))
+                        ExecError::Instantiate(trap_message(&e, stderr))
                     }
                 })?;
             instance
                 .lanes_provider_adapter()
-                .call_execute(&mut store, &request)
+                .call_execute(&mut *store, &request)
                 .await
-                .map_err(|e| ExecError::Trap(trap_message(&e, &stderr)))
+                .map_err(|e| ExecError::Trap(trap_message(&e, stderr)))
         };
         let outcome = tokio::time::timeout(self.sandbox.timeout, call).await;
         // A denied request explains whatever error the component made of it.

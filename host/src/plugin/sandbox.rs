@@ -51,6 +51,8 @@ impl From<&SandboxConfig> for SandboxLimits {
 struct MemoryCap {
     cap: usize,
     used: usize,
+    /// The most `used` has been, for `lanes plugins test`.
+    peak: usize,
 }
 
 impl ResourceLimiter for MemoryCap {
@@ -69,6 +71,7 @@ impl ResourceLimiter for MemoryCap {
             ));
         }
         self.used = total;
+        self.peak = self.peak.max(total);
         Ok(true)
     }
 
@@ -139,6 +142,14 @@ pub struct GuestState {
     pub(crate) outbound: Outbound,
     /// The wait the component asked for through `hints.retry-after`, in ms.
     pub(crate) retry_after_hint: Option<u64>,
+}
+
+impl GuestState {
+    /// What the instance used so far: its largest total linear memory, in bytes, and its
+    /// CPU time in epoch ticks (milliseconds).
+    pub(crate) fn cost(&self) -> (usize, u64) {
+        (self.memory.peak, self.cpu_ticks - self.cpu_ticks_left)
+    }
 }
 
 impl WasiHttpView for GuestState {
@@ -217,6 +228,7 @@ pub fn new_store(
         memory: MemoryCap {
             cap: limits.memory_bytes,
             used: 0,
+            peak: 0,
         },
         cpu_ticks_left: limits.cpu_ticks,
         cpu_ticks: limits.cpu_ticks,
@@ -260,6 +272,7 @@ pub fn bare_store(engine: &Engine, view: GuestView, client: &SharedClient) -> St
         memory: MemoryCap {
             cap: usize::MAX,
             used: 0,
+            peak: 0,
         },
         cpu_ticks_left: u64::MAX,
         cpu_ticks: u64::MAX,

@@ -114,8 +114,13 @@ pub trait HttpAdapter {
 }
 
 /// One attempt of `A`: builds the request, merges `extra` into its body, sends it to the
-/// provider's base URL, and reads the answer. [`export_http_adapter!`] calls it.
+/// provider's base URL, and reads the answer; no secret read through [`crate::secret`]
+/// stays in an error ([`crate::scrub`]). [`export_http_adapter!`] calls it.
 pub fn execute<A: HttpAdapter>(request: ChatRequest) -> Result<ChatResponse, ProviderError> {
+    attempt::<A>(request).map_err(crate::scrub)
+}
+
+fn attempt<A: HttpAdapter>(request: ChatRequest) -> Result<ChatResponse, ProviderError> {
     let mut built = A::build_request(&request)?;
     if let serde_json::Value::Object(body) = &mut built.body {
         crate::merge_extra(body, request.extra.as_deref())

@@ -41,7 +41,46 @@ use bindings::lanes::provider::types::{ChatRequest, ProviderError, Role};
 /// `api-key_file`). Never put it in an error or a log line: the host scrubs them, but an
 /// adapter should not rely on that.
 pub fn secret(name: &str) -> Option<String> {
-    config::secret(name)
+    let value = config::secret(name)?;
+    if let Ok(mut read) = SECRETS_READ.lock()
+        && !read.contains(&value)
+    {
+        read.push(value.clone());
+    }
+    Some(value)
+}
+
+/// Every secret value read through [`secret`] in this instance, for [`scrub`].
+static SECRETS_READ: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// What stands for a secret in an error.
+pub const REDACTED: &str = "[secret redacted]";
+
+/// `error` with every secret read through [`secret`] replaced by [`REDACTED`]: an API that
+/// echoes the key ("Incorrect API key provided: sk-…") must not put it in the error. The
+/// host scrubs errors too; this keeps the component itself from leaking it.
+/// [`adapter::execute`] applies it to every error.
+pub fn scrub(error: ProviderError) -> ProviderError {
+    let read = match SECRETS_READ.lock() {
+        Ok(read) => read.clone(),
+        Err(_) => return error,
+    };
+    let clean = |mut text: String| {
+        for value in read.iter().filter(|v| v.trim().len() >= 4) {
+            text = text.replace(value.trim(), REDACTED);
+        }
+        text
+    };
+    match error {
+        ProviderError::RateLimited(mut r) => {
+            r.message = clean(r.message);
+            ProviderError::RateLimited(r)
+        }
+        ProviderError::Unavailable(m) => ProviderError::Unavailable(clean(m)),
+        ProviderError::InvalidRequest(m) => ProviderError::InvalidRequest(clean(m)),
+        ProviderError::Unauthorized(m) => ProviderError::Unauthorized(clean(m)),
+        ProviderError::Other(m) => ProviderError::Other(clean(m)),
+    }
 }
 
 /// A config value of this provider parsed as `T`: `Ok(None)` when it is not set, an
@@ -205,6 +244,18 @@ pub fn count_at(value: &serde_json::Value, pointer: &str) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_lose_the_secrets_that_were_read() {
+        SECRETS_READ.lock().unwrap().push("sk-abcdef123".into());
+        let error = scrub(ProviderError::Unauthorized(
+            "HTTP 401: Incorrect API key provided: sk-abcdef123".into(),
+        ));
+        assert!(
+            matches!(&error, ProviderError::Unauthorized(m) if m == "HTTP 401: Incorrect API key provided: [secret redacted]"),
+            "{error:?}"
+        );
+    }
 
     #[test]
     fn extra_merges_deeply() {
