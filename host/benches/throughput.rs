@@ -113,6 +113,7 @@ fn jobs(provider: &str, n: usize) -> Vec<NewExecution> {
             input: ChatInput::prompt(format!("bench {i}")),
             priority: 0,
             max_attempts: 1,
+            route: None,
         })
         .collect()
 }
@@ -441,6 +442,7 @@ async fn good_lane_rate(n: usize, spinners: bool) -> f64 {
                 input: ChatInput::prompt("spin").with_extra(serde_json::json!({"loop": true})),
                 priority: 0,
                 max_attempts: 1,
+                route: None,
             })
             .collect();
         daemon.submit_many(&spin).await.unwrap();
@@ -793,6 +795,7 @@ async fn policy_run(adaptive: bool, count_refused: bool, secs: u64) -> PolicyRun
             input: ChatInput::prompt(format!("call {i}")),
             priority: 0,
             max_attempts: 3,
+            route: None,
         })
         .collect();
     let started = Instant::now();

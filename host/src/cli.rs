@@ -115,6 +115,7 @@ pub enum Command {
 /// `lanes submit`.
 #[derive(Debug, Args)]
 pub struct SubmitArgs {
+    /// The provider, or a route (`[routes.NAME]`), which picks one of its members.
     #[arg(long)]
     pub provider: String,
     /// Chat input JSON, `@FILE`, or `@-` for stdin.
@@ -636,6 +637,7 @@ fn read_input(arg: &str) -> anyhow::Result<String> {
 /// Providers that a component or the config describes.
 async fn known_providers(config: &Config, queue: &dyn Queue) -> anyhow::Result<BTreeSet<String>> {
     let mut known: BTreeSet<String> = config.providers.keys().cloned().collect();
+    known.extend(config.routes.keys().cloned());
     known.extend(queue.providers().await?.into_iter().map(|p| p.name));
     Ok(known)
 }
@@ -661,14 +663,15 @@ async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<()> {
     // The CLI and the config cap both sources at MAX_COUNT, which an i32 holds.
     let max_attempts = i32::try_from(max_attempts)
         .map_err(|_| anyhow::anyhow!("max attempts {max_attempts}: the most is {MAX_COUNT}"))?;
-    let id = queue
-        .submit(&NewExecution {
-            provider: args.provider,
-            input,
-            priority: args.priority,
-            max_attempts,
-        })
-        .await?;
+    let mut new = [NewExecution {
+        provider: args.provider,
+        input,
+        priority: args.priority,
+        max_attempts,
+        route: None,
+    }];
+    crate::routes::assign(queue.as_ref(), config, &mut new).await?;
+    let id = queue.submit(&new[0]).await?;
     if args.json {
         print_json(&serde_json::json!({ "id": id }))?;
     } else {
@@ -682,7 +685,10 @@ fn print_execution(e: &Execution, json: bool) -> anyhow::Result<()> {
         return print_json(e);
     }
     println!("id:        {}", e.id);
-    println!("provider:  {}", e.provider);
+    match &e.route {
+        Some(route) => println!("provider:  {} (route {route})", e.provider),
+        None => println!("provider:  {}", e.provider),
+    }
     println!("status:    {}", e.status);
     if e.aged > 0 {
         println!("priority:  {} ({} from aging)", e.priority, e.aged);
@@ -725,6 +731,11 @@ fn print_execution(e: &Execution, json: bool) -> anyhow::Result<()> {
                 (Some(kind), Some(error)) => format!("[{kind}] {error}"),
                 (None, Some(error)) => error.clone(),
                 _ => String::new(),
+            };
+            // A routed execution's attempts say where each ran.
+            let error = match &a.provider {
+                Some(provider) => format!("on {provider}: {error}"),
+                None => error,
             };
             println!(
                 "  {:>7}  {:<11}  {:>9}  {:>10}  {:<24}  {error}",

@@ -104,6 +104,8 @@ pub struct Config {
     pub policy: crate::policy::PolicyConfig,
     /// Providers by name: extra names for a component, limits and config values.
     pub providers: BTreeMap<String, ProviderConfig>,
+    /// Routes by name: a submission to a route goes to one of its member providers.
+    pub routes: BTreeMap<String, crate::routes::RouteConfig>,
 }
 
 impl Default for Config {
@@ -127,6 +129,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             policy: Default::default(),
             providers: BTreeMap::new(),
+            routes: BTreeMap::new(),
         }
     }
 }
@@ -456,6 +459,7 @@ const KEYS: &[&str] = &[
     "api",
     "policy",
     "providers",
+    "routes",
 ];
 
 impl Config {
@@ -599,6 +603,16 @@ impl Config {
         }
         for (key, reason) in self.policy.problems() {
             problems.push(invalid(format!("policy.{key}"), reason));
+        }
+        for (name, route) in &self.routes {
+            for (key, reason) in route.problems(name, self) {
+                let field = if key.is_empty() {
+                    format!("routes.{name}")
+                } else {
+                    format!("routes.{name}.{key}")
+                };
+                problems.push(invalid(field, reason));
+            }
         }
         for (name, provider) in &self.providers {
             for (key, reason) in provider.policy.problems() {

@@ -136,6 +136,7 @@ pub async fn run(base: &Config, args: DemoArgs) -> anyhow::Result<()> {
                 input: ChatInput::prompt(format!("question {i} for {}", p.name)),
                 priority: 0,
                 max_attempts: 3,
+                route: None,
             });
         }
     }

@@ -18,6 +18,7 @@ pub mod plugin;
 pub mod policy;
 pub mod report;
 pub mod retry;
+pub mod routes;
 pub mod store;
 #[cfg(unix)]
 pub mod systemd;

@@ -119,6 +119,9 @@ pub struct Execution {
     /// The ended attempts, oldest first (the last 20 are kept).
     #[serde(default)]
     pub history: Vec<AttemptRecord>,
+    /// The route it was submitted to, if it named one (`provider` is where it runs now).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
 }
 
 /// How one attempt went, as the execution's history keeps it.
@@ -141,6 +144,9 @@ pub struct AttemptRecord {
     pub error: Option<String>,
     /// How long it waited before the next attempt, when retried.
     pub retry_delay_ms: Option<i64>,
+    /// The provider it ran on, for an execution submitted to a route.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
 }
 
 /// A new execution, validated and ready to insert.
@@ -150,6 +156,9 @@ pub struct NewExecution {
     pub input: ChatInput,
     pub priority: i32,
     pub max_attempts: i32,
+    /// The route it was submitted to (`[routes.NAME]`), when it named one: `provider` is
+    /// then the member the route chose (see `routes::Routes::resolve`).
+    pub route: Option<String>,
 }
 
 /// The normalized chat input a user submits. Its JSON form is what `lanes submit --input`

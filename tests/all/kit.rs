@@ -271,6 +271,7 @@ async fn python_and_js_providers_run_executions_in_a_daemon() {
                     input: input(&format!("hello {i}")),
                     priority: 0,
                     max_attempts: 3,
+                    route: None,
                 })
                 .await
                 .unwrap();
@@ -322,6 +323,7 @@ async fn python_and_js_providers_run_executions_in_a_daemon() {
             input: input("again"),
             priority: 0,
             max_attempts: 3,
+            route: None,
         })
         .await
         .unwrap();

@@ -21,6 +21,7 @@ mod priority;
 mod properties;
 mod providers;
 mod retries;
+mod routes;
 mod sandbox;
 mod store;
 mod support;

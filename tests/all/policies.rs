@@ -31,6 +31,7 @@ fn calls(n: usize, max_attempts: i32) -> Vec<NewExecution> {
             input: ChatInput::prompt(format!("call {i}")),
             priority: 0,
             max_attempts,
+            route: None,
         })
         .collect()
 }

@@ -21,6 +21,7 @@ async fn higher_priority_first_then_fifo() {
                 input: ChatInput::prompt("p").with_extra(serde_json::json!({"sleep_ms": 15})),
                 priority,
                 max_attempts: 1,
+                route: None,
             })
             .await
             .unwrap();

@@ -142,6 +142,7 @@ proptest! {
                     input: ChatInput::prompt("x"),
                     priority: *priority,
                     max_attempts: 3,
+                    route: None,
                 })
                 .collect();
             let ids = queue.submit_many(&batch).await.unwrap();

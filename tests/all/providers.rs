@@ -42,6 +42,7 @@ fn execution(provider: &str, input: ChatInput, max_attempts: i32) -> NewExecutio
         input,
         priority: 0,
         max_attempts,
+        route: None,
     }
 }
 

@@ -21,6 +21,7 @@ fn with_attempts(extra: serde_json::Value, max_attempts: i32) -> NewExecution {
         input: ChatInput::prompt("x").with_extra(extra),
         priority: 0,
         max_attempts,
+        route: None,
     }
 }
 

@@ -74,6 +74,7 @@ async fn each_failure_mode_fails_alone_with_a_named_limit() {
             input: ChatInput::prompt("x").with_extra(extra.clone()),
             priority: 0,
             max_attempts: 1,
+            route: None,
         })
         .collect();
     let ids = daemon.submit_many(&bad).await.unwrap();

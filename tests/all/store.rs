@@ -14,6 +14,7 @@ fn new(provider: &str, priority: i32) -> NewExecution {
         input: ChatInput::prompt("hi"),
         priority,
         max_attempts: 2,
+        route: None,
     }
 }
 
@@ -171,6 +172,7 @@ async fn retry_waits_and_requeue_gives_the_attempt_back(q: Arc<dyn Queue>) {
         error: "busy".into(),
         kind: ErrorKind::Unavailable,
         delay_ms: 60_000,
+        to: None,
     };
     assert!(q.finish(id, "w", &retry).await.unwrap());
     assert!(q.claim("a", claim("w", 1, 1)).await.unwrap().is_empty());
@@ -185,6 +187,7 @@ async fn retry_waits_and_requeue_gives_the_attempt_back(q: Arc<dyn Queue>) {
         error: "busy".into(),
         kind: ErrorKind::Unavailable,
         delay_ms: 30,
+        to: None,
     };
     assert!(q.finish(short, "w", &soon).await.unwrap());
     tokio::time::sleep(Duration::from_millis(80)).await;
@@ -203,6 +206,7 @@ async fn retry_waits_and_requeue_gives_the_attempt_back(q: Arc<dyn Queue>) {
         error: "slow down".into(),
         kind: ErrorKind::RateLimited,
         delay_ms: 0,
+        to: None,
     };
     assert!(q.finish(short, "w", &limited).await.unwrap());
     let row = q.get(short).await.unwrap().unwrap();
@@ -280,6 +284,7 @@ async fn each_attempt_is_kept_in_a_bounded_history(q: Arc<dyn Queue>) {
         error: "busy".into(),
         kind: ErrorKind::Unavailable,
         delay_ms: 0,
+        to: None,
     };
     take(60_000).await;
     assert!(q.finish(id, "w", &busy).await.unwrap());
@@ -370,6 +375,7 @@ async fn a_batch_writes_every_kind_of_end_at_once(q: Arc<dyn Queue>) {
         error: "busy".into(),
         kind: ErrorKind::Unavailable,
         delay_ms: 60_000,
+        to: None,
     };
     let failed = Finish::Failed {
         error: "bad".into(),
@@ -460,6 +466,7 @@ async fn postgres_notifies_what_other_workers_can_claim() {
         error: "busy".into(),
         kind: ErrorKind::Unavailable,
         delay_ms: 0,
+        to: None,
     };
     other.finish(second, "w", &retry).await.unwrap();
     heard(&mut changes, "a row back to pending").await;

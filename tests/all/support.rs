@@ -242,6 +242,7 @@ pub fn job(provider: &str, extra: serde_json::Value) -> NewExecution {
         input: ChatInput::prompt("hello").with_extra(extra),
         priority: 0,
         max_attempts: 3,
+        route: None,
     }
 }
 

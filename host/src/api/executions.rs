@@ -62,6 +62,7 @@ async fn validate(
         input,
         priority: request.priority,
         max_attempts,
+        route: None,
     };
     let key = match request.idempotency_key {
         None => None,

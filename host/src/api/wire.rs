@@ -11,7 +11,8 @@ use crate::model::{AttemptRecord, Execution};
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRequest {
-    /// The provider (or, where routes exist, a provider name) that runs it.
+    /// The provider that runs it, or a route (`[routes.NAME]`), which picks one of its
+    /// members.
     pub provider: String,
     /// The normalized chat input: `{"messages": [{"role": "user", "content": "..."}], ...}`,
     /// or the shorthand `{"prompt": "..."}`; the same validation as `lanes submit`.
@@ -58,7 +59,12 @@ pub struct BatchResponse {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ExecutionOut {
     pub id: i64,
+    /// The provider it runs on (for a routed execution, the member the route chose, which
+    /// a retry may change).
     pub provider: String,
+    /// The route it was submitted to, if it named one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
     /// `pending`, `running`, `completed`, `failed` or `cancelled`.
     pub status: String,
     /// The effective priority: as submitted, plus what aging added (`aged`).
@@ -97,6 +103,9 @@ pub struct AttemptOut {
     pub error_kind: Option<String>,
     pub error: Option<String>,
     pub retry_delay_ms: Option<i64>,
+    /// The provider it ran on, for a routed execution.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
 }
 
 impl From<AttemptRecord> for AttemptOut {
@@ -110,6 +119,7 @@ impl From<AttemptRecord> for AttemptOut {
             error_kind: a.error_kind,
             error: a.error,
             retry_delay_ms: a.retry_delay_ms,
+            provider: a.provider,
         }
     }
 }
@@ -119,6 +129,7 @@ impl From<Execution> for ExecutionOut {
         ExecutionOut {
             id: e.id,
             provider: e.provider,
+            route: e.route,
             status: e.status.as_str().to_string(),
             priority: e.priority,
             aged: e.aged,

@@ -78,6 +78,9 @@ pub struct Completion {
     /// The execution was cancelled while it ran: its row is already `cancelled`, and
     /// nothing of the attempt is written.
     pub cancelled: bool,
+    /// The lane of the route member a retry moved to (`Finish::Retry::to`), told of the
+    /// pending retry once it is written.
+    pub moved_to: Option<Arc<Lane>>,
 }
 
 /// Hands results to the completer. Cheap to clone.
@@ -253,6 +256,12 @@ impl Worker {
                 .or_insert_with(|| (lane.clone(), false));
             if matches!(outcome, Outcome::Retried { .. }) {
                 entry.1 = true;
+                if let Some(to) = &c.moved_to {
+                    freed
+                        .entry(to.name_arc())
+                        .or_insert_with(|| (to.clone(), true))
+                        .1 = true;
+                }
             }
             let write_ms = i64::try_from(now.duration_since(c.ended).as_millis()).unwrap_or(0);
             self.events.publish_with(|| Event::Finished {
@@ -389,6 +398,7 @@ mod tests {
 
     fn done(lane: &Arc<Lane>, id: ExecutionId) -> Completion {
         Completion {
+            moved_to: None,
             id,
             attempt: 1,
             max_attempts: 3,

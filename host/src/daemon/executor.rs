@@ -30,6 +30,9 @@ pub struct Executor {
     pub(super) running: std::sync::Mutex<HashMap<ExecutionId, CancellationToken>>,
     /// Weighs each attempt's end: pauses, circuits, adaptive limits.
     pub(super) governor: Arc<Governor>,
+    /// The config, queue and lanes, for moving a routed execution's retry to another
+    /// member. Weak: the daemon's parts own the executor, not the other way round.
+    pub(super) shared: std::sync::Weak<super::Shared>,
 }
 
 impl Executor {
@@ -53,11 +56,19 @@ impl Executor {
         let input = std::mem::take(&mut execution.input);
         let cancel = CancellationToken::new();
         self.running_attempts().insert(execution.id, cancel.clone());
-        let (finish, tokens) = tokio::select! {
+        let (mut finish, tokens) = tokio::select! {
             end = self.attempt(&lane, &provider, &execution, input, began) => end,
             _ = self.stop_running.cancelled() => (Finish::Requeue, None),
             // The row is already `cancelled`: whatever is sent is not written.
             _ = cancel.cancelled() => (Finish::Requeue, None),
+        };
+        let moved_to = match (&mut finish, &execution.route) {
+            (Finish::Retry { to, .. }, Some(route)) => {
+                let target = self.move_target(route, lane.name()).await;
+                *to = target.as_ref().map(|(name, _)| name.clone());
+                target.and_then(|(_, lane)| lane)
+            }
+            _ => None,
         };
         self.running_attempts().remove(&execution.id);
         let ended = Instant::now();
@@ -74,8 +85,29 @@ impl Executor {
                 ended,
                 tokens,
                 cancelled: cancel.is_cancelled(),
+                moved_to,
             })
             .await;
+    }
+
+    /// Where the retry of an execution of `route` that failed on `failed` runs: another
+    /// member when the route's strategy finds a healthy one (with its lane here, if this
+    /// worker has one), else `None`.
+    async fn move_target(&self, route: &str, failed: &str) -> Option<(String, Option<Arc<Lane>>)> {
+        let shared = self.shared.upgrade()?;
+        let config = shared.config.get();
+        let loads = match crate::routes::Loads::read(shared.queue.as_ref(), &config).await {
+            Ok(loads) => loads,
+            Err(e) => {
+                tracing::warn!(
+                    "route `{route}`: the retry stays on `{failed}`: reading the members' load: {e}"
+                );
+                return None;
+            }
+        };
+        let to = crate::routes::Routes::new(&config).next(route, failed, &loads)?;
+        let lane = shared.registry.get(&to);
+        Some((to, lane))
     }
 
     /// Stops the attempt of `id` if it runs here; its row must already be `cancelled`.
@@ -164,6 +196,7 @@ impl Executor {
                 error: message,
                 kind,
                 delay_ms: i64::try_from(delay.as_millis()).unwrap_or(i64::MAX),
+                to: None,
             },
             Decision::Fail => Finish::Failed {
                 error: message,

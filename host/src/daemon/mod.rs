@@ -80,6 +80,19 @@ pub struct Shared {
     pub stop_leasing: CancellationToken,
 }
 
+impl Shared {
+    /// Whether `new` names a route rather than a provider.
+    fn routes_to(&self, new: &NewExecution) -> bool {
+        new.route.is_none() && self.config.get().routes.contains_key(&new.provider)
+    }
+
+    /// Sends each execution of `batch` that names a route to the member the route picks.
+    async fn route(&self, batch: &mut [NewExecution]) -> Result<(), StoreError> {
+        let config = self.config.get();
+        crate::routes::assign(self.queue.as_ref(), &config, batch).await
+    }
+}
+
 /// The config in effect, replaced whole by a reload. Readers take the current one and keep
 /// it for what they are doing, so a running attempt finishes on the settings it began with.
 pub struct LiveConfig(std::sync::RwLock<Arc<Config>>);
@@ -185,8 +198,10 @@ impl Control {
     /// Whether `provider` is known: a lane, the config, or (on a fleet) another worker's
     /// loaded component.
     pub async fn knows(&self, provider: &str) -> Result<bool, StoreError> {
+        let config = self.shared.config.get();
         if self.shared.registry.get(provider).is_some()
-            || self.shared.config.get().providers.contains_key(provider)
+            || config.providers.contains_key(provider)
+            || config.routes.contains_key(provider)
         {
             return Ok(true);
         }
@@ -205,6 +220,17 @@ impl Control {
         &self,
         batch: &[(NewExecution, Option<crate::store::IdempotencyKey>)],
     ) -> Result<Vec<crate::store::Submitted>, StoreError> {
+        let mut routed = None;
+        if batch.iter().any(|(n, _)| self.shared.routes_to(n)) {
+            let mut owned = batch.to_vec();
+            let mut news: Vec<NewExecution> = owned.iter().map(|(n, _)| n.clone()).collect();
+            self.shared.route(&mut news).await?;
+            for ((n, _), routed) in owned.iter_mut().zip(news) {
+                *n = routed;
+            }
+            routed = Some(owned);
+        }
+        let batch = routed.as_deref().unwrap_or(batch);
         let done = self.shared.queue.submit_keyed(batch).await?;
         let created: BTreeSet<&str> = batch
             .iter()
@@ -331,6 +357,7 @@ impl Daemon {
             completer: completer.handle(),
             stop_running: stop_running.clone(),
             running: Default::default(),
+            shared: Arc::downgrade(&shared),
         });
         let executions = TaskTracker::new();
         let background = TaskTracker::new();
@@ -409,7 +436,13 @@ impl Daemon {
 
     /// Queues an execution and wakes its lane at once.
     pub async fn submit(&self, new: &NewExecution) -> Result<ExecutionId, StoreError> {
-        let id = self.shared.queue.submit(new).await?;
+        let mut new = std::borrow::Cow::Borrowed(new);
+        if self.shared.routes_to(&new) {
+            self.shared
+                .route(std::slice::from_mut(new.to_mut()))
+                .await?;
+        }
+        let id = self.shared.queue.submit(&new).await?;
         self.shared.registry.wake(&new.provider);
         Ok(id)
     }
@@ -419,7 +452,11 @@ impl Daemon {
         &self,
         batch: &[NewExecution],
     ) -> Result<Vec<ExecutionId>, StoreError> {
-        let ids = self.shared.queue.submit_many(batch).await?;
+        let mut batch = std::borrow::Cow::Borrowed(batch);
+        if batch.iter().any(|n| self.shared.routes_to(n)) {
+            self.shared.route(batch.to_mut()).await?;
+        }
+        let ids = self.shared.queue.submit_many(&batch).await?;
         let providers: BTreeSet<&str> = batch.iter().map(|n| n.provider.as_str()).collect();
         for provider in providers {
             self.shared.registry.wake(provider);

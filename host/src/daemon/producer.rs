@@ -161,6 +161,7 @@ impl Producer {
                         ended: Instant::now(),
                         tokens: None,
                         cancelled: false,
+                        moved_to: None,
                     })
                     .await;
                 continue;

@@ -102,6 +102,8 @@ pub enum Finish {
         error: String,
         kind: ErrorKind,
         delay_ms: i64,
+        /// Another member of the execution's route to run the next attempt on.
+        to: Option<String>,
     },
     Failed {
         error: String,
@@ -402,7 +404,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Queue>, StoreError> {
 /// The columns every execution query returns: the fields of [`ExecutionRow`].
 pub(crate) const COLUMNS: &str = "id, provider, status, priority, input, output, error, \
     error_kind, attempts, max_attempts, not_before, resume, created_at, started_at, \
-    finished_at, owner, lease_until, worker, history, rate_limited, aged";
+    finished_at, owner, lease_until, worker, history, rate_limited, aged, route";
 
 /// An execution as both backends store it.
 #[derive(sqlx::FromRow)]
@@ -428,6 +430,7 @@ pub(crate) struct ExecutionRow {
     history: Option<String>,
     rate_limited: i32,
     aged: i32,
+    route: Option<String>,
 }
 
 /// Reads an execution from a row of either backend.
@@ -439,6 +442,7 @@ where
     let id = raw.id;
     let corrupt = |reason: String| StoreError::Corrupt { id, reason };
     let status: Status = raw.status.parse().map_err(corrupt)?;
+    let ran_on = raw.route.as_ref().map(|_| raw.provider.clone());
     Ok(Execution {
         id,
         provider: raw.provider,
@@ -457,6 +461,7 @@ where
         attempts: raw.attempts,
         rate_limited: raw.rate_limited,
         aged: raw.aged,
+        route: raw.route,
         max_attempts: raw.max_attempts,
         not_before: raw.not_before,
         resume: raw.resume,
@@ -486,6 +491,7 @@ where
                     error_kind: None,
                     error: None,
                     retry_delay_ms: None,
+                    provider: ran_on,
                 });
             }
             history
@@ -511,6 +517,8 @@ pub(crate) struct FinishRow<'a> {
     /// A rate-limited retry: the attempt is given back and counted in `rate_limited`
     /// instead, so a storm of 429s does not use up `max_attempts`.
     pub rate_limited: bool,
+    /// The provider the retry moves to (a route's other member).
+    pub to: Option<&'a str>,
 }
 
 impl<'a> FinishRow<'a> {
@@ -524,6 +532,7 @@ impl<'a> FinishRow<'a> {
             delay_ms: None,
             requeue: false,
             rate_limited: false,
+            to: None,
         };
         match finish {
             Finish::Completed(output) => {
@@ -534,7 +543,9 @@ impl<'a> FinishRow<'a> {
                 error,
                 kind,
                 delay_ms,
+                to,
             } => {
+                row.to = to.as_deref();
                 row.error = Some(error);
                 row.kind = Some(kind.as_str());
                 row.delay_ms = Some(*delay_ms);

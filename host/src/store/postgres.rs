@@ -45,7 +45,8 @@ fn history_with(row: &str, outcome: &str, kind: &str, error: &str, delay: &str) 
                  'attempt', {row}attempts, 'started_at', {row}started_at,
                  'finished_at', {NOW_MS}, 'worker', {row}worker, 'outcome', {outcome},
                  'error_kind', {kind}, 'error', left({error}, {HISTORY_ERROR_CHARS}),
-                 'retry_delay_ms', {delay}))
+                 'retry_delay_ms', {delay},
+                 'provider', CASE WHEN {row}route IS NULL THEN NULL ELSE {row}provider END))
           )::text"
     )
 }
@@ -135,8 +136,8 @@ async fn insert(
         .map_err(|e| StoreError::Other(format!("serializing input: {e}")))?;
     sqlx::query_scalar(&format!(
         "INSERT INTO executions (provider, priority, input, max_attempts, not_before, created_at,
-                                 idempotency_key, request_hash)
-         VALUES ($1, $2, $3, $4, {NOW_MS}, {NOW_MS}, $5, $6)
+                                 idempotency_key, request_hash, route)
+         VALUES ($1, $2, $3, $4, {NOW_MS}, {NOW_MS}, $5, $6, $7)
          ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
          RETURNING id"
     ))
@@ -146,6 +147,7 @@ async fn insert(
     .bind(new.max_attempts)
     .bind(key.map(|k| &k.key))
     .bind(key.map(|k| &k.fingerprint))
+    .bind(&new.route)
     .fetch_optional(tx)
     .await
     .op("submitting an execution")
@@ -173,7 +175,9 @@ impl Queue for PgQueue {
             let mut priorities = Vec::with_capacity(chunk.len());
             let mut inputs = Vec::with_capacity(chunk.len());
             let mut max_attempts = Vec::with_capacity(chunk.len());
+            let mut routes = Vec::with_capacity(chunk.len());
             for n in chunk {
+                routes.push(n.route.as_deref());
                 providers.push(n.provider.as_str());
                 priorities.push(n.priority);
                 inputs.push(
@@ -184,10 +188,11 @@ impl Queue for PgQueue {
             }
             let mut chunk_ids: Vec<i64> = sqlx::query_scalar(&format!(
                 "INSERT INTO executions (provider, priority, input, max_attempts, not_before,
-                                         created_at)
-                 SELECT b.provider, b.priority, b.input, b.max_attempts, {NOW_MS}, {NOW_MS}
-                   FROM unnest($1::text[], $2::int[], $3::text[], $4::int[])
-                        WITH ORDINALITY AS b(provider, priority, input, max_attempts, n)
+                                         created_at, route)
+                 SELECT b.provider, b.priority, b.input, b.max_attempts, {NOW_MS}, {NOW_MS},
+                        b.route
+                   FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::text[])
+                        WITH ORDINALITY AS b(provider, priority, input, max_attempts, route, n)
                   ORDER BY b.n
                  RETURNING id"
             ))
@@ -195,6 +200,7 @@ impl Queue for PgQueue {
             .bind(&priorities)
             .bind(&inputs)
             .bind(&max_attempts)
+            .bind(&routes)
             .fetch_all(&mut *tx)
             .await
             .op(OP)?;
@@ -297,6 +303,7 @@ impl Queue for PgQueue {
         let delays: Vec<Option<i64>> = rows.iter().map(|r| r.delay_ms).collect();
         let requeues: Vec<bool> = rows.iter().map(|r| r.requeue).collect();
         let limited: Vec<bool> = rows.iter().map(|r| r.rate_limited).collect();
+        let moves: Vec<Option<&str>> = rows.iter().map(|r| r.to).collect();
         // One statement, in its own transaction: the batch's rows over arrays (`unnest`),
         // whatever their kinds, and a notification for each provider with a row back to
         // pending (any worker may take it, once due), delivered at commit.
@@ -326,10 +333,11 @@ impl Queue for PgQueue {
                       rate_limited = e.rate_limited + CASE WHEN b.limited THEN 1 ELSE 0 END,
                       resume = b.requeue,
                       started_at = CASE WHEN b.requeue THEN NULL ELSE e.started_at END,
-                      owner = NULL, lease_until = NULL
+                      owner = NULL, lease_until = NULL,
+                      provider = COALESCE(b.move_to, e.provider)
                  FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
-                             $7::bigint[], $8::bool[], $10::bool[])
-                      AS b(id, status, output, error, kind, delay, requeue, limited)
+                             $7::bigint[], $8::bool[], $10::bool[], $11::text[])
+                      AS b(id, status, output, error, kind, delay, requeue, limited, move_to)
                 WHERE e.id = b.id AND e.owner = $1 AND e.status = 'running'
                RETURNING e.id, e.provider, b.status),
              woken AS (
@@ -347,6 +355,7 @@ impl Queue for PgQueue {
         .bind(&requeues)
         .bind(&self.channel)
         .bind(&limited)
+        .bind(&moves)
         .fetch_all(&self.pool)
         .await
         .op(OP)?;

@@ -38,7 +38,8 @@ fn history_with(finished: &str, outcome: &str, kind: &str, error: &str, delay: &
             json_object('attempt', attempts, 'started_at', started_at,
                         'finished_at', {finished}, 'worker', worker, 'outcome', {outcome},
                         'error_kind', {kind}, 'error', substr({error}, 1, {HISTORY_ERROR_CHARS}),
-                        'retry_delay_ms', {delay}))"
+                        'retry_delay_ms', {delay},
+                        'provider', CASE WHEN route IS NULL THEN NULL ELSE provider END))"
     )
 }
 
@@ -129,8 +130,8 @@ async fn insert(
         .map_err(|e| StoreError::Other(format!("serializing input: {e}")))?;
     sqlx::query_scalar(
         "INSERT INTO executions (provider, priority, input, max_attempts, not_before, created_at,
-                                 idempotency_key, request_hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7)
+                                 idempotency_key, request_hash, route)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8)
          ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
          RETURNING id",
     )
@@ -141,6 +142,7 @@ async fn insert(
     .bind(now)
     .bind(key.map(|k| &k.key))
     .bind(key.map(|k| &k.fingerprint))
+    .bind(&new.route)
     .fetch_optional(conn)
     .await
     .op("submitting an execution")
@@ -166,13 +168,14 @@ impl Queue for SqliteQueue {
             let rows = json_rows(
                 chunk
                     .iter()
-                    .map(|n| (&n.provider, n.priority, &n.input, n.max_attempts)),
+                    .map(|n| (&n.provider, n.priority, &n.input, n.max_attempts, &n.route)),
             )?;
             let mut chunk_ids: Vec<i64> = sqlx::query_scalar(
                 "INSERT INTO executions (provider, priority, input, max_attempts, not_before,
-                                         created_at)
+                                         created_at, route)
                  SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
-                        json_extract(value, '$[2]'), json_extract(value, '$[3]'), ?2, ?2
+                        json_extract(value, '$[2]'), json_extract(value, '$[3]'), ?2, ?2,
+                        json_extract(value, '$[4]')
                    FROM json_each(?1) ORDER BY key
                  RETURNING id",
             )
@@ -291,6 +294,7 @@ impl Queue for SqliteQueue {
                 r.delay_ms,
                 r.requeue,
                 r.rate_limited,
+                r.to,
             )
         }))?;
         let history = history_with(
@@ -324,7 +328,8 @@ impl Queue for SqliteQueue {
                     resume = json_extract(b.value, '$[6]'),
                     started_at = CASE WHEN json_extract(b.value, '$[6]')
                                       THEN NULL ELSE started_at END,
-                    owner = NULL, lease_until = NULL
+                    owner = NULL, lease_until = NULL,
+                    provider = COALESCE(json_extract(b.value, '$[8]'), provider)
                FROM json_each(?1) AS b
               WHERE executions.id = json_extract(b.value, '$[0]')
                 AND executions.owner = ?2 AND executions.status = 'running'
