@@ -363,6 +363,12 @@ pub struct ProviderConfig {
     /// The `user-agent` of the component's requests when it sets none (default
     /// `lanes/VERSION (NAME/COMPONENT-VERSION)`).
     pub user_agent: Option<String>,
+    /// Requests per minute across the fleet, beside the concurrency limit: a claim reserves
+    /// one request against it.
+    pub rpm: Option<u32>,
+    /// Tokens per minute across the fleet: a claim reserves an estimate (the request's
+    /// `max_tokens` plus its text's length ÷ 4), settled with the real usage at the end.
+    pub tpm: Option<u64>,
     /// Values the component reads through the `config` import.
     pub config: BTreeMap<String, ConfigValue>,
     /// The environment variable holding this provider's API key (the `api-key` secret).
@@ -465,8 +471,18 @@ const KEYS: &[&str] = &[
 impl Config {
     /// The policies of `provider`: its own, then `[policy]`, then the defaults.
     pub fn policy_for(&self, provider: &str) -> crate::policy::Policy {
-        let own = self.providers.get(provider).map(|p| &p.policy);
-        crate::policy::Policy::resolve(own.unwrap_or(&Default::default()), &self.policy)
+        let own = self.providers.get(provider);
+        let mut policy = crate::policy::Policy::resolve(
+            own.map(|p| &p.policy).unwrap_or(&Default::default()),
+            &self.policy,
+        );
+        policy.budget =
+            own.filter(|p| p.rpm.is_some() || p.tpm.is_some())
+                .map(|p| crate::store::Budget {
+                    rpm: p.rpm,
+                    tpm: p.tpm,
+                });
+        policy
     }
 
     /// Loads defaults, then `path` (or `lanes.toml` when present), then `LANES_*` variables
@@ -620,6 +636,18 @@ impl Config {
             }
             if let Err(e) = validate_provider_name(name) {
                 problems.push(invalid(format!("providers.{name}"), e));
+            }
+            if provider.rpm == Some(0) {
+                problems.push(invalid(
+                    format!("providers.{name}.rpm"),
+                    "must be at least 1 (leave it out for no request budget)",
+                ));
+            }
+            if provider.tpm == Some(0) {
+                problems.push(invalid(
+                    format!("providers.{name}.tpm"),
+                    "must be at least 1 (leave it out for no token budget)",
+                ));
             }
             if provider.limit == Some(0) {
                 problems.push(invalid(

@@ -81,6 +81,8 @@ pub struct Policy {
     /// `None`: no aging.
     pub aging: Option<Duration>,
     pub aging_max: u32,
+    /// Requests and tokens per minute (`[providers.NAME] rpm`, `tpm`), fleet-wide.
+    pub budget: Option<crate::store::Budget>,
 }
 
 impl Default for Policy {
@@ -114,6 +116,7 @@ impl Policy {
                 .filter(|ms| *ms > 0)
                 .map(Duration::from_millis),
             aging_max: pick!(aging_max, 100),
+            budget: None,
         }
     }
 }

@@ -382,3 +382,47 @@ async fn aging_lifts_starved_low_priority_work() {
     );
     daemon.shutdown(Duration::from_secs(1)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_a_request_budget_holds_across_two_workers() {
+    let Some((mut env, _schema)) = TestEnv::postgres().await else {
+        return;
+    };
+    env.stub("metered", Some(8), &[("latency_ms", "20")]);
+    env.config.providers.get_mut("metered").unwrap().rpm = Some(20);
+    let queue = env.any_queue().await;
+    let a = lanes::Daemon::start(env.config.clone(), queue.clone())
+        .await
+        .unwrap();
+    let b = lanes::Daemon::start(env.config.clone(), env.any_queue().await)
+        .await
+        .unwrap();
+    let work: Vec<NewExecution> = (0..50)
+        .map(|i| NewExecution {
+            provider: "metered".into(),
+            input: ChatInput::prompt(format!("call {i}")),
+            priority: 0,
+            max_attempts: 1,
+            route: None,
+        })
+        .collect();
+    a.submit_many(&work).await.unwrap();
+    // The budget allows 20 in the minute, whichever worker claims them.
+    let done = |rows: &[lanes::Execution]| count(rows, Status::Completed);
+    let rows = wait_until(
+        queue.as_ref(),
+        None,
+        Duration::from_secs(20),
+        "20 done",
+        |rows| done(rows) >= 20,
+    )
+    .await;
+    assert_eq!(done(&rows), 20);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rows = queue.list(None).await.unwrap();
+    assert_eq!(done(&rows), 20, "nothing more within the minute");
+    assert_eq!(count(&rows, Status::Pending), 30);
+    assert_eq!(queue.budget_usage().await.unwrap()["metered"].0, 20);
+    a.shutdown(Duration::from_secs(5)).await;
+    b.shutdown(Duration::from_secs(5)).await;
+}

@@ -24,6 +24,7 @@ fn claim(owner: &str, max: u32, limit: u32) -> Claim<'_> {
         max,
         limit,
         lease_ms: 60_000,
+        budget: None,
     }
 }
 
@@ -276,6 +277,7 @@ async fn each_attempt_is_kept_in_a_bounded_history(q: Arc<dyn Queue>) {
                 max: 1,
                 limit: 5,
                 lease_ms,
+                budget: None,
             };
             assert_eq!(q.claim("h", claim).await.unwrap().len(), 1);
         }
@@ -606,3 +608,49 @@ async fn aging_raises_waiting_rows_once_per_interval(q: Arc<dyn Queue>) {
     q.claim("old", claim("w", 1, 1)).await.unwrap();
     assert_eq!(q.age("old", 1, 10).await.unwrap(), 0);
 }
+
+/// A budgeted claim takes no more than the minute's requests and tokens allow, reserves
+/// what it took, and a settlement gives back the tokens an attempt did not use.
+async fn budgets(q: Arc<dyn Queue>) {
+    use lanes::store::Budget;
+    let with_max = |max_tokens: u32| NewExecution {
+        input: ChatInput {
+            max_tokens: Some(max_tokens),
+            ..ChatInput::prompt("12345678")
+        },
+        ..new("b", 0)
+    };
+    for _ in 0..10 {
+        q.submit(&with_max(100)).await.unwrap();
+    }
+    let budgeted = |budget| Claim {
+        budget: Some(budget),
+        ..claim("w", 10, 100)
+    };
+    // Four requests a minute: four, then none.
+    let rpm = Budget {
+        rpm: Some(4),
+        tpm: None,
+    };
+    let first = q.claim("b", budgeted(rpm)).await.unwrap();
+    assert_eq!(first.len(), 4);
+    assert!(q.claim("b", budgeted(rpm)).await.unwrap().is_empty());
+    // Each reservation is 100 + 8 / 4 = 102 tokens: 350 more tokens hold 3, not 4.
+    let tpm = Budget {
+        rpm: None,
+        tpm: Some(4 * 102 + 350),
+    };
+    let second = q.claim("b", budgeted(tpm)).await.unwrap();
+    assert_eq!(second.len(), 3);
+    assert_eq!(q.budget_usage().await.unwrap()["b"], (7, 7 * 102));
+    // Settling the first four with what they used (10 each) frees room for more.
+    for e in &first {
+        q.settle_budget(e.id, 10).await.unwrap();
+    }
+    assert_eq!(q.budget_usage().await.unwrap()["b"], (7, 4 * 10 + 3 * 102));
+    let third = q.claim("b", budgeted(tpm)).await.unwrap();
+    assert_eq!(third.len(), 3, "(758 - 346) / 102 = 4, but only 3 are left");
+    // Without a budget, a claim ignores the ledger.
+    assert!(q.claim("b", claim("w", 10, 100)).await.unwrap().is_empty());
+}
+contract!(budget_contract, budgets);

@@ -62,6 +62,9 @@ impl Executor {
             // The row is already `cancelled`: whatever is sent is not written.
             _ = cancel.cancelled() => (Finish::Requeue, None),
         };
+        if provider.policy.budget.is_some() {
+            self.settle(execution.id, tokens).await;
+        }
         let moved_to = match (&mut finish, &execution.route) {
             (Finish::Retry { to, .. }, Some(route)) => {
                 let target = self.move_target(route, lane.name()).await;
@@ -88,6 +91,21 @@ impl Executor {
                 moved_to,
             })
             .await;
+    }
+
+    /// Settles the attempt's budget reservation with the tokens it used (none unless it
+    /// completed), before its end is handed over: the next attempt's reservation must not
+    /// be the one settled.
+    async fn settle(&self, id: ExecutionId, tokens: Option<(u32, u32)>) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        let used = tokens.map_or(0, |(input, output)| i64::from(input) + i64::from(output));
+        if let Err(e) = shared.queue.settle_budget(id, used).await {
+            // The estimate stays reserved until the window passes it: the budget errs on
+            // the safe side.
+            tracing::warn!("execution {id}: settling its budget reservation: {e}");
+        }
     }
 
     /// Where the retry of an execution of `route` that failed on `failed` runs: another

@@ -131,6 +131,7 @@ impl Producer {
                     max: free,
                     limit: self.lane.limit(),
                     lease_ms: i64::try_from(shared.config.get().lease_ms).unwrap_or(i64::MAX),
+                    budget: provider.policy.budget,
                 },
             )
             .await?;

@@ -237,6 +237,12 @@ pub trait Queue: Send + Sync + 'static {
 
     /// Every provider's policy state, as of the database's clock `now` (Unix ms).
     async fn provider_states(&self) -> Result<(i64, BTreeMap<String, ProviderState>), StoreError>;
+
+    /// Settles the open budget reservation of `id` with the tokens its attempt used.
+    async fn settle_budget(&self, id: ExecutionId, tokens: i64) -> Result<(), StoreError>;
+
+    /// Requests and tokens of each budgeted provider in the last minute.
+    async fn budget_usage(&self) -> Result<BTreeMap<String, (i64, i64)>, StoreError>;
 }
 
 /// A provider's policy state, shared by every worker of a queue.
@@ -390,6 +396,62 @@ pub struct Claim<'a> {
     /// The provider's limit across every worker.
     pub limit: u32,
     pub lease_ms: i64,
+    /// The provider's requests and tokens per minute, when it has a budget: the claim then
+    /// also reserves against it (see [`Budget`]).
+    pub budget: Option<Budget>,
+}
+
+/// A provider's budget per minute, across the fleet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Budget {
+    pub rpm: Option<u32>,
+    pub tpm: Option<u64>,
+}
+
+/// The length of a budget's window, in ms.
+pub const BUDGET_WINDOW_MS: i64 = 60_000;
+
+impl Budget {
+    /// How many of `candidates` (estimated tokens of the next pending rows, in claim order)
+    /// fit in what is left of the window after `used_requests` and `used_tokens`.
+    pub fn room(&self, used_requests: i64, used_tokens: i64, candidates: &[i64]) -> usize {
+        let requests = self
+            .rpm
+            .map_or(i64::MAX, |rpm| i64::from(rpm) - used_requests);
+        let mut tokens = self.tpm.map_or(i64::MAX, |tpm| {
+            i64::try_from(tpm).unwrap_or(i64::MAX) - used_tokens
+        });
+        let mut fit = 0;
+        for estimate in candidates {
+            if i64::try_from(fit).unwrap_or(i64::MAX) >= requests || *estimate > tokens {
+                break;
+            }
+            tokens -= estimate;
+            fit += 1;
+        }
+        fit
+    }
+}
+
+/// The tokens an attempt of `input` is expected to use, reserved when it is claimed: its
+/// `max_tokens` plus the length of its text ÷ 4.
+pub fn estimate_tokens(input: &serde_json::Value) -> i64 {
+    let max_tokens = input
+        .get("max_tokens")
+        .and_then(serde_json::Value::as_i64)
+        .unwrap_or(0);
+    let mut chars = 0usize;
+    let mut add = |v: Option<&serde_json::Value>| {
+        chars += v.and_then(serde_json::Value::as_str).map_or(0, str::len);
+    };
+    add(input.get("system"));
+    add(input.get("prompt"));
+    if let Some(messages) = input.get("messages").and_then(serde_json::Value::as_array) {
+        for m in messages {
+            add(m.get("content"));
+        }
+    }
+    max_tokens.max(0) + i64::try_from(chars / 4).unwrap_or(i64::MAX)
 }
 
 /// Opens the queue at `url`: `sqlite://PATH` or `postgres://...`.

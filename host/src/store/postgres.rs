@@ -23,10 +23,11 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 
 use super::{
-    COLUMNS, Cancelled, Change, Claim, DbContext, ExecutionFilter, Finish, FinishRow,
-    HISTORY_ERROR_CHARS, HISTORY_KEPT, IdempotencyKey, ProviderRecord, ProviderState, Queue,
-    Recovered, StateChange, StatusCounts, StoreError, Submitted, execution_from_row, fold_counts,
-    provider_records, provider_state, read_count, sort_claimed, stored_count, written_flags,
+    BUDGET_WINDOW_MS, COLUMNS, Cancelled, Change, Claim, DbContext, ExecutionFilter, Finish,
+    FinishRow, HISTORY_ERROR_CHARS, HISTORY_KEPT, IdempotencyKey, ProviderRecord, ProviderState,
+    Queue, Recovered, StateChange, StatusCounts, StoreError, Submitted, estimate_tokens,
+    execution_from_row, fold_counts, provider_records, provider_state, read_count, sort_claimed,
+    stored_count, written_flags,
 };
 use crate::model::{Execution, ExecutionId, NewExecution};
 
@@ -49,6 +50,42 @@ fn history_with(row: &str, outcome: &str, kind: &str, error: &str, delay: &str) 
                  'provider', CASE WHEN {row}route IS NULL THEN NULL ELSE {row}provider END))
           )::text"
     )
+}
+
+/// Moves up to `max` due pending rows of `provider` to `running` (see [`Queue::claim`]).
+async fn claim_rows<'e, E>(
+    executor: E,
+    channel: &str,
+    provider: &str,
+    claim: &Claim<'_>,
+    max: u32,
+) -> Result<Vec<sqlx::postgres::PgRow>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Postgres>,
+{
+    // One round trip: `lanes_claim` (migration 0002) takes the provider's advisory lock,
+    // counts its running rows across the fleet, takes up to the room left with
+    // `FOR UPDATE SKIP LOCKED`, and notifies the fleet of room it could not take.
+    sqlx::query("SELECT * FROM lanes_claim($1, $2, $3, $4, $5, $6)")
+        .bind(channel)
+        .bind(provider)
+        .bind(claim.owner)
+        .bind(i64::from(max))
+        .bind(i64::from(claim.limit))
+        .bind(claim.lease_ms)
+        .fetch_all(executor)
+        .await
+        .op("claiming executions")
+}
+
+/// Claimed rows as executions, in claim order.
+fn claimed(rows: Vec<sqlx::postgres::PgRow>) -> Result<Vec<Execution>, StoreError> {
+    let mut claimed: Vec<Execution> = rows
+        .iter()
+        .map(execution_from_row)
+        .collect::<Result<_, _>>()?;
+    sort_claimed(&mut claimed);
+    Ok(claimed)
 }
 
 /// Rows per statement of a batched submission.
@@ -241,24 +278,73 @@ impl Queue for PgQueue {
         if claim.max == 0 {
             return Ok(Vec::new());
         }
-        // One round trip: `lanes_claim` (migration 0002) takes the provider's advisory lock,
-        // counts its running rows across the fleet, takes up to the room left with
-        // `FOR UPDATE SKIP LOCKED`, and notifies the fleet of room it could not take.
-        let rows = sqlx::query("SELECT * FROM lanes_claim($1, $2, $3, $4, $5, $6)")
-            .bind(&self.channel)
+        let Some(budget) = claim.budget else {
+            return claimed(
+                claim_rows(&self.pool, &self.channel, provider, &claim, claim.max).await?,
+            );
+        };
+        // A budgeted claim, in one transaction under the provider's budget lock, so that
+        // the fleet's claims see each other's reservations: the window's use, the room it
+        // leaves for the next pending rows (by their estimates), the claim, the
+        // reservations.
+        const OP: &str = "claiming executions within the budget";
+        let mut tx = self.pool.begin().await.op(OP)?;
+        let now: i64 = sqlx::query_scalar(&format!(
+            "SELECT {NOW_MS} FROM (SELECT pg_advisory_xact_lock(hashtext('lanes:budget:' || $1))) l"
+        ))
+        .bind(provider)
+        .fetch_one(&mut *tx)
+        .await
+        .op(OP)?;
+        sqlx::query("DELETE FROM budget_ledger WHERE provider = $1 AND at <= $2")
             .bind(provider)
-            .bind(claim.owner)
-            .bind(i64::from(claim.max))
-            .bind(i64::from(claim.limit))
-            .bind(claim.lease_ms)
-            .fetch_all(&self.pool)
+            .bind(now - BUDGET_WINDOW_MS)
+            .execute(&mut *tx)
             .await
-            .op("claiming executions")?;
-        let mut claimed: Vec<Execution> = rows
+            .op(OP)?;
+        let (requests, tokens): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COALESCE(SUM(tokens), 0)::bigint FROM budget_ledger
+              WHERE provider = $1",
+        )
+        .bind(provider)
+        .fetch_one(&mut *tx)
+        .await
+        .op(OP)?;
+        let inputs: Vec<String> = sqlx::query_scalar(
+            "SELECT input FROM executions
+              WHERE provider = $1 AND status = 'pending' AND not_before <= $2
+              ORDER BY resume DESC, priority DESC, id LIMIT $3",
+        )
+        .bind(provider)
+        .bind(now)
+        .bind(i64::from(claim.max))
+        .fetch_all(&mut *tx)
+        .await
+        .op(OP)?;
+        let estimates: Vec<i64> = inputs
             .iter()
-            .map(execution_from_row)
-            .collect::<Result<_, _>>()?;
-        sort_claimed(&mut claimed);
+            .map(|i| estimate_tokens(&serde_json::from_str(i).unwrap_or_default()))
+            .collect();
+        let room = u32::try_from(budget.room(requests, tokens, &estimates)).unwrap_or(0);
+        if room == 0 {
+            tx.commit().await.op(OP)?;
+            return Ok(Vec::new());
+        }
+        let claimed = claimed(claim_rows(&mut *tx, &self.channel, provider, &claim, room).await?)?;
+        let ids: Vec<i64> = claimed.iter().map(|e| e.id).collect();
+        let reserved: Vec<i64> = claimed.iter().map(|e| estimate_tokens(&e.input)).collect();
+        sqlx::query(
+            "INSERT INTO budget_ledger (execution_id, provider, at, tokens)
+             SELECT b.id, $3, $4, b.tokens FROM unnest($1::bigint[], $2::bigint[]) AS b(id, tokens)",
+        )
+        .bind(&ids)
+        .bind(&reserved)
+        .bind(provider)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .op(OP)?;
+        tx.commit().await.op(OP)?;
         Ok(claimed)
     }
 
@@ -704,6 +790,31 @@ impl Queue for PgQueue {
         .await
         .op("aging pending executions")?;
         Ok(done.rows_affected())
+    }
+
+    async fn settle_budget(&self, id: ExecutionId, tokens: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE budget_ledger SET tokens = $2, settled = true
+              WHERE execution_id = $1 AND NOT settled",
+        )
+        .bind(id)
+        .bind(tokens)
+        .execute(&self.pool)
+        .await
+        .op("settling a budget reservation")?;
+        Ok(())
+    }
+
+    async fn budget_usage(&self) -> Result<BTreeMap<String, (i64, i64)>, StoreError> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(&format!(
+            "SELECT provider, COUNT(*), COALESCE(SUM(tokens), 0)::bigint FROM budget_ledger
+              WHERE at > {NOW_MS} - $1 GROUP BY provider"
+        ))
+        .bind(BUDGET_WINDOW_MS)
+        .fetch_all(&self.pool)
+        .await
+        .op("reading budget use")?;
+        Ok(rows.into_iter().map(|(p, r, t)| (p, (r, t))).collect())
     }
 
     async fn provider_states(&self) -> Result<(i64, BTreeMap<String, ProviderState>), StoreError> {

@@ -10,10 +10,11 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use super::{
-    COLUMNS, Cancelled, Claim, DbContext, ExecutionFilter, Finish, FinishRow, HISTORY_ERROR_CHARS,
-    HISTORY_KEPT, IdempotencyKey, ProviderRecord, ProviderState, Queue, Recovered, StateChange,
-    StatusCounts, StoreError, Submitted, execution_from_row, fold_counts, provider_records,
-    provider_state, read_count, sort_claimed, stored_count, written_flags,
+    BUDGET_WINDOW_MS, COLUMNS, Cancelled, Claim, DbContext, ExecutionFilter, Finish, FinishRow,
+    HISTORY_ERROR_CHARS, HISTORY_KEPT, IdempotencyKey, ProviderRecord, ProviderState, Queue,
+    Recovered, StateChange, StatusCounts, StoreError, Submitted, estimate_tokens,
+    execution_from_row, fold_counts, provider_records, provider_state, read_count, sort_claimed,
+    stored_count, written_flags,
 };
 use crate::model::{Execution, ExecutionId, NewExecution, now_ms};
 
@@ -53,6 +54,58 @@ const CLAIM_CAP: &str = "COALESCE((SELECT CASE WHEN s.paused_until > ?2 THEN 0
 
 /// Rows per statement of a batched submission.
 const SUBMIT_CHUNK: usize = 5000;
+
+/// Moves up to `max` due pending rows of `provider` to `running` (see [`Queue::claim`]).
+async fn claim_rows<'e, E>(
+    executor: E,
+    provider: &str,
+    claim: &Claim<'_>,
+    max: u32,
+    now: i64,
+) -> Result<Vec<sqlx::sqlite::SqliteRow>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    // One statement: SQLite serializes writers, so the running count, the sub-select and
+    // the update see the same rows and no other claim can come in between.
+    sqlx::query(&format!(
+        "UPDATE executions
+            SET status = 'running', owner = ?1, worker = ?1, started_at = ?2,
+                attempts = attempts + 1, resume = 0, lease_until = ?2 + ?6
+          WHERE id IN (SELECT id FROM executions
+                        WHERE provider = ?3 AND status = 'pending' AND not_before <= ?2
+                        ORDER BY resume DESC, priority DESC, id
+                        LIMIT MAX(0, MIN(?4, {CAP} - (SELECT COUNT(*) FROM executions
+                                                    WHERE provider = ?3
+                                                      AND status = 'running'))))
+         RETURNING {COLUMNS}",
+        CAP = CLAIM_CAP
+    ))
+    .bind(claim.owner)
+    .bind(now)
+    .bind(provider)
+    .bind(i64::from(max))
+    .bind(i64::from(claim.limit))
+    .bind(claim.lease_ms)
+    .fetch_all(executor)
+    .await
+    .op("claiming executions")
+}
+
+/// Claimed rows as executions, in claim order.
+fn claimed(rows: &[sqlx::sqlite::SqliteRow]) -> Result<Vec<Execution>, StoreError> {
+    let mut claimed: Vec<Execution> = rows
+        .iter()
+        .map(execution_from_row)
+        .collect::<Result<_, _>>()?;
+    sort_claimed(&mut claimed);
+    Ok(claimed)
+}
+
+/// The token estimate of a stored input (see [`estimate_tokens`]).
+fn estimate_of(input: &str) -> i64 {
+    estimate_tokens(&serde_json::from_str(input).unwrap_or_default())
+}
 
 /// A queue in one SQLite file.
 #[derive(Clone)]
@@ -217,35 +270,60 @@ impl Queue for SqliteQueue {
             return Ok(Vec::new());
         }
         let now = now_ms();
-        // One statement: SQLite serializes writers, so the running count, the sub-select and
-        // the update see the same rows and no other claim can come in between.
-        let rows = sqlx::query(&format!(
-            "UPDATE executions
-                SET status = 'running', owner = ?1, worker = ?1, started_at = ?2,
-                    attempts = attempts + 1, resume = 0, lease_until = ?2 + ?6
-              WHERE id IN (SELECT id FROM executions
-                            WHERE provider = ?3 AND status = 'pending' AND not_before <= ?2
-                            ORDER BY resume DESC, priority DESC, id
-                            LIMIT MAX(0, MIN(?4, {CAP} - (SELECT COUNT(*) FROM executions
-                                                        WHERE provider = ?3
-                                                          AND status = 'running'))))
-             RETURNING {COLUMNS}",
-            CAP = CLAIM_CAP
-        ))
-        .bind(claim.owner)
-        .bind(now)
+        let Some(budget) = claim.budget else {
+            let rows = claim_rows(&self.pool, provider, &claim, claim.max, now).await?;
+            return claimed(&rows);
+        };
+        // A budgeted claim: the window's use, the room it leaves for the next pending rows
+        // (by their estimates), the claim, and the reservations, in one transaction that
+        // holds SQLite's write lock from its first statement.
+        const OP: &str = "claiming executions within the budget";
+        let mut tx = self.pool.begin().await.op(OP)?;
+        sqlx::query("DELETE FROM budget_ledger WHERE provider = ?1 AND at <= ?2")
+            .bind(provider)
+            .bind(now - BUDGET_WINDOW_MS)
+            .execute(&mut *tx)
+            .await
+            .op(OP)?;
+        let (requests, tokens): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COALESCE(SUM(tokens), 0) FROM budget_ledger WHERE provider = ?1",
+        )
         .bind(provider)
-        .bind(i64::from(claim.max))
-        .bind(i64::from(claim.limit))
-        .bind(claim.lease_ms)
-        .fetch_all(&self.pool)
+        .fetch_one(&mut *tx)
         .await
-        .op("claiming executions")?;
-        let mut claimed: Vec<Execution> = rows
-            .iter()
-            .map(execution_from_row)
-            .collect::<Result<_, _>>()?;
-        sort_claimed(&mut claimed);
+        .op(OP)?;
+        let inputs: Vec<String> = sqlx::query_scalar(
+            "SELECT input FROM executions
+              WHERE provider = ?1 AND status = 'pending' AND not_before <= ?2
+              ORDER BY resume DESC, priority DESC, id LIMIT ?3",
+        )
+        .bind(provider)
+        .bind(now)
+        .bind(i64::from(claim.max))
+        .fetch_all(&mut *tx)
+        .await
+        .op(OP)?;
+        let estimates: Vec<i64> = inputs.iter().map(|i| estimate_of(i)).collect();
+        let room = u32::try_from(budget.room(requests, tokens, &estimates)).unwrap_or(0);
+        if room == 0 {
+            tx.commit().await.op(OP)?;
+            return Ok(Vec::new());
+        }
+        let rows = claim_rows(&mut *tx, provider, &claim, room, now).await?;
+        let claimed = claimed(&rows)?;
+        let reservations = json_rows(claimed.iter().map(|e| (e.id, estimate_tokens(&e.input))))?;
+        sqlx::query(
+            "INSERT INTO budget_ledger (execution_id, provider, at, tokens)
+             SELECT json_extract(value, '$[0]'), ?2, ?3, json_extract(value, '$[1]')
+               FROM json_each(?1)",
+        )
+        .bind(reservations)
+        .bind(provider)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .op(OP)?;
+        tx.commit().await.op(OP)?;
         Ok(claimed)
     }
 
@@ -625,6 +703,31 @@ impl Queue for SqliteQueue {
         .await
         .op("aging pending executions")?;
         Ok(done.rows_affected())
+    }
+
+    async fn settle_budget(&self, id: ExecutionId, tokens: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE budget_ledger SET tokens = ?2, settled = 1
+              WHERE execution_id = ?1 AND settled = 0",
+        )
+        .bind(id)
+        .bind(tokens)
+        .execute(&self.pool)
+        .await
+        .op("settling a budget reservation")?;
+        Ok(())
+    }
+
+    async fn budget_usage(&self) -> Result<BTreeMap<String, (i64, i64)>, StoreError> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "SELECT provider, COUNT(*), COALESCE(SUM(tokens), 0) FROM budget_ledger
+              WHERE at > ?1 GROUP BY provider",
+        )
+        .bind(now_ms() - BUDGET_WINDOW_MS)
+        .fetch_all(&self.pool)
+        .await
+        .op("reading budget use")?;
+        Ok(rows.into_iter().map(|(p, r, t)| (p, (r, t))).collect())
     }
 
     async fn provider_states(&self) -> Result<(i64, BTreeMap<String, ProviderState>), StoreError> {
