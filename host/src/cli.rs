@@ -767,6 +767,31 @@ pub struct ProviderStatus {
     pub reason: Option<String>,
     #[serde(flatten)]
     pub counts: StatusCounts,
+    /// Its `rpm`/`tpm` budget and the last minute's use, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetStatus>,
+}
+
+/// A provider's budget per minute and the last minute's use of it.
+#[derive(Debug, Serialize)]
+pub struct BudgetStatus {
+    pub rpm: Option<u32>,
+    pub tpm: Option<u64>,
+    pub requests: i64,
+    pub tokens: i64,
+}
+
+impl std::fmt::Display for BudgetStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(rpm) = self.rpm {
+            parts.push(format!("{}/{rpm} requests", self.requests));
+        }
+        if let Some(tpm) = self.tpm {
+            parts.push(format!("{}/{tpm} tokens", self.tokens));
+        }
+        write!(f, "budget this minute: {}", parts.join(", "))
+    }
 }
 
 async fn limit_views(config: &Config, queue: &dyn Queue) -> anyhow::Result<Vec<LimitView>> {
@@ -831,6 +856,9 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         );
         if let Some(reason) = &r.reason {
             println!("{:<20} {reason}", "");
+        }
+        if let Some(budget) = &r.budget {
+            println!("{:<20} {budget}", "");
         }
     }
     Ok(())
@@ -906,6 +934,7 @@ async fn status_rows(config: &Config, queue: &dyn Queue) -> anyhow::Result<Vec<P
         .collect();
     let counts = queue.counts().await?;
     let (now, states) = queue.provider_states().await?;
+    let used = queue.budget_usage().await?;
     let rows: Vec<ProviderStatus> = limit_views(config, queue)
         .await?
         .into_iter()
@@ -918,6 +947,15 @@ async fn status_rows(config: &Config, queue: &dyn Queue) -> anyhow::Result<Vec<P
                 state: state.kind.to_string(),
                 until: state.until,
                 reason: state.reason,
+                budget: config.policy_for(&view.provider).budget.map(|b| {
+                    let (requests, tokens) = used.get(&view.provider).copied().unwrap_or_default();
+                    BudgetStatus {
+                        rpm: b.rpm,
+                        tpm: b.tpm,
+                        requests,
+                        tokens,
+                    }
+                }),
                 provider: view.provider,
             }
         })

@@ -886,6 +886,10 @@ mod tests {
             ),
             ("[providers.x.policy]\npuase = true", "puase"),
             ("[policy]\nbreaker_failures = -1", "policy.breaker_failures"),
+            ("[providers.x]\nrpm = 0", "providers.x.rpm"),
+            ("[providers.x]\ntpm = 0", "providers.x.tpm"),
+            ("[providers.x]\nrpm = -5", "providers.x.rpm"),
+            ("[providers.x]\ntpm = \"lots\"", "providers.x.tpm"),
         ] {
             let err = Config::from_toml(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");
@@ -903,6 +907,15 @@ mod tests {
         assert_eq!(c.policy_for("x").max_rate_limited, 9, "then [policy]");
         assert_eq!(c.policy_for("y").breaker_failures, 2);
         assert_eq!(c.policy_for("y").breaker_window, 20, "then the default");
+        let b = Config::from_toml("[providers.x]\nrpm = 60\ntpm = 90000").unwrap();
+        assert_eq!(
+            b.policy_for("x").budget,
+            Some(crate::store::Budget {
+                rpm: Some(60),
+                tpm: Some(90_000)
+            })
+        );
+        assert_eq!(b.policy_for("y").budget, None);
     }
 
     #[test]

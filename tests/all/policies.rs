@@ -422,7 +422,24 @@ async fn on_postgres_a_request_budget_holds_across_two_workers() {
     let rows = queue.list(None).await.unwrap();
     assert_eq!(done(&rows), 20, "nothing more within the minute");
     assert_eq!(count(&rows, Status::Pending), 30);
-    assert_eq!(queue.budget_usage().await.unwrap()["metered"].0, 20);
+    // Each reservation was settled with what its attempt used.
+    let used: i64 = rows
+        .iter()
+        .filter_map(|e| e.output.as_ref())
+        .map(|o| {
+            o["usage"]["input_tokens"].as_i64().unwrap()
+                + o["usage"]["output_tokens"].as_i64().unwrap()
+        })
+        .sum();
+    assert!(used > 0);
+    assert_eq!(queue.budget_usage().await.unwrap()["metered"], (20, used));
+    // Shown where the other policies are.
+    let status = env.lanes(&["status"]);
+    assert!(
+        stdout(&status).contains("budget this minute: 20/20 requests"),
+        "{}",
+        stdout(&status)
+    );
     a.shutdown(Duration::from_secs(5)).await;
     b.shutdown(Duration::from_secs(5)).await;
 }

@@ -15,8 +15,8 @@ use super::AppState;
 use super::metrics::GaugeValues;
 use super::problem::{Json, Path, Problem, Query};
 use super::wire::{
-    ComponentOut, EventOut, EventsQuery, HealthOut, LimitRequest, LimitResponse, LimitsOut,
-    PluginOut, PluginsOut, ProviderOut, ProvidersOut,
+    BudgetOut, ComponentOut, EventOut, EventsQuery, HealthOut, LimitRequest, LimitResponse,
+    LimitsOut, PluginOut, PluginsOut, ProviderOut, ProvidersOut,
 };
 use crate::limits::LimitView;
 use crate::model::{MAX_COUNT, validate_provider_name};
@@ -49,6 +49,15 @@ async fn provider_rows(state: &AppState) -> Result<Vec<(ProviderOut, u32)>, Prob
         .map(|p| (p.name.clone(), p))
         .collect();
     let config = state.control.config();
+    let budgeted = config
+        .providers
+        .values()
+        .any(|p| p.rpm.is_some() || p.tpm.is_some());
+    let used = if budgeted {
+        queue.budget_usage().await?
+    } else {
+        BTreeMap::new()
+    };
     let lanes: BTreeMap<String, crate::daemon::LaneView> = state
         .control
         .lanes(&runtime)
@@ -106,6 +115,15 @@ async fn provider_rows(state: &AppState) -> Result<Vec<(ProviderOut, u32)>, Prob
                 .to_string(),
                 paused_until: policy.until,
                 reason: policy.reason,
+                budget: config.policy_for(name).budget.map(|b| {
+                    let (requests, tokens) = used.get(name).copied().unwrap_or_default();
+                    BudgetOut {
+                        rpm: b.rpm,
+                        tpm: b.tpm,
+                        requests,
+                        tokens,
+                    }
+                }),
             },
             lane_limit,
         ));
@@ -313,6 +331,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, Problem>
                 pending: p.pending,
                 paused: p.state != "serving",
                 circuit_open: p.state == "open" || p.state == "half_open",
+                budget_used: p.budget.as_ref().map(|b| (b.requests, b.tokens)),
             },
         );
     }

@@ -49,6 +49,8 @@ pub struct Metrics {
     pending: Family<ProviderLabel, Gauge>,
     paused: Family<ProviderLabel, Gauge>,
     circuit_open: Family<ProviderLabel, Gauge>,
+    budget_requests: Family<ProviderLabel, Gauge>,
+    budget_tokens: Family<ProviderLabel, Gauge>,
     attempts: Family<AttemptLabels, Counter>,
     rate_limited: Family<ProviderLabel, Counter>,
     denied: Family<ProviderLabel, Counter>,
@@ -83,6 +85,8 @@ pub struct GaugeValues {
     pub pending: u64,
     pub paused: bool,
     pub circuit_open: bool,
+    /// Requests and tokens of its budget used in the last minute, when it has one.
+    pub budget_used: Option<(i64, i64)>,
 }
 
 impl Default for Metrics {
@@ -95,6 +99,8 @@ impl Default for Metrics {
             pending: Family::default(),
             paused: Family::default(),
             circuit_open: Family::default(),
+            budget_requests: Family::default(),
+            budget_tokens: Family::default(),
             attempts: Family::default(),
             rate_limited: Family::default(),
             denied: Family::default(),
@@ -135,6 +141,16 @@ impl Default for Metrics {
             "circuit_open",
             "1 while the provider's circuit is open or half-open",
             m.circuit_open.clone(),
+        );
+        registry.register(
+            "budget_requests",
+            "Requests reserved against the provider's rpm budget in the last minute, fleet-wide",
+            m.budget_requests.clone(),
+        );
+        registry.register(
+            "budget_tokens",
+            "Tokens reserved or used against the provider's tpm budget in the last minute",
+            m.budget_tokens.clone(),
         );
         registry.register(
             "attempts",
@@ -284,6 +300,10 @@ impl Metrics {
         set(&self.pending, values.pending);
         set(&self.paused, u64::from(values.paused));
         set(&self.circuit_open, u64::from(values.circuit_open));
+        if let Some((requests, tokens)) = values.budget_used {
+            self.budget_requests.get_or_create(&label).set(requests);
+            self.budget_tokens.get_or_create(&label).set(tokens);
+        }
     }
 
     /// The scrape, in the Prometheus text format.

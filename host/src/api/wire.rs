@@ -241,6 +241,20 @@ pub struct ProviderOut {
     pub paused_until: Option<i64>,
     /// Why it is paused or open.
     pub reason: Option<String>,
+    /// Its `rpm`/`tpm` budget and what the last minute used of it, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetOut>,
+}
+
+/// A provider's budget per minute, fleet-wide, and its use over the last minute.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BudgetOut {
+    pub rpm: Option<u32>,
+    pub tpm: Option<u64>,
+    /// Requests reserved in the last minute.
+    pub requests: i64,
+    /// Tokens reserved (estimates) or used (settled) in the last minute.
+    pub tokens: i64,
 }
 
 /// The answer of `GET /v1/providers`.
