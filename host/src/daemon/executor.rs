@@ -67,7 +67,7 @@ impl Executor {
         }
         let moved_to = match (&mut finish, &execution.route) {
             (Finish::Retry { to, .. }, Some(route)) => {
-                let target = self.move_target(route, lane.name()).await;
+                let target = self.move_target(execution.id, route, lane.name()).await;
                 *to = target.as_ref().map(|(name, _)| name.clone());
                 target.and_then(|(_, lane)| lane)
             }
@@ -111,7 +111,12 @@ impl Executor {
     /// Where the retry of an execution of `route` that failed on `failed` runs: another
     /// member when the route's strategy finds a healthy one (with its lane here, if this
     /// worker has one), else `None`.
-    async fn move_target(&self, route: &str, failed: &str) -> Option<(String, Option<Arc<Lane>>)> {
+    async fn move_target(
+        &self,
+        id: ExecutionId,
+        route: &str,
+        failed: &str,
+    ) -> Option<(String, Option<Arc<Lane>>)> {
         let shared = self.shared.upgrade()?;
         let config = shared.config.get();
         let loads = match crate::routes::Loads::read(shared.queue.as_ref(), &config).await {
@@ -124,6 +129,10 @@ impl Executor {
             }
         };
         let to = crate::routes::Routes::new(&config).next(route, failed, &loads)?;
+        tracing::info!(
+            id,
+            "route `{route}`: the next attempt moves from `{failed}` to `{to}`"
+        );
         let lane = shared.registry.get(&to);
         Some((to, lane))
     }

@@ -32,6 +32,8 @@ pub struct Producer {
     executions: TaskTracker,
     lane: Arc<Lane>,
     log: ClaimLog,
+    /// Whether the last budgeted claim found the budget spent, to log each change once.
+    budget_spent: bool,
 }
 
 impl Producer {
@@ -48,6 +50,7 @@ impl Producer {
             executions,
             lane,
             log: ClaimLog::default(),
+            budget_spent: false,
         }
     }
 
@@ -115,13 +118,49 @@ impl Producer {
         }
     }
 
+    /// Logs when the provider's budget runs out (a claim with free slots took nothing and
+    /// the minute's requests or tokens are used up) and when work flows again.
+    async fn note_budget(&mut self, budget: crate::store::Budget, nothing: bool) {
+        if !nothing {
+            if self.budget_spent {
+                self.budget_spent = false;
+                info!(
+                    "provider {}: claiming again within its budget",
+                    self.lane.name()
+                );
+            }
+            return;
+        }
+        if self.budget_spent {
+            return;
+        }
+        let Ok(used) = self.shared.queue.budget_usage().await else {
+            return;
+        };
+        let (requests, tokens) = used.get(self.lane.name()).copied().unwrap_or_default();
+        let rpm_spent = budget.rpm.is_some_and(|r| requests >= i64::from(r));
+        // A token budget refuses the next row when its estimate does not fit, however
+        // much is left: any use of it may be the reason.
+        let tpm_used = budget.tpm.is_some() && tokens > 0;
+        if rpm_spent || tpm_used {
+            self.budget_spent = true;
+            info!(
+                "provider {}: nothing fits its budget now ({requests} requests, {tokens} \
+                 tokens in the last minute; rpm {:?}, tpm {:?}): pending work waits",
+                self.lane.name(),
+                budget.rpm,
+                budget.tpm
+            );
+        }
+    }
+
     /// Claims up to `free` executions and starts them. Returns how many it claimed.
     async fn claim_and_start(
         &mut self,
         provider: &Arc<Provider>,
         free: u32,
     ) -> Result<u32, StoreError> {
-        let shared = &self.shared;
+        let shared = self.shared.clone();
         let claimed = shared
             .queue
             .claim(
@@ -135,6 +174,9 @@ impl Producer {
                 },
             )
             .await?;
+        if let Some(budget) = provider.policy.budget {
+            self.note_budget(budget, claimed.is_empty()).await;
+        }
         if claimed.is_empty() {
             return Ok(0);
         }
