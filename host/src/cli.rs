@@ -1000,6 +1000,19 @@ async fn limits(config: &Config, action: Option<LimitsAction>, json: bool) -> an
                     v.source
                 );
             }
+            // Budgets sit beside the limits: requests and tokens per minute, fleet-wide.
+            for (name, provider) in &config.providers {
+                let parts: Vec<String> = [
+                    provider.rpm.map(|r| format!("{r} requests")),
+                    provider.tpm.map(|t| format!("{t} tokens")),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                if !parts.is_empty() {
+                    println!("{name}: a budget of {} per minute", parts.join(" and "));
+                }
+            }
         }
     }
     Ok(())

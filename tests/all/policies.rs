@@ -440,6 +440,12 @@ async fn on_postgres_a_request_budget_holds_across_two_workers() {
         "{}",
         stdout(&status)
     );
+    let limits = env.lanes(&["limits"]);
+    assert!(
+        stdout(&limits).contains("metered: a budget of 20 requests per minute"),
+        "{}",
+        stdout(&limits)
+    );
     a.shutdown(Duration::from_secs(5)).await;
     b.shutdown(Duration::from_secs(5)).await;
 }
