@@ -635,6 +635,10 @@ async fn budgets(q: Arc<dyn Queue>) {
     let first = q.claim("b", budgeted(rpm)).await.unwrap();
     assert_eq!(first.len(), 4);
     assert!(q.claim("b", budgeted(rpm)).await.unwrap().is_empty());
+    // Room frees when the oldest reservation leaves the minute.
+    let frees = q.budget_frees_in("b").await.unwrap().unwrap();
+    assert!((55_000..=60_000).contains(&frees), "{frees}");
+    assert_eq!(q.budget_frees_in("other").await.unwrap(), None);
     // Each reservation is 100 + 8 / 4 = 102 tokens: 350 more tokens hold 3, not 4.
     let tpm = Budget {
         rpm: None,

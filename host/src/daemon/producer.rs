@@ -82,6 +82,9 @@ impl Producer {
                             if let Some(due) = self.next_due().await {
                                 wait = wait.min(due);
                             }
+                            if let Some(frees) = self.budget_frees_in().await {
+                                wait = wait.min(frees);
+                            }
                         }
                         Ok(_) => {}
                         Err(e) => error!("provider {}: claim failed: {e}", self.lane.name()),
@@ -112,6 +115,21 @@ impl Producer {
             Ok(None) => None,
             Err(e) => {
                 self.lane.note_retry_quietly();
+                error!("provider {}: {e}", self.lane.name());
+                None
+            }
+        }
+    }
+
+    /// While the provider's budget is spent: how long until its oldest reservation leaves
+    /// the window, so that the lane claims again when room frees, not on the next poll.
+    async fn budget_frees_in(&self) -> Option<Duration> {
+        if !self.budget_spent {
+            return None;
+        }
+        match self.shared.queue.budget_frees_in(self.lane.name()).await {
+            Ok(ms) => ms.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0).max(1))),
+            Err(e) => {
                 error!("provider {}: {e}", self.lane.name());
                 None
             }

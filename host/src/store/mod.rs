@@ -243,6 +243,10 @@ pub trait Queue: Send + Sync + 'static {
 
     /// Requests and tokens of each budgeted provider in the last minute.
     async fn budget_usage(&self) -> Result<BTreeMap<String, (i64, i64)>, StoreError>;
+
+    /// How long, in ms, until the oldest reservation of `provider` leaves the window (and
+    /// frees its room); `None` when it has none.
+    async fn budget_frees_in(&self, provider: &str) -> Result<Option<i64>, StoreError>;
 }
 
 /// A provider's policy state, shared by every worker of a queue.

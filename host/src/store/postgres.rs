@@ -817,6 +817,19 @@ impl Queue for PgQueue {
         Ok(rows.into_iter().map(|(p, r, t)| (p, (r, t))).collect())
     }
 
+    async fn budget_frees_in(&self, provider: &str) -> Result<Option<i64>, StoreError> {
+        let left: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT MIN(at) + $2 - {NOW_MS} FROM budget_ledger
+              WHERE provider = $1 AND at > {NOW_MS} - $2"
+        ))
+        .bind(provider)
+        .bind(BUDGET_WINDOW_MS)
+        .fetch_one(&self.pool)
+        .await
+        .op("reading budget use")?;
+        Ok(left.map(|ms| ms.max(0)))
+    }
+
     async fn provider_states(&self) -> Result<(i64, BTreeMap<String, ProviderState>), StoreError> {
         let now: i64 = sqlx::query_scalar(&format!("SELECT {NOW_MS}"))
             .fetch_one(&self.pool)

@@ -730,6 +730,18 @@ impl Queue for SqliteQueue {
         Ok(rows.into_iter().map(|(p, r, t)| (p, (r, t))).collect())
     }
 
+    async fn budget_frees_in(&self, provider: &str) -> Result<Option<i64>, StoreError> {
+        let now = now_ms();
+        let oldest: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(at) FROM budget_ledger WHERE provider = ?1 AND at > ?2")
+                .bind(provider)
+                .bind(now - BUDGET_WINDOW_MS)
+                .fetch_one(&self.pool)
+                .await
+                .op("reading budget use")?;
+        Ok(oldest.map(|at| (at + BUDGET_WINDOW_MS - now).max(0)))
+    }
+
     async fn provider_states(&self) -> Result<(i64, BTreeMap<String, ProviderState>), StoreError> {
         let rows: Vec<(String, i64, Option<String>, String, i64, Option<i64>)> = sqlx::query_as(
             "SELECT provider, paused_until, reason, circuit, openings, adaptive_limit
