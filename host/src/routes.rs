@@ -152,21 +152,19 @@ impl Loads {
 }
 
 /// The routes of a config.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct Routes<'a> {
-    config: Option<&'a Config>,
+    config: &'a Config,
 }
 
 impl<'a> Routes<'a> {
     pub fn new(config: &'a Config) -> Self {
-        Routes {
-            config: Some(config),
-        }
+        Routes { config }
     }
 
     /// The route named `name`, if there is one.
     pub fn get(&self, name: &str) -> Option<&'a RouteConfig> {
-        self.config.and_then(|c| c.routes.get(name))
+        self.config.routes.get(name)
     }
 
     /// The member a new execution of route `name` goes to, or `None` when `name` is not a
