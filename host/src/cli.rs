@@ -861,6 +861,13 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
             println!("{:<20} {budget}", "");
         }
     }
+    for (name, route) in &config.routes {
+        let strategy = match route.strategy {
+            crate::routes::Strategy::Capacity => "capacity",
+            crate::routes::Strategy::Ordered => "ordered",
+        };
+        println!("route {name} ({strategy}): {}", route.providers.join(", "));
+    }
     Ok(())
 }
 

@@ -182,6 +182,12 @@ async fn a_route_spreads_by_capacity_moves_retries_and_skips_an_open_member() {
         (e.provider.as_str(), e.route.as_deref()),
         ("big", Some("chat"))
     );
+    let status = env.lanes(&["status"]);
+    assert!(
+        stdout(&status).contains("route chat (capacity): big, small"),
+        "{}",
+        stdout(&status)
+    );
     // `lanes get` says where it ran.
     let shown = env.lanes(&["get", &moved[0].to_string()]);
     assert!(
