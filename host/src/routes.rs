@@ -5,8 +5,9 @@
 //! entry names the provider it ran on.
 //!
 //! The choice reads the queue's own state ([`Loads::read`]): running and pending rows per
-//! provider, limits (run-time, config, the component's default) and policy states (paused,
-//! open). The same holds for the CLI, the API and every worker of a fleet.
+//! provider, limits (run-time, config, the component's default), policy states (paused,
+//! open) and budgets (a member whose `rpm` is spent this minute). The same holds for the
+//! CLI, the API and every worker of a fleet.
 
 use std::collections::BTreeMap;
 
@@ -79,7 +80,8 @@ pub struct Member {
     pub limit: u32,
     /// Running and pending rows.
     pub busy: u64,
-    /// Not paused, not open, and served by a component somewhere.
+    /// Not paused, not open, not out of its request budget, and served by a component
+    /// somewhere.
     pub healthy: bool,
 }
 
@@ -101,6 +103,16 @@ impl Loads {
             .map(|p| (p.name, p.default_limit))
             .collect();
         let (now, states) = queue.provider_states().await?;
+        let budgeted = config
+            .routes
+            .values()
+            .flat_map(|r| &r.providers)
+            .any(|p| config.policy_for(p).budget.is_some());
+        let used = if budgeted {
+            queue.budget_usage().await?
+        } else {
+            BTreeMap::new()
+        };
         let mut loads = Loads::default();
         for route in config.routes.values() {
             for name in &route.providers {
@@ -116,7 +128,13 @@ impl Loads {
                 if let Some(adaptive) = state.and_then(|s| s.adaptive_limit) {
                     limit = limit.min(adaptive.max(1));
                 }
-                let stopped = state.is_some_and(|s| s.paused_until > now || s.circuit_open);
+                // A member whose requests this minute are spent takes no more work now.
+                let spent = config.policy_for(name).budget.is_some_and(|b| {
+                    let requests = used.get(name).map_or(0, |u| u.0);
+                    b.rpm.is_some_and(|rpm| requests >= i64::from(rpm))
+                });
+                let stopped =
+                    spent || state.is_some_and(|s| s.paused_until > now || s.circuit_open);
                 let busy = counts
                     .get(name)
                     .map_or(0, |c| c.running.saturating_add(c.pending));

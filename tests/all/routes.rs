@@ -197,3 +197,42 @@ async fn a_route_spreads_by_capacity_moves_retries_and_skips_an_open_member() {
     );
     daemon.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_out_of_its_request_budget_is_skipped() {
+    let mut env = TestEnv::new();
+    env.stub("metered", Some(4), &[]);
+    env.stub("spare", Some(4), &[]);
+    env.config.providers.get_mut("metered").unwrap().rpm = Some(2);
+    env.config.routes.insert(
+        "first".into(),
+        RouteConfig {
+            providers: vec!["metered".into(), "spare".into()],
+            strategy: Strategy::Ordered,
+        },
+    );
+    let (daemon, queue) = env.start().await;
+    let early = daemon.submit_many(&to("first", 2)).await.unwrap();
+    let rows = wait_until(
+        queue.as_ref(),
+        None,
+        Duration::from_secs(20),
+        "two done",
+        |rows| rows.iter().all(|e| e.status.is_terminal()),
+    )
+    .await;
+    for id in &early {
+        let e = rows.iter().find(|e| e.id == *id).unwrap();
+        assert_eq!(
+            (e.provider.as_str(), e.status),
+            ("metered", Status::Completed)
+        );
+    }
+    // Its two requests this minute are spent: the ordered route falls back.
+    let late = daemon.submit_many(&to("first", 2)).await.unwrap();
+    let rows = queue.list(None).await.unwrap();
+    for id in &late {
+        assert_eq!(rows.iter().find(|e| e.id == *id).unwrap().provider, "spare");
+    }
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
