@@ -63,7 +63,7 @@ async fn claim_rows<'e, E>(
 where
     E: sqlx::Executor<'e, Database = sqlx::Postgres>,
 {
-    // One round trip: `lanes_claim` (migration 0002) takes the provider's advisory lock,
+    // One round trip: `lanes_claim` (migrations 0002, 0006, 0010) takes the provider's advisory lock,
     // counts its running rows across the fleet, takes up to the room left with
     // `FOR UPDATE SKIP LOCKED`, and notifies the fleet of room it could not take.
     sqlx::query("SELECT * FROM lanes_claim($1, $2, $3, $4, $5, $6)")
