@@ -205,20 +205,21 @@ impl<'a> Routes<'a> {
 /// Sends each execution of `batch` whose `provider` names a route to the member the
 /// route picks, keeping the route's name in `route`. One read of the queue's state serves
 /// the whole batch, which spreads as it is assigned.
-pub async fn assign(
+pub async fn assign<'b>(
     queue: &dyn Queue,
     config: &Config,
-    batch: &mut [crate::model::NewExecution],
+    batch: impl IntoIterator<Item = &'b mut crate::model::NewExecution>,
 ) -> Result<(), StoreError> {
     let routes = Routes::new(config);
-    if !batch
-        .iter()
-        .any(|n| n.route.is_none() && routes.get(&n.provider).is_some())
-    {
+    let mut routed: Vec<&mut crate::model::NewExecution> = batch
+        .into_iter()
+        .filter(|n| n.route.is_none() && routes.get(&n.provider).is_some())
+        .collect();
+    if routed.is_empty() {
         return Ok(());
     }
     let mut loads = Loads::read(queue, config).await?;
-    for new in batch.iter_mut().filter(|n| n.route.is_none()) {
+    for new in &mut routed {
         if let Some(member) = routes.resolve(&new.provider, &loads) {
             loads.add(&member);
             new.route = Some(std::mem::replace(&mut new.provider, member));

@@ -87,7 +87,10 @@ impl Shared {
     }
 
     /// Sends each execution of `batch` that names a route to the member the route picks.
-    async fn route(&self, batch: &mut [NewExecution]) -> Result<(), StoreError> {
+    async fn route<'b>(
+        &self,
+        batch: impl IntoIterator<Item = &'b mut NewExecution>,
+    ) -> Result<(), StoreError> {
         let config = self.config.get();
         crate::routes::assign(self.queue.as_ref(), &config, batch).await
     }
@@ -223,11 +226,7 @@ impl Control {
         let mut routed = None;
         if batch.iter().any(|(n, _)| self.shared.routes_to(n)) {
             let mut owned = batch.to_vec();
-            let mut news: Vec<NewExecution> = owned.iter().map(|(n, _)| n.clone()).collect();
-            self.shared.route(&mut news).await?;
-            for ((n, _), routed) in owned.iter_mut().zip(news) {
-                *n = routed;
-            }
+            self.shared.route(owned.iter_mut().map(|(n, _)| n)).await?;
             routed = Some(owned);
         }
         let batch = routed.as_deref().unwrap_or(batch);
@@ -438,9 +437,7 @@ impl Daemon {
     pub async fn submit(&self, new: &NewExecution) -> Result<ExecutionId, StoreError> {
         let mut new = std::borrow::Cow::Borrowed(new);
         if self.shared.routes_to(&new) {
-            self.shared
-                .route(std::slice::from_mut(new.to_mut()))
-                .await?;
+            self.shared.route([new.to_mut()]).await?;
         }
         let id = self.shared.queue.submit(&new).await?;
         self.shared.registry.wake(&new.provider);
@@ -454,7 +451,7 @@ impl Daemon {
     ) -> Result<Vec<ExecutionId>, StoreError> {
         let mut batch = std::borrow::Cow::Borrowed(batch);
         if batch.iter().any(|n| self.shared.routes_to(n)) {
-            self.shared.route(batch.to_mut()).await?;
+            self.shared.route(batch.to_mut().iter_mut()).await?;
         }
         let ids = self.shared.queue.submit_many(&batch).await?;
         let providers: BTreeSet<&str> = batch.iter().map(|n| n.provider.as_str()).collect();
