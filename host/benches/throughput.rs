@@ -29,7 +29,7 @@
 //! `cargo bench -- --quick` runs a smaller version (CI uses it to prove the benchmark runs).
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -627,18 +627,7 @@ async fn pg_processes(n: usize, workers: usize) -> Option<f64> {
     let pg = sqlx::PgPool::connect(&config.database_url).await.unwrap();
     let started = Instant::now();
     queue.submit_many(&jobs("noop", n)).await.unwrap();
-    // Open rows, counted through the partial indexes: cheap however many have ended.
-    loop {
-        let open: i64 = sqlx::query_scalar(
-            "SELECT (SELECT COUNT(*) FROM executions WHERE status = 'pending')
-                  + (SELECT COUNT(*) FROM executions WHERE status = 'running')",
-        )
-        .fetch_one(&pg)
-        .await
-        .unwrap();
-        if open == 0 {
-            break;
-        }
+    while open_rows(&pg).await > 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let rate = n as f64 / started.elapsed().as_secs_f64();
@@ -682,9 +671,36 @@ async fn pg_setup(dir: &tempfile::TempDir, tag: &str) -> Option<(sqlx::PgPool, S
     Some((admin, schema, config))
 }
 
+/// Open rows, counted through the partial indexes: cheap however many have ended.
+async fn open_rows(pg: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT (SELECT COUNT(*) FROM executions WHERE status = 'pending')
+              + (SELECT COUNT(*) FROM executions WHERE status = 'running')",
+    )
+    .fetch_one(pg)
+    .await
+    .unwrap()
+}
+
+/// `workers` daemons in this process working `n` no-ops submitted before they start, as
+/// River's benchmark inserts its jobs before its clock starts: timed from the first
+/// daemon's start to the last row's end.
 async fn pg_noop(n: usize, workers: usize) -> Option<f64> {
     let dir = tempfile::tempdir().unwrap();
     let (admin, schema, config) = pg_setup(&dir, &workers.to_string()).await?;
+    let pg = sqlx::PgPool::connect(&config.database_url).await.unwrap();
+    let queue = lanes::store::open(&config.database_url)
+        .await
+        .expect("queue");
+    // A first start compiles the component into the cache; the timed starts are warm, as
+    // River's clock starts once its client is ready.
+    Daemon::start(config.clone(), queue.clone())
+        .await
+        .expect("daemon")
+        .shutdown(Duration::from_secs(5))
+        .await;
+    queue.submit_many(&jobs("noop", n)).await.unwrap();
+    let started = Instant::now();
     let mut daemons = Vec::new();
     let mut queues = Vec::new();
     for _ in 0..workers {
@@ -698,38 +714,8 @@ async fn pg_noop(n: usize, workers: usize) -> Option<f64> {
         );
         queues.push(queue);
     }
-    // Every worker's events, merged: the run ends when n executions have ended.
-    let (tx, mut ended) = tokio::sync::mpsc::unbounded_channel();
-    for daemon in &daemons {
-        let mut events = daemon.subscribe();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
-                let done = matches!(
-                    event,
-                    Ok(Event::Finished {
-                        outcome: lanes::daemon::events::Outcome::Completed,
-                        ..
-                    })
-                );
-                if (done || event.is_err()) && tx.send(event.is_err()).is_err() {
-                    return;
-                }
-            }
-        });
-    }
-    let started = Instant::now();
-    queues[0].submit_many(&jobs("noop", n)).await.unwrap();
-    let mut count = 0;
-    while count < n {
-        match ended.recv().await {
-            Some(false) => count += 1,
-            // A subscriber lagged: count rows instead.
-            _ => {
-                wait_done(queues[0].as_ref(), n as u64).await;
-                break;
-            }
-        }
+    while open_rows(&pg).await > 0 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let elapsed = started.elapsed();
     let rows = queues[0].list(Some("noop")).await.unwrap();
@@ -740,17 +726,56 @@ async fn pg_noop(n: usize, workers: usize) -> Option<f64> {
     assert_eq!(completed, n);
     let max = max_overlap(lanes::report::intervals(&rows));
     println!(
-        "postgres noop: {n} executions, {workers} worker(s), fleet limit {PG_LIMIT}: {:.2} s = {:.0} executions/s (max concurrency {max})",
+        "postgres noop, rows submitted first: {n} executions, {workers} worker(s), fleet limit \
+         {PG_LIMIT}: {:.2} s = {:.0} executions/s (max concurrency {max})",
         elapsed.as_secs_f64(),
         n as f64 / elapsed.as_secs_f64()
     );
     for daemon in daemons {
         daemon.shutdown(Duration::from_secs(5)).await;
     }
+    pg.close().await;
     let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
         .execute(&admin)
         .await;
     Some(n as f64 / elapsed.as_secs_f64())
+}
+
+/// River's own benchmark on the same server (`scripts/river-bench`), when `riverqueue` is
+/// installed where that script puts it; `None`, with a line saying how, when it is not.
+async fn river_bench(n: usize) -> Option<f64> {
+    let root = std::env::var_os("RIVER_ROOT")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache/lanes-river"))
+        })?;
+    if !root.join("bin/riverqueue").exists() {
+        println!(
+            "  River: not installed; `scripts/river-bench` installs it (about 9 minutes), and \
+             the next run prints the ratio"
+        );
+        return None;
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/river-bench");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(n.to_string())
+        .output()
+        .expect("scripts/river-bench");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "bench: total jobs worked [ N ], …, overall job/sec [ RATE ], …"
+    let rate = text
+        .split("overall job/sec [")
+        .nth(1)
+        .and_then(|rest| rest.split(']').next())
+        .and_then(|r| r.trim().parse::<f64>().ok());
+    if rate.is_none() {
+        println!(
+            "  River: no figure from scripts/river-bench: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    rate
 }
 
 /// What one lane achieved against the capacity API.
@@ -922,14 +947,18 @@ fn main() {
             if let (Some(one), Some(three)) = (one, three) {
                 println!("  3 workers ÷ 1 worker, in one process: {:.2}", three / one);
             }
+            let river = if quick { None } else { river_bench(pg_n).await };
+            if let (Some(lanes), Some(river)) = (one, river) {
+                println!(
+                    "  1 worker ÷ River ({river:.0} jobs/s, same server, same run): {:.2} \
+                     (target 1.2)",
+                    lanes / river
+                );
+            }
             let one = pg_processes(pg_n, 1).await;
             let three = pg_processes(pg_n, 3).await;
             if let (Some(one), Some(three)) = (one, three) {
-                println!(
-                    "  3 processes ÷ 1 process: {:.2} (target 1.0); compare the 1-process \
-                     figure with scripts/river-bench (target 1.2 ×)",
-                    three / one
-                );
+                println!("  3 processes ÷ 1 process: {:.2} (target 1.0)", three / one);
             }
         }
     });
