@@ -658,3 +658,37 @@ async fn budgets(q: Arc<dyn Queue>) {
     assert!(q.claim("b", claim("w", 10, 100)).await.unwrap().is_empty());
 }
 contract!(budget_contract, budgets);
+
+/// SQLite: a claim that meets another connection's write waits for it (lanes' busy
+/// handler), however long it holds the lock, and then claims as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_claim_waits_out_another_connections_write() {
+    let env = TestEnv::new();
+    let q = env.queue().await;
+    q.submit(&new("a", 0)).await.unwrap();
+    let mut holder = q.pool().acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE executions SET priority = 7")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let claim_task = tokio::spawn({
+        let q = q.clone();
+        async move { q.claim("a", claim("w1", 1, 1)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !claim_task.is_finished(),
+        "the claim waits for the write lock"
+    );
+    sqlx::query("COMMIT").execute(&mut *holder).await.unwrap();
+    let claimed = claim_task
+        .await
+        .unwrap()
+        .expect("claimed once the lock is free");
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].priority, 7, "the claim ran after the write");
+}
