@@ -63,9 +63,10 @@ async fn claim_rows<'e, E>(
 where
     E: sqlx::Executor<'e, Database = sqlx::Postgres>,
 {
-    // One round trip: `lanes_claim` (migrations 0002, 0006, 0010) takes the provider's advisory lock,
-    // counts its running rows across the fleet, takes up to the room left with
-    // `FOR UPDATE SKIP LOCKED`, and notifies the fleet of room it could not take.
+    // One round trip: `lanes_claim` (migrations 0002, 0006, 0010, 0011) takes the
+    // provider's advisory lock, counts its running rows across the fleet, takes up to the
+    // room left with `FOR UPDATE SKIP LOCKED` (by primary key), and notifies the fleet of
+    // room it could not take.
     sqlx::query("SELECT * FROM lanes_claim($1, $2, $3, $4, $5, $6)")
         .bind(channel)
         .bind(provider)
