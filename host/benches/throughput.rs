@@ -736,6 +736,7 @@ async fn pg_noop(n: usize, workers: usize, ended: usize) -> Option<f64> {
     }
     let elapsed = started.elapsed();
     let mut rows = queues[0].list(Some("noop")).await.unwrap();
+    // The ended rows put in above carry created_at 0; count only this run's.
     rows.retain(|e| e.created_at > 0);
     let completed = rows
         .iter()
@@ -768,10 +769,8 @@ async fn pg_noop(n: usize, workers: usize, ended: usize) -> Option<f64> {
 /// installed where that script puts it; `None`, with a line saying how, when it is not.
 async fn river_bench(n: usize) -> Option<f64> {
     let root = std::env::var_os("RIVER_ROOT")
-        .map(std::path::PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache/lanes-river"))
-        })?;
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/lanes-river")))?;
     if !root.join("bin/riverqueue").exists() {
         println!(
             "  River: not installed; `scripts/river-bench` installs it (about 9 minutes), and \
