@@ -125,8 +125,13 @@ impl PgQueue {
             .op("connecting to PostgreSQL")?;
         // A worker needs few connections (claims, finishes, the lease loop); the listener
         // holds one more. Keep fleets well under the server's max_connections.
+        // No ping before each use: it is a round trip of its own before every claim and
+        // every batch write. sqlx still pings a connection when it goes back to the pool and
+        // drops one that broke; a statement on a connection that broke since fails, and the
+        // producer claims again, the completer retries its write.
         let pool = PgPoolOptions::new()
             .max_connections(5)
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options)
             .await

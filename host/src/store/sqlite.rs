@@ -130,6 +130,9 @@ impl SqliteQueue {
         let init_lock = init_lock(options.get_filename()).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // No ping before each use: it is a round trip to the connection's thread before
+            // every claim and every batch write (sqlx still pings on the way back to the pool).
+            .test_before_acquire(false)
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     let mut handle = conn.lock_handle().await?;
