@@ -981,18 +981,47 @@ fn main() {
             if let (Some(one), Some(three)) = (one, three) {
                 println!("  3 workers ÷ 1 worker, in one process: {:.2}", three / one);
             }
-            let river = if quick { None } else { river_bench(pg_n).await };
-            if let (Some(lanes), Some(river)) = (one, river) {
+            // On a shared machine one run of either side moves by ±15% (River ran at 21k
+            // and 27k jobs/s in back-to-back runs): the full run alternates the two sides
+            // and compares the best of each.
+            let rounds = if quick { 1 } else { 3 };
+            if !quick && let Some(river) = river_bench(pg_n).await {
+                println!("  River: {river:.0} jobs/s");
+                let (mut lanes_best, mut river_best) = (one.unwrap_or(0.0), river);
+                for _ in 1..rounds {
+                    if let Some(rate) = pg_noop(pg_n, 1, 0).await {
+                        lanes_best = lanes_best.max(rate);
+                    }
+                    if let Some(rate) = river_bench(pg_n).await {
+                        println!("  River: {rate:.0} jobs/s");
+                        river_best = river_best.max(rate);
+                    }
+                }
                 println!(
-                    "  1 worker ÷ River ({river:.0} jobs/s, same server, same run): {:.2} \
-                     (target 1.2)",
-                    lanes / river
+                    "  1 worker ÷ River, best of {rounds} alternated runs each ({lanes_best:.0} \
+                     executions/s, {river_best:.0} jobs/s): {:.2} (target 1.2)",
+                    lanes_best / river_best
                 );
             }
-            let one = pg_processes(pg_n, 1).await;
-            let three = pg_processes(pg_n, 3).await;
+            let (mut one, mut three) = (None::<f64>, None::<f64>);
+            for _ in 0..rounds {
+                if let Some(rate) = pg_processes(pg_n, 1).await {
+                    one = Some(one.map_or(rate, |best| best.max(rate)));
+                }
+                if let Some(rate) = pg_processes(pg_n, 3).await {
+                    three = Some(three.map_or(rate, |best| best.max(rate)));
+                }
+            }
             if let (Some(one), Some(three)) = (one, three) {
-                println!("  3 processes ÷ 1 process: {:.2} (target 1.0)", three / one);
+                let runs = if rounds > 1 {
+                    format!(", best of {rounds} alternated runs each")
+                } else {
+                    String::new()
+                };
+                println!(
+                    "  3 processes ÷ 1 process{runs}: {:.2} (target 1.0)",
+                    three / one
+                );
             }
         }
     });
