@@ -69,7 +69,9 @@ fn history_with(row: &str, outcome: &str, kind: &str, error: &str, delay: &str) 
 /// stay columns, and the checks stay join conditions. On a table of a few tens of
 /// thousands of rows, a connection's first writes may scan the table instead
 /// (PostgreSQL plans a prepared statement's first five runs for their values); the
-/// plan it keeps is the lookup by key.
+/// plan it keeps is the lookup by key. A worker that runs every running row itself paid a
+/// little less the old way (1–2 ms more per 400-row write now, of 5–8 ms): the
+/// price of a cost that no longer grows with the rest of the fleet.
 static FINISH_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let history = history_with(
         "e.",
