@@ -32,14 +32,19 @@ impl Fleet {
 
     /// Waits until every worker logged that it serves (it listens before that line).
     async fn ready(&mut self, env: &TestEnv) {
+        self.logged(env, "lanes serving").await;
+    }
+
+    /// Waits (up to 30 s) until every worker's log holds `line`.
+    async fn logged(&mut self, env: &TestEnv, line: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.1.iter().all(|n| env.log(n).contains("lanes serving")) {
+        while !self.1.iter().all(|n| env.log(n).contains(line)) {
             assert!(
                 Instant::now() < deadline,
-                "workers not ready after 30 s\n{}",
+                "not every worker logged {line:?} within 30 s\n{}",
                 self.report(env)
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -160,10 +165,25 @@ async fn limits_set_on_one_worker_applies_to_all() {
         .submit_many(&sleepers("fleet", 60, 200))
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // The fleet at its limit first, however slow the machine: four rows running.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while queue.counts().await.unwrap()["fleet"].running < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the fleet never ran 4 rows at once\n{}",
+            fleet.report(&env)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let changed_at = now_ms();
     let out = env.lanes(&["limits", "set", "fleet", "2"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // Each worker applies it at its next refresh (100 ms here) and logs it; under a loaded
+    // suite that can take longer, so the check below starts from the last worker's line.
+    fleet
+        .logged(&env, "Limit of provider fleet changed from 4 to 2")
+        .await;
+    let applied_at = now_ms();
     let rows = fleet
         .finish(&env, queue.as_ref(), Duration::from_secs(60))
         .await;
@@ -176,11 +196,14 @@ async fn limits_set_on_one_worker_applies_to_all() {
             .collect()
     };
     let before = at_start(0, changed_at);
-    let after = at_start(changed_at + 1000, i64::MAX);
+    // A claim already under way when the last worker applied it may still start a row.
+    let after = at_start(applied_at + 1000, i64::MAX);
     println!(
-        "max running at a start: {:?} before, {:?} after `limits set fleet 2`",
+        "max running at a start: {:?} before, {:?} after `limits set fleet 2` (applied by \
+         every worker {} ms after it was set)",
         before.iter().max(),
-        after.iter().max()
+        after.iter().max(),
+        applied_at - changed_at
     );
     assert_eq!(before.iter().max(), Some(&4));
     assert!(
