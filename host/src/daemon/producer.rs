@@ -17,7 +17,7 @@ use super::Shared;
 use super::completer::Completion;
 use super::events::Event;
 use super::executor::Executor;
-use super::lane::Lane;
+use super::lane::{Lane, Slot};
 use crate::model::now_ms;
 use crate::plugin::Provider;
 use crate::store::{Claim, Finish, StoreError};
@@ -179,19 +179,34 @@ impl Producer {
         free: u32,
     ) -> Result<u32, StoreError> {
         let shared = self.shared.clone();
+        // The slots are taken before the claim, so that a limit lowered while it runs cannot
+        // leave a claimed row without one (it would go back to pending, having spent a
+        // budget's reservation for nothing); those left over are given back.
+        let mut slots: Vec<Slot> = (0..free).map_while(|_| self.lane.try_acquire()).collect();
+        if slots.is_empty() {
+            return Ok(0);
+        }
         let claimed = shared
             .queue
             .claim(
                 self.lane.name(),
                 Claim {
                     owner: &shared.owner,
-                    max: free,
+                    max: u32::try_from(slots.len()).unwrap_or(free),
                     limit: self.lane.limit(),
                     lease_ms: i64::try_from(shared.config.get().lease_ms).unwrap_or(i64::MAX),
                     budget: provider.policy.budget,
                 },
             )
-            .await?;
+            .await;
+        let unused = slots
+            .len()
+            .saturating_sub(claimed.as_ref().map_or(0, Vec::len));
+        for slot in slots.drain(..unused) {
+            // Quietly: waking the lane here would only make it claim again at once.
+            self.lane.release_quietly(slot);
+        }
+        let claimed = claimed?;
         if let Some(budget) = provider.policy.budget {
             self.note_budget(budget, claimed.is_empty()).await;
         }
@@ -206,9 +221,8 @@ impl Producer {
                 provider: self.lane.name_arc(),
                 attempt: execution.attempts,
             });
-            // Only this loop takes slots, and it claimed no more than were free; a limit
-            // lowered meanwhile can still leave none, and then the row goes back.
-            let Some(slot) = self.lane.try_acquire() else {
+            // A store that returned more rows than it was asked for: the extra go back.
+            let Some(slot) = slots.pop() else {
                 self.executor
                     .completer
                     .send(Completion {
