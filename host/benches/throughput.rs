@@ -616,10 +616,13 @@ async fn pg_processes(n: usize, workers: usize) -> Option<f64> {
             .expect("lanes serve");
         serves.push((child, log));
     }
+    // Ready when each has counted the whole fleet, so that each takes its share from the
+    // first claim.
+    let counted = format!("{workers} worker(s) share its limit");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !serves
         .iter()
-        .all(|(_, log)| std::fs::read_to_string(log).is_ok_and(|l| l.contains("lanes serving")))
+        .all(|(_, log)| std::fs::read_to_string(log).is_ok_and(|l| l.contains(&counted)))
     {
         assert!(Instant::now() < deadline, "workers did not start");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -635,9 +638,14 @@ async fn pg_processes(n: usize, workers: usize) -> Option<f64> {
         let _ = child.kill();
         let _ = child.wait();
     }
+    let spread: Vec<i64> =
+        sqlx::query_scalar("SELECT COUNT(*) FROM executions GROUP BY worker ORDER BY 1 DESC")
+            .fetch_all(&pg)
+            .await
+            .unwrap();
     println!(
         "postgres noop, {workers} `lanes serve` process(es), fleet limit {PG_LIMIT}: {n} \
-         executions at {rate:.0}/s"
+         executions at {rate:.0}/s (rows per process: {spread:?})"
     );
     pg.close().await;
     let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))

@@ -25,6 +25,19 @@ impl Fleet {
         fleet
     }
 
+    /// Starts `n` workers and waits until each has counted all `n`, so that each keeps to
+    /// its share of the `fleet` provider's limit from the first claim.
+    async fn sharing(env: &TestEnv, n: usize) -> Fleet {
+        let mut fleet = Fleet::start(env, n).await;
+        fleet
+            .logged(
+                env,
+                &format!("provider fleet: {n} worker(s) share its limit"),
+            )
+            .await;
+        fleet
+    }
+
     fn spawn(&mut self, env: &TestEnv, name: &str) {
         self.0.push(env.spawn_worker(name));
         self.1.push(name.to_string());
@@ -37,11 +50,26 @@ impl Fleet {
 
     /// Waits (up to 30 s) until every worker's log holds `line`.
     async fn logged(&mut self, env: &TestEnv, line: &str) {
+        let all: Vec<usize> = (0..self.1.len()).collect();
+        self.logged_on(env, &all, line, &vec![0; all.len()]).await;
+    }
+
+    /// How long each worker's log is now, to wait for what it logs from here on.
+    fn marks(&self, env: &TestEnv) -> Vec<usize> {
+        self.1.iter().map(|n| env.log(n).len()).collect()
+    }
+
+    /// Waits (up to 30 s) until the log of each of `workers` holds `line` after its mark.
+    async fn logged_on(&mut self, env: &TestEnv, workers: &[usize], line: &str, marks: &[usize]) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.1.iter().all(|n| env.log(n).contains(line)) {
+        while !workers.iter().all(|i| {
+            env.log(&self.1[*i])
+                .get(marks[*i]..)
+                .is_some_and(|l| l.contains(line))
+        }) {
             assert!(
                 Instant::now() < deadline,
-                "not every worker logged {line:?} within 30 s\n{}",
+                "not each of workers {workers:?} logged {line:?} within 30 s\n{}",
                 self.report(env)
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -129,7 +157,7 @@ async fn three_workers_share_one_limit() {
     };
     fleet_env(&mut env, 3);
     let queue = env.any_queue().await;
-    let mut fleet = Fleet::start(&env, 3).await;
+    let mut fleet = Fleet::sharing(&env, 3).await;
     queue
         .submit_many(&sleepers("fleet", 30, 300))
         .await
@@ -139,18 +167,108 @@ async fn three_workers_share_one_limit() {
         .await;
     assert_eq!(count(&rows, Status::Completed), 30);
     let max = max_overlap(intervals(&rows));
-    let workers: BTreeSet<usize> = rows.iter().filter_map(|e| ran_on(&fleet, e)).collect();
-    println!("3 workers, limit 3: max concurrency {max}, workers used {workers:?}");
+    let per_worker: Vec<(usize, usize)> = (0..3)
+        .map(|i| {
+            let ran: Vec<Execution> = rows
+                .iter()
+                .filter(|e| ran_on(&fleet, e) == Some(i))
+                .cloned()
+                .collect();
+            (ran.len(), max_overlap(intervals(&ran)))
+        })
+        .collect();
+    println!(
+        "3 workers, limit 3: max concurrency {max}; (rows, max concurrency) per worker {per_worker:?}"
+    );
     assert_eq!(
         max, 3,
         "the limit holds for the whole fleet, and is reached"
     );
-    // A worker refills the slots it frees, so the work need not spread; every row still
-    // names the fleet worker that ran it.
-    assert!(
-        rows.iter().all(|e| ran_on(&fleet, e).is_some()),
-        "every execution ran on a fleet worker: {workers:?}"
+    assert_eq!(
+        per_worker.iter().map(|(n, _)| n).sum::<usize>(),
+        30,
+        "every execution ran on a fleet worker"
     );
+    // Each worker keeps to its share, so the work spreads over all three.
+    assert!(
+        per_worker.iter().all(|(n, max)| *n > 0 && *max == 1),
+        "{per_worker:?}"
+    );
+}
+
+/// How many rows each worker runs now.
+fn running_per_worker(fleet: &Fleet, rows: &[Execution]) -> Vec<usize> {
+    (0..fleet.0.len())
+        .map(|i| {
+            rows.iter()
+                .filter(|e| e.status == Status::Running && ran_on(fleet, e) == Some(i))
+                .count()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leaving_workers_share_goes_to_the_others() {
+    let Some((mut env, _schema)) = TestEnv::postgres().await else {
+        return;
+    };
+    fleet_env(&mut env, 6);
+    let queue = env.any_queue().await;
+    let mut fleet = Fleet::sharing(&env, 3).await;
+    queue
+        .submit_many(&sleepers("fleet", 60, 1000))
+        .await
+        .unwrap();
+    let rows = wait_until(
+        queue.as_ref(),
+        Some("fleet"),
+        Duration::from_secs(20),
+        "6 running",
+        |rows| count(rows, Status::Running) == 6,
+    )
+    .await;
+    assert_eq!(running_per_worker(&fleet, &rows), [2, 2, 2]);
+    // A graceful stop leaves the fleet at once.
+    let marks = fleet.marks(&env);
+    fleet.signal(2, "-TERM");
+    fleet
+        .logged_on(
+            &env,
+            &[0, 1],
+            "provider fleet: 2 worker(s) share its limit of 6: 3 slot(s) here",
+            &marks,
+        )
+        .await;
+    // A killed worker's record lapses with its leases.
+    let marks = fleet.marks(&env);
+    fleet.kill(1);
+    let killed_at = Instant::now();
+    fleet
+        .logged_on(
+            &env,
+            &[0],
+            "provider fleet: 1 worker(s) share its limit of 6: 6 slot(s) here",
+            &marks,
+        )
+        .await;
+    println!(
+        "the survivor took the whole limit {} ms after the kill (lease 1000 ms)",
+        killed_at.elapsed().as_millis()
+    );
+    let rows = wait_until(
+        queue.as_ref(),
+        Some("fleet"),
+        Duration::from_secs(20),
+        "the survivor running 6",
+        |rows| running_per_worker(&fleet, rows)[0] == 6,
+    )
+    .await;
+    assert_eq!(count(&rows, Status::Running), 6, "{rows:?}");
+    let rows = fleet
+        .finish(&env, queue.as_ref(), Duration::from_secs(60))
+        .await;
+    assert_eq!(count(&rows, Status::Completed), 60);
+    assert!(max_overlap(intervals(&rows)) <= 6);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -232,8 +232,9 @@ impl Worker {
             }
         };
         let now = Instant::now();
-        // Lanes that freed a slot, with whether any row went back to pending for a retry.
-        let mut freed: BTreeMap<Arc<str>, (Arc<Lane>, bool)> = BTreeMap::new();
+        // Lanes that freed a slot, with whether any row went back to pending for a retry,
+        // and whether any slot paid a lowered limit's or share's debt instead of coming back.
+        let mut freed: BTreeMap<Arc<str>, (Arc<Lane>, bool, bool)> = BTreeMap::new();
         for (c, ok) in batch.drain(..).zip(written) {
             let outcome = match (&c.finish, ok) {
                 (_, false) if c.cancelled => Outcome::Cancelled,
@@ -248,18 +249,17 @@ impl Worker {
             };
             log_end(&c, outcome);
             let lane = c.lane.clone();
-            if let Some(slot) = c.slot {
-                lane.release_quietly(slot);
-            }
+            let forgotten = c.slot.is_some_and(|slot| lane.release_quietly(slot));
             let entry = freed
                 .entry(lane.name_arc())
-                .or_insert_with(|| (lane.clone(), false));
+                .or_insert_with(|| (lane.clone(), false, false));
+            entry.2 |= forgotten;
             if matches!(outcome, Outcome::Retried { .. }) {
                 entry.1 = true;
                 if let Some(to) = &c.moved_to {
                     freed
                         .entry(to.name_arc())
-                        .or_insert_with(|| (to.clone(), true))
+                        .or_insert_with(|| (to.clone(), true, false))
                         .1 = true;
                 }
             }
@@ -275,14 +275,18 @@ impl Worker {
             });
         }
         // One wake per lane for the whole batch: its freed slots make one claim.
-        for (name, (lane, retried)) in freed {
+        for (name, (lane, retried, forgotten)) in freed {
             if retried {
                 lane.note_retry_quietly();
             }
             lane.wake();
             // The lane refills its slots itself when it can; otherwise another worker should.
-            let refills =
-                !self.stop_claiming.is_cancelled() && lane.provider().is_some() && lane.free() > 0;
+            // A slot that paid a debt is room this worker will not take: with shares, room
+            // that another worker, held back by this one, waits for.
+            let refills = !self.stop_claiming.is_cancelled()
+                && lane.provider().is_some()
+                && lane.free() > 0
+                && !forgotten;
             if !refills && let Err(e) = self.sink.slot_freed(&name).await {
                 warn!("provider {name}: telling other workers of a free slot: {e}");
             }

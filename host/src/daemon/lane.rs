@@ -4,6 +4,10 @@
 //! The semaphore is resizable. Raising the limit adds permits; lowering it forgets free
 //! permits at once and records the rest as a debt that running executions pay back as they
 //! finish, so no start ever exceeds the new limit.
+//!
+//! On a shared queue the limit is the fleet's, and the semaphore holds this worker's even
+//! share of it: the limit divided by the live workers that serve the provider, rounded up.
+//! The store's claim still holds the whole fleet to the limit itself.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -14,8 +18,17 @@ use crate::plugin::Provider;
 
 struct Capacity {
     limit: u32,
-    /// Permits to forget as they come back, after a lowered limit.
+    /// Live workers of the fleet that serve the provider, this one included.
+    workers: u32,
+    /// Permits to forget as they come back, after a lowered limit or share.
     debt: u32,
+}
+
+impl Capacity {
+    /// This worker's slots: its even share of the limit.
+    fn slots(&self) -> u32 {
+        self.limit.div_ceil(self.workers.max(1)).max(1)
+    }
 }
 
 /// A count of slots as semaphore permits.
@@ -62,7 +75,11 @@ impl Lane {
         Lane {
             name: Arc::from(name),
             semaphore: Arc::new(Semaphore::new(permits(limit))),
-            capacity: Mutex::new(Capacity { limit, debt: 0 }),
+            capacity: Mutex::new(Capacity {
+                limit,
+                workers: 1,
+                debt: 0,
+            }),
             running: AtomicU32::new(0),
             ceiling: AtomicU32::new(limit),
             wake: Notify::new(),
@@ -135,9 +152,14 @@ impl Lane {
         self.name.clone()
     }
 
-    /// The effective limit.
+    /// The effective limit (the fleet's, on a shared queue).
     pub fn limit(&self) -> u32 {
         self.lock_capacity().limit
+    }
+
+    /// This worker's slots: the limit, or on a shared queue its share of it.
+    pub fn slots(&self) -> u32 {
+        self.lock_capacity().slots()
     }
 
     /// Executions running now.
@@ -161,22 +183,43 @@ impl Lane {
         let limit = limit.max(1);
         let mut cap = self.lock_capacity();
         let old = cap.limit;
-        if limit > old {
-            let mut grow = limit - old;
+        self.resize(&mut cap, |c| c.limit = limit);
+        drop(cap);
+        self.wake();
+        old
+    }
+
+    /// Shares the limit among `workers` live workers of the fleet (this one included).
+    /// Returns this worker's slots before and after.
+    pub fn set_workers(&self, workers: u32) -> (u32, u32) {
+        let mut cap = self.lock_capacity();
+        let old = cap.slots();
+        self.resize(&mut cap, |c| c.workers = workers.max(1));
+        let new = cap.slots();
+        drop(cap);
+        if new != old {
+            self.wake();
+        }
+        (old, new)
+    }
+
+    /// Applies `change` to the capacity and resizes the semaphore to its new slots.
+    fn resize(&self, cap: &mut Capacity, change: impl FnOnce(&mut Capacity)) {
+        let old = cap.slots();
+        change(cap);
+        let new = cap.slots();
+        if new > old {
+            let mut grow = new - old;
             let repaid = grow.min(cap.debt);
             cap.debt -= repaid;
             grow -= repaid;
             self.semaphore.add_permits(permits(grow));
-        } else if limit < old {
-            let shrink = old - limit;
+        } else if new < old {
+            let shrink = old - new;
             let forgotten =
                 u32::try_from(self.semaphore.forget_permits(permits(shrink))).unwrap_or(shrink);
             cap.debt += shrink - forgotten;
         }
-        cap.limit = limit;
-        drop(cap);
-        self.wake();
-        old
     }
 
     /// The limit its sources give, above any adaptive limit.
@@ -203,15 +246,18 @@ impl Lane {
     }
 
     /// Gives a slot back without waking the lane: the caller frees several, then wakes it
-    /// once, so that they make one claim.
-    pub fn release_quietly(&self, slot: Slot) {
+    /// once, so that they make one claim. Returns whether the slot paid a debt instead of
+    /// coming back (the limit or the share was lowered).
+    pub fn release_quietly(&self, slot: Slot) -> bool {
         self.running.fetch_sub(1, Ordering::SeqCst);
         let mut cap = self.lock_capacity();
         if cap.debt > 0 {
             cap.debt -= 1;
             slot.0.forget();
+            true
         } else {
             drop(slot);
+            false
         }
     }
 
@@ -281,6 +327,30 @@ mod tests {
         lane.release(again);
         lane.release(slots.next().unwrap());
         assert_eq!(lane.free(), 2);
+    }
+
+    #[test]
+    fn a_fleet_limit_is_shared_evenly_and_rounded_up() {
+        let lane = Lane::new("a", 10);
+        assert_eq!(lane.set_workers(3), (10, 4));
+        assert_eq!((lane.limit(), lane.slots(), lane.free()), (10, 4, 4));
+        let held: Vec<Slot> = (0..4).map(|_| lane.try_acquire().unwrap()).collect();
+        assert!(lane.try_acquire().is_none(), "the share is reached");
+        // A fourth worker joins: the share drops to 3 while 4 run, so one slot that comes
+        // back is forgotten.
+        assert_eq!(lane.set_workers(4), (4, 3));
+        let mut held = held.into_iter();
+        lane.release(held.next().unwrap());
+        assert_eq!(lane.free(), 0);
+        lane.release(held.next().unwrap());
+        assert_eq!(lane.free(), 1);
+        // The limit moves the share too: 20 over 4 workers.
+        lane.set_limit(20);
+        assert_eq!((lane.slots(), lane.free()), (5, 3));
+        // The others leave: the whole limit is this worker's.
+        assert_eq!(lane.set_workers(1), (5, 20));
+        assert_eq!(lane.free(), 18);
+        drop(held);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! - [`producer`] claims for one lane; [`executor`] runs one attempt; [`completer`] writes
 //!   results in batches and frees their slots;
 //! - [`leases`] recovers interrupted executions and keeps this worker's leases;
+//! - [`members`] records this worker in the fleet and shares each fleet-wide limit evenly;
 //! - [`reload`] loads the plugins folder and applies run-time limits;
 //! - [`events`] is the bus that the API, metrics, dashboard and policies subscribe to.
 //!
@@ -21,6 +22,7 @@ pub mod events;
 pub mod executor;
 pub mod lane;
 pub mod leases;
+pub mod members;
 pub mod policies;
 pub mod producer;
 pub mod registry;
@@ -78,6 +80,8 @@ pub struct Shared {
     pub stop_claiming: CancellationToken,
     /// Stops renewing leases: only once every execution has ended.
     pub stop_leasing: CancellationToken,
+    /// Wakes the membership loop: a worker joined or left the fleet, or the lanes changed.
+    pub fleet: tokio::sync::Notify,
 }
 
 impl Shared {
@@ -338,6 +342,7 @@ impl Daemon {
             events: events.clone(),
             stop_claiming: CancellationToken::new(),
             stop_leasing: CancellationToken::new(),
+            fleet: tokio::sync::Notify::new(),
         });
         let completer = Completer::spawn(
             Arc::new(QueueSink(queue.clone())),
@@ -405,6 +410,7 @@ impl Daemon {
         background.spawn(reload::refresh_limits_loop(shared.clone()));
         if queue.shared() {
             daemon.leasing.spawn(leases::lease_loop(shared.clone()));
+            background.spawn(members::membership_loop(shared.clone()));
         }
         if let Some(mut changes) = changes {
             let (shared, executor) = (shared.clone(), executor.clone());
@@ -422,6 +428,7 @@ impl Daemon {
                             Some(Change::Cancel(id)) => {
                                 executor.stop(id);
                             }
+                            Some(Change::Workers) => shared.fleet.notify_one(),
                             None => return,
                         },
                         _ = shared.stop_claiming.cancelled() => return,

@@ -179,9 +179,9 @@ impl Producer {
         free: u32,
     ) -> Result<u32, StoreError> {
         let shared = self.shared.clone();
-        // The slots are taken before the claim, so that a limit lowered while it runs cannot
-        // leave a claimed row without one (it would go back to pending, having spent a
-        // budget's reservation for nothing); those left over are given back.
+        // The slots are taken before the claim, so that a limit or a share lowered while it
+        // runs cannot leave a claimed row without one (it would go back to pending, having
+        // spent a budget's reservation for nothing); those left over are given back.
         let mut slots: Vec<Slot> = (0..free).map_while(|_| self.lane.try_acquire()).collect();
         if slots.is_empty() {
             return Ok(0);

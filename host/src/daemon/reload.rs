@@ -154,6 +154,8 @@ impl Reloader {
             self.shared.governor.rebound(lane);
         }
         *catalog = fresh;
+        // The providers this worker serves may have changed: tell the fleet.
+        self.shared.fleet.notify_one();
         release_freed_memory();
         Ok(listing)
     }

@@ -180,6 +180,25 @@ pub trait Queue: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Records that `owner` serves `providers` for the next `ttl_ms` (and no longer serves
+    /// any other), and returns how many live workers serve each provider, itself included.
+    /// Tells the other workers when it joined or left a provider. `None` where one worker
+    /// has the queue to itself.
+    async fn heartbeat(
+        &self,
+        _owner: &str,
+        _providers: &[String],
+        _ttl_ms: i64,
+    ) -> Result<Option<BTreeMap<String, u32>>, StoreError> {
+        Ok(None)
+    }
+
+    /// Takes `owner` out of the fleet (it is stopping) and tells the other workers, so that
+    /// they share its part of each limit at once.
+    async fn leave(&self, _owner: &str) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// A stream of changes made in other processes: a provider's queue changed (a
     /// submission, or a slot freed), or a running execution was cancelled; `None` where the
     /// backend cannot notify.
@@ -378,12 +397,20 @@ pub enum Change {
     Provider(String),
     /// An execution was cancelled while running: its worker stops the attempt.
     Cancel(ExecutionId),
+    /// A worker joined or left the fleet: each worker counts the fleet again.
+    Workers,
 }
 
 impl Change {
-    /// A notification's payload: a provider name, or `cancel:ID` (provider names have no
-    /// `:`).
+    /// The payload of [`Change::Workers`].
+    pub const WORKERS: &str = "workers:";
+
+    /// A notification's payload: a provider name, `cancel:ID` or [`Change::WORKERS`]
+    /// (provider names have no `:`).
     pub fn parse(payload: &str) -> Option<Change> {
+        if payload == Change::WORKERS {
+            return Some(Change::Workers);
+        }
         match payload.strip_prefix("cancel:") {
             Some(id) => id.parse().ok().map(Change::Cancel),
             None => Some(Change::Provider(payload.to_string())),

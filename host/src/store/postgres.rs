@@ -128,10 +128,9 @@ async fn claim_rows<'e, E>(
 where
     E: sqlx::Executor<'e, Database = sqlx::Postgres>,
 {
-    // One round trip: `lanes_claim` (migrations 0002, 0006, 0010, 0011) takes the
-    // provider's advisory lock, counts its running rows across the fleet, takes up to the
-    // room left with `FOR UPDATE SKIP LOCKED` (by primary key), and notifies the fleet of
-    // room it could not take.
+    // One round trip: `lanes_claim` (migrations 0002, 0006, 0010, 0011, 0012) takes the
+    // provider's advisory lock, counts its running rows across the fleet, and takes up to
+    // the room left with `FOR UPDATE SKIP LOCKED` (by primary key).
     sqlx::query("SELECT * FROM lanes_claim($1, $2, $3, $4, $5, $6)")
         .bind(channel)
         .bind(provider)
@@ -527,6 +526,76 @@ impl Queue for PgQueue {
     async fn slot_freed(&self, provider: &str) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await.op("notifying other workers")?;
         self.notify(&mut conn, provider).await
+    }
+
+    async fn heartbeat(
+        &self,
+        owner: &str,
+        providers: &[String],
+        ttl_ms: i64,
+    ) -> Result<Option<BTreeMap<String, u32>>, StoreError> {
+        const OP: &str = "recording this worker in the fleet";
+        // Rows of workers that are gone, skipping any another worker is deleting: no waits,
+        // and no deadlock between two workers clearing the same rows in different orders.
+        sqlx::query(&format!(
+            "DELETE FROM workers WHERE (owner, provider) IN
+               (SELECT owner, provider FROM workers WHERE seen_until < {NOW_MS}
+                  FOR UPDATE SKIP LOCKED)"
+        ))
+        .execute(&self.pool)
+        .await
+        .op(OP)?;
+        let mut tx = self.pool.begin().await.op(OP)?;
+        let left = sqlx::query("DELETE FROM workers WHERE owner = $1 AND provider <> ALL($2)")
+            .bind(owner)
+            .bind(providers)
+            .execute(&mut *tx)
+            .await
+            .op(OP)?
+            .rows_affected();
+        // `xmax = 0` on a row an upsert returns: it was inserted, not updated.
+        let joined: i64 = sqlx::query_scalar(&format!(
+            "WITH up AS (
+               INSERT INTO workers (owner, provider, seen_until)
+               SELECT $1, p, {NOW_MS} + $3 FROM unnest($2::text[]) p
+               ON CONFLICT (owner, provider) DO UPDATE SET seen_until = EXCLUDED.seen_until
+               RETURNING xmax = 0 AS inserted)
+             SELECT COUNT(*) FILTER (WHERE inserted) FROM up"
+        ))
+        .bind(owner)
+        .bind(providers)
+        .bind(ttl_ms)
+        .fetch_one(&mut *tx)
+        .await
+        .op(OP)?;
+        let live: Vec<(String, i64)> = sqlx::query_as(&format!(
+            "SELECT provider, COUNT(*) FROM workers WHERE seen_until >= {NOW_MS}
+              GROUP BY provider"
+        ))
+        .fetch_all(&mut *tx)
+        .await
+        .op(OP)?;
+        if left > 0 || joined > 0 {
+            self.notify(&mut tx, Change::WORKERS).await?;
+        }
+        tx.commit().await.op(OP)?;
+        live.into_iter()
+            .map(|(provider, n)| Ok((provider, read_count("worker count", n)?)))
+            .collect::<Result<_, _>>()
+            .map(Some)
+    }
+
+    async fn leave(&self, owner: &str) -> Result<(), StoreError> {
+        const OP: &str = "leaving the fleet";
+        let mut tx = self.pool.begin().await.op(OP)?;
+        sqlx::query("DELETE FROM workers WHERE owner = $1")
+            .bind(owner)
+            .execute(&mut *tx)
+            .await
+            .op(OP)?;
+        self.notify(&mut tx, Change::WORKERS).await?;
+        tx.commit().await.op(OP)?;
+        Ok(())
     }
 
     async fn listen(&self) -> Result<Option<tokio::sync::mpsc::Receiver<Change>>, StoreError> {
@@ -1021,6 +1090,66 @@ mod tests {
             assert!(!plan.contains("Seq Scan on executions"), "{mode}:\n{plan}");
         }
         drop(conn);
+        pool.close().await;
+        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+
+    /// Workers count each other per provider. A record that lapsed or left is not counted;
+    /// joining, dropping a provider and leaving notify the fleet, and a renewal does not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn workers_count_each_other_per_provider() {
+        let Some((queue, pool, admin, schema)) = queue().await else {
+            return;
+        };
+        let mut changes = queue.listen().await.unwrap().unwrap();
+        let mut told =
+            async || match tokio::time::timeout(Duration::from_millis(300), changes.recv()).await {
+                Ok(Some(Change::Workers)) => true,
+                Ok(other) => panic!("unexpected change {other:?}"),
+                Err(_) => false,
+            };
+        let names = |v: &[&str]| v.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        let counts = |v: &[(&str, u32)]| -> BTreeMap<String, u32> {
+            v.iter().map(|(p, n)| (p.to_string(), *n)).collect()
+        };
+        let beat = async |owner: &str, serving: &[&str], ttl: i64| {
+            queue
+                .heartbeat(owner, &names(serving), ttl)
+                .await
+                .unwrap()
+                .unwrap()
+        };
+        assert_eq!(
+            beat("a", &["x", "y"], 60_000).await,
+            counts(&[("x", 1), ("y", 1)])
+        );
+        assert!(told().await, "a joined");
+        assert_eq!(
+            beat("b", &["x"], 60_000).await,
+            counts(&[("x", 2), ("y", 1)])
+        );
+        assert!(told().await, "b joined");
+        assert_eq!(
+            beat("a", &["x", "y"], 60_000).await,
+            counts(&[("x", 2), ("y", 1)])
+        );
+        assert!(!told().await, "a renewal changes nobody's share");
+        assert_eq!(beat("a", &["x"], 60_000).await, counts(&[("x", 2)]));
+        assert!(told().await, "a stopped serving y");
+        // A record whose time is up counts for nobody, and the next heartbeat removes it.
+        assert_eq!(beat("c", &["x"], -1).await, counts(&[("x", 2)]));
+        assert!(told().await);
+        queue.leave("b").await.unwrap();
+        assert!(told().await, "b left");
+        assert_eq!(beat("a", &["x"], 60_000).await, counts(&[("x", 1)]));
+        let owners: Vec<String> = sqlx::query_scalar("SELECT owner FROM workers")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        assert_eq!(owners, ["a"]);
         pool.close().await;
         sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
             .execute(&admin)
