@@ -770,6 +770,10 @@ pub struct ProviderStatus {
     /// Its `rpm`/`tpm` budget and the last minute's use, when it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetStatus>,
+    /// On a shared queue: the live workers that serve it, each running at most an even
+    /// share of the limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<u32>,
 }
 
 /// A provider's budget per minute and the last minute's use of it.
@@ -860,6 +864,13 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         if let Some(budget) = &r.budget {
             println!("{:<20} {budget}", "");
         }
+        if let Some(workers) = r.workers.filter(|w| *w > 1) {
+            println!(
+                "{:<20} {workers} workers share the limit: at most {} each",
+                "",
+                r.limit.div_ceil(workers)
+            );
+        }
     }
     for (name, route) in &config.routes {
         let strategy = match route.strategy {
@@ -942,6 +953,7 @@ async fn status_rows(config: &Config, queue: &dyn Queue) -> anyhow::Result<Vec<P
     let counts = queue.counts().await?;
     let (now, states) = queue.provider_states().await?;
     let used = queue.budget_usage().await?;
+    let workers = queue.workers().await?;
     let rows: Vec<ProviderStatus> = limit_views(config, queue)
         .await?
         .into_iter()
@@ -963,6 +975,9 @@ async fn status_rows(config: &Config, queue: &dyn Queue) -> anyhow::Result<Vec<P
                         tokens,
                     }
                 }),
+                workers: workers
+                    .as_ref()
+                    .map(|w| w.get(&view.provider).copied().unwrap_or(0)),
                 provider: view.provider,
             }
         })

@@ -194,6 +194,22 @@ async fn three_workers_share_one_limit() {
         per_worker.iter().all(|(n, max)| *n > 0 && *max == 1),
         "{per_worker:?}"
     );
+    // The operator sees the fleet behind the limit.
+    let status = env.lanes(&["status"]);
+    assert!(
+        stdout(&status).contains("3 workers share the limit: at most 1 each"),
+        "{}",
+        stdout(&status)
+    );
+    let status = env.lanes(&["status", "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap();
+    let fleet = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["provider"] == "fleet")
+        .unwrap();
+    assert_eq!(fleet["workers"], 3, "{rows}");
 }
 
 /// How many rows each worker runs now.

@@ -193,6 +193,12 @@ pub trait Queue: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// How many live workers serve each provider; `None` where one worker has the queue to
+    /// itself.
+    async fn workers(&self) -> Result<Option<BTreeMap<String, u32>>, StoreError> {
+        Ok(None)
+    }
+
     /// Takes `owner` out of the fleet (it is stopping) and tells the other workers, so that
     /// they share its part of each limit at once.
     async fn leave(&self, _owner: &str) -> Result<(), StoreError> {

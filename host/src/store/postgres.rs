@@ -117,6 +117,22 @@ static FINISH_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     )
 });
 
+/// How many live workers serve each provider (see [`Queue::workers`]).
+async fn live_workers<'e, E>(executor: E) -> Result<BTreeMap<String, u32>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Postgres>,
+{
+    let live: Vec<(String, i64)> = sqlx::query_as(&format!(
+        "SELECT provider, COUNT(*) FROM workers WHERE seen_until >= {NOW_MS} GROUP BY provider"
+    ))
+    .fetch_all(executor)
+    .await?;
+    Ok(live
+        .into_iter()
+        .map(|(provider, n)| (provider, u32::try_from(n).unwrap_or(u32::MAX)))
+        .collect())
+}
+
 /// Moves up to `max` due pending rows of `provider` to `running` (see [`Queue::claim`]).
 async fn claim_rows<'e, E>(
     executor: E,
@@ -568,20 +584,18 @@ impl Queue for PgQueue {
         .fetch_one(&mut *tx)
         .await
         .op(OP)?;
-        let live: Vec<(String, i64)> = sqlx::query_as(&format!(
-            "SELECT provider, COUNT(*) FROM workers WHERE seen_until >= {NOW_MS}
-              GROUP BY provider"
-        ))
-        .fetch_all(&mut *tx)
-        .await
-        .op(OP)?;
+        let live = live_workers(&mut *tx).await.op(OP)?;
         if left > 0 || joined > 0 {
             self.notify(&mut tx, Change::WORKERS).await?;
         }
         tx.commit().await.op(OP)?;
-        live.into_iter()
-            .map(|(provider, n)| Ok((provider, read_count("worker count", n)?)))
-            .collect::<Result<_, _>>()
+        Ok(Some(live))
+    }
+
+    async fn workers(&self) -> Result<Option<BTreeMap<String, u32>>, StoreError> {
+        live_workers(&self.pool)
+            .await
+            .op("counting the fleet's workers")
             .map(Some)
     }
 
