@@ -201,15 +201,17 @@ async fn three_workers_share_one_limit() {
         "{}",
         stdout(&status)
     );
+    // `workers` of the provider whose `key` is "fleet" in a JSON list.
+    let workers = |list: &serde_json::Value, key: &str| {
+        let rows = list.as_array().unwrap();
+        rows.iter().find(|r| r[key] == "fleet").unwrap()["workers"].clone()
+    };
     let status = env.lanes(&["status", "--json"]);
     let rows: serde_json::Value = serde_json::from_str(&stdout(&status)).unwrap();
-    let fleet = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["provider"] == "fleet")
-        .unwrap();
-    assert_eq!(fleet["workers"], 3, "{rows}");
+    assert_eq!(workers(&rows, "provider"), 3, "{rows}");
+    let api = crate::api::Api::new(api_addr(&env, "worker0").await);
+    let providers = api.get("/v1/providers").await.body;
+    assert_eq!(workers(&providers["providers"], "name"), 3, "{providers}");
 }
 
 /// How many rows each worker runs now.

@@ -58,6 +58,7 @@ async fn provider_rows(state: &AppState) -> Result<Vec<(ProviderOut, u32)>, Prob
     } else {
         BTreeMap::new()
     };
+    let workers = queue.workers().await?;
     let lanes: BTreeMap<String, crate::daemon::LaneView> = state
         .control
         .lanes(&runtime)
@@ -124,6 +125,7 @@ async fn provider_rows(state: &AppState) -> Result<Vec<(ProviderOut, u32)>, Prob
                         tokens,
                     }
                 }),
+                workers: workers.as_ref().map(|w| w.get(name).copied().unwrap_or(0)),
             },
             lane_limit,
         ));

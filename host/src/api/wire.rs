@@ -244,6 +244,10 @@ pub struct ProviderOut {
     /// Its `rpm`/`tpm` budget and what the last minute used of it, when it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetOut>,
+    /// On PostgreSQL: the live workers that serve it. Each runs at most an even share of
+    /// the effective limit, rounded up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workers: Option<u32>,
 }
 
 /// A provider's budget per minute, fleet-wide, and its use over the last minute.
