@@ -868,7 +868,7 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
             println!(
                 "{:<20} {workers} workers share the limit: at most {} each",
                 "",
-                r.limit.div_ceil(workers)
+                crate::daemon::lane::share(r.limit, workers)
             );
         }
     }

@@ -27,8 +27,13 @@ struct Capacity {
 impl Capacity {
     /// This worker's slots: its even share of the limit.
     fn slots(&self) -> u32 {
-        self.limit.div_ceil(self.workers.max(1)).max(1)
+        share(self.limit, self.workers)
     }
+}
+
+/// One worker's even share of a fleet's `limit` among `workers`, rounded up: at least 1.
+pub fn share(limit: u32, workers: u32) -> u32 {
+    limit.div_ceil(workers.max(1)).max(1)
 }
 
 /// A count of slots as semaphore permits.
@@ -192,11 +197,7 @@ impl Lane {
     /// Shares the limit among `workers` live workers of the fleet (this one included).
     /// Returns this worker's slots before and after.
     pub fn set_workers(&self, workers: u32) -> (u32, u32) {
-        let mut cap = self.lock_capacity();
-        let old = cap.slots();
-        self.resize(&mut cap, |c| c.workers = workers.max(1));
-        let new = cap.slots();
-        drop(cap);
+        let (old, new) = self.resize(&mut self.lock_capacity(), |c| c.workers = workers.max(1));
         if new != old {
             self.wake();
         }
@@ -204,7 +205,8 @@ impl Lane {
     }
 
     /// Applies `change` to the capacity and resizes the semaphore to its new slots.
-    fn resize(&self, cap: &mut Capacity, change: impl FnOnce(&mut Capacity)) {
+    /// Returns the slots before and after.
+    fn resize(&self, cap: &mut Capacity, change: impl FnOnce(&mut Capacity)) -> (u32, u32) {
         let old = cap.slots();
         change(cap);
         let new = cap.slots();
@@ -220,6 +222,7 @@ impl Lane {
                 u32::try_from(self.semaphore.forget_permits(permits(shrink))).unwrap_or(shrink);
             cap.debt += shrink - forgotten;
         }
+        (old, new)
     }
 
     /// The limit its sources give, above any adaptive limit.
