@@ -432,6 +432,111 @@ async fn a_batch_writes_every_kind_of_end_at_once(q: Arc<dyn Queue>) {
     );
 }
 
+contract!(
+    refill_in_the_write,
+    a_batch_write_refills_the_slots_it_frees
+);
+async fn a_batch_write_refills_the_slots_it_frees(q: Arc<dyn Queue>) {
+    let ids = q
+        .submit_many(&[
+            new("a", 0),
+            new("a", 0),
+            new("a", 0),
+            new("b", 0),
+            new("b", 0),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(q.claim("a", claim("w", 1, 1)).await.unwrap()[0].id, ids[0]);
+    assert_eq!(q.claim("b", claim("w", 1, 1)).await.unwrap()[0].id, ids[3]);
+    let done = Finish::Completed(serde_json::json!({"text": "ok"}));
+    // Limit 1 for each: the claims see the rows this write ends as no longer running. "a"
+    // offers 2 slots but its limit lets one run; "c" has nothing pending.
+    let (written, claimed) = q
+        .finish_and_claim(
+            "w",
+            &[(ids[0], &done), (ids[3], &done)],
+            &[
+                ("a", claim("w", 2, 1)),
+                ("b", claim("w", 1, 1)),
+                ("c", claim("w", 1, 1)),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(written, vec![true, true]);
+    assert_eq!(claimed.len(), 3);
+    let status = |id| {
+        let q = q.clone();
+        async move { q.get(id).await.unwrap().unwrap().status }
+    };
+    assert_eq!(status(ids[0]).await, Status::Completed);
+    assert_eq!(status(ids[3]).await, Status::Completed);
+    if !q.claims_with_finish() {
+        // This store claims after the write, in the producer: the write only writes.
+        assert!(claimed.iter().all(Vec::is_empty), "{claimed:?}");
+        return;
+    }
+    let got: Vec<Vec<i64>> = claimed
+        .iter()
+        .map(|rows| rows.iter().map(|e| e.id).collect())
+        .collect();
+    assert_eq!(got, vec![vec![ids[1]], vec![ids[4]], vec![]]);
+    let e = &claimed[0][0];
+    assert_eq!(
+        (e.status, e.attempts, e.owner.as_deref()),
+        (Status::Running, 1, Some("w"))
+    );
+    assert!(e.lease_until.is_some() && e.started_at.is_some());
+    assert_eq!(status(ids[2]).await, Status::Pending);
+}
+
+/// SQLite: when a claim in a batch's write fails, the write is undone with it (the batch is
+/// retried whole), and the connection it ran on is left with no transaction open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_failed_refill_undoes_its_write_and_leaves_no_transaction_open() {
+    let env = TestEnv::new();
+    let q = env.queue().await;
+    let ids = q.submit_many(&[new("a", 0), new("boom", 0)]).await.unwrap();
+    q.claim("a", claim("w", 1, 1)).await.unwrap();
+    sqlx::query(
+        "CREATE TRIGGER boom BEFORE UPDATE OF status ON executions
+          WHEN NEW.provider = 'boom' AND NEW.status = 'running'
+         BEGIN SELECT RAISE(ABORT, 'no claims of boom'); END",
+    )
+    .execute(q.pool())
+    .await
+    .unwrap();
+    let done = Finish::Completed(serde_json::json!({"text": "ok"}));
+    for _ in 0..6 {
+        let err = q
+            .finish_and_claim("w", &[(ids[0], &done)], &[("boom", claim("w", 1, 1))])
+            .await
+            .expect_err("the claim fails");
+        assert!(err.to_string().contains("no claims of boom"), "{err}");
+        let e = q.get(ids[0]).await.unwrap().unwrap();
+        assert_eq!(
+            e.status,
+            Status::Running,
+            "the write is undone with the claim"
+        );
+    }
+    // Every connection of the pool (4) at once: none is inside a transaction.
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        conns.push(q.pool().acquire().await.unwrap());
+    }
+    for conn in &mut conns {
+        sqlx::query("BEGIN IMMEDIATE; ROLLBACK")
+            .execute(&mut **conn)
+            .await
+            .expect("no transaction left open");
+    }
+    drop(conns);
+    let written = q.finish_many("w", &[(ids[0], &done)]).await.unwrap();
+    assert_eq!(written, vec![true]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_notifies_what_other_workers_can_claim() {
     let Some((env, _schema)) = TestEnv::postgres().await else {

@@ -25,8 +25,8 @@ use tracing::{debug, error, info, warn};
 use super::events::{Event, EventBus, Outcome};
 use super::lane::{Lane, Slot};
 use crate::config::CompleterConfig;
-use crate::model::ExecutionId;
-use crate::store::{Finish, Queue, StoreError};
+use crate::model::{Execution, ExecutionId};
+use crate::store::{Claim, Finish, Queue, StoreError};
 
 /// Where the completer writes: the queue, or a stand-in in tests.
 #[async_trait]
@@ -40,10 +40,40 @@ pub trait ResultSink: Send + Sync + 'static {
 
     /// Tells other workers that a slot of `provider` is free; see [`Queue::slot_freed`].
     async fn slot_freed(&self, provider: &str) -> Result<(), StoreError>;
+
+    /// Whether [`ResultSink::write_and_claim`] claims; see [`Queue::claims_with_finish`].
+    fn claims_with_write(&self) -> bool {
+        false
+    }
+
+    /// Writes a batch and, in the same round trip, claims for each offer; see
+    /// [`Queue::finish_and_claim`]. A sink that cannot only writes.
+    async fn write_and_claim(
+        &self,
+        owner: &str,
+        batch: &[(ExecutionId, &Finish)],
+        offers: &[Offer],
+    ) -> Result<(Vec<bool>, Vec<Vec<Execution>>), StoreError> {
+        let written = self.write(owner, batch).await?;
+        Ok((written, offers.iter().map(|_| Vec::new()).collect()))
+    }
+}
+
+/// Slots a batch frees in one lane, offered to a claim in the batch's own write.
+pub struct Offer {
+    pub provider: Arc<str>,
+    /// The slots: the most rows to claim.
+    pub slots: u32,
+    /// The provider's limit.
+    pub limit: u32,
 }
 
 /// The queue as a [`ResultSink`].
-pub struct QueueSink(pub Arc<dyn Queue>);
+pub struct QueueSink {
+    pub queue: Arc<dyn Queue>,
+    /// The lease a claim takes, in ms.
+    pub lease_ms: i64,
+}
 
 #[async_trait]
 impl ResultSink for QueueSink {
@@ -52,11 +82,37 @@ impl ResultSink for QueueSink {
         owner: &str,
         batch: &[(ExecutionId, &Finish)],
     ) -> Result<Vec<bool>, StoreError> {
-        self.0.finish_many(owner, batch).await
+        self.queue.finish_many(owner, batch).await
     }
 
     async fn slot_freed(&self, provider: &str) -> Result<(), StoreError> {
-        self.0.slot_freed(provider).await
+        self.queue.slot_freed(provider).await
+    }
+
+    fn claims_with_write(&self) -> bool {
+        self.queue.claims_with_finish()
+    }
+
+    async fn write_and_claim(
+        &self,
+        owner: &str,
+        batch: &[(ExecutionId, &Finish)],
+        offers: &[Offer],
+    ) -> Result<(Vec<bool>, Vec<Vec<Execution>>), StoreError> {
+        let claims: Vec<(&str, Claim<'_>)> = offers
+            .iter()
+            .map(|o| {
+                let claim = Claim {
+                    owner,
+                    max: o.slots,
+                    limit: o.limit,
+                    lease_ms: self.lease_ms,
+                    budget: None,
+                };
+                (&*o.provider, claim)
+            })
+            .collect();
+        self.queue.finish_and_claim(owner, batch, &claims).await
     }
 }
 
@@ -81,6 +137,25 @@ pub struct Completion {
     /// The lane of the route member a retry moved to (`Finish::Retry::to`), told of the
     /// pending retry once it is written.
     pub moved_to: Option<Arc<Lane>>,
+}
+
+impl Completion {
+    /// A claimed row that did not start, going back to pending without counting its attempt.
+    pub fn requeue(execution: &Execution, lane: Arc<Lane>, slot: Option<Slot>) -> Self {
+        Completion {
+            id: execution.id,
+            attempt: execution.attempts,
+            max_attempts: execution.max_attempts,
+            lane,
+            slot,
+            finish: Finish::Requeue,
+            duration_ms: 0,
+            ended: Instant::now(),
+            tokens: None,
+            cancelled: false,
+            moved_to: None,
+        }
+    }
 }
 
 /// Hands results to the completer. Cheap to clone.
@@ -204,33 +279,34 @@ impl Worker {
                     }
                 }
             }
-            self.flush(&mut batch).await;
+            let mut back = self.flush(&mut batch).await;
+            while !back.is_empty() {
+                batch.append(&mut back);
+                back = self.flush(&mut batch).await;
+            }
         }
     }
 
-    /// Writes the batch (retrying until it is written), then frees its slots.
-    async fn flush(&self, batch: &mut Vec<Completion>) {
-        let written = {
-            let entries: Vec<(ExecutionId, &Finish)> =
-                batch.iter().map(|c| (c.id, &c.finish)).collect();
-            let mut backoff = Duration::from_millis(10);
-            let mut tries = 0u32;
-            loop {
-                match self.sink.write(&self.owner, &entries).await {
-                    Ok(written) => break written,
-                    Err(e) => {
-                        tries += 1;
-                        error!(
-                            "writing {} result(s) failed (try {tries}), retrying in {backoff:?}; \
-                             their slots stay held: {e}",
-                            entries.len()
-                        );
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
-                }
-            }
-        };
+    /// Writes the batch (retrying until it is written), then frees its slots, or hands
+    /// them to the executions claimed for them in the same write. Returns what must be
+    /// written next: rows claimed for a lane whose producer has stopped, going back.
+    async fn flush(&self, batch: &mut Vec<Completion>) -> Vec<Completion> {
+        let offers = self.offers(batch);
+        let (written, claimed) = self.write(batch, &offers).await;
+        let mut refills: BTreeMap<Arc<str>, Refill> = offers
+            .into_iter()
+            .zip(claimed.into_iter().chain(std::iter::repeat_with(Vec::new)))
+            .map(|(offer, mut claimed)| {
+                // Popped from the end: the first claimed gets the first slot.
+                claimed.reverse();
+                let refill = Refill {
+                    offered: offer.slots,
+                    claimed,
+                    placed: Vec::new(),
+                };
+                (offer.provider, refill)
+            })
+            .collect();
         let now = Instant::now();
         // Lanes that freed a slot, with whether any row went back to pending for a retry,
         // and whether any slot paid a lowered limit's or share's debt instead of coming back.
@@ -249,7 +325,13 @@ impl Worker {
             };
             log_end(&c, outcome);
             let lane = c.lane.clone();
-            let forgotten = c.slot.is_some_and(|slot| lane.release_quietly(slot));
+            let forgotten = match c.slot {
+                Some(slot) => match refills.get_mut(lane.name()) {
+                    Some(refill) => refill.place(slot, &lane),
+                    None => lane.release_quietly(slot),
+                },
+                None => false,
+            };
             let entry = freed
                 .entry(lane.name_arc())
                 .or_insert_with(|| (lane.clone(), false, false));
@@ -274,12 +356,22 @@ impl Worker {
                 tokens: c.tokens,
             });
         }
+        let mut back = Vec::new();
         // One wake per lane for the whole batch: its freed slots make one claim.
         for (name, (lane, retried, forgotten)) in freed {
             if retried {
                 lane.note_retry_quietly();
             }
-            lane.wake();
+            // A refill that found fewer rows than slots found nothing more due: the producer
+            // need not look again, unless a retry may come due (it then sets its timer).
+            let mut wake = true;
+            if let Some(refill) = refills.remove(&name) {
+                wake = refill.filled() || lane.retry_noted();
+                back.extend(refill.hand_over(&lane));
+            }
+            if wake {
+                lane.wake();
+            }
             // The lane refills its slots itself when it can; otherwise another worker should.
             // A slot that paid a debt is room this worker will not take: with shares, room
             // that another worker, held back by this one, waits for.
@@ -291,6 +383,115 @@ impl Worker {
                 warn!("provider {name}: telling other workers of a free slot: {e}");
             }
         }
+        back
+    }
+
+    /// The slots the batch frees in each lane that may refill them now, when the sink can
+    /// claim in the batch's own write: the lane's producer would claim as much right after.
+    /// Not for a budgeted provider (the producer keeps the budget's account) nor a lane that
+    /// is paused, ramping up or paying back a lowered limit.
+    fn offers(&self, batch: &[Completion]) -> Vec<Offer> {
+        if !self.sink.claims_with_write() || self.stop_claiming.is_cancelled() {
+            return Vec::new();
+        }
+        let mut slots: BTreeMap<&str, (&Arc<Lane>, u32)> = BTreeMap::new();
+        for c in batch.iter().filter(|c| c.slot.is_some()) {
+            slots.entry(c.lane.name()).or_insert((&c.lane, 0)).1 += 1;
+        }
+        slots
+            .into_values()
+            .filter(|(lane, _)| {
+                lane.claims_freely() && lane.provider().is_some_and(|p| p.policy.budget.is_none())
+            })
+            .map(|(lane, slots)| Offer {
+                provider: lane.name_arc(),
+                slots,
+                limit: lane.limit(),
+            })
+            .collect()
+    }
+
+    /// Writes the batch, with its offers' claims on the first try; retried with backoff
+    /// (without the claims, which the producers then make) until it is written.
+    async fn write(
+        &self,
+        batch: &[Completion],
+        offers: &[Offer],
+    ) -> (Vec<bool>, Vec<Vec<Execution>>) {
+        let entries: Vec<(ExecutionId, &Finish)> =
+            batch.iter().map(|c| (c.id, &c.finish)).collect();
+        let mut offers = offers;
+        let mut backoff = Duration::from_millis(10);
+        let mut tries = 0u32;
+        loop {
+            let result = if offers.is_empty() {
+                self.sink
+                    .write(&self.owner, &entries)
+                    .await
+                    .map(|written| (written, Vec::new()))
+            } else {
+                self.sink
+                    .write_and_claim(&self.owner, &entries, offers)
+                    .await
+            };
+            match result {
+                Ok(done) => return done,
+                Err(e) => {
+                    tries += 1;
+                    offers = &[];
+                    error!(
+                        "writing {} result(s) failed (try {tries}), retrying in {backoff:?}; \
+                         their slots stay held: {e}",
+                        entries.len()
+                    );
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// One lane's refill in a batch's write: the rows claimed, and the batch's slots they get.
+struct Refill {
+    offered: u32,
+    /// Claimed rows still without a slot, the first last.
+    claimed: Vec<Execution>,
+    placed: Vec<(Execution, Slot)>,
+}
+
+impl Refill {
+    /// Gives `slot` to the next claimed row, or back to the lane when none is left.
+    /// Returns whether the slot paid a debt instead.
+    fn place(&mut self, slot: Slot, lane: &Lane) -> bool {
+        match self.claimed.pop() {
+            Some(execution) => {
+                self.placed.push((execution, slot));
+                false
+            }
+            None => lane.release_quietly(slot),
+        }
+    }
+
+    /// Whether every slot offered got a row.
+    fn filled(&self) -> bool {
+        u32::try_from(self.placed.len()).unwrap_or(u32::MAX) >= self.offered
+    }
+
+    /// Hands the placed rows to the lane's producer. Returns what must go back to pending:
+    /// rows the producer can no longer start, and any the store claimed beyond the slots.
+    fn hand_over(self, lane: &Arc<Lane>) -> Vec<Completion> {
+        let unplaced = self.claimed.into_iter().map(|e| (e, None));
+        let refused = match lane.hand_over(self.placed) {
+            Ok(()) => Vec::new(),
+            Err(refused) => refused,
+        };
+        refused
+            .into_iter()
+            .map(|(e, slot)| (e, Some(slot)))
+            .chain(unplaced)
+            .map(|(e, slot)| Completion::requeue(&e, lane.clone(), slot))
+            .collect()
     }
 }
 
@@ -537,6 +738,61 @@ mod tests {
         c.close().await;
         assert_eq!(sink.written.lock().unwrap().len(), 50);
         assert_eq!(lane.free(), 50);
+    }
+
+    fn claimed_row(id: ExecutionId) -> Execution {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "provider": "p", "status": "running", "priority": 0,
+            "input": {}, "output": null, "error": null, "error_kind": null,
+            "attempts": 1, "max_attempts": 3, "not_before": 0, "resume": false,
+            "created_at": 0, "started_at": 0, "finished_at": null, "owner": "me",
+            "lease_until": 1, "worker": "me"
+        }))
+        .unwrap()
+    }
+
+    /// A refill of `offered` slots that claimed rows 1 and 2.
+    fn refill_of(offered: u32) -> Refill {
+        Refill {
+            offered,
+            claimed: vec![claimed_row(2), claimed_row(1)],
+            placed: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_refill_gives_the_batch_slots_to_its_rows_in_claim_order() {
+        let lane = Arc::new(Lane::new("p", 3));
+        let mut refill = refill_of(3);
+        for _ in 0..3 {
+            assert!(!refill.place(lane.try_acquire().unwrap(), &lane));
+        }
+        assert!(!refill.filled(), "3 slots offered, 2 rows claimed");
+        assert_eq!(
+            (lane.running(), lane.free()),
+            (2, 1),
+            "the third slot is back"
+        );
+        assert!(refill.hand_over(&lane).is_empty());
+        let handed: Vec<ExecutionId> = lane.take_handed().iter().map(|(e, _)| e.id).collect();
+        assert_eq!(handed, vec![1, 2]);
+    }
+
+    #[test]
+    fn rows_refilled_for_a_stopped_producer_go_back_with_their_slots() {
+        let lane = Arc::new(Lane::new("p", 2));
+        let mut refill = refill_of(2);
+        refill.place(lane.try_acquire().unwrap(), &lane);
+        refill.place(lane.try_acquire().unwrap(), &lane);
+        assert!(refill.filled());
+        assert!(lane.close_hand_over().is_empty());
+        let back = refill.hand_over(&lane);
+        let back: Vec<(ExecutionId, bool, bool)> = back
+            .iter()
+            .map(|c| (c.id, c.slot.is_some(), c.finish == Finish::Requeue))
+            .collect();
+        assert_eq!(back, vec![(1, true, true), (2, true, true)]);
+        assert!(lane.take_handed().is_empty());
     }
 
     #[tokio::test]

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+use crate::model::Execution;
 use crate::plugin::Provider;
 
 struct Capacity {
@@ -58,6 +59,9 @@ pub struct Lane {
     /// No claims before this instant: a policy's pause (rate limit, open circuit). The
     /// store's claim enforces it for the fleet; this keeps the lane from even asking.
     pause: Mutex<Pause>,
+    /// Executions the completer claimed into slots its batch freed, for the producer to
+    /// start; `None` once the producer has stopped.
+    handed: Mutex<Option<Vec<(Execution, Slot)>>>,
 }
 
 /// A lane's pause, and the ramp after it.
@@ -92,7 +96,47 @@ impl Lane {
             // Rows from before this start may be waiting for their retry.
             retry_pending: AtomicBool::new(true),
             pause: Mutex::new(Pause::default()),
+            handed: Mutex::new(Some(Vec::new())),
         }
+    }
+
+    /// Whether a claim for this lane may take any free slot now: no pause, no ramp after
+    /// one, and no lowered limit or share still to pay back. Otherwise the producer decides
+    /// how many to claim.
+    pub fn claims_freely(&self) -> bool {
+        let pause = self.pause();
+        let now = std::time::Instant::now();
+        pause.until.is_none()
+            && pause.ramping.is_none_or(|(end, _)| end <= now)
+            && self.lock_capacity().debt == 0
+    }
+
+    /// Hands executions claimed into this lane's slots to its producer, and wakes it.
+    /// Gives them back when the producer has stopped.
+    pub fn hand_over(&self, claimed: Vec<(Execution, Slot)>) -> Result<(), Vec<(Execution, Slot)>> {
+        match self.handed().as_mut() {
+            Some(handed) => handed.extend(claimed),
+            None => return Err(claimed),
+        }
+        self.wake();
+        Ok(())
+    }
+
+    /// Takes what was handed over, to start it.
+    pub fn take_handed(&self) -> Vec<(Execution, Slot)> {
+        self.handed()
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Refuses further hand-overs (the producer stops) and returns what is left to start.
+    pub fn close_hand_over(&self) -> Vec<(Execution, Slot)> {
+        self.handed().take().unwrap_or_default()
+    }
+
+    fn handed(&self) -> std::sync::MutexGuard<'_, Option<Vec<(Execution, Slot)>>> {
+        self.handed.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Pauses claims until `until`, unless a later pause is in place; once it ends, claims
@@ -283,6 +327,11 @@ impl Lane {
     /// Notes that a row may still be waiting for a retry time, without waking the lane.
     pub fn note_retry_quietly(&self) {
         self.retry_pending.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether a retry may be pending, leaving the note as it is.
+    pub fn retry_noted(&self) -> bool {
+        self.retry_pending.load(Ordering::SeqCst)
     }
 
     /// Whether a retry may be pending; clears the note (a caller that finds one notes it

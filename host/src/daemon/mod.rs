@@ -345,7 +345,10 @@ impl Daemon {
             fleet: tokio::sync::Notify::new(),
         });
         let completer = Completer::spawn(
-            Arc::new(QueueSink(queue.clone())),
+            Arc::new(QueueSink {
+                queue: queue.clone(),
+                lease_ms: i64::try_from(config.lease_ms).unwrap_or(i64::MAX),
+            }),
             CompleterParts {
                 owner,
                 events: events.clone(),

@@ -18,9 +18,9 @@ use super::completer::Completion;
 use super::events::Event;
 use super::executor::Executor;
 use super::lane::{Lane, Slot};
-use crate::model::now_ms;
+use crate::model::{Execution, now_ms};
 use crate::plugin::Provider;
-use crate::store::{Claim, Finish, StoreError};
+use crate::store::{Claim, StoreError};
 
 /// How often, at most, a lane logs what it claimed.
 const LOG_EVERY: Duration = Duration::from_secs(1);
@@ -56,11 +56,21 @@ impl Producer {
 
     /// Claims and starts executions until the daemon stops claiming.
     pub async fn run(mut self) {
+        self.claim_loop().await;
+        // What the completer claimed for this lane but it did not start goes back.
+        for (execution, slot) in self.lane.close_hand_over() {
+            self.publish_claimed(&execution);
+            self.requeue(&execution, Some(slot)).await;
+        }
+    }
+
+    async fn claim_loop(&mut self) {
         let stop = self.shared.stop_claiming.clone();
         loop {
             if stop.is_cancelled() {
                 return;
             }
+            self.start_handed().await;
             let mut wait = self.shared.config.get().poll_interval();
             let paused = self.lane.paused_for();
             if let Some(left) = paused {
@@ -216,38 +226,55 @@ impl Producer {
         let count = u32::try_from(claimed.len()).unwrap_or(u32::MAX);
         self.log.note(&self.lane, claimed.len());
         for execution in claimed {
-            shared.events.publish_with(|| Event::Claimed {
-                id: execution.id,
-                provider: self.lane.name_arc(),
-                attempt: execution.attempts,
-            });
+            self.publish_claimed(&execution);
             // A store that returned more rows than it was asked for: the extra go back.
-            let Some(slot) = slots.pop() else {
-                self.executor
-                    .completer
-                    .send(Completion {
-                        id: execution.id,
-                        attempt: execution.attempts,
-                        max_attempts: execution.max_attempts,
-                        lane: self.lane.clone(),
-                        slot: None,
-                        finish: Finish::Requeue,
-                        duration_ms: 0,
-                        ended: Instant::now(),
-                        tokens: None,
-                        cancelled: false,
-                        moved_to: None,
-                    })
-                    .await;
-                continue;
-            };
-            let executor = self.executor.clone();
-            let lane = self.lane.clone();
-            let provider = provider.clone();
-            self.executions
-                .spawn(async move { executor.run(lane, provider, execution, slot).await });
+            match slots.pop() {
+                Some(slot) => self.start(provider, execution, slot),
+                None => self.requeue(&execution, None).await,
+            }
         }
         Ok(count)
+    }
+
+    /// Starts what the completer claimed for this lane in the slots its batch freed.
+    async fn start_handed(&mut self) {
+        let handed = self.lane.take_handed();
+        if handed.is_empty() {
+            return;
+        }
+        self.log.note(&self.lane, handed.len());
+        let provider = self.lane.provider();
+        for (execution, slot) in handed {
+            self.publish_claimed(&execution);
+            match &provider {
+                Some(provider) => self.start(provider, execution, slot),
+                // The component went away since: the row goes back to pending.
+                None => self.requeue(&execution, Some(slot)).await,
+            }
+        }
+    }
+
+    fn publish_claimed(&self, execution: &Execution) {
+        self.shared.events.publish_with(|| Event::Claimed {
+            id: execution.id,
+            provider: self.lane.name_arc(),
+            attempt: execution.attempts,
+        });
+    }
+
+    /// Runs `execution` in `slot` on its own task.
+    fn start(&self, provider: &Arc<Provider>, execution: Execution, slot: Slot) {
+        let executor = self.executor.clone();
+        let lane = self.lane.clone();
+        let provider = provider.clone();
+        self.executions
+            .spawn(async move { executor.run(lane, provider, execution, slot).await });
+    }
+
+    /// Returns a claimed row to pending without counting its attempt.
+    async fn requeue(&self, execution: &Execution, slot: Option<Slot>) {
+        let back = Completion::requeue(execution, self.lane.clone(), slot);
+        self.executor.completer.send(back).await;
     }
 }
 

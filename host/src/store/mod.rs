@@ -163,6 +163,29 @@ pub trait Queue: Send + Sync + 'static {
         batch: &[(ExecutionId, &Finish)],
     ) -> Result<Vec<bool>, StoreError>;
 
+    /// Whether [`Queue::finish_and_claim`] costs one round trip, not a write and then a
+    /// claim per provider: only then does the completer refill the slots a batch frees in
+    /// the batch's own write.
+    fn claims_with_finish(&self) -> bool {
+        false
+    }
+
+    /// Writes `batch` as [`Queue::finish_many`] does, then claims for each
+    /// `(provider, claim)` as [`Queue::claim`] does, seeing the batch written (so the rows it
+    /// ends no longer count against a limit). A claim here has no budget. Returns whether
+    /// each row was written and each claim's executions, in order. Either all of it is done
+    /// or none, so a failure can be retried whole. A store that cannot claim in the write's
+    /// round trip (see [`Queue::claims_with_finish`]) only writes, and claims nothing.
+    async fn finish_and_claim(
+        &self,
+        owner: &str,
+        batch: &[(ExecutionId, &Finish)],
+        claims: &[(&str, Claim<'_>)],
+    ) -> Result<(Vec<bool>, Vec<Vec<Execution>>), StoreError> {
+        let written = self.finish_many(owner, batch).await?;
+        Ok((written, claims.iter().map(|_| Vec::new()).collect()))
+    }
+
     /// Returns the `running` rows whose worker is gone to pending with `resume` set, or
     /// fails them when the interrupted attempt was their last. On SQLite (one worker, held by
     /// a lock file) that is every running row; on PostgreSQL, the rows whose lease expired.

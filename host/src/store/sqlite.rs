@@ -3,11 +3,12 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
 
 use super::{
     BUDGET_WINDOW_MS, COLUMNS, Cancelled, Claim, DbContext, ExecutionFilter, Finish, FinishRow,
@@ -44,13 +45,41 @@ fn history_with(finished: &str, outcome: &str, kind: &str, error: &str, delay: &
     )
 }
 
-/// The most rows of provider `?3` that may run at `?2` under limit `?5`, given its policy
-/// state (see `provider_state`): none while paused, one while an open circuit probes, and
-/// at most the adaptive limit.
-const CLAIM_CAP: &str = "COALESCE((SELECT CASE WHEN s.paused_until > ?2 THEN 0
-                                    WHEN s.circuit = 'open' THEN MIN(?5, 1)
-                                    ELSE MIN(?5, COALESCE(s.adaptive_limit, ?5)) END
-                               FROM provider_state s WHERE s.provider = ?3), ?5)";
+/// The most rows of provider `provider` that may run at `now` under limit `limit` (SQL
+/// parameters), given its policy state (see `provider_state`): none while paused, one while
+/// an open circuit probes, and at most the adaptive limit.
+fn claim_cap(now: &str, provider: &str, limit: &str) -> String {
+    format!(
+        "COALESCE((SELECT CASE WHEN s.paused_until > {now} THEN 0
+                               WHEN s.circuit = 'open' THEN MIN({limit}, 1)
+                               ELSE MIN({limit}, COALESCE(s.adaptive_limit, {limit})) END
+                          FROM provider_state s WHERE s.provider = {provider}), {limit})"
+    )
+}
+
+/// The claim statement, with its parameters named: the owner, now, the provider, the most
+/// rows, the limit and the lease. One statement: SQLite serializes writers, so the running
+/// count, the sub-select and the update see the same rows and no other claim can come in
+/// between.
+fn claim_sql([owner, now, provider, max, limit, lease]: [&str; 6]) -> String {
+    format!(
+        "UPDATE executions
+            SET status = 'running', owner = {owner}, worker = {owner}, started_at = {now},
+                attempts = attempts + 1, resume = 0, lease_until = {now} + {lease}
+          WHERE id IN (SELECT id FROM executions
+                        WHERE provider = {provider} AND status = 'pending'
+                          AND not_before <= {now}
+                        ORDER BY resume DESC, priority DESC, id
+                        LIMIT MAX(0, MIN({max}, {cap} - (SELECT COUNT(*) FROM executions
+                                                          WHERE provider = {provider}
+                                                            AND status = 'running'))))
+         RETURNING {COLUMNS}",
+        cap = claim_cap(now, provider, limit)
+    )
+}
+
+/// The claim statement of [`claim_rows`].
+static CLAIM: LazyLock<String> = LazyLock::new(|| claim_sql(["?1", "?2", "?3", "?4", "?5", "?6"]));
 
 /// Rows per statement of a batched submission.
 const SUBMIT_CHUNK: usize = 5000;
@@ -66,30 +95,16 @@ async fn claim_rows<'e, E>(
 where
     E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
 {
-    // One statement: SQLite serializes writers, so the running count, the sub-select and
-    // the update see the same rows and no other claim can come in between.
-    sqlx::query(&format!(
-        "UPDATE executions
-            SET status = 'running', owner = ?1, worker = ?1, started_at = ?2,
-                attempts = attempts + 1, resume = 0, lease_until = ?2 + ?6
-          WHERE id IN (SELECT id FROM executions
-                        WHERE provider = ?3 AND status = 'pending' AND not_before <= ?2
-                        ORDER BY resume DESC, priority DESC, id
-                        LIMIT MAX(0, MIN(?4, {CAP} - (SELECT COUNT(*) FROM executions
-                                                    WHERE provider = ?3
-                                                      AND status = 'running'))))
-         RETURNING {COLUMNS}",
-        CAP = CLAIM_CAP
-    ))
-    .bind(claim.owner)
-    .bind(now)
-    .bind(provider)
-    .bind(i64::from(max))
-    .bind(i64::from(claim.limit))
-    .bind(claim.lease_ms)
-    .fetch_all(executor)
-    .await
-    .op("claiming executions")
+    sqlx::query(&CLAIM)
+        .bind(claim.owner)
+        .bind(now)
+        .bind(provider)
+        .bind(i64::from(max))
+        .bind(i64::from(claim.limit))
+        .bind(claim.lease_ms)
+        .fetch_all(executor)
+        .await
+        .op("claiming executions")
 }
 
 /// Claimed rows as executions, in claim order.
@@ -100,6 +115,109 @@ fn claimed(rows: &[sqlx::sqlite::SqliteRow]) -> Result<Vec<Execution>, StoreErro
         .collect::<Result<_, _>>()?;
     sort_claimed(&mut claimed);
     Ok(claimed)
+}
+
+const FINISH_OP: &str = "recording attempts' ends";
+
+/// A batch of ends as the JSON array the write reads: `$[i]` are `FinishRow`'s fields.
+fn finish_rows(batch: &[(ExecutionId, &Finish)]) -> Result<String, StoreError> {
+    json_rows(batch.iter().map(|(id, finish)| {
+        let r = FinishRow::new(*id, finish);
+        (
+            r.id,
+            r.status,
+            r.output,
+            r.error,
+            r.kind,
+            r.delay_ms,
+            r.requeue,
+            r.rate_limited,
+            r.to,
+        )
+    }))
+}
+
+/// Whether a batch moves a row to another provider (a routed retry).
+fn moves(batch: &[(ExecutionId, &Finish)]) -> bool {
+    batch
+        .iter()
+        .any(|(_, f)| matches!(f, Finish::Retry { to: Some(_), .. }))
+}
+
+/// The batch write over `finish_rows`' array (`?1`), by owner `?2` at `?3`. One statement:
+/// a batch costs one round trip to the database thread however many rows it holds. Built
+/// once for each form: with moves (a routed retry sets the provider) or without.
+fn finish_sql(moves: bool) -> &'static str {
+    static PLAIN: LazyLock<String> = LazyLock::new(|| build_finish_sql(false));
+    static MOVES: LazyLock<String> = LazyLock::new(|| build_finish_sql(true));
+    if moves { &MOVES } else { &PLAIN }
+}
+
+fn build_finish_sql(moves: bool) -> String {
+    let moves = if moves {
+        ",\n                    provider = COALESCE(json_extract(b.value, '$[8]'), provider)"
+    } else {
+        ""
+    };
+    let history = history_with(
+        "?3",
+        "CASE WHEN json_extract(b.value, '$[6]') THEN 'returned'
+              WHEN json_extract(b.value, '$[7]') THEN 'rate_limited'
+              WHEN json_extract(b.value, '$[1]') = 'pending' THEN 'retried'
+              ELSE json_extract(b.value, '$[1]') END",
+        "json_extract(b.value, '$[4]')",
+        "json_extract(b.value, '$[3]')",
+        "json_extract(b.value, '$[5]')",
+    );
+    // A first attempt that completes leaves the history empty: the row's own times and
+    // worker describe it (see `execution_from_row`), and it is the common case.
+    format!(
+        "UPDATE executions SET
+                history = CASE WHEN history IS NULL
+                                    AND json_extract(b.value, '$[1]') = 'completed'
+                               THEN NULL ELSE {history} END,
+                status = json_extract(b.value, '$[1]'),
+                output = CASE WHEN json_extract(b.value, '$[1]') = 'completed'
+                              THEN json_extract(b.value, '$[2]') ELSE output END,
+                error = COALESCE(json_extract(b.value, '$[3]'), error),
+                error_kind = COALESCE(json_extract(b.value, '$[4]'), error_kind),
+                not_before = COALESCE(?3 + json_extract(b.value, '$[5]'), not_before),
+                finished_at = CASE WHEN json_extract(b.value, '$[1]') = 'pending'
+                                   THEN finished_at ELSE ?3 END,
+                attempts = attempts - json_extract(b.value, '$[6]')
+                           - json_extract(b.value, '$[7]'),
+                rate_limited = rate_limited + json_extract(b.value, '$[7]'),
+                resume = json_extract(b.value, '$[6]'),
+                started_at = CASE WHEN json_extract(b.value, '$[6]')
+                                  THEN NULL ELSE started_at END,
+                owner = NULL, lease_until = NULL{moves}
+           FROM json_each(?1) AS b
+          WHERE executions.id = json_extract(b.value, '$[0]')
+            AND executions.owner = ?2 AND executions.status = 'running'
+         RETURNING executions.id"
+    )
+}
+
+/// The batch write and `claims` claims after it, in one transaction: `?1`–`?3` as in
+/// [`finish_sql`], `?4` the lease, and for claim `k` (from 0) the provider, the most rows
+/// and the limit as `?(5+3k)`, `?(6+3k)` and `?(7+3k)`. Built once for each form and count
+/// (a daemon has few lanes).
+fn finish_and_claim_sql(moves: bool, claims: usize) -> Arc<str> {
+    static BUILT: std::sync::Mutex<BTreeMap<(bool, usize), Arc<str>>> =
+        std::sync::Mutex::new(BTreeMap::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    let sql = built.entry((moves, claims)).or_insert_with(|| {
+        let mut sql = format!("BEGIN IMMEDIATE; {};", finish_sql(moves));
+        for k in 0..claims {
+            let p = |i: usize| format!("?{}", 5 + 3 * k + i);
+            let (provider, max, limit) = (p(0), p(1), p(2));
+            sql.push_str(&claim_sql(["?2", "?3", &provider, &max, &limit, "?4"]));
+            sql.push(';');
+        }
+        sql.push_str(" COMMIT");
+        Arc::from(sql)
+    });
+    sql.clone()
 }
 
 /// The token estimate of a stored input (see [`estimate_tokens`]).
@@ -427,76 +545,78 @@ impl Queue for SqliteQueue {
         owner: &str,
         batch: &[(ExecutionId, &Finish)],
     ) -> Result<Vec<bool>, StoreError> {
-        const OP: &str = "recording attempts' ends";
-        // One statement over a JSON array of rows: a batch costs one round trip to the
-        // database thread however many rows it holds. `$[i]` are `FinishRow`'s fields.
-        let rows = json_rows(batch.iter().map(|(id, finish)| {
-            let r = FinishRow::new(*id, finish);
-            (
-                r.id,
-                r.status,
-                r.output,
-                r.error,
-                r.kind,
-                r.delay_ms,
-                r.requeue,
-                r.rate_limited,
-                r.to,
-            )
-        }))?;
-        // A routed retry moves its row (`$[8]`); a batch without one skips the extract.
-        let moves = if batch
-            .iter()
-            .any(|(_, f)| matches!(f, Finish::Retry { to: Some(_), .. }))
-        {
-            ",\n                    provider = COALESCE(json_extract(b.value, '$[8]'), provider)"
-        } else {
-            ""
-        };
-        let history = history_with(
-            "?3",
-            "CASE WHEN json_extract(b.value, '$[6]') THEN 'returned'
-                  WHEN json_extract(b.value, '$[7]') THEN 'rate_limited'
-                  WHEN json_extract(b.value, '$[1]') = 'pending' THEN 'retried'
-                  ELSE json_extract(b.value, '$[1]') END",
-            "json_extract(b.value, '$[4]')",
-            "json_extract(b.value, '$[3]')",
-            "json_extract(b.value, '$[5]')",
-        );
-        let ids: Vec<i64> = sqlx::query_scalar(&format!(
-            // A first attempt that completes leaves the history empty: the row's own times
-            // and worker describe it (see `execution_from_row`), and it is the common case.
-            "UPDATE executions SET
-                    history = CASE WHEN history IS NULL
-                                        AND json_extract(b.value, '$[1]') = 'completed'
-                                   THEN NULL ELSE {history} END,
-                    status = json_extract(b.value, '$[1]'),
-                    output = CASE WHEN json_extract(b.value, '$[1]') = 'completed'
-                                  THEN json_extract(b.value, '$[2]') ELSE output END,
-                    error = COALESCE(json_extract(b.value, '$[3]'), error),
-                    error_kind = COALESCE(json_extract(b.value, '$[4]'), error_kind),
-                    not_before = COALESCE(?3 + json_extract(b.value, '$[5]'), not_before),
-                    finished_at = CASE WHEN json_extract(b.value, '$[1]') = 'pending'
-                                       THEN finished_at ELSE ?3 END,
-                    attempts = attempts - json_extract(b.value, '$[6]')
-                               - json_extract(b.value, '$[7]'),
-                    rate_limited = rate_limited + json_extract(b.value, '$[7]'),
-                    resume = json_extract(b.value, '$[6]'),
-                    started_at = CASE WHEN json_extract(b.value, '$[6]')
-                                      THEN NULL ELSE started_at END,
-                    owner = NULL, lease_until = NULL{moves}
-               FROM json_each(?1) AS b
-              WHERE executions.id = json_extract(b.value, '$[0]')
-                AND executions.owner = ?2 AND executions.status = 'running'
-             RETURNING executions.id"
-        ))
-        .bind(rows)
-        .bind(owner)
-        .bind(now_ms())
-        .fetch_all(&self.pool)
-        .await
-        .op(OP)?;
+        let ids: Vec<i64> = sqlx::query_scalar(finish_sql(moves(batch)))
+            .bind(finish_rows(batch)?)
+            .bind(owner)
+            .bind(now_ms())
+            .fetch_all(&self.pool)
+            .await
+            .op(FINISH_OP)?;
         Ok(written_flags(batch, &ids.into_iter().collect()))
+    }
+
+    fn claims_with_finish(&self) -> bool {
+        true
+    }
+
+    async fn finish_and_claim(
+        &self,
+        owner: &str,
+        batch: &[(ExecutionId, &Finish)],
+        claims: &[(&str, Claim<'_>)],
+    ) -> Result<(Vec<bool>, Vec<Vec<Execution>>), StoreError> {
+        const OP: &str = "recording attempts' ends and claiming for the slots they free";
+        if claims.is_empty() {
+            return Ok((self.finish_many(owner, batch).await?, Vec::new()));
+        }
+        let Some(lease_ms) = claims.first().map(|(_, c)| c.lease_ms) else {
+            return Ok((self.finish_many(owner, batch).await?, Vec::new()));
+        };
+        // The write and every claim in one string: one trip to the connection's thread and
+        // one transaction, where a write and then a claim were two of each.
+        let sql = finish_and_claim_sql(moves(batch), claims.len());
+        let mut query = sqlx::query(&sql)
+            .bind(finish_rows(batch)?)
+            .bind(owner)
+            .bind(now_ms())
+            .bind(lease_ms);
+        for (provider, claim) in claims {
+            query = query
+                .bind(*provider)
+                .bind(i64::from(claim.max))
+                .bind(i64::from(claim.limit));
+        }
+        let mut conn = self.pool.acquire().await.op(OP)?;
+        let rows = match query.fetch_all(&mut *conn).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                // A statement after `BEGIN` failed: the transaction is still open on this
+                // connection, and must not be left for the next user of it.
+                if let Err(rollback) = sqlx::query("ROLLBACK").execute(&mut *conn).await
+                    && !rollback.to_string().contains("no transaction is active")
+                {
+                    conn.close_on_drop();
+                }
+                return Err(e).op(OP);
+            }
+        };
+        // The write returns one column (the id of each row written); a claim, the row.
+        let mut ids = std::collections::HashSet::new();
+        let mut claimed: Vec<Vec<Execution>> = claims.iter().map(|_| Vec::new()).collect();
+        for row in &rows {
+            if row.len() == 1 {
+                ids.insert(row.try_get::<i64, _>(0).op(OP)?);
+                continue;
+            }
+            let execution = execution_from_row(row)?;
+            if let Some(at) = claims.iter().position(|(p, _)| *p == execution.provider) {
+                claimed[at].push(execution);
+            }
+        }
+        for rows in &mut claimed {
+            sort_claimed(rows);
+        }
+        Ok((written_flags(batch, &ids), claimed))
     }
 
     async fn recover_interrupted(&self) -> Result<Recovered, StoreError> {
