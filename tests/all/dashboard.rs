@@ -16,7 +16,7 @@ type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// One headless Chromium with one page, spoken to over CDP.
-struct Browser {
+pub(crate) struct Browser {
     child: tokio::process::Child,
     socket: Socket,
     session: String,
@@ -25,7 +25,7 @@ struct Browser {
 }
 
 impl Browser {
-    async fn launch() -> Browser {
+    pub(crate) async fn launch() -> Browser {
         let profile = tempfile::tempdir().unwrap();
         let mut child = tokio::process::Command::new("chromium")
             .args([
@@ -80,7 +80,7 @@ impl Browser {
     }
 
     /// Sends a command (to the page once attached) and returns its result.
-    async fn call(&mut self, method: &str, params: Value) -> Value {
+    pub(crate) async fn call(&mut self, method: &str, params: Value) -> Value {
         self.next_id += 1;
         let id = self.next_id;
         let mut message = json!({"id": id, "method": method, "params": params});
@@ -107,7 +107,7 @@ impl Browser {
     }
 
     /// Evaluates `expression` in the page and returns its value.
-    async fn eval(&mut self, expression: &str) -> Value {
+    pub(crate) async fn eval(&mut self, expression: &str) -> Value {
         let r = self
             .call(
                 "Runtime.evaluate",
@@ -119,7 +119,7 @@ impl Browser {
     }
 
     /// Waits until `expression` is true in the page (an error, as while it loads, is false).
-    async fn wait_for(&mut self, expression: &str, what: &str) {
+    pub(crate) async fn wait_for(&mut self, expression: &str, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         let guarded = format!(
             "(() => {{ try {{ return !!({expression}); }} catch (e) {{ return false; }} }})()"

@@ -212,6 +212,21 @@ async fn three_workers_share_one_limit() {
     let api = crate::api::Api::new(api_addr(&env, "worker0").await);
     let providers = api.get("/v1/providers").await.body;
     assert_eq!(workers(&providers["providers"], "name"), 3, "{providers}");
+    // And so does the dashboard, in a real browser.
+    let mut browser = crate::dashboard::Browser::launch().await;
+    browser
+        .call(
+            "Page.navigate",
+            serde_json::json!({"url": format!("{}/", api.base)}),
+        )
+        .await;
+    browser
+        .wait_for(
+            "document.querySelector('tr[data-provider=\"fleet\"] .workers').textContent \
+             === '3 workers share the limit: at most 1 each'",
+            "the fleet behind the limit",
+        )
+        .await;
 }
 
 /// How many rows each worker runs now.
