@@ -458,7 +458,13 @@ async fn a_batch_write_refills_the_slots_it_frees(q: Arc<dyn Queue>) {
             &[(ids[0], &done), (ids[3], &done)],
             &[
                 ("a", claim("w", 2, 1)),
-                ("b", claim("w", 1, 1)),
+                (
+                    "b",
+                    Claim {
+                        lease_ms: 5_000,
+                        ..claim("w", 1, 1)
+                    },
+                ),
                 ("c", claim("w", 1, 1)),
             ],
         )
@@ -487,7 +493,13 @@ async fn a_batch_write_refills_the_slots_it_frees(q: Arc<dyn Queue>) {
         (e.status, e.attempts, e.owner.as_deref()),
         (Status::Running, 1, Some("w"))
     );
-    assert!(e.lease_until.is_some() && e.started_at.is_some());
+    let lease = |e: &lanes::model::Execution| e.lease_until.zip(e.started_at).map(|(l, s)| l - s);
+    assert_eq!(lease(e), Some(60_000));
+    assert_eq!(
+        lease(&claimed[1][0]),
+        Some(5_000),
+        "each claim has its own lease"
+    );
     assert_eq!(status(ids[2]).await, Status::Pending);
 }
 
@@ -521,6 +533,27 @@ async fn sqlite_a_failed_refill_undoes_its_write_and_leaves_no_transaction_open(
             "the write is undone with the claim"
         );
     }
+    // A budgeted claim's reservations are the producer's: refused here, and nothing written.
+    let budgeted = Claim {
+        budget: Some(lanes::store::Budget {
+            rpm: Some(10),
+            tpm: None,
+        }),
+        ..claim("w", 1, 1)
+    };
+    let err = q
+        .finish_and_claim("w", &[(ids[0], &done)], &[("a", budgeted)])
+        .await
+        .expect_err("a budgeted claim is refused");
+    assert!(
+        err.to_string()
+            .contains("provider a: a claim with a budget"),
+        "{err}"
+    );
+    assert_eq!(
+        q.get(ids[0]).await.unwrap().unwrap().status,
+        Status::Running
+    );
     // Every connection of the pool (4) at once: none is inside a transaction.
     let mut conns = Vec::new();
     for _ in 0..4 {

@@ -199,9 +199,9 @@ fn build_finish_sql(moves: bool) -> String {
 }
 
 /// The batch write and `claims` claims after it, in one transaction: `?1`–`?3` as in
-/// [`finish_sql`], `?4` the lease, and for claim `k` (from 0) the provider, the most rows
-/// and the limit as `?(5+3k)`, `?(6+3k)` and `?(7+3k)`. Built once for each form and count
-/// (a daemon has few lanes).
+/// [`finish_sql`], and for claim `k` (from 0) the provider, the most rows, the limit and the
+/// lease as `?(4+4k)` to `?(7+4k)`. Built once for each form and count (a daemon has few
+/// lanes).
 fn finish_and_claim_sql(moves: bool, claims: usize) -> Arc<str> {
     static BUILT: std::sync::Mutex<BTreeMap<(bool, usize), Arc<str>>> =
         std::sync::Mutex::new(BTreeMap::new());
@@ -209,9 +209,9 @@ fn finish_and_claim_sql(moves: bool, claims: usize) -> Arc<str> {
     let sql = built.entry((moves, claims)).or_insert_with(|| {
         let mut sql = format!("BEGIN IMMEDIATE; {};", finish_sql(moves));
         for k in 0..claims {
-            let p = |i: usize| format!("?{}", 5 + 3 * k + i);
-            let (provider, max, limit) = (p(0), p(1), p(2));
-            sql.push_str(&claim_sql(["?2", "?3", &provider, &max, &limit, "?4"]));
+            let p = |i: usize| format!("?{}", 4 + 4 * k + i);
+            let (provider, max, limit, lease) = (p(0), p(1), p(2), p(3));
+            sql.push_str(&claim_sql(["?2", "?3", &provider, &max, &limit, &lease]));
             sql.push(';');
         }
         sql.push_str(" COMMIT");
@@ -569,22 +569,25 @@ impl Queue for SqliteQueue {
         if claims.is_empty() {
             return Ok((self.finish_many(owner, batch).await?, Vec::new()));
         }
-        let Some(lease_ms) = claims.first().map(|(_, c)| c.lease_ms) else {
-            return Ok((self.finish_many(owner, batch).await?, Vec::new()));
-        };
+        if let Some((provider, _)) = claims.iter().find(|(_, c)| c.budget.is_some()) {
+            // The budget's reservations are the producer's: see `Queue::claim`.
+            return Err(StoreError::Other(format!(
+                "provider {provider}: a claim with a budget cannot go with a batch write"
+            )));
+        }
         // The write and every claim in one string: one trip to the connection's thread and
         // one transaction, where a write and then a claim were two of each.
         let sql = finish_and_claim_sql(moves(batch), claims.len());
         let mut query = sqlx::query(&sql)
             .bind(finish_rows(batch)?)
             .bind(owner)
-            .bind(now_ms())
-            .bind(lease_ms);
+            .bind(now_ms());
         for (provider, claim) in claims {
             query = query
                 .bind(*provider)
                 .bind(i64::from(claim.max))
-                .bind(i64::from(claim.limit));
+                .bind(i64::from(claim.limit))
+                .bind(claim.lease_ms);
         }
         let mut conn = self.pool.acquire().await.op(OP)?;
         let rows = match query.fetch_all(&mut *conn).await {
