@@ -119,8 +119,43 @@ fn claimed(rows: &[sqlx::sqlite::SqliteRow]) -> Result<Vec<Execution>, StoreErro
 
 const FINISH_OP: &str = "recording attempts' ends";
 
-/// A batch of ends as the JSON array the write reads: `$[i]` are `FinishRow`'s fields.
-fn finish_rows(batch: &[(ExecutionId, &Finish)]) -> Result<String, StoreError> {
+/// The shape of a batch's write. Most batches hold only completed attempts: their rows need
+/// two values each (`[id, output]`), not `FinishRow`'s nine, and a statement with no
+/// per-row choice of outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Form {
+    Completed,
+    /// Any mix of ends.
+    Mixed,
+    /// Any mix, with a routed retry that moves its row to another provider.
+    Moves,
+}
+
+impl Form {
+    fn of(batch: &[(ExecutionId, &Finish)]) -> Form {
+        if batch.iter().all(|(_, f)| matches!(f, Finish::Completed(_))) {
+            Form::Completed
+        } else if batch
+            .iter()
+            .any(|(_, f)| matches!(f, Finish::Retry { to: Some(_), .. }))
+        {
+            Form::Moves
+        } else {
+            Form::Mixed
+        }
+    }
+}
+
+/// A batch of ends as the JSON array the write of `form` reads: `[id, output]` for
+/// [`Form::Completed`], else `FinishRow`'s fields as `$[0]` to `$[8]`.
+fn finish_rows(batch: &[(ExecutionId, &Finish)], form: Form) -> Result<String, StoreError> {
+    if form == Form::Completed {
+        return json_rows(
+            batch
+                .iter()
+                .map(|(id, finish)| (*id, FinishRow::new(*id, finish).output)),
+        );
+    }
     json_rows(batch.iter().map(|(id, finish)| {
         let r = FinishRow::new(*id, finish);
         (
@@ -137,20 +172,38 @@ fn finish_rows(batch: &[(ExecutionId, &Finish)]) -> Result<String, StoreError> {
     }))
 }
 
-/// Whether a batch moves a row to another provider (a routed retry).
-fn moves(batch: &[(ExecutionId, &Finish)]) -> bool {
-    batch
-        .iter()
-        .any(|(_, f)| matches!(f, Finish::Retry { to: Some(_), .. }))
+/// The batch write of `form` over `finish_rows`' array (`?1`), by owner `?2` at `?3`. One
+/// statement: a batch costs one round trip to the database thread however many rows it
+/// holds. Built once for each form.
+fn finish_sql(form: Form) -> &'static str {
+    static COMPLETED: LazyLock<String> = LazyLock::new(build_completed_sql);
+    static MIXED: LazyLock<String> = LazyLock::new(|| build_finish_sql(false));
+    static MOVES: LazyLock<String> = LazyLock::new(|| build_finish_sql(true));
+    match form {
+        Form::Completed => &COMPLETED,
+        Form::Mixed => &MIXED,
+        Form::Moves => &MOVES,
+    }
 }
 
-/// The batch write over `finish_rows`' array (`?1`), by owner `?2` at `?3`. One statement:
-/// a batch costs one round trip to the database thread however many rows it holds. Built
-/// once for each form: with moves (a routed retry sets the provider) or without.
-fn finish_sql(moves: bool) -> &'static str {
-    static PLAIN: LazyLock<String> = LazyLock::new(|| build_finish_sql(false));
-    static MOVES: LazyLock<String> = LazyLock::new(|| build_finish_sql(true));
-    if moves { &MOVES } else { &PLAIN }
+/// [`Form::Completed`]'s write: what [`build_finish_sql`] does for a completed row, with
+/// the outcome's values as constants.
+fn build_completed_sql() -> String {
+    let history = history_with("?3", "'completed'", "NULL", "NULL", "NULL");
+    // A first attempt that completes leaves the history empty (see `build_finish_sql`).
+    format!(
+        "UPDATE executions SET
+                history = CASE WHEN history IS NULL THEN NULL ELSE {history} END,
+                status = 'completed',
+                output = json_extract(b.value, '$[1]'),
+                finished_at = ?3,
+                resume = 0,
+                owner = NULL, lease_until = NULL
+           FROM json_each(?1) AS b
+          WHERE executions.id = json_extract(b.value, '$[0]')
+            AND executions.owner = ?2 AND executions.status = 'running'
+         RETURNING executions.id"
+    )
 }
 
 fn build_finish_sql(moves: bool) -> String {
@@ -202,12 +255,12 @@ fn build_finish_sql(moves: bool) -> String {
 /// [`finish_sql`], and for claim `k` (from 0) the provider, the most rows, the limit and the
 /// lease as `?(4+4k)` to `?(7+4k)`. Built once for each form and count (a daemon has few
 /// lanes).
-fn finish_and_claim_sql(moves: bool, claims: usize) -> Arc<str> {
-    static BUILT: std::sync::Mutex<BTreeMap<(bool, usize), Arc<str>>> =
+fn finish_and_claim_sql(form: Form, claims: usize) -> Arc<str> {
+    static BUILT: std::sync::Mutex<BTreeMap<(Form, usize), Arc<str>>> =
         std::sync::Mutex::new(BTreeMap::new());
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
-    let sql = built.entry((moves, claims)).or_insert_with(|| {
-        let mut sql = format!("BEGIN IMMEDIATE; {};", finish_sql(moves));
+    let sql = built.entry((form, claims)).or_insert_with(|| {
+        let mut sql = format!("BEGIN IMMEDIATE; {};", finish_sql(form));
         for k in 0..claims {
             let p = |i: usize| format!("?{}", 4 + 4 * k + i);
             let (provider, max, limit, lease) = (p(0), p(1), p(2), p(3));
@@ -545,8 +598,9 @@ impl Queue for SqliteQueue {
         owner: &str,
         batch: &[(ExecutionId, &Finish)],
     ) -> Result<Vec<bool>, StoreError> {
-        let ids: Vec<i64> = sqlx::query_scalar(finish_sql(moves(batch)))
-            .bind(finish_rows(batch)?)
+        let form = Form::of(batch);
+        let ids: Vec<i64> = sqlx::query_scalar(finish_sql(form))
+            .bind(finish_rows(batch, form)?)
             .bind(owner)
             .bind(now_ms())
             .fetch_all(&self.pool)
@@ -577,9 +631,10 @@ impl Queue for SqliteQueue {
         }
         // The write and every claim in one string: one trip to the connection's thread and
         // one transaction, where a write and then a claim were two of each.
-        let sql = finish_and_claim_sql(moves(batch), claims.len());
+        let form = Form::of(batch);
+        let sql = finish_and_claim_sql(form, claims.len());
         let mut query = sqlx::query(&sql)
-            .bind(finish_rows(batch)?)
+            .bind(finish_rows(batch, form)?)
             .bind(owner)
             .bind(now_ms());
         for (provider, claim) in claims {
