@@ -12,6 +12,11 @@
 //!   first, recovery (or the lease) resumes the row and the attempt runs again; when that
 //!   was its last attempt, recovery fails it as `interrupted` instead.
 //! - A graceful shutdown writes every result handed over before it ends.
+//! - Where the store can claim in the write's own round trip (SQLite), the slots a batch
+//!   frees are refilled there: each lane that may claim freely gets a claim for them in the
+//!   same transaction, and the rows claimed go to its producer with the slots (see
+//!   [`Lane::hand_over`]). A write retried after a failure goes alone; the producers then
+//!   claim.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -213,6 +218,7 @@ impl Completer {
             owner: parts.owner,
             events: parts.events,
             stop_claiming: parts.stop_claiming,
+            refillable: takes_refills,
         };
         let task = tokio::spawn(worker.run(rx, close.clone()));
         Completer {
@@ -245,6 +251,16 @@ struct Worker {
     owner: Arc<str>,
     events: EventBus,
     stop_claiming: CancellationToken,
+    /// Whether a lane may have the slots a batch frees refilled in its write: see
+    /// [`takes_refills`] (a test stands in for it, having no component to serve a lane).
+    refillable: fn(&Lane) -> bool,
+}
+
+/// Whether a lane may have the slots a batch frees refilled in the batch's write: not for a
+/// budgeted provider (the producer keeps the budget's account), nor a lane with no
+/// component, or one paused, ramping up or paying back a lowered limit.
+fn takes_refills(lane: &Lane) -> bool {
+    lane.claims_freely() && lane.provider().is_some_and(|p| p.policy.budget.is_none())
 }
 
 impl Worker {
@@ -293,9 +309,15 @@ impl Worker {
     async fn flush(&self, batch: &mut Vec<Completion>) -> Vec<Completion> {
         let offers = self.offers(batch);
         let (written, claimed) = self.write(batch, &offers).await;
-        let mut refills: BTreeMap<Arc<str>, Refill> = offers
+        // Only the offers whose claims were made: a write retried alone made none.
+        let made = if claimed.is_some() {
+            offers
+        } else {
+            Vec::new()
+        };
+        let mut refills: BTreeMap<Arc<str>, Refill> = made
             .into_iter()
-            .zip(claimed.into_iter().chain(std::iter::repeat_with(Vec::new)))
+            .zip(claimed.into_iter().flatten())
             .map(|(offer, mut claimed)| {
                 // Popped from the end: the first claimed gets the first slot.
                 claimed.reverse();
@@ -363,7 +385,8 @@ impl Worker {
                 lane.note_retry_quietly();
             }
             // A refill that found fewer rows than slots found nothing more due: the producer
-            // need not look again, unless a retry may come due (it then sets its timer).
+            // need not claim, unless a retry may come due (it then sets its timer). Rows
+            // handed over wake it anyway, to start them.
             let mut wake = true;
             if let Some(refill) = refills.remove(&name) {
                 wake = refill.filled() || lane.retry_noted();
@@ -386,10 +409,9 @@ impl Worker {
         back
     }
 
-    /// The slots the batch frees in each lane that may refill them now, when the sink can
-    /// claim in the batch's own write: the lane's producer would claim as much right after.
-    /// Not for a budgeted provider (the producer keeps the budget's account) nor a lane that
-    /// is paused, ramping up or paying back a lowered limit.
+    /// The slots the batch frees in each lane that may refill them now (see
+    /// [`takes_refills`]), when the sink can claim in the batch's own write: the lane's
+    /// producer would claim as much right after.
     fn offers(&self, batch: &[Completion]) -> Vec<Offer> {
         if !self.sink.claims_with_write() || self.stop_claiming.is_cancelled() {
             return Vec::new();
@@ -400,9 +422,7 @@ impl Worker {
         }
         slots
             .into_values()
-            .filter(|(lane, _)| {
-                lane.claims_freely() && lane.provider().is_some_and(|p| p.policy.budget.is_none())
-            })
+            .filter(|(lane, _)| (self.refillable)(lane))
             .map(|(lane, slots)| Offer {
                 provider: lane.name_arc(),
                 slots,
@@ -412,12 +432,13 @@ impl Worker {
     }
 
     /// Writes the batch, with its offers' claims on the first try; retried with backoff
-    /// (without the claims, which the producers then make) until it is written.
+    /// (without the claims, which the producers then make) until it is written. Returns
+    /// whether each row was written, and the claims' rows when they were made.
     async fn write(
         &self,
         batch: &[Completion],
         offers: &[Offer],
-    ) -> (Vec<bool>, Vec<Vec<Execution>>) {
+    ) -> (Vec<bool>, Option<Vec<Vec<Execution>>>) {
         let entries: Vec<(ExecutionId, &Finish)> =
             batch.iter().map(|c| (c.id, &c.finish)).collect();
         let mut offers = offers;
@@ -428,11 +449,12 @@ impl Worker {
                 self.sink
                     .write(&self.owner, &entries)
                     .await
-                    .map(|written| (written, Vec::new()))
+                    .map(|written| (written, None))
             } else {
                 self.sink
                     .write_and_claim(&self.owner, &entries, offers)
                     .await
+                    .map(|(written, claimed)| (written, Some(claimed)))
             };
             match result {
                 Ok(done) => return done,
@@ -792,6 +814,118 @@ mod tests {
             .map(|c| (c.id, c.slot.is_some(), c.finish == Finish::Requeue))
             .collect();
         assert_eq!(back, vec![(1, true, true), (2, true, true)]);
+        assert!(lane.take_handed().is_empty());
+    }
+
+    /// A sink that claims in its writes: `rows` rows of provider `p` per write, after
+    /// failing the first `fail` writes that claim.
+    struct Refiller {
+        fail: Mutex<u32>,
+        rows: usize,
+        plain_writes: Mutex<u32>,
+    }
+
+    #[async_trait]
+    impl ResultSink for Refiller {
+        async fn write(
+            &self,
+            _owner: &str,
+            batch: &[(ExecutionId, &Finish)],
+        ) -> Result<Vec<bool>, StoreError> {
+            *self.plain_writes.lock().unwrap() += 1;
+            Ok(vec![true; batch.len()])
+        }
+
+        async fn slot_freed(&self, _provider: &str) -> Result<(), StoreError> {
+            Ok(())
+        }
+
+        fn claims_with_write(&self) -> bool {
+            true
+        }
+
+        async fn write_and_claim(
+            &self,
+            _owner: &str,
+            batch: &[(ExecutionId, &Finish)],
+            offers: &[Offer],
+        ) -> Result<(Vec<bool>, Vec<Vec<Execution>>), StoreError> {
+            {
+                let mut fail = self.fail.lock().unwrap();
+                if *fail > 0 {
+                    *fail -= 1;
+                    return Err(StoreError::Other("database is locked".into()));
+                }
+            }
+            let rows: Vec<Execution> = (0..self.rows)
+                .map(|i| claimed_row(100 + i as i64))
+                .collect();
+            let claimed = offers.iter().map(|_| rows.clone()).collect();
+            Ok((vec![true; batch.len()], claimed))
+        }
+    }
+
+    /// Flushes 2 results of a lane of limit 2 through a sink that claims `rows` rows in its
+    /// write; returns the lane and whether the flush woke it.
+    async fn flush_refilling(fail: u32, rows: usize) -> (Arc<Lane>, bool, Arc<Refiller>) {
+        let sink = Arc::new(Refiller {
+            fail: Mutex::new(fail),
+            rows,
+            plain_writes: Mutex::new(0),
+        });
+        let worker = Worker {
+            sink: sink.clone(),
+            max_batch: 8,
+            max_wait: Duration::ZERO,
+            owner: Arc::from("me"),
+            events: EventBus::default(),
+            stop_claiming: CancellationToken::new(),
+            // The lane has no component: stand in for the check that it serves one.
+            refillable: Lane::claims_freely,
+        };
+        let lane = Arc::new(Lane::new("p", 2));
+        // No retry may be pending: only the refill decides the wake.
+        lane.take_retry_note();
+        let mut batch = vec![done(&lane, 0), done(&lane, 2)];
+        let back = worker.flush(&mut batch).await;
+        assert!(back.is_empty());
+        let woken = tokio::time::timeout(Duration::from_millis(50), lane.woken())
+            .await
+            .is_ok();
+        (lane, woken, sink)
+    }
+
+    #[tokio::test]
+    async fn a_refill_that_fills_every_slot_hands_the_rows_over_and_wakes_the_lane() {
+        let (lane, woken, sink) = flush_refilling(0, 2).await;
+        assert!(woken, "the producer starts what was handed over");
+        assert_eq!((lane.running(), lane.free()), (2, 0));
+        assert_eq!(lane.take_handed().len(), 2);
+        assert_eq!(*sink.plain_writes.lock().unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_refill_that_found_no_rows_lets_the_lane_sleep() {
+        let (lane, woken, _) = flush_refilling(0, 0).await;
+        assert!(!woken, "nothing is due: no claim of its own");
+        assert_eq!((lane.running(), lane.free()), (0, 2));
+        assert!(lane.take_handed().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_refill_that_found_fewer_rows_than_slots_hands_them_over() {
+        let (lane, woken, _) = flush_refilling(0, 1).await;
+        assert!(woken, "the producer starts what was handed over");
+        assert_eq!((lane.running(), lane.free()), (1, 1));
+        assert_eq!(lane.take_handed().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_write_retried_without_its_claims_frees_the_slots_and_wakes_the_lane() {
+        let (lane, woken, sink) = flush_refilling(1, 2).await;
+        assert_eq!(*sink.plain_writes.lock().unwrap(), 1, "retried alone");
+        assert!(woken, "the producer claims for the freed slots itself");
+        assert_eq!((lane.running(), lane.free()), (0, 2));
         assert!(lane.take_handed().is_empty());
     }
 

@@ -111,9 +111,12 @@ impl Lane {
             && self.lock_capacity().debt == 0
     }
 
-    /// Hands executions claimed into this lane's slots to its producer, and wakes it.
-    /// Gives them back when the producer has stopped.
+    /// Hands executions claimed into this lane's slots to its producer, and wakes it (not
+    /// for none). Gives them back when the producer has stopped.
     pub fn hand_over(&self, claimed: Vec<(Execution, Slot)>) -> Result<(), Vec<(Execution, Slot)>> {
+        if claimed.is_empty() {
+            return Ok(());
+        }
         match self.handed().as_mut() {
             Some(handed) => handed.extend(claimed),
             None => return Err(claimed),
