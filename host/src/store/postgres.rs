@@ -68,11 +68,13 @@ fn history_with(row: &str, outcome: &str, kind: &str, error: &str, delay: &str) 
 /// `MATERIALIZED` (PostgreSQL 12 and later) so that its constant columns stay columns and
 /// the checks stay join conditions.
 ///
-/// On a table of a few tens of thousands of rows, a connection's first writes may scan the
-/// table instead (PostgreSQL plans a prepared statement's first five runs for their
-/// values); the plan it keeps is the lookup by key. A worker that runs every running row
-/// itself paid a little less the old way (5.1–5.7 ms per 400-row write, now 7.0–8.2 ms):
-/// the price of a cost that no longer grows with the rest of the fleet.
+/// It runs on connections that plan without sequential scans ([`PgQueue::open`]'s
+/// `writes`). Where they were allowed, a connection's first writes on a table of some tens
+/// of thousands of rows read it whole (the planner prices pages as if read from disk), and
+/// a statement first run while the queue was empty kept a plan that read the whole table
+/// for every batch until the next ANALYZE. A worker that runs every running row itself paid
+/// a little less the old way (5.1–5.7 ms per 400-row write, now 7.0–8.2 ms): the price of a
+/// cost that no longer grows with the rest of the fleet.
 static FINISH_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let history = history_with(
         "e.",
@@ -182,6 +184,9 @@ const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 #[derive(Clone)]
 pub struct PgQueue {
     pool: PgPool,
+    /// The batch write's connections, which plan without sequential scans (see
+    /// [`FINISH_SQL`]).
+    writes: PgPool,
     /// `lanes:<schema>`: the notification channel, and the prefix of advisory-lock keys.
     channel: String,
 }
@@ -203,8 +208,9 @@ impl PgQueue {
         sqlx::Connection::close(first)
             .await
             .op("connecting to PostgreSQL")?;
-        // A worker needs few connections (claims, finishes, the lease loop); the listener
-        // holds one more. Keep fleets well under the server's max_connections.
+        // A worker needs few connections: up to 5 here (claims, the lease loop, the API),
+        // 2 for batch writes and 1 for the listener. Keep fleets well under the server's
+        // max_connections.
         // No ping before each use: it is a round trip of its own before every claim and
         // every batch write. sqlx still pings a connection when it goes back to the pool and
         // drops one that broke; a statement on a connection that broke since fails, and the
@@ -213,9 +219,16 @@ impl PgQueue {
             .max_connections(5)
             .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .op("connecting to PostgreSQL")?;
+        // The completer writes one batch at a time; a second connection covers a write
+        // that starts while the last one's connection goes back.
+        let writes = PgPoolOptions::new()
+            .max_connections(2)
+            .test_before_acquire(false)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_lazy_with(options.options([("enable_seqscan", "off")]));
         // sqlx takes an advisory lock, so workers starting together migrate one at a time.
         MIGRATOR.run(&pool).await?;
         let schema: String = sqlx::query_scalar("SELECT current_schema()")
@@ -229,7 +242,11 @@ impl PgQueue {
                 &hex::encode(sha2::Sha256::digest(schema.as_bytes()))[..32]
             );
         }
-        Ok(PgQueue { pool, channel })
+        Ok(PgQueue {
+            pool,
+            writes,
+            channel,
+        })
     }
 
     /// Sends `provider` on the channel within `tx`: delivered when it commits.
@@ -488,7 +505,7 @@ impl Queue for PgQueue {
             .bind(&self.channel)
             .bind(&limited)
             .bind(&moves)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.writes)
             .await
             .op(OP)?;
         Ok(written_flags(
@@ -1103,6 +1120,123 @@ mod tests {
             assert!(!plan.contains("executions_running"), "{mode}:\n{plan}");
             assert!(!plan.contains("Seq Scan on executions"), "{mode}:\n{plan}");
         }
+        drop(conn);
+        pool.close().await;
+        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+
+    /// The sequential and the index scans of `executions` in the transaction so far.
+    async fn scans(tx: &mut sqlx::PgConnection) -> (i64, i64) {
+        sqlx::query_as(
+            "SELECT seq_scan, idx_scan FROM pg_stat_xact_user_tables
+              WHERE relid = 'executions'::regclass",
+        )
+        .fetch_one(tx)
+        .await
+        .unwrap()
+    }
+
+    /// A claim reads the table by key even when its plans were cached on an empty queue
+    /// (migration 0013). PL/pgSQL's generic plans, made then, read the whole table for every
+    /// claim and kept doing so as the queue filled, until an ANALYZE. The transaction's own
+    /// statistics count the scans, so no timing is involved.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_claim_planned_on_an_empty_queue_reads_by_key_once_it_fills() {
+        use sqlx::Connection;
+        let Some((queue, pool, admin, schema)) = queue().await else {
+            return;
+        };
+        let mut conn = pool.acquire().await.unwrap();
+        let claim = "SELECT id FROM lanes_claim('lanes:test', 'p', 'w', $1, 100000, 60000)";
+        // More runs than PostgreSQL plans for their values before it keeps a generic plan.
+        for _ in 0..8 {
+            let none: Vec<i64> = sqlx::query_scalar(claim)
+                .bind(100_i64)
+                .fetch_all(&mut *conn)
+                .await
+                .unwrap();
+            assert!(none.is_empty());
+        }
+        let rows: Vec<NewExecution> = (0..5_000).map(|_| new("p")).collect();
+        queue.submit_many(&rows).await.unwrap();
+        let mut tx = conn.begin().await.unwrap();
+        let claimed: Vec<i64> = sqlx::query_scalar(claim)
+            .bind(500_i64)
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 500);
+        let (seq, idx) = scans(&mut tx).await;
+        assert_eq!(seq, 0, "sequential scans of the table in one claim");
+        assert!(idx > 0);
+        tx.commit().await.unwrap();
+        drop(conn);
+        pool.close().await;
+        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+
+    /// The batch write reads the table by key even when its statement was prepared, and its
+    /// plans cached, on an empty queue, as a worker's connections are when it starts first.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_write_prepared_on_an_empty_queue_reads_by_key_once_it_fills() {
+        use sqlx::Connection;
+        let Some((queue, pool, admin, schema)) = queue().await else {
+            return;
+        };
+        // A connection of the queue's own, as `finish_many` writes on.
+        let mut conn = queue.writes.acquire().await.unwrap();
+        // The statement as `finish_many` sends it, for completed attempts of `ids`.
+        async fn write(conn: &mut sqlx::PgConnection, ids: &[i64]) -> usize {
+            let n = ids.len();
+            let texts: Vec<Option<&str>> = vec![None; n];
+            let rows: Vec<(i64, i64)> = sqlx::query_as(&FINISH_SQL)
+                .bind("w")
+                .bind(ids)
+                .bind(vec!["completed"; n])
+                .bind(vec![Some("{\"text\":\"\"}"); n])
+                .bind(&texts)
+                .bind(&texts)
+                .bind(vec![None::<i64>; n])
+                .bind(vec![false; n])
+                .bind("lanes:test")
+                .bind(vec![false; n])
+                .bind(&texts)
+                .fetch_all(conn)
+                .await
+                .unwrap();
+            rows.len()
+        }
+        for _ in 0..8 {
+            assert_eq!(write(&mut conn, &[1, 2, 3]).await, 0);
+        }
+        let rows: Vec<NewExecution> = (0..5_000).map(|_| new("p")).collect();
+        queue.submit_many(&rows).await.unwrap();
+        let claim = Claim {
+            owner: "w",
+            max: 500,
+            limit: 5_000,
+            lease_ms: 60_000,
+            budget: None,
+        };
+        let ids: Vec<i64> = queue
+            .claim("p", claim)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        let mut tx = conn.begin().await.unwrap();
+        assert_eq!(write(&mut tx, &ids).await, 500);
+        let (seq, idx) = scans(&mut tx).await;
+        assert_eq!(seq, 0, "sequential scans of the table in one batch write");
+        assert!(idx > 0);
+        tx.commit().await.unwrap();
         drop(conn);
         pool.close().await;
         sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
