@@ -8,3 +8,5 @@
 -- (`provider_state`'s key, `executions_running`, `executions_pending`, `executions_pkey`),
 -- so the function plans without sequential scans.
 ALTER FUNCTION lanes_claim(text, text, text, bigint, bigint, bigint) SET enable_seqscan = off;
+-- A later `CREATE OR REPLACE FUNCTION lanes_claim` drops this setting unless it repeats
+-- it; `a_claim_planned_on_an_empty_queue_reads_by_key_once_it_fills` fails if it does not.
