@@ -122,7 +122,7 @@ impl PluginHost {
         let mut linker = Linker::new(&engine);
         sandbox::add_to_linker(&mut linker)
             .map_err(|e| anyhow::anyhow!("linking host imports: {e:#}"))?;
-        let cache = CompileCache::new(config.cache.resolved_dir(), &engine);
+        let cache = CompileCache::new(config.cache.resolved_dir(), &engine, &wasm);
         Ok(PluginHost {
             engine,
             linker: Arc::new(linker),
