@@ -223,12 +223,20 @@ impl PgQueue {
             .await
             .op("connecting to PostgreSQL")?;
         // The completer writes one batch at a time; a second connection covers a write
-        // that starts while the last one's connection goes back.
+        // that starts while the last one's connection goes back. The setting is a
+        // statement, not a startup option: connection poolers such as PgBouncer refuse
+        // startup options they do not know.
         let writes = PgPoolOptions::new()
             .max_connections(2)
             .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(30))
-            .connect_lazy_with(options.options([("enable_seqscan", "off")]));
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::Executor::execute(conn, "SET enable_seqscan = off").await?;
+                    Ok(())
+                })
+            })
+            .connect_lazy_with(options);
         // sqlx takes an advisory lock, so workers starting together migrate one at a time.
         MIGRATOR.run(&pool).await?;
         let schema: String = sqlx::query_scalar("SELECT current_schema()")
