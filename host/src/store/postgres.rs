@@ -215,10 +215,13 @@ impl PgQueue {
         // every batch write. sqlx still pings a connection when it goes back to the pool and
         // drops one that broke; a statement on a connection that broke since fails, and the
         // producer claims again, the completer retries its write.
-        let pool = PgPoolOptions::new()
-            .max_connections(5)
-            .test_before_acquire(false)
-            .acquire_timeout(Duration::from_secs(30))
+        let pool_of = |max| {
+            PgPoolOptions::new()
+                .max_connections(max)
+                .test_before_acquire(false)
+                .acquire_timeout(Duration::from_secs(30))
+        };
+        let pool = pool_of(5)
             .connect_with(options.clone())
             .await
             .op("connecting to PostgreSQL")?;
@@ -226,10 +229,7 @@ impl PgQueue {
         // that starts while the last one's connection goes back. The setting is a
         // statement, not a startup option: connection poolers such as PgBouncer refuse
         // startup options they do not know.
-        let writes = PgPoolOptions::new()
-            .max_connections(2)
-            .test_before_acquire(false)
-            .acquire_timeout(Duration::from_secs(30))
+        let writes = pool_of(2)
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     sqlx::Executor::execute(conn, "SET enable_seqscan = off").await?;
@@ -1044,6 +1044,15 @@ mod tests {
         Some((queue, pool, admin, schema))
     }
 
+    /// Closes the test's pool, then drops its schema.
+    async fn drop_schema(pool: PgPool, admin: &PgPool, schema: &str) {
+        pool.close().await;
+        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(admin)
+            .await
+            .unwrap();
+    }
+
     fn new(provider: &str) -> NewExecution {
         NewExecution {
             provider: provider.into(),
@@ -1129,11 +1138,7 @@ mod tests {
             assert!(!plan.contains("Seq Scan on executions"), "{mode}:\n{plan}");
         }
         drop(conn);
-        pool.close().await;
-        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-            .execute(&admin)
-            .await
-            .unwrap();
+        drop_schema(pool, &admin, &schema).await;
     }
 
     /// The sequential and the index scans of `executions` in the transaction so far.
@@ -1182,11 +1187,7 @@ mod tests {
         assert!(idx > 0);
         tx.commit().await.unwrap();
         drop(conn);
-        pool.close().await;
-        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-            .execute(&admin)
-            .await
-            .unwrap();
+        drop_schema(pool, &admin, &schema).await;
     }
 
     /// The batch write reads the table by key even when its statement was prepared, and its
@@ -1246,11 +1247,7 @@ mod tests {
         assert!(idx > 0);
         tx.commit().await.unwrap();
         drop(conn);
-        pool.close().await;
-        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-            .execute(&admin)
-            .await
-            .unwrap();
+        drop_schema(pool, &admin, &schema).await;
     }
 
     /// Workers count each other per provider. A record that lapsed or left is not counted;
@@ -1310,10 +1307,6 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(owners, ["a"]);
-        pool.close().await;
-        sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-            .execute(&admin)
-            .await
-            .unwrap();
+        drop_schema(pool, &admin, &schema).await;
     }
 }
