@@ -397,7 +397,9 @@ impl Daemon {
 
         leases::recover(&shared).await?;
         // Everything that can fail comes before the first lane starts.
-        let changes = queue.listen().await?;
+        let (changes, warmed) = tokio::join!(queue.listen(), queue.warm_up());
+        let changes = changes?;
+        warmed?;
 
         // Watch before the first scan, so that no file dropped in meanwhile goes unnoticed.
         let file_events = Arc::new(tokio::sync::Notify::new());

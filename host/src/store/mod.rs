@@ -235,6 +235,13 @@ pub trait Queue: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Readies what the daemon's batch writes use (PostgreSQL: a connection of the write
+    /// pool, with the write prepared on it), so that the first results after a start do
+    /// not wait for a connection. An error here is one every write would meet.
+    async fn warm_up(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     /// Counts by provider and status.
     async fn counts(&self) -> Result<BTreeMap<String, StatusCounts>, StoreError>;
 

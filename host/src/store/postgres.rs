@@ -522,6 +522,11 @@ impl Queue for PgQueue {
         ))
     }
 
+    async fn warm_up(&self) -> Result<(), StoreError> {
+        // An empty batch: it connects, sets the connection up and prepares the write.
+        self.finish_many("", &[]).await.map(|_| ())
+    }
+
     async fn recover_interrupted(&self) -> Result<Recovered, StoreError> {
         let mut tx = self.pool.begin().await.op("reclaiming expired leases")?;
         let history = history_with("", "'interrupted'", "NULL", "NULL", "NULL");
@@ -1246,6 +1251,39 @@ mod tests {
         assert_eq!(seq, 0, "sequential scans of the table in one batch write");
         assert!(idx > 0);
         tx.commit().await.unwrap();
+        drop(conn);
+        drop_schema(pool, &admin, &schema).await;
+    }
+
+    /// A warm-up leaves the write pool with a connection set up and the batch write
+    /// prepared on it, so that the first results after a start do not wait for either.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_warm_up_connects_the_write_pool_and_prepares_the_write() {
+        let Some((queue, pool, admin, schema)) = queue().await else {
+            return;
+        };
+        assert_eq!(queue.writes.size(), 0, "the write pool connects lazily");
+        queue.warm_up().await.unwrap();
+        assert_eq!(queue.writes.size(), 1);
+        // The connection goes back to the pool on a task of its own.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while queue.writes.num_idle() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the connection never came back"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let mut conn = queue.writes.acquire().await.unwrap();
+        let (prepared, seqscan): (i64, String) = sqlx::query_as(
+            "SELECT (SELECT COUNT(*) FROM pg_prepared_statements WHERE statement = $1),
+                    current_setting('enable_seqscan')",
+        )
+        .bind(&*FINISH_SQL)
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+        assert_eq!((prepared, seqscan.as_str()), (1, "off"));
         drop(conn);
         drop_schema(pool, &admin, &schema).await;
     }
