@@ -252,9 +252,10 @@ impl Completer {
 /// (tokio runs a task that another woke next). Written then, it went alone, the others'
 /// in the batch after it, and its slot made a claim of its own: two writes and two claims
 /// per claim's worth of results, cycle after cycle (3 PostgreSQL workers with shares of
-/// 342 slots wrote 68–78 rows a batch on average; 159–179 now). A yielded task runs again only after the
-/// tasks ready to run on its worker, so the attempts that can end now hand their results
-/// over first; an attempt waiting on its provider is not ready, and costs no wait.
+/// 342 slots wrote 68–78 rows a batch on average; 159–179 now). A yielded task runs again
+/// only after the tasks ready to run on its worker, so the attempts that can end now hand
+/// their results over first; an attempt waiting on its provider is not ready, and costs no
+/// wait.
 async fn gather_ready(
     rx: &mut mpsc::Receiver<Completion>,
     batch: &mut Vec<Completion>,
