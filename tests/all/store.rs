@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lanes::model::{ChatInput, ErrorKind, NewExecution, Status, now_ms};
-use lanes::store::{Change, Claim, Finish, ProviderRecord, Queue};
+use lanes::store::{Change, Claim, Finish, Output, ProviderRecord, Queue};
 
 use crate::support::*;
 
@@ -84,7 +84,7 @@ async fn claims_never_exceed_the_limit_across_workers(q: Arc<dyn Queue>) {
         .iter()
         .find(|e| e.status == Status::Running)
         .unwrap();
-    let done = Finish::Completed(serde_json::json!({"text": "x"}));
+    let done = Finish::Completed(Output::of(&serde_json::json!({"text": "x"})).unwrap());
     assert!(q.finish(first.id, "w1", &done).await.unwrap());
     assert_eq!(q.claim("a", claim("w2", 5, 2)).await.unwrap().len(), 1);
     // A raised limit lets more through.
@@ -107,9 +107,9 @@ async fn a_worker_that_lost_its_row_cannot_overwrite_the_result(q: Arc<dyn Queue
     assert_eq!(recovered.resumed, vec![(id, "a".to_string())]);
     let taken = q.claim("a", claim("other", 1, 1)).await.unwrap();
     assert_eq!(taken[0].attempts, 2);
-    let theirs = Finish::Completed(serde_json::json!({"text": "from other"}));
+    let theirs = Finish::Completed(Output::of(&serde_json::json!({"text": "from other"})).unwrap());
     assert!(q.finish(id, "other", &theirs).await.unwrap());
-    let late = Finish::Completed(serde_json::json!({"text": "from paused"}));
+    let late = Finish::Completed(Output::of(&serde_json::json!({"text": "from paused"})).unwrap());
     assert!(
         !q.finish(id, "paused", &late).await.unwrap(),
         "the paused worker must not write"
@@ -297,7 +297,7 @@ async fn each_attempt_is_kept_in_a_bounded_history(q: Arc<dyn Queue>) {
     tokio::time::sleep(Duration::from_millis(5)).await;
     q.recover_interrupted().await.unwrap();
     take(60_000).await;
-    let done = Finish::Completed(serde_json::json!({"text": "ok"}));
+    let done = Finish::Completed(Output::of(&serde_json::json!({"text": "ok"})).unwrap());
     assert!(q.finish(id, "w", &done).await.unwrap());
 
     let e = q.get(id).await.unwrap().unwrap();
@@ -372,7 +372,7 @@ async fn a_batch_writes_every_kind_of_end_at_once(q: Arc<dyn Queue>) {
     assert_eq!(ids.windows(2).filter(|w| w[0] < w[1]).count(), 4, "{ids:?}");
     let claimed = q.claim("a", claim("w", 5, 5)).await.unwrap();
     assert_eq!(claimed.len(), 5);
-    let done = Finish::Completed(serde_json::json!({"text": "ok"}));
+    let done = Finish::Completed(Output::of(&serde_json::json!({"text": "ok"})).unwrap());
     let retry = Finish::Retry {
         error: "busy".into(),
         kind: ErrorKind::Unavailable,
@@ -449,7 +449,7 @@ async fn a_batch_write_refills_the_slots_it_frees(q: Arc<dyn Queue>) {
         .unwrap();
     assert_eq!(q.claim("a", claim("w", 1, 1)).await.unwrap()[0].id, ids[0]);
     assert_eq!(q.claim("b", claim("w", 1, 1)).await.unwrap()[0].id, ids[3]);
-    let done = Finish::Completed(serde_json::json!({"text": "ok"}));
+    let done = Finish::Completed(Output::of(&serde_json::json!({"text": "ok"})).unwrap());
     // Limit 1 for each: the claims see the rows this write ends as no longer running. "a"
     // offers 2 slots but its limit lets one run; "c" has nothing pending.
     let (written, claimed) = q
@@ -519,7 +519,7 @@ async fn sqlite_a_failed_refill_undoes_its_write_and_leaves_no_transaction_open(
     .execute(q.pool())
     .await
     .unwrap();
-    let done = Finish::Completed(serde_json::json!({"text": "ok"}));
+    let done = Finish::Completed(Output::of(&serde_json::json!({"text": "ok"})).unwrap());
     for _ in 0..6 {
         let err = q
             .finish_and_claim("w", &[(ids[0], &done)], &[("boom", claim("w", 1, 1))])
@@ -594,7 +594,7 @@ async fn postgres_notifies_what_other_workers_can_claim() {
     // refills its own slots, so room left after a claim is another worker's to take.
     other.claim("n", claim("w", 1, 2)).await.unwrap();
     other.claim("n", claim("w", 1, 2)).await.unwrap();
-    let done = Finish::Completed(serde_json::json!({"text": "x"}));
+    let done = Finish::Completed(Output::of(&serde_json::json!({"text": "x"})).unwrap());
     other.finish(first, "w", &done).await.unwrap();
     // Neither a claim, one that left room or one that filled the fleet, nor a finish (its
     // worker refills the slot) wakes anyone.
@@ -708,7 +708,7 @@ async fn idempotency_keys_pages_and_cancels(q: Arc<dyn Queue>) {
             owner: Some("w".into())
         }
     );
-    let done = Finish::Completed(serde_json::json!({"text": "late"}));
+    let done = Finish::Completed(Output::of(&serde_json::json!({"text": "late"})).unwrap());
     assert!(
         !q.finish(id, "w", &done).await.unwrap(),
         "a cancelled row is not written"

@@ -374,6 +374,9 @@ impl Worker {
         // Lanes that freed a slot, with whether any row went back to pending for a retry,
         // and whether any slot paid a lowered limit's or share's debt instead of coming back.
         let mut freed: BTreeMap<Arc<str>, (Arc<Lane>, bool, bool)> = BTreeMap::new();
+        // Sent when the loop ends: before the hand-over below, so that each `Finished` comes
+        // before a refill's `Claimed`.
+        let mut finished = self.events.batch();
         for (c, ok) in batch.drain(..).zip(written) {
             let outcome = match (&c.finish, ok) {
                 (_, false) if c.cancelled => Outcome::Cancelled,
@@ -409,7 +412,7 @@ impl Worker {
                 }
             }
             let write_ms = i64::try_from(now.duration_since(c.ended).as_millis()).unwrap_or(0);
-            self.events.publish_with(|| Event::Finished {
+            finished.push_with(|| Event::Finished {
                 id: c.id,
                 provider: lane.name_arc(),
                 attempt: c.attempt,
@@ -419,6 +422,7 @@ impl Worker {
                 tokens: c.tokens,
             });
         }
+        drop(finished);
         let mut back = Vec::new();
         // One wake per lane for the whole batch: its freed slots make one claim.
         for (name, (lane, retried, forgotten)) in freed {
@@ -592,6 +596,7 @@ fn log_end(c: &Completion, outcome: Outcome) {
 mod tests {
     use super::*;
     use crate::model::ErrorKind;
+    use crate::store::Output;
     use std::sync::Mutex;
 
     /// Records every batch; fails the first `fail` writes.
@@ -673,7 +678,7 @@ mod tests {
             lane: lane.clone(),
             slot: Some(lane.try_acquire().expect("a free slot")),
             finish: if id % 2 == 0 {
-                Finish::Completed(serde_json::json!({"text": "ok"}))
+                Finish::Completed(Output::of(&serde_json::json!({"text": "ok"})).unwrap())
             } else {
                 Finish::Failed {
                     error: "no".into(),

@@ -2,18 +2,27 @@
 //! channel. The API, metrics, the dashboard and policies subscribe here instead of reaching
 //! into the daemon.
 //!
-//! Publishing never waits: a subscriber that falls more than [`CAPACITY`] events behind
-//! loses the oldest ones and is told how many ([`Lagged`]), so a slow reader never slows the
-//! hot path.
+//! Publishing never waits: a subscriber that falls more than [`CAPACITY`] messages behind
+//! loses the oldest ones and is told how many events it missed ([`Lagged`]), so a slow
+//! reader never slows the hot path.
+//!
+//! Events that happen together (one claim's rows, one batch write's ends) go out as one
+//! message of up to [`MAX_BATCH`] events ([`EventBus::batch`]): a subscriber that keeps up is
+//! woken once for them, not once each. Waking a subscriber is most of what publishing
+//! costs, and on a busy daemon each wake moved a task between threads.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::broadcast;
 
 use crate::model::{ErrorKind, ExecutionId};
 
-/// How many events a subscriber may fall behind before it loses the oldest.
+/// How many messages a subscriber may fall behind before it loses the oldest. A message
+/// holds one event, or up to [`MAX_BATCH`] published together.
 pub const CAPACITY: usize = 4096;
+
+/// The most events one message holds; it bounds what a lagging subscriber keeps in memory.
+pub const MAX_BATCH: usize = 32;
 
 /// How an attempt ended, as the queue recorded it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,10 +127,21 @@ impl Event {
     }
 }
 
+/// Events published together, and the sequence number of the first: a subscriber that
+/// lagged counts what it missed from the numbers.
+#[derive(Debug, Clone)]
+struct Message {
+    first: u64,
+    events: Arc<[Event]>,
+}
+
 /// The publishing side, cheap to clone.
 #[derive(Clone)]
 pub struct EventBus {
-    tx: broadcast::Sender<Event>,
+    tx: broadcast::Sender<Message>,
+    /// The sequence number of the next event. Held while sending, so that numbers go out
+    /// in order.
+    next: Arc<Mutex<u64>>,
 }
 
 impl Default for EventBus {
@@ -137,33 +157,85 @@ pub struct Lagged(pub u64);
 
 /// One subscription to the bus.
 pub struct Subscription {
-    rx: broadcast::Receiver<Event>,
+    rx: broadcast::Receiver<Message>,
+    /// The message being read, and the index of its next event.
+    current: Option<(Message, usize)>,
+    /// The sequence number of the next event this subscriber expects.
+    expected: u64,
 }
 
 impl Subscription {
     /// The next event; `Err(Lagged)` once after events were lost, then the oldest kept one.
     /// `None` when the daemon is gone.
     pub async fn recv(&mut self) -> Option<Result<Event, Lagged>> {
-        match self.rx.recv().await {
-            Ok(event) => Some(Ok(event)),
-            Err(broadcast::error::RecvError::Lagged(n)) => Some(Err(Lagged(n))),
-            Err(broadcast::error::RecvError::Closed) => None,
+        loop {
+            if let Some((message, index)) = &mut self.current {
+                if let Some(event) = message.events.get(*index) {
+                    *index += 1;
+                    self.expected = self.expected.saturating_add(1);
+                    return Some(Ok(event.clone()));
+                }
+                self.current = None;
+            }
+            match self.rx.recv().await {
+                Ok(message) => {
+                    let missed = message.first.saturating_sub(self.expected);
+                    self.expected = message.first;
+                    self.current = Some((message, 0));
+                    if missed > 0 {
+                        return Some(Err(Lagged(missed)));
+                    }
+                }
+                // The next message tells how many events were lost.
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+/// Events to publish together as one message, sent when the batch is dropped (or fills up).
+/// Build one around a loop whose events belong together, and drop it before anything that
+/// must come after them.
+pub struct Batch<'a> {
+    bus: &'a EventBus,
+    events: Vec<Event>,
+    listening: bool,
+}
+
+impl Batch<'_> {
+    /// Adds the event `make` builds, but builds it only when somebody listens.
+    pub fn push_with(&mut self, make: impl FnOnce() -> Event) {
+        if !self.listening {
+            return;
+        }
+        self.events.push(make());
+        if self.events.len() >= MAX_BATCH {
+            self.bus.send(std::mem::take(&mut self.events));
+        }
+    }
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        if !self.events.is_empty() {
+            self.bus.send(std::mem::take(&mut self.events));
         }
     }
 }
 
 impl EventBus {
-    /// A bus that keeps `capacity` events for each subscriber.
+    /// A bus that keeps `capacity` messages for each subscriber.
     pub fn new(capacity: usize) -> Self {
         EventBus {
             tx: broadcast::channel(capacity.max(1)).0,
+            next: Arc::new(Mutex::new(0)),
         }
     }
 
     /// Publishes an event to every subscriber; never waits.
     pub fn publish(&self, event: Event) {
-        // An error only means that nobody listens.
-        let _ = self.tx.send(event);
+        self.send(vec![event]);
     }
 
     /// Publishes the event `make` builds, but builds it only when somebody listens.
@@ -173,10 +245,36 @@ impl EventBus {
         }
     }
 
+    /// A batch of events to publish together (see [`Batch`]).
+    pub fn batch(&self) -> Batch<'_> {
+        Batch {
+            bus: self,
+            events: Vec::new(),
+            listening: self.tx.receiver_count() > 0,
+        }
+    }
+
+    fn send(&self, events: Vec<Event>) {
+        let count = u64::try_from(events.len()).unwrap_or(u64::MAX);
+        let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
+        let first = *next;
+        *next = first.saturating_add(count);
+        // An error only means that nobody listens.
+        let _ = self.tx.send(Message {
+            first,
+            events: events.into(),
+        });
+    }
+
     /// A new subscription: it sees events published from now on.
     pub fn subscribe(&self) -> Subscription {
+        // Under the lock, so that no message is sent between reading the number and
+        // joining the channel.
+        let next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
         Subscription {
             rx: self.tx.subscribe(),
+            current: None,
+            expected: *next,
         }
     }
 }
@@ -210,9 +308,46 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn events_published_together_are_one_message_and_a_lag_counts_events() {
+        let bus = EventBus::new(2);
+        let mut slow = bus.subscribe();
+        let mut fast = bus.subscribe();
+        let publish = |range: std::ops::Range<u32>| {
+            let mut batch = bus.batch();
+            for n in range {
+                batch.push_with(|| limit(n));
+            }
+        };
+        publish(0..3);
+        assert_eq!(fast.rx.len(), 1, "three events, one message");
+        for n in 0..3 {
+            assert_eq!(fast.recv().await, Some(Ok(limit(n))));
+        }
+        // 40 events make a full message and one of 8.
+        publish(3..43);
+        assert_eq!(fast.rx.len(), 2);
+        for n in 3..43 {
+            assert_eq!(fast.recv().await, Some(Ok(limit(n))));
+        }
+        bus.publish(limit(43));
+        assert_eq!(fast.recv().await, Some(Ok(limit(43))));
+        // The channel kept the last two messages: the slow one missed 3 + 32 events.
+        assert_eq!(slow.recv().await, Some(Err(Lagged(35))));
+        for n in 35..44 {
+            assert_eq!(slow.recv().await, Some(Ok(limit(n))));
+        }
+        // A subscription joined later starts at the next event.
+        let mut late = bus.subscribe();
+        publish(44..46);
+        assert_eq!(late.recv().await, Some(Ok(limit(44))));
+        assert_eq!(late.recv().await, Some(Ok(limit(45))));
+    }
+
+    #[tokio::test]
     async fn events_are_built_only_for_listeners() {
         let bus = EventBus::new(4);
         bus.publish_with(|| unreachable!("nobody listens"));
+        bus.batch().push_with(|| unreachable!("nobody listens"));
         let mut sub = bus.subscribe();
         bus.publish_with(|| limit(3));
         assert_eq!(sub.recv().await, Some(Ok(limit(3))));

@@ -16,7 +16,7 @@ use crate::attempt;
 use crate::model::{ChatInput, ErrorKind, Execution, ExecutionId, now_ms};
 use crate::plugin::{ExecError, Provider};
 use crate::retry::{Decision, Failed, RetryPolicy};
-use crate::store::Finish;
+use crate::store::{Finish, Output};
 
 /// Runs attempts. Shared by every lane.
 pub struct Executor {
@@ -183,8 +183,8 @@ impl Executor {
                 );
                 let output = attempt::to_output(response);
                 let tokens = (output.usage.input_tokens, output.usage.output_tokens);
-                let finish = match serde_json::to_value(&output) {
-                    Ok(value) => Finish::Completed(value),
+                let finish = match Output::of(&output) {
+                    Ok(output) => Finish::Completed(output),
                     Err(e) => Finish::Failed {
                         error: format!("{}: output cannot be stored: {e}", provider.label()),
                         kind: ErrorKind::Other,

@@ -58,8 +58,9 @@ impl Producer {
     pub async fn run(mut self) {
         self.claim_loop().await;
         // What the completer claimed for this lane but it did not start goes back.
-        for (execution, slot) in self.lane.close_hand_over() {
-            self.publish_claimed(&execution);
+        let handed = self.lane.close_hand_over();
+        self.publish_claimed(handed.iter().map(|(execution, _)| execution));
+        for (execution, slot) in handed {
             self.requeue(&execution, Some(slot)).await;
         }
     }
@@ -225,8 +226,9 @@ impl Producer {
         }
         let count = u32::try_from(claimed.len()).unwrap_or(u32::MAX);
         self.log.note(&self.lane, claimed.len());
+        // Before any of them starts, so that each one's `Claimed` comes before its `Started`.
+        self.publish_claimed(claimed.iter());
         for execution in claimed {
-            self.publish_claimed(&execution);
             // A store that returned more rows than it was asked for: the extra go back.
             match slots.pop() {
                 Some(slot) => self.start(provider, execution, slot),
@@ -244,8 +246,8 @@ impl Producer {
         }
         self.log.note(&self.lane, handed.len());
         let provider = self.lane.provider();
+        self.publish_claimed(handed.iter().map(|(execution, _)| execution));
         for (execution, slot) in handed {
-            self.publish_claimed(&execution);
             match &provider {
                 Some(provider) => self.start(provider, execution, slot),
                 // The component went away since: the row goes back to pending.
@@ -254,12 +256,15 @@ impl Producer {
         }
     }
 
-    fn publish_claimed(&self, execution: &Execution) {
-        self.shared.events.publish_with(|| Event::Claimed {
-            id: execution.id,
-            provider: self.lane.name_arc(),
-            attempt: execution.attempts,
-        });
+    fn publish_claimed<'a>(&self, executions: impl Iterator<Item = &'a Execution>) {
+        let mut batch = self.shared.events.batch();
+        for execution in executions {
+            batch.push_with(|| Event::Claimed {
+                id: execution.id,
+                provider: self.lane.name_arc(),
+                attempt: execution.attempts,
+            });
+        }
     }
 
     /// Runs `execution` in `slot` on its own task.

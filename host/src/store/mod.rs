@@ -93,10 +93,27 @@ pub struct Recovered {
     pub failed: Vec<(ExecutionId, String)>,
 }
 
+/// A completed attempt's output as JSON text, serialized once where the attempt ends: the
+/// batch writes bind the text as it is, with no JSON tree built per execution in between.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output(String);
+
+impl Output {
+    /// `value` serialized as JSON.
+    pub fn of<T: Serialize + ?Sized>(value: &T) -> Result<Self, serde_json::Error> {
+        serde_json::to_string(value).map(Output)
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// How an attempt ended, as the queue records it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Finish {
-    Completed(serde_json::Value),
+    Completed(Output),
     /// Back to pending for `delay_ms` (from the database's clock), keeping the error.
     Retry {
         error: String,
@@ -638,7 +655,7 @@ where
 pub(crate) struct FinishRow<'a> {
     pub id: ExecutionId,
     pub status: &'static str,
-    pub output: Option<String>,
+    pub output: Option<&'a str>,
     pub error: Option<&'a str>,
     pub kind: Option<&'static str>,
     pub delay_ms: Option<i64>,
@@ -666,7 +683,7 @@ impl<'a> FinishRow<'a> {
         match finish {
             Finish::Completed(output) => {
                 row.status = "completed";
-                row.output = Some(output.to_string());
+                row.output = Some(output.as_str());
             }
             Finish::Retry {
                 error,

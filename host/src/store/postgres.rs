@@ -494,7 +494,7 @@ impl Queue for PgQueue {
         let rows: Vec<FinishRow> = batch.iter().map(|(id, f)| FinishRow::new(*id, f)).collect();
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         let statuses: Vec<&str> = rows.iter().map(|r| r.status).collect();
-        let outputs: Vec<Option<&str>> = rows.iter().map(|r| r.output.as_deref()).collect();
+        let outputs: Vec<Option<&str>> = rows.iter().map(|r| r.output).collect();
         let errors: Vec<Option<&str>> = rows.iter().map(|r| r.error).collect();
         let kinds: Vec<Option<&str>> = rows.iter().map(|r| r.kind).collect();
         let delays: Vec<Option<i64>> = rows.iter().map(|r| r.delay_ms).collect();
