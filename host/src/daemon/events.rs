@@ -211,7 +211,7 @@ impl Batch<'_> {
         }
         self.events.push(make());
         if self.events.len() >= MAX_BATCH {
-            self.bus.send(std::mem::take(&mut self.events));
+            self.bus.send(std::mem::take(&mut self.events).into());
         }
     }
 }
@@ -219,7 +219,7 @@ impl Batch<'_> {
 impl Drop for Batch<'_> {
     fn drop(&mut self) {
         if !self.events.is_empty() {
-            self.bus.send(std::mem::take(&mut self.events));
+            self.bus.send(std::mem::take(&mut self.events).into());
         }
     }
 }
@@ -235,7 +235,8 @@ impl EventBus {
 
     /// Publishes an event to every subscriber; never waits.
     pub fn publish(&self, event: Event) {
-        self.send(vec![event]);
+        // One allocation, not a vector's and then the shared slice's.
+        self.send(Arc::from([event]));
     }
 
     /// Publishes the event `make` builds, but builds it only when somebody listens.
@@ -254,16 +255,13 @@ impl EventBus {
         }
     }
 
-    fn send(&self, events: Vec<Event>) {
+    fn send(&self, events: Arc<[Event]>) {
         let count = u64::try_from(events.len()).unwrap_or(u64::MAX);
         let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
         let first = *next;
         *next = first.saturating_add(count);
         // An error only means that nobody listens.
-        let _ = self.tx.send(Message {
-            first,
-            events: events.into(),
-        });
+        let _ = self.tx.send(Message { first, events });
     }
 
     /// A new subscription: it sees events published from now on.
