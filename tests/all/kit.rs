@@ -23,13 +23,30 @@ fn kit_dir() -> &'static Path {
             return PathBuf::from(dir);
         }
         let root = repo_root();
+        let out = root.join("target/kit");
+        std::fs::create_dir_all(&out).expect("creating target/kit");
+        // nextest runs each test in a process of its own, so the `OnceLock` alone would let
+        // two kit tests build into the same folder at once (one's `npm install` removing
+        // what the other's is about to run). The lock makes them take turns, and the run's
+        // id lets the second use what the first built.
+        let lock = std::fs::File::create(out.join(".lock")).expect("creating target/kit/.lock");
+        lock.lock().expect("locking target/kit/.lock");
+        let stamp = out.join(".built-for-run");
+        let run = std::env::var("NEXTEST_RUN_ID").ok();
+        if run.is_some() && std::fs::read_to_string(&stamp).ok() == run {
+            return out;
+        }
         let status = Command::new("bash")
             .arg(root.join("scripts/build-kit"))
             .arg(env!("CARGO_BIN_EXE_lanes"))
+            .arg(&out)
             .status()
             .expect("running scripts/build-kit");
         assert!(status.success(), "scripts/build-kit failed");
-        root.join("target/kit")
+        if let Some(run) = run {
+            std::fs::write(&stamp, run).expect("writing target/kit/.built-for-run");
+        }
+        out
     })
 }
 
