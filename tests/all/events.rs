@@ -97,17 +97,52 @@ async fn each_execution_is_claimed_started_and_finished_in_order() {
     daemon.shutdown(Duration::from_secs(5)).await;
 }
 
+/// `Started` waits in the bus for company (see `EventBus::defer_with`), but never for the
+/// attempt's end: an attempt that waits on its provider is reported started while it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_attempt_is_reported_started_while_it_runs() {
+    let mut env = TestEnv::new();
+    env.stub("long", Some(2), &[]);
+    let (daemon, queue) = env.start().await;
+    let mut events = daemon.subscribe();
+    // Far longer than the wait below: a `Started` held back until the attempt ended (or
+    // until its result reached the completer) would miss it.
+    let id = daemon
+        .submit(&job("long", serde_json::json!({"sleep_ms": 60_000})))
+        .await
+        .unwrap();
+    let started = async {
+        loop {
+            match events.recv().await {
+                Some(Ok(Event::Started { id: started, .. })) if started == id => return,
+                Some(Ok(Event::Finished { .. })) => panic!("finished before it started"),
+                None => panic!("the daemon is gone"),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), started)
+        .await
+        .expect("reported started while the attempt runs");
+    let row = queue.get(id).await.unwrap().expect("the row");
+    assert_eq!(row.status, Status::Running);
+    // Stopped, not waited for.
+    daemon.control().cancel(id).await.unwrap();
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_never_reads_slows_nothing_and_learns_what_it_missed() {
     let mut env = TestEnv::new();
     env.stub("lag", Some(16), &[]);
     let (daemon, queue) = env.start().await;
     let mut idle = daemon.subscribe();
-    // 3 events per execution, each `Started` a message of its own: twice as many of those
-    // alone as the bus keeps for one subscriber.
+    // 3 events per execution. Each attempt waits (1 ms), so each `Started` goes out on
+    // its own as its attempt first waits: twice as many messages of those alone as the
+    // bus keeps for one subscriber.
     let n = lanes::daemon::events::CAPACITY;
     daemon
-        .submit_many(&sleepers("lag", 2 * n, 0))
+        .submit_many(&sleepers("lag", 2 * n, 1))
         .await
         .unwrap();
     let rows = wait_terminal(queue.as_ref(), Some("lag"), Duration::from_secs(120)).await;

@@ -325,6 +325,9 @@ impl Worker {
             if !closing {
                 gather_ready(&mut rx, &mut batch, self.max_batch).await;
             }
+            // The `Started` of these attempts (and of others that started since) if no
+            // message has carried them yet: see `EventBus::defer_with`.
+            self.events.flush();
             if batch.len() < self.max_batch && !self.max_wait.is_zero() && !closing {
                 let deadline = tokio::time::sleep(self.max_wait);
                 tokio::pin!(deadline);

@@ -10,7 +10,15 @@
 //! message of up to [`MAX_BATCH`] events ([`EventBus::batch`]): a subscriber that keeps up is
 //! woken once for them, not once each. Waking a subscriber is most of what publishing
 //! costs, and on a busy daemon each wake moved a task between threads.
+//!
+//! Each attempt's `Started` is published by its own task, so those cannot be gathered the
+//! same way: they wait in the bus ([`EventBus::defer_with`]) and go out together with the
+//! next message sent, or when [`EventBus::flush`] is called: by the executor when its
+//! attempt first waits (on the provider), and by the completer when results reach it. So a
+//! `Started` still comes before its execution's `Finished` and after its `Claimed`, and it
+//! never waits for more than its own attempt's first step.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::broadcast;
@@ -139,9 +147,18 @@ struct Message {
 #[derive(Clone)]
 pub struct EventBus {
     tx: broadcast::Sender<Message>,
-    /// The sequence number of the next event. Held while sending, so that numbers go out
-    /// in order.
-    next: Arc<Mutex<u64>>,
+    /// Held while sending, so that sequence numbers go out in order.
+    state: Arc<Mutex<State>>,
+    /// Whether `state.deferred` holds events, read without the lock.
+    deferred: Arc<AtomicBool>,
+}
+
+struct State {
+    /// The sequence number of the next event sent.
+    next: u64,
+    /// Events published with [`EventBus::defer_with`], not sent yet; they go out before
+    /// the next message.
+    deferred: Vec<Event>,
 }
 
 impl Default for EventBus {
@@ -229,7 +246,11 @@ impl EventBus {
     pub fn new(capacity: usize) -> Self {
         EventBus {
             tx: broadcast::channel(capacity.max(1)).0,
-            next: Arc::new(Mutex::new(0)),
+            state: Arc::new(Mutex::new(State {
+                next: 0,
+                deferred: Vec::new(),
+            })),
+            deferred: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -255,24 +276,66 @@ impl EventBus {
         }
     }
 
+    /// Publishes the event `make` builds (only when somebody listens) with the next message
+    /// sent, or at the next [`EventBus::flush`]; at once when [`MAX_BATCH`] are waiting.
+    /// For events that many tasks publish one each, and that may arrive a moment late:
+    /// whoever publishes one must make sure that a flush or a message follows soon.
+    pub fn defer_with(&self, make: impl FnOnce() -> Event) {
+        if self.tx.receiver_count() == 0 {
+            return;
+        }
+        let event = make();
+        let mut state = self.lock();
+        state.deferred.push(event);
+        self.deferred.store(true, Ordering::Release);
+        if state.deferred.len() >= MAX_BATCH {
+            self.send_deferred(&mut state);
+        }
+    }
+
+    /// Sends the deferred events, if any, as one message.
+    pub fn flush(&self) {
+        if self.deferred.load(Ordering::Acquire) {
+            self.send_deferred(&mut self.lock());
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn send(&self, events: Arc<[Event]>) {
+        let mut state = self.lock();
+        self.send_deferred(&mut state);
+        self.send_locked(&mut state, events);
+    }
+
+    fn send_deferred(&self, state: &mut State) {
+        if state.deferred.is_empty() {
+            return;
+        }
+        let events = std::mem::take(&mut state.deferred).into();
+        self.deferred.store(false, Ordering::Release);
+        self.send_locked(state, events);
+    }
+
+    fn send_locked(&self, state: &mut State, events: Arc<[Event]>) {
         let count = u64::try_from(events.len()).unwrap_or(u64::MAX);
-        let mut next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
-        let first = *next;
-        *next = first.saturating_add(count);
+        let first = state.next;
+        state.next = first.saturating_add(count);
         // An error only means that nobody listens.
         let _ = self.tx.send(Message { first, events });
     }
 
-    /// A new subscription: it sees events published from now on.
+    /// A new subscription: it sees events sent from now on.
     pub fn subscribe(&self) -> Subscription {
         // Under the lock, so that no message is sent between reading the number and
         // joining the channel.
-        let next = self.next.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = self.lock();
         Subscription {
             rx: self.tx.subscribe(),
             current: None,
-            expected: *next,
+            expected: state.next,
         }
     }
 }
@@ -342,9 +405,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn deferred_events_go_out_with_the_next_message_or_a_flush_in_order() {
+        let bus = EventBus::new(8);
+        let mut sub = bus.subscribe();
+        // Nothing to read: no message waiting, and the one read (if any) read to its end.
+        let pending = |sub: &mut Subscription| {
+            sub.rx.is_empty()
+                && sub
+                    .current
+                    .as_ref()
+                    .is_none_or(|(message, next)| *next >= message.events.len())
+        };
+        // Deferred ones wait: nothing is sent, and a flush sends them as one message.
+        bus.defer_with(|| limit(0));
+        bus.defer_with(|| limit(1));
+        assert!(pending(&mut sub), "deferred events wait for a flush");
+        bus.flush();
+        assert_eq!(sub.rx.len(), 1, "two deferred events are one message");
+        assert_eq!(sub.recv().await, Some(Ok(limit(0))));
+        assert_eq!(sub.recv().await, Some(Ok(limit(1))));
+        bus.flush();
+        assert!(
+            pending(&mut sub),
+            "a flush with nothing deferred sends nothing"
+        );
+        // A message sent after deferred events carries them first: order is kept.
+        bus.defer_with(|| limit(2));
+        {
+            let mut batch = bus.batch();
+            batch.push_with(|| limit(3));
+        }
+        bus.defer_with(|| limit(4));
+        bus.publish(limit(5));
+        for n in 2..6 {
+            assert_eq!(sub.recv().await, Some(Ok(limit(n))));
+        }
+        // A full batch of deferred events goes out without waiting for a flush.
+        for n in 0..MAX_BATCH {
+            bus.defer_with(|| limit(u32::try_from(n).unwrap()));
+        }
+        assert_eq!(sub.rx.len(), 1);
+        for n in 0..MAX_BATCH {
+            assert_eq!(sub.recv().await, Some(Ok(limit(u32::try_from(n).unwrap()))));
+        }
+        assert!(pending(&mut sub));
+    }
+
+    #[tokio::test]
     async fn events_are_built_only_for_listeners() {
         let bus = EventBus::new(4);
         bus.publish_with(|| unreachable!("nobody listens"));
+        bus.defer_with(|| unreachable!("nobody listens"));
         bus.batch().push_with(|| unreachable!("nobody listens"));
         let mut sub = bus.subscribe();
         bus.publish_with(|| limit(3));

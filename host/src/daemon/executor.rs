@@ -3,6 +3,7 @@
 //! no database work itself.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -45,7 +46,10 @@ impl Executor {
         slot: Slot,
     ) {
         let started_at = execution.started_at.unwrap_or_else(now_ms);
-        self.events.publish_with(|| Event::Started {
+        // Deferred: sent with the next message, when the attempt first waits (below), or
+        // when the completer takes results in, whichever comes first. A burst of attempts
+        // that end without waiting then wakes subscribers once, not once each.
+        self.events.defer_with(|| Event::Started {
             id: execution.id,
             provider: lane.name_arc(),
             attempt: execution.attempts,
@@ -56,11 +60,24 @@ impl Executor {
         let input = std::mem::take(&mut execution.input);
         let cancel = CancellationToken::new();
         self.running_attempts().insert(execution.id, cancel.clone());
-        let (mut finish, tokens) = tokio::select! {
-            end = self.attempt(&lane, &provider, &execution, input, began) => end,
-            _ = self.stop_running.cancelled() => (Finish::Requeue, None),
-            // The row is already `cancelled`: whatever is sent is not written.
-            _ = cancel.cancelled() => (Finish::Requeue, None),
+        let (mut finish, tokens) = {
+            let attempt = self.attempt(&lane, &provider, &execution, input, began);
+            let mut attempt = std::pin::pin!(attempt);
+            let mut waited = false;
+            let attempt = std::future::poll_fn(|cx| {
+                let poll = attempt.as_mut().poll(cx);
+                if poll.is_pending() && !waited {
+                    waited = true;
+                    self.events.flush();
+                }
+                poll
+            });
+            tokio::select! {
+                end = attempt => end,
+                _ = self.stop_running.cancelled() => (Finish::Requeue, None),
+                // The row is already `cancelled`: whatever is sent is not written.
+                _ = cancel.cancelled() => (Finish::Requeue, None),
+            }
         };
         if provider.policy.budget.is_some() {
             self.settle(execution.id, tokens).await;
