@@ -15,8 +15,8 @@
 //! same way: they wait in the bus ([`EventBus::defer_with`]) and go out together with the
 //! next message sent, or when [`EventBus::flush`] is called: by the executor when its
 //! attempt first waits (on the provider), and by the completer when results reach it. So a
-//! `Started` still comes before its execution's `Finished` and after its `Claimed`, and it
-//! never waits for more than its own attempt's first step.
+//! `Started` still comes after its execution's `Claimed` and before its `Finished`, and it
+//! is held back at most until its attempt first waits or ends.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
