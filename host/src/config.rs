@@ -167,7 +167,9 @@ impl Default for ApiConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CompleterConfig {
-    /// The most results one write takes.
+    /// The most results one write takes. On SQLite, whose writes refill the slots they
+    /// free, a write also takes at most a quarter of its lanes' slots (at least 16), and
+    /// a larger batch goes in parts.
     pub max_batch: u32,
     /// How long a write waits for more results once it has one, in microseconds. 0 writes
     /// at once: results that finish while a write is under way go in the next one, so

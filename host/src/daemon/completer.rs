@@ -17,7 +17,8 @@
 //!   frees are refilled there: each lane that may claim freely gets a claim for them in the
 //!   same transaction, and the rows claimed go to its producer with the slots (see
 //!   [`Lane::hand_over`]). A write retried after a failure goes alone; the producers then
-//!   claim.
+//!   claim. There a batch is written in parts of a quarter of its lanes' slots, so that
+//!   the first part's refills run while the next is written (see [`Worker::part_size`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -282,6 +283,10 @@ async fn gather_ready(
 /// How many times, at most, [`gather_ready`] yields.
 const GATHER_YIELDS: usize = 16;
 
+/// The fewest results a write in parts takes (see [`Worker::part_size`]): below that a
+/// write's own cost outweighs what the overlap gains.
+const MIN_PART: usize = 16;
+
 struct Worker {
     sink: Arc<dyn ResultSink>,
     max_batch: usize,
@@ -304,6 +309,8 @@ fn takes_refills(lane: &Lane) -> bool {
 impl Worker {
     async fn run(self, mut rx: mpsc::Receiver<Completion>, close: CancellationToken) {
         let mut batch: Vec<Completion> = Vec::with_capacity(self.max_batch);
+        // What one write takes of the batch: see `part_size`.
+        let mut part: Vec<Completion> = Vec::with_capacity(self.max_batch);
         let mut closing = false;
         loop {
             let received = if closing {
@@ -339,12 +346,51 @@ impl Worker {
                     }
                 }
             }
-            let mut back = self.flush(&mut batch).await;
+            self.write_in_parts(&mut batch, &mut part).await;
+        }
+    }
+
+    /// Writes the whole batch, in parts of [`Worker::part_size`], each retried until it
+    /// is written; `part` is scratch space, left empty.
+    async fn write_in_parts(&self, batch: &mut Vec<Completion>, part: &mut Vec<Completion>) {
+        let size = self.part_size(batch);
+        while !batch.is_empty() {
+            let take = batch.len().min(size);
+            part.extend(batch.drain(..take));
+            let mut back = self.flush(part).await;
             while !back.is_empty() {
-                batch.append(&mut back);
-                back = self.flush(&mut batch).await;
+                part.append(&mut back);
+                back = self.flush(part).await;
             }
         }
+    }
+
+    /// The most results one write takes. Where the sink refills the slots a write frees
+    /// in the write itself, that is also a quarter of the slots of the lanes in the batch
+    /// (at least [`MIN_PART`]), and a larger batch goes in parts, one after the other.
+    ///
+    /// Refilled slots start only when their write commits. A write of every slot's result
+    /// left the lanes with nothing to run while it was written, and the database idle
+    /// while they then ran: lanes and writes took turns. In parts, the slots of the first
+    /// part run while the next is written. SQLite no-op, limit 256, alternated runs:
+    /// 14.7k–15.8k executions/s in writes of up to 512, 16.7k–19.8k in writes of 64.
+    /// PostgreSQL, whose producers claim after the write in a statement of their own,
+    /// gains from larger writes instead (see [`gather_ready`]): it writes whole batches.
+    fn part_size(&self, batch: &[Completion]) -> usize {
+        if !self.sink.claims_with_write() {
+            return self.max_batch;
+        }
+        let mut lanes: Vec<&Arc<Lane>> = Vec::new();
+        for c in batch {
+            if !lanes.iter().any(|l| Arc::ptr_eq(l, &c.lane)) {
+                lanes.push(&c.lane);
+            }
+        }
+        let slots: usize = lanes
+            .iter()
+            .map(|l| usize::try_from(l.limit()).unwrap_or(usize::MAX))
+            .fold(0, usize::saturating_add);
+        (slots / 4).max(MIN_PART).min(self.max_batch)
     }
 
     /// Writes the batch (retrying until it is written), then frees its slots, or hands
@@ -902,6 +948,8 @@ mod tests {
         fail: Mutex<u32>,
         rows: usize,
         plain_writes: Mutex<u32>,
+        /// The size of each write that claimed.
+        sizes: Mutex<Vec<usize>>,
     }
 
     #[async_trait]
@@ -936,6 +984,7 @@ mod tests {
                     return Err(StoreError::Other("database is locked".into()));
                 }
             }
+            self.sizes.lock().unwrap().push(batch.len());
             let rows: Vec<Execution> = (0..self.rows)
                 .map(|i| claimed_row(100 + i as i64))
                 .collect();
@@ -951,6 +1000,7 @@ mod tests {
             fail: Mutex::new(fail),
             rows,
             plain_writes: Mutex::new(0),
+            sizes: Mutex::default(),
         });
         let worker = Worker {
             sink: sink.clone(),
@@ -1006,6 +1056,53 @@ mod tests {
         assert!(woken, "the producer claims for the freed slots itself");
         assert_eq!((lane.running(), lane.free()), (0, 2));
         assert!(lane.take_handed().is_empty());
+    }
+
+    /// The sizes of the writes of `results` results of a lane of `limit`, written by a
+    /// worker whose writes take up to 512, through a sink that claims in its writes or not.
+    async fn part_sizes(limit: u32, results: i64, claims: bool) -> Vec<usize> {
+        let refiller = Arc::new(Refiller {
+            fail: Mutex::new(0),
+            rows: 0,
+            plain_writes: Mutex::new(0),
+            sizes: Mutex::default(),
+        });
+        let plain = recorder(0, true);
+        let sink: Arc<dyn ResultSink> = if claims {
+            refiller.clone()
+        } else {
+            plain.clone()
+        };
+        let worker = Worker {
+            sink,
+            max_batch: 512,
+            max_wait: Duration::ZERO,
+            owner: Arc::from("me"),
+            events: EventBus::default(),
+            stop_claiming: CancellationToken::new(),
+            refillable: Lane::claims_freely,
+        };
+        let lane = Arc::new(Lane::new("p", limit));
+        let mut batch: Vec<Completion> = (0..results).map(|id| done(&lane, id)).collect();
+        let mut part = Vec::new();
+        worker.write_in_parts(&mut batch, &mut part).await;
+        assert!(batch.is_empty() && part.is_empty());
+        assert_eq!(lane.free(), limit, "every slot freed");
+        if claims {
+            refiller.sizes.lock().unwrap().clone()
+        } else {
+            plain.batches.lock().unwrap().iter().map(Vec::len).collect()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_that_refills_takes_a_quarter_of_the_slots_at_a_time() {
+        assert_eq!(part_sizes(256, 200, true).await, vec![64, 64, 64, 8]);
+        // Never below the smallest part, nor above the batch.
+        assert_eq!(part_sizes(40, 40, true).await, vec![16, 16, 8]);
+        assert_eq!(part_sizes(8, 5, true).await, vec![5]);
+        // A sink whose producers claim after the write writes the batch whole.
+        assert_eq!(part_sizes(256, 200, false).await, vec![200]);
     }
 
     #[tokio::test]
