@@ -372,10 +372,11 @@ impl Worker {
     /// Refilled slots start only when their write commits. A write of every slot's result
     /// left the lanes with nothing to run while it was written, and the database idle
     /// while they then ran: lanes and writes took turns. In parts, the slots of the first
-    /// part run while the next is written. SQLite no-op, limit 256, alternated runs:
-    /// 14.7k–15.8k executions/s in writes of up to 512, 16.7k–19.8k in writes of 64.
-    /// PostgreSQL, whose producers claim after the write in a statement of their own,
-    /// gains from larger writes instead (see [`gather_ready`]): it writes whole batches.
+    /// part run while the next is written. SQLite no-op, limit 256, 6 alternated runs:
+    /// 14.2k–15.7k executions/s in whole writes of up to 512, 15.8k–16.9k in parts.
+    /// PostgreSQL, whose producers claim after the write in a statement of their own, did
+    /// worse in writes of 128 than of 512 (see also [`gather_ready`]): it writes whole
+    /// batches.
     fn part_size(&self, batch: &[Completion]) -> usize {
         if !self.sink.claims_with_write() {
             return self.max_batch;
