@@ -372,8 +372,10 @@ impl Worker {
     /// Refilled slots start only when their write commits. A write of every slot's result
     /// left the lanes with nothing to run while it was written, and the database idle
     /// while they then ran: lanes and writes took turns. In parts, the slots of the first
-    /// part run while the next is written. SQLite no-op, limit 256, 6 alternated runs:
-    /// 14.2k–15.7k executions/s in whole writes of up to 512, 15.8k–16.9k in parts.
+    /// part run while the next is written. SQLite no-op, limit 256, 6 alternated runs of a
+    /// benchmark built with mimalloc: 14.2k–15.7k executions/s in whole writes of up to
+    /// 512, 15.8k–16.9k in parts; as shipped (glibc's malloc), 12 alternated runs in a
+    /// noisier hour: medians of 10.7k and 9.2k whole, 11.2k and 10.5k in parts.
     /// PostgreSQL, whose producers claim after the write in a statement of their own, did
     /// worse in writes of 128 than of 512 (see also [`gather_ready`]): it writes whole
     /// batches.
