@@ -501,6 +501,26 @@ async fn a_batch_write_refills_the_slots_it_frees(q: Arc<dyn Queue>) {
         "each claim has its own lease"
     );
     assert_eq!(status(ids[2]).await, Status::Pending);
+    // Claims in any order come back in the order asked (PostgreSQL takes them sorted by
+    // provider, for its advisory locks).
+    let (written, claimed) = q
+        .finish_and_claim(
+            "w",
+            &[(ids[1], &done), (ids[4], &done)],
+            &[
+                ("c", claim("w", 1, 1)),
+                ("b", claim("w", 1, 1)),
+                ("a", claim("w", 1, 1)),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(written, vec![true, true]);
+    let got: Vec<Vec<i64>> = claimed
+        .iter()
+        .map(|rows| rows.iter().map(|e| e.id).collect())
+        .collect();
+    assert_eq!(got, vec![vec![], vec![], vec![ids[2]]]);
 }
 
 /// SQLite: when a claim in a batch's write fails, the write is undone with it (the batch is
