@@ -501,8 +501,8 @@ async fn a_batch_write_refills_the_slots_it_frees(q: Arc<dyn Queue>) {
         "each claim has its own lease"
     );
     assert_eq!(status(ids[2]).await, Status::Pending);
-    // Claims in any order come back in the order asked (PostgreSQL takes them sorted by
-    // provider, for its advisory locks).
+    // Claims come back in the order asked, whatever the providers' order: a store may take
+    // them in another, say sorted by provider so that workers lock providers alike.
     let (written, claimed) = q
         .finish_and_claim(
             "w",
