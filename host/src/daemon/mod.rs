@@ -395,16 +395,22 @@ impl Daemon {
             _lock: lock,
         };
 
-        leases::recover(&shared).await?;
-        // Everything that can fail comes before the first lane starts.
-        let (changes, warmed) = tokio::join!(queue.listen(), queue.warm_up());
-        let changes = changes?;
-        warmed?;
-
         // Watch before the first scan, so that no file dropped in meanwhile goes unnoticed.
         let file_events = Arc::new(tokio::sync::Notify::new());
         let watcher = reload::watch(&config.plugins_dir, file_events.clone());
-        let seen = reloader.reload().await?;
+        // Everything that can fail comes before the first lane starts. The plugins folder's
+        // scan (reading, hashing and deserializing each component, and its `info()` call)
+        // needs no database: it runs while the store recovers, listens and prepares.
+        let (recovered, changes, warmed, scanned) = tokio::join!(
+            leases::recover(&shared),
+            queue.listen(),
+            queue.warm_up(),
+            reloader.first_scan()
+        );
+        recovered?;
+        let changes = changes?;
+        warmed?;
+        let seen = reloader.apply_first(scanned).await?;
         info!(
             owner = %shared.owner,
             "lanes serving {} provider(s) from {}",

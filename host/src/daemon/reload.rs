@@ -119,6 +119,33 @@ impl Reloader {
         let listing = wasm_files(&config.plugins_dir);
         let mut catalog = self.catalog.lock().await;
         let fresh = self.plugins.scan(&config, Some(&catalog)).await;
+        self.apply(&mut catalog, fresh).await?;
+        Ok(listing)
+    }
+
+    /// The start's first scan of the plugins folder, which touches no database, so that
+    /// the daemon runs it while the store recovers and connects; [`Reloader::apply_first`]
+    /// applies it. Returns the listing, as [`Reloader::reload`] does, and the catalog.
+    pub async fn first_scan(&self) -> (Vec<(PathBuf, Fingerprint)>, Catalog) {
+        let config = self.shared.config.get();
+        let listing = wasm_files(&config.plugins_dir);
+        let fresh = self.plugins.scan(&config, None).await;
+        (listing, fresh)
+    }
+
+    /// Applies [`Reloader::first_scan`]'s catalog: the first lanes open.
+    pub async fn apply_first(
+        &self,
+        (listing, fresh): (Vec<(PathBuf, Fingerprint)>, Catalog),
+    ) -> Result<Vec<(PathBuf, Fingerprint)>, StoreError> {
+        let mut catalog = self.catalog.lock().await;
+        self.apply(&mut catalog, fresh).await?;
+        Ok(listing)
+    }
+
+    /// Records a scan's providers, reports its newly rejected files, and serves its lanes.
+    async fn apply(&self, catalog: &mut Catalog, fresh: Catalog) -> Result<(), StoreError> {
+        let config = self.shared.config.get();
         let runtime = self.shared.queue.limits().await?;
         let records: Vec<ProviderRecord> = fresh
             .providers
@@ -156,8 +183,10 @@ impl Reloader {
         *catalog = fresh;
         // The providers this worker serves may have changed: tell the fleet.
         self.shared.fleet.notify_one();
-        release_freed_memory();
-        Ok(listing)
+        // Off the runtime's threads: trimming a large heap takes milliseconds, and the lanes
+        // just opened are claiming.
+        tokio::task::spawn_blocking(release_freed_memory);
+        Ok(())
     }
 
     /// Reloads when the folder's files change and have stopped changing, so a file still

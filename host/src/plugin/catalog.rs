@@ -91,6 +91,7 @@ impl PluginHost {
             tracing::warn!("plugins folder {} does not exist", dir.display());
         }
         let mut catalog = Catalog::default();
+        let mut changed = Vec::new();
         for (path, fingerprint) in wasm_files(dir) {
             let file = file_name(&path);
             let before = previous.and_then(|p| p.states.get(&file));
@@ -98,7 +99,16 @@ impl PluginHost {
                 catalog.states.insert(file, same.clone());
                 continue;
             }
-            let state = match self.load(&path).await {
+            changed.push((path, fingerprint, file));
+        }
+        // The files load together: each is read, hashed and compiled (or taken from the
+        // cache) on a blocking thread, and its `info()` called, so a start with several
+        // components waits for the slowest of them, not for their sum.
+        let loads =
+            futures_util::future::join_all(changed.iter().map(|(path, ..)| self.load(path))).await;
+        for ((_, fingerprint, file), loaded) in changed.into_iter().zip(loads) {
+            let before = previous.and_then(|p| p.states.get(&file));
+            let state = match loaded {
                 Ok(component) => {
                     tracing::info!(
                         "loaded {} ({} {}, compile cache: {:?})",
