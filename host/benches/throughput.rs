@@ -708,8 +708,9 @@ async fn any_open(pg: &sqlx::PgPool) -> bool {
 /// as River's benchmark times itself: its jobs are inserted first, its clock starts once
 /// the client is ready (`wait_ready`) and stops at the last completion event, which River
 /// sends after the completion is written. Here: from `Daemon::start`'s return (the lanes are
-/// open and listening) to the last `Finished` event, which the completer publishes after
-/// its write. The time from before the first start is printed too. `ended`: rows of earlier
+/// open and listening; with several workers, the first one's) to the last `Finished`
+/// event, which the completer publishes after its write. The time from before the first
+/// start is printed too. `ended`: rows of earlier
 /// work already in the table (completed, analyzed), as a queue that keeps its history has.
 /// Returns the River-style rate.
 async fn pg_noop(n: usize, workers: usize, ended: usize) -> Option<f64> {
@@ -749,6 +750,8 @@ async fn pg_noop(n: usize, workers: usize, ended: usize) -> Option<f64> {
     // The instant of the last `Finished` event any daemon published.
     let last_finish = Arc::new(std::sync::Mutex::new(None::<Instant>));
     let mut watchers = Vec::new();
+    // When the first daemon is ready: it works while the others start.
+    let mut ready = None;
     for _ in 0..workers {
         let queue = lanes::store::open(&config.database_url)
             .await
@@ -767,10 +770,11 @@ async fn pg_noop(n: usize, workers: usize, ended: usize) -> Option<f64> {
                 }
             }
         }));
+        ready.get_or_insert_with(Instant::now);
         daemons.push(daemon);
         queues.push(queue);
     }
-    let ready = Instant::now();
+    let ready = ready.expect("at least one worker");
     while any_open(&pg).await {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -781,7 +785,9 @@ async fn pg_noop(n: usize, workers: usize, ended: usize) -> Option<f64> {
         .lock()
         .unwrap()
         .expect("a Finished event")
-        .duration_since(ready);
+        .checked_duration_since(ready)
+        .filter(|d| !d.is_zero())
+        .expect("the last result is written after the first daemon is ready");
     let mut rows = queues[0].list(Some("noop")).await.unwrap();
     // The ended rows put in above carry created_at 0; count only this run's.
     rows.retain(|e| e.created_at > 0);
