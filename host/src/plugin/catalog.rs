@@ -101,9 +101,9 @@ impl PluginHost {
             }
             changed.push((path, fingerprint, file));
         }
-        // The files load together: each is read, hashed and compiled (or taken from the
-        // cache) on a blocking thread, and its `info()` called, so a start with several
-        // components waits for the slowest of them, not for their sum.
+        // The files load together: each is compiled, or taken from the cache, on a blocking
+        // thread of its own, so a start with several components waits for about the
+        // slowest of them, not for their sum.
         let loads =
             futures_util::future::join_all(changed.iter().map(|(path, ..)| self.load(path))).await;
         for ((_, fingerprint, file), loaded) in changed.into_iter().zip(loads) {
