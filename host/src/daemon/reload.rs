@@ -18,6 +18,10 @@ use crate::plugin::{Catalog, Fingerprint, PluginHost, wasm_files};
 use crate::retry::RetryPolicy;
 use crate::store::{ProviderRecord, StoreError};
 
+/// [`Reloader::first_scan`]'s result: the folder's listing, the config the scan bound its
+/// providers under, and the catalog.
+pub type FirstScan = (Vec<(PathBuf, Fingerprint)>, Arc<Config>, Catalog);
+
 /// How long the plugins folder must stay unchanged before it is reloaded.
 const SETTLE: Duration = Duration::from_millis(250);
 
@@ -119,33 +123,39 @@ impl Reloader {
         let listing = wasm_files(&config.plugins_dir);
         let mut catalog = self.catalog.lock().await;
         let fresh = self.plugins.scan(&config, Some(&catalog)).await;
-        self.apply(&mut catalog, fresh).await?;
+        self.apply(&config, &mut catalog, fresh).await?;
         Ok(listing)
     }
 
     /// The start's first scan of the plugins folder, which touches no database, so that
     /// the daemon runs it while the store recovers and connects; [`Reloader::apply_first`]
-    /// applies it. Returns the listing, as [`Reloader::reload`] does, and the catalog.
-    pub async fn first_scan(&self) -> (Vec<(PathBuf, Fingerprint)>, Catalog) {
+    /// applies it. Returns what [`Reloader::reload`] returns, with the config the scan
+    /// bound under and the catalog.
+    pub async fn first_scan(&self) -> FirstScan {
         let config = self.shared.config.get();
         let listing = wasm_files(&config.plugins_dir);
         let fresh = self.plugins.scan(&config, None).await;
-        (listing, fresh)
+        (listing, config, fresh)
     }
 
     /// Applies [`Reloader::first_scan`]'s catalog: the first lanes open.
     pub async fn apply_first(
         &self,
-        (listing, fresh): (Vec<(PathBuf, Fingerprint)>, Catalog),
+        (listing, config, fresh): FirstScan,
     ) -> Result<Vec<(PathBuf, Fingerprint)>, StoreError> {
         let mut catalog = self.catalog.lock().await;
-        self.apply(&mut catalog, fresh).await?;
+        self.apply(&config, &mut catalog, fresh).await?;
         Ok(listing)
     }
 
-    /// Records a scan's providers, reports its newly rejected files, and serves its lanes.
-    async fn apply(&self, catalog: &mut Catalog, fresh: Catalog) -> Result<(), StoreError> {
-        let config = self.shared.config.get();
+    /// Records a scan's providers, reports its newly rejected files, and serves its lanes,
+    /// under the config the scan bound them with.
+    async fn apply(
+        &self,
+        config: &Config,
+        catalog: &mut Catalog,
+        fresh: Catalog,
+    ) -> Result<(), StoreError> {
         let runtime = self.shared.queue.limits().await?;
         let records: Vec<ProviderRecord> = fresh
             .providers
@@ -173,7 +183,7 @@ impl Reloader {
                 });
             }
         }
-        let applied = self.shared.registry.apply(&config, &fresh, &runtime);
+        let applied = self.shared.registry.apply(config, &fresh, &runtime);
         for lane in applied.opened {
             (self.start_lane)(lane);
         }
