@@ -323,6 +323,7 @@ impl PluginHost {
             sandbox: SandboxLimits::from(&config.sandbox_for(name)),
             policy: config.policy_for(name),
             engine: self.engine.clone(),
+            ticker: self.ticker.clone(),
             client: self.client.clone(),
         })
     }

@@ -45,6 +45,8 @@ impl std::fmt::Debug for LoadedComponent {
 #[derive(Clone)]
 pub struct PluginHost {
     pub(crate) engine: Engine,
+    /// Advances `engine`'s epoch while a guest may run.
+    pub(crate) ticker: sandbox::EpochTicker,
     linker: Arc<Linker<GuestState>>,
     pub(crate) cache: CompileCache,
     /// Outbound HTTP connections, pooled across every execution.
@@ -118,13 +120,14 @@ impl PluginHost {
         }
         let engine =
             Engine::new(&wasm).map_err(|e| anyhow::anyhow!("creating the wasm engine: {e:#}"))?;
-        sandbox::start_epoch_ticker(&engine);
+        let ticker = sandbox::EpochTicker::start(&engine);
         let mut linker = Linker::new(&engine);
         sandbox::add_to_linker(&mut linker)
             .map_err(|e| anyhow::anyhow!("linking host imports: {e:#}"))?;
         let cache = CompileCache::new(config.cache.resolved_dir(), &engine, &wasm);
         Ok(PluginHost {
             engine,
+            ticker,
             linker: Arc::new(linker),
             cache,
             client: super::outbound::SharedClient::new(),
@@ -190,7 +193,8 @@ impl PluginHost {
         view: GuestView,
     ) -> Result<ComponentInfo, PluginError> {
         let limits = info_limits();
-        let (mut store, stderr) = sandbox::new_store(&self.engine, view, &limits, &self.client);
+        let (mut store, stderr) =
+            sandbox::new_store(&self.engine, &self.ticker, view, &limits, &self.client);
         let call = async {
             let instance = component.pre.instantiate_async(&mut store).await?;
             instance

@@ -106,6 +106,7 @@ pub struct Provider {
     /// Its scheduling policies under the config it was bound with.
     pub policy: crate::policy::Policy,
     pub(crate) engine: Engine,
+    pub(crate) ticker: super::sandbox::EpochTicker,
     pub(crate) client: super::outbound::SharedClient,
 }
 
@@ -144,8 +145,13 @@ impl Provider {
         &self,
         request: ChatRequest,
     ) -> (Result<ChatResponse, ExecError>, CallCost) {
-        let (mut store, stderr) =
-            sandbox::new_store(&self.engine, self.view.clone(), &self.sandbox, &self.client);
+        let (mut store, stderr) = sandbox::new_store(
+            &self.engine,
+            &self.ticker,
+            self.view.clone(),
+            &self.sandbox,
+            &self.client,
+        );
         let result = self.call(&mut store, &stderr, request).await;
         let (memory_peak, cpu_ms) = store.data().cost();
         (

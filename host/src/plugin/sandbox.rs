@@ -3,7 +3,8 @@
 //! only, a linear-memory cap and a CPU budget.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, ResourceLimiter, Store, StoreContextMut, UpdateDeadline};
@@ -142,6 +143,9 @@ pub struct GuestState {
     pub(crate) outbound: Outbound,
     /// The wait the component asked for through `hints.retry-after`, in ms.
     pub(crate) retry_after_hint: Option<u64>,
+    /// Keeps the epoch advancing while the store lives; `None` for the bare reference store,
+    /// which has no CPU budget.
+    _ticking: Option<TickerHold>,
 }
 
 impl GuestState {
@@ -214,6 +218,7 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
 /// A fresh store for one call, with the guest's stderr captured.
 pub fn new_store(
     engine: &Engine,
+    ticker: &EpochTicker,
     view: GuestView,
     limits: &SandboxLimits,
     client: &SharedClient,
@@ -236,6 +241,7 @@ pub fn new_store(
         outbound: Outbound::new(view.provider.clone(), view.outbound.clone(), client.clone()),
         retry_after_hint: None,
         view,
+        _ticking: Some(ticker.hold()),
     };
     let mut store = Store::new(engine, state);
     store.limiter(|s| &mut s.memory);
@@ -280,25 +286,160 @@ pub fn bare_store(engine: &Engine, view: GuestView, client: &SharedClient) -> St
         outbound: Outbound::new(view.provider.clone(), view.outbound.clone(), client.clone()),
         retry_after_hint: None,
         view,
+        _ticking: None,
     };
     let mut store = Store::new(engine, state);
     store.set_epoch_deadline(u64::MAX / 2);
     store
 }
 
-/// Starts the thread that advances `engine`'s epoch; it stops when the engine is dropped.
-pub fn start_epoch_ticker(engine: &Engine) {
-    let weak = engine.weak();
-    let spawned = std::thread::Builder::new()
-        .name("lanes-epoch".into())
-        .spawn(move || {
-            while let Some(engine) = weak.upgrade() {
-                engine.increment_epoch();
-                drop(engine);
-                std::thread::sleep(EPOCH_TICK);
+/// The thread that advances an engine's epoch, the clock of every guest's CPU budget. It
+/// ticks only while some store holds it ([`EpochTicker::hold`]): an idle daemon that ticked
+/// every millisecond woke about a thousand times a second and spent about 3% of a core
+/// doing it. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct EpochTicker {
+    shared: Arc<TickerShared>,
+}
+
+#[derive(Default)]
+struct TickerShared {
+    /// Stores alive that hold the ticker.
+    holders: AtomicUsize,
+    /// The ticker's thread, woken when the first holder comes.
+    thread: OnceLock<std::thread::Thread>,
+    /// Ticks so far, for tests.
+    ticks: AtomicU64,
+}
+
+/// While alive, the ticker ticks. Each store holds one, so a guest is always on the clock.
+pub struct TickerHold {
+    shared: Arc<TickerShared>,
+}
+
+impl Drop for TickerHold {
+    fn drop(&mut self) {
+        self.shared.holders.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How long the idle ticker sleeps between checks that its engine still exists: it wakes at
+/// once when a store comes, and ends within this long of the engine's drop.
+const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl EpochTicker {
+    /// Starts the thread that advances `engine`'s epoch; it ends when the engine is dropped.
+    pub fn start(engine: &Engine) -> EpochTicker {
+        let ticker = EpochTicker::default();
+        let weak = engine.weak();
+        let shared = ticker.shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name("lanes-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    drop(engine);
+                    if shared.holders.load(Ordering::Acquire) == 0 {
+                        // A hold that comes between the check and the park leaves the
+                        // thread's token set, and the park returns at once.
+                        std::thread::park_timeout(IDLE_CHECK);
+                        continue;
+                    }
+                    // The tick after a wait, not before it: a guest that starts after a
+                    // quiet spell is not charged a tick the moment it starts.
+                    std::thread::sleep(EPOCH_TICK);
+                    if let Some(engine) = weak.upgrade() {
+                        engine.increment_epoch();
+                        shared.ticks.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        match spawned {
+            Ok(handle) => {
+                let _ = ticker.shared.thread.set(handle.thread().clone());
             }
-        });
-    if let Err(e) = spawned {
-        tracing::error!("could not start the epoch thread, CPU limits will not apply: {e}");
+            Err(e) => {
+                tracing::error!("could not start the epoch thread, CPU limits will not apply: {e}")
+            }
+        }
+        ticker
+    }
+
+    /// Keeps the ticker ticking until the hold is dropped.
+    pub fn hold(&self) -> TickerHold {
+        if self.shared.holders.fetch_add(1, Ordering::AcqRel) == 0
+            && let Some(thread) = self.shared.thread.get()
+        {
+            thread.unpark();
+        }
+        TickerHold {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// How many times the epoch has advanced.
+    #[cfg(test)]
+    fn ticks(&self) -> u64 {
+        self.shared.ticks.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// Waits until `ticker` has ticked past `after`; false if it has not within 10 s.
+    fn ticks_past(ticker: &EpochTicker, after: u64) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if ticker.ticks() > after {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+
+    #[test]
+    fn the_epoch_advances_only_while_a_store_holds_the_ticker() {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).expect("engine");
+        let ticker = EpochTicker::start(&engine);
+
+        // Idle from the start: no ticks at all.
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(ticker.ticks(), 0, "the ticker ticked with no store alive");
+
+        // A hold wakes it, and it keeps ticking while held; two holds, one dropped, still
+        // keep it ticking.
+        let first = ticker.hold();
+        assert!(ticks_past(&ticker, 0), "a hold did not wake the ticker");
+        let second = ticker.hold();
+        drop(first);
+        let now = ticker.ticks();
+        assert!(
+            ticks_past(&ticker, now + 2),
+            "the ticker stopped with a hold left"
+        );
+
+        // The last hold gone, it stops once the tick it was sleeping towards is done: some
+        // 30 ms soon passes without a tick (ticking, it would tick about 30 times in each).
+        drop(second);
+        let stopped = (0..20)
+            .find_map(|_| {
+                let before = ticker.ticks();
+                std::thread::sleep(Duration::from_millis(30));
+                (ticker.ticks() == before).then_some(before)
+            })
+            .expect("the ticker kept ticking with no hold");
+
+        // And it wakes again for the next store.
+        let again = ticker.hold();
+        assert!(
+            ticks_past(&ticker, stopped),
+            "the ticker did not wake a second time"
+        );
+        drop(again);
     }
 }
