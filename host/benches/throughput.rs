@@ -14,7 +14,8 @@
 //! 7. One wasm instantiate + call inside lanes, beside bare wasmtime on the same component.
 //! 8. Restart-to-first-dispatch: cold and warm compile cache.
 //! 9. Memory (RSS) of a `lanes serve` process: idle with every component, then with a
-//!    deep queue and 256 running.
+//!    deep queue and 256 running. Also what the idle process does: its CPU time and its
+//!    threads' wake-ups a second.
 //! 10. PostgreSQL no-op throughput with 1 worker and with 3 (in one process, each with its
 //!     own engine and connections), in a schema of its own. `LANES_TEST_PG` names the
 //!     server (default postgres://postgres@127.0.0.1:5432/test); skipped with a line when
@@ -531,9 +532,13 @@ async fn memory(pending: usize) {
     config.shutdown_grace_secs = 0;
     config.cache.dir = Some(dir.path().join("cache"));
     let mut idle = Vec::new();
-    for _ in ["cold", "warm"] {
+    let mut quiet = String::new();
+    for label in ["cold", "warm"] {
         let (mut serve, _) = spawn_serve(&dir, &config).await;
         idle.push(rss_mib(serve.id()));
+        if label == "warm" {
+            quiet = idle_activity(serve.id()).await;
+        }
         let _ = serve.kill();
         let _ = serve.wait();
     }
@@ -560,6 +565,49 @@ async fn memory(pending: usize) {
         idle[0],
         idle[1]
     );
+    println!("  idle `lanes serve`: {quiet}");
+}
+
+/// The CPU time in ns and the context switches of every thread of `pid` so far.
+fn cpu_and_switches(pid: u32) -> (u64, u64) {
+    let (mut cpu, mut switches) = (0, 0);
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return (0, 0);
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let stat = std::fs::read_to_string(path.join("schedstat")).unwrap_or_default();
+        cpu += stat
+            .split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse::<u64>().ok())
+            .unwrap_or(0);
+        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+        switches += status
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("voluntary_ctxt_switches:")
+                    .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+            })
+            .filter_map(|n| n.trim().parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    (cpu, switches)
+}
+
+/// What an idle `pid` does in 2 s: its CPU time and its threads' wake-ups per second.
+async fn idle_activity(pid: u32) -> String {
+    let window = Duration::from_secs(2);
+    let (cpu0, switches0) = cpu_and_switches(pid);
+    tokio::time::sleep(window).await;
+    let (cpu1, switches1) = cpu_and_switches(pid);
+    let secs = window.as_secs_f64();
+    format!(
+        "{:.2} ms of CPU a second ({:.2}% of a core), {:.0} wake-ups a second",
+        cpu1.saturating_sub(cpu0) as f64 / 1e6 / secs,
+        cpu1.saturating_sub(cpu0) as f64 / 1e7 / secs,
+        switches1.saturating_sub(switches0) as f64 / secs
+    )
 }
 
 async fn restart_to_first_dispatch() {
