@@ -526,6 +526,7 @@ async fn spawn_serve(
 
 /// RSS of a real `lanes serve`: idle with every component, first compiling them (a fresh
 /// cache) and then reading them from the cache; then with `pending` queued and 256 running.
+/// Also what the idle one (from the cache) does: see [`idle_activity`].
 async fn memory(pending: usize) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(&dir, &[("mem", stub(256, 60_000))]);

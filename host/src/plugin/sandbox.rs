@@ -296,8 +296,9 @@ pub fn bare_store(engine: &Engine, view: GuestView, client: &SharedClient) -> St
 /// The thread that advances an engine's epoch, the clock of every guest's CPU budget. It
 /// ticks only while some store holds it ([`EpochTicker::hold`]): an idle daemon that ticked
 /// every millisecond woke about a thousand times a second and spent about 3% of a core
-/// doing it. Cheap to clone.
-#[derive(Clone, Default)]
+/// doing it. Cheap to clone. Made only by [`EpochTicker::start`]: a ticker without its
+/// thread would never stop a spinning guest.
+#[derive(Clone)]
 pub struct EpochTicker {
     shared: Arc<TickerShared>,
 }
@@ -330,7 +331,9 @@ const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 impl EpochTicker {
     /// Starts the thread that advances `engine`'s epoch; it ends when the engine is dropped.
     pub fn start(engine: &Engine) -> EpochTicker {
-        let ticker = EpochTicker::default();
+        let ticker = EpochTicker {
+            shared: Arc::new(TickerShared::default()),
+        };
         let weak = engine.weak();
         let shared = ticker.shared.clone();
         let spawned = std::thread::Builder::new()
