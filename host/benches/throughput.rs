@@ -19,7 +19,9 @@
 //! 10. PostgreSQL no-op throughput with 1 worker and with 3 (in one process, each with its
 //!     own engine and connections), in a schema of its own. `LANES_TEST_PG` names the
 //!     server (default postgres://postgres@127.0.0.1:5432/test); skipped with a line when
-//!     none answers. `scripts/river-bench` runs River's benchmark on the same server.
+//!     none answers. `scripts/river-bench` runs River's benchmark on the same server. Also
+//!     1 and 3 separate `lanes serve` processes, with the CPU time an execution cost them
+//!     and the server.
 //!
 //! 11. Policies: the OpenAI adapter against a local API with a true capacity (4 at once, 40
 //!     calls a second), which halves for the middle third of the run. A fixed lane set too high (16, no
@@ -596,6 +598,23 @@ fn cpu_and_switches(pid: u32) -> (u64, u64) {
     (cpu, switches)
 }
 
+/// The CPU time in ns that every PostgreSQL server process on this machine has used so far
+/// (backends, WAL writer, checkpointer, autovacuum): the server's side of a run, when the
+/// server runs here.
+fn postgres_cpu_ns() -> u64 {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    procs
+        .flatten()
+        .filter(|p| {
+            std::fs::read_to_string(p.path().join("comm")).is_ok_and(|c| c.trim() == "postgres")
+        })
+        .filter_map(|p| p.file_name().to_str()?.parse::<u32>().ok())
+        .map(|pid| cpu_and_switches(pid).0)
+        .sum()
+}
+
 /// What an idle `pid` does in 2 s: its CPU time and its threads' wake-ups per second.
 async fn idle_activity(pid: u32) -> String {
     let window = Duration::from_secs(2);
@@ -653,8 +672,12 @@ async fn restart_to_first_dispatch() {
 const PG_LIMIT: u32 = 1024;
 
 /// The no-op throughput of `workers` separate `lanes serve` processes sharing one
-/// PostgreSQL queue and one fleet-wide limit, in a schema of its own.
-async fn pg_processes(n: usize, workers: usize) -> Option<f64> {
+/// PostgreSQL queue and one fleet-wide limit, in a schema of its own, and the CPU time each
+/// execution cost the `lanes serve` processes and the server together, in µs.
+///
+/// The CPU figure is steadier than the rate on a shared machine: another tenant's load
+/// slows the run but is not counted in it.
+async fn pg_processes(n: usize, workers: usize) -> Option<(f64, f64)> {
     let dir = tempfile::tempdir().unwrap();
     let (admin, schema, config) = pg_setup(&dir, &format!("p{workers}")).await?;
     let path = dir.path().join("lanes.toml");
@@ -690,16 +713,25 @@ async fn pg_processes(n: usize, workers: usize) -> Option<f64> {
     // Timed on the database clock, from before the submission to the last row's
     // `finished_at`, so that the server is asked only every 50 ms: asked every 5 ms, the
     // question took CPU from the run it timed, and the end was only known to 5 ms anyway.
+    let lanes_cpu = || -> u64 { serves.iter().map(|(c, _)| cpu_and_switches(c.id()).0).sum() };
+    let cpu0 = (lanes_cpu(), postgres_cpu_ns());
     let started_ms: i64 = sqlx::query_scalar(DB_NOW_MS).fetch_one(&pg).await.unwrap();
     queue.submit_many(&jobs("noop", n)).await.unwrap();
     while any_open(&pg).await {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let cpu1 = (lanes_cpu(), postgres_cpu_ns());
     let ended_ms: i64 = sqlx::query_scalar("SELECT MAX(finished_at) FROM executions")
         .fetch_one(&pg)
         .await
         .unwrap();
     let rate = n as f64 * 1000.0 / (ended_ms - started_ms).max(1) as f64;
+    // µs per execution; the submission's share is the same for every count of processes.
+    let per = |ns: u64| ns as f64 / 1e3 / n as f64;
+    let (lanes_us, server_us) = (
+        per(cpu1.0.saturating_sub(cpu0.0)),
+        per(cpu1.1.saturating_sub(cpu0.1)),
+    );
     for (mut child, _) in serves {
         let _ = child.kill();
         let _ = child.wait();
@@ -711,13 +743,14 @@ async fn pg_processes(n: usize, workers: usize) -> Option<f64> {
             .unwrap();
     println!(
         "postgres noop, {workers} `lanes serve` process(es), fleet limit {PG_LIMIT}: {n} \
-         executions at {rate:.0}/s (rows per process: {spread:?})"
+         executions at {rate:.0}/s (rows per process: {spread:?}); CPU per execution: \
+         lanes {lanes_us:.1} µs, server {server_us:.1} µs"
     );
     pg.close().await;
     let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
         .execute(&admin)
         .await;
-    Some(rate)
+    Some((rate, lanes_us + server_us))
 }
 
 /// A schema of its own on the server `LANES_TEST_PG` names (default
@@ -1145,13 +1178,17 @@ fn main() {
                     lanes_best / river_best
                 );
             }
-            let (mut one, mut three) = (None::<f64>, None::<f64>);
+            // Best rate, and least CPU per execution, of each.
+            let best = |a: Option<(f64, f64)>, b: (f64, f64)| {
+                Some(a.map_or(b, |a| (a.0.max(b.0), a.1.min(b.1))))
+            };
+            let (mut one, mut three) = (None, None);
             for _ in 0..rounds {
-                if let Some(rate) = pg_processes(pg_n, 1).await {
-                    one = Some(one.map_or(rate, |best| best.max(rate)));
+                if let Some(run) = pg_processes(pg_n, 1).await {
+                    one = best(one, run);
                 }
-                if let Some(rate) = pg_processes(pg_n, 3).await {
-                    three = Some(three.map_or(rate, |best| best.max(rate)));
+                if let Some(run) = pg_processes(pg_n, 3).await {
+                    three = best(three, run);
                 }
             }
             if let (Some(one), Some(three)) = (one, three) {
@@ -1161,8 +1198,13 @@ fn main() {
                     String::new()
                 };
                 println!(
-                    "  3 processes ÷ 1 process{runs}: {:.2} (target 1.0)",
-                    three / one
+                    "  3 processes ÷ 1 process{runs}: {:.2} (target 1.0); CPU per execution, \
+                     lanes and server: {:.1} µs ÷ {:.1} µs = {:.2} (what the fleet's \
+                     coordination costs, apart from the machine's other load)",
+                    three.0 / one.0,
+                    three.1,
+                    one.1,
+                    three.1 / one.1
                 );
             }
         }
