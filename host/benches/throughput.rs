@@ -675,8 +675,9 @@ const PG_LIMIT: u32 = 1024;
 /// PostgreSQL queue and one fleet-wide limit, in a schema of its own, and the CPU time each
 /// execution cost the `lanes serve` processes and the server together, in µs.
 ///
-/// The CPU figure is steadier than the rate on a shared machine: another tenant's load
-/// slows the run but is not counted in it.
+/// The CPU figure says on which side the fleet's coordination costs. It wanders across runs
+/// as much as the rate (on a virtual machine, time the hypervisor takes counts as CPU), so
+/// compare it within one run.
 async fn pg_processes(n: usize, workers: usize) -> Option<(f64, f64)> {
     let dir = tempfile::tempdir().unwrap();
     let (admin, schema, config) = pg_setup(&dir, &format!("p{workers}")).await?;
@@ -1200,7 +1201,7 @@ fn main() {
                 println!(
                     "  3 processes ÷ 1 process{runs}: {:.2} (target 1.0); CPU per execution, \
                      lanes and server: {:.1} µs ÷ {:.1} µs = {:.2} (what the fleet's \
-                     coordination costs, apart from the machine's other load)",
+                     coordination costs in CPU)",
                     three.0 / one.0,
                     three.1,
                     one.1,
