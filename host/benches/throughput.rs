@@ -599,20 +599,18 @@ fn cpu_and_switches(pid: u32) -> (u64, u64) {
 }
 
 /// The CPU time in ns that every PostgreSQL server process on this machine has used so far
-/// (backends, WAL writer, checkpointer, autovacuum): the server's side of a run, when the
-/// server runs here.
-fn postgres_cpu_ns() -> u64 {
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    procs
+/// (backends, WAL writer, checkpointer, autovacuum): the server's side of a run. `None`
+/// when no server process runs here (the server is on another machine).
+fn postgres_cpu_ns() -> Option<u64> {
+    let pids: Vec<u32> = std::fs::read_dir("/proc")
+        .ok()?
         .flatten()
         .filter(|p| {
             std::fs::read_to_string(p.path().join("comm")).is_ok_and(|c| c.trim() == "postgres")
         })
         .filter_map(|p| p.file_name().to_str()?.parse::<u32>().ok())
-        .map(|pid| cpu_and_switches(pid).0)
-        .sum()
+        .collect();
+    (!pids.is_empty()).then(|| pids.into_iter().map(|pid| cpu_and_switches(pid).0).sum())
 }
 
 /// What an idle `pid` does in 2 s: its CPU time and its threads' wake-ups per second.
@@ -673,7 +671,8 @@ const PG_LIMIT: u32 = 1024;
 
 /// The no-op throughput of `workers` separate `lanes serve` processes sharing one
 /// PostgreSQL queue and one fleet-wide limit, in a schema of its own, and the CPU time each
-/// execution cost the `lanes serve` processes and the server together, in µs.
+/// execution cost the `lanes serve` processes and the server together, in µs (lanes alone
+/// when the server is on another machine).
 ///
 /// The CPU figure says on which side the fleet's coordination costs. It wanders across runs
 /// as much as the rate (on a virtual machine, time the hypervisor takes counts as CPU), so
@@ -711,11 +710,11 @@ async fn pg_processes(n: usize, workers: usize) -> Option<(f64, f64)> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let pg = sqlx::PgPool::connect(&config.database_url).await.unwrap();
+    let lanes_cpu = || -> u64 { serves.iter().map(|(c, _)| cpu_and_switches(c.id()).0).sum() };
+    let cpu0 = (lanes_cpu(), postgres_cpu_ns());
     // Timed on the database clock, from before the submission to the last row's
     // `finished_at`, so that the server is asked only every 50 ms: asked every 5 ms, the
     // question took CPU from the run it timed, and the end was only known to 5 ms anyway.
-    let lanes_cpu = || -> u64 { serves.iter().map(|(c, _)| cpu_and_switches(c.id()).0).sum() };
-    let cpu0 = (lanes_cpu(), postgres_cpu_ns());
     let started_ms: i64 = sqlx::query_scalar(DB_NOW_MS).fetch_one(&pg).await.unwrap();
     queue.submit_many(&jobs("noop", n)).await.unwrap();
     while any_open(&pg).await {
@@ -729,10 +728,11 @@ async fn pg_processes(n: usize, workers: usize) -> Option<(f64, f64)> {
     let rate = n as f64 * 1000.0 / (ended_ms - started_ms).max(1) as f64;
     // µs per execution; the submission's share is the same for every count of processes.
     let per = |ns: u64| ns as f64 / 1e3 / n as f64;
-    let (lanes_us, server_us) = (
-        per(cpu1.0.saturating_sub(cpu0.0)),
-        per(cpu1.1.saturating_sub(cpu0.1)),
-    );
+    let lanes_us = per(cpu1.0.saturating_sub(cpu0.0));
+    let server_us = cpu0.1.zip(cpu1.1).map(|(a, b)| per(b.saturating_sub(a)));
+    let server = server_us.map_or("not on this machine".to_string(), |us| {
+        format!("{us:.1} µs")
+    });
     for (mut child, _) in serves {
         let _ = child.kill();
         let _ = child.wait();
@@ -745,13 +745,13 @@ async fn pg_processes(n: usize, workers: usize) -> Option<(f64, f64)> {
     println!(
         "postgres noop, {workers} `lanes serve` process(es), fleet limit {PG_LIMIT}: {n} \
          executions at {rate:.0}/s (rows per process: {spread:?}); CPU per execution: \
-         lanes {lanes_us:.1} µs, server {server_us:.1} µs"
+         lanes {lanes_us:.1} µs, server {server}"
     );
     pg.close().await;
     let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
         .execute(&admin)
         .await;
-    Some((rate, lanes_us + server_us))
+    Some((rate, lanes_us + server_us.unwrap_or(0.0)))
 }
 
 /// A schema of its own on the server `LANES_TEST_PG` names (default
