@@ -1198,10 +1198,16 @@ fn main() {
                 } else {
                     String::new()
                 };
+                // The runs count the server's CPU only when it runs here.
+                let sides = if postgres_cpu_ns().is_some() {
+                    "lanes and server"
+                } else {
+                    "lanes alone (the server is not on this machine)"
+                };
                 println!(
                     "  3 processes ÷ 1 process{runs}: {:.2} (target 1.0); CPU per execution, \
-                     lanes and server: {:.1} µs ÷ {:.1} µs = {:.2} (what the fleet's \
-                     coordination costs in CPU)",
+                     {sides}: {:.1} µs ÷ {:.1} µs = {:.2} (what the fleet's coordination \
+                     costs in CPU)",
                     three.0 / one.0,
                     three.1,
                     one.1,
