@@ -295,7 +295,8 @@ impl SqliteQueue {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(BUSY_WAIT)
             .foreign_keys(true)
-            .pragma("cache_size", "-32768");
+            .pragma("cache_size", "-32768")
+            .row_buffer_size(ROW_BUFFER);
         // Several processes may open a new file at once (`lanes serve` and `lanes submit`):
         // switching to WAL and migrating must happen in one of them at a time.
         let init_lock = init_lock(options.get_filename()).await?;
@@ -329,6 +330,19 @@ impl SqliteQueue {
         &self.pool
     }
 }
+
+/// How many rows a connection's thread may queue for the task reading a statement's rows
+/// (sqlx's default is 50).
+///
+/// A batch write returns a row for each result written and one for each row its claims
+/// take: 128 for a part of 64 with its refill. With room for 50, the connection's thread
+/// stopped in the middle of the write's transaction, holding the write lock, until the
+/// completer's task, queued behind attempts on a busy runtime, took rows out. With room
+/// for 1024 it commits without waiting. SQLite no-op, limit 256, 7 alternated pairs: the
+/// write's round trip went from p50 1.9–2.9 ms to 1.3–1.9 ms, and the run from a median of
+/// 16.2k executions/s to 19.0k. A channel holds only the rows queued in it: the room costs
+/// no memory until it is used.
+const ROW_BUFFER: usize = 1024;
 
 /// How long a statement waits for another connection's write to end: `busy_timeout`.
 const BUSY_WAIT: Duration = Duration::from_secs(30);
