@@ -251,12 +251,17 @@ fn build_finish_sql(moves: bool) -> String {
     )
 }
 
+/// A statement string, and how many NULLs to bind after its arguments.
+type Padded = (Arc<str>, usize);
+
 /// The batch write and `claims` claims after it, in one transaction: `?1`–`?3` as in
 /// [`finish_sql`], and for claim `k` (from 0) the provider, the most rows, the limit and the
 /// lease as `?(4+4k)` to `?(7+4k)`. Built once for each form and count (a daemon has few
 /// lanes).
-fn finish_and_claim_sql(form: Form, claims: usize) -> Arc<str> {
-    static BUILT: std::sync::Mutex<BTreeMap<(Form, usize), Arc<str>>> =
+///
+/// Also returns how many NULLs to bind after those parameters: see [`unnamed_positions`].
+fn finish_and_claim_sql(form: Form, claims: usize) -> Padded {
+    static BUILT: std::sync::Mutex<BTreeMap<(Form, usize), Padded>> =
         std::sync::Mutex::new(BTreeMap::new());
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
     let sql = built.entry((form, claims)).or_insert_with(|| {
@@ -268,9 +273,38 @@ fn finish_and_claim_sql(form: Form, claims: usize) -> Arc<str> {
             sql.push(';');
         }
         sql.push_str(" COMMIT");
-        Arc::from(sql)
+        let pad = unnamed_positions(&sql);
+        (Arc::from(sql), pad)
     });
     sql.clone()
+}
+
+/// How many parameter positions the statements of `sql` leave unnamed: in a statement
+/// that uses `?7` but not `?1`, position 1 has no name.
+///
+/// sqlx binds a statement's unnamed positions from the arguments, in order, counting on
+/// from the previous statement's, and stops binding the statement (leaving its named
+/// parameters NULL) once that count passes the number of arguments. Binding as many
+/// NULLs after the arguments keeps it from stopping; what lands in an unnamed position is
+/// never read.
+fn unnamed_positions(sql: &str) -> usize {
+    sql.split(';')
+        .map(|statement| {
+            let mut named = std::collections::BTreeSet::new();
+            for (at, _) in statement.match_indices('?') {
+                let digits: String = statement[at + 1..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                if let Ok(n) = digits.parse::<usize>() {
+                    named.insert(n);
+                }
+            }
+            named
+                .last()
+                .map_or(0, |max| max.saturating_sub(named.len()))
+        })
+        .sum()
 }
 
 /// The token estimate of a stored input (see [`estimate_tokens`]).
@@ -646,7 +680,7 @@ impl Queue for SqliteQueue {
         // The write and every claim in one string: one trip to the connection's thread and
         // one transaction, where a write and then a claim were two of each.
         let form = Form::of(batch);
-        let sql = finish_and_claim_sql(form, claims.len());
+        let (sql, pad) = finish_and_claim_sql(form, claims.len());
         let mut query = sqlx::query(&sql)
             .bind(finish_rows(batch, form)?)
             .bind(owner)
@@ -657,6 +691,9 @@ impl Queue for SqliteQueue {
                 .bind(i64::from(claim.max))
                 .bind(i64::from(claim.limit))
                 .bind(claim.lease_ms);
+        }
+        for _ in 0..pad {
+            query = query.bind(None::<i64>);
         }
         let mut conn = self.pool.acquire().await.op(OP)?;
         let rows = match query.fetch_all(&mut *conn).await {
