@@ -516,6 +516,71 @@ async fn a_batch_write_refills_the_slots_it_frees(q: Arc<dyn Queue>) {
     );
 }
 
+contract!(
+    refilled_rows_as_stored,
+    a_row_refilled_in_a_write_is_the_row_as_stored
+);
+/// A row that a batch write claims comes back as `get` reads it, field for field: here one
+/// retried before (its error and history kept), with a priority and a route. A row of the
+/// batch cancelled meanwhile is not written.
+async fn a_row_refilled_in_a_write_is_the_row_as_stored(q: Arc<dyn Queue>) {
+    let routed = NewExecution {
+        route: Some("r".into()),
+        ..new("a", 5)
+    };
+    let ids = q
+        .submit_many(&[new("a", 0), new("a", 0), routed])
+        .await
+        .unwrap();
+    assert_eq!(q.claim("a", claim("w", 3, 3)).await.unwrap().len(), 3);
+    let retry = Finish::Retry {
+        error: "busy \"now\" \\ ünï\ncode".into(),
+        kind: ErrorKind::Unavailable,
+        delay_ms: 0,
+        to: None,
+    };
+    assert_eq!(
+        q.finish_many("w", &[(ids[2], &retry)]).await.unwrap(),
+        vec![true]
+    );
+    q.cancel(ids[1]).await.unwrap();
+    let done = Finish::Completed(Output::of(&serde_json::json!({"text": "ok"})).unwrap());
+    let (written, claimed) = q
+        .finish_and_claim(
+            "w",
+            &[(ids[0], &done), (ids[1], &done)],
+            &[("a", claim("w", 2, 3))],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        written,
+        vec![true, false],
+        "the cancelled row is not written"
+    );
+    assert_eq!(
+        q.get(ids[1]).await.unwrap().unwrap().status,
+        Status::Cancelled
+    );
+    if !q.claims_with_finish() {
+        assert!(claimed.iter().all(Vec::is_empty), "{claimed:?}");
+        return;
+    }
+    let [rows] = claimed.as_slice() else {
+        panic!("one claim asked, {} answered", claimed.len());
+    };
+    let [e] = rows.as_slice() else {
+        panic!("one row pending, {} claimed", rows.len());
+    };
+    assert_eq!(
+        (e.id, e.attempts, e.priority, e.route.as_deref()),
+        (ids[2], 2, 5, Some("r"))
+    );
+    assert_eq!(e.error.as_deref(), Some("busy \"now\" \\ ünï\ncode"));
+    assert_eq!(e.history.len(), 1, "{:?}", e.history);
+    assert_eq!(Some(e), q.get(ids[2]).await.unwrap().as_ref());
+}
+
 contract!(refill_many_lanes, a_batch_write_refills_many_lanes_at_once);
 /// One write that refills 6 lanes, one row each. (SQLite: sqlx left the later claims'
 /// parameters NULL past 3 of them, and such a write failed.)

@@ -552,8 +552,9 @@ pub(crate) const COLUMNS: &str = "id, provider, status, priority, input, output,
     error_kind, attempts, max_attempts, not_before, resume, created_at, started_at, \
     finished_at, owner, lease_until, worker, history, rate_limited, aged, route";
 
-/// An execution as both backends store it.
-#[derive(sqlx::FromRow)]
+/// An execution as both backends store it. Read from a row, or (SQLite's batch write)
+/// from a JSON array of [`COLUMNS`]' values, in that order.
+#[derive(sqlx::FromRow, serde::Deserialize)]
 pub(crate) struct ExecutionRow {
     id: i64,
     provider: String,
@@ -584,7 +585,13 @@ pub(crate) fn execution_from_row<'r, R: sqlx::Row>(row: &'r R) -> Result<Executi
 where
     ExecutionRow: sqlx::FromRow<'r, R>,
 {
-    let raw = ExecutionRow::from_row(row).op("reading an execution")?;
+    ExecutionRow::from_row(row)
+        .op("reading an execution")
+        .and_then(execution_from_raw)
+}
+
+/// The execution a stored row holds.
+pub(crate) fn execution_from_raw(raw: ExecutionRow) -> Result<Execution, StoreError> {
     let id = raw.id;
     let corrupt = |reason: String| StoreError::Corrupt { id, reason };
     let status: Status = raw.status.parse().map_err(corrupt)?;
