@@ -269,17 +269,27 @@ async fn gather_ready(
             return;
         }
         tokio::task::yield_now().await;
-        let before = batch.len();
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(c) => batch.push(c),
-                Err(_) => break,
-            }
-        }
-        if batch.len() == before {
+        if take_queued(rx, batch, max_batch) == 0 {
             return;
         }
     }
+}
+
+/// Moves the results already queued into `batch`, up to `max_batch` in all, without
+/// waiting. Returns how many it moved.
+fn take_queued(
+    rx: &mut mpsc::Receiver<Completion>,
+    batch: &mut Vec<Completion>,
+    max_batch: usize,
+) -> usize {
+    let before = batch.len();
+    while batch.len() < max_batch {
+        match rx.try_recv() {
+            Ok(c) => batch.push(c),
+            Err(_) => break,
+        }
+    }
+    batch.len() - before
 }
 
 /// How many times, at most, [`gather_ready`] yields.
@@ -378,17 +388,8 @@ impl Worker {
                 part.append(&mut back);
                 back = self.flush(part).await;
             }
-            if self.sink.claims_with_write() {
-                let before = batch.len();
-                while batch.len() < self.max_batch {
-                    match rx.try_recv() {
-                        Ok(c) => batch.push(c),
-                        Err(_) => break,
-                    }
-                }
-                if batch.len() > before {
-                    self.events.flush();
-                }
+            if self.sink.claims_with_write() && take_queued(rx, batch, self.max_batch) > 0 {
+                self.events.flush();
             }
         }
     }

@@ -208,18 +208,17 @@ fn finish_rows(batch: &[(ExecutionId, &Finish)], form: Form) -> Result<String, S
 /// returning the id of each row written. One statement: a batch costs one round trip to
 /// the database thread however many rows it holds. Built once for each form.
 fn finish_sql(form: Form) -> &'static str {
-    static RETURNING: LazyLock<BTreeMap<Form, String>> = LazyLock::new(|| {
-        [Form::Completed, Form::Mixed, Form::Moves]
-            .into_iter()
-            .map(|form| {
-                (
-                    form,
-                    format!("{} RETURNING executions.id", finish_update(form)),
-                )
-            })
-            .collect()
-    });
-    RETURNING.get(&form).map_or("", String::as_str)
+    fn returning(form: Form) -> String {
+        format!("{} RETURNING executions.id", finish_update(form))
+    }
+    static COMPLETED: LazyLock<String> = LazyLock::new(|| returning(Form::Completed));
+    static MIXED: LazyLock<String> = LazyLock::new(|| returning(Form::Mixed));
+    static MOVES: LazyLock<String> = LazyLock::new(|| returning(Form::Moves));
+    match form {
+        Form::Completed => &COMPLETED,
+        Form::Mixed => &MIXED,
+        Form::Moves => &MOVES,
+    }
 }
 
 /// The update of [`finish_sql`], returning nothing.
