@@ -966,3 +966,110 @@ async fn sqlite_a_claim_waits_out_another_connections_write() {
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].priority, 7, "the claim ran after the write");
 }
+
+/// Spoils row `id`'s stored history behind the queue's back, as another writer might.
+async fn spoil_history(url: &str, id: i64) {
+    let sql = format!("UPDATE executions SET history = 'not json' WHERE id = {id}");
+    if url.starts_with("postgres") {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        sqlx::query(&sql).execute(&pool).await.unwrap();
+        pool.close().await;
+    } else {
+        let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+        sqlx::query(&sql).execute(&pool).await.unwrap();
+        pool.close().await;
+    }
+}
+
+/// A claimed row whose stored history cannot be read is failed in place, with an error
+/// that says so, and its history cleared so that it reads again; the rows claimed with it
+/// run. Before, it failed the whole claim, and every row taken with it stayed `running`
+/// until recovery claimed them again with it. Checked for a producer's claim, a budgeted
+/// one, and (where the store has one) the refill of a batch write.
+async fn an_unreadable_claimed_row_fails_alone(env: &TestEnv) {
+    let q = env.any_queue().await;
+    let url = &env.config.database_url;
+    let failed_as_unreadable = |id| {
+        let q = q.clone();
+        async move {
+            let e = q.get(id).await.unwrap().expect("the row reads again");
+            assert_eq!(e.status, Status::Failed, "{e:?}");
+            assert_eq!(
+                e.error_kind.as_deref(),
+                Some(ErrorKind::Other.as_str()),
+                "{e:?}"
+            );
+            let error = e.error.unwrap_or_default();
+            assert!(error.contains("could not be read"), "{error}");
+            assert!(e.history.is_empty() && e.owner.is_none(), "{:?}", e.history);
+        }
+    };
+    // A producer's claim.
+    let ids = q
+        .submit_many(&[new("a", 0), new("a", 0), new("a", 0)])
+        .await
+        .unwrap();
+    spoil_history(url, ids[1]).await;
+    let got: Vec<i64> = q
+        .claim("a", claim("w", 3, 3))
+        .await
+        .expect("the claim stands")
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(got, vec![ids[0], ids[2]]);
+    failed_as_unreadable(ids[1]).await;
+    // A budgeted claim reserves only what it runs.
+    let ids = q.submit_many(&[new("b", 0), new("b", 0)]).await.unwrap();
+    spoil_history(url, ids[0]).await;
+    let budgeted = Claim {
+        budget: Some(lanes::store::Budget {
+            rpm: Some(10),
+            tpm: None,
+        }),
+        ..claim("w", 2, 2)
+    };
+    let got = q.claim("b", budgeted).await.expect("the claim stands");
+    assert_eq!(got.iter().map(|e| e.id).collect::<Vec<_>>(), vec![ids[1]]);
+    failed_as_unreadable(ids[0]).await;
+    assert_eq!(q.budget_usage().await.unwrap()["b"].0, 1);
+    // A batch write's refill: the write and the good row's claim stand.
+    let ids = q
+        .submit_many(&[new("c", 0), new("c", 0), new("c", 0)])
+        .await
+        .unwrap();
+    assert_eq!(q.claim("c", claim("w", 1, 3)).await.unwrap()[0].id, ids[0]);
+    spoil_history(url, ids[1]).await;
+    let done = Finish::Completed(Output::of(&serde_json::json!({"text": "ok"})).unwrap());
+    let (written, claimed) = q
+        .finish_and_claim("w", &[(ids[0], &done)], &[("c", claim("w", 2, 3))])
+        .await
+        .expect("the write stands");
+    assert_eq!(written, vec![true]);
+    if let Some(got) = refilled_ids(q.as_ref(), &claimed) {
+        assert_eq!(got, vec![vec![ids[2]]]);
+        failed_as_unreadable(ids[1]).await;
+    }
+    // Nothing is left `running` but the rows handed out.
+    let counts = q.counts().await.unwrap();
+    let running: u64 = counts.values().map(|c| c.running).sum();
+    let handed_out = 2 + 1 + u64::from(q.claims_with_finish());
+    assert_eq!(running, handed_out, "{counts:?}");
+}
+
+mod unreadable_claimed_row {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        an_unreadable_claimed_row_fails_alone(&TestEnv::new()).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        let Some((env, _schema)) = TestEnv::postgres().await else {
+            return;
+        };
+        an_unreadable_claimed_row_fails_alone(&env).await;
+    }
+}

@@ -723,6 +723,39 @@ pub(crate) fn written_flags(
     batch.iter().map(|(id, _)| written.contains(id)).collect()
 }
 
+/// Claimed rows as executions in start order (see [`sort_claimed`]), with the rows that
+/// cannot be read set apart: their ids and why. Any other error is the claim's.
+///
+/// One row whose stored history or output another writer spoiled must not fail the claim
+/// of every row taken with it: they would stay `running` until recovery, which claims
+/// them again with it, and so on. The caller fails such rows with
+/// [`unreadable_failure`]'s error.
+pub(crate) fn readable_claims(
+    rows: impl IntoIterator<Item = Result<Execution, StoreError>>,
+) -> Result<(Vec<Execution>, Vec<(ExecutionId, String)>), StoreError> {
+    let mut claimed = Vec::new();
+    let mut unreadable = Vec::new();
+    for row in rows {
+        match row {
+            Ok(execution) => claimed.push(execution),
+            Err(StoreError::Corrupt { id, reason }) => unreadable.push((id, reason)),
+            Err(e) => return Err(e),
+        }
+    }
+    sort_claimed(&mut claimed);
+    Ok((claimed, unreadable))
+}
+
+/// The error an unreadable claimed row fails with, logged once at warn level. The row is
+/// failed, not run: its history or output could not be written after the attempt either.
+/// Failing it clears those two columns, so that it reads (and lists) again.
+pub(crate) fn unreadable_failure(id: ExecutionId, reason: &str) -> String {
+    let error =
+        format!("its stored row could not be read ({reason}); its history and output were cleared");
+    tracing::warn!("execution {id}: failed when claimed: {error}");
+    error
+}
+
 /// Puts freshly claimed rows in start order: higher priority first, then FIFO. (The claim
 /// itself took interrupted rows first; it clears `resume`, so that is not visible here.)
 pub(crate) fn sort_claimed(rows: &mut [Execution]) {

@@ -26,10 +26,10 @@ use super::{
     BUDGET_WINDOW_MS, COLUMNS, Cancelled, Change, Claim, DbContext, ExecutionFilter, Finish,
     FinishRow, HISTORY_ERROR_CHARS, HISTORY_KEPT, IdempotencyKey, ProviderRecord, ProviderState,
     Queue, Recovered, StateChange, StatusCounts, StoreError, Submitted, estimate_tokens,
-    execution_from_row, fold_counts, provider_records, provider_state, read_count, sort_claimed,
-    stored_count, written_flags,
+    execution_from_row, fold_counts, provider_records, provider_state, read_count, readable_claims,
+    stored_count, unreadable_failure, written_flags,
 };
-use crate::model::{Execution, ExecutionId, NewExecution};
+use crate::model::{ErrorKind, Execution, ExecutionId, NewExecution};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
@@ -161,13 +161,38 @@ where
         .op("claiming executions")
 }
 
-/// Claimed rows as executions, in claim order.
-fn claimed(rows: Vec<sqlx::postgres::PgRow>) -> Result<Vec<Execution>, StoreError> {
-    let mut claimed: Vec<Execution> = rows
+/// Claimed rows as executions, in claim order; the rows that cannot be read are failed
+/// (see [`readable_claims`]).
+async fn claimed<'e, E>(
+    executor: E,
+    owner: &str,
+    rows: Vec<sqlx::postgres::PgRow>,
+) -> Result<Vec<Execution>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Postgres>,
+{
+    let (claimed, unreadable) = readable_claims(rows.iter().map(execution_from_row))?;
+    if unreadable.is_empty() {
+        return Ok(claimed);
+    }
+    let (ids, errors): (Vec<i64>, Vec<String>) = unreadable
         .iter()
-        .map(execution_from_row)
-        .collect::<Result<_, _>>()?;
-    sort_claimed(&mut claimed);
+        .map(|(id, reason)| (*id, unreadable_failure(*id, reason)))
+        .unzip();
+    sqlx::query(&format!(
+        "UPDATE executions e SET status = 'failed', error = b.error, error_kind = $4,
+                finished_at = {NOW_MS}, output = NULL, history = NULL, resume = false,
+                owner = NULL, lease_until = NULL
+           FROM unnest($1::bigint[], $2::text[]) AS b(id, error)
+          WHERE e.id = b.id AND e.owner = $3 AND e.status = 'running'"
+    ))
+    .bind(&ids)
+    .bind(&errors)
+    .bind(owner)
+    .bind(ErrorKind::Other.as_str())
+    .execute(executor)
+    .await
+    .op("failing claimed rows that cannot be read")?;
     Ok(claimed)
 }
 
@@ -390,9 +415,8 @@ impl Queue for PgQueue {
             return Ok(Vec::new());
         }
         let Some(budget) = claim.budget else {
-            return claimed(
-                claim_rows(&self.pool, &self.channel, provider, &claim, claim.max).await?,
-            );
+            let rows = claim_rows(&self.pool, &self.channel, provider, &claim, claim.max).await?;
+            return claimed(&self.pool, claim.owner, rows).await;
         };
         // A budgeted claim, in one transaction under the provider's budget lock, so that
         // the fleet's claims see each other's reservations: the window's use, the room it
@@ -441,7 +465,8 @@ impl Queue for PgQueue {
             tx.commit().await.op(OP)?;
             return Ok(Vec::new());
         }
-        let claimed = claimed(claim_rows(&mut *tx, &self.channel, provider, &claim, room).await?)?;
+        let rows = claim_rows(&mut *tx, &self.channel, provider, &claim, room).await?;
+        let claimed = claimed(&mut *tx, claim.owner, rows).await?;
         let ids: Vec<i64> = claimed.iter().map(|e| e.id).collect();
         let reserved: Vec<i64> = claimed.iter().map(|e| estimate_tokens(&e.input)).collect();
         sqlx::query(

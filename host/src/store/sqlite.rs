@@ -15,9 +15,9 @@ use super::{
     FinishRow, HISTORY_ERROR_CHARS, HISTORY_KEPT, IdempotencyKey, ProviderRecord, ProviderState,
     Queue, Recovered, StateChange, StatusCounts, StoreError, Submitted, estimate_tokens,
     execution_from_raw, execution_from_row, fold_counts, provider_records, provider_state,
-    read_count, sort_claimed, stored_count, written_flags,
+    read_count, readable_claims, stored_count, unreadable_failure, written_flags,
 };
-use crate::model::{Execution, ExecutionId, NewExecution, now_ms};
+use crate::model::{ErrorKind, Execution, ExecutionId, NewExecution, now_ms};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
@@ -139,14 +139,48 @@ where
         .op("claiming executions")
 }
 
-/// Claimed rows as executions, in claim order.
-fn claimed(rows: &[sqlx::sqlite::SqliteRow]) -> Result<Vec<Execution>, StoreError> {
-    let mut claimed: Vec<Execution> = rows
-        .iter()
-        .map(execution_from_row)
-        .collect::<Result<_, _>>()?;
-    sort_claimed(&mut claimed);
-    Ok(claimed)
+/// Claimed rows as executions, in claim order, and those that cannot be read (see
+/// [`readable_claims`]).
+fn claimed(rows: &[sqlx::sqlite::SqliteRow]) -> Result<Claimed, StoreError> {
+    readable_claims(rows.iter().map(execution_from_row))
+}
+
+/// Executions claimed, and the ids of claimed rows that cannot be read, with why.
+type Claimed = (Vec<Execution>, Vec<(ExecutionId, String)>);
+
+/// Fails claimed rows of `owner` that cannot be read, with [`unreadable_failure`]'s error.
+async fn fail_unreadable<'e, E>(
+    executor: E,
+    owner: &str,
+    unreadable: &[(ExecutionId, String)],
+) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
+{
+    if unreadable.is_empty() {
+        return Ok(());
+    }
+    let rows = json_rows(
+        unreadable
+            .iter()
+            .map(|(id, reason)| (*id, unreadable_failure(*id, reason))),
+    )?;
+    sqlx::query(
+        "UPDATE executions SET status = 'failed', error = json_extract(b.value, '$[1]'),
+                error_kind = ?3, finished_at = ?4, output = NULL, history = NULL,
+                resume = 0, owner = NULL, lease_until = NULL
+           FROM json_each(?1) AS b
+          WHERE executions.id = json_extract(b.value, '$[0]')
+            AND executions.owner = ?2 AND executions.status = 'running'",
+    )
+    .bind(rows)
+    .bind(owner)
+    .bind(ErrorKind::Other.as_str())
+    .bind(now_ms())
+    .execute(executor)
+    .await
+    .op("failing claimed rows that cannot be read")?;
+    Ok(())
 }
 
 const FINISH_OP: &str = "recording attempts' ends";
@@ -620,7 +654,9 @@ impl Queue for SqliteQueue {
         let now = now_ms();
         let Some(budget) = claim.budget else {
             let rows = claim_rows(&self.pool, provider, &claim, claim.max, now).await?;
-            return claimed(&rows);
+            let (claimed, unreadable) = claimed(&rows)?;
+            fail_unreadable(&self.pool, claim.owner, &unreadable).await?;
+            return Ok(claimed);
         };
         // A budgeted claim: the window's use, the room it leaves for the next pending rows
         // (by their estimates), the claim, and the reservations, in one transaction that
@@ -658,7 +694,8 @@ impl Queue for SqliteQueue {
             return Ok(Vec::new());
         }
         let rows = claim_rows(&mut *tx, provider, &claim, room, now).await?;
-        let claimed = claimed(&rows)?;
+        let (claimed, unreadable) = claimed(&rows)?;
+        fail_unreadable(&mut *tx, claim.owner, &unreadable).await?;
         let reservations = json_rows(claimed.iter().map(|e| (e.id, estimate_tokens(&e.input))))?;
         sqlx::query(
             "INSERT INTO budget_ledger (execution_id, provider, at, tokens)
@@ -788,14 +825,17 @@ impl Queue for SqliteQueue {
         }
         let ids: std::collections::HashSet<i64> = from_json(written)?;
         let mut claimed = Vec::with_capacity(claims.len());
+        let mut unreadable = Vec::new();
         for array in claims_rows {
             let raw: Vec<ExecutionRow> = from_json(array)?;
-            let mut rows: Vec<Execution> = raw
-                .into_iter()
-                .map(execution_from_raw)
-                .collect::<Result<_, _>>()?;
-            sort_claimed(&mut rows);
+            let (rows, bad) = readable_claims(raw.into_iter().map(execution_from_raw))?;
             claimed.push(rows);
+            unreadable.extend(bad);
+        }
+        // After the commit: the batch's results and claims stand whatever this does. A row
+        // it could not fail stays `running` until recovery.
+        if let Err(e) = fail_unreadable(&mut *conn, owner, &unreadable).await {
+            tracing::error!("{e}");
         }
         Ok((written_flags(batch, &ids), claimed))
     }
