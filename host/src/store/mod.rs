@@ -723,6 +723,9 @@ pub(crate) fn written_flags(
     batch.iter().map(|(id, _)| written.contains(id)).collect()
 }
 
+/// Executions claimed, and the ids of claimed rows that cannot be read, with why.
+pub(crate) type Claimed = (Vec<Execution>, Vec<(ExecutionId, String)>);
+
 /// Claimed rows as executions in start order (see [`sort_claimed`]), with the rows that
 /// cannot be read set apart: their ids and why. Any other error is the claim's.
 ///
@@ -732,7 +735,7 @@ pub(crate) fn written_flags(
 /// [`unreadable_failure`]'s error.
 pub(crate) fn readable_claims(
     rows: impl IntoIterator<Item = Result<Execution, StoreError>>,
-) -> Result<(Vec<Execution>, Vec<(ExecutionId, String)>), StoreError> {
+) -> Result<Claimed, StoreError> {
     let mut claimed = Vec::new();
     let mut unreadable = Vec::new();
     for row in rows {

@@ -11,11 +11,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    BUDGET_WINDOW_MS, COLUMNS, Cancelled, Claim, DbContext, ExecutionFilter, ExecutionRow, Finish,
-    FinishRow, HISTORY_ERROR_CHARS, HISTORY_KEPT, IdempotencyKey, ProviderRecord, ProviderState,
-    Queue, Recovered, StateChange, StatusCounts, StoreError, Submitted, estimate_tokens,
-    execution_from_raw, execution_from_row, fold_counts, provider_records, provider_state,
-    read_count, readable_claims, stored_count, unreadable_failure, written_flags,
+    BUDGET_WINDOW_MS, COLUMNS, Cancelled, Claim, Claimed, DbContext, ExecutionFilter, ExecutionRow,
+    Finish, FinishRow, HISTORY_ERROR_CHARS, HISTORY_KEPT, IdempotencyKey, ProviderRecord,
+    ProviderState, Queue, Recovered, StateChange, StatusCounts, StoreError, Submitted,
+    estimate_tokens, execution_from_raw, execution_from_row, fold_counts, provider_records,
+    provider_state, read_count, readable_claims, stored_count, unreadable_failure, written_flags,
 };
 use crate::model::{ErrorKind, Execution, ExecutionId, NewExecution, now_ms};
 
@@ -144,9 +144,6 @@ where
 fn claimed(rows: &[sqlx::sqlite::SqliteRow]) -> Result<Claimed, StoreError> {
     readable_claims(rows.iter().map(execution_from_row))
 }
-
-/// Executions claimed, and the ids of claimed rows that cannot be read, with why.
-type Claimed = (Vec<Execution>, Vec<(ExecutionId, String)>);
 
 /// Fails claimed rows of `owner` that cannot be read, with [`unreadable_failure`]'s error.
 async fn fail_unreadable<'e, E>(
