@@ -835,6 +835,7 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(&rows);
     }
+    let pool = pool_line(config, &rows);
     println!(
         "{:<20} {:>5} {:>8} {:>8} {:>10} {:>8}  {:<14} component",
         "provider", "limit", "running", "pending", "completed", "failed", "state"
@@ -872,6 +873,9 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
             );
         }
     }
+    if let Some(line) = pool {
+        println!("{line}");
+    }
     for (name, route) in &config.routes {
         let strategy = match route.strategy {
             crate::routes::Strategy::Capacity => "capacity",
@@ -880,6 +884,34 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         println!("route {name} ({strategy}): {}", route.providers.join(", "));
     }
     Ok(())
+}
+
+/// The instance pool's line of `lanes status`, when the limits of the providers that have a
+/// component add up to more than one worker's pool: the work beyond it waits as pending.
+fn pool_line(config: &Config, rows: &[ProviderStatus]) -> Option<String> {
+    if !config.engine.pooling {
+        return None;
+    }
+    let size = crate::daemon::pool::InstancePool::size_for(config.engine.max_instances);
+    let served = rows.iter().filter(|r| r.component.is_some());
+    // On a fleet each worker has a pool of its own, for its share of each limit.
+    let slots: u64 = served
+        .clone()
+        .map(|r| {
+            let workers = r.workers.unwrap_or(1).max(1);
+            u64::from(crate::daemon::lane::share(r.limit, workers))
+        })
+        .sum();
+    if slots <= u64::from(size) {
+        return None;
+    }
+    let running: u64 = served.map(|r| r.counts.running).sum();
+    Some(format!(
+        "instance pool: the limits add up to {slots} per worker, more than the {size} \
+         instances executions may hold ([engine] max_instances = {}): work beyond the pool \
+         waits as pending ({running} running now)",
+        config.engine.max_instances
+    ))
 }
 
 /// `lanes status --watch`: bars in a terminal, a plain line per provider and tick

@@ -283,8 +283,9 @@ impl Default for HttpConfig {
 pub struct EngineConfig {
     /// Pre-allocate instance slots (the pooling allocator): fast instantiation, bounded use.
     pub pooling: bool,
-    /// Component instances that may exist at once, across every provider. Executions beyond
-    /// it wait and retry.
+    /// Component instances that may exist at once, across every provider. The claims take
+    /// one with each slot, less a few kept for loading components: executions beyond it
+    /// wait as pending.
     pub max_instances: u32,
 }
 

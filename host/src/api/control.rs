@@ -16,7 +16,7 @@ use super::metrics::GaugeValues;
 use super::problem::{Json, Path, Problem, Query};
 use super::wire::{
     BudgetOut, ComponentOut, EventOut, EventsQuery, HealthOut, LimitRequest, LimitResponse,
-    LimitsOut, PluginOut, PluginsOut, ProviderOut, ProvidersOut,
+    LimitsOut, PluginOut, PluginsOut, PoolOut, ProviderOut, ProvidersOut,
 };
 use crate::limits::LimitView;
 use crate::model::{MAX_COUNT, validate_provider_name};
@@ -32,6 +32,18 @@ fn limits_out(view: &LimitView) -> LimitsOut {
             .ok()
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default(),
+    }
+}
+
+fn pool_out(pool: crate::daemon::pool::PoolUse) -> PoolOut {
+    PoolOut {
+        size: pool.size,
+        max_instances: pool.engine,
+        in_use: pool.in_use,
+        slots: pool.slots,
+        over: pool.slots > u64::from(pool.size),
+        waiting_lanes: pool.waiting,
+        held_back: pool.held_back,
     }
 }
 
@@ -144,7 +156,10 @@ pub async fn providers(State(state): State<AppState>) -> Result<axum::Json<Provi
         .into_iter()
         .map(|(p, _)| p)
         .collect();
-    Ok(axum::Json(ProvidersOut { providers }))
+    Ok(axum::Json(ProvidersOut {
+        providers,
+        pool: state.control.pool().map(pool_out),
+    }))
 }
 
 async fn known_provider(state: &AppState, name: &str) -> Result<(), Problem> {
@@ -336,6 +351,9 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, Problem>
                 budget_used: p.budget.as_ref().map(|b| (b.requests, b.tokens)),
             },
         );
+    }
+    if let Some(pool) = state.control.pool().map(pool_out) {
+        state.metrics.set_pool(&pool);
     }
     Ok((
         StatusCode::OK,

@@ -57,6 +57,10 @@ pub struct Metrics {
     loads: Family<ProviderLabel, Counter>,
     rejections: Family<FileLabel, Counter>,
     events_lost: Counter,
+    pool_size: Gauge,
+    pool_in_use: Gauge,
+    pool_slots: Gauge,
+    pool_held_back: Counter,
     queue_wait: Histograms<ProviderLabel>,
     duration: Histograms<ProviderLabel>,
     tokens: Histograms<TokenLabels>,
@@ -107,6 +111,10 @@ impl Default for Metrics {
             loads: Family::default(),
             rejections: Family::default(),
             events_lost: Counter::default(),
+            pool_size: Gauge::default(),
+            pool_in_use: Gauge::default(),
+            pool_slots: Gauge::default(),
+            pool_held_back: Counter::default(),
             queue_wait: Family::new_with_constructor(wait_histogram),
             duration: Family::new_with_constructor(duration_histogram),
             tokens: Family::new_with_constructor(token_histogram),
@@ -181,6 +189,28 @@ impl Default for Metrics {
             "events_lost",
             "Events the metrics missed because they fell behind",
             m.events_lost.clone(),
+        );
+        registry.register(
+            "instance_pool_size",
+            "Component instances this worker's executions may hold at once \
+             ([engine] max_instances, less a reserve for loading components)",
+            m.pool_size.clone(),
+        );
+        registry.register(
+            "instance_pool_in_use",
+            "Component instances held by this worker's executions now",
+            m.pool_in_use.clone(),
+        );
+        registry.register(
+            "instance_pool_slots",
+            "The slots of this worker's lanes, added up: above the pool's size, work waits \
+             for an instance",
+            m.pool_slots.clone(),
+        );
+        registry.register(
+            "instance_pool_held_back",
+            "Claims that took fewer rows than their lane had free slots, for want of an instance",
+            m.pool_held_back.clone(),
         );
         registry.register_with_unit(
             "queue_wait",
@@ -304,6 +334,18 @@ impl Metrics {
             self.budget_requests.get_or_create(&label).set(requests);
             self.budget_tokens.get_or_create(&label).set(tokens);
         }
+    }
+
+    /// Sets the instance pool's figures (see [`super::wire::PoolOut`]).
+    pub fn set_pool(&self, pool: &super::wire::PoolOut) {
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.pool_size.set(gauge(u64::from(pool.size)));
+        self.pool_in_use.set(gauge(u64::from(pool.in_use)));
+        self.pool_slots.set(gauge(pool.slots));
+        // A counter follows the pool's own count, which only grows.
+        let seen = self.pool_held_back.get();
+        self.pool_held_back
+            .inc_by(pool.held_back.saturating_sub(seen));
     }
 
     /// The scrape, in the Prometheus text format.

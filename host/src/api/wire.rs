@@ -265,6 +265,33 @@ pub struct BudgetOut {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ProvidersOut {
     pub providers: Vec<ProviderOut>,
+    /// This worker's instance pool; absent when the engine does not pool instances
+    /// (`[engine] pooling = false`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolOut>,
+}
+
+/// A worker's instance pool. Each running execution holds one instance, taken with its
+/// slot when it is claimed: when the lanes' slots add up to more than `size`, the work
+/// beyond the pool waits as pending.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PoolOut {
+    /// Instances executions may hold at once: `[engine] max_instances`, less a few kept
+    /// for loading components.
+    pub size: u32,
+    /// `[engine] max_instances`.
+    pub max_instances: u32,
+    /// Instances held by executions now.
+    pub in_use: u32,
+    /// The slots of this worker's lanes, added up.
+    pub slots: u64,
+    /// Whether `slots` is more than `size`: some lanes cannot fill their limits at once.
+    pub over: bool,
+    /// Lanes waiting for a free instance now.
+    pub waiting_lanes: u32,
+    /// Claims since start that took fewer rows than their lane had free slots, for want of
+    /// an instance.
+    pub held_back: u64,
 }
 
 /// A run-time limit to set.

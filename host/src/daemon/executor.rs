@@ -211,6 +211,17 @@ impl Executor {
             }
             Err(e) => e,
         };
+        if let ExecError::PoolExhausted(reason) = &error {
+            // The claim took an instance for this attempt, so only instances outside the
+            // claims (an `info()` call beyond the pool's reserve) can fill the pool: the
+            // host's own condition, which must not spend one of the execution's attempts.
+            tracing::warn!(
+                id = execution.id,
+                "{}: no free instance ({reason}); the execution goes back to pending",
+                provider.label()
+            );
+            return (Finish::Requeue, None);
+        }
         let (kind, wait) = attempt::classify(&error);
         let message = format!("{}: {error}", provider.label());
         // Only the provider's own answers (and its silence) say how it is; a full instance

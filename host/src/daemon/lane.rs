@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+use super::pool::{Instance, InstancePool};
 use crate::model::Execution;
 use crate::plugin::Provider;
 
@@ -51,7 +52,12 @@ pub struct Lane {
     /// The limit its sources give (run-time, config, component, fallback); an adaptive
     /// limit moves the lane's limit below it.
     ceiling: AtomicU32,
-    wake: Notify,
+    /// Shared with the instance pool, which wakes the lane when an instance it waits for
+    /// frees.
+    wake: Arc<Notify>,
+    /// The engine's instance pool: each slot holds an instance too. `None` without a pool
+    /// (`[engine] pooling = false`), where instances are not bounded.
+    pool: Option<Arc<InstancePool>>,
     provider: RwLock<Option<Arc<Provider>>>,
     /// Whether a pending row may be waiting for a later `not_before` (a retry): only then
     /// is the next due time worth a query.
@@ -74,12 +80,19 @@ struct Pause {
     ramping: Option<(std::time::Instant, std::time::Duration)>,
 }
 
-/// A running execution's slot; give it back with [`Lane::release`].
-pub struct Slot(OwnedSemaphorePermit);
+/// A running execution's slot, and the instance it runs in; give it back with
+/// [`Lane::release`].
+pub struct Slot(OwnedSemaphorePermit, Option<Instance>);
 
 impl Lane {
-    /// A lane with `limit` slots (at least 1) and no component yet.
+    /// A lane with `limit` slots (at least 1), no component yet and no instance pool.
     pub fn new(name: &str, limit: u32) -> Self {
+        Self::with_pool(name, limit, None)
+    }
+
+    /// A lane with `limit` slots (at least 1), each of which takes an instance of `pool`
+    /// too, and no component yet.
+    pub fn with_pool(name: &str, limit: u32, pool: Option<Arc<InstancePool>>) -> Self {
         let limit = limit.max(1);
         Lane {
             name: Arc::from(name),
@@ -91,7 +104,8 @@ impl Lane {
             }),
             running: AtomicU32::new(0),
             ceiling: AtomicU32::new(limit),
-            wake: Notify::new(),
+            wake: Arc::new(Notify::new()),
+            pool,
             provider: RwLock::new(None),
             // Rows from before this start may be waiting for their retry.
             retry_pending: AtomicBool::new(true),
@@ -282,11 +296,36 @@ impl Lane {
         self.ceiling.store(ceiling.max(1), Ordering::SeqCst);
     }
 
-    /// Takes a free slot, if there is one.
+    /// Takes a free slot and a free instance of the pool, if there are both. A lane with a
+    /// free slot but no free instance is woken when an instance frees.
     pub fn try_acquire(&self) -> Option<Slot> {
         let permit = self.semaphore.clone().try_acquire_owned().ok()?;
+        let instance = match &self.pool {
+            // Without an instance the slot goes straight back: it was never taken.
+            Some(pool) => Some(pool.try_take(&self.wake)?),
+            None => None,
+        };
         self.running.fetch_add(1, Ordering::SeqCst);
-        Some(Slot(permit))
+        Some(Slot(permit, instance))
+    }
+
+    /// Takes up to `n` slots, each with an instance. Fewer come back when the lane has
+    /// fewer free slots, or when the instance pool is full: that counts as a claim held
+    /// back by the pool.
+    pub fn acquire_up_to(&self, n: u32) -> Vec<Slot> {
+        let slots: Vec<Slot> = (0..n).map_while(|_| self.try_acquire()).collect();
+        if slots.len() < permits(n)
+            && self.free() > 0
+            && let Some(pool) = &self.pool
+        {
+            pool.note_held_back();
+        }
+        slots
+    }
+
+    /// Whether other lanes wait for an instance of the pool this lane's slots take from.
+    pub fn pool_contended(&self) -> bool {
+        self.pool.as_ref().is_some_and(|p| p.contended())
     }
 
     /// Gives a slot back (or forgets it, to pay a lowered limit's debt) and wakes the lane.
@@ -303,7 +342,10 @@ impl Lane {
         let mut cap = self.lock_capacity();
         if cap.debt > 0 {
             cap.debt -= 1;
-            slot.0.forget();
+            // The lane's permit is forgotten; the instance goes back to the pool.
+            let Slot(permit, instance) = slot;
+            permit.forget();
+            drop(instance);
             true
         } else {
             drop(slot);

@@ -24,6 +24,7 @@ pub mod lane;
 pub mod leases;
 pub mod members;
 pub mod policies;
+pub mod pool;
 pub mod producer;
 pub mod registry;
 pub mod reload;
@@ -301,6 +302,11 @@ impl Control {
             .collect()
     }
 
+    /// This worker's instance pool and the lanes' slots, when the engine pools instances.
+    pub fn pool(&self) -> Option<pool::PoolUse> {
+        self.shared.registry.pool()
+    }
+
     /// The outcome of every file in the plugins folder, as of the last scan.
     pub async fn plugin_files(&self) -> Vec<crate::plugin::FileReport> {
         self.reloader.files().await
@@ -335,7 +341,7 @@ impl Daemon {
         tokio::spawn(policy_writer);
         let shared = Arc::new(Shared {
             governor: Arc::new(governor),
-            registry: Registry::new(events.clone()),
+            registry: Registry::new(events.clone(), pool::InstancePool::of(&config)),
             config: LiveConfig(std::sync::RwLock::new(config.clone())),
             queue: queue.clone(),
             owner: owner.clone(),
@@ -506,7 +512,7 @@ impl Daemon {
 
     /// Applies a new, validated config without a restart (see [`Reloader::apply_config`]).
     /// Returns the settings that cannot change while running and kept their old values.
-    pub async fn reload_config(&self, config: Config) -> Result<Vec<&'static str>, StoreError> {
+    pub async fn reload_config(&self, config: Config) -> Result<Vec<String>, StoreError> {
         self.reloader.apply_config(config).await
     }
 

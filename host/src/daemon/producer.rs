@@ -193,7 +193,9 @@ impl Producer {
         // The slots are taken before the claim, so that a limit or a share lowered while it
         // runs cannot leave a claimed row without one (it would go back to pending, having
         // spent a budget's reservation for nothing); those left over are given back.
-        let mut slots: Vec<Slot> = (0..free).map_while(|_| self.lane.try_acquire()).collect();
+        // Each slot takes an instance of the pool too: no row is claimed that has no
+        // instance to run in (see `pool`).
+        let mut slots: Vec<Slot> = self.lane.acquire_up_to(free);
         if slots.is_empty() {
             return Ok(0);
         }

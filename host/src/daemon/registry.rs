@@ -10,6 +10,7 @@ use tracing::{info, warn};
 
 use super::events::{Event, EventBus, PauseReason};
 use super::lane::Lane;
+use super::pool::InstancePool;
 use crate::config::Config;
 use crate::limits::LimitView;
 use crate::plugin::{Catalog, Provider};
@@ -25,14 +26,20 @@ pub struct Applied {
 /// Every lane of this worker, by provider name.
 pub struct Registry {
     events: EventBus,
+    /// The engine's instance pool, which every lane's slots take from.
+    pool: Option<Arc<InstancePool>>,
+    /// Whether the lanes' slots add up to more than the pool, as last said in the log.
+    over_pool: std::sync::atomic::AtomicBool,
     lanes: RwLock<BTreeMap<String, Arc<Lane>>>,
 }
 
 impl Registry {
-    /// An empty registry.
-    pub fn new(events: EventBus) -> Self {
+    /// An empty registry whose lanes take instances of `pool`.
+    pub fn new(events: EventBus, pool: Option<Arc<InstancePool>>) -> Self {
         Registry {
             events,
+            pool,
+            over_pool: std::sync::atomic::AtomicBool::new(false),
             lanes: RwLock::new(BTreeMap::new()),
         }
     }
@@ -49,6 +56,13 @@ impl Registry {
     /// Every lane, by name.
     pub fn snapshot(&self) -> BTreeMap<String, Arc<Lane>> {
         self.lanes.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The instance pool's use and the lanes' slots, when the engine has a pool.
+    pub fn pool(&self) -> Option<super::pool::PoolUse> {
+        let mut usage = self.pool.as_ref()?.usage();
+        usage.slots = self.slots_total();
+        Some(usage)
     }
 
     /// Wakes the lane of `name`, if one is open.
@@ -125,7 +139,7 @@ impl Registry {
                 }
                 None => {
                     let limit = Self::limit_of(config, provider, runtime);
-                    let lane = Arc::new(Lane::new(name, limit.effective));
+                    let lane = Arc::new(Lane::with_pool(name, limit.effective, self.pool.clone()));
                     lane.set_provider(Some(provider.clone()));
                     info!(
                         "{}: lane open, limit {} ({:?})",
@@ -139,7 +153,48 @@ impl Registry {
                 }
             }
         }
+        drop(lanes);
+        self.check_pool();
         Applied { opened, rebound }
+    }
+
+    /// The slots of every lane served by a component: what this worker may run at once if
+    /// the pool allowed it.
+    pub fn slots_total(&self) -> u64 {
+        self.snapshot()
+            .values()
+            .filter(|lane| lane.provider().is_some())
+            .map(|lane| u64::from(lane.slots()))
+            .sum()
+    }
+
+    /// Says in the log when the lanes' slots come to add up to more than the instance
+    /// pool, and when they fit again: the work beyond the pool then waits as pending.
+    fn check_pool(&self) {
+        let Some(pool) = &self.pool else {
+            return;
+        };
+        let total = self.slots_total();
+        let size = pool.size();
+        let over = total > u64::from(size);
+        if self
+            .over_pool
+            .swap(over, std::sync::atomic::Ordering::SeqCst)
+            == over
+        {
+            return;
+        }
+        let engine = pool.usage().engine;
+        if over {
+            warn!(
+                "the lanes' limits add up to {total}, more than the {size} instances that \
+                 executions may hold ([engine] max_instances = {engine}, less a reserve for \
+                 loading components): work beyond the pool waits as pending; raise \
+                 max_instances and restart to run more at once"
+            );
+        } else {
+            info!("the lanes' limits add up to {total}, within the instance pool of {size}");
+        }
     }
 
     /// Resizes every lane whose effective limit changed under `config`, `runtime` and the
@@ -170,5 +225,6 @@ impl Registry {
                 });
             }
         }
+        self.check_pool();
     }
 }

@@ -1,0 +1,194 @@
+//! The instance pool, as the claim sees it: one permit per component instance an attempt
+//! may hold. The engine's pooling allocator is fixed at start (`[engine] max_instances`), and
+//! each of its slots reserves address space, so it cannot grow with the limits. A lane takes
+//! an instance together with each slot, before it claims: no execution is claimed without a
+//! free instance to run it in, so work beyond the pool waits as pending and never fails.
+//!
+//! A lane that had free slots but found no free instance waits for one: the next instance
+//! freed wakes every lane that waits, and their producers claim again.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+
+/// The instances kept out of the claims: `info()` calls of components loaded by a reload or
+/// bound anew instantiate too, and must not find the pool full.
+fn reserve(max_instances: u32) -> u32 {
+    if max_instances < 2 {
+        0
+    } else {
+        (max_instances / 32).clamp(1, 8)
+    }
+}
+
+/// The engine's instance pool, shared by every lane of a worker.
+pub struct InstancePool {
+    /// Instances attempts may hold at once: the engine's pool less its reserve.
+    size: u32,
+    /// The engine's pool, `[engine] max_instances`.
+    engine: u32,
+    semaphore: Arc<Semaphore>,
+    /// Lanes that found no free instance, to wake when one frees.
+    waiting: Mutex<Vec<Arc<Notify>>>,
+    /// Times a claim took fewer slots than its lane had free, for want of an instance.
+    held_back: AtomicU64,
+}
+
+/// Pool use, for the API, the metrics and the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolUse {
+    /// Instances attempts may hold at once.
+    pub size: u32,
+    /// The engine's pool (`[engine] max_instances`), the reserve included.
+    pub engine: u32,
+    /// Instances held by attempts now.
+    pub in_use: u32,
+    /// Lanes waiting for a free instance now.
+    pub waiting: u32,
+    /// Claims held back by a full pool since start.
+    pub held_back: u64,
+    /// The slots of the worker's lanes, added up (set by the registry, which knows them).
+    pub slots: u64,
+}
+
+/// One instance, held with a lane's slot for the attempt that runs in it. Dropping it frees
+/// the instance and wakes the lanes that wait for one.
+pub struct Instance {
+    permit: Option<OwnedSemaphorePermit>,
+    pool: Arc<InstancePool>,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        drop(self.permit.take());
+        self.pool.wake_waiting();
+    }
+}
+
+impl InstancePool {
+    /// Instances attempts may hold at once in an engine with `max_instances` slots.
+    pub fn size_for(max_instances: u32) -> u32 {
+        max_instances.saturating_sub(reserve(max_instances)).max(1)
+    }
+
+    /// The pool of an engine with `max_instances` instance slots.
+    pub fn new(max_instances: u32) -> Arc<Self> {
+        let size = Self::size_for(max_instances);
+        Arc::new(InstancePool {
+            size,
+            engine: max_instances,
+            semaphore: Arc::new(Semaphore::new(usize::try_from(size).unwrap_or(usize::MAX))),
+            waiting: Mutex::new(Vec::new()),
+            held_back: AtomicU64::new(0),
+        })
+    }
+
+    /// The pool of the engine `config` describes; `None` without a pooling allocator,
+    /// where instances are not bounded.
+    pub fn of(config: &crate::config::Config) -> Option<Arc<Self>> {
+        config
+            .engine
+            .pooling
+            .then(|| Self::new(config.engine.max_instances))
+    }
+
+    /// Instances attempts may hold at once.
+    pub fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// Takes a free instance, or notes that `lane` waits for one (its `wake`, notified when
+    /// an instance frees).
+    pub fn try_take(self: &Arc<Self>, lane: &Arc<Notify>) -> Option<Instance> {
+        match self.semaphore.clone().try_acquire_owned() {
+            Ok(permit) => Some(Instance {
+                permit: Some(permit),
+                pool: self.clone(),
+            }),
+            Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => {
+                let mut waiting = self.lock_waiting();
+                if !waiting.iter().any(|w| Arc::ptr_eq(w, lane)) {
+                    waiting.push(lane.clone());
+                }
+                drop(waiting);
+                // An instance freed between the try and the note would wake no one.
+                if self.semaphore.available_permits() > 0 {
+                    self.wake_waiting();
+                }
+                None
+            }
+        }
+    }
+
+    /// Counts a claim held back by the pool.
+    pub fn note_held_back(&self) {
+        self.held_back.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether lanes wait for an instance: a batch's freed slots then go back to the pool,
+    /// for every lane to claim, rather than to a refill of their own lane.
+    pub fn contended(&self) -> bool {
+        !self.lock_waiting().is_empty()
+    }
+
+    /// Pool use now.
+    pub fn usage(&self) -> PoolUse {
+        let free = u32::try_from(self.semaphore.available_permits()).unwrap_or(u32::MAX);
+        PoolUse {
+            size: self.size,
+            engine: self.engine,
+            in_use: self.size.saturating_sub(free),
+            waiting: u32::try_from(self.lock_waiting().len()).unwrap_or(u32::MAX),
+            held_back: self.held_back.load(Ordering::Relaxed),
+            slots: 0,
+        }
+    }
+
+    fn wake_waiting(&self) {
+        let waiting = std::mem::take(&mut *self.lock_waiting());
+        for lane in waiting {
+            lane.notify_one();
+        }
+    }
+
+    fn lock_waiting(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Notify>>> {
+        // Every update is a single push or take: a poisoned list is still whole.
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reserve_keeps_a_few_instances_for_info_calls() {
+        assert_eq!(InstancePool::new(1).size(), 1);
+        assert_eq!(InstancePool::new(2).size(), 1);
+        assert_eq!(InstancePool::new(256).size(), 248);
+        assert_eq!(InstancePool::new(10_000).size(), 9_992);
+    }
+
+    #[tokio::test]
+    async fn a_freed_instance_wakes_the_lanes_that_wait() {
+        let pool = InstancePool::new(2);
+        let (a, b) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        let held = pool.try_take(&a).expect("one instance");
+        assert!(pool.try_take(&a).is_none());
+        assert!(pool.try_take(&b).is_none());
+        assert!(pool.try_take(&b).is_none(), "noted once");
+        assert_eq!(pool.usage().waiting, 2);
+        assert!(pool.contended());
+        drop(held);
+        assert!(!pool.contended());
+        // Both were told, even though neither was waiting on its `Notify` yet.
+        tokio::time::timeout(std::time::Duration::from_secs(1), a.notified())
+            .await
+            .expect("a woken");
+        tokio::time::timeout(std::time::Duration::from_secs(1), b.notified())
+            .await
+            .expect("b woken");
+        assert_eq!(pool.usage().in_use, 0);
+    }
+}
