@@ -315,7 +315,9 @@ struct Worker {
 /// budgeted provider (the producer keeps the budget's account), nor a lane with no
 /// component, or one paused, ramping up or paying back a lowered limit.
 fn takes_refills(lane: &Lane) -> bool {
-    lane.claims_freely() && lane.provider().is_some_and(|p| p.policy.budget.is_none())
+    lane.claims_freely()
+        && !lane.pool_contended()
+        && lane.provider().is_some_and(|p| p.policy.budget.is_none())
 }
 
 impl Worker {
@@ -437,9 +439,35 @@ impl Worker {
         } else {
             Vec::new()
         };
+        // A lane may have paused (a 429 came in), or its limit dropped, while the write ran:
+        // what the write claimed for it then goes back to pending unstarted, as its
+        // producer would not have claimed it now.
+        let lanes: BTreeMap<&str, &Arc<Lane>> =
+            batch.iter().map(|c| (c.lane.name(), &c.lane)).collect();
+        let mut back = Vec::new();
         let mut refills: BTreeMap<Arc<str>, Refill> = made
             .into_iter()
             .zip(claimed.into_iter().flatten())
+            .filter_map(|(offer, claimed)| {
+                let lane = lanes.get(&*offer.provider)?;
+                if (self.refillable)(lane) && lane.limit() >= offer.limit {
+                    return Some((offer, claimed));
+                }
+                if !claimed.is_empty() {
+                    info!(
+                        "provider {}: {} row(s) claimed with the last results go back to \
+                         pending: the lane paused or its limit dropped meanwhile",
+                        offer.provider,
+                        claimed.len()
+                    );
+                }
+                back.extend(
+                    claimed
+                        .iter()
+                        .map(|e| Completion::requeue(e, Arc::clone(lane), None)),
+                );
+                None
+            })
             .map(|(offer, mut claimed)| {
                 // Popped from the end: the first claimed gets the first slot.
                 claimed.reverse();
@@ -504,7 +532,6 @@ impl Worker {
             });
         }
         drop(finished);
-        let mut back = Vec::new();
         // One wake per lane for the whole batch: its freed slots make one claim.
         for (name, (lane, retried, forgotten)) in freed {
             if retried {
@@ -982,6 +1009,8 @@ mod tests {
         plain_writes: Mutex<u32>,
         /// The size of each write that claimed.
         sizes: Mutex<Vec<usize>>,
+        /// A lane to pause while the write runs, as a 429 that comes in meanwhile does.
+        pause_during: Mutex<Option<Arc<Lane>>>,
     }
 
     #[async_trait]
@@ -1017,6 +1046,12 @@ mod tests {
                 }
             }
             self.sizes.lock().unwrap().push(batch.len());
+            if let Some(lane) = self.pause_during.lock().unwrap().take() {
+                lane.pause_until(
+                    std::time::Instant::now() + Duration::from_secs(60),
+                    Duration::ZERO,
+                );
+            }
             let rows: Vec<Execution> = (0..self.rows)
                 .map(|i| claimed_row(100 + i as i64))
                 .collect();
@@ -1033,6 +1068,7 @@ mod tests {
             rows,
             plain_writes: Mutex::new(0),
             sizes: Mutex::default(),
+            pause_during: Mutex::default(),
         });
         let worker = Worker {
             sink: sink.clone(),
@@ -1081,6 +1117,39 @@ mod tests {
         assert_eq!(lane.take_handed().len(), 1);
     }
 
+    /// Before, the offer was weighed only before the write: a 429 that paused the lane
+    /// while the write ran still started the rows it claimed, a burst right after the 429.
+    #[tokio::test]
+    async fn rows_refilled_for_a_lane_paused_during_the_write_go_back_unstarted() {
+        let lane = Arc::new(Lane::new("p", 2));
+        let sink = Arc::new(Refiller {
+            fail: Mutex::new(0),
+            rows: 2,
+            plain_writes: Mutex::new(0),
+            sizes: Mutex::default(),
+            pause_during: Mutex::new(Some(lane.clone())),
+        });
+        let worker = Worker {
+            sink: sink.clone(),
+            max_batch: 8,
+            max_wait: Duration::ZERO,
+            owner: Arc::from("me"),
+            events: EventBus::default(),
+            stop_claiming: CancellationToken::new(),
+            refillable: Lane::claims_freely,
+        };
+        let mut batch = vec![done(&lane, 0), done(&lane, 2)];
+        let back = worker.flush(&mut batch).await;
+        assert_eq!(sink.sizes.lock().unwrap().len(), 1, "the write claimed");
+        assert!(lane.take_handed().is_empty(), "nothing starts while paused");
+        assert_eq!((lane.running(), lane.free()), (0, 2), "the slots came back");
+        let back: Vec<_> = back
+            .iter()
+            .map(|c| (c.id, c.slot.is_some(), c.finish == Finish::Requeue))
+            .collect();
+        assert_eq!(back, vec![(100, false, true), (101, false, true)]);
+    }
+
     #[tokio::test]
     async fn a_write_retried_without_its_claims_frees_the_slots_and_wakes_the_lane() {
         let (lane, woken, sink) = flush_refilling(1, 2).await;
@@ -1104,6 +1173,7 @@ mod tests {
             rows: 0,
             plain_writes: Mutex::new(0),
             sizes: Mutex::default(),
+            pause_during: Mutex::default(),
         });
         let plain = recorder(0, true);
         let sink: Arc<dyn ResultSink> = if claims {
