@@ -411,23 +411,27 @@ impl Governor {
         }
         let mut all = self.health.lock().unwrap_or_else(|p| p.into_inner());
         let health = all.entry(lane.name_arc()).or_default();
-        let adapts = lane.provider().is_some_and(|p| p.policy.adaptive);
+        // A lane whose component is gone knows nothing of its policy: the fleet's adaptive
+        // limit stays as it is (the workers that serve the provider keep it), rather than be
+        // erased at every refresh as if the provider had stopped adapting.
+        let adapts = lane.provider().map(|p| p.policy.adaptive);
         match (adapts, state.adaptive_limit, health.adaptive.as_mut()) {
+            (None, _, _) => {}
             // Another worker moved the fleet's adaptive limit: follow it, unless this
             // worker just did.
-            (true, Some(fleet), Some(own))
+            (Some(true), Some(fleet), Some(own))
                 if fleet != own.limit && own.changed.elapsed() >= Duration::from_secs(1) =>
             {
                 own.limit = fleet;
                 own.successes = 0;
             }
-            (true, Some(fleet), None) => health.adaptive = Some(Adaptive::new(fleet)),
+            (Some(true), Some(fleet), None) => health.adaptive = Some(Adaptive::new(fleet)),
             // No longer adaptive: the configured limit applies again, fleet-wide.
-            (false, Some(_), _) => {
+            (Some(false), Some(_), _) => {
                 health.adaptive = None;
                 self.write(lane, StateChange::Adaptive(None));
             }
-            (false, None, Some(_)) => health.adaptive = None,
+            (Some(false), None, Some(_)) => health.adaptive = None,
             _ => {}
         }
         if state.circuit_open {
@@ -516,5 +520,32 @@ mod tests {
         };
         let c: Vec<u64> = (0..5).map(|n| cooldown(&policy, n).as_secs()).collect();
         assert_eq!(c, [1, 2, 4, 5, 5]);
+    }
+
+    /// Before, a worker whose component for the provider was gone wrote `Adaptive(None)` at
+    /// every refresh, erasing the limit the fleet's other workers had found.
+    #[tokio::test]
+    async fn a_lane_without_a_component_keeps_the_fleets_adaptive_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue: Arc<dyn Queue> = Arc::new(
+            crate::store::sqlite::SqliteQueue::open_path(&dir.path().join("q.db"))
+                .await
+                .unwrap(),
+        );
+        queue
+            .change_state("p", &StateChange::Adaptive(Some(5)))
+            .await
+            .unwrap();
+        let (governor, writer) = Governor::new(queue.clone(), EventBus::default());
+        let writer = tokio::spawn(writer);
+        let lane = Lane::new("p", 10);
+        assert!(lane.provider().is_none());
+        let (now, states) = queue.provider_states().await.unwrap();
+        governor.sync(&lane, &states["p"], now);
+        // The writer ends once the governor's sender is gone, having written all it got.
+        drop(governor);
+        writer.await.unwrap();
+        let (_, states) = queue.provider_states().await.unwrap();
+        assert_eq!(states["p"].adaptive_limit, Some(5));
     }
 }
