@@ -204,3 +204,46 @@ fn cancel_from_the_cli() {
     let e: serde_json::Value = serde_json::from_str(&stdout(&get)).unwrap();
     assert_eq!(e["status"], "cancelled");
 }
+
+/// The "Processing" line samples one claim: the rows it took and the running count before
+/// it, under the lane's limit, so that pending + running never exceed the limit on a line.
+/// Before, the line summed a second's claims and showed the count after them:
+/// `Processing 3 pending executions for provider b (3 currently running, limit: 3)`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_processing_line_keeps_pending_and_running_within_the_limit() {
+    let mut env = TestEnv::new();
+    env.stub("p", Some(3), &[]);
+    let mut serve = env.spawn_serve();
+    wait_for_log(&env, "serve", "lanes serving", Duration::from_secs(30)).await;
+    let queue = env.any_queue().await;
+    queue.submit_many(&sleepers("p", 90, 60)).await.unwrap();
+    wait_terminal(queue.as_ref(), Some("p"), Duration::from_secs(60)).await;
+    let _ = serve.kill();
+    let _ = serve.wait();
+    let log = env.serve_log();
+    let lines: Vec<(u32, u32, u32)> = log
+        .lines()
+        .filter_map(|line| {
+            let rest = line.split("Processing ").nth(1)?;
+            let (pending, rest) = rest.split_once(" pending executions for provider p (")?;
+            let (running, rest) = rest.split_once(" currently running, limit: ")?;
+            let (limit, _) = rest.split_once(')')?;
+            Some((
+                pending.parse().ok()?,
+                running.parse().ok()?,
+                limit.parse().ok()?,
+            ))
+        })
+        .collect();
+    assert!(
+        lines.len() >= 2,
+        "a line a second for ~1.8 s of work:\n{log}"
+    );
+    for (pending, running, limit) in lines {
+        assert_eq!(limit, 3, "{log}");
+        assert!(
+            pending + running <= limit,
+            "{pending} + {running} > {limit}:\n{log}"
+        );
+    }
+}

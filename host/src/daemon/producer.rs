@@ -4,8 +4,8 @@
 //! poll interval (for rows other processes wrote) passes.
 //!
 //! Wake-ups coalesce: slots freed by one batch of results mean one claim, not one each. The
-//! next due time is read only when a retry may be pending. The "Processing" log line is
-//! aggregated to at most one a second per lane, so logging costs nothing under load.
+//! next due time is read only when a retry may be pending. The "Processing" log line samples
+//! at most one claim a second per lane, so logging costs nothing under load.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -102,7 +102,6 @@ impl Producer {
                     }
                 }
             }
-            self.log.flush_if_due(&self.lane);
             tokio::select! {
                 _ = self.lane.woken() => {}
                 _ = tokio::time::sleep(wait) => {}
@@ -195,6 +194,7 @@ impl Producer {
         // spent a budget's reservation for nothing); those left over are given back.
         // Each slot takes an instance of the pool too: no row is claimed that has no
         // instance to run in (see `pool`).
+        let before = self.lane.running();
         let mut slots: Vec<Slot> = self.lane.acquire_up_to(free);
         if slots.is_empty() {
             return Ok(0);
@@ -227,7 +227,7 @@ impl Producer {
             return Ok(0);
         }
         let count = u32::try_from(claimed.len()).unwrap_or(u32::MAX);
-        self.log.note(&self.lane, claimed.len());
+        self.log.note(&self.lane, claimed.len(), before);
         // Before any of them starts, so that each one's `Claimed` comes before its `Started`.
         self.publish_claimed(claimed.iter());
         for execution in claimed {
@@ -246,7 +246,10 @@ impl Producer {
         if handed.is_empty() {
             return;
         }
-        self.log.note(&self.lane, handed.len());
+        // Their slots are held already: they ran the attempts whose results freed them.
+        let count = u32::try_from(handed.len()).unwrap_or(u32::MAX);
+        let before = self.lane.running().saturating_sub(count);
+        self.log.note(&self.lane, handed.len(), before);
         let provider = self.lane.provider();
         self.publish_claimed(handed.iter().map(|(execution, _)| execution));
         for (execution, slot) in handed {
@@ -285,8 +288,10 @@ impl Producer {
     }
 }
 
-/// The lane's "Processing" line, at most once per [`LOG_EVERY`]: under load one line sums
-/// many claims.
+/// The lane's "Processing" line, at most once per [`LOG_EVERY`]. It samples one claim: the
+/// rows it took, the lane's running count before it, and this worker's slots (its share of
+/// the limit on a fleet), so that pending + running never exceed the limit on a line, as in
+/// the design note. The claims and rows of the whole interval go with it as fields.
 #[derive(Default)]
 struct ClaimLog {
     last: Option<Instant>,
@@ -295,23 +300,20 @@ struct ClaimLog {
 }
 
 impl ClaimLog {
-    fn note(&mut self, lane: &Lane, claimed: usize) {
+    /// Notes a claim of `claimed` rows, made while `before` ran; logs it when one is due.
+    fn note(&mut self, lane: &Lane, claimed: usize, before: u32) {
         self.claimed += claimed;
         self.claims += 1;
-        self.flush_if_due(lane);
-    }
-
-    fn flush_if_due(&mut self, lane: &Lane) {
-        if self.claimed == 0 || self.last.is_some_and(|t| t.elapsed() < LOG_EVERY) {
+        if self.last.is_some_and(|t| t.elapsed() < LOG_EVERY) {
             return;
         }
         info!(
             claims = self.claims,
-            "Processing {} pending executions for provider {} ({} currently running, limit: {})",
-            self.claimed,
+            claimed = self.claimed,
+            "Processing {claimed} pending executions for provider {} ({before} currently \
+             running, limit: {})",
             lane.name(),
-            lane.running(),
-            lane.limit()
+            lane.slots()
         );
         self.last = Some(Instant::now());
         self.claimed = 0;
