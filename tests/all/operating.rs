@@ -48,6 +48,10 @@ async fn serve_tells_systemd_when_it_is_ready_and_when_it_stops() {
     // `lanes reload` signals it through the lock file's pid: RELOADING=1, then READY=1. A
     // setting that cannot change while running is named, and keeps its value.
     env.config.lease_ms += 1;
+    // So does a memory cap above the instance pool's slots, which were sized at start: it
+    // was held to the slot without a word.
+    let slot_mb = env.config.max_memory_mb().max(64);
+    env.config.sandbox.memory_mb = slot_mb + 64;
     let out = env.lanes(&["reload"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let reloading = next_message(&socket, Duration::from_secs(20));
@@ -58,6 +62,12 @@ async fn serve_tells_systemd_when_it_is_ready_and_when_it_stops() {
     assert!(
         log.contains("config reloaded, except lease_ms"),
         "the fixed setting is named:\n{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "sandbox.memory_mb above {slot_mb} (the instance pool's slots"
+        )),
+        "the memory cap past the pool's slots is named:\n{log}"
     );
     let kill = Command::new("kill")
         .args(["-TERM", &serve.id().to_string()])

@@ -71,14 +71,16 @@ impl Reloader {
     /// Applies a new, validated config: providers added, removed or changed (values,
     /// secrets, limits, base URL, allowed hosts, sandbox limits), retry and poll settings.
     /// Running executions finish on the settings they started with. Settings in [`FIXED`]
-    /// keep their old values; their names are returned, for a warning.
-    pub async fn apply_config(&self, mut fresh: Config) -> Result<Vec<&'static str>, StoreError> {
+    /// keep their old values; their names are returned, for a warning, and so is a
+    /// `sandbox.memory_mb` above the instance pool's slot, which holds instances to the
+    /// slot's size until a restart.
+    pub async fn apply_config(&self, mut fresh: Config) -> Result<Vec<String>, StoreError> {
         let old = self.shared.config.get();
         let mut kept = Vec::new();
         macro_rules! keep {
             ($($field:ident),*) => {$(
                 if fresh.$field != old.$field {
-                    kept.push(stringify!($field));
+                    kept.push(stringify!($field).to_string());
                     fresh.$field = old.$field.clone();
                 }
             )*};
@@ -93,6 +95,14 @@ impl Reloader {
             completer,
             api
         );
+        if let Some(slot_mb) = self.plugins.slot_mb()
+            && fresh.max_memory_mb() > slot_mb
+        {
+            kept.push(format!(
+                "sandbox.memory_mb above {slot_mb} (the instance pool's slots were sized at \
+                 start: a provider's instances are held to {slot_mb} MiB)"
+            ));
+        }
         *self
             .executor
             .retry

@@ -51,6 +51,8 @@ pub struct PluginHost {
     pub(crate) cache: CompileCache,
     /// Outbound HTTP connections, pooled across every execution.
     pub(crate) client: super::outbound::SharedClient,
+    /// The memory of an instance pool slot in MiB, fixed at start; `None` without a pool.
+    slot_mb: Option<u64>,
 }
 
 /// What is wrong with a file's first bytes, if they are not a component's: said plainly,
@@ -92,10 +94,12 @@ impl PluginHost {
         let mut wasm = wasmtime::Config::new();
         wasm.epoch_interruption(true);
         wasm.wasm_component_model(true);
-        if config.engine.pooling {
-            let memory = usize::try_from(config.max_memory_mb().saturating_mul(1 << 20))
-                .unwrap_or(usize::MAX)
-                .max(64 << 20);
+        let slot_mb = config
+            .engine
+            .pooling
+            .then(|| config.max_memory_mb().max(64));
+        if let Some(slot_mb) = slot_mb {
+            let memory = usize::try_from(slot_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
             let instances = config.engine.max_instances;
             let mut pool = PoolingAllocationConfig::default();
             pool.total_component_instances(instances)
@@ -131,7 +135,15 @@ impl PluginHost {
             linker: Arc::new(linker),
             cache,
             client: super::outbound::SharedClient::new(),
+            slot_mb,
         })
+    }
+
+    /// The memory of an instance pool slot in MiB, fixed when the engine started: no
+    /// instance grows past it, whatever `sandbox.memory_mb` a reload sets. `None` without
+    /// a pool.
+    pub fn slot_mb(&self) -> Option<u64> {
+        self.slot_mb
     }
 
     /// Compiles (or takes from the cache), links and validates one component file.
