@@ -88,7 +88,8 @@ pub struct Execution {
     pub input: serde_json::Value,
     /// The provider's answer (see [`ChatOutput`]) once completed.
     pub output: Option<serde_json::Value>,
-    /// The last error, kept when the execution failed or is waiting to retry.
+    /// The last error, kept when the execution failed or is waiting to retry; none once it
+    /// completed (each attempt's error stays in `history`).
     pub error: Option<String>,
     /// The class of the last error (see [`ErrorKind`]).
     pub error_kind: Option<String>,

@@ -89,9 +89,17 @@ async fn transient_failures_then_success() {
     let e = queue.get(id).await.unwrap().unwrap();
     assert_eq!(e.status, Status::Completed);
     assert!(e.attempts >= 2, "attempts {}", e.attempts);
+    // A completed execution shows no error; the transient ones are kept in its history.
+    assert_eq!((e.error.as_deref(), e.error_kind.as_deref()), (None, None));
+    let (last, tries) = e.history.split_last().unwrap();
+    assert_eq!(last.outcome, "completed");
+    assert_eq!(tries.len() + 1, usize::try_from(e.attempts).unwrap());
     assert!(
-        e.error.is_some(),
-        "the last transient error is kept for the record"
+        tries
+            .iter()
+            .all(|a| a.outcome == "retried" && a.error.is_some()),
+        "{:?}",
+        e.history
     );
     daemon.shutdown(Duration::from_secs(5)).await;
 }

@@ -433,6 +433,120 @@ async fn a_batch_writes_every_kind_of_end_at_once(q: Arc<dyn Queue>) {
 }
 
 contract!(
+    completed_clears_the_error,
+    a_completed_row_shows_no_error_of_an_earlier_try
+);
+/// A row that completes after a rate-limited try shows no `error` nor `error_kind`: a
+/// client reads `error != null` as a failure. The earlier try's error stays in its history.
+/// Checked on each way a completed row is written: alone, in a batch with another kind of
+/// end, in a batch that moves a routed retry, and in a batch write that claims.
+async fn a_completed_row_shows_no_error_of_an_earlier_try(q: Arc<dyn Queue>) {
+    let ids = q
+        .submit_many(&(0..4).map(|_| new("a", 0)).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let others = q.submit_many(&[new("x", 0), new("x", 0)]).await.unwrap();
+    assert_eq!(q.claim("a", claim("w", 4, 10)).await.unwrap().len(), 4);
+    let limited = Finish::Retry {
+        error: "429: slow down".into(),
+        kind: ErrorKind::RateLimited,
+        delay_ms: 0,
+        to: None,
+    };
+    let batch: Vec<_> = ids.iter().map(|id| (*id, &limited)).collect();
+    assert_eq!(q.finish_many("w", &batch).await.unwrap(), vec![true; 4]);
+    assert_eq!(q.claim("a", claim("w", 4, 10)).await.unwrap().len(), 4);
+    assert_eq!(q.claim("x", claim("w", 2, 10)).await.unwrap().len(), 2);
+    let done = Finish::Completed(Output::of(&serde_json::json!({"text": "ok"})).unwrap());
+    let busy = Finish::Retry {
+        error: "busy".into(),
+        kind: ErrorKind::Unavailable,
+        delay_ms: 60_000,
+        to: None,
+    };
+    let moved = Finish::Retry {
+        error: "busy".into(),
+        kind: ErrorKind::Unavailable,
+        delay_ms: 60_000,
+        to: Some("y".into()),
+    };
+    assert!(q.finish(ids[0], "w", &done).await.unwrap());
+    assert_eq!(
+        q.finish_many("w", &[(ids[1], &done), (others[0], &busy)])
+            .await
+            .unwrap(),
+        vec![true, true]
+    );
+    assert_eq!(
+        q.finish_many("w", &[(ids[2], &done), (others[1], &moved)])
+            .await
+            .unwrap(),
+        vec![true, true]
+    );
+    let (written, _) = q
+        .finish_and_claim("w", &[(ids[3], &done)], &[("a", claim("w", 1, 10))])
+        .await
+        .unwrap();
+    assert_eq!(written, vec![true]);
+
+    let paths = ["alone", "with a retry", "with a move", "with a claim"];
+    let mut rows = Vec::new();
+    for id in &ids {
+        rows.push(q.get(*id).await.unwrap().unwrap());
+    }
+    // Every path at once, so that a failure names each one that keeps the error.
+    let errors: Vec<_> = paths
+        .iter()
+        .zip(&rows)
+        .map(|(path, e)| (*path, e.status, e.error.clone(), e.error_kind.clone()))
+        .collect();
+    let none: Vec<_> = paths
+        .iter()
+        .map(|path| (*path, Status::Completed, None, None))
+        .collect();
+    assert_eq!(errors, none, "a completed row shows an earlier try's error");
+    for (e, path) in rows.iter().zip(paths) {
+        assert_eq!((e.attempts, e.rate_limited), (1, 1), "{path}");
+        let seen: Vec<(i32, &str, Option<&str>, Option<&str>)> = e
+            .history
+            .iter()
+            .map(|a| {
+                (
+                    a.attempt,
+                    a.outcome.as_str(),
+                    a.error_kind.as_deref(),
+                    a.error.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (
+                    1,
+                    "rate_limited",
+                    Some(ErrorKind::RateLimited.as_str()),
+                    Some("429: slow down")
+                ),
+                (1, "completed", None, None),
+            ],
+            "completed {path}: the history keeps the rate-limited try"
+        );
+    }
+    // The other ends of those batches keep their errors.
+    let e = q.get(others[0]).await.unwrap().unwrap();
+    assert_eq!(
+        (e.status, e.error.as_deref(), e.error_kind.as_deref()),
+        (Status::Pending, Some("busy"), Some("unavailable"))
+    );
+    let e = q.get(others[1]).await.unwrap().unwrap();
+    assert_eq!(
+        (e.status, e.provider.as_str(), e.error.as_deref()),
+        (Status::Pending, "y", Some("busy"))
+    );
+}
+
+contract!(
     refill_in_the_write,
     a_batch_write_refills_the_slots_it_frees
 );

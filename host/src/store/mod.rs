@@ -655,9 +655,11 @@ pub(crate) fn execution_from_raw(raw: ExecutionRow) -> Result<Execution, StoreEr
 
 /// One attempt's end as a batched write stores it: every kind of end in one row shape, so
 /// that each backend writes a whole batch in one statement. The statement sets `status`;
-/// `output` when completed; `error` and `error_kind` when retried or failed; `not_before`
-/// to now + `delay_ms` when retried; `finished_at` when completed or failed; and, for a
-/// requeue, takes the attempt back (`attempts - 1`, `resume`, no `started_at`).
+/// `output` when completed; `error` and `error_kind` when retried or failed, and clears
+/// them when completed (a client reads an error as a failure; an earlier try's error stays
+/// in the history); `not_before` to now + `delay_ms` when retried; `finished_at` when
+/// completed or failed; and, for a requeue, takes the attempt back (`attempts - 1`,
+/// `resume`, no `started_at`).
 #[derive(Debug, Serialize)]
 pub(crate) struct FinishRow<'a> {
     pub id: ExecutionId,

@@ -98,8 +98,10 @@ static FINISH_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
                                  THEN NULL ELSE {history} END,
                   status = b.status,
                   output = CASE WHEN b.status = 'completed' THEN b.output ELSE e.output END,
-                  error = COALESCE(b.error, e.error),
-                  error_kind = COALESCE(b.kind, e.error_kind),
+                  error = CASE WHEN b.status = 'completed' THEN NULL
+                               ELSE COALESCE(b.error, e.error) END,
+                  error_kind = CASE WHEN b.status = 'completed' THEN NULL
+                                    ELSE COALESCE(b.kind, e.error_kind) END,
                   not_before = COALESCE({NOW_MS} + b.delay, e.not_before),
                   finished_at = CASE WHEN b.status = 'pending' THEN e.finished_at
                                      ELSE {NOW_MS} END,

@@ -272,11 +272,13 @@ const WRITTEN_SQL: &str = "SELECT json_group_array(executions.id)
 fn build_completed_sql() -> String {
     let history = history_with("?3", "'completed'", "NULL", "NULL", "NULL");
     // A first attempt that completes leaves the history empty (see `build_finish_sql`).
+    // An earlier try's error is cleared (see `FinishRow`).
     format!(
         "UPDATE executions SET
                 history = CASE WHEN history IS NULL THEN NULL ELSE {history} END,
                 status = 'completed',
                 output = json_extract(b.value, '$[1]'),
+                error = NULL, error_kind = NULL,
                 finished_at = ?3,
                 resume = 0,
                 owner = NULL, lease_until = NULL
@@ -312,8 +314,10 @@ fn build_finish_sql(moves: bool) -> String {
                 status = json_extract(b.value, '$[1]'),
                 output = CASE WHEN json_extract(b.value, '$[1]') = 'completed'
                               THEN json_extract(b.value, '$[2]') ELSE output END,
-                error = COALESCE(json_extract(b.value, '$[3]'), error),
-                error_kind = COALESCE(json_extract(b.value, '$[4]'), error_kind),
+                error = CASE WHEN json_extract(b.value, '$[1]') = 'completed' THEN NULL
+                             ELSE COALESCE(json_extract(b.value, '$[3]'), error) END,
+                error_kind = CASE WHEN json_extract(b.value, '$[1]') = 'completed' THEN NULL
+                                  ELSE COALESCE(json_extract(b.value, '$[4]'), error_kind) END,
                 not_before = COALESCE(?3 + json_extract(b.value, '$[5]'), not_before),
                 finished_at = CASE WHEN json_extract(b.value, '$[1]') = 'pending'
                                    THEN finished_at ELSE ?3 END,
