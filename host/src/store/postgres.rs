@@ -163,6 +163,29 @@ where
         .op("claiming executions")
 }
 
+/// Takes the budget lock of `provider` in the queue on `channel` until the transaction of
+/// `tx` ends, and returns the database clock once it holds it.
+///
+/// Keyed as `lanes_claim` keys the provider's claim lock (migration 0002 and its
+/// restatements), by the queue's channel, which names its schema: queues in other schemas
+/// of the server neither share the lock nor wait for it. The `budget:` in front keeps the
+/// key apart from every claim lock, whose text starts with the channel's `lanes:`.
+async fn lock_budget(
+    tx: &mut sqlx::PgConnection,
+    channel: &str,
+    provider: &str,
+) -> Result<i64, StoreError> {
+    sqlx::query_scalar(&format!(
+        "SELECT {NOW_MS}
+           FROM (SELECT pg_advisory_xact_lock(hashtextextended('budget:' || $1 || ':' || $2, 0))) l"
+    ))
+    .bind(channel)
+    .bind(provider)
+    .fetch_one(tx)
+    .await
+    .op("taking a provider's budget lock")
+}
+
 /// Claimed rows as executions, in claim order; the rows that cannot be read are failed
 /// (see [`readable_claims`]).
 async fn claimed<'e, E>(
@@ -426,13 +449,7 @@ impl Queue for PgQueue {
         // reservations.
         const OP: &str = "claiming executions within the budget";
         let mut tx = self.pool.begin().await.op(OP)?;
-        let now: i64 = sqlx::query_scalar(&format!(
-            "SELECT {NOW_MS} FROM (SELECT pg_advisory_xact_lock(hashtext('lanes:budget:' || $1))) l"
-        ))
-        .bind(provider)
-        .fetch_one(&mut *tx)
-        .await
-        .op(OP)?;
+        let now = lock_budget(&mut tx, &self.channel, provider).await?;
         sqlx::query("DELETE FROM budget_ledger WHERE provider = $1 AND at <= $2")
             .bind(provider)
             .bind(now - BUDGET_WINDOW_MS)
@@ -1064,7 +1081,10 @@ mod tests {
                 return None;
             }
         };
-        let schema = format!("lanes_unit_{}_{}", std::process::id(), now_ms());
+        // A test may make two queues within one millisecond.
+        static MADE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let made = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let schema = format!("lanes_unit_{}_{}_{made}", std::process::id(), now_ms());
         sqlx::query(&format!("CREATE SCHEMA {schema}"))
             .execute(&admin)
             .await
@@ -1313,6 +1333,62 @@ mod tests {
         assert_eq!((prepared, seqscan.as_str()), (1, "off"));
         drop(conn);
         drop_schema(pool, &admin, &schema).await;
+    }
+
+    /// A budget lock holds only its own schema's claims: with schema A's lock held in an
+    /// open transaction, a budgeted claim of the same provider in schema B goes through,
+    /// and one in schema A waits until the lock is let go. The key once named only the
+    /// provider, and two deployments on one server took turns.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_budget_lock_holds_only_its_own_schema() {
+        let Some((a, pool_a, admin, schema_a)) = queue().await else {
+            return;
+        };
+        let Some((b, pool_b, _, schema_b)) = queue().await else {
+            return;
+        };
+        // Bounds each wait, so that a claim that waits where it must not fails an assertion
+        // instead of hanging the test.
+        const WAIT: Duration = Duration::from_secs(10);
+        let budgeted = Claim {
+            owner: "w",
+            max: 1,
+            limit: 10,
+            lease_ms: 60_000,
+            budget: Some(crate::store::Budget {
+                rpm: Some(10),
+                tpm: None,
+            }),
+        };
+        a.submit(&new("p")).await.unwrap();
+        b.submit(&new("p")).await.unwrap();
+        let mut held = pool_a.begin().await.unwrap();
+        lock_budget(&mut held, &a.channel, "p").await.unwrap();
+
+        let other = tokio::time::timeout(WAIT, b.claim("p", budgeted))
+            .await
+            .expect("a budgeted claim in schema B waited for schema A's budget lock")
+            .unwrap();
+        assert_eq!(other.len(), 1);
+
+        let mut same = tokio::spawn({
+            let a = a.clone();
+            async move { a.claim("p", budgeted).await }
+        });
+        let early = tokio::time::timeout(Duration::from_millis(300), &mut same).await;
+        assert!(
+            early.is_err(),
+            "a budgeted claim in schema A did not wait for its own budget lock: {early:?}"
+        );
+        held.rollback().await.unwrap();
+        let mine = tokio::time::timeout(WAIT, same)
+            .await
+            .expect("a budgeted claim in schema A still waited once its lock was let go")
+            .unwrap()
+            .unwrap();
+        assert_eq!(mine.len(), 1);
+        drop_schema(pool_b, &admin, &schema_b).await;
+        drop_schema(pool_a, &admin, &schema_a).await;
     }
 
     /// Workers count each other per provider. A record that lapsed or left is not counted;
