@@ -269,7 +269,7 @@ async fn a_postgres_constraint_error_is_said_once() {
     // Past every front-end check: the table's own constraint refuses it.
     bad.max_attempts = 0;
     let err = queue.submit(&bad).await.unwrap_err();
-    let text = lanes::cli::say_once(anyhow::Error::from(err).chain());
+    let text = lanes::errors::say_once(anyhow::Error::from(err).chain());
     assert_eq!(
         text.matches("violates check constraint").count(),
         1,

@@ -78,7 +78,7 @@ impl Problem {
 
     /// 500 or 503: the daemon could not do it; the cause chain is in the detail.
     pub fn internal(status: StatusCode, error: &(dyn std::error::Error + 'static)) -> Self {
-        let detail = crate::cli::say_once(std::iter::successors(Some(error), |e| e.source()));
+        let detail = crate::errors::say_once(std::iter::successors(Some(error), |e| e.source()));
         Self::new(status, "internal", "The daemon could not do it", detail)
     }
 }
@@ -87,7 +87,7 @@ impl From<crate::store::StoreError> for Problem {
     fn from(e: crate::store::StoreError) -> Self {
         tracing::warn!(
             "API: {}",
-            crate::cli::say_once(std::iter::successors(
+            crate::errors::say_once(std::iter::successors(
                 Some(&e as &(dyn std::error::Error + 'static)),
                 |e| e.source()
             ))
