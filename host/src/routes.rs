@@ -83,7 +83,14 @@ pub struct Member {
     /// Not paused, not open, not out of its request budget, and served by a component
     /// somewhere.
     pub healthy: bool,
+    /// Open, out of its request budget, paused for more than [`STRAND_AFTER_MS`], or
+    /// served by no component: the routed work pending on it moves to healthy members
+    /// ([`rebalance`]).
+    pub strands: bool,
 }
+
+/// A pause longer than this strands a member's routed work; a shorter one it waits out.
+pub const STRAND_AFTER_MS: i64 = 1_000;
 
 /// The state a choice reads, for every provider.
 #[derive(Debug, Clone, Default)]
@@ -94,7 +101,16 @@ pub struct Loads {
 impl Loads {
     /// Reads running and pending counts, limits and policy states from the queue.
     pub async fn read(queue: &dyn Queue, config: &Config) -> Result<Loads, StoreError> {
-        let counts = queue.counts().await?;
+        let members: Vec<String> = config
+            .routes
+            .values()
+            .flat_map(|r| r.providers.iter().cloned())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        // Only the members' open rows: the count reads the partial indexes, whatever the
+        // size of the history (`counts` read the whole table, for each routed submission).
+        let counts = queue.open_counts(&members).await?;
         let limits = queue.limits().await?;
         let known: BTreeMap<String, u32> = queue
             .providers()
@@ -135,6 +151,12 @@ impl Loads {
                 });
                 let stopped =
                     spent || state.is_some_and(|s| s.paused_until > now || s.circuit_open);
+                // Stopped for more than a moment: its routed work would wait on it.
+                let strands = spent
+                    || !known.contains_key(name)
+                    || state.is_some_and(|s| {
+                        s.circuit_open || s.paused_until > now.saturating_add(STRAND_AFTER_MS)
+                    });
                 let busy = counts
                     .get(name)
                     .map_or(0, |c| c.running.saturating_add(c.pending));
@@ -145,6 +167,7 @@ impl Loads {
                         limit,
                         busy,
                         healthy: !stopped && known.contains_key(name),
+                        strands,
                     },
                 );
             }
@@ -165,6 +188,7 @@ impl Loads {
             limit: 1,
             busy: 0,
             healthy: false,
+            strands: true,
         })
     }
 }
@@ -226,6 +250,74 @@ pub async fn assign<'b>(
         }
     }
     Ok(())
+}
+
+/// Where the `pending` rows that `route` placed on `from` go, by the route's strategy, as
+/// `(member, rows)` in order: only to healthy members other than `from`, and counted on
+/// `loads` as they are placed, so that a capacity route spreads them by free share. Empty
+/// when no other member is healthy: the work waits where it is.
+pub fn plan_moves(
+    route: &RouteConfig,
+    loads: &mut Loads,
+    from: &str,
+    pending: u64,
+) -> Vec<(String, u64)> {
+    let mut plan: Vec<(String, u64)> = Vec::new();
+    for _ in 0..pending {
+        let to = pick(route, loads, Some(from));
+        if to == from || !loads.get(&to).healthy {
+            break;
+        }
+        loads.add(&to);
+        match plan.iter_mut().find(|(member, _)| *member == to) {
+            Some((_, n)) => *n += 1,
+            None => plan.push((to, 1)),
+        }
+    }
+    plan
+}
+
+/// Moves the pending work that routes placed on members that strand it (see
+/// [`Member::strands`]) to the routes' healthy members, one statement per member and
+/// route. Returns the members that took work, to wake. A route never strands work that
+/// another member could run now.
+pub async fn rebalance(queue: &dyn Queue, config: &Config) -> Result<Vec<String>, StoreError> {
+    if config.routes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut loads = Loads::read(queue, config).await?;
+    let stranding: Vec<String> = loads
+        .members
+        .values()
+        .filter(|m| m.strands && m.busy > 0)
+        .map(|m| m.name.clone())
+        .collect();
+    let mut took = std::collections::BTreeSet::new();
+    for from in stranding {
+        for (name, pending) in queue.pending_routed(&from).await? {
+            // A route no longer in the config, or no longer with this member: its rows
+            // stay where they are.
+            let Some(route) = config.routes.get(&name) else {
+                continue;
+            };
+            if !route.providers.contains(&from) {
+                continue;
+            }
+            let plan = plan_moves(route, &mut loads, &from, pending);
+            if plan.is_empty() {
+                continue;
+            }
+            let moved = queue.move_routed(&from, &name, &plan).await?;
+            let to: Vec<String> = plan.iter().map(|(m, n)| format!("{n} to `{m}`")).collect();
+            tracing::info!(
+                "route `{name}`: `{from}` cannot run its work now (open, paused, out of \
+                 budget or without a component): {moved} pending execution(s) moved, {}",
+                to.join(", ")
+            );
+            took.extend(plan.into_iter().map(|(m, _)| m));
+        }
+    }
+    Ok(took.into_iter().collect())
 }
 
 /// The member of `route` to use, never `avoid` when another healthy member exists. With no
@@ -310,6 +402,7 @@ mod tests {
                             limit: *limit,
                             busy: *busy,
                             healthy: *healthy,
+                            strands: !*healthy,
                         },
                     )
                 })
@@ -358,5 +451,24 @@ mod tests {
         let l = loads(&[("a", 1, 0, false), ("b", 1, 0, false), ("c", 1, 0, false)]);
         assert_eq!(pick(&r, &l, None), "a");
         assert_eq!(pick(&r, &l, Some("a")), "b");
+    }
+
+    #[test]
+    fn stranded_work_moves_by_the_routes_strategy_and_only_to_healthy_members() {
+        // Ordered: everything to the first healthy member after the one that strands it.
+        let mut l = loads(&[("a", 4, 13, false), ("b", 4, 0, true), ("c", 4, 0, true)]);
+        assert_eq!(
+            plan_moves(&route(Strategy::Ordered), &mut l, "a", 13),
+            vec![("b".to_string(), 13)]
+        );
+        // Capacity: by free share, b (limit 4) twice as much as c (limit 2).
+        let mut l = loads(&[("a", 4, 12, false), ("b", 4, 0, true), ("c", 2, 0, true)]);
+        assert_eq!(
+            plan_moves(&route(Strategy::Capacity), &mut l, "a", 12),
+            vec![("b".to_string(), 8), ("c".to_string(), 4)]
+        );
+        // Nothing healthy elsewhere: the work waits where it is.
+        let mut l = loads(&[("a", 4, 5, false), ("b", 4, 0, false), ("c", 4, 0, false)]);
+        assert!(plan_moves(&route(Strategy::Ordered), &mut l, "a", 5).is_empty());
     }
 }

@@ -236,3 +236,50 @@ async fn a_member_out_of_its_request_budget_is_skipped() {
     }
     daemon.shutdown(Duration::from_secs(5)).await;
 }
+
+/// An ordered route whose first member always answers `unavailable`: once its circuit opens,
+/// the work still pending on it moves to the next member at once, not one execution per
+/// half-open probe. Before, 13 of these 20 were still pending on `down` 10 s later, with 0
+/// attempts, while `big` idled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_never_strands_work_behind_an_open_member() {
+    let mut env = TestEnv::new();
+    env.stub("down", Some(2), &[("error", "unavailable")]);
+    env.stub("big", Some(8), &[]);
+    env.config.providers.get_mut("down").unwrap().policy = PolicyConfig {
+        breaker_failures: Some(2),
+        breaker_cooldown_ms: Some(60_000),
+        ..Default::default()
+    };
+    env.config.retry.base_ms = 10;
+    env.config.retry.max_ms = 20;
+    env.config.routes.insert(
+        "first".into(),
+        RouteConfig {
+            providers: vec!["down".into(), "big".into()],
+            strategy: Strategy::Ordered,
+        },
+    );
+    let (daemon, queue) = env.start().await;
+    let ids = daemon.submit_many(&to("first", 20)).await.unwrap();
+    let rows = wait_until(
+        queue.as_ref(),
+        None,
+        Duration::from_secs(15),
+        "every routed execution to complete",
+        |rows| rows.len() == 20 && rows.iter().all(|e| e.status == Status::Completed),
+    )
+    .await;
+    assert_eq!(
+        by_provider(&rows),
+        BTreeMap::from([("big".to_string(), 20)])
+    );
+    // Those that never ran on `down` moved without spending an attempt there.
+    let untried = rows.iter().filter(|e| e.attempts == 1).count();
+    assert!(
+        untried >= 10,
+        "{untried} of 20 ran on `big` alone: {rows:?}"
+    );
+    assert_eq!(ids.len(), 20);
+    daemon.shutdown(Duration::from_secs(5)).await;
+}

@@ -322,6 +322,16 @@ pub async fn refresh_limits_loop(shared: Arc<Shared>) {
             ),
             Err(e) => error!("reading limits: {e}"),
         }
+        // A route member that opened, paused past a moment or ran out of budget strands
+        // the routed work pending on it: it moves to the route's healthy members.
+        match crate::routes::rebalance(shared.queue.as_ref(), &shared.config.get()).await {
+            Ok(took) => {
+                for member in took {
+                    shared.registry.wake(&member);
+                }
+            }
+            Err(e) => error!("moving routed work off members that cannot run it: {e}"),
+        }
         // Priority aging, at a quarter of each provider's interval (the sweep is idempotent:
         // a row rises once per interval whoever sweeps).
         for (name, lane) in shared.registry.snapshot() {

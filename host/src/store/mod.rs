@@ -262,6 +262,28 @@ pub trait Queue: Send + Sync + 'static {
     /// Counts by provider and status.
     async fn counts(&self) -> Result<BTreeMap<String, StatusCounts>, StoreError>;
 
+    /// The running and pending rows of each of `providers` (the other counts stay 0). It
+    /// reads the partial indexes of open rows only, so its cost does not grow with the
+    /// history, unlike [`Queue::counts`]: routes read it for each routed submission.
+    async fn open_counts(
+        &self,
+        providers: &[String],
+    ) -> Result<BTreeMap<String, StatusCounts>, StoreError>;
+
+    /// The pending rows of `provider` that a route placed there, by route.
+    async fn pending_routed(&self, provider: &str) -> Result<BTreeMap<String, u64>, StoreError>;
+
+    /// Moves the pending rows that route `route` placed on `from` to other members, in
+    /// claim order and in one statement: the first `to[0].1` rows to `to[0].0`, the next
+    /// `to[1].1` to `to[1].0`, and so on. A row claimed meanwhile stays. Returns how many
+    /// moved.
+    async fn move_routed(
+        &self,
+        from: &str,
+        route: &str,
+        to: &[(String, u64)],
+    ) -> Result<u64, StoreError>;
+
     /// Stores a run-time limit; it outranks config and component defaults.
     async fn set_limit(&self, provider: &str, limit: u32) -> Result<(), StoreError>;
 
@@ -791,6 +813,20 @@ pub(crate) fn read_count(what: &str, value: i64) -> Result<u32, StoreError> {
 }
 
 /// Folds `(provider, status, count)` rows into counts per provider.
+/// The cumulative upper bounds of [`Queue::move_routed`]'s shares, in claim order: each
+/// member with the row numbers `(after, up to]` it takes.
+pub(crate) fn move_bounds(to: &[(String, u64)]) -> Vec<(&str, i64, i64)> {
+    let mut upto = 0i64;
+    to.iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(member, n)| {
+            let after = upto;
+            upto = upto.saturating_add(i64::try_from(*n).unwrap_or(i64::MAX));
+            (member.as_str(), after, upto)
+        })
+        .collect()
+}
+
 pub(crate) fn fold_counts(
     rows: Vec<(String, String, i64)>,
 ) -> Result<BTreeMap<String, StatusCounts>, StoreError> {

@@ -26,8 +26,8 @@ use super::{
     BUDGET_WINDOW_MS, COLUMNS, Cancelled, Change, Claim, DbContext, ExecutionFilter, Finish,
     FinishRow, HISTORY_ERROR_CHARS, HISTORY_KEPT, IdempotencyKey, ProviderRecord, ProviderState,
     Queue, Recovered, StateChange, StatusCounts, StoreError, Submitted, estimate_tokens,
-    execution_from_row, fold_counts, provider_records, provider_state, read_count, readable_claims,
-    stored_count, unreadable_failure, written_flags,
+    execution_from_row, fold_counts, move_bounds, provider_records, provider_state, read_count,
+    readable_claims, stored_count, unreadable_failure, written_flags,
 };
 use crate::model::{ErrorKind, Execution, ExecutionId, NewExecution};
 
@@ -729,6 +729,77 @@ impl Queue for PgQueue {
         .await
         .op("counting executions")?;
         fold_counts(rows)
+    }
+
+    async fn open_counts(
+        &self,
+        providers: &[String],
+    ) -> Result<BTreeMap<String, StatusCounts>, StoreError> {
+        // One branch per status, so that each reads its own partial index.
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT provider, 'pending', COUNT(*) FROM executions
+              WHERE status = 'pending' AND provider = ANY($1) GROUP BY provider
+             UNION ALL
+             SELECT provider, 'running', COUNT(*) FROM executions
+              WHERE status = 'running' AND provider = ANY($1) GROUP BY provider",
+        )
+        .bind(providers)
+        .fetch_all(&self.pool)
+        .await
+        .op("counting open executions")?;
+        fold_counts(rows)
+    }
+
+    async fn pending_routed(&self, provider: &str) -> Result<BTreeMap<String, u64>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT route, COUNT(*) FROM executions
+              WHERE provider = $1 AND status = 'pending' AND route IS NOT NULL GROUP BY route",
+        )
+        .bind(provider)
+        .fetch_all(&self.pool)
+        .await
+        .op("counting routed pending executions")?;
+        Ok(rows
+            .into_iter()
+            .map(|(route, n)| (route, u64::try_from(n).unwrap_or(0)))
+            .collect())
+    }
+
+    async fn move_routed(
+        &self,
+        from: &str,
+        route: &str,
+        to: &[(String, u64)],
+    ) -> Result<u64, StoreError> {
+        let bounds = move_bounds(to);
+        let members: Vec<&str> = bounds.iter().map(|b| b.0).collect();
+        let after: Vec<i64> = bounds.iter().map(|b| b.1).collect();
+        let upto: Vec<i64> = bounds.iter().map(|b| b.2).collect();
+        let mut tx = self.pool.begin().await.op("moving routed executions")?;
+        // A row claimed meanwhile is `running` by the time the update reaches it: the
+        // status is checked again then, and it stays.
+        let done = sqlx::query(
+            "UPDATE executions e SET provider = s.member
+               FROM (SELECT id, row_number() OVER (ORDER BY resume DESC, priority DESC, id) AS n
+                       FROM executions
+                      WHERE provider = $1 AND route = $2 AND status = 'pending') m,
+                    unnest($3::text[], $4::bigint[], $5::bigint[]) AS s(member, after, upto)
+              WHERE e.id = m.id AND m.n > s.after AND m.n <= s.upto AND e.status = 'pending'",
+        )
+        .bind(from)
+        .bind(route)
+        .bind(&members)
+        .bind(&after)
+        .bind(&upto)
+        .execute(&mut *tx)
+        .await
+        .op("moving routed executions")?;
+        // The workers that serve the members claim what came to them now, not at a poll.
+        for member in members {
+            self.notify(&mut tx, member).await?;
+        }
+        tx.commit().await.op("moving routed executions")?;
+        Ok(done.rows_affected())
     }
 
     async fn set_limit(&self, provider: &str, limit: u32) -> Result<(), StoreError> {

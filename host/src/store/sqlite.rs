@@ -14,8 +14,9 @@ use super::{
     BUDGET_WINDOW_MS, COLUMNS, Cancelled, Claim, Claimed, DbContext, ExecutionFilter, ExecutionRow,
     Finish, FinishRow, HISTORY_ERROR_CHARS, HISTORY_KEPT, IdempotencyKey, ProviderRecord,
     ProviderState, Queue, Recovered, StateChange, StatusCounts, StoreError, Submitted,
-    estimate_tokens, execution_from_raw, execution_from_row, fold_counts, provider_records,
-    provider_state, read_count, readable_claims, stored_count, unreadable_failure, written_flags,
+    estimate_tokens, execution_from_raw, execution_from_row, fold_counts, move_bounds,
+    provider_records, provider_state, read_count, readable_claims, stored_count,
+    unreadable_failure, written_flags,
 };
 use crate::model::{ErrorKind, Execution, ExecutionId, NewExecution, now_ms};
 
@@ -882,6 +883,74 @@ impl Queue for SqliteQueue {
         .await
         .op("counting executions")?;
         fold_counts(rows)
+    }
+
+    async fn open_counts(
+        &self,
+        providers: &[String],
+    ) -> Result<BTreeMap<String, StatusCounts>, StoreError> {
+        // One branch per status, so that each reads its own partial index.
+        let names = serde_json::to_string(providers)
+            .map_err(|e| StoreError::Other(format!("encoding provider names: {e}")))?;
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT provider, 'pending', COUNT(*) FROM executions
+              WHERE status = 'pending' AND provider IN (SELECT value FROM json_each(?1))
+              GROUP BY provider
+             UNION ALL
+             SELECT provider, 'running', COUNT(*) FROM executions
+              WHERE status = 'running' AND provider IN (SELECT value FROM json_each(?1))
+              GROUP BY provider",
+        )
+        .bind(names)
+        .fetch_all(&self.pool)
+        .await
+        .op("counting open executions")?;
+        fold_counts(rows)
+    }
+
+    async fn pending_routed(&self, provider: &str) -> Result<BTreeMap<String, u64>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT route, COUNT(*) FROM executions
+              WHERE provider = ?1 AND status = 'pending' AND route IS NOT NULL GROUP BY route",
+        )
+        .bind(provider)
+        .fetch_all(&self.pool)
+        .await
+        .op("counting routed pending executions")?;
+        Ok(rows
+            .into_iter()
+            .map(|(route, n)| (route, u64::try_from(n).unwrap_or(0)))
+            .collect())
+    }
+
+    async fn move_routed(
+        &self,
+        from: &str,
+        route: &str,
+        to: &[(String, u64)],
+    ) -> Result<u64, StoreError> {
+        let bounds = json_rows(move_bounds(to).into_iter())?;
+        let done = sqlx::query(
+            "WITH moved AS (
+                 SELECT id, row_number() OVER (ORDER BY resume DESC, priority DESC, id) AS n
+                   FROM executions
+                  WHERE provider = ?1 AND route = ?2 AND status = 'pending'),
+             shares AS (
+                 SELECT json_extract(value, '$[0]') AS member,
+                        json_extract(value, '$[1]') AS after,
+                        json_extract(value, '$[2]') AS upto
+                   FROM json_each(?3))
+             UPDATE executions SET provider = shares.member
+               FROM moved JOIN shares ON moved.n > shares.after AND moved.n <= shares.upto
+              WHERE executions.id = moved.id",
+        )
+        .bind(from)
+        .bind(route)
+        .bind(bounds)
+        .execute(&self.pool)
+        .await
+        .op("moving routed executions")?;
+        Ok(done.rows_affected())
     }
 
     async fn set_limit(&self, provider: &str, limit: u32) -> Result<(), StoreError> {
