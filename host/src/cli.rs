@@ -363,19 +363,16 @@ fn config_check(path: Option<&std::path::Path>) -> ExitCode {
         }
         None => "the defaults and LANES_* variables".to_string(),
     };
-    let problems = match Config::load_unchecked(path) {
-        Ok(config) => {
-            let problems = config.problems();
-            if problems.is_empty() {
-                println!(
-                    "{source}: OK, {} provider(s) configured",
-                    config.providers.len()
-                );
-                return ExitCode::SUCCESS;
-            }
-            problems
+    let problems = match Config::check(path) {
+        Ok(checked) if checked.problems.is_empty() => {
+            println!(
+                "{source}: OK, {} provider(s) configured",
+                checked.config.providers.len()
+            );
+            return ExitCode::SUCCESS;
         }
-        Err(e) => vec![e],
+        Ok(checked) => checked.problems,
+        Err(e) => e.into_list(),
     };
     for problem in &problems {
         eprintln!("error: {problem}");

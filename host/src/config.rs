@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Tag, Value};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{MAX_COUNT, validate_provider_name};
@@ -19,10 +20,56 @@ pub const DEFAULT_CONFIG_FILE: &str = "lanes.toml";
 pub enum ConfigError {
     #[error("config file {0} does not exist")]
     Missing(PathBuf),
+    /// A problem with no key to name: a file that is not TOML at all.
     #[error("invalid config: {0}")]
     Parse(String),
+    /// One key's problem: a wrong type, an unknown key, or a value out of range.
     #[error("invalid config: {field}: {reason}")]
     Invalid { field: String, reason: String },
+    /// Several problems, each naming its key, on one line.
+    #[error("invalid config: {} problems: {}", .0.len(), ConfigError::join(.0))]
+    Problems(Vec<ConfigError>),
+}
+
+impl ConfigError {
+    /// What a problem says after `invalid config: `.
+    fn detail(&self) -> String {
+        match self {
+            ConfigError::Missing(_) => self.to_string(),
+            ConfigError::Parse(text) => text.clone(),
+            ConfigError::Invalid { field, reason } => format!("{field}: {reason}"),
+            ConfigError::Problems(problems) => ConfigError::join(problems),
+        }
+    }
+
+    fn join(problems: &[ConfigError]) -> String {
+        let details: Vec<String> = problems.iter().map(ConfigError::detail).collect();
+        details.join("; ")
+    }
+
+    /// Refuses a config with `problems`, if there are any.
+    fn refuse(problems: Vec<ConfigError>) -> Result<(), ConfigError> {
+        match problems.is_empty() {
+            true => Ok(()),
+            false => Err(ConfigError::from_list(problems)),
+        }
+    }
+
+    /// One error for `problems`: the problem itself when there is one.
+    fn from_list(mut problems: Vec<ConfigError>) -> ConfigError {
+        match problems.len() {
+            1 => problems.remove(0),
+            _ => ConfigError::Problems(problems),
+        }
+    }
+
+    /// Each problem on its own, for a caller that prints one a line.
+    pub fn into_list(self) -> Vec<ConfigError> {
+        match self {
+            ConfigError::Problems(problems) => problems,
+            problem => vec![problem],
+        }
+    }
 }
 
 /// A database URL without its password.
@@ -471,6 +518,108 @@ const KEYS: &[&str] = &[
     "routes",
 ];
 
+/// A config read with every problem found in it.
+#[derive(Debug)]
+pub struct Checked {
+    /// The config, with each key that could not be read left at its default, so that the
+    /// checks of the other keys still run.
+    pub config: Config,
+    /// Every problem, each naming its key: the keys that could not be read (a wrong type,
+    /// an unknown key), then what types alone cannot catch ([`Config::problems`]).
+    pub problems: Vec<ConfigError>,
+}
+
+impl Checked {
+    /// Deserializes what `figment` merged. serde stops at the first error, so each error's
+    /// key is noted and taken out, and the rest is deserialized again until it reads: one
+    /// round per problem, and each round has a key fewer, so it ends.
+    fn read(figment: &Figment) -> Result<Checked, ConfigError> {
+        let mut dict: Dict = figment.extract().map_err(parse_error)?;
+        let mut problems = Vec::new();
+        let config = loop {
+            let error = match Config::deserialize(&Value::Dict(Tag::Default, dict.clone())) {
+                Ok(config) => break config,
+                Err(error) => error,
+            };
+            let reason = match &error.kind {
+                // figment's text repeats the key, which the line already names.
+                figment::error::Kind::UnknownField(_, expected) => {
+                    format!("unknown key, expected one of: {}", expected.join(", "))
+                }
+                kind => kind.to_string(),
+            };
+            let reason = format!("{reason}{}", source_of(figment, &error.path));
+            let key = key_name(&dict, &error.path);
+            let removed = remove(&mut dict, &error.path);
+            problems.push(match key.is_empty() {
+                true => ConfigError::Parse(reason),
+                false => invalid(key, reason),
+            });
+            if !removed {
+                // Nothing to take out: no further problem can be found behind this one.
+                return Err(ConfigError::from_list(problems));
+            }
+        };
+        problems.extend(config.problems());
+        Ok(Checked { config, problems })
+    }
+}
+
+/// Where the value at `path` (or the array holding it) came from: ` (in FILE)`, ` (from
+/// `LANES_` environment variable(s))`, or nothing when figment does not know.
+fn source_of(figment: &Figment, path: &[String]) -> String {
+    (1..=path.len())
+        .rev()
+        .find_map(|len| figment.find_metadata(&path[..len].join(".")))
+        .map(|m| match &m.source {
+            Some(source @ figment::Source::File(_)) => format!(" (in {source})"),
+            // The variables, or a string in code: a line of lanes' source would not help.
+            _ => format!(" (from {})", m.name),
+        })
+        .unwrap_or_default()
+}
+
+/// `path` as the file spells it: `providers.a.allowed_hosts[0]`.
+fn key_name(dict: &Dict, path: &[String]) -> String {
+    let mut name = String::new();
+    let mut at = dict.get(path.first().map_or("", String::as_str));
+    if let Some(first) = path.first() {
+        name.push_str(first);
+    }
+    for part in path.iter().skip(1) {
+        match at {
+            Some(Value::Array(_, items)) => {
+                name.push_str(&format!("[{part}]"));
+                at = part.parse::<usize>().ok().and_then(|i| items.get(i));
+            }
+            Some(Value::Dict(_, inner)) => {
+                name.push('.');
+                name.push_str(part);
+                at = inner.get(part);
+            }
+            _ => {
+                name.push('.');
+                name.push_str(part);
+                at = None;
+            }
+        }
+    }
+    name
+}
+
+/// Takes the value at `path` out of `dict`, or the whole array or value that holds it; false
+/// when there is nothing there.
+fn remove(dict: &mut Dict, path: &[String]) -> bool {
+    let Some((first, rest)) = path.split_first() else {
+        return false;
+    };
+    match dict.get_mut(first) {
+        Some(Value::Dict(_, inner)) if !rest.is_empty() => remove(inner, rest),
+        Some(_) => dict.remove(first).is_some(),
+        None => false,
+    }
+}
+
 impl Config {
     /// The policies of `provider`: its own, then `[policy]`, then the defaults.
     pub fn policy_for(&self, provider: &str) -> crate::policy::Policy {
@@ -489,16 +638,18 @@ impl Config {
     }
 
     /// Loads defaults, then `path` (or `lanes.toml` when present), then `LANES_*` variables
-    /// (`LANES_PROVIDERS__CLAUDE__LIMIT=5` sets `providers.claude.limit`).
+    /// (`LANES_PROVIDERS__CLAUDE__LIMIT=5` sets `providers.claude.limit`). A config with any
+    /// problem is refused, with every problem named.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let config = Self::load_unchecked(path)?;
-        config.validate()?;
-        Ok(config)
+        let checked = Self::check(path)?;
+        ConfigError::refuse(checked.problems)?;
+        Ok(checked.config)
     }
 
-    /// Like [`Config::load`], without the checks that types alone cannot make: for `lanes
-    /// config check`, which reports every problem.
-    pub fn load_unchecked(path: Option<&Path>) -> Result<Config, ConfigError> {
+    /// Reads the config as [`Config::load`] does, and finds every problem in it instead of
+    /// refusing it: for `lanes config check`. Fails only when nothing can be read (no file,
+    /// or text that is not TOML).
+    pub fn check(path: Option<&Path>) -> Result<Checked, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
         match path {
             Some(path) if !path.exists() => return Err(ConfigError::Missing(path.to_owned())),
@@ -512,7 +663,7 @@ impl Config {
             let first = key.as_str().split('.').next().unwrap_or_default();
             KEYS.iter().any(|k| first.eq_ignore_ascii_case(k))
         }));
-        figment.extract().map_err(parse_error)
+        Checked::read(&figment)
     }
 
     /// The config as `lanes config show` prints it: every value in effect, with the
@@ -524,22 +675,19 @@ impl Config {
         shown
     }
 
-    /// Parses a TOML document on its own (no file, no environment).
+    /// Parses a TOML document on its own (no file, no environment); refused with every
+    /// problem named.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        let config: Config = Figment::from(Serialized::defaults(Config::default()))
-            .merge(Toml::string(text))
-            .extract()
-            .map_err(parse_error)?;
-        config.validate()?;
-        Ok(config)
+        let figment =
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text));
+        let checked = Checked::read(&figment)?;
+        ConfigError::refuse(checked.problems)?;
+        Ok(checked.config)
     }
 
-    /// Checks what types alone cannot; the first problem, if any.
+    /// Checks what types alone cannot; every problem, if any.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        match self.problems().into_iter().next() {
-            Some(problem) => Err(problem),
-            None => Ok(()),
-        }
+        ConfigError::refuse(self.problems())
     }
 
     /// Every problem that types alone cannot catch, each naming its key, in key order.
@@ -820,6 +968,55 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("database_url"), "{err}");
+    }
+
+    #[test]
+    fn type_errors_and_unknown_keys_are_found_beside_every_other_problem() {
+        let text = "polll_interval_ms = 5\npoll_interval_ms = \"soon\"\nfallback_limit = 0\n\
+                    [providers.x]\nlimit = \"many\"\nallowed_hosts = [\"a\", 1]\n\
+                    [providers.y.sandbox]\nmemory_mb = -1\n[api]\nmax_body_bytes = 0\n";
+        let problems = Config::from_toml(text).unwrap_err().into_list();
+        let keys: Vec<String> = problems
+            .iter()
+            .map(|p| match p {
+                ConfigError::Invalid { field, .. } => field.clone(),
+                other => panic!("a problem without its key: {other}"),
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "poll_interval_ms",
+                "polll_interval_ms",
+                "providers.x.allowed_hosts[1]",
+                "providers.x.limit",
+                "providers.y.sandbox.memory_mb",
+                "fallback_limit",
+                "api.max_body_bytes",
+            ]
+        );
+        // One line for all of them, each said once, for `serve` and a reload.
+        let text = Config::from_toml(text).unwrap_err().to_string();
+        assert!(text.starts_with("invalid config: 7 problems: "), "{text}");
+        assert!(!text.contains('\n'), "{text}");
+        // A bad key falls back to its default, so the checks of the others still run.
+        let checked = Checked::read(
+            &Figment::from(Serialized::defaults(Config::default()))
+                .merge(Toml::string("poll_interval_ms = \"soon\"\nlease_ms = 7")),
+        )
+        .unwrap();
+        assert_eq!(checked.config.poll_interval_ms, 1000);
+        assert_eq!(checked.config.lease_ms, 7);
+        assert_eq!(checked.problems.len(), 1);
+    }
+
+    #[test]
+    fn text_that_is_not_toml_is_one_problem() {
+        let problems = Config::from_toml("poll_interval_ms = = 3")
+            .unwrap_err()
+            .into_list();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(matches!(problems[0], ConfigError::Parse(_)), "{problems:?}");
     }
 
     #[test]

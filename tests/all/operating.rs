@@ -114,6 +114,53 @@ fn config_check_reports_every_problem_with_its_key() {
 }
 
 #[test]
+fn config_check_reports_type_errors_beside_the_other_problems() {
+    let env = TestEnv::new();
+    let path = env.plugins().parent().unwrap().join("types.toml");
+    // Two values of the wrong type, and one that types alone cannot refuse.
+    std::fs::write(
+        &path,
+        "poll_interval_ms = \"soon\"\nfallback_limit = 0\n\n[providers.claude]\nlimit = \"many\"\n",
+    )
+    .unwrap();
+    let out = env.lanes(&["config", "check", "--config", path.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for key in [
+        "poll_interval_ms",
+        "providers.claude.limit",
+        "fallback_limit",
+    ] {
+        let prefix = format!("error: invalid config: {key}: ");
+        assert_eq!(
+            err.lines().filter(|l| l.starts_with(&prefix)).count(),
+            1,
+            "no one line for {key} in:\n{err}"
+        );
+    }
+    assert!(err.contains("3 problem(s)"), "{err}");
+    // `serve` refuses the file, with the same three problems on its one line.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lanes"))
+        .args(["--config", path.to_str().unwrap(), "serve"])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error: invalid config"))
+        .unwrap_or_else(|| panic!("no refusal in:\n{err}"));
+    for key in [
+        "poll_interval_ms",
+        "providers.claude.limit",
+        "fallback_limit",
+    ] {
+        assert!(line.contains(key), "{key} missing from: {line}");
+    }
+}
+
+#[test]
 fn config_show_prints_the_effective_config_without_the_password() {
     let mut env = TestEnv::new();
     env.config.database_url = "postgres://lanes:s3cret@db.example:5432/q".into();
