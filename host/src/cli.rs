@@ -320,9 +320,7 @@ fn signal_reload(config: &Config) -> anyhow::Result<ExitCode> {
              (`systemctl reload lanes`, or `kill -HUP PID`)"
         );
     };
-    let mut lock = db.clone().into_os_string();
-    lock.push(".lock");
-    let lock = PathBuf::from(lock);
+    let lock = crate::daemon::DatabaseLock::path(&db);
     // A pid in a lock file nobody holds is stale: it may name another process by now.
     let held = std::fs::File::open(&lock)
         .map(|file| fs2::FileExt::try_lock_shared(&file).is_err())
@@ -447,12 +445,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let grace = Duration::from_secs(config.shutdown_grace_secs);
             #[cfg(unix)]
             let notifier = crate::systemd::Notifier::from_env();
+            // The SQLite file's lock first: a second serve on the file must hear that another
+            // holds it, not that the API's port is taken or whatever else it tried first.
+            let lock = crate::daemon::DatabaseLock::take(&config)?;
             let api = match config.api.enabled && !no_api {
                 true => Some(crate::api::bind(&config.api).await?),
                 false => None,
             };
             let queue = open_queue(&config).await?;
-            let daemon = Daemon::start(config, queue).await?;
+            let daemon = Daemon::start_locked(config, queue, lock).await?;
             let api = api.map(|bound| bound.serve(daemon.control()));
             #[cfg(unix)]
             if let Some(notifier) = &notifier {

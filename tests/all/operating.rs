@@ -371,3 +371,80 @@ async fn sighup_reloads_limits_values_base_urls_and_keys_under_load() {
     signal(&serve, "-TERM");
     assert!(serve.wait().unwrap().success(), "{}", env.serve_log());
 }
+
+/// `lanes serve` with `env`'s config as it is now; its exit status and stderr, or a panic
+/// when it is still running after 30 s.
+fn serve_to_exit(env: &TestEnv) -> (std::process::ExitStatus, String) {
+    let config = env.write_config();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lanes"))
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            terminate(&mut child);
+            panic!("a second `lanes serve` on the same SQLite file started");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_serve_on_the_sqlite_file_is_told_that_another_serve_holds_it() {
+    let mut env = TestEnv::new();
+    env.stub("unit", Some(2), &[]);
+    let mut first = env.spawn_serve();
+    let addr = api_addr(&env, "serve").await;
+    let db = env.config.sqlite_path().unwrap().display().to_string();
+    // Another port, so that the port cannot be the reason; then the first one's own port,
+    // which the lock must be checked before.
+    for api in ["127.0.0.1:0".to_string(), addr.to_string()] {
+        env.config.api.addr = api.clone();
+        let (status, err) = serve_to_exit(&env);
+        assert!(!status.success(), "api.addr {api}: {err}");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "api.addr {api}: not one line:\n{err}");
+        let line = lines[0];
+        for needle in [
+            db.as_str(),
+            "another `lanes serve`",
+            &format!("pid {}", first.id()),
+        ] {
+            assert!(
+                line.contains(needle),
+                "api.addr {api}: no `{needle}` in: {line}"
+            );
+        }
+    }
+    // The first one keeps serving: its API answers and its lanes run new work.
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the first serve exited"
+    );
+    let health = crate::api::Api::new(addr).get("/healthz").await;
+    assert_eq!(health.body["status"], "ok");
+    env.config.api.addr = "127.0.0.1:0".into();
+    let out = env.lanes(&[
+        "submit",
+        "--provider",
+        "unit",
+        "--input",
+        r#"{"prompt": "still here"}"#,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = stdout(&out).trim().to_string();
+    let out = env.lanes(&["wait", &id, "--timeout", "20"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(terminate(&mut first).success());
+}

@@ -58,9 +58,15 @@ pub enum DaemonError {
     #[error("{0}")]
     Plugins(String),
     #[error(
-        "another `lanes serve` is already using {db} (lock file {lock}); SQLite allows one worker"
+        "another `lanes serve` {}is already using {db} (lock file {lock}); SQLite allows one \
+         worker",
+        holder(.pid)
     )]
-    Locked { db: String, lock: String },
+    Locked {
+        db: String,
+        lock: String,
+        pid: Option<u32>,
+    },
     #[error("lock file {path}: {reason}")]
     LockFile { path: String, reason: String },
 }
@@ -127,40 +133,84 @@ pub struct Daemon {
     executions: TaskTracker,
     background: TaskTracker,
     leasing: TaskTracker,
-    _lock: Option<std::fs::File>,
+    _lock: DatabaseLock,
 }
 
-/// Takes the SQLite file's lock: one `serve` per file, since start-up recovery assumes that
+/// The SQLite file's lock: one `lanes serve` per file, since start-up recovery assumes that
 /// any `running` row belongs to a process that is gone.
-fn lock_database(config: &Config) -> Result<Option<std::fs::File>, DaemonError> {
-    use fs2::FileExt;
-    let Some(db) = config.sqlite_path() else {
-        return Ok(None);
-    };
-    let mut lock_path = db.clone().into_os_string();
-    lock_path.push(".lock");
-    let lock_path = PathBuf::from(lock_path);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(|e| DaemonError::LockFile {
-            path: lock_path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-    file.try_lock_exclusive().map_err(|_| DaemonError::Locked {
-        db: db.display().to_string(),
-        lock: lock_path.display().to_string(),
-    })?;
-    // The pid, for `lanes reload`.
-    {
-        use std::io::Write;
-        let mut writer = &file;
-        let _ = file.set_len(0);
-        let _ = writeln!(writer, "{}", std::process::id());
+///
+/// An advisory lock (`flock`) on `<db>.lock`, which the OS releases when the process ends,
+/// however it ends: kill -9 leaves no stale lock. The file holds the holder's pid, for
+/// `lanes reload` and for the refusal of a second serve. PostgreSQL takes none: a fleet
+/// runs many workers on one database on purpose.
+pub struct DatabaseLock {
+    /// Held, never read: closing it releases the lock.
+    _file: Option<std::fs::File>,
+}
+
+impl DatabaseLock {
+    /// The lock file of the SQLite file `db`.
+    pub fn path(db: &std::path::Path) -> PathBuf {
+        let mut path = db.as_os_str().to_owned();
+        path.push(".lock");
+        PathBuf::from(path)
     }
-    Ok(Some(file))
+
+    /// Takes the lock of `config`'s SQLite file, or refuses, naming the file and the pid of
+    /// the `lanes serve` that holds it. `lanes serve` takes it before anything else (the
+    /// API's port, the database), so that a second serve is told why it cannot start.
+    pub fn take(config: &Config) -> Result<DatabaseLock, DaemonError> {
+        use fs2::FileExt;
+        let Some(db) = config.sqlite_path() else {
+            return Ok(DatabaseLock { _file: None });
+        };
+        let lock_path = Self::path(&db);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| DaemonError::LockFile {
+                path: lock_path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        match file.try_lock_exclusive() {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() != fs2::lock_contended_error().raw_os_error() => {
+                // No lock to be had here (a file system without locks): not another serve.
+                return Err(DaemonError::LockFile {
+                    path: lock_path.display().to_string(),
+                    reason: format!("cannot lock it: {e}"),
+                });
+            }
+            Err(_) => {
+                // The holder writes its pid just after it takes the lock: one that is starting
+                // this instant may not have written it yet.
+                let pid = std::fs::read_to_string(&lock_path)
+                    .ok()
+                    .and_then(|text| text.trim().parse::<u32>().ok());
+                return Err(DaemonError::Locked {
+                    db: db.display().to_string(),
+                    lock: lock_path.display().to_string(),
+                    pid,
+                });
+            }
+        }
+        // The pid, for `lanes reload` and for the next serve's refusal.
+        {
+            use std::io::Write;
+            let mut writer = &file;
+            let _ = file.set_len(0);
+            let _ = writeln!(writer, "{}", std::process::id());
+        }
+        Ok(DatabaseLock { _file: Some(file) })
+    }
+}
+
+/// `(pid N) ` when the lock file named the holder.
+fn holder(pid: &Option<u32>) -> String {
+    pid.map(|pid| format!("(pid {pid}) ")).unwrap_or_default()
 }
 
 /// What the control plane (the HTTP API) may do with a running daemon: submit, cancel,
@@ -323,9 +373,21 @@ impl Daemon {
         }
     }
 
-    /// Loads the plugins, recovers interrupted executions and starts every lane.
+    /// Takes the SQLite file's lock, loads the plugins, recovers interrupted executions and
+    /// starts every lane.
     pub async fn start(config: Config, queue: Arc<dyn Queue>) -> Result<Daemon, DaemonError> {
-        let lock = lock_database(&config)?;
+        let lock = DatabaseLock::take(&config)?;
+        Self::start_locked(config, queue, lock).await
+    }
+
+    /// [`Daemon::start`] with the lock already taken ([`DatabaseLock::take`] with the same
+    /// config), for `lanes serve`, which takes it before anything else. The daemon holds it
+    /// until it is dropped.
+    pub async fn start_locked(
+        config: Config,
+        queue: Arc<dyn Queue>,
+        lock: DatabaseLock,
+    ) -> Result<Daemon, DaemonError> {
         let plugins =
             PluginHost::new(&config).map_err(|e| DaemonError::Plugins(format!("{e:#}")))?;
         let owner: Arc<str> = Arc::from(format!(
