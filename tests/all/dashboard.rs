@@ -1,6 +1,7 @@
 //! The dashboard in a real browser: headless Chromium driven over the DevTools protocol.
 //! The page is loaded while a batch runs; its numbers must move and then agree with
-//! `/v1/providers`; a limit is changed through the page; a screenshot lands in `target/`.
+//! `/v1/providers`; events fed to it never raise running above the API's count; a limit is
+//! changed through the page; a screenshot lands in `target/`.
 
 use std::time::{Duration, Instant};
 
@@ -264,6 +265,64 @@ async fn the_dashboard_is_live_agrees_with_the_api_and_sets_a_limit() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // Events never raise running above the daemon's count (issue 39: `3 / 2` shown while the
+    // daemon counted 2). An attempt's `started` is deferred: it may come after /v1/providers
+    // already counted the attempt, or in one message with its `finished`, and the page must
+    // not rely on their order. The daemon counts 0 running of 2 here; the page is fed starts
+    // it does not count, and an end followed by its start, for a second and a half.
+    // It must show no more running than the API says, and stay live: events make it re-read
+    // /v1/providers, at most every 500 ms, without waiting for its 2 s refresh.
+    let server_running = |body: Value| {
+        body["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "dash")
+            .unwrap()["running"]
+            .as_u64()
+            .unwrap()
+    };
+    let counted = server_running(api.get("/v1/providers").await.body);
+    assert_eq!(counted, 0);
+    let refreshed = "document.body.dataset.refreshed";
+    let mut last = browser.eval(refreshed).await;
+    let mut rereads = 0;
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    for round in 0u64.. {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let id = 1_000_000 + 10 * round;
+        browser
+            .eval(&format!(
+                r#"(() => {{
+                    const started = (id) => ({{type: "started", id, provider: "dash",
+                        attempt: 1, queue_wait_ms: 0}});
+                    for (const i of [0, 1, 2]) apply(started({id} + i));
+                    apply({{type: "finished", id: {id} + 3, provider: "dash", attempt: 1,
+                        outcome: "completed", error_kind: null, duration_ms: 1,
+                        input_tokens: null, output_tokens: null}});
+                    apply(started({id} + 3));
+                    return true;
+                }})()"#
+            ))
+            .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let [running, _, limit, _] = browser.numbers("dash").await.unwrap();
+        assert!(
+            running <= counted && running <= limit,
+            "the page shows {running} running of {limit}, the API counts {counted}"
+        );
+        let now = browser.eval(refreshed).await;
+        rereads += usize::from(now != last);
+        last = now;
+    }
+    assert_eq!(server_running(api.get("/v1/providers").await.body), 0);
+    assert!(
+        rereads >= 2,
+        "the page re-read /v1/providers {rereads} times in 1.5 s of events"
+    );
 
     // A limit changed through the page reaches the daemon.
     browser
