@@ -650,7 +650,7 @@ async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<()> {
         max_attempts,
         route: None,
     }];
-    crate::routes::assign(queue.as_ref(), config, &mut new).await?;
+    crate::daemon::routing::assign(queue.as_ref(), config, &mut new).await?;
     let id = queue.submit(&new[0]).await?;
     if args.json {
         print_json(&serde_json::json!({ "id": id }))?;
@@ -778,33 +778,32 @@ impl std::fmt::Display for BudgetStatus {
     }
 }
 
-async fn limit_views(config: &Config, queue: &dyn Queue) -> anyhow::Result<Vec<LimitView>> {
-    let defaults: BTreeMap<String, u32> = queue
-        .providers()
-        .await?
-        .into_iter()
-        .map(|p| (p.name, p.default_limit))
-        .collect();
-    let runtime = queue.limits().await?;
+/// One provider's limits as `lanes limits` and `lanes status` show them: every source and
+/// the effective limit, as the limit's owner resolves them, and what may be claimed now.
+#[derive(Debug, Clone, Serialize)]
+struct LimitRow {
+    #[serde(flatten)]
+    view: LimitView,
+    /// The most that may run now, fleet-wide: 0 while paused, 1 while an open circuit
+    /// probes (see `limits::claim_cap`).
+    claimable: u32,
+}
+
+async fn limit_views(config: &Config, queue: &dyn Queue) -> anyhow::Result<Vec<LimitRow>> {
+    let stored = crate::limits::Stored::read(queue).await?;
     let counts = queue.counts().await?;
-    let (_, states) = queue.provider_states().await?;
-    let names: BTreeSet<&String> = defaults
+    let names: BTreeSet<&String> = stored
+        .defaults
         .keys()
         .chain(config.providers.keys())
-        .chain(runtime.keys())
+        .chain(stored.runtime.keys())
         .chain(counts.keys())
         .collect();
     Ok(names
         .into_iter()
         .map(|name| {
-            LimitView::resolve(
-                name.clone(),
-                defaults.get(name).copied(),
-                config.providers.get(name).and_then(|p| p.limit),
-                runtime.get(name).copied(),
-                config.fallback_limit,
-            )
-            .with_adaptive(states.get(name).and_then(|s| s.adaptive_limit))
+            let (view, claimable) = stored.limit_of(name, config);
+            LimitRow { view, claimable }
         })
         .collect())
 }
@@ -969,7 +968,7 @@ async fn status_rows(config: &Config, queue: &dyn Queue) -> anyhow::Result<Vec<P
     let rows: Vec<ProviderStatus> = limit_views(config, queue)
         .await?
         .into_iter()
-        .map(|view| {
+        .map(|LimitRow { view, .. }| {
             let state = crate::policy::PolicyState::of(states.get(&view.provider), now);
             ProviderStatus {
                 component: components.get(&view.provider).cloned(),
@@ -1019,18 +1018,25 @@ async fn limits(config: &Config, action: Option<LimitsAction>, json: bool) -> an
             }
             let show = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
             println!(
-                "{:<20} {:>8} {:>10} {:>8} {:>8} {:>9}  source",
-                "provider", "default", "configured", "runtime", "adaptive", "effective"
+                "{:<20} {:>8} {:>10} {:>8} {:>8} {:>9} {:>9}  source",
+                "provider",
+                "default",
+                "configured",
+                "runtime",
+                "adaptive",
+                "effective",
+                "claimable"
             );
-            for v in views {
+            for LimitRow { view: v, claimable } in views {
                 println!(
-                    "{:<20} {:>8} {:>10} {:>8} {:>8} {:>9}  {:?}",
+                    "{:<20} {:>8} {:>10} {:>8} {:>8} {:>9} {:>9}  {:?}",
                     v.provider,
                     show(v.default),
                     show(v.configured),
                     show(v.runtime),
                     show(v.adaptive),
                     v.effective,
+                    claimable,
                     v.source
                 );
             }

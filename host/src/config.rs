@@ -152,7 +152,7 @@ pub struct Config {
     /// Providers by name: extra names for a component, limits and config values.
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Routes by name: a submission to a route goes to one of its member providers.
-    pub routes: BTreeMap<String, crate::routes::RouteConfig>,
+    pub routes: BTreeMap<String, RouteConfig>,
 }
 
 impl Default for Config {
@@ -899,6 +899,62 @@ impl Config {
 
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.poll_interval_ms)
+    }
+}
+
+/// How a route picks its member.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// The member with the most free share of its effective limit, skipping paused and open
+    /// members.
+    #[default]
+    Capacity,
+    /// The first healthy member, falling back in order.
+    Ordered,
+}
+
+/// `[routes.NAME]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The member providers, in order.
+    pub providers: Vec<String>,
+    pub strategy: Strategy,
+}
+
+impl RouteConfig {
+    /// What is wrong with this route, as `(key, reason)`.
+    pub fn problems(&self, name: &str, config: &Config) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
+        if let Err(e) = crate::model::validate_provider_name(name) {
+            problems.push((String::new(), e));
+        }
+        if config.providers.contains_key(name) {
+            problems.push((
+                String::new(),
+                format!("`{name}` is also a provider: a route needs a name of its own"),
+            ));
+        }
+        if self.providers.is_empty() {
+            problems.push(("providers".into(), "must name at least one provider".into()));
+        }
+        for (i, member) in self.providers.iter().enumerate() {
+            if let Err(e) = crate::model::validate_provider_name(member) {
+                problems.push((format!("providers[{i}]"), e));
+            } else if self.providers[..i].contains(member) {
+                problems.push((
+                    format!("providers[{i}]"),
+                    format!("`{member}` is named twice"),
+                ));
+            } else if config.routes.contains_key(member) {
+                problems.push((
+                    format!("providers[{i}]"),
+                    format!("`{member}` is a route: members must be providers"),
+                ));
+            }
+        }
+        problems
     }
 }
 

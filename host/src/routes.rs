@@ -4,73 +4,19 @@
 //! another member ([`Routes::next`]). The row keeps its route, and each attempt's history
 //! entry names the provider it ran on.
 //!
-//! The choice reads the queue's own state ([`Loads::read`]): running and pending rows per
-//! provider, limits (run-time, config, the component's default), policy states (paused,
-//! open) and budgets (a member whose `rpm` is spent this minute). The same holds for the
-//! CLI, the API and every worker of a fleet.
+//! The choice reads the queue's own state ([`Loads::of`], read by `daemon::routing`):
+//! running and pending rows per member, limits (from the limit's owner, `limits`), policy
+//! states (paused, open) and budgets (a member whose `rpm` is spent this minute). The same
+//! holds for the CLI, the API and every worker of a fleet. This module does no I/O: the
+//! config owns the routes' settings, and `daemon::routing` reads the queue and writes the
+//! choices.
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
 use crate::config::Config;
-use crate::store::{Queue, StoreError};
-
-/// How a route picks its member.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Strategy {
-    /// The member with the most free share of its effective limit, skipping paused and open
-    /// members.
-    #[default]
-    Capacity,
-    /// The first healthy member, falling back in order.
-    Ordered,
-}
-
-/// `[routes.NAME]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RouteConfig {
-    /// The member providers, in order.
-    pub providers: Vec<String>,
-    pub strategy: Strategy,
-}
-
-impl RouteConfig {
-    /// What is wrong with this route, as `(key, reason)`.
-    pub fn problems(&self, name: &str, config: &Config) -> Vec<(String, String)> {
-        let mut problems = Vec::new();
-        if let Err(e) = crate::model::validate_provider_name(name) {
-            problems.push((String::new(), e));
-        }
-        if config.providers.contains_key(name) {
-            problems.push((
-                String::new(),
-                format!("`{name}` is also a provider: a route needs a name of its own"),
-            ));
-        }
-        if self.providers.is_empty() {
-            problems.push(("providers".into(), "must name at least one provider".into()));
-        }
-        for (i, member) in self.providers.iter().enumerate() {
-            if let Err(e) = crate::model::validate_provider_name(member) {
-                problems.push((format!("providers[{i}]"), e));
-            } else if self.providers[..i].contains(member) {
-                problems.push((
-                    format!("providers[{i}]"),
-                    format!("`{member}` is named twice"),
-                ));
-            } else if config.routes.contains_key(member) {
-                problems.push((
-                    format!("providers[{i}]"),
-                    format!("`{member}` is a route: members must be providers"),
-                ));
-            }
-        }
-        problems
-    }
-}
+pub use crate::config::{RouteConfig, Strategy};
+use crate::limits::Stored;
+use crate::store::StatusCounts;
 
 /// One member's state when a route chooses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,51 +45,23 @@ pub struct Loads {
 }
 
 impl Loads {
-    /// Reads running and pending counts, limits and policy states from the queue.
-    pub async fn read(queue: &dyn Queue, config: &Config) -> Result<Loads, StoreError> {
-        let members: Vec<String> = config
-            .routes
-            .values()
-            .flat_map(|r| r.providers.iter().cloned())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        // Only the members' open rows: the count reads the partial indexes, whatever the
-        // size of the history (`counts` read the whole table, for each routed submission).
-        let counts = queue.open_counts(&members).await?;
-        let limits = queue.limits().await?;
-        let known: BTreeMap<String, u32> = queue
-            .providers()
-            .await?
-            .into_iter()
-            .map(|p| (p.name, p.default_limit))
-            .collect();
-        let (now, states) = queue.provider_states().await?;
-        let budgeted = config
-            .routes
-            .values()
-            .flat_map(|r| &r.providers)
-            .any(|p| config.policy_for(p).budget.is_some());
-        let used = if budgeted {
-            queue.budget_usage().await?
-        } else {
-            BTreeMap::new()
-        };
+    /// The members' state from what the store holds: their limits as the limit's owner
+    /// resolves them ([`Stored::limit_of`]), their open rows (`counts`), the budgets'
+    /// use of the last minute (`used`) and their policy states.
+    pub fn of(
+        config: &Config,
+        stored: &Stored,
+        counts: &BTreeMap<String, StatusCounts>,
+        used: &BTreeMap<String, (i64, i64)>,
+    ) -> Loads {
+        let now = stored.now;
+        let known = &stored.defaults;
+        let states = &stored.states;
         let mut loads = Loads::default();
         for route in config.routes.values() {
             for name in &route.providers {
-                let configured = config.providers.get(name).and_then(|p| p.limit);
-                let mut limit = limits
-                    .get(name)
-                    .copied()
-                    .or(configured)
-                    .or_else(|| known.get(name).copied())
-                    .unwrap_or(config.fallback_limit)
-                    .max(1);
+                let limit = stored.limit_of(name, config).0.effective;
                 let state = states.get(name);
-                if let Some(adaptive) = state.and_then(|s| s.adaptive_limit) {
-                    limit = limit.min(adaptive.max(1));
-                }
                 // A member whose requests this minute are spent takes no more work now.
                 let spent = config.policy_for(name).budget.is_some_and(|b| {
                     let requests = used.get(name).map_or(0, |u| u.0);
@@ -172,7 +90,12 @@ impl Loads {
                 );
             }
         }
-        Ok(loads)
+        loads
+    }
+
+    /// Every member's state.
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.members.values()
     }
 
     /// Counts one more row on `member`, so that a batch spreads as it is assigned.
@@ -226,32 +149,6 @@ impl<'a> Routes<'a> {
     }
 }
 
-/// Sends each execution of `batch` whose `provider` names a route to the member the
-/// route picks, keeping the route's name in `route`. One read of the queue's state serves
-/// the whole batch, which spreads as it is assigned.
-pub async fn assign<'b>(
-    queue: &dyn Queue,
-    config: &Config,
-    batch: impl IntoIterator<Item = &'b mut crate::model::NewExecution>,
-) -> Result<(), StoreError> {
-    let routes = Routes::new(config);
-    let mut routed: Vec<&mut crate::model::NewExecution> = batch
-        .into_iter()
-        .filter(|n| n.route.is_none() && routes.get(&n.provider).is_some())
-        .collect();
-    if routed.is_empty() {
-        return Ok(());
-    }
-    let mut loads = Loads::read(queue, config).await?;
-    for new in &mut routed {
-        if let Some(member) = routes.resolve(&new.provider, &loads) {
-            loads.add(&member);
-            new.route = Some(std::mem::replace(&mut new.provider, member));
-        }
-    }
-    Ok(())
-}
-
 /// Where the `pending` rows that `route` placed on `from` go, by the route's strategy, as
 /// `(member, rows)` in order: only to healthy members other than `from`, and counted on
 /// `loads` as they are placed, so that a capacity route spreads them by free share. Empty
@@ -275,49 +172,6 @@ pub fn plan_moves(
         }
     }
     plan
-}
-
-/// Moves the pending work that routes placed on members that strand it (see
-/// [`Member::strands`]) to the routes' healthy members, one statement per member and
-/// route. Returns the members that took work, to wake. A route never strands work that
-/// another member could run now.
-pub async fn rebalance(queue: &dyn Queue, config: &Config) -> Result<Vec<String>, StoreError> {
-    if config.routes.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut loads = Loads::read(queue, config).await?;
-    let stranding: Vec<String> = loads
-        .members
-        .values()
-        .filter(|m| m.strands && m.busy > 0)
-        .map(|m| m.name.clone())
-        .collect();
-    let mut took = std::collections::BTreeSet::new();
-    for from in stranding {
-        for (name, pending) in queue.pending_routed(&from).await? {
-            // A route no longer in the config, or no longer with this member: its rows
-            // stay where they are.
-            let Some(route) = config.routes.get(&name) else {
-                continue;
-            };
-            if !route.providers.contains(&from) {
-                continue;
-            }
-            let plan = plan_moves(route, &mut loads, &from, pending);
-            if plan.is_empty() {
-                continue;
-            }
-            let moved = queue.move_routed(&from, &name, &plan).await?;
-            let to: Vec<String> = plan.iter().map(|(m, n)| format!("{n} to `{m}`")).collect();
-            tracing::info!(
-                "route `{name}`: `{from}` cannot run its work now (open, paused, out of \
-                 budget or without a component): {moved} pending execution(s) moved, {}",
-                to.join(", ")
-            );
-            took.extend(plan.into_iter().map(|(m, _)| m));
-        }
-    }
-    Ok(took.into_iter().collect())
 }
 
 /// The member of `route` to use, never `avoid` when another healthy member exists. With no

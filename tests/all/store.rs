@@ -1187,3 +1187,74 @@ mod unreadable_claimed_row {
         an_unreadable_claimed_row_fails_alone(&env).await;
     }
 }
+
+/// The claim cap is written once per SQL dialect (SQLite's `claim_cap`, PostgreSQL's
+/// `lanes_claim`) beside its Rust twin, `limits::claim_cap`, the rule's owner: for each
+/// policy state and running count, a claim takes exactly the room the Rust rule leaves.
+async fn claim_caps_match_their_rust_twin(q: Arc<dyn Queue>) {
+    use lanes::store::StateChange;
+    let reason = || "test".to_string();
+    let cases: Vec<(&str, Option<StateChange>, u32)> = vec![
+        ("none", None, 0),
+        ("none-busy", None, 3),
+        (
+            "paused",
+            Some(StateChange::Pause {
+                for_ms: 60_000,
+                reason: reason(),
+            }),
+            0,
+        ),
+        (
+            "probing",
+            Some(StateChange::Open {
+                for_ms: 0,
+                reason: reason(),
+            }),
+            0,
+        ),
+        (
+            "probing-busy",
+            Some(StateChange::Open {
+                for_ms: 0,
+                reason: reason(),
+            }),
+            1,
+        ),
+        (
+            "cooling",
+            Some(StateChange::Open {
+                for_ms: 60_000,
+                reason: reason(),
+            }),
+            0,
+        ),
+        ("adaptive", Some(StateChange::Adaptive(Some(2))), 0),
+        ("adaptive-busy", Some(StateChange::Adaptive(Some(2))), 3),
+        ("adaptive-above", Some(StateChange::Adaptive(Some(8))), 1),
+    ];
+    const LIMIT: u32 = 5;
+    for (provider, change, running) in cases {
+        q.submit_many(&(0..10).map(|_| new(provider, 0)).collect::<Vec<_>>())
+            .await
+            .unwrap();
+        if running > 0 {
+            let got = q.claim(provider, claim("w", running, LIMIT)).await.unwrap();
+            assert_eq!(got.len(), usize::try_from(running).unwrap());
+        }
+        if let Some(change) = &change {
+            q.change_state(provider, change).await.unwrap();
+        }
+        let (now, states) = q.provider_states().await.unwrap();
+        let cap = lanes::limits::claim_cap(LIMIT, states.get(provider), now);
+        let got = q.claim(provider, claim("w", 10, LIMIT)).await.unwrap();
+        assert_eq!(
+            got.len(),
+            usize::try_from(cap.saturating_sub(running)).unwrap(),
+            "{provider}: {:?} with {running} running",
+            states.get(provider)
+        );
+    }
+}
+
+contract!(claim_cap_twins, claim_caps_match_their_rust_twin);

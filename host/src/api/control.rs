@@ -18,11 +18,12 @@ use super::wire::{
     BudgetOut, ComponentOut, EventOut, EventsQuery, HealthOut, LimitRequest, LimitResponse,
     LimitsOut, PluginOut, PluginsOut, PoolOut, ProviderOut, ProvidersOut,
 };
-use crate::limits::LimitView;
+use crate::limits::{LimitInputs, LimitView, Stored, claim_cap};
 use crate::model::{MAX_COUNT, validate_provider_name};
 
-fn limits_out(view: &LimitView) -> LimitsOut {
+fn limits_out(view: &LimitView, claimable: u32) -> LimitsOut {
     LimitsOut {
+        claimable,
         default: view.default,
         configured: view.configured,
         runtime: view.runtime,
@@ -51,9 +52,9 @@ fn pool_out(pool: crate::daemon::pool::PoolUse) -> PoolOut {
 /// the gauges the metrics need.
 async fn provider_rows(state: &AppState) -> Result<Vec<(ProviderOut, u32)>, Problem> {
     let queue = state.control.queue();
-    let runtime = queue.limits().await?;
+    let stored = Stored::read(queue.as_ref()).await?;
     let counts = queue.counts().await?;
-    let (now, states) = queue.provider_states().await?;
+    let (now, runtime, states) = (stored.now, &stored.runtime, &stored.states);
     let records: BTreeMap<String, crate::store::ProviderRecord> = queue
         .providers()
         .await?
@@ -73,7 +74,7 @@ async fn provider_rows(state: &AppState) -> Result<Vec<(ProviderOut, u32)>, Prob
     let workers = queue.workers().await?;
     let lanes: BTreeMap<String, crate::daemon::LaneView> = state
         .control
-        .lanes(&runtime)
+        .lanes(runtime)
         .into_iter()
         .map(|l| (l.provider.clone(), l))
         .collect();
@@ -88,18 +89,22 @@ async fn provider_rows(state: &AppState) -> Result<Vec<(ProviderOut, u32)>, Prob
         let lane = lanes.get(name);
         let serving = lane.and_then(|l| l.component.clone());
         let policy = crate::policy::PolicyState::of(states.get(name), now);
-        let view = lane
-            .and_then(|l| l.limits.clone())
-            .unwrap_or_else(|| {
-                LimitView::resolve(
-                    name.clone(),
-                    records.get(name).map(|r| r.default_limit),
-                    config.providers.get(name).and_then(|p| p.limit),
-                    runtime.get(name).copied(),
-                    config.fallback_limit,
-                )
-            })
-            .with_adaptive(policy.adaptive_limit);
+        // The limit's owner resolves it from the stored inputs; this worker's own
+        // component, when it serves the provider, gives the default.
+        let mut inputs = LimitInputs::stored(name, &config, &stored);
+        if let Some(default) = lane.and_then(|l| l.limits.as_ref()).and_then(|v| v.default) {
+            inputs.default = Some(default);
+        }
+        let view = inputs.resolve();
+        let budget_spent = config.policy_for(name).budget.is_some_and(|b| {
+            let requests = used.get(name).map_or(0, |u| u.0);
+            b.rpm.is_some_and(|rpm| requests >= i64::from(rpm))
+        });
+        let claimable = if budget_spent {
+            0
+        } else {
+            claim_cap(view.effective, stored.states.get(name), stored.now)
+        };
         let count = counts.get(name).cloned().unwrap_or_default();
         let recent = state.stats.recent(name);
         let lane_limit = lane.map_or(view.effective, |l| l.effective);
@@ -114,7 +119,7 @@ async fn provider_rows(state: &AppState) -> Result<Vec<(ProviderOut, u32)>, Prob
                             .map(|r| (r.component.clone(), r.version.clone()))
                     })
                     .map(|(file, version)| ComponentOut { file, version }),
-                limits: limits_out(&view),
+                limits: limits_out(&view, claimable),
                 running: count.running,
                 pending: count.pending,
                 last_minute: recent.last_minute,

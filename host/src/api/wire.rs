@@ -196,9 +196,15 @@ pub struct LimitsOut {
     pub runtime: Option<u32>,
     /// The adaptive limit, when the provider adapts; it caps the effective one.
     pub adaptive: Option<u32>,
-    /// The limit in force.
+    /// The limit in force: the one its sources give, capped by the adaptive one. On a fleet
+    /// it is the fleet's.
     pub effective: u32,
     pub source: String,
+    /// The most that may run now, fleet-wide: `effective` after the gates that hold
+    /// claims back (0 while paused or while the `rpm` budget is spent, 1 while an open
+    /// circuit probes). This worker's claims are also held to its free instances of the
+    /// pool (`pool` in `GET /v1/providers`).
+    pub claimable: u32,
 }
 
 /// The component serving a provider.

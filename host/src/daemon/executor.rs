@@ -136,7 +136,7 @@ impl Executor {
     ) -> Option<(String, Option<Arc<Lane>>)> {
         let shared = self.shared.upgrade()?;
         let config = shared.config.get();
-        let loads = match crate::routes::Loads::read(shared.queue.as_ref(), &config).await {
+        let loads = match super::routing::read_loads(shared.queue.as_ref(), &config).await {
             Ok(loads) => loads,
             Err(e) => {
                 tracing::warn!(

@@ -3,7 +3,8 @@
 //!
 //! The semaphore is resizable. Raising the limit adds permits; lowering it forgets free
 //! permits at once and records the rest as a debt that running executions pay back as they
-//! finish, so no start ever exceeds the new limit.
+//! finish, so no start ever exceeds the new limit (the completer weighs a refill claimed
+//! in its write again once the write returns, for the same reason).
 //!
 //! On a shared queue the limit is the fleet's, and the semaphore holds this worker's even
 //! share of it: the limit divided by the live workers that serve the provider, rounded up.
@@ -33,10 +34,7 @@ impl Capacity {
     }
 }
 
-/// One worker's even share of a fleet's `limit` among `workers`, rounded up: at least 1.
-pub fn share(limit: u32, workers: u32) -> u32 {
-    limit.div_ceil(workers.max(1)).max(1)
-}
+pub use crate::limits::share;
 
 /// A count of slots as semaphore permits.
 fn permits(slots: u32) -> usize {
@@ -49,9 +47,8 @@ pub struct Lane {
     semaphore: Arc<Semaphore>,
     capacity: Mutex<Capacity>,
     running: AtomicU32,
-    /// The limit its sources give (run-time, config, component, fallback); an adaptive
-    /// limit moves the lane's limit below it.
-    ceiling: AtomicU32,
+    /// The inputs its limit was last resolved from ([`crate::limits::apply`]).
+    inputs: Mutex<crate::limits::LimitInputs>,
     /// Shared with the instance pool, which wakes the lane when an instance it waits for
     /// frees.
     wake: Arc<Notify>,
@@ -103,7 +100,11 @@ impl Lane {
                 debt: 0,
             }),
             running: AtomicU32::new(0),
-            ceiling: AtomicU32::new(limit),
+            inputs: Mutex::new(crate::limits::LimitInputs {
+                provider: name.to_string(),
+                fallback: limit,
+                ..Default::default()
+            }),
             wake: Arc::new(Notify::new()),
             pool,
             provider: RwLock::new(None),
@@ -244,8 +245,9 @@ impl Lane {
         self.capacity.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Resizes the lane. Returns the previous limit.
-    pub fn set_limit(&self, limit: u32) -> u32 {
+    /// Resizes the lane. Returns the previous limit. Only the limit's owner calls it
+    /// ([`crate::limits::apply`]), and the lane's own tests.
+    pub(crate) fn set_limit(&self, limit: u32) -> u32 {
         let limit = limit.max(1);
         let mut cap = self.lock_capacity();
         let old = cap.limit;
@@ -288,12 +290,21 @@ impl Lane {
 
     /// The limit its sources give, above any adaptive limit.
     pub fn ceiling(&self) -> u32 {
-        self.ceiling.load(Ordering::SeqCst)
+        self.inputs().sourced().0
     }
 
-    /// Records the limit its sources give (see [`Lane::ceiling`]).
-    pub fn set_ceiling(&self, ceiling: u32) {
-        self.ceiling.store(ceiling.max(1), Ordering::SeqCst);
+    /// The inputs its limit was last resolved from.
+    pub fn inputs(&self) -> crate::limits::LimitInputs {
+        self.inputs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Records the inputs of its limit; only [`crate::limits::apply`] calls it, with the
+    /// limit they resolve to.
+    pub(crate) fn set_inputs(&self, inputs: crate::limits::LimitInputs) {
+        *self.inputs.lock().unwrap_or_else(|p| p.into_inner()) = inputs;
     }
 
     /// Takes a free slot and a free instance of the pool, if there are both. A lane with a

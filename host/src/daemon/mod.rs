@@ -28,6 +28,7 @@ pub mod pool;
 pub mod producer;
 pub mod registry;
 pub mod reload;
+pub mod routing;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -103,7 +104,7 @@ impl Shared {
         batch: impl IntoIterator<Item = &'b mut NewExecution>,
     ) -> Result<(), StoreError> {
         let config = self.config.get();
-        crate::routes::assign(self.queue.as_ref(), &config, batch).await
+        routing::assign(self.queue.as_ref(), &config, batch).await
     }
 }
 
@@ -341,9 +342,9 @@ impl Control {
                     component: provider
                         .as_ref()
                         .map(|p| (p.component.file.clone(), p.component.info.version.clone())),
-                    limits: provider
-                        .as_ref()
-                        .map(|p| Registry::limit_of(&config, p, runtime)),
+                    limits: provider.as_ref().map(|p| {
+                        Registry::inputs_of(&config, p, runtime, lane.inputs().adaptive).resolve()
+                    }),
                     effective: lane.limit(),
                     running: lane.running(),
                     provider: name,

@@ -308,7 +308,10 @@ impl Governor {
         let Some((limit, why)) = adaptive.step(policy, ceiling, seen) else {
             return;
         };
-        let old = lane.set_limit(limit);
+        let mut inputs = lane.inputs();
+        inputs.adaptive = Some(limit);
+        let old = lane.limit();
+        crate::limits::apply(lane, inputs);
         info!(
             "provider {}: adaptive limit {old} -> {limit} ({why}; ceiling {ceiling})",
             lane.name()

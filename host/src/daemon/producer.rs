@@ -80,13 +80,14 @@ impl Producer {
             } else if let Some(provider) = self.lane.provider() {
                 // Just after a pause, one claim at a time, spread over the ramp.
                 let ramp = self.lane.ramp_step();
-                let free = match ramp {
-                    Some(step) => {
-                        wait = wait.min(step);
-                        self.lane.free().min(1)
-                    }
-                    None => self.lane.free(),
+                if let Some(step) = ramp {
+                    wait = wait.min(step);
+                }
+                let gate = crate::limits::Gate {
+                    one_at_a_time: ramp.is_some(),
+                    ..Default::default()
                 };
+                let free = crate::limits::claimable(self.lane.free(), &gate);
                 if free > 0 {
                     match self.claim_and_start(&provider, free).await {
                         Ok(claimed) if claimed < free => {

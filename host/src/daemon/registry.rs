@@ -1,6 +1,5 @@
-//! The registry of lanes: one [`Lane`] per provider name, the component serving it, and its
-//! effective limit (run-time, then config, then the component's default, then the
-//! fallback). It opens lanes for new providers, idles lanes whose component is gone, and
+//! The registry of lanes: one [`Lane`] per provider name, the component serving it, and the
+//! inputs of its limit, which the limit's owner ([`crate::limits`]) resolves. It opens lanes for new providers, idles lanes whose component is gone, and
 //! applies limits stored at run time.
 
 use std::collections::BTreeMap;
@@ -12,7 +11,7 @@ use super::events::{Event, EventBus, PauseReason};
 use super::lane::Lane;
 use super::pool::InstancePool;
 use crate::config::Config;
-use crate::limits::LimitView;
+use crate::limits::{self, LimitInputs};
 use crate::plugin::{Catalog, Provider};
 
 /// What [`Registry::apply`] changed.
@@ -72,22 +71,25 @@ impl Registry {
         }
     }
 
-    /// Every source of `provider`'s limit under `config`, given the run-time limits.
-    pub fn limit_of(
+    /// The inputs of `provider`'s limit under `config`, given the run-time limits and the
+    /// adaptive limit this worker knows (resolved by [`LimitInputs::resolve`]).
+    pub fn inputs_of(
         config: &Config,
         provider: &Provider,
         runtime: &BTreeMap<String, u32>,
-    ) -> LimitView {
-        LimitView::resolve(
-            provider.name.as_ref(),
-            Some(provider.default_limit),
-            config
+        adaptive: Option<u32>,
+    ) -> LimitInputs {
+        LimitInputs {
+            provider: provider.name.to_string(),
+            default: Some(provider.default_limit),
+            configured: config
                 .providers
                 .get(provider.name.as_ref())
                 .and_then(|p| p.limit),
-            runtime.get(provider.name.as_ref()).copied(),
-            config.fallback_limit,
-        )
+            runtime: runtime.get(provider.name.as_ref()).copied(),
+            fallback: config.fallback_limit,
+            adaptive,
+        }
     }
 
     /// Serves each lane from the catalog's component: opens lanes for new providers (and
@@ -138,8 +140,10 @@ impl Registry {
                     }
                 }
                 None => {
-                    let limit = Self::limit_of(config, provider, runtime);
+                    let inputs = Self::inputs_of(config, provider, runtime, None);
+                    let limit = inputs.resolve();
                     let lane = Arc::new(Lane::with_pool(name, limit.effective, self.pool.clone()));
+                    limits::apply(&lane, inputs);
                     lane.set_provider(Some(provider.clone()));
                     info!(
                         "{}: lane open, limit {} ({:?})",
@@ -209,19 +213,14 @@ impl Registry {
             let Some(provider) = lane.provider() else {
                 continue;
             };
-            let view = Self::limit_of(config, &provider, runtime);
-            lane.set_ceiling(view.effective);
-            let view = view.with_adaptive(adaptive.get(&name).copied());
-            if view.effective != lane.limit() {
-                let old = lane.set_limit(view.effective);
-                info!(
-                    "Limit of provider {name} changed from {old} to {} ({:?})",
-                    view.effective, view.source
-                );
+            let inputs = Self::inputs_of(config, &provider, runtime, adaptive.get(&name).copied());
+            let source = inputs.resolve().source;
+            if let Some((old, new)) = limits::apply(&lane, inputs) {
+                info!("Limit of provider {name} changed from {old} to {new} ({source:?})");
                 self.events.publish(Event::LimitChanged {
                     provider: lane.name_arc(),
                     old,
-                    new: view.effective,
+                    new,
                 });
             }
         }

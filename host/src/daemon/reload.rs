@@ -324,7 +324,7 @@ pub async fn refresh_limits_loop(shared: Arc<Shared>) {
         }
         // A route member that opened, paused past a moment or ran out of budget strands
         // the routed work pending on it: it moves to the route's healthy members.
-        match crate::routes::rebalance(shared.queue.as_ref(), &shared.config.get()).await {
+        match super::routing::rebalance(shared.queue.as_ref(), &shared.config.get()).await {
             Ok(took) => {
                 for member in took {
                     shared.registry.wake(&member);

@@ -150,7 +150,10 @@ where
 {
     // One round trip: `lanes_claim` (migrations 0002, 0006, 0010, 0011, 0012) takes the
     // provider's advisory lock, counts its running rows across the fleet, and takes up to
-    // the room left with `FOR UPDATE SKIP LOCKED` (by primary key).
+    // the room left with `FOR UPDATE SKIP LOCKED` (by primary key). Its cap (none while
+    // paused, one while an open circuit probes, at most the adaptive limit) is the
+    // PostgreSQL twin of `crate::limits::claim_cap`, the rule's owner; the store test
+    // `claim_caps_match_their_rust_twin` holds them equal.
     sqlx::query("SELECT * FROM lanes_claim($1, $2, $3, $4, $5, $6)")
         .bind(channel)
         .bind(provider)

@@ -48,7 +48,9 @@ fn history_with(finished: &str, outcome: &str, kind: &str, error: &str, delay: &
 
 /// The most rows of provider `provider` that may run at `now` under limit `limit` (SQL
 /// parameters), given its policy state (see `provider_state`): none while paused, one while
-/// an open circuit probes, and at most the adaptive limit.
+/// an open circuit probes, and at most the adaptive limit. The SQLite twin of
+/// [`crate::limits::claim_cap`], the rule's owner; `claim_caps_match_their_rust_twin`
+/// holds them equal.
 fn claim_cap(now: &str, provider: &str, limit: &str) -> String {
     format!(
         "COALESCE((SELECT CASE WHEN s.paused_until > {now} THEN 0
