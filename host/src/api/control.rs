@@ -349,6 +349,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, Problem>
             &GaugeValues {
                 limit: p.limits.effective,
                 effective_limit: lane_limit,
+                claimable: p.limits.claimable,
                 running: p.running,
                 pending: p.pending,
                 paused: p.state != "serving",

@@ -45,6 +45,7 @@ pub struct Metrics {
     registry: Registry,
     limit: Family<ProviderLabel, Gauge>,
     effective_limit: Family<ProviderLabel, Gauge>,
+    claimable: Family<ProviderLabel, Gauge>,
     running: Family<ProviderLabel, Gauge>,
     pending: Family<ProviderLabel, Gauge>,
     paused: Family<ProviderLabel, Gauge>,
@@ -85,6 +86,8 @@ fn token_histogram() -> Histogram {
 pub struct GaugeValues {
     pub limit: u32,
     pub effective_limit: u32,
+    /// What may run now, fleet-wide (see `LimitsOut::claimable`).
+    pub claimable: u32,
     pub running: u64,
     pub pending: u64,
     pub paused: bool,
@@ -99,6 +102,7 @@ impl Default for Metrics {
         let m = Metrics {
             limit: Family::default(),
             effective_limit: Family::default(),
+            claimable: Family::default(),
             running: Family::default(),
             pending: Family::default(),
             paused: Family::default(),
@@ -129,6 +133,12 @@ impl Default for Metrics {
             "effective_limit",
             "The limit this worker's lane runs under now",
             m.effective_limit.clone(),
+        );
+        registry.register(
+            "claimable",
+            "The most that may run now, fleet-wide: the limit after a pause (0), an open \
+             circuit's probe (1) or a spent request budget (0)",
+            m.claimable.clone(),
         );
         registry.register(
             "running",
@@ -326,6 +336,7 @@ impl Metrics {
         };
         set(&self.limit, u64::from(values.limit));
         set(&self.effective_limit, u64::from(values.effective_limit));
+        set(&self.claimable, u64::from(values.claimable));
         set(&self.running, values.running);
         set(&self.pending, values.pending);
         set(&self.paused, u64::from(values.paused));

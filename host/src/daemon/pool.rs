@@ -7,7 +7,7 @@
 //! A lane that had free slots but found no free instance waits for one: the next instance
 //! freed wakes every lane that waits, and their producers claim again.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
@@ -31,6 +31,9 @@ pub struct InstancePool {
     semaphore: Arc<Semaphore>,
     /// Lanes that found no free instance, to wake when one frees.
     waiting: Mutex<Vec<Arc<Notify>>>,
+    /// Whether `waiting` may hold a lane: an instance freed while none waits (the common
+    /// case) takes no lock.
+    any_waiting: AtomicBool,
     /// Times a claim took fewer slots than its lane had free, for want of an instance.
     held_back: AtomicU64,
 }
@@ -80,6 +83,7 @@ impl InstancePool {
             engine: max_instances,
             semaphore: Arc::new(Semaphore::new(usize::try_from(size).unwrap_or(usize::MAX))),
             waiting: Mutex::new(Vec::new()),
+            any_waiting: AtomicBool::new(false),
             held_back: AtomicU64::new(0),
         })
     }
@@ -111,6 +115,7 @@ impl InstancePool {
                 if !waiting.iter().any(|w| Arc::ptr_eq(w, lane)) {
                     waiting.push(lane.clone());
                 }
+                self.any_waiting.store(true, Ordering::SeqCst);
                 drop(waiting);
                 // An instance freed between the try and the note would wake no one.
                 if self.semaphore.available_permits() > 0 {
@@ -129,7 +134,7 @@ impl InstancePool {
     /// Whether lanes wait for an instance: a batch's freed slots then go back to the pool,
     /// for every lane to claim, rather than to a refill of their own lane.
     pub fn contended(&self) -> bool {
-        !self.lock_waiting().is_empty()
+        self.any_waiting.load(Ordering::SeqCst)
     }
 
     /// Pool use now.
@@ -146,7 +151,14 @@ impl InstancePool {
     }
 
     fn wake_waiting(&self) {
-        let waiting = std::mem::take(&mut *self.lock_waiting());
+        if !self.any_waiting.load(Ordering::SeqCst) {
+            return;
+        }
+        let waiting = {
+            let mut list = self.lock_waiting();
+            self.any_waiting.store(false, Ordering::SeqCst);
+            std::mem::take(&mut *list)
+        };
         for lane in waiting {
             lane.notify_one();
         }
