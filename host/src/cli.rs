@@ -871,7 +871,7 @@ fn pool_line(config: &Config, rows: &[ProviderStatus]) -> Option<String> {
     if !config.engine.pooling {
         return None;
     }
-    let size = crate::daemon::pool::InstancePool::size_for(config.engine.max_instances);
+    let size = config.engine.max_instances;
     let served = rows.iter().filter(|r| r.component.is_some());
     // On a fleet each worker has a pool of its own, for its share of each limit.
     let slots: u64 = served
@@ -887,9 +887,8 @@ fn pool_line(config: &Config, rows: &[ProviderStatus]) -> Option<String> {
     let running: u64 = served.map(|r| r.counts.running).sum();
     Some(format!(
         "instance pool: the limits add up to {slots} per worker, more than the {size} \
-         instances executions may hold ([engine] max_instances = {}): work beyond the pool \
-         waits as pending ({running} running now)",
-        config.engine.max_instances
+         instances executions may hold ([engine] max_instances): work beyond the pool \
+         waits as pending ({running} running now)"
     ))
 }
 

@@ -330,10 +330,20 @@ impl Default for HttpConfig {
 pub struct EngineConfig {
     /// Pre-allocate instance slots (the pooling allocator): fast instantiation, bounded use.
     pub pooling: bool,
-    /// Component instances that may exist at once, across every provider. The claims take
-    /// one with each slot, less a few kept for loading components: executions beyond it
-    /// wait as pending.
+    /// Component instances that executions may hold at once, across every provider. The
+    /// claims take one with each slot: executions beyond it wait as pending. The engine
+    /// keeps a few slots more for loading components ([`EngineConfig::engine_slots`]).
     pub max_instances: u32,
+}
+
+impl EngineConfig {
+    /// The engine's instance slots: `max_instances` for executions, and a few more kept
+    /// for the `info()` calls of components loaded or bound while executions hold every
+    /// one of those (1 in 32, from 1 to 8).
+    pub fn engine_slots(&self) -> u32 {
+        self.max_instances
+            .saturating_add((self.max_instances / 32).clamp(1, 8))
+    }
 }
 
 impl Default for EngineConfig {

@@ -203,7 +203,7 @@ impl Default for Metrics {
         registry.register(
             "instance_pool_size",
             "Component instances this worker's executions may hold at once \
-             ([engine] max_instances, less a reserve for loading components)",
+             ([engine] max_instances)",
             m.pool_size.clone(),
         );
         registry.register(

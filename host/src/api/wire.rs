@@ -282,10 +282,9 @@ pub struct ProvidersOut {
 /// beyond the pool waits as pending.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct PoolOut {
-    /// Instances executions may hold at once: `[engine] max_instances`, less a few kept
-    /// for loading components.
+    /// Instances executions may hold at once: `[engine] max_instances`.
     pub size: u32,
-    /// `[engine] max_instances`.
+    /// The engine's instance slots: `size`, and a few more kept for loading components.
     pub max_instances: u32,
     /// Instances held by executions now.
     pub in_use: u32,

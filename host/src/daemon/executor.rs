@@ -213,7 +213,7 @@ impl Executor {
         };
         if let ExecError::PoolExhausted(reason) = &error {
             // The claim took an instance for this attempt, so only instances outside the
-            // claims (an `info()` call beyond the pool's reserve) can fill the pool: the
+            // claims (more `info()` calls at once than the engine keeps slots for) can fill the pool: the
             // host's own condition, which must not spend one of the execution's attempts.
             tracing::warn!(
                 id = execution.id,

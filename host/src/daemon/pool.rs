@@ -12,21 +12,11 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
-/// The instances kept out of the claims: `info()` calls of components loaded by a reload or
-/// bound anew instantiate too, and must not find the pool full.
-fn reserve(max_instances: u32) -> u32 {
-    if max_instances < 2 {
-        0
-    } else {
-        (max_instances / 32).clamp(1, 8)
-    }
-}
-
 /// The engine's instance pool, shared by every lane of a worker.
 pub struct InstancePool {
-    /// Instances attempts may hold at once: the engine's pool less its reserve.
+    /// Instances attempts may hold at once: `[engine] max_instances`.
     size: u32,
-    /// The engine's pool, `[engine] max_instances`.
+    /// The engine's instance slots, the reserve for loading components included.
     engine: u32,
     semaphore: Arc<Semaphore>,
     /// Lanes that found no free instance, to wake when one frees.
@@ -41,9 +31,9 @@ pub struct InstancePool {
 /// Pool use, for the API, the metrics and the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolUse {
-    /// Instances attempts may hold at once.
+    /// Instances attempts may hold at once (`[engine] max_instances`).
     pub size: u32,
-    /// The engine's pool (`[engine] max_instances`), the reserve included.
+    /// The engine's instance slots, the reserve for loading components included.
     pub engine: u32,
     /// Instances held by attempts now.
     pub in_use: u32,
@@ -70,31 +60,23 @@ impl Drop for Instance {
 }
 
 impl InstancePool {
-    /// Instances attempts may hold at once in an engine with `max_instances` slots.
-    pub fn size_for(max_instances: u32) -> u32 {
-        max_instances.saturating_sub(reserve(max_instances)).max(1)
+    /// The pool of the engine `config` describes; `None` without a pooling allocator,
+    /// where instances are not bounded.
+    pub fn of(config: &crate::config::Config) -> Option<Arc<Self>> {
+        config.engine.pooling.then(|| Self::new(&config.engine))
     }
 
-    /// The pool of an engine with `max_instances` instance slots.
-    pub fn new(max_instances: u32) -> Arc<Self> {
-        let size = Self::size_for(max_instances);
+    /// The pool of an engine configured by `engine`: `max_instances` for executions.
+    pub fn new(engine: &crate::config::EngineConfig) -> Arc<Self> {
+        let size = engine.max_instances.max(1);
         Arc::new(InstancePool {
             size,
-            engine: max_instances,
+            engine: engine.engine_slots(),
             semaphore: Arc::new(Semaphore::new(usize::try_from(size).unwrap_or(usize::MAX))),
             waiting: Mutex::new(Vec::new()),
             any_waiting: AtomicBool::new(false),
             held_back: AtomicU64::new(0),
         })
-    }
-
-    /// The pool of the engine `config` describes; `None` without a pooling allocator,
-    /// where instances are not bounded.
-    pub fn of(config: &crate::config::Config) -> Option<Arc<Self>> {
-        config
-            .engine
-            .pooling
-            .then(|| Self::new(config.engine.max_instances))
     }
 
     /// Instances attempts may hold at once.
@@ -174,17 +156,24 @@ impl InstancePool {
 mod tests {
     use super::*;
 
+    fn engine(max_instances: u32) -> crate::config::EngineConfig {
+        crate::config::EngineConfig {
+            pooling: true,
+            max_instances,
+        }
+    }
+
     #[test]
-    fn the_reserve_keeps_a_few_instances_for_info_calls() {
-        assert_eq!(InstancePool::new(1).size(), 1);
-        assert_eq!(InstancePool::new(2).size(), 1);
-        assert_eq!(InstancePool::new(256).size(), 248);
-        assert_eq!(InstancePool::new(10_000).size(), 9_992);
+    fn the_engine_keeps_a_few_slots_more_for_info_calls() {
+        for (max, slots) in [(1, 2), (2, 3), (256, 264), (10_000, 10_008)] {
+            let pool = InstancePool::new(&engine(max));
+            assert_eq!((pool.size(), pool.usage().engine), (max, slots));
+        }
     }
 
     #[tokio::test]
     async fn a_freed_instance_wakes_the_lanes_that_wait() {
-        let pool = InstancePool::new(2);
+        let pool = InstancePool::new(&engine(1));
         let (a, b) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
         let held = pool.try_take(&a).expect("one instance");
         assert!(pool.try_take(&a).is_none());

@@ -188,13 +188,11 @@ impl Registry {
         {
             return;
         }
-        let engine = pool.usage().engine;
         if over {
             warn!(
                 "the lanes' limits add up to {total}, more than the {size} instances that \
-                 executions may hold ([engine] max_instances = {engine}, less a reserve for \
-                 loading components): work beyond the pool waits as pending; raise \
-                 max_instances and restart to run more at once"
+                 executions may hold ([engine] max_instances): work beyond the pool waits as \
+                 pending; raise max_instances and restart to run more at once"
             );
         } else {
             info!("the lanes' limits add up to {total}, within the instance pool of {size}");

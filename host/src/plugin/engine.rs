@@ -100,7 +100,7 @@ impl PluginHost {
             .then(|| config.max_memory_mb().max(64));
         if let Some(slot_mb) = slot_mb {
             let memory = usize::try_from(slot_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
-            let instances = config.engine.max_instances;
+            let instances = config.engine.engine_slots();
             let mut pool = PoolingAllocationConfig::default();
             pool.total_component_instances(instances)
                 .total_core_instances(instances.saturating_mul(8))
