@@ -448,6 +448,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // The SQLite file's lock first: a second serve on the file must hear that another
             // holds it, not that the API's port is taken or whatever else it tried first.
             let lock = crate::daemon::DatabaseLock::take(&config)?;
+            // One descriptor per running call: as many as the hard limit allows.
+            crate::daemon::fds::raise();
             let api = match config.api.enabled && !no_api {
                 true => Some(crate::api::bind(&config.api).await?),
                 false => None,

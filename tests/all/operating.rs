@@ -448,3 +448,60 @@ async fn a_second_serve_on_the_sqlite_file_is_told_that_another_serve_holds_it()
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(terminate(&mut first).success());
 }
+
+/// `lanes serve` runs each call on its own connection: it raises its soft open-file limit to
+/// the hard one at start, and says in the log when the limits need more files than even
+/// that allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_raises_its_open_file_limit_and_says_when_the_limits_need_more() {
+    let mut env = TestEnv::new();
+    env.stub("wide", Some(600), &[]);
+    let config = env.write_config();
+    let run = |soft: u32, hard: u32, name: &str| {
+        let log_path = env.dir.path().join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let script = format!(
+            "ulimit -Sn {soft} && ulimit -Hn {hard} && exec \"$0\" --config \"$1\" serve --no-api"
+        );
+        let child = Command::new("sh")
+            .args(["-c", &script, env!("CARGO_BIN_EXE_lanes")])
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        (child, log_path)
+    };
+    let wait_for = |path: &std::path::Path, text: &str| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = std::fs::read_to_string(path).unwrap_or_default();
+            if log.contains(text) || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    // Soft 256 under a hard 4096: raised, and 600 calls fit.
+    let (mut serve, path) = run(256, 4096, "raised");
+    let log = wait_for(&path, "lanes serving");
+    let _ = serve.kill();
+    let _ = serve.wait();
+    assert!(
+        log.contains("open files: soft limit raised from 256 to 4096"),
+        "{log}"
+    );
+    assert!(!log.contains("more than the soft limit"), "{log}");
+    // A hard limit of 512: 600 calls at once cannot all connect, and the log says so.
+    let (mut serve, path) = run(512, 512, "too-low");
+    let log = wait_for(&path, "lanes serving");
+    let _ = serve.kill();
+    let _ = serve.wait();
+    assert!(
+        // `wide`'s 600 and the stub's own default of 4, and 64 for lanes itself.
+        log.contains(
+            "the lanes' limits add up to 604 calls at once, which may need 668 open files"
+        ) && log.contains("more than the soft limit of 512 (hard 512)"),
+        "{log}"
+    );
+}

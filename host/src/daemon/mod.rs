@@ -20,6 +20,7 @@
 pub mod completer;
 pub mod events;
 pub mod executor;
+pub mod fds;
 pub mod lane;
 pub mod leases;
 pub mod members;

@@ -173,12 +173,14 @@ impl Registry {
     }
 
     /// Says in the log when the lanes' slots come to add up to more than the instance
-    /// pool, and when they fit again: the work beyond the pool then waits as pending.
+    /// pool, and when they fit again: the work beyond the pool then waits as pending. The
+    /// open-file limit is checked against them too ([`super::fds::check`]).
     fn check_pool(&self) {
+        let total = self.slots_total();
+        super::fds::check(total);
         let Some(pool) = &self.pool else {
             return;
         };
-        let total = self.slots_total();
         let size = pool.size();
         let over = total > u64::from(size);
         if self
