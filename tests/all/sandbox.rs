@@ -159,6 +159,13 @@ async fn limits_over_the_instance_pool_wait_as_pending_and_fail_nothing() {
     );
     assert!(peak <= 256, "{peak} running at once over a pool of 256");
     assert!(peak >= 200, "the pool was used: {peak} at most");
+    // `lanes status` says why the lane runs fewer than its limit at once.
+    let out = env.lanes(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("instance pool: the limits add up to 604 per worker, more than the 256"),
+        "{text}"
+    );
     daemon.shutdown(Duration::from_secs(1)).await;
 }
 
