@@ -29,6 +29,11 @@
 //!     and p95 time to completion; once where refused calls count against the rate, and
 //!     once where they are free.
 //!
+//! 12. Capacity (issue 39): the OpenAI adapter against APIs that serve 4 calls at once
+//!     (0.2 s each, ideal 20/s) and answer 429 with `retry-after: 1` beyond: a fixed lane
+//!     and an adaptive lane, both set to 16 with the default policies, at the same time.
+//!     Goodput ÷ ideal for each, and the adaptive lane's 429s ÷ the fixed lane's.
+//!
 //! `cargo bench -- --quick` runs a smaller version (CI uses it to prove the benchmark runs).
 
 use std::collections::{BTreeMap, VecDeque};
@@ -1077,6 +1082,113 @@ async fn policies(secs: u64) {
     }
 }
 
+/// One lane of the `capacity` scenario, as it ended.
+struct CapacityLane {
+    completed: usize,
+    failed: usize,
+    /// Completions a second, from the submission to the lane's last result.
+    goodput: f64,
+    refused: usize,
+    calls: usize,
+    max_in_flight: usize,
+}
+
+/// Issue 39's scenario: an OpenAI-shaped API that serves at most 4 calls at once (0.2 s
+/// each, so its ideal is 20/s) and answers 429 with `retry-after: 1` beyond that, behind
+/// two lanes set too high (16) with the default policies, in one daemon and at the same
+/// time: a fixed lane, the reference, and an adaptive one. Each lane has its own API.
+async fn capacity_lanes(n: usize) {
+    use std::sync::atomic::Ordering;
+    const CAPACITY: usize = 4;
+    const LATENCY_MS: u64 = 200;
+    let ideal = CAPACITY as f64 * 1000.0 / LATENCY_MS as f64;
+    let fixed_api = capacity::CapacityMock::start(CAPACITY, LATENCY_MS).await;
+    let adaptive_api = capacity::CapacityMock::start(CAPACITY, LATENCY_MS).await;
+    for api in [&fixed_api, &adaptive_api] {
+        api.state.retry_after_ms.store(1000, Ordering::SeqCst);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&dir, &[]);
+    for (name, api, adaptive) in [
+        ("fixed", &fixed_api, false),
+        ("adaptive", &adaptive_api, true),
+    ] {
+        config.providers.insert(
+            name.into(),
+            ProviderConfig {
+                component: Some("openai.wasm".into()),
+                base_url: Some(api.url()),
+                model: Some("m".into()),
+                limit: Some(16),
+                policy: lanes::policy::PolicyConfig {
+                    adaptive: Some(adaptive),
+                    ..Default::default()
+                },
+                ..ProviderConfig::default()
+            },
+        );
+    }
+    let (daemon, queue) = start(config).await;
+    let work: Vec<NewExecution> = ["fixed", "adaptive"]
+        .iter()
+        .flat_map(|provider| {
+            (0..n).map(move |i| NewExecution {
+                provider: provider.to_string(),
+                input: ChatInput::prompt(format!("call {i}")),
+                priority: 0,
+                max_attempts: 3,
+                route: None,
+            })
+        })
+        .collect();
+    let submitted = lanes::model::now_ms();
+    daemon.submit_many(&work).await.unwrap();
+    wait_done(queue.as_ref(), 2 * n as u64).await;
+    let mut lanes = Vec::new();
+    for (name, api) in [("fixed", &fixed_api), ("adaptive", &adaptive_api)] {
+        let rows = queue.list(Some(name)).await.unwrap();
+        let completed = rows
+            .iter()
+            .filter(|e| e.status == Status::Completed)
+            .count();
+        let last = rows
+            .iter()
+            .filter_map(|e| e.finished_at)
+            .max()
+            .unwrap_or(submitted);
+        let lane = CapacityLane {
+            completed,
+            failed: rows.len() - completed,
+            goodput: completed as f64 * 1000.0 / (last - submitted).max(1) as f64,
+            refused: api.count(429),
+            calls: api.hits().len(),
+            max_in_flight: api.state.max_in_flight.load(Ordering::SeqCst),
+        };
+        println!(
+            "  {name} (limit 16): {} completed, {} failed in {:.1} s: goodput {:.1}/s, \
+             ÷ ideal {:.2}; {} answered 429 of {} calls; at most {} at once in the API",
+            lane.completed,
+            lane.failed,
+            (last - submitted) as f64 / 1000.0,
+            lane.goodput,
+            lane.goodput / ideal,
+            lane.refused,
+            lane.calls,
+            lane.max_in_flight
+        );
+        lanes.push(lane);
+    }
+    daemon.shutdown(Duration::from_millis(100)).await;
+    let (fixed, adaptive) = (&lanes[0], &lanes[1]);
+    println!(
+        "  goodput ÷ ideal ({ideal:.0}/s): fixed {:.2} (the reference), adaptive {:.2} \
+         (target 0.8); adaptive 429s ÷ fixed 429s: {:.3} (target 0.2)",
+        fixed.goodput / ideal,
+        adaptive.goodput / ideal,
+        adaptive.refused as f64 / fixed.refused.max(1) as f64
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
@@ -1141,6 +1253,15 @@ fn main() {
         }
         if run("policy") {
             policies(if quick { 6 } else { 30 }).await;
+        }
+        if run("capacity") {
+            let n = if quick { 40 } else { 300 };
+            println!(
+                "capacity: {n} executions on each of two lanes (limit 16, default policies), \
+                 fixed and adaptive, over APIs that take 4 calls at once (0.2 s each) and \
+                 answer 429 with retry-after: 1 beyond"
+            );
+            capacity_lanes(n).await;
         }
         if run("pg") {
             let pg_n = if quick { 1_000 } else { 20_000 };
