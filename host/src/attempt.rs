@@ -53,6 +53,20 @@ pub fn to_output(response: ChatResponse) -> ChatOutput {
     }
 }
 
+/// Whether a rate-limited answer says the provider's request or token window is spent: its
+/// message carries `(window spent` (the Rust SDK's `errors::mark_spent` writes it, for
+/// `x-ratelimit-remaining-requests: 0` and the like). WIT 0.1.x has no field for it, so the
+/// message carries it; `docs/policies.md` and `docs/plugin-authors.md` say so.
+pub fn window_spent(error: &ExecError) -> bool {
+    match error {
+        ExecError::Provider(e) => match &e.0 {
+            ProviderError::RateLimited(r) => r.message.contains("(window spent"),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
 /// The class of an attempt's error, and the delay the provider asked for.
 pub fn classify(error: &ExecError) -> (ErrorKind, Option<Duration>) {
     match error {

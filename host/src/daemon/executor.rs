@@ -196,6 +196,7 @@ impl Executor {
                         wait: None,
                         duration: began.elapsed(),
                         error: None,
+                        spent: false,
                     },
                 );
                 let output = attempt::to_output(response);
@@ -235,6 +236,7 @@ impl Executor {
                     wait,
                     duration: began.elapsed(),
                     error: Some(error.to_string()),
+                    spent: attempt::window_spent(&error),
                 },
             );
         }

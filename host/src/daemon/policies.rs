@@ -31,6 +31,21 @@ pub struct Seen {
     pub duration: Duration,
     /// The error, for the state message.
     pub error: Option<String>,
+    /// The component said the provider's request or token window is spent (a rate-limited
+    /// message marked `(window spent: …)`, see [`crate::attempt::window_spent`]).
+    pub spent: bool,
+}
+
+/// What a rate-limited answer says of the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// The provider refuses the calls over its capacity while it serves the others: the
+    /// lane's other calls succeed. An adaptive lane takes one off its limit per refused
+    /// call, and does not pause.
+    Capacity,
+    /// A request or token window is spent (the component said so), or nothing of the lane
+    /// succeeds lately: the provider takes nothing until it resets. The lane pauses.
+    Window,
 }
 
 /// One provider's recent health, in this worker.
@@ -51,13 +66,61 @@ struct Health {
     unauthorized: bool,
     /// The adaptive limit's controller, when the provider adapts.
     adaptive: Option<Adaptive>,
+    /// When the last call of the lane succeeded, and how long its calls take (an
+    /// exponential average, in ms): whether the provider is serving the lane's other calls
+    /// when one is refused.
+    last_success: Option<Instant>,
+    call_ms: f64,
 }
 
-/// An AIMD controller with a latency gradient (after Netflix's concurrency-limits): the
-/// limit shrinks by a quarter on a rate-limited answer, by a tenth when latency rises past
-/// `adaptive_latency_ratio` × its baseline, and grows by one after a window of successes
-/// (the limit's worth; four times that, for a while, to reach the limit that was last
-/// rate-limited).
+impl Health {
+    /// Notes a call that succeeded after `duration`.
+    fn succeeded(&mut self, duration: Duration, now: Instant) {
+        let ms = duration.as_secs_f64() * 1000.0;
+        self.call_ms = if self.last_success.is_none() {
+            ms
+        } else {
+            self.call_ms * 0.8 + ms * 0.2
+        };
+        self.last_success = Some(now);
+    }
+
+    /// What a rate-limited answer (`seen`) says: a spent window when the component said so;
+    /// a refusal over the capacity when the provider serves the lane's other calls: one
+    /// succeeded within twice the time a call takes (at least a second), or others are
+    /// still on their way (`others_running`: they may yet succeed; the first burst of a
+    /// lane set too high has no success behind it); else a spent window, since nothing
+    /// gets through.
+    fn refusal(&self, seen: &Seen, others_running: bool, now: Instant) -> Refusal {
+        let serving = Duration::from_secs_f64((2.0 * self.call_ms / 1000.0).max(1.0));
+        let others_succeed = self
+            .last_success
+            .is_some_and(|at| now.saturating_duration_since(at) <= serving);
+        if !seen.spent && (others_succeed || others_running) {
+            Refusal::Capacity
+        } else {
+            Refusal::Window
+        }
+    }
+}
+
+/// The adaptive limit's controller. Its rules follow TCP Vegas and Netflix's
+/// concurrency-limits (`VegasLimit`, `Gradient2Limit`), for an API that refuses the calls
+/// over its capacity instead of queueing them, so that the limit settles at the capacity
+/// and stays there:
+///
+/// - each call refused over the capacity (a [`Refusal::Capacity`]) takes one off the limit:
+///   a burst over the capacity takes off what it overshot, no more. The level refused is
+///   remembered, and growing back to it is held for a while: 2 s, doubling each time a
+///   probe of it is refused again, up to a minute. A window of successes at that level
+///   (the probe held: the capacity grew) forgets it;
+/// - a spent window ([`Refusal::Window`]) shrinks it by a quarter, once per burst (the lane
+///   pauses besides);
+/// - latency rising past `adaptive_latency_ratio` × its baseline shrinks it by a tenth: a
+///   provider that queues answers later before it refuses;
+/// - a window of successes (the limit's worth) grows it by one, unless the lane is not
+///   using half its slots (Vegas's and Gradient2's "app-limited": its own demand, not the
+///   provider, holds it back, so the limit learns nothing).
 struct Adaptive {
     limit: u32,
     /// Successes since the last change.
@@ -69,16 +132,28 @@ struct Adaptive {
     samples: u32,
     changed: Instant,
     /// Whether the last change was a decrease: the answers of the burst that caused it are
-    /// still coming in, and must neither shrink the limit again nor let it grow yet.
+    /// still coming in, and must neither shrink the limit again (but one by one, for each
+    /// call refused over the capacity) nor let it grow yet.
     decreased: bool,
-    /// The limit at the last rate limit, and when: growing back to it is slow for a while.
-    limited_at: Option<(u32, Instant)>,
+    /// The level last refused, when growing back to it is held.
+    over: Option<Over>,
 }
 
-/// The least time between two decreases: the answers of one burst come together.
+/// A level the provider refused, and how long growing back to it waits.
+#[derive(Debug, Clone, Copy)]
+struct Over {
+    level: u32,
+    since: Instant,
+    hold: Duration,
+}
+
+/// The least time between two decreases by a quarter or a tenth: the answers of one burst
+/// come together.
 const DECREASE_GAP: Duration = Duration::from_millis(500);
-/// How long increases stay cautious after a rate limit.
-const CAUTIOUS: Duration = Duration::from_secs(30);
+/// How long growing back to a refused level waits, at first; it doubles with each probe of
+/// the level that is refused, up to `LONGEST_HOLD`.
+const FIRST_HOLD: Duration = Duration::from_secs(2);
+const LONGEST_HOLD: Duration = Duration::from_secs(60);
 
 impl Adaptive {
     fn new(limit: u32) -> Self {
@@ -92,24 +167,58 @@ impl Adaptive {
                 .checked_sub(DECREASE_GAP)
                 .unwrap_or_else(Instant::now),
             decreased: false,
-            limited_at: None,
+            over: None,
         }
     }
 
-    /// The new limit after `seen`, with why, when it changes.
-    fn step(&mut self, policy: &Policy, ceiling: u32, seen: &Seen) -> Option<(u32, String)> {
+    /// Remembers that `level` was refused (the limit was `before`): a probe of the same
+    /// level refused again doubles its hold.
+    fn refused(&mut self, level: u32, before: u32, now: Instant) {
+        let hold = match self.over {
+            Some(o) if o.level == level && before >= level => (o.hold * 2).min(LONGEST_HOLD),
+            Some(o) if o.level == level => o.hold,
+            _ => FIRST_HOLD,
+        };
+        self.over = Some(Over {
+            level,
+            since: now,
+            hold,
+        });
+    }
+
+    /// The new limit after `seen` (`refusal` when it was rate-limited), with `in_flight`
+    /// of the lane's slots busy, with why, when it changes.
+    fn step(
+        &mut self,
+        policy: &Policy,
+        ceiling: u32,
+        seen: &Seen,
+        refusal: Option<Refusal>,
+        (in_flight, slots): (u32, u32),
+        now: Instant,
+    ) -> Option<(u32, String)> {
         let floor = policy.adaptive_floor.min(ceiling).max(1);
         let before = self.limit.clamp(floor, ceiling);
-        let settled = self.changed.elapsed() >= DECREASE_GAP;
+        let settled = now.saturating_duration_since(self.changed) >= DECREASE_GAP;
         let may_decrease = settled || !self.decreased;
-        let (limit, why) = match seen.kind {
-            Some(ErrorKind::RateLimited) if may_decrease => {
-                self.limited_at = Some((before, Instant::now()));
+        let (limit, why) = match (seen.kind, refusal) {
+            (Some(ErrorKind::RateLimited), Some(Refusal::Capacity)) => {
+                // One call too many: one less (Vegas's drop, counted per refused call).
+                let shrunk = before.saturating_sub(1).max(floor);
+                self.refused(shrunk + 1, before, now);
+                (
+                    shrunk,
+                    "a call over the provider's capacity was refused while others succeed"
+                        .to_string(),
+                )
+            }
+            (Some(ErrorKind::RateLimited), _) if may_decrease => {
+                self.refused(before, before, now);
                 // × 0.75, rounded down, and at least one less.
                 let shrunk = (before * 3 / 4).min(before.saturating_sub(1));
-                (shrunk, "rate limited".to_string())
+                (shrunk, "rate limited: a window is spent".to_string())
             }
-            None => {
+            (None, _) => {
                 let ms = seen.duration.as_secs_f64() * 1000.0;
                 self.samples = self.samples.saturating_add(1);
                 self.recent = if self.samples == 1 {
@@ -137,18 +246,36 @@ impl Adaptive {
                         ),
                     )
                 } else {
-                    if !settled && self.decreased {
+                    // Still the burst of the last decrease, or the lane's own demand holds
+                    // it below half its slots: nothing to learn about the provider.
+                    if (!settled && self.decreased) || in_flight.saturating_mul(2) < slots {
                         return None;
                     }
                     self.successes += 1;
-                    let cautious = self
-                        .limited_at
-                        .is_some_and(|(at, when)| before + 1 >= at && when.elapsed() < CAUTIOUS);
-                    let window = if cautious { before * 4 } else { before };
-                    if self.successes >= window {
-                        (before + 1, format!("{window} successes"))
-                    } else {
+                    if self.successes < before {
                         (before, String::new())
+                    } else {
+                        // A window of successes at the refused level: the capacity grew.
+                        if self.over.is_some_and(|o| before >= o.level) {
+                            self.over = None;
+                        }
+                        match self.over {
+                            Some(o) if before + 1 >= o.level => {
+                                if now.saturating_duration_since(o.since) < o.hold {
+                                    (before, String::new())
+                                } else {
+                                    (
+                                        before + 1,
+                                        format!(
+                                            "{before} successes; probing the level refused \
+                                             {} ago",
+                                            show(now.saturating_duration_since(o.since))
+                                        ),
+                                    )
+                                }
+                            }
+                            _ => (before + 1, format!("{before} successes")),
+                        }
                     }
                 }
             }
@@ -160,7 +287,7 @@ impl Adaptive {
             return None;
         }
         self.successes = 0;
-        self.changed = Instant::now();
+        self.changed = now;
         self.decreased = limit < before;
         Some((limit, why))
     }
@@ -214,16 +341,39 @@ impl Governor {
 
     /// Weighs one attempt's end on `lane` under `policy`.
     pub fn observe(&self, lane: &Lane, policy: &Policy, seen: &Seen) {
+        let now = Instant::now();
+        let mut all = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let health = all.entry(lane.name_arc()).or_default();
+        let refusal = (seen.kind == Some(ErrorKind::RateLimited)).then(|| {
+            // This attempt still holds its slot.
+            match health.refusal(seen, lane.running() > 1, now) {
+                // An adaptive limit at its floor has nothing left to take off: the lane
+                // pauses, rather than knock again at once.
+                Refusal::Capacity
+                    if health.adaptive.as_ref().map_or(lane.limit(), |a| a.limit)
+                        <= policy.adaptive_floor.max(1) =>
+                {
+                    Refusal::Window
+                }
+                refusal => refusal,
+            }
+        });
+        if seen.kind.is_none() {
+            health.succeeded(seen.duration, now);
+        }
+        // An adaptive lane answers a refusal over the capacity by shrinking its limit; the
+        // refused call waits as asked, the others go on. A fixed lane has no other answer
+        // than the pause, and pauses for every wait, as it always did.
+        let over_capacity = policy.adaptive && refusal == Some(Refusal::Capacity);
         if let (Some(kind @ (ErrorKind::RateLimited | ErrorKind::Unavailable)), Some(wait)) =
             (seen.kind, seen.wait)
             && policy.pause
+            && !over_capacity
         {
             self.pause(lane, policy, kind, wait);
         }
-        let mut all = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        let health = all.entry(lane.name_arc()).or_default();
         if policy.adaptive {
-            self.adapt(lane, policy, health, seen);
+            self.adapt(lane, policy, health, seen, refusal, now);
         }
         let started = Instant::now().checked_sub(seen.duration);
         let straggler = health.open
@@ -300,12 +450,22 @@ impl Governor {
     }
 
     /// Moves the adaptive limit of `lane` after `seen`.
-    fn adapt(&self, lane: &Lane, policy: &Policy, health: &mut Health, seen: &Seen) {
+    fn adapt(
+        &self,
+        lane: &Lane,
+        policy: &Policy,
+        health: &mut Health,
+        seen: &Seen,
+        refusal: Option<Refusal>,
+        now: Instant,
+    ) {
         let ceiling = lane.ceiling();
         let adaptive = health
             .adaptive
             .get_or_insert_with(|| Adaptive::new(lane.limit()));
-        let Some((limit, why)) = adaptive.step(policy, ceiling, seen) else {
+        // This attempt still holds its slot.
+        let busy = (lane.running(), lane.slots());
+        let Some((limit, why)) = adaptive.step(policy, ceiling, seen, refusal, busy, now) else {
             return;
         };
         let mut inputs = lane.inputs();

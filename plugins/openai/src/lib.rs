@@ -84,9 +84,14 @@ fn error(response: &http::Response) -> ProviderError {
                 .iter()
                 .filter_map(|h| response.header(h).and_then(errors::go_duration_ms))
                 .max();
+            // OpenAI's limits are windows of requests and tokens: its own refusal
+            // (`rate_limit_exceeded`) or a remaining count of 0 says one is spent. Without
+            // either (a compatible server over its capacity), the host weighs it.
+            let spent = errors::spent_window(response)
+                .or_else(|| (code == "rate_limit_exceeded").then(|| format!("code {code}")));
             ProviderError::RateLimited(RateLimit {
                 retry_after_ms: errors::retry_after_ms(response).or(reset),
-                message: format!("HTTP 429: {message}"),
+                message: errors::mark_spent(format!("HTTP 429: {message}"), spent),
             })
         }
     } else {

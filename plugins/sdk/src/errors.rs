@@ -47,12 +47,49 @@ fn classify_status(response: &Response, message: String) -> ProviderError {
     match response.status {
         429 => ProviderError::RateLimited(RateLimit {
             retry_after_ms: retry_after_ms(response),
-            message,
+            message: mark_spent(message, spent_window(response)),
         }),
         401 | 403 => ProviderError::Unauthorized(message),
         408 | 409 => ProviderError::Unavailable(message),
         s if s >= 500 => ProviderError::Unavailable(message),
         _ => ProviderError::InvalidRequest(message),
+    }
+}
+
+/// What a rate-limited message carries when the provider said its request or token window
+/// is spent: `(window spent: <why>)`. The host reads it (see `docs/policies.md`): a spent
+/// window pauses the provider until the window resets, while a 429 without it, that comes
+/// while the provider's other calls succeed, is a refusal of the calls over its capacity,
+/// which an adaptive lane answers by shrinking its limit, without a pause.
+pub const WINDOW_SPENT: &str = "window spent";
+
+/// The headers that say how much of a request or token window is left: OpenAI's,
+/// Anthropic's and the IETF draft's. On a 429, one of them at 0 says the window is spent.
+const REMAINING: [&str; 8] = [
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-remaining-tokens",
+    "anthropic-ratelimit-requests-remaining",
+    "anthropic-ratelimit-tokens-remaining",
+    "anthropic-ratelimit-input-tokens-remaining",
+    "anthropic-ratelimit-output-tokens-remaining",
+    "ratelimit-remaining",
+    "x-ratelimit-remaining",
+];
+
+/// The header that says a request or token window is spent (`x-ratelimit-remaining-requests:
+/// 0`), as `name: value`, if one does.
+pub fn spent_window(response: &Response) -> Option<String> {
+    REMAINING.iter().find_map(|name| {
+        let value = response.header(name)?.trim();
+        (value.parse::<f64>().ok()? <= 0.0).then(|| format!("{name}: {value}"))
+    })
+}
+
+/// `message`, marked as a spent window (`… (window spent: <why>)`) when `why` says so.
+pub fn mark_spent(message: String, why: Option<String>) -> String {
+    match why {
+        Some(why) => format!("{message} ({WINDOW_SPENT}: {why})"),
+        None => message,
     }
 }
 
@@ -158,6 +195,35 @@ mod tests {
             None,
             "a rate limit carries its own"
         );
+    }
+
+    #[test]
+    fn a_spent_window_is_marked() {
+        let limited = |headers: &[(&str, &str)]| match from_status(
+            &with_headers(headers),
+            "slow down".into(),
+        ) {
+            ProviderError::RateLimited(r) => r.message,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            limited(&[("x-ratelimit-remaining-requests", "0")]),
+            "HTTP 429: slow down (window spent: x-ratelimit-remaining-requests: 0)"
+        );
+        assert!(
+            limited(&[
+                ("x-ratelimit-remaining-requests", "12"),
+                ("x-ratelimit-remaining-tokens", "0")
+            ])
+            .ends_with("(window spent: x-ratelimit-remaining-tokens: 0)")
+        );
+        assert!(limited(&[("anthropic-ratelimit-requests-remaining", "0")]).contains(WINDOW_SPENT));
+        // Room left in every window, or no word of one: a refusal over a capacity.
+        assert_eq!(
+            limited(&[("x-ratelimit-remaining-requests", "3")]),
+            "HTTP 429: slow down"
+        );
+        assert_eq!(limited(&[]), "HTTP 429: slow down");
     }
 
     #[test]
