@@ -36,6 +36,9 @@ pub struct Capacity {
     /// The wait a 429 (or a 503 while down) asks for, in ms, as `retry-after-ms` and
     /// `retry-after` (whole seconds, rounded up); 0: none.
     pub retry_after_ms: AtomicU64,
+    /// Say on each 429 that the request window is spent (`x-ratelimit-remaining-requests:
+    /// 0`, as OpenAI does), rather than nothing of why.
+    pub window_spent: AtomicBool,
     /// Answer 503 to everything.
     pub down: AtomicBool,
     /// When set, a call without `Authorization: Bearer <key>` gets 401.
@@ -69,6 +72,7 @@ impl CapacityMock {
             count_refused: AtomicBool::new(false),
             latency_ms: AtomicU64::new(latency_ms),
             retry_after_ms: AtomicU64::new(1000),
+            window_spent: AtomicBool::new(false),
             down: AtomicBool::new(false),
             key: Mutex::new(None),
             in_flight: AtomicUsize::new(0),
@@ -109,7 +113,7 @@ impl CapacityMock {
     }
 }
 
-fn reply(status: u16, retry_after: u64) -> hyper::Response<Full<Bytes>> {
+fn reply(status: u16, retry_after: u64, window_spent: bool) -> hyper::Response<Full<Bytes>> {
     let body = if status == 200 {
         serde_json::json!({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
@@ -126,6 +130,9 @@ fn reply(status: u16, retry_after: u64) -> hyper::Response<Full<Bytes>> {
         response = response
             .header("retry-after-ms", retry_after.to_string())
             .header("retry-after", retry_after.div_ceil(1000).to_string());
+    }
+    if window_spent && status == 429 {
+        response = response.header("x-ratelimit-remaining-requests", "0");
     }
     response
         .body(Full::new(Bytes::from(body.to_string())))
@@ -148,12 +155,12 @@ async fn answer(
             .unwrap_or("");
         if given != format!("Bearer {key}") {
             log(401);
-            return Ok(reply(401, 0));
+            return Ok(reply(401, 0, false));
         }
     }
     if state.down.load(Ordering::SeqCst) {
         log(503);
-        return Ok(reply(503, retry_after));
+        return Ok(reply(503, retry_after, false));
     }
     let window = Duration::from_millis(state.window_ms.load(Ordering::SeqCst));
     // Over the rate: how long until the window has room again.
@@ -184,7 +191,7 @@ async fn answer(
             Some(until_room) if retry_after > 0 => until_room.max(1),
             _ => retry_after,
         };
-        return Ok(reply(429, wait));
+        return Ok(reply(429, wait, state.window_spent.load(Ordering::SeqCst)));
     }
     state.accepted.lock().unwrap().push_back(at);
     state.max_in_flight.fetch_max(running, Ordering::SeqCst);
@@ -194,5 +201,5 @@ async fn answer(
     ))
     .await;
     state.in_flight.fetch_sub(1, Ordering::SeqCst);
-    Ok(reply(200, 0))
+    Ok(reply(200, 0, false))
 }

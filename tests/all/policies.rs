@@ -336,6 +336,84 @@ async fn the_adaptive_limit_follows_the_capacity_down_and_back_up() {
     daemon.shutdown(Duration::from_secs(1)).await;
 }
 
+/// Runs 12 calls through an adaptive lane set to 6 against an API that serves 2 at once
+/// (300 ms each) and answers 429 with `retry-after: 1` beyond, `window_spent` saying why or
+/// not; the rows, the lane's limits as they changed, and whether it paused.
+async fn adaptive_refusals(
+    window_spent: bool,
+) -> (Vec<lanes::Execution>, Vec<u32>, bool, Vec<Hit>) {
+    use std::sync::atomic::Ordering;
+    let mock = CapacityMock::start(2, 300).await;
+    mock.state
+        .window_spent
+        .store(window_spent, Ordering::SeqCst);
+    let mut env = env_for(&mock, 6);
+    env.config.policy = PolicyConfig {
+        adaptive: Some(true),
+        ..Default::default()
+    };
+    let (daemon, queue) = env.start().await;
+    let mut events = daemon.subscribe();
+    daemon.submit_many(&calls(12, 2)).await.unwrap();
+    let rows = wait_terminal(queue.as_ref(), Some("cap"), Duration::from_secs(60)).await;
+    daemon.shutdown(Duration::from_secs(1)).await;
+    let (mut limits, mut paused) = (Vec::new(), false);
+    while let Ok(Some(event)) =
+        tokio::time::timeout(Duration::from_millis(100), events.recv()).await
+    {
+        match event.expect("no event lost") {
+            Event::LimitChanged { new, .. } => limits.push(new),
+            Event::LanePaused { .. } => paused = true,
+            _ => {}
+        }
+    }
+    (rows, limits, paused, mock.hits())
+}
+
+/// A 429 while the lane's other calls succeed refuses only the calls over the API's
+/// capacity: the adaptive lane takes them off its limit, and does not pause; the refused
+/// calls wait as asked while the others go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_over_the_capacity_shrinks_the_adaptive_limit_without_a_pause() {
+    let (rows, limits, paused, hits) = adaptive_refusals(false).await;
+    assert!(rows.iter().all(|e| e.status == Status::Completed));
+    assert!(
+        rows.iter().any(|e| e.rate_limited > 0),
+        "some calls were refused"
+    );
+    assert!(
+        !paused,
+        "a refusal over the capacity does not pause the lane"
+    );
+    assert!(
+        limits.first() == Some(&5) && limits.iter().min() <= Some(&2),
+        "one off the limit per refused call, down to the capacity: {limits:?}"
+    );
+    // The API kept serving the lane during the wait the first 429 asked for.
+    let first = hits.iter().find(|h| h.status == 429).expect("a 429").at;
+    let served = hits_between(&hits, first, first + Duration::from_millis(900));
+    assert!(
+        served.iter().any(|h| h.status == 200),
+        "calls during the 429's wait: {served:?}"
+    );
+}
+
+/// A 429 that says its window is spent (`x-ratelimit-remaining-requests: 0`, as OpenAI
+/// sends) pauses the adaptive lane until the wait is over, though other calls succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_window_pauses_the_adaptive_lane() {
+    let (rows, _, paused, hits) = adaptive_refusals(true).await;
+    assert!(rows.iter().all(|e| e.status == Status::Completed));
+    assert!(paused, "a spent window pauses the lane");
+    let first = hits.iter().find(|h| h.status == 429).expect("a 429").at;
+    let during = hits_between(
+        &hits,
+        first + Duration::from_millis(150),
+        first + Duration::from_millis(950),
+    );
+    assert!(during.is_empty(), "calls during the pause: {during:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aging_lifts_starved_low_priority_work() {
     let mut env = TestEnv::new();

@@ -685,6 +685,187 @@ mod tests {
         assert_eq!(c, [1, 2, 4, 5, 5]);
     }
 
+    fn success() -> Seen {
+        Seen {
+            kind: None,
+            wait: None,
+            duration: Duration::from_millis(200),
+            error: None,
+            spent: false,
+        }
+    }
+
+    fn limited(spent: bool) -> Seen {
+        Seen {
+            kind: Some(ErrorKind::RateLimited),
+            wait: Some(Duration::from_secs(1)),
+            duration: Duration::from_millis(5),
+            error: Some("rate limited: HTTP 429".into()),
+            spent,
+        }
+    }
+
+    fn adaptive() -> Policy {
+        Policy {
+            adaptive: true,
+            ..Policy::default()
+        }
+    }
+
+    /// A lane set to 16 against a capacity of 4: the 12 calls refused of its first burst take
+    /// it to 4, and it stays there: growing back to the refused level waits 2 s, then twice
+    /// as long after a probe of it is refused again.
+    #[test]
+    fn refusals_over_the_capacity_take_off_the_overshoot_and_hold_the_level() {
+        let policy = adaptive();
+        let mut a = Adaptive::new(16);
+        let t0 = Instant::now();
+        let capacity = Some(Refusal::Capacity);
+        for _ in 0..12 {
+            a.step(&policy, 16, &limited(false), capacity, (16, 16), t0);
+        }
+        assert_eq!(a.limit, 4);
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // A second of full windows at 4: no probe of 5 yet.
+        for i in 0..20 {
+            assert_eq!(
+                a.step(&policy, 16, &success(), None, (4, 4), at(600 + i * 20)),
+                None
+            );
+        }
+        // Past the hold, the next window probes 5; it is refused.
+        let probe = a.step(&policy, 16, &success(), None, (4, 4), at(2_100));
+        assert!(
+            matches!(&probe, Some((5, why)) if why.contains("probing")),
+            "{probe:?}"
+        );
+        a.step(&policy, 16, &limited(false), capacity, (5, 5), at(2_110));
+        assert_eq!(a.limit, 4);
+        // The next probe waits twice as long: 4 s.
+        for ms in (2_700..6_000).step_by(100) {
+            assert_eq!(
+                a.step(&policy, 16, &success(), None, (4, 4), at(ms)),
+                None,
+                "{ms}"
+            );
+        }
+        let probe = a.step(&policy, 16, &success(), None, (4, 4), at(6_200));
+        assert_eq!(probe.map(|(l, _)| l), Some(5));
+    }
+
+    /// A probe that holds for a window of successes (the capacity grew) forgets the level,
+    /// and the limit grows on at once.
+    #[test]
+    fn a_probe_that_holds_forgets_the_refused_level() {
+        let policy = adaptive();
+        let mut a = Adaptive::new(5);
+        let t0 = Instant::now();
+        a.step(
+            &policy,
+            16,
+            &limited(false),
+            Some(Refusal::Capacity),
+            (5, 5),
+            t0,
+        );
+        assert_eq!(a.limit, 4);
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut ms = 2_100;
+        let mut next = || {
+            ms += 10;
+            at(ms)
+        };
+        let mut grown = Vec::new();
+        for _ in 0..40 {
+            let busy = (a.limit, a.limit);
+            if let Some((limit, _)) = a.step(&policy, 16, &success(), None, busy, next()) {
+                grown.push(limit);
+            }
+        }
+        assert!(a.over.is_none());
+        assert_eq!(grown[..3], [5, 6, 7], "{grown:?}");
+    }
+
+    /// A lane that uses less than half its slots learns nothing of the provider: its limit
+    /// does not grow (Vegas's and Gradient2's app-limited rule).
+    #[test]
+    fn a_lane_that_uses_few_of_its_slots_does_not_grow() {
+        let policy = adaptive();
+        let mut a = Adaptive::new(8);
+        let later = Instant::now() + Duration::from_secs(1);
+        for _ in 0..100 {
+            assert_eq!(a.step(&policy, 16, &success(), None, (3, 8), later), None);
+        }
+        assert!(
+            a.step(&policy, 16, &success(), None, (4, 8), later)
+                .is_none()
+        );
+        for _ in 0..7 {
+            a.step(&policy, 16, &success(), None, (4, 8), later);
+        }
+        assert_eq!(a.limit, 9);
+    }
+
+    async fn governor() -> (Governor, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let queue: Arc<dyn Queue> = Arc::new(
+            crate::store::sqlite::SqliteQueue::open_path(&dir.path().join("q.db"))
+                .await
+                .unwrap(),
+        );
+        let (governor, writer) = Governor::new(queue, EventBus::default());
+        tokio::spawn(writer);
+        (governor, dir)
+    }
+
+    /// A 429 while the lane's other calls succeed is a refusal over the capacity: an
+    /// adaptive lane takes one off its limit and goes on claiming. A 429 that says its window
+    /// is spent (`x-ratelimit-remaining-requests: 0`) pauses the lane.
+    #[tokio::test]
+    async fn a_refusal_over_the_capacity_shrinks_and_a_spent_window_pauses() {
+        let (governor, _dir) = governor().await;
+        let policy = adaptive();
+        let lane = Lane::new("p", 8);
+        let _busy: Vec<_> = (0..3).map(|_| lane.try_acquire().unwrap()).collect();
+        governor.observe(&lane, &policy, &success());
+        governor.observe(&lane, &policy, &limited(false));
+        assert_eq!(lane.paused_for(), None, "the other calls go on");
+        assert_eq!(lane.limit(), 7);
+        governor.observe(&lane, &policy, &limited(true));
+        assert!(lane.paused_for().is_some(), "a spent window pauses");
+    }
+
+    /// With nothing of the lane succeeding or running besides, nothing gets through: a
+    /// spent window, though the component did not say so. And a limit at its floor has
+    /// nothing to take off: the lane pauses.
+    #[tokio::test]
+    async fn a_refusal_with_nothing_else_getting_through_pauses() {
+        let (governor, _dir) = governor().await;
+        let policy = adaptive();
+        let alone = Lane::new("alone", 8);
+        let _slot = alone.try_acquire().unwrap();
+        governor.observe(&alone, &policy, &limited(false));
+        assert!(alone.paused_for().is_some());
+        let floor = Lane::new("floor", 1);
+        let _busy: Vec<_> = (0..1).map(|_| floor.try_acquire().unwrap()).collect();
+        governor.observe(&floor, &policy, &success());
+        governor.observe(&floor, &policy, &limited(false));
+        assert!(floor.paused_for().is_some());
+    }
+
+    /// A fixed lane, the reference, pauses for every 429 with a wait, whatever its kind.
+    #[tokio::test]
+    async fn a_fixed_lane_pauses_for_every_wait() {
+        let (governor, _dir) = governor().await;
+        let policy = Policy::default();
+        let lane = Lane::new("p", 8);
+        let _busy: Vec<_> = (0..3).map(|_| lane.try_acquire().unwrap()).collect();
+        governor.observe(&lane, &policy, &success());
+        governor.observe(&lane, &policy, &limited(false));
+        assert!(lane.paused_for().is_some());
+        assert_eq!(lane.limit(), 8);
+    }
+
     /// Before, a worker whose component for the provider was gone wrote `Adaptive(None)` at
     /// every refresh, erasing the limit the fleet's other workers had found.
     #[tokio::test]
