@@ -3,7 +3,8 @@
 //! resolved per provider into a [`Policy`].
 //!
 //! - **Pauses.** A rate-limited answer that says how long to wait (and an unavailable one
-//!   that does) pauses the provider's claims, fleet-wide, until the wait is over; the waiting
+//!   that does) pauses the provider's claims, fleet-wide, until the wait is over (but a
+//!   refusal over the capacity on an adaptive lane, see `docs/policies.md`); the waiting
 //!   executions resume spread over `resume_spread_ms`. Rate-limited attempts do not count
 //!   against `max_attempts` but against `max_rate_limited`.
 //! - **Circuit breaker.** `breaker_failures` transient failures in a row, or a failure ratio
@@ -12,9 +13,10 @@
 //!   `breaker_max_cooldown_ms`). Then one probe at a time; a success closes it. An
 //!   unauthorized answer opens it until the provider's config or key changes.
 //! - **Adaptive limits** (`adaptive = true`): the limit moves between `adaptive_floor` and
-//!   the configured limit, halving on rate-limited answers and shrinking when latency rises
-//!   past `adaptive_latency_ratio` × its baseline, and growing by one after a window of
-//!   successes.
+//!   the configured limit: one less for each call refused over the provider's capacity
+//!   (without a pause), a quarter less for a spent window, a tenth less when latency rises
+//!   past `adaptive_latency_ratio` × its baseline, and one more after a window of successes,
+//!   held back for a while from a level that was refused.
 //! - **Priority aging** (`aging_ms`): a pending execution's priority rises by one for every
 //!   `aging_ms` it waits, up to `aging_max`, so low-priority work is never starved.
 
