@@ -1180,9 +1180,17 @@ async fn capacity_lanes(n: usize) {
     }
     daemon.shutdown(Duration::from_millis(100)).await;
     let (fixed, adaptive) = (&lanes[0], &lanes[1]);
+    // Both lanes lose the 12 calls of their first burst over the capacity: in a short run
+    // they weigh most of the adaptive lane's 429s.
+    let targets_for = if n < 300 {
+        " (the targets are for 300 executions; in a short run the first burst's 12 refused \
+         calls weigh the most)"
+    } else {
+        ""
+    };
     println!(
         "  goodput ÷ ideal ({ideal:.0}/s): fixed {:.2} (the reference), adaptive {:.2} \
-         (target 0.8); adaptive 429s ÷ fixed 429s: {:.3} (target 0.2)",
+         (target 0.8); adaptive 429s ÷ fixed 429s: {:.3} (target 0.2){targets_for}",
         fixed.goodput / ideal,
         adaptive.goodput / ideal,
         adaptive.refused as f64 / fixed.refused.max(1) as f64
@@ -1255,7 +1263,7 @@ fn main() {
             policies(if quick { 6 } else { 30 }).await;
         }
         if run("capacity") {
-            let n = if quick { 40 } else { 300 };
+            let n = if quick { 30 } else { 300 };
             println!(
                 "capacity: {n} executions on each of two lanes (limit 16, default policies), \
                  fixed and adaptive, over APIs that take 4 calls at once (0.2 s each) and \
