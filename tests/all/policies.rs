@@ -309,7 +309,9 @@ async fn the_adaptive_limit_follows_the_capacity_down_and_back_up() {
         }
         last.iter().sum::<f64>() / last.len() as f64
     }
-    let high = settle(&limit, 3).await;
+    // 5 s: a refused probe holds growth back to the refused level for 2 s, then 4 s, and a
+    // loaded machine's latency noise can take a step off on the way.
+    let high = settle(&limit, 5).await;
     assert!(
         high >= 4.5,
         "the limit rises toward the capacity of 6: {high}"
