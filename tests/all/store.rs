@@ -956,6 +956,34 @@ async fn idempotency_keys_pages_and_cancels(q: Arc<dyn Queue>) {
         Cancelled::Terminal(Status::Cancelled)
     );
     assert_eq!(q.cancel(999_999).await.unwrap(), Cancelled::NotFound);
+
+    // Ended since: the two cancelled rows, and none in the future.
+    let ended = |after| ExecutionFilter {
+        finished_after: Some(after),
+        limit: 10,
+        ..ExecutionFilter::default()
+    };
+    let since: Vec<i64> = q
+        .list_page(&ended(now_ms() - 60_000))
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(since, vec![id, rest[0].id]);
+    assert!(
+        q.list_page(&ended(now_ms() + 60_000))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The keys of those ids that have one.
+    let keys = q.idempotency_keys(&[a, id, 999_999]).await.unwrap();
+    assert_eq!(
+        keys.into_iter().collect::<Vec<_>>(),
+        vec![(a, "a".to_string())]
+    );
+    assert!(q.idempotency_keys(&[]).await.unwrap().is_empty());
     q.ping().await.unwrap();
 }
 

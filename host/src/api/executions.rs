@@ -6,7 +6,6 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use sha2::Digest;
 
 use super::AppState;
 use super::problem::{Json, Path, Problem, Query};
@@ -73,14 +72,7 @@ async fn validate(
                         .into(),
                 );
             }
-            // The normalized request: `{"prompt": …}` and its messages form are the same.
-            let normalized =
-                serde_json::to_string(&(&new.provider, &new.input, new.priority, new.max_attempts))
-                    .map_err(|e| e.to_string())?;
-            Some(IdempotencyKey {
-                key,
-                fingerprint: hex::encode(sha2::Sha256::digest(normalized.as_bytes())),
-            })
+            Some(IdempotencyKey::of(key, &new).map_err(|e| e.to_string())?)
         }
     };
     Ok((new, key))
@@ -324,6 +316,7 @@ pub async fn list(
             status,
             created_after: query.created_after,
             created_before: query.created_before,
+            finished_after: None,
             before_id,
             // One more than asked tells whether another page follows.
             limit: limit + 1,

@@ -312,6 +312,13 @@ pub trait Queue: Send + Sync + 'static {
     /// One page of executions, newest first (see [`ExecutionFilter`]).
     async fn list_page(&self, filter: &ExecutionFilter) -> Result<Vec<Execution>, StoreError>;
 
+    /// The idempotency keys of those of `ids` that were submitted with one (`lanes export`
+    /// recovers a batch load's `custom_id` from it; see [`BatchKey`]).
+    async fn idempotency_keys(
+        &self,
+        ids: &[ExecutionId],
+    ) -> Result<BTreeMap<ExecutionId, String>, StoreError>;
+
     /// Cancels a pending or running execution. A running one is left to its worker to stop:
     /// the row is `cancelled` at once, so whatever the attempt ends with is not written,
     /// and on PostgreSQL every worker is told (see [`Change::Cancel`]).
@@ -402,6 +409,21 @@ pub struct IdempotencyKey {
 }
 
 impl IdempotencyKey {
+    /// `key` with the fingerprint of `new` as submitted, before a route picks its member
+    /// (the same request gives the same fingerprint wherever it ran): its provider or
+    /// route, input, priority and max attempts.
+    pub fn of(key: String, new: &NewExecution) -> Result<Self, StoreError> {
+        use sha2::Digest;
+        // The normalized request: `{"prompt": …}` and its messages form are the same.
+        let normalized =
+            serde_json::to_string(&(&new.provider, &new.input, new.priority, new.max_attempts))
+                .map_err(|e| StoreError::Other(format!("serializing input: {e}")))?;
+        Ok(IdempotencyKey {
+            key,
+            fingerprint: hex::encode(sha2::Sha256::digest(normalized.as_bytes())),
+        })
+    }
+
     /// What a stored execution `id` of this key, stored with `fingerprint`, means.
     pub(crate) fn outcome(&self, id: ExecutionId, fingerprint: Option<&str>) -> Submitted {
         if fingerprint == Some(self.fingerprint.as_str()) {
@@ -432,10 +454,37 @@ pub struct ExecutionFilter {
     pub created_after: Option<i64>,
     /// Created before this time (Unix ms).
     pub created_before: Option<i64>,
+    /// Ended (completed, failed or cancelled) at or after this time (Unix ms); rows that
+    /// have not ended are left out.
+    pub finished_after: Option<i64>,
     /// Only ids below this one: the cursor of the next page.
     pub before_id: Option<ExecutionId>,
     /// At most this many.
     pub limit: u32,
+}
+
+/// The idempotency key of one line of a batch load (`lanes submit --file`): the line's
+/// `custom_id` scoped by the batch's name, as `batch/NAME/CUSTOM_ID`. The name has no `/`,
+/// so the `custom_id` (which may) is all after the second `/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchKey<'a> {
+    pub name: &'a str,
+    pub custom_id: &'a str,
+}
+
+impl<'a> BatchKey<'a> {
+    const PREFIX: &'static str = "batch/";
+
+    /// The stored key.
+    pub fn key(&self) -> String {
+        format!("{}{}/{}", Self::PREFIX, self.name, self.custom_id)
+    }
+
+    /// The batch name and `custom_id` of a stored key, when a batch load wrote it.
+    pub fn parse(key: &'a str) -> Option<Self> {
+        let (name, custom_id) = key.strip_prefix(Self::PREFIX)?.split_once('/')?;
+        Some(BatchKey { name, custom_id })
+    }
 }
 
 /// What [`Queue::cancel`] found.

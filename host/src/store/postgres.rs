@@ -918,6 +918,7 @@ impl Queue for PgQueue {
                 AND ($3::bigint IS NULL OR created_at >= $3)
                 AND ($4::bigint IS NULL OR created_at < $4)
                 AND ($5::bigint IS NULL OR id < $5)
+                AND ($7::bigint IS NULL OR finished_at >= $7)
               ORDER BY id DESC LIMIT $6"
         ))
         .bind(filter.provider.as_deref())
@@ -926,10 +927,29 @@ impl Queue for PgQueue {
         .bind(filter.created_before)
         .bind(filter.before_id)
         .bind(i64::from(filter.limit))
+        .bind(filter.finished_after)
         .fetch_all(&self.pool)
         .await
         .op("listing executions")?;
         rows.iter().map(execution_from_row).collect()
+    }
+
+    async fn idempotency_keys(
+        &self,
+        ids: &[ExecutionId],
+    ) -> Result<BTreeMap<ExecutionId, String>, StoreError> {
+        if ids.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT id, idempotency_key FROM executions
+              WHERE id = ANY($1) AND idempotency_key IS NOT NULL",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .op("reading idempotency keys")?;
+        Ok(rows.into_iter().collect())
     }
 
     async fn cancel(&self, id: ExecutionId) -> Result<Cancelled, StoreError> {

@@ -1055,7 +1055,7 @@ impl Queue for SqliteQueue {
             "SELECT {COLUMNS} FROM executions
               WHERE (?1 IS NULL OR provider = ?1) AND (?2 IS NULL OR status = ?2)
                 AND (?3 IS NULL OR created_at >= ?3) AND (?4 IS NULL OR created_at < ?4)
-                AND (?5 IS NULL OR id < ?5)
+                AND (?5 IS NULL OR id < ?5) AND (?7 IS NULL OR finished_at >= ?7)
               ORDER BY id DESC LIMIT ?6"
         ))
         .bind(filter.provider.as_deref())
@@ -1064,10 +1064,32 @@ impl Queue for SqliteQueue {
         .bind(filter.created_before)
         .bind(filter.before_id)
         .bind(i64::from(filter.limit))
+        .bind(filter.finished_after)
         .fetch_all(&self.pool)
         .await
         .op("listing executions")?;
         rows.iter().map(execution_from_row).collect()
+    }
+
+    async fn idempotency_keys(
+        &self,
+        ids: &[ExecutionId],
+    ) -> Result<BTreeMap<ExecutionId, String>, StoreError> {
+        const OP: &str = "reading idempotency keys";
+        if ids.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let ids =
+            serde_json::to_string(ids).map_err(|e| StoreError::Other(format!("{OP}: {e}")))?;
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "SELECT id, idempotency_key FROM executions
+              WHERE id IN (SELECT value FROM json_each(?1)) AND idempotency_key IS NOT NULL",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .op(OP)?;
+        Ok(rows.into_iter().collect())
     }
 
     async fn cancel(&self, id: ExecutionId) -> Result<Cancelled, StoreError> {
