@@ -48,8 +48,11 @@ pub enum Command {
         #[arg(long)]
         no_api: bool,
     },
-    /// Queue an execution and print its id.
+    /// Queue an execution and print its id, or every line of a JSON Lines file (`--file`).
     Submit(SubmitArgs),
+    /// Write executions as JSON Lines on stdout, newest first, in lanes' shape or OpenAI
+    /// Batch's output shape (`--format openai`).
+    Export(crate::jsonl::ExportArgs),
     /// Show one execution.
     Get {
         id: i64,
@@ -114,13 +117,27 @@ pub enum Command {
 
 /// `lanes submit`.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["input", "file"])))]
 pub struct SubmitArgs {
-    /// The provider, or a route (`[routes.NAME]`), which picks one of its members.
-    #[arg(long)]
-    pub provider: String,
+    /// The provider, or a route (`[routes.NAME]`), which picks one of its members; with
+    /// `--file`, that of every line that names none.
+    #[arg(long, required_unless_present = "file")]
+    pub provider: Option<String>,
     /// Chat input JSON, `@FILE`, or `@-` for stdin.
     #[arg(long)]
-    pub input: String,
+    pub input: Option<String>,
+    /// A JSON Lines file, one execution a line: lanes lines or OpenAI Batch input lines
+    /// (see `docs/jsonl.md`). Queued a transaction per 1,000 lines; a file with a bad line
+    /// queues nothing unless `--skip-bad`.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// The batch name that scopes the file's `custom_id`s (default: the file's name): a
+    /// `custom_id` already queued under it is not queued again.
+    #[arg(long, requires = "file")]
+    pub name: Option<String>,
+    /// Queue the good lines of a file with bad ones (the bad ones are still listed).
+    #[arg(long, requires = "file")]
+    pub skip_bad: bool,
     /// Higher runs first.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     pub priority: i32,
@@ -506,6 +523,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             daemon.shutdown(grace).await;
         }
         Command::Submit(args) => submit(&config, args).await?,
+        Command::Export(args) => {
+            let filter = args.filter()?;
+            let queue = open_queue(&config).await?;
+            let mut out = std::io::BufWriter::new(std::io::stdout());
+            let report =
+                crate::jsonl::export(queue.as_ref(), filter, args.format, &mut out).await?;
+            if report.not_ended > 0 {
+                eprintln!(
+                    "{} execution(s) that have not ended were left out (OpenAI's shape has \
+                     no line for them)",
+                    report.not_ended
+                );
+            }
+            eprintln!("exported {} execution(s)", report.written);
+        }
         Command::Get { id, json } => {
             let queue = open_queue(&config).await?;
             let execution = queue
@@ -625,11 +657,17 @@ async fn known_providers(config: &Config, queue: &dyn Queue) -> anyhow::Result<B
 }
 
 async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<()> {
-    validate_provider_name(&args.provider).map_err(anyhow::Error::msg)?;
-    let input = ChatInput::parse(&read_input(&args.input)?)?;
+    if args.file.is_some() {
+        return submit_file(config, args).await;
+    }
+    let (Some(provider), Some(input)) = (args.provider, args.input) else {
+        bail!("give --provider and --input, or --file");
+    };
+    validate_provider_name(&provider).map_err(anyhow::Error::msg)?;
+    let input = ChatInput::parse(&read_input(&input)?)?;
     let queue = open_queue(config).await?;
     let known = known_providers(config, queue.as_ref()).await?;
-    if !args.allow_unknown && !known.contains(&args.provider) {
+    if !args.allow_unknown && !known.contains(&provider) {
         let list = if known.is_empty() {
             "none yet: run `lanes serve` or add [providers.NAME] to the config".to_string()
         } else {
@@ -638,15 +676,12 @@ async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<()> {
         bail!(
             "unknown provider `{}` (known: {list}); pass --allow-unknown to queue it until a \
              component provides it",
-            args.provider
+            provider
         );
     }
-    let max_attempts = args.max_attempts.unwrap_or(config.default_max_attempts);
-    // The CLI and the config cap both sources at MAX_COUNT, which an i32 holds.
-    let max_attempts = i32::try_from(max_attempts)
-        .map_err(|_| anyhow::anyhow!("max attempts {max_attempts}: the most is {MAX_COUNT}"))?;
+    let max_attempts = max_attempts(config, args.max_attempts)?;
     let mut new = [NewExecution {
-        provider: args.provider,
+        provider,
         input,
         priority: args.priority,
         max_attempts,
@@ -659,6 +694,53 @@ async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<()> {
     } else {
         println!("{id}");
     }
+    Ok(())
+}
+
+/// `--max-attempts`, or the config's default, as stored.
+fn max_attempts(config: &Config, given: Option<u32>) -> anyhow::Result<i32> {
+    let max_attempts = given.unwrap_or(config.default_max_attempts);
+    // The CLI and the config cap both sources at MAX_COUNT, which an i32 holds.
+    i32::try_from(max_attempts)
+        .map_err(|_| anyhow::anyhow!("max attempts {max_attempts}: the most is {MAX_COUNT}"))
+}
+
+/// `lanes submit --file`: every line checked, then queued in batches; a summary at the end.
+async fn submit_file(config: &Config, args: SubmitArgs) -> anyhow::Result<()> {
+    let (Some(path), provider) = (args.file, args.provider) else {
+        bail!("give --file");
+    };
+    if let Some(provider) = &provider {
+        validate_provider_name(provider).map_err(anyhow::Error::msg)?;
+    }
+    // A file that cannot be read is said before the database is opened.
+    std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let queue = open_queue(config).await?;
+    let known = known_providers(config, queue.as_ref()).await?;
+    let options = crate::jsonl::LoadOptions {
+        path,
+        name: args.name,
+        provider,
+        priority: args.priority,
+        max_attempts: max_attempts(config, args.max_attempts)?,
+        allow_unknown: args.allow_unknown,
+        skip_bad: args.skip_bad,
+    };
+    let report = crate::jsonl::load(config, queue.as_ref(), &known, &options).await?;
+    if args.json {
+        return print_json(&report);
+    }
+    let mut summary = format!(
+        "queued {} execution(s) from {} (batch `{}`), {} already queued by an earlier load",
+        report.queued,
+        options.path.display(),
+        report.name,
+        report.already_queued
+    );
+    if !report.bad_lines.is_empty() {
+        summary.push_str(&format!(", {} bad line(s) skipped", report.bad_lines.len()));
+    }
+    println!("{summary}");
     Ok(())
 }
 

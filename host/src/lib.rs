@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod errors;
+pub mod jsonl;
 pub mod kit;
 
 pub mod limits;
