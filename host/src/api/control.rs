@@ -153,7 +153,10 @@ async fn provider_rows(state: &AppState) -> Result<Vec<(ProviderOut, u32)>, Prob
 /// Every provider: component, limits, queue, last minute's numbers and state.
 #[utoipa::path(
     get, path = "/v1/providers", tag = "providers",
-    responses((status = 200, description = "Every provider", body = ProvidersOut))
+    responses(
+        (status = 200, description = "Every provider", body = ProvidersOut),
+        (status = 503, description = "The database did not answer", content_type = "application/problem+json", body = Problem),
+    )
 )]
 pub async fn providers(State(state): State<AppState>) -> Result<axum::Json<ProvidersOut>, Problem> {
     let providers = provider_rows(&state)
@@ -199,8 +202,12 @@ async fn limit_reply(state: &AppState, name: &str) -> Result<axum::Json<LimitRes
     request_body = LimitRequest,
     responses(
         (status = 200, description = "The provider's limits now", body = LimitResponse),
-        (status = 404, description = "Unknown provider", body = Problem),
-        (status = 422, description = "Not a limit from 1 to 2147483647", body = Problem),
+        (status = 400, description = "Not a provider name, or the body is not JSON", content_type = "application/problem+json", body = Problem),
+        (status = 404, description = "Unknown provider", content_type = "application/problem+json", body = Problem),
+        (status = 413, description = "The body is larger than `api.max_body_bytes`", content_type = "application/problem+json", body = Problem),
+        (status = 415, description = "The body's content type is not `application/json`", content_type = "application/problem+json", body = Problem),
+        (status = 422, description = "Not a limit from 1 to 2147483647", content_type = "application/problem+json", body = Problem),
+        (status = 503, description = "The database did not answer", content_type = "application/problem+json", body = Problem),
     )
 )]
 pub async fn set_limit(
@@ -225,7 +232,9 @@ pub async fn set_limit(
     params(("name" = String, Path, description = "The provider")),
     responses(
         (status = 200, description = "The provider's limits now", body = LimitResponse),
-        (status = 404, description = "Unknown provider", body = Problem),
+        (status = 400, description = "Not a provider name", content_type = "application/problem+json", body = Problem),
+        (status = 404, description = "Unknown provider", content_type = "application/problem+json", body = Problem),
+        (status = 503, description = "The database did not answer", content_type = "application/problem+json", body = Problem),
     )
 )]
 pub async fn clear_limit(
@@ -267,7 +276,10 @@ pub async fn plugins(State(state): State<AppState>) -> axum::Json<PluginsOut> {
 #[utoipa::path(
     get, path = "/v1/events", tag = "events",
     params(EventsQuery),
-    responses((status = 200, description = "An event stream; each event's data is JSON", content_type = "text/event-stream", body = EventOut))
+    responses(
+        (status = 200, description = "An event stream; each event's data is JSON", content_type = "text/event-stream", body = EventOut),
+        (status = 400, description = "Not a provider name", content_type = "application/problem+json", body = Problem),
+    )
 )]
 pub async fn events(
     State(state): State<AppState>,
@@ -322,7 +334,7 @@ pub async fn healthz() -> axum::Json<HealthOut> {
     get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "Ready", body = HealthOut),
-        (status = 503, description = "Not ready, and why", body = Problem),
+        (status = 503, description = "Not ready, and why", content_type = "application/problem+json", body = Problem),
     )
 )]
 pub async fn readyz(State(state): State<AppState>) -> Result<axum::Json<HealthOut>, Problem> {
@@ -340,7 +352,10 @@ pub async fn readyz(State(state): State<AppState>) -> Result<axum::Json<HealthOu
 /// Prometheus metrics, in the text format.
 #[utoipa::path(
     get, path = "/metrics", tag = "health",
-    responses((status = 200, description = "The Prometheus text format", content_type = "text/plain", body = String))
+    responses(
+        (status = 200, description = "The Prometheus text format", content_type = "text/plain", body = String),
+        (status = 503, description = "The database did not answer", content_type = "application/problem+json", body = Problem),
+    )
 )]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, Problem> {
     for (p, lane_limit) in provider_rows(&state).await? {

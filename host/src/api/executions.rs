@@ -100,8 +100,12 @@ async fn read(state: &AppState, id: ExecutionId) -> Result<ExecutionOut, Problem
     responses(
         (status = 201, description = "Queued", body = ExecutionOut),
         (status = 200, description = "The idempotency key's earlier execution", body = ExecutionOut),
-        (status = 409, description = "The idempotency key was used with another request", body = Problem),
-        (status = 422, description = "Invalid input, or an unknown provider", body = Problem),
+        (status = 400, description = "The body is not JSON", content_type = "application/problem+json", body = Problem),
+        (status = 413, description = "The body is larger than `api.max_body_bytes`", content_type = "application/problem+json", body = Problem),
+        (status = 415, description = "The body's content type is not `application/json`", content_type = "application/problem+json", body = Problem),
+        (status = 409, description = "The idempotency key was used with another request", content_type = "application/problem+json", body = Problem),
+        (status = 422, description = "Invalid input, or an unknown provider", content_type = "application/problem+json", body = Problem),
+        (status = 503, description = "The database did not answer", content_type = "application/problem+json", body = Problem),
     )
 )]
 pub async fn submit(
@@ -135,8 +139,12 @@ pub async fn submit(
     responses(
         (status = 201, description = "Queued (some may be earlier executions of their keys)", body = BatchResponse),
         (status = 200, description = "Every entry was an earlier execution of its key", body = BatchResponse),
-        (status = 409, description = "An idempotency key was used with another request; nothing was queued", body = Problem),
-        (status = 422, description = "An entry is invalid; nothing was queued", body = Problem),
+        (status = 400, description = "The body is not JSON", content_type = "application/problem+json", body = Problem),
+        (status = 413, description = "The body is larger than `api.max_body_bytes`", content_type = "application/problem+json", body = Problem),
+        (status = 415, description = "The body's content type is not `application/json`", content_type = "application/problem+json", body = Problem),
+        (status = 409, description = "An idempotency key was used with another request; nothing was queued", content_type = "application/problem+json", body = Problem),
+        (status = 422, description = "The batch or an entry is invalid; nothing was queued", content_type = "application/problem+json", body = Problem),
+        (status = 503, description = "The database did not answer", content_type = "application/problem+json", body = Problem),
     )
 )]
 pub async fn submit_batch(
@@ -217,7 +225,9 @@ fn parse_wait(text: &str) -> Result<Duration, String> {
     params(("id" = i64, Path, description = "The execution's id"), GetQuery),
     responses(
         (status = 200, description = "The execution (when waiting: ended, or as it is when the wait is over)", body = ExecutionOut),
-        (status = 404, description = "No such execution", body = Problem),
+        (status = 400, description = "The id is not a number, or a bad `wait`", content_type = "application/problem+json", body = Problem),
+        (status = 404, description = "No such execution", content_type = "application/problem+json", body = Problem),
+        (status = 503, description = "The database did not answer", content_type = "application/problem+json", body = Problem),
     )
 )]
 pub async fn get_execution(
@@ -285,7 +295,8 @@ fn parse_cursor(cursor: &str) -> Result<ExecutionId, Problem> {
     params(ListQuery),
     responses(
         (status = 200, description = "One page", body = ExecutionPage),
-        (status = 400, description = "A bad filter or cursor", body = Problem),
+        (status = 400, description = "A bad filter, limit or cursor", content_type = "application/problem+json", body = Problem),
+        (status = 503, description = "The database did not answer", content_type = "application/problem+json", body = Problem),
     )
 )]
 pub async fn list(
@@ -343,8 +354,10 @@ pub async fn list(
     params(("id" = i64, Path, description = "The execution's id")),
     responses(
         (status = 200, description = "Cancelled", body = ExecutionOut),
-        (status = 404, description = "No such execution", body = Problem),
-        (status = 409, description = "It had already ended", body = Problem),
+        (status = 400, description = "The id is not a number", content_type = "application/problem+json", body = Problem),
+        (status = 404, description = "No such execution", content_type = "application/problem+json", body = Problem),
+        (status = 409, description = "It had already ended", content_type = "application/problem+json", body = Problem),
+        (status = 503, description = "The database did not answer", content_type = "application/problem+json", body = Problem),
     )
 )]
 pub async fn cancel(

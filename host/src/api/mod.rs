@@ -97,7 +97,11 @@ impl ApiServer {
     info(
         title = "lanes",
         description = "Runs LLM calls from a database queue with per-provider parallelism. \
-                       Times are Unix milliseconds; errors are RFC 9457 problem details."
+                       Times are Unix milliseconds; errors are RFC 9457 problem details, \
+                       served as `application/problem+json`. A server with a token takes \
+                       `Authorization: Bearer <token>` on every route but `/healthz`; one \
+                       without a token listens on a loopback address only, and takes \
+                       requests with none."
     ),
     paths(
         executions::submit,
@@ -113,22 +117,60 @@ impl ApiServer {
         control::healthz,
         control::readyz,
         control::metrics,
+        openapi,
     ),
     modifiers(&BearerAuth),
-    security(("bearer" = [])),
+    // Optional: the one document serves both kinds of server, with a token and without.
+    security(("bearer" = []), ()),
 )]
 pub struct ApiDoc;
 
+/// The bearer scheme, and the 401 of every operation [`auth`] guards: all but those whose
+/// own security is only the empty requirement (`/healthz`).
 struct BearerAuth;
 
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        use utoipa::openapi::{Content, Ref, ResponseBuilder};
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+        let unauthorized = ResponseBuilder::new()
+            .description("A token is set, and the request has none or another")
+            .content(
+                "application/problem+json",
+                Content::new(Some(Ref::from_schema_name("Problem"))),
+            )
+            .build();
+        let open = utoipa::openapi::security::SecurityRequirement::default();
+        for item in openapi.paths.paths.values_mut() {
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.options,
+                &mut item.head,
+                &mut item.patch,
+                &mut item.trace,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let guarded = op
+                    .security
+                    .as_ref()
+                    .is_none_or(|s| s.iter().any(|r| *r != open));
+                if guarded {
+                    op.responses
+                        .responses
+                        .insert("401".into(), unauthorized.clone().into());
+                }
+            }
+        }
     }
 }
 
@@ -304,6 +346,11 @@ async fn auth(State(state): State<AppState>, request: Request, next: Next) -> Re
     next.run(request).await
 }
 
+/// This document.
+#[utoipa::path(
+    get, path = "/v1/openapi.json", tag = "health",
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API", content_type = "application/json", body = Object))
+)]
 async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
 }
