@@ -1,5 +1,7 @@
 //! The HTTP API of a running daemon, from outside: every route, each kind of bad input
 //! (which must change nothing), auth, the OpenAPI document, and long-polls and cancels.
+//! Every answer the client gets is checked against `docs/openapi.json` as it comes
+//! (`replay.rs`).
 
 use std::time::Duration;
 
@@ -54,7 +56,7 @@ impl Api {
         content_type: Option<&str>,
     ) -> Answer {
         let mut request = Request::builder()
-            .method(method)
+            .method(method.clone())
             .uri(format!("{}{path}", self.base));
         if let Some(token) = &self.token {
             request = request.header("authorization", format!("Bearer {token}"));
@@ -75,6 +77,13 @@ impl Api {
             .to_string();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         let text = String::from_utf8_lossy(&bytes).into_owned();
+        crate::replay::check(
+            method.as_str(),
+            path,
+            status.as_u16(),
+            &content_type,
+            Some(&text),
+        );
         Answer {
             status,
             content_type,
@@ -102,6 +111,7 @@ impl Api {
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(response.headers()["content-type"], "text/event-stream");
+        crate::replay::check("GET", path, 200, "text/event-stream", None);
         let mut body = response.into_body();
         let mut buffer = String::new();
         let mut seen = Vec::new();
@@ -131,6 +141,7 @@ impl Api {
                     continue; // a keep-alive comment
                 }
                 let data: Value = serde_json::from_str(&payload).unwrap();
+                crate::replay::check_event(path, &data);
                 let done = until(&name, &data);
                 seen.push((name, data));
                 if done {

@@ -20,6 +20,7 @@ mod policies;
 mod priority;
 mod properties;
 mod providers;
+mod replay;
 mod retries;
 mod routes;
 mod sandbox;
