@@ -442,14 +442,16 @@ impl Worker {
         // A lane may have paused (a 429 came in), or its limit dropped, while the write ran:
         // what the write claimed for it then goes back to pending unstarted, as its
         // producer would not have claimed it now.
-        let lanes: BTreeMap<&str, &Arc<Lane>> =
-            batch.iter().map(|c| (c.lane.name(), &c.lane)).collect();
         let mut back = Vec::new();
         let mut refills: BTreeMap<Arc<str>, Refill> = made
             .into_iter()
             .zip(claimed.into_iter().flatten())
             .filter_map(|(offer, claimed)| {
-                let lane = lanes.get(&*offer.provider)?;
+                // Offers are few (a lane each); the batch always holds the offer's lane.
+                let lane = &batch
+                    .iter()
+                    .find(|c| *c.lane.name() == *offer.provider)?
+                    .lane;
                 if (self.refillable)(lane) && lane.limit() >= offer.limit {
                     return Some((offer, claimed));
                 }
