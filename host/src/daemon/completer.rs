@@ -1064,16 +1064,11 @@ mod tests {
 
     /// Flushes 2 results of a lane of limit 2 through a sink that claims `rows` rows in its
     /// write; returns the lane and whether the flush woke it.
-    async fn flush_refilling(fail: u32, rows: usize) -> (Arc<Lane>, bool, Arc<Refiller>) {
-        let sink = Arc::new(Refiller {
-            fail: Mutex::new(fail),
-            rows,
-            plain_writes: Mutex::new(0),
-            sizes: Mutex::default(),
-            pause_during: Mutex::default(),
-        });
-        let worker = Worker {
-            sink: sink.clone(),
+    /// A worker writing through `sink` with refills, for a lane of limit 2 that it refills
+    /// in its writes.
+    fn refilling_worker(sink: Arc<Refiller>) -> Worker {
+        Worker {
+            sink,
             max_batch: 8,
             max_wait: Duration::ZERO,
             owner: Arc::from("me"),
@@ -1081,7 +1076,22 @@ mod tests {
             stop_claiming: CancellationToken::new(),
             // The lane has no component: stand in for the check that it serves one.
             refillable: Lane::claims_freely,
-        };
+        }
+    }
+
+    fn refiller(fail: u32, rows: usize, pause_during: Option<Arc<Lane>>) -> Arc<Refiller> {
+        Arc::new(Refiller {
+            fail: Mutex::new(fail),
+            rows,
+            plain_writes: Mutex::new(0),
+            sizes: Mutex::default(),
+            pause_during: Mutex::new(pause_during),
+        })
+    }
+
+    async fn flush_refilling(fail: u32, rows: usize) -> (Arc<Lane>, bool, Arc<Refiller>) {
+        let sink = refiller(fail, rows, None);
+        let worker = refilling_worker(sink.clone());
         let lane = Arc::new(Lane::new("p", 2));
         // No retry may be pending: only the refill decides the wake.
         lane.take_retry_note();
@@ -1124,22 +1134,8 @@ mod tests {
     #[tokio::test]
     async fn rows_refilled_for_a_lane_paused_during_the_write_go_back_unstarted() {
         let lane = Arc::new(Lane::new("p", 2));
-        let sink = Arc::new(Refiller {
-            fail: Mutex::new(0),
-            rows: 2,
-            plain_writes: Mutex::new(0),
-            sizes: Mutex::default(),
-            pause_during: Mutex::new(Some(lane.clone())),
-        });
-        let worker = Worker {
-            sink: sink.clone(),
-            max_batch: 8,
-            max_wait: Duration::ZERO,
-            owner: Arc::from("me"),
-            events: EventBus::default(),
-            stop_claiming: CancellationToken::new(),
-            refillable: Lane::claims_freely,
-        };
+        let sink = refiller(0, 2, Some(lane.clone()));
+        let worker = refilling_worker(sink.clone());
         let mut batch = vec![done(&lane, 0), done(&lane, 2)];
         let back = worker.flush(&mut batch).await;
         assert_eq!(sink.sizes.lock().unwrap().len(), 1, "the write claimed");
@@ -1170,13 +1166,7 @@ mod tests {
         arriving: i64,
         claims: bool,
     ) -> (Vec<usize>, usize) {
-        let refiller = Arc::new(Refiller {
-            fail: Mutex::new(0),
-            rows: 0,
-            plain_writes: Mutex::new(0),
-            sizes: Mutex::default(),
-            pause_during: Mutex::default(),
-        });
+        let refiller = refiller(0, 0, None);
         let plain = recorder(0, true);
         let sink: Arc<dyn ResultSink> = if claims {
             refiller.clone()

@@ -862,6 +862,13 @@ pub(crate) fn read_count(what: &str, value: i64) -> Result<u32, StoreError> {
 }
 
 /// Folds `(provider, status, count)` rows into counts per provider.
+/// `(name, COUNT(*))` rows as counts by name (a count is never negative).
+pub(crate) fn counts_by(rows: Vec<(String, i64)>) -> BTreeMap<String, u64> {
+    rows.into_iter()
+        .map(|(name, n)| (name, u64::try_from(n).unwrap_or(0)))
+        .collect()
+}
+
 /// The cumulative upper bounds of [`Queue::move_routed`]'s shares, in claim order: each
 /// member with the row numbers `(after, up to]` it takes.
 pub(crate) fn move_bounds(to: &[(String, u64)]) -> Vec<(&str, i64, i64)> {

@@ -25,7 +25,7 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use super::{
     BUDGET_WINDOW_MS, COLUMNS, Cancelled, Change, Claim, DbContext, ExecutionFilter, Finish,
     FinishRow, HISTORY_ERROR_CHARS, HISTORY_KEPT, IdempotencyKey, ProviderRecord, ProviderState,
-    Queue, Recovered, StateChange, StatusCounts, StoreError, Submitted, estimate_tokens,
+    Queue, Recovered, StateChange, StatusCounts, StoreError, Submitted, counts_by, estimate_tokens,
     execution_from_row, fold_counts, move_bounds, provider_records, provider_state, read_count,
     readable_claims, stored_count, unreadable_failure, written_flags,
 };
@@ -762,10 +762,7 @@ impl Queue for PgQueue {
         .fetch_all(&self.pool)
         .await
         .op("counting routed pending executions")?;
-        Ok(rows
-            .into_iter()
-            .map(|(route, n)| (route, u64::try_from(n).unwrap_or(0)))
-            .collect())
+        Ok(counts_by(rows))
     }
 
     async fn move_routed(

@@ -13,7 +13,7 @@ use sqlx::{Row, SqlitePool};
 use super::{
     BUDGET_WINDOW_MS, COLUMNS, Cancelled, Claim, Claimed, DbContext, ExecutionFilter, ExecutionRow,
     Finish, FinishRow, HISTORY_ERROR_CHARS, HISTORY_KEPT, IdempotencyKey, ProviderRecord,
-    ProviderState, Queue, Recovered, StateChange, StatusCounts, StoreError, Submitted,
+    ProviderState, Queue, Recovered, StateChange, StatusCounts, StoreError, Submitted, counts_by,
     estimate_tokens, execution_from_raw, execution_from_row, fold_counts, move_bounds,
     provider_records, provider_state, read_count, readable_claims, stored_count,
     unreadable_failure, written_flags,
@@ -919,10 +919,7 @@ impl Queue for SqliteQueue {
         .fetch_all(&self.pool)
         .await
         .op("counting routed pending executions")?;
-        Ok(rows
-            .into_iter()
-            .map(|(route, n)| (route, u64::try_from(n).unwrap_or(0)))
-            .collect())
+        Ok(counts_by(rows))
     }
 
     async fn move_routed(
