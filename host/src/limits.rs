@@ -12,7 +12,9 @@
 //!    ([`share`]).
 //! 4. **Gates.** What may be *claimed* now ([`claim_cap`], [`claimable`]): nothing while
 //!    paused, one at a time while a pause ramps out or an open circuit probes, nothing while
-//!    the request budget is spent, and no more than the instance pool has free.
+//!    the request budget is spent, and no more than the instance pool has free. The claim
+//!    statement enforces the pause, the probe and the budget fleet-wide; the producer
+//!    applies the ramp, and its slots take the pool's instances (`daemon::pool`).
 //!
 //! [`LimitInputs::resolve`] is a pure function of stored inputs, so the daemon and the
 //! CLI (which works with no daemon running) compute the same limit. [`apply`] is the only

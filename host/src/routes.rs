@@ -26,12 +26,15 @@ pub struct Member {
     pub limit: u32,
     /// Running and pending rows.
     pub busy: u64,
-    /// Not paused, not open, not out of its request budget, and served by a component
-    /// somewhere.
+    /// Not paused, not cooling down after its circuit opened, not out of its request
+    /// budget, and served by a component somewhere. A member whose circuit probes (the
+    /// cool-down is over) counts as healthy while it has no work, so that it gets the one
+    /// execution that can close its circuit.
     pub healthy: bool,
-    /// Open, out of its request budget, paused for more than [`STRAND_AFTER_MS`], or
-    /// served by no component: the routed work pending on it moves to healthy members
-    /// ([`rebalance`]).
+    /// Out of its request budget, paused (or cooling down after its circuit opened) for
+    /// more than [`STRAND_AFTER_MS`], or served by no component: the routed work pending on
+    /// it moves to healthy members (`daemon::routing::rebalance`). A member whose circuit
+    /// probes keeps its work: one of it is the probe that can close the circuit.
     pub strands: bool,
 }
 
@@ -67,17 +70,19 @@ impl Loads {
                     let requests = used.get(name).map_or(0, |u| u.0);
                     b.rpm.is_some_and(|rpm| requests >= i64::from(rpm))
                 });
-                let stopped =
-                    spent || state.is_some_and(|s| s.paused_until > now || s.circuit_open);
-                // Stopped for more than a moment: its routed work would wait on it.
-                let strands = spent
-                    || !known.contains_key(name)
-                    || state.is_some_and(|s| {
-                        s.circuit_open || s.paused_until > now.saturating_add(STRAND_AFTER_MS)
-                    });
                 let busy = counts
                     .get(name)
                     .map_or(0, |c| c.running.saturating_add(c.pending));
+                // An open circuit whose cool-down is over probes one attempt at a time: a
+                // member with no work of its own then takes one, so that it can close.
+                let probing = state.is_some_and(|s| s.circuit_open && s.paused_until <= now);
+                let stopped =
+                    spent || state.is_some_and(|s| s.paused_until > now) || (probing && busy > 0);
+                // Stopped for more than a moment (a pause, an open circuit's cool-down), out
+                // of budget, or served by no component: its routed work would wait on it.
+                let strands = spent
+                    || !known.contains_key(name)
+                    || state.is_some_and(|s| s.paused_until > now.saturating_add(STRAND_AFTER_MS));
                 loads.members.insert(
                     name.clone(),
                     Member {
@@ -305,6 +310,50 @@ mod tests {
         let l = loads(&[("a", 1, 0, false), ("b", 1, 0, false), ("c", 1, 0, false)]);
         assert_eq!(pick(&r, &l, None), "a");
         assert_eq!(pick(&r, &l, Some("a")), "b");
+    }
+
+    /// A member whose circuit opened strands its routed work while it cools down; once the
+    /// cool-down is over it takes one execution (its probe) and keeps it, so that a route
+    /// whose first member recovers comes back to it.
+    #[test]
+    fn an_open_member_strands_work_while_cooling_and_takes_one_probe_after() {
+        let config =
+            Config::from_toml("[routes.r]\nproviders = [\"a\", \"b\"]\nstrategy = \"ordered\"")
+                .unwrap();
+        let open = |paused_until| crate::store::ProviderState {
+            paused_until,
+            circuit_open: true,
+            ..Default::default()
+        };
+        let stored = |state| Stored {
+            defaults: BTreeMap::from([("a".to_string(), 2), ("b".to_string(), 2)]),
+            states: BTreeMap::from([("a".to_string(), state)]),
+            now: 10_000,
+            ..Default::default()
+        };
+        let counts = |busy: u64| {
+            BTreeMap::from([(
+                "a".to_string(),
+                StatusCounts {
+                    pending: busy,
+                    ..Default::default()
+                },
+            )])
+        };
+        let none = BTreeMap::new();
+        let r = &config.routes["r"];
+        // Cooling down for a minute: strands its work, and new work goes to `b`.
+        let l = Loads::of(&config, &stored(open(70_000)), &counts(3), &none);
+        assert!(l.get("a").strands && !l.get("a").healthy);
+        assert_eq!(pick(r, &l, None), "b");
+        // The cool-down is over and it has no work: it takes the next one, its probe.
+        let l = Loads::of(&config, &stored(open(10_000)), &counts(0), &none);
+        assert!(!l.get("a").strands && l.get("a").healthy);
+        assert_eq!(pick(r, &l, None), "a");
+        // With its probe pending, it keeps it and takes no more.
+        let l = Loads::of(&config, &stored(open(10_000)), &counts(1), &none);
+        assert!(!l.get("a").strands && !l.get("a").healthy);
+        assert_eq!(pick(r, &l, None), "b");
     }
 
     #[test]

@@ -1286,3 +1286,60 @@ async fn claim_caps_match_their_rust_twin(q: Arc<dyn Queue>) {
 }
 
 contract!(claim_cap_twins, claim_caps_match_their_rust_twin);
+
+/// Routed work moves off a member in claim order, in shares, in one statement; a running
+/// row and another route's rows stay; the open counts read pending and running alone.
+async fn routed_work_moves_in_shares_and_running_rows_stay(q: Arc<dyn Queue>) {
+    let routed = |route: &str| NewExecution {
+        route: Some(route.into()),
+        ..new("a", 0)
+    };
+    let ids = q
+        .submit_many(&[
+            routed("r"),
+            routed("r"),
+            routed("r"),
+            routed("r"),
+            routed("r"),
+            routed("other"),
+        ])
+        .await
+        .unwrap();
+    // The first in claim order runs on `a`, and stays there.
+    assert_eq!(q.claim("a", claim("w", 1, 5)).await.unwrap()[0].id, ids[0]);
+    let pending = q.pending_routed("a").await.unwrap();
+    assert_eq!(pending.get("r"), Some(&4));
+    assert_eq!(pending.get("other"), Some(&1));
+    let open = q.open_counts(&["a".to_string()]).await.unwrap();
+    assert_eq!((open["a"].running, open["a"].pending), (1, 5));
+    let moved = q
+        .move_routed("a", "r", &[("b".to_string(), 2), ("c".to_string(), 5)])
+        .await
+        .unwrap();
+    assert_eq!(moved, 4);
+    let on = |id: i64| {
+        let q = q.clone();
+        async move { q.get(id).await.unwrap().unwrap().provider }
+    };
+    assert_eq!(on(ids[0]).await, "a", "running: stays");
+    assert_eq!(
+        (on(ids[1]).await, on(ids[2]).await),
+        ("b".into(), "b".into())
+    );
+    assert_eq!(
+        (on(ids[3]).await, on(ids[4]).await),
+        ("c".into(), "c".into())
+    );
+    assert_eq!(on(ids[5]).await, "a", "another route's row stays");
+    // Nothing left of `r` on `a`: a second move finds nothing.
+    let again = q
+        .move_routed("a", "r", &[("b".to_string(), 9)])
+        .await
+        .unwrap();
+    assert_eq!(again, 0);
+}
+
+contract!(
+    routed_moves,
+    routed_work_moves_in_shares_and_running_rows_stay
+);

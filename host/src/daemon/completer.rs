@@ -71,6 +71,8 @@ pub trait ResultSink: Send + Sync + 'static {
 /// Slots a batch frees in one lane, offered to a claim in the batch's own write.
 pub struct Offer {
     pub provider: Arc<str>,
+    /// The lane whose slots these are, to weigh the offer again after the write.
+    pub lane: Arc<Lane>,
     /// The slots: the most rows to claim.
     pub slots: u32,
     /// The provider's limit.
@@ -447,11 +449,7 @@ impl Worker {
             .into_iter()
             .zip(claimed.into_iter().flatten())
             .filter_map(|(offer, claimed)| {
-                // Offers are few (a lane each); the batch always holds the offer's lane.
-                let lane = &batch
-                    .iter()
-                    .find(|c| *c.lane.name() == *offer.provider)?
-                    .lane;
+                let lane = &offer.lane;
                 if (self.refillable)(lane) && lane.limit() >= offer.limit {
                     return Some((offer, claimed));
                 }
@@ -579,6 +577,7 @@ impl Worker {
             .into_values()
             .filter(|(lane, _)| (self.refillable)(lane))
             .map(|(lane, slots)| Offer {
+                lane: lane.clone(),
                 provider: lane.name_arc(),
                 slots,
                 limit: lane.limit(),

@@ -312,8 +312,19 @@ impl Lane {
     pub fn try_acquire(&self) -> Option<Slot> {
         let permit = self.semaphore.clone().try_acquire_owned().ok()?;
         let instance = match &self.pool {
-            // Without an instance the slot goes straight back: it was never taken.
-            Some(pool) => Some(pool.try_take(&self.wake)?),
+            Some(pool) => match pool.try_take(&self.wake) {
+                Some(instance) => Some(instance),
+                None => {
+                    // The permit goes back as a released slot's does: a limit lowered
+                    // while it was held made it a debt to pay, not a free slot.
+                    let mut cap = self.lock_capacity();
+                    if cap.debt > 0 {
+                        cap.debt -= 1;
+                        permit.forget();
+                    }
+                    return None;
+                }
+            },
             None => None,
         };
         self.running.fetch_add(1, Ordering::SeqCst);

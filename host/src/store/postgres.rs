@@ -776,15 +776,17 @@ impl Queue for PgQueue {
         let after: Vec<i64> = bounds.iter().map(|b| b.1).collect();
         let upto: Vec<i64> = bounds.iter().map(|b| b.2).collect();
         let mut tx = self.pool.begin().await.op("moving routed executions")?;
-        // A row claimed meanwhile is `running` by the time the update reaches it: the
-        // status is checked again then, and it stays.
+        // A row claimed meanwhile is `running` by the time the update reaches it, and one
+        // that another worker's move took is on another member: both are checked again once
+        // the row's lock is had, and such a row stays where it is.
         let done = sqlx::query(
             "UPDATE executions e SET provider = s.member
                FROM (SELECT id, row_number() OVER (ORDER BY resume DESC, priority DESC, id) AS n
                        FROM executions
                       WHERE provider = $1 AND route = $2 AND status = 'pending') m,
                     unnest($3::text[], $4::bigint[], $5::bigint[]) AS s(member, after, upto)
-              WHERE e.id = m.id AND m.n > s.after AND m.n <= s.upto AND e.status = 'pending'",
+              WHERE e.id = m.id AND m.n > s.after AND m.n <= s.upto AND e.status = 'pending'
+                AND e.provider = $1 AND e.route = $2",
         )
         .bind(from)
         .bind(route)
