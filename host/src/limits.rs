@@ -138,6 +138,16 @@ pub fn claim_cap(limit: u32, state: Option<&ProviderState>, now: i64) -> u32 {
     }
 }
 
+/// Whether `provider`'s request budget (`rpm`) is spent in the last minute, given each
+/// budgeted provider's `(requests, tokens)` of it (`Queue::budget_usage`): no claim then
+/// takes its work (a gate of step 4), and routes skip it.
+pub fn budget_spent(config: &Config, provider: &str, used: &BTreeMap<String, (i64, i64)>) -> bool {
+    config.policy_for(provider).budget.is_some_and(|b| {
+        let requests = used.get(provider).map_or(0, |u| u.0);
+        b.rpm.is_some_and(|rpm| requests >= i64::from(rpm))
+    })
+}
+
 /// What holds a worker's claims back beside its free slots (step 4 of the rule).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Gate {

@@ -66,10 +66,7 @@ impl Loads {
                 let limit = stored.limit_of(name, config).0.effective;
                 let state = states.get(name);
                 // A member whose requests this minute are spent takes no more work now.
-                let spent = config.policy_for(name).budget.is_some_and(|b| {
-                    let requests = used.get(name).map_or(0, |u| u.0);
-                    b.rpm.is_some_and(|rpm| requests >= i64::from(rpm))
-                });
+                let spent = crate::limits::budget_spent(config, name, used);
                 let busy = counts
                     .get(name)
                     .map_or(0, |c| c.running.saturating_add(c.pending));

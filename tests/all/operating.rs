@@ -456,6 +456,8 @@ async fn a_second_serve_on_the_sqlite_file_is_told_that_another_serve_holds_it()
 async fn serve_raises_its_open_file_limit_and_says_when_the_limits_need_more() {
     let mut env = TestEnv::new();
     env.stub("wide", Some(600), &[]);
+    // A pool as wide as the limits: calls at once are the lanes' slots, not the pool's.
+    env.config.engine.max_instances = 1_000;
     let config = env.write_config();
     let run = |soft: u32, hard: u32, name: &str| {
         let log_path = env.dir.path().join(format!("{name}.log"));

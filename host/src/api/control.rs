@@ -96,11 +96,7 @@ async fn provider_rows(state: &AppState) -> Result<Vec<(ProviderOut, u32)>, Prob
             inputs.default = Some(default);
         }
         let view = inputs.resolve();
-        let budget_spent = config.policy_for(name).budget.is_some_and(|b| {
-            let requests = used.get(name).map_or(0, |u| u.0);
-            b.rpm.is_some_and(|rpm| requests >= i64::from(rpm))
-        });
-        let claimable = if budget_spent {
+        let claimable = if crate::limits::budget_spent(&config, name, &used) {
             0
         } else {
             claim_cap(view.effective, stored.states.get(name), stored.now)

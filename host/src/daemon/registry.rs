@@ -174,10 +174,15 @@ impl Registry {
 
     /// Says in the log when the lanes' slots come to add up to more than the instance
     /// pool, and when they fit again: the work beyond the pool then waits as pending. The
-    /// open-file limit is checked against them too ([`super::fds::check`]).
+    /// open-file limit is checked against the calls that can run at once, the slots or the
+    /// pool, whichever is fewer ([`super::fds::check`]).
     fn check_pool(&self) {
         let total = self.slots_total();
-        super::fds::check(total);
+        let calls = self
+            .pool
+            .as_ref()
+            .map_or(total, |p| total.min(u64::from(p.size())));
+        super::fds::check(calls);
         let Some(pool) = &self.pool else {
             return;
         };
