@@ -804,6 +804,82 @@ async fn sqlite_a_failed_refill_undoes_its_write_and_leaves_no_transaction_open(
     assert_eq!(written, vec![true]);
 }
 
+/// PostgreSQL: a batch write whose refill fails after an earlier claim of the same write
+/// took its rows is undone whole, claims and all, and its retry claims each row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_failed_refill_undoes_its_write_and_its_claims() {
+    let Some((env, schema)) = TestEnv::postgres().await else {
+        return;
+    };
+    let q = env.any_queue().await;
+    let ids = q
+        .submit_many(&[new("a", 0), new("a", 0), new("boom", 0)])
+        .await
+        .unwrap();
+    q.claim("a", claim("w", 1, 1)).await.unwrap();
+    let admin = sqlx::PgPool::connect(&schema.url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.provider = 'boom' AND NEW.status = 'running' THEN
+             RAISE EXCEPTION 'no claims of boom';
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER boom BEFORE UPDATE ON executions
+            FOR EACH ROW EXECUTE FUNCTION boom();",
+    )
+    .execute(&admin)
+    .await
+    .unwrap();
+    let done = Finish::Completed(Output::of(&serde_json::json!({"text": "ok"})).unwrap());
+    // "a" sorts before "boom": its claim has taken a row when the second claim fails.
+    let claims = [("boom", claim("w", 1, 1)), ("a", claim("w", 1, 1))];
+    for _ in 0..3 {
+        let err = q
+            .finish_and_claim("w", &[(ids[0], &done)], &claims)
+            .await
+            .expect_err("the claim fails");
+        assert!(err.to_string().contains("no claims of boom"), "{err}");
+        let rows = q.list(None).await.unwrap();
+        let seen: Vec<_> = rows.iter().map(|e| (e.status, e.attempts)).collect();
+        assert_eq!(
+            seen,
+            vec![
+                (Status::Running, 1),
+                (Status::Pending, 0),
+                (Status::Pending, 0)
+            ],
+            "the write and the first claim are undone with the failed one"
+        );
+    }
+    sqlx::query("DROP TRIGGER boom ON executions")
+        .execute(&admin)
+        .await
+        .unwrap();
+    let (written, claimed) = q
+        .finish_and_claim("w", &[(ids[0], &done)], &claims)
+        .await
+        .unwrap();
+    assert_eq!(written, vec![true]);
+    let got: Vec<Vec<i64>> = claimed
+        .iter()
+        .map(|rows| rows.iter().map(|e| e.id).collect())
+        .collect();
+    assert_eq!(got, vec![vec![ids[2]], vec![ids[1]]], "in the order asked");
+    let rows = q.list(None).await.unwrap();
+    let seen: Vec<_> = rows.iter().map(|e| (e.status, e.attempts)).collect();
+    assert_eq!(
+        seen,
+        vec![
+            (Status::Completed, 1),
+            (Status::Running, 1),
+            (Status::Running, 1)
+        ]
+    );
+    admin.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_notifies_what_other_workers_can_claim() {
     let Some((env, _schema)) = TestEnv::postgres().await else {
