@@ -1,0 +1,375 @@
+"""The asynchronous client: the same operations as :class:`Client`, awaited."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import TracebackType
+from typing import Any, AsyncIterator, Dict, Iterable, Mapping, Optional, Type, Union
+
+import httpx
+from httpx_sse import EventSource
+
+from . import _base, errors
+from ._base import Duration, InputLike, RetryPolicy
+from .models import (
+    BatchResponse,
+    Event,
+    Execution,
+    ExecutionPage,
+    Health,
+    Limits,
+    LimitResponse,
+    Plugins,
+    Providers,
+    SubmitRequest,
+    parse_event,
+)
+
+__all__ = ["AsyncClient", "AsyncEventStream"]
+
+
+class AsyncClient:
+    """An asyncio client of one lanes API.
+
+    >>> async with AsyncClient("http://127.0.0.1:7465") as lanes:
+    ...     execution = await lanes.submit("claude", "Write a haiku about queues")
+    ...     done = await lanes.wait(execution.id, timeout=120)
+    ...     print(done.status, done.text)
+
+    ``base_url`` defaults to ``$LANES_URL``, else ``http://127.0.0.1:7465``; ``token`` to
+    ``$LANES_API_TOKEN`` (pass ``token=""`` for none). ``timeout`` is each request's, in
+    seconds; a long-poll gets its wait on top. ``retry`` says how connection failures are
+    retried (see :class:`RetryPolicy`). With ``auto_idempotency_keys`` (the default), each
+    submission without an ``idempotency_key`` gets a random one, so that a submission
+    retried after a broken connection is queued once.
+    """
+
+    def __init__(
+        self,
+        base_url: Optional[str] = None,
+        *,
+        token: Optional[str] = None,
+        timeout: float = 30.0,
+        retry: Optional[RetryPolicy] = None,
+        auto_idempotency_keys: bool = True,
+        headers: Optional[Mapping[str, str]] = None,
+        transport: Optional[httpx.AsyncBaseTransport] = None,
+    ) -> None:
+        self.base_url, token = _base.settings(base_url, token)
+        self.timeout = timeout
+        self.retry = retry or RetryPolicy()
+        self.auto_idempotency_keys = auto_idempotency_keys
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=_base.headers(token, headers),
+            timeout=timeout,
+            transport=transport,
+        )
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        await self.aclose()
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        idempotent: bool,
+        params: Optional[Dict[str, Any]] = None,
+        json: Any = None,
+        timeout: Optional[httpx.Timeout] = None,
+    ) -> httpx.Response:
+        """Sends a request, retrying as the policy says; raises the problem of an error
+        answer, and ConnectionError once the retries are spent."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = await self._http.request(
+                    method,
+                    path,
+                    params=params,
+                    json=json,
+                    timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+                )
+            except httpx.TransportError as exc:
+                if attempt <= self.retry.max_retries and _base.retryable_exception(exc, idempotent):
+                    await asyncio.sleep(self.retry.delay(attempt))
+                    continue
+                raise _base.connection_error(exc, method, self.base_url + path, attempt) from exc
+            if response.status_code >= 400:
+                if attempt <= self.retry.max_retries and _base.retryable_status(
+                    response.status_code, idempotent, self.retry
+                ):
+                    await asyncio.sleep(self.retry.delay(attempt))
+                    continue
+                error = errors.error_for(response)
+                error.attempts = attempt
+                raise error
+            return response
+
+    # -- executions -------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        provider: str,
+        input: InputLike,
+        *,
+        priority: Optional[int] = None,
+        max_attempts: Optional[int] = None,
+        idempotency_key: Optional[str] = None,
+        allow_unknown: Optional[bool] = None,
+    ) -> Execution:
+        """Queues one execution on ``provider`` (a provider or a route) and returns it.
+
+        ``input`` is a prompt string, a :class:`ChatInput` or the normalized input as a
+        dict. With an ``idempotency_key`` already used for the same request, the original
+        execution comes back; with another request, :class:`IdempotencyConflict`.
+        """
+        body = _base.submission(
+            provider,
+            input,
+            priority=priority,
+            max_attempts=max_attempts,
+            idempotency_key=idempotency_key,
+            allow_unknown=allow_unknown,
+            auto_key=self.auto_idempotency_keys,
+        )
+        keyed = "idempotency_key" in body
+        response = await self._request("POST", "/v1/executions", json=body, idempotent=keyed)
+        return Execution.model_validate_json(response.content)
+
+    async def submit_batch(
+        self, executions: Iterable[Union[SubmitRequest, Mapping[str, Any]]]
+    ) -> BatchResponse:
+        """Queues up to 1,000 executions in one transaction: all or none. Each entry is a
+        :class:`SubmitRequest` or a dict of its fields (``input`` may be a prompt
+        string). The answer lists ``{id, created}`` in order."""
+        entries = _base.batch_entries(executions, self.auto_idempotency_keys)
+        keyed = all("idempotency_key" in e for e in entries)
+        response = await self._request(
+            "POST", "/v1/executions:batch", json={"executions": entries}, idempotent=keyed
+        )
+        return BatchResponse.model_validate_json(response.content)
+
+    async def get(self, id: int, *, wait: Optional[Duration] = None) -> Execution:
+        """One execution. With ``wait`` (seconds or a timedelta, at most 300), the server
+        answers once it has ended or when the wait is over, whichever is first: check
+        ``status`` (or ``done``)."""
+        params = None
+        timeout = None
+        if wait is not None:
+            params = {"wait": _base.wait_param(wait)}
+            timeout = httpx.Timeout(self.timeout, read=self.timeout + _base.seconds(wait))
+        response = await self._request(
+            "GET", f"/v1/executions/{int(id)}", params=params, timeout=timeout, idempotent=True
+        )
+        return Execution.model_validate_json(response.content)
+
+    async def wait(self, id: int, *, timeout: Optional[Duration] = None) -> Execution:
+        """Long-polls until the execution has ended and returns it; raises
+        :class:`WaitTimeout` (holding the execution as it was) after ``timeout`` seconds,
+        or never with ``timeout=None``."""
+        deadline = None if timeout is None else time.monotonic() + _base.seconds(timeout)
+        while True:
+            left = _base.MAX_WAIT_SECONDS
+            if deadline is not None:
+                left = min(left, max(0.0, deadline - time.monotonic()))
+            execution = await self.get(id, wait=left)
+            if execution.done:
+                return execution
+            if deadline is not None and time.monotonic() >= deadline:
+                raise errors.WaitTimeout(
+                    f"execution {id} is still {execution.status} after {_base.seconds(timeout or 0):g} s",
+                    execution,
+                )
+
+    async def list_page(
+        self,
+        *,
+        provider: Optional[str] = None,
+        status: Optional[str] = None,
+        created_after: Any = None,
+        created_before: Any = None,
+        limit: Optional[int] = None,
+        cursor: Optional[str] = None,
+    ) -> ExecutionPage:
+        """One page of executions, newest first; pass its ``next`` as ``cursor`` for the
+        next one. ``created_after``/``created_before`` are Unix ms or aware datetimes."""
+        params = _base.list_params(provider, status, created_after, created_before, limit, cursor)
+        response = await self._request("GET", "/v1/executions", params=params, idempotent=True)
+        return ExecutionPage.model_validate_json(response.content)
+
+    async def pages(self, **filters: Any) -> AsyncIterator[ExecutionPage]:
+        """Every page, following the cursors (``limit`` is the page size); the filters are
+        those of :meth:`list_page`."""
+        cursor = filters.pop("cursor", None)
+        while True:
+            page = await self.list_page(cursor=cursor, **filters)
+            yield page
+            if not page.next:
+                return
+            cursor = page.next
+
+    async def list(self, **filters: Any) -> AsyncIterator[Execution]:
+        """Every execution the filters select, newest first, a page at a time."""
+        async for page in self.pages(**filters):
+            for execution in page.executions:
+                yield execution
+
+    async def cancel(self, id: int) -> Execution:
+        """Cancels a pending or running execution; :class:`AlreadyEnded` when it has ended.
+
+        A cancel is retried after a broken connection. When the first try did reach the
+        server, the retry finds the execution ended: if it is ``cancelled``, that is this
+        cancel's doing, and it is returned rather than raised."""
+        path = f"/v1/executions/{int(id)}/cancel"
+        try:
+            response = await self._request("POST", path, idempotent=True)
+        except errors.AlreadyEnded as error:
+            if error.attempts > 1:
+                execution = await self.get(id)
+                if execution.status == "cancelled":
+                    return execution
+            raise
+        return Execution.model_validate_json(response.content)
+
+    # -- providers and limits ---------------------------------------------------------------
+
+    async def providers(self) -> Providers:
+        """Every provider: limits, queue counts, recent numbers and state; and the pool."""
+        response = await self._request("GET", "/v1/providers", idempotent=True)
+        return Providers.model_validate_json(response.content)
+
+    async def limits(self) -> Dict[str, Limits]:
+        """Each provider's limits, by name."""
+        return {p.name: p.limits for p in (await self.providers()).providers}
+
+    async def set_limit(self, provider: str, limit: int) -> LimitResponse:
+        """Sets ``provider``'s run-time limit (1 to 2147483647); it survives restarts."""
+        response = await self._request(
+            "PUT", f"/v1/providers/{provider}/limit", json={"limit": int(limit)}, idempotent=True
+        )
+        return LimitResponse.model_validate_json(response.content)
+
+    async def clear_limit(self, provider: str) -> LimitResponse:
+        """Removes ``provider``'s run-time limit: config or the component's default applies."""
+        response = await self._request("DELETE", f"/v1/providers/{provider}/limit", idempotent=True)
+        return LimitResponse.model_validate_json(response.content)
+
+    async def plugins(self) -> Plugins:
+        """The plugins folder's files as the last scan left them."""
+        response = await self._request("GET", "/v1/plugins", idempotent=True)
+        return Plugins.model_validate_json(response.content)
+
+    async def health(self) -> Health:
+        response = await self._request("GET", "/healthz", idempotent=True)
+        return Health.model_validate_json(response.content)
+
+    async def ready(self) -> Health:
+        """``/readyz``: raises :class:`ServiceUnavailable` until the daemon has started."""
+        response = await self._request("GET", "/readyz", idempotent=False)
+        return Health.model_validate_json(response.content)
+
+    # -- events ---------------------------------------------------------------------------
+
+    def events(self, provider: Optional[str] = None, *, read_timeout: float = 60.0) -> "AsyncEventStream":
+        """The daemon's events (``GET /v1/events``), as an iterator of typed events.
+
+        >>> async with lanes.events(provider="claude") as events:
+        ...     async for event in events:
+        ...         print(event.type, event)
+
+        The stream is open once ``async with`` (or the first ``anext``) returns: events from
+        then on arrive. A :class:`LaggedEvent` says events were lost. ``read_timeout``
+        (seconds) ends a stream that went silent; the server sends a keep-alive every 15
+        s."""
+        return AsyncEventStream(self, provider, read_timeout)
+
+
+class AsyncEventStream:
+    """An open ``GET /v1/events``: iterate over it (``async for``) for typed events; close it when done."""
+
+    def __init__(self, client: AsyncClient, provider: Optional[str], read_timeout: float) -> None:
+        self._client = client
+        self._params = {"provider": provider} if provider else None
+        self._timeout = httpx.Timeout(client.timeout, read=read_timeout)
+        self._response: Optional[httpx.Response] = None
+        self._events: Optional[AsyncIterator[Event]] = None
+
+    async def open(self) -> "AsyncEventStream":
+        """Connects (retrying connection failures) and checks the answer."""
+        if self._response is not None:
+            return self
+        client = self._client
+        attempt = 0
+        while True:
+            attempt += 1
+            request = client._http.build_request(
+                "GET",
+                "/v1/events",
+                params=self._params,
+                headers={"accept": "text/event-stream", "cache-control": "no-store"},
+                timeout=self._timeout,
+            )
+            try:
+                response = await client._http.send(request, stream=True)
+            except httpx.TransportError as exc:
+                if attempt <= client.retry.max_retries and _base.retryable_exception(exc, True):
+                    await asyncio.sleep(client.retry.delay(attempt))
+                    continue
+                raise _base.connection_error(exc, "GET", str(request.url), attempt) from exc
+            break
+        if response.status_code >= 400:
+            await response.aread()
+            await response.aclose()
+            raise errors.error_for(response)
+        try:
+            _base.check_event_stream(response)
+        except errors.StreamError:
+            await response.aclose()
+            raise
+        self._response = response
+        self._events = self._iterate(response)
+        return self
+
+    async def _iterate(self, response: httpx.Response) -> AsyncIterator[Event]:
+        try:
+            async for sse in EventSource(response).aiter_sse():
+                if not sse.data:
+                    continue
+                yield parse_event(sse.event, sse.data)
+        except httpx.TransportError as exc:
+            raise _base.connection_error(exc, "GET", str(response.request.url), 1) from exc
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self
+
+    async def __anext__(self) -> Event:
+        await self.open()
+        assert self._events is not None
+        return await self._events.__anext__()
+
+    async def aclose(self) -> None:
+        if self._response is not None:
+            await self._response.aclose()
+
+    async def __aenter__(self) -> "AsyncEventStream":
+        return await self.open()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
