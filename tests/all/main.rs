@@ -5,6 +5,7 @@ mod api;
 mod bad_input;
 mod capacity;
 mod cli;
+mod clients;
 mod crash;
 mod dashboard;
 mod events;

@@ -148,10 +148,7 @@ def batch_entries(entries: Iterable[Union[SubmitRequest, Mapping[str, Any]]], au
         if isinstance(entry, SubmitRequest):
             body = entry.body()
         else:
-            fields = dict(entry)
-            if "input" in fields:
-                fields["input"] = as_input(fields["input"])
-            body = SubmitRequest.model_validate(fields).body()
+            body = SubmitRequest.model_validate(dict(entry)).body()
         if auto_key and not body.get("idempotency_key"):
             body["idempotency_key"] = new_key()
         out.append(body)

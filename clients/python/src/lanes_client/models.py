@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 __all__ = [
     "TERMINAL_STATUSES",
@@ -85,6 +85,12 @@ class ChatInput(_Request):
     stop: Optional[List[str]] = None
     extra: Optional[Dict[str, Any]] = None
 
+    @model_validator(mode="after")
+    def _prompt_or_messages(self) -> "ChatInput":
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give one of `prompt` or `messages`")
+        return self
+
 
 class SubmitRequest(_Request):
     """One submission (``POST /v1/executions``, or one entry of a batch)."""
@@ -95,6 +101,16 @@ class SubmitRequest(_Request):
     max_attempts: Optional[int] = Field(default=None, ge=1, le=2147483647)
     idempotency_key: Optional[str] = Field(default=None, min_length=1, max_length=255)
     allow_unknown: Optional[bool] = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _input(cls, value: Any) -> Any:
+        """A prompt string or a :class:`ChatInput` stands for its JSON form."""
+        if isinstance(value, str):
+            return {"prompt": value}
+        if isinstance(value, ChatInput):
+            return value.model_dump(exclude_none=True)
+        return value
 
     def body(self) -> Dict[str, Any]:
         return self.model_dump(exclude_none=True)

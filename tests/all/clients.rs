@@ -1,0 +1,81 @@
+//! The clients against a real `lanes serve`: the Python client's pytest suite
+//! (`clients/python/tests`, sync and async), run once against one daemon. The client is
+//! the wheel `scripts/build-clients` builds and installs in a venv with pytest; `scripts/test`
+//! runs that once per run and sets `LANES_TEST_CLIENTS`, and without it this test runs it.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::support::*;
+
+/// The token the daemon under test requires, so the suite checks auth too.
+const TOKEN: &str = "client-tests-token";
+
+/// The venv holding the Python client's wheel and pytest.
+fn clients_venv() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LANES_TEST_CLIENTS") {
+        return PathBuf::from(dir).join("venv");
+    }
+    let root = repo_root();
+    let out = root.join("target/clients");
+    let status = Command::new("bash")
+        .arg(root.join("scripts/build-clients"))
+        .arg(&out)
+        .status()
+        .expect("running scripts/build-clients");
+    assert!(status.success(), "scripts/build-clients failed");
+    out.join("venv")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_client_passes_its_suite_against_a_real_daemon() {
+    let python = clients_venv().join("bin/python");
+    assert!(python.is_file(), "{} was not built", python.display());
+
+    // What clients/python/tests/conftest.py says the suite expects of its daemon.
+    let mut env = TestEnv::new();
+    env.stub("stub", Some(4), &[]);
+    env.config.api.max_body_bytes = 65536;
+    let token_file = env.dir.path().join("api.token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    env.config.api.token_file = Some(token_file);
+    let mut serve = env.spawn_serve();
+    let addr = api_addr(&env, "serve").await;
+
+    let tests = repo_root().join("clients/python");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"])
+            .current_dir(tests)
+            .env("LANES_TEST_URL", format!("http://{addr}"))
+            .env("LANES_TEST_TOKEN", TOKEN)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env_remove("LANES_BIN")
+            .env_remove("LANES_URL")
+            .env_remove("LANES_API_TOKEN")
+            .output()
+            .expect("running pytest")
+    })
+    .await
+    .unwrap();
+    let exit = terminate(&mut serve);
+    assert!(
+        out.status.success(),
+        "the Python client's tests failed:\n{}{}\nserve.log:\n{}",
+        stdout(&out),
+        stderr(&out),
+        env.serve_log()
+    );
+    assert!(
+        exit.success(),
+        "lanes serve exited with {exit}:\n{}",
+        env.serve_log()
+    );
+    // The summary line, such as `37 passed in 9.12s`.
+    let summary = stdout(&out);
+    eprintln!("{}", summary.trim().lines().last().unwrap_or_default());
+    assert!(
+        summary.contains(" passed") && !summary.contains(" skipped"),
+        "every test of the suite must run:\n{summary}"
+    );
+}
