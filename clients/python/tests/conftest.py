@@ -57,13 +57,13 @@ component = "stub.wasm"
 limit = 4
 """
     )
-    log = open(work / "serve.log", "wb")
-    child = subprocess.Popen(
-        [binary, "--config", str(config), "serve"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "RUST_LOG": "info"},
-    )
+    with open(work / "serve.log", "wb") as log:  # the child keeps its own descriptor
+        child = subprocess.Popen(
+            [binary, "--config", str(config), "serve"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "RUST_LOG": "info"},
+        )
     deadline = time.monotonic() + 60
     while True:
         text = (work / "serve.log").read_text(errors="replace")
