@@ -54,6 +54,27 @@ async def test_many_at_once(aclient: AsyncClient) -> None:
     assert len({d.id for d in done}) == 12
 
 
+async def test_more_waits_than_connections(daemon) -> None:
+    """Requests beyond max_connections wait for a connection as long as the long-polls ahead
+    of them hold theirs, longer than the client's timeout, and none fails for want of one."""
+    url, token = daemon
+    retry = RetryPolicy(max_retries=0)  # waiting for a connection must not need a retry
+    async with AsyncClient(url, token=token or "", max_connections=2, timeout=1, retry=retry) as c:
+        slow = await c.submit_batch(
+            [{"provider": "stub", "input": {"prompt": f"s{i}", "extra": {"sleep_ms": 2000}}} for i in range(2)]
+        )
+        quick = await c.submit_batch([{"provider": "stub", "input": f"q{i}"} for i in range(6)])
+        started = time.monotonic()
+        # The two slow long-polls take both connections for 2 s; the reads queue behind them.
+        done = await asyncio.gather(
+            *(c.wait(e.id, timeout=30) for e in slow.executions),
+            *(c.get(e.id) for e in quick.executions),
+        )
+        assert time.monotonic() - started >= 1.5
+    assert [d.text for d in done[:2]] == ["stub reply to: s0", "stub reply to: s1"]
+    assert [d.id for d in done[2:]] == [e.id for e in quick.executions]
+
+
 async def test_batch_idempotency_and_errors(aclient: AsyncClient) -> None:
     stamp = time.time_ns()
     batch = [{"provider": "stub", "input": f"a{i}", "idempotency_key": f"ab-{stamp}-{i}"} for i in range(4)]

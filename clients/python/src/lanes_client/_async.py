@@ -43,6 +43,8 @@ class AsyncClient:
     retried (see :class:`RetryPolicy`). With ``auto_idempotency_keys`` (the default), each
     submission without an ``idempotency_key`` gets a random one, so that a submission
     retried after a broken connection is queued once.
+    ``max_connections`` caps the connections open at once; requests beyond it wait for
+    one (long-polls hold theirs until they answer), however long that takes.
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class AsyncClient:
         retry: Optional[RetryPolicy] = None,
         auto_idempotency_keys: bool = True,
         headers: Optional[Mapping[str, str]] = None,
+        max_connections: int = 100,
         transport: Optional[httpx.AsyncBaseTransport] = None,
     ) -> None:
         self.base_url, token = _base.settings(base_url, token)
@@ -63,7 +66,8 @@ class AsyncClient:
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             headers=_base.headers(token, headers),
-            timeout=timeout,
+            timeout=_base.timeout(timeout),
+            limits=httpx.Limits(max_connections=max_connections),
             transport=transport,
         )
 
@@ -174,7 +178,7 @@ class AsyncClient:
         timeout = None
         if wait is not None:
             params = {"wait": _base.wait_param(wait)}
-            timeout = httpx.Timeout(self.timeout, read=self.timeout + _base.seconds(wait))
+            timeout = _base.timeout(self.timeout, read=self.timeout + _base.seconds(wait))
         response = await self._request(
             "GET", f"/v1/executions/{int(id)}", params=params, timeout=timeout, idempotent=True
         )
@@ -307,7 +311,7 @@ class AsyncEventStream:
     def __init__(self, client: AsyncClient, provider: Optional[str], read_timeout: float) -> None:
         self._client = client
         self._params = {"provider": provider} if provider else None
-        self._timeout = httpx.Timeout(client.timeout, read=read_timeout)
+        self._timeout = _base.timeout(client.timeout, read=read_timeout)
         self._response: Optional[httpx.Response] = None
         self._events: Optional[AsyncIterator[Event]] = None
 

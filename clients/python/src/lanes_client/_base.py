@@ -52,7 +52,7 @@ class RetryPolicy:
 
     def delay(self, retry: int) -> float:
         """Seconds before retry number ``retry`` (1-based): the upper half of the window."""
-        window = min(self.max_backoff, self.backoff * (2 ** (retry - 1)))
+        window = min(self.max_backoff, self.backoff * 2.0 ** (retry - 1))
         return window / 2 + random.random() * window / 2
 
 
@@ -80,7 +80,7 @@ def retryable_status(status: int, idempotent: bool, policy: RetryPolicy) -> bool
 
 def connection_error(exc: BaseException, method: str, url: str, attempts: int) -> errors.ConnectionError:
     return errors.ConnectionError(
-        f"{method} {url}: {type(exc).__name__}: {exc or 'no detail'} "
+        f"{method} {url}: {type(exc).__name__}: {str(exc) or 'no detail'} "
         f"(after {attempts} attempt{'s' if attempts != 1 else ''})",
         attempts=attempts,
         cause=exc,
@@ -153,6 +153,13 @@ def batch_entries(entries: Iterable[Union[SubmitRequest, Mapping[str, Any]]], au
             body["idempotency_key"] = new_key()
         out.append(body)
     return out
+
+
+def timeout(seconds: float, read: Optional[float] = None) -> httpx.Timeout:
+    """A request's timeout. A request waits for a free connection as long as it takes: the
+    client's own long-polls and event streams hold connections for minutes, and the
+    requests beyond ``max_connections`` should queue behind them, not fail."""
+    return httpx.Timeout(seconds, read=seconds if read is None else read, pool=None)
 
 
 def seconds(value: Duration) -> float:

@@ -42,6 +42,8 @@ class Client:
     retried (see :class:`RetryPolicy`). With ``auto_idempotency_keys`` (the default), each
     submission without an ``idempotency_key`` gets a random one, so that a submission
     retried after a broken connection is queued once.
+    ``max_connections`` caps the connections open at once; requests beyond it wait for
+    one (long-polls hold theirs until they answer), however long that takes.
     """
 
     def __init__(
@@ -53,6 +55,7 @@ class Client:
         retry: Optional[RetryPolicy] = None,
         auto_idempotency_keys: bool = True,
         headers: Optional[Mapping[str, str]] = None,
+        max_connections: int = 100,
         transport: Optional[httpx.BaseTransport] = None,
     ) -> None:
         self.base_url, token = _base.settings(base_url, token)
@@ -62,7 +65,8 @@ class Client:
         self._http = httpx.Client(
             base_url=self.base_url,
             headers=_base.headers(token, headers),
-            timeout=timeout,
+            timeout=_base.timeout(timeout),
+            limits=httpx.Limits(max_connections=max_connections),
             transport=transport,
         )
 
@@ -173,7 +177,7 @@ class Client:
         timeout = None
         if wait is not None:
             params = {"wait": _base.wait_param(wait)}
-            timeout = httpx.Timeout(self.timeout, read=self.timeout + _base.seconds(wait))
+            timeout = _base.timeout(self.timeout, read=self.timeout + _base.seconds(wait))
         response = self._request(
             "GET", f"/v1/executions/{int(id)}", params=params, timeout=timeout, idempotent=True
         )
@@ -305,7 +309,7 @@ class EventStream:
     def __init__(self, client: Client, provider: Optional[str], read_timeout: float) -> None:
         self._client = client
         self._params = {"provider": provider} if provider else None
-        self._timeout = httpx.Timeout(client.timeout, read=read_timeout)
+        self._timeout = _base.timeout(client.timeout, read=read_timeout)
         self._response: Optional[httpx.Response] = None
         self._events: Optional[Iterator[Event]] = None
 
