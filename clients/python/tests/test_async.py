@@ -172,8 +172,10 @@ async def test_auth_and_retries(daemon) -> None:
         assert transport.posts == 2
         lost = lanes_client.BatchResponse.model_validate_json(transport.lost[0])
         assert [e.id for e in batch.executions] == [e.id for e in lost.executions]
-        # The retry found the batch the lost answer had queued: nothing created twice.
-        assert [e.created for e in batch.executions] == [False, False]
+        # The retry found the batch the lost answer had queued: nothing was queued twice,
+        # and both are this call's (their keys were made up for it).
+        assert [e.created for e in batch.executions] == [True, True]
+        assert len({e.id for e in batch.executions}) == 2
 
     async with AsyncClient("http://127.0.0.1:9", retry=RetryPolicy(max_retries=1, backoff=0.01)) as c:
         with pytest.raises(lanes_client.ConnectionError) as refused:

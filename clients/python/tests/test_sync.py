@@ -97,11 +97,13 @@ def test_wait_returns_failures_and_times_out(client: Client) -> None:
 def test_idempotency_keys(client: Client) -> None:
     key = f"sync-key-{time.time_ns()}"
     first = client.submit("stub", "same request", idempotency_key=key)
+    assert first.created
     # The same request in another form (the messages form of the prompt) is the same.
     again = client.submit(
         "stub", {"messages": [{"role": "user", "content": "same request"}]}, idempotency_key=key
     )
     assert again.id == first.id
+    assert not again.created
     with pytest.raises(IdempotencyConflict) as info:
         client.submit("stub", "another request", idempotency_key=key)
     error = info.value
@@ -139,6 +141,9 @@ def test_batch_submit(client: Client) -> None:
         )
     assert info.value.status == 422
     assert "executions[1]" in info.value.detail
+    with pytest.raises(ValidationError) as empty:
+        client.submit_batch([])
+    assert "1 to 1000" in empty.value.detail
 
 
 def test_list_pages_and_filters(client: Client, nobody: str) -> None:
@@ -315,6 +320,7 @@ def test_retries_are_safe(daemon) -> None:
     with Client(url, token=token or "", transport=transport, retry=RetryPolicy(backoff=0.01)) as c:
         execution = c.submit("stub", "retried once")
         assert transport.posts == 2
+        assert execution.created  # the lost try created it, and the key was this call's
         lost = lanes_client.Execution.model_validate_json(transport.lost[0])
         assert execution.id == lost.id
         assert c.wait(execution.id, timeout=20).text == "stub reply to: retried once"

@@ -49,6 +49,7 @@ from .models import (
     Providers,
     StartedEvent,
     SubmitRequest,
+    Submitted,
     UnknownEvent,
     Usage,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "ChatInput",
     "Message",
     "SubmitRequest",
+    "Submitted",
     "Execution",
     "ExecutionPage",
     "Output",

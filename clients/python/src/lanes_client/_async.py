@@ -23,6 +23,7 @@ from .models import (
     Plugins,
     Providers,
     SubmitRequest,
+    Submitted,
     parse_event,
 )
 
@@ -137,12 +138,13 @@ class AsyncClient:
         max_attempts: Optional[int] = None,
         idempotency_key: Optional[str] = None,
         allow_unknown: Optional[bool] = None,
-    ) -> Execution:
+    ) -> Submitted:
         """Queues one execution on ``provider`` (a provider or a route) and returns it.
 
         ``input`` is a prompt string, a :class:`ChatInput` or the normalized input as a
         dict. With an ``idempotency_key`` already used for the same request, the original
-        execution comes back; with another request, :class:`IdempotencyConflict`.
+        execution comes back (``created`` is False); with another request,
+        :class:`IdempotencyConflict`.
         """
         body = _base.submission(
             provider,
@@ -155,7 +157,12 @@ class AsyncClient:
         )
         keyed = "idempotency_key" in body
         response = await self._request("POST", "/v1/executions", json=body, idempotent=keyed)
-        return Execution.model_validate_json(response.content)
+        execution = Submitted.model_validate_json(response.content)
+        # A key the client made up is this call's alone: a 200 means a retry found what
+        # this call's lost first try created.
+        auto_key = idempotency_key is None and self.auto_idempotency_keys
+        execution.created = response.status_code == 201 or auto_key
+        return execution
 
     async def submit_batch(
         self, executions: Iterable[Union[SubmitRequest, Mapping[str, Any]]]
@@ -163,12 +170,15 @@ class AsyncClient:
         """Queues up to 1,000 executions in one transaction: all or none. Each entry is a
         :class:`SubmitRequest` or a dict of its fields (``input`` may be a prompt
         string). The answer lists ``{id, created}`` in order."""
-        entries = _base.batch_entries(executions, self.auto_idempotency_keys)
+        entries, auto_keys = _base.batch_entries(executions, self.auto_idempotency_keys)
         keyed = all("idempotency_key" in e for e in entries)
         response = await self._request(
             "POST", "/v1/executions:batch", json={"executions": entries}, idempotent=keyed
         )
-        return BatchResponse.model_validate_json(response.content)
+        answer = BatchResponse.model_validate_json(response.content)
+        for entry, auto_key in zip(answer.executions, auto_keys):
+            entry.created = entry.created or auto_key  # as in submit: the key is this call's
+        return answer
 
     async def get(self, id: int, *, wait: Optional[Duration] = None) -> Execution:
         """One execution. With ``wait`` (seconds or a timedelta, at most 300), the server

@@ -142,17 +142,23 @@ def submission(
     return request.body()
 
 
-def batch_entries(entries: Iterable[Union[SubmitRequest, Mapping[str, Any]]], auto_key: bool) -> "list[Dict[str, Any]]":
+def batch_entries(
+    entries: Iterable[Union[SubmitRequest, Mapping[str, Any]]], auto_key: bool
+) -> "tuple[list[Dict[str, Any]], list[bool]]":
+    """The entries' bodies, and for each whether the client gave it its key."""
     out = []
+    auto = []
     for entry in entries:
         if isinstance(entry, SubmitRequest):
             body = entry.body()
         else:
             body = SubmitRequest.model_validate(dict(entry)).body()
-        if auto_key and not body.get("idempotency_key"):
+        given = auto_key and not body.get("idempotency_key")
+        if given:
             body["idempotency_key"] = new_key()
         out.append(body)
-    return out
+        auto.append(given)
+    return out, auto
 
 
 def timeout(seconds: float, read: Optional[float] = None) -> httpx.Timeout:

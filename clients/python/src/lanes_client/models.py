@@ -21,6 +21,7 @@ __all__ = [
     "Output",
     "Attempt",
     "Execution",
+    "Submitted",
     "ExecutionPage",
     "BatchEntry",
     "BatchResponse",
@@ -177,6 +178,14 @@ class Execution(_Wire):
     def text(self) -> Optional[str]:
         """The output's text once completed, else None."""
         return self.output.text if self.output is not None else None
+
+
+class Submitted(Execution):
+    """A submission's answer: the execution, and whether this request created it (HTTP
+    201) or its idempotency key found an earlier one (200). ``created`` comes from the
+    status code, not the body."""
+
+    created: bool = True
 
 
 class ExecutionPage(_Wire):
