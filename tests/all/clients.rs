@@ -1,10 +1,11 @@
 //! The clients against a real `lanes serve`: the Python client's pytest suite
-//! (`clients/python/tests`, sync and async), run once against one daemon. The client is
-//! the wheel `scripts/build-clients` builds and installs in a venv with pytest; `scripts/test`
-//! runs that once per run and sets `LANES_TEST_CLIENTS`, and without it this test runs it.
+//! (`clients/python/tests`, sync and async), run once against one daemon, and the fan-out
+//! example (`examples/fanout`) with its own config. The client is the wheel
+//! `scripts/build-clients` builds and installs in a venv with pytest; `scripts/test` runs
+//! that once per run and sets `LANES_TEST_CLIENTS`, and without it the first test runs it.
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use crate::support::*;
 
@@ -73,9 +74,79 @@ async fn the_python_client_passes_its_suite_against_a_real_daemon() {
     );
     // The summary line, such as `37 passed in 9.12s`.
     let summary = stdout(&out);
-    eprintln!("{}", summary.trim().lines().last().unwrap_or_default());
+    eprintln!("{}", summary.trim().lines().next_back().unwrap_or_default());
     assert!(
         summary.contains(" passed") && !summary.contains(" skipped"),
         "every test of the suite must run:\n{summary}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fanout_example_summarizes_its_1000_documents() {
+    let python = clients_venv().join("bin/python");
+    assert!(python.is_file(), "{} was not built", python.display());
+    let example = repo_root().join("examples/fanout");
+
+    // The example's own config, as its README runs it: the database and the plugins folder
+    // are relative to the current folder, here the env's (which holds plugins/stub.wasm).
+    let env = TestEnv::new();
+    let log = std::fs::File::create(env.dir.path().join("fanout.log")).unwrap();
+    let mut serve = Command::new(env!("CARGO_BIN_EXE_lanes"))
+        .arg("--config")
+        .arg(example.join("lanes.toml"))
+        .arg("serve")
+        .current_dir(env.dir.path())
+        .env("LANES_API__ADDR", "127.0.0.1:0")
+        .env("LANES_CACHE__DIR", repo_root().join("target/test-cache"))
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawning lanes serve");
+    let addr = api_addr(&env, "fanout").await;
+
+    let out_file = env.dir.path().join("summaries.jsonl");
+    let (dir, out_path) = (env.dir.path().to_path_buf(), out_file.clone());
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(example.join("fanout.py"))
+            .arg("--url")
+            .arg(format!("http://{addr}"))
+            .arg("--out")
+            .arg(out_path)
+            .current_dir(dir)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env_remove("LANES_API_TOKEN")
+            .output()
+            .expect("running fanout.py")
+    })
+    .await
+    .unwrap();
+    let exit = terminate(&mut serve);
+    let printed = stdout(&out);
+    assert!(
+        out.status.success(),
+        "fanout.py failed:\n{printed}{}\nfanout.log:\n{}",
+        stderr(&out),
+        env.log("fanout")
+    );
+    assert!(exit.success(), "lanes serve exited with {exit}");
+    eprintln!("{printed}");
+    assert!(printed.contains("1000 documents in"), "{printed}");
+    assert!(printed.contains(": 1000 completed"), "{printed}");
+    // Every member of the route took a share.
+    for member in ["fast-small", "steady", "flaky"] {
+        assert!(
+            printed.contains(&format!("{member} ")),
+            "{member}: {printed}"
+        );
+    }
+    let lines = std::fs::read_to_string(&out_file).unwrap();
+    assert_eq!(lines.lines().count(), 1000);
+    let open: Vec<&str> = lines
+        .lines()
+        .filter(|l| !l.contains(r#""status": "completed""#))
+        .collect();
+    assert!(open.is_empty(), "not completed: {open:?}");
 }
