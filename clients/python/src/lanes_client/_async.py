@@ -310,8 +310,10 @@ class AsyncClient:
 
         The stream is open once ``async with`` (or the first ``anext``) returns: events from
         then on arrive. A :class:`LaggedEvent` says events were lost. ``read_timeout``
-        (seconds) ends a stream that went silent; the server sends a keep-alive every 15
-        s."""
+        (seconds) ends a stream that went silent, with :class:`ConnectionError`; the server
+        sends a keep-alive every 15 s. The iteration ends when the server closes the stream
+        (it shuts down). The events carry no SSE ids, so a new stream cannot resume an old
+        one: after a reconnect, as after a lag, re-read what you track."""
         return AsyncEventStream(self, provider, read_timeout)
 
 

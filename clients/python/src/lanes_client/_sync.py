@@ -308,8 +308,10 @@ class Client:
 
         The stream is open once ``with`` (or the first ``next``) returns: events from
         then on arrive. A :class:`LaggedEvent` says events were lost. ``read_timeout``
-        (seconds) ends a stream that went silent; the server sends a keep-alive every 15
-        s."""
+        (seconds) ends a stream that went silent, with :class:`ConnectionError`; the server
+        sends a keep-alive every 15 s. The iteration ends when the server closes the stream
+        (it shuts down). The events carry no SSE ids, so a new stream cannot resume an old
+        one: after a reconnect, as after a lag, re-read what you track."""
         return EventStream(self, provider, read_timeout)
 
 
