@@ -113,3 +113,15 @@ def test_retry_decisions() -> None:
     policy = _base.RetryPolicy(backoff=1.0, max_backoff=4.0)
     for retry, window in [(1, 1.0), (2, 2.0), (3, 4.0), (6, 4.0)]:
         assert window / 2 <= policy.delay(retry) <= window
+
+
+def test_a_success_that_is_not_the_api_s_answer_says_so() -> None:
+    def proxy(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text="<html>Welcome to the captive portal</html>")
+
+    with lanes_client.Client("http://x", token="", transport=httpx.MockTransport(proxy)) as c:
+        with pytest.raises(lanes_client.LanesError) as info:
+            c.get(1)
+    message = str(info.value)
+    assert "GET http://x/v1/executions/1" in message and "not the API's Execution" in message
+    assert "captive portal" in message

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from types import TracebackType
+from urllib.parse import quote
 from typing import Any, AsyncIterator, Dict, Iterable, Mapping, Optional, Type, Union
 
 import httpx
@@ -157,7 +158,7 @@ class AsyncClient:
         )
         keyed = "idempotency_key" in body
         response = await self._request("POST", "/v1/executions", json=body, idempotent=keyed)
-        execution = Submitted.model_validate_json(response.content)
+        execution = _base.parse(Submitted, response)
         # A key the client made up is this call's alone: a 200 means a retry found what
         # this call's lost first try created.
         auto_key = idempotency_key is None and self.auto_idempotency_keys
@@ -175,7 +176,7 @@ class AsyncClient:
         response = await self._request(
             "POST", "/v1/executions:batch", json={"executions": entries}, idempotent=keyed
         )
-        answer = BatchResponse.model_validate_json(response.content)
+        answer = _base.parse(BatchResponse, response)
         for entry, auto_key in zip(answer.executions, auto_keys):
             entry.created = entry.created or auto_key  # as in submit: the key is this call's
         return answer
@@ -192,7 +193,7 @@ class AsyncClient:
         response = await self._request(
             "GET", f"/v1/executions/{int(id)}", params=params, timeout=timeout, idempotent=True
         )
-        return Execution.model_validate_json(response.content)
+        return _base.parse(Execution, response)
 
     async def wait(self, id: int, *, timeout: Optional[Duration] = None) -> Execution:
         """Long-polls until the execution has ended and returns it; raises
@@ -226,7 +227,7 @@ class AsyncClient:
         next one. ``created_after``/``created_before`` are Unix ms or aware datetimes."""
         params = _base.list_params(provider, status, created_after, created_before, limit, cursor)
         response = await self._request("GET", "/v1/executions", params=params, idempotent=True)
-        return ExecutionPage.model_validate_json(response.content)
+        return _base.parse(ExecutionPage, response)
 
     async def pages(self, **filters: Any) -> AsyncIterator[ExecutionPage]:
         """Every page, following the cursors (``limit`` is the page size); the filters are
@@ -260,14 +261,14 @@ class AsyncClient:
                 if execution.status == "cancelled":
                     return execution
             raise
-        return Execution.model_validate_json(response.content)
+        return _base.parse(Execution, response)
 
     # -- providers and limits ---------------------------------------------------------------
 
     async def providers(self) -> Providers:
         """Every provider: limits, queue counts, recent numbers and state; and the pool."""
         response = await self._request("GET", "/v1/providers", idempotent=True)
-        return Providers.model_validate_json(response.content)
+        return _base.parse(Providers, response)
 
     async def limits(self) -> Dict[str, Limits]:
         """Each provider's limits, by name."""
@@ -276,28 +277,28 @@ class AsyncClient:
     async def set_limit(self, provider: str, limit: int) -> LimitResponse:
         """Sets ``provider``'s run-time limit (1 to 2147483647); it survives restarts."""
         response = await self._request(
-            "PUT", f"/v1/providers/{provider}/limit", json={"limit": int(limit)}, idempotent=True
+            "PUT", f"/v1/providers/{quote(provider, safe='')}/limit", json={"limit": int(limit)}, idempotent=True
         )
-        return LimitResponse.model_validate_json(response.content)
+        return _base.parse(LimitResponse, response)
 
     async def clear_limit(self, provider: str) -> LimitResponse:
         """Removes ``provider``'s run-time limit: config or the component's default applies."""
-        response = await self._request("DELETE", f"/v1/providers/{provider}/limit", idempotent=True)
-        return LimitResponse.model_validate_json(response.content)
+        response = await self._request("DELETE", f"/v1/providers/{quote(provider, safe='')}/limit", idempotent=True)
+        return _base.parse(LimitResponse, response)
 
     async def plugins(self) -> Plugins:
         """The plugins folder's files as the last scan left them."""
         response = await self._request("GET", "/v1/plugins", idempotent=True)
-        return Plugins.model_validate_json(response.content)
+        return _base.parse(Plugins, response)
 
     async def health(self) -> Health:
         response = await self._request("GET", "/healthz", idempotent=True)
-        return Health.model_validate_json(response.content)
+        return _base.parse(Health, response)
 
     async def ready(self) -> Health:
         """``/readyz``: raises :class:`ServiceUnavailable` until the daemon has started."""
         response = await self._request("GET", "/readyz", idempotent=False)
-        return Health.model_validate_json(response.content)
+        return _base.parse(Health, response)
 
     # -- events ---------------------------------------------------------------------------
 

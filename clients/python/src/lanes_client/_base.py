@@ -8,9 +8,10 @@ import os
 import random
 import uuid
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Mapping, Optional, Union
+from typing import Any, Dict, Iterable, Mapping, Optional, Type, TypeVar, Union
 
 import httpx
+import pydantic
 
 from . import errors
 from .models import ChatInput, SubmitRequest
@@ -212,6 +213,22 @@ def list_params(
         "cursor": cursor,
     }
     return {k: v for k, v in params.items() if v is not None}
+
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+
+def parse(model: Type[M], response: httpx.Response) -> M:
+    """A success answer as ``model``; an answer that is not one (a proxy's page, another
+    server) is a :class:`LanesError` that says what came instead."""
+    try:
+        return model.model_validate_json(response.content)
+    except pydantic.ValidationError as exc:
+        raise errors.LanesError(
+            f"{response.request.method} {response.request.url}: answered {response.status_code} "
+            f"with a body that is not the API's {model.__name__}: {exc.errors()[0].get('msg', exc)} "
+            f"({response.text[:200]!r})"
+        ) from exc
 
 
 def check_event_stream(response: httpx.Response) -> None:
