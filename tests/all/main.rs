@@ -6,6 +6,7 @@ mod bad_input;
 mod capacity;
 mod cli;
 mod clients;
+mod clients_ts;
 mod crash;
 mod dashboard;
 mod events;
