@@ -349,8 +349,11 @@ export class LanesClient {
     options: CallOptions,
     as: "json" | "text" = "json",
   ): Promise<{ status: number; headers: Headers; body: T }> {
+    // Serialized once, outside the retries: a body that cannot be (a BigInt) is the caller's
+    // error, not a connection's.
+    const json = options.body === undefined ? undefined : JSON.stringify(options.body);
     return this.retrying(options.signal, async (signal) => {
-      const response = await this.fetchOnce(method, path, options, signal, as === "json" ? "application/json" : "*/*");
+      const response = await this.fetchOnce(method, path, options.query, json, signal, as === "json" ? "application/json" : "*/*");
       if (!response.ok) throw await errorFromResponse(response);
       const text = await response.text();
       let body: T;
@@ -381,7 +384,7 @@ export class LanesClient {
     return this.retrying(
       options.signal,
       async (signal) => {
-        const response = await this.fetchOnce(method, path, options, signal, options.accept);
+        const response = await this.fetchOnce(method, path, options.query, undefined, signal, options.accept);
         if (!response.ok) throw await errorFromResponse(response);
         return response;
       },
@@ -425,21 +428,18 @@ export class LanesClient {
   private fetchOnce(
     method: string,
     path: string,
-    options: CallOptions,
+    query: CallOptions["query"],
+    body: string | undefined,
     signal: AbortSignal | undefined,
     accept: string,
   ): Promise<Response> {
     const url = new URL(this.baseUrl + path);
-    for (const [key, value] of Object.entries(options.query ?? {})) {
+    for (const [key, value] of Object.entries(query ?? {})) {
       if (value !== undefined && value !== null) url.searchParams.set(key, String(value));
     }
     const headers: Record<string, string> = { accept, ...this.headers };
     if (this.token !== undefined) headers.authorization = `Bearer ${this.token}`;
-    let body: string | undefined;
-    if (options.body !== undefined) {
-      headers["content-type"] = "application/json";
-      body = JSON.stringify(options.body);
-    }
+    if (body !== undefined) headers["content-type"] = "application/json";
     const init: RequestInit = { method, headers };
     if (body !== undefined) init.body = body;
     if (signal !== undefined) init.signal = signal;

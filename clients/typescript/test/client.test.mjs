@@ -440,6 +440,9 @@ test("connection errors are retried; answers are not", { skip, timeout }, async 
   const once = new LanesClient({ baseUrl, token, retryDelayMs: 10, fetch: counting.fetch });
   await rejects(once.get(2 ** 40), NotFoundError);
   assert.equal(counting.calls.length, 1);
+  // Nor is a body JSON cannot carry: it is the caller's error, and nothing is sent.
+  await assert.rejects(once.submit(job({ n: 1n })), TypeError);
+  assert.equal(counting.calls.length, 1);
 
   // Nothing listening: ConnectionError after every try, with the last failure as its cause.
   const nowhere = new LanesClient({ baseUrl: "http://127.0.0.1:9", maxRetries: 2, retryDelayMs: 10 });
