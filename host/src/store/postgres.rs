@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sha2::Digest;
+use sqlx::PgPool;
 use sqlx::postgres::{PgListener, PgPoolOptions};
-use sqlx::{PgPool, Row};
 
 use super::{
     BUDGET_WINDOW_MS, COLUMNS, Cancelled, Change, Claim, DbContext, ExecutionFilter, Finish,
@@ -76,56 +76,6 @@ fn history_with(row: &str, outcome: &str, kind: &str, error: &str, delay: &str) 
 /// a little less the old way (5.1–5.7 ms per 400-row write, now 7.0–8.2 ms): the price of a
 /// cost that no longer grows with the rest of the fleet.
 static FINISH_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "{} SELECT id, (SELECT COUNT(*) FROM woken) FROM done",
-        finish_ctes()
-    )
-});
-
-/// The batch write of [`FINISH_SQL`] and, in the same statement, a claim for each
-/// provider of `$12`–`$15` (provider, most rows, limit, lease, as arrays): the write and the
-/// refill of the slots it frees in one round trip (see [`Queue::finish_and_claim`]).
-///
-/// Each claim is `lanes_claim`, the one claim of PostgreSQL (see [`claim_rows`]), so that
-/// the limit's rule stays in one place. The claims must see the write: `written` reads the
-/// whole of `done`, which runs the update to completion, and the claims' list refers to
-/// `written` (`WHERE w.n >= 0`), which makes it the outer side of their join, so that no
-/// claim starts before the update has ended. `lanes_claim` is a volatile function: each of
-/// its statements takes a new snapshot after the update's command, so its count of running
-/// rows no longer holds the rows this write ended (the store test
-/// `refill_in_the_write::postgres` fails otherwise). The claims take their providers' locks
-/// in the providers' order, as every worker does, so two writes cannot deadlock.
-///
-/// The first row carries the ids written (`lanes_written`) and the count of notifications;
-/// each row carries one claimed execution and its claim's position (`lanes_k`, from 1), or
-/// none where nothing was claimed.
-static FINISH_AND_CLAIM_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "{},
-         written AS MATERIALIZED (
-           SELECT COALESCE(array_agg(id), '{{}}') AS ids, COUNT(*) AS n,
-                  (SELECT COUNT(*) FROM woken) AS woken
-             FROM done),
-         claims AS MATERIALIZED (
-           SELECT c.k AS lanes_k, e.*
-             FROM written w,
-                  LATERAL (SELECT u.*
-                             FROM unnest($12::text[], $13::bigint[], $14::bigint[],
-                                         $15::bigint[])
-                                  WITH ORDINALITY AS u(provider, max, lim, lease, k)
-                            WHERE w.n >= 0
-                            ORDER BY u.provider) c,
-                  LATERAL lanes_claim($9, c.provider, $1, c.max, c.lim, c.lease) e)
-         SELECT CASE WHEN row_number() OVER () = 1 THEN w.ids END AS lanes_written,
-                w.woken AS lanes_woken, c.*
-           FROM written w LEFT JOIN claims c ON true",
-        finish_ctes()
-    )
-});
-
-/// The common table expressions of the batch write (see [`FINISH_SQL`]): `b` the batch,
-/// `done` the rows written, `woken` the notifications.
-fn finish_ctes() -> String {
     let history = history_with(
         "e.",
         "CASE WHEN b.requeue THEN 'returned' WHEN b.limited THEN 'rate_limited'
@@ -166,9 +116,10 @@ fn finish_ctes() -> String {
            RETURNING e.id, e.provider, b.status),
          woken AS (
            SELECT pg_notify($9, provider)
-             FROM (SELECT DISTINCT provider FROM done WHERE status = 'pending') p)"
+             FROM (SELECT DISTINCT provider FROM done WHERE status = 'pending') p)
+         SELECT id, (SELECT COUNT(*) FROM woken) FROM done"
     )
-}
+});
 
 /// How many live workers serve each provider (see [`Queue::workers`]).
 async fn live_workers<'e, E>(executor: E) -> Result<BTreeMap<String, u32>, sqlx::Error>
@@ -249,21 +200,8 @@ where
     E: sqlx::Executor<'e, Database = sqlx::Postgres>,
 {
     let (claimed, unreadable) = readable_claims(rows.iter().map(execution_from_row))?;
-    fail_unreadable(executor, owner, &unreadable).await?;
-    Ok(claimed)
-}
-
-/// Fails claimed rows that cannot be read (see [`readable_claims`]).
-async fn fail_unreadable<'e, E>(
-    executor: E,
-    owner: &str,
-    unreadable: &[(ExecutionId, String)],
-) -> Result<(), StoreError>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Postgres>,
-{
     if unreadable.is_empty() {
-        return Ok(());
+        return Ok(claimed);
     }
     let (ids, errors): (Vec<i64>, Vec<String>) = unreadable
         .iter()
@@ -283,7 +221,7 @@ where
     .execute(executor)
     .await
     .op("failing claimed rows that cannot be read")?;
-    Ok(())
+    Ok(claimed)
 }
 
 /// Rows per statement of a batched submission.
@@ -629,90 +567,6 @@ impl Queue for PgQueue {
             batch,
             &written.iter().map(|(id, _)| *id).collect(),
         ))
-    }
-
-    fn claims_with_finish(&self) -> bool {
-        true
-    }
-
-    async fn finish_and_claim(
-        &self,
-        owner: &str,
-        batch: &[(ExecutionId, &Finish)],
-        claims: &[(&str, Claim<'_>)],
-    ) -> Result<(Vec<bool>, Vec<Vec<Execution>>), StoreError> {
-        const OP: &str = "recording attempts' ends and claiming for the slots they free";
-        if claims.is_empty() {
-            return Ok((self.finish_many(owner, batch).await?, Vec::new()));
-        }
-        if let Some((provider, _)) = claims.iter().find(|(_, c)| c.budget.is_some()) {
-            // The budget's reservations are the producer's: see `Queue::claim`.
-            return Err(StoreError::Other(format!(
-                "provider {provider}: a claim with a budget cannot go with a batch write"
-            )));
-        }
-        let rows: Vec<FinishRow> = batch.iter().map(|(id, f)| FinishRow::new(*id, f)).collect();
-        let providers: Vec<&str> = claims.iter().map(|(p, _)| *p).collect();
-        let maxes: Vec<i64> = claims.iter().map(|(_, c)| i64::from(c.max)).collect();
-        let limits: Vec<i64> = claims.iter().map(|(_, c)| i64::from(c.limit)).collect();
-        let leases: Vec<i64> = claims.iter().map(|(_, c)| c.lease_ms).collect();
-        let answer = sqlx::query(&FINISH_AND_CLAIM_SQL)
-            .bind(owner)
-            .bind(rows.iter().map(|r| r.id).collect::<Vec<i64>>())
-            .bind(rows.iter().map(|r| r.status).collect::<Vec<&str>>())
-            .bind(rows.iter().map(|r| r.output).collect::<Vec<Option<&str>>>())
-            .bind(rows.iter().map(|r| r.error).collect::<Vec<Option<&str>>>())
-            .bind(rows.iter().map(|r| r.kind).collect::<Vec<Option<&str>>>())
-            .bind(
-                rows.iter()
-                    .map(|r| r.delay_ms)
-                    .collect::<Vec<Option<i64>>>(),
-            )
-            .bind(rows.iter().map(|r| r.requeue).collect::<Vec<bool>>())
-            .bind(&self.channel)
-            .bind(rows.iter().map(|r| r.rate_limited).collect::<Vec<bool>>())
-            .bind(rows.iter().map(|r| r.to).collect::<Vec<Option<&str>>>())
-            .bind(&providers)
-            .bind(&maxes)
-            .bind(&limits)
-            .bind(&leases)
-            .fetch_all(&self.writes)
-            .await
-            .op(OP)?;
-        let mut written = std::collections::HashSet::new();
-        let mut claimed: Vec<Vec<Result<Execution, StoreError>>> =
-            claims.iter().map(|_| Vec::new()).collect();
-        for row in &answer {
-            if let Some(ids) = row.try_get::<Option<Vec<i64>>, _>("lanes_written").op(OP)? {
-                written.extend(ids);
-            }
-            let Some(k) = row.try_get::<Option<i64>, _>("lanes_k").op(OP)? else {
-                continue;
-            };
-            let slot = usize::try_from(k)
-                .ok()
-                .and_then(|k| k.checked_sub(1))
-                .and_then(|k| claimed.get_mut(k))
-                .ok_or_else(|| {
-                    StoreError::Other(format!("{OP}: a claimed row came back for claim {k}"))
-                })?;
-            slot.push(execution_from_row(row));
-        }
-        let mut out = Vec::with_capacity(claims.len());
-        let mut unreadable = Vec::new();
-        for rows in claimed {
-            let (rows, bad) = readable_claims(rows)?;
-            out.push(rows);
-            unreadable.extend(bad);
-        }
-        if !unreadable.is_empty() {
-            // After the commit: the batch's results and claims stand whatever this does. A
-            // row it could not fail stays `running` until its lease runs out.
-            if let Err(e) = fail_unreadable(&self.pool, owner, &unreadable).await {
-                tracing::error!("{e}");
-            }
-        }
-        Ok((written_flags(batch, &written), out))
     }
 
     async fn warm_up(&self) -> Result<(), StoreError> {
