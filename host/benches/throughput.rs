@@ -34,6 +34,16 @@
 //!     and an adaptive lane, both set to 16 with the default policies, at the same time.
 //!     Goodput ÷ ideal for each, and the adaptive lane's 429s ÷ the fixed lane's.
 //!
+//! 13. Scale (issue 40): a `lanes serve` process on SQLite with one OpenAI lane of limit
+//!     10,000 (`engine.max_instances` the same) and 30,000 executions, three waves, against
+//!     a slow API written in Rust that runs as its own process (this binary again, see
+//!     [`slow_api`]) and answers each call after 2 s: achieved ÷ ideal (5,000/s), peak RSS
+//!     and RSS per execution in flight, the memory maps beside `vm.max_map_count`, and how
+//!     long the first and the last execution waited to start. Then the same load with the
+//!     API silent for 5 s in the middle (it holds every call, then drops it unanswered):
+//!     every execution still completes, and the API answers each one exactly once.
+//!     `LANES_BENCH_SCALE_TRACE=1` prints the starts and ends of each half second.
+//!
 //! `cargo bench -- --quick` runs a smaller version (CI uses it to prove the benchmark runs).
 
 use std::collections::{BTreeMap, VecDeque};
@@ -1198,6 +1208,11 @@ async fn capacity_lanes(n: usize) {
 }
 
 fn main() {
+    // This binary is also the scale scenario's slow API, in a process of its own.
+    if let Some(latency) = std::env::var_os(slow_api::ENV) {
+        slow_api::serve(&latency.to_string_lossy());
+        return;
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
     // Names after the flags pick scenarios (`cargo bench -- noop pg`); none runs them all.
@@ -1270,6 +1285,13 @@ fn main() {
                  answer 429 with retry-after: 1 beyond"
             );
             capacity_lanes(n).await;
+        }
+        if run("scale") {
+            if quick {
+                wide_scale(1_000, 2_000).await;
+            } else {
+                wide_scale(10_000, 2_000).await;
+            }
         }
         if run("pg") {
             let pg_n = if quick { 1_000 } else { 20_000 };
@@ -1345,4 +1367,423 @@ fn main() {
             }
         }
     });
+}
+
+/// The scale scenario's API: OpenAI's chat completions, each answered after a fixed
+/// latency, in a process of its own (this benchmark binary, started again with
+/// [`slow_api::ENV`] set), so that its sockets and CPU are not the daemon's nor the
+/// benchmark's. `POST /outage?ms=N` makes it stop answering for N ms: every call in flight
+/// or arriving then is held until the outage ends and its connection is then closed with
+/// no answer, as a server that hangs and restarts does. `GET /count` gives how many calls
+/// it answered 200.
+mod slow_api {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    /// Set to the latency in ms, it makes this binary the API: it prints `listening on
+    /// ADDR` on stdout, then serves until killed.
+    pub const ENV: &str = "LANES_BENCH_SLOW_API_MS";
+
+    struct State {
+        latency: Duration,
+        start: Instant,
+        /// The end of the current outage, in ms since `start`; 0 when none.
+        outage_until_ms: AtomicU64,
+        answered: AtomicU64,
+    }
+
+    impl State {
+        fn now_ms(&self) -> u64 {
+            u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+        }
+
+        /// Waits out an outage under way; true if there was one.
+        async fn outage(&self) -> bool {
+            let until = self.outage_until_ms.load(Ordering::SeqCst);
+            let now = self.now_ms();
+            if until <= now {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(until - now)).await;
+            true
+        }
+    }
+
+    pub fn serve(latency_ms: &str) {
+        let latency_ms: u64 = latency_ms.parse().expect("latency in ms");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let state = Arc::new(State {
+                latency: Duration::from_millis(latency_ms),
+                start: Instant::now(),
+                outage_until_ms: AtomicU64::new(0),
+                answered: AtomicU64::new(0),
+            });
+            // Several sockets on one port (`SO_REUSEPORT`), each with its own queue of
+            // connections not yet accepted: the kernel caps one queue at
+            // `net.core.somaxconn` (4,096 here), and 10,000 connections opened at once
+            // overflowed a single one. Each SYN it dropped was sent again 1 s, then 3 s
+            // later, and the calls behind them started seconds late (the kernel counted
+            // 2,147 `ListenOverflows` in one run).
+            let mut addr: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+            let mut accepts = Vec::new();
+            for _ in 0..LISTENERS {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.set_reuseport(true).unwrap();
+                socket.bind(addr).unwrap();
+                addr = socket.local_addr().unwrap();
+                let listener = socket.listen(65_535).unwrap();
+                accepts.push(tokio::spawn(accept(listener, state.clone())));
+            }
+            println!("listening on {addr}");
+            for accept in accepts {
+                let _ = accept.await;
+            }
+        });
+    }
+
+    /// The listening sockets of the API (see `serve`).
+    const LISTENERS: usize = 4;
+
+    async fn accept(listener: tokio::net::TcpListener, state: Arc<State>) {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let _ = stream.set_nodelay(true);
+            let state = state.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| answer(state.clone(), req));
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    }
+
+    async fn answer(
+        state: Arc<State>,
+        req: hyper::Request<hyper::body::Incoming>,
+    ) -> Result<hyper::Response<Full<Bytes>>, std::io::Error> {
+        let text = |status: u16, body: String| {
+            hyper::Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .map_err(std::io::Error::other)
+        };
+        match req.uri().path() {
+            "/count" => {
+                return text(200, state.answered.load(Ordering::SeqCst).to_string());
+            }
+            "/outage" => {
+                let ms: u64 = req
+                    .uri()
+                    .query()
+                    .and_then(|q| q.strip_prefix("ms="))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(5_000);
+                state
+                    .outage_until_ms
+                    .store(state.now_ms() + ms, Ordering::SeqCst);
+                return text(200, "{}".into());
+            }
+            _ => {}
+        }
+        // Held for the outage, then dropped unanswered: an error closes the connection.
+        let dropped = || Err(std::io::Error::other("the API is down"));
+        if state.outage().await {
+            return dropped();
+        }
+        tokio::time::sleep(state.latency).await;
+        if state.outage().await {
+            return dropped();
+        }
+        state.answered.fetch_add(1, Ordering::SeqCst);
+        let body = serde_json::json!({"id": "c", "object": "chat.completion", "created": 1,
+            "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}});
+        text(200, body.to_string())
+    }
+
+    /// The API process, and its address.
+    pub struct SlowApi {
+        child: std::process::Child,
+        pub addr: String,
+    }
+
+    impl SlowApi {
+        pub fn start(latency_ms: u64) -> SlowApi {
+            use std::io::BufRead;
+            let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+                .env(ENV, latency_ms.to_string())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("starting the slow API");
+            let stdout = child.stdout.take().expect("its stdout");
+            let mut line = String::new();
+            std::io::BufReader::new(stdout)
+                .read_line(&mut line)
+                .expect("its address");
+            let addr = line
+                .trim()
+                .strip_prefix("listening on ")
+                .expect("`listening on ADDR`")
+                .to_string();
+            SlowApi { child, addr }
+        }
+
+        async fn get(&self, path: &str, method: &str) -> String {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut stream = tokio::net::TcpStream::connect(&self.addr).await.unwrap();
+            let request = format!(
+                "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                self.addr
+            );
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).await.unwrap();
+            answer
+                .split("\r\n\r\n")
+                .nth(1)
+                .unwrap_or_default()
+                .to_string()
+        }
+
+        /// Calls answered 200 so far.
+        pub async fn answered(&self) -> u64 {
+            self.get("/count", "GET").await.trim().parse().unwrap_or(0)
+        }
+
+        /// Stops answering for `ms`.
+        pub async fn outage(&self, ms: u64) {
+            self.get(&format!("/outage?ms={ms}"), "POST").await;
+        }
+    }
+
+    impl Drop for SlowApi {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Lines of `/proc/PID/maps`: the memory maps `pid` holds, which `vm.max_map_count` caps.
+fn map_count(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).map_or(0, |m| m.lines().count())
+}
+
+/// Peak resident memory of `pid` so far (`VmHWM`), in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(-1.0, |kb| kb / 1024.0)
+}
+
+/// One run of the scale scenario: what it measured.
+struct ScaleRun {
+    elapsed_s: f64,
+    completed: usize,
+    failed: usize,
+    attempts: i64,
+    peak_rss_mib: f64,
+    idle_rss_mib: f64,
+    max_running: usize,
+    maps: usize,
+    first_wait_ms: i64,
+    last_wait_ms: i64,
+    answered: u64,
+}
+
+/// The scale scenario (see the module's doc, 13): `limit` at once through the OpenAI
+/// adapter, `3 × limit` executions, an API that answers after `latency_ms`.
+async fn wide_scale(limit: u32, latency_ms: u64) {
+    let n = 3 * limit as usize;
+    let ideal = f64::from(limit) * 1000.0 / latency_ms as f64;
+    let max_maps: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((0, 0));
+    println!(
+        "scale: {n} executions through the OpenAI adapter, limit {limit}, an API in its own \
+         process answering after {latency_ms} ms (ideal {ideal:.0}/s); vm.max_map_count \
+         {max_maps}, open files {soft} (hard {hard})"
+    );
+    let clean = scale_run(limit, latency_ms, None).await;
+    let rate = clean.completed as f64 / clean.elapsed_s;
+    let in_flight = f64::from(limit);
+    println!(
+        "  {} completed, {} failed in {:.2} s: {rate:.0}/s, ÷ ideal {:.3} (target 0.95); at \
+         most {} running; peak RSS {:.0} MiB (target 1536), idle {:.0} MiB, {:.1} KiB per \
+         execution in flight; {} memory maps at the peak ({:.0}% of vm.max_map_count); waits \
+         to start: the first {} ms, the last {} ms (ideal {} ms)",
+        clean.completed,
+        clean.failed,
+        clean.elapsed_s,
+        rate / ideal,
+        clean.max_running,
+        clean.peak_rss_mib,
+        clean.idle_rss_mib,
+        (clean.peak_rss_mib - clean.idle_rss_mib) * 1024.0 / in_flight,
+        clean.maps,
+        clean.maps as f64 * 100.0 / max_maps.max(1) as f64,
+        clean.first_wait_ms,
+        clean.last_wait_ms,
+        2 * latency_ms
+    );
+    let outage_ms = if limit >= 10_000 {
+        5_000
+    } else {
+        latency_ms + 500
+    };
+    let down = scale_run(limit, latency_ms, Some(outage_ms)).await;
+    println!(
+        "  with the API silent for {outage_ms} ms mid-run: {} completed, {} failed of {n} in \
+         {:.2} s, {} attempts; the API answered {} calls (one per execution: {})",
+        down.completed,
+        down.failed,
+        down.elapsed_s,
+        down.attempts,
+        down.answered,
+        if down.answered == n as u64 && down.completed == n {
+            "yes"
+        } else {
+            "NO"
+        }
+    );
+}
+
+async fn scale_run(limit: u32, latency_ms: u64, outage_ms: Option<u64>) -> ScaleRun {
+    let n = 3 * limit as usize;
+    let api = slow_api::SlowApi::start(latency_ms);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config(&dir, &[]);
+    config.engine.max_instances = limit;
+    config.providers.insert(
+        "wide".into(),
+        ProviderConfig {
+            component: Some("openai.wasm".into()),
+            base_url: Some(format!("http://{}", api.addr)),
+            model: Some("m".into()),
+            limit: Some(limit),
+            ..ProviderConfig::default()
+        },
+    );
+    // The whole queue at once, written into SQLite by this process (about 0.3 s): the
+    // daemon hears of rows another process writes at its next poll. Through the API, in
+    // batches of 1,000, the submission took longer than the run: 10,000 instances starting
+    // took the CPU its answers needed, and the lane ran what had come in by then.
+    config.poll_interval_ms = 20;
+    let (mut serve, queue) = spawn_serve(&dir, &config).await;
+    let pid = serve.id();
+    let idle_rss_mib = rss_mib(pid);
+    let work: Vec<NewExecution> = (0..n)
+        .map(|i| NewExecution {
+            provider: "wide".into(),
+            input: ChatInput::prompt(format!("call {i}")),
+            priority: 0,
+            max_attempts: 10,
+            route: None,
+        })
+        .collect();
+    let submitted = Instant::now();
+    queue.submit_many(&work).await.unwrap();
+    let mut maps = 0;
+    let mut max_running = 0;
+    let mut outage_sent = false;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let counts = queue.counts().await.unwrap();
+        let c = counts.get("wide").cloned().unwrap_or_default();
+        max_running = max_running.max(c.running as usize);
+        maps = maps.max(map_count(pid));
+        if c.pending == 0 && c.running == 0 {
+            break;
+        }
+        // The outage comes once the second wave runs.
+        if let Some(ms) = outage_ms
+            && !outage_sent
+            && submitted.elapsed() >= Duration::from_millis(latency_ms + latency_ms / 2)
+        {
+            api.outage(ms).await;
+            outage_sent = true;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the scale run did not end in 600 s: {c:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let peak_rss_mib = peak_rss_mib(pid);
+    let rows = queue.list(Some("wide")).await.unwrap();
+    let _ = serve.kill();
+    let _ = serve.wait();
+    let completed = count_status(&rows, Status::Completed);
+    let first = rows.iter().map(|e| e.created_at).min().unwrap_or(0);
+    let last = rows
+        .iter()
+        .filter_map(|e| e.finished_at)
+        .max()
+        .unwrap_or(first);
+    let wait = |pick: fn(i64, i64) -> bool| {
+        let mut best: Option<(i64, i64)> = None;
+        for e in &rows {
+            if let Some(started) = e.started_at {
+                let this = (started, started - e.created_at);
+                if best.is_none_or(|b| pick(this.0, b.0)) {
+                    best = Some(this);
+                }
+            }
+        }
+        best.map_or(-1, |b| b.1)
+    };
+    if std::env::var_os("LANES_BENCH_SCALE_TRACE").is_some() {
+        // Starts and ends in each half second from the first submission.
+        let mut starts = vec![0; 80];
+        let mut ends = vec![0; 80];
+        for e in &rows {
+            for (at, bins) in [(e.started_at, &mut starts), (e.finished_at, &mut ends)] {
+                if let Some(at) = at {
+                    let bin = usize::try_from((at - first) / 500).unwrap_or(0).min(79);
+                    bins[bin] += 1;
+                }
+            }
+        }
+        println!("  starts per 0.5 s: {starts:?}\n  ends per 0.5 s: {ends:?}");
+    }
+    ScaleRun {
+        elapsed_s: (last - first).max(1) as f64 / 1000.0,
+        completed,
+        failed: rows.len() - completed,
+        attempts: rows.iter().map(|e| i64::from(e.attempts)).sum(),
+        peak_rss_mib,
+        idle_rss_mib,
+        max_running,
+        maps,
+        first_wait_ms: wait(|a, b| a < b),
+        last_wait_ms: wait(|a, b| a > b),
+        answered: api.answered().await,
+    }
+}
+
+fn count_status(rows: &[lanes::model::Execution], status: Status) -> usize {
+    rows.iter().filter(|e| e.status == status).count()
 }
