@@ -44,6 +44,13 @@
 //!     every execution still completes, and the API answers each one exactly once.
 //!     `LANES_BENCH_SCALE_TRACE=1` prints the starts and ends of each half second.
 //!
+//! 14. A fleet at scale (issue 40): three `lanes serve` processes on PostgreSQL, one OpenAI
+//!     lane with a fleet-wide limit of 9,000 (3,000 in flight in each), 27,000 executions
+//!     against the same slow API (2 s a call): the rate against the ideal (4,500/s), the
+//!     rows and peak RSS of each process, the completions and rows written per second the
+//!     server carried and its CPU, and the server's `max_connections` beside what the
+//!     workers' pools may open.
+//!
 //! `cargo bench -- --quick` runs a smaller version (CI uses it to prove the benchmark runs).
 
 use std::collections::{BTreeMap, VecDeque};
@@ -250,6 +257,12 @@ async fn bare_sqlite_cycle(n: usize) -> f64 {
 }
 
 async fn latency_bound(scale: usize) {
+    latency_bound_on(scale, false).await;
+}
+
+/// [`latency_bound`] on SQLite, or on PostgreSQL (`pg`: in a schema of its own, with one
+/// worker), where a slot's refill is a claim of its own after the batch write.
+async fn latency_bound_on(scale: usize, pg: bool) {
     let lanes = [("ollama", 2u32), ("claude", 3), ("openai", 3)];
     let latency_ms = 20u32;
     let dir = tempfile::tempdir().unwrap();
@@ -257,7 +270,22 @@ async fn latency_bound(scale: usize) {
         .iter()
         .map(|(n, l)| (*n, stub(*l, latency_ms)))
         .collect();
-    let (daemon, queue) = start(config(&dir, &providers)).await;
+    let mut config = config(&dir, &providers);
+    let mut pg_schema = None;
+    if pg {
+        let Some((admin, schema, pg_config)) = pg_setup(&dir, "latency").await else {
+            return;
+        };
+        config.database_url = pg_config.database_url;
+        pg_schema = Some((admin, schema));
+    }
+    let queue = lanes::store::open(&config.database_url)
+        .await
+        .expect("queue");
+    let daemon = Daemon::start(config, queue.clone()).await.expect("daemon");
+    if pg {
+        println!("latency-bound on PostgreSQL, 1 worker:");
+    }
     // The gap from a slot's result (written, slot freed) to the lane's next start, as a
     // subscriber receives the events: a gap shorter than the subscriber's own wake-up shows
     // as the two arriving together (a few µs).
@@ -326,6 +354,11 @@ async fn latency_bound(scale: usize) {
         percentile(&mut gaps_us, 99.0).unwrap_or(-1),
         gaps_us.len()
     );
+    if let Some((admin, schema)) = pg_schema {
+        let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+            .execute(&admin)
+            .await;
+    }
 }
 
 async fn submit_to_start(n: usize) {
@@ -1293,7 +1326,15 @@ fn main() {
                 wide_scale(10_000, 2_000).await;
             }
         }
+        if run("fleet") {
+            if quick {
+                fleet_scale(300, 2_000).await;
+            } else {
+                fleet_scale(3_000, 2_000).await;
+            }
+        }
         if run("pg") {
+            latency_bound_on(scale, true).await;
             let pg_n = if quick { 1_000 } else { 20_000 };
             let one = pg_noop(pg_n, 1, 0).await;
             let ended = if quick { 10_000 } else { 100_000 };
@@ -1563,6 +1604,10 @@ mod slow_api {
                 .to_string()
         }
 
+        pub fn pid(&self) -> u32 {
+            self.child.id()
+        }
+
         /// Calls answered 200 so far.
         pub async fn answered(&self) -> u64 {
             self.get("/count", "GET").await.trim().parse().unwrap_or(0)
@@ -1610,6 +1655,8 @@ struct ScaleRun {
     first_wait_ms: i64,
     last_wait_ms: i64,
     answered: u64,
+    /// CPU time per execution of `lanes serve` and of the API's process, in µs.
+    cpu_us: (f64, f64),
 }
 
 /// The scale scenario (see the module's doc, 13): `limit` at once through the OpenAI
@@ -1634,7 +1681,8 @@ async fn wide_scale(limit: u32, latency_ms: u64) {
         "  {} completed, {} failed in {:.2} s: {rate:.0}/s, ÷ ideal {:.3} (target 0.95); at \
          most {} running; peak RSS {:.0} MiB (target 1536), idle {:.0} MiB, {:.1} KiB per \
          execution in flight; {} memory maps at the peak ({:.0}% of vm.max_map_count); waits \
-         to start: the first {} ms, the last {} ms (ideal {} ms)",
+         to start: the first {} ms, the last {} ms (ideal {} ms); CPU per execution: \
+         lanes {:.0} µs, the API {:.0} µs",
         clean.completed,
         clean.failed,
         clean.elapsed_s,
@@ -1647,7 +1695,9 @@ async fn wide_scale(limit: u32, latency_ms: u64) {
         clean.maps as f64 * 100.0 / max_maps.max(1) as f64,
         clean.first_wait_ms,
         clean.last_wait_ms,
-        2 * latency_ms
+        2 * latency_ms,
+        clean.cpu_us.0,
+        clean.cpu_us.1
     );
     let outage_ms = if limit >= 10_000 {
         5_000
@@ -1704,6 +1754,7 @@ async fn scale_run(limit: u32, latency_ms: u64, outage_ms: Option<u64>) -> Scale
             route: None,
         })
         .collect();
+    let cpu_before = (cpu_and_switches(pid).0, cpu_and_switches(api.pid()).0);
     let submitted = Instant::now();
     queue.submit_many(&work).await.unwrap();
     let mut maps = 0;
@@ -1733,6 +1784,7 @@ async fn scale_run(limit: u32, latency_ms: u64, outage_ms: Option<u64>) -> Scale
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let peak_rss_mib = peak_rss_mib(pid);
+    let cpu_after = (cpu_and_switches(pid).0, cpu_and_switches(api.pid()).0);
     let rows = queue.list(Some("wide")).await.unwrap();
     let _ = serve.kill();
     let _ = serve.wait();
@@ -1781,9 +1833,147 @@ async fn scale_run(limit: u32, latency_ms: u64, outage_ms: Option<u64>) -> Scale
         first_wait_ms: wait(|a, b| a < b),
         last_wait_ms: wait(|a, b| a > b),
         answered: api.answered().await,
+        cpu_us: (
+            cpu_after.0.saturating_sub(cpu_before.0) as f64 / 1e3 / n as f64,
+            cpu_after.1.saturating_sub(cpu_before.1) as f64 / 1e3 / n as f64,
+        ),
     }
 }
 
 fn count_status(rows: &[lanes::model::Execution], status: Status) -> usize {
     rows.iter().filter(|e| e.status == status).count()
+}
+
+/// Connections one `lanes serve` may open to PostgreSQL: its pool (5), the batch writes' (2)
+/// and the listener (1); see `PgQueue::open`.
+const PG_CONNECTIONS_PER_WORKER: u64 = 8;
+
+/// The fleet at scale (see the module's doc, 14): three processes, `each` in flight in
+/// each, `9 × each` executions, an API that answers after `latency_ms`.
+async fn fleet_scale(each: u32, latency_ms: u64) {
+    const WORKERS: usize = 3;
+    let limit = each * WORKERS as u32;
+    let n = 3 * limit as usize;
+    let ideal = f64::from(limit) * 1000.0 / latency_ms as f64;
+    let api = slow_api::SlowApi::start(latency_ms);
+    let dir = tempfile::tempdir().unwrap();
+    let Some((admin, schema, mut config)) = pg_setup(&dir, "fleet").await else {
+        return;
+    };
+    config.providers.clear();
+    config.engine.max_instances = each;
+    config.providers.insert(
+        "wide".into(),
+        ProviderConfig {
+            component: Some("openai.wasm".into()),
+            base_url: Some(format!("http://{}", api.addr)),
+            model: Some("m".into()),
+            limit: Some(limit),
+            ..ProviderConfig::default()
+        },
+    );
+    let path = dir.path().join("lanes.toml");
+    std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
+    let pg = sqlx::PgPool::connect(&config.database_url).await.unwrap();
+    let max_connections: String = sqlx::query_scalar("SHOW max_connections")
+        .fetch_one(&pg)
+        .await
+        .unwrap();
+    let mut serves = Vec::new();
+    for i in 0..WORKERS {
+        let log = dir.path().join(format!("w{i}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_lanes"))
+            .arg("--config")
+            .arg(&path)
+            .arg("serve")
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("lanes serve");
+        serves.push((child, log));
+    }
+    let counted = format!("{WORKERS} worker(s) share its limit");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !serves
+        .iter()
+        .all(|(_, log)| std::fs::read_to_string(log).is_ok_and(|l| l.contains(&counted)))
+    {
+        assert!(Instant::now() < deadline, "workers did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let queue = lanes::store::open(&config.database_url)
+        .await
+        .expect("queue");
+    let work: Vec<NewExecution> = (0..n)
+        .map(|i| NewExecution {
+            provider: "wide".into(),
+            input: ChatInput::prompt(format!("call {i}")),
+            priority: 0,
+            max_attempts: 10,
+            route: None,
+        })
+        .collect();
+    let server_cpu0 = postgres_cpu_ns();
+    let started_ms: i64 = sqlx::query_scalar(DB_NOW_MS).fetch_one(&pg).await.unwrap();
+    queue.submit_many(&work).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while any_open(&pg).await {
+        assert!(
+            Instant::now() < deadline,
+            "the fleet run did not end in 600 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let server_cpu1 = postgres_cpu_ns();
+    let peaks: Vec<String> = serves
+        .iter()
+        .map(|(c, _)| format!("{:.0}", peak_rss_mib(c.id())))
+        .collect();
+    for (mut child, _) in serves {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let (ended_ms, completed, attempts): (i64, i64, i64) = sqlx::query_as(
+        "SELECT MAX(finished_at), COUNT(*) FILTER (WHERE status = 'completed'),
+                SUM(attempts)::bigint FROM executions",
+    )
+    .fetch_one(&pg)
+    .await
+    .unwrap();
+    let spread: Vec<i64> =
+        sqlx::query_scalar("SELECT COUNT(*) FROM executions GROUP BY worker ORDER BY 1 DESC")
+            .fetch_all(&pg)
+            .await
+            .unwrap();
+    let secs = (ended_ms - started_ms).max(1) as f64 / 1000.0;
+    let rate = completed as f64 / secs;
+    // Each attempt writes its row twice: the claim and the result.
+    let rows_written = 2.0 * attempts as f64 / secs;
+    let server =
+        server_cpu0
+            .zip(server_cpu1)
+            .map_or("not on this machine".to_string(), |(a, b)| {
+                format!(
+                    "{:.0} µs CPU per execution",
+                    b.saturating_sub(a) as f64 / 1e3 / completed.max(1) as f64
+                )
+            });
+    println!(
+        "fleet at scale: {WORKERS} `lanes serve` processes on PostgreSQL, fleet limit {limit} \
+         ({each} in flight in each), {n} executions through the OpenAI adapter against an API \
+         answering after {latency_ms} ms (ideal {ideal:.0}/s)"
+    );
+    println!(
+        "  {completed} completed in {secs:.2} s: {rate:.0}/s, ÷ ideal {:.3}; rows per \
+         process {spread:?}; peak RSS per process {} MiB; the server carried {rate:.0} \
+         completions and {rows_written:.0} row writes a second ({server}); max_connections \
+         {max_connections}, the workers may open {} ({PG_CONNECTIONS_PER_WORKER} each)",
+        rate / ideal,
+        peaks.join(", "),
+        PG_CONNECTIONS_PER_WORKER * WORKERS as u64
+    );
+    pg.close().await;
+    let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&admin)
+        .await;
 }
