@@ -447,7 +447,7 @@ async fn wasm_call(rounds: usize, n: usize) {
     let host = lanes::plugin::PluginHost::new(&config).expect("engine");
     let catalog = host.scan(&config, None).await;
     let provider = catalog.providers["call"].clone();
-    let request = lanes::attempt::to_request(&ChatInput::prompt("bench"));
+    let request = lanes::attempt::to_request(&ChatInput::prompt("bench")).expect("a text request");
     let (mut inside, mut bare, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         let mut pair = [0.0; 2];

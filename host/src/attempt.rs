@@ -7,23 +7,38 @@ use crate::model::{ChatInput, ChatOutput, ErrorKind, Role, Usage};
 use crate::plugin::ExecError;
 use crate::plugin::bindings::{self, ChatRequest, ChatResponse, FinishReason, ProviderError};
 
-/// The WIT request for a validated input.
-pub fn to_request(input: &ChatInput) -> ChatRequest {
-    ChatRequest {
+/// The WIT request for a validated input, or, for an input that needs a capability
+/// lanes:provider 0.1.x cannot carry, why not (see [`ChatInput::needs`]). A message's text
+/// parts are joined by newlines.
+pub fn to_request(input: &ChatInput) -> Result<ChatRequest, String> {
+    let needs = input.needs();
+    if !needs.is_empty() {
+        let list = needs
+            .iter()
+            .map(|n| format!("`{}` needs the `{}` capability", n.field, n.capability))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(format!(
+            "the input needs what the component cannot take: {list}; components built \
+             against lanes:provider 0.1.x take text only"
+        ));
+    }
+    let mut messages = Vec::with_capacity(input.messages.len());
+    for m in &input.messages {
+        let role = match m.role {
+            Role::System => bindings::Role::System,
+            Role::User => bindings::Role::User,
+            Role::Assistant => bindings::Role::Assistant,
+            // `needs` refuses the tool role above.
+            Role::Tool => return Err("a `tool` message needs the `tools` capability".into()),
+        };
+        let (content, _) = m.content.joined_text();
+        messages.push(bindings::Message { role, content });
+    }
+    Ok(ChatRequest {
         model: input.model.clone(),
         system: input.system.clone(),
-        messages: input
-            .messages
-            .iter()
-            .map(|m| bindings::Message {
-                role: match m.role {
-                    Role::System => bindings::Role::System,
-                    Role::User => bindings::Role::User,
-                    Role::Assistant => bindings::Role::Assistant,
-                },
-                content: m.content.clone(),
-            })
-            .collect(),
+        messages,
         max_tokens: input.max_tokens,
         temperature: input.temperature,
         stop: input.stop.clone(),
@@ -31,17 +46,21 @@ pub fn to_request(input: &ChatInput) -> ChatRequest {
             .extra
             .as_ref()
             .map(|e| serde_json::Value::Object(e.clone()).to_string()),
-    }
+    })
 }
 
-/// The stored output of a response.
+/// The stored output of a response. A 0.1.x component answers text only: `content` holds
+/// it as one text part (none for an empty text).
 pub fn to_output(response: ChatResponse) -> ChatOutput {
     ChatOutput {
+        content: Some(ChatOutput::text_parts(&response.text)),
         text: response.text,
+        refusal: None,
         model: response.model,
         usage: Usage {
             input_tokens: response.usage.input_tokens,
             output_tokens: response.usage.output_tokens,
+            ..Usage::default()
         },
         finish_reason: match response.finish_reason {
             FinishReason::Stop => "stop".to_string(),

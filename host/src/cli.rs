@@ -664,7 +664,13 @@ async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<()> {
         bail!("give --provider and --input, or --file");
     };
     validate_provider_name(&provider).map_err(anyhow::Error::msg)?;
-    let input = ChatInput::parse(&read_input(&input)?)?;
+    let input = ChatInput::parse_capped(&read_input(&input)?, config.api.image_cap())?;
+    // The CLI loads no component: it holds the input to what any component this host
+    // loads may take, as the API does for a provider no component serves.
+    let members = config.routes.get(&provider).map(|r| r.providers.as_slice());
+    crate::model::check_capabilities(&input, &provider, members, |_| {
+        crate::plugin::version::HOST_CAPABILITIES
+    })?;
     let queue = open_queue(config).await?;
     let known = known_providers(config, queue.as_ref()).await?;
     if !args.allow_unknown && !known.contains(&provider) {
@@ -1290,7 +1296,8 @@ async fn plugins_check(config: &Config, args: CheckArgs) -> anyhow::Result<ExitC
     }
     entry.config = values;
     let provider = host.bind(&config, &info.name, component).await?;
-    let outcome = provider.execute(crate::attempt::to_request(&input)).await;
+    let request = crate::attempt::to_request(&input).map_err(anyhow::Error::msg)?;
+    let outcome = provider.execute(request).await;
     let code = match outcome {
         Ok(response) => {
             let output = crate::attempt::to_output(response);

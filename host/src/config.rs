@@ -196,6 +196,16 @@ pub struct ApiConfig {
     pub token_file: Option<PathBuf>,
     /// The largest request body, in bytes.
     pub max_body_bytes: u64,
+    /// The largest image a submission's `image` part may carry, decoded, in bytes. The
+    /// cap in force is the smaller of this and `max_body_bytes` (the CLI applies it too).
+    pub max_image_bytes: u64,
+}
+
+impl ApiConfig {
+    /// The image cap in force: `max_image_bytes`, never above `max_body_bytes`.
+    pub fn image_cap(&self) -> usize {
+        usize::try_from(self.max_image_bytes.min(self.max_body_bytes)).unwrap_or(usize::MAX)
+    }
 }
 
 impl Default for ApiConfig {
@@ -206,6 +216,7 @@ impl Default for ApiConfig {
             token_env: None,
             token_file: None,
             max_body_bytes: 4 * 1024 * 1024,
+            max_image_bytes: crate::model::DEFAULT_MAX_IMAGE_BYTES as u64,
         }
     }
 }
@@ -756,6 +767,9 @@ impl Config {
         }
         if self.api.max_body_bytes == 0 {
             problems.push(invalid("api.max_body_bytes", "must be at least 1"));
+        }
+        if self.api.max_image_bytes == 0 {
+            problems.push(invalid("api.max_image_bytes", "must be at least 1"));
         }
         if !(1..=10_000).contains(&self.completer.max_batch) {
             problems.push(invalid("completer.max_batch", "must be from 1 to 10000"));

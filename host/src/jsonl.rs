@@ -315,7 +315,9 @@ fn message_of(i: usize, message: Value) -> Result<ChatMessage, String> {
     }
     Ok(ChatMessage {
         role: role.ok_or_else(|| format!("body.messages[{i}] has no role"))?,
-        content: content.ok_or_else(|| format!("body.messages[{i}] has no content"))?,
+        content: content
+            .ok_or_else(|| format!("body.messages[{i}] has no content"))?
+            .into(),
     })
 }
 
@@ -983,7 +985,7 @@ mod tests {
         .unwrap();
         assert_eq!(input.model.as_deref(), Some("gpt-4o-mini"));
         assert_eq!(input.messages[0].role, Role::System);
-        assert_eq!(input.messages[1].content, "hi");
+        assert_eq!(input.messages[1].content, "hi".into());
         assert_eq!(input.max_tokens, Some(20));
         assert_eq!(input.stop, vec!["END".to_string()]);
         let err = chat_input_of(body(serde_json::json!({

@@ -240,6 +240,7 @@ fn input(text: &str) -> ChatInput {
                 .unwrap()
                 .clone(),
         ),
+        ..ChatInput::prompt("")
     }
 }
 

@@ -24,6 +24,7 @@ fn full_input(extra: Option<serde_json::Value>) -> ChatInput {
         temperature: Some(0.2),
         stop: vec!["END".into()],
         extra: extra.and_then(|e| e.as_object().cloned()),
+        ..ChatInput::prompt("")
     }
 }
 

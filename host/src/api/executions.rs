@@ -14,7 +14,8 @@ use super::wire::{
     SubmitRequest,
 };
 use crate::model::{
-    ChatInput, ExecutionId, MAX_COUNT, NewExecution, Status, validate_provider_name,
+    ChatInput, ExecutionId, MAX_COUNT, NewExecution, Status, check_capabilities,
+    validate_provider_name,
 };
 use crate::store::{Cancelled, ExecutionFilter, IdempotencyKey, Submitted};
 
@@ -32,8 +33,9 @@ async fn validate(
     request: SubmitRequest,
 ) -> Result<(NewExecution, Option<IdempotencyKey>), String> {
     validate_provider_name(&request.provider)?;
-    let input = ChatInput::from_value(request.input).map_err(|e| e.to_string())?;
     let config = state.control.config();
+    let input = ChatInput::from_value_capped(request.input, config.api.image_cap())
+        .map_err(|e| e.to_string())?;
     let max_attempts = request.max_attempts.unwrap_or(config.default_max_attempts);
     if max_attempts == 0 || max_attempts > MAX_COUNT {
         return Err(format!(
@@ -56,6 +58,16 @@ async fn validate(
             ));
         }
     }
+    // What the input needs, against what its provider (or a route's members) declares:
+    // refused here, so it is never queued to fail later.
+    let members = config
+        .routes
+        .get(&request.provider)
+        .map(|r| r.providers.as_slice());
+    check_capabilities(&input, &request.provider, members, |name| {
+        state.control.capabilities(name)
+    })
+    .map_err(|e| e.to_string())?;
     let new = NewExecution {
         provider: request.provider,
         input,
@@ -104,7 +116,7 @@ async fn read(state: &AppState, id: ExecutionId) -> Result<ExecutionOut, Problem
         (status = 413, description = "The body is larger than `api.max_body_bytes`", content_type = "application/problem+json", body = Problem),
         (status = 415, description = "The body's content type is not `application/json`", content_type = "application/problem+json", body = Problem),
         (status = 409, description = "The idempotency key was used with another request", content_type = "application/problem+json", body = Problem),
-        (status = 422, description = "Invalid input, or an unknown provider", content_type = "application/problem+json", body = Problem),
+        (status = 422, description = "Invalid input (the field named), an unknown provider, or an input that needs a capability its provider lacks", content_type = "application/problem+json", body = Problem),
         (status = 503, description = "The database did not answer", content_type = "application/problem+json", body = Problem),
     )
 )]

@@ -176,7 +176,8 @@ impl Executor {
         input: serde_json::Value,
         began: Instant,
     ) -> (Finish, Option<(u32, u32)>) {
-        let input = match ChatInput::from_value(input) {
+        // Stored inputs were checked at submission; the image cap is not applied again.
+        let input = match ChatInput::from_value_capped(input, usize::MAX) {
             Ok(input) => input,
             Err(e) => {
                 let finish = Finish::Failed {
@@ -186,7 +187,19 @@ impl Executor {
                 return (finish, None);
             }
         };
-        let error = match provider.execute(attempt::to_request(&input)).await {
+        // Submission refuses what no component can take; this catches what was queued
+        // another way, or for a component since replaced by one that lacks it.
+        let request = match attempt::to_request(&input) {
+            Ok(request) => request,
+            Err(e) => {
+                let finish = Finish::Failed {
+                    error: format!("{}: {e}", provider.label()),
+                    kind: ErrorKind::BadInput,
+                };
+                return (finish, None);
+            }
+        };
+        let error = match provider.execute(request).await {
             Ok(response) => {
                 self.governor.observe(
                     lane,

@@ -255,6 +255,21 @@ impl Control {
         self.shared.events.subscribe()
     }
 
+    /// The capabilities `provider` declares beyond text: its component's here, or, when
+    /// no component serves it here, the most any component this host loads may declare.
+    /// Every component speaks lanes:provider 0.1.x today, which declares none.
+    pub fn capabilities(&self, provider: &str) -> crate::model::Capabilities {
+        match self
+            .shared
+            .registry
+            .get(provider)
+            .and_then(|lane| lane.provider())
+        {
+            Some(_) => crate::plugin::version::CAPABILITIES_0_1,
+            None => crate::plugin::version::HOST_CAPABILITIES,
+        }
+    }
+
     /// Whether `provider` is known: a lane, the config, or (on a fleet) another worker's
     /// loaded component.
     pub async fn knows(&self, provider: &str) -> Result<bool, StoreError> {

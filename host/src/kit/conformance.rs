@@ -182,14 +182,9 @@ fn request() -> ChatInput {
     ChatInput {
         model: Some("conformance-model".into()),
         system: Some("You answer in one short sentence.".into()),
-        messages: vec![crate::model::ChatMessage {
-            role: crate::model::Role::User,
-            content: "Say hello to the conformance suite.".into(),
-        }],
         max_tokens: Some(16),
         temperature: Some(0.5),
-        stop: Vec::new(),
-        extra: None,
+        ..ChatInput::prompt("Say hello to the conformance suite.")
     }
 }
 
@@ -203,7 +198,7 @@ struct Call {
 async fn call(provider: &Provider) -> Call {
     let started = Instant::now();
     let (result, cost) = provider
-        .execute_measured(crate::attempt::to_request(&request()))
+        .execute_measured(crate::attempt::to_request(&request()).expect("a text request"))
         .await;
     Call {
         result,

@@ -3,10 +3,21 @@
 //! older 0.1.x component links against the newer host interfaces.
 
 use wasmtime::Engine;
+
+use crate::model::Capabilities;
 use wasmtime::component::Component;
 
 /// The `lanes:provider` version this host implements.
 pub const HOST_WIT_VERSION: (u64, u64, u64) = (0, 1, 2);
+
+/// What a component built against lanes:provider 0.1.x takes beyond text: nothing (its
+/// messages are text, its request has no tools, formats, images or reasoning). WIT 0.2's
+/// `info()` declares its own.
+pub const CAPABILITIES_0_1: Capabilities = Capabilities::NONE;
+
+/// The most a component this host loads may declare: what is assumed for a provider no
+/// component serves here, and by the CLI, which loads none.
+pub const HOST_CAPABILITIES: Capabilities = CAPABILITIES_0_1;
 
 const PACKAGE: &str = "lanes:provider/";
 
