@@ -7,6 +7,7 @@ mod capacity;
 mod cli;
 mod clients;
 mod clients_ts;
+mod content;
 mod crash;
 mod dashboard;
 mod events;

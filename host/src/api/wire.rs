@@ -16,7 +16,7 @@ pub struct SubmitRequest {
     pub provider: String,
     /// The normalized chat input: `{"messages": [{"role": "user", "content": "..."}], ...}`,
     /// or the shorthand `{"prompt": "..."}`; the same validation as `lanes submit`.
-    #[schema(value_type = Object, example = json!({"prompt": "Say hi", "max_tokens": 20}))]
+    #[schema(value_type = SubmitInputDoc, example = json!({"prompt": "Say hi", "max_tokens": 20}))]
     pub input: serde_json::Value,
     /// Higher runs first; FIFO within one priority.
     #[serde(default)]
@@ -65,18 +65,20 @@ pub struct ExecutionOut {
     /// The route it was submitted to, if it named one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
-    /// `pending`, `running`, `completed`, `failed` or `cancelled`.
+    #[schema(value_type = StatusDoc)]
     pub status: String,
     /// The effective priority: as submitted, plus what aging added (`aged`).
     pub priority: i32,
     pub aged: i32,
-    #[schema(value_type = Object)]
+    /// The input as stored: a `prompt` shorthand is stored as its one user message.
+    #[schema(value_type = ChatInputDoc)]
     pub input: serde_json::Value,
-    /// The answer once completed: `text`, `model`, `usage`, `finish_reason`.
-    #[schema(value_type = Option<Object>)]
+    /// The answer once completed.
+    #[schema(value_type = Option<ChatOutputDoc>)]
     pub output: Option<serde_json::Value>,
     /// The last error, when it failed or waits for a retry.
     pub error: Option<String>,
+    #[schema(value_type = Option<ErrorKindDoc>)]
     pub error_kind: Option<String>,
     pub attempts: i32,
     pub max_attempts: i32,
@@ -100,6 +102,7 @@ pub struct AttemptOut {
     pub worker: Option<String>,
     /// `completed`, `retried`, `failed`, `returned`, `interrupted` or `cancelled`.
     pub outcome: String,
+    #[schema(value_type = Option<ErrorKindDoc>)]
     pub error_kind: Option<String>,
     pub error: Option<String>,
     pub retry_delay_ms: Option<i64>,
@@ -372,6 +375,7 @@ pub enum EventOut {
         attempt: i32,
         /// `completed`, `retried`, `failed`, `requeued`, `lost` or `cancelled`.
         outcome: String,
+        #[schema(value_type = Option<ErrorKindDoc>)]
         error_kind: Option<String>,
         duration_ms: i64,
         input_tokens: Option<u32>,
@@ -513,4 +517,358 @@ pub fn outcome_parts(outcome: &Outcome) -> (&'static str, Option<&'static str>) 
         Outcome::Lost => ("lost", None),
         Outcome::Cancelled => ("cancelled", None),
     }
+}
+
+// The chat input and output, as documents: the schemas of `input` and `output`. The API
+// takes and serves them as JSON values, checked by `model::ChatInput` (the one validation,
+// shared with `lanes submit`) and stored as `model::ChatOutput` writes them; these types
+// only describe that JSON, field for field, and `tests/all/replay.rs` checks every answer
+// against them.
+
+/// The chat input's schema, with `$first` (its messages or its prompt) before the
+/// request's options, which both forms share.
+macro_rules! input_doc {
+    ($(#[$meta:meta])* $name:ident as $as:ident { $($(#[$fmeta:meta])* $field:ident: $ty:ty,)* }) => {
+        $(#[$meta])*
+        #[derive(Serialize, ToSchema)]
+        #[schema(as = $as)]
+        pub struct $name {
+            $($(#[$fmeta])* pub $field: $ty,)*
+            /// The model; the provider's configured default when absent.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub model: Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub system: Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            #[schema(minimum = 0)]
+            pub max_tokens: Option<u32>,
+            /// 0 to 2.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            #[schema(minimum = 0, maximum = 2)]
+            pub temperature: Option<f32>,
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            pub stop: Vec<String>,
+            /// 0 to 1. Needs the `sampling` capability.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            #[schema(minimum = 0, maximum = 1)]
+            pub top_p: Option<f32>,
+            /// Needs the `sampling` capability.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub seed: Option<i64>,
+            /// Tools the model may call, with unique names. Needs the `tools` capability.
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            pub tools: Vec<ToolDoc>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub tool_choice: Option<ToolChoiceDoc>,
+            /// Whether the model may call several tools in one turn.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub parallel_tool_calls: Option<bool>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub response_format: Option<ResponseFormatDoc>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub reasoning: Option<ReasoningDoc>,
+            /// Provider-specific options, passed to the component as JSON.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            #[schema(value_type = Option<Object>)]
+            pub extra: Option<serde_json::Value>,
+        }
+    };
+}
+
+input_doc! {
+    /// The normalized chat input, as stored and served (a `prompt` becomes one user
+    /// message). Unknown fields are refused.
+    ChatInputDoc as ChatInput {
+        /// At least one.
+        messages: Vec<MessageDoc>,
+    }
+}
+
+input_doc! {
+    /// The shorthand of a submission: `prompt` is one user message.
+    PromptInputDoc as PromptInput {
+        prompt: String,
+    }
+}
+
+/// A submission's `input`: the chat input, or the `prompt` shorthand.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[schema(as = SubmitInput)]
+pub enum SubmitInputDoc {
+    Messages(ChatInputDoc),
+    Prompt(PromptInputDoc),
+}
+
+/// Who wrote a message. A `tool` message holds `tool_result` parts (and needs the `tools`
+/// capability).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[schema(as = Role)]
+pub enum RoleDoc {
+    System,
+    User,
+    Assistant,
+    Tool,
+}
+
+/// One message.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Message)]
+pub struct MessageDoc {
+    pub role: RoleDoc,
+    pub content: ContentDoc,
+}
+
+/// A message's content: a string, or a list of parts. A `system` message holds text; a
+/// `user` message text and images; an `assistant` message text, tool calls and
+/// reasoning; a `tool` message tool results.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[schema(as = Content)]
+pub enum ContentDoc {
+    Text(String),
+    Parts(Vec<PartDoc>),
+}
+
+/// A content part, by `type`.
+#[derive(Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[schema(as = Part)]
+pub enum PartDoc {
+    Text {
+        text: String,
+    },
+    /// `url` (http or https), or `data` (base64, no `data:` prefix) with `media_type`; at
+    /// most `[api] max_image_bytes` decoded. Needs the `images` capability.
+    Image {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        media_type: Option<MediaTypeDoc>,
+    },
+    /// A call the model made; `arguments` is JSON text, as the model wrote it. Needs the
+    /// `tools` capability.
+    ToolCall {
+        id: String,
+        /// 1 to 64 of `a-z A-Z 0-9 _ -`.
+        name: String,
+        arguments: String,
+    },
+    /// The answer to the earlier `tool_call` whose `id` is `call_id`. Needs the `tools`
+    /// capability.
+    ToolResult {
+        call_id: String,
+        content: ResultContentDoc,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        is_error: Option<bool>,
+    },
+    /// The model's reasoning; pass `signature` back unchanged. Needs the `reasoning`
+    /// capability.
+    Reasoning {
+        text: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        signature: Option<String>,
+    },
+}
+
+/// A tool result's content: a string, or text and image parts.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[schema(as = ResultContent)]
+pub enum ResultContentDoc {
+    Text(String),
+    Parts(Vec<ResultPartDoc>),
+}
+
+/// A part of a tool result.
+#[derive(Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[schema(as = ResultPart)]
+pub enum ResultPartDoc {
+    Text {
+        text: String,
+    },
+    Image {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        media_type: Option<MediaTypeDoc>,
+    },
+}
+
+/// The media types an image may have.
+#[derive(Serialize, ToSchema)]
+#[schema(as = MediaType)]
+pub enum MediaTypeDoc {
+    #[serde(rename = "image/png")]
+    Png,
+    #[serde(rename = "image/jpeg")]
+    Jpeg,
+    #[serde(rename = "image/gif")]
+    Gif,
+    #[serde(rename = "image/webp")]
+    Webp,
+}
+
+/// A tool the model may call.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Tool)]
+pub struct ToolDoc {
+    /// 1 to 64 of `a-z A-Z 0-9 _ -`, unique among the tools.
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// A JSON Schema object (draft 2020-12 unless its `$schema` says otherwise) for the
+    /// arguments; absent means none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub parameters: Option<serde_json::Value>,
+    /// Ask the provider to hold the arguments to the schema exactly.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strict: Option<bool>,
+}
+
+/// `auto`, `none`, `required` (needs `tools`), or one tool by name (one of `tools`).
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[schema(as = ToolChoice)]
+pub enum ToolChoiceDoc {
+    Mode(ToolModeDoc),
+    Named(NamedToolDoc),
+}
+
+/// How the model may use its tools.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[schema(as = ToolMode)]
+pub enum ToolModeDoc {
+    Auto,
+    None,
+    Required,
+}
+
+/// The one tool the model must call.
+#[derive(Serialize, ToSchema)]
+#[schema(as = NamedTool)]
+pub struct NamedToolDoc {
+    pub name: String,
+}
+
+/// The form of the answer. `json_object` and `json_schema` need the `json_schema`
+/// capability.
+#[derive(Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[schema(as = ResponseFormat)]
+pub enum ResponseFormatDoc {
+    Text,
+    JsonObject,
+    JsonSchema {
+        /// 1 to 64 of `a-z A-Z 0-9 _ -`.
+        name: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+        /// A JSON Schema object.
+        #[schema(value_type = Object)]
+        schema: serde_json::Value,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        strict: Option<bool>,
+    },
+}
+
+/// How much the model reasons: `effort` or `budget_tokens`, one of the two. Needs the
+/// `reasoning` capability.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Reasoning)]
+pub struct ReasoningDoc {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effort: Option<EffortDoc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1)]
+    pub budget_tokens: Option<u32>,
+}
+
+/// A reasoning effort.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[schema(as = Effort)]
+pub enum EffortDoc {
+    Low,
+    Medium,
+    High,
+}
+
+/// What a completed execution produced.
+#[derive(Serialize, ToSchema)]
+#[schema(as = ChatOutput)]
+pub struct ChatOutputDoc {
+    /// The text parts of `content`, joined with nothing between them.
+    pub text: String,
+    /// The answer's parts: `text`, `tool_call` and `reasoning`, in order. A component on
+    /// lanes:provider 0.1.x answers one text part (none for an empty answer). Absent from
+    /// outputs stored before lanes carried parts: read it as one text part of `text`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<Vec<PartDoc>>,
+    /// The model's refusal, when it refused (`finish_reason` `refusal`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
+    pub model: String,
+    pub usage: UsageDoc,
+    /// `stop`, `length`, `content_filter`, `tool_calls`, `refusal`, `pause`,
+    /// `context_window`, or the provider's own word.
+    #[schema(examples("stop", "length", "tool_calls"))]
+    pub finish_reason: String,
+}
+
+/// Token counts, the same way for every provider: `input_tokens` counts every prompt
+/// token, cache reads and writes included; the optional fields break the counts down.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Usage)]
+pub struct UsageDoc {
+    pub input_tokens: u32,
+    pub output_tokens: u32,
+    /// Of `input_tokens`, those read from the provider's prompt cache.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_read_tokens: Option<u32>,
+    /// Of `input_tokens`, those written to the provider's prompt cache.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_write_tokens: Option<u32>,
+    /// Of `output_tokens`, those spent reasoning.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasoning_tokens: Option<u32>,
+}
+
+/// Where an execution is in its life.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[schema(as = Status)]
+pub enum StatusDoc {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+/// The class of an error.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = ErrorKind)]
+pub enum ErrorKindDoc {
+    RateLimited,
+    Unavailable,
+    InvalidRequest,
+    Unauthorized,
+    Other,
+    Trap,
+    Timeout,
+    BadInput,
+    Instantiate,
+    OutputTooLarge,
+    Interrupted,
+    Denied,
 }
