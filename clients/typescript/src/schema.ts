@@ -234,7 +234,7 @@ export interface components {
             worker?: string | null;
             /** @description `completed`, `retried`, `failed`, `returned`, `interrupted` or `cancelled`. */
             outcome: string;
-            error_kind?: string | null;
+            error_kind?: null | components["schemas"]["ErrorKind"];
             error?: string | null;
             /** Format: int64 */
             retry_delay_ms?: number | null;
@@ -273,11 +273,88 @@ export interface components {
              */
             tokens: number;
         };
+        /**
+         * @description The normalized chat input, as stored and served (a `prompt` becomes one user
+         *     message). Unknown fields are refused.
+         */
+        ChatInput: {
+            /** @description At least one. */
+            messages: components["schemas"]["Message"][];
+            /** @description The model; the provider's configured default when absent. */
+            model?: string | null;
+            system?: string | null;
+            /** Format: int32 */
+            max_tokens?: number | null;
+            /**
+             * Format: float
+             * @description 0 to 2.
+             */
+            temperature?: number | null;
+            stop?: string[];
+            /**
+             * Format: float
+             * @description 0 to 1. Needs the `sampling` capability.
+             */
+            top_p?: number | null;
+            /**
+             * Format: int64
+             * @description Needs the `sampling` capability.
+             */
+            seed?: number | null;
+            /** @description Tools the model may call, with unique names. Needs the `tools` capability. */
+            tools?: components["schemas"]["Tool"][];
+            tool_choice?: null | components["schemas"]["ToolChoice"];
+            /** @description Whether the model may call several tools in one turn. */
+            parallel_tool_calls?: boolean | null;
+            response_format?: null | components["schemas"]["ResponseFormat"];
+            reasoning?: null | components["schemas"]["Reasoning"];
+            /** @description Provider-specific options, passed to the component as JSON. */
+            extra?: Record<string, unknown> | null;
+        };
+        /** @description What a completed execution produced. */
+        ChatOutput: {
+            /** @description The text parts of `content`, joined with nothing between them. */
+            text: string;
+            /**
+             * @description The answer's parts: `text`, `tool_call` and `reasoning`, in order. A component on
+             *     lanes:provider 0.1.x answers one text part (none for an empty answer). Absent from
+             *     outputs stored before lanes carried parts: read it as one text part of `text`.
+             */
+            content?: components["schemas"]["Part"][] | null;
+            /** @description The model's refusal, when it refused (`finish_reason` `refusal`). */
+            refusal?: string | null;
+            model: string;
+            usage: components["schemas"]["Usage"];
+            /**
+             * @description `stop`, `length`, `content_filter`, `tool_calls`, `refusal`, `pause`,
+             *     `context_window`, or the provider's own word.
+             * @example stop
+             * @example length
+             * @example tool_calls
+             */
+            finish_reason: string;
+        };
         /** @description The component serving a provider. */
         ComponentOut: {
             file: string;
             version: string;
         };
+        /**
+         * @description A message's content: a string, or a list of parts. A `system` message holds text; a
+         *     `user` message text and images; an `assistant` message text, tool calls and
+         *     reasoning; a `tool` message tool results.
+         */
+        Content: string | components["schemas"]["Part"][];
+        /**
+         * @description A reasoning effort.
+         * @enum {string}
+         */
+        Effort: "low" | "medium" | "high";
+        /**
+         * @description The class of an error.
+         * @enum {string}
+         */
+        ErrorKind: "rate_limited" | "unavailable" | "invalid_request" | "unauthorized" | "other" | "trap" | "timeout" | "bad_input" | "instantiate" | "output_too_large" | "interrupted" | "denied";
         /** @description One server-sent event's data; the SSE `event:` field is its `type`. */
         EventOut: {
             /** Format: int64 */
@@ -297,7 +374,7 @@ export interface components {
             attempt: number;
             /** @description `completed`, `retried`, `failed`, `requeued`, `lost` or `cancelled`. */
             outcome: string;
-            error_kind?: string | null;
+            error_kind?: null | components["schemas"]["ErrorKind"];
             /** Format: int64 */
             duration_ms: number;
             /** Format: int32 */
@@ -355,8 +432,7 @@ export interface components {
             provider: string;
             /** @description The route it was submitted to, if it named one. */
             route?: string | null;
-            /** @description `pending`, `running`, `completed`, `failed` or `cancelled`. */
-            status: string;
+            status: components["schemas"]["Status"];
             /**
              * Format: int32
              * @description The effective priority: as submitted, plus what aging added (`aged`).
@@ -364,12 +440,12 @@ export interface components {
             priority: number;
             /** Format: int32 */
             aged: number;
-            input: Record<string, unknown>;
-            /** @description The answer once completed: `text`, `model`, `usage`, `finish_reason`. */
-            output?: Record<string, unknown> | null;
+            /** @description The input as stored: a `prompt` shorthand is stored as its one user message. */
+            input: components["schemas"]["ChatInput"];
+            output?: null | components["schemas"]["ChatOutput"];
             /** @description The last error, when it failed or waits for a retry. */
             error?: string | null;
-            error_kind?: string | null;
+            error_kind?: null | components["schemas"]["ErrorKind"];
             /** Format: int32 */
             attempts: number;
             /** Format: int32 */
@@ -452,6 +528,50 @@ export interface components {
              */
             claimable: number;
         };
+        /**
+         * @description The media types an image may have.
+         * @enum {string}
+         */
+        MediaType: "image/png" | "image/jpeg" | "image/gif" | "image/webp";
+        /** @description One message. */
+        Message: {
+            role: components["schemas"]["Role"];
+            content: components["schemas"]["Content"];
+        };
+        /** @description The one tool the model must call. */
+        NamedTool: {
+            name: string;
+        };
+        /** @description A content part, by `type`. */
+        Part: {
+            text: string;
+            /** @enum {string} */
+            type: "text";
+        } | {
+            url?: string | null;
+            data?: string | null;
+            media_type?: null | components["schemas"]["MediaType"];
+            /** @enum {string} */
+            type: "image";
+        } | {
+            id: string;
+            /** @description 1 to 64 of `a-z A-Z 0-9 _ -`. */
+            name: string;
+            arguments: string;
+            /** @enum {string} */
+            type: "tool_call";
+        } | {
+            call_id: string;
+            content: components["schemas"]["ResultContent"];
+            is_error?: boolean | null;
+            /** @enum {string} */
+            type: "tool_result";
+        } | {
+            text: string;
+            signature?: string | null;
+            /** @enum {string} */
+            type: "reasoning";
+        };
         /** @description A file of the plugins folder, as the last scan left it. */
         PluginOut: {
             file: string;
@@ -526,6 +646,40 @@ export interface components {
             /** @description What went wrong this time, in one line. */
             detail: string;
         };
+        /** @description The shorthand of a submission: `prompt` is one user message. */
+        PromptInput: {
+            prompt: string;
+            /** @description The model; the provider's configured default when absent. */
+            model?: string | null;
+            system?: string | null;
+            /** Format: int32 */
+            max_tokens?: number | null;
+            /**
+             * Format: float
+             * @description 0 to 2.
+             */
+            temperature?: number | null;
+            stop?: string[];
+            /**
+             * Format: float
+             * @description 0 to 1. Needs the `sampling` capability.
+             */
+            top_p?: number | null;
+            /**
+             * Format: int64
+             * @description Needs the `sampling` capability.
+             */
+            seed?: number | null;
+            /** @description Tools the model may call, with unique names. Needs the `tools` capability. */
+            tools?: components["schemas"]["Tool"][];
+            tool_choice?: null | components["schemas"]["ToolChoice"];
+            /** @description Whether the model may call several tools in one turn. */
+            parallel_tool_calls?: boolean | null;
+            response_format?: null | components["schemas"]["ResponseFormat"];
+            reasoning?: null | components["schemas"]["Reasoning"];
+            /** @description Provider-specific options, passed to the component as JSON. */
+            extra?: Record<string, unknown> | null;
+        };
         /** @description A provider, its limits, its queue and its recent numbers. */
         ProviderOut: {
             name: string;
@@ -571,6 +725,62 @@ export interface components {
             providers: components["schemas"]["ProviderOut"][];
             pool?: null | components["schemas"]["PoolOut"];
         };
+        /**
+         * @description How much the model reasons: `effort` or `budget_tokens`, one of the two. Needs the
+         *     `reasoning` capability.
+         */
+        Reasoning: {
+            effort?: null | components["schemas"]["Effort"];
+            /** Format: int32 */
+            budget_tokens?: number | null;
+        };
+        /**
+         * @description The form of the answer. `json_object` and `json_schema` need the `json_schema`
+         *     capability.
+         */
+        ResponseFormat: {
+            /** @enum {string} */
+            type: "text";
+        } | {
+            /** @enum {string} */
+            type: "json_object";
+        } | {
+            /** @description 1 to 64 of `a-z A-Z 0-9 _ -`. */
+            name: string;
+            description?: string | null;
+            /** @description A JSON Schema object. */
+            schema: Record<string, unknown>;
+            strict?: boolean | null;
+            /** @enum {string} */
+            type: "json_schema";
+        };
+        /** @description A tool result's content: a string, or text and image parts. */
+        ResultContent: string | components["schemas"]["ResultPart"][];
+        /** @description A part of a tool result. */
+        ResultPart: {
+            text: string;
+            /** @enum {string} */
+            type: "text";
+        } | {
+            url?: string | null;
+            data?: string | null;
+            media_type?: null | components["schemas"]["MediaType"];
+            /** @enum {string} */
+            type: "image";
+        };
+        /**
+         * @description Who wrote a message. A `tool` message holds `tool_result` parts (and needs the `tools`
+         *     capability).
+         * @enum {string}
+         */
+        Role: "system" | "user" | "assistant" | "tool";
+        /**
+         * @description Where an execution is in its life.
+         * @enum {string}
+         */
+        Status: "pending" | "running" | "completed" | "failed" | "cancelled";
+        /** @description A submission's `input`: the chat input, or the `prompt` shorthand. */
+        SubmitInput: components["schemas"]["ChatInput"] | components["schemas"]["PromptInput"];
         /** @description A submission. */
         SubmitRequest: {
             /**
@@ -582,7 +792,7 @@ export interface components {
              * @description The normalized chat input: `{"messages": [{"role": "user", "content": "..."}], ...}`,
              *     or the shorthand `{"prompt": "..."}`; the same validation as `lanes submit`.
              */
-            input: Record<string, unknown>;
+            input: components["schemas"]["SubmitInput"];
             /**
              * Format: int32
              * @description Higher runs first; FIFO within one priority.
@@ -600,6 +810,51 @@ export interface components {
             idempotency_key?: string | null;
             /** @description Queue it even though no component or config knows the provider yet. */
             allow_unknown?: boolean;
+        };
+        /** @description A tool the model may call. */
+        Tool: {
+            /** @description 1 to 64 of `a-z A-Z 0-9 _ -`, unique among the tools. */
+            name: string;
+            description?: string | null;
+            /**
+             * @description A JSON Schema object (draft 2020-12 unless its `$schema` says otherwise) for the
+             *     arguments; absent means none.
+             */
+            parameters?: Record<string, unknown> | null;
+            /** @description Ask the provider to hold the arguments to the schema exactly. */
+            strict?: boolean | null;
+        };
+        /** @description `auto`, `none`, `required` (needs `tools`), or one tool by name (one of `tools`). */
+        ToolChoice: components["schemas"]["ToolMode"] | components["schemas"]["NamedTool"];
+        /**
+         * @description How the model may use its tools.
+         * @enum {string}
+         */
+        ToolMode: "auto" | "none" | "required";
+        /**
+         * @description Token counts, the same way for every provider: `input_tokens` counts every prompt
+         *     token, cache reads and writes included; the optional fields break the counts down.
+         */
+        Usage: {
+            /** Format: int32 */
+            input_tokens: number;
+            /** Format: int32 */
+            output_tokens: number;
+            /**
+             * Format: int32
+             * @description Of `input_tokens`, those read from the provider's prompt cache.
+             */
+            cache_read_tokens?: number | null;
+            /**
+             * Format: int32
+             * @description Of `input_tokens`, those written to the provider's prompt cache.
+             */
+            cache_write_tokens?: number | null;
+            /**
+             * Format: int32
+             * @description Of `output_tokens`, those spent reasoning.
+             */
+            reasoning_tokens?: number | null;
         };
         /** @description A provider's numbers over the last minute, from this worker's events. */
         WindowOut: {
@@ -898,7 +1153,7 @@ export interface operations {
                     "application/problem+json": components["schemas"]["Problem"];
                 };
             };
-            /** @description Invalid input, or an unknown provider */
+            /** @description Invalid input (the field named), an unknown provider, or an input that needs a capability its provider lacks */
             422: {
                 headers: {
                     [name: string]: unknown;
