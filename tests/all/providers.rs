@@ -94,7 +94,7 @@ async fn ollama_speaks_the_chat_api() {
     let out = e.output.unwrap();
     assert_eq!(
         out,
-        json!({"text": "Hi!", "model": "llama3", "finish_reason": "stop",
+        json!({"text": "Hi!", "content": [{"type": "text", "text": "Hi!"}], "model": "llama3", "finish_reason": "stop",
                            "usage": {"input_tokens": 7, "output_tokens": 3}})
     );
     let req = &api.requests()[0];
@@ -314,7 +314,7 @@ async fn claude_speaks_the_messages_api() {
     assert_eq!(e.status, Status::Completed, "{:?}", e.error);
     assert_eq!(
         e.output.clone().unwrap(),
-        json!({"text": "Hi there", "model": "claude-x", "finish_reason": "length",
+        json!({"text": "Hi there", "content": [{"type": "text", "text": "Hi there"}], "model": "claude-x", "finish_reason": "length",
                "usage": {"input_tokens": 11, "output_tokens": 5}})
     );
     let req = &api.requests()[0];
@@ -546,7 +546,7 @@ async fn openai_speaks_chat_completions() {
     .await;
     assert_eq!(
         e.output.unwrap(),
-        json!({"text": "Hello!", "model": "gpt-x", "finish_reason": "content_filter",
+        json!({"text": "Hello!", "content": [{"type": "text", "text": "Hello!"}], "model": "gpt-x", "finish_reason": "content_filter",
                "usage": {"input_tokens": 9, "output_tokens": 2}})
     );
     let req = &api.requests()[0];
