@@ -113,6 +113,7 @@ struct Checker<'a> {
     options: &'a LoadOptions,
     name: &'a str,
     known: &'a BTreeSet<String>,
+    config: &'a Config,
 }
 
 impl Checker<'_> {
@@ -137,7 +138,8 @@ impl Checker<'_> {
         } else if object.contains_key("input") {
             let line: LanesLine =
                 serde_json::from_value(value).map_err(|e| format!("not a lanes line: {e}"))?;
-            let input = ChatInput::from_value(line.input).map_err(|e| e.to_string())?;
+            let input = ChatInput::from_value_capped(line.input, self.config.api.image_cap())
+                .map_err(|e| e.to_string())?;
             let max_attempts = match line.max_attempts {
                 None => self.options.max_attempts,
                 Some(n) if (1..=MAX_COUNT).contains(&n) => i32::try_from(n)
@@ -166,6 +168,17 @@ impl Checker<'_> {
                  component provides it"
             ));
         }
+        // As `lanes submit --input` does: what no component this host loads can take is
+        // refused here, not queued to fail.
+        let members = self
+            .config
+            .routes
+            .get(&provider)
+            .map(|r| r.providers.as_slice());
+        crate::model::check_capabilities(&input, &provider, members, |_| {
+            crate::plugin::version::HOST_CAPABILITIES
+        })
+        .map_err(|e| e.to_string())?;
         if let Some(id) = &custom_id {
             self.check_custom_id(id)?;
         }
@@ -456,6 +469,7 @@ pub async fn load(
         options,
         name: &name,
         known,
+        config,
     };
     let say = |bar: &ProgressBar, bad: &BadLine| {
         bar.suspend(|| eprintln!("line {}: {}", bad.line, bad.error));

@@ -269,3 +269,87 @@ async fn bad_fields_are_named_and_rich_input_is_refused_at_submit() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(queue.list(None).await.unwrap().is_empty());
 }
+
+/// Work that needs a capability and reaches a worker anyway (queued before the check, or
+/// for a component since replaced) fails when claimed, naming it, and never runs without
+/// it. Read back through the API, its rich input validates against the document's schema.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rich_work_that_reaches_a_0_1_component_fails_when_claimed_naming_the_capability() {
+    let mut env = TestEnv::new();
+    env.stub("stub", Some(4), &[]);
+    let (daemon, _server, api) = start(&env).await;
+    let queue = daemon.queue().clone();
+    let input = json!({
+        "system": "Be brief.",
+        "messages": [
+            {"role": "user", "content": [
+                {"type": "text", "text": "Weather where this was taken?"},
+                {"type": "image", "data": "iVBO", "media_type": "image/png"},
+                {"type": "image", "url": "https://example.com/a.jpg"}]},
+            {"role": "assistant", "content": [
+                {"type": "reasoning", "text": "Paris, by the tower.", "signature": "c2ln"},
+                {"type": "tool_call", "id": "call_1", "name": "get_weather",
+                 "arguments": "{\"city\":\"Paris\"}"}]},
+            {"role": "tool", "content": [
+                {"type": "tool_result", "call_id": "call_1", "is_error": false,
+                 "content": [{"type": "text", "text": "18C"}]}]}],
+        "tools": [{"name": "get_weather", "description": "Weather of a city", "strict": true,
+                   "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}],
+        "tool_choice": "auto",
+        "parallel_tool_calls": true,
+        "response_format": {"type": "json_schema", "name": "w", "schema": {"type": "object"}},
+        "reasoning": {"budget_tokens": 2048},
+        "top_p": 0.9,
+        "seed": 1
+    });
+    let id = queue
+        .submit(&lanes::NewExecution {
+            provider: "stub".into(),
+            input: lanes::ChatInput::from_value(input.clone()).unwrap(),
+            priority: 0,
+            max_attempts: 3,
+            route: None,
+        })
+        .await
+        .unwrap();
+    let done = api.get(&format!("/v1/executions/{id}?wait=20s")).await;
+    assert_eq!(done.body["status"], "failed", "{done:?}");
+    assert_eq!(done.body["error_kind"], "bad_input");
+    assert_eq!(
+        done.body["attempts"], 1,
+        "one attempt, refused before any call"
+    );
+    let error = done.body["error"].as_str().unwrap();
+    assert!(
+        error.contains("`tools` needs the `tools` capability")
+            && error.contains("the `images` capability"),
+        "{error}"
+    );
+    assert_eq!(done.body["input"], input, "stored unchanged");
+
+    // `lanes submit --file` holds its lines to the same check.
+    let file = env.dir.path().join("rich.jsonl");
+    std::fs::write(
+        &file,
+        format!(
+            "{}\n",
+            json!({"custom_id": "a", "input": {"prompt": "x", "reasoning": {"effort": "low"}}})
+        ),
+    )
+    .unwrap();
+    let out = env.lanes(&[
+        "submit",
+        "--provider",
+        "stub",
+        "--file",
+        file.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("the `reasoning` capability"), "{err}");
+    assert_eq!(
+        queue.list(None).await.unwrap().len(),
+        1,
+        "nothing more queued"
+    );
+}

@@ -603,10 +603,30 @@ pub fn estimate_tokens(input: &serde_json::Value) -> i64 {
     add(input.get("prompt"));
     if let Some(messages) = input.get("messages").and_then(serde_json::Value::as_array) {
         for m in messages {
-            add(m.get("content"));
+            add_content(&mut chars, m.get("content"));
         }
     }
     max_tokens.max(0) + i64::try_from(chars / 4).unwrap_or(i64::MAX)
+}
+
+/// The text of a message's content: a string, or its parts' `text` (tool calls' `arguments`,
+/// tool results' content). Images are not counted.
+fn add_content(chars: &mut usize, content: Option<&serde_json::Value>) {
+    match content {
+        Some(serde_json::Value::String(text)) => *chars += text.len(),
+        Some(serde_json::Value::Array(parts)) => {
+            for part in parts {
+                for key in ["text", "arguments"] {
+                    *chars += part
+                        .get(key)
+                        .and_then(serde_json::Value::as_str)
+                        .map_or(0, str::len);
+                }
+                add_content(chars, part.get("content"));
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Opens the queue at `url`: `sqlite://PATH` or `postgres://...`.
@@ -914,4 +934,25 @@ pub(crate) fn provider_records(
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::estimate_tokens;
+
+    #[test]
+    fn estimates_count_text_parts_as_strings() {
+        let string = serde_json::json!({"max_tokens": 10, "system": "abcd",
+            "messages": [{"role": "user", "content": "abcdefgh"}]});
+        assert_eq!(estimate_tokens(&string), 10 + 12 / 4);
+        let parts = serde_json::json!({"max_tokens": 10, "system": "abcd",
+            "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "abcd"},
+                {"type": "image", "url": "https://example.com/a.png"}]},
+                {"role": "assistant", "content": [
+                    {"type": "tool_call", "id": "c", "name": "f", "arguments": "{}"}]},
+                {"role": "tool", "content": [
+                    {"type": "tool_result", "call_id": "c", "content": "ab"}]}]});
+        assert_eq!(estimate_tokens(&parts), 10 + (4 + 4 + 2 + 2) / 4);
+    }
 }
