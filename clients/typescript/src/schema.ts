@@ -320,7 +320,7 @@ export interface components {
              *     lanes:provider 0.1.x answers one text part (none for an empty answer). Absent from
              *     outputs stored before lanes carried parts: read it as one text part of `text`.
              */
-            content?: components["schemas"]["Part"][] | null;
+            content?: components["schemas"]["OutputPart"][] | null;
             /** @description The model's refusal, when it refused (`finish_reason` `refusal`). */
             refusal?: string | null;
             model: string;
@@ -541,6 +541,26 @@ export interface components {
         /** @description The one tool the model must call. */
         NamedTool: {
             name: string;
+        };
+        /**
+         * @description A part of an answer, by `type`: the input's part shapes, so an answer's `content` goes
+         *     back as an assistant message's.
+         */
+        OutputPart: {
+            text: string;
+            /** @enum {string} */
+            type: "text";
+        } | {
+            id: string;
+            name: string;
+            arguments: string;
+            /** @enum {string} */
+            type: "tool_call";
+        } | {
+            text: string;
+            signature?: string | null;
+            /** @enum {string} */
+            type: "reasoning";
         };
         /** @description A content part, by `type`. */
         Part: {

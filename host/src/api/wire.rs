@@ -812,7 +812,7 @@ pub struct ChatOutputDoc {
     /// lanes:provider 0.1.x answers one text part (none for an empty answer). Absent from
     /// outputs stored before lanes carried parts: read it as one text part of `text`.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub content: Option<Vec<PartDoc>>,
+    pub content: Option<Vec<OutputPartDoc>>,
     /// The model's refusal, when it refused (`finish_reason` `refusal`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refusal: Option<String>,
@@ -822,6 +822,30 @@ pub struct ChatOutputDoc {
     /// `context_window`, or the provider's own word.
     #[schema(examples("stop", "length", "tool_calls"))]
     pub finish_reason: String,
+}
+
+/// A part of an answer, by `type`: the input's part shapes, so an answer's `content` goes
+/// back as an assistant message's.
+#[derive(Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[schema(as = OutputPart)]
+pub enum OutputPartDoc {
+    Text {
+        text: String,
+    },
+    /// A tool the model calls; `arguments` is JSON text, as the model wrote it (it may not
+    /// parse, or not match the tool's schema, unless the tool is `strict`).
+    ToolCall {
+        id: String,
+        name: String,
+        arguments: String,
+    },
+    /// The model's reasoning; pass it back with `signature` unchanged.
+    Reasoning {
+        text: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        signature: Option<String>,
+    },
 }
 
 /// Token counts, the same way for every provider: `input_tokens` counts every prompt
