@@ -1042,8 +1042,7 @@ export interface operations {
         parameters: {
             query?: {
                 provider?: string;
-                /** @description `pending`, `running`, `completed`, `failed` or `cancelled`. */
-                status?: string;
+                status?: components["schemas"]["Status"];
                 /** @description Created at or after this time (Unix ms). */
                 created_after?: number;
                 /** @description Created before this time (Unix ms). */

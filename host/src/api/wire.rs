@@ -166,7 +166,7 @@ pub struct ExecutionPage {
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
     pub provider: Option<String>,
-    /// `pending`, `running`, `completed`, `failed` or `cancelled`.
+    #[param(value_type = Option<StatusDoc>)]
     pub status: Option<String>,
     /// Created at or after this time (Unix ms).
     pub created_after: Option<i64>,
