@@ -1459,6 +1459,8 @@ mod slow_api {
 
     pub fn serve(latency_ms: &str) {
         let latency_ms: u64 = latency_ms.parse().expect("latency in ms");
+        // One socket per call in flight, as the daemon's.
+        let _ = rlimit::increase_nofile_limit(u64::MAX);
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -1500,6 +1502,8 @@ mod slow_api {
     async fn accept(listener: tokio::net::TcpListener, state: Arc<State>) {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
+                // Out of files, say: wait instead of spinning.
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
             let _ = stream.set_nodelay(true);
@@ -1679,9 +1683,10 @@ async fn wide_scale(limit: u32, latency_ms: u64) {
     let in_flight = f64::from(limit);
     println!(
         "  {} completed, {} failed in {:.2} s: {rate:.0}/s, ÷ ideal {:.3} (target 0.95); at \
-         most {} running; peak RSS {:.0} MiB (target 1536), idle {:.0} MiB, {:.1} KiB per \
-         execution in flight; {} memory maps at the peak ({:.0}% of vm.max_map_count); waits \
-         to start: the first {} ms, the last {} ms (ideal {} ms); CPU per execution: \
+         most {} running; peak RSS {:.0} MiB (target 1430, 1.5 GB), idle {:.0} MiB, {:.1} KiB \
+         per execution in flight; {} memory maps at the peak ({:.0}% of vm.max_map_count); \
+         waits to start: the first {} ms, the last {} ms (ideal for the last {} ms); CPU per \
+         execution: \
          lanes {:.0} µs, the API {:.0} µs",
         clean.completed,
         clean.failed,
@@ -1690,7 +1695,8 @@ async fn wide_scale(limit: u32, latency_ms: u64) {
         clean.max_running,
         clean.peak_rss_mib,
         clean.idle_rss_mib,
-        (clean.peak_rss_mib - clean.idle_rss_mib) * 1024.0 / in_flight,
+        (clean.peak_rss_mib - clean.idle_rss_mib) * 1024.0
+            / in_flight.min(clean.max_running.max(1) as f64),
         clean.maps,
         clean.maps as f64 * 100.0 / max_maps.max(1) as f64,
         clean.first_wait_ms,
@@ -1742,8 +1748,9 @@ async fn scale_run(limit: u32, latency_ms: u64, outage_ms: Option<u64>) -> Scale
     // batches of 1,000, the submission took longer than the run: 10,000 instances starting
     // took the CPU its answers needed, and the lane ran what had come in by then.
     config.poll_interval_ms = 20;
-    let (mut serve, queue) = spawn_serve(&dir, &config).await;
-    let pid = serve.id();
+    let (serve, queue) = spawn_serve(&dir, &config).await;
+    let serve = KillOnDrop(serve);
+    let pid = serve.0.id();
     let idle_rss_mib = rss_mib(pid);
     let work: Vec<NewExecution> = (0..n)
         .map(|i| NewExecution {
@@ -1754,7 +1761,7 @@ async fn scale_run(limit: u32, latency_ms: u64, outage_ms: Option<u64>) -> Scale
             route: None,
         })
         .collect();
-    let cpu_before = (cpu_and_switches(pid).0, cpu_and_switches(api.pid()).0);
+    let cpu_before = (process_cpu_ns(pid), process_cpu_ns(api.pid()));
     let submitted = Instant::now();
     queue.submit_many(&work).await.unwrap();
     let mut maps = 0;
@@ -1784,10 +1791,9 @@ async fn scale_run(limit: u32, latency_ms: u64, outage_ms: Option<u64>) -> Scale
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let peak_rss_mib = peak_rss_mib(pid);
-    let cpu_after = (cpu_and_switches(pid).0, cpu_and_switches(api.pid()).0);
+    let cpu_after = (process_cpu_ns(pid), process_cpu_ns(api.pid()));
     let rows = queue.list(Some("wide")).await.unwrap();
-    let _ = serve.kill();
-    let _ = serve.wait();
+    drop(serve);
     let completed = count_status(&rows, Status::Completed);
     let first = rows.iter().map(|e| e.created_at).min().unwrap_or(0);
     let last = rows
@@ -1890,7 +1896,7 @@ async fn fleet_scale(each: u32, latency_ms: u64) {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("lanes serve");
-        serves.push((child, log));
+        serves.push((KillOnDrop(child), log));
     }
     let counted = format!("{WORKERS} worker(s) share its limit");
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -1927,12 +1933,9 @@ async fn fleet_scale(each: u32, latency_ms: u64) {
     let server_cpu1 = postgres_cpu_ns();
     let peaks: Vec<String> = serves
         .iter()
-        .map(|(c, _)| format!("{:.0}", peak_rss_mib(c.id())))
+        .map(|(c, _)| format!("{:.0}", peak_rss_mib(c.0.id())))
         .collect();
-    for (mut child, _) in serves {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop(serves);
     let (ended_ms, completed, attempts): (i64, i64, i64) = sqlx::query_as(
         "SELECT MAX(finished_at), COUNT(*) FILTER (WHERE status = 'completed'),
                 SUM(attempts)::bigint FROM executions",
@@ -1954,7 +1957,7 @@ async fn fleet_scale(each: u32, latency_ms: u64) {
             .zip(server_cpu1)
             .map_or("not on this machine".to_string(), |(a, b)| {
                 format!(
-                    "{:.0} µs CPU per execution",
+                    "{:.0} µs CPU per execution, every postgres process on this machine",
                     b.saturating_sub(a) as f64 / 1e3 / completed.max(1) as f64
                 )
             });
@@ -1976,4 +1979,31 @@ async fn fleet_scale(each: u32, latency_ms: u64) {
     let _ = sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
         .execute(&admin)
         .await;
+}
+
+/// A child process killed (and reaped) when dropped, so that a benchmark that panics leaves
+/// no `lanes serve` running.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The CPU time `pid` used so far, its threads that ended included (`utime` and `stime` of
+/// `/proc/PID/stat`, in clock ticks of 10 ms), in ns.
+fn process_cpu_ns(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command's `)`: the 14th and 15th of the line are the 12th and
+    // 13th after it.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let ticks: u64 = after
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|t| t.parse::<u64>().ok())
+        .sum();
+    ticks * 10_000_000
 }

@@ -446,10 +446,13 @@ impl<'de> Deserialize<'de> for ToolChoice {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ResponseFormat {
+    // Empty struct variants, not unit ones: serde lets a unit variant of a tagged enum
+    // take any other field and drops it, so `{"type":"json_object","schema":…}` went
+    // through with its schema lost.
     /// Free text, the default.
-    Text,
+    Text {},
     /// Any JSON object.
-    JsonObject,
+    JsonObject {},
     /// JSON that matches `schema`.
     JsonSchema {
         /// 1 to 64 of `a-z A-Z 0-9 _ -`.
@@ -560,12 +563,15 @@ pub struct Need {
 /// needs.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{target} cannot take this input: {}; components built against lanes:provider 0.1.x take text only",
-    missing_list(.missing)
+    "{target}: {}{}",
+    missing_list(.missing),
+    if *.text_only { "; components built against lanes:provider 0.1.x take text only" } else { "" }
 )]
 pub struct Unsupported {
-    /// `provider `NAME`` or `route `NAME` (no member)`.
+    /// `provider `NAME` cannot take this input`, or for a route that no member can.
     pub target: String,
+    /// Whether every provider it may run on takes text only (a 0.1.x component).
+    pub text_only: bool,
     pub missing: Vec<Need>,
 }
 
@@ -577,10 +583,11 @@ fn missing_list(missing: &[Need]) -> String {
         .join(", ")
 }
 
-/// Refuses `input` when no provider it may run on declares a capability it needs:
-/// `provider` itself, or, for a route, any of `members`. `declared` says what a provider's
-/// component declares. The API and the CLI call it at submission, so such work is never
-/// queued.
+/// Refuses `input` when no provider it may run on declares every capability it needs:
+/// `provider` itself, or, for a route, one of `members` that has them all (a route runs an
+/// execution on one member, so two members with one capability each do not make one that
+/// can run it). `declared` says what a provider's component declares. The API and the CLI
+/// call it at submission, so such work is never queued.
 pub fn check_capabilities(
     input: &ChatInput,
     provider: &str,
@@ -596,21 +603,39 @@ pub fn check_capabilities(
         None => vec![provider],
     };
     let has: Vec<Capabilities> = candidates.iter().map(|name| declared(name)).collect();
-    let missing: Vec<Need> = needs
-        .into_iter()
-        .filter(|need| !has.iter().any(|c| c.has(need.capability)))
-        .collect();
-    if missing.is_empty() {
+    if has
+        .iter()
+        .any(|c| needs.iter().all(|need| c.has(need.capability)))
+    {
         return Ok(());
     }
+    // What the best-equipped candidate still lacks: for one provider, all it lacks.
+    let lacks = |c: &Capabilities| {
+        needs
+            .iter()
+            .filter(|need| !c.has(need.capability))
+            .cloned()
+            .collect::<Vec<Need>>()
+    };
+    let missing = has
+        .iter()
+        .map(lacks)
+        .min_by_key(Vec::len)
+        .unwrap_or_else(|| needs.clone());
+    let text_only = has.iter().all(|c| *c == Capabilities::NONE);
     let target = match members {
         Some(_) => format!(
-            "no member of route `{provider}` ({})",
+            "no member of route `{provider}` ({}) can take this input (the closest lacks what \
+             follows)",
             candidates.join(", ")
         ),
-        None => format!("provider `{provider}`"),
+        None => format!("provider `{provider}` cannot take this input"),
     };
-    Err(Unsupported { target, missing })
+    Err(Unsupported {
+        target,
+        text_only,
+        missing,
+    })
 }
 
 /// The default of `[api] max_image_bytes`: the largest image a submission may carry,
@@ -797,7 +822,9 @@ impl ChatInput {
                 Content::Text(_) => continue,
                 Content::Parts(parts) => parts,
             };
-            if parts.is_empty() {
+            // An assistant turn may be empty: an answer with no text comes back as
+            // `content: []`, and goes back as the next request's assistant message.
+            if parts.is_empty() && message.role != Role::Assistant {
                 return Err(field(format!("messages[{i}].content"), "has no parts"));
             }
             for (j, part) in parts.iter().enumerate() {
@@ -899,7 +926,7 @@ impl ChatInput {
         }
         if matches!(
             self.response_format,
-            Some(ResponseFormat::JsonObject | ResponseFormat::JsonSchema { .. })
+            Some(ResponseFormat::JsonObject {} | ResponseFormat::JsonSchema { .. })
         ) {
             need(Capability::JsonSchema, &|| "response_format".into());
         }
@@ -1313,6 +1340,14 @@ mod tests {
                 "response_format.schema",
             ),
             (
+                serde_json::json!({"prompt": "x", "response_format": {"type": "json_object", "schema": {}}}),
+                "response_format",
+            ),
+            (
+                serde_json::json!({"prompt": "x", "response_format": {"type": "text", "strict": true}}),
+                "response_format",
+            ),
+            (
                 serde_json::json!({"prompt": "x", "reasoning": {}}),
                 "reasoning",
             ),
@@ -1408,7 +1443,22 @@ mod tests {
             "b" => Capabilities::NONE.with(Capability::Tools),
             _ => Capabilities::NONE.with(Capability::Reasoning),
         };
-        assert!(check_capabilities(&input, "r", Some(&members), declared).is_ok());
+        // One member with tools, another with reasoning: none can run it.
+        let err = check_capabilities(&input, "r", Some(&members), declared)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no member of route `r` (a, b) can take this input")
+                && !err.contains("take text only"),
+            "{err}"
+        );
+        let both = |name: &str| match name {
+            "b" => Capabilities::NONE
+                .with(Capability::Tools)
+                .with(Capability::Reasoning),
+            _ => Capabilities::NONE,
+        };
+        assert!(check_capabilities(&input, "r", Some(&members), both).is_ok());
         let err = check_capabilities(&input, "r", Some(&members[..1]), declared)
             .unwrap_err()
             .to_string();

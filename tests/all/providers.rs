@@ -267,7 +267,8 @@ fn claude_reply() -> Reply {
         json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-x",
                "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}],
                "stop_reason": "max_tokens", "stop_sequence": null,
-               "usage": {"input_tokens": 11, "output_tokens": 5}}),
+               "usage": {"input_tokens": 11, "output_tokens": 5,
+                         "cache_read_input_tokens": 100, "cache_creation_input_tokens": 20}}),
     )
     .header("request-id", "req_1")
 }
@@ -315,7 +316,8 @@ async fn claude_speaks_the_messages_api() {
     assert_eq!(
         e.output.clone().unwrap(),
         json!({"text": "Hi there", "content": [{"type": "text", "text": "Hi there"}], "model": "claude-x", "finish_reason": "length",
-               "usage": {"input_tokens": 11, "output_tokens": 5}})
+               // Anthropic's `input_tokens` leaves out the cache's: lanes counts them all.
+               "usage": {"input_tokens": 131, "output_tokens": 5}})
     );
     let req = &api.requests()[0];
     assert_eq!(

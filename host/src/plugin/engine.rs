@@ -304,8 +304,10 @@ mod tests {
 /// process at `vm.max_map_count` (65,530 by default). Past it, an instance cannot map its
 /// memory or its stack, and its execution fails to start.
 ///
-/// A running instance holds 6 maps with copy-on-write memory images, measured with the
-/// OpenAI adapter (scale benchmark): its stack and the stack's guard page, and in its
+/// A running instance of a component with one memory (the built-in adapters, and Rust
+/// components) holds 6 maps with copy-on-write memory images, measured with the OpenAI
+/// adapter (scale benchmark); one with more memories holds more, so the figures below are
+/// a floor: its stack and the stack's guard page, and in its
 /// memory's slot the first pages, the image of its data, the rest of its initial pages and
 /// the reserved remainder. Without images its data is copied in at each start, the slot's
 /// accessible pages are one map, and it holds 4. Copying costs a few µs per start; at
@@ -350,9 +352,10 @@ pub(crate) mod maps {
                 "memory maps: an instance pool of {instances} may need {} memory maps ({} for \
                  each running instance, {OWN} for lanes itself), more than vm.max_map_count \
                  allows ({max}); instances past it fail to start: raise it (`sysctl -w \
-                 vm.max_map_count=262144`) or lower engine.max_instances",
+                 vm.max_map_count={}`) or lower engine.max_instances",
                 need(WITHOUT_IMAGES),
-                WITHOUT_IMAGES
+                WITHOUT_IMAGES,
+                need(WITHOUT_IMAGES).saturating_mul(2).max(262_144)
             );
         } else {
             info!(

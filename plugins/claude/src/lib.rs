@@ -78,7 +78,11 @@ fn parse(response: &http::Response) -> Result<ChatResponse, ProviderError> {
         text,
         model: lanes_guest::text_at(&value, "/model"),
         usage: Usage {
-            input_tokens: count("input_tokens"),
+            // lanes counts every prompt token; Anthropic's `input_tokens` is the part that
+            // was neither read from nor written to the prompt cache.
+            input_tokens: count("input_tokens")
+                .saturating_add(count("cache_read_input_tokens"))
+                .saturating_add(count("cache_creation_input_tokens")),
             output_tokens: count("output_tokens"),
         },
         finish_reason,
