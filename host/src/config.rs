@@ -153,6 +153,29 @@ pub struct Config {
     pub providers: BTreeMap<String, ProviderConfig>,
     /// Routes by name: a submission to a route goes to one of its member providers.
     pub routes: BTreeMap<String, RouteConfig>,
+    /// The OpenAI-compatible endpoint (`/openai/v1`).
+    pub front_door: FrontDoorConfig,
+}
+
+/// `[front_door]`: the OpenAI-compatible endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FrontDoorConfig {
+    /// How long a request is held for its execution before it is answered 504 (the
+    /// execution runs on). Under the SDKs' own 600 s timeout by default.
+    pub max_wait_secs: u64,
+    /// Names `model` may give besides `PROVIDER` and `PROVIDER/MODEL`: each stands for a
+    /// `PROVIDER` or a `PROVIDER/MODEL`.
+    pub models: BTreeMap<String, String>,
+}
+
+impl Default for FrontDoorConfig {
+    fn default() -> Self {
+        FrontDoorConfig {
+            max_wait_secs: 540,
+            models: BTreeMap::new(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -177,6 +200,7 @@ impl Default for Config {
             policy: Default::default(),
             providers: BTreeMap::new(),
             routes: BTreeMap::new(),
+            front_door: FrontDoorConfig::default(),
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::support::*;
 const TOKEN: &str = "client-tests-token";
 
 /// The venv holding the Python client's wheel and pytest.
-fn clients_venv() -> PathBuf {
+pub fn clients_venv() -> PathBuf {
     if let Some(dir) = std::env::var_os("LANES_TEST_CLIENTS") {
         return PathBuf::from(dir).join("venv");
     }

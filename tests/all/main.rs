@@ -12,6 +12,7 @@ mod crash;
 mod dashboard;
 mod events;
 mod fleet;
+mod front_door;
 mod isolation;
 mod kit;
 mod limits;

@@ -28,7 +28,7 @@ pub const MAX_PAGE: u32 = 500;
 const DEFAULT_PAGE: u32 = 100;
 
 /// A submission checked as `lanes submit` checks it, with its idempotency key.
-async fn validate(
+pub(super) async fn validate(
     state: &AppState,
     request: SubmitRequest,
 ) -> Result<(NewExecution, Option<IdempotencyKey>), String> {

@@ -15,6 +15,7 @@ mod dashboard;
 mod executions;
 pub mod metrics;
 pub mod observe;
+mod openai;
 pub mod problem;
 pub mod wire;
 
@@ -64,6 +65,8 @@ struct Inner {
     stats: Arc<observe::Stats>,
     metrics: Arc<metrics::Metrics>,
     waiters: Arc<observe::Waiters>,
+    /// The executions of the front door's answers that SDKs retry (see [`openai::Retries`]).
+    retries: openai::Retries,
     /// Ends long-polls and event streams when the server stops.
     stop: CancellationToken,
 }
@@ -252,6 +255,7 @@ impl Bound {
             stats: Default::default(),
             metrics: Default::default(),
             waiters: Default::default(),
+            retries: Default::default(),
             stop: stop.clone(),
             control,
         });
@@ -308,6 +312,11 @@ fn router(state: AppState, max_body_bytes: u64) -> Router {
             put(control::set_limit).delete(control::clear_limit),
         )
         .route("/v1/plugins", get(control::plugins))
+        .route(
+            "/openai/v1/chat/completions",
+            post(openai::chat_completions),
+        )
+        .route("/openai/v1/models", get(openai::models))
         .route("/v1/events", get(control::events))
         .route("/v1/openapi.json", get(openapi))
         .route("/readyz", get(control::readyz))

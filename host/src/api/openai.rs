@@ -1,0 +1,700 @@
+//! The OpenAI-compatible front door: `POST /openai/v1/chat/completions` takes a Chat
+//! Completions request, queues it as an execution and holds the HTTP request until the
+//! execution ends; `GET /openai/v1/models` lists what `model` may name. Its JSON is the
+//! OpenAI wire format (these structs and `serde_json` values), never lanes' own, and its
+//! errors come in OpenAI's `{"error": {...}}` shape. See docs/api.md, "OpenAI-compatible
+//! endpoint".
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use sha2::Digest;
+
+use super::AppState;
+use super::executions::validate;
+use super::wire::SubmitRequest;
+use crate::model::{ChatOutput, ExecutionId, Part, Status};
+use crate::store::Submitted;
+
+/// The header that names the execution behind an answer.
+const EXECUTION_HEADER: &str = "x-lanes-execution-id";
+
+/// How long a retried request may find the execution of the attempt it repeats (see
+/// [`Retries`]).
+const RETRY_MEMORY: Duration = Duration::from_secs(900);
+
+/// An OpenAI-shaped error answer.
+fn error(status: StatusCode, kind: &str, code: Option<&str>, message: String) -> Response {
+    let body = json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
+    (status, axum::Json(body)).into_response()
+}
+
+fn invalid(message: String) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        None,
+        message,
+    )
+}
+
+/// Executions that answered a request with something an SDK retries (a 504 at
+/// `max_wait`, an error), by the request's fingerprint: the SDKs' retries send no stable
+/// key of their own (openai 3.63 and anthropic 2.17 for Python make one and keep it to
+/// themselves: their `_idempotency_header` is unset), only `x-stainless-retry-count`. A
+/// request that says it is a retry (a count above 0), with the same body and the same
+/// credentials as one of these, waits on that execution again instead of queueing the
+/// call twice. Kept in this worker's memory for [`RETRY_MEMORY`]: a retry that a load
+/// balancer sends to another worker is queued again, which an `idempotency-key` header
+/// prevents.
+#[derive(Default)]
+pub struct Retries {
+    by_fingerprint: Mutex<HashMap<[u8; 32], (ExecutionId, Instant)>>,
+}
+
+impl Retries {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (ExecutionId, Instant)>> {
+        self.by_fingerprint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remember(&self, fingerprint: [u8; 32], id: ExecutionId) {
+        let mut map = self.lock();
+        let now = Instant::now();
+        map.retain(|_, (_, at)| now.duration_since(*at) < RETRY_MEMORY);
+        map.insert(fingerprint, (id, now));
+    }
+
+    fn find(&self, fingerprint: &[u8; 32]) -> Option<ExecutionId> {
+        let map = self.lock();
+        map.get(fingerprint)
+            .filter(|(_, at)| at.elapsed() < RETRY_MEMORY)
+            .map(|(id, _)| *id)
+    }
+}
+
+/// What a request's `model` names: a provider (or route), and the model to ask it for.
+fn resolve_model(state: &AppState, model: &str) -> (String, Option<String>) {
+    let config = state.control.config();
+    let target = config
+        .front_door
+        .models
+        .get(model)
+        .map_or(model, String::as_str);
+    match target.split_once('/') {
+        Some((provider, model)) if !model.is_empty() => {
+            (provider.to_string(), Some(model.to_string()))
+        }
+        Some((provider, _)) => (provider.to_string(), None),
+        None => (target.to_string(), None),
+    }
+}
+
+/// Request fields that lanes takes (the rest of OpenAI's are refused by name).
+const CARRIED: &[&str] = &[
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "stop",
+    "seed",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "reasoning_effort",
+    "stream",
+    "n",
+    "user",
+    "metadata",
+    "store",
+];
+
+/// The lanes chat input of an OpenAI request body, or why not (the field named).
+fn to_input(body: &serde_json::Map<String, Value>, model: Option<String>) -> Result<Value, String> {
+    if let Some(field) = body.keys().find(|k| !CARRIED.contains(&k.as_str())) {
+        return Err(format!("`{field}` is not supported by lanes"));
+    }
+    if body.get("stream").is_some_and(|s| s != &Value::Bool(false)) {
+        return Err("`stream`: streaming is not supported by lanes yet; send stream: false".into());
+    }
+    if body.get("n").is_some_and(|n| n.as_u64() != Some(1)) {
+        return Err("`n`: lanes answers with one choice; send n: 1 or leave it out".into());
+    }
+    let mut input = serde_json::Map::new();
+    if let Some(model) = model {
+        input.insert("model".into(), Value::String(model));
+    }
+    let messages = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or("`messages` must be a list")?;
+    let mut out = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        out.push(message(m).map_err(|e| format!("`messages[{i}]`{e}"))?);
+    }
+    input.insert("messages".into(), Value::Array(out));
+    let max = body
+        .get("max_completion_tokens")
+        .or_else(|| body.get("max_tokens"));
+    if let Some(max) = max.filter(|v| !v.is_null()) {
+        input.insert("max_tokens".into(), max.clone());
+    }
+    for field in ["temperature", "top_p", "seed", "parallel_tool_calls"] {
+        if let Some(v) = body.get(field).filter(|v| !v.is_null()) {
+            input.insert(field.into(), v.clone());
+        }
+    }
+    match body.get("stop") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => {
+            input.insert("stop".into(), json!([s]));
+        }
+        Some(list) => {
+            input.insert("stop".into(), list.clone());
+        }
+    }
+    if let Some(tools) = body.get("tools").and_then(Value::as_array) {
+        let mut mapped = Vec::new();
+        for (i, tool) in tools.iter().enumerate() {
+            let function = tool
+                .get("function")
+                .filter(|_| tool.get("type").and_then(Value::as_str) == Some("function"))
+                .ok_or_else(|| format!("`tools[{i}]`: only function tools are supported"))?;
+            let mut t = serde_json::Map::new();
+            for field in ["name", "description", "parameters", "strict"] {
+                if let Some(v) = function.get(field).filter(|v| !v.is_null()) {
+                    t.insert(field.into(), v.clone());
+                }
+            }
+            mapped.push(Value::Object(t));
+        }
+        input.insert("tools".into(), Value::Array(mapped));
+    }
+    match body.get("tool_choice") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => {
+            input.insert("tool_choice".into(), Value::String(s.clone()));
+        }
+        Some(choice) => {
+            let name = choice
+                .pointer("/function/name")
+                .and_then(Value::as_str)
+                .ok_or("`tool_choice`: give auto, none, required or a function by name")?;
+            input.insert("tool_choice".into(), json!({ "name": name }));
+        }
+    }
+    match body.get("response_format") {
+        None | Some(Value::Null) => {}
+        Some(format) => {
+            let kind = format.get("type").and_then(Value::as_str).unwrap_or("");
+            let mapped = match kind {
+                "text" | "json_object" => json!({ "type": kind }),
+                "json_schema" => {
+                    let schema = format
+                        .get("json_schema")
+                        .ok_or("`response_format.json_schema` is missing")?;
+                    let mut f = serde_json::Map::new();
+                    f.insert("type".into(), json!("json_schema"));
+                    for field in ["name", "description", "schema", "strict"] {
+                        if let Some(v) = schema.get(field).filter(|v| !v.is_null()) {
+                            f.insert(field.into(), v.clone());
+                        }
+                    }
+                    Value::Object(f)
+                }
+                other => return Err(format!("`response_format.type` `{other}` is not supported")),
+            };
+            input.insert("response_format".into(), mapped);
+        }
+    }
+    if let Some(effort) = body.get("reasoning_effort").and_then(Value::as_str) {
+        input.insert("reasoning".into(), json!({ "effort": effort }));
+    }
+    Ok(Value::Object(input))
+}
+
+/// One OpenAI message as a lanes message; the error follows the message's path.
+fn message(m: &Value) -> Result<Value, String> {
+    let role = m
+        .get("role")
+        .and_then(Value::as_str)
+        .ok_or(".role is missing")?;
+    let content = m.get("content").filter(|c| !c.is_null());
+    match role {
+        "system" | "developer" => Ok(json!({"role": "system", "content": text_of(content)?})),
+        "user" => Ok(json!({"role": "user", "content": user_content(content)?})),
+        "assistant" => {
+            let mut parts = Vec::new();
+            match content {
+                None => {}
+                Some(Value::String(s)) => parts.push(json!({"type": "text", "text": s})),
+                Some(_) => {
+                    let text = text_of(content)?;
+                    parts.push(json!({"type": "text", "text": text}));
+                }
+            }
+            for (j, call) in m
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                let field = |name: &str| {
+                    call.pointer(name)
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                        .ok_or_else(|| format!(".tool_calls[{j}]{}", name.replace('/', ".")))
+                };
+                parts.push(json!({"type": "tool_call", "id": field("/id")?,
+                                  "name": field("/function/name")?,
+                                  "arguments": field("/function/arguments")?}));
+            }
+            Ok(json!({"role": "assistant", "content": parts}))
+        }
+        "tool" => {
+            let call_id = m
+                .get("tool_call_id")
+                .and_then(Value::as_str)
+                .ok_or(".tool_call_id is missing")?;
+            Ok(json!({"role": "tool", "content": [
+                {"type": "tool_result", "call_id": call_id, "content": text_of(content)?}]}))
+        }
+        other => Err(format!(".role `{other}` is not one lanes takes")),
+    }
+}
+
+/// Text content: a string, or text parts joined.
+fn text_of(content: Option<&Value>) -> Result<String, String> {
+    match content {
+        None => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => {
+            let mut text = String::new();
+            for (j, p) in parts.iter().enumerate() {
+                match (p.get("type").and_then(Value::as_str), p.get("text")) {
+                    (Some("text"), Some(Value::String(t))) => text.push_str(t),
+                    _ => return Err(format!(".content[{j}] must be a text part here")),
+                }
+            }
+            Ok(text)
+        }
+        Some(_) => Err(".content must be a string or a list of parts".into()),
+    }
+}
+
+/// A user message's content: a string, or text and image parts.
+fn user_content(content: Option<&Value>) -> Result<Value, String> {
+    let Some(Value::Array(parts)) = content else {
+        return text_of(content).map(Value::String);
+    };
+    let mut out = Vec::new();
+    for (j, p) in parts.iter().enumerate() {
+        match p.get("type").and_then(Value::as_str) {
+            Some("text") => out.push(json!({"type": "text",
+                "text": p.get("text").and_then(Value::as_str).unwrap_or_default()})),
+            Some("image_url") => {
+                let url = p
+                    .pointer("/image_url/url")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| format!(".content[{j}].image_url.url is missing"))?;
+                // `data:image/png;base64,...` carries the image itself.
+                let image = match url
+                    .strip_prefix("data:")
+                    .and_then(|rest| rest.split_once(";base64,"))
+                {
+                    Some((media_type, data)) => {
+                        json!({"type": "image", "data": data, "media_type": media_type})
+                    }
+                    None => json!({"type": "image", "url": url}),
+                };
+                out.push(image);
+            }
+            other => {
+                return Err(format!(
+                    ".content[{j}].type {} is not supported",
+                    other.unwrap_or("(missing)")
+                ));
+            }
+        }
+    }
+    Ok(Value::Array(out))
+}
+
+/// The body's fingerprint for [`Retries`]: the body and the credentials it came with.
+fn fingerprint(headers: &HeaderMap, body: &[u8]) -> [u8; 32] {
+    let mut hash = sha2::Sha256::new();
+    if let Some(auth) = headers.get("authorization") {
+        hash.update(auth.as_bytes());
+    }
+    hash.update([0]);
+    hash.update(body);
+    hash.finalize().into()
+}
+
+/// Whether the request says it is an SDK's retry.
+fn is_retry(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-stainless-retry-count")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok())
+        .is_some_and(|n| n > 0)
+}
+
+/// Create a chat completion, as OpenAI's API does, through the queue.
+pub async fn chat_completions(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return invalid(format!("the body is not JSON: {e}")),
+    };
+    let Some(object) = value.as_object() else {
+        return invalid("the body must be a JSON object".into());
+    };
+    let Some(model) = object.get("model").and_then(Value::as_str) else {
+        return invalid("`model` is missing: name a provider, PROVIDER/MODEL or an alias".into());
+    };
+    let (provider, provider_model) = resolve_model(&state, model);
+    let input = match to_input(object, provider_model) {
+        Ok(input) => input,
+        Err(e) => return invalid(e),
+    };
+    let priority = match headers
+        .get("x-lanes-priority")
+        .map(|v| v.to_str().ok().and_then(|v| v.trim().parse::<i32>().ok()))
+    {
+        None => 0,
+        Some(Some(p)) => p,
+        Some(None) => return invalid("`x-lanes-priority` must be an integer".into()),
+    };
+    let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(k)) => Some(format!("openai:{k}")),
+        Some(Err(_)) => return invalid("`idempotency-key` must be visible ASCII".into()),
+    };
+    let print = fingerprint(&headers, &body);
+    let known = if key.is_none() && is_retry(&headers) {
+        state.retries.find(&print)
+    } else {
+        None
+    };
+    let id = match known {
+        Some(id) => id,
+        None => {
+            let request = SubmitRequest {
+                provider: provider.clone(),
+                input,
+                priority,
+                max_attempts: None,
+                idempotency_key: key,
+                allow_unknown: false,
+            };
+            let entry = match validate(&state, request).await {
+                Ok(entry) => entry,
+                Err(e) if e.starts_with("unknown provider") => {
+                    return error(
+                        StatusCode::NOT_FOUND,
+                        "invalid_request_error",
+                        Some("model_not_found"),
+                        format!("model `{model}`: {e}"),
+                    );
+                }
+                Err(e) => return invalid(e),
+            };
+            match state.control.submit_keyed(&[entry]).await {
+                Ok(done) => match done.first() {
+                    Some(Submitted::Created(id) | Submitted::Repeated(id)) => *id,
+                    Some(Submitted::Conflict(id)) => {
+                        return error(
+                            StatusCode::CONFLICT,
+                            "invalid_request_error",
+                            Some("idempotency_conflict"),
+                            format!(
+                                "the idempotency key was used for execution {id} with another \
+                                 request"
+                            ),
+                        );
+                    }
+                    None => return invalid("nothing was submitted".into()),
+                },
+                Err(e) => {
+                    return error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "server_error",
+                        None,
+                        format!("queueing the call: {e}"),
+                    );
+                }
+            }
+        }
+    };
+    let mut answer = wait_and_answer(&state, id, model).await;
+    if answer.status() != StatusCode::OK {
+        state.retries.remember(print, id);
+    }
+    if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
+        answer.headers_mut().insert(EXECUTION_HEADER, value);
+    }
+    answer
+}
+
+/// Waits for execution `id` to end, up to `[front_door] max_wait_secs`, and answers.
+async fn wait_and_answer(state: &AppState, id: ExecutionId, model: &str) -> Response {
+    let max_wait = Duration::from_secs(state.control.config().front_door.max_wait_secs);
+    let deadline = tokio::time::Instant::now() + max_wait;
+    let waiter = state.waiters.register(id);
+    let fallback = if state.control.queue().shared() {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(30)
+    };
+    loop {
+        let notified = waiter.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let execution = match state.control.queue().get(id).await {
+            Ok(Some(e)) => e,
+            Ok(None) => {
+                return error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    None,
+                    format!("execution {id} is gone"),
+                );
+            }
+            Err(e) => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    None,
+                    format!("reading execution {id}: {e}"),
+                );
+            }
+        };
+        if execution.status.is_terminal() {
+            return ended(&execution, model);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return error(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                Some("lanes_max_wait"),
+                format!(
+                    "execution {id} is still {} after {} s ([front_door] max_wait_secs); it \
+                     runs on: poll GET /v1/executions/{id}, or send the same request again",
+                    execution.status.as_str(),
+                    max_wait.as_secs()
+                ),
+            );
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + fallback)) => {}
+            _ = state.stop.cancelled() => {
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    None,
+                    format!("lanes is stopping; execution {id} is kept and runs on"),
+                );
+            }
+        }
+    }
+}
+
+/// The answer for an ended execution.
+fn ended(execution: &crate::model::Execution, model: &str) -> Response {
+    let id = execution.id;
+    match execution.status {
+        Status::Completed => {}
+        Status::Cancelled => {
+            return error(
+                StatusCode::CONFLICT,
+                "invalid_request_error",
+                Some("cancelled"),
+                format!("execution {id} was cancelled"),
+            );
+        }
+        _ => {
+            let kind = execution.error_kind.as_deref().unwrap_or("other");
+            let status = match kind {
+                "rate_limited" => StatusCode::TOO_MANY_REQUESTS,
+                "auth" => StatusCode::UNAUTHORIZED,
+                "bad_input" | "invalid_request" => StatusCode::BAD_REQUEST,
+                "timeout" => StatusCode::GATEWAY_TIMEOUT,
+                "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            return error(
+                status,
+                if status.is_server_error() {
+                    "server_error"
+                } else {
+                    "invalid_request_error"
+                },
+                Some(kind),
+                format!(
+                    "execution {id} failed after {} attempt(s): {}",
+                    execution.attempts,
+                    execution.error.as_deref().unwrap_or("no error recorded")
+                ),
+            );
+        }
+    }
+    let output: Option<ChatOutput> = execution
+        .output
+        .clone()
+        .and_then(|o| serde_json::from_value(o).ok());
+    let Some(output) = output else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            None,
+            format!("execution {id} completed without an output lanes can read"),
+        );
+    };
+    (
+        StatusCode::OK,
+        axum::Json(completion(id, execution.created_at, &output, model)),
+    )
+        .into_response()
+}
+
+/// An OpenAI `chat.completion` object for `output`.
+fn completion(id: ExecutionId, created_ms: i64, output: &ChatOutput, model: &str) -> Value {
+    let parts = output
+        .content
+        .clone()
+        .unwrap_or_else(|| ChatOutput::text_parts(&output.text));
+    let calls: Vec<Value> = parts
+        .iter()
+        .filter_map(|p| match p {
+            Part::ToolCall {
+                id,
+                name,
+                arguments,
+            } => Some(json!({"id": id, "type": "function",
+                             "function": {"name": name, "arguments": arguments}})),
+            _ => None,
+        })
+        .collect();
+    let finish = match output.finish_reason.as_str() {
+        "stop" | "length" | "tool_calls" | "content_filter" => output.finish_reason.as_str(),
+        "refusal" => "content_filter",
+        "context_window" => "length",
+        _ => "stop",
+    };
+    let mut message = json!({"role": "assistant",
+        "content": if output.text.is_empty() && !calls.is_empty() { Value::Null } else { json!(output.text) },
+        "refusal": output.refusal});
+    if !calls.is_empty() {
+        message["tool_calls"] = Value::Array(calls);
+    }
+    let usage = &output.usage;
+    let mut usage_json = json!({"prompt_tokens": usage.input_tokens,
+        "completion_tokens": usage.output_tokens,
+        "total_tokens": u64::from(usage.input_tokens) + u64::from(usage.output_tokens)});
+    if let Some(cached) = usage.cache_read_tokens {
+        usage_json["prompt_tokens_details"] = json!({ "cached_tokens": cached });
+    }
+    if let Some(reasoning) = usage.reasoning_tokens {
+        usage_json["completion_tokens_details"] = json!({ "reasoning_tokens": reasoning });
+    }
+    json!({
+        "id": format!("chatcmpl-lanes-{id}"),
+        "object": "chat.completion",
+        "created": created_ms / 1000,
+        "model": if output.model.is_empty() { model } else { output.model.as_str() },
+        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": null}],
+        "usage": usage_json,
+    })
+}
+
+/// List what `model` may name: each provider, each route, each alias.
+pub async fn models(State(state): State<AppState>) -> Response {
+    let config = state.control.config();
+    let mut names: Vec<String> = match state.control.queue().providers().await {
+        Ok(providers) => providers.into_iter().map(|p| p.name).collect(),
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                None,
+                format!("reading the providers: {e}"),
+            );
+        }
+    };
+    names.extend(config.providers.keys().cloned());
+    names.extend(config.routes.keys().cloned());
+    names.extend(config.front_door.models.keys().cloned());
+    names.sort();
+    names.dedup();
+    let data: Vec<Value> = names
+        .into_iter()
+        .map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "lanes"}))
+        .collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_maps_to_the_chat_input() {
+        let body = json!({"model": "m", "messages": [
+            {"role": "developer", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "what is "},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "42"}],
+            "max_completion_tokens": 9, "stop": "x", "tool_choice": {"type": "function", "function": {"name": "f"}},
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}});
+        let input = to_input(body.as_object().unwrap(), Some("gpt".into())).unwrap();
+        assert_eq!(
+            input,
+            json!({"model": "gpt", "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": [{"type": "text", "text": "what is "},
+                    {"type": "image", "data": "AAAA", "media_type": "image/png"}]},
+                {"role": "assistant", "content": [{"type": "tool_call", "id": "c1", "name": "f", "arguments": "{}"}]},
+                {"role": "tool", "content": [{"type": "tool_result", "call_id": "c1", "content": "42"}]}],
+                "max_tokens": 9, "stop": ["x"], "tools": [{"name": "f", "parameters": {"type": "object"}}],
+                "tool_choice": {"name": "f"},
+                "response_format": {"type": "json_schema", "name": "a", "schema": {"type": "object"}}})
+        );
+        for (body, named) in [
+            (
+                json!({"model": "m", "messages": [], "logprobs": true}),
+                "`logprobs`",
+            ),
+            (
+                json!({"model": "m", "messages": [], "stream": true}),
+                "`stream`",
+            ),
+            (json!({"model": "m", "messages": [], "n": 2}), "`n`"),
+            (
+                json!({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}),
+                "`messages[0]`.role",
+            ),
+        ] {
+            let err = to_input(body.as_object().unwrap(), None).unwrap_err();
+            assert!(err.contains(named), "{err}");
+        }
+    }
+}

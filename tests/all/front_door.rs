@@ -1,0 +1,72 @@
+//! The OpenAI-compatible endpoint (`/openai/v1`) through the real `openai` Python SDK
+//! (`front_door/openai_sdk.py`, in the clients' venv that `scripts/build-clients` makes)
+//! against a real `lanes serve`: the SDK's types parse every answer, `model` names a
+//! provider, an alias or `PROVIDER/MODEL`, errors are the SDK's own exceptions, and the
+//! SDK's retries of a 504 at `max_wait` find the execution they repeat: one row, one call.
+
+use std::process::Command;
+
+use lanes::model::Status;
+
+use crate::support::*;
+
+const TOKEN: &str = "front-door-token";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openai_sdk_calls_the_queue_through_the_compatible_endpoint() {
+    let python = crate::clients::clients_venv().join("bin/python");
+    let mut env = TestEnv::new();
+    env.stub("stub", Some(4), &[]);
+    env.stub("slow", Some(4), &[("latency_ms", "3000")]);
+    env.config
+        .front_door
+        .models
+        .insert("fast".into(), "stub/stub-model".into());
+    env.config.front_door.max_wait_secs = 1;
+    let token_file = env.dir.path().join("api.token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    env.config.api.token_file = Some(token_file);
+    let mut serve = env.spawn_serve();
+    let addr = api_addr(&env, "serve").await;
+    let script = repo_root().join("tests/all/front_door/openai_sdk.py");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(python)
+            .arg(script)
+            .env("LANES_TEST_URL", format!("http://{addr}"))
+            .env("LANES_TEST_TOKEN", TOKEN)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .output()
+            .expect("running the SDK script")
+    })
+    .await
+    .unwrap();
+    terminate(&mut serve);
+    assert!(
+        out.status.success(),
+        "the SDK script failed:\n{}{}\nserve.log:\n{}",
+        stdout(&out),
+        stderr(&out),
+        env.serve_log()
+    );
+    let seen: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    let queue = env.queue().await;
+    let rows = queue.list(None).await.unwrap();
+    let of = |provider: &str| rows.iter().filter(|e| e.provider == provider).count();
+    // The plain call, the alias's, the keyed pair (one row); the refused calls queued none.
+    assert_eq!(of("stub"), 3, "{rows:#?}");
+    assert_eq!(of("nope"), 0);
+    // The SDK retried the 504s, and every retry found the first attempt's execution.
+    assert!(seen["slow_retries"].as_i64().unwrap() >= 1, "{seen}");
+    assert_eq!(of("slow"), 1, "one row for the retried call: {rows:#?}");
+    let slow = rows.iter().find(|e| e.provider == "slow").unwrap();
+    assert_eq!((slow.status, slow.attempts), (Status::Completed, 1));
+    assert_eq!(Some(slow.id), seen["slow"].as_i64());
+    let alias = rows
+        .iter()
+        .find(|e| Some(e.id) == seen["alias"].as_i64())
+        .unwrap();
+    assert_eq!(alias.priority, 5);
+    assert_eq!(alias.input["model"], "stub-model");
+    assert_eq!(alias.input["max_tokens"], 7);
+    assert_eq!(alias.input["messages"][0]["role"], "system");
+}

@@ -1,0 +1,84 @@
+"""The OpenAI-compatible endpoint through the real `openai` SDK (tests/all/front_door.rs).
+
+Prints one JSON line of what the Rust test checks in the queue afterwards.
+"""
+import json
+import os
+
+import openai
+from openai import OpenAI
+
+url = os.environ["LANES_TEST_URL"] + "/openai/v1"
+token = os.environ["LANES_TEST_TOKEN"]
+client = OpenAI(base_url=url, api_key=token, max_retries=0)
+hello = [{"role": "user", "content": "hello there"}]
+
+# A plain call: the SDK's own types parse the answer.
+r = client.chat.completions.create(model="stub", messages=hello)
+assert r.object == "chat.completion", r
+assert r.choices[0].message.role == "assistant", r
+assert isinstance(r.choices[0].message.content, str) and r.choices[0].message.content, r
+assert r.choices[0].finish_reason == "stop", r
+assert r.usage is not None and r.usage.prompt_tokens == 2, r.usage
+assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens, r.usage
+
+# An alias, the model given to the provider, the priority carried, the execution named.
+raw = client.chat.completions.with_raw_response.create(
+    model="fast",
+    messages=[{"role": "system", "content": "be brief"}] + hello,
+    max_tokens=7,
+    extra_headers={"x-lanes-priority": "5"},
+)
+alias_id = int(raw.headers["x-lanes-execution-id"])
+assert raw.parse().model == "stub-model", raw.parse()
+
+# An idempotency key: the same call twice is one execution.
+keyed = [
+    client.chat.completions.with_raw_response.create(
+        model="stub", messages=hello, extra_headers={"idempotency-key": "k-1"}
+    ).headers["x-lanes-execution-id"]
+    for _ in range(2)
+]
+assert keyed[0] == keyed[1], keyed
+
+# What `model` may name.
+ids = [m.id for m in client.models.list().data]
+for name in ("stub", "slow", "fast"):
+    assert name in ids, ids
+
+# Errors in OpenAI's shape, as the SDK's own exceptions.
+try:
+    client.chat.completions.create(model="nope", messages=hello)
+    raise AssertionError("an unknown model was taken")
+except openai.NotFoundError as e:
+    assert "nope" in str(e) and e.code == "model_not_found", e
+try:
+    client.chat.completions.create(model="stub", messages=hello, logprobs=True)
+    raise AssertionError("logprobs was taken")
+except openai.BadRequestError as e:
+    assert "logprobs" in str(e), e
+try:
+    OpenAI(base_url=url, api_key="wrong", max_retries=0).chat.completions.create(
+        model="stub", messages=hello
+    )
+    raise AssertionError("a wrong key was taken")
+except openai.AuthenticationError:
+    pass
+
+# The slow provider outlasts max_wait (1 s): the SDK gets a 504 and retries on its own,
+# and each retry waits on the same execution until it ends.
+retrying = OpenAI(base_url=url, api_key=token, max_retries=6)
+slow = retrying.chat.completions.with_raw_response.create(
+    model="slow", messages=[{"role": "user", "content": "take your time"}]
+)
+assert slow.parse().choices[0].message.content, slow.parse()
+print(
+    json.dumps(
+        {
+            "alias": alias_id,
+            "keyed": int(keyed[0]),
+            "slow": int(slow.headers["x-lanes-execution-id"]),
+            "slow_retries": int(slow.http_request.headers.get("x-stainless-retry-count", "0")),
+        }
+    )
+)
