@@ -795,6 +795,12 @@ impl Config {
         if self.api.max_image_bytes == 0 {
             problems.push(invalid("api.max_image_bytes", "must be at least 1"));
         }
+        if !(1..=3_600).contains(&self.front_door.max_wait_secs) {
+            problems.push(invalid(
+                "front_door.max_wait_secs",
+                "must be from 1 to 3600",
+            ));
+        }
         if !(1..=10_000).contains(&self.completer.max_batch) {
             problems.push(invalid("completer.max_batch", "must be from 1 to 10000"));
         }

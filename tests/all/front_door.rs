@@ -1,8 +1,9 @@
-//! The OpenAI-compatible endpoint (`/openai/v1`) through the real `openai` Python SDK
-//! (`front_door/openai_sdk.py`, in the clients' venv that `scripts/build-clients` makes)
-//! against a real `lanes serve`: the SDK's types parse every answer, `model` names a
-//! provider, an alias or `PROVIDER/MODEL`, errors are the SDK's own exceptions, and the
-//! SDK's retries of a 504 at `max_wait` find the execution they repeat: one row, one call.
+//! The compatible endpoints through the real Python SDKs, `openai` (`/openai/v1`,
+//! `front_door/openai_sdk.py`) and `anthropic` (`/anthropic/v1`,
+//! `front_door/anthropic_sdk.py`), in the clients' venv that `scripts/build-clients`
+//! makes, against one real `lanes serve`: the SDKs' types parse every answer, `model` names
+//! a provider, an alias or `PROVIDER/MODEL`, errors are the SDKs' own exceptions, and the
+//! SDKs' retries of a 504 at `max_wait` find the execution they repeat: one row, one call.
 
 use std::process::Command;
 
@@ -13,42 +14,55 @@ use crate::support::*;
 const TOKEN: &str = "front-door-token";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_openai_sdk_calls_the_queue_through_the_compatible_endpoint() {
+async fn the_openai_and_anthropic_sdks_call_the_queue_through_the_compatible_endpoints() {
     let python = crate::clients::clients_venv().join("bin/python");
     let mut env = TestEnv::new();
     env.stub("stub", Some(4), &[]);
     env.stub("slow", Some(4), &[("latency_ms", "3000")]);
-    env.config
-        .front_door
-        .models
-        .insert("fast".into(), "stub/stub-model".into());
+    env.stub("patient", Some(4), &[("latency_ms", "3000")]);
+    // The Anthropic SDK's providers, apart so each script's rows can be counted.
+    env.stub("astub", Some(4), &[]);
+    env.stub("aslow", Some(4), &[("latency_ms", "3000")]);
+    let aliases = &mut env.config.front_door.models;
+    aliases.insert("fast".into(), "stub/stub-model".into());
+    aliases.insert("afast".into(), "astub/stub-model".into());
     env.config.front_door.max_wait_secs = 1;
     let token_file = env.dir.path().join("api.token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     env.config.api.token_file = Some(token_file);
     let mut serve = env.spawn_serve();
     let addr = api_addr(&env, "serve").await;
-    let script = repo_root().join("tests/all/front_door/openai_sdk.py");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new(python)
-            .arg(script)
-            .env("LANES_TEST_URL", format!("http://{addr}"))
-            .env("LANES_TEST_TOKEN", TOKEN)
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .output()
-            .expect("running the SDK script")
-    })
-    .await
-    .unwrap();
+    let run = |name: &'static str| {
+        let python = python.clone();
+        async move {
+            let script = repo_root().join("tests/all/front_door").join(name);
+            tokio::task::spawn_blocking(move || {
+                Command::new(python)
+                    .arg(script)
+                    .env("LANES_TEST_URL", format!("http://{addr}"))
+                    .env("LANES_TEST_TOKEN", TOKEN)
+                    .env("PYTHONDONTWRITEBYTECODE", "1")
+                    .output()
+                    .expect("running an SDK script")
+            })
+            .await
+            .unwrap()
+        }
+    };
+    // One after the other: each holds calls open for seconds.
+    let outs = [run("openai_sdk.py").await, run("anthropic_sdk.py").await];
     terminate(&mut serve);
-    assert!(
-        out.status.success(),
-        "the SDK script failed:\n{}{}\nserve.log:\n{}",
-        stdout(&out),
-        stderr(&out),
-        env.serve_log()
-    );
-    let seen: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    for out in &outs {
+        assert!(
+            out.status.success(),
+            "an SDK script failed:\n{}{}\nserve.log:\n{}",
+            stdout(out),
+            stderr(out),
+            env.serve_log()
+        );
+    }
+    let seen: serde_json::Value = serde_json::from_str(stdout(&outs[0]).trim()).unwrap();
+    let anthropic: serde_json::Value = serde_json::from_str(stdout(&outs[1]).trim()).unwrap();
     let queue = env.queue().await;
     let rows = queue.list(None).await.unwrap();
     let of = |provider: &str| rows.iter().filter(|e| e.provider == provider).count();
@@ -61,6 +75,12 @@ async fn the_openai_sdk_calls_the_queue_through_the_compatible_endpoint() {
     let slow = rows.iter().find(|e| e.provider == "slow").unwrap();
     assert_eq!((slow.status, slow.attempts), (Status::Completed, 1));
     assert_eq!(Some(slow.id), seen["slow"].as_i64());
+    // The client that timed out and retried on its own: one row too.
+    assert_eq!(
+        of("patient"),
+        1,
+        "one row for the timed-out call: {rows:#?}"
+    );
     let alias = rows
         .iter()
         .find(|e| Some(e.id) == seen["alias"].as_i64())
@@ -69,4 +89,28 @@ async fn the_openai_sdk_calls_the_queue_through_the_compatible_endpoint() {
     assert_eq!(alias.input["model"], "stub-model");
     assert_eq!(alias.input["max_tokens"], 7);
     assert_eq!(alias.input["messages"][0]["role"], "system");
+    // The same through the Anthropic SDK: the plain call and the alias's; the refused ones
+    // (an unknown model, top_k, tools to a text-only provider, a wrong key) queued none.
+    assert_eq!(of("astub"), 2, "{rows:#?}");
+    assert!(
+        anthropic["slow_retries"].as_i64().unwrap() >= 1,
+        "{anthropic}"
+    );
+    assert_eq!(of("aslow"), 1, "one row for the retried call: {rows:#?}");
+    let alias = rows
+        .iter()
+        .find(|e| Some(e.id) == anthropic["alias"].as_i64())
+        .unwrap();
+    assert_eq!(
+        (
+            alias.priority,
+            &alias.input["system"],
+            &alias.input["model"]
+        ),
+        (
+            3,
+            &serde_json::json!("be brief"),
+            &serde_json::json!("stub-model")
+        )
+    );
 }

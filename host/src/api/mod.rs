@@ -10,9 +10,11 @@
 //! The API reaches the daemon only through [`Control`] and its events: it never touches a
 //! lane or the completer.
 
+mod anthropic;
 mod control;
 mod dashboard;
 mod executions;
+mod front;
 pub mod metrics;
 pub mod observe;
 mod openai;
@@ -65,8 +67,8 @@ struct Inner {
     stats: Arc<observe::Stats>,
     metrics: Arc<metrics::Metrics>,
     waiters: Arc<observe::Waiters>,
-    /// The executions of the front door's answers that SDKs retry (see [`openai::Retries`]).
-    retries: openai::Retries,
+    /// The executions of the front doors' answers that SDKs retry (see [`front::Retries`]).
+    retries: front::Retries,
     /// Ends long-polls and event streams when the server stops.
     stop: CancellationToken,
 }
@@ -317,6 +319,7 @@ fn router(state: AppState, max_body_bytes: u64) -> Router {
             post(openai::chat_completions),
         )
         .route("/openai/v1/models", get(openai::models))
+        .route("/anthropic/v1/messages", post(anthropic::messages))
         .route("/v1/events", get(control::events))
         .route("/v1/openapi.json", get(openapi))
         .route("/readyz", get(control::readyz))
@@ -338,11 +341,20 @@ fn router(state: AppState, max_body_bytes: u64) -> Router {
 
 async fn auth(State(state): State<AppState>, request: Request, next: Next) -> Response {
     if let Some(expected) = &state.token_digest {
+        // Anthropic's SDKs send their key as `x-api-key`: its front door takes the token
+        // there too.
+        let api_key = request
+            .uri()
+            .path()
+            .starts_with("/anthropic/")
+            .then(|| request.headers().get("x-api-key"))
+            .flatten();
         let given = request
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .or_else(|| api_key.and_then(|v| v.to_str().ok()));
         let Some(given) = given else {
             return Problem::unauthorized("send `Authorization: Bearer <token>`").into_response();
         };

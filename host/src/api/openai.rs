@@ -5,29 +5,18 @@
 //! errors come in OpenAI's `{"error": {...}}` shape. See docs/api.md, "OpenAI-compatible
 //! endpoint".
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
-
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use sha2::Digest;
 
 use super::AppState;
-use super::executions::validate;
-use super::wire::SubmitRequest;
-use crate::model::{ChatOutput, ExecutionId, Part, Status};
-use crate::store::Submitted;
+use super::front::{self, Refused, resolve_model};
+use crate::model::{ChatOutput, Execution, ExecutionId, Part, Status};
 
 /// The header that names the execution behind an answer.
 const EXECUTION_HEADER: &str = "x-lanes-execution-id";
-
-/// How long a retried request may find the execution of the attempt it repeats (see
-/// [`Retries`]).
-const RETRY_MEMORY: Duration = Duration::from_secs(900);
 
 /// An OpenAI-shaped error answer.
 fn error(status: StatusCode, kind: &str, code: Option<&str>, message: String) -> Response {
@@ -42,59 +31,6 @@ fn invalid(message: String) -> Response {
         None,
         message,
     )
-}
-
-/// Executions that answered a request with something an SDK retries (a 504 at
-/// `max_wait`, an error), by the request's fingerprint: the SDKs' retries send no stable
-/// key of their own (openai 3.63 and anthropic 2.17 for Python make one and keep it to
-/// themselves: their `_idempotency_header` is unset), only `x-stainless-retry-count`. A
-/// request that says it is a retry (a count above 0), with the same body and the same
-/// credentials as one of these, waits on that execution again instead of queueing the
-/// call twice. Kept in this worker's memory for [`RETRY_MEMORY`]: a retry that a load
-/// balancer sends to another worker is queued again, which an `idempotency-key` header
-/// prevents.
-#[derive(Default)]
-pub struct Retries {
-    by_fingerprint: Mutex<HashMap<[u8; 32], (ExecutionId, Instant)>>,
-}
-
-impl Retries {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (ExecutionId, Instant)>> {
-        self.by_fingerprint
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn remember(&self, fingerprint: [u8; 32], id: ExecutionId) {
-        let mut map = self.lock();
-        let now = Instant::now();
-        map.retain(|_, (_, at)| now.duration_since(*at) < RETRY_MEMORY);
-        map.insert(fingerprint, (id, now));
-    }
-
-    fn find(&self, fingerprint: &[u8; 32]) -> Option<ExecutionId> {
-        let map = self.lock();
-        map.get(fingerprint)
-            .filter(|(_, at)| at.elapsed() < RETRY_MEMORY)
-            .map(|(id, _)| *id)
-    }
-}
-
-/// What a request's `model` names: a provider (or route), and the model to ask it for.
-fn resolve_model(state: &AppState, model: &str) -> (String, Option<String>) {
-    let config = state.control.config();
-    let target = config
-        .front_door
-        .models
-        .get(model)
-        .map_or(model, String::as_str);
-    match target.split_once('/') {
-        Some((provider, model)) if !model.is_empty() => {
-            (provider.to_string(), Some(model.to_string()))
-        }
-        Some((provider, _)) => (provider.to_string(), None),
-        None => (target.to_string(), None),
-    }
 }
 
 /// Request fields that lanes takes (the rest of OpenAI's are refused by name).
@@ -124,10 +60,12 @@ fn to_input(body: &serde_json::Map<String, Value>, model: Option<String>) -> Res
     if let Some(field) = body.keys().find(|k| !CARRIED.contains(&k.as_str())) {
         return Err(format!("`{field}` is not supported by lanes"));
     }
-    if body.get("stream").is_some_and(|s| s != &Value::Bool(false)) {
+    // The SDKs send `null` for a parameter given as `None`: it means absent.
+    let given = |field: &str| body.get(field).filter(|v| !v.is_null());
+    if given("stream").is_some_and(|s| s != &Value::Bool(false)) {
         return Err("`stream`: streaming is not supported by lanes yet; send stream: false".into());
     }
-    if body.get("n").is_some_and(|n| n.as_u64() != Some(1)) {
+    if given("n").is_some_and(|n| n.as_u64() != Some(1)) {
         return Err("`n`: lanes answers with one choice; send n: 1 or leave it out".into());
     }
     let mut input = serde_json::Map::new();
@@ -143,10 +81,7 @@ fn to_input(body: &serde_json::Map<String, Value>, model: Option<String>) -> Res
         out.push(message(m).map_err(|e| format!("`messages[{i}]`{e}"))?);
     }
     input.insert("messages".into(), Value::Array(out));
-    let max = body
-        .get("max_completion_tokens")
-        .or_else(|| body.get("max_tokens"));
-    if let Some(max) = max.filter(|v| !v.is_null()) {
+    if let Some(max) = given("max_completion_tokens").or_else(|| given("max_tokens")) {
         input.insert("max_tokens".into(), max.clone());
     }
     for field in ["temperature", "top_p", "seed", "parallel_tool_calls"] {
@@ -163,7 +98,8 @@ fn to_input(body: &serde_json::Map<String, Value>, model: Option<String>) -> Res
             input.insert("stop".into(), list.clone());
         }
     }
-    if let Some(tools) = body.get("tools").and_then(Value::as_array) {
+    if let Some(tools) = given("tools") {
+        let tools = tools.as_array().ok_or("`tools` must be a list")?;
         let mut mapped = Vec::new();
         for (i, tool) in tools.iter().enumerate() {
             let function = tool
@@ -217,8 +153,21 @@ fn to_input(body: &serde_json::Map<String, Value>, model: Option<String>) -> Res
             input.insert("response_format".into(), mapped);
         }
     }
-    if let Some(effort) = body.get("reasoning_effort").and_then(Value::as_str) {
-        input.insert("reasoning".into(), json!({ "effort": effort }));
+    match given("reasoning_effort") {
+        None => {}
+        Some(Value::String(effort)) => match effort.as_str() {
+            // No reasoning asked for: nothing to carry.
+            "none" => {}
+            "low" | "medium" | "high" => {
+                input.insert("reasoning".into(), json!({ "effort": effort }));
+            }
+            other => {
+                return Err(format!(
+                    "`reasoning_effort` `{other}`: lanes carries none, low, medium or high"
+                ));
+            }
+        },
+        Some(_) => return Err("`reasoning_effort` must be a string".into()),
     }
     Ok(Value::Object(input))
 }
@@ -331,26 +280,6 @@ fn user_content(content: Option<&Value>) -> Result<Value, String> {
     Ok(Value::Array(out))
 }
 
-/// The body's fingerprint for [`Retries`]: the body and the credentials it came with.
-fn fingerprint(headers: &HeaderMap, body: &[u8]) -> [u8; 32] {
-    let mut hash = sha2::Sha256::new();
-    if let Some(auth) = headers.get("authorization") {
-        hash.update(auth.as_bytes());
-    }
-    hash.update([0]);
-    hash.update(body);
-    hash.finalize().into()
-}
-
-/// Whether the request says it is an SDK's retry.
-fn is_retry(headers: &HeaderMap) -> bool {
-    headers
-        .get("x-stainless-retry-count")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u32>().ok())
-        .is_some_and(|n| n > 0)
-}
-
 /// Create a chat completion, as OpenAI's API does, through the queue.
 pub async fn chat_completions(
     State(state): State<AppState>,
@@ -372,78 +301,19 @@ pub async fn chat_completions(
         Ok(input) => input,
         Err(e) => return invalid(e),
     };
-    let priority = match headers
-        .get("x-lanes-priority")
-        .map(|v| v.to_str().ok().and_then(|v| v.trim().parse::<i32>().ok()))
-    {
-        None => 0,
-        Some(Some(p)) => p,
-        Some(None) => return invalid("`x-lanes-priority` must be an integer".into()),
+    let held = match front::submit(&state, &headers, &body, provider, input).await {
+        Ok(held) => held,
+        Err(refused) => return refusal(refused, model),
     };
-    let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
-        None => None,
-        Some(Ok(k)) => Some(format!("openai:{k}")),
-        Some(Err(_)) => return invalid("`idempotency-key` must be visible ASCII".into()),
+    let id = held.id;
+    let mut answer = match front::wait(&state, id, &headers).await {
+        Ok(execution) => ended(&execution, model),
+        Err(refused) => refusal(refused, model),
     };
-    let print = fingerprint(&headers, &body);
-    let known = if key.is_none() && is_retry(&headers) {
-        state.retries.find(&print)
+    if answer.status() == StatusCode::OK {
+        held.answered();
     } else {
-        None
-    };
-    let id = match known {
-        Some(id) => id,
-        None => {
-            let request = SubmitRequest {
-                provider: provider.clone(),
-                input,
-                priority,
-                max_attempts: None,
-                idempotency_key: key,
-                allow_unknown: false,
-            };
-            let entry = match validate(&state, request).await {
-                Ok(entry) => entry,
-                Err(e) if e.starts_with("unknown provider") => {
-                    return error(
-                        StatusCode::NOT_FOUND,
-                        "invalid_request_error",
-                        Some("model_not_found"),
-                        format!("model `{model}`: {e}"),
-                    );
-                }
-                Err(e) => return invalid(e),
-            };
-            match state.control.submit_keyed(&[entry]).await {
-                Ok(done) => match done.first() {
-                    Some(Submitted::Created(id) | Submitted::Repeated(id)) => *id,
-                    Some(Submitted::Conflict(id)) => {
-                        return error(
-                            StatusCode::CONFLICT,
-                            "invalid_request_error",
-                            Some("idempotency_conflict"),
-                            format!(
-                                "the idempotency key was used for execution {id} with another \
-                                 request"
-                            ),
-                        );
-                    }
-                    None => return invalid("nothing was submitted".into()),
-                },
-                Err(e) => {
-                    return error(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "server_error",
-                        None,
-                        format!("queueing the call: {e}"),
-                    );
-                }
-            }
-        }
-    };
-    let mut answer = wait_and_answer(&state, id, model).await;
-    if answer.status() != StatusCode::OK {
-        state.retries.remember(print, id);
+        drop(held);
     }
     if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
         answer.headers_mut().insert(EXECUTION_HEADER, value);
@@ -451,94 +321,61 @@ pub async fn chat_completions(
     answer
 }
 
-/// Waits for execution `id` to end, up to `[front_door] max_wait_secs`, and answers.
-async fn wait_and_answer(state: &AppState, id: ExecutionId, model: &str) -> Response {
-    let max_wait = Duration::from_secs(state.control.config().front_door.max_wait_secs);
-    let deadline = tokio::time::Instant::now() + max_wait;
-    let waiter = state.waiters.register(id);
-    let fallback = if state.control.queue().shared() {
-        Duration::from_secs(1)
-    } else {
-        Duration::from_secs(30)
-    };
-    loop {
-        let notified = waiter.notify.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let execution = match state.control.queue().get(id).await {
-            Ok(Some(e)) => e,
-            Ok(None) => {
-                return error(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "server_error",
-                    None,
-                    format!("execution {id} is gone"),
-                );
-            }
-            Err(e) => {
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "server_error",
-                    None,
-                    format!("reading execution {id}: {e}"),
-                );
-            }
-        };
-        if execution.status.is_terminal() {
-            return ended(&execution, model);
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return error(
-                StatusCode::GATEWAY_TIMEOUT,
-                "timeout",
-                Some("lanes_max_wait"),
-                format!(
-                    "execution {id} is still {} after {} s ([front_door] max_wait_secs); it \
-                     runs on: poll GET /v1/executions/{id}, or send the same request again",
-                    execution.status.as_str(),
-                    max_wait.as_secs()
-                ),
-            );
-        }
-        tokio::select! {
-            _ = notified => {}
-            _ = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + fallback)) => {}
-            _ = state.stop.cancelled() => {
-                return error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "server_error",
-                    None,
-                    format!("lanes is stopping; execution {id} is kept and runs on"),
-                );
-            }
-        }
+/// A call that was not queued, or a wait that ended first, in OpenAI's error shape.
+fn refusal(refused: Refused, model: &str) -> Response {
+    match refused {
+        Refused::Invalid(message) => invalid(message),
+        Refused::UnknownModel(message) => error(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            Some("model_not_found"),
+            format!("model `{model}`: {message}"),
+        ),
+        Refused::Conflict(id) => front::final_answer(error(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            Some("idempotency_conflict"),
+            format!("the idempotency key was used for execution {id} with another request"),
+        )),
+        Refused::Unavailable(message) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            None,
+            message,
+        ),
+        Refused::MaxWait { id, status, secs } => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout",
+            Some("lanes_max_wait"),
+            front::max_wait_message(id, &status, secs),
+        ),
     }
 }
 
 /// The answer for an ended execution.
-fn ended(execution: &crate::model::Execution, model: &str) -> Response {
+fn ended(execution: &Execution, model: &str) -> Response {
     let id = execution.id;
     match execution.status {
         Status::Completed => {}
         Status::Cancelled => {
-            return error(
+            return front::final_answer(error(
                 StatusCode::CONFLICT,
                 "invalid_request_error",
                 Some("cancelled"),
                 format!("execution {id} was cancelled"),
-            );
+            ));
         }
         _ => {
             let kind = execution.error_kind.as_deref().unwrap_or("other");
             let status = match kind {
                 "rate_limited" => StatusCode::TOO_MANY_REQUESTS,
-                "auth" => StatusCode::UNAUTHORIZED,
+                "unauthorized" => StatusCode::UNAUTHORIZED,
                 "bad_input" | "invalid_request" => StatusCode::BAD_REQUEST,
                 "timeout" => StatusCode::GATEWAY_TIMEOUT,
                 "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };
-            return error(
+            return front::final_answer(error(
                 status,
                 if status.is_server_error() {
                     "server_error"
@@ -551,7 +388,7 @@ fn ended(execution: &crate::model::Execution, model: &str) -> Response {
                     execution.attempts,
                     execution.error.as_deref().unwrap_or("no error recorded")
                 ),
-            );
+            ));
         }
     }
     let output: Option<ChatOutput> = execution

@@ -82,3 +82,11 @@ print(
         }
     )
 )
+
+# A client that gives up before lanes answers (a 0.5 s timeout; the call takes 3 s) retries
+# its own timeouts: each retry waits on the first one's execution, not a new one.
+impatient = OpenAI(base_url=url, api_key=token, max_retries=8, timeout=0.5)
+late = impatient.chat.completions.with_raw_response.create(
+    model="patient", messages=[{"role": "user", "content": "no hurry"}]
+)
+assert late.parse().choices[0].message.content, late.parse()

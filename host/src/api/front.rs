@@ -1,0 +1,337 @@
+//! What the compatible front doors (`openai.rs`, `anthropic.rs`) share: which provider a
+//! `model` names, the submission with its priority and idempotency headers, the memory that
+//! lets an SDK's retry find the execution it repeats, and the wait for the execution's end.
+//! Each door maps its vendor's JSON to the chat input and formats the [`Outcome`] in its
+//! vendor's shapes.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use serde_json::Value;
+use sha2::Digest;
+
+use super::AppState;
+use super::executions::validate;
+use super::wire::SubmitRequest;
+use crate::model::{Execution, ExecutionId};
+use crate::store::Submitted;
+
+/// How long a retried request may find the execution of the attempt it repeats (see
+/// [`Retries`]).
+const RETRY_MEMORY: Duration = Duration::from_secs(900);
+
+/// The executions of calls whose answer was not (or not yet) a success, by the request's
+/// fingerprint, so that an SDK's retry finds the call it repeats. The SDKs' retries send no
+/// stable key of their own (openai 3.63 and anthropic 2.17 for Python make one and keep it
+/// to themselves: their `_idempotency_header` is unset), only `x-stainless-retry-count`. A
+/// request that says it is a retry (a count above 0), with the same body and the same
+/// credentials as a call whose execution did not answer 200, waits on that execution again
+/// instead of queueing the call twice.
+///
+/// A call is remembered from its submission, not its answer: an SDK also retries its own
+/// timeouts and a dropped connection, and those retries come while the first request is
+/// still held, or after its handler was dropped. A retry takes the call that the fewest
+/// requests hold now ([`Held`]), so that identical calls made at once (samples of one
+/// prompt, say) each find their own execution; a 200 forgets it. Kept in this worker's memory for
+/// [`RETRY_MEMORY`]: a retry that a load balancer sends to another worker is queued again,
+/// which an `idempotency-key` header prevents.
+#[derive(Default)]
+pub struct Retries {
+    by_fingerprint: Mutex<HashMap<[u8; 32], Vec<Entry>>>,
+}
+
+struct Entry {
+    id: ExecutionId,
+    at: Instant,
+    /// The requests waiting on it now.
+    holds: u32,
+}
+
+impl Retries {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Vec<Entry>>> {
+        self.by_fingerprint
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Remembers a call just submitted, held by its request.
+    fn hold_new(&self, fingerprint: [u8; 32], id: ExecutionId) {
+        let mut map = self.lock();
+        let now = Instant::now();
+        map.retain(|_, entries| {
+            entries.retain(|e| e.holds > 0 || now.duration_since(e.at) < RETRY_MEMORY);
+            !entries.is_empty()
+        });
+        map.entry(fingerprint).or_default().push(Entry {
+            id,
+            at: now,
+            holds: 1,
+        });
+    }
+
+    /// Takes the call a retry repeats: one that no request holds, or else the one that the
+    /// fewest hold (its first request is still held after the client gave up on it), the
+    /// oldest first.
+    fn hold_for_retry(&self, fingerprint: &[u8; 32]) -> Option<ExecutionId> {
+        let mut map = self.lock();
+        let entry = map
+            .get_mut(fingerprint)?
+            .iter_mut()
+            .filter(|e| e.holds > 0 || e.at.elapsed() < RETRY_MEMORY)
+            .min_by_key(|e| (e.holds, e.at))?;
+        entry.holds += 1;
+        entry.at = Instant::now();
+        Some(entry.id)
+    }
+
+    /// Lets go of a call: forgotten when it was answered 200, else one hold fewer.
+    fn release(&self, fingerprint: &[u8; 32], id: ExecutionId, answered: bool) {
+        let mut map = self.lock();
+        let Some(entries) = map.get_mut(fingerprint) else {
+            return;
+        };
+        if answered {
+            entries.retain(|e| e.id != id);
+        } else if let Some(e) = entries.iter_mut().find(|e| e.id == id) {
+            e.holds = e.holds.saturating_sub(1);
+            e.at = Instant::now();
+        }
+        if entries.is_empty() {
+            map.remove(fingerprint);
+        }
+    }
+}
+
+/// A request's hold on its call in [`Retries`]: let go when dropped (the client hung up, or
+/// the answer was not a success), or forgotten by [`Held::answered`].
+pub(super) struct Held {
+    state: AppState,
+    fingerprint: [u8; 32],
+    pub id: ExecutionId,
+    answered: bool,
+}
+
+impl Held {
+    /// The call was answered 200: a retry of it is a new call.
+    pub fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.state
+            .retries
+            .release(&self.fingerprint, self.id, self.answered);
+    }
+}
+
+/// What a request's `model` names: a provider (or route), and the model to ask it for.
+pub(super) fn resolve_model(state: &AppState, model: &str) -> (String, Option<String>) {
+    let config = state.control.config();
+    let target = config
+        .front_door
+        .models
+        .get(model)
+        .map_or(model, String::as_str);
+    match target.split_once('/') {
+        Some((provider, model)) if !model.is_empty() => {
+            (provider.to_string(), Some(model.to_string()))
+        }
+        Some((provider, _)) => (provider.to_string(), None),
+        None => (target.to_string(), None),
+    }
+}
+
+/// The body's fingerprint for [`Retries`]: the body and the credentials it came with.
+fn fingerprint(headers: &HeaderMap, body: &[u8]) -> [u8; 32] {
+    let mut hash = sha2::Sha256::new();
+    if let Some(auth) = headers.get("authorization") {
+        hash.update(auth.as_bytes());
+    }
+    hash.update([0]);
+    hash.update(body);
+    hash.finalize().into()
+}
+
+/// Whether the request says it is an SDK's retry.
+fn is_retry(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-stainless-retry-count")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok())
+        .is_some_and(|n| n > 0)
+}
+
+/// Why a call was not queued, or how its wait ended short of the execution's end.
+pub(super) enum Refused {
+    /// The request is wrong; the message names the field.
+    Invalid(String),
+    /// `model` names no provider, route or alias.
+    UnknownModel(String),
+    /// The idempotency key went with another request, to execution `.0`.
+    Conflict(ExecutionId),
+    /// The database did not answer, or lanes is stopping.
+    Unavailable(String),
+    /// `[front_door] max_wait_secs` passed; the execution runs on.
+    MaxWait {
+        id: ExecutionId,
+        status: String,
+        secs: u64,
+    },
+}
+
+/// Queues a call (or finds the execution an SDK's retry repeats, or an idempotency key's):
+/// `provider` with `input` (the door's request mapped to the chat input), whose request
+/// came with `headers` and `body`. Returns the request's hold on the execution (see
+/// [`Retries`]).
+pub(super) async fn submit(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+    provider: String,
+    input: Value,
+) -> Result<Held, Refused> {
+    let priority = match headers
+        .get("x-lanes-priority")
+        .map(|v| v.to_str().ok().and_then(|v| v.trim().parse::<i32>().ok()))
+    {
+        None => 0,
+        Some(Some(p)) => p,
+        Some(None) => {
+            return Err(Refused::Invalid(
+                "`x-lanes-priority` must be an integer".into(),
+            ));
+        }
+    };
+    let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(k)) => Some(format!("front-door:{k}")),
+        Some(Err(_)) => {
+            return Err(Refused::Invalid(
+                "`idempotency-key` must be visible ASCII".into(),
+            ));
+        }
+    };
+    let print = fingerprint(headers, body);
+    let held = |id| Held {
+        state: state.clone(),
+        fingerprint: print,
+        id,
+        answered: false,
+    };
+    if key.is_none()
+        && is_retry(headers)
+        && let Some(id) = state.retries.hold_for_retry(&print)
+    {
+        return Ok(held(id));
+    }
+    let request = SubmitRequest {
+        provider,
+        input,
+        priority,
+        max_attempts: None,
+        idempotency_key: key,
+        allow_unknown: false,
+    };
+    let entry = validate(state, request).await.map_err(|e| {
+        if e.starts_with("unknown provider") {
+            Refused::UnknownModel(e)
+        } else if e.starts_with("cannot check the provider") {
+            Refused::Unavailable(e)
+        } else {
+            Refused::Invalid(e)
+        }
+    })?;
+    let done = state
+        .control
+        .submit_keyed(&[entry])
+        .await
+        .map_err(|e| Refused::Unavailable(format!("queueing the call: {e}")))?;
+    match done.first() {
+        Some(Submitted::Created(id) | Submitted::Repeated(id)) => {
+            state.retries.hold_new(print, *id);
+            Ok(held(*id))
+        }
+        Some(Submitted::Conflict(id)) => Err(Refused::Conflict(*id)),
+        None => Err(Refused::Invalid("nothing was submitted".into())),
+    }
+}
+
+/// Waits for execution `id` to end, up to `[front_door] max_wait_secs`, as the long-poll
+/// does (woken by the event bus; on a fleet, read again every second too). A client that
+/// says how long it reads (`x-stainless-read-timeout`, in seconds, which the SDKs send) is
+/// answered 2 s before that, so that it gets lanes' 504, not a timeout of its own.
+pub(super) async fn wait(
+    state: &AppState,
+    id: ExecutionId,
+    headers: &HeaderMap,
+) -> Result<Execution, Refused> {
+    let mut max_wait = Duration::from_secs(state.control.config().front_door.max_wait_secs);
+    if let Some(read) = headers
+        .get("x-stainless-read-timeout")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 3.0)
+    {
+        max_wait = max_wait.min(Duration::from_secs_f64((read - 2.0).min(86_400.0)));
+    }
+    let deadline = tokio::time::Instant::now() + max_wait;
+    let waiter = state.waiters.register(id);
+    let fallback = if state.control.queue().shared() {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(30)
+    };
+    loop {
+        let notified = waiter.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let execution = match state.control.queue().get(id).await {
+            Ok(Some(e)) => e,
+            Ok(None) => return Err(Refused::Unavailable(format!("execution {id} is gone"))),
+            Err(e) => {
+                return Err(Refused::Unavailable(format!("reading execution {id}: {e}")));
+            }
+        };
+        if execution.status.is_terminal() {
+            return Ok(execution);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Refused::MaxWait {
+                id,
+                status: execution.status.as_str().to_string(),
+                secs: max_wait.as_secs(),
+            });
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + fallback)) => {}
+            _ = state.stop.cancelled() => {
+                return Err(Refused::Unavailable(format!(
+                    "lanes is stopping; execution {id} is kept and runs on"
+                )));
+            }
+        }
+    }
+}
+
+/// The message of a wait that passed `max_wait`.
+pub(super) fn max_wait_message(id: ExecutionId, status: &str, secs: u64) -> String {
+    format!(
+        "execution {id} is still {status} after {secs} s ([front_door] max_wait_secs); it runs \
+         on: poll GET /v1/executions/{id}, or send the same request again"
+    )
+}
+
+/// Marks an answer that will not change if asked again (a failed or cancelled execution, a
+/// key's conflict): the SDKs retry 409, 429 and 5xx unless told not to.
+pub(super) fn final_answer(mut answer: axum::response::Response) -> axum::response::Response {
+    answer.headers_mut().insert(
+        "x-should-retry",
+        axum::http::HeaderValue::from_static("false"),
+    );
+    answer
+}
