@@ -20,6 +20,8 @@ async fn the_openai_and_anthropic_sdks_call_the_queue_through_the_compatible_end
     env.stub("stub", Some(4), &[]);
     env.stub("slow", Some(4), &[("latency_ms", "3000")]);
     env.stub("patient", Some(4), &[("latency_ms", "3000")]);
+    env.stub("held", Some(4), &[]);
+    env.stub("broken", Some(4), &[]);
     // The Anthropic SDK's providers, apart so each script's rows can be counted.
     env.stub("astub", Some(4), &[]);
     env.stub("aslow", Some(4), &[("latency_ms", "3000")]);
@@ -32,6 +34,19 @@ async fn the_openai_and_anthropic_sdks_call_the_queue_through_the_compatible_end
     env.config.api.token_file = Some(token_file);
     let mut serve = env.spawn_serve();
     let addr = api_addr(&env, "serve").await;
+    // A provider paused for 10 minutes (a rate limit's wait) and one whose circuit is open
+    // as long: longer than max_wait, so calls to them are refused at once.
+    let queue = env.queue().await;
+    sqlx::query(
+        "INSERT INTO provider_state (provider, paused_until, reason, circuit, updated_at)
+         VALUES ('held', ?1, '429 from the provider', 'closed', ?2),
+                ('broken', ?1, '5 failures in a row', 'open', ?2)",
+    )
+    .bind(lanes::model::now_ms() + 600_000)
+    .bind(lanes::model::now_ms())
+    .execute(queue.pool())
+    .await
+    .unwrap();
     let run = |name: &'static str| {
         let python = python.clone();
         async move {
@@ -63,12 +78,12 @@ async fn the_openai_and_anthropic_sdks_call_the_queue_through_the_compatible_end
     }
     let seen: serde_json::Value = serde_json::from_str(stdout(&outs[0]).trim()).unwrap();
     let anthropic: serde_json::Value = serde_json::from_str(stdout(&outs[1]).trim()).unwrap();
-    let queue = env.queue().await;
     let rows = queue.list(None).await.unwrap();
     let of = |provider: &str| rows.iter().filter(|e| e.provider == provider).count();
     // The plain call, the alias's, the keyed pair (one row); the refused calls queued none.
     assert_eq!(of("stub"), 3, "{rows:#?}");
     assert_eq!(of("nope"), 0);
+    assert_eq!((of("held"), of("broken")), (0, 0), "refused at once, queued nothing");
     // The SDK retried the 504s, and every retry found the first attempt's execution.
     assert!(seen["slow_retries"].as_i64().unwrap() >= 1, "{seen}");
     assert_eq!(of("slow"), 1, "one row for the retried call: {rows:#?}");

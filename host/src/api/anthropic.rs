@@ -310,6 +310,25 @@ fn refusal(refused: Refused, model: &str) -> Response {
         Refused::Unavailable(message) => {
             error(StatusCode::SERVICE_UNAVAILABLE, "api_error", message)
         }
+        Refused::Paused {
+            provider,
+            circuit_open,
+            retry_after_secs,
+            reason,
+        } => {
+            let (status, kind) = if circuit_open {
+                (StatusCode::SERVICE_UNAVAILABLE, "overloaded_error")
+            } else {
+                (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error")
+            };
+            let message = Refused::paused_message(
+                &provider,
+                circuit_open,
+                retry_after_secs,
+                reason.as_deref(),
+            );
+            front::with_retry_after(error(status, kind, message), retry_after_secs)
+        }
         Refused::MaxWait { id, status, secs } => error(
             StatusCode::GATEWAY_TIMEOUT,
             "timeout_error",

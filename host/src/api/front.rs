@@ -181,6 +181,66 @@ pub(super) enum Refused {
         status: String,
         secs: u64,
     },
+    /// The provider takes no calls for longer than `max_wait` (a pause after a rate limit,
+    /// or an open circuit's cool-down): nothing was queued. Try again in `retry_after_secs`.
+    Paused {
+        provider: String,
+        circuit_open: bool,
+        retry_after_secs: u64,
+        reason: Option<String>,
+    },
+}
+
+impl Refused {
+    /// The message of a [`Refused::Paused`].
+    pub(super) fn paused_message(
+        provider: &str,
+        circuit_open: bool,
+        retry_after_secs: u64,
+        reason: Option<&str>,
+    ) -> String {
+        let what = if circuit_open {
+            "its circuit is open"
+        } else {
+            "it is paused"
+        };
+        format!(
+            "provider `{provider}` takes no calls for {retry_after_secs} s more ({what}{}), \
+             longer than [front_door] max_wait_secs: nothing was queued; try again then",
+            reason.map(|r| format!(": {r}")).unwrap_or_default()
+        )
+    }
+}
+
+/// Refuses a call to `provider` that could not start within `max_wait`: the provider is
+/// paused (a rate limit's wait) or its circuit is open, until after the wait would end.
+/// A route is left to its members' routing.
+async fn check_pause(state: &AppState, provider: &str) -> Result<(), Refused> {
+    let config = state.control.config();
+    if config.routes.contains_key(provider) {
+        return Ok(());
+    }
+    let max_wait_ms =
+        i64::try_from(config.front_door.max_wait_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let (now, states) = state
+        .control
+        .queue()
+        .provider_states()
+        .await
+        .map_err(|e| Refused::Unavailable(format!("reading the providers' state: {e}")))?;
+    let Some(s) = states.get(provider) else {
+        return Ok(());
+    };
+    let left_ms = s.paused_until.saturating_sub(now);
+    if left_ms <= max_wait_ms {
+        return Ok(());
+    }
+    Err(Refused::Paused {
+        provider: provider.to_string(),
+        circuit_open: s.circuit_open,
+        retry_after_secs: u64::try_from(left_ms).unwrap_or(0).div_ceil(1000),
+        reason: s.reason.clone(),
+    })
 }
 
 /// Queues a call (or finds the execution an SDK's retry repeats, or an idempotency key's):
@@ -228,6 +288,7 @@ pub(super) async fn submit(
     {
         return Ok(held(id));
     }
+    check_pause(state, &provider).await?;
     let request = SubmitRequest {
         provider,
         input,
@@ -333,5 +394,17 @@ pub(super) fn final_answer(mut answer: axum::response::Response) -> axum::respon
         "x-should-retry",
         axum::http::HeaderValue::from_static("false"),
     );
+    answer
+}
+
+/// A 429 or 503 that says when to come back (`retry-after`, whole seconds, which the SDKs
+/// honour).
+pub(super) fn with_retry_after(
+    mut answer: axum::response::Response,
+    secs: u64,
+) -> axum::response::Response {
+    if let Ok(value) = axum::http::HeaderValue::from_str(&secs.to_string()) {
+        answer.headers_mut().insert("retry-after", value);
+    }
     answer
 }

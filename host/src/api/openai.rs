@@ -343,6 +343,29 @@ fn refusal(refused: Refused, model: &str) -> Response {
             None,
             message,
         ),
+        Refused::Paused {
+            provider,
+            circuit_open,
+            retry_after_secs,
+            reason,
+        } => {
+            let (status, kind, code) = if circuit_open {
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server_error",
+                    "circuit_open",
+                )
+            } else {
+                (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error", "paused")
+            };
+            let message = Refused::paused_message(
+                &provider,
+                circuit_open,
+                retry_after_secs,
+                reason.as_deref(),
+            );
+            front::with_retry_after(error(status, kind, Some(code), message), retry_after_secs)
+        }
         Refused::MaxWait { id, status, secs } => error(
             StatusCode::GATEWAY_TIMEOUT,
             "timeout",

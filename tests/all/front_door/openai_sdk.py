@@ -65,6 +65,19 @@ try:
 except openai.AuthenticationError:
     pass
 
+# A provider paused, or with its circuit open, for longer than max_wait: refused at once
+# with when to come back, and nothing queued.
+for model, error, word in (
+    ("held", openai.RateLimitError, "paused"),
+    ("broken", openai.InternalServerError, "circuit is open"),
+):
+    try:
+        client.chat.completions.create(model=model, messages=hello)
+        raise AssertionError(f"{model} was queued")
+    except error as e:
+        assert word in str(e), e
+        assert int(e.response.headers["retry-after"]) > 500, e.response.headers
+
 # The slow provider outlasts max_wait (1 s): the SDK gets a 504 and retries on its own,
 # and each retry waits on the same execution until it ends.
 retrying = OpenAI(base_url=url, api_key=token, max_retries=6)
