@@ -1,7 +1,8 @@
-//! The compatible endpoints through the real Python SDKs, `openai` (`/openai/v1`,
-//! `front_door/openai_sdk.py`) and `anthropic` (`/anthropic/v1`,
+//! The compatible endpoints through the real SDKs against one real `lanes serve`: Python's
+//! `openai` (`/openai/v1`, `front_door/openai_sdk.py`) and `anthropic` (`/anthropic/v1`,
 //! `front_door/anthropic_sdk.py`), in the clients' venv that `scripts/build-clients`
-//! makes, against one real `lanes serve`: the SDKs' types parse every answer, `model` names
+//! makes, and the `openai` npm package (`front_door/node/openai_sdk.mjs`, installed by
+//! `npm ci` into `target/front-door-node`): the SDKs' types parse every answer, `model` names
 //! a provider, an alias or `PROVIDER/MODEL`, errors are the SDKs' own exceptions, and the
 //! SDKs' retries of a 504 at `max_wait` find the execution they repeat: one row, one call.
 
@@ -20,6 +21,9 @@ async fn the_openai_and_anthropic_sdks_call_the_queue_through_the_compatible_end
     env.stub("stub", Some(4), &[]);
     env.stub("slow", Some(4), &[("latency_ms", "3000")]);
     env.stub("patient", Some(4), &[("latency_ms", "3000")]);
+    // The npm package's providers.
+    env.stub("nstub", Some(4), &[]);
+    env.stub("nslow", Some(4), &[("latency_ms", "3000")]);
     env.stub("held", Some(4), &[]);
     env.stub("broken", Some(4), &[]);
     // The Anthropic SDK's providers, apart so each script's rows can be counted.
@@ -64,8 +68,23 @@ async fn the_openai_and_anthropic_sdks_call_the_queue_through_the_compatible_end
             .unwrap()
         }
     };
+    let node = {
+        let dir = node_sdk_dir();
+        tokio::task::spawn_blocking(move || {
+            Command::new("node")
+                .arg(dir.join("openai_sdk.mjs"))
+                .env("LANES_TEST_URL", format!("http://{addr}"))
+                .env("LANES_TEST_TOKEN", TOKEN)
+                .output()
+                .expect("running node")
+        })
+    };
     // One after the other: each holds calls open for seconds.
-    let outs = [run("openai_sdk.py").await, run("anthropic_sdk.py").await];
+    let outs = [
+        run("openai_sdk.py").await,
+        run("anthropic_sdk.py").await,
+        node.await.unwrap(),
+    ];
     terminate(&mut serve);
     for out in &outs {
         assert!(
@@ -78,12 +97,17 @@ async fn the_openai_and_anthropic_sdks_call_the_queue_through_the_compatible_end
     }
     let seen: serde_json::Value = serde_json::from_str(stdout(&outs[0]).trim()).unwrap();
     let anthropic: serde_json::Value = serde_json::from_str(stdout(&outs[1]).trim()).unwrap();
+    let npm: serde_json::Value = serde_json::from_str(stdout(&outs[2]).trim()).unwrap();
     let rows = queue.list(None).await.unwrap();
     let of = |provider: &str| rows.iter().filter(|e| e.provider == provider).count();
     // The plain call, the alias's, the keyed pair (one row); the refused calls queued none.
     assert_eq!(of("stub"), 3, "{rows:#?}");
     assert_eq!(of("nope"), 0);
-    assert_eq!((of("held"), of("broken")), (0, 0), "refused at once, queued nothing");
+    assert_eq!(
+        (of("held"), of("broken")),
+        (0, 0),
+        "refused at once, queued nothing"
+    );
     // The SDK retried the 504s, and every retry found the first attempt's execution.
     assert!(seen["slow_retries"].as_i64().unwrap() >= 1, "{seen}");
     assert_eq!(of("slow"), 1, "one row for the retried call: {rows:#?}");
@@ -104,6 +128,13 @@ async fn the_openai_and_anthropic_sdks_call_the_queue_through_the_compatible_end
     assert_eq!(alias.input["model"], "stub-model");
     assert_eq!(alias.input["max_tokens"], 7);
     assert_eq!(alias.input["messages"][0]["role"], "system");
+    // Through the npm package: the plain call, and one row for the retried slow call.
+    assert_eq!((of("nstub"), of("nslow")), (1, 1), "{rows:#?}");
+    assert!(rows.iter().any(|e| Some(e.id) == npm["plain"].as_i64()));
+    assert!(
+        rows.iter()
+            .any(|e| Some(e.id) == npm["slow"].as_i64() && e.attempts == 1)
+    );
     // The same through the Anthropic SDK: the plain call and the alias's; the refused ones
     // (an unknown model, top_k, tools to a text-only provider, a wrong key) queued none.
     assert_eq!(of("astub"), 2, "{rows:#?}");
@@ -128,4 +159,29 @@ async fn the_openai_and_anthropic_sdks_call_the_queue_through_the_compatible_end
             &serde_json::json!("stub-model")
         )
     );
+}
+
+/// The `openai` npm package, installed once per run (`npm ci`, the lock in
+/// `front_door/node`) into `target/front-door-node` beside a copy of the test script.
+fn node_sdk_dir() -> std::path::PathBuf {
+    let root = repo_root();
+    let src = root.join("tests/all/front_door/node");
+    let out = root.join("target/front-door-node");
+    std::fs::create_dir_all(&out).expect("creating target/front-door-node");
+    let lock = std::fs::File::create(out.join(".lock")).expect("creating its .lock");
+    lock.lock().expect("locking target/front-door-node/.lock");
+    for file in ["package.json", "package-lock.json", "openai_sdk.mjs"] {
+        std::fs::copy(src.join(file), out.join(file)).expect("copying the npm test");
+    }
+    let installed = std::fs::read_to_string(out.join("node_modules/openai/package.json"))
+        .is_ok_and(|p| p.contains("\"version\": \"6.49.0\""));
+    if !installed {
+        let status = Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&out)
+            .status()
+            .expect("running npm ci");
+        assert!(status.success(), "npm ci failed in {}", out.display());
+    }
+    out
 }

@@ -323,7 +323,8 @@ pub(super) async fn submit(
 
 /// Waits for execution `id` to end, up to `[front_door] max_wait_secs`, as the long-poll
 /// does (woken by the event bus; on a fleet, read again every second too). A client that
-/// says how long it reads (`x-stainless-read-timeout`, in seconds, which the SDKs send) is
+/// says how long it reads (`x-stainless-read-timeout` or `x-stainless-timeout`, in
+/// seconds, which the SDKs send) is
 /// answered 2 s before that, so that it gets lanes' 504, not a timeout of its own.
 pub(super) async fn wait(
     state: &AppState,
@@ -331,8 +332,10 @@ pub(super) async fn wait(
     headers: &HeaderMap,
 ) -> Result<Execution, Refused> {
     let mut max_wait = Duration::from_secs(state.control.config().front_door.max_wait_secs);
+    // Python's SDKs say `x-stainless-read-timeout`, the npm ones `x-stainless-timeout`.
     if let Some(read) = headers
         .get("x-stainless-read-timeout")
+        .or_else(|| headers.get("x-stainless-timeout"))
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<f64>().ok())
         .filter(|s| s.is_finite() && *s > 3.0)
