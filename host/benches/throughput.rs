@@ -733,32 +733,14 @@ async fn pg_processes(n: usize, workers: usize) -> Option<(f64, f64)> {
     let queue = lanes::store::open(&config.database_url)
         .await
         .expect("queue");
-    let mut serves = Vec::new();
-    for i in 0..workers {
-        let log = dir.path().join(format!("w{i}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_lanes"))
-            .arg("--config")
-            .arg(&path)
-            .arg("serve")
-            .env("RUST_LOG", "info")
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("lanes serve");
-        serves.push((child, log));
-    }
-    // Ready when each has counted the whole fleet, so that each takes its share from the
-    // first claim.
-    let counted = format!("{workers} worker(s) share its limit");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !serves
-        .iter()
-        .all(|(_, log)| std::fs::read_to_string(log).is_ok_and(|l| l.contains(&counted)))
-    {
-        assert!(Instant::now() < deadline, "workers did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let serves = spawn_fleet(&dir, &path, workers).await;
     let pg = sqlx::PgPool::connect(&config.database_url).await.unwrap();
-    let lanes_cpu = || -> u64 { serves.iter().map(|(c, _)| cpu_and_switches(c.id()).0).sum() };
+    let lanes_cpu = || -> u64 {
+        serves
+            .iter()
+            .map(|(c, _)| cpu_and_switches(c.0.id()).0)
+            .sum()
+    };
     let cpu0 = (lanes_cpu(), postgres_cpu_ns());
     // Timed on the database clock, from before the submission to the last row's
     // `finished_at`, so that the server is asked only every 50 ms: asked every 5 ms, the
@@ -781,10 +763,7 @@ async fn pg_processes(n: usize, workers: usize) -> Option<(f64, f64)> {
     let server = server_us.map_or("not on this machine".to_string(), |us| {
         format!("{us:.1} µs")
     });
-    for (mut child, _) in serves {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+    drop(serves);
     let spread: Vec<i64> =
         sqlx::query_scalar("SELECT COUNT(*) FROM executions GROUP BY worker ORDER BY 1 DESC")
             .fetch_all(&pg)
@@ -1885,28 +1864,7 @@ async fn fleet_scale(each: u32, latency_ms: u64) {
         .fetch_one(&pg)
         .await
         .unwrap();
-    let mut serves = Vec::new();
-    for i in 0..WORKERS {
-        let log = dir.path().join(format!("w{i}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_lanes"))
-            .arg("--config")
-            .arg(&path)
-            .arg("serve")
-            .env("RUST_LOG", "info")
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("lanes serve");
-        serves.push((KillOnDrop(child), log));
-    }
-    let counted = format!("{WORKERS} worker(s) share its limit");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !serves
-        .iter()
-        .all(|(_, log)| std::fs::read_to_string(log).is_ok_and(|l| l.contains(&counted)))
-    {
-        assert!(Instant::now() < deadline, "workers did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let serves = spawn_fleet(&dir, &path, WORKERS).await;
     let queue = lanes::store::open(&config.database_url)
         .await
         .expect("queue");
@@ -2006,4 +1964,37 @@ fn process_cpu_ns(pid: u32) -> u64 {
         .filter_map(|t| t.parse::<u64>().ok())
         .sum();
     ticks * 10_000_000
+}
+
+/// `workers` `lanes serve` processes on the config at `path`, each logging to `wN.log` in
+/// `dir`, once each has counted the whole fleet (so that each takes its share from the first
+/// claim). Killed when dropped.
+async fn spawn_fleet(
+    dir: &tempfile::TempDir,
+    path: &Path,
+    workers: usize,
+) -> Vec<(KillOnDrop, PathBuf)> {
+    let mut serves = Vec::new();
+    for i in 0..workers {
+        let log = dir.path().join(format!("w{i}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_lanes"))
+            .arg("--config")
+            .arg(path)
+            .arg("serve")
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("lanes serve");
+        serves.push((KillOnDrop(child), log));
+    }
+    let counted = format!("{workers} worker(s) share its limit");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !serves
+        .iter()
+        .all(|(_, log)| std::fs::read_to_string(log).is_ok_and(|l| l.contains(&counted)))
+    {
+        assert!(Instant::now() < deadline, "workers did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    serves
 }

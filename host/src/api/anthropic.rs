@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::front::{self, Refused, resolve_model};
-use crate::model::{ChatOutput, Execution, ExecutionId, Part, Status};
+use crate::model::{ChatOutput, Execution, ExecutionId, Part};
 
 /// An Anthropic-shaped error answer.
 fn error(status: StatusCode, kind: &str, message: String) -> Response {
@@ -339,51 +339,34 @@ fn refusal(refused: Refused, model: &str) -> Response {
 
 /// The answer for an ended execution.
 fn ended(execution: &Execution, model: &str) -> Response {
-    let id = execution.id;
-    match execution.status {
-        Status::Completed => {}
-        Status::Cancelled => {
-            return front::final_answer(error(
-                StatusCode::CONFLICT,
-                "invalid_request_error",
-                format!("execution {id} was cancelled"),
-            ));
-        }
-        _ => {
-            let kind = execution.error_kind.as_deref().unwrap_or("other");
-            let (status, kind_name) = match kind {
-                "rate_limited" => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"),
-                "unauthorized" => (StatusCode::UNAUTHORIZED, "authentication_error"),
-                "bad_input" | "invalid_request" => {
-                    (StatusCode::BAD_REQUEST, "invalid_request_error")
-                }
-                "timeout" => (StatusCode::GATEWAY_TIMEOUT, "timeout_error"),
-                "unavailable" => (StatusCode::SERVICE_UNAVAILABLE, "overloaded_error"),
-                _ => (StatusCode::INTERNAL_SERVER_ERROR, "api_error"),
+    match front::ended(execution) {
+        front::Ended::Output(output) => (
+            StatusCode::OK,
+            axum::Json(message(execution.id, &output, model)),
+        )
+            .into_response(),
+        front::Ended::Cancelled(message) => front::final_answer(error(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            message,
+        )),
+        front::Ended::Failed {
+            status, message, ..
+        } => {
+            let kind = match status {
+                StatusCode::TOO_MANY_REQUESTS => "rate_limit_error",
+                StatusCode::UNAUTHORIZED => "authentication_error",
+                StatusCode::BAD_REQUEST => "invalid_request_error",
+                StatusCode::GATEWAY_TIMEOUT => "timeout_error",
+                StatusCode::SERVICE_UNAVAILABLE => "overloaded_error",
+                _ => "api_error",
             };
-            return front::final_answer(error(
-                status,
-                kind_name,
-                format!(
-                    "execution {id} failed after {} attempt(s) ({kind}): {}",
-                    execution.attempts,
-                    execution.error.as_deref().unwrap_or("no error recorded")
-                ),
-            ));
+            front::final_answer(error(status, kind, message))
+        }
+        front::Ended::Unreadable(message) => {
+            error(StatusCode::INTERNAL_SERVER_ERROR, "api_error", message)
         }
     }
-    let output: Option<ChatOutput> = execution
-        .output
-        .clone()
-        .and_then(|o| serde_json::from_value(o).ok());
-    let Some(output) = output else {
-        return error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "api_error",
-            format!("execution {id} completed without an output lanes can read"),
-        );
-    };
-    (StatusCode::OK, axum::Json(message(id, &output, model))).into_response()
 }
 
 /// An Anthropic `message` object for `output`.

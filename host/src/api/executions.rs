@@ -14,7 +14,7 @@ use super::wire::{
     SubmitRequest,
 };
 use crate::model::{
-    ChatInput, ExecutionId, MAX_COUNT, NewExecution, Status, check_capabilities,
+    ChatInput, Execution, ExecutionId, MAX_COUNT, NewExecution, Status, check_capabilities,
     validate_provider_name,
 };
 use crate::store::{Cancelled, ExecutionFilter, IdempotencyKey, Submitted};
@@ -255,9 +255,33 @@ pub async fn get_execution(
         return Ok(axum::Json(read(&state, id).await?));
     }
     let deadline = tokio::time::Instant::now() + wait;
+    match until_ended(&state, id, deadline).await? {
+        Waited::Ended(e) | Waited::Deadline(e) | Waited::Stopping(e) => {
+            Ok(axum::Json(ExecutionOut::from(e)))
+        }
+    }
+}
+
+/// How a wait for an execution's end ended.
+pub(super) enum Waited {
+    /// It ended (completed, failed or cancelled).
+    Ended(Execution),
+    /// The deadline came first; as it was then.
+    Deadline(Execution),
+    /// The server is stopping; as it was then.
+    Stopping(Execution),
+}
+
+/// Waits for execution `id` to end, or `deadline`, woken by the event bus (`Waiters`), not
+/// by polling; an execution that another worker of a fleet runs is read again every second
+/// too, since that worker's events are not this one's. The long-poll and the front doors'
+/// held requests both wait here.
+pub(super) async fn until_ended(
+    state: &AppState,
+    id: ExecutionId,
+    deadline: tokio::time::Instant,
+) -> Result<Waited, Problem> {
     let waiter = state.waiters.register(id);
-    // Another worker of a fleet may run it, and its events are not ours: read again now and
-    // then too.
     let fallback = if state.control.queue().shared() {
         Duration::from_secs(1)
     } else {
@@ -267,18 +291,19 @@ pub async fn get_execution(
         let notified = waiter.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let execution = read(&state, id).await?;
-        let ended = execution
-            .status
-            .parse::<Status>()
-            .is_ok_and(Status::is_terminal);
-        if ended || tokio::time::Instant::now() >= deadline {
-            return Ok(axum::Json(execution));
+        let Some(execution) = state.control.queue().get(id).await? else {
+            return Err(Problem::not_found(format!("no execution {id}")));
+        };
+        if execution.status.is_terminal() {
+            return Ok(Waited::Ended(execution));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(Waited::Deadline(execution));
         }
         tokio::select! {
             _ = notified => {}
             _ = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + fallback)) => {}
-            _ = state.stop.cancelled() => return Ok(axum::Json(execution)),
+            _ = state.stop.cancelled() => return Ok(Waited::Stopping(execution)),
         }
     }
 }

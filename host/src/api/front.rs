@@ -8,14 +8,14 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
 use sha2::Digest;
 
 use super::AppState;
-use super::executions::validate;
+use super::executions::{Waited, until_ended, validate};
 use super::wire::SubmitRequest;
-use crate::model::{Execution, ExecutionId};
+use crate::model::{ChatOutput, Execution, ExecutionId, Status};
 use crate::store::Submitted;
 
 /// How long a retried request may find the execution of the attempt it repeats (see
@@ -343,42 +343,75 @@ pub(super) async fn wait(
         max_wait = max_wait.min(Duration::from_secs_f64((read - 2.0).min(86_400.0)));
     }
     let deadline = tokio::time::Instant::now() + max_wait;
-    let waiter = state.waiters.register(id);
-    let fallback = if state.control.queue().shared() {
-        Duration::from_secs(1)
-    } else {
-        Duration::from_secs(30)
-    };
-    loop {
-        let notified = waiter.notify.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let execution = match state.control.queue().get(id).await {
-            Ok(Some(e)) => e,
-            Ok(None) => return Err(Refused::Unavailable(format!("execution {id} is gone"))),
-            Err(e) => {
-                return Err(Refused::Unavailable(format!("reading execution {id}: {e}")));
-            }
-        };
-        if execution.status.is_terminal() {
-            return Ok(execution);
+    match until_ended(state, id, deadline).await {
+        Ok(Waited::Ended(execution)) => Ok(execution),
+        Ok(Waited::Deadline(execution)) => Err(Refused::MaxWait {
+            id,
+            status: execution.status.as_str().to_string(),
+            secs: max_wait.as_secs(),
+        }),
+        Ok(Waited::Stopping(_)) => Err(Refused::Unavailable(format!(
+            "lanes is stopping; execution {id} is kept and runs on"
+        ))),
+        Err(problem) => Err(Refused::Unavailable(format!(
+            "reading execution {id}: {}",
+            problem.detail
+        ))),
+    }
+}
+
+/// What an ended execution answers, whatever the door.
+pub(super) enum Ended {
+    Output(ChatOutput),
+    Cancelled(String),
+    /// Failed: the status its error kind answers with (429 `rate_limited`, 401
+    /// `unauthorized`, 400 `bad_input` and `invalid_request`, 504 `timeout`, 503
+    /// `unavailable`, 500 else), the kind, and the message.
+    Failed {
+        status: StatusCode,
+        kind: String,
+        message: String,
+    },
+    /// Completed, with an output lanes cannot read.
+    Unreadable(String),
+}
+
+/// How `execution`, ended, answers.
+pub(super) fn ended(execution: &Execution) -> Ended {
+    let id = execution.id;
+    match execution.status {
+        Status::Completed => {}
+        Status::Cancelled => return Ended::Cancelled(format!("execution {id} was cancelled")),
+        _ => {
+            let kind = execution.error_kind.as_deref().unwrap_or("other");
+            let status = match kind {
+                "rate_limited" => StatusCode::TOO_MANY_REQUESTS,
+                "unauthorized" => StatusCode::UNAUTHORIZED,
+                "bad_input" | "invalid_request" => StatusCode::BAD_REQUEST,
+                "timeout" => StatusCode::GATEWAY_TIMEOUT,
+                "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            return Ended::Failed {
+                status,
+                kind: kind.to_string(),
+                message: format!(
+                    "execution {id} failed after {} attempt(s) ({kind}): {}",
+                    execution.attempts,
+                    execution.error.as_deref().unwrap_or("no error recorded")
+                ),
+            };
         }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(Refused::MaxWait {
-                id,
-                status: execution.status.as_str().to_string(),
-                secs: max_wait.as_secs(),
-            });
-        }
-        tokio::select! {
-            _ = notified => {}
-            _ = tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + fallback)) => {}
-            _ = state.stop.cancelled() => {
-                return Err(Refused::Unavailable(format!(
-                    "lanes is stopping; execution {id} is kept and runs on"
-                )));
-            }
-        }
+    }
+    match execution
+        .output
+        .clone()
+        .and_then(|o| serde_json::from_value(o).ok())
+    {
+        Some(output) => Ended::Output(output),
+        None => Ended::Unreadable(format!(
+            "execution {id} completed without an output lanes can read"
+        )),
     }
 }
 

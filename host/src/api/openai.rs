@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::front::{self, Refused, resolve_model};
-use crate::model::{ChatOutput, Execution, ExecutionId, Part, Status};
+use crate::model::{ChatOutput, Execution, ExecutionId, Part};
 
 /// The header that names the execution behind an answer.
 const EXECUTION_HEADER: &str = "x-lanes-execution-id";
@@ -377,60 +377,42 @@ fn refusal(refused: Refused, model: &str) -> Response {
 
 /// The answer for an ended execution.
 fn ended(execution: &Execution, model: &str) -> Response {
-    let id = execution.id;
-    match execution.status {
-        Status::Completed => {}
-        Status::Cancelled => {
-            return front::final_answer(error(
-                StatusCode::CONFLICT,
-                "invalid_request_error",
-                Some("cancelled"),
-                format!("execution {id} was cancelled"),
-            ));
-        }
-        _ => {
-            let kind = execution.error_kind.as_deref().unwrap_or("other");
-            let status = match kind {
-                "rate_limited" => StatusCode::TOO_MANY_REQUESTS,
-                "unauthorized" => StatusCode::UNAUTHORIZED,
-                "bad_input" | "invalid_request" => StatusCode::BAD_REQUEST,
-                "timeout" => StatusCode::GATEWAY_TIMEOUT,
-                "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
+    match front::ended(execution) {
+        front::Ended::Output(output) => (
+            StatusCode::OK,
+            axum::Json(completion(
+                execution.id,
+                execution.created_at,
+                &output,
+                model,
+            )),
+        )
+            .into_response(),
+        front::Ended::Cancelled(message) => front::final_answer(error(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            Some("cancelled"),
+            message,
+        )),
+        front::Ended::Failed {
+            status,
+            kind,
+            message,
+        } => {
+            let kind_name = if status.is_server_error() {
+                "server_error"
+            } else {
+                "invalid_request_error"
             };
-            return front::final_answer(error(
-                status,
-                if status.is_server_error() {
-                    "server_error"
-                } else {
-                    "invalid_request_error"
-                },
-                Some(kind),
-                format!(
-                    "execution {id} failed after {} attempt(s): {}",
-                    execution.attempts,
-                    execution.error.as_deref().unwrap_or("no error recorded")
-                ),
-            ));
+            front::final_answer(error(status, kind_name, Some(&kind), message))
         }
-    }
-    let output: Option<ChatOutput> = execution
-        .output
-        .clone()
-        .and_then(|o| serde_json::from_value(o).ok());
-    let Some(output) = output else {
-        return error(
+        front::Ended::Unreadable(message) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "server_error",
             None,
-            format!("execution {id} completed without an output lanes can read"),
-        );
-    };
-    (
-        StatusCode::OK,
-        axum::Json(completion(id, execution.created_at, &output, model)),
-    )
-        .into_response()
+            message,
+        ),
+    }
 }
 
 /// An OpenAI `chat.completion` object for `output`.
