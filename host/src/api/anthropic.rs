@@ -6,12 +6,12 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::front::{self, Refused, resolve_model};
+use super::front::{self, Refused};
 use crate::model::{ChatOutput, Execution, ExecutionId, Part};
 
 /// An Anthropic-shaped error answer.
@@ -42,6 +42,9 @@ const CARRIED: &[&str] = &[
 
 /// The lanes chat input of a Messages request body, or why not (the field named).
 fn to_input(body: &serde_json::Map<String, Value>, model: Option<String>) -> Result<Value, String> {
+    if !body.get("max_tokens").is_some_and(Value::is_u64) {
+        return Err("`max_tokens` is required: a positive integer".into());
+    }
     if let Some(field) = body.keys().find(|k| !CARRIED.contains(&k.as_str())) {
         return Err(format!("`{field}` is not supported by lanes"));
     }
@@ -255,42 +258,31 @@ fn push_message(m: &Value, out: &mut Vec<Value>) -> Result<(), String> {
 
 /// Create a message, as Anthropic's API does, through the queue.
 pub async fn messages(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let value: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => return invalid(format!("the body is not JSON: {e}")),
-    };
-    let Some(object) = value.as_object() else {
-        return invalid("the body must be a JSON object".into());
-    };
-    let Some(model) = object.get("model").and_then(Value::as_str) else {
-        return invalid("`model` is missing: name a provider, PROVIDER/MODEL or an alias".into());
-    };
-    if !object.get("max_tokens").is_some_and(Value::is_u64) {
-        return invalid("`max_tokens` is required: a positive integer".into());
+    front::handle::<Anthropic>(state, headers, body).await
+}
+
+/// The vendor's side of [`front::Door`].
+struct Anthropic;
+
+impl front::Door for Anthropic {
+    fn invalid(message: String) -> Response {
+        invalid(message)
     }
-    let (provider, provider_model) = resolve_model(&state, model);
-    let input = match to_input(object, provider_model) {
-        Ok(input) => input,
-        Err(e) => return invalid(e),
-    };
-    let held = match front::submit(&state, &headers, &body, provider, input).await {
-        Ok(held) => held,
-        Err(refused) => return refusal(refused, model),
-    };
-    let id = held.id;
-    let mut answer = match front::wait(&state, id, &headers).await {
-        Ok(execution) => ended(&execution, model),
-        Err(refused) => refusal(refused, model),
-    };
-    if answer.status() == StatusCode::OK {
-        held.answered();
-    } else {
-        drop(held);
+
+    fn to_input(
+        body: &serde_json::Map<String, Value>,
+        model: Option<String>,
+    ) -> Result<Value, String> {
+        to_input(body, model)
     }
-    if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
-        answer.headers_mut().insert("x-lanes-execution-id", value);
+
+    fn refusal(refused: Refused, model: &str) -> Response {
+        refusal(refused, model)
     }
-    answer
+
+    fn ended(execution: &Execution, model: &str) -> Response {
+        ended(execution, model)
+    }
 }
 
 /// A call that was not queued, or a wait that ended first, in Anthropic's error shape.
@@ -459,14 +451,21 @@ mod tests {
                 "tool_choice": "required", "reasoning": {"budget_tokens": 1024}})
         );
         for (body, named) in [
-            (json!({"model": "m", "messages": [], "top_k": 3}), "`top_k`"),
             (
-                json!({"model": "m", "messages": [], "stream": true}),
+                json!({"model": "m", "max_tokens": 5, "messages": [], "top_k": 3}),
+                "`top_k`",
+            ),
+            (
+                json!({"model": "m", "max_tokens": 5, "messages": [], "stream": true}),
                 "`stream`",
             ),
             (
-                json!({"model": "m", "messages": [{"role": "system", "content": "x"}]}),
+                json!({"model": "m", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}),
                 "`messages[0]`.role",
+            ),
+            (
+                json!({"model": "m", "messages": []}),
+                "`max_tokens` is required",
             ),
         ] {
             let err = to_input(body.as_object().unwrap(), None).unwrap_err();

@@ -444,3 +444,65 @@ pub(super) fn with_retry_after(
     }
     answer
 }
+
+/// A compatible door: how its vendor's request becomes the chat input, and how its answers
+/// are worded. [`handle`] does the rest, the same for every door.
+pub(super) trait Door {
+    /// A 400 in the vendor's error shape.
+    fn invalid(message: String) -> axum::response::Response;
+    /// The chat input of a request body, or why not (the field named); `model` is the
+    /// model the provider is asked for, when `model` named one.
+    fn to_input(
+        body: &serde_json::Map<String, Value>,
+        model: Option<String>,
+    ) -> Result<Value, String>;
+    /// A call not queued, or a wait that ended first, in the vendor's shape.
+    fn refusal(refused: Refused, model: &str) -> axum::response::Response;
+    /// The answer for an ended execution.
+    fn ended(execution: &Execution, model: &str) -> axum::response::Response;
+}
+
+/// A door's request, start to end: the body read, `model` resolved, the call queued (or
+/// the one it repeats found), held until it ends or `max_wait`, answered, and named in
+/// `x-lanes-execution-id`.
+pub(super) async fn handle<D: Door>(
+    state: AppState,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    let value: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return D::invalid(format!("the body is not JSON: {e}")),
+    };
+    let Some(object) = value.as_object() else {
+        return D::invalid("the body must be a JSON object".into());
+    };
+    let Some(model) = object.get("model").and_then(Value::as_str) else {
+        return D::invalid(
+            "`model` is missing: name a provider, PROVIDER/MODEL or an alias".into(),
+        );
+    };
+    let (provider, provider_model) = resolve_model(&state, model);
+    let input = match D::to_input(object, provider_model) {
+        Ok(input) => input,
+        Err(e) => return D::invalid(e),
+    };
+    let held = match submit(&state, &headers, &body, provider, input).await {
+        Ok(held) => held,
+        Err(refused) => return D::refusal(refused, model),
+    };
+    let id = held.id;
+    let mut answer = match wait(&state, id, &headers).await {
+        Ok(execution) => D::ended(&execution, model),
+        Err(refused) => D::refusal(refused, model),
+    };
+    if answer.status() == StatusCode::OK {
+        held.answered();
+    } else {
+        drop(held);
+    }
+    if let Ok(value) = axum::http::HeaderValue::from_str(&id.to_string()) {
+        answer.headers_mut().insert("x-lanes-execution-id", value);
+    }
+    answer
+}

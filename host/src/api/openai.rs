@@ -7,16 +7,13 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::front::{self, Refused, resolve_model};
+use super::front::{self, Refused};
 use crate::model::{ChatOutput, Execution, ExecutionId, Part};
-
-/// The header that names the execution behind an answer.
-const EXECUTION_HEADER: &str = "x-lanes-execution-id";
 
 /// An OpenAI-shaped error answer.
 fn error(status: StatusCode, kind: &str, code: Option<&str>, message: String) -> Response {
@@ -286,39 +283,31 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let value: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => return invalid(format!("the body is not JSON: {e}")),
-    };
-    let Some(object) = value.as_object() else {
-        return invalid("the body must be a JSON object".into());
-    };
-    let Some(model) = object.get("model").and_then(Value::as_str) else {
-        return invalid("`model` is missing: name a provider, PROVIDER/MODEL or an alias".into());
-    };
-    let (provider, provider_model) = resolve_model(&state, model);
-    let input = match to_input(object, provider_model) {
-        Ok(input) => input,
-        Err(e) => return invalid(e),
-    };
-    let held = match front::submit(&state, &headers, &body, provider, input).await {
-        Ok(held) => held,
-        Err(refused) => return refusal(refused, model),
-    };
-    let id = held.id;
-    let mut answer = match front::wait(&state, id, &headers).await {
-        Ok(execution) => ended(&execution, model),
-        Err(refused) => refusal(refused, model),
-    };
-    if answer.status() == StatusCode::OK {
-        held.answered();
-    } else {
-        drop(held);
+    front::handle::<OpenAi>(state, headers, body).await
+}
+
+/// The vendor's side of [`front::Door`].
+struct OpenAi;
+
+impl front::Door for OpenAi {
+    fn invalid(message: String) -> Response {
+        invalid(message)
     }
-    if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
-        answer.headers_mut().insert(EXECUTION_HEADER, value);
+
+    fn to_input(
+        body: &serde_json::Map<String, Value>,
+        model: Option<String>,
+    ) -> Result<Value, String> {
+        to_input(body, model)
     }
-    answer
+
+    fn refusal(refused: Refused, model: &str) -> Response {
+        refusal(refused, model)
+    }
+
+    fn ended(execution: &Execution, model: &str) -> Response {
+        ended(execution, model)
+    }
 }
 
 /// A call that was not queued, or a wait that ended first, in OpenAI's error shape.
