@@ -167,6 +167,19 @@ pub struct FrontDoorConfig {
     /// Names `model` may give besides `PROVIDER` and `PROVIDER/MODEL`: each stands for a
     /// `PROVIDER` or a `PROVIDER/MODEL`.
     pub models: BTreeMap<String, String>,
+    /// What a request held `max_wait_secs` gets: `timeout` (504, in the vendor's error
+    /// shape, which the SDKs retry) or `accepted` (202 with the execution's id, for clients
+    /// that poll `/v1/executions/{id}` themselves).
+    pub at_max_wait: AtMaxWait,
+}
+
+/// `[front_door] at_max_wait`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AtMaxWait {
+    #[default]
+    Timeout,
+    Accepted,
 }
 
 impl Default for FrontDoorConfig {
@@ -174,6 +187,7 @@ impl Default for FrontDoorConfig {
         FrontDoorConfig {
             max_wait_secs: 540,
             models: BTreeMap::new(),
+            at_max_wait: AtMaxWait::Timeout,
         }
     }
 }

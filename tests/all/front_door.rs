@@ -258,3 +258,43 @@ async fn two_hundred_sdk_clients_make_twenty_thousand_calls_through_the_openai_e
         at(99)
     );
 }
+
+/// With `[front_door] at_max_wait = "accepted"`, a call held `max_wait_secs` is answered 202
+/// with its execution's id and where to poll it, and runs on to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_held_past_max_wait_can_be_accepted_instead() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut env = TestEnv::new();
+    env.stub("slow", Some(4), &[("latency_ms", "2000")]);
+    env.config.front_door.max_wait_secs = 1;
+    env.config.front_door.at_max_wait = lanes::config::AtMaxWait::Accepted;
+    let mut serve = env.spawn_serve();
+    let addr = api_addr(&env, "serve").await;
+    let body = r#"{"model": "slow", "messages": [{"role": "user", "content": "hi"}]}"#;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "POST /openai/v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: \
+         application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    let lower = answer.to_ascii_lowercase();
+    assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
+    assert!(lower.contains("x-lanes-execution-id: 1\r\n"), "{answer}");
+    assert!(lower.contains("location: /v1/executions/1\r\n"), "{answer}");
+    assert!(answer.contains(r#""poll":"/v1/executions/1""#), "{answer}");
+    let rows = wait_terminal(
+        env.queue().await.as_ref(),
+        Some("slow"),
+        std::time::Duration::from_secs(30),
+    )
+    .await;
+    terminate(&mut serve);
+    assert_eq!(
+        rows.iter().map(|e| e.status).collect::<Vec<_>>(),
+        vec![Status::Completed],
+        "it ran on to its end"
+    );
+}

@@ -12,9 +12,12 @@ use axum::http::{HeaderMap, StatusCode};
 use serde_json::Value;
 use sha2::Digest;
 
+use axum::response::IntoResponse;
+
 use super::AppState;
 use super::executions::{Waited, until_ended, validate};
 use super::wire::SubmitRequest;
+use crate::config::AtMaxWait;
 use crate::model::{ChatOutput, Execution, ExecutionId, Status};
 use crate::store::Submitted;
 
@@ -492,8 +495,18 @@ pub(super) async fn handle<D: Door>(
         Err(refused) => return D::refusal(refused, model),
     };
     let id = held.id;
+    let accept = state.control.config().front_door.at_max_wait == AtMaxWait::Accepted;
     let mut answer = match wait(&state, id, &headers).await {
         Ok(execution) => D::ended(&execution, model),
+        Err(Refused::MaxWait { id, status, .. }) if accept => {
+            let poll = format!("/v1/executions/{id}");
+            (
+                StatusCode::ACCEPTED,
+                [(axum::http::header::LOCATION, poll.clone())],
+                axum::Json(serde_json::json!({"id": id, "status": status, "poll": poll})),
+            )
+                .into_response()
+        }
         Err(refused) => D::refusal(refused, model),
     };
     if answer.status() == StatusCode::OK {
