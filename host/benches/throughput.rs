@@ -1712,16 +1712,9 @@ async fn scale_run(limit: u32, latency_ms: u64, outage_ms: Option<u64>) -> Scale
     let dir = tempfile::tempdir().unwrap();
     let mut config = config(&dir, &[]);
     config.engine.max_instances = limit;
-    config.providers.insert(
-        "wide".into(),
-        ProviderConfig {
-            component: Some("openai.wasm".into()),
-            base_url: Some(format!("http://{}", api.addr)),
-            model: Some("m".into()),
-            limit: Some(limit),
-            ..ProviderConfig::default()
-        },
-    );
+    config
+        .providers
+        .insert("wide".into(), wide_provider(&api, limit));
     // The whole queue at once, written into SQLite by this process (about 0.3 s): the
     // daemon hears of rows another process writes at its next poll. Through the API, in
     // batches of 1,000, the submission took longer than the run: 10,000 instances starting
@@ -1847,16 +1840,9 @@ async fn fleet_scale(each: u32, latency_ms: u64) {
     };
     config.providers.clear();
     config.engine.max_instances = each;
-    config.providers.insert(
-        "wide".into(),
-        ProviderConfig {
-            component: Some("openai.wasm".into()),
-            base_url: Some(format!("http://{}", api.addr)),
-            model: Some("m".into()),
-            limit: Some(limit),
-            ..ProviderConfig::default()
-        },
-    );
+    config
+        .providers
+        .insert("wide".into(), wide_provider(&api, limit));
     let path = dir.path().join("lanes.toml");
     std::fs::write(&path, toml::to_string(&config).unwrap()).unwrap();
     let pg = sqlx::PgPool::connect(&config.database_url).await.unwrap();
@@ -1997,4 +1983,15 @@ async fn spawn_fleet(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     serves
+}
+
+/// The scale scenarios' provider: the OpenAI adapter against `api`, with `limit`.
+fn wide_provider(api: &slow_api::SlowApi, limit: u32) -> ProviderConfig {
+    ProviderConfig {
+        component: Some("openai.wasm".into()),
+        base_url: Some(format!("http://{}", api.addr)),
+        model: Some("m".into()),
+        limit: Some(limit),
+        ..ProviderConfig::default()
+    }
 }

@@ -258,32 +258,16 @@ fn push_message(m: &Value, out: &mut Vec<Value>) -> Result<(), String> {
 
 /// Create a message, as Anthropic's API does, through the queue.
 pub async fn messages(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    front::handle::<Anthropic>(state, headers, body).await
+    front::handle(&DOOR, state, headers, body).await
 }
 
 /// The vendor's side of [`front::Door`].
-struct Anthropic;
-
-impl front::Door for Anthropic {
-    fn invalid(message: String) -> Response {
-        invalid(message)
-    }
-
-    fn to_input(
-        body: &serde_json::Map<String, Value>,
-        model: Option<String>,
-    ) -> Result<Value, String> {
-        to_input(body, model)
-    }
-
-    fn refusal(refused: Refused, model: &str) -> Response {
-        refusal(refused, model)
-    }
-
-    fn ended(execution: &Execution, model: &str) -> Response {
-        ended(execution, model)
-    }
-}
+const DOOR: front::Door = front::Door {
+    invalid,
+    to_input,
+    refusal,
+    ended,
+};
 
 /// A call that was not queued, or a wait that ended first, in Anthropic's error shape.
 fn refusal(refused: Refused, model: &str) -> Response {

@@ -448,56 +448,59 @@ pub(super) fn with_retry_after(
     answer
 }
 
+/// A door's mapping of a request body (and the model asked of the provider) to the chat
+/// input, or why not.
+pub(super) type ToInput =
+    fn(&serde_json::Map<String, Value>, Option<String>) -> Result<Value, String>;
+
 /// A compatible door: how its vendor's request becomes the chat input, and how its answers
 /// are worded. [`handle`] does the rest, the same for every door.
-pub(super) trait Door {
+pub(super) struct Door {
     /// A 400 in the vendor's error shape.
-    fn invalid(message: String) -> axum::response::Response;
-    /// The chat input of a request body, or why not (the field named); `model` is the
-    /// model the provider is asked for, when `model` named one.
-    fn to_input(
-        body: &serde_json::Map<String, Value>,
-        model: Option<String>,
-    ) -> Result<Value, String>;
+    pub invalid: fn(String) -> axum::response::Response,
+    /// The chat input of a request body, or why not (the field named); the model the
+    /// provider is asked for, when `model` named one.
+    pub to_input: ToInput,
     /// A call not queued, or a wait that ended first, in the vendor's shape.
-    fn refusal(refused: Refused, model: &str) -> axum::response::Response;
+    pub refusal: fn(Refused, &str) -> axum::response::Response,
     /// The answer for an ended execution.
-    fn ended(execution: &Execution, model: &str) -> axum::response::Response;
+    pub ended: fn(&Execution, &str) -> axum::response::Response,
 }
 
 /// A door's request, start to end: the body read, `model` resolved, the call queued (or
 /// the one it repeats found), held until it ends or `max_wait`, answered, and named in
 /// `x-lanes-execution-id`.
-pub(super) async fn handle<D: Door>(
+pub(super) async fn handle(
+    door: &Door,
     state: AppState,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> axum::response::Response {
     let value: Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return D::invalid(format!("the body is not JSON: {e}")),
+        Err(e) => return (door.invalid)(format!("the body is not JSON: {e}")),
     };
     let Some(object) = value.as_object() else {
-        return D::invalid("the body must be a JSON object".into());
+        return (door.invalid)("the body must be a JSON object".into());
     };
     let Some(model) = object.get("model").and_then(Value::as_str) else {
-        return D::invalid(
+        return (door.invalid)(
             "`model` is missing: name a provider, PROVIDER/MODEL or an alias".into(),
         );
     };
     let (provider, provider_model) = resolve_model(&state, model);
-    let input = match D::to_input(object, provider_model) {
+    let input = match (door.to_input)(object, provider_model) {
         Ok(input) => input,
-        Err(e) => return D::invalid(e),
+        Err(e) => return (door.invalid)(e),
     };
     let held = match submit(&state, &headers, &body, provider, input).await {
         Ok(held) => held,
-        Err(refused) => return D::refusal(refused, model),
+        Err(refused) => return (door.refusal)(refused, model),
     };
     let id = held.id;
     let accept = state.control.config().front_door.at_max_wait == AtMaxWait::Accepted;
     let mut answer = match wait(&state, id, &headers).await {
-        Ok(execution) => D::ended(&execution, model),
+        Ok(execution) => (door.ended)(&execution, model),
         Err(Refused::MaxWait { id, status, .. }) if accept => {
             let poll = format!("/v1/executions/{id}");
             (
@@ -507,7 +510,7 @@ pub(super) async fn handle<D: Door>(
             )
                 .into_response()
         }
-        Err(refused) => D::refusal(refused, model),
+        Err(refused) => (door.refusal)(refused, model),
     };
     if answer.status() == StatusCode::OK {
         held.answered();

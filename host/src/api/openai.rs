@@ -283,32 +283,16 @@ pub async fn chat_completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    front::handle::<OpenAi>(state, headers, body).await
+    front::handle(&DOOR, state, headers, body).await
 }
 
 /// The vendor's side of [`front::Door`].
-struct OpenAi;
-
-impl front::Door for OpenAi {
-    fn invalid(message: String) -> Response {
-        invalid(message)
-    }
-
-    fn to_input(
-        body: &serde_json::Map<String, Value>,
-        model: Option<String>,
-    ) -> Result<Value, String> {
-        to_input(body, model)
-    }
-
-    fn refusal(refused: Refused, model: &str) -> Response {
-        refusal(refused, model)
-    }
-
-    fn ended(execution: &Execution, model: &str) -> Response {
-        ended(execution, model)
-    }
-}
+const DOOR: front::Door = front::Door {
+    invalid,
+    to_input,
+    refusal,
+    ended,
+};
 
 /// A call that was not queued, or a wait that ended first, in OpenAI's error shape.
 fn refusal(refused: Refused, model: &str) -> Response {
