@@ -11,7 +11,7 @@
 use lanes_guest::adapter::{HttpAdapter, HttpRequest};
 use lanes_guest::bindings::lanes::provider::config;
 use lanes_guest::bindings::lanes::provider::types::{
-    ChatRequest, ChatResponse, FinishReason, ProviderError, ProviderInfo, Role, Usage,
+    Capabilities, ChatRequest, ChatResponse, FinishReason, ProviderError, ProviderInfo, Role, Usage,
 };
 use lanes_guest::{errors, http};
 use serde_json::{Map, Value, json};
@@ -23,13 +23,16 @@ fn body(request: &ChatRequest, model: &str) -> Map<String, Value> {
     // System turns have no place in `messages`: they join the top-level system prompt.
     let mut system: Vec<&str> = request.system.as_deref().into_iter().collect();
     let mut messages = Vec::new();
+    let mut system_turns = Vec::new();
     for m in &request.messages {
+        let text = lanes_guest::message_text(m);
         match m.role {
-            Role::System => system.push(&m.content),
-            Role::User => messages.push(json!({"role": "user", "content": m.content})),
-            Role::Assistant => messages.push(json!({"role": "assistant", "content": m.content})),
+            Role::System => system_turns.push(text),
+            Role::User | Role::Tool => messages.push(json!({"role": "user", "content": text})),
+            Role::Assistant => messages.push(json!({"role": "assistant", "content": text})),
         }
     }
+    system.extend(system_turns.iter().map(String::as_str));
     let max_tokens = match request.max_tokens {
         Some(n) => n,
         None => config::get("default_max_tokens")
@@ -54,7 +57,7 @@ fn body(request: &ChatRequest, model: &str) -> Map<String, Value> {
 
 fn parse(response: &http::Response) -> Result<ChatResponse, ProviderError> {
     let value = lanes_guest::adapter::json(response)?;
-    let text = value
+    let text: String = value
         .get("content")
         .and_then(Value::as_array)
         .map(|blocks| {
@@ -75,7 +78,8 @@ fn parse(response: &http::Response) -> Result<ChatResponse, ProviderError> {
     };
     let count = |key: &str| lanes_guest::count_at(&value, &format!("/usage/{key}"));
     Ok(ChatResponse {
-        text,
+        content: lanes_guest::text_content(text),
+        refusal: None,
         model: lanes_guest::text_at(&value, "/model"),
         usage: Usage {
             // lanes counts every prompt token; Anthropic's `input_tokens` is the part that
@@ -84,6 +88,9 @@ fn parse(response: &http::Response) -> Result<ChatResponse, ProviderError> {
                 .saturating_add(count("cache_read_input_tokens"))
                 .saturating_add(count("cache_creation_input_tokens")),
             output_tokens: count("output_tokens"),
+            cache_read_tokens: None,
+            cache_write_tokens: None,
+            reasoning_tokens: None,
         },
         finish_reason,
     })
@@ -135,6 +142,8 @@ impl HttpAdapter for Claude {
             version: env!("CARGO_PKG_VERSION").into(),
             default_limit: 3,
             description: "Anthropic Messages API (/v1/messages)".into(),
+            capabilities: Capabilities::empty(),
+            image_media_types: Vec::new(),
         }
     }
 

@@ -6,7 +6,7 @@
 
 use lanes_guest::adapter::{HttpAdapter, HttpRequest};
 use lanes_guest::bindings::lanes::provider::types::{
-    ChatRequest, ChatResponse, FinishReason, ProviderError, ProviderInfo, Usage,
+    Capabilities, ChatRequest, ChatResponse, FinishReason, ProviderError, ProviderInfo, Usage,
 };
 use lanes_guest::http;
 use serde_json::{Map, Value, json};
@@ -60,11 +60,15 @@ fn parse(text: &str) -> Result<ChatResponse, ProviderError> {
         Some(other) => FinishReason::Other(other.to_string()),
     };
     Ok(ChatResponse {
-        text: content,
+        content: lanes_guest::text_content(content),
+        refusal: None,
         model: lanes_guest::text_at(&last, "/model"),
         usage: Usage {
             input_tokens: count("prompt_eval_count"),
             output_tokens: count("eval_count"),
+            cache_read_tokens: None,
+            cache_write_tokens: None,
+            reasoning_tokens: None,
         },
         finish_reason,
     })
@@ -77,6 +81,8 @@ impl HttpAdapter for Ollama {
             version: env!("CARGO_PKG_VERSION").into(),
             default_limit: 2,
             description: "Ollama chat API (/api/chat), local or remote".into(),
+            capabilities: Capabilities::empty(),
+            image_media_types: Vec::new(),
         }
     }
 

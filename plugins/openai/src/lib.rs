@@ -8,7 +8,8 @@
 
 use lanes_guest::adapter::{HttpAdapter, HttpRequest};
 use lanes_guest::bindings::lanes::provider::types::{
-    ChatRequest, ChatResponse, FinishReason, ProviderError, ProviderInfo, RateLimit, Usage,
+    Capabilities, ChatRequest, ChatResponse, FinishReason, ProviderError, ProviderInfo, RateLimit,
+    Usage,
 };
 use lanes_guest::{errors, http};
 use serde_json::{Map, Value, json};
@@ -48,11 +49,15 @@ fn parse(response: &http::Response) -> Result<ChatResponse, ProviderError> {
     };
     let count = |key: &str| lanes_guest::count_at(&value, &format!("/usage/{key}"));
     Ok(ChatResponse {
-        text: lanes_guest::text_at(choice, "/message/content"),
+        content: lanes_guest::text_content(lanes_guest::text_at(choice, "/message/content")),
+        refusal: None,
         model: lanes_guest::text_at(&value, "/model"),
         usage: Usage {
             input_tokens: count("prompt_tokens"),
             output_tokens: count("completion_tokens"),
+            cache_read_tokens: None,
+            cache_write_tokens: None,
+            reasoning_tokens: None,
         },
         finish_reason,
     })
@@ -89,10 +94,14 @@ fn error(response: &http::Response) -> ProviderError {
             // either (a compatible server over its capacity), the host weighs it.
             let spent = errors::spent_window(response)
                 .or_else(|| (code == "rate_limit_exceeded").then(|| format!("code {code}")));
-            ProviderError::RateLimited(RateLimit {
-                retry_after_ms: errors::retry_after_ms(response).or(reset),
-                message: errors::mark_spent(format!("HTTP 429: {message}"), spent),
-            })
+            ProviderError::RateLimited(errors::mark_spent(
+                RateLimit {
+                    retry_after_ms: errors::retry_after_ms(response).or(reset),
+                    window_spent: false,
+                    message: format!("HTTP 429: {message}"),
+                },
+                spent,
+            ))
         }
     } else {
         errors::from_status(response, message)
@@ -107,6 +116,8 @@ impl HttpAdapter for OpenAi {
             version: env!("CARGO_PKG_VERSION").into(),
             default_limit: 3,
             description: "OpenAI Chat Completions API and compatible servers".into(),
+            capabilities: Capabilities::empty(),
+            image_media_types: Vec::new(),
         }
     }
 

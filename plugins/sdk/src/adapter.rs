@@ -16,6 +16,8 @@
 //!             version: env!("CARGO_PKG_VERSION").into(),
 //!             default_limit: 2,
 //!             description: "An echo server".into(),
+//!             capabilities: Capabilities::empty(),
+//!             image_media_types: Vec::new(),
 //!         }
 //!     }
 //!     const DEFAULT_BASE_URL: &'static str = "http://127.0.0.1:8080";
@@ -28,9 +30,16 @@
 //!     fn parse_response(response: &Response) -> Result<ChatResponse, ProviderError> {
 //!         let value = lanes_guest::adapter::json(response)?;
 //!         Ok(ChatResponse {
-//!             text: lanes_guest::text_at(&value, "/text"),
+//!             content: lanes_guest::text_content(lanes_guest::text_at(&value, "/text")),
+//!             refusal: None,
 //!             model: lanes_guest::text_at(&value, "/model"),
-//!             usage: Usage { input_tokens: 0, output_tokens: 0 },
+//!             usage: Usage {
+//!                 input_tokens: 0,
+//!                 output_tokens: 0,
+//!                 cache_read_tokens: None,
+//!                 cache_write_tokens: None,
+//!                 reasoning_tokens: None,
+//!             },
 //!             finish_reason: FinishReason::Stop,
 //!         })
 //!     }

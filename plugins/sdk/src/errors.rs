@@ -45,10 +45,14 @@ pub fn report_wait(ms: Option<u64>) {
 fn classify_status(response: &Response, message: String) -> ProviderError {
     let message = format!("HTTP {}: {message}", response.status);
     match response.status {
-        429 => ProviderError::RateLimited(RateLimit {
-            retry_after_ms: retry_after_ms(response),
-            message: mark_spent(message, spent_window(response)),
-        }),
+        429 => ProviderError::RateLimited(mark_spent(
+            RateLimit {
+                retry_after_ms: retry_after_ms(response),
+                window_spent: false,
+                message,
+            },
+            spent_window(response),
+        )),
         401 | 403 => ProviderError::Unauthorized(message),
         408 | 409 => ProviderError::Unavailable(message),
         s if s >= 500 => ProviderError::Unavailable(message),
@@ -57,10 +61,11 @@ fn classify_status(response: &Response, message: String) -> ProviderError {
 }
 
 /// What a rate-limited message carries when the provider said its request or token window
-/// is spent: `(window spent: <why>)`. The host reads it (see `docs/policies.md`): a spent
-/// window pauses the provider until the window resets, while a 429 without it, that comes
-/// while the provider's other calls succeed, is a refusal of the calls over its capacity,
-/// which an adaptive lane answers by shrinking its limit, without a pause.
+/// is spent: `(window spent: <why>)`. Since WIT 0.2 the host reads `rate-limit.window-spent`
+/// (see `docs/policies.md`); the words stay in the message for people and older hosts. A
+/// spent window pauses the provider until the window resets, while a 429 without it, that
+/// comes while the provider's other calls succeed, is a refusal of the calls over its
+/// capacity, which an adaptive lane answers by shrinking its limit, without a pause.
 pub const WINDOW_SPENT: &str = "window spent";
 
 /// The headers that say how much of a request or token window is left: OpenAI's,
@@ -85,12 +90,14 @@ pub fn spent_window(response: &Response) -> Option<String> {
     })
 }
 
-/// `message`, marked as a spent window (`… (window spent: <why>)`) when `why` says so.
-pub fn mark_spent(message: String, why: Option<String>) -> String {
-    match why {
-        Some(why) => format!("{message} ({WINDOW_SPENT}: {why})"),
-        None => message,
+/// `limit`, marked as a spent window when `why` says so: `window-spent` set, and
+/// `(window spent: <why>)` added to its message.
+pub fn mark_spent(mut limit: RateLimit, why: Option<String>) -> RateLimit {
+    if let Some(why) = why {
+        limit.window_spent = true;
+        limit.message = format!("{} ({WINDOW_SPENT}: {why})", limit.message);
     }
+    limit
 }
 
 /// Applies the server's `x-should-retry` header, which Anthropic and OpenAI send and their
@@ -203,7 +210,10 @@ mod tests {
             &with_headers(headers),
             "slow down".into(),
         ) {
-            ProviderError::RateLimited(r) => r.message,
+            ProviderError::RateLimited(r) => {
+                assert_eq!(r.window_spent, r.message.contains(WINDOW_SPENT), "{r:?}");
+                r.message
+            }
             other => panic!("{other:?}"),
         };
         assert_eq!(
@@ -266,6 +276,7 @@ mod tests {
         );
         let limited = ProviderError::RateLimited(RateLimit {
             retry_after_ms: Some(1),
+            window_spent: false,
             message: "slow".into(),
         });
         assert!(matches!(

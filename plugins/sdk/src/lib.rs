@@ -35,7 +35,9 @@ pub mod errors;
 pub mod http;
 
 use bindings::lanes::provider::config;
-use bindings::lanes::provider::types::{ChatRequest, ProviderError, Role};
+use bindings::lanes::provider::types::{
+    ChatRequest, ChatResponse, ContentPart, Message, ProviderError, Role,
+};
 
 /// A secret of this provider, such as `api-key` (from the operator's `api_key_env` or
 /// `api-key_file`). Never put it in an error or a log line: the host scrubs them, but an
@@ -207,11 +209,43 @@ pub fn role_name(role: Role) -> &'static str {
         Role::System => "system",
         Role::User => "user",
         Role::Assistant => "assistant",
+        Role::Tool => "tool",
     }
 }
 
-/// `[{role, content}]` with the system prompt, if any, as the first message: the shape of
-/// OpenAI's and Ollama's chat APIs.
+/// A message's text: its `text` parts joined by `\n` (other parts left out).
+pub fn message_text(message: &Message) -> String {
+    parts_text(&message.content, "\n")
+}
+
+/// The `text` parts of `parts` joined by `separator`.
+pub fn parts_text(parts: &[ContentPart], separator: &str) -> String {
+    parts
+        .iter()
+        .filter_map(|p| match p {
+            ContentPart::Text(t) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect::<Vec<_>>()
+        .join(separator)
+}
+
+/// The text of an answer as content: one `text` part, none when `text` is empty.
+pub fn text_content(text: String) -> Vec<ContentPart> {
+    if text.is_empty() {
+        Vec::new()
+    } else {
+        vec![ContentPart::Text(text)]
+    }
+}
+
+/// A response's text: its `text` parts joined, as the host joins them.
+pub fn response_text(response: &ChatResponse) -> String {
+    parts_text(&response.content, "")
+}
+
+/// `[{role, content}]` with the system prompt, if any, as the first message, each content the
+/// message's text ([`message_text`]): the text-only shape of OpenAI's and Ollama's chat APIs.
 pub fn chat_messages(request: &ChatRequest) -> Vec<serde_json::Value> {
     let system = request
         .system
@@ -220,7 +254,7 @@ pub fn chat_messages(request: &ChatRequest) -> Vec<serde_json::Value> {
     let turns = request
         .messages
         .iter()
-        .map(|m| serde_json::json!({"role": role_name(m.role), "content": m.content}));
+        .map(|m| serde_json::json!({"role": role_name(m.role), "content": message_text(m)}));
     system.chain(turns).collect()
 }
 

@@ -20,8 +20,20 @@
 //! | `probe_file` / `probe_env` | try to read this host file / environment variable, and answer with what happened |
 //! | `echo_secret` | log the `api-key` secret and fail with it in the error, as a careless API does |
 //!
+//! Without `text` or `output_bytes`, the answer comes from the conversation:
+//!
+//! - the last message is a `tool` message: text `tool said: <its results' text parts>`;
+//! - the request offers tools and the last user message starts with `call:NAME ARGS_JSON`:
+//!   a `tool-call` part (id `call_1`, arguments `ARGS_JSON`, `{}` when absent), finish
+//!   `tool-calls`;
+//! - otherwise text `stub reply to: <the last message's text>`.
+//!
+//! When the request asks to stream, the answer also goes out as a few `stream.emit` deltas
+//! (text pieces, or a tool call's start and arguments, then the usage) before it is returned.
+//!
 //! Config `default_limit` sets the limit that `info()` declares (default 4), and config
-//! `info_trap` makes `info()` panic.
+//! `info_trap` makes `info()` panic. It declares every capability: tools, JSON schemas,
+//! images (base64 and URLs), reasoning and streaming.
 
 use std::time::Duration;
 
@@ -29,10 +41,12 @@ use serde::Deserialize;
 
 // No HTTP: the stub implements the export itself, on the SDK's bindings and helpers.
 use lanes_guest::bindings::exports::lanes::provider::adapter::Guest;
+use lanes_guest::bindings::lanes::provider::stream::{Delta, ToolCallArguments, ToolCallStart};
 use lanes_guest::bindings::lanes::provider::types::{
-    ChatRequest, ChatResponse, FinishReason, ProviderError, ProviderInfo, RateLimit, Usage,
+    Capabilities, ChatRequest, ChatResponse, ContentPart, FinishReason, ProviderError,
+    ProviderInfo, RateLimit, ResultPart, Role, ToolCall, Usage,
 };
-use lanes_guest::bindings::lanes::provider::{config, hints};
+use lanes_guest::bindings::lanes::provider::{config, hints, stream};
 
 /// What the request asks the stub to do. Every field is optional.
 #[derive(Debug, Default, Deserialize)]
@@ -80,6 +94,7 @@ fn error_of(kind: &str, retry_after_ms: Option<u64>) -> ProviderError {
     match kind {
         "rate-limited" => ProviderError::RateLimited(RateLimit {
             retry_after_ms,
+            window_spent: false,
             message,
         }),
         "unavailable" => {
@@ -106,6 +121,13 @@ impl Guest for Stub {
             default_limit: config_u64("default_limit").map_or(4, |v| v as u32),
             description: "Test provider: the request drives latency, errors, traps and memory"
                 .to_string(),
+            capabilities: Capabilities::TOOLS
+                | Capabilities::JSON_SCHEMA
+                | Capabilities::IMAGES
+                | Capabilities::IMAGE_URLS
+                | Capabilities::REASONING
+                | Capabilities::STREAMING,
+            image_media_types: Vec::new(),
         }
     }
 
@@ -179,37 +201,143 @@ impl Guest for Stub {
             return Err(error_of("unavailable", None));
         }
 
-        if let Some(path) = &behaviour.probe_file {
-            let text = match std::fs::read_to_string(path) {
+        let answer = if let Some(path) = &behaviour.probe_file {
+            Answer::Text(match std::fs::read_to_string(path) {
                 Ok(content) => format!("file read: {content}"),
                 Err(e) => format!("file denied: {e}"),
-            };
-            return Ok(reply(text, &request));
-        }
-        if let Some(name) = &behaviour.probe_env {
-            let text = match std::env::var(name) {
+            })
+        } else if let Some(name) = &behaviour.probe_env {
+            Answer::Text(match std::env::var(name) {
                 Ok(value) => format!("env read: {value}"),
                 Err(e) => format!("env denied: {e}"),
-            };
-            return Ok(reply(text, &request));
-        }
-        let text = match (behaviour.output_bytes, behaviour.text) {
-            (Some(n), _) => "x".repeat(n),
-            (None, Some(text)) => text,
-            (None, None) => {
-                let last = request.messages.last().map_or("", |m| m.content.as_str());
-                format!("stub reply to: {last}")
+            })
+        } else {
+            match (behaviour.output_bytes, behaviour.text) {
+                (Some(n), _) => Answer::Text("x".repeat(n)),
+                (None, Some(text)) => Answer::Text(text),
+                (None, None) => conversation_answer(&request),
             }
         };
-        Ok(reply(text, &request))
+        let response = match answer {
+            Answer::Text(text) => reply(text, &request),
+            Answer::Call(call) => {
+                let mut response = reply(String::new(), &request);
+                response.content = vec![ContentPart::ToolCall(call)];
+                response.finish_reason = FinishReason::ToolCalls;
+                response
+            }
+        };
+        if request.stream {
+            emit_stream(&response);
+        }
+        Ok(response)
     }
+}
+
+/// What the stub answers when the request does not say.
+enum Answer {
+    Text(String),
+    Call(ToolCall),
+}
+
+/// The answer the conversation calls for (see the module docs).
+fn conversation_answer(request: &ChatRequest) -> Answer {
+    let last = request.messages.last();
+    if let Some(last) = last.filter(|m| m.role == Role::Tool) {
+        let said: Vec<String> = last
+            .content
+            .iter()
+            .filter_map(|p| match p {
+                ContentPart::ToolResult(r) => Some(
+                    r.parts
+                        .iter()
+                        .filter_map(|p| match p {
+                            ResultPart::Text(t) => Some(t.as_str()),
+                            ResultPart::Image(_) => None,
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                ),
+                ContentPart::Text(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect();
+        return Answer::Text(format!("tool said: {}", said.join("\n")));
+    }
+    if !request.tools.is_empty()
+        && let Some(user) = request.messages.iter().rev().find(|m| m.role == Role::User)
+        && let Some(call) = lanes_guest::message_text(user).strip_prefix("call:")
+    {
+        let call = call.trim_start();
+        let (name, arguments) = call.split_once(char::is_whitespace).unwrap_or((call, ""));
+        let arguments = arguments.trim();
+        return Answer::Call(ToolCall {
+            id: "call_1".to_string(),
+            name: name.to_string(),
+            arguments: if arguments.is_empty() {
+                "{}"
+            } else {
+                arguments
+            }
+            .to_string(),
+        });
+    }
+    let last = last.map(lanes_guest::message_text).unwrap_or_default();
+    Answer::Text(format!("stub reply to: {last}"))
+}
+
+/// Streams `response` as deltas: its text in up to four pieces, each tool call's start and
+/// arguments, then the usage.
+fn emit_stream(response: &ChatResponse) {
+    let mut call_index = 0;
+    for part in &response.content {
+        match part {
+            ContentPart::Text(text) => {
+                for piece in pieces(text, 4) {
+                    stream::emit(&Delta::Text(piece.to_string()));
+                }
+            }
+            ContentPart::ToolCall(call) => {
+                stream::emit(&Delta::ToolCallStart(ToolCallStart {
+                    index: call_index,
+                    id: call.id.clone(),
+                    name: call.name.clone(),
+                }));
+                for fragment in pieces(&call.arguments, 2) {
+                    stream::emit(&Delta::ToolCallArguments(ToolCallArguments {
+                        index: call_index,
+                        fragment: fragment.to_string(),
+                    }));
+                }
+                call_index += 1;
+            }
+            _ => {}
+        }
+    }
+    stream::emit(&Delta::Usage(response.usage));
+}
+
+/// `text` cut into at most `n` non-empty pieces, on character boundaries.
+fn pieces(text: &str, n: usize) -> Vec<&str> {
+    let size = text.len().div_ceil(n.max(1)).max(1);
+    let mut out = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let mut end = size.min(rest.len());
+        while !rest.is_char_boundary(end) {
+            end += 1;
+        }
+        out.push(&rest[..end]);
+        rest = &rest[end..];
+    }
+    out
 }
 
 fn reply(text: String, request: &ChatRequest) -> ChatResponse {
     let input_tokens: usize = request
         .messages
         .iter()
-        .map(|m| m.content.split_whitespace().count())
+        .map(|m| lanes_guest::message_text(m).split_whitespace().count())
         .sum();
     ChatResponse {
         model: request
@@ -220,8 +348,12 @@ fn reply(text: String, request: &ChatRequest) -> ChatResponse {
         usage: Usage {
             input_tokens: input_tokens as u32,
             output_tokens: text.split_whitespace().count() as u32,
+            cache_read_tokens: None,
+            cache_write_tokens: None,
+            reasoning_tokens: None,
         },
-        text,
+        content: lanes_guest::text_content(text),
+        refusal: None,
         finish_reason: FinishReason::Stop,
     }
 }
