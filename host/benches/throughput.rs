@@ -447,7 +447,9 @@ async fn wasm_call(rounds: usize, n: usize) {
     let host = lanes::plugin::PluginHost::new(&config).expect("engine");
     let catalog = host.scan(&config, None).await;
     let provider = catalog.providers["call"].clone();
-    let request = lanes::attempt::to_request(&ChatInput::prompt("bench")).expect("a text request");
+    let request = provider
+        .request(&ChatInput::prompt("bench"), false)
+        .expect("a text request");
     let (mut inside, mut bare, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         let mut pair = [0.0; 2];
@@ -455,7 +457,7 @@ async fn wasm_call(rounds: usize, n: usize) {
             let started = Instant::now();
             for _ in 0..n {
                 if side == 0 {
-                    provider.execute(request.clone()).await.expect("call");
+                    provider.execute(request.clone(), None).await.expect("call");
                 } else {
                     provider.execute_bare(&request).await.expect("bare call");
                 }

@@ -665,12 +665,13 @@ async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<()> {
     };
     validate_provider_name(&provider).map_err(anyhow::Error::msg)?;
     let input = ChatInput::parse_capped(&read_input(&input)?, config.api.image_cap())?;
-    // The CLI loads no component: it holds the input to what any component this host
-    // loads may take, as the API does for a provider no component serves.
+    // Held to what the components of this host's plugins folder take, as the API holds
+    // it to the daemon's; loaded only for an input that needs more than text.
     let members = config.routes.get(&provider).map(|r| r.providers.as_slice());
-    crate::model::check_capabilities(&input, &provider, members, |_| {
-        crate::plugin::version::HOST_CAPABILITIES
-    })?;
+    if !input.needs().is_empty() {
+        let declared = crate::plugin::Declared::scan(config).await?;
+        crate::model::check_capabilities(&input, &provider, members, |name| declared.of(name))?;
+    }
     let queue = open_queue(config).await?;
     let known = known_providers(config, queue.as_ref()).await?;
     if !args.allow_unknown && !known.contains(&provider) {
@@ -732,7 +733,8 @@ async fn submit_file(config: &Config, args: SubmitArgs) -> anyhow::Result<()> {
         allow_unknown: args.allow_unknown,
         skip_bad: args.skip_bad,
     };
-    let report = crate::jsonl::load(config, queue.as_ref(), &known, &options).await?;
+    let declared = crate::plugin::Declared::scan(config).await?;
+    let report = crate::jsonl::load(config, queue.as_ref(), &known, &declared, &options).await?;
     if args.json {
         return print_json(&report);
     }
@@ -1181,8 +1183,12 @@ async fn plugins_list(config: &Config, json: bool) -> anyhow::Result<()> {
     for f in &catalog.files {
         match (&f.info, &f.reason) {
             (Some(info), None) => println!(
-                "  {:<20} loaded    {} {} (default limit {}): {}",
-                f.file, info.name, info.version, info.default_limit, info.description
+                "  {:<20} loaded    {} {} ({}): {}",
+                f.file,
+                info.name,
+                info.version,
+                info.summary(),
+                info.description
             ),
             (Some(info), Some(reason)) => println!(
                 "  {:<20} rejected  {reason}; its previous version ({} {}) keeps serving",
@@ -1272,8 +1278,12 @@ async fn plugins_check(config: &Config, args: CheckArgs) -> anyhow::Result<ExitC
     let mut report = serde_json::json!({ "loadable": true, "info": info });
     if !args.json {
         println!(
-            "{}: loadable: provider `{}` {} (default limit {}): {}",
-            component.file, info.name, info.version, info.default_limit, info.description
+            "{}: loadable: provider `{}` {} ({}): {}",
+            component.file,
+            info.name,
+            info.version,
+            info.summary(),
+            info.description
         );
     }
     let Some(request) = args.request else {
@@ -1296,11 +1306,12 @@ async fn plugins_check(config: &Config, args: CheckArgs) -> anyhow::Result<ExitC
     }
     entry.config = values;
     let provider = host.bind(&config, &info.name, component).await?;
-    let request = crate::attempt::to_request(&input).map_err(anyhow::Error::msg)?;
-    let outcome = provider.execute(request).await;
+    let request = provider
+        .request(&input, false)
+        .map_err(anyhow::Error::msg)?;
+    let outcome = provider.execute(request, None).await;
     let code = match outcome {
-        Ok(response) => {
-            let output = crate::attempt::to_output(response);
+        Ok(output) => {
             if !args.json {
                 println!("execute: ok: {}", serde_json::to_string(&output)?);
             }

@@ -114,6 +114,8 @@ struct Checker<'a> {
     name: &'a str,
     known: &'a BTreeSet<String>,
     config: &'a Config,
+    /// What each provider served here takes beyond text.
+    declared: &'a crate::plugin::Declared,
 }
 
 impl Checker<'_> {
@@ -175,10 +177,8 @@ impl Checker<'_> {
             .routes
             .get(&provider)
             .map(|r| r.providers.as_slice());
-        crate::model::check_capabilities(&input, &provider, members, |_| {
-            crate::plugin::version::HOST_CAPABILITIES
-        })
-        .map_err(|e| e.to_string())?;
+        crate::model::check_capabilities(&input, &provider, members, |name| self.declared.of(name))
+            .map_err(|e| e.to_string())?;
         if let Some(id) = &custom_id {
             self.check_custom_id(id)?;
         }
@@ -461,6 +461,7 @@ pub async fn load(
     config: &Config,
     queue: &dyn Queue,
     known: &BTreeSet<String>,
+    declared: &crate::plugin::Declared,
     options: &LoadOptions,
 ) -> anyhow::Result<LoadReport> {
     let name = batch_name(options)?;
@@ -470,6 +471,7 @@ pub async fn load(
         name: &name,
         known,
         config,
+        declared,
     };
     let say = |bar: &ProgressBar, bad: &BadLine| {
         bar.suspend(|| eprintln!("line {}: {}", bad.line, bad.error));

@@ -342,16 +342,19 @@ pub enum Part {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         is_error: Option<bool>,
     },
-    /// The model's reasoning; `signature` is opaque and must be passed back unchanged.
+    /// The model's reasoning; `signature` is opaque and must be passed back unchanged, as
+    /// must `redacted`: reasoning the provider returned encrypted (its `text` is empty).
     Reasoning {
         text: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         signature: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        redacted: Option<String>,
     },
 }
 
 impl Part {
-    fn kind(&self) -> &'static str {
+    pub fn kind(&self) -> &'static str {
         match self {
             Part::Text { .. } => "text",
             Part::Image { .. } => "image",
@@ -496,20 +499,26 @@ pub enum Capability {
     JsonSchema,
     /// `image` parts.
     Images,
+    /// `image` parts given by `url` (the provider fetches them).
+    ImageUrls,
     /// `reasoning`, and `reasoning` parts.
     Reasoning,
     /// `top_p` and `seed`, which lanes:provider 0.1 cannot carry.
     Sampling,
+    /// Deltas while the call runs (every 0.2 component may declare it).
+    Streaming,
 }
 
 impl Capability {
     /// Every capability.
-    pub const ALL: [Capability; 5] = [
+    pub const ALL: [Capability; 7] = [
         Capability::Tools,
         Capability::JsonSchema,
         Capability::Images,
+        Capability::ImageUrls,
         Capability::Reasoning,
         Capability::Sampling,
+        Capability::Streaming,
     ];
 
     /// Its name, in messages and documents.
@@ -518,8 +527,10 @@ impl Capability {
             Capability::Tools => "tools",
             Capability::JsonSchema => "json_schema",
             Capability::Images => "images",
+            Capability::ImageUrls => "image_urls",
             Capability::Reasoning => "reasoning",
             Capability::Sampling => "sampling",
+            Capability::Streaming => "streaming",
         }
     }
 
@@ -547,8 +558,34 @@ impl Capabilities {
         Capabilities(self.0 | (1 << capability as u8))
     }
 
+    /// Every capability.
+    pub const ALL: Capabilities = {
+        let mut all = Capabilities::NONE;
+        let mut i = 0;
+        while i < Capability::ALL.len() {
+            all = all.with(Capability::ALL[i]);
+            i += 1;
+        }
+        all
+    };
+
     pub fn has(self, capability: Capability) -> bool {
         self.0 & capability.bit() != 0
+    }
+
+    /// Its capabilities, in [`Capability::ALL`]'s order.
+    pub fn list(self) -> Vec<Capability> {
+        Capability::ALL
+            .into_iter()
+            .filter(|c| self.has(*c))
+            .collect()
+    }
+}
+
+impl Serialize for Capabilities {
+    /// A list of names, such as `["tools", "images"]`.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.list().into_iter().map(Capability::as_str))
     }
 }
 
@@ -950,17 +987,25 @@ impl ChatInput {
                 let path = || format!("messages[{i}].content[{j}]");
                 match part {
                     Part::Text { .. } => {}
-                    Part::Image { .. } => need(Capability::Images, &path),
+                    Part::Image { url, .. } => {
+                        need(Capability::Images, &path);
+                        if url.is_some() {
+                            need(Capability::ImageUrls, &path);
+                        }
+                    }
                     Part::ToolCall { .. } => need(Capability::Tools, &path),
                     Part::Reasoning { .. } => need(Capability::Reasoning, &path),
                     Part::ToolResult { content, .. } => {
                         need(Capability::Tools, &path);
                         if let Content::Parts(inner) = content {
                             for (k, part) in inner.iter().enumerate() {
-                                if matches!(part, Part::Image { .. }) {
-                                    need(Capability::Images, &|| {
-                                        format!("messages[{i}].content[{j}].content[{k}]")
-                                    });
+                                if let Part::Image { url, .. } = part {
+                                    let path =
+                                        || format!("messages[{i}].content[{j}].content[{k}]");
+                                    need(Capability::Images, &path);
+                                    if url.is_some() {
+                                        need(Capability::ImageUrls, &path);
+                                    }
                                 }
                             }
                         }
@@ -1095,6 +1140,34 @@ impl ChatOutput {
             }]
         }
     }
+}
+
+/// One piece of an answer as it streams, tagged by `type`. Joined in order, the pieces of
+/// each kind make the output's parts of that kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Delta {
+    Text {
+        text: String,
+    },
+    Reasoning {
+        text: String,
+    },
+    /// The start of the answer's tool call number `index` (from 0).
+    ToolCallStart {
+        index: u32,
+        id: String,
+        name: String,
+    },
+    /// A piece of the arguments of tool call `index`.
+    ToolCallArguments {
+        index: u32,
+        fragment: String,
+    },
+    /// Tokens so far.
+    Usage {
+        usage: Usage,
+    },
 }
 
 /// Token counts of one call, the same way for every provider: `input_tokens` counts every
@@ -1285,6 +1358,7 @@ mod tests {
                 ("tools", "tools".to_string()),
                 ("json_schema", "response_format".to_string()),
                 ("images", "messages[0].content[1]".to_string()),
+                ("image_urls", "messages[0].content[2]".to_string()),
                 ("reasoning", "reasoning".to_string()),
                 ("sampling", "top_p".to_string()),
             ]

@@ -307,7 +307,10 @@ async fn plugins_check_validates_for_authors() {
     let out = env.lanes(&["plugins", "check", stub]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        stdout(&out).contains("loadable: provider `stub` 0.1.0 (default limit 4)"),
+        stdout(&out).contains(
+            "loadable: provider `stub` 0.1.0 (wit 0.2, default limit 4, takes tools, \
+             json_schema, images, image_urls, reasoning, sampling, streaming)"
+        ),
         "{}",
         stdout(&out)
     );
@@ -337,29 +340,50 @@ async fn plugins_check_validates_for_authors() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("unauthorized"), "{}", stderr(&out));
 
-    let old = fixture("wit-0-1-0.wasm");
-    let out = env.lanes(&[
-        "plugins",
-        "check",
-        old.to_str().unwrap(),
-        "--request",
-        r#"{"prompt": "hi"}"#,
-    ]);
-    assert!(
-        out.status.success(),
-        "a component built against 0.1.0 loads: {}",
-        stderr(&out)
-    );
-    assert!(
-        stdout(&out).contains("wit-0-1-0 echoes: hi"),
-        "{}",
-        stdout(&out)
-    );
+    // Every released 0.1 version still loads and runs text, and takes nothing more: a
+    // tool request is refused before any call.
+    for version in ["0-1-0", "0-1-1", "0-1-2"] {
+        let old = fixture(&format!("wit-{version}.wasm"));
+        let out = env.lanes(&[
+            "plugins",
+            "check",
+            old.to_str().unwrap(),
+            "--request",
+            r#"{"prompt": "hi"}"#,
+        ]);
+        assert!(
+            out.status.success(),
+            "a component built against {version} loads: {}",
+            stderr(&out)
+        );
+        let said = stdout(&out);
+        assert!(
+            said.contains(&format!("wit-{version} echoes: hi")),
+            "{said}"
+        );
+        assert!(
+            said.contains("(wit 0.1, default limit 2, text only)"),
+            "{said}"
+        );
+        let out = env.lanes(&[
+            "plugins",
+            "check",
+            old.to_str().unwrap(),
+            "--request",
+            r#"{"prompt": "hi", "tools": [{"name": "f"}]}"#,
+        ]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            stderr(&out).contains("`tools` needs the `tools` capability"),
+            "{}",
+            stderr(&out)
+        );
+    }
 
     let cases = [
         (
-            fixture("wit-0-2-0.wasm"),
-            "incompatible WIT version: built against lanes:provider@0.2.0",
+            fixture("wit-0-3-0.wasm"),
+            "incompatible WIT version: built against lanes:provider@0.3.0",
         ),
         (
             fixture("not-a-provider.wasm"),

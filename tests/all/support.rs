@@ -123,6 +123,25 @@ impl TestEnv {
         &self.config.plugins_dir
     }
 
+    /// Registers the text-only echo component built against lanes:provider 0.1.2 (the
+    /// fixture `wit-0-1-2.wasm`) under `name`: it answers `wit-0-1-2 echoes: LAST MESSAGE`.
+    pub fn text_only(&mut self, name: &str, limit: Option<u32>) -> &mut Self {
+        let file = "wit-0-1-2.wasm";
+        let to = self.plugins().join(file);
+        if !to.exists() {
+            std::fs::copy(fixture(file), &to).unwrap();
+        }
+        self.config.providers.insert(
+            name.to_string(),
+            ProviderConfig {
+                component: Some(file.into()),
+                limit,
+                ..ProviderConfig::default()
+            },
+        );
+        self
+    }
+
     /// Registers `stub.wasm` under `name` with `limit` and config values.
     pub fn stub(&mut self, name: &str, limit: Option<u32>, values: &[(&str, &str)]) -> &mut Self {
         let config: BTreeMap<String, ConfigValue> = values

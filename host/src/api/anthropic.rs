@@ -240,6 +240,9 @@ fn push_message(m: &Value, out: &mut Vec<Value>) -> Result<(), String> {
                 }
                 parts.push(part);
             }
+            ("assistant", "redacted_thinking") => {
+                parts.push(json!({"type": "reasoning", "text": "", "redacted": text("data")?}));
+            }
             _ => {
                 return Err(format!(
                     ".content[{j}].type `{kind}` is not one lanes takes in a {role} turn"
@@ -367,7 +370,13 @@ fn message(id: ExecutionId, output: &ChatOutput, model: &str) -> Value {
                     .unwrap_or_else(|| json!({}));
                 Some(json!({"type": "tool_use", "id": id, "name": name, "input": input}))
             }
-            Part::Reasoning { text, signature } => Some(json!({"type": "thinking",
+            Part::Reasoning {
+                redacted: Some(data),
+                ..
+            } => Some(json!({"type": "redacted_thinking", "data": data})),
+            Part::Reasoning {
+                text, signature, ..
+            } => Some(json!({"type": "thinking",
                 "thinking": text, "signature": signature.clone().unwrap_or_default()})),
             _ => None,
         })

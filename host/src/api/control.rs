@@ -260,6 +260,14 @@ pub async fn plugins(State(state): State<AppState>) -> axum::Json<PluginsOut> {
             version: f.info.as_ref().map(|i| i.version.clone()),
             default_limit: f.info.as_ref().map(|i| i.default_limit),
             description: f.info.as_ref().map(|i| i.description.clone()),
+            wit: f.info.as_ref().map(|i| i.wit.to_string()),
+            capabilities: f.info.as_ref().map(|i| {
+                i.capabilities
+                    .list()
+                    .iter()
+                    .map(|c| c.as_str().to_string())
+                    .collect()
+            }),
             reason: f.reason,
             serving_previous: f.serving_previous,
         })

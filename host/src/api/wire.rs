@@ -329,6 +329,11 @@ pub struct PluginOut {
     pub version: Option<String>,
     pub default_limit: Option<u32>,
     pub description: Option<String>,
+    /// The `lanes:provider` version it was built against: `0.1` or `0.2`.
+    pub wit: Option<String>,
+    /// What it takes beyond text: `tools`, `json_schema`, `images`, `image_urls`,
+    /// `reasoning`, `sampling` (`top_p`, `seed`) and `streaming`.
+    pub capabilities: Option<Vec<String>>,
     /// Why it was rejected.
     pub reason: Option<String>,
     /// Rejected, and its previous version keeps serving.
@@ -665,12 +670,15 @@ pub enum PartDoc {
         #[serde(skip_serializing_if = "Option::is_none")]
         is_error: Option<bool>,
     },
-    /// The model's reasoning; pass `signature` back unchanged. Needs the `reasoning`
+    /// The model's reasoning; pass `signature` back unchanged, and `redacted` (reasoning
+    /// the provider returned encrypted; `text` is then empty). Needs the `reasoning`
     /// capability.
     Reasoning {
         text: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         signature: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        redacted: Option<String>,
     },
 }
 
@@ -840,11 +848,14 @@ pub enum OutputPartDoc {
         name: String,
         arguments: String,
     },
-    /// The model's reasoning; pass it back with `signature` unchanged.
+    /// The model's reasoning; pass it back with `signature` and `redacted` unchanged
+    /// (`redacted`: reasoning the provider returned encrypted, with an empty `text`).
     Reasoning {
         text: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         signature: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        redacted: Option<String>,
     },
 }
 

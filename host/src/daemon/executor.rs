@@ -189,7 +189,7 @@ impl Executor {
         };
         // Submission refuses what no component can take; this catches what was queued
         // another way, or for a component since replaced by one that lacks it.
-        let request = match attempt::to_request(&input) {
+        let request = match provider.request(&input, false) {
             Ok(request) => request,
             Err(e) => {
                 let finish = Finish::Failed {
@@ -199,8 +199,8 @@ impl Executor {
                 return (finish, None);
             }
         };
-        let error = match provider.execute(request).await {
-            Ok(response) => {
+        let error = match provider.execute(request, None).await {
+            Ok(output) => {
                 self.governor.observe(
                     lane,
                     &provider.policy,
@@ -212,7 +212,6 @@ impl Executor {
                         spent: false,
                     },
                 );
-                let output = attempt::to_output(response);
                 let tokens = (output.usage.input_tokens, output.usage.output_tokens);
                 let finish = match Output::of(&output) {
                     Ok(output) => Finish::Completed(output),

@@ -256,8 +256,8 @@ impl Control {
     }
 
     /// The capabilities `provider` declares beyond text: its component's here, or, when
-    /// no component serves it here, the most any component this host loads may declare.
-    /// Every component speaks lanes:provider 0.1.x today, which declares none.
+    /// no component serves it here, the most any component this host loads may declare
+    /// (another process of the fleet may serve it).
     pub fn capabilities(&self, provider: &str) -> crate::model::Capabilities {
         match self
             .shared
@@ -265,7 +265,7 @@ impl Control {
             .get(provider)
             .and_then(|lane| lane.provider())
         {
-            Some(_) => crate::plugin::version::CAPABILITIES_0_1,
+            Some(provider) => provider.capabilities(),
             None => crate::plugin::version::HOST_CAPABILITIES,
         }
     }

@@ -13,8 +13,7 @@ use serde_json::json;
 use super::server::{Reply, Scripted};
 use crate::attempt::classify;
 use crate::config::{Config, ConfigValue};
-use crate::model::{ChatInput, ErrorKind};
-use crate::plugin::bindings::ChatResponse;
+use crate::model::{ChatInput, ChatOutput, ErrorKind};
 use crate::plugin::{CallCost, ExecError, PluginHost, Provider};
 
 /// The success reply the server gives and what the component must make of it.
@@ -190,7 +189,7 @@ fn request() -> ChatInput {
 
 /// One call's outcome: the error as the component made it, the wait it told the host.
 struct Call {
-    result: Result<ChatResponse, ExecError>,
+    result: Result<ChatOutput, ExecError>,
     elapsed: Duration,
     cost: CallCost,
 }
@@ -198,7 +197,10 @@ struct Call {
 async fn call(provider: &Provider) -> Call {
     let started = Instant::now();
     let (result, cost) = provider
-        .execute_measured(crate::attempt::to_request(&request()).expect("a text request"))
+        .execute_measured(
+            provider.request(&request(), false).expect("a text request"),
+            None,
+        )
         .await;
     Call {
         result,
@@ -208,7 +210,7 @@ async fn call(provider: &Provider) -> Call {
 }
 
 /// What a call ended as, in one phrase.
-fn said(result: &Result<ChatResponse, ExecError>) -> String {
+fn said(result: &Result<ChatOutput, ExecError>) -> String {
     match result {
         Ok(r) => format!("success ({:?})", r.text),
         Err(e) => {
@@ -219,7 +221,7 @@ fn said(result: &Result<ChatResponse, ExecError>) -> String {
     }
 }
 
-fn kind_of(result: &Result<ChatResponse, ExecError>) -> Option<ErrorKind> {
+fn kind_of(result: &Result<ChatOutput, ExecError>) -> Option<ErrorKind> {
     result.as_ref().err().map(|e| classify(e).0)
 }
 
@@ -347,7 +349,7 @@ pub async fn run(config: &Config, file: &Path, options: Options) -> anyhow::Resu
             ),
         ),
         (Ok(response), Some(expected), Some(s)) => {
-            let output = crate::attempt::to_output(response.clone());
+            let output = response.clone();
             let got = Expected {
                 text: output.text,
                 input_tokens: output.usage.input_tokens,

@@ -10,7 +10,7 @@ use std::time::Duration;
 use wasmtime::component::Linker;
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use super::bindings::ProviderPre;
+use super::bindings::{Generation, ProviderPre, v01, v02};
 use super::cache::{CacheOutcome, CompileCache, sha256_hex};
 use super::provider::trap_message;
 use super::sandbox::{self, GuestState, GuestView, SandboxLimits};
@@ -172,10 +172,12 @@ impl PluginHost {
                 .map_err(|e| corrupt(e.to_string()))?
                 .map_err(|e| corrupt(format!("{e:#}")))?;
 
-        version::check(&component, &self.engine).map_err(|reason| PluginError::Version {
-            file: file.clone(),
-            reason,
-        })?;
+        let generation = version::check(&component, &self.engine)
+            .map_err(|reason| PluginError::Version {
+                file: file.clone(),
+                reason,
+            })?
+            .unwrap_or(Generation::V02);
         let wrong_world = |e: wasmtime::Error| PluginError::WrongWorld {
             file: file.clone(),
             reason: format!("{e:#}"),
@@ -184,7 +186,14 @@ impl PluginHost {
             .linker
             .instantiate_pre(&component)
             .map_err(wrong_world)?;
-        let pre = ProviderPre::new(instance_pre).map_err(wrong_world)?;
+        let pre = match generation {
+            Generation::V01 => {
+                ProviderPre::V01(v01::ProviderPre::new(instance_pre).map_err(wrong_world)?)
+            }
+            Generation::V02 => {
+                ProviderPre::V02(v02::ProviderPre::new(instance_pre).map_err(wrong_world)?)
+            }
+        };
         let mut loaded = LoadedComponent {
             file: file.clone(),
             path: path.to_owned(),
@@ -194,6 +203,9 @@ impl PluginHost {
                 version: String::new(),
                 default_limit: 0,
                 description: String::new(),
+                wit: "",
+                capabilities: crate::model::Capabilities::NONE,
+                image_media_types: Vec::new(),
             },
             cache,
             pre,
@@ -212,11 +224,40 @@ impl PluginHost {
         let (mut store, stderr) =
             sandbox::new_store(&self.engine, &self.ticker, view, &limits, &self.client);
         let call = async {
-            let instance = component.pre.instantiate_async(&mut store).await?;
-            instance
-                .lanes_provider_adapter()
-                .call_info(&mut store)
-                .await
+            match &component.pre {
+                ProviderPre::V01(pre) => {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    let info = instance
+                        .lanes_provider_adapter()
+                        .call_info(&mut store)
+                        .await?;
+                    Ok(ComponentInfo {
+                        name: info.name,
+                        version: info.version,
+                        default_limit: info.default_limit,
+                        description: info.description,
+                        wit: "0.1",
+                        capabilities: version::CAPABILITIES_0_1,
+                        image_media_types: Vec::new(),
+                    })
+                }
+                ProviderPre::V02(pre) => {
+                    let instance = pre.instantiate_async(&mut store).await?;
+                    let info = instance
+                        .lanes_provider_adapter()
+                        .call_info(&mut store)
+                        .await?;
+                    Ok::<_, wasmtime::Error>(ComponentInfo {
+                        name: info.name,
+                        version: info.version,
+                        default_limit: info.default_limit,
+                        description: info.description,
+                        wit: "0.2",
+                        capabilities: capabilities_of(info.capabilities),
+                        image_media_types: info.image_media_types,
+                    })
+                }
+            }
         };
         let info = match tokio::time::timeout(limits.timeout, call).await {
             Err(_) => Err(format!("did not return within {:?}", limits.timeout)),
@@ -244,13 +285,34 @@ impl PluginHost {
                 info.name, info.default_limit
             )));
         }
-        Ok(ComponentInfo {
-            name: info.name,
-            version: info.version,
-            default_limit: info.default_limit,
-            description: info.description,
-        })
+        for media_type in &info.image_media_types {
+            if !media_type.starts_with("image/") {
+                return Err(bad(format!(
+                    "provider `{}` declares image media type `{media_type}`; it must start \
+                     with `image/`",
+                    info.name
+                )));
+            }
+        }
+        Ok(info)
     }
+}
+
+/// The capabilities a 0.2 component's `info()` declares, with what every 0.2 component
+/// takes.
+fn capabilities_of(flags: v02::Capabilities) -> crate::model::Capabilities {
+    use crate::model::Capability;
+    [
+        (v02::Capabilities::TOOLS, Capability::Tools),
+        (v02::Capabilities::JSON_SCHEMA, Capability::JsonSchema),
+        (v02::Capabilities::IMAGES, Capability::Images),
+        (v02::Capabilities::IMAGE_URLS, Capability::ImageUrls),
+        (v02::Capabilities::REASONING, Capability::Reasoning),
+        (v02::Capabilities::STREAMING, Capability::Streaming),
+    ]
+    .into_iter()
+    .filter(|(flag, _)| flags.contains(*flag))
+    .fold(version::CAPABILITIES_0_2, |all, (_, c)| all.with(c))
 }
 
 /// Reads a provider's secrets (`api-key`) from where the operator put them.

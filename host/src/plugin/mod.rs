@@ -26,7 +26,8 @@ use serde::Serialize;
 
 pub use self::catalog::{Catalog, FileReport};
 pub use self::engine::{LoadedComponent, PluginHost};
-pub use self::provider::{CallCost, ExecError, Provider, ProviderErrorDisplay};
+pub use self::provider::{CallCost, ExecError, Provider, ProviderError, ProviderErrorDisplay};
+pub use self::sandbox::DeltaSink;
 
 /// Why a component file (or a provider name bound to one) was not loaded.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -38,7 +39,8 @@ pub enum PluginError {
     #[error("{file}: {reason}")]
     Version { file: String, reason: String },
     #[error(
-        "{file}: not a lanes provider component (world lanes:provider/provider@0.1.x): {reason}"
+        "{file}: not a lanes provider component (world lanes:provider/provider@0.2.x or \
+         @0.1.x): {reason}"
     )]
     WrongWorld { file: String, reason: String },
     #[error("{file}: info() failed: {reason}")]
@@ -62,6 +64,62 @@ pub struct ComponentInfo {
     pub version: String,
     pub default_limit: u32,
     pub description: String,
+    /// The `lanes:provider` version it was built against: `0.1` or `0.2`.
+    pub wit: &'static str,
+    /// What it takes beyond text (none for a 0.1 component).
+    pub capabilities: crate::model::Capabilities,
+    /// The media types of the images it takes; empty for the usual four.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub image_media_types: Vec<String>,
+}
+
+impl ComponentInfo {
+    /// Its WIT version, default limit and capabilities, for a line of `lanes plugins list`:
+    /// `wit 0.2, default limit 8, takes tools, json_schema`.
+    pub fn summary(&self) -> String {
+        let takes = self.capabilities.list();
+        let takes = if takes.is_empty() {
+            "text only".to_string()
+        } else {
+            let names: Vec<&str> = takes.iter().map(|c| c.as_str()).collect();
+            format!("takes {}", names.join(", "))
+        };
+        format!(
+            "wit {}, default limit {}, {takes}",
+            self.wit, self.default_limit
+        )
+    }
+}
+
+/// What each provider of a plugins folder takes beyond text, for the CLI, which checks
+/// a submission as the API does but runs no daemon.
+#[derive(Debug, Clone, Default)]
+pub struct Declared(std::collections::BTreeMap<String, crate::model::Capabilities>);
+
+impl Declared {
+    /// Scans the plugins folder of `config` (the compile cache makes it cheap after the
+    /// daemon's first load).
+    pub async fn scan(config: &crate::config::Config) -> anyhow::Result<Declared> {
+        let host = PluginHost::new(config)?;
+        let catalog = host.scan(config, None).await;
+        Ok(Declared(
+            catalog
+                .providers
+                .iter()
+                .map(|(name, p)| (name.clone(), p.capabilities()))
+                .collect(),
+        ))
+    }
+
+    /// What `provider` takes: its component's capabilities, or, for a provider no
+    /// component serves here, the most any component may declare (another host may serve
+    /// it).
+    pub fn of(&self, provider: &str) -> crate::model::Capabilities {
+        self.0
+            .get(provider)
+            .copied()
+            .unwrap_or(version::HOST_CAPABILITIES)
+    }
 }
 
 /// The file name of `path`, for messages.

@@ -5,9 +5,60 @@ use std::sync::Arc;
 use wasmtime::Engine;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
-use super::bindings::{ChatRequest, ChatResponse, ProviderError};
+use super::bindings::{ProviderPre, v01, v02};
 use super::engine::LoadedComponent;
-use super::sandbox::{self, GuestView, SandboxLimits};
+use super::sandbox::{self, DeltaSink, GuestView, SandboxLimits};
+use crate::attempt::{self, Request};
+use crate::model::{Capabilities, ChatInput, ChatOutput};
+
+/// Why a component said a call failed, whichever `lanes:provider` version it speaks. The
+/// case tells the host what to do next (see `attempt::classify`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderError {
+    RateLimited {
+        retry_after_ms: Option<u64>,
+        /// The provider's request or token window is spent until it resets.
+        window_spent: bool,
+        message: String,
+    },
+    Unavailable(String),
+    InvalidRequest(String),
+    Unauthorized(String),
+    Other(String),
+}
+
+impl From<v01::ProviderError> for ProviderError {
+    fn from(e: v01::ProviderError) -> Self {
+        match e {
+            v01::ProviderError::RateLimited(r) => ProviderError::RateLimited {
+                retry_after_ms: r.retry_after_ms,
+                // 0.1 has no field for it: the Rust SDK marks the message.
+                window_spent: r.message.contains("(window spent"),
+                message: r.message,
+            },
+            v01::ProviderError::Unavailable(m) => ProviderError::Unavailable(m),
+            v01::ProviderError::InvalidRequest(m) => ProviderError::InvalidRequest(m),
+            v01::ProviderError::Unauthorized(m) => ProviderError::Unauthorized(m),
+            v01::ProviderError::Other(m) => ProviderError::Other(m),
+        }
+    }
+}
+
+impl From<v02::ProviderError> for ProviderError {
+    fn from(e: v02::ProviderError) -> Self {
+        match e {
+            v02::ProviderError::RateLimited(r) => ProviderError::RateLimited {
+                retry_after_ms: r.retry_after_ms,
+                window_spent: r.window_spent || r.message.contains("(window spent"),
+                message: r.message,
+            },
+            v02::ProviderError::Unavailable(m) => ProviderError::Unavailable(m),
+            v02::ProviderError::InvalidRequest(m) => ProviderError::InvalidRequest(m),
+            v02::ProviderError::Unauthorized(m) => ProviderError::Unauthorized(m),
+            v02::ProviderError::Other(m) => ProviderError::Other(m),
+        }
+    }
+}
 
 /// Why one attempt did not produce a response.
 #[derive(Debug, thiserror::Error)]
@@ -44,10 +95,15 @@ impl ExecError {
         match self {
             ExecError::Provider(ProviderErrorDisplay(error, hint)) => {
                 let error = match error {
-                    ProviderError::RateLimited(mut r) => {
-                        r.message = s(r.message);
-                        ProviderError::RateLimited(r)
-                    }
+                    ProviderError::RateLimited {
+                        retry_after_ms,
+                        window_spent,
+                        message,
+                    } => ProviderError::RateLimited {
+                        retry_after_ms,
+                        window_spent,
+                        message: s(message),
+                    },
                     ProviderError::Unavailable(m) => ProviderError::Unavailable(s(m)),
                     ProviderError::InvalidRequest(m) => ProviderError::InvalidRequest(s(m)),
                     ProviderError::Unauthorized(m) => ProviderError::Unauthorized(s(m)),
@@ -71,9 +127,13 @@ pub struct ProviderErrorDisplay(pub ProviderError, pub Option<u64>);
 impl std::fmt::Display for ProviderErrorDisplay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.0 {
-            ProviderError::RateLimited(r) => match r.retry_after_ms {
-                Some(ms) => write!(f, "rate limited (retry after {ms} ms): {}", r.message),
-                None => write!(f, "rate limited: {}", r.message),
+            ProviderError::RateLimited {
+                retry_after_ms,
+                message,
+                ..
+            } => match retry_after_ms {
+                Some(ms) => write!(f, "rate limited (retry after {ms} ms): {message}"),
+                None => write!(f, "rate limited: {message}"),
             },
             ProviderError::Unavailable(m) => match self.1 {
                 Some(ms) => write!(f, "unavailable (retry after {ms} ms): {m}"),
@@ -128,11 +188,34 @@ impl Provider {
         )
     }
 
+    /// What this provider's component takes beyond text.
+    pub fn capabilities(&self) -> Capabilities {
+        self.component.info.capabilities
+    }
+
+    /// What the component is asked for `input`, in the WIT version it speaks, or why it
+    /// cannot take it (a capability it lacks, named). `stream` asks it to stream its
+    /// deltas; a component that cannot is asked without.
+    pub fn request(&self, input: &ChatInput, stream: bool) -> Result<Request, String> {
+        let info = &self.component.info;
+        attempt::to_request(
+            input,
+            self.component.pre.generation(),
+            info.capabilities,
+            &info.image_media_types,
+            stream && info.capabilities.has(crate::model::Capability::Streaming),
+        )
+    }
+
     /// Runs one attempt in a fresh instance, under the sandbox limits. The store, and with
     /// it the instance, is dropped afterwards whatever happened: a trapped instance is never
-    /// entered again.
-    pub async fn execute(&self, request: ChatRequest) -> Result<ChatResponse, ExecError> {
-        self.execute_measured(request)
+    /// entered again. The component's deltas, when it streams, go to `deltas`.
+    pub async fn execute(
+        &self,
+        request: Request,
+        deltas: Option<DeltaSink>,
+    ) -> Result<ChatOutput, ExecError> {
+        self.execute_measured(request, deltas)
             .await
             .0
             .map_err(|e| e.scrub(&self.view))
@@ -143,8 +226,9 @@ impl Provider {
     /// both.
     pub(crate) async fn execute_measured(
         &self,
-        request: ChatRequest,
-    ) -> (Result<ChatResponse, ExecError>, CallCost) {
+        request: Request,
+        deltas: Option<DeltaSink>,
+    ) -> (Result<ChatOutput, ExecError>, CallCost) {
         let (mut store, stderr) = sandbox::new_store(
             &self.engine,
             &self.ticker,
@@ -152,6 +236,7 @@ impl Provider {
             &self.sandbox,
             &self.client,
         );
+        store.data_mut().deltas = deltas;
         let result = self.call(&mut store, &stderr, request).await;
         let (memory_peak, cpu_ms) = store.data().cost();
         (
@@ -167,36 +252,55 @@ impl Provider {
         &self,
         store: &mut wasmtime::Store<sandbox::GuestState>,
         stderr: &MemoryOutputPipe,
-        request: ChatRequest,
-    ) -> Result<ChatResponse, ExecError> {
+        request: Request,
+    ) -> Result<ChatOutput, ExecError> {
         let denied = store.data().outbound.denied.clone();
+        let instantiate_error = |e: wasmtime::Error| {
+            if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
+                .is_some()
+            {
+                ExecError::PoolExhausted(format!("{e:#}"))
+            } else {
+                ExecError::Instantiate(trap_message(&e, stderr))
+            }
+        };
+        let trap = |e: wasmtime::Error| ExecError::Trap(trap_message(&e, stderr));
+        // One body for both generations: their bindings differ in type, not in shape.
+        macro_rules! run {
+            ($pre:expr, $request:expr, $output:path) => {{
+                let instance = $pre
+                    .instantiate_async(&mut *store)
+                    .await
+                    .map_err(instantiate_error)?;
+                Ok(instance
+                    .lanes_provider_adapter()
+                    .call_execute(&mut *store, &$request)
+                    .await
+                    .map_err(trap)?
+                    .map($output)
+                    .map_err(ProviderError::from))
+            }};
+        }
         let call = async {
-            let instance = self
-                .component
-                .pre
-                .instantiate_async(&mut *store)
-                .await
-                .map_err(|e| {
-                    if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>()
-                        .is_some()
-                    {
-                        ExecError::PoolExhausted(format!("{e:#}"))
-                    } else {
-                        ExecError::Instantiate(trap_message(&e, stderr))
-                    }
-                })?;
-            instance
-                .lanes_provider_adapter()
-                .call_execute(&mut *store, &request)
-                .await
-                .map_err(|e| ExecError::Trap(trap_message(&e, stderr)))
+            match (&self.component.pre, request) {
+                (ProviderPre::V01(pre), Request::V01(request)) => {
+                    run!(pre, request, attempt::output_v01)
+                }
+                (ProviderPre::V02(pre), Request::V02(request)) => {
+                    run!(pre, request, attempt::output_v02)
+                }
+                // `request` is made by this provider, for its own component.
+                _ => Err(ExecError::Instantiate(
+                    "the request was made for a component of another lanes:provider version".into(),
+                )),
+            }
         };
         let outcome = tokio::time::timeout(self.sandbox.timeout, call).await;
         // A denied request explains whatever error the component made of it.
         let denied = denied.lock().ok().and_then(|d| d.clone());
         let hint = store.data().retry_after_hint;
-        let response = match (outcome, denied) {
-            (Ok(Ok(Ok(response))), _) => response,
+        let output = match (outcome, denied) {
+            (Ok(Ok(Ok(output))), _) => output,
             (_, Some(target)) => {
                 return Err(ExecError::Denied {
                     target,
@@ -208,13 +312,14 @@ impl Provider {
                 result?.map_err(|e| ExecError::Provider(ProviderErrorDisplay(e, hint)))?
             }
         };
-        if response.text.len() > self.sandbox.max_output_bytes {
+        let size = attempt::output_bytes(&output);
+        if size > self.sandbox.max_output_bytes {
             return Err(ExecError::OutputTooLarge {
-                size: response.text.len(),
+                size,
                 cap: self.sandbox.max_output_bytes,
             });
         }
-        Ok(response)
+        Ok(output)
     }
 }
 
@@ -222,13 +327,25 @@ impl Provider {
     /// One call the bare wasmtime way: a plain store, `instantiate_async` and `execute`,
     /// without lanes' sandbox. The benchmark compares [`Provider::execute`] with it.
     #[doc(hidden)]
-    pub async fn execute_bare(&self, request: &ChatRequest) -> wasmtime::Result<()> {
+    pub async fn execute_bare(&self, request: &Request) -> wasmtime::Result<()> {
         let mut store = sandbox::bare_store(&self.engine, self.view.clone(), &self.client);
-        let instance = self.component.pre.instantiate_async(&mut store).await?;
-        let _ = instance
-            .lanes_provider_adapter()
-            .call_execute(&mut store, request)
-            .await?;
+        match (&self.component.pre, request) {
+            (ProviderPre::V01(pre), Request::V01(request)) => {
+                let instance = pre.instantiate_async(&mut store).await?;
+                let _ = instance
+                    .lanes_provider_adapter()
+                    .call_execute(&mut store, request)
+                    .await?;
+            }
+            (ProviderPre::V02(pre), Request::V02(request)) => {
+                let instance = pre.instantiate_async(&mut store).await?;
+                let _ = instance
+                    .lanes_provider_adapter()
+                    .call_execute(&mut store, request)
+                    .await?;
+            }
+            _ => wasmtime::bail!("the request was made for another lanes:provider version"),
+        }
         Ok(())
     }
 }

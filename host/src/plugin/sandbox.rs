@@ -14,8 +14,8 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::outbound::{Outbound, OutboundRules, SharedClient};
 
-use super::bindings::Provider;
-use super::bindings::lanes::provider::{config, hints, logging, types};
+use super::bindings::v01::lanes::provider::{config, hints, logging, types};
+use super::bindings::{v01, v02};
 use crate::config::SandboxConfig;
 
 /// How often the engine's epoch advances; the unit of the CPU budget.
@@ -131,6 +131,10 @@ impl GuestView {
     }
 }
 
+/// Takes the deltas of a streaming call as the component emits them. It must not block:
+/// the guest waits for it.
+pub type DeltaSink = Arc<dyn Fn(crate::model::Delta) + Send + Sync>;
+
 /// The data of one guest's store.
 pub struct GuestState {
     wasi: WasiCtx,
@@ -143,6 +147,8 @@ pub struct GuestState {
     pub(crate) outbound: Outbound,
     /// The wait the component asked for through `hints.retry-after`, in ms.
     pub(crate) retry_after_hint: Option<u64>,
+    /// Where `stream.emit` sends the deltas of the call; `None` drops them.
+    pub(crate) deltas: Option<DeltaSink>,
     /// Keeps the epoch advancing while the store lives; `None` for the bare reference store,
     /// which has no CPU budget.
     _ticking: Option<TickerHold>,
@@ -207,11 +213,75 @@ impl config::Host for GuestState {
     }
 }
 
+// The 0.2 imports do what their 0.1 namesakes do.
+mod imports_v02 {
+    use super::GuestState;
+    use crate::model::Delta;
+    use crate::plugin::bindings::v02::lanes::provider::{config, hints, logging, stream, types};
+
+    impl types::Host for GuestState {}
+
+    impl logging::Host for GuestState {
+        fn log(&mut self, level: logging::Level, message: String) {
+            use crate::plugin::bindings::v01::lanes::provider::logging::{Host, Level};
+            let level = match level {
+                logging::Level::Trace => Level::Trace,
+                logging::Level::Debug => Level::Debug,
+                logging::Level::Info => Level::Info,
+                logging::Level::Warn => Level::Warn,
+                logging::Level::Error => Level::Error,
+            };
+            Host::log(self, level, message)
+        }
+    }
+
+    impl hints::Host for GuestState {
+        fn retry_after(&mut self, ms: u64) {
+            super::hints::Host::retry_after(self, ms)
+        }
+    }
+
+    impl config::Host for GuestState {
+        fn get(&mut self, key: String) -> Option<String> {
+            super::config::Host::get(self, key)
+        }
+
+        fn secret(&mut self, name: String) -> Option<String> {
+            super::config::Host::secret(self, name)
+        }
+    }
+
+    impl stream::Host for GuestState {
+        fn emit(&mut self, delta: stream::Delta) {
+            let Some(sink) = &self.deltas else {
+                return;
+            };
+            sink(match delta {
+                stream::Delta::Text(text) => Delta::Text { text },
+                stream::Delta::Reasoning(text) => Delta::Reasoning { text },
+                stream::Delta::ToolCallStart(s) => Delta::ToolCallStart {
+                    index: s.index,
+                    id: s.id,
+                    name: s.name,
+                },
+                stream::Delta::ToolCallArguments(a) => Delta::ToolCallArguments {
+                    index: a.index,
+                    fragment: a.fragment,
+                },
+                stream::Delta::Usage(u) => Delta::Usage { usage: u.into() },
+            })
+        }
+    }
+}
+
 /// Adds WASI and the `lanes:provider` imports to `linker`.
 pub fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
     wasmtime_wasi::p2::add_to_linker_async(linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
-    Provider::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |s| s)?;
+    // Both worlds' imports: their interfaces differ in version (0.1.x and 0.2.x), so a
+    // component of either generation finds its own.
+    v01::Provider::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |s| s)?;
+    v02::Provider::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |s| s)?;
     Ok(())
 }
 
@@ -240,6 +310,7 @@ pub fn new_store(
         http: WasiHttpCtx::new(),
         outbound: Outbound::new(view.provider.clone(), view.outbound.clone(), client.clone()),
         retry_after_hint: None,
+        deltas: None,
         view,
         _ticking: Some(ticker.hold()),
     };
@@ -285,6 +356,7 @@ pub fn bare_store(engine: &Engine, view: GuestView, client: &SharedClient) -> St
         http: WasiHttpCtx::new(),
         outbound: Outbound::new(view.provider.clone(), view.outbound.clone(), client.clone()),
         retry_after_hint: None,
+        deltas: None,
         view,
         _ticking: None,
     };

@@ -1,23 +1,31 @@
-//! Which `lanes:provider` versions a component may be built against: any 0.1.x up to the one
-//! this host speaks. Released WIT is frozen and later 0.1.x versions only add items, so an
-//! older 0.1.x component links against the newer host interfaces.
+//! Which `lanes:provider` versions a component may be built against: any 0.1.x up to 0.1.2
+//! (text only), and any 0.2.x up to the one this host speaks. Released WIT is frozen and
+//! later patch versions only add items, so an older component of a minor version links
+//! against the newer host interfaces of that minor version.
 
 use wasmtime::Engine;
 
-use crate::model::Capabilities;
+use super::bindings::Generation;
+use crate::model::{Capabilities, Capability};
 use wasmtime::component::Component;
 
 /// The `lanes:provider` version this host implements.
-pub const HOST_WIT_VERSION: (u64, u64, u64) = (0, 1, 2);
+pub const HOST_WIT_VERSION: (u64, u64, u64) = (0, 2, 0);
+
+/// The last 0.1 version, whose frozen text the host keeps loading.
+pub const HOST_WIT_0_1: (u64, u64, u64) = (0, 1, 2);
 
 /// What a component built against lanes:provider 0.1.x takes beyond text: nothing (its
-/// messages are text, its request has no tools, formats, images or reasoning). WIT 0.2's
-/// `info()` declares its own.
+/// messages are text, its request has no tools, formats, images or reasoning).
 pub const CAPABILITIES_0_1: Capabilities = Capabilities::NONE;
+
+/// What every 0.2 component takes beyond what its `info()` declares: `top_p` and `seed`,
+/// which its request carries (a component whose API lacks one ignores it).
+pub const CAPABILITIES_0_2: Capabilities = Capabilities::NONE.with(Capability::Sampling);
 
 /// The most a component this host loads may declare: what is assumed for a provider no
 /// component serves here, and by the CLI, which loads none.
-pub const HOST_CAPABILITIES: Capabilities = CAPABILITIES_0_1;
+pub const HOST_CAPABILITIES: Capabilities = Capabilities::ALL;
 
 const PACKAGE: &str = "lanes:provider/";
 
@@ -35,15 +43,22 @@ fn show((a, b, c): (u64, u64, u64)) -> String {
     format!("{a}.{b}.{c}")
 }
 
-/// Checks every `lanes:provider` import and export of `component`. `Ok` when none or all
-/// are compatible: the world check that follows reports a missing export.
-pub fn check(component: &Component, engine: &Engine) -> Result<(), String> {
+/// Checks every `lanes:provider` import and export of `component`, and says which
+/// generation it was built against. `Ok(None)` when it has none: the world check that
+/// follows reports the missing export.
+pub fn check(component: &Component, engine: &Engine) -> Result<Option<Generation>, String> {
     let ty = component.component_type();
     let names = ty
         .imports(engine)
         .map(|(n, _)| n)
         .chain(ty.exports(engine).map(|(n, _)| n));
     let host = HOST_WIT_VERSION;
+    let speaks = format!(
+        "this host speaks lanes:provider@0.1.x (up to {}) and @0.2.x (up to {})",
+        show(HOST_WIT_0_1),
+        show(host)
+    );
+    let mut found: Option<(Generation, (u64, u64, u64))> = None;
     for name in names {
         let Some(rest) = name.strip_prefix(PACKAGE) else {
             continue;
@@ -57,24 +72,36 @@ pub fn check(component: &Component, engine: &Engine) -> Result<(), String> {
         let Some(v) = parse(version) else {
             return Err(format!("`{name}` has an unsupported version `{version}`"));
         };
-        if (v.0, v.1) != (host.0, host.1) {
-            return Err(format!(
-                "incompatible WIT version: built against lanes:provider@{} ({interface}); \
-                 this host speaks lanes:provider@{}.{}.x",
-                show(v),
-                host.0,
-                host.1
-            ));
-        }
-        if v.2 > host.2 {
+        let (generation, newest) = match (v.0, v.1) {
+            (0, 1) => (Generation::V01, HOST_WIT_0_1),
+            (0, 2) => (Generation::V02, host),
+            _ => {
+                return Err(format!(
+                    "incompatible WIT version: built against lanes:provider@{} ({interface}); \
+                     {speaks}",
+                    show(v)
+                ));
+            }
+        };
+        if v.2 > newest.2 {
             return Err(format!(
                 "built against lanes:provider@{}, newer than this host's {}; upgrade lanes",
                 show(v),
-                show(host)
+                show(newest)
             ));
         }
+        match found {
+            Some((g, other)) if g != generation => {
+                return Err(format!(
+                    "mixes lanes:provider@{} and @{} ({interface}); build against one version",
+                    show(other),
+                    show(v)
+                ));
+            }
+            _ => found = Some((generation, v)),
+        }
     }
-    Ok(())
+    Ok(found.map(|(g, _)| g))
 }
 
 #[cfg(test)]
