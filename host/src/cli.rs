@@ -53,11 +53,15 @@ pub enum Command {
     /// Write executions as JSON Lines on stdout, newest first, in lanes' shape or OpenAI
     /// Batch's output shape (`--format openai`).
     Export(crate::jsonl::ExportArgs),
-    /// Show one execution.
+    /// Show one execution; `--follow` prints its streamed answer as it comes, then shows it.
     Get {
         id: i64,
         #[arg(long)]
         json: bool,
+        /// Print the answer's text as it streams (a retried attempt starts over, said on
+        /// stderr), then the execution once it has ended.
+        #[arg(long)]
+        follow: bool,
     },
     /// Cancel a pending or running execution (a running one's result is discarded; on
     /// PostgreSQL its worker stops the attempt at once, on SQLite it runs to its end).
@@ -538,12 +542,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             eprintln!("exported {} execution(s)", report.written);
         }
-        Command::Get { id, json } => {
+        Command::Get { id, json, follow } => {
             let queue = open_queue(&config).await?;
-            let execution = queue
+            let mut execution = queue
                 .get(id)
                 .await?
                 .with_context(|| format!("no execution with id {id}"))?;
+            if follow {
+                execution = follow_stream(queue.as_ref(), id, json).await?;
+            }
             print_execution(&execution, json)?;
         }
         Command::Cancel { id } => {
@@ -649,6 +656,61 @@ fn read_input(arg: &str) -> anyhow::Result<String> {
 }
 
 /// Providers that a component or the config describes.
+/// Prints the text deltas of `id` as they are stored (at most a flush behind the worker
+/// that runs it), until it ends; gives it then. With `json`, each delta is a line of JSON.
+async fn follow_stream(
+    queue: &dyn Queue,
+    id: crate::model::ExecutionId,
+    json: bool,
+) -> anyhow::Result<crate::model::Execution> {
+    use std::io::Write;
+    let mut at = crate::store::StreamPosition::default();
+    let mut out = std::io::stdout().lock();
+    loop {
+        // The end first: the chunks read after it are all there are.
+        let execution = queue
+            .get(id)
+            .await?
+            .with_context(|| format!("no execution with id {id}"))?;
+        for chunk in queue.read_stream(id, at).await? {
+            if chunk.attempt != at.attempt {
+                if at.attempt != 0 {
+                    eprintln!("\n(attempt {} starts over)", chunk.attempt);
+                }
+                at = crate::store::StreamPosition {
+                    attempt: chunk.attempt,
+                    index: 0,
+                };
+            }
+            if chunk.first > at.index {
+                break;
+            }
+            let deltas: Vec<crate::model::Delta> = serde_json::from_str(&chunk.deltas)
+                .with_context(|| format!("execution {id}: a stored chunk is not deltas"))?;
+            for (i, delta) in deltas.iter().enumerate() {
+                let index = chunk.first + i64::try_from(i).unwrap_or(i64::MAX);
+                if index < at.index {
+                    continue;
+                }
+                at.index = index + 1;
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(delta)?)?;
+                } else if let crate::model::Delta::Text { text } = delta {
+                    write!(out, "{text}")?;
+                }
+            }
+            out.flush()?;
+        }
+        if execution.status.is_terminal() {
+            if !json && at.index > 0 {
+                writeln!(out)?;
+            }
+            return Ok(execution);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 async fn known_providers(config: &Config, queue: &dyn Queue) -> anyhow::Result<BTreeSet<String>> {
     let mut known: BTreeSet<String> = config.providers.keys().cloned().collect();
     known.extend(config.routes.keys().cloned());

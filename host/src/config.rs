@@ -155,6 +155,31 @@ pub struct Config {
     pub routes: BTreeMap<String, RouteConfig>,
     /// The OpenAI-compatible endpoint (`/openai/v1`).
     pub front_door: FrontDoorConfig,
+    /// Streamed answers: how long their deltas are kept.
+    pub streams: StreamsConfig,
+}
+
+/// `[streams]`: the deltas of streamed attempts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StreamsConfig {
+    /// How long an attempt's stored deltas are kept for replay
+    /// (`GET /v1/executions/{id}/stream`), in seconds after they were stored.
+    pub keep_secs: u64,
+    /// A streamed call that receives nothing for this long, in ms, between two pieces of
+    /// the answer fails as `unavailable` (and is retried); `[providers.NAME]
+    /// stream_idle_timeout_ms` overrides it. Beside `request_timeout_ms`, which bounds the
+    /// whole exchange.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        StreamsConfig {
+            keep_secs: 3_600,
+            idle_timeout_ms: 60_000,
+        }
+    }
 }
 
 /// `[front_door]`: the OpenAI-compatible endpoint.
@@ -215,6 +240,7 @@ impl Default for Config {
             providers: BTreeMap::new(),
             routes: BTreeMap::new(),
             front_door: FrontDoorConfig::default(),
+            streams: StreamsConfig::default(),
         }
     }
 }
@@ -488,6 +514,11 @@ pub struct ProviderConfig {
     pub sandbox: SandboxOverride,
     /// Overrides of `[policy]` for this provider.
     pub policy: crate::policy::PolicyConfig,
+    /// Stream every call of this provider (when its component can), not only those
+    /// submitted with `stream: true`.
+    pub stream: bool,
+    /// Overrides `[streams] idle_timeout_ms`.
+    pub stream_idle_timeout_ms: Option<u64>,
 }
 
 /// A config value: TOML strings, numbers and booleans all reach the component as text.
@@ -809,6 +840,12 @@ impl Config {
         if self.api.max_image_bytes == 0 {
             problems.push(invalid("api.max_image_bytes", "must be at least 1"));
         }
+        if self.streams.keep_secs == 0 {
+            problems.push(invalid("streams.keep_secs", "must be at least 1"));
+        }
+        if self.streams.idle_timeout_ms == 0 {
+            problems.push(invalid("streams.idle_timeout_ms", "must be at least 1"));
+        }
         if !(1..=3_600).contains(&self.front_door.max_wait_secs) {
             problems.push(invalid(
                 "front_door.max_wait_secs",
@@ -915,6 +952,7 @@ impl Config {
             for (field, value) in [
                 ("request_timeout_ms", provider.request_timeout_ms),
                 ("max_response_bytes", provider.max_response_bytes),
+                ("stream_idle_timeout_ms", provider.stream_idle_timeout_ms),
             ] {
                 if value == Some(0) {
                     problems.push(invalid(

@@ -200,6 +200,10 @@ pub struct ChatInput {
     pub response_format: Option<ResponseFormat>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning: Option<Reasoning>,
+    /// Stream the answer (`GET /v1/executions/{id}/stream`) when the provider's component
+    /// can; the output is stored whole either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
     /// Provider-specific options, passed to the component as JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub extra: Option<serde_json::Map<String, serde_json::Value>>,
@@ -1036,6 +1040,7 @@ impl ChatInput {
             parallel_tool_calls: None,
             response_format: None,
             reasoning: None,
+            stream: None,
             extra: None,
         }
     }

@@ -128,19 +128,9 @@ impl Api {
             buffer.push_str(&String::from_utf8_lossy(&data));
             while let Some(end) = buffer.find("\n\n") {
                 let block: String = buffer.drain(..end + 2).collect();
-                let mut name = String::new();
-                let mut payload = String::new();
-                for line in block.lines() {
-                    if let Some(n) = line.strip_prefix("event:") {
-                        name = n.trim().to_string();
-                    } else if let Some(d) = line.strip_prefix("data:") {
-                        payload.push_str(d.trim());
-                    }
-                }
-                if payload.is_empty() {
+                let Some((name, data)) = sse_event(&block) else {
                     continue; // a keep-alive comment
-                }
-                let data: Value = serde_json::from_str(&payload).unwrap();
+                };
                 crate::replay::check_event(path, &data);
                 let done = until(&name, &data);
                 seen.push((name, data));
@@ -162,6 +152,20 @@ impl Api {
     pub async fn post(&self, path: &str, body: Value) -> Answer {
         self.send(Method::POST, path, body).await
     }
+}
+
+/// The name and data of one SSE event block; `None` for a comment.
+pub fn sse_event(block: &str) -> Option<(String, Value)> {
+    let mut name = String::new();
+    let mut payload = String::new();
+    for line in block.lines() {
+        if let Some(n) = line.strip_prefix("event:") {
+            name = n.trim().to_string();
+        } else if let Some(d) = line.strip_prefix("data:") {
+            payload.push_str(d.trim());
+        }
+    }
+    (!payload.is_empty()).then(|| (name, serde_json::from_str(&payload).unwrap()))
 }
 
 /// Asserts a problem answer: its status, its shape, and a detail mentioning `needle`.
@@ -188,7 +192,8 @@ pub fn problem(answer: &Answer, status: u16, needle: &str) {
     );
 }
 
-async fn start(env: &TestEnv) -> (Daemon, lanes::api::ApiServer, Api) {
+/// A daemon of `env` with its API, and a client of it.
+pub async fn start(env: &TestEnv) -> (Daemon, lanes::api::ApiServer, Api) {
     let (daemon, _queue) = env.start().await;
     let server = lanes::api::serve(daemon.control(), &env.config.api)
         .await

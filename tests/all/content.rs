@@ -11,17 +11,8 @@ use serde_json::{Value, json};
 
 use lanes::routes::{RouteConfig, Strategy};
 
-use crate::api::{Api, problem};
+use crate::api::{Api, problem, start};
 use crate::support::*;
-
-async fn start(env: &TestEnv) -> (lanes::daemon::Daemon, lanes::api::ApiServer, Api) {
-    let (daemon, _queue) = env.start().await;
-    let server = lanes::api::serve(daemon.control(), &env.config.api)
-        .await
-        .expect("API starts");
-    let api = Api::new(server.addr());
-    (daemon, server, api)
-}
 
 /// Submits `input` to `provider`, waits for its end, and gives the execution.
 async fn run(api: &Api, provider: &str, input: Value) -> Value {

@@ -29,4 +29,5 @@ mod retries;
 mod routes;
 mod sandbox;
 mod store;
+mod streams;
 mod support;

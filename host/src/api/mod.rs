@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod observe;
 mod openai;
 pub mod problem;
+mod streams;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -114,6 +115,7 @@ impl ApiServer {
         executions::get_execution,
         executions::list,
         executions::cancel,
+        streams::stream,
         control::providers,
         control::set_limit,
         control::clear_limit,
@@ -308,6 +310,7 @@ fn router(state: AppState, max_body_bytes: u64) -> Router {
         .route("/v1/executions:batch", post(executions::submit_batch))
         .route("/v1/executions/{id}", get(executions::get_execution))
         .route("/v1/executions/{id}/cancel", post(executions::cancel))
+        .route("/v1/executions/{id}/stream", get(streams::stream))
         .route("/v1/providers", get(control::providers))
         .route(
             "/v1/providers/{name}/limit",

@@ -572,6 +572,10 @@ macro_rules! input_doc {
             pub response_format: Option<ResponseFormatDoc>,
             #[serde(skip_serializing_if = "Option::is_none")]
             pub reasoning: Option<ReasoningDoc>,
+            /// Stream the answer's deltas (`GET /v1/executions/{id}/stream`) when the
+            /// provider's component can; the output is stored whole either way.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            pub stream: Option<bool>,
             /// Provider-specific options, passed to the component as JSON.
             #[serde(skip_serializing_if = "Option::is_none")]
             #[schema(value_type = Option<Object>)]
@@ -857,6 +861,49 @@ pub enum OutputPartDoc {
         #[serde(skip_serializing_if = "Option::is_none")]
         redacted: Option<String>,
     },
+}
+
+/// One piece of a streamed answer (`GET /v1/executions/{id}/stream`), tagged by `type`.
+/// Joined in order, the pieces of each kind make the output's parts of that kind.
+#[derive(Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[schema(as = Delta)]
+pub enum DeltaDoc {
+    Text {
+        text: String,
+    },
+    Reasoning {
+        text: String,
+    },
+    /// The start of the answer's tool call number `index` (from 0).
+    ToolCallStart {
+        index: u32,
+        id: String,
+        name: String,
+    },
+    /// A piece of the arguments (JSON text) of tool call `index`.
+    ToolCallArguments {
+        index: u32,
+        fragment: String,
+    },
+    /// Tokens so far; the last one is the closest to the output's `usage`.
+    Usage {
+        usage: UsageDoc,
+    },
+}
+
+/// The data of an event of `GET /v1/executions/{id}/stream`, by its name: `delta` a
+/// [`DeltaDoc`], `attempt` `{"attempt": N}` (a stream begins: after a retry, drop what the
+/// earlier attempt sent), `lag` `{"behind": N}` (the reader is N deltas behind), and last
+/// `end`, the ended execution.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+#[schema(as = StreamEvent)]
+pub enum StreamEventDoc {
+    Delta(DeltaDoc),
+    Attempt { attempt: i64 },
+    Lag { behind: u64 },
+    End(Box<ExecutionOut>),
 }
 
 /// Token counts, the same way for every provider: `input_tokens` counts every prompt

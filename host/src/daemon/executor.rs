@@ -19,6 +19,9 @@ use crate::plugin::{ExecError, Provider};
 use crate::retry::{Decision, Failed, RetryPolicy};
 use crate::store::{Finish, Output};
 
+/// The longest an attempt's end waits for its stream's last deltas to be stored.
+const STREAM_END_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Runs attempts. Shared by every lane.
 pub struct Executor {
     /// Replaced by a config reload.
@@ -31,6 +34,8 @@ pub struct Executor {
     pub(super) running: std::sync::Mutex<HashMap<ExecutionId, CancellationToken>>,
     /// Weighs each attempt's end: pauses, circuits, adaptive limits.
     pub(super) governor: Arc<Governor>,
+    /// The streams of attempts that stream.
+    pub(super) streams: Arc<super::streams::Streams>,
     /// The config, queue and lanes, for moving a routed execution's retry to another
     /// member. Weak: the daemon's parts own the executor, not the other way round.
     pub(super) shared: std::sync::Weak<super::Shared>,
@@ -79,6 +84,13 @@ impl Executor {
                 _ = cancel.cancelled() => (Finish::Requeue, None),
             }
         };
+        // However the attempt ended (cancelled and shutdowns included), its stream ends
+        // and is stored before its end is written: a reader that sees the end has it all.
+        if let Some(live) = self.streams.live(execution.id)
+            && live.attempt == i64::from(execution.attempts)
+        {
+            self.streams.end(&live, STREAM_END_WAIT).await;
+        }
         if provider.policy.budget.is_some() {
             self.settle(execution.id, tokens).await;
         }
@@ -189,7 +201,8 @@ impl Executor {
         };
         // Submission refuses what no component can take; this catches what was queued
         // another way, or for a component since replaced by one that lacks it.
-        let request = match provider.request(&input, false) {
+        let stream = provider.streams(&input);
+        let request = match provider.request(&input, stream) {
             Ok(request) => request,
             Err(e) => {
                 let finish = Finish::Failed {
@@ -199,7 +212,13 @@ impl Executor {
                 return (finish, None);
             }
         };
-        let error = match provider.execute(request, None).await {
+        let sink = stream.then(|| {
+            let live = self
+                .streams
+                .open(execution.id, i64::from(execution.attempts));
+            self.streams.sink(&live)
+        });
+        let error = match provider.execute(request, sink).await {
             Ok(output) => {
                 self.governor.observe(
                     lane,

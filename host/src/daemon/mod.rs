@@ -30,6 +30,7 @@ pub mod producer;
 pub mod registry;
 pub mod reload;
 pub mod routing;
+pub mod streams;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -245,6 +246,11 @@ impl Control {
         &self.shared.queue
     }
 
+    /// The streams of the attempts running here.
+    pub fn streams(&self) -> &Arc<streams::Streams> {
+        &self.executor.streams
+    }
+
     /// The config in effect.
     pub fn config(&self) -> Arc<Config> {
         self.shared.config.get()
@@ -442,6 +448,23 @@ impl Daemon {
             },
         );
         let stop_running = CancellationToken::new();
+        let streams = Arc::new(streams::Streams::default());
+        {
+            // Runs until every execution has ended (leases stop last), so the end of each
+            // attempt finds it to store its stream's tail.
+            let weak = Arc::downgrade(&shared);
+            let keep = move || {
+                weak.upgrade()
+                    .map_or(std::time::Duration::from_secs(3_600), |s| {
+                        std::time::Duration::from_secs(s.config.get().streams.keep_secs)
+                    })
+            };
+            tokio::spawn(
+                streams
+                    .clone()
+                    .flusher(queue.clone(), keep, shared.stop_leasing.clone()),
+            );
+        }
         let executor = Arc::new(Executor {
             governor: shared.governor.clone(),
             retry: std::sync::RwLock::new(RetryPolicy::from(&config.retry)),
@@ -449,6 +472,7 @@ impl Daemon {
             completer: completer.handle(),
             stop_running: stop_running.clone(),
             running: Default::default(),
+            streams: streams.clone(),
             shared: Arc::downgrade(&shared),
         });
         let executions = TaskTracker::new();

@@ -294,6 +294,11 @@ impl PluginHost {
                         .and_then(|p| p.request_timeout_ms)
                         .unwrap_or(http.request_timeout_ms),
                 ),
+                idle_timeout: std::time::Duration::from_millis(
+                    provider_config
+                        .and_then(|p| p.stream_idle_timeout_ms)
+                        .unwrap_or(config.streams.idle_timeout_ms),
+                ),
                 max_response_bytes: usize::try_from(
                     provider_config
                         .and_then(|p| p.max_response_bytes)
@@ -322,6 +327,7 @@ impl PluginHost {
             view,
             sandbox: SandboxLimits::from(&config.sandbox_for(name)),
             policy: config.policy_for(name),
+            stream: provider_config.is_some_and(|p| p.stream),
             engine: self.engine.clone(),
             ticker: self.ticker.clone(),
             client: self.client.clone(),

@@ -62,6 +62,8 @@ pub struct OutboundRules {
     /// written `[::1]:8080` or `[::1]` (or bare, `::1`, for any port).
     pub allowed_hosts: Arc<[String]>,
     pub request_timeout: Duration,
+    /// The longest a response body may go without a byte (`[streams] idle_timeout_ms`).
+    pub idle_timeout: Duration,
     pub max_response_bytes: usize,
     /// The `user-agent` sent when the component sets none: `lanes/VERSION (PROVIDER/VERSION)`
     /// or the operator's `[providers.NAME] user_agent`.
@@ -228,6 +230,8 @@ impl WasiHttpHooks for Outbound {
             let body = Deadline {
                 body,
                 deadline: Box::pin(tokio::time::sleep_until(deadline)),
+                idle_timeout: rules.idle_timeout,
+                idle: Box::pin(tokio::time::sleep(rules.idle_timeout)),
             }
             .boxed_unsync();
             let io: Box<dyn Future<Output = Result<(), Error>> + Send> = Box::new(async { Ok(()) });
@@ -237,11 +241,14 @@ impl WasiHttpHooks for Outbound {
 }
 
 /// A response body that fails with `HttpResponseTimeout` once the request's deadline has
-/// passed: a server that sends the headers and then stalls must not hold the guest until
-/// the sandbox's wall clock ends the whole execution.
+/// passed, or once it has gone `idle_timeout` without a byte: a server that sends the
+/// headers (or half a stream) and then stalls must not hold the guest until the sandbox's
+/// wall clock ends the whole execution.
 struct Deadline {
     body: WasiBody,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    idle_timeout: Duration,
+    idle: Pin<Box<tokio::time::Sleep>>,
 }
 
 impl Body for Deadline {
@@ -255,7 +262,19 @@ impl Body for Deadline {
         if self.deadline.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Some(Err(Error::HttpResponseTimeout)));
         }
-        Pin::new(&mut self.body).poll_frame(cx)
+        let frame = Pin::new(&mut self.body).poll_frame(cx);
+        match &frame {
+            Poll::Ready(_) => {
+                let next = tokio::time::Instant::now() + self.idle_timeout;
+                self.idle.as_mut().reset(next);
+            }
+            Poll::Pending => {
+                if self.idle.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Some(Err(Error::HttpResponseTimeout)));
+                }
+            }
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -279,6 +298,7 @@ mod tests {
                 "127.0.0.1:8080".to_string(),
             ]),
             request_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
             max_response_bytes: 1,
             user_agent: None,
         };
@@ -300,6 +320,7 @@ mod tests {
                 "2001:db8::1".to_string(),
             ]),
             request_timeout: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(1),
             max_response_bytes: 1,
             user_agent: None,
         };

@@ -165,6 +165,8 @@ pub struct Provider {
     pub(crate) sandbox: SandboxLimits,
     /// Its scheduling policies under the config it was bound with.
     pub policy: crate::policy::Policy,
+    /// `[providers.NAME] stream`: every call streams, not only those that ask.
+    pub stream: bool,
     pub(crate) engine: Engine,
     pub(crate) ticker: super::sandbox::EpochTicker,
     pub(crate) client: super::outbound::SharedClient,
@@ -191,6 +193,13 @@ impl Provider {
     /// What this provider's component takes beyond text.
     pub fn capabilities(&self) -> Capabilities {
         self.component.info.capabilities
+    }
+
+    /// Whether a call with `input` streams: it asks to (`stream: true`), or the provider
+    /// streams every call, and the component can.
+    pub fn streams(&self, input: &ChatInput) -> bool {
+        (self.stream || input.stream == Some(true))
+            && self.capabilities().has(crate::model::Capability::Streaming)
     }
 
     /// What the component is asked for `input`, in the WIT version it speaks, or why it

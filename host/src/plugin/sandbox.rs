@@ -124,6 +124,7 @@ impl GuestView {
             outbound: OutboundRules {
                 allowed_hosts: Arc::from(Vec::new()),
                 request_timeout: std::time::Duration::from_secs(5),
+                idle_timeout: std::time::Duration::from_secs(5),
                 max_response_bytes: 0,
                 user_agent: None,
             },

@@ -348,6 +348,59 @@ pub trait Queue: Send + Sync + 'static {
     /// How long, in ms, until the oldest reservation of `provider` leaves the window (and
     /// frees its room); `None` when it has none.
     async fn budget_frees_in(&self, provider: &str) -> Result<Option<i64>, StoreError>;
+
+    /// Stores chunks of streamed deltas, in one transaction.
+    async fn append_stream(&self, chunks: &[StreamChunk]) -> Result<(), StoreError>;
+
+    /// The stored chunks of `id` from `from` on, oldest first: every chunk of a later
+    /// attempt, and those of `from.attempt` that hold a delta at `from.index` or later.
+    async fn read_stream(
+        &self,
+        id: ExecutionId,
+        from: StreamPosition,
+    ) -> Result<Vec<StreamChunk>, StoreError>;
+
+    /// Deletes the chunks stored before `before` (Unix ms); how many.
+    async fn prune_streams(&self, before: i64) -> Result<u64, StoreError>;
+}
+
+/// A run of an attempt's streamed deltas as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamChunk {
+    pub execution_id: ExecutionId,
+    pub attempt: i64,
+    /// The index of its first delta within the attempt's stream.
+    pub first: i64,
+    /// How many deltas it holds.
+    pub count: i64,
+    /// The deltas, as a JSON array of `model::Delta`.
+    pub deltas: String,
+    /// When it was stored (Unix ms).
+    pub at: i64,
+}
+
+impl StreamChunk {
+    /// A chunk of `id` from its columns `attempt, first, count, deltas, at`.
+    pub(crate) fn of_row(
+        id: ExecutionId,
+        (attempt, first, count, deltas, at): (i64, i64, i64, String, i64),
+    ) -> Self {
+        StreamChunk {
+            execution_id: id,
+            attempt,
+            first,
+            count,
+            deltas,
+            at,
+        }
+    }
+}
+
+/// A place in an execution's stream: delta `index` of attempt `attempt`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamPosition {
+    pub attempt: i64,
+    pub index: i64,
 }
 
 /// A provider's policy state, shared by every worker of a queue.

@@ -25,9 +25,10 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use super::{
     BUDGET_WINDOW_MS, COLUMNS, Cancelled, Change, Claim, DbContext, ExecutionFilter, Finish,
     FinishRow, HISTORY_ERROR_CHARS, HISTORY_KEPT, IdempotencyKey, ProviderRecord, ProviderState,
-    Queue, Recovered, StateChange, StatusCounts, StoreError, Submitted, counts_by, estimate_tokens,
-    execution_from_row, fold_counts, move_bounds, provider_records, provider_state, read_count,
-    readable_claims, stored_count, unreadable_failure, written_flags,
+    Queue, Recovered, StateChange, StatusCounts, StoreError, StreamChunk, StreamPosition,
+    Submitted, counts_by, estimate_tokens, execution_from_row, fold_counts, move_bounds,
+    provider_records, provider_state, read_count, readable_claims, stored_count,
+    unreadable_failure, written_flags,
 };
 use crate::model::{ErrorKind, Execution, ExecutionId, NewExecution};
 
@@ -1109,6 +1110,64 @@ impl Queue for PgQueue {
         .await
         .op("reading budget use")?;
         Ok(left.map(|ms| ms.max(0)))
+    }
+
+    async fn append_stream(&self, chunks: &[StreamChunk]) -> Result<(), StoreError> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        // One statement for the lot: a row per chunk from parallel arrays.
+        let column = |f: fn(&StreamChunk) -> i64| chunks.iter().map(f).collect::<Vec<i64>>();
+        let deltas: Vec<&str> = chunks.iter().map(|c| c.deltas.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO stream_chunks (execution_id, attempt, first, count, deltas, at)
+             SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[],
+                                  $5::text[], $6::bigint[])
+             ON CONFLICT (execution_id, attempt, first)
+             DO UPDATE SET count = EXCLUDED.count, deltas = EXCLUDED.deltas, at = EXCLUDED.at",
+        )
+        .bind(column(|c| c.execution_id))
+        .bind(column(|c| c.attempt))
+        .bind(column(|c| c.first))
+        .bind(column(|c| c.count))
+        .bind(deltas)
+        .bind(column(|c| c.at))
+        .execute(&self.pool)
+        .await
+        .op("storing stream chunks")?;
+        Ok(())
+    }
+
+    async fn read_stream(
+        &self,
+        id: ExecutionId,
+        from: StreamPosition,
+    ) -> Result<Vec<StreamChunk>, StoreError> {
+        let rows: Vec<(i64, i64, i64, String, i64)> = sqlx::query_as(
+            "SELECT attempt, first, count, deltas, at FROM stream_chunks
+              WHERE execution_id = $1
+                AND (attempt > $2 OR (attempt = $2 AND first + count > $3))
+              ORDER BY attempt, first",
+        )
+        .bind(id)
+        .bind(from.attempt)
+        .bind(from.index)
+        .fetch_all(&self.pool)
+        .await
+        .op("reading a stream")?;
+        Ok(rows
+            .into_iter()
+            .map(|row| StreamChunk::of_row(id, row))
+            .collect())
+    }
+
+    async fn prune_streams(&self, before: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM stream_chunks WHERE at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .op("pruning streams")?;
+        Ok(done.rows_affected())
     }
 
     async fn provider_states(&self) -> Result<(i64, BTreeMap<String, ProviderState>), StoreError> {

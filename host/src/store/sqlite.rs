@@ -13,10 +13,10 @@ use sqlx::{Row, SqlitePool};
 use super::{
     BUDGET_WINDOW_MS, COLUMNS, Cancelled, Claim, Claimed, DbContext, ExecutionFilter, ExecutionRow,
     Finish, FinishRow, HISTORY_ERROR_CHARS, HISTORY_KEPT, IdempotencyKey, ProviderRecord,
-    ProviderState, Queue, Recovered, StateChange, StatusCounts, StoreError, Submitted, counts_by,
-    estimate_tokens, execution_from_raw, execution_from_row, fold_counts, move_bounds,
-    provider_records, provider_state, read_count, readable_claims, stored_count,
-    unreadable_failure, written_flags,
+    ProviderState, Queue, Recovered, StateChange, StatusCounts, StoreError, StreamChunk,
+    StreamPosition, Submitted, counts_by, estimate_tokens, execution_from_raw, execution_from_row,
+    fold_counts, move_bounds, provider_records, provider_state, read_count, readable_claims,
+    stored_count, unreadable_failure, written_flags,
 };
 use crate::model::{ErrorKind, Execution, ExecutionId, NewExecution, now_ms};
 
@@ -1249,6 +1249,63 @@ impl Queue for SqliteQueue {
                 .await
                 .op("reading budget use")?;
         Ok(oldest.map(|at| (at + BUDGET_WINDOW_MS - now).max(0)))
+    }
+
+    async fn append_stream(&self, chunks: &[StreamChunk]) -> Result<(), StoreError> {
+        if chunks.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await.op("storing stream chunks")?;
+        for c in chunks {
+            sqlx::query(
+                "INSERT OR REPLACE INTO stream_chunks
+                   (execution_id, attempt, first, count, deltas, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .bind(c.execution_id)
+            .bind(c.attempt)
+            .bind(c.first)
+            .bind(c.count)
+            .bind(&c.deltas)
+            .bind(c.at)
+            .execute(&mut *tx)
+            .await
+            .op("storing stream chunks")?;
+        }
+        tx.commit().await.op("storing stream chunks")?;
+        Ok(())
+    }
+
+    async fn read_stream(
+        &self,
+        id: ExecutionId,
+        from: StreamPosition,
+    ) -> Result<Vec<StreamChunk>, StoreError> {
+        let rows: Vec<(i64, i64, i64, String, i64)> = sqlx::query_as(
+            "SELECT attempt, first, count, deltas, at FROM stream_chunks
+              WHERE execution_id = ?1
+                AND (attempt > ?2 OR (attempt = ?2 AND first + count > ?3))
+              ORDER BY attempt, first",
+        )
+        .bind(id)
+        .bind(from.attempt)
+        .bind(from.index)
+        .fetch_all(&self.pool)
+        .await
+        .op("reading a stream")?;
+        Ok(rows
+            .into_iter()
+            .map(|row| StreamChunk::of_row(id, row))
+            .collect())
+    }
+
+    async fn prune_streams(&self, before: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM stream_chunks WHERE at < ?1")
+            .bind(before)
+            .execute(&self.pool)
+            .await
+            .op("pruning streams")?;
+        Ok(done.rows_affected())
     }
 
     async fn provider_states(&self) -> Result<(i64, BTreeMap<String, ProviderState>), StoreError> {

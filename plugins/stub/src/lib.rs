@@ -19,6 +19,8 @@
 //! | `text` | answer with this text |
 //! | `probe_file` / `probe_env` | try to read this host file / environment variable, and answer with what happened |
 //! | `echo_secret` | log the `api-key` secret and fail with it in the error, as a careless API does |
+//! | `stream_pieces` | when streaming, cut the text into this many deltas (default 4) |
+//! | `stream_gap_ms` | when streaming, sleep this long before each text delta |
 //!
 //! Without `text` or `output_bytes`, the answer comes from the conversation:
 //!
@@ -68,6 +70,8 @@ struct Behaviour {
     probe_file: Option<String>,
     probe_env: Option<String>,
     echo_secret: bool,
+    stream_pieces: Option<usize>,
+    stream_gap_ms: Option<u64>,
 }
 
 struct Stub;
@@ -228,7 +232,11 @@ impl Guest for Stub {
             }
         };
         if request.stream {
-            emit_stream(&response);
+            emit_stream(
+                &response,
+                behaviour.stream_pieces.unwrap_or(4),
+                Duration::from_millis(behaviour.stream_gap_ms.unwrap_or(0)),
+            );
         }
         Ok(response)
     }
@@ -286,14 +294,17 @@ fn conversation_answer(request: &ChatRequest) -> Answer {
     Answer::Text(format!("stub reply to: {last}"))
 }
 
-/// Streams `response` as deltas: its text in up to four pieces, each tool call's start and
-/// arguments, then the usage.
-fn emit_stream(response: &ChatResponse) {
+/// Streams `response` as deltas: its text in up to `n` pieces (`gap` before each), each
+/// tool call's start and arguments, then the usage.
+fn emit_stream(response: &ChatResponse, n: usize, gap: Duration) {
     let mut call_index = 0;
     for part in &response.content {
         match part {
             ContentPart::Text(text) => {
-                for piece in pieces(text, 4) {
+                for piece in pieces(text, n) {
+                    if !gap.is_zero() {
+                        std::thread::sleep(gap);
+                    }
                     stream::emit(&Delta::Text(piece.to_string()));
                 }
             }

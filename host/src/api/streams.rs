@@ -1,0 +1,256 @@
+//! `GET /v1/executions/{id}/stream`: an execution's deltas over SSE, live from memory when
+//! its attempt runs here, else from the stored chunks (on a fleet, at most about a flush
+//! behind), and replayed after the end.
+//!
+//! Events: `attempt` (`{"attempt": N}`: a stream begins; after a retry, the reader drops
+//! what it had), `delta` (a `Delta`, with the SSE id `ATTEMPT:INDEX` that `Last-Event-ID`
+//! resumes after), `lag` (`{"behind": N}`: the reader is that many deltas behind the
+//! attempt) and `end` (the ended execution, as `GET /v1/executions/{id}` gives it).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use futures_util::Stream;
+use tokio::sync::mpsc;
+
+use super::AppState;
+use super::problem::Problem;
+use super::wire::ExecutionOut;
+use crate::model::ExecutionId;
+use crate::store::StreamPosition;
+
+/// Deltas read from a live stream in one step.
+const BATCH: usize = 256;
+
+/// A reader this many deltas behind is told so (at most once a second).
+const LAG_TELL: usize = 1_000;
+
+/// How often the stored chunks of a stream that runs on another worker are read.
+const STORED_POLL: Duration = Duration::from_millis(100);
+
+/// Stream an execution's deltas as they come, or replay them after its end.
+#[utoipa::path(
+    get, path = "/v1/executions/{id}/stream", tag = "executions",
+    params(
+        ("id" = i64, Path, description = "The execution's id"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id (`ATTEMPT:INDEX`)"),
+    ),
+    responses(
+        (status = 200, description = "An event stream: `attempt`, `delta` (a `Delta`), `lag` and, last, `end` (the execution)", content_type = "text/event-stream", body = crate::api::wire::StreamEventDoc),
+        (status = 400, description = "The id is not a number, or a bad `Last-Event-ID`", content_type = "application/problem+json", body = Problem),
+        (status = 404, description = "No such execution", content_type = "application/problem+json", body = Problem),
+        (status = 503, description = "The database did not answer", content_type = "application/problem+json", body = Problem),
+    )
+)]
+pub async fn stream(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Problem> {
+    let from = match headers.get("last-event-id") {
+        Some(value) => resume_after(value.to_str().unwrap_or_default())
+            .ok_or_else(|| Problem::bad_request("`Last-Event-ID` must be ATTEMPT:INDEX"))?,
+        None => StreamPosition::default(),
+    };
+    if state.control.queue().get(id).await?.is_none() {
+        return Err(Problem::not_found(format!("no execution {id}")));
+    }
+    // A reader that falls behind holds only this task back, never the lane.
+    let (tx, rx) = mpsc::channel::<SseEvent>(64);
+    let stop = state.stop.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = follow(&state, id, from, &tx) => {}
+            _ = stop.cancelled() => {}
+            _ = tx.closed() => {}
+        }
+    });
+    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|event| (Ok(event), rx))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// The place after event id `ATTEMPT:INDEX`.
+fn resume_after(id: &str) -> Option<StreamPosition> {
+    let (attempt, index) = id.split_once(':')?;
+    Some(StreamPosition {
+        attempt: attempt.parse().ok()?,
+        index: index.parse::<i64>().ok()?.checked_add(1)?,
+    })
+}
+
+/// What the reader has: the attempt it follows, and the next delta's index.
+struct Reader<'a> {
+    tx: &'a mpsc::Sender<SseEvent>,
+    at: StreamPosition,
+    told_lag: Option<tokio::time::Instant>,
+}
+
+impl Reader<'_> {
+    async fn send(&self, event: SseEvent) -> Result<(), ()> {
+        self.tx.send(event).await.map_err(|_| ())
+    }
+
+    /// Moves to `attempt` if it is a new one, and says so.
+    async fn attempt(&mut self, attempt: i64) -> Result<(), ()> {
+        if attempt != self.at.attempt {
+            self.at = StreamPosition { attempt, index: 0 };
+            let data = serde_json::json!({ "attempt": attempt }).to_string();
+            self.send(SseEvent::default().event("attempt").data(data))
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Sends delta `index` (its JSON), if the reader has not had it.
+    async fn delta(&mut self, index: i64, json: &str) -> Result<(), ()> {
+        if index < self.at.index {
+            return Ok(());
+        }
+        let event = SseEvent::default()
+            .event("delta")
+            .id(format!("{}:{index}", self.at.attempt))
+            .data(json);
+        self.send(event).await?;
+        self.at.index = index + 1;
+        Ok(())
+    }
+
+    /// Tells a reader far behind by how much, at most once a second.
+    async fn lag(&mut self, behind: usize) -> Result<(), ()> {
+        let now = tokio::time::Instant::now();
+        if behind < LAG_TELL
+            || self
+                .told_lag
+                .is_some_and(|t| now - t < Duration::from_secs(1))
+        {
+            return Ok(());
+        }
+        self.told_lag = Some(now);
+        let data = serde_json::json!({ "behind": behind }).to_string();
+        self.send(SseEvent::default().event("lag").data(data)).await
+    }
+}
+
+/// Sends the stream of `id` from `from` until its end (or the reader leaves).
+async fn follow(
+    state: &AppState,
+    id: ExecutionId,
+    from: StreamPosition,
+    tx: &mpsc::Sender<SseEvent>,
+) -> Result<(), ()> {
+    let mut reader = Reader {
+        tx,
+        at: from,
+        told_lag: None,
+    };
+    let streams = state.control.streams().clone();
+    let waiter = state.waiters.register(id);
+    let shared = state.control.queue().shared();
+    // The last attempt read live to its end: it stays in memory a moment after.
+    let mut live_done = 0;
+    loop {
+        // Live here: from memory, at the reader's pace.
+        let live = streams
+            .live(id)
+            .filter(|l| l.attempt > live_done && l.attempt >= reader.at.attempt);
+        if let Some(live) = live {
+            reader.attempt(live.attempt).await?;
+            loop {
+                let changed = live.changed();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                let index = usize::try_from(reader.at.index).unwrap_or(usize::MAX);
+                let read = live.read(index, BATCH);
+                for (i, json) in read.deltas.iter().enumerate() {
+                    let at = i64::try_from(index + i).unwrap_or(i64::MAX);
+                    reader.delta(at, json).await?;
+                }
+                let index = usize::try_from(reader.at.index).unwrap_or(usize::MAX);
+                reader.lag(read.total.saturating_sub(index)).await?;
+                if index < read.total {
+                    continue;
+                }
+                if read.ended {
+                    live_done = live.attempt;
+                    break;
+                }
+                changed.await;
+            }
+            continue;
+        }
+        // Elsewhere, or over: from the store. The end is read first, so the chunks read
+        // after it are all there are (an attempt's tail is stored before its end).
+        let opened = streams.opened();
+        tokio::pin!(opened);
+        opened.as_mut().enable();
+        let notified = waiter.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let execution = match state.control.queue().get(id).await {
+            Ok(Some(e)) => e,
+            _ => return Err(()),
+        };
+        let ended = execution.status.is_terminal();
+        let chunks = match state.control.queue().read_stream(id, reader.at).await {
+            Ok(chunks) => chunks,
+            Err(e) => {
+                tracing::warn!("execution {id}: reading its stream: {e}");
+                Vec::new()
+            }
+        };
+        for chunk in chunks {
+            reader.attempt(chunk.attempt).await?;
+            if chunk.first > reader.at.index {
+                // A chunk not stored yet: read again.
+                break;
+            }
+            let deltas: Vec<&serde_json::value::RawValue> =
+                serde_json::from_str(&chunk.deltas).unwrap_or_default();
+            for (i, json) in deltas.iter().enumerate() {
+                let at = chunk.first + i64::try_from(i).unwrap_or(i64::MAX);
+                reader.delta(at, json.get()).await?;
+            }
+        }
+        if ended {
+            let out = ExecutionOut::from(execution);
+            let data = serde_json::to_string(&out).unwrap_or_default();
+            reader
+                .send(SseEvent::default().event("end").data(data))
+                .await?;
+            return Ok(());
+        }
+        let poll = if shared {
+            STORED_POLL
+        } else {
+            Duration::from_secs(2)
+        };
+        tokio::select! {
+            _ = opened => {}
+            _ = notified => {}
+            _ = tokio::time::sleep(poll) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_event_ids_resume_after_their_delta() {
+        assert_eq!(
+            resume_after("2:41"),
+            Some(StreamPosition {
+                attempt: 2,
+                index: 42
+            })
+        );
+        assert_eq!(resume_after("2"), None);
+        assert_eq!(resume_after("x:1"), None);
+    }
+}
