@@ -27,6 +27,7 @@ pub mod bindings {
         path: "../../wit",
         pub_export_macro: true,
         default_bindings_module: "lanes_guest::bindings",
+        additional_derives: [PartialEq],
     });
 }
 
@@ -265,6 +266,36 @@ pub fn text_at(value: &serde_json::Value, pointer: &str) -> String {
         .and_then(serde_json::Value::as_str)
         .unwrap_or_default()
         .to_string()
+}
+
+/// The count at JSON `pointer`, or `None` when there is none.
+pub fn opt_count_at(value: &serde_json::Value, pointer: &str) -> Option<u32> {
+    value
+        .pointer(pointer)
+        .and_then(serde_json::Value::as_u64)
+        .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+}
+
+/// JSON text of the request (a tool's parameters, a schema, a tool call's arguments) as a
+/// JSON value; `what` names it in the `invalid-request` error when it does not parse.
+pub fn json_text(text: &str, what: &str) -> Result<serde_json::Value, ProviderError> {
+    serde_json::from_str(text)
+        .map_err(|e| ProviderError::InvalidRequest(format!("{what} is not valid JSON: {e}")))
+}
+
+/// A JSON value as the text a `tool-call.arguments` holds: a string as it is (the API
+/// already sent JSON text), anything else serialized.
+pub fn json_to_text(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "{}".to_string(),
+        other => other.to_string(),
+    }
+}
+
+/// An `invalid-request` error: what the provider's API cannot take.
+pub fn refuse(message: impl Into<String>) -> ProviderError {
+    ProviderError::InvalidRequest(message.into())
 }
 
 /// The count at JSON `pointer` (such as `/usage/input_tokens`), or 0.
