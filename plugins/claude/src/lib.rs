@@ -7,37 +7,365 @@
 //!
 //! Sampling fields are sent only when the request sets them: the 2026-10-21 API version
 //! rejects `temperature` even at its default value.
+//!
+//! Mapped: text, images (base64 and URL sources), tools (`input_schema`, `strict`),
+//! `tool_choice` (`required` is `any`) with `disable_parallel_tool_use`, tool calls as
+//! `tool_use` blocks, tool messages folded into a user turn of `tool_result` blocks (results
+//! first), signed reasoning round-tripped as `thinking`/`redacted_thinking` blocks, reasoning
+//! as `thinking` (config `thinking`: `budget`, the default, sends `enabled` with a budget,
+//! an effort becoming low 1024, medium 2048 or high 4096 tokens; `adaptive` sends an effort
+//! as `adaptive` thinking with `output_config.effort`), a JSON schema as
+//! `output_config.format`, `top_p` and `stop_sequences`. There is no seed: it is ignored.
+//! The API has no schema-less JSON mode: `json-object` adds an instruction to the system
+//! prompt.
 
 use lanes_guest::adapter::{HttpAdapter, HttpRequest};
 use lanes_guest::bindings::lanes::provider::config;
 use lanes_guest::bindings::lanes::provider::types::{
-    Capabilities, ChatRequest, ChatResponse, FinishReason, ProviderError, ProviderInfo, Role, Usage,
+    Capabilities, ChatRequest, ChatResponse, ContentPart, Effort, FinishReason, Image, ImageSource,
+    Message, ProviderError, ProviderInfo, Reasoning, ResponseFormat, ResultPart, Role, Tool,
+    ToolCall, ToolChoice, ToolResult, Usage,
 };
 use lanes_guest::{errors, http};
 use serde_json::{Map, Value, json};
 
 struct Claude;
 
-/// The request body the Messages API expects.
-fn body(request: &ChatRequest, model: &str) -> Map<String, Value> {
-    // System turns have no place in `messages`: they join the top-level system prompt.
-    let mut system: Vec<&str> = request.system.as_deref().into_iter().collect();
-    let mut messages = Vec::new();
-    let mut system_turns = Vec::new();
-    for m in &request.messages {
-        let text = lanes_guest::message_text(m);
-        match m.role {
-            Role::System => system_turns.push(text),
-            Role::User | Role::Tool => messages.push(json!({"role": "user", "content": text})),
-            Role::Assistant => messages.push(json!({"role": "assistant", "content": text})),
+/// How a reasoning effort is asked for (config `thinking`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum ThinkingMode {
+    /// `thinking: {type: "enabled", budget_tokens}`, the effort turned into a budget: the
+    /// default, which every thinking model takes.
+    Budget,
+    /// `thinking: {type: "adaptive"}` with `output_config.effort`, which the newest models
+    /// want (the SDK warns that `enabled` is deprecated on them). A budget of tokens still
+    /// goes as `enabled`.
+    Adaptive,
+}
+
+/// What the request body depends on besides the request: the provider's config.
+struct Settings {
+    /// `max_tokens` when the request sets none (the API requires one).
+    default_max_tokens: u32,
+    thinking: ThinkingMode,
+}
+
+impl Settings {
+    fn from_config() -> Result<Self, ProviderError> {
+        let thinking = match config::get("thinking").as_deref() {
+            None | Some("budget") => ThinkingMode::Budget,
+            Some("adaptive") => ThinkingMode::Adaptive,
+            Some(other) => {
+                return Err(lanes_guest::refuse(format!(
+                    "config value `thinking` = `{other}`: expected `budget` or `adaptive`"
+                )));
+            }
+        };
+        Ok(Settings {
+            default_max_tokens: config::get("default_max_tokens")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1024),
+            thinking,
+        })
+    }
+}
+
+/// The thinking budget for an effort: LiteLLM's defaults (low 1024, the API's minimum,
+/// medium 2048, high 4096), so that callers coming from it get the same.
+fn effort_budget(effort: Effort) -> u32 {
+    match effort {
+        Effort::Low => 1024,
+        Effort::Medium => 2048,
+        Effort::High => 4096,
+    }
+}
+
+fn effort_name(effort: Effort) -> &'static str {
+    match effort {
+        Effort::Low => "low",
+        Effort::Medium => "medium",
+        Effort::High => "high",
+    }
+}
+
+/// What a model is told when the request asks for any JSON object: the Messages API holds
+/// answers to a schema (`output_config.format`) but has no schema-less JSON mode.
+const JSON_OBJECT_INSTRUCTION: &str =
+    "Answer with a single JSON object only, with no text before or after it.";
+
+/// One turn of `messages` being built.
+struct Turn {
+    role: &'static str,
+    /// A string for a message of text alone (the form the 0.1 adapter sent), else blocks.
+    content: Value,
+    /// Holds tool results: the next user-side message joins it.
+    tool_results: bool,
+}
+
+fn text_block(text: &str) -> Value {
+    json!({"type": "text", "text": text})
+}
+
+fn image_block(image: &Image) -> Result<Value, ProviderError> {
+    let source = match &image.source {
+        ImageSource::Url(url) => json!({"type": "url", "url": url}),
+        ImageSource::Base64(data) => {
+            let media_type = image
+                .media_type
+                .as_deref()
+                .ok_or_else(|| lanes_guest::refuse("a base64 image needs its media type"))?;
+            json!({"type": "base64", "media_type": media_type, "data": data})
+        }
+    };
+    Ok(json!({"type": "image", "source": source}))
+}
+
+fn tool_result_block(result: &ToolResult) -> Result<Value, ProviderError> {
+    let all_text = result
+        .parts
+        .iter()
+        .all(|p| matches!(p, ResultPart::Text(_)));
+    let content = if all_text {
+        let texts: Vec<&str> = result
+            .parts
+            .iter()
+            .filter_map(|p| match p {
+                ResultPart::Text(t) => Some(t.as_str()),
+                ResultPart::Image(_) => None,
+            })
+            .collect();
+        json!(texts.join("\n"))
+    } else {
+        Value::Array(
+            result
+                .parts
+                .iter()
+                .filter(|p| !matches!(p, ResultPart::Text(t) if t.is_empty()))
+                .map(|p| match p {
+                    ResultPart::Text(t) => Ok(text_block(t)),
+                    ResultPart::Image(image) => image_block(image),
+                })
+                .collect::<Result<_, _>>()?,
+        )
+    };
+    let mut block =
+        json!({"type": "tool_result", "tool_use_id": result.call_id, "content": content});
+    if result.is_error {
+        block["is_error"] = json!(true);
+    }
+    Ok(block)
+}
+
+/// A message's parts as content blocks, in order. Empty text is left out (the API refuses
+/// empty text blocks), and so is reasoning without a signature (the API takes back only
+/// thinking it signed, such as another provider's reasoning).
+fn blocks(message: &Message) -> Result<Vec<Value>, ProviderError> {
+    let role = lanes_guest::role_name(message.role);
+    let assistant = message.role == Role::Assistant;
+    let mut out = Vec::new();
+    for part in &message.content {
+        match part {
+            ContentPart::Text(t) if t.is_empty() => {}
+            ContentPart::Text(t) => out.push(text_block(t)),
+            ContentPart::Image(image) if !assistant => out.push(image_block(image)?),
+            ContentPart::ToolResult(result) if !assistant => out.push(tool_result_block(result)?),
+            ContentPart::ToolCall(call) if assistant => {
+                let input = if call.arguments.trim().is_empty() {
+                    json!({})
+                } else {
+                    let what = format!("the arguments of tool call `{}`", call.id);
+                    lanes_guest::json_text(&call.arguments, &what)?
+                };
+                out.push(
+                    json!({"type": "tool_use", "id": call.id, "name": call.name, "input": input}),
+                );
+            }
+            ContentPart::Reasoning(r) if assistant => {
+                if let Some(data) = &r.redacted {
+                    out.push(json!({"type": "redacted_thinking", "data": data}));
+                } else if let Some(signature) = &r.signature {
+                    out.push(
+                        json!({"type": "thinking", "thinking": r.text, "signature": signature}),
+                    );
+                }
+            }
+            other => {
+                let kind = match other {
+                    ContentPart::Image(_) => "image",
+                    ContentPart::ToolCall(_) => "tool-call",
+                    ContentPart::ToolResult(_) => "tool-result",
+                    _ => "reasoning",
+                };
+                return Err(lanes_guest::refuse(format!(
+                    "Anthropic takes no {kind} part in a {role} message"
+                )));
+            }
         }
     }
-    system.extend(system_turns.iter().map(String::as_str));
-    let max_tokens = match request.max_tokens {
-        Some(n) => n,
-        None => config::get("default_max_tokens")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1024),
+    Ok(out)
+}
+
+/// The request's messages as the Messages API's turns. System messages join the top-level
+/// system prompt; a tool message becomes a user turn of `tool_result` blocks, which the
+/// next user message (or tool message) joins, after the results, as the API requires.
+fn turns(request: &ChatRequest, system: &mut Vec<String>) -> Result<Vec<Value>, ProviderError> {
+    let mut turns: Vec<Turn> = Vec::new();
+    for message in &request.messages {
+        let text_only = message
+            .content
+            .iter()
+            .all(|p| matches!(p, ContentPart::Text(_)));
+        match message.role {
+            Role::System => {
+                if !text_only {
+                    return Err(lanes_guest::refuse(
+                        "Anthropic takes only text in a system message",
+                    ));
+                }
+                system.push(lanes_guest::message_text(message));
+                continue;
+            }
+            Role::Assistant if text_only => turns.push(Turn {
+                role: "assistant",
+                content: json!(lanes_guest::message_text(message)),
+                tool_results: false,
+            }),
+            Role::Assistant => turns.push(Turn {
+                role: "assistant",
+                content: Value::Array(blocks(message)?),
+                tool_results: false,
+            }),
+            Role::User | Role::Tool => {
+                let has_results = message
+                    .content
+                    .iter()
+                    .any(|p| matches!(p, ContentPart::ToolResult(_)));
+                match turns.last_mut() {
+                    Some(last) if last.tool_results => {
+                        let mut joined = as_blocks(std::mem::take(&mut last.content));
+                        joined.extend(blocks(message)?);
+                        // Results first, in the order given.
+                        joined.sort_by_key(|b| b["type"] != "tool_result");
+                        last.content = Value::Array(joined);
+                    }
+                    _ if text_only => turns.push(Turn {
+                        role: "user",
+                        content: json!(lanes_guest::message_text(message)),
+                        tool_results: false,
+                    }),
+                    _ => {
+                        let mut own = blocks(message)?;
+                        own.sort_by_key(|b| b["type"] != "tool_result");
+                        turns.push(Turn {
+                            role: "user",
+                            content: Value::Array(own),
+                            tool_results: has_results,
+                        })
+                    }
+                }
+            }
+        }
+    }
+    Ok(turns
+        .into_iter()
+        .map(|t| json!({"role": t.role, "content": t.content}))
+        .collect())
+}
+
+/// Content as blocks: a string becomes one text block (none when empty).
+fn as_blocks(content: Value) -> Vec<Value> {
+    match content {
+        Value::Array(blocks) => blocks,
+        Value::String(s) if s.is_empty() => Vec::new(),
+        Value::String(s) => vec![text_block(&s)],
+        _ => Vec::new(),
+    }
+}
+
+fn tool_json(tool: &Tool) -> Result<Value, ProviderError> {
+    let mut out = Map::new();
+    out.insert("name".into(), json!(tool.name));
+    if let Some(d) = &tool.description {
+        out.insert("description".into(), json!(d));
+    }
+    let schema = match &tool.parameters {
+        Some(p) => lanes_guest::json_text(p, &format!("the parameters of tool `{}`", tool.name))?,
+        // The API requires a schema: no arguments is an object without properties.
+        None => json!({"type": "object", "properties": {}}),
+    };
+    out.insert("input_schema".into(), schema);
+    if let Some(strict) = tool.strict {
+        out.insert("strict".into(), json!(strict));
+    }
+    Ok(Value::Object(out))
+}
+
+/// `tool_choice`, with `disable_parallel_tool_use` when the request forbids parallel calls
+/// (the API takes it on every choice but `none`).
+fn tool_choice_json(choice: Option<&ToolChoice>, parallel: Option<bool>) -> Option<Value> {
+    let mut choice = match choice {
+        None if parallel == Some(false) => json!({"type": "auto"}),
+        None => return None,
+        Some(ToolChoice::Auto) => json!({"type": "auto"}),
+        Some(ToolChoice::None) => return Some(json!({"type": "none"})),
+        Some(ToolChoice::Required) => json!({"type": "any"}),
+        Some(ToolChoice::Named(name)) => json!({"type": "tool", "name": name}),
+    };
+    if parallel == Some(false) {
+        choice["disable_parallel_tool_use"] = json!(true);
+    }
+    Some(choice)
+}
+
+/// The request body the Messages API expects.
+fn body(
+    request: &ChatRequest,
+    model: &str,
+    settings: &Settings,
+) -> Result<Map<String, Value>, ProviderError> {
+    // System turns have no place in `messages`: they join the top-level system prompt.
+    let mut system: Vec<String> = request.system.iter().cloned().collect();
+    let messages = turns(request, &mut system)?;
+    let mut output_config = Map::new();
+    match &request.response_format {
+        None | Some(ResponseFormat::Text) => {}
+        Some(ResponseFormat::JsonObject) => system.push(JSON_OBJECT_INSTRUCTION.to_string()),
+        Some(ResponseFormat::JsonSchema(format)) => {
+            let schema = lanes_guest::json_text(&format.schema, "the response format's schema")?;
+            output_config.insert(
+                "format".into(),
+                json!({"type": "json_schema", "schema": schema}),
+            );
+        }
+    }
+    let mut thinking = None;
+    let mut budget = None;
+    if let Some(reasoning) = &request.reasoning {
+        match (reasoning.budget_tokens, reasoning.effort, settings.thinking) {
+            (None, Some(effort), ThinkingMode::Adaptive) => {
+                thinking = Some(json!({"type": "adaptive"}));
+                output_config.insert("effort".into(), json!(effort_name(effort)));
+            }
+            (budget_tokens, effort, _) => {
+                let n = budget_tokens
+                    .or(effort.map(effort_budget))
+                    .unwrap_or(effort_budget(Effort::Medium));
+                thinking = Some(json!({"type": "enabled", "budget_tokens": n}));
+                budget = Some(n);
+            }
+        }
+    }
+    // The budget counts within `max_tokens`, which must exceed it: without a `max-tokens`
+    // the answer gets the default on top of the budget.
+    let max_tokens = match (request.max_tokens, budget) {
+        (Some(n), Some(b)) if n <= b => {
+            return Err(lanes_guest::refuse(format!(
+                "max-tokens ({n}) must exceed the reasoning budget ({b} tokens)"
+            )));
+        }
+        (Some(n), _) => n,
+        (None, Some(b)) => settings.default_max_tokens.saturating_add(b),
+        (None, None) => settings.default_max_tokens,
     };
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
@@ -52,46 +380,133 @@ fn body(request: &ChatRequest, model: &str) -> Map<String, Value> {
     if let Some(t) = request.temperature {
         body.insert("temperature".into(), lanes_guest::f32_json(t));
     }
-    body
+    if let Some(p) = request.top_p {
+        body.insert("top_p".into(), lanes_guest::f32_json(p));
+    }
+    // No seed: the Messages API samples without one.
+    if !request.tools.is_empty() {
+        let tools = request
+            .tools
+            .iter()
+            .map(tool_json)
+            .collect::<Result<Vec<_>, _>>()?;
+        body.insert("tools".into(), Value::Array(tools));
+        if let Some(choice) =
+            tool_choice_json(request.tool_choice.as_ref(), request.parallel_tool_calls)
+        {
+            body.insert("tool_choice".into(), choice);
+        }
+    }
+    if let Some(thinking) = thinking {
+        body.insert("thinking".into(), thinking);
+    }
+    if !output_config.is_empty() {
+        body.insert("output_config".into(), Value::Object(output_config));
+    }
+    Ok(body)
 }
 
 fn parse(response: &http::Response) -> Result<ChatResponse, ProviderError> {
-    let value = lanes_guest::adapter::json(response)?;
-    let text: String = value
+    parse_value(&lanes_guest::adapter::json(response)?)
+}
+
+/// One content block of a reply as a part; `None` for blocks lanes has no part for
+/// (server tool uses and their results, for one).
+fn block_part(block: &Value) -> Option<ContentPart> {
+    let field = |key: &str| lanes_guest::text_at(block, &format!("/{key}"));
+    match block.get("type").and_then(Value::as_str)? {
+        "text" => {
+            let text = field("text");
+            (!text.is_empty()).then_some(ContentPart::Text(text))
+        }
+        "tool_use" => Some(ContentPart::ToolCall(ToolCall {
+            id: field("id"),
+            name: field("name"),
+            arguments: lanes_guest::json_to_text(block.get("input").unwrap_or(&Value::Null)),
+        })),
+        "thinking" => Some(ContentPart::Reasoning(Reasoning {
+            text: field("thinking"),
+            signature: block
+                .get("signature")
+                .and_then(Value::as_str)
+                .map(str::to_string),
+            redacted: None,
+        })),
+        "redacted_thinking" => Some(ContentPart::Reasoning(Reasoning {
+            text: String::new(),
+            signature: None,
+            redacted: Some(field("data")),
+        })),
+        _ => None,
+    }
+}
+
+/// `stop_reason` as lanes says it.
+fn finish_reason(reason: Option<&str>) -> FinishReason {
+    match reason {
+        Some("end_turn") | Some("stop_sequence") | None => FinishReason::Stop,
+        Some("max_tokens") => FinishReason::Length,
+        Some("model_context_window_exceeded") => FinishReason::ContextWindow,
+        Some("tool_use") => FinishReason::ToolCalls,
+        Some("refusal") => FinishReason::Refusal,
+        Some("pause_turn") => FinishReason::Pause,
+        Some(other) => FinishReason::Other(other.to_string()),
+    }
+}
+
+/// `usage` as lanes counts it: Anthropic's `input_tokens` is only the part that was neither
+/// read from nor written to the prompt cache.
+fn usage(usage: &Value) -> Usage {
+    let read = lanes_guest::opt_count_at(usage, "/cache_read_input_tokens");
+    let write = lanes_guest::opt_count_at(usage, "/cache_creation_input_tokens");
+    Usage {
+        input_tokens: lanes_guest::count_at(usage, "/input_tokens")
+            .saturating_add(read.unwrap_or(0))
+            .saturating_add(write.unwrap_or(0)),
+        output_tokens: lanes_guest::count_at(usage, "/output_tokens"),
+        cache_read_tokens: read,
+        cache_write_tokens: write,
+        reasoning_tokens: lanes_guest::opt_count_at(
+            usage,
+            "/output_tokens_details/thinking_tokens",
+        ),
+    }
+}
+
+/// The refusal of a reply that stopped with `refusal`: the API's explanation, else the
+/// text it wrote, else its category.
+fn refusal(stop_details: Option<&Value>, content: &[ContentPart]) -> String {
+    let details = stop_details.unwrap_or(&Value::Null);
+    let explanation = lanes_guest::text_at(details, "/explanation");
+    if !explanation.is_empty() {
+        return explanation;
+    }
+    let text = lanes_guest::parts_text(content, "");
+    if !text.is_empty() {
+        return text;
+    }
+    match details.get("category").and_then(Value::as_str) {
+        Some(category) => format!("refused ({category})"),
+        None => "refused".to_string(),
+    }
+}
+
+fn parse_value(value: &Value) -> Result<ChatResponse, ProviderError> {
+    let content: Vec<ContentPart> = value
         .get("content")
         .and_then(Value::as_array)
-        .map(|blocks| {
-            blocks
-                .iter()
-                .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
-                .filter_map(|b| b.get("text").and_then(Value::as_str))
-                .collect::<Vec<_>>()
-                .join("")
-        })
-        .unwrap_or_default();
-    let finish_reason = match value.get("stop_reason").and_then(Value::as_str) {
-        Some("end_turn") | Some("stop_sequence") | None => FinishReason::Stop,
-        Some("max_tokens") | Some("model_context_window_exceeded") => FinishReason::Length,
-        Some("tool_use") => FinishReason::ToolCalls,
-        Some("refusal") => FinishReason::ContentFilter,
-        Some(other) => FinishReason::Other(other.to_string()),
-    };
-    let count = |key: &str| lanes_guest::count_at(&value, &format!("/usage/{key}"));
+        .into_iter()
+        .flatten()
+        .filter_map(block_part)
+        .collect();
+    let finish_reason = finish_reason(value.get("stop_reason").and_then(Value::as_str));
+    let refusal = (finish_reason == FinishReason::Refusal)
+        .then(|| refusal(value.get("stop_details"), &content));
     Ok(ChatResponse {
-        content: lanes_guest::text_content(text),
-        refusal: None,
-        model: lanes_guest::text_at(&value, "/model"),
-        usage: Usage {
-            // lanes counts every prompt token; Anthropic's `input_tokens` is the part that
-            // was neither read from nor written to the prompt cache.
-            input_tokens: count("input_tokens")
-                .saturating_add(count("cache_read_input_tokens"))
-                .saturating_add(count("cache_creation_input_tokens")),
-            output_tokens: count("output_tokens"),
-            cache_read_tokens: None,
-            cache_write_tokens: None,
-            reasoning_tokens: None,
-        },
+        content,
+        refusal,
+        model: lanes_guest::text_at(value, "/model"),
+        usage: usage(value.get("usage").unwrap_or(&Value::Null)),
         finish_reason,
     })
 }
@@ -142,7 +557,11 @@ impl HttpAdapter for Claude {
             version: env!("CARGO_PKG_VERSION").into(),
             default_limit: 3,
             description: "Anthropic Messages API (/v1/messages)".into(),
-            capabilities: Capabilities::empty(),
+            capabilities: Capabilities::TOOLS
+                | Capabilities::JSON_SCHEMA
+                | Capabilities::IMAGES
+                | Capabilities::IMAGE_URLS
+                | Capabilities::REASONING,
             image_media_types: Vec::new(),
         }
     }
@@ -154,7 +573,8 @@ impl HttpAdapter for Claude {
         let key = lanes_guest::secret("api-key").ok_or_else(|| {
             ProviderError::Unauthorized("no API key: set api_key_env or api_key_file".into())
         })?;
-        let built = HttpRequest::post("/v1/messages", Value::Object(body(request, &model))).header(
+        let body = body(request, &model, &Settings::from_config()?)?;
+        let built = HttpRequest::post("/v1/messages", Value::Object(body)).header(
             "anthropic-version",
             lanes_guest::config_or("anthropic_version", "2026-10-21"),
         );
@@ -175,3 +595,410 @@ impl HttpAdapter for Claude {
 }
 
 lanes_guest::export_http_adapter!(Claude);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanes_guest::bindings::lanes::provider::types::{JsonSchema, ReasoningConfig};
+
+    fn request(messages: Vec<Message>) -> ChatRequest {
+        ChatRequest {
+            model: None,
+            system: None,
+            messages,
+            max_tokens: None,
+            temperature: None,
+            top_p: None,
+            seed: None,
+            stop: Vec::new(),
+            tools: Vec::new(),
+            tool_choice: None,
+            parallel_tool_calls: None,
+            response_format: None,
+            reasoning: None,
+            stream: false,
+            extra: None,
+        }
+    }
+
+    fn message(role: Role, content: Vec<ContentPart>) -> Message {
+        Message { role, content }
+    }
+
+    fn text(t: &str) -> ContentPart {
+        ContentPart::Text(t.to_string())
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            default_max_tokens: 1024,
+            thinking: ThinkingMode::Budget,
+        }
+    }
+
+    fn body_of(request: &ChatRequest) -> Value {
+        Value::Object(body(request, "claude-test", &settings()).unwrap())
+    }
+
+    fn refused(request: &ChatRequest) -> String {
+        match body(request, "m", &settings()) {
+            Err(ProviderError::InvalidRequest(m)) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn weather_call() -> ToolCall {
+        ToolCall {
+            id: "toolu_01".into(),
+            name: "get_weather".into(),
+            arguments: r#"{"city":"Paris"}"#.into(),
+        }
+    }
+
+    #[test]
+    fn a_text_request_is_as_before() {
+        let mut r = request(vec![
+            message(Role::System, vec![text("Rule two")]),
+            message(Role::User, vec![text("Hello"), text("there")]),
+            message(Role::Assistant, vec![text("Hi")]),
+            message(Role::User, vec![text("Bye")]),
+        ]);
+        r.system = Some("Rule one".into());
+        r.temperature = Some(0.2);
+        r.seed = Some(7);
+        r.stop = vec!["END".into()];
+        assert_eq!(
+            body_of(&r),
+            json!({
+                "model": "claude-test",
+                "max_tokens": 1024,
+                "system": "Rule one\n\nRule two",
+                "messages": [
+                    {"role": "user", "content": "Hello\nthere"},
+                    {"role": "assistant", "content": "Hi"},
+                    {"role": "user", "content": "Bye"},
+                ],
+                "stop_sequences": ["END"],
+                "temperature": 0.2,
+            })
+        );
+    }
+
+    #[test]
+    fn a_tool_loop_with_thinking_maps() {
+        let mut r = request(vec![
+            message(
+                Role::User,
+                vec![
+                    ContentPart::Image(Image {
+                        source: ImageSource::Base64("iVBORw0KGgo=".into()),
+                        media_type: Some("image/png".into()),
+                    }),
+                    ContentPart::Image(Image {
+                        source: ImageSource::Url("https://example.com/a.jpg".into()),
+                        media_type: None,
+                    }),
+                    text("Weather where this is?"),
+                ],
+            ),
+            message(
+                Role::Assistant,
+                vec![
+                    ContentPart::Reasoning(Reasoning {
+                        text: "Looks like Paris".into(),
+                        signature: Some("sig==".into()),
+                        redacted: None,
+                    }),
+                    ContentPart::Reasoning(Reasoning {
+                        text: String::new(),
+                        signature: None,
+                        redacted: Some("ENCRYPTED".into()),
+                    }),
+                    ContentPart::Reasoning(Reasoning {
+                        text: "unsigned, from elsewhere".into(),
+                        signature: None,
+                        redacted: None,
+                    }),
+                    text("Let me check."),
+                    ContentPart::ToolCall(weather_call()),
+                ],
+            ),
+            message(
+                Role::Tool,
+                vec![ContentPart::ToolResult(ToolResult {
+                    call_id: "toolu_01".into(),
+                    name: Some("get_weather".into()),
+                    parts: vec![ResultPart::Text("18°C".into())],
+                    is_error: false,
+                })],
+            ),
+            message(
+                Role::Tool,
+                vec![ContentPart::ToolResult(ToolResult {
+                    call_id: "toolu_02".into(),
+                    name: None,
+                    parts: vec![
+                        ResultPart::Text("failed, see".into()),
+                        ResultPart::Image(Image {
+                            source: ImageSource::Base64("R0lG".into()),
+                            media_type: Some("image/gif".into()),
+                        }),
+                    ],
+                    is_error: true,
+                })],
+            ),
+            message(Role::User, vec![text("And tomorrow?")]),
+        ]);
+        r.tools = vec![
+            Tool {
+                name: "get_weather".into(),
+                description: Some("The weather".into()),
+                parameters: Some(
+                    r#"{"type":"object","properties":{"city":{"type":"string"}}}"#.into(),
+                ),
+                strict: Some(true),
+            },
+            Tool {
+                name: "get_time".into(),
+                description: None,
+                parameters: None,
+                strict: None,
+            },
+        ];
+        r.tool_choice = Some(ToolChoice::Required);
+        r.parallel_tool_calls = Some(false);
+        r.reasoning = Some(ReasoningConfig {
+            effort: Some(Effort::High),
+            budget_tokens: None,
+        });
+        r.top_p = Some(0.95);
+        assert_eq!(
+            body_of(&r),
+            json!({
+                "model": "claude-test",
+                "max_tokens": 1024 + 4096,
+                "messages": [
+                    {"role": "user", "content": [
+                        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+                        {"type": "image", "source": {"type": "url", "url": "https://example.com/a.jpg"}},
+                        {"type": "text", "text": "Weather where this is?"},
+                    ]},
+                    {"role": "assistant", "content": [
+                        {"type": "thinking", "thinking": "Looks like Paris", "signature": "sig=="},
+                        {"type": "redacted_thinking", "data": "ENCRYPTED"},
+                        {"type": "text", "text": "Let me check."},
+                        {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {"city": "Paris"}},
+                    ]},
+                    {"role": "user", "content": [
+                        {"type": "tool_result", "tool_use_id": "toolu_01", "content": "18°C"},
+                        {"type": "tool_result", "tool_use_id": "toolu_02", "is_error": true, "content": [
+                            {"type": "text", "text": "failed, see"},
+                            {"type": "image", "source": {"type": "base64", "media_type": "image/gif", "data": "R0lG"}},
+                        ]},
+                        {"type": "text", "text": "And tomorrow?"},
+                    ]},
+                ],
+                "tools": [
+                    {"name": "get_weather", "description": "The weather", "strict": true,
+                     "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}}},
+                    {"name": "get_time", "input_schema": {"type": "object", "properties": {}}},
+                ],
+                "tool_choice": {"type": "any", "disable_parallel_tool_use": true},
+                "thinking": {"type": "enabled", "budget_tokens": 4096},
+                "top_p": 0.95,
+            })
+        );
+    }
+
+    #[test]
+    fn tool_choices() {
+        let choice = |c: Option<ToolChoice>, p: Option<bool>| tool_choice_json(c.as_ref(), p);
+        assert_eq!(choice(None, None), None);
+        assert_eq!(
+            choice(None, Some(false)),
+            Some(json!({"type": "auto", "disable_parallel_tool_use": true}))
+        );
+        assert_eq!(
+            choice(Some(ToolChoice::Auto), Some(true)),
+            Some(json!({"type": "auto"}))
+        );
+        assert_eq!(
+            choice(Some(ToolChoice::None), Some(false)),
+            Some(json!({"type": "none"}))
+        );
+        assert_eq!(
+            choice(Some(ToolChoice::Named("f".into())), None),
+            Some(json!({"type": "tool", "name": "f"}))
+        );
+        let mut r = request(vec![message(Role::User, vec![text("x")])]);
+        r.tool_choice = Some(ToolChoice::Required);
+        assert_eq!(
+            body_of(&r).get("tool_choice"),
+            None,
+            "no tools, no tool_choice"
+        );
+    }
+
+    #[test]
+    fn structured_output_and_reasoning_settings() {
+        let mut r = request(vec![message(Role::User, vec![text("x")])]);
+        r.response_format = Some(ResponseFormat::JsonSchema(JsonSchema {
+            name: "event".into(),
+            description: None,
+            schema: r#"{"type":"object","properties":{"a":{"type":"string"}},"required":["a"],"additionalProperties":false}"#.into(),
+            strict: Some(true),
+        }));
+        r.reasoning = Some(ReasoningConfig {
+            effort: Some(Effort::Low),
+            budget_tokens: None,
+        });
+        r.max_tokens = Some(4000);
+        let adaptive = Settings {
+            default_max_tokens: 1024,
+            thinking: ThinkingMode::Adaptive,
+        };
+        let b = Value::Object(body(&r, "m", &adaptive).unwrap());
+        assert_eq!(b["thinking"], json!({"type": "adaptive"}));
+        assert_eq!(
+            b["output_config"],
+            json!({"effort": "low", "format": {"type": "json_schema", "schema": {
+                "type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"],
+                "additionalProperties": false}}})
+        );
+        assert_eq!(b["max_tokens"], json!(4000));
+        let b = body_of(&r);
+        assert_eq!(
+            b["thinking"],
+            json!({"type": "enabled", "budget_tokens": 1024})
+        );
+        assert_eq!(b["output_config"].get("effort"), None);
+        // A budget goes as a budget even in adaptive mode.
+        r.reasoning = Some(ReasoningConfig {
+            effort: None,
+            budget_tokens: Some(3000),
+        });
+        let b = Value::Object(body(&r, "m", &adaptive).unwrap());
+        assert_eq!(
+            b["thinking"],
+            json!({"type": "enabled", "budget_tokens": 3000})
+        );
+        r.max_tokens = Some(3000);
+        assert!(refused(&r).contains("must exceed the reasoning budget"));
+        r.reasoning = None;
+        r.response_format = Some(ResponseFormat::JsonObject);
+        r.system = Some("Be brief".into());
+        let b = body_of(&r);
+        assert_eq!(
+            b["system"],
+            json!(format!("Be brief\n\n{JSON_OBJECT_INSTRUCTION}"))
+        );
+        assert_eq!(b.get("output_config"), None);
+    }
+
+    #[test]
+    fn what_the_api_cannot_take_is_refused() {
+        let image = Image {
+            source: ImageSource::Base64("AA==".into()),
+            media_type: None,
+        };
+        assert!(
+            refused(&request(vec![message(
+                Role::User,
+                vec![ContentPart::Image(image)]
+            )]))
+            .contains("media type")
+        );
+        assert!(
+            refused(&request(vec![message(
+                Role::User,
+                vec![ContentPart::ToolCall(weather_call())]
+            )]))
+            .contains("no tool-call part in a user message")
+        );
+        let mut bad = weather_call();
+        bad.arguments = "{oops".into();
+        assert!(
+            refused(&request(vec![message(
+                Role::Assistant,
+                vec![ContentPart::ToolCall(bad)]
+            )]))
+            .contains("arguments of tool call `toolu_01`")
+        );
+    }
+
+    #[test]
+    fn a_reply_with_thinking_and_a_tool_call() {
+        let reply = json!({
+            "id": "msg_01", "type": "message", "role": "assistant", "model": "claude-sonnet-4-5",
+            "content": [
+                {"type": "thinking", "thinking": "Paris, then.", "signature": "EqQB"},
+                {"type": "redacted_thinking", "data": "EmwK"},
+                {"type": "text", "text": "Let me check."},
+                {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {"city": "Paris"}},
+                {"type": "server_tool_use", "id": "srvtoolu_1", "name": "web_search", "input": {}}
+            ],
+            "stop_reason": "tool_use", "stop_sequence": null,
+            "usage": {"input_tokens": 21, "cache_creation_input_tokens": 188086,
+                      "cache_read_input_tokens": 5, "output_tokens": 393,
+                      "output_tokens_details": {"thinking_tokens": 120}}
+        });
+        let r = parse_value(&reply).unwrap();
+        assert_eq!(
+            r.content,
+            vec![
+                ContentPart::Reasoning(Reasoning {
+                    text: "Paris, then.".into(),
+                    signature: Some("EqQB".into()),
+                    redacted: None
+                }),
+                ContentPart::Reasoning(Reasoning {
+                    text: String::new(),
+                    signature: None,
+                    redacted: Some("EmwK".into())
+                }),
+                text("Let me check."),
+                ContentPart::ToolCall(weather_call()),
+            ]
+        );
+        assert_eq!(r.finish_reason, FinishReason::ToolCalls);
+        assert_eq!(r.refusal, None);
+        assert_eq!(r.model, "claude-sonnet-4-5");
+        assert_eq!(
+            r.usage,
+            Usage {
+                input_tokens: 21 + 188086 + 5,
+                output_tokens: 393,
+                cache_read_tokens: Some(5),
+                cache_write_tokens: Some(188086),
+                reasoning_tokens: Some(120),
+            }
+        );
+    }
+
+    #[test]
+    fn stop_reasons_and_refusals() {
+        let stop = |reason: &str| {
+            parse_value(&json!({"model": "m", "content": [], "stop_reason": reason,
+                                "usage": {"input_tokens": 1, "output_tokens": 2}}))
+            .unwrap()
+        };
+        assert_eq!(stop("end_turn").finish_reason, FinishReason::Stop);
+        assert_eq!(stop("stop_sequence").finish_reason, FinishReason::Stop);
+        assert_eq!(stop("max_tokens").finish_reason, FinishReason::Length);
+        assert_eq!(stop("pause_turn").finish_reason, FinishReason::Pause);
+        assert_eq!(
+            stop("model_context_window_exceeded").finish_reason,
+            FinishReason::ContextWindow
+        );
+        assert_eq!(stop("refusal").refusal.as_deref(), Some("refused"));
+        assert_eq!(stop("end_turn").usage.cache_read_tokens, None);
+        let refused = parse_value(&json!({
+            "model": "m", "content": [{"type": "text", "text": "I can't"}], "stop_reason": "refusal",
+            "stop_details": {"type": "refusal", "category": "cyber", "explanation": "Malware."},
+            "usage": {"input_tokens": 1, "output_tokens": 2}}))
+        .unwrap();
+        assert_eq!(refused.finish_reason, FinishReason::Refusal);
+        assert_eq!(refused.refusal.as_deref(), Some("Malware."));
+        assert_eq!(refused.content, vec![text("I can't")]);
+    }
+}
