@@ -18,6 +18,11 @@
 //! `output_config.format`, `top_p` and `stop_sequences`. There is no seed: it is ignored.
 //! The API has no schema-less JSON mode: `json-object` adds an instruction to the system
 //! prompt.
+//!
+//! Streaming: `stream: true`; the named SSE events become text, reasoning, tool-call and
+//! usage deltas (usage at `message_start` and at each `message_delta`, whose counts are
+//! totals), and the answer ends at `message_stop` (a body that ends before it is
+//! `unavailable`); an `error` event maps by its type (`overloaded_error` is `unavailable`).
 
 use lanes_guest::adapter::{HttpAdapter, HttpRequest};
 use lanes_guest::bindings::lanes::provider::config;
@@ -26,8 +31,10 @@ use lanes_guest::bindings::lanes::provider::types::{
     Message, ProviderError, ProviderInfo, Reasoning, ResponseFormat, ResultPart, Role, Tool,
     ToolCall, ToolChoice, ToolResult, Usage,
 };
+use lanes_guest::stream::{self, Emit, ResponseBuilder, SseEvent, SseParser, StreamDecoder};
 use lanes_guest::{errors, http};
 use serde_json::{Map, Value, json};
+use std::collections::HashMap;
 
 struct Claude;
 
@@ -403,6 +410,9 @@ fn body(
     if !output_config.is_empty() {
         body.insert("output_config".into(), Value::Object(output_config));
     }
+    if request.stream {
+        body.insert("stream".into(), json!(true));
+    }
     Ok(body)
 }
 
@@ -511,6 +521,159 @@ fn parse_value(value: &Value) -> Result<ChatResponse, ProviderError> {
     })
 }
 
+/// A content block of a streamed answer.
+struct Block {
+    /// Its position in the response.
+    at: usize,
+    /// A tool call's `input` at its start: its arguments when no `input_json_delta` comes.
+    input: Option<Value>,
+}
+
+/// A streamed answer: SSE events `message_start`, then per content block
+/// `content_block_start`, `content_block_delta`s and `content_block_stop`, then
+/// `message_delta` (stop reason and cumulative usage) and `message_stop`; `ping`s anywhere,
+/// and an `error` event on failure.
+#[derive(Default)]
+struct ClaudeStream {
+    sse: SseParser,
+    builder: ResponseBuilder,
+    blocks: HashMap<u64, Block>,
+    /// The usage so far, as the API counts it: `message_start`'s, updated by each
+    /// `message_delta` (whose counts are totals, not increments).
+    usage: Map<String, Value>,
+    stop_reason: Option<String>,
+    stop_details: Option<Value>,
+    done: bool,
+}
+
+impl ClaudeStream {
+    fn event(&mut self, event: SseEvent, emit: Emit<'_>) -> Result<(), ProviderError> {
+        if self.done {
+            return Ok(());
+        }
+        let data: Value = serde_json::from_str(&event.data)
+            .map_err(|e| ProviderError::Unavailable(format!("unreadable stream event: {e}")))?;
+        let kind = data
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or(&event.event);
+        let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
+        match kind {
+            "message_start" => {
+                let message = data.get("message").unwrap_or(&Value::Null);
+                self.builder.model = lanes_guest::text_at(message, "/model");
+                self.update_usage(message.get("usage"), emit);
+            }
+            "content_block_start" => {
+                let block = data.get("content_block").unwrap_or(&Value::Null);
+                let field = |key: &str| lanes_guest::text_at(block, &format!("/{key}"));
+                let b = &mut self.builder;
+                let (at, input) = match block.get("type").and_then(Value::as_str) {
+                    Some("text") => (b.start_text(&field("text"), emit), None),
+                    Some("thinking") => {
+                        let at = b.start_reasoning(&field("thinking"), emit);
+                        b.sign(at, &field("signature"));
+                        (at, None)
+                    }
+                    Some("redacted_thinking") => (b.redacted_reasoning(field("data")), None),
+                    Some("tool_use") => (
+                        b.start_call(field("id"), field("name"), emit),
+                        block.get("input").cloned(),
+                    ),
+                    // Blocks lanes has no part for (server tools and their results).
+                    _ => return Ok(()),
+                };
+                self.blocks.insert(index, Block { at, input });
+            }
+            "content_block_delta" => {
+                let Some(block) = self.blocks.get(&index) else {
+                    return Ok(());
+                };
+                let delta = data.get("delta").unwrap_or(&Value::Null);
+                let field = |key: &str| lanes_guest::text_at(delta, &format!("/{key}"));
+                match delta.get("type").and_then(Value::as_str) {
+                    Some("text_delta") => self.builder.append(block.at, &field("text"), emit),
+                    Some("thinking_delta") => {
+                        self.builder.append(block.at, &field("thinking"), emit)
+                    }
+                    Some("signature_delta") => self.builder.sign(block.at, &field("signature")),
+                    Some("input_json_delta") => {
+                        self.builder.append(block.at, &field("partial_json"), emit)
+                    }
+                    _ => {}
+                }
+            }
+            "content_block_stop" => {
+                if let Some(block) = self.blocks.get(&index)
+                    && let Some(input) = &block.input
+                    && self.builder.arguments(block.at) == Some("")
+                {
+                    let whole = lanes_guest::json_to_text(input);
+                    self.builder.append(block.at, &whole, emit);
+                }
+            }
+            "message_delta" => {
+                let delta = data.get("delta").unwrap_or(&Value::Null);
+                if let Some(reason) = delta.get("stop_reason").and_then(Value::as_str) {
+                    self.stop_reason = Some(reason.to_string());
+                }
+                if let Some(details) = delta.get("stop_details").filter(|d| !d.is_null()) {
+                    self.stop_details = Some(details.clone());
+                }
+                self.update_usage(data.get("usage"), emit);
+            }
+            "message_stop" => self.done = true,
+            "error" => {
+                let error = data.get("error").unwrap_or(&Value::Null);
+                return Err(errors::from_stream_error(
+                    &lanes_guest::text_at(error, "/type"),
+                    &lanes_guest::text_at(error, "/message"),
+                ));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn update_usage(&mut self, counts: Option<&Value>, emit: Emit<'_>) {
+        let Some(Value::Object(counts)) = counts else {
+            return;
+        };
+        for (key, value) in counts {
+            if !value.is_null() {
+                self.usage.insert(key.clone(), value.clone());
+            }
+        }
+        self.builder
+            .usage(usage(&Value::Object(self.usage.clone())), emit);
+    }
+}
+
+impl StreamDecoder for ClaudeStream {
+    fn feed(&mut self, chunk: &[u8], emit: Emit<'_>) -> Result<(), ProviderError> {
+        for event in self.sse.push(chunk) {
+            self.event(event, emit)?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>, emit: Emit<'_>) -> Result<ChatResponse, ProviderError> {
+        if let Some(event) = self.sse.finish() {
+            self.event(event, emit)?;
+        }
+        if !self.done {
+            return Err(stream::ended_early());
+        }
+        let reason = finish_reason(self.stop_reason.as_deref());
+        let refused = reason == FinishReason::Refusal;
+        let mut response = self.builder.finish(reason, None);
+        if refused {
+            response.refusal = Some(refusal(self.stop_details.as_ref(), &response.content));
+        }
+        Ok(response)
+    }
+}
+
 /// Maps an error reply `{"type":"error","error":{"type","message"}}`.
 fn error(response: &http::Response) -> ProviderError {
     let text = response.text();
@@ -561,7 +724,8 @@ impl HttpAdapter for Claude {
                 | Capabilities::JSON_SCHEMA
                 | Capabilities::IMAGES
                 | Capabilities::IMAGE_URLS
-                | Capabilities::REASONING,
+                | Capabilities::REASONING
+                | Capabilities::STREAMING,
             image_media_types: Vec::new(),
         }
     }
@@ -591,6 +755,10 @@ impl HttpAdapter for Claude {
 
     fn classify_error(response: &http::Response) -> ProviderError {
         error(response)
+    }
+
+    fn stream_decoder(_request: &ChatRequest) -> Option<Box<dyn StreamDecoder>> {
+        Some(Box::new(ClaudeStream::default()))
     }
 }
 
@@ -1000,5 +1168,180 @@ mod tests {
         assert_eq!(refused.finish_reason, FinishReason::Refusal);
         assert_eq!(refused.refusal.as_deref(), Some("Malware."));
         assert_eq!(refused.content, vec![text("I can't")]);
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+    use lanes_guest::bindings::lanes::provider::stream::Delta;
+    use lanes_guest::stream::{decode_in_chunks, join_deltas};
+
+    const STREAM: &str = concat!(
+        "event: message_start\n",
+        "data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_01\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude-sonnet-4-5\",\"content\":[],\"stop_reason\":null,\"stop_sequence\":null,\"usage\":{\"input_tokens\":25,\"cache_creation_input_tokens\":0,\"cache_read_input_tokens\":100,\"output_tokens\":1}}}\n\n",
+        "event: content_block_start\n",
+        "data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"thinking\",\"thinking\":\"\",\"signature\":\"\"}}\n\n",
+        "event: ping\n",
+        "data: {\"type\": \"ping\"}\n\n",
+        "event: content_block_delta\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"Paris, \"}}\n\n",
+        "event: content_block_delta\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"thinking_delta\",\"thinking\":\"then.\"}}\n\n",
+        "event: content_block_delta\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"signature_delta\",\"signature\":\"EqQBCgIYAhIM\"}}\n\n",
+        "event: content_block_stop\n",
+        "data: {\"type\":\"content_block_stop\",\"index\":0}\n\n",
+        "event: content_block_start\n",
+        "data: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n",
+        "event: content_block_delta\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"text_delta\",\"text\":\"Let me \u{fc}\"}}\n\n",
+        "event: content_block_delta\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"text_delta\",\"text\":\"check.\"}}\n\n",
+        "event: content_block_stop\n",
+        "data: {\"type\":\"content_block_stop\",\"index\":1}\n\n",
+        "event: content_block_start\n",
+        "data: {\"type\":\"content_block_start\",\"index\":2,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_01\",\"name\":\"get_weather\",\"input\":{}}}\n\n",
+        "event: content_block_delta\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":2,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"\"}}\n\n",
+        "event: content_block_delta\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":2,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\\\"city\\\": \\\"Par\"}}\n\n",
+        "event: content_block_delta\n",
+        "data: {\"type\":\"content_block_delta\",\"index\":2,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"is\\\"}\"}}\n\n",
+        "event: content_block_stop\n",
+        "data: {\"type\":\"content_block_stop\",\"index\":2}\n\n",
+        "event: content_block_start\n",
+        "data: {\"type\":\"content_block_start\",\"index\":3,\"content_block\":{\"type\":\"tool_use\",\"id\":\"toolu_02\",\"name\":\"get_time\",\"input\":{}}}\n\n",
+        "event: content_block_stop\n",
+        "data: {\"type\":\"content_block_stop\",\"index\":3}\n\n",
+        "event: message_delta\n",
+        "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"tool_use\",\"stop_sequence\":null},\"usage\":{\"output_tokens\":89}}\n\n",
+        "event: message_stop\n",
+        "data: {\"type\":\"message_stop\"}\n\n",
+    );
+
+    fn decoder() -> Box<dyn StreamDecoder> {
+        Box::new(ClaudeStream::default())
+    }
+
+    #[test]
+    fn a_thinking_tool_stream_assembles_however_it_is_cut() {
+        for size in [1, 2, 5, 13, 200, 100_000] {
+            let (deltas, result) = decode_in_chunks(decoder(), STREAM.as_bytes(), size);
+            let response = result.unwrap();
+            assert_eq!(response.model, "claude-sonnet-4-5");
+            assert_eq!(response.finish_reason, FinishReason::ToolCalls);
+            assert_eq!(
+                response.content,
+                vec![
+                    ContentPart::Reasoning(Reasoning {
+                        text: "Paris, then.".into(),
+                        signature: Some("EqQBCgIYAhIM".into()),
+                        redacted: None,
+                    }),
+                    ContentPart::Text("Let me ücheck.".into()),
+                    ContentPart::ToolCall(ToolCall {
+                        id: "toolu_01".into(),
+                        name: "get_weather".into(),
+                        arguments: r#"{"city": "Paris"}"#.into(),
+                    }),
+                    ContentPart::ToolCall(ToolCall {
+                        id: "toolu_02".into(),
+                        name: "get_time".into(),
+                        arguments: "{}".into(),
+                    }),
+                ]
+            );
+            assert_eq!(
+                response.usage,
+                Usage {
+                    input_tokens: 125,
+                    output_tokens: 89,
+                    cache_read_tokens: Some(100),
+                    cache_write_tokens: Some(0),
+                    reasoning_tokens: None,
+                }
+            );
+            let (text, reasoning, calls) = join_deltas(&deltas);
+            assert_eq!(text, "Let me ücheck.");
+            assert_eq!(reasoning, "Paris, then.");
+            assert_eq!(
+                calls,
+                vec![
+                    (
+                        "toolu_01".into(),
+                        "get_weather".into(),
+                        r#"{"city": "Paris"}"#.into()
+                    ),
+                    ("toolu_02".into(), "get_time".into(), "{}".into()),
+                ]
+            );
+            let usages: Vec<u32> = deltas
+                .iter()
+                .filter_map(|d| match d {
+                    Delta::Usage(u) => Some(u.output_tokens),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(usages, vec![1, 89]);
+        }
+    }
+
+    #[test]
+    fn the_request_asks_for_a_stream() {
+        let mut r = ChatRequest {
+            model: None,
+            system: None,
+            messages: Vec::new(),
+            max_tokens: None,
+            temperature: None,
+            top_p: None,
+            seed: None,
+            stop: Vec::new(),
+            tools: Vec::new(),
+            tool_choice: None,
+            parallel_tool_calls: None,
+            response_format: None,
+            reasoning: None,
+            stream: true,
+            extra: None,
+        };
+        let settings = Settings {
+            default_max_tokens: 1024,
+            thinking: ThinkingMode::Budget,
+        };
+        assert_eq!(body(&r, "m", &settings).unwrap()["stream"], json!(true));
+        r.stream = false;
+        assert_eq!(body(&r, "m", &settings).unwrap().get("stream"), None);
+    }
+
+    #[test]
+    fn errors_and_cut_streams() {
+        let overloaded = concat!(
+            "event: message_start\n",
+            "data: {\"type\":\"message_start\",\"message\":{\"model\":\"m\",\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n",
+            "event: error\n",
+            "data: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n",
+        );
+        let (_, result) = decode_in_chunks(decoder(), overloaded.as_bytes(), 7);
+        assert!(
+            matches!(result, Err(ProviderError::Unavailable(m)) if m.contains("overloaded_error: Overloaded"))
+        );
+        let cut = &STREAM[..STREAM.find("event: message_stop").unwrap()];
+        let (_, result) = decode_in_chunks(decoder(), cut.as_bytes(), 50);
+        assert!(matches!(result, Err(ProviderError::Unavailable(m)) if m == "stream ended early"));
+        let refused = concat!(
+            "event: message_start\n",
+            "data: {\"type\":\"message_start\",\"message\":{\"model\":\"m\",\"usage\":{\"input_tokens\":5,\"output_tokens\":1}}}\n\n",
+            "event: message_delta\n",
+            "data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"refusal\",\"stop_details\":{\"type\":\"refusal\",\"category\":\"cyber\",\"explanation\":null}},\"usage\":{\"output_tokens\":3}}\n\n",
+            "event: message_stop\n",
+            "data: {\"type\":\"message_stop\"}\n\n",
+        );
+        let (_, result) = decode_in_chunks(decoder(), refused.as_bytes(), 9);
+        let response = result.unwrap();
+        assert_eq!(response.finish_reason, FinishReason::Refusal);
+        assert_eq!(response.refusal.as_deref(), Some("refused (cyber)"));
+        assert!(response.content.is_empty());
     }
 }

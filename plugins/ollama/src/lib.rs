@@ -1,8 +1,12 @@
 //! Ollama's chat API (`POST {base_url}/api/chat`) as a lanes provider.
 //!
 //! Config: `base_url` (default http://127.0.0.1:11434) and `model`. There is no auth.
-//! `"stream": false` is always sent, since Ollama streams NDJSON when the field is missing;
-//! an NDJSON reply is still understood.
+//! `"stream"` is always sent, `false` unless the request streams, since Ollama streams NDJSON
+//! when the field is missing; an NDJSON reply to an unstreamed request is still understood.
+//!
+//! Streaming: the NDJSON lines become text, reasoning (`message.thinking`), tool-call (each
+//! call whole: its start and all its arguments) and usage (at `done: true`) deltas; a body
+//! that ends before `done: true` is `unavailable`, and so is an `{"error": ...}` line.
 //!
 //! Mapped: text, base64 images (`images`; URLs are refused, and not declared), tools, tool
 //! calls in assistant messages (arguments as objects), tool results as `tool` messages with
@@ -20,6 +24,7 @@ use lanes_guest::bindings::lanes::provider::types::{
     ToolCall, ToolChoice, Usage,
 };
 use lanes_guest::http;
+use lanes_guest::stream::{self, Emit, LineReader, ResponseBuilder, StreamDecoder};
 use serde_json::{Map, Value, json};
 
 struct Ollama;
@@ -202,7 +207,7 @@ fn body(request: &ChatRequest, model: &str) -> Result<Map<String, Value>, Provid
     let mut body = Map::new();
     body.insert("model".into(), json!(model));
     body.insert("messages".into(), Value::Array(messages));
-    body.insert("stream".into(), json!(false));
+    body.insert("stream".into(), json!(request.stream));
     if !options.is_empty() {
         body.insert("options".into(), Value::Object(options));
     }
@@ -326,6 +331,89 @@ fn usage(done: &Value) -> Usage {
     }
 }
 
+/// A streamed answer: NDJSON, one chunk object a line, the last with `done: true` and the
+/// counts; an `{"error": ...}` line on failure (the status stays 200).
+#[derive(Default)]
+struct OllamaStream {
+    lines: LineReader,
+    builder: ResponseBuilder,
+    /// How many tool calls the answer has so far.
+    calls: usize,
+    done_reason: Option<String>,
+    done: bool,
+}
+
+impl OllamaStream {
+    fn line(&mut self, line: &str, emit: Emit<'_>) -> Result<(), ProviderError> {
+        if self.done {
+            return Ok(());
+        }
+        let chunk: Value = serde_json::from_str(line)
+            .map_err(|e| ProviderError::Unavailable(format!("unreadable stream line: {e}")))?;
+        if let Some(error) = chunk.get("error") {
+            let message = error
+                .as_str()
+                .map_or_else(|| error.to_string(), str::to_string);
+            return Err(ProviderError::Unavailable(format!(
+                "error in stream: {message}"
+            )));
+        }
+        if let Some(model) = chunk.get("model").and_then(Value::as_str)
+            && !model.is_empty()
+        {
+            self.builder.model = model.to_string();
+        }
+        let message = chunk.get("message").unwrap_or(&Value::Null);
+        if let Some(thinking) = message.get("thinking").and_then(Value::as_str) {
+            self.builder.reasoning(thinking, emit);
+        }
+        if let Some(text) = message.get("content").and_then(Value::as_str) {
+            self.builder.text(text, emit);
+        }
+        // Tool calls arrive whole: a start and all the arguments at once.
+        for call in message
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let call = tool_call(call, self.calls);
+            self.calls += 1;
+            let at = self.builder.start_call(call.id, call.name, emit);
+            self.builder.append(at, &call.arguments, emit);
+        }
+        if chunk.get("done").and_then(Value::as_bool) == Some(true) {
+            self.done = true;
+            self.done_reason = chunk
+                .get("done_reason")
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            self.builder.usage(usage(&chunk), emit);
+        }
+        Ok(())
+    }
+}
+
+impl StreamDecoder for OllamaStream {
+    fn feed(&mut self, chunk: &[u8], emit: Emit<'_>) -> Result<(), ProviderError> {
+        for line in self.lines.push(chunk) {
+            self.line(&line, emit)?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>, emit: Emit<'_>) -> Result<ChatResponse, ProviderError> {
+        if let Some(line) = self.lines.finish() {
+            self.line(&line, emit)?;
+        }
+        if !self.done {
+            return Err(stream::ended_early());
+        }
+        let reason = finish_reason(self.done_reason.as_deref(), self.builder.has_calls());
+        Ok(self.builder.finish(reason, None))
+    }
+}
+
 impl HttpAdapter for Ollama {
     fn info() -> ProviderInfo {
         ProviderInfo {
@@ -336,7 +424,8 @@ impl HttpAdapter for Ollama {
             capabilities: Capabilities::TOOLS
                 | Capabilities::JSON_SCHEMA
                 | Capabilities::IMAGES
-                | Capabilities::REASONING,
+                | Capabilities::REASONING
+                | Capabilities::STREAMING,
             image_media_types: IMAGE_TYPES.iter().map(|t| t.to_string()).collect(),
         }
     }
@@ -353,6 +442,10 @@ impl HttpAdapter for Ollama {
 
     fn parse_response(response: &http::Response) -> Result<ChatResponse, ProviderError> {
         parse(&response.text())
+    }
+
+    fn stream_decoder(_request: &ChatRequest) -> Option<Box<dyn StreamDecoder>> {
+        Some(Box::new(OllamaStream::default()))
     }
 }
 
@@ -591,5 +684,79 @@ mod tests {
         assert_eq!(r.content, vec![text("Hi there")]);
         assert_eq!(r.finish_reason, FinishReason::Length);
         assert_eq!(r.refusal, None);
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+    use lanes_guest::stream::{decode_in_chunks, join_deltas};
+
+    const STREAM: &str = concat!(
+        "{\"model\":\"qwen3\",\"created_at\":\"2026-08-21T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"\",\"thinking\":\"Need \"},\"done\":false}\n",
+        "{\"model\":\"qwen3\",\"created_at\":\"2026-08-21T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"\",\"thinking\":\"weather.\"},\"done\":false}\n",
+        "{\"model\":\"qwen3\",\"created_at\":\"2026-08-21T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"The \"},\"done\":false}\n",
+        "{\"model\":\"qwen3\",\"created_at\":\"2026-08-21T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"sky \u{e9}\"},\"done\":false}\n",
+        "{\"model\":\"qwen3\",\"created_at\":\"2026-08-21T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"\",\"tool_calls\":[{\"id\":\"call_k3j9x0aa\",\"function\":{\"index\":0,\"name\":\"get_weather\",\"arguments\":{\"city\":\"Tokyo\"}}},{\"function\":{\"index\":1,\"name\":\"get_time\",\"arguments\":{}}}]},\"done\":false}\n",
+        "{\"model\":\"qwen3\",\"created_at\":\"2026-08-21T00:00:00Z\",\"message\":{\"role\":\"assistant\",\"content\":\"\"},\"done\":true,\"done_reason\":\"stop\",\"total_duration\":1,\"load_duration\":1,\"prompt_eval_count\":26,\"prompt_eval_duration\":1,\"eval_count\":282,\"eval_duration\":1}\n",
+    );
+
+    fn decoder() -> Box<dyn StreamDecoder> {
+        Box::new(OllamaStream::default())
+    }
+
+    #[test]
+    fn a_stream_assembles_however_it_is_cut() {
+        for size in [1, 2, 3, 10, 100, 100_000] {
+            let (deltas, result) = decode_in_chunks(decoder(), STREAM.as_bytes(), size);
+            let response = result.unwrap();
+            assert_eq!(response.model, "qwen3");
+            assert_eq!(response.finish_reason, FinishReason::ToolCalls);
+            assert_eq!(
+                response.content,
+                vec![
+                    ContentPart::Reasoning(Reasoning {
+                        text: "Need weather.".into(),
+                        signature: None,
+                        redacted: None,
+                    }),
+                    ContentPart::Text("The sky é".into()),
+                    ContentPart::ToolCall(ToolCall {
+                        id: "call_k3j9x0aa".into(),
+                        name: "get_weather".into(),
+                        arguments: r#"{"city":"Tokyo"}"#.into(),
+                    }),
+                    ContentPart::ToolCall(ToolCall {
+                        id: "call_1".into(),
+                        name: "get_time".into(),
+                        arguments: "{}".into(),
+                    }),
+                ]
+            );
+            assert_eq!(response.usage.input_tokens, 26);
+            assert_eq!(response.usage.output_tokens, 282);
+            let (text, reasoning, calls) = join_deltas(&deltas);
+            assert_eq!(text, "The sky é");
+            assert_eq!(reasoning, "Need weather.");
+            assert_eq!(calls.len(), 2);
+            assert_eq!(calls[0].2, r#"{"city":"Tokyo"}"#);
+        }
+    }
+
+    #[test]
+    fn errors_and_cut_streams() {
+        let cut = &STREAM[..STREAM.rfind("{\"model\"").unwrap()];
+        let (_, result) = decode_in_chunks(decoder(), cut.as_bytes(), 20);
+        assert!(matches!(result, Err(ProviderError::Unavailable(m)) if m == "stream ended early"));
+        let failed = "{\"model\":\"m\",\"message\":{\"content\":\"Hi\"},\"done\":false}\n{\"error\":\"an error was encountered while running the model\"}\n";
+        let (deltas, result) = decode_in_chunks(decoder(), failed.as_bytes(), 8);
+        assert!(
+            matches!(result, Err(ProviderError::Unavailable(m)) if m.contains("an error was encountered"))
+        );
+        assert_eq!(join_deltas(&deltas).0, "Hi");
+        // The last line may lack its line end.
+        let unended = "{\"model\":\"m\",\"message\":{\"content\":\"Hi\"},\"done\":true,\"done_reason\":\"length\"}";
+        let (_, result) = decode_in_chunks(decoder(), unended.as_bytes(), 8);
+        assert_eq!(result.unwrap().finish_reason, FinishReason::Length);
     }
 }

@@ -13,6 +13,10 @@
 //! `stop`. The API takes no reasoning back: an assistant message's reasoning parts are left
 //! out. A reply's `message.refusal` is the response's refusal (finish `refusal`);
 //! compatible servers' `reasoning_content` (or `reasoning`) becomes a reasoning part.
+//!
+//! Streaming: `stream: true` with `stream_options.include_usage`; the SSE chunks become
+//! text, reasoning, tool-call and usage deltas, and the answer ends at `data: [DONE]` (a body
+//! that ends before it is `unavailable`); an `error` chunk maps by its code or type.
 
 use lanes_guest::adapter::{HttpAdapter, HttpRequest};
 use lanes_guest::bindings::lanes::provider::types::{
@@ -20,8 +24,10 @@ use lanes_guest::bindings::lanes::provider::types::{
     Message, ProviderError, ProviderInfo, RateLimit, Reasoning, ReasoningConfig, ResponseFormat,
     ResultPart, Role, Tool, ToolCall, ToolChoice, Usage,
 };
+use lanes_guest::stream::{self, Emit, ResponseBuilder, SseEvent, SseParser, StreamDecoder};
 use lanes_guest::{errors, http};
 use serde_json::{Map, Value, json};
+use std::collections::HashMap;
 
 struct OpenAi;
 
@@ -115,6 +121,11 @@ fn body(
             "reasoning_effort".into(),
             json!(reasoning_effort(reasoning)),
         );
+    }
+    if request.stream {
+        body.insert("stream".into(), json!(true));
+        // Without it the stream carries no usage.
+        body.insert("stream_options".into(), json!({"include_usage": true}));
     }
     Ok(body)
 }
@@ -374,6 +385,109 @@ fn parse_value(value: &Value) -> Result<ChatResponse, ProviderError> {
     })
 }
 
+/// A streamed answer: SSE `data:` events, each a `chat.completion.chunk`, then
+/// `data: [DONE]`. With `include_usage`, the last chunk before it has no choices and the
+/// usage.
+#[derive(Default)]
+struct OpenAiStream {
+    sse: SseParser,
+    builder: ResponseBuilder,
+    /// The position in the response of each tool call, by the API's `index`.
+    calls: HashMap<u64, usize>,
+    finish_reason: Option<String>,
+    refusal: String,
+    done: bool,
+}
+
+impl OpenAiStream {
+    fn event(&mut self, event: SseEvent, emit: Emit<'_>) -> Result<(), ProviderError> {
+        let data = event.data.trim();
+        if self.done || data.is_empty() {
+            return Ok(());
+        }
+        if data == "[DONE]" {
+            self.done = true;
+            return Ok(());
+        }
+        let chunk: Value = serde_json::from_str(data)
+            .map_err(|e| ProviderError::Unavailable(format!("unreadable stream event: {e}")))?;
+        if let Some(error) = chunk.get("error").filter(|e| !e.is_null()) {
+            let field = |key: &str| lanes_guest::text_at(error, &format!("/{key}"));
+            let kind = Some(field("code"))
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| field("type"));
+            return Err(errors::from_stream_error(&kind, &field("message")));
+        }
+        if let Some(model) = chunk.get("model").and_then(Value::as_str)
+            && !model.is_empty()
+        {
+            self.builder.model = model.to_string();
+        }
+        if let Some(choice) = chunk.pointer("/choices/0") {
+            let delta = choice.get("delta").unwrap_or(&Value::Null);
+            if let Some(reasoning) = reasoning_of(delta) {
+                self.builder.reasoning(reasoning, emit);
+            }
+            if let Some(text) = delta.get("content").and_then(Value::as_str) {
+                self.builder.text(text, emit);
+            }
+            if let Some(refusal) = delta.get("refusal").and_then(Value::as_str) {
+                self.refusal.push_str(refusal);
+            }
+            let calls = delta.get("tool_calls").and_then(Value::as_array);
+            for (n, call) in calls.into_iter().flatten().enumerate() {
+                let index = call
+                    .get("index")
+                    .and_then(Value::as_u64)
+                    .unwrap_or(n as u64);
+                let at = match self.calls.get(&index) {
+                    Some(at) => *at,
+                    None => {
+                        let id = lanes_guest::text_at(call, "/id");
+                        let name = lanes_guest::text_at(call, "/function/name");
+                        let at = self.builder.start_call(id, name, emit);
+                        self.calls.insert(index, at);
+                        at
+                    }
+                };
+                let fragment = call.pointer("/function/arguments").and_then(Value::as_str);
+                self.builder.append(at, fragment.unwrap_or_default(), emit);
+            }
+            if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+                self.finish_reason = Some(reason.to_string());
+            }
+        }
+        if let Some(counts) = chunk.get("usage").filter(|u| u.is_object()) {
+            self.builder.usage(usage(counts), emit);
+        }
+        Ok(())
+    }
+}
+
+impl StreamDecoder for OpenAiStream {
+    fn feed(&mut self, chunk: &[u8], emit: Emit<'_>) -> Result<(), ProviderError> {
+        for event in self.sse.push(chunk) {
+            self.event(event, emit)?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>, emit: Emit<'_>) -> Result<ChatResponse, ProviderError> {
+        if let Some(event) = self.sse.finish() {
+            self.event(event, emit)?;
+        }
+        if !self.done {
+            return Err(stream::ended_early());
+        }
+        let refusal = Some(std::mem::take(&mut self.refusal)).filter(|r| !r.is_empty());
+        let finish_reason = match &refusal {
+            Some(_) => FinishReason::Refusal,
+            None => finish_reason(self.finish_reason.as_deref()),
+        };
+        Ok(self.builder.finish(finish_reason, refusal))
+    }
+}
+
 /// Maps an error reply `{"error":{"message","type","code"}}`.
 fn error(response: &http::Response) -> ProviderError {
     let text = response.text();
@@ -431,7 +545,8 @@ impl HttpAdapter for OpenAi {
                 | Capabilities::JSON_SCHEMA
                 | Capabilities::IMAGES
                 | Capabilities::IMAGE_URLS
-                | Capabilities::REASONING,
+                | Capabilities::REASONING
+                | Capabilities::STREAMING,
             image_media_types: Vec::new(),
         }
     }
@@ -450,6 +565,10 @@ impl HttpAdapter for OpenAi {
 
     fn classify_error(response: &http::Response) -> ProviderError {
         error(response)
+    }
+
+    fn stream_decoder(_request: &ChatRequest) -> Option<Box<dyn StreamDecoder>> {
+        Some(Box::new(OpenAiStream::default()))
     }
 }
 
@@ -829,5 +948,150 @@ mod tests {
             parse_value(&json!({"choices": []})),
             Err(ProviderError::Unavailable(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+    use lanes_guest::bindings::lanes::provider::stream::Delta;
+    use lanes_guest::stream::{decode_in_chunks, join_deltas};
+
+    const TOOL_STREAM: &str = concat!(
+        "data: {\"id\":\"chatcmpl-123\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}],\"usage\":null}\n\n",
+        "data: {\"id\":\"chatcmpl-123\",\"object\":\"chat.completion.chunk\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Let me \"},\"finish_reason\":null}],\"usage\":null,\"obfuscation\":\"x1\"}\n\n",
+        "data: {\"id\":\"chatcmpl-123\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"check, \u{e9}\"},\"finish_reason\":null}]}\n\n",
+        "data: {\"id\":\"chatcmpl-123\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_abc\",\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"\"}}]}}]}\n\n",
+        "data: {\"id\":\"chatcmpl-123\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\\\"city\\\":\"}}]}}]}\n\n",
+        "data: {\"id\":\"chatcmpl-123\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":1,\"id\":\"call_def\",\"type\":\"function\",\"function\":{\"name\":\"get_time\",\"arguments\":\"{}\"}}]}}]}\n\n",
+        "data: {\"id\":\"chatcmpl-123\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"\\\"Paris\\\"}\"}}]}}]}\n\n",
+        "data: {\"id\":\"chatcmpl-123\",\"model\":\"gpt-4o\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n",
+        "data: {\"id\":\"chatcmpl-123\",\"model\":\"gpt-4o\",\"choices\":[],\"usage\":{\"prompt_tokens\":20,\"completion_tokens\":30,\"total_tokens\":50,\"prompt_tokens_details\":{\"cached_tokens\":4},\"completion_tokens_details\":{\"reasoning_tokens\":0}}}\n\n",
+        "data: [DONE]\n\n",
+    );
+
+    fn decoder() -> Box<dyn StreamDecoder> {
+        Box::new(OpenAiStream::default())
+    }
+
+    #[test]
+    fn the_request_asks_for_a_stream_with_usage() {
+        let mut r = tests_request();
+        r.stream = true;
+        let b = body(
+            &r,
+            "m",
+            &Settings {
+                max_tokens_field: "max_completion_tokens".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(b["stream"], json!(true));
+        assert_eq!(b["stream_options"], json!({"include_usage": true}));
+    }
+
+    fn tests_request() -> ChatRequest {
+        ChatRequest {
+            model: None,
+            system: None,
+            messages: Vec::new(),
+            max_tokens: None,
+            temperature: None,
+            top_p: None,
+            seed: None,
+            stop: Vec::new(),
+            tools: Vec::new(),
+            tool_choice: None,
+            parallel_tool_calls: None,
+            response_format: None,
+            reasoning: None,
+            stream: false,
+            extra: None,
+        }
+    }
+
+    #[test]
+    fn a_tool_call_stream_assembles_however_it_is_cut() {
+        for size in [1, 2, 3, 7, 64, 100_000] {
+            let (deltas, result) = decode_in_chunks(decoder(), TOOL_STREAM.as_bytes(), size);
+            let response = result.unwrap();
+            assert_eq!(response.model, "gpt-4o");
+            assert_eq!(response.finish_reason, FinishReason::ToolCalls);
+            assert_eq!(
+                response.content,
+                vec![
+                    ContentPart::Text("Let me check, é".into()),
+                    ContentPart::ToolCall(ToolCall {
+                        id: "call_abc".into(),
+                        name: "get_weather".into(),
+                        arguments: r#"{"city":"Paris"}"#.into(),
+                    }),
+                    ContentPart::ToolCall(ToolCall {
+                        id: "call_def".into(),
+                        name: "get_time".into(),
+                        arguments: "{}".into(),
+                    }),
+                ]
+            );
+            assert_eq!(
+                response.usage,
+                Usage {
+                    input_tokens: 20,
+                    output_tokens: 30,
+                    cache_read_tokens: Some(4),
+                    cache_write_tokens: None,
+                    reasoning_tokens: Some(0),
+                }
+            );
+            let (text, reasoning, calls) = join_deltas(&deltas);
+            assert_eq!(text, "Let me check, é");
+            assert_eq!(reasoning, "");
+            assert_eq!(
+                calls,
+                vec![
+                    (
+                        "call_abc".into(),
+                        "get_weather".into(),
+                        r#"{"city":"Paris"}"#.into()
+                    ),
+                    ("call_def".into(), "get_time".into(), "{}".into()),
+                ]
+            );
+            assert!(matches!(deltas.last(), Some(Delta::Usage(u)) if u.input_tokens == 20));
+        }
+    }
+
+    #[test]
+    fn a_refusal_and_reasoning_stream() {
+        let body = concat!(
+            "data: {\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"reasoning_content\":\"hmm\"}}]}\n\n",
+            "data: {\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"refusal\":\"I can't\"}}]}\n\n",
+            "data: {\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"refusal\":\" help.\"},\"finish_reason\":\"stop\"}]}\n\n",
+            "data: [DONE]",
+        );
+        let (deltas, result) = decode_in_chunks(decoder(), body.as_bytes(), 5);
+        let response = result.unwrap();
+        assert_eq!(response.refusal.as_deref(), Some("I can't help."));
+        assert_eq!(response.finish_reason, FinishReason::Refusal);
+        assert_eq!(join_deltas(&deltas).1, "hmm");
+    }
+
+    #[test]
+    fn a_cut_stream_and_an_error_event() {
+        let cut = &TOOL_STREAM[..TOOL_STREAM.find("data: [DONE]").unwrap()];
+        let (_, result) = decode_in_chunks(decoder(), cut.as_bytes(), 10);
+        assert!(matches!(result, Err(ProviderError::Unavailable(m)) if m == "stream ended early"));
+        let error = concat!(
+            "data: {\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n",
+            "data: {\"error\":{\"message\":\"The server had an error\",\"type\":\"server_error\",\"param\":null,\"code\":null}}\n\n",
+        );
+        let (deltas, result) = decode_in_chunks(decoder(), error.as_bytes(), 4);
+        assert!(
+            matches!(result, Err(ProviderError::Unavailable(m)) if m.contains("server_error: The server had an error"))
+        );
+        assert_eq!(join_deltas(&deltas).0, "Hi");
+        let limited = "data: {\"error\":{\"message\":\"slow down\",\"type\":\"requests\",\"code\":\"rate_limit_exceeded\"}}\n\n";
+        let (_, result) = decode_in_chunks(decoder(), limited.as_bytes(), 4);
+        assert!(matches!(result, Err(ProviderError::RateLimited(_))));
     }
 }

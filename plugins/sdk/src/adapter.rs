@@ -51,6 +51,7 @@
 use crate::bindings::lanes::provider::types::{
     ChatRequest, ChatResponse, ProviderError, ProviderInfo,
 };
+use crate::stream::{self, StreamDecoder};
 use crate::{errors, http};
 
 /// The HTTP request an adapter builds for one chat request.
@@ -120,6 +121,14 @@ pub trait HttpAdapter {
     fn is_success(response: &http::Response) -> bool {
         (200..300).contains(&response.status)
     }
+
+    /// The decoder of the streamed answer to `request`, whose `stream` is set (then
+    /// `build_request` asks the API to stream). `None`, the default: the answer is read
+    /// whole, and nothing is emitted.
+    fn stream_decoder(request: &ChatRequest) -> Option<Box<dyn StreamDecoder>> {
+        let _ = request;
+        None
+    }
 }
 
 /// One attempt of `A`: builds the request, merges `extra` into its body, sends it to the
@@ -142,12 +151,51 @@ fn attempt<A: HttpAdapter>(request: ChatRequest) -> Result<ChatResponse, Provide
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();
     let body = built.body.to_string();
-    let response = http::post_json(&url, &headers, body.as_bytes()).map_err(errors::transport)?;
-    if A::is_success(&response) {
-        A::parse_response(&response)
+    let decoder = if request.stream {
+        A::stream_decoder(&request)
     } else {
-        Err(A::classify_error(&response))
+        None
+    };
+    let Some(decoder) = decoder else {
+        let response =
+            http::post_json(&url, &headers, body.as_bytes()).map_err(errors::transport)?;
+        return if A::is_success(&response) {
+            A::parse_response(&response)
+        } else {
+            Err(A::classify_error(&response))
+        };
+    };
+    let (mut response, reader) =
+        http::post_json_streaming(&url, &headers, body.as_bytes()).map_err(errors::transport)?;
+    read_stream::<A>(&mut response, reader, decoder, &mut stream::emit_to_host)
+}
+
+/// Reads a streamed answer: an error status or a whole JSON answer (a server that does not
+/// stream) is read whole, else the body goes through `decoder` chunk by chunk as it arrives.
+fn read_stream<A: HttpAdapter>(
+    response: &mut http::Response,
+    mut reader: http::BodyReader,
+    mut decoder: Box<dyn StreamDecoder>,
+    emit: stream::Emit<'_>,
+) -> Result<ChatResponse, ProviderError> {
+    let whole_json = response.header("content-type").is_some_and(|t| {
+        t.trim()
+            .to_ascii_lowercase()
+            .starts_with("application/json")
+    });
+    if !A::is_success(response) || whole_json {
+        response.body = reader.read_all().map_err(errors::transport)?;
+        if !A::is_success(response) {
+            return Err(A::classify_error(response));
+        }
+        let parsed = A::parse_response(response)?;
+        stream::emit_response(&parsed, emit);
+        return Ok(parsed);
     }
+    while let Some(chunk) = reader.next_chunk().map_err(errors::transport)? {
+        decoder.feed(&chunk, emit)?;
+    }
+    decoder.finish(emit)
 }
 
 /// The body as JSON; an unreadable one is `unavailable` (a proxy's error page, a cut reply).

@@ -100,6 +100,39 @@ pub fn mark_spent(mut limit: RateLimit, why: Option<String>) -> RateLimit {
     limit
 }
 
+/// An error event inside a streamed answer, whose HTTP status said success, classified by
+/// the API's error type or code (such as Anthropic's `overloaded_error` or OpenAI's
+/// `rate_limit_exceeded`): a rate limit is `rate-limited`, a refused request or key is
+/// `invalid-request` or `unauthorized`, and the rest (overload, server errors, unknown
+/// kinds) is `unavailable`, as a cut stream is.
+pub fn from_stream_error(kind: &str, message: &str) -> ProviderError {
+    let kind = kind.to_ascii_lowercase();
+    let described = if kind.is_empty() {
+        format!("error in stream: {message}")
+    } else {
+        format!("error in stream: {kind}: {message}")
+    };
+    if kind.contains("rate_limit") {
+        ProviderError::RateLimited(RateLimit {
+            retry_after_ms: None,
+            window_spent: false,
+            message: described,
+        })
+    } else if kind.contains("insufficient_quota") || kind.contains("billing") {
+        ProviderError::Other(described)
+    } else if kind.contains("authentication") || kind.contains("permission") {
+        ProviderError::Unauthorized(described)
+    } else if kind.contains("invalid_request")
+        || kind.contains("not_found")
+        || kind.contains("request_too_large")
+        || kind.contains("context_length")
+    {
+        ProviderError::InvalidRequest(described)
+    } else {
+        ProviderError::Unavailable(described)
+    }
+}
+
 /// Applies the server's `x-should-retry` header, which Anthropic and OpenAI send and their
 /// official SDKs obey before anything else: `true` makes the error transient, `false` makes
 /// it permanent. Without the header (or with another value) `error` stands.
@@ -291,6 +324,26 @@ mod tests {
             class(Some("maybe"), busy()),
             ProviderError::Unavailable(_)
         ));
+    }
+
+    #[test]
+    fn stream_errors_by_kind() {
+        let class = |kind: &str| match from_stream_error(kind, "m") {
+            ProviderError::RateLimited(_) => "rate-limited",
+            ProviderError::Unavailable(_) => "unavailable",
+            ProviderError::InvalidRequest(_) => "invalid",
+            ProviderError::Unauthorized(_) => "unauthorized",
+            ProviderError::Other(_) => "other",
+        };
+        assert_eq!(class("overloaded_error"), "unavailable");
+        assert_eq!(class("api_error"), "unavailable");
+        assert_eq!(class("server_error"), "unavailable");
+        assert_eq!(class(""), "unavailable");
+        assert_eq!(class("rate_limit_error"), "rate-limited");
+        assert_eq!(class("rate_limit_exceeded"), "rate-limited");
+        assert_eq!(class("invalid_request_error"), "invalid");
+        assert_eq!(class("authentication_error"), "unauthorized");
+        assert_eq!(class("insufficient_quota"), "other");
     }
 
     #[test]

@@ -1,11 +1,14 @@
-//! Blocking HTTP over `wasi:http`. Each call is one request and one response read whole;
-//! the host applies the provider's allow-list, timeout and response-size cap.
+//! Blocking HTTP over `wasi:http`. [`send`] makes one request and reads the response whole;
+//! [`open`] hands back the status and headers with a [`BodyReader`] that reads the body
+//! chunk by chunk, as it arrives (for streamed answers). The host applies the provider's
+//! allow-list, timeout and response-size cap.
 
 use wasip2::http::outgoing_handler;
 use wasip2::http::types::{
-    ErrorCode, Fields, IncomingBody, Method, OutgoingBody, OutgoingRequest, Scheme,
+    ErrorCode, Fields, IncomingBody, IncomingResponse, Method, OutgoingBody, OutgoingRequest,
+    Scheme,
 };
-use wasip2::io::streams::{OutputStream, StreamError};
+use wasip2::io::streams::{InputStream, OutputStream, StreamError};
 
 /// A response read whole.
 #[derive(Debug, Clone)]
@@ -136,6 +139,31 @@ pub fn send(
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> Result<Response, HttpError> {
+    let (mut response, reader) = open(method, url, headers, body)?;
+    response.body = reader.read_all()?;
+    Ok(response)
+}
+
+/// `POST url` with a JSON body and `headers` (`content-type: application/json` is added),
+/// without reading the body: see [`open`].
+pub fn post_json_streaming(
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Result<(Response, BodyReader), HttpError> {
+    let mut all: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+    all.extend_from_slice(headers);
+    open(Method::Post, url, &all, Some(body))
+}
+
+/// Sends one request and waits for the response's status and headers. The returned
+/// [`Response`] has an empty `body`: read it from the [`BodyReader`].
+pub fn open(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+) -> Result<(Response, BodyReader), HttpError> {
     let parsed = parse(url)?;
     let mut entries: Vec<(String, Vec<u8>)> = headers
         .iter()
@@ -198,33 +226,85 @@ pub fn send(
     let stream = incoming
         .stream()
         .map_err(|()| HttpError::Protocol("response body stream unavailable".into()))?;
-    let mut body = Vec::new();
-    loop {
-        match stream.blocking_read(64 * 1024) {
-            Ok(chunk) => body.extend_from_slice(&chunk),
-            Err(StreamError::Closed) => break,
-            Err(StreamError::LastOperationFailed(e)) => {
-                let detail = e.to_debug_string();
-                return Err(match wasip2::http::types::http_error_code(&e) {
-                    Some(code) => from_code(url, code),
-                    // The host's body-size cap arrives as a plain stream error.
-                    None if detail.contains("body size exceeds limit") => {
-                        HttpError::TooLarge(format!("{url}: {detail} (max_response_bytes)"))
-                    }
-                    // So does the request timeout, when it ends a body that stalled.
-                    None if detail.contains("HTTP response timeout") => {
-                        HttpError::Timeout(format!("{url}: reading the body: {detail}"))
-                    }
-                    None => HttpError::Protocol(format!("{url}: reading the body: {detail}")),
-                });
+    Ok((
+        Response {
+            status,
+            headers,
+            body: Vec::new(),
+        },
+        BodyReader {
+            url: url.to_string(),
+            stream: Some(stream),
+            body: Some(incoming),
+            response: Some(response),
+        },
+    ))
+}
+
+/// A response body being read, chunk by chunk as the server sends it.
+pub struct BodyReader {
+    url: String,
+    // Dropped in this order (see `Drop`): the stream, then the body, then the response.
+    stream: Option<InputStream>,
+    body: Option<IncomingBody>,
+    response: Option<IncomingResponse>,
+}
+
+impl BodyReader {
+    /// The next chunk of the body (at most 64 KiB; as much as has arrived), waiting for one;
+    /// `None` once the body has ended.
+    pub fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, HttpError> {
+        let Some(stream) = &self.stream else {
+            return Ok(None);
+        };
+        loop {
+            match stream.blocking_read(64 * 1024) {
+                Ok(chunk) if chunk.is_empty() => continue,
+                Ok(chunk) => return Ok(Some(chunk)),
+                Err(StreamError::Closed) => {
+                    self.close();
+                    return Ok(None);
+                }
+                Err(StreamError::LastOperationFailed(e)) => {
+                    let url = &self.url;
+                    let detail = e.to_debug_string();
+                    return Err(match wasip2::http::types::http_error_code(&e) {
+                        Some(code) => from_code(url, code),
+                        // The host's body-size cap arrives as a plain stream error.
+                        None if detail.contains("body size exceeds limit") => {
+                            HttpError::TooLarge(format!("{url}: {detail} (max_response_bytes)"))
+                        }
+                        // So does the request timeout, when it ends a body that stalled.
+                        None if detail.contains("HTTP response timeout") => {
+                            HttpError::Timeout(format!("{url}: reading the body: {detail}"))
+                        }
+                        None => HttpError::Protocol(format!("{url}: reading the body: {detail}")),
+                    });
+                }
             }
         }
     }
-    drop(stream);
-    drop(IncomingBody::finish(incoming));
-    Ok(Response {
-        status,
-        headers,
-        body,
-    })
+
+    /// The rest of the body, whole.
+    pub fn read_all(mut self) -> Result<Vec<u8>, HttpError> {
+        let mut body = Vec::new();
+        while let Some(chunk) = self.next_chunk()? {
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+
+    fn close(&mut self) {
+        drop(self.stream.take());
+        if let Some(body) = self.body.take() {
+            drop(IncomingBody::finish(body));
+        }
+        drop(self.response.take());
+    }
+}
+
+impl Drop for BodyReader {
+    fn drop(&mut self) {
+        self.close();
+    }
 }

@@ -6,6 +6,8 @@
 //!   decides each request: only the provider's allowed hosts are reachable.
 //! - [`errors`]: turning HTTP statuses and transport failures into the `provider-error` cases
 //!   that tell the host whether to retry.
+//! - [`stream`]: streamed answers: SSE and NDJSON parsing across chunks, and building the
+//!   response while emitting `stream.emit` deltas.
 //!
 //! - [`adapter`]: [`adapter::HttpAdapter`], the skeleton of an HTTP provider: implement
 //!   `build_request` and `parse_response` (and `classify_error` when the API's errors need
@@ -34,6 +36,7 @@ pub mod bindings {
 pub mod adapter;
 pub mod errors;
 pub mod http;
+pub mod stream;
 
 use bindings::lanes::provider::config;
 use bindings::lanes::provider::types::{
