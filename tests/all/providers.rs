@@ -315,9 +315,14 @@ async fn claude_speaks_the_messages_api() {
     assert_eq!(e.status, Status::Completed, "{:?}", e.error);
     assert_eq!(
         e.output.clone().unwrap(),
-        json!({"text": "Hi there", "content": [{"type": "text", "text": "Hi there"}], "model": "claude-x", "finish_reason": "length",
-               // Anthropic's `input_tokens` leaves out the cache's: lanes counts them all.
-               "usage": {"input_tokens": 131, "output_tokens": 5}})
+        json!({"text": "Hi there",
+               // Each text block is a part of its own; `text` joins them.
+               "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}],
+               "model": "claude-x", "finish_reason": "length",
+               // Anthropic's `input_tokens` leaves out the cache's: lanes counts them all,
+               // and says how many were read from and written to the cache.
+               "usage": {"input_tokens": 131, "output_tokens": 5,
+                         "cache_read_tokens": 100, "cache_write_tokens": 20}})
     );
     let req = &api.requests()[0];
     assert_eq!(
