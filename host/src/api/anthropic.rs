@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::front::{self, Refused};
-use crate::model::{ChatOutput, Execution, ExecutionId, Part};
+use crate::model::{ChatOutput, Delta, Execution, ExecutionId, Part};
+use axum::response::sse::Event as SseEvent;
 
 /// An Anthropic-shaped error answer.
 fn error(status: StatusCode, kind: &str, message: String) -> Response {
@@ -48,10 +49,14 @@ fn to_input(body: &serde_json::Map<String, Value>, model: Option<String>) -> Res
     if let Some(field) = body.keys().find(|k| !CARRIED.contains(&k.as_str())) {
         return Err(format!("`{field}` is not supported by lanes"));
     }
-    if body.get("stream").is_some_and(|s| s != &Value::Bool(false)) {
-        return Err("`stream`: streaming is not supported by lanes yet; send stream: false".into());
-    }
     let mut input = serde_json::Map::new();
+    match body.get("stream") {
+        None | Some(Value::Null | Value::Bool(false)) => {}
+        Some(Value::Bool(true)) => {
+            input.insert("stream".into(), Value::Bool(true));
+        }
+        Some(_) => return Err("`stream` must be true or false".into()),
+    }
     if let Some(model) = model {
         input.insert("model".into(), Value::String(model));
     }
@@ -270,7 +275,208 @@ const DOOR: front::Door = front::Door {
     to_input,
     refusal,
     ended,
+    relay,
 };
+
+/// Anthropic's stream of a call: `message_start`, then for each content block its
+/// `content_block_start`, deltas (`text_delta`, `thinking_delta`, `input_json_delta`) and
+/// `content_block_stop`, then `message_delta` with the stop reason and usage, and
+/// `message_stop`. An error ends it as an `error` event, which the SDKs raise.
+fn relay(
+    _body: &serde_json::Map<String, Value>,
+    model: &str,
+    id: ExecutionId,
+) -> Box<dyn front::Relay> {
+    Box::new(AnthropicRelay {
+        id: format!("msg_lanes_{id}"),
+        model: model.to_string(),
+        began: false,
+        open: None,
+        blocks: 0,
+    })
+}
+
+/// The kind of the content block a stream has open.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Block {
+    Text,
+    Thinking,
+    /// The answer's tool call of this index.
+    Tool(u32),
+}
+
+struct AnthropicRelay {
+    id: String,
+    model: String,
+    /// `message_start` went out.
+    began: bool,
+    /// The open block and its index.
+    open: Option<(Block, usize)>,
+    /// Blocks opened so far.
+    blocks: usize,
+}
+
+fn event(name: &str, data: Value) -> SseEvent {
+    SseEvent::default().event(name).data(data.to_string())
+}
+
+impl AnthropicRelay {
+    fn begin(&mut self, out: &mut Vec<SseEvent>) {
+        if !self.began {
+            self.began = true;
+            out.push(event(
+                "message_start",
+                json!({"type": "message_start", "message": {
+                "id": self.id, "type": "message", "role": "assistant", "content": [],
+                "model": self.model, "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": 0, "output_tokens": 0}}}),
+            ));
+        }
+    }
+
+    fn close(&mut self, out: &mut Vec<SseEvent>) {
+        if let Some((_, index)) = self.open.take() {
+            out.push(event(
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": index}),
+            ));
+        }
+    }
+
+    /// Makes `kind` the open block (opening it with `start` when it is not), and gives its
+    /// index.
+    fn block(&mut self, kind: Block, start: Value, out: &mut Vec<SseEvent>) -> usize {
+        self.begin(out);
+        if let Some((open, index)) = self.open
+            && open == kind
+        {
+            return index;
+        }
+        self.close(out);
+        let index = self.blocks;
+        self.blocks += 1;
+        self.open = Some((kind, index));
+        out.push(event(
+            "content_block_start",
+            json!({"type": "content_block_start",
+            "index": index, "content_block": start}),
+        ));
+        index
+    }
+
+    fn piece(index: usize, delta: Value) -> SseEvent {
+        event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": index,
+            "delta": delta}),
+        )
+    }
+}
+
+impl front::Relay for AnthropicRelay {
+    fn delta(&mut self, delta: Delta) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        match delta {
+            Delta::Text { text } => {
+                let index = self.block(Block::Text, json!({"type": "text", "text": ""}), &mut out);
+                out.push(Self::piece(
+                    index,
+                    json!({"type": "text_delta", "text": text}),
+                ));
+            }
+            Delta::Reasoning { text } => {
+                let start = json!({"type": "thinking", "thinking": "", "signature": ""});
+                let index = self.block(Block::Thinking, start, &mut out);
+                out.push(Self::piece(
+                    index,
+                    json!({"type": "thinking_delta", "thinking": text}),
+                ));
+            }
+            Delta::ToolCallStart { index, id, name } => {
+                // A new call is a new block, even right after another call.
+                self.close(&mut out);
+                let start = json!({"type": "tool_use", "id": id, "name": name, "input": {}});
+                self.block(Block::Tool(index), start, &mut out);
+            }
+            Delta::ToolCallArguments { index, fragment } => {
+                if let Some((Block::Tool(open), block)) = self.open
+                    && open == index
+                {
+                    out.push(Self::piece(
+                        block,
+                        json!({"type": "input_json_delta", "partial_json": fragment}),
+                    ));
+                }
+            }
+            Delta::Usage { .. } => {}
+        }
+        out
+    }
+
+    fn end(&mut self, execution: &Execution) -> Vec<SseEvent> {
+        let output = match front::ended(execution).output() {
+            Ok(output) => output,
+            Err(message) => return self.fail(&message),
+        };
+        let mut out = Vec::new();
+        if !self.began {
+            // The component did not stream: each block whole.
+            let whole = message(execution.id, &output, &self.model);
+            self.begin(&mut out);
+            for block in whole["content"].as_array().into_iter().flatten() {
+                let index = self.blocks;
+                self.blocks += 1;
+                let (start, delta) = match block["type"].as_str() {
+                    Some("text") => (
+                        json!({"type": "text", "text": ""}),
+                        Some(json!({"type": "text_delta", "text": block["text"]})),
+                    ),
+                    Some("tool_use") => (
+                        json!({"type": "tool_use", "id": block["id"], "name": block["name"],
+                               "input": {}}),
+                        Some(json!({"type": "input_json_delta",
+                                    "partial_json": block["input"].to_string()})),
+                    ),
+                    Some("thinking") => (
+                        json!({"type": "thinking", "thinking": "",
+                        "signature": block["signature"]}),
+                        Some(json!({"type": "thinking_delta", "thinking": block["thinking"]})),
+                    ),
+                    _ => (block.clone(), None),
+                };
+                out.push(event(
+                    "content_block_start",
+                    json!({"type": "content_block_start",
+                    "index": index, "content_block": start}),
+                ));
+                if let Some(delta) = delta {
+                    out.push(Self::piece(index, delta));
+                }
+                out.push(event(
+                    "content_block_stop",
+                    json!({"type": "content_block_stop", "index": index}),
+                ));
+            }
+        }
+        self.close(&mut out);
+        out.push(event(
+            "message_delta",
+            json!({"type": "message_delta",
+            "delta": {"stop_reason": stop_reason(&output), "stop_sequence": null},
+            "usage": usage(&output)}),
+        ));
+        out.push(event("message_stop", json!({"type": "message_stop"})));
+        out
+    }
+
+    fn fail(&mut self, message: &str) -> Vec<SseEvent> {
+        vec![event(
+            "error",
+            json!({"type": "error",
+            "error": {"type": "api_error", "message": message}}),
+        )]
+    }
+}
 
 /// A call that was not queued, or a wait that ended first, in Anthropic's error shape.
 fn refusal(refused: Refused, model: &str) -> Response {
@@ -381,7 +587,21 @@ fn message(id: ExecutionId, output: &ChatOutput, model: &str) -> Value {
             _ => None,
         })
         .collect();
-    let stop_reason = match output.finish_reason.as_str() {
+    json!({
+        "id": format!("msg_lanes_{id}"),
+        "type": "message",
+        "role": "assistant",
+        "model": if output.model.is_empty() { model } else { output.model.as_str() },
+        "content": content,
+        "stop_reason": stop_reason(output),
+        "stop_sequence": null,
+        "usage": usage(output),
+    })
+}
+
+/// Anthropic's stop reason for `output`'s finish reason.
+fn stop_reason(output: &ChatOutput) -> &'static str {
+    match output.finish_reason.as_str() {
         "stop" => "end_turn",
         "length" => "max_tokens",
         "tool_calls" => "tool_use",
@@ -389,27 +609,21 @@ fn message(id: ExecutionId, output: &ChatOutput, model: &str) -> Value {
         "pause" => "pause_turn",
         "context_window" => "model_context_window_exceeded",
         _ => "end_turn",
-    };
+    }
+}
+
+/// Anthropic's `usage` for `output`'s: its `input_tokens` leaves out the cache's, which
+/// lanes' counts.
+fn usage(output: &ChatOutput) -> Value {
     let usage = &output.usage;
     let cache_read = usage.cache_read_tokens.unwrap_or(0);
     let cache_write = usage.cache_write_tokens.unwrap_or(0);
-    // lanes' input_tokens counts the cache's tokens; Anthropic's leaves them out.
     let uncached = usage
         .input_tokens
         .saturating_sub(cache_read)
         .saturating_sub(cache_write);
-    json!({
-        "id": format!("msg_lanes_{id}"),
-        "type": "message",
-        "role": "assistant",
-        "model": if output.model.is_empty() { model } else { output.model.as_str() },
-        "content": content,
-        "stop_reason": stop_reason,
-        "stop_sequence": null,
-        "usage": {"input_tokens": uncached, "output_tokens": usage.output_tokens,
-                  "cache_read_input_tokens": cache_read,
-                  "cache_creation_input_tokens": cache_write},
-    })
+    json!({"input_tokens": uncached, "output_tokens": usage.output_tokens,
+           "cache_read_input_tokens": cache_read, "cache_creation_input_tokens": cache_write})
 }
 
 #[cfg(test)]
@@ -449,7 +663,7 @@ mod tests {
                 "`top_k`",
             ),
             (
-                json!({"model": "m", "max_tokens": 5, "messages": [], "stream": true}),
+                json!({"model": "m", "max_tokens": 5, "messages": [], "stream": "yes"}),
                 "`stream`",
             ),
             (

@@ -16,10 +16,13 @@ use axum::response::IntoResponse;
 
 use super::AppState;
 use super::executions::{Waited, until_ended, validate};
+use super::streams::Item;
 use super::wire::SubmitRequest;
 use crate::config::AtMaxWait;
-use crate::model::{ChatOutput, Execution, ExecutionId, Status};
+use crate::model::{ChatOutput, Delta, Execution, ExecutionId, Status};
+use crate::store::StreamPosition;
 use crate::store::Submitted;
+use axum::response::sse::Event as SseEvent;
 
 /// How long a retried request may find the execution of the attempt it repeats (see
 /// [`Retries`]).
@@ -379,6 +382,18 @@ pub(super) enum Ended {
     Unreadable(String),
 }
 
+impl Ended {
+    /// The output, or what a stream's error says instead.
+    pub(super) fn output(self) -> Result<ChatOutput, String> {
+        match self {
+            Ended::Output(output) => Ok(output),
+            Ended::Cancelled(message)
+            | Ended::Failed { message, .. }
+            | Ended::Unreadable(message) => Err(message),
+        }
+    }
+}
+
 /// How `execution`, ended, answers.
 pub(super) fn ended(execution: &Execution) -> Ended {
     let id = execution.id;
@@ -465,6 +480,78 @@ pub(super) struct Door {
     pub refusal: fn(Refused, &str) -> axum::response::Response,
     /// The answer for an ended execution.
     pub ended: fn(&Execution, &str) -> axum::response::Response,
+    /// The vendor's stream for a request that asks to stream (`stream: true`): its request
+    /// body, the `model` it named, and the execution.
+    pub relay: MakeRelay,
+}
+
+/// Makes a door's [`Relay`] for a request body, the `model` it named, and the execution.
+pub(super) type MakeRelay =
+    fn(&serde_json::Map<String, Value>, &str, ExecutionId) -> Box<dyn Relay>;
+
+/// A vendor's stream of one call: lanes' deltas in, the vendor's SSE events out.
+pub(super) trait Relay: Send {
+    /// The events of one delta.
+    fn delta(&mut self, delta: Delta) -> Vec<SseEvent>;
+    /// The events that close the stream of `execution`, ended. A component that did not
+    /// stream sent no delta: the whole answer goes out here.
+    fn end(&mut self, execution: &Execution) -> Vec<SseEvent>;
+    /// The events that close the stream with an error: `message` says why.
+    fn fail(&mut self, message: &str) -> Vec<SseEvent>;
+}
+
+/// Streams the call of `held` in the door's shape: its deltas as they come (from the
+/// worker that runs it, or the store), then its end. A retry after part of the answer went
+/// out cannot be taken back in the vendor's protocol: the stream then ends with an error.
+fn relay_stream(
+    mut relay: Box<dyn Relay>,
+    state: AppState,
+    held: Held,
+) -> axum::response::Response {
+    let id = held.id;
+    let mut items = super::streams::spawn_follow(state, id, StreamPosition::default());
+    let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(64);
+    tokio::spawn(async move {
+        let mut sent = false;
+        while let Some(item) = items.recv().await {
+            let (events, done) = match item {
+                Item::Attempt(_) if sent => {
+                    let message = format!(
+                        "execution {id} was retried after part of its answer was streamed; its \
+                         new answer streams at GET /v1/executions/{id}/stream"
+                    );
+                    (relay.fail(&message), true)
+                }
+                Item::Attempt(_) | Item::Lag(_) => continue,
+                Item::Delta { json, .. } => match serde_json::from_str::<Delta>(&json) {
+                    Ok(delta) => {
+                        sent = true;
+                        (relay.delta(delta), false)
+                    }
+                    Err(_) => continue,
+                },
+                Item::End(execution) => (relay.end(&execution), true),
+            };
+            for event in events {
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+            if done {
+                break;
+            }
+        }
+        // Sent to the end: a retry of the request is a new call.
+        held.answered();
+    });
+    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|event| (Ok::<_, std::convert::Infallible>(event), rx))
+    });
+    axum::response::sse::Sse::new(events)
+        .keep_alive(axum::response::sse::KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
 }
 
 /// A door's request, start to end: the body read, `model` resolved, the call queued (or
@@ -493,11 +580,20 @@ pub(super) async fn handle(
         Ok(input) => input,
         Err(e) => return (door.invalid)(e),
     };
+    let streams = object.get("stream") == Some(&Value::Bool(true));
     let held = match submit(&state, &headers, &body, provider, input).await {
         Ok(held) => held,
         Err(refused) => return (door.refusal)(refused, model),
     };
     let id = held.id;
+    if streams {
+        let relay = (door.relay)(object, model, id);
+        let mut answer = relay_stream(relay, state, held);
+        if let Ok(value) = axum::http::HeaderValue::from_str(&id.to_string()) {
+            answer.headers_mut().insert("x-lanes-execution-id", value);
+        }
+        return answer;
+    }
     let accept = state.control.config().front_door.at_max_wait == AtMaxWait::Accepted;
     let mut answer = match wait(&state, id, &headers).await {
         Ok(execution) => (door.ended)(&execution, model),

@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::front::{self, Refused};
-use crate::model::{ChatOutput, Execution, ExecutionId, Part};
+use crate::model::{ChatOutput, Delta, Execution, ExecutionId, Part};
+use axum::response::sse::Event as SseEvent;
 
 /// An OpenAI-shaped error answer.
 fn error(status: StatusCode, kind: &str, code: Option<&str>, message: String) -> Response {
@@ -46,6 +47,7 @@ const CARRIED: &[&str] = &[
     "response_format",
     "reasoning_effort",
     "stream",
+    "stream_options",
     "n",
     "user",
     "metadata",
@@ -59,13 +61,21 @@ fn to_input(body: &serde_json::Map<String, Value>, model: Option<String>) -> Res
     }
     // The SDKs send `null` for a parameter given as `None`: it means absent.
     let given = |field: &str| body.get(field).filter(|v| !v.is_null());
-    if given("stream").is_some_and(|s| s != &Value::Bool(false)) {
-        return Err("`stream`: streaming is not supported by lanes yet; send stream: false".into());
+    let mut input = serde_json::Map::new();
+    match given("stream") {
+        None | Some(Value::Bool(false)) => {}
+        Some(Value::Bool(true)) => {
+            input.insert("stream".into(), Value::Bool(true));
+        }
+        Some(_) => return Err("`stream` must be true or false".into()),
+    }
+    match given("stream_options").map(|o| o.get("include_usage")) {
+        None | Some(None | Some(Value::Bool(_))) => {}
+        Some(Some(_)) => return Err("`stream_options.include_usage` must be a boolean".into()),
     }
     if given("n").is_some_and(|n| n.as_u64() != Some(1)) {
         return Err("`n`: lanes answers with one choice; send n: 1 or leave it out".into());
     }
-    let mut input = serde_json::Map::new();
     if let Some(model) = model {
         input.insert("model".into(), Value::String(model));
     }
@@ -292,7 +302,130 @@ const DOOR: front::Door = front::Door {
     to_input,
     refusal,
     ended,
+    relay,
 };
+
+/// OpenAI's stream of a call: `chat.completion.chunk` objects as `data:` events, the first
+/// with the role, then the content and tool-call pieces, a last one with the finish reason
+/// (and, when `stream_options.include_usage`, one more with the usage and no choices), then
+/// `data: [DONE]`. An error ends it as `{"error": ...}`, which the SDKs raise.
+fn relay(
+    body: &serde_json::Map<String, Value>,
+    model: &str,
+    id: ExecutionId,
+) -> Box<dyn front::Relay> {
+    Box::new(OpenAiRelay {
+        id: format!("chatcmpl-lanes-{id}"),
+        model: model.to_string(),
+        created: crate::model::now_ms() / 1000,
+        include_usage: body
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            == Some(&Value::Bool(true)),
+        began: false,
+    })
+}
+
+struct OpenAiRelay {
+    id: String,
+    model: String,
+    created: i64,
+    include_usage: bool,
+    /// The first chunk (with the role) went out.
+    began: bool,
+}
+
+impl OpenAiRelay {
+    fn chunk(&self, choices: Value, usage: Option<Value>) -> SseEvent {
+        let mut chunk = json!({"id": self.id, "object": "chat.completion.chunk",
+            "created": self.created, "model": self.model, "choices": choices});
+        if let Some(usage) = usage {
+            chunk["usage"] = usage;
+        }
+        SseEvent::default().data(chunk.to_string())
+    }
+
+    fn piece(&mut self, delta: Value) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        if !self.began {
+            self.began = true;
+            out.push(self.chunk(
+                json!([{"index": 0, "delta": {"role": "assistant", "content": ""},
+                        "logprobs": null, "finish_reason": null}]),
+                None,
+            ));
+        }
+        out.push(self.chunk(
+            json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": null}]),
+            None,
+        ));
+        out
+    }
+}
+
+impl front::Relay for OpenAiRelay {
+    fn delta(&mut self, delta: Delta) -> Vec<SseEvent> {
+        match delta {
+            Delta::Text { text } => self.piece(json!({"content": text})),
+            Delta::ToolCallStart { index, id, name } => self.piece(json!({"tool_calls": [
+                {"index": index, "id": id, "type": "function",
+                 "function": {"name": name, "arguments": ""}}]})),
+            Delta::ToolCallArguments { index, fragment } => self.piece(json!({"tool_calls": [
+                {"index": index, "function": {"arguments": fragment}}]})),
+            // Chat Completions has no reasoning in its answers; the usage comes at the end.
+            Delta::Reasoning { .. } | Delta::Usage { .. } => Vec::new(),
+        }
+    }
+
+    fn end(&mut self, execution: &Execution) -> Vec<SseEvent> {
+        let output = match front::ended(execution).output() {
+            Ok(output) => output,
+            Err(message) => return self.fail(&message),
+        };
+        let mut out = Vec::new();
+        if !self.began {
+            // The component did not stream: the whole answer in one piece.
+            if !output.text.is_empty() {
+                out.extend(self.piece(json!({"content": output.text})));
+            }
+            let parts = output.content.clone().unwrap_or_default();
+            let calls = parts.iter().filter_map(|p| match p {
+                Part::ToolCall {
+                    id,
+                    name,
+                    arguments,
+                } => Some((id, name, arguments)),
+                _ => None,
+            });
+            for (index, (id, name, arguments)) in calls.enumerate() {
+                out.extend(self.piece(json!({"tool_calls": [{"index": index, "id": id,
+                    "type": "function", "function": {"name": name, "arguments": arguments}}]})));
+            }
+            if out.is_empty() {
+                out.extend(self.piece(json!({})));
+            }
+        }
+        if let Some(refusal) = &output.refusal {
+            out.extend(self.piece(json!({ "refusal": refusal })));
+        }
+        out.push(self.chunk(
+            json!([{"index": 0, "delta": {}, "logprobs": null,
+                    "finish_reason": finish_reason(&output)}]),
+            None,
+        ));
+        if self.include_usage {
+            out.push(self.chunk(json!([]), Some(usage(&output))));
+        }
+        out.push(SseEvent::default().data("[DONE]"));
+        out
+    }
+
+    fn fail(&mut self, message: &str) -> Vec<SseEvent> {
+        let error = json!({"error": {"message": message, "type": "server_error",
+            "param": null, "code": null}});
+        vec![SseEvent::default().data(error.to_string())]
+    }
+}
 
 /// A call that was not queued, or a wait that ended first, in OpenAI's error shape.
 fn refusal(refused: Refused, model: &str) -> Response {
@@ -406,18 +539,36 @@ fn completion(id: ExecutionId, created_ms: i64, output: &ChatOutput, model: &str
             _ => None,
         })
         .collect();
-    let finish = match output.finish_reason.as_str() {
-        "stop" | "length" | "tool_calls" | "content_filter" => output.finish_reason.as_str(),
-        "refusal" => "content_filter",
-        "context_window" => "length",
-        _ => "stop",
-    };
+    let finish = finish_reason(output);
     let mut message = json!({"role": "assistant",
         "content": if output.text.is_empty() && !calls.is_empty() { Value::Null } else { json!(output.text) },
         "refusal": output.refusal});
     if !calls.is_empty() {
         message["tool_calls"] = Value::Array(calls);
     }
+    let usage_json = usage(output);
+    json!({
+        "id": format!("chatcmpl-lanes-{id}"),
+        "object": "chat.completion",
+        "created": created_ms / 1000,
+        "model": if output.model.is_empty() { model } else { output.model.as_str() },
+        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": null}],
+        "usage": usage_json,
+    })
+}
+
+/// OpenAI's finish reason for `output`'s.
+fn finish_reason(output: &ChatOutput) -> &str {
+    match output.finish_reason.as_str() {
+        "stop" | "length" | "tool_calls" | "content_filter" => output.finish_reason.as_str(),
+        "refusal" => "content_filter",
+        "context_window" => "length",
+        _ => "stop",
+    }
+}
+
+/// OpenAI's `usage` object for `output`'s.
+fn usage(output: &ChatOutput) -> Value {
     let usage = &output.usage;
     let mut usage_json = json!({"prompt_tokens": usage.input_tokens,
         "completion_tokens": usage.output_tokens,
@@ -428,14 +579,7 @@ fn completion(id: ExecutionId, created_ms: i64, output: &ChatOutput, model: &str
     if let Some(reasoning) = usage.reasoning_tokens {
         usage_json["completion_tokens_details"] = json!({ "reasoning_tokens": reasoning });
     }
-    json!({
-        "id": format!("chatcmpl-lanes-{id}"),
-        "object": "chat.completion",
-        "created": created_ms / 1000,
-        "model": if output.model.is_empty() { model } else { output.model.as_str() },
-        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": null}],
-        "usage": usage_json,
-    })
+    usage_json
 }
 
 /// List what `model` may name: each provider, each route, each alias.
@@ -499,7 +643,7 @@ mod tests {
                 "`logprobs`",
             ),
             (
-                json!({"model": "m", "messages": [], "stream": true}),
+                json!({"model": "m", "messages": [], "stream": "yes"}),
                 "`stream`",
             ),
             (json!({"model": "m", "messages": [], "n": 2}), "`n`"),

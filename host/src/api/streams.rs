@@ -8,6 +8,7 @@
 //! attempt) and `end` (the ended execution, as `GET /v1/executions/{id}` gives it).
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
@@ -19,7 +20,7 @@ use tokio::sync::mpsc;
 use super::AppState;
 use super::problem::Problem;
 use super::wire::ExecutionOut;
-use crate::model::ExecutionId;
+use crate::model::{Execution, ExecutionId};
 use crate::store::StreamPosition;
 
 /// Deltas read from a live stream in one step.
@@ -58,8 +59,62 @@ pub async fn stream(
     if state.control.queue().get(id).await?.is_none() {
         return Err(Problem::not_found(format!("no execution {id}")));
     }
-    // A reader that falls behind holds only this task back, never the lane.
-    let (tx, rx) = mpsc::channel::<SseEvent>(64);
+    let events = futures_util::stream::unfold(spawn_follow(state, id, from), |mut rx| async move {
+        rx.recv().await.map(|item| (Ok(item.event()), rx))
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// What a follower of a stream reads, in order.
+pub(super) enum Item {
+    /// A stream begins (a retry's starts over).
+    Attempt(i64),
+    /// Delta `index` of attempt `attempt`, as JSON (a `model::Delta`).
+    Delta {
+        attempt: i64,
+        index: i64,
+        json: Arc<str>,
+    },
+    /// The reader is this many deltas behind.
+    Lag(usize),
+    /// The execution ended; nothing follows.
+    End(Box<Execution>),
+}
+
+impl Item {
+    /// Its SSE event on `/v1/executions/{id}/stream`.
+    fn event(self) -> SseEvent {
+        match self {
+            Item::Attempt(attempt) => SseEvent::default()
+                .event("attempt")
+                .data(serde_json::json!({ "attempt": attempt }).to_string()),
+            Item::Delta {
+                attempt,
+                index,
+                json,
+            } => SseEvent::default()
+                .event("delta")
+                .id(format!("{attempt}:{index}"))
+                .data(&*json),
+            Item::Lag(behind) => SseEvent::default()
+                .event("lag")
+                .data(serde_json::json!({ "behind": behind }).to_string()),
+            Item::End(execution) => SseEvent::default()
+                .event("end")
+                .data(serde_json::to_string(&ExecutionOut::from(*execution)).unwrap_or_default()),
+        }
+    }
+}
+
+/// Follows the stream of `id` from `from` in a task of its own, until its end, the
+/// server's stop, or the receiver's drop. A reader that falls behind holds only this task
+/// back, never the lane.
+pub(super) fn spawn_follow(
+    state: AppState,
+    id: ExecutionId,
+    from: StreamPosition,
+) -> mpsc::Receiver<Item> {
+    let (tx, rx) = mpsc::channel::<Item>(64);
     let stop = state.stop.clone();
     tokio::spawn(async move {
         tokio::select! {
@@ -68,10 +123,7 @@ pub async fn stream(
             _ = tx.closed() => {}
         }
     });
-    let events = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|event| (Ok(event), rx))
-    });
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    rx
 }
 
 /// The place after event id `ATTEMPT:INDEX`.
@@ -85,37 +137,36 @@ fn resume_after(id: &str) -> Option<StreamPosition> {
 
 /// What the reader has: the attempt it follows, and the next delta's index.
 struct Reader<'a> {
-    tx: &'a mpsc::Sender<SseEvent>,
+    tx: &'a mpsc::Sender<Item>,
     at: StreamPosition,
     told_lag: Option<tokio::time::Instant>,
 }
 
 impl Reader<'_> {
-    async fn send(&self, event: SseEvent) -> Result<(), ()> {
-        self.tx.send(event).await.map_err(|_| ())
+    async fn send(&self, item: Item) -> Result<(), ()> {
+        self.tx.send(item).await.map_err(|_| ())
     }
 
     /// Moves to `attempt` if it is a new one, and says so.
     async fn attempt(&mut self, attempt: i64) -> Result<(), ()> {
         if attempt != self.at.attempt {
             self.at = StreamPosition { attempt, index: 0 };
-            let data = serde_json::json!({ "attempt": attempt }).to_string();
-            self.send(SseEvent::default().event("attempt").data(data))
-                .await?;
+            self.send(Item::Attempt(attempt)).await?;
         }
         Ok(())
     }
 
     /// Sends delta `index` (its JSON), if the reader has not had it.
-    async fn delta(&mut self, index: i64, json: &str) -> Result<(), ()> {
+    async fn delta(&mut self, index: i64, json: impl Into<Arc<str>>) -> Result<(), ()> {
         if index < self.at.index {
             return Ok(());
         }
-        let event = SseEvent::default()
-            .event("delta")
-            .id(format!("{}:{index}", self.at.attempt))
-            .data(json);
-        self.send(event).await?;
+        let item = Item::Delta {
+            attempt: self.at.attempt,
+            index,
+            json: json.into(),
+        };
+        self.send(item).await?;
         self.at.index = index + 1;
         Ok(())
     }
@@ -131,8 +182,7 @@ impl Reader<'_> {
             return Ok(());
         }
         self.told_lag = Some(now);
-        let data = serde_json::json!({ "behind": behind }).to_string();
-        self.send(SseEvent::default().event("lag").data(data)).await
+        self.send(Item::Lag(behind)).await
     }
 }
 
@@ -141,7 +191,7 @@ async fn follow(
     state: &AppState,
     id: ExecutionId,
     from: StreamPosition,
-    tx: &mpsc::Sender<SseEvent>,
+    tx: &mpsc::Sender<Item>,
 ) -> Result<(), ()> {
     let mut reader = Reader {
         tx,
@@ -168,7 +218,7 @@ async fn follow(
                 let read = live.read(index, BATCH);
                 for (i, json) in read.deltas.iter().enumerate() {
                     let at = i64::try_from(index + i).unwrap_or(i64::MAX);
-                    reader.delta(at, json).await?;
+                    reader.delta(at, json.clone()).await?;
                 }
                 let index = usize::try_from(reader.at.index).unwrap_or(usize::MAX);
                 reader.lag(read.total.saturating_sub(index)).await?;
@@ -217,11 +267,7 @@ async fn follow(
             }
         }
         if ended {
-            let out = ExecutionOut::from(execution);
-            let data = serde_json::to_string(&out).unwrap_or_default();
-            reader
-                .send(SseEvent::default().event("end").data(data))
-                .await?;
+            reader.send(Item::End(Box::new(execution))).await?;
             return Ok(());
         }
         let poll = if shared {

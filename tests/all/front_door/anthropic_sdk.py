@@ -31,6 +31,45 @@ raw = client.messages.with_raw_response.create(
 alias_id = int(raw.headers["x-lanes-execution-id"])
 assert raw.parse().model == "stub-model", raw.parse()
 
+# A stream, read the SDK's way: the text as it comes, and the message it accumulates.
+with client.messages.stream(model="astream", max_tokens=20, messages=hello) as stream:
+    pieces = list(stream.text_stream)
+    final = stream.get_final_message()
+assert len(pieces) > 1, pieces
+assert "".join(pieces) == "stub reply to: hello there", pieces
+assert final.content[0].text == "".join(pieces), final
+assert final.stop_reason == "end_turn", final
+assert final.usage.input_tokens == 2, final.usage
+
+# A tool call streamed: the SDK assembles its input from the JSON pieces.
+weather = {"name": "get_weather", "input_schema": {"type": "object",
+           "properties": {"city": {"type": "string"}}}}
+with client.messages.stream(
+    model="astream",
+    max_tokens=20,
+    tools=[weather],
+    messages=[{"role": "user", "content": 'call:get_weather {"city": "Paris"}'}],
+) as stream:
+    final = stream.get_final_message()
+assert final.stop_reason == "tool_use", final
+call = final.content[-1]
+assert call.type == "tool_use" and call.name == "get_weather", final
+assert call.input == {"city": "Paris"}, call
+
+# The tool's result goes back in a second call, which answers from it.
+m = client.messages.create(
+    model="astream",
+    max_tokens=20,
+    tools=[weather],
+    messages=[
+        {"role": "user", "content": 'call:get_weather {"city": "Paris"}'},
+        {"role": "assistant", "content": [c.model_dump() for c in final.content]},
+        {"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": call.id, "content": "18C"}]},
+    ],
+)
+assert m.content[0].text == "tool said: 18C", m
+
 # Errors in Anthropic's shape, as the SDK's own exceptions.
 try:
     client.messages.create(model="nope", max_tokens=5, messages=hello)
@@ -46,7 +85,7 @@ except anthropic.BadRequestError as e:
     assert "top_k" in str(e), e
 try:
     client.messages.create(
-        model="astub",
+        model="atext",
         max_tokens=5,
         messages=hello,
         tools=[{"name": "w", "input_schema": {"type": "object"}}],

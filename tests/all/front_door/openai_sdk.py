@@ -22,6 +22,49 @@ assert r.choices[0].finish_reason == "stop", r
 assert r.usage is not None and r.usage.prompt_tokens == 2, r.usage
 assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens, r.usage
 
+# A stream: chunks as they come, the usage in a last chunk when asked.
+chunks = list(
+    client.chat.completions.create(
+        model="ostream", messages=hello, stream=True, stream_options={"include_usage": True}
+    )
+)
+text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+assert text == "stub reply to: hello there", chunks
+assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 1, chunks
+assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop", chunks
+assert chunks[-1].usage is not None and chunks[-1].usage.prompt_tokens == 2, chunks[-1]
+
+# A tool call streamed: its id and name first, then its arguments in pieces.
+weather = {"type": "function", "function": {"name": "get_weather",
+           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}
+ask = [{"role": "user", "content": 'call:get_weather {"city": "Paris"}'}]
+calls = {}
+finish = None
+for c in client.chat.completions.create(
+    model="ostream", messages=ask, tools=[weather], stream=True
+):
+    for d in c.choices[0].delta.tool_calls or []:
+        call = calls.setdefault(d.index, {"id": None, "name": "", "arguments": ""})
+        call["id"] = d.id or call["id"]
+        call["name"] += (d.function.name or "") if d.function else ""
+        call["arguments"] += (d.function.arguments or "") if d.function else ""
+    finish = c.choices[0].finish_reason or finish
+assert finish == "tool_calls", finish
+assert calls[0]["name"] == "get_weather" and json.loads(calls[0]["arguments"]) == {"city": "Paris"}, calls
+
+# The result goes back as a tool message; the answer comes from it.
+r = client.chat.completions.create(
+    model="ostream",
+    messages=ask
+    + [
+        {"role": "assistant", "tool_calls": [{"id": calls[0]["id"], "type": "function",
+            "function": {"name": "get_weather", "arguments": calls[0]["arguments"]}}]},
+        {"role": "tool", "tool_call_id": calls[0]["id"], "content": "18C"},
+    ],
+    tools=[weather],
+)
+assert r.choices[0].message.content == "tool said: 18C", r
+
 # An alias, the model given to the provider, the priority carried, the execution named.
 raw = client.chat.completions.with_raw_response.create(
     model="fast",
