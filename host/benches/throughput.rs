@@ -51,6 +51,16 @@
 //!     server carried and its CPU, and the server's `max_connections` beside what the
 //!     workers' pools may open.
 //!
+//! 15. WIT versions (issue 41): no-op throughput of the same echo built against
+//!     lanes:provider 0.1.2 (`wit-0-1-2`) and 0.2.0 (`echo-0-2`), alternated, best of 5
+//!     each: 0.2 ÷ 0.1 (target ≥ 0.95).
+//!
+//! 16. Streams (issue 41): executions at limit 64 through a `lanes serve` process, each
+//!     streaming 1,000 text deltas from the stub with one SSE reader each (in this process),
+//!     beside the same executions answered whole with no reader: the serve process's extra
+//!     CPU ÷ the deltas is lanes' cost per delta, its storage and serving included (target
+//!     ≤ 2 µs).
+//!
 //! `cargo bench -- --quick` runs a smaller version (CI uses it to prove the benchmark runs).
 
 use std::collections::{BTreeMap, VecDeque};
@@ -1282,6 +1292,20 @@ fn main() {
                 wasm_call(31, 500).await;
             }
         }
+        if run("wit") {
+            wit_versions(
+                if quick { 2_000 } else { 20_000 },
+                if quick { 2 } else { 5 },
+            )
+            .await;
+        }
+        if run("stream") {
+            stream_cost(
+                if quick { 64 } else { 256 },
+                if quick { 200 } else { 1_000 },
+            )
+            .await;
+        }
         if run("restart") {
             restart_to_first_dispatch().await;
         }
@@ -1936,6 +1960,134 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// No-op throughput of one echo component file (`n` executions, limit 256) in a plugins
+/// folder of its own.
+async fn echo_rate(file: &str, n: usize) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    let fixtures = plugins_dir().parent().unwrap().join("fixtures");
+    std::fs::copy(fixtures.join(file), plugins.join(file)).unwrap();
+    let echo = ProviderConfig {
+        component: Some(file.to_string()),
+        limit: Some(256),
+        ..ProviderConfig::default()
+    };
+    let mut config = config(&dir, &[("echo", echo)]);
+    config.plugins_dir = plugins;
+    let (daemon, queue) = start(config).await;
+    let mut events = daemon.subscribe();
+    let started = Instant::now();
+    daemon.submit_many(&jobs("echo", n)).await.unwrap();
+    wait_finished(&mut events, queue.as_ref(), n as u64).await;
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    assert_eq!(queue.counts().await.unwrap()["echo"].completed, n as u64);
+    daemon.shutdown(Duration::from_secs(5)).await;
+    rate
+}
+
+/// The no-op figure of a 0.2 component beside a 0.1 one doing the same work: rounds
+/// alternate which goes first, and each side's best round counts.
+async fn wit_versions(n: usize, rounds: usize) {
+    let (mut v01, mut v02) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        for side in [round % 2, 1 - round % 2] {
+            if side == 0 {
+                v01.push(echo_rate("wit-0-1-2.wasm", n).await);
+            } else {
+                v02.push(echo_rate("echo-0-2.wasm", n).await);
+            }
+        }
+    }
+    let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    println!(
+        "wit: no-op echo, {n} executions a round, best of {rounds}: lanes:provider 0.1.2 \
+         {:.0}/s, 0.2.0 {:.0}/s\n  ratio 0.2 ÷ 0.1: {:.3} (target ≥ 0.95)",
+        best(&v01),
+        best(&v02),
+        best(&v02) / best(&v01)
+    );
+}
+
+/// One run of the stream scenario: the serve process's CPU, in ns, and the deltas the
+/// readers got.
+async fn stream_run(n: usize, deltas: usize, streamed: bool) -> (u64, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut stub = stub(64, 0);
+    stub.limit = Some(64);
+    let mut config = config(&dir, &[("stub", stub)]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    config.api.addr = format!("127.0.0.1:{port}");
+    let (mut serve, queue) = spawn_serve(&dir, &config).await;
+    let input = |i: usize| {
+        ChatInput::from_value(serde_json::json!({
+            "prompt": format!("bench {i}"),
+            "stream": streamed,
+            "extra": {"text": "x".repeat(deltas), "stream_pieces": deltas}
+        }))
+        .unwrap()
+    };
+    let jobs: Vec<NewExecution> = (0..n)
+        .map(|i| NewExecution {
+            provider: "stub".into(),
+            input: input(i),
+            priority: 0,
+            max_attempts: 1,
+            route: None,
+        })
+        .collect();
+    let before = process_cpu_ns(serve.id());
+    let ids = queue.submit_many(&jobs).await.unwrap();
+    let readers: Vec<_> = ids
+        .iter()
+        .filter(|_| streamed)
+        .map(|id| {
+            let url = format!("http://127.0.0.1:{port}/v1/executions/{id}/stream");
+            tokio::spawn(async move {
+                use http_body_util::BodyExt;
+                let client = hyper_util::client::legacy::Client::builder(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .build_http::<http_body_util::Empty<bytes::Bytes>>();
+                let response = client.get(url.parse().unwrap()).await.expect("a stream");
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                String::from_utf8_lossy(&body)
+                    .matches("event: delta")
+                    .count()
+            })
+        })
+        .collect();
+    wait_done(&queue, n as u64).await;
+    let mut got = 0;
+    for reader in readers {
+        got += reader.await.unwrap();
+    }
+    let cpu = process_cpu_ns(serve.id()) - before;
+    let _ = serve.kill();
+    let _ = serve.wait();
+    (cpu, got)
+}
+
+/// What streaming costs lanes per delta: see the module's doc, 16.
+async fn stream_cost(n: usize, deltas: usize) {
+    let (whole, _) = stream_run(n, deltas, false).await;
+    let (streamed, got) = stream_run(n, deltas, true).await;
+    // Each text delta, and one usage delta per execution.
+    let sent = n * (deltas + 1);
+    let per_delta_us = streamed.saturating_sub(whole) as f64 / 1_000.0 / sent as f64;
+    println!(
+        "stream: {n} executions at limit 64, {deltas} text deltas each, one SSE reader each: \
+         lanes CPU {:.0} ms streamed, {:.0} ms answered whole; readers got {got} of {sent} \
+         deltas\n  lanes CPU per delta: {per_delta_us:.2} µs (target ≤ 2)",
+        streamed as f64 / 1e6,
+        whole as f64 / 1e6,
+    );
+    assert_eq!(got, sent, "every reader gets every delta");
 }
 
 /// The CPU time `pid` used so far, its threads that ended included (`utime` and `stime` of

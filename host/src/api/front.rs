@@ -523,13 +523,16 @@ fn relay_stream(
                     (relay.fail(&message), true)
                 }
                 Item::Attempt(_) | Item::Lag(_) => continue,
-                Item::Delta { json, .. } => match serde_json::from_str::<Delta>(&json) {
-                    Ok(delta) => {
-                        sent = true;
-                        (relay.delta(delta), false)
+                Item::Deltas { jsons, .. } => {
+                    let mut events = Vec::new();
+                    for json in jsons {
+                        if let Ok(delta) = serde_json::from_str::<Delta>(&json) {
+                            sent = true;
+                            events.extend(relay.delta(delta));
+                        }
                     }
-                    Err(_) => continue,
-                },
+                    (events, false)
+                }
                 Item::End(execution) => (relay.end(&execution), true),
             };
             for event in events {

@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use futures_util::Stream;
+use axum::response::IntoResponse;
 use tokio::sync::mpsc;
 
 use super::AppState;
@@ -22,6 +21,9 @@ use super::problem::Problem;
 use super::wire::ExecutionOut;
 use crate::model::{Execution, ExecutionId};
 use crate::store::StreamPosition;
+
+/// How long a reader woken by a delta waits for the ones right behind it.
+const GATHER: Duration = Duration::from_millis(2);
 
 /// Deltas read from a live stream in one step.
 const BATCH: usize = 256;
@@ -50,7 +52,7 @@ pub async fn stream(
     State(state): State<AppState>,
     Path(id): Path<i64>,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Problem> {
+) -> Result<axum::response::Response, Problem> {
     let from = match headers.get("last-event-id") {
         Some(value) => resume_after(value.to_str().unwrap_or_default())
             .ok_or_else(|| Problem::bad_request("`Last-Event-ID` must be ATTEMPT:INDEX"))?,
@@ -59,21 +61,38 @@ pub async fn stream(
     if state.control.queue().get(id).await?.is_none() {
         return Err(Problem::not_found(format!("no execution {id}")));
     }
-    let events = futures_util::stream::unfold(spawn_follow(state, id, from), |mut rx| async move {
-        rx.recv().await.map(|item| (Ok(item.event()), rx))
+    // The events as SSE text, a batch of deltas to a frame (one write, not one per delta),
+    // and a comment after 15 s without one to keep the connection alive.
+    let frames = futures_util::stream::unfold(spawn_follow(state, id, from), |mut rx| async {
+        let frame = match tokio::time::timeout(KEEP_ALIVE, rx.recv()).await {
+            Ok(Some(item)) => item.sse(),
+            Ok(None) => return None,
+            Err(_) => ":\n\n".to_string(),
+        };
+        Some((Ok::<_, Infallible>(axum::body::Bytes::from(frame)), rx))
     });
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "text/event-stream"),
+            (axum::http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        axum::body::Body::from_stream(frames),
+    )
+        .into_response())
 }
+
+/// How long a stream stays quiet before a keep-alive comment.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// What a follower of a stream reads, in order.
 pub(super) enum Item {
     /// A stream begins (a retry's starts over).
     Attempt(i64),
-    /// Delta `index` of attempt `attempt`, as JSON (a `model::Delta`).
-    Delta {
+    /// Deltas `first`, `first + 1`, ... of attempt `attempt`, as JSON (`model::Delta`s).
+    Deltas {
         attempt: i64,
-        index: i64,
-        json: Arc<str>,
+        first: i64,
+        jsons: Vec<Arc<str>>,
     },
     /// The reader is this many deltas behind.
     Lag(usize),
@@ -82,26 +101,28 @@ pub(super) enum Item {
 }
 
 impl Item {
-    /// Its SSE event on `/v1/executions/{id}/stream`.
-    fn event(self) -> SseEvent {
+    /// Its SSE text on `/v1/executions/{id}/stream`: one event, or one per delta.
+    fn sse(self) -> String {
+        let event = |name: &str, data: &str| format!("event: {name}\ndata: {data}\n\n");
         match self {
-            Item::Attempt(attempt) => SseEvent::default()
-                .event("attempt")
-                .data(serde_json::json!({ "attempt": attempt }).to_string()),
-            Item::Delta {
+            Item::Attempt(attempt) => event("attempt", &format!("{{\"attempt\":{attempt}}}")),
+            Item::Deltas {
                 attempt,
-                index,
-                json,
-            } => SseEvent::default()
-                .event("delta")
-                .id(format!("{attempt}:{index}"))
-                .data(&*json),
-            Item::Lag(behind) => SseEvent::default()
-                .event("lag")
-                .data(serde_json::json!({ "behind": behind }).to_string()),
-            Item::End(execution) => SseEvent::default()
-                .event("end")
-                .data(serde_json::to_string(&ExecutionOut::from(*execution)).unwrap_or_default()),
+                first,
+                jsons,
+            } => {
+                let mut text = String::with_capacity(jsons.iter().map(|j| j.len() + 40).sum());
+                for (i, json) in (first..).zip(&jsons) {
+                    use std::fmt::Write;
+                    let _ = write!(text, "event: delta\nid: {attempt}:{i}\ndata: {json}\n\n");
+                }
+                text
+            }
+            Item::Lag(behind) => event("lag", &format!("{{\"behind\":{behind}}}")),
+            Item::End(execution) => event(
+                "end",
+                &serde_json::to_string(&ExecutionOut::from(*execution)).unwrap_or_default(),
+            ),
         }
     }
 }
@@ -156,18 +177,23 @@ impl Reader<'_> {
         Ok(())
     }
 
-    /// Sends delta `index` (its JSON), if the reader has not had it.
-    async fn delta(&mut self, index: i64, json: impl Into<Arc<str>>) -> Result<(), ()> {
-        if index < self.at.index {
+    /// Sends the deltas from `first` on (their JSON) that the reader has not had.
+    async fn deltas(&mut self, first: i64, jsons: Vec<Arc<str>>) -> Result<(), ()> {
+        let skip = usize::try_from(self.at.index.saturating_sub(first)).unwrap_or(usize::MAX);
+        if skip >= jsons.len() {
             return Ok(());
         }
-        let item = Item::Delta {
-            attempt: self.at.attempt,
-            index,
-            json: json.into(),
-        };
-        self.send(item).await?;
-        self.at.index = index + 1;
+        let jsons: Vec<Arc<str>> = jsons.into_iter().skip(skip).collect();
+        let first = first + i64::try_from(skip).unwrap_or(i64::MAX);
+        let next = first + i64::try_from(jsons.len()).unwrap_or(i64::MAX);
+        let attempt = self.at.attempt;
+        self.send(Item::Deltas {
+            attempt,
+            first,
+            jsons,
+        })
+        .await?;
+        self.at.index = next;
         Ok(())
     }
 
@@ -216,10 +242,7 @@ async fn follow(
                 changed.as_mut().enable();
                 let index = usize::try_from(reader.at.index).unwrap_or(usize::MAX);
                 let read = live.read(index, BATCH);
-                for (i, json) in read.deltas.iter().enumerate() {
-                    let at = i64::try_from(index + i).unwrap_or(i64::MAX);
-                    reader.delta(at, json.clone()).await?;
-                }
+                reader.deltas(reader.at.index, read.deltas).await?;
                 let index = usize::try_from(reader.at.index).unwrap_or(usize::MAX);
                 reader.lag(read.total.saturating_sub(index)).await?;
                 if index < read.total {
@@ -230,6 +253,10 @@ async fn follow(
                     break;
                 }
                 changed.await;
+                // Deltas that come back to back go out together: one write for those of
+                // the next moment, not one each (an LLM's come tens of ms apart, and
+                // each goes at once).
+                tokio::time::sleep(GATHER).await;
             }
             continue;
         }
@@ -261,10 +288,8 @@ async fn follow(
             }
             let deltas: Vec<&serde_json::value::RawValue> =
                 serde_json::from_str(&chunk.deltas).unwrap_or_default();
-            for (i, json) in deltas.iter().enumerate() {
-                let at = chunk.first + i64::try_from(i).unwrap_or(i64::MAX);
-                reader.delta(at, json.get()).await?;
-            }
+            let jsons = deltas.iter().map(|d| Arc::from(d.get())).collect();
+            reader.deltas(chunk.first, jsons).await?;
         }
         if ended {
             reader.send(Item::End(Box::new(execution))).await?;
