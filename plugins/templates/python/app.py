@@ -2,50 +2,54 @@
 
 Config (`[providers.{{name}}.config]`): `base_url` and `model`. The key, when set, is the
 provider's `api-key` secret, sent as a Bearer token.
+
+`lanes_kit` hands `chat` the request in plain Python (`kit.Request`) and turns the
+`kit.Reply` it returns into lanes' response. This template takes text only; to take more,
+declare it in `capabilities` and map it in `chat` (see the comments there, and
+plugins/examples/ollama-py/app.py in lanes for an adapter that maps everything).
 """
 
 from componentize_py_types import Err
-from wit_world import exports
-from wit_world.imports.lanes_provider_types import (
-    ChatRequest,
-    ChatResponse,
-    FinishReason_ContentFilter,
-    FinishReason_Length,
-    FinishReason_Other,
-    FinishReason_Stop,
-    FinishReason_ToolCalls,
-    ProviderInfo,
-    Role,
-    Usage,
-)
 
 import lanes_kit as kit
 
 DEFAULT_BASE_URL = "https://api.example.com"
 
 
-class Adapter(exports.Adapter):
-    def info(self) -> ProviderInfo:
-        return ProviderInfo(
-            name="{{name}}",
-            version="0.1.0",
-            default_limit=4,
-            description="{{name}}: an OpenAI-compatible chat API (Python)",
-        )
+class Adapter(kit.Adapter):
+    name = "{{name}}"
+    version = "0.1.0"
+    default_limit = 4
+    description = "{{name}}: an OpenAI-compatible chat API (Python)"
+    # What the component takes beyond text, once `chat` maps it: any of "tools",
+    # "json_schema", "images", "image_urls", "reasoning", "streaming". The host refuses
+    # inputs that need one that is not declared.
+    capabilities = []
+    # The image types it takes, with "images": empty means png, jpeg, gif and webp.
+    image_media_types = []
 
-    def execute(self, request: ChatRequest) -> ChatResponse:
+    def chat(self, request: kit.Request) -> kit.Reply:
         messages = []
         if request.system:
             messages.append({"role": "system", "content": request.system})
         for m in request.messages:
-            messages.append({"role": m.role.name.lower(), "content": m.content})
+            # m.text: the message's text parts. With capabilities, m.content also holds
+            # kit.Image (images), kit.ToolCall and kit.ToolResult (tools) and
+            # kit.Reasoning (reasoning) parts.
+            messages.append({"role": m.role, "content": m.text})
         body = {"model": kit.model(request), "messages": messages}
         if request.max_tokens is not None:
             body["max_tokens"] = request.max_tokens
         if request.temperature is not None:
-            body["temperature"] = round(request.temperature, 6)
+            body["temperature"] = request.temperature
+        if request.top_p is not None:
+            body["top_p"] = request.top_p
+        if request.seed is not None:
+            body["seed"] = request.seed
         if request.stop:
-            body["stop"] = list(request.stop)
+            body["stop"] = request.stop
+        # With capabilities: request.tools, request.tool_choice, request.response_format,
+        # request.reasoning and request.stream (see kit.Request).
         kit.merge_extra(body, request)
 
         headers = []
@@ -64,21 +68,12 @@ class Adapter(exports.Adapter):
         except (KeyError, IndexError, TypeError, AttributeError):
             raise Err(kit.ProviderError_Unavailable("the reply has no choices[0].message"))
         usage = reply.get("usage") or {}
-        return ChatResponse(
+        # A reply may also carry tool_calls=[kit.ToolCall(…)], reasoning=…, refusal=… and
+        # the usage breakdown (cache_read_tokens, cache_write_tokens, reasoning_tokens).
+        return kit.Reply(
             text=text,
             model=str(reply.get("model", body["model"])),
-            usage=Usage(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))),
-            finish_reason=finish_reason(choice.get("finish_reason")),
+            usage=kit.Usage(int(usage.get("prompt_tokens", 0)),
+                            int(usage.get("completion_tokens", 0))),
+            finish_reason=str(choice.get("finish_reason") or "stop"),
         )
-
-
-def finish_reason(value):
-    if value in (None, "stop"):
-        return FinishReason_Stop()
-    if value == "length":
-        return FinishReason_Length()
-    if value == "content_filter":
-        return FinishReason_ContentFilter()
-    if value in ("tool_calls", "function_call"):
-        return FinishReason_ToolCalls()
-    return FinishReason_Other(str(value))
