@@ -3,36 +3,42 @@
 //
 // Config (`[providers.{{name}}]`): `base_url` and `model`. The key, when the operator sets
 // `api_key_env` or `api_key_file`, is the `api-key` secret, sent as a Bearer token.
+//
+// `lanes_kit.js` hands `chat` the request as plain objects (`kit.Request`) and turns the
+// reply it returns into lanes' response. This template takes text only; to take more,
+// declare it in `capabilities` and map it in `chat` (see the comments there, and
+// plugins/examples/claude-js/app.js in lanes for an adapter that maps everything).
 
 import * as kit from './lanes_kit.js';
 
 const DEFAULT_BASE_URL = 'https://api.example.com';
 
-const FINISH = {
-  stop: { tag: 'stop' },
-  length: { tag: 'length' },
-  content_filter: { tag: 'content-filter' },
-  tool_calls: { tag: 'tool-calls' },
-};
+export const adapter = kit.adapter({
+  name: '{{name}}',
+  version: '0.1.0',
+  defaultLimit: 4,
+  description: '{{name}}: an OpenAI-compatible chat API (JavaScript)',
+  // What the component takes beyond text, once `chat` maps it: any of 'tools',
+  // 'json_schema', 'images', 'image_urls', 'reasoning', 'streaming'. The host refuses
+  // inputs that need one that is not declared.
+  capabilities: [],
+  // The image types it takes, with 'images': empty means png, jpeg, gif and webp.
+  imageMediaTypes: [],
 
-export const adapter = {
-  info() {
-    return {
-      name: '{{name}}',
-      version: '0.1.0',
-      defaultLimit: 4,
-      description: '{{name}}: an OpenAI-compatible chat API (JavaScript)',
-    };
-  },
-
-  async execute(request) {
+  async chat(request) {
     const messages = [];
     if (request.system) messages.push({ role: 'system', content: request.system });
-    for (const m of request.messages) messages.push({ role: m.role, content: m.content });
+    // m.text: the message's text parts. With capabilities, m.content also holds image
+    // (images), tool_call and tool_result (tools) and reasoning (reasoning) parts.
+    for (const m of request.messages) messages.push({ role: m.role, content: m.text });
     const body = { model: kit.model(request), messages };
     if (request.maxTokens !== undefined) body.max_tokens = request.maxTokens;
-    if (request.temperature !== undefined) body.temperature = Number(request.temperature.toFixed(6));
+    if (request.temperature !== undefined) body.temperature = request.temperature;
+    if (request.topP !== undefined) body.top_p = request.topP;
+    if (request.seed !== undefined) body.seed = request.seed;
     if (request.stop.length > 0) body.stop = request.stop;
+    // With capabilities: request.tools, request.toolChoice, request.responseFormat,
+    // request.reasoning and request.stream (see kit.Request).
     kit.mergeExtra(body, request);
 
     const headers = {};
@@ -45,7 +51,8 @@ export const adapter = {
     const value = kit.json(reply);
     const choice = value?.choices?.[0];
     if (!choice?.message) throw new kit.ProviderError('unavailable', 'the reply has no choices[0].message');
-    const reason = choice.finish_reason ?? 'stop';
+    // A reply may also carry toolCalls: [{ id, name, arguments }], reasoning, refusal and
+    // the usage breakdown (cacheReadTokens, cacheWriteTokens, reasoningTokens).
     return {
       text: choice.message.content ?? '',
       model: String(value.model ?? body.model),
@@ -53,7 +60,7 @@ export const adapter = {
         inputTokens: value.usage?.prompt_tokens ?? 0,
         outputTokens: value.usage?.completion_tokens ?? 0,
       },
-      finishReason: FINISH[reason] ?? { tag: 'other', val: String(reason) },
+      finishReason: choice.finish_reason ?? 'stop',
     };
   },
-};
+});

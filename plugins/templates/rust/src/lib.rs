@@ -7,10 +7,16 @@
 //! The SDK's `HttpAdapter` does the rest: it merges the request's `extra` into the body,
 //! sends the request to the base URL, and maps error statuses (429 with its retry-after,
 //! 401/403, 5xx) to the `provider-error` cases that tell the host whether to retry.
+//!
+//! It takes text only (lanes:provider 0.2 messages are lists of content parts; this
+//! adapter reads their text). To take tools, JSON schemas, images, reasoning or streaming,
+//! map them in `build_request` and `parse_response` and declare them in `info()`'s
+//! `capabilities`: the host refuses inputs that need what a component does not declare.
+//! `plugins/openai` in lanes maps all of them for this API.
 
 use lanes_guest::adapter::{HttpAdapter, HttpRequest};
 use lanes_guest::bindings::lanes::provider::types::{
-    ChatRequest, ChatResponse, FinishReason, ProviderError, ProviderInfo, Usage,
+    Capabilities, ChatRequest, ChatResponse, FinishReason, ProviderError, ProviderInfo, Usage,
 };
 use lanes_guest::http;
 use serde_json::{Value, json};
@@ -24,6 +30,12 @@ impl HttpAdapter for Adapter {
             version: env!("CARGO_PKG_VERSION").into(),
             default_limit: 4,
             description: "{{name}}: an OpenAI-compatible chat API (Rust)".into(),
+            // What it takes beyond text, once mapped: such as
+            // `Capabilities::TOOLS | Capabilities::JSON_SCHEMA | Capabilities::IMAGES`
+            // (also IMAGE_URLS, REASONING, STREAMING).
+            capabilities: Capabilities::empty(),
+            // The image types it takes, with IMAGES; empty means png, jpeg, gif and webp.
+            image_media_types: Vec::new(),
         }
     }
 
@@ -39,6 +51,12 @@ impl HttpAdapter for Adapter {
         }
         if let Some(t) = request.temperature {
             body["temperature"] = lanes_guest::f32_json(t);
+        }
+        if let Some(p) = request.top_p {
+            body["top_p"] = lanes_guest::f32_json(p);
+        }
+        if let Some(seed) = request.seed {
+            body["seed"] = json!(seed);
         }
         if !request.stop.is_empty() {
             body["stop"] = json!(request.stop);
@@ -60,11 +78,17 @@ impl HttpAdapter for Adapter {
             Some(other) => FinishReason::Other(other.to_string()),
         };
         Ok(ChatResponse {
-            text: lanes_guest::text_at(choice, "/message/content"),
+            // The answer's parts: its text here; also `ContentPart::ToolCall` and
+            // `ContentPart::Reasoning` once mapped.
+            content: lanes_guest::text_content(lanes_guest::text_at(choice, "/message/content")),
+            refusal: None,
             model: lanes_guest::text_at(&value, "/model"),
             usage: Usage {
                 input_tokens: lanes_guest::count_at(&value, "/usage/prompt_tokens"),
                 output_tokens: lanes_guest::count_at(&value, "/usage/completion_tokens"),
+                cache_read_tokens: None,
+                cache_write_tokens: None,
+                reasoning_tokens: None,
             },
             finish_reason,
         })
