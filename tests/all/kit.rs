@@ -1,7 +1,9 @@
 //! The plugin author kit: the templates (Rust, Python, JavaScript) written by `lanes plugins
 //! new` and built fresh by `scripts/build-kit`, the Python and JavaScript examples, and the
-//! built-in adapters all pass `plugins check` and the conformance suite; a component that
-//! does not behave fails it; the Python and JavaScript examples run executions in a daemon.
+//! built-in adapters all pass `plugins check` and the conformance suite, its checks of what a
+//! 0.2 component declares beyond text (tools, JSON schemas, images, streaming) included; a
+//! component that does not behave, or declares what it does not map, fails it; the Python
+//! and JavaScript examples run executions in a daemon.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -61,6 +63,32 @@ fn lanes(args: &[&str]) -> std::process::Output {
     env.lanes(args)
 }
 
+/// The suite's rows for what a 0.2 component declares beyond text, with the capability each
+/// needs.
+const FEATURE_ROWS: [(&str, &str); 6] = [
+    ("tool call", "tools"),
+    ("tool result", "tools"),
+    ("JSON schema", "json_schema"),
+    ("image", "images"),
+    ("image URL", "image_urls"),
+    ("stream", "streaming"),
+];
+
+/// The verdict of each row of a `plugins test --json` report, by name.
+fn verdicts(report: &serde_json::Value) -> std::collections::BTreeMap<String, String> {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["name"].as_str().unwrap().to_string(),
+                c["verdict"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn every_template_example_and_builtin_passes_check_and_the_suite() {
     let mut files: Vec<PathBuf> = [
@@ -95,7 +123,7 @@ fn every_template_example_and_builtin_passes_check_and_the_suite() {
             .as_array()
             .unwrap()
             .iter()
-            .filter(|c| c["verdict"] != "pass")
+            .filter(|c| c["verdict"] == "fail")
             .collect();
         assert!(
             test.status.success() && failed.is_empty(),
@@ -125,12 +153,55 @@ fn every_template_example_and_builtin_passes_check_and_the_suite() {
             "cost",
             "allowed hosts",
             "secrets",
-        ] {
+        ]
+        .into_iter()
+        .chain(FEATURE_ROWS.map(|(row, _)| row))
+        {
             assert!(
                 names.contains(&expected),
                 "{path}: no check {expected}: {names:?}"
             );
         }
+        // A capability's rows pass when the component declares it and are skipped when not.
+        let declared: Vec<&str> = report["capabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        let verdicts = verdicts(&report);
+        for (row, capability) in FEATURE_ROWS {
+            let expected = if declared.contains(&capability) {
+                "pass"
+            } else {
+                "skip"
+            };
+            assert_eq!(verdicts[row], expected, "{path}: {row} ({declared:?})");
+        }
+        // The templates declare nothing; the examples map, and declare, what their API takes.
+        let file = Path::new(&path).file_name().unwrap().to_str().unwrap();
+        let expected: &[&str] = match file {
+            "rs-template.wasm" | "py-template.wasm" | "js-template.wasm" => &["sampling"],
+            "ollama-py.wasm" => &[
+                "tools",
+                "json_schema",
+                "images",
+                "reasoning",
+                "sampling",
+                "streaming",
+            ],
+            "claude-js.wasm" => &[
+                "tools",
+                "json_schema",
+                "images",
+                "image_urls",
+                "reasoning",
+                "sampling",
+                "streaming",
+            ],
+            _ => &declared,
+        };
+        assert_eq!(declared, expected, "{path}");
         assert!(
             report["cost"]["memory_peak_bytes"].as_u64().unwrap() > 0,
             "{path}"
@@ -200,6 +271,62 @@ fn the_suite_fails_a_component_that_does_not_behave_and_says_why() {
         "{err}"
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+#[test]
+fn the_suite_fails_a_component_that_declares_what_it_does_not_map() {
+    // The Python template with `capabilities = ["tools", "streaming"]` and nothing mapped.
+    let file = kit("py-overclaims.wasm");
+    let out = lanes(&[
+        "plugins",
+        "test",
+        file.to_str().unwrap(),
+        "--calls",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let detail = |name: &str| {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .map(|c| {
+                (
+                    c["verdict"].as_str().unwrap().to_string(),
+                    c["detail"].to_string(),
+                )
+            })
+            .unwrap()
+    };
+    let (verdict, why) = detail("tool call");
+    assert_eq!(verdict, "fail");
+    assert!(why.contains("does not offer `get_weather`"), "{why}");
+    let (verdict, why) = detail("tool result");
+    assert_eq!(verdict, "fail");
+    assert!(why.contains("no tool call to answer"), "{why}");
+    let (verdict, why) = detail("stream");
+    assert_eq!(verdict, "fail");
+    assert!(why.contains("did not ask to stream"), "{why}");
+    for row in ["JSON schema", "image", "image URL"] {
+        let (verdict, why) = detail(row);
+        assert_eq!(verdict, "skip", "{row}");
+        assert!(why.contains("not declared"), "{row}: {why}");
+    }
+    // Everything else still passes, and the table says what was skipped.
+    let verdicts = verdicts(&report);
+    let failed: Vec<_> = verdicts.iter().filter(|(_, v)| *v == "fail").collect();
+    assert_eq!(failed.len(), 3, "{failed:?}");
+    let out = lanes(&["plugins", "test", file.to_str().unwrap(), "--calls", "1"]);
+    let table = stdout(&out);
+    assert!(
+        table.contains("(wit 0.2, declares tools, streaming)"),
+        "{table}"
+    );
+    assert!(table.contains("skip  JSON schema"), "{table}");
+    assert!(table.contains("3 skipped, 3 failed"), "{table}");
 }
 
 #[test]

@@ -1,6 +1,9 @@
 //! `lanes plugins test FILE`: runs a component against a scripted local server and checks
 //! what every provider must do: a valid `info`, a success mapped, each error class mapped,
-//! requests only to the configured host, no secret in an error, and the cost of a call.
+//! requests only to the configured host, no secret in an error, and the cost of a call; and
+//! for a 0.2 component, what it declares beyond text (`features.rs`): tool calls and
+//! results, JSON schemas, images and streaming. A capability it does not declare is
+//! skipped, not failed.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,11 +13,12 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::features::Api;
 use super::server::{Reply, Scripted};
 use crate::attempt::classify;
 use crate::config::{Config, ConfigValue};
-use crate::model::{ChatInput, ChatOutput, ErrorKind};
-use crate::plugin::{CallCost, ExecError, PluginHost, Provider};
+use crate::model::{Capabilities, Capability, ChatInput, ChatOutput, ErrorKind};
+use crate::plugin::{CallCost, DeltaSink, ExecError, PluginHost, Provider};
 
 /// The success reply the server gives and what the component must make of it.
 #[derive(Debug, Clone, Deserialize)]
@@ -43,47 +47,22 @@ pub struct Expected {
     pub finish_reason: String,
 }
 
-const SUCCESS_TEXT: &str = "Hello from the conformance server.";
+/// The text of the success reply (and of the streamed one).
+pub const SUCCESS_TEXT: &str = "Hello from the conformance server.";
 
 /// The success reply of the APIs lanes knows, by request path: OpenAI's Chat Completions
 /// (and the many servers that speak it), Anthropic's Messages and Ollama's chat.
 pub fn known_reply(path: &str) -> Option<SuccessReply> {
-    let expect = Expected {
-        text: SUCCESS_TEXT.into(),
-        input_tokens: 11,
-        output_tokens: 7,
-        finish_reason: "length".into(),
-    };
-    let body = if path.ends_with("/chat/completions") {
-        json!({
-            "id": "chatcmpl-conformance", "object": "chat.completion",
-            "model": "conformance-model",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": SUCCESS_TEXT},
-                         "finish_reason": "length"}],
-            "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
-        })
-    } else if path.ends_with("/v1/messages") {
-        json!({
-            "id": "msg_conformance", "type": "message", "role": "assistant",
-            "model": "conformance-model",
-            "content": [{"type": "text", "text": SUCCESS_TEXT}],
-            "stop_reason": "max_tokens",
-            "usage": {"input_tokens": 11, "output_tokens": 7}
-        })
-    } else if path.ends_with("/api/chat") {
-        json!({
-            "model": "conformance-model", "created_at": "2026-01-01T00:00:00Z",
-            "message": {"role": "assistant", "content": SUCCESS_TEXT},
-            "done": true, "done_reason": "length",
-            "prompt_eval_count": 11, "eval_count": 7
-        })
-    } else {
-        return None;
-    };
+    let api = Api::of(path)?;
     Some(SuccessReply {
         status: 200,
-        body,
-        expect,
+        body: api.text_reply(SUCCESS_TEXT, true),
+        expect: Expected {
+            text: SUCCESS_TEXT.into(),
+            input_tokens: 11,
+            output_tokens: 7,
+            finish_reason: "length".into(),
+        },
     })
 }
 
@@ -107,6 +86,8 @@ pub struct Options {
 pub enum Verdict {
     Pass,
     Fail,
+    /// Not run: the component does not declare what it checks.
+    Skip,
 }
 
 /// One row of the report.
@@ -122,6 +103,10 @@ pub struct Check {
 pub struct Report {
     pub file: String,
     pub provider: Option<String>,
+    /// The lanes:provider version it was built against (`0.1` or `0.2`).
+    pub wit: Option<&'static str>,
+    /// What it declares beyond text.
+    pub capabilities: Option<Capabilities>,
     pub checks: Vec<Check>,
     /// Per-call figures of the successful calls.
     pub cost: Option<Cost>,
@@ -142,16 +127,30 @@ pub struct Cost {
 }
 
 impl Report {
-    /// Whether every check passed.
+    /// Whether every check passed or was skipped.
     pub fn passed(&self) -> bool {
-        !self.checks.is_empty() && self.checks.iter().all(|c| c.verdict == Verdict::Pass)
+        !self.checks.is_empty() && self.checks.iter().all(|c| c.verdict != Verdict::Fail)
     }
 
     /// The report as a table for a terminal.
     pub fn table(&self) -> String {
         let width = self.checks.iter().map(|c| c.name.len()).max().unwrap_or(5);
+        // Sampling (`top_p`, `seed`) comes with every 0.2 component: it is not declared.
+        let declared: Vec<&str> = self
+            .capabilities
+            .map(|c| c.list())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| *c != Capability::Sampling)
+            .map(Capability::as_str)
+            .collect();
+        let takes = match self.wit {
+            Some(wit) if declared.is_empty() => format!(" (wit {wit}, text only)"),
+            Some(wit) => format!(" (wit {wit}, declares {})", declared.join(", ")),
+            None => String::new(),
+        };
         let mut out = format!(
-            "{}: provider {}\n",
+            "{}: provider {}{takes}\n",
             self.file,
             self.provider.as_deref().unwrap_or("?")
         );
@@ -159,18 +158,20 @@ impl Report {
             let verdict = match c.verdict {
                 Verdict::Pass => "ok  ",
                 Verdict::Fail => "FAIL",
+                Verdict::Skip => "skip",
             };
             out.push_str(&format!("  {verdict}  {:width$}  {}\n", c.name, c.detail));
         }
-        let failed = self
-            .checks
-            .iter()
-            .filter(|c| c.verdict == Verdict::Fail)
-            .count();
+        let count = |v: Verdict| self.checks.iter().filter(|c| c.verdict == v).count();
+        let skipped = match count(Verdict::Skip) {
+            0 => String::new(),
+            n => format!(", {n} skipped"),
+        };
         out.push_str(&format!(
-            "{} checks, {} passed, {failed} failed\n",
+            "{} checks, {} passed{skipped}, {} failed\n",
             self.checks.len(),
-            self.checks.len() - failed
+            count(Verdict::Pass),
+            count(Verdict::Fail)
         ));
         out
     }
@@ -188,29 +189,38 @@ fn request() -> ChatInput {
 }
 
 /// One call's outcome: the error as the component made it, the wait it told the host.
-struct Call {
-    result: Result<ChatOutput, ExecError>,
+pub(super) struct Call {
+    pub(super) result: Result<ChatOutput, ExecError>,
     elapsed: Duration,
     cost: CallCost,
 }
 
 async fn call(provider: &Provider) -> Call {
+    call_with(provider, &request(), false, None)
+        .await
+        .expect("a text request")
+}
+
+/// One call of `input`, streamed to `deltas` when `stream`; an error when the host would
+/// not hand the input to the component.
+pub(super) async fn call_with(
+    provider: &Provider,
+    input: &ChatInput,
+    stream: bool,
+    deltas: Option<DeltaSink>,
+) -> Result<Call, String> {
+    let request = provider.request(input, stream)?;
     let started = Instant::now();
-    let (result, cost) = provider
-        .execute_measured(
-            provider.request(&request(), false).expect("a text request"),
-            None,
-        )
-        .await;
-    Call {
+    let (result, cost) = provider.execute_measured(request, deltas).await;
+    Ok(Call {
         result,
         elapsed: started.elapsed(),
         cost,
-    }
+    })
 }
 
 /// What a call ended as, in one phrase.
-fn said(result: &Result<ChatOutput, ExecError>) -> String {
+pub(super) fn said(result: &Result<ChatOutput, ExecError>) -> String {
     match result {
         Ok(r) => format!("success ({:?})", r.text),
         Err(e) => {
@@ -235,23 +245,29 @@ pub async fn run(config: &Config, file: &Path, options: Options) -> anyhow::Resu
     let mut report = Report {
         file: crate::plugin::file_name(file),
         provider: None,
+        wit: None,
+        capabilities: None,
         checks: Vec::new(),
         cost: None,
     };
-    let mut checks = Vec::new();
-    let mut check = |name: &str, pass: bool, detail: String| {
-        checks.push(Check {
+    let checks = std::cell::RefCell::new(Vec::new());
+    let record = |name: &str, verdict: Verdict, detail: String| {
+        checks.borrow_mut().push(Check {
             name: name.to_string(),
-            verdict: if pass { Verdict::Pass } else { Verdict::Fail },
+            verdict,
             detail,
         });
+    };
+    let check = |name: &str, pass: bool, detail: String| {
+        let verdict = if pass { Verdict::Pass } else { Verdict::Fail };
+        record(name, verdict, detail)
     };
     let host = PluginHost::new(config)?;
     let component = match host.load(file).await {
         Ok(component) => Arc::new(component),
         Err(e) => {
             check("load", false, e.to_string());
-            report.checks = checks;
+            report.checks = checks.into_inner();
             return Ok(report);
         }
     };
@@ -400,6 +416,31 @@ pub async fn run(config: &Config, file: &Path, options: Options) -> anyhow::Resu
             },
         );
     }
+
+    // What a 0.2 component declares beyond text, in the wire format of the API it spoke.
+    let api = match (&own_reply, seen.first()) {
+        (Some(_), _) => Err(
+            "`--reply` stands for an API whose wire format the suite does \
+                             not speak"
+                .to_string(),
+        ),
+        (None, None) => Err("no request reached the server in the success check".to_string()),
+        (None, Some(s)) => Api::of(&s.path).ok_or_else(|| {
+            format!(
+                "the suite speaks OpenAI's, Anthropic's and Ollama's wire formats, not {} {}'s",
+                s.method, s.path
+            )
+        }),
+    };
+    super::features::run(
+        &provider,
+        &server,
+        api,
+        &info,
+        &mut |name, verdict, detail| record(name, verdict, detail),
+        &mut note,
+    )
+    .await;
 
     // Error classes: (case, status, retry-after in seconds, message, expected class).
     let cases: [(&str, u16, Option<u64>, &str, ErrorKind); 8] = [
@@ -635,8 +676,10 @@ pub async fn run(config: &Config, file: &Path, options: Options) -> anyhow::Resu
         },
     );
     report.provider = Some(info.name.clone());
+    report.wit = Some(info.wit);
+    report.capabilities = Some(info.capabilities);
     report.cost = Some(figures);
-    report.checks = checks;
+    report.checks = checks.into_inner();
     Ok(report)
 }
 

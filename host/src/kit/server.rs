@@ -20,6 +20,11 @@ pub enum Reply {
         headers: Vec<(&'static str, String)>,
         body: String,
     },
+    /// 200 with this JSON body.
+    Json(serde_json::Value),
+    /// 200 with the API's streamed answer to the request (see
+    /// [`super::features::Api::stream_reply`]), sent a piece at a time.
+    Stream(super::features::Api),
     /// 200 and the start of a JSON body, then nothing more.
     Stall,
     /// 200 with an HTML page.
@@ -109,6 +114,7 @@ async fn answer(State(script): State<Arc<Mutex<Script>>>, request: Request) -> R
         .map(|b| b.to_vec())
         .unwrap_or_default();
     let path = parts.uri.path().to_string();
+    let request_body = body.clone();
     let seen = Seen {
         method: parts.method.to_string(),
         path: path.clone(),
@@ -169,6 +175,22 @@ async fn answer(State(script): State<Arc<Mutex<Script>>>, request: Request) -> R
                     response.headers_mut().insert(name, value);
                 }
             }
+            response
+        }
+        Reply::Json(body) => json(200, body.to_string()),
+        Reply::Stream(api) => {
+            let request = serde_json::from_slice(&request_body).unwrap_or_default();
+            let (content_type, pieces) = api.stream_reply(&request);
+            let pieces = futures_util::stream::iter(
+                pieces
+                    .into_iter()
+                    .map(|p| Ok::<_, std::io::Error>(bytes::Bytes::from(p))),
+            );
+            let mut response = Response::new(Body::from_stream(pieces));
+            response.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static(content_type),
+            );
             response
         }
         Reply::Stall => {
