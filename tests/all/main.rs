@@ -1,6 +1,7 @@
 //! The one integration test binary: a module per area. Every test uses real components built
 //! from `plugins/` and its own SQLite file.
 
+mod adapters;
 mod api;
 mod bad_input;
 mod capacity;

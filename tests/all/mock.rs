@@ -1,5 +1,6 @@
 //! A local HTTP server on 127.0.0.1 that plays an LLM API: it records every request exactly
-//! (method, path, headers, JSON body) and answers from a script of canned replies.
+//! (method, path, headers, JSON body) and answers from a script of canned replies, whole or
+//! (streams) piece by piece with pauses between the pieces.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -81,12 +82,44 @@ impl Reply {
     }
 }
 
+/// A scripted reply sent in pieces as a streaming server sends them: the status and the
+/// headers, the first piece, then each next piece after a pause (chunked transfer encoding).
+#[derive(Debug, Clone)]
+pub struct Chunked {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub pieces: Vec<Bytes>,
+    pub gap: Duration,
+}
+
+impl Chunked {
+    /// `body` (with content type `content_type`) cut into `pieces` pieces of about equal
+    /// size, wherever they fall: inside events, lines and UTF-8 characters.
+    pub fn cut(content_type: &str, body: &str, pieces: usize, gap: Duration) -> Chunked {
+        let bytes = Bytes::from(body.to_string());
+        let n = pieces.clamp(1, bytes.len().max(1));
+        let at = |i: usize| i * bytes.len() / n;
+        Chunked {
+            status: 200,
+            headers: vec![("content-type".into(), content_type.into())],
+            pieces: (0..n).map(|i| bytes.slice(at(i)..at(i + 1))).collect(),
+            gap,
+        }
+    }
+}
+
+/// One entry of the script.
+enum Scripted {
+    Whole(Reply),
+    Chunked(Chunked),
+}
+
 /// What decides a reply when the script is empty, from the request.
 pub type Fallback = Arc<dyn Fn(&Recorded) -> Reply + Send + Sync>;
 
 struct State {
     requests: Mutex<Vec<Recorded>>,
-    script: Mutex<VecDeque<Reply>>,
+    script: Mutex<VecDeque<Scripted>>,
     fallback: Mutex<Option<Fallback>>,
     connections: AtomicUsize,
 }
@@ -145,7 +178,15 @@ impl MockApi {
 
     /// Queues replies, answered in order.
     pub fn reply(&self, replies: impl IntoIterator<Item = Reply>) {
-        self.state.script.lock().unwrap().extend(replies);
+        let mut script = self.state.script.lock().unwrap();
+        script.extend(replies.into_iter().map(Scripted::Whole));
+    }
+
+    /// Queues replies sent piece by piece, answered in order (after, and before, those of
+    /// [`MockApi::reply`], in the order queued).
+    pub fn reply_chunked(&self, replies: impl IntoIterator<Item = Chunked>) {
+        let mut script = self.state.script.lock().unwrap();
+        script.extend(replies.into_iter().map(Scripted::Chunked));
     }
 
     /// Answers with `f` once the script is empty.
@@ -191,7 +232,19 @@ async fn handle(
     state.requests.lock().unwrap().push(recorded.clone());
     let scripted = state.script.lock().unwrap().pop_front();
     let reply = match scripted {
-        Some(reply) => reply,
+        Some(Scripted::Whole(reply)) => reply,
+        Some(Scripted::Chunked(chunked)) => {
+            let mut response = hyper::Response::builder().status(chunked.status);
+            for (name, value) in &chunked.headers {
+                response = response.header(name, value);
+            }
+            let body = Paced {
+                pieces: chunked.pieces.into(),
+                gap: chunked.gap,
+                pause: None,
+            };
+            return Ok(response.body(body.boxed()).unwrap());
+        }
         None => match state.fallback.lock().unwrap().clone() {
             Some(f) => f(&recorded),
             None => Reply::json(500, serde_json::json!({"error": "mock: no reply scripted"})),
@@ -229,5 +282,36 @@ impl Body for Stalling {
             Some(chunk) => Poll::Ready(Some(Ok(Frame::data(chunk)))),
             None => Poll::Pending,
         }
+    }
+}
+
+/// A body that yields its pieces one by one, pausing `gap` before each after the first.
+struct Paced {
+    pieces: VecDeque<Bytes>,
+    gap: Duration,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Body for Paced {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if let Some(pause) = self.pause.as_mut() {
+            if pause.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.pause = None;
+        }
+        let Some(piece) = self.pieces.pop_front() else {
+            return Poll::Ready(None);
+        };
+        if !self.pieces.is_empty() {
+            self.pause = Some(Box::pin(tokio::time::sleep(self.gap)));
+        }
+        Poll::Ready(Some(Ok(Frame::data(piece))))
     }
 }
