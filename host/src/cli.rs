@@ -730,10 +730,13 @@ async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<()> {
     // Held to what the components of this host's plugins folder take, as the API holds
     // it to the daemon's; loaded only for an input that needs more than text.
     let members = config.routes.get(&provider).map(|r| r.providers.as_slice());
-    if !input.needs().is_empty() {
+    let declared = if input.needs().is_empty() {
+        crate::plugin::Declared::default()
+    } else {
         let declared = crate::plugin::Declared::scan(config).await?;
         crate::model::check_capabilities(&input, &provider, members, |name| declared.of(name))?;
-    }
+        declared
+    };
     let queue = open_queue(config).await?;
     let known = known_providers(config, queue.as_ref()).await?;
     if !args.allow_unknown && !known.contains(&provider) {
@@ -756,7 +759,10 @@ async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<()> {
         max_attempts,
         route: None,
     }];
-    crate::daemon::routing::assign(queue.as_ref(), config, &mut new).await?;
+    crate::daemon::routing::assign(queue.as_ref(), config, &mut new, |new, member| {
+        declared.takes(&new.input, member)
+    })
+    .await?;
     let id = queue.submit(&new[0]).await?;
     if args.json {
         print_json(&serde_json::json!({ "id": id }))?;

@@ -548,11 +548,29 @@ pub async fn load(
         };
         batch.push((number, parsed.new, key));
         if batch.len() >= BATCH_LINES {
-            submit_batch(config, queue, &mut batch, options, &mut report, &bar).await?;
+            submit_batch(
+                config,
+                queue,
+                &mut batch,
+                declared,
+                options,
+                &mut report,
+                &bar,
+            )
+            .await?;
         }
     }
     if !batch.is_empty() {
-        submit_batch(config, queue, &mut batch, options, &mut report, &bar).await?;
+        submit_batch(
+            config,
+            queue,
+            &mut batch,
+            declared,
+            options,
+            &mut report,
+            &bar,
+        )
+        .await?;
     }
     bar.finish_and_clear();
     report.bad_lines.sort_by_key(|b| b.line);
@@ -566,11 +584,18 @@ async fn submit_batch(
     config: &Config,
     queue: &dyn Queue,
     batch: &mut Vec<(usize, NewExecution, Option<IdempotencyKey>)>,
+    declared: &crate::plugin::Declared,
     options: &LoadOptions,
     report: &mut LoadReport,
     bar: &ProgressBar,
 ) -> anyhow::Result<()> {
-    crate::daemon::routing::assign(queue, config, batch.iter_mut().map(|(_, new, _)| new)).await?;
+    crate::daemon::routing::assign(
+        queue,
+        config,
+        batch.iter_mut().map(|(_, new, _)| new),
+        |new, member| declared.takes(&new.input, member),
+    )
+    .await?;
     loop {
         let entries: Vec<(NewExecution, Option<IdempotencyKey>)> = batch
             .iter()

@@ -134,19 +134,25 @@ impl<'a> Routes<'a> {
         self.config.routes.get(name)
     }
 
-    /// The member a new execution of route `name` goes to, or `None` when `name` is not a
-    /// route.
-    pub fn resolve(&self, name: &str, loads: &Loads) -> Option<String> {
+    /// The member a new execution of route `name` goes to, among those that `can` run it
+    /// (its component has the capabilities it needs), or `None` when `name` is not a route.
+    pub fn resolve(&self, name: &str, loads: &Loads, can: &dyn Fn(&str) -> bool) -> Option<String> {
         let route = self.get(name)?;
-        Some(pick(route, loads, None))
+        Some(pick(route, loads, None, can))
     }
 
     /// The member the next attempt of an execution of route `name`, which failed on
     /// `failed`, runs on: another healthy member when the strategy finds one, else `None`
     /// (it stays).
-    pub fn next(&self, name: &str, failed: &str, loads: &Loads) -> Option<String> {
+    pub fn next(
+        &self,
+        name: &str,
+        failed: &str,
+        loads: &Loads,
+        can: &dyn Fn(&str) -> bool,
+    ) -> Option<String> {
         let route = self.get(name)?;
-        let chosen = pick(route, loads, Some(failed));
+        let chosen = pick(route, loads, Some(failed), can);
         (chosen != failed).then_some(chosen)
     }
 }
@@ -160,11 +166,12 @@ pub fn plan_moves(
     loads: &mut Loads,
     from: &str,
     pending: u64,
+    can: &dyn Fn(&str) -> bool,
 ) -> Vec<(String, u64)> {
     let mut plan: Vec<(String, u64)> = Vec::new();
     for _ in 0..pending {
-        let to = pick(route, loads, Some(from));
-        if to == from || !loads.get(&to).healthy {
+        let to = pick(route, loads, Some(from), can);
+        if to == from || !loads.get(&to).healthy || !can(&to) {
             break;
         }
         loads.add(&to);
@@ -179,8 +186,19 @@ pub fn plan_moves(
 /// The member of `route` to use, never `avoid` when another healthy member exists. With no
 /// healthy member the first one (other than `avoid` when possible) is used: the execution
 /// waits there instead of being refused.
-pub fn pick(route: &RouteConfig, loads: &Loads, avoid: Option<&str>) -> String {
-    let members: Vec<Member> = route.providers.iter().map(|n| loads.get(n)).collect();
+pub fn pick(
+    route: &RouteConfig,
+    loads: &Loads,
+    avoid: Option<&str>,
+    can: &dyn Fn(&str) -> bool,
+) -> String {
+    // A member without what the execution needs is no member for it (when another has).
+    let all: Vec<Member> = route.providers.iter().map(|n| loads.get(n)).collect();
+    let members: Vec<Member> = if all.iter().any(|m| can(&m.name)) {
+        all.into_iter().filter(|m| can(&m.name)).collect()
+    } else {
+        all
+    };
     let candidates: Vec<&Member> = members
         .iter()
         .filter(|m| m.healthy && Some(m.name.as_str()) != avoid)
@@ -278,12 +296,12 @@ mod tests {
         let r = route(Strategy::Capacity);
         // a: 3/4 busy, b: 1/2, c: 0/1 but unhealthy.
         let l = loads(&[("a", 4, 3, true), ("b", 2, 1, true), ("c", 1, 0, false)]);
-        assert_eq!(pick(&r, &l, None), "b");
+        assert_eq!(pick(&r, &l, None, &|_| true), "b");
         // A batch spreads by share: 10 rows over limits 4 and 2 go about 2:1.
         let mut l = loads(&[("a", 4, 0, true), ("b", 2, 0, true), ("c", 1, 0, false)]);
         let mut got = BTreeMap::new();
         for _ in 0..12 {
-            let m = pick(&r, &l, None);
+            let m = pick(&r, &l, None, &|_| true);
             l.add(&m);
             *got.entry(m).or_insert(0) += 1;
         }
@@ -297,16 +315,16 @@ mod tests {
     fn ordered_uses_the_first_healthy_member_and_falls_back() {
         let r = route(Strategy::Ordered);
         let l = loads(&[("a", 1, 50, true), ("b", 1, 0, true), ("c", 1, 0, true)]);
-        assert_eq!(pick(&r, &l, None), "a");
+        assert_eq!(pick(&r, &l, None, &|_| true), "a");
         let l = loads(&[("a", 1, 0, false), ("b", 1, 0, true), ("c", 1, 0, true)]);
-        assert_eq!(pick(&r, &l, None), "b");
+        assert_eq!(pick(&r, &l, None, &|_| true), "b");
         // A retry avoids the member that failed.
         let l = loads(&[("a", 1, 0, true), ("b", 1, 0, true), ("c", 1, 0, true)]);
-        assert_eq!(pick(&r, &l, Some("a")), "b");
+        assert_eq!(pick(&r, &l, Some("a"), &|_| true), "b");
         // Nothing healthy: the first member, so the work waits instead of being refused.
         let l = loads(&[("a", 1, 0, false), ("b", 1, 0, false), ("c", 1, 0, false)]);
-        assert_eq!(pick(&r, &l, None), "a");
-        assert_eq!(pick(&r, &l, Some("a")), "b");
+        assert_eq!(pick(&r, &l, None, &|_| true), "a");
+        assert_eq!(pick(&r, &l, Some("a"), &|_| true), "b");
     }
 
     /// A member whose circuit opened strands its routed work while it cools down; once the
@@ -342,15 +360,15 @@ mod tests {
         // Cooling down for a minute: strands its work, and new work goes to `b`.
         let l = Loads::of(&config, &stored(open(70_000)), &counts(3), &none);
         assert!(l.get("a").strands && !l.get("a").healthy);
-        assert_eq!(pick(r, &l, None), "b");
+        assert_eq!(pick(r, &l, None, &|_| true), "b");
         // The cool-down is over and it has no work: it takes the next one, its probe.
         let l = Loads::of(&config, &stored(open(10_000)), &counts(0), &none);
         assert!(!l.get("a").strands && l.get("a").healthy);
-        assert_eq!(pick(r, &l, None), "a");
+        assert_eq!(pick(r, &l, None, &|_| true), "a");
         // With its probe pending, it keeps it and takes no more.
         let l = Loads::of(&config, &stored(open(10_000)), &counts(1), &none);
         assert!(!l.get("a").strands && !l.get("a").healthy);
-        assert_eq!(pick(r, &l, None), "b");
+        assert_eq!(pick(r, &l, None, &|_| true), "b");
     }
 
     #[test]
@@ -358,17 +376,17 @@ mod tests {
         // Ordered: everything to the first healthy member after the one that strands it.
         let mut l = loads(&[("a", 4, 13, false), ("b", 4, 0, true), ("c", 4, 0, true)]);
         assert_eq!(
-            plan_moves(&route(Strategy::Ordered), &mut l, "a", 13),
+            plan_moves(&route(Strategy::Ordered), &mut l, "a", 13, &|_| true),
             vec![("b".to_string(), 13)]
         );
         // Capacity: by free share, b (limit 4) twice as much as c (limit 2).
         let mut l = loads(&[("a", 4, 12, false), ("b", 4, 0, true), ("c", 2, 0, true)]);
         assert_eq!(
-            plan_moves(&route(Strategy::Capacity), &mut l, "a", 12),
+            plan_moves(&route(Strategy::Capacity), &mut l, "a", 12, &|_| true),
             vec![("b".to_string(), 8), ("c".to_string(), 4)]
         );
         // Nothing healthy elsewhere: the work waits where it is.
         let mut l = loads(&[("a", 4, 5, false), ("b", 4, 0, false), ("c", 4, 0, false)]);
-        assert!(plan_moves(&route(Strategy::Ordered), &mut l, "a", 5).is_empty());
+        assert!(plan_moves(&route(Strategy::Ordered), &mut l, "a", 5, &|_| true).is_empty());
     }
 }

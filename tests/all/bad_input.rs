@@ -180,7 +180,7 @@ async fn bad_components_are_rejected_with_reasons_and_the_rest_serve() {
     )
     .unwrap();
     std::fs::copy(component("stub.wasm"), plugins.join("zz-stub-copy.wasm")).unwrap();
-    std::fs::copy(fixture("wit-0-2-0.wasm"), plugins.join("future.wasm")).unwrap();
+    std::fs::copy(fixture("wit-0-3-0.wasm"), plugins.join("future.wasm")).unwrap();
     env.stub("zero", None, &[("default_limit", "0")]);
     env.stub("trapper", None, &[("info_trap", "1")]);
     env.stub("works", Some(2), &[]);

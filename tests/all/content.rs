@@ -347,3 +347,47 @@ async fn rich_work_that_reaches_a_0_1_component_fails_when_claimed_naming_the_ca
         "nothing more queued"
     );
 }
+
+/// A route sends work only to members whose component takes what it needs: a tool call
+/// skips the text-only first member of an ordered route, plain text does not, and the CLI
+/// and a JSONL load route the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_skips_members_without_the_capability() {
+    let mut env = TestEnv::new();
+    env.text_only("plain", Some(4));
+    env.stub("rich", Some(4), &[]);
+    env.config.routes.insert(
+        "chat".into(),
+        RouteConfig {
+            providers: vec!["plain".into(), "rich".into()],
+            strategy: Strategy::Ordered,
+        },
+    );
+    let (_daemon, _server, api) = start(&env).await;
+    let tools = json!({"messages": [{"role": "user", "content": "call:get_weather {}"}],
+                       "tools": [{"name": "get_weather"}]});
+    for (input, member, text) in [
+        (tools.clone(), "rich", ""),
+        (json!({"prompt": "hi"}), "plain", "wit-0-1-2 echoes: hi"),
+    ] {
+        let done = run(&api, "chat", input).await;
+        assert_eq!(done["provider"], member, "{done}");
+        assert_eq!(done["route"], "chat");
+        assert_eq!(done["output"]["text"], text);
+    }
+    let out = env.lanes(&[
+        "submit",
+        "--provider",
+        "chat",
+        "--input",
+        &tools.to_string(),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let id = serde_json::from_str::<Value>(&stdout(&out)).unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let done = api.get(&format!("/v1/executions/{id}?wait=20s")).await;
+    assert_eq!(done.body["provider"], "rich", "{done:?}");
+    assert_eq!(done.body["status"], "completed", "{done:?}");
+}

@@ -130,6 +130,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/executions/{id}/stream": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Stream an execution's deltas as they come, or replay them after its end. */
+        get: operations["stream"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/executions:batch": {
         parameters: {
             query?: never;
@@ -308,6 +325,11 @@ export interface components {
             parallel_tool_calls?: boolean | null;
             response_format?: null | components["schemas"]["ResponseFormat"];
             reasoning?: null | components["schemas"]["Reasoning"];
+            /**
+             * @description Stream the answer's deltas (`GET /v1/executions/{id}/stream`) when the
+             *     provider's component can; the output is stored whole either way.
+             */
+            stream?: boolean | null;
             /** @description Provider-specific options, passed to the component as JSON. */
             extra?: Record<string, unknown> | null;
         };
@@ -345,6 +367,36 @@ export interface components {
          *     reasoning; a `tool` message tool results.
          */
         Content: string | components["schemas"]["Part"][];
+        /**
+         * @description One piece of a streamed answer (`GET /v1/executions/{id}/stream`), tagged by `type`.
+         *     Joined in order, the pieces of each kind make the output's parts of that kind.
+         */
+        Delta: {
+            text: string;
+            /** @enum {string} */
+            type: "text";
+        } | {
+            text: string;
+            /** @enum {string} */
+            type: "reasoning";
+        } | {
+            /** Format: int32 */
+            index: number;
+            id: string;
+            name: string;
+            /** @enum {string} */
+            type: "tool_call_start";
+        } | {
+            /** Format: int32 */
+            index: number;
+            fragment: string;
+            /** @enum {string} */
+            type: "tool_call_arguments";
+        } | {
+            usage: components["schemas"]["Usage"];
+            /** @enum {string} */
+            type: "usage";
+        };
         /**
          * @description A reasoning effort.
          * @enum {string}
@@ -559,6 +611,7 @@ export interface components {
         } | {
             text: string;
             signature?: string | null;
+            redacted?: string | null;
             /** @enum {string} */
             type: "reasoning";
         };
@@ -589,6 +642,7 @@ export interface components {
         } | {
             text: string;
             signature?: string | null;
+            redacted?: string | null;
             /** @enum {string} */
             type: "reasoning";
         };
@@ -603,6 +657,13 @@ export interface components {
             /** Format: int32 */
             default_limit?: number | null;
             description?: string | null;
+            /** @description The `lanes:provider` version it was built against: `0.1` or `0.2`. */
+            wit?: string | null;
+            /**
+             * @description What it takes beyond text: `tools`, `json_schema`, `images`, `image_urls`,
+             *     `reasoning`, `sampling` (`top_p`, `seed`) and `streaming`.
+             */
+            capabilities?: string[] | null;
             /** @description Why it was rejected. */
             reason?: string | null;
             /** @description Rejected, and its previous version keeps serving. */
@@ -697,6 +758,11 @@ export interface components {
             parallel_tool_calls?: boolean | null;
             response_format?: null | components["schemas"]["ResponseFormat"];
             reasoning?: null | components["schemas"]["Reasoning"];
+            /**
+             * @description Stream the answer's deltas (`GET /v1/executions/{id}/stream`) when the
+             *     provider's component can; the output is stored whole either way.
+             */
+            stream?: boolean | null;
             /** @description Provider-specific options, passed to the component as JSON. */
             extra?: Record<string, unknown> | null;
         };
@@ -799,6 +865,19 @@ export interface components {
          * @enum {string}
          */
         Status: "pending" | "running" | "completed" | "failed" | "cancelled";
+        /**
+         * @description The data of an event of `GET /v1/executions/{id}/stream`, by its name: `delta` a
+         *     [`DeltaDoc`], `attempt` `{"attempt": N}` (a stream begins: after a retry, drop what the
+         *     earlier attempt sent), `lag` `{"behind": N}` (the reader is N deltas behind), and last
+         *     `end`, the ended execution.
+         */
+        StreamEvent: components["schemas"]["Delta"] | {
+            /** Format: int64 */
+            attempt: number;
+        } | {
+            /** Format: int64 */
+            behind: number;
+        } | components["schemas"]["ExecutionOut"];
         /** @description A submission's `input`: the chat input, or the `prompt` shorthand. */
         SubmitInput: components["schemas"]["ChatInput"] | components["schemas"]["PromptInput"];
         /** @description A submission. */
@@ -1307,6 +1386,68 @@ export interface operations {
             };
             /** @description It had already ended */
             409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The database did not answer */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    stream: {
+        parameters: {
+            query?: never;
+            header?: {
+                /** @description Resume after this event id (`ATTEMPT:INDEX`) */
+                "Last-Event-ID"?: string | null;
+            };
+            path: {
+                /** @description The execution's id */
+                id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description An event stream: `attempt`, `delta` (a `Delta`), `lag` and, last, `end` (the execution) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "text/event-stream": components["schemas"]["StreamEvent"];
+                };
+            };
+            /** @description The id is not a number, or a bad `Last-Event-ID` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A token is set, and the request has none or another */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such execution */
+            404: {
                 headers: {
                     [name: string]: unknown;
                 };

@@ -226,6 +226,7 @@ async fn follow(
     };
     let streams = state.control.streams().clone();
     let waiter = state.waiters.register(id);
+    let watch = streams.watch(id);
     let shared = state.control.queue().shared();
     // The last attempt read live to its end: it stays in memory a moment after.
     let mut live_done = 0;
@@ -262,7 +263,7 @@ async fn follow(
         }
         // Elsewhere, or over: from the store. The end is read first, so the chunks read
         // after it are all there are (an attempt's tail is stored before its end).
-        let opened = streams.opened();
+        let opened = watch.opened();
         tokio::pin!(opened);
         opened.as_mut().enable();
         let notified = waiter.notify.notified();

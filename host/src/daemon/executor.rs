@@ -61,8 +61,15 @@ impl Executor {
             queue_wait_ms: (started_at - execution.created_at).max(0),
         });
         let began = Instant::now();
-        // The attempt consumes the input; the rest of the row stays for the hand-over.
+        // The attempt consumes the input; the rest of the row stays for the hand-over. A
+        // routed execution keeps what its input needs, for where a retry may move.
         let input = std::mem::take(&mut execution.input);
+        let needs: Vec<crate::model::Capability> = match &execution.route {
+            Some(_) => ChatInput::from_value_capped(input.clone(), usize::MAX)
+                .map(|i| i.needs().into_iter().map(|n| n.capability).collect())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
         let cancel = CancellationToken::new();
         self.running_attempts().insert(execution.id, cancel.clone());
         let (mut finish, tokens) = {
@@ -96,7 +103,9 @@ impl Executor {
         }
         let moved_to = match (&mut finish, &execution.route) {
             (Finish::Retry { to, .. }, Some(route)) => {
-                let target = self.move_target(execution.id, route, lane.name()).await;
+                let target = self
+                    .move_target(execution.id, route, lane.name(), &needs)
+                    .await;
                 *to = target.as_ref().map(|(name, _)| name.clone());
                 target.and_then(|(_, lane)| lane)
             }
@@ -145,6 +154,7 @@ impl Executor {
         id: ExecutionId,
         route: &str,
         failed: &str,
+        needs: &[crate::model::Capability],
     ) -> Option<(String, Option<Arc<Lane>>)> {
         let shared = self.shared.upgrade()?;
         let config = shared.config.get();
@@ -157,7 +167,11 @@ impl Executor {
                 return None;
             }
         };
-        let to = crate::routes::Routes::new(&config).next(route, failed, &loads)?;
+        let can = |member: &str| {
+            let has = shared.capabilities(member);
+            needs.iter().all(|c| has.has(*c))
+        };
+        let to = crate::routes::Routes::new(&config).next(route, failed, &loads, &can)?;
         tracing::info!(
             id,
             "route `{route}`: the next attempt moves from `{failed}` to `{to}`"

@@ -100,13 +100,28 @@ impl Shared {
         new.route.is_none() && self.config.get().routes.contains_key(&new.provider)
     }
 
-    /// Sends each execution of `batch` that names a route to the member the route picks.
+    /// Sends each execution of `batch` that names a route to the member the route picks,
+    /// among those whose component takes what its input needs.
     async fn route<'b>(
         &self,
         batch: impl IntoIterator<Item = &'b mut NewExecution>,
     ) -> Result<(), StoreError> {
         let config = self.config.get();
-        routing::assign(self.queue.as_ref(), &config, batch).await
+        let can = |new: &NewExecution, member: &str| {
+            let has = self.capabilities(member);
+            new.input.needs().iter().all(|n| has.has(n.capability))
+        };
+        routing::assign(self.queue.as_ref(), &config, batch, can).await
+    }
+
+    /// The capabilities `provider` declares beyond text: its component's here, or, when
+    /// no component serves it here, the most any component this host loads may declare
+    /// (another process of the fleet may serve it).
+    pub fn capabilities(&self, provider: &str) -> crate::model::Capabilities {
+        match self.registry.get(provider).and_then(|lane| lane.provider()) {
+            Some(provider) => provider.capabilities(),
+            None => crate::plugin::version::HOST_CAPABILITIES,
+        }
     }
 }
 
@@ -265,15 +280,7 @@ impl Control {
     /// no component serves it here, the most any component this host loads may declare
     /// (another process of the fleet may serve it).
     pub fn capabilities(&self, provider: &str) -> crate::model::Capabilities {
-        match self
-            .shared
-            .registry
-            .get(provider)
-            .and_then(|lane| lane.provider())
-        {
-            Some(provider) => provider.capabilities(),
-            None => crate::plugin::version::HOST_CAPABILITIES,
-        }
+        self.shared.capabilities(provider)
     }
 
     /// Whether `provider` is known: a lane, the config, or (on a fleet) another worker's

@@ -226,9 +226,10 @@ impl Reloader {
             let keys_now = key_files(&config);
             if keys_now != keys {
                 keys = keys_now;
-                info!("a provider's key file changed: binding its providers again");
-                if let Err(e) = self.reload().await {
-                    error!("applying a changed key file: {e}");
+                // Said once it is done: the next claim uses the new key.
+                match self.reload().await {
+                    Ok(_) => info!("a provider's key file changed: its providers are bound again"),
+                    Err(e) => error!("applying a changed key file: {e}"),
                 }
             }
             let mut now = wasm_files(&config.plugins_dir);
@@ -324,7 +325,13 @@ pub async fn refresh_limits_loop(shared: Arc<Shared>) {
         }
         // A route member that opened, paused past a moment or ran out of budget strands
         // the routed work pending on it: it moves to the route's healthy members.
-        match super::routing::rebalance(shared.queue.as_ref(), &shared.config.get()).await {
+        let takes = |to: &str, from: &str| {
+            let (to, from) = (shared.capabilities(to), shared.capabilities(from));
+            crate::model::Capability::ALL
+                .iter()
+                .all(|c| !from.has(*c) || to.has(*c))
+        };
+        match super::routing::rebalance(shared.queue.as_ref(), &shared.config.get(), takes).await {
             Ok(took) => {
                 for member in took {
                     shared.registry.wake(&member);

@@ -40,6 +40,7 @@ pub async fn assign<'b>(
     queue: &dyn Queue,
     config: &Config,
     batch: impl IntoIterator<Item = &'b mut crate::model::NewExecution>,
+    can: impl Fn(&crate::model::NewExecution, &str) -> bool,
 ) -> Result<(), StoreError> {
     let routes = Routes::new(config);
     let mut routed: Vec<&mut crate::model::NewExecution> = batch
@@ -51,7 +52,8 @@ pub async fn assign<'b>(
     }
     let mut loads = read_loads(queue, config).await?;
     for new in &mut routed {
-        if let Some(member) = routes.resolve(&new.provider, &loads) {
+        let can = |member: &str| can(new, member);
+        if let Some(member) = routes.resolve(&new.provider, &loads, &can) {
             loads.add(&member);
             new.route = Some(std::mem::replace(&mut new.provider, member));
         }
@@ -62,8 +64,13 @@ pub async fn assign<'b>(
 /// Moves the pending work that routes placed on members that strand it (see
 /// [`Member::strands`]) to the routes' healthy members, one statement per member and
 /// route. Returns the members that took work, to wake. A route never strands work that
-/// another member could run now.
-pub async fn rebalance(queue: &dyn Queue, config: &Config) -> Result<Vec<String>, StoreError> {
+/// another member could run now. Rows move without their inputs being read, so only to a
+/// member that `takes(to, from)`: one whose component takes all that `from`'s does.
+pub async fn rebalance(
+    queue: &dyn Queue,
+    config: &Config,
+    takes: impl Fn(&str, &str) -> bool,
+) -> Result<Vec<String>, StoreError> {
     if config.routes.is_empty() {
         return Ok(Vec::new());
     }
@@ -84,7 +91,8 @@ pub async fn rebalance(queue: &dyn Queue, config: &Config) -> Result<Vec<String>
             if !route.providers.contains(&from) {
                 continue;
             }
-            let plan = plan_moves(route, &mut loads, &from, pending);
+            let can = |to: &str| takes(to, &from);
+            let plan = plan_moves(route, &mut loads, &from, pending, &can);
             if plan.is_empty() {
                 continue;
             }

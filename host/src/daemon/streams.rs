@@ -37,8 +37,37 @@ pub struct Streams {
     live: Mutex<HashMap<ExecutionId, Arc<Live>>>,
     /// Wakes the flusher: a stream opened, ended, or has much unstored.
     flush_now: Notify,
-    /// Wakes readers waiting for a stream to open here.
-    opened: Notify,
+    /// Wakes the readers waiting for the stream of an execution to open here, by
+    /// execution: an opening wakes only its own readers.
+    opened: Mutex<HashMap<ExecutionId, Arc<Notify>>>,
+}
+
+/// A reader's wait for the stream of one execution to open here (see [`Streams::watch`]).
+pub struct Watch<'a> {
+    streams: &'a Streams,
+    id: ExecutionId,
+    notify: Arc<Notify>,
+}
+
+impl Watch<'_> {
+    /// Resolves when the stream opens (register it before looking, then await it).
+    pub fn opened(&self) -> tokio::sync::futures::Notified<'_> {
+        self.notify.notified()
+    }
+}
+
+impl Drop for Watch<'_> {
+    fn drop(&mut self) {
+        let mut opened = self
+            .streams
+            .opened
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // The map's and this one: no other reader waits for it.
+        if Arc::strong_count(&self.notify) <= 2 {
+            opened.remove(&self.id);
+        }
+    }
 }
 
 /// The stream of one attempt running here.
@@ -112,7 +141,7 @@ impl Default for Streams {
         Streams {
             live: Mutex::new(HashMap::new()),
             flush_now: Notify::new(),
-            opened: Notify::new(),
+            opened: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -134,7 +163,15 @@ impl Streams {
             old.end_now();
         }
         self.flush_now.notify_one();
-        self.opened.notify_waiters();
+        let waiting = self
+            .opened
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned();
+        if let Some(notify) = waiting {
+            notify.notify_waiters();
+        }
         live
     }
 
@@ -155,9 +192,20 @@ impl Streams {
         self.map().get(&id).cloned()
     }
 
-    /// Resolves when a stream opens here (register it before looking, then await it).
-    pub fn opened(&self) -> tokio::sync::futures::Notified<'_> {
-        self.opened.notified()
+    /// A reader's wait for the stream of `id` to open here.
+    pub fn watch(&self, id: ExecutionId) -> Watch<'_> {
+        let notify = self
+            .opened
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id)
+            .or_default()
+            .clone();
+        Watch {
+            streams: self,
+            id,
+            notify,
+        }
     }
 
     /// Ends `live`: no more deltas are taken, and what was not stored is, before this

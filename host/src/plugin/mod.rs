@@ -120,6 +120,12 @@ impl Declared {
             .copied()
             .unwrap_or(version::HOST_CAPABILITIES)
     }
+
+    /// Whether `provider` takes everything `input` needs.
+    pub fn takes(&self, input: &crate::model::ChatInput, provider: &str) -> bool {
+        let has = self.of(provider);
+        input.needs().iter().all(|n| has.has(n.capability))
+    }
 }
 
 /// The file name of `path`, for messages.
