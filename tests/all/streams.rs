@@ -265,3 +265,58 @@ async fn a_kill_9_mid_stream_leaves_the_execution_to_run_again_with_a_new_stream
         Some(json!("abcdefghijklmnopqrst"))
     );
 }
+
+/// A stream that stalls is cut by `stream_idle_timeout_ms` between two pieces, long before
+/// the whole exchange's `request_timeout_ms`, and the attempt ends as `unavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_stalls_is_cut_by_the_idle_timeout() {
+    let api = crate::mock::MockApi::start().await;
+    let first = "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\
+                 \"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\
+                 \"content\":\"Hel\"},\"finish_reason\":null}]}\n\n";
+    let body = format!("{first}data: [DONE]\n\n");
+    let mut reply = crate::mock::Reply::json(200, json!({})).stall_after(first.len());
+    reply.body = body;
+    reply.headers = vec![("content-type".into(), "text/event-stream".into())];
+    api.reply([reply]);
+    let mut env = TestEnv::new();
+    let oa = env.adapter("oa", "openai.wasm", &api.url(), "m");
+    oa.request_timeout_ms = Some(30_000);
+    oa.stream_idle_timeout_ms = Some(300);
+    env.add_component("openai.wasm");
+    let (daemon, _server, _api) = start(&env).await;
+    let began = Instant::now();
+    let id = daemon
+        .submit(&lanes::NewExecution {
+            provider: "oa".into(),
+            input: lanes::ChatInput::from_value(json!({"prompt": "hi", "stream": true})).unwrap(),
+            priority: 0,
+            max_attempts: 1,
+            route: None,
+        })
+        .await
+        .unwrap();
+    let rows = wait_until(
+        daemon.queue().as_ref(),
+        Some("oa"),
+        Duration::from_secs(20),
+        "the stalled attempt ends",
+        |rows| rows.iter().any(|r| r.id == id && r.status.is_terminal()),
+    )
+    .await;
+    let row = rows.iter().find(|r| r.id == id).unwrap();
+    assert_eq!(row.status, lanes::Status::Failed, "{row:?}");
+    assert_eq!(row.error_kind.as_deref(), Some("unavailable"), "{row:?}");
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "cut by the idle timeout, not the request's: {:?}",
+        began.elapsed()
+    );
+    // What came before the stall reached the stream.
+    let chunks = daemon
+        .queue()
+        .read_stream(id, lanes::store::StreamPosition::default())
+        .await
+        .unwrap();
+    assert!(chunks.iter().any(|c| c.deltas.contains("Hel")), "{chunks:?}");
+}
