@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use crate::model::{
-    Capabilities, ChatInput, ChatOutput, Content, Effort, ErrorKind, IMAGE_MEDIA_TYPES, Part,
-    ResponseFormat, Role, ToolChoice, Usage,
+    Capabilities, ChatInput, ChatOutput, Content, Effort, ErrorKind, Part, ResponseFormat, Role,
+    ToolChoice, Usage,
 };
 use crate::plugin::bindings::{Generation, v01, v02};
 use crate::plugin::{ExecError, ProviderError};
@@ -43,9 +43,12 @@ pub fn to_request(
             missing.join(", ")
         ));
     }
+    if let Some(refused) = input.media_type_refused(media_types) {
+        return Err(refused);
+    }
     match generation {
         Generation::V01 => Ok(Request::V01(request_v01(input)?)),
-        Generation::V02 => Ok(Request::V02(request_v02(input, media_types, stream)?)),
+        Generation::V02 => Ok(Request::V02(request_v02(input, stream)?)),
     }
 }
 
@@ -83,11 +86,7 @@ fn extra_text(input: &ChatInput) -> Option<String> {
 
 /// A 0.2 request. A tool result gets the name of the tool call it answers, from the
 /// earlier assistant message that made it (Ollama's API wants it).
-fn request_v02(
-    input: &ChatInput,
-    media_types: &[String],
-    stream: bool,
-) -> Result<v02::ChatRequest, String> {
+fn request_v02(input: &ChatInput, stream: bool) -> Result<v02::ChatRequest, String> {
     use v02::lanes::provider::types as t;
     let mut names: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
     let mut messages = Vec::with_capacity(input.messages.len());
@@ -110,13 +109,7 @@ fn request_v02(
                             url,
                             data,
                             media_type,
-                        } => t::ContentPart::Image(image_v02(
-                            url,
-                            data,
-                            media_type,
-                            media_types,
-                            &field(),
-                        )?),
+                        } => t::ContentPart::Image(image_v02(url, data, media_type, &field())?),
                         Part::ToolCall {
                             id,
                             name,
@@ -151,7 +144,6 @@ fn request_v02(
                                                 url,
                                                 data,
                                                 media_type,
-                                                media_types,
                                                 &format!("{}.content[{k}]", field()),
                                             )?)),
                                             // Validation allows only text and images here.
@@ -249,33 +241,14 @@ fn request_v02(
     })
 }
 
-/// An image part, refused when its media type is one the component does not take.
+/// An image part (its media type was checked with the whole input).
 fn image_v02(
     url: &Option<String>,
     data: &Option<String>,
     media_type: &Option<String>,
-    media_types: &[String],
     field: &str,
 ) -> Result<v02::Image, String> {
     use v02::lanes::provider::types as t;
-    if let Some(media_type) = media_type {
-        let takes = if media_types.is_empty() {
-            IMAGE_MEDIA_TYPES.contains(&media_type.as_str())
-        } else {
-            media_types.iter().any(|m| m == media_type)
-        };
-        if !takes {
-            let list = if media_types.is_empty() {
-                IMAGE_MEDIA_TYPES.join(", ")
-            } else {
-                media_types.join(", ")
-            };
-            return Err(format!(
-                "`{field}.media_type`: the component does not take `{media_type}` images \
-                 (it takes {list})"
-            ));
-        }
-    }
     let source = match (url, data) {
         (Some(url), _) => t::ImageSource::Url(url.clone()),
         (None, Some(data)) => t::ImageSource::Base64(data.clone()),

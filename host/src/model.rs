@@ -1021,6 +1021,58 @@ impl ChatInput {
         found
     }
 
+    /// The first image whose media type is not one of `takes` (a component's
+    /// `image-media-types`; empty means the usual four, [`IMAGE_MEDIA_TYPES`]), said with
+    /// its field; `None` when every image's is.
+    pub fn media_type_refused(&self, takes: &[String]) -> Option<String> {
+        let ok = |m: &str| {
+            if takes.is_empty() {
+                IMAGE_MEDIA_TYPES.contains(&m)
+            } else {
+                takes.iter().any(|t| t == m)
+            }
+        };
+        let check = |part: &Part, field: String| match part {
+            Part::Image {
+                media_type: Some(m),
+                ..
+            } if !ok(m) => {
+                let list = if takes.is_empty() {
+                    IMAGE_MEDIA_TYPES.join(", ")
+                } else {
+                    takes.join(", ")
+                };
+                Some(format!(
+                    "`{field}.media_type`: the component does not take `{m}` images (it \
+                     takes {list})"
+                ))
+            }
+            _ => None,
+        };
+        for (i, message) in self.messages.iter().enumerate() {
+            let Content::Parts(parts) = &message.content else {
+                continue;
+            };
+            for (j, part) in parts.iter().enumerate() {
+                let field = format!("messages[{i}].content[{j}]");
+                if let Part::ToolResult {
+                    content: Content::Parts(inner),
+                    ..
+                } = part
+                {
+                    for (k, part) in inner.iter().enumerate() {
+                        if let Some(e) = check(part, format!("{field}.content[{k}]")) {
+                            return Some(e);
+                        }
+                    }
+                } else if let Some(e) = check(part, field) {
+                    return Some(e);
+                }
+            }
+        }
+        None
+    }
+
     /// A one-message input, handy in tests and the demo.
     pub fn prompt(text: impl Into<String>) -> Self {
         ChatInput {

@@ -391,3 +391,24 @@ async fn a_route_skips_members_without_the_capability() {
     assert_eq!(done.body["provider"], "rich", "{done:?}");
     assert_eq!(done.body["status"], "completed", "{done:?}");
 }
+
+/// An image of a media type its provider's component does not take (Ollama's adapter takes
+/// PNG and JPEG) is refused at submission, the field and the types it takes named; one it
+/// takes is queued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_type_the_component_does_not_take_is_refused_at_submit() {
+    let mut env = TestEnv::new();
+    env.adapter("ol", "ollama.wasm", "http://127.0.0.1:9", "m");
+    env.add_component("ollama.wasm");
+    let (_daemon, _server, api) = start(&env).await;
+    let image = |media_type: &str| {
+        json!({"provider": "ol", "input": {"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is it?"},
+            {"type": "image", "data": "R0lGODlh", "media_type": media_type}]}]}})
+    };
+    let answer = api.post("/v1/executions", image("image/gif")).await;
+    problem(&answer, 422, "`messages[0].content[1].media_type`");
+    problem(&answer, 422, "image/png, image/jpeg");
+    let answer = api.post("/v1/executions", image("image/png")).await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{answer:?}");
+}

@@ -318,5 +318,8 @@ async fn a_stream_that_stalls_is_cut_by_the_idle_timeout() {
         .read_stream(id, lanes::store::StreamPosition::default())
         .await
         .unwrap();
-    assert!(chunks.iter().any(|c| c.deltas.contains("Hel")), "{chunks:?}");
+    assert!(
+        chunks.iter().any(|c| c.deltas.contains("Hel")),
+        "{chunks:?}"
+    );
 }

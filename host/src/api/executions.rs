@@ -68,6 +68,15 @@ pub(super) async fn validate(
         state.control.capabilities(name)
     })
     .map_err(|e| e.to_string())?;
+    if members.is_none()
+        && let Some(takes) = state.control.image_media_types(&request.provider)
+        && let Some(refused) = input.media_type_refused(&takes)
+    {
+        return Err(format!(
+            "provider `{}` cannot take this input: {refused}",
+            request.provider
+        ));
+    }
     let new = NewExecution {
         provider: request.provider,
         input,

@@ -283,6 +283,14 @@ impl Control {
         self.shared.capabilities(provider)
     }
 
+    /// The image media types `provider`'s component here takes (empty: the usual four);
+    /// `None` when no component serves it here.
+    pub fn image_media_types(&self, provider: &str) -> Option<Vec<String>> {
+        let lane = self.shared.registry.get(provider)?;
+        let provider = lane.provider()?;
+        Some(provider.component.info.image_media_types.clone())
+    }
+
     /// Whether `provider` is known: a lane, the config, or (on a fleet) another worker's
     /// loaded component.
     pub async fn knows(&self, provider: &str) -> Result<bool, StoreError> {
