@@ -323,3 +323,103 @@ async fn a_stream_that_stalls_is_cut_by_the_idle_timeout() {
         "{chunks:?}"
     );
 }
+
+/// On a PostgreSQL fleet, a worker that does not run the execution serves its stream from
+/// the stored chunks, as it streams (at most about a flush behind), to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_worker_of_a_fleet_serves_the_stream_from_the_store() {
+    let Some((mut env, _schema)) = TestEnv::postgres().await else {
+        return;
+    };
+    env.stub("stub", Some(4), &[]);
+    // The worker that runs it: a `lanes serve` process with the stub.
+    let mut runner = env.spawn_serve();
+    // One that cannot (no component): its API serves the stream from the store.
+    let mut reader_env = env.config.clone();
+    let empty = env.dir.path().join("no-plugins");
+    std::fs::create_dir_all(&empty).unwrap();
+    reader_env.plugins_dir = empty;
+    reader_env.providers.clear();
+    let queue = env.any_queue().await;
+    let daemon = lanes::Daemon::start(reader_env.clone(), queue.clone())
+        .await
+        .expect("the reading worker starts");
+    let server = lanes::api::serve(daemon.control(), &reader_env.api)
+        .await
+        .expect("API starts");
+    let api = Api::new(server.addr());
+    let id = queue
+        .submit(&lanes::NewExecution {
+            provider: "stub".into(),
+            input: lanes::ChatInput::from_value(json!({"prompt": "hi", "stream": true,
+                "extra": {"text": "abcdefghij", "stream_pieces": 10, "stream_gap_ms": 150}}))
+            .unwrap(),
+            priority: 0,
+            max_attempts: 3,
+            route: None,
+        })
+        .await
+        .unwrap();
+    let times = std::sync::Mutex::new(Vec::new());
+    let began = Instant::now();
+    let events = api
+        .events(
+            &format!("/v1/executions/{id}/stream"),
+            |name, _| {
+                times
+                    .lock()
+                    .unwrap()
+                    .push((name.to_string(), began.elapsed()));
+                name == "end"
+            },
+            Duration::from_secs(30),
+        )
+        .await;
+    let _ = runner.kill();
+    let _ = runner.wait();
+    let end = &events.last().unwrap().1;
+    assert_eq!(end["status"], "completed", "{end}");
+    assert_ne!(end["worker"], json!(null));
+    assert_eq!(joined(&events), "abcdefghij");
+    let times = times.into_inner().unwrap();
+    let first = times.iter().find(|(n, _)| n == "delta").unwrap().1;
+    let last = times.last().unwrap().1;
+    assert!(
+        last.saturating_sub(first) >= Duration::from_millis(600),
+        "the stored chunks came as the attempt ran: first delta {first:?}, end {last:?}"
+    );
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A stream keeps at most the sandbox's `max_output_bytes` of deltas: past it the rest are
+/// dropped (and said in the log), and the answer itself is stored whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_keeps_at_most_the_output_cap_of_deltas() {
+    let mut env = TestEnv::new();
+    env.stub("stub", Some(4), &[]);
+    env.config
+        .providers
+        .get_mut("stub")
+        .unwrap()
+        .sandbox
+        .max_output_bytes = Some(5_000);
+    let (daemon, _server, api) = start(&env).await;
+    let text = "x".repeat(1_000);
+    let id = submit(
+        &api,
+        json!({"prompt": "hi", "stream": true, "extra": {"text": text, "stream_pieces": 1000}}),
+    )
+    .await;
+    let done = api.get(&format!("/v1/executions/{id}?wait=20s")).await;
+    assert_eq!(done.body["status"], "completed", "{done:?}");
+    assert_eq!(done.body["output"]["text"], text);
+    let kept: i64 = daemon
+        .queue()
+        .read_stream(id, lanes::store::StreamPosition::default())
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.count)
+        .sum();
+    assert!(kept > 0 && kept < 1_000, "{kept} deltas kept");
+}

@@ -227,9 +227,11 @@ impl Executor {
             }
         };
         let sink = stream.then(|| {
-            let live = self
-                .streams
-                .open(execution.id, i64::from(execution.attempts));
+            let live = self.streams.open(
+                execution.id,
+                i64::from(execution.attempts),
+                provider.sandbox.max_output_bytes,
+            );
             self.streams.sink(&live)
         });
         let error = match provider.execute(request, sink).await {

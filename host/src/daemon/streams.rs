@@ -75,6 +75,9 @@ pub struct Live {
     pub id: ExecutionId,
     /// The attempt's number, from 1; a retry opens a new stream.
     pub attempt: i64,
+    /// The most bytes of deltas it keeps (the sandbox's `max_output_bytes`): a component
+    /// that streams without end must not fill the host's memory.
+    cap: usize,
     state: Mutex<LiveState>,
     /// Wakes its readers: a delta came, or it ended.
     changed: Notify,
@@ -88,6 +91,8 @@ struct LiveState {
     stored: usize,
     /// Bytes of the deltas not yet taken.
     unstored_bytes: usize,
+    /// Bytes of every delta kept.
+    bytes: usize,
     ended: bool,
     /// Told when the end's flush is stored.
     flushed: Vec<oneshot::Sender<()>>,
@@ -127,6 +132,20 @@ impl Live {
         if state.ended {
             return false;
         }
+        if state.bytes + json.len() > self.cap {
+            // The answer is capped the same way when it returns (`OutputTooLarge`).
+            if state.bytes <= self.cap {
+                state.bytes = self.cap + 1;
+                tracing::warn!(
+                    id = self.id,
+                    "the attempt's stream passed {} bytes (sandbox.max_output_bytes): \
+                     its further deltas are dropped",
+                    self.cap
+                );
+            }
+            return false;
+        }
+        state.bytes += json.len();
         state.unstored_bytes += json.len();
         state.deltas.push(Arc::from(json));
         let urgent = state.unstored_bytes >= FLUSH_BYTES;
@@ -151,11 +170,13 @@ impl Streams {
         self.live.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Opens the stream of attempt `attempt` of `id`, replacing any earlier one here.
-    pub fn open(self: &Arc<Self>, id: ExecutionId, attempt: i64) -> Arc<Live> {
+    /// Opens the stream of attempt `attempt` of `id`, which keeps at most `cap` bytes of
+    /// deltas, replacing any earlier one here.
+    pub fn open(self: &Arc<Self>, id: ExecutionId, attempt: i64, cap: usize) -> Arc<Live> {
         let live = Arc::new(Live {
             id,
             attempt,
+            cap,
             state: Mutex::new(LiveState::default()),
             changed: Notify::new(),
         });
