@@ -31,6 +31,7 @@ async fn the_openai_and_anthropic_sdks_call_the_queue_through_the_compatible_end
     env.stub("aslow", Some(4), &[("latency_ms", "3000")]);
     // Streams, and a provider that takes text only (a 0.1 component).
     env.stub("ostream", Some(4), &[]);
+    env.stub("nstream", Some(4), &[]);
     env.stub("astream", Some(4), &[]);
     env.text_only("atext", Some(4));
     let aliases = &mut env.config.front_door.models;

@@ -37,6 +37,7 @@ const CARRIED: &[&str] = &[
     "tools",
     "tool_choice",
     "thinking",
+    "output_config",
     "metadata",
     "stream",
 ];
@@ -153,6 +154,51 @@ fn to_input(body: &serde_json::Map<String, Value>, model: Option<String>) -> Res
             }
             _ => return Err("`thinking.type` must be enabled or disabled".into()),
         },
+    }
+    if let Some(config) = body.get("output_config").filter(|v| !v.is_null()) {
+        let config = config
+            .as_object()
+            .ok_or("`output_config` must be an object")?;
+        if let Some(field) = config
+            .keys()
+            .find(|k| !["format", "effort"].contains(&k.as_str()))
+        {
+            return Err(format!("`output_config.{field}` is not supported by lanes"));
+        }
+        match config.get("format").filter(|v| !v.is_null()) {
+            None => {}
+            Some(format) => {
+                if format.get("type").and_then(Value::as_str) != Some("json_schema") {
+                    return Err("`output_config.format.type` must be json_schema".into());
+                }
+                let schema = format
+                    .get("schema")
+                    .filter(|s| s.is_object())
+                    .ok_or("`output_config.format.schema` must be a JSON Schema object")?;
+                input.insert(
+                    "response_format".into(),
+                    json!({"type": "json_schema", "name": "output", "schema": schema}),
+                );
+            }
+        }
+        match config.get("effort").and_then(Value::as_str) {
+            None => {}
+            Some("low") => {
+                input.insert("reasoning".into(), json!({"effort": "low"}));
+            }
+            Some("medium") => {
+                input.insert("reasoning".into(), json!({"effort": "medium"}));
+            }
+            // lanes' highest.
+            Some("high" | "xhigh" | "max") => {
+                input.insert("reasoning".into(), json!({"effort": "high"}));
+            }
+            Some(other) => {
+                return Err(format!(
+                    "`output_config.effort` `{other}` is not one lanes takes"
+                ));
+            }
+        }
     }
     Ok(Value::Object(input))
 }

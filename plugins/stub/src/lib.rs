@@ -28,7 +28,9 @@
 //! - the request offers tools and the last user message starts with `call:NAME ARGS_JSON`:
 //!   a `tool-call` part (id `call_1`, arguments `ARGS_JSON`, `{}` when absent), finish
 //!   `tool-calls`;
-//! - otherwise text `stub reply to: <the last message's text>`.
+//! - otherwise text `stub reply to: <the last message's text>`, or, when the request asks
+//!   for JSON (`response-format` `json-object` or `json-schema`), that text as
+//!   `{"reply": "stub reply to: ..."}`.
 //!
 //! When the request asks to stream, the answer also goes out as a few `stream.emit` deltas
 //! (text pieces, or a tool call's start and arguments, then the usage) before it is returned.
@@ -46,7 +48,7 @@ use lanes_guest::bindings::exports::lanes::provider::adapter::Guest;
 use lanes_guest::bindings::lanes::provider::stream::{Delta, ToolCallArguments, ToolCallStart};
 use lanes_guest::bindings::lanes::provider::types::{
     Capabilities, ChatRequest, ChatResponse, ContentPart, FinishReason, ProviderError,
-    ProviderInfo, RateLimit, ResultPart, Role, ToolCall, Usage,
+    ProviderInfo, RateLimit, ResponseFormat, ResultPart, Role, ToolCall, Usage,
 };
 use lanes_guest::bindings::lanes::provider::{config, hints, stream};
 
@@ -291,7 +293,14 @@ fn conversation_answer(request: &ChatRequest) -> Answer {
         });
     }
     let last = last.map(lanes_guest::message_text).unwrap_or_default();
-    Answer::Text(format!("stub reply to: {last}"))
+    let reply = format!("stub reply to: {last}");
+    // Asked for JSON: an object with the reply, which a schema with a string `reply` takes.
+    match &request.response_format {
+        Some(ResponseFormat::JsonObject | ResponseFormat::JsonSchema(_)) => {
+            Answer::Text(serde_json::json!({ "reply": reply }).to_string())
+        }
+        _ => Answer::Text(reply),
+    }
 }
 
 /// Streams `response` as deltas: its text in up to `n` pieces (`gap` before each), each

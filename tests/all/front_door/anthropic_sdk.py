@@ -70,6 +70,17 @@ m = client.messages.create(
 )
 assert m.content[0].text == "tool said: 18C", m
 
+# A JSON schema answer (output_config.format), parsed into the SDK's own model.
+from pydantic import BaseModel
+
+
+class Reply(BaseModel):
+    reply: str
+
+
+parsed = client.messages.parse(model="astream", max_tokens=50, messages=hello, output_format=Reply)
+assert parsed.parsed_output == Reply(reply="stub reply to: hello there"), parsed
+
 # Errors in Anthropic's shape, as the SDK's own exceptions.
 try:
     client.messages.create(model="nope", max_tokens=5, messages=hello)

@@ -65,6 +65,17 @@ r = client.chat.completions.create(
 )
 assert r.choices[0].message.content == "tool said: 18C", r
 
+# A JSON schema answer, parsed into the SDK's own model.
+from pydantic import BaseModel
+
+
+class Reply(BaseModel):
+    reply: str
+
+
+parsed = client.chat.completions.parse(model="ostream", messages=hello, response_format=Reply)
+assert parsed.choices[0].message.parsed == Reply(reply="stub reply to: hello there"), parsed
+
 # An alias, the model given to the provider, the priority carried, the execution named.
 raw = client.chat.completions.with_raw_response.create(
     model="fast",

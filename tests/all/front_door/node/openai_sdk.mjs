@@ -31,6 +31,70 @@ await assert.rejects(
   },
 );
 
+// A stream, read with the SDK's own iterator, and the usage chunk asked for.
+let text = "";
+let usage = null;
+const stream = await client.chat.completions.create({
+  model: "nstream",
+  messages: hello,
+  stream: true,
+  stream_options: { include_usage: true },
+});
+for await (const chunk of stream) {
+  text += chunk.choices[0]?.delta?.content ?? "";
+  usage = chunk.usage ?? usage;
+}
+assert.equal(text, "stub reply to: hello there");
+assert.equal(usage.prompt_tokens, 2);
+
+// A tool call streamed, assembled by the SDK's stream helper; then its result sent back.
+const weather = {
+  type: "function",
+  function: {
+    name: "get_weather",
+    parameters: { type: "object", properties: { city: { type: "string" } } },
+  },
+};
+const ask = [{ role: "user", content: 'call:get_weather {"city": "Paris"}' }];
+const runner = client.chat.completions.stream({ model: "nstream", messages: ask, tools: [weather] });
+const done = await runner.finalChatCompletion();
+const call = done.choices[0].message.tool_calls[0];
+assert.equal(done.choices[0].finish_reason, "tool_calls");
+assert.equal(call.function.name, "get_weather");
+assert.deepEqual(JSON.parse(call.function.arguments), { city: "Paris" });
+const answer = await client.chat.completions.create({
+  model: "nstream",
+  tools: [weather],
+  messages: [
+    ...ask,
+    done.choices[0].message,
+    { role: "tool", tool_call_id: call.id, content: "18C" },
+  ],
+});
+assert.equal(answer.choices[0].message.content, "tool said: 18C");
+
+// A JSON schema answer.
+const json = await client.chat.completions.create({
+  model: "nstream",
+  messages: hello,
+  response_format: {
+    type: "json_schema",
+    json_schema: {
+      name: "reply",
+      strict: true,
+      schema: {
+        type: "object",
+        properties: { reply: { type: "string" } },
+        required: ["reply"],
+        additionalProperties: false,
+      },
+    },
+  },
+});
+assert.deepEqual(JSON.parse(json.choices[0].message.content), {
+  reply: "stub reply to: hello there",
+});
+
 // Slower than max_wait: the SDK retries its 504s, and each retry finds the same execution.
 const retrying = new OpenAI({ baseURL, apiKey, maxRetries: 6 });
 const slow = await retrying.chat.completions
