@@ -125,3 +125,42 @@ def test_a_success_that_is_not_the_api_s_answer_says_so() -> None:
     message = str(info.value)
     assert "GET http://x/v1/executions/1" in message and "not the API's Execution" in message
     assert "captive portal" in message
+
+
+def test_content_parts_go_out_typed_and_answers_come_back_tolerantly() -> None:
+    from lanes_client import ImagePart, JsonSchemaFormat, Message, Output, Reasoning, TextPart, ToolCallPart, UnknownPart
+
+    chat = lanes_client.ChatInput(
+        messages=[Message(role="user", content=[TextPart(text="hi"), ImagePart(url="https://x/c.png")])],
+        response_format=JsonSchemaFormat(name="e", schema={"type": "object"}),
+        tool_choice="auto",
+        reasoning=Reasoning(effort="low"),
+        top_p=0.5,
+        seed=7,
+        stream=True,
+    )
+    body = _base.as_input(chat)
+    assert body["messages"][0]["content"][1] == {"type": "image", "url": "https://x/c.png"}
+    assert body["response_format"] == {"type": "json_schema", "name": "e", "schema": {"type": "object"}}
+    assert (body["tool_choice"], body["reasoning"], body["stream"]) == ("auto", {"effort": "low"}, True)
+    with pytest.raises(Exception):
+        Message(role="user", content=[{"type": "txt", "text": "x"}])
+
+    output = Output.model_validate(
+        {
+            "text": "",
+            "content": [
+                {"type": "reasoning", "text": "hm", "signature": "s", "new": 1},
+                {"type": "tool_call", "id": "c", "name": "f", "arguments": "{}"},
+                {"type": "citation", "url": "u"},
+            ],
+            "refusal": None,
+            "usage": {"input_tokens": 9, "output_tokens": 4, "cache_read_tokens": 8, "reasoning_tokens": 2},
+        }
+    )
+    assert output.content is not None and output.content[0].model_extra == {"new": 1}
+    assert output.tool_calls == [ToolCallPart(id="c", name="f", arguments="{}")]
+    assert isinstance(output.content[2], UnknownPart) and output.content[2].model_extra == {"url": "u"}
+    assert output.usage is not None and (output.usage.cache_read_tokens, output.usage.reasoning_tokens) == (8, 2)
+    # An output stored before parts existed reads as one text part.
+    assert Output.model_validate({"text": "old"}).parts == [TextPart(text="old")]

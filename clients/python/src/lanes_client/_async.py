@@ -11,7 +11,7 @@ from typing import Any, AsyncIterator, Dict, Iterable, Mapping, Optional, Type, 
 import httpx
 from httpx_sse import EventSource
 
-from . import _base, errors
+from . import _base, _stream, errors
 from ._base import Duration, InputLike, RetryPolicy
 from .models import (
     BatchResponse,
@@ -23,12 +23,13 @@ from .models import (
     LimitResponse,
     Plugins,
     Providers,
+    StreamItem,
     SubmitRequest,
     Submitted,
     parse_event,
 )
 
-__all__ = ["AsyncClient", "AsyncEventStream"]
+__all__ = ["AsyncClient", "AsyncEventStream", "AsyncExecutionStream", "AsyncTextStream"]
 
 
 class AsyncClient:
@@ -317,6 +318,32 @@ class AsyncClient:
         one: after a reconnect, as after a lag, re-read what you track."""
         return AsyncEventStream(self, provider, read_timeout)
 
+    # -- an execution's stream ---------------------------------------------------------------
+
+    def stream(
+        self, id: int, *, last_event_id: Optional[str] = None, read_timeout: float = 60.0
+    ) -> "AsyncExecutionStream":
+        """An execution's streamed answer as an async iterator of typed items, as
+        :meth:`Client.stream` describes.
+
+        >>> async with lanes.stream(execution.id) as stream:
+        ...     async for item in stream:
+        ...         if isinstance(item, TextDelta):
+        ...             print(item.text, end="", flush=True)
+        """
+        return AsyncExecutionStream(self, id, last_event_id, read_timeout)
+
+    def stream_text(self, id: int, *, read_timeout: float = 60.0) -> "AsyncTextStream":
+        """The text of an execution's answer as it streams, as :meth:`Client.stream_text`
+        describes: ``str`` pieces, :class:`Restarted` when a retry starts it over (iterate
+        again to go on).
+
+        >>> async with lanes.stream_text(execution.id) as text:
+        ...     async for piece in text:
+        ...         print(piece, end="", flush=True)
+        """
+        return AsyncTextStream(self.stream(id, read_timeout=read_timeout))
+
 
 class AsyncEventStream:
     """An open ``GET /v1/events``: iterate over it (``async for``) for typed events; close it when done."""
@@ -387,6 +414,172 @@ class AsyncEventStream:
 
     async def __aenter__(self) -> "AsyncEventStream":
         return await self.open()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+
+class AsyncExecutionStream:
+    """An open ``GET /v1/executions/{id}/stream``: iterate over it (``async for``) for typed
+    items (see :meth:`Client.stream`); close it when done (``async with`` does)."""
+
+    def __init__(
+        self, client: AsyncClient, id: int, last_event_id: Optional[str], read_timeout: float
+    ) -> None:
+        self._client = client
+        self._state = _stream.StreamState(id, last_event_id)
+        self._timeout = _base.timeout(client.timeout, read=read_timeout)
+        self._response: Optional[httpx.Response] = None
+        self._items: Optional[AsyncIterator[StreamItem]] = None
+        self._closed = False
+
+    @property
+    def last_event_id(self) -> Optional[str]:
+        """The id (``ATTEMPT:INDEX``) of the last delta read, which a reconnect resumes
+        after."""
+        return self._state.last_event_id
+
+    @property
+    def attempt(self) -> int:
+        """The attempt whose deltas come now (0 before the first)."""
+        return self._state.attempt
+
+    @property
+    def execution(self) -> Optional[Execution]:
+        """The ended execution, once the end was read."""
+        return self._state.execution
+
+    async def open(self) -> "AsyncExecutionStream":
+        """Connects (retrying connection failures) and checks the answer."""
+        if self._items is None:
+            await self._connect()
+            self._items = self._iterate()
+        return self
+
+    async def _connect(self) -> None:
+        client = self._client
+        attempt = 0
+        while True:
+            attempt += 1
+            request = client._http.build_request(
+                "GET", self._state.path, headers=self._state.headers(), timeout=self._timeout
+            )
+            try:
+                response = await client._http.send(request, stream=True)
+            except httpx.TransportError as exc:
+                if attempt <= client.retry.max_retries and _base.retryable_exception(exc, True):
+                    await asyncio.sleep(client.retry.delay(attempt))
+                    continue
+                raise _base.connection_error(exc, "GET", str(request.url), attempt) from exc
+            if response.status_code >= 400:
+                await response.aread()
+                await response.aclose()
+                if attempt <= client.retry.max_retries and _base.retryable_status(
+                    response.status_code, True, client.retry
+                ):
+                    await asyncio.sleep(client.retry.delay(attempt))
+                    continue
+                error = errors.error_for(response)
+                error.attempts = attempt
+                raise error
+            try:
+                _base.check_event_stream(response)
+            except errors.StreamError:
+                await response.aclose()
+                raise
+            self._response = response
+            return
+
+    async def _iterate(self) -> AsyncIterator[StreamItem]:
+        drops = _stream.Drops()
+        while True:
+            response = self._response
+            assert response is not None
+            cause: BaseException
+            try:
+                async for sse in EventSource(response).aiter_sse():
+                    item = self._state.item(sse.event, sse.data, sse.id)
+                    if item is None:
+                        continue
+                    drops.progress()
+                    yield item
+                    if self._state.ended:
+                        await self.aclose()
+                        return
+                cause = errors.StreamError("the server closed the stream before its end")
+            except httpx.TransportError as exc:
+                cause = exc
+            await response.aclose()
+            if self._closed:
+                return
+            # Resume where it was: the next connection sends Last-Event-ID.
+            dropped = drops.dropped()
+            if dropped > self._client.retry.max_retries:
+                raise _base.connection_error(cause, "GET", str(response.request.url), dropped) from cause
+            await asyncio.sleep(self._client.retry.delay(dropped))
+            await self._connect()
+            drops.connected()
+
+    def __aiter__(self) -> AsyncIterator[StreamItem]:
+        return self
+
+    async def __anext__(self) -> StreamItem:
+        if self._closed:
+            raise StopAsyncIteration
+        await self.open()
+        assert self._items is not None
+        return await self._items.__anext__()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._response is not None:
+            await self._response.aclose()
+
+    async def __aenter__(self) -> "AsyncExecutionStream":
+        return await self.open()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+
+class AsyncTextStream:
+    """An execution's answer as text pieces (see :meth:`AsyncClient.stream_text`): iterate
+    (``async for``) for ``str``; :class:`Restarted` when a retry starts the text over
+    (iterate again to go on). ``text`` is the text so far (of the attempt that counts),
+    ``execution`` the ended execution once the iteration is over."""
+
+    def __init__(self, stream: AsyncExecutionStream) -> None:
+        self.stream = stream
+        self._state = _stream.TextState()
+
+    @property
+    def text(self) -> str:
+        return self._state.text
+
+    @property
+    def attempt(self) -> int:
+        return self._state.attempt
+
+    @property
+    def execution(self) -> Optional[Execution]:
+        return self._state.execution
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self
+
+    async def __anext__(self) -> str:
+        while True:
+            piece = self._state.next()
+            if piece is not None:
+                return piece
+            self._state.feed(await self.stream.__anext__())
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+    async def __aenter__(self) -> "AsyncTextStream":
+        await self.stream.open()
+        return self
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.aclose()

@@ -111,7 +111,7 @@ def as_input(value: InputLike) -> Dict[str, Any]:
     if isinstance(value, str):
         return {"prompt": value}
     if isinstance(value, ChatInput):
-        return value.model_dump(exclude_none=True)
+        return value.body()
     if isinstance(value, Mapping):
         return dict(value)
     raise TypeError(f"input must be a str, a ChatInput or a mapping, not {type(value).__name__}")

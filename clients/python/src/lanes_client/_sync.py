@@ -10,7 +10,7 @@ from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Type, Union
 import httpx
 from httpx_sse import EventSource
 
-from . import _base, errors
+from . import _base, _stream, errors
 from ._base import Duration, InputLike, RetryPolicy
 from .models import (
     BatchResponse,
@@ -22,12 +22,13 @@ from .models import (
     LimitResponse,
     Plugins,
     Providers,
+    StreamItem,
     SubmitRequest,
     Submitted,
     parse_event,
 )
 
-__all__ = ["Client", "EventStream"]
+__all__ = ["Client", "EventStream", "ExecutionStream", "TextStream"]
 
 
 class Client:
@@ -315,6 +316,56 @@ class Client:
         one: after a reconnect, as after a lag, re-read what you track."""
         return EventStream(self, provider, read_timeout)
 
+    # -- an execution's stream ---------------------------------------------------------------
+
+    def stream(
+        self, id: int, *, last_event_id: Optional[str] = None, read_timeout: float = 60.0
+    ) -> "ExecutionStream":
+        """An execution's streamed answer (``GET /v1/executions/{id}/stream``), as an
+        iterator of typed items: :class:`StreamAttempt` (an attempt's stream begins; from
+        the second on, drop what the earlier one gave), the deltas (:class:`TextDelta`,
+        :class:`ReasoningDelta`, :class:`ToolCallStartDelta`,
+        :class:`ToolCallArgumentsDelta`, :class:`UsageDelta`, or :class:`UnknownDelta`),
+        :class:`StreamLag`, and last :class:`StreamEnd`, whose ``execution`` is the ended
+        execution. The iteration ends after it.
+
+        >>> with lanes.stream(execution.id) as stream:
+        ...     for item in stream:
+        ...         if isinstance(item, TextDelta):
+        ...             print(item.text, end="", flush=True)
+
+        The execution needs ``"stream": true`` in its input (and a component that streams)
+        for deltas; else its stream is its end. A stream opened after the end replays it
+        (for ``[streams] keep_secs``). A connection that breaks, or a server that closes
+        before the end, is reconnected with ``Last-Event-ID`` (the last delta's id): the
+        stream goes on where it was, with nothing repeated or lost. Connecting is retried
+        as for :meth:`events`; ``retry.max_retries`` drops in a row without progress raise
+        :class:`ConnectionError`. ``last_event_id`` (``ATTEMPT:INDEX``, a delta's id as
+        ``ExecutionStream.last_event_id`` gave it) resumes after that delta.
+        ``read_timeout`` (seconds) counts a silent connection as broken; the server sends a
+        keep-alive every 15 s."""
+        return ExecutionStream(self, id, last_event_id, read_timeout)
+
+    def stream_text(self, id: int, *, read_timeout: float = 60.0) -> "TextStream":
+        """The text of an execution's answer as it streams: an iterator of ``str`` pieces
+        (the text deltas), over :meth:`stream`.
+
+        >>> with lanes.stream_text(execution.id) as text:
+        ...     for piece in text:
+        ...         print(piece, end="", flush=True)
+        >>> text.execution.status
+        'completed'
+
+        Joined, the pieces are the output's ``text``: when the answer did not stream (or
+        some deltas were dropped), the rest of the text comes as one piece at the end.
+        When an attempt fails after its text began and the execution is retried, the new
+        attempt starts the text over: iterating raises :class:`Restarted` (once, before
+        the new attempt's first piece); drop what you showed, and iterate over the same
+        text stream again for the new attempt's text. ``execution`` is the ended
+        execution once the iteration is over (check its ``status``: a failed or cancelled
+        one ends the text without an error)."""
+        return TextStream(self.stream(id, read_timeout=read_timeout))
+
 
 class EventStream:
     """An open ``GET /v1/events``: iterate over it for typed events; close it when done."""
@@ -385,6 +436,172 @@ class EventStream:
 
     def __enter__(self) -> "EventStream":
         return self.open()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class ExecutionStream:
+    """An open ``GET /v1/executions/{id}/stream``: iterate over it for typed items
+    (see :meth:`Client.stream`); close it when done (``with`` does)."""
+
+    def __init__(
+        self, client: Client, id: int, last_event_id: Optional[str], read_timeout: float
+    ) -> None:
+        self._client = client
+        self._state = _stream.StreamState(id, last_event_id)
+        self._timeout = _base.timeout(client.timeout, read=read_timeout)
+        self._response: Optional[httpx.Response] = None
+        self._items: Optional[Iterator[StreamItem]] = None
+        self._closed = False
+
+    @property
+    def last_event_id(self) -> Optional[str]:
+        """The id (``ATTEMPT:INDEX``) of the last delta read, which a reconnect resumes
+        after."""
+        return self._state.last_event_id
+
+    @property
+    def attempt(self) -> int:
+        """The attempt whose deltas come now (0 before the first)."""
+        return self._state.attempt
+
+    @property
+    def execution(self) -> Optional[Execution]:
+        """The ended execution, once the end was read."""
+        return self._state.execution
+
+    def open(self) -> "ExecutionStream":
+        """Connects (retrying connection failures) and checks the answer."""
+        if self._items is None:
+            self._connect()
+            self._items = self._iterate()
+        return self
+
+    def _connect(self) -> None:
+        client = self._client
+        attempt = 0
+        while True:
+            attempt += 1
+            request = client._http.build_request(
+                "GET", self._state.path, headers=self._state.headers(), timeout=self._timeout
+            )
+            try:
+                response = client._http.send(request, stream=True)
+            except httpx.TransportError as exc:
+                if attempt <= client.retry.max_retries and _base.retryable_exception(exc, True):
+                    time.sleep(client.retry.delay(attempt))
+                    continue
+                raise _base.connection_error(exc, "GET", str(request.url), attempt) from exc
+            if response.status_code >= 400:
+                response.read()
+                response.close()
+                if attempt <= client.retry.max_retries and _base.retryable_status(
+                    response.status_code, True, client.retry
+                ):
+                    time.sleep(client.retry.delay(attempt))
+                    continue
+                error = errors.error_for(response)
+                error.attempts = attempt
+                raise error
+            try:
+                _base.check_event_stream(response)
+            except errors.StreamError:
+                response.close()
+                raise
+            self._response = response
+            return
+
+    def _iterate(self) -> Iterator[StreamItem]:
+        drops = _stream.Drops()
+        while True:
+            response = self._response
+            assert response is not None
+            cause: BaseException
+            try:
+                for sse in EventSource(response).iter_sse():
+                    item = self._state.item(sse.event, sse.data, sse.id)
+                    if item is None:
+                        continue
+                    drops.progress()
+                    yield item
+                    if self._state.ended:
+                        self.close()
+                        return
+                cause = errors.StreamError("the server closed the stream before its end")
+            except httpx.TransportError as exc:
+                cause = exc
+            response.close()
+            if self._closed:
+                return
+            # Resume where it was: the next connection sends Last-Event-ID.
+            dropped = drops.dropped()
+            if dropped > self._client.retry.max_retries:
+                raise _base.connection_error(cause, "GET", str(response.request.url), dropped) from cause
+            time.sleep(self._client.retry.delay(dropped))
+            self._connect()
+            drops.connected()
+
+    def __iter__(self) -> Iterator[StreamItem]:
+        return self
+
+    def __next__(self) -> StreamItem:
+        if self._closed:
+            raise StopIteration
+        self.open()
+        assert self._items is not None
+        return next(self._items)
+
+    def close(self) -> None:
+        self._closed = True
+        if self._response is not None:
+            self._response.close()
+
+    def __enter__(self) -> "ExecutionStream":
+        return self.open()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class TextStream:
+    """An execution's answer as text pieces (see :meth:`Client.stream_text`): iterate for
+    ``str``; :class:`Restarted` when a retry starts the text over (iterate again to go on).
+    ``text`` is the text so far (of the attempt that counts), ``execution`` the ended
+    execution once the iteration is over."""
+
+    def __init__(self, stream: ExecutionStream) -> None:
+        self.stream = stream
+        self._state = _stream.TextState()
+
+    @property
+    def text(self) -> str:
+        return self._state.text
+
+    @property
+    def attempt(self) -> int:
+        return self._state.attempt
+
+    @property
+    def execution(self) -> Optional[Execution]:
+        return self._state.execution
+
+    def __iter__(self) -> Iterator[str]:
+        return self
+
+    def __next__(self) -> str:
+        while True:
+            piece = self._state.next()
+            if piece is not None:
+                return piece
+            self._state.feed(next(self.stream))
+
+    def close(self) -> None:
+        self.stream.close()
+
+    def __enter__(self) -> "TextStream":
+        self.stream.open()
+        return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()

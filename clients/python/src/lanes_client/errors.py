@@ -6,6 +6,7 @@ raised for it carries the problem, and its class says which kind it is.
     ├── ConnectionError        the server could not be reached (after the retries)
     ├── WaitTimeout            ``Client.wait`` gave up before the execution ended
     ├── StreamError            an event stream was not an event stream
+    ├── Restarted              ``stream_text``: a retry starts the text over
     └── APIError               an error answer (``.problem``, ``.status``, ``.kind``, ...)
         ├── BadRequest               400 bad-request
         ├── Unauthorized             401 unauthorized
@@ -34,6 +35,7 @@ __all__ = [
     "ConnectionError",
     "WaitTimeout",
     "StreamError",
+    "Restarted",
     "APIError",
     "BadRequest",
     "Unauthorized",
@@ -73,6 +75,19 @@ class WaitTimeout(LanesError):
 
 class StreamError(LanesError):
     """An event stream answered something that is not ``text/event-stream``."""
+
+
+class Restarted(LanesError):
+    """Raised by a text stream (``Client.stream_text``) when the execution's attempt
+    ``attempt`` starts its answer over after the text stream gave pieces of an earlier
+    one (the earlier attempt failed and was retried). Drop what you showed of the text
+    (``discarded``), then iterate over the same text stream again: the new attempt's text
+    follows, from its start."""
+
+    def __init__(self, attempt: int, discarded: str) -> None:
+        super().__init__(f"attempt {attempt} starts the answer over: drop the text so far")
+        self.attempt = attempt
+        self.discarded = discarded
 
 
 class APIError(LanesError):

@@ -8,12 +8,38 @@ trip, with the same meaning as the server's 422.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Literal, Optional, Union
+from typing import Annotated, Any, Dict, List, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "TERMINAL_STATUSES",
+    "TextPart",
+    "ImagePart",
+    "ToolCallPart",
+    "ToolResultPart",
+    "ReasoningPart",
+    "UnknownPart",
+    "Part",
+    "ResultPart",
+    "OutputPart",
+    "Tool",
+    "NamedTool",
+    "ToolChoice",
+    "TextFormat",
+    "JsonObjectFormat",
+    "JsonSchemaFormat",
+    "ResponseFormat",
+    "Reasoning",
     "Message",
     "ChatInput",
     "SubmitRequest",
@@ -47,6 +73,18 @@ __all__ = [
     "LaggedEvent",
     "UnknownEvent",
     "parse_event",
+    "TextDelta",
+    "ReasoningDelta",
+    "ToolCallStartDelta",
+    "ToolCallArgumentsDelta",
+    "UsageDelta",
+    "UnknownDelta",
+    "Delta",
+    "StreamAttempt",
+    "StreamLag",
+    "StreamEnd",
+    "StreamItem",
+    "parse_delta",
 ]
 
 #: The statuses an execution never leaves.
@@ -69,13 +107,130 @@ class _Request(BaseModel):
 # Requests
 
 
+# Content parts: a message's ``content`` is a string or a list of these, tagged by ``type``.
+
+
+class TextPart(_Request):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ImagePart(_Request):
+    """``url`` (http or https), or ``data`` (base64, no ``data:`` prefix) with
+    ``media_type`` (``image/png``, ``image/jpeg``, ``image/gif`` or ``image/webp``).
+    Needs the ``images`` capability."""
+
+    type: Literal["image"] = "image"
+    url: Optional[str] = None
+    data: Optional[str] = None
+    media_type: Optional[str] = None
+
+
+class ToolCallPart(_Request):
+    """A call the model made (in an ``assistant`` message); ``arguments`` is JSON text, as
+    the model wrote it."""
+
+    type: Literal["tool_call"] = "tool_call"
+    id: str
+    name: str
+    arguments: str
+
+
+#: A part of a tool result's content.
+ResultPart = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
+
+
+class ToolResultPart(_Request):
+    """The answer to the earlier ``tool_call`` whose ``id`` is ``call_id`` (in a ``tool``
+    message)."""
+
+    type: Literal["tool_result"] = "tool_result"
+    call_id: str
+    content: Union[str, List[ResultPart]]
+    is_error: Optional[bool] = None
+
+
+class ReasoningPart(_Request):
+    """The model's reasoning (in an ``assistant`` message): pass ``signature`` and
+    ``redacted`` back unchanged."""
+
+    type: Literal["reasoning"] = "reasoning"
+    text: str
+    signature: Optional[str] = None
+    redacted: Optional[str] = None
+
+
+#: A part of a message's content.
+Part = Annotated[
+    Union[TextPart, ImagePart, ToolCallPart, ToolResultPart, ReasoningPart],
+    Field(discriminator="type"),
+]
+
+
 class Message(_Request):
+    """One message. ``role`` is ``system``, ``user``, ``assistant`` or ``tool``;
+    ``content`` a string or a list of parts (an answer's ``output.content`` goes back as
+    an ``assistant`` message's content as it is)."""
+
     role: str
-    content: str
+    content: Union[str, List[Part]]
+
+
+class Tool(_Request):
+    """A tool the model may call; ``parameters`` is a JSON Schema object (absent: none)."""
+
+    name: str
+    description: Optional[str] = None
+    parameters: Optional[Dict[str, Any]] = None
+    strict: Optional[bool] = None
+
+
+class NamedTool(_Request):
+    """The one tool the model must call (a ``tool_choice``)."""
+
+    name: str
+
+
+#: ``"auto"``, ``"none"``, ``"required"``, or one tool by name.
+ToolChoice = Union[Literal["auto", "none", "required"], NamedTool]
+
+
+class TextFormat(_Request):
+    type: Literal["text"] = "text"
+
+
+class JsonObjectFormat(_Request):
+    type: Literal["json_object"] = "json_object"
+
+
+class JsonSchemaFormat(_Request):
+    """An answer that is JSON matching ``schema`` (``schema_`` in Python, ``schema`` on
+    the wire)."""
+
+    type: Literal["json_schema"] = "json_schema"
+    name: str
+    schema_: Dict[str, Any] = Field(alias="schema")
+    description: Optional[str] = None
+    strict: Optional[bool] = None
+
+
+#: The form of the answer (a ``response_format``).
+ResponseFormat = Annotated[
+    Union[TextFormat, JsonObjectFormat, JsonSchemaFormat], Field(discriminator="type")
+]
+
+
+class Reasoning(_Request):
+    """How much the model reasons: ``effort`` or ``budget_tokens``, one of the two."""
+
+    effort: Optional[Literal["low", "medium", "high"]] = None
+    budget_tokens: Optional[int] = None
 
 
 class ChatInput(_Request):
-    """The normalized chat input. ``prompt`` is the shorthand for one user message."""
+    """The normalized chat input. ``prompt`` is the shorthand for one user message.
+    ``stream=True`` streams the answer (see ``Client.stream``) when the provider's
+    component can."""
 
     prompt: Optional[str] = None
     model: Optional[str] = None
@@ -84,6 +239,14 @@ class ChatInput(_Request):
     max_tokens: Optional[int] = None
     temperature: Optional[float] = None
     stop: Optional[List[str]] = None
+    top_p: Optional[float] = None
+    seed: Optional[int] = None
+    tools: Optional[List[Tool]] = None
+    tool_choice: Optional[ToolChoice] = None
+    parallel_tool_calls: Optional[bool] = None
+    response_format: Optional[ResponseFormat] = None
+    reasoning: Optional[Reasoning] = None
+    stream: Optional[bool] = None
     extra: Optional[Dict[str, Any]] = None
 
     @model_validator(mode="after")
@@ -91,6 +254,10 @@ class ChatInput(_Request):
         if (self.prompt is None) == (self.messages is None):
             raise ValueError("give one of `prompt` or `messages`")
         return self
+
+    def body(self) -> Dict[str, Any]:
+        """The input as the API's JSON."""
+        return self.model_dump(exclude_none=True, by_alias=True)
 
 
 class SubmitRequest(_Request):
@@ -110,11 +277,11 @@ class SubmitRequest(_Request):
         if isinstance(value, str):
             return {"prompt": value}
         if isinstance(value, ChatInput):
-            return value.model_dump(exclude_none=True)
+            return value.body()
         return value
 
     def body(self) -> Dict[str, Any]:
-        return self.model_dump(exclude_none=True)
+        return self.model_dump(exclude_none=True, by_alias=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -122,15 +289,99 @@ class SubmitRequest(_Request):
 
 
 class Usage(_Wire):
+    """Token counts. ``input_tokens`` counts every prompt token, cache reads and writes
+    included (``cache_read_tokens``, ``cache_write_tokens``); ``output_tokens`` every
+    output token, reasoning included (``reasoning_tokens``). The breakdown is present when
+    the provider says."""
+
     input_tokens: Optional[int] = None
     output_tokens: Optional[int] = None
+    cache_read_tokens: Optional[int] = None
+    cache_write_tokens: Optional[int] = None
+    reasoning_tokens: Optional[int] = None
+
+
+# The parts of an answer are the request's part classes, read tolerantly: an answer's
+# parts are instances of TextPart, ToolCallPart and ReasoningPart (so they go back in an
+# assistant message as they are, and compare equal to the same part made by hand), and
+# keep fields a newer server adds.
+
+
+class _AnswerPart:
+    """Shows and compares as the request's part class it extends (its last base)."""
+
+    def __repr_name__(self) -> str:
+        return type(self).__bases__[-1].__name__
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, type(self).__bases__[-1]) and isinstance(other, BaseModel):
+            return self.model_dump() == other.model_dump()  # type: ignore[attr-defined]
+        return NotImplemented
+
+
+class _AnswerTextPart(_AnswerPart, TextPart):
+    model_config = ConfigDict(extra="allow")
+
+
+class _AnswerToolCallPart(_AnswerPart, ToolCallPart):
+    model_config = ConfigDict(extra="allow")
+
+
+class _AnswerReasoningPart(_AnswerPart, ReasoningPart):
+    model_config = ConfigDict(extra="allow")
+
+
+class UnknownPart(_Wire):
+    """A part of a type this client does not know (a newer daemon's); its fields are kept."""
+
+    type: str
+
+
+_ANSWER_PARTS = {"text": _AnswerTextPart, "tool_call": _AnswerToolCallPart, "reasoning": _AnswerReasoningPart}
+
+
+def _answer_part_tag(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return kind if kind in _ANSWER_PARTS else "unknown"
+
+
+#: A part of an answer: a :class:`TextPart`, :class:`ToolCallPart` or
+#: :class:`ReasoningPart` (check with ``isinstance``), or an :class:`UnknownPart`.
+OutputPart = Annotated[
+    Union[
+        Annotated[_AnswerTextPart, Tag("text")],
+        Annotated[_AnswerToolCallPart, Tag("tool_call")],
+        Annotated[_AnswerReasoningPart, Tag("reasoning")],
+        Annotated[UnknownPart, Tag("unknown")],
+    ],
+    Discriminator(_answer_part_tag),
+]
 
 
 class Output(_Wire):
+    """What a completed execution produced. ``content`` lists the answer's parts in order
+    (``text`` is its text parts joined); ``refusal`` is the model's refusal, when it
+    refused."""
+
     text: str = ""
+    content: Optional[List[OutputPart]] = None
+    refusal: Optional[str] = None
     model: Optional[str] = None
     usage: Optional[Usage] = None
     finish_reason: Optional[str] = None
+
+    @property
+    def parts(self) -> List[Any]:
+        """``content``, or for an output stored before parts existed, one text part of
+        ``text`` (none when it is empty)."""
+        if self.content is not None:
+            return list(self.content)
+        return [_AnswerTextPart(text=self.text)] if self.text else []
+
+    @property
+    def tool_calls(self) -> List[ToolCallPart]:
+        """The tool calls the model made, in order."""
+        return [p for p in self.parts if isinstance(p, ToolCallPart)]
 
 
 class Attempt(_Wire):
@@ -406,3 +657,98 @@ def parse_event(name: str, data: str) -> Event:
     if cls is None:
         return UnknownEvent.model_validate(fields)
     return cls.model_validate(fields)
+
+
+# ---------------------------------------------------------------------------------------
+# Streams (GET /v1/executions/{id}/stream). A `delta` event's data is a Delta, tagged by
+# `type`; `attempt`, `lag` and `end` are the other events.
+
+
+class TextDelta(_Wire):
+    """A piece of the answer's text."""
+
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ReasoningDelta(_Wire):
+    """A piece of the model's reasoning."""
+
+    type: Literal["reasoning"] = "reasoning"
+    text: str
+
+
+class ToolCallStartDelta(_Wire):
+    """The start of the answer's tool call number ``index`` (from 0)."""
+
+    type: Literal["tool_call_start"] = "tool_call_start"
+    index: int
+    id: str
+    name: str
+
+
+class ToolCallArgumentsDelta(_Wire):
+    """A piece of the arguments (JSON text) of tool call ``index``."""
+
+    type: Literal["tool_call_arguments"] = "tool_call_arguments"
+    index: int
+    fragment: str
+
+
+class UsageDelta(_Wire):
+    """Tokens so far; the last one is the closest to the output's ``usage``."""
+
+    type: Literal["usage"] = "usage"
+    usage: Usage
+
+
+class UnknownDelta(_Wire):
+    """A delta of a type this client does not know (a newer daemon's); its fields are kept."""
+
+    type: str
+
+
+Delta = Union[
+    TextDelta, ReasoningDelta, ToolCallStartDelta, ToolCallArgumentsDelta, UsageDelta, UnknownDelta
+]
+
+_DELTAS = {
+    cls.model_fields["type"].default: cls
+    for cls in (TextDelta, ReasoningDelta, ToolCallStartDelta, ToolCallArgumentsDelta, UsageDelta)
+}
+
+
+def parse_delta(data: str) -> Delta:
+    """A ``delta`` event's data as a model, by its ``type``."""
+    fields = _ANY.validate_json(data)
+    cls = _DELTAS.get(fields.get("type"))
+    if cls is None:
+        return UnknownDelta.model_validate(fields)
+    return cls.model_validate(fields)
+
+
+class StreamAttempt(_Wire):
+    """An attempt's stream begins. After a retry (``attempt`` 2 and on), drop what the
+    earlier attempt's deltas made: the new attempt starts over."""
+
+    type: Literal["attempt"] = "attempt"
+    attempt: int
+
+
+class StreamLag(_Wire):
+    """The reader is ``behind`` deltas behind the attempt (it reads at its own pace)."""
+
+    type: Literal["lag"] = "lag"
+    behind: int
+
+
+class StreamEnd(_Wire):
+    """The execution ended: ``execution`` is it, as :meth:`Client.get` gives it. Nothing
+    follows."""
+
+    type: Literal["end"] = "end"
+    execution: Execution
+
+
+#: What an execution's stream yields.
+StreamItem = Union[StreamAttempt, Delta, StreamLag, StreamEnd]
