@@ -1,11 +1,13 @@
 import { ApiError, ConnectionError, LanesError, errorFromResponse } from "./errors.js";
 import { readSse } from "./sse.js";
+import { ExecutionStream, StreamState, TextStream } from "./stream.js";
 import {
   isEnded,
   type BatchResponse,
   type Event,
   type Execution,
   type ExecutionPage,
+  type ExecutionStreamEvent,
   type ExecutionStreamItem,
   type Health,
   type LimitResponse,
@@ -84,8 +86,25 @@ export interface StreamOptions extends RequestOptions {
   checkEveryMs?: number;
 }
 
+export interface ExecutionStreamOptions extends RequestOptions {
+  /** Resume after this delta: its id, `ATTEMPT:INDEX`, as an `ExecutionStream`'s `lastEventId` gave it. */
+  lastEventId?: string;
+  /**
+   * A connection silent this long is taken as broken, and the stream reconnects (the server
+   * sends a keep-alive every 15 s). Default 60000 ms.
+   */
+  idleTimeoutMs?: number;
+}
+
+export interface TextStreamOptions extends RequestOptions {
+  /** As for `executionStream`. Default 60000 ms. */
+  idleTimeoutMs?: number;
+}
+
 interface CallOptions extends RequestOptions {
   query?: Record<string, string | number | boolean | undefined | null> | undefined;
+  /** Headers for this request. */
+  headers?: Record<string, string>;
   body?: unknown;
   /** Extra time for this request (a long-poll's wait). */
   extraTimeoutMs?: number;
@@ -335,6 +354,110 @@ export class LanesClient {
     }
   }
 
+  // --- an execution's streamed answer ---
+
+  /**
+   * An execution's streamed answer (`GET /v1/executions/{id}/stream`), as it comes:
+   * `{type: "attempt", attempt}` (an attempt's stream begins; from the second on, drop what
+   * the earlier attempt gave), the deltas (`{type: "text", text}`, `{type: "reasoning", text}`,
+   * `{type: "tool_call_start", index, id, name}`, `{type: "tool_call_arguments", index,
+   * fragment}`, `{type: "usage", usage}`), `{type: "lag", behind}`, and last
+   * `{type: "end", execution}`, the ended execution; then it returns.
+   *
+   * The execution needs `stream: true` in its input (and a component that streams) for
+   * deltas; else its stream is its end. A stream read after the end replays it. A
+   * connection that breaks, goes silent for `idleTimeoutMs`, or that the server closes
+   * before the end, is reconnected with `Last-Event-ID` (the last delta's id): the stream
+   * goes on where it was, with nothing repeated or lost. Connecting is retried like any
+   * request; after `maxRetries` drops in a row with nothing read, it throws
+   * `ConnectionError`. Stop it with `break` or `signal`. It connects at the first `next()`;
+   * its `lastEventId`, `attempt` and `execution` say where it is.
+   */
+  executionStream(id: number, options: ExecutionStreamOptions = {}): ExecutionStream {
+    const state = new StreamState(options.lastEventId);
+    return new ExecutionStream(state, this.followStream(id, state, options));
+  }
+
+  /**
+   * The text of an execution's answer as it streams: string pieces (its text deltas), over
+   * `executionStream`. Joined, they are the output's `text`: when the answer did not stream
+   * (or some deltas were dropped), the rest comes as one piece at the end. When an attempt
+   * fails after its text began and the execution is retried, the text starts over: the
+   * iteration throws `RestartedError` (with `attempt` and `discarded`, the text to take
+   * back) before the new attempt's first piece; iterate over the same `TextStream` again to
+   * go on with the new attempt's text. Its `execution` is the ended execution once the
+   * iteration is over: a failed or cancelled one ends the text without an error, so check
+   * its `status`.
+   */
+  streamText(id: number, options: TextStreamOptions = {}): TextStream {
+    return new TextStream(this.executionStream(id, options));
+  }
+
+  private async *followStream(
+    id: number,
+    state: StreamState,
+    options: ExecutionStreamOptions,
+  ): AsyncGenerator<ExecutionStreamEvent> {
+    const path = `/v1/executions/${encodeId(id)}/stream`;
+    const idleTimeoutMs = options.idleTimeoutMs ?? 60_000;
+    let drops = 0;
+    for (;;) {
+      // Each connection has its own controller: silence aborts it, not the caller's signal.
+      const connection = new AbortController();
+      const signal = options.signal ? AbortSignal.any([options.signal, connection.signal]) : connection.signal;
+      // The silence timer runs while the stream waits on the server, not on its reader.
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      let paused = false;
+      const arm = () => {
+        clearTimeout(timer);
+        if (paused || connection.signal.aborted) return;
+        timer = setTimeout(() => connection.abort(new Error(`no byte in ${idleTimeoutMs} ms`)), idleTimeoutMs);
+      };
+      const headers: Record<string, string> = {};
+      if (state.lastEventId !== undefined) headers["last-event-id"] = state.lastEventId;
+      const response = await this.send("GET", path, { signal, headers, accept: "text/event-stream", timeout: false });
+      if (!response.body) throw new ConnectionError("the stream has no body");
+      const since = Date.now();
+      let cause: unknown;
+      try {
+        arm();
+        const body = response.body.pipeThrough(
+          new TransformStream<Uint8Array, Uint8Array>({
+            transform(chunk, controller) {
+              arm();
+              controller.enqueue(chunk);
+            },
+          }),
+        );
+        for await (const message of readSse(body)) {
+          const item = state.item(message);
+          if (!item) continue;
+          drops = 0;
+          paused = true;
+          clearTimeout(timer);
+          yield item;
+          if (item.type === "end") return;
+          paused = false;
+          arm();
+        }
+        cause = new Error("the server closed the stream before its end");
+      } catch (error) {
+        if (options.signal?.aborted) throw error;
+        cause = connection.signal.aborted ? connection.signal.reason : error;
+      } finally {
+        connection.abort();
+        clearTimeout(timer);
+      }
+      // Resume where it was: the next connection sends Last-Event-ID.
+      if (Date.now() - since >= 10_000) drops = 0;
+      drops += 1;
+      if (drops > this.maxRetries) {
+        throw new ConnectionError(`${this.baseUrl}${path}: ${describe(cause)} (${drops} drops in a row)`, { cause });
+      }
+      await sleep(this.backoff(drops - 1), options.signal);
+    }
+  }
+
   // --- the transport ---
 
   private withKey(request: SubmitRequest): SubmitRequest {
@@ -384,7 +507,7 @@ export class LanesClient {
     return this.retrying(
       options.signal,
       async (signal) => {
-        const response = await this.fetchOnce(method, path, options.query, undefined, signal, options.accept);
+        const response = await this.fetchOnce(method, path, options.query, undefined, signal, options.accept, options.headers);
         if (!response.ok) throw await errorFromResponse(response);
         return response;
       },
@@ -419,10 +542,15 @@ export class LanesClient {
             { cause: error },
           );
         }
-        const delay = Math.min(this.maxRetryDelayMs, this.retryDelayMs * 2 ** tries);
-        await sleep(delay / 2 + Math.random() * (delay / 2), userSignal);
+        await sleep(this.backoff(tries), userSignal);
       }
     }
+  }
+
+  /** The wait before retry `tries + 1`: doubling from `retryDelayMs`, the upper half of its window. */
+  private backoff(tries: number): number {
+    const delay = Math.min(this.maxRetryDelayMs, this.retryDelayMs * 2 ** tries);
+    return delay / 2 + Math.random() * (delay / 2);
   }
 
   private fetchOnce(
@@ -432,12 +560,13 @@ export class LanesClient {
     body: string | undefined,
     signal: AbortSignal | undefined,
     accept: string,
+    extraHeaders?: Record<string, string>,
   ): Promise<Response> {
     const url = new URL(this.baseUrl + path);
     for (const [key, value] of Object.entries(query ?? {})) {
       if (value !== undefined && value !== null) url.searchParams.set(key, String(value));
     }
-    const headers: Record<string, string> = { accept, ...this.headers };
+    const headers: Record<string, string> = { accept, ...this.headers, ...extraHeaders };
     if (this.token !== undefined) headers.authorization = `Bearer ${this.token}`;
     if (body !== undefined) headers["content-type"] = "application/json";
     const init: RequestInit = { method, headers };

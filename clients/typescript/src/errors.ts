@@ -17,6 +17,21 @@ export class LanesError extends Error {
  */
 export class ConnectionError extends LanesError {}
 
+/**
+ * Thrown by a text stream (`streamText`) when the execution's attempt `attempt` starts its
+ * answer over after the text stream gave pieces of an earlier one (that attempt failed and
+ * was retried). Drop what you showed of the text (`discarded`), then iterate over the same
+ * text stream again: the new attempt's text follows, from its start.
+ */
+export class RestartedError extends LanesError {
+  constructor(
+    readonly attempt: number,
+    readonly discarded: string,
+  ) {
+    super(`attempt ${attempt} starts the answer over: drop the text so far`);
+  }
+}
+
 /** The API answered with an error status. `problem` is its body. */
 export class ApiError extends LanesError {
   /** The HTTP status. */

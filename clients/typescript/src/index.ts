@@ -7,7 +7,10 @@ export type {
   ListOptions,
   EventsOptions,
   StreamOptions,
+  ExecutionStreamOptions,
+  TextStreamOptions,
 } from "./client.js";
+export { ExecutionStream, TextStream, StreamState, parseEventId } from "./stream.js";
 export * from "./errors.js";
 export * from "./types.js";
 export { SseParser, readSse } from "./sse.js";

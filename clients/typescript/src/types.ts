@@ -21,10 +21,30 @@ export function isEnded(execution: { status: string }): boolean {
   return (ENDED as readonly string[]).includes(execution.status);
 }
 
-/** One message of the normalized chat input. */
+/** A content part of a message, by `type`: text, image, tool_call, tool_result or reasoning. */
+export type Part = Schemas["Part"];
+export type TextPart = Extract<Part, { type: "text" }>;
+export type ImagePart = Extract<Part, { type: "image" }>;
+export type ToolCallPart = Extract<Part, { type: "tool_call" }>;
+export type ToolResultPart = Extract<Part, { type: "tool_result" }>;
+export type ReasoningPart = Extract<Part, { type: "reasoning" }>;
+/** A part of an answer (`output.content`): text, tool_call or reasoning. */
+export type OutputPart = Schemas["OutputPart"];
+export type Tool = Schemas["Tool"];
+/** `"auto"`, `"none"`, `"required"`, or `{name}`. */
+export type ToolChoice = Schemas["ToolChoice"];
+export type ResponseFormat = Schemas["ResponseFormat"];
+export type Reasoning = Schemas["Reasoning"];
+/** Token counts, with the cache and reasoning breakdown when the provider says. */
+export type Usage = Schemas["Usage"];
+
+/**
+ * One message of the normalized chat input. `content` is a string or a list of parts; an
+ * answer's `output.content` goes back as an assistant message's content as it is.
+ */
 export interface ChatMessage {
-  role: "system" | "user" | "assistant" | (string & {});
-  content: string;
+  role: Schemas["Role"] | (string & {});
+  content: string | Part[];
 }
 
 /**
@@ -35,26 +55,20 @@ export type ChatInput =
   | ({ prompt: string } & ChatOptions)
   | ({ messages: ChatMessage[] } & ChatOptions);
 
-export interface ChatOptions {
-  /** Else the provider's default. */
-  model?: string;
-  system?: string;
-  max_tokens?: number;
-  temperature?: number;
-  stop?: string[];
-  /** Provider-specific options (the stub provider reads its behaviour here). */
-  extra?: Record<string, unknown>;
-}
+/**
+ * The chat input's fields beside `prompt` and `messages`: `model`, `system`, `max_tokens`,
+ * `temperature`, `stop`, `top_p`, `seed`, `tools`, `tool_choice`, `parallel_tool_calls`,
+ * `response_format`, `reasoning`, `stream` (stream the answer: see `executionStream`) and
+ * `extra` (provider-specific options; the stub provider reads its behaviour there).
+ */
+export type ChatOptions = Omit<Schemas["PromptInput"], "prompt">;
 
-/** A completed execution's answer. */
-export interface ChatOutput {
-  text: string;
-  model: string;
-  usage: { input_tokens: number; output_tokens: number };
-  /** `stop`, `length`, `content_filter`, `tool_calls`, or the provider's own word. */
-  finish_reason: string;
-  [key: string]: unknown;
-}
+/**
+ * A completed execution's answer: `text`, `content` (its parts in order), `refusal`,
+ * `model`, `usage` and `finish_reason` (`stop`, `length`, `content_filter`, `tool_calls`,
+ * `refusal`, `pause`, `context_window`, or the provider's own word).
+ */
+export type ChatOutput = Schemas["ChatOutput"] & { [key: string]: unknown };
 
 /** A submission (`POST /v1/executions`), with its input typed. */
 export type SubmitRequest = Omit<Schemas["SubmitRequest"], "input"> & { input: ChatInput };
@@ -95,3 +109,36 @@ export type ListFilters = Omit<NonNullable<operations["list"]["parameters"]["que
  * last the execution once it has ended.
  */
 export type ExecutionStreamItem = StartedEvent | FinishedEvent | { type: "ended"; execution: Execution };
+
+/** One piece of a streamed answer, by `type`. */
+export type Delta = Schemas["Delta"];
+export type TextDelta = Extract<Delta, { type: "text" }>;
+export type ReasoningDelta = Extract<Delta, { type: "reasoning" }>;
+export type ToolCallStartDelta = Extract<Delta, { type: "tool_call_start" }>;
+export type ToolCallArgumentsDelta = Extract<Delta, { type: "tool_call_arguments" }>;
+export type UsageDelta = Extract<Delta, { type: "usage" }>;
+
+/** An attempt's stream begins; from the second on, drop what the earlier attempt gave. */
+export interface StreamAttempt {
+  type: "attempt";
+  attempt: number;
+}
+
+/** The reader is `behind` deltas behind the attempt. */
+export interface StreamLag {
+  type: "lag";
+  behind: number;
+}
+
+/** The execution ended (`execution`, as `get` gives it); nothing follows. */
+export interface StreamEnd {
+  type: "end";
+  execution: Execution;
+}
+
+/**
+ * What `executionStream` yields: `attempt`, the deltas (`text`, `reasoning`,
+ * `tool_call_start`, `tool_call_arguments`, `usage`, or a newer server's type, passed on as
+ * it came), `lag`, and last `end`.
+ */
+export type ExecutionStreamEvent = StreamAttempt | Delta | StreamLag | StreamEnd;

@@ -4,9 +4,12 @@ import {
   ApiError,
   LanesClient,
   NotFoundError,
+  RestartedError,
+  type ChatMessage,
   type Event,
   type Execution,
   type ExecutionStatus,
+  type OutputPart,
   type SubmitRequest,
 } from "../../dist/index.js";
 
@@ -50,6 +53,80 @@ export async function usage(lanes: LanesClient): Promise<void> {
       void attempt;
     }
   }
+
+  // Content parts, tools, formats, reasoning and streaming in the input.
+  const rich: SubmitRequest = {
+    provider: "claude",
+    input: {
+      messages: [
+        { role: "user", content: [{ type: "text", text: "hi" }, { type: "image", url: "https://x/c.png" }] },
+        { role: "assistant", content: [{ type: "tool_call", id: "c", name: "f", arguments: "{}" }] },
+        { role: "tool", content: [{ type: "tool_result", call_id: "c", content: "18C" }] },
+      ],
+      tools: [{ name: "f", parameters: { type: "object" } }],
+      tool_choice: { name: "f" },
+      response_format: { type: "json_schema", name: "e", schema: {} },
+      reasoning: { effort: "low" },
+      top_p: 0.5,
+      seed: 7,
+      stream: true,
+    },
+  };
+  void rich;
+  // @ts-expect-error not a part type
+  const badPart: ChatMessage = { role: "user", content: [{ type: "txt", text: "x" }] };
+  void badPart;
+
+  // An answer's stream, typed by `type`.
+  const stream = lanes.executionStream(id, { lastEventId: "1:0" });
+  for await (const item of stream) {
+    switch (item.type) {
+      case "attempt": {
+        const n: number = item.attempt;
+        void n;
+        break;
+      }
+      case "text": {
+        const piece: string = item.text;
+        void piece;
+        break;
+      }
+      case "tool_call_arguments": {
+        const fragment: string = item.fragment;
+        void fragment;
+        break;
+      }
+      case "usage": {
+        const cached: number | null | undefined = item.usage.cache_read_tokens;
+        void cached;
+        break;
+      }
+      case "end": {
+        const content: OutputPart[] | null | undefined = item.execution.output?.content;
+        const refusal: string | null | undefined = item.execution.output?.refusal;
+        void content, refusal;
+        break;
+      }
+      default:
+        break;
+    }
+  }
+  const resumeAt: string | undefined = stream.lastEventId;
+  void resumeAt;
+  const textStream = lanes.streamText(id);
+  try {
+    for await (const piece of textStream) {
+      const p: string = piece;
+      void p;
+    }
+  } catch (error) {
+    if (error instanceof RestartedError) {
+      const discarded: string = error.discarded;
+      void discarded;
+    }
+  }
+  const endedText: Execution | undefined = textStream.execution;
+  void endedText;
 
   const { providers } = await lanes.providers();
   const effective: number | undefined = providers[0]?.limits.effective;
