@@ -93,7 +93,7 @@ test("an execution's answer streams its deltas, then the end, and resumes after 
   assert.equal(stream.execution.id, execution.id);
   assert.equal(cut.streams.length, 2);
   assert.equal(cut.streams[0]["last-event-id"], undefined);
-  assert.match(cut.streams[1]["last-event-id"], /^1:([2-9])$/);
+  assert.match(cut.streams[1]["last-event-id"], /^1:\d+$/);
 
   // A stream read after the end replays it; `lastEventId` resumes after that delta.
   const rest = await collect(client.executionStream(execution.id, { lastEventId: "1:7" }));

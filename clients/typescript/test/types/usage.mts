@@ -104,7 +104,9 @@ export async function usage(lanes: LanesClient): Promise<void> {
       case "end": {
         const content: OutputPart[] | null | undefined = item.execution.output?.content;
         const refusal: string | null | undefined = item.execution.output?.refusal;
-        void content, refusal;
+        // An answer's parts go back as the assistant turn.
+        const turn: ChatMessage = { role: "assistant", content: content ?? [] };
+        void refusal, turn;
         break;
       }
       default:
