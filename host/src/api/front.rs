@@ -513,7 +513,16 @@ fn relay_stream(
     let (tx, rx) = tokio::sync::mpsc::channel::<SseEvent>(64);
     tokio::spawn(async move {
         let mut sent = false;
-        while let Some(item) = items.recv().await {
+        let mut ended = false;
+        loop {
+            // A client that hangs up ends this task (and its follower) at once.
+            let item = tokio::select! {
+                item = items.recv() => item,
+                _ = tx.closed() => return,
+            };
+            let Some(item) = item else {
+                break;
+            };
             let (events, done) = match item {
                 Item::Attempt(_) if sent => {
                     let message = format!(
@@ -533,7 +542,10 @@ fn relay_stream(
                     }
                     (events, false)
                 }
-                Item::End(execution) => (relay.end(&execution), true),
+                Item::End(execution) => {
+                    ended = true;
+                    (relay.end(&execution), true)
+                }
             };
             for event in events {
                 if tx.send(event).await.is_err() {
@@ -544,8 +556,22 @@ fn relay_stream(
                 break;
             }
         }
-        // Sent to the end: a retry of the request is a new call.
-        held.answered();
+        if ended {
+            // Sent to the end: a retry of the request is a new call.
+            held.answered();
+        } else {
+            // The follower stopped (the server stops, or the store failed): say so, so
+            // that the client does not take what it has for the whole answer.
+            let message = format!(
+                "the stream of execution {id} was cut before its end; it runs on: \
+                 GET /v1/executions/{id}"
+            );
+            for event in relay.fail(&message) {
+                if tx.send(event).await.is_err() {
+                    break;
+                }
+            }
+        }
     });
     let events = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv()

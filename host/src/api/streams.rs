@@ -231,6 +231,10 @@ async fn follow(
     // The last attempt read live to its end: it stays in memory a moment after.
     let mut live_done = 0;
     loop {
+        // Enabled before looking, so that a stream opening meanwhile wakes this reader.
+        let opened = watch.opened();
+        tokio::pin!(opened);
+        opened.as_mut().enable();
         // Live here: from memory, at the reader's pace.
         let live = streams
             .live(id)
@@ -263,9 +267,6 @@ async fn follow(
         }
         // Elsewhere, or over: from the store. The end is read first, so the chunks read
         // after it are all there are (an attempt's tail is stored before its end).
-        let opened = watch.opened();
-        tokio::pin!(opened);
-        opened.as_mut().enable();
         let notified = waiter.notify.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
@@ -281,11 +282,17 @@ async fn follow(
                 Vec::new()
             }
         };
+        let newest = chunks.iter().map(|c| c.attempt).max().unwrap_or(0);
         for chunk in chunks {
             reader.attempt(chunk.attempt).await?;
             if chunk.first > reader.at.index {
-                // A chunk not stored yet: read again.
-                break;
+                if !ended && chunk.attempt == newest {
+                    // A chunk not stored yet: read again.
+                    break;
+                }
+                // The attempt is over, so it never will be (a write that failed): go on
+                // past it.
+                reader.at.index = chunk.first;
             }
             let deltas: Vec<&serde_json::value::RawValue> =
                 serde_json::from_str(&chunk.deltas).unwrap_or_default();

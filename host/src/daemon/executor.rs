@@ -19,6 +19,13 @@ use crate::plugin::{ExecError, Provider};
 use crate::retry::{Decision, Failed, RetryPolicy};
 use crate::store::{Finish, Output};
 
+/// The number of an attempt's stream: its attempt counting the rate-limited ones too
+/// (which give their attempt back), so that a rerun after a 429 in the middle of a stream
+/// starts a new stream rather than writing over the old one's.
+fn stream_number(execution: &Execution) -> i64 {
+    i64::from(execution.attempts) + i64::from(execution.rate_limited)
+}
+
 /// The longest an attempt's end waits for its stream's last deltas to be stored.
 const STREAM_END_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -64,11 +71,9 @@ impl Executor {
         // The attempt consumes the input; the rest of the row stays for the hand-over. A
         // routed execution keeps what its input needs, for where a retry may move.
         let input = std::mem::take(&mut execution.input);
-        let needs: Vec<crate::model::Capability> = match &execution.route {
-            Some(_) => ChatInput::from_value_capped(input.clone(), usize::MAX)
-                .map(|i| i.needs().into_iter().map(|n| n.capability).collect())
-                .unwrap_or_default(),
-            None => Vec::new(),
+        let routed_input: Option<ChatInput> = match &execution.route {
+            Some(_) => ChatInput::from_value_capped(input.clone(), usize::MAX).ok(),
+            None => None,
         };
         let cancel = CancellationToken::new();
         self.running_attempts().insert(execution.id, cancel.clone());
@@ -94,7 +99,7 @@ impl Executor {
         // However the attempt ended (cancelled and shutdowns included), its stream ends
         // and is stored before its end is written: a reader that sees the end has it all.
         if let Some(live) = self.streams.live(execution.id)
-            && live.attempt == i64::from(execution.attempts)
+            && live.attempt == stream_number(&execution)
         {
             self.streams.end(&live, STREAM_END_WAIT).await;
         }
@@ -104,7 +109,7 @@ impl Executor {
         let moved_to = match (&mut finish, &execution.route) {
             (Finish::Retry { to, .. }, Some(route)) => {
                 let target = self
-                    .move_target(execution.id, route, lane.name(), &needs)
+                    .move_target(execution.id, route, lane.name(), routed_input.as_ref())
                     .await;
                 *to = target.as_ref().map(|(name, _)| name.clone());
                 target.and_then(|(_, lane)| lane)
@@ -154,7 +159,7 @@ impl Executor {
         id: ExecutionId,
         route: &str,
         failed: &str,
-        needs: &[crate::model::Capability],
+        input: Option<&ChatInput>,
     ) -> Option<(String, Option<Arc<Lane>>)> {
         let shared = self.shared.upgrade()?;
         let config = shared.config.get();
@@ -167,10 +172,7 @@ impl Executor {
                 return None;
             }
         };
-        let can = |member: &str| {
-            let has = shared.capabilities(member);
-            needs.iter().all(|c| has.has(*c))
-        };
+        let can = |member: &str| input.is_none_or(|input| shared.takes(input, member));
         let to = crate::routes::Routes::new(&config).next(route, failed, &loads, &can)?;
         tracing::info!(
             id,
@@ -229,7 +231,7 @@ impl Executor {
         let sink = stream.then(|| {
             let live = self.streams.open(
                 execution.id,
-                i64::from(execution.attempts),
+                stream_number(execution),
                 provider.sandbox.max_output_bytes,
             );
             self.streams.sink(&live)

@@ -107,10 +107,7 @@ impl Shared {
         batch: impl IntoIterator<Item = &'b mut NewExecution>,
     ) -> Result<(), StoreError> {
         let config = self.config.get();
-        let can = |new: &NewExecution, member: &str| {
-            let has = self.capabilities(member);
-            new.input.needs().iter().all(|n| has.has(n.capability))
-        };
+        let can = |new: &NewExecution, member: &str| self.takes(&new.input, member);
         routing::assign(self.queue.as_ref(), &config, batch, can).await
     }
 
@@ -118,10 +115,29 @@ impl Shared {
     /// no component serves it here, the most any component this host loads may declare
     /// (another process of the fleet may serve it).
     pub fn capabilities(&self, provider: &str) -> crate::model::Capabilities {
-        match self.registry.get(provider).and_then(|lane| lane.provider()) {
+        match self.served(provider) {
             Some(provider) => provider.capabilities(),
             None => crate::plugin::version::HOST_CAPABILITIES,
         }
+    }
+
+    /// The provider `name` as a component here serves it, if one does.
+    pub fn served(&self, name: &str) -> Option<Arc<crate::plugin::Provider>> {
+        self.registry.get(name).and_then(|lane| lane.provider())
+    }
+
+    /// Whether `member` can run `input`: its component (when one serves it here) has every
+    /// capability the input needs and takes its images' media types.
+    pub fn takes(&self, input: &crate::model::ChatInput, member: &str) -> bool {
+        let has = self.capabilities(member);
+        if !input.needs().iter().all(|n| has.has(n.capability)) {
+            return false;
+        }
+        self.served(member).is_none_or(|p| {
+            input
+                .media_type_refused(&p.component.info.image_media_types)
+                .is_none()
+        })
     }
 }
 
@@ -286,8 +302,7 @@ impl Control {
     /// The image media types `provider`'s component here takes (empty: the usual four);
     /// `None` when no component serves it here.
     pub fn image_media_types(&self, provider: &str) -> Option<Vec<String>> {
-        let lane = self.shared.registry.get(provider)?;
-        let provider = lane.provider()?;
+        let provider = self.shared.served(provider)?;
         Some(provider.component.info.image_media_types.clone())
     }
 

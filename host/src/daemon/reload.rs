@@ -325,7 +325,14 @@ pub async fn refresh_limits_loop(shared: Arc<Shared>) {
         }
         // A route member that opened, paused past a moment or ran out of budget strands
         // the routed work pending on it: it moves to the route's healthy members.
+        // A member whose component is here takes what `from`'s does. A `from` that no
+        // component serves here (removed, say) says nothing of what its rows need: they
+        // move as any stranded row does, and one the new member cannot take fails there
+        // when claimed, naming the capability.
         let takes = |to: &str, from: &str| {
+            if shared.served(from).is_none() {
+                return true;
+            }
             let (to, from) = (shared.capabilities(to), shared.capabilities(from));
             crate::model::Capability::ALL
                 .iter()

@@ -29,6 +29,9 @@ pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// A live stream with this many bytes not yet stored is flushed at once.
 pub const FLUSH_BYTES: usize = 16 * 1024;
 
+/// The most chunks kept to write again after a failed write.
+const MAX_UNWRITTEN: usize = 512;
+
 /// How often stored chunks older than `keep_secs` are deleted.
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
 
@@ -37,6 +40,8 @@ pub struct Streams {
     live: Mutex<HashMap<ExecutionId, Arc<Live>>>,
     /// Wakes the flusher: a stream opened, ended, or has much unstored.
     flush_now: Notify,
+    /// Chunks a write failed to store, written again with the next round's.
+    unwritten: Mutex<Vec<StreamChunk>>,
     /// Wakes the readers waiting for the stream of an execution to open here, by
     /// execution: an opening wakes only its own readers.
     opened: Mutex<HashMap<ExecutionId, Arc<Notify>>>,
@@ -160,6 +165,7 @@ impl Default for Streams {
         Streams {
             live: Mutex::new(HashMap::new()),
             flush_now: Notify::new(),
+            unwritten: Mutex::new(Vec::new()),
             opened: Mutex::new(HashMap::new()),
         }
     }
@@ -280,7 +286,8 @@ impl Streams {
     /// One round of the flusher.
     async fn flush(&self, queue: &dyn Queue) {
         let now = now_ms();
-        let mut chunks = Vec::new();
+        let mut chunks =
+            std::mem::take(&mut *self.unwritten.lock().unwrap_or_else(|p| p.into_inner()));
         let mut told = Vec::new();
         {
             let mut map = self.map();
@@ -313,9 +320,12 @@ impl Streams {
             });
         }
         if let Err(e) = queue.append_stream(&chunks).await {
-            // The output is stored with the execution either way; only the replay of these
-            // deltas is lost.
-            tracing::warn!("storing {} stream chunks: {e}", chunks.len());
+            // Written again with the next round's (at most the last few hundred: the
+            // output is stored with the execution either way).
+            tracing::warn!("storing {} stream chunks (tried again): {e}", chunks.len());
+            let mut unwritten = self.unwritten.lock().unwrap_or_else(|p| p.into_inner());
+            chunks.truncate(MAX_UNWRITTEN);
+            *unwritten = chunks;
         }
         for tx in told {
             let _ = tx.send(());
