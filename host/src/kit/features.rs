@@ -548,6 +548,18 @@ struct Outcome {
     deltas: Vec<Delta>,
 }
 
+/// That the call answered with the scripted success text.
+fn success_text(outcome: &Outcome) -> Result<(), String> {
+    let output = outcome.output.as_ref().map_err(String::clone)?;
+    if output.text != SUCCESS_TEXT {
+        return Err(format!(
+            "expected the answer {SUCCESS_TEXT:?}, got {:?}",
+            output.text
+        ));
+    }
+    Ok(())
+}
+
 impl Check<'_, '_> {
     fn pass(&mut self, name: &str, detail: String) {
         (self.record)(name, Verdict::Pass, detail);
@@ -555,6 +567,14 @@ impl Check<'_, '_> {
 
     fn fail(&mut self, name: &str, detail: String) {
         (self.record)(name, Verdict::Fail, detail);
+    }
+
+    /// Records check `name` as its verdict says: passed with what it saw, or failed why.
+    fn settle(&mut self, name: &str, verdict: Result<String, String>) {
+        match verdict {
+            Ok(detail) => self.pass(name, detail),
+            Err(detail) => self.fail(name, detail),
+        }
     }
 
     /// Runs `input` against `reply`, with a sink for the deltas when `stream`.
@@ -664,10 +684,7 @@ impl Check<'_, '_> {
                 seen.method, seen.path
             ))
         })();
-        match verdict {
-            Ok(detail) => self.pass("tool call", detail),
-            Err(detail) => self.fail("tool call", detail),
-        }
+        self.settle("tool call", verdict);
 
         let Some((id, name, arguments)) = call else {
             self.fail(
@@ -706,10 +723,7 @@ impl Check<'_, '_> {
                 seen.method, seen.path
             ))
         })();
-        match verdict {
-            Ok(detail) => self.pass("tool result", detail),
-            Err(detail) => self.fail("tool result", detail),
-        }
+        self.settle("tool result", verdict);
     }
 
     /// Asks for an answer held to a schema, and checks the JSON text that comes back.
@@ -742,10 +756,7 @@ impl Check<'_, '_> {
                 seen.method, seen.path
             ))
         })();
-        match verdict {
-            Ok(detail) => self.pass("JSON schema", detail),
-            Err(detail) => self.fail("JSON schema", detail),
-        }
+        self.settle("JSON schema", verdict);
     }
 
     /// Sends a base64 image (PNG, or the first type the component declares) and checks
@@ -770,22 +781,13 @@ impl Check<'_, '_> {
         let verdict = (|| {
             let (seen, body) = outcome.body.as_ref().map_err(String::clone)?;
             api.carries_image(body, &media_type, IMAGE_DATA)?;
-            let output = outcome.output.as_ref().map_err(String::clone)?;
-            if output.text != SUCCESS_TEXT {
-                return Err(format!(
-                    "expected the answer {SUCCESS_TEXT:?}, got {:?}",
-                    output.text
-                ));
-            }
+            success_text(&outcome)?;
             Ok(format!(
                 "{} {}: a base64 {media_type} image reached the body",
                 seen.method, seen.path
             ))
         })();
-        match verdict {
-            Ok(detail) => self.pass("image", detail),
-            Err(detail) => self.fail("image", detail),
-        }
+        self.settle("image", verdict);
     }
 
     /// Sends an image by URL and checks that the URL reaches the request.
@@ -804,22 +806,13 @@ impl Check<'_, '_> {
         let verdict = (|| {
             let (seen, body) = outcome.body.as_ref().map_err(String::clone)?;
             api.carries_image_url(body)?;
-            let output = outcome.output.as_ref().map_err(String::clone)?;
-            if output.text != SUCCESS_TEXT {
-                return Err(format!(
-                    "expected the answer {SUCCESS_TEXT:?}, got {:?}",
-                    output.text
-                ));
-            }
+            success_text(&outcome)?;
             Ok(format!(
                 "{} {}: the image URL reached the body",
                 seen.method, seen.path
             ))
         })();
-        match verdict {
-            Ok(detail) => self.pass("image URL", detail),
-            Err(detail) => self.fail("image URL", detail),
-        }
+        self.settle("image URL", verdict);
     }
 
     /// Asks to stream, answers with the API's stream, and checks that text deltas were
@@ -892,10 +885,7 @@ impl Check<'_, '_> {
                 texts.len()
             ))
         })();
-        match verdict {
-            Ok(detail) => self.pass("stream", detail),
-            Err(detail) => self.fail("stream", detail),
-        }
+        self.settle("stream", verdict);
     }
 }
 

@@ -770,23 +770,7 @@ mod tests {
     use lanes_guest::bindings::lanes::provider::types::{JsonSchema, ReasoningConfig};
 
     fn request(messages: Vec<Message>) -> ChatRequest {
-        ChatRequest {
-            model: None,
-            system: None,
-            messages,
-            max_tokens: None,
-            temperature: None,
-            top_p: None,
-            seed: None,
-            stop: Vec::new(),
-            tools: Vec::new(),
-            tool_choice: None,
-            parallel_tool_calls: None,
-            response_format: None,
-            reasoning: None,
-            stream: false,
-            extra: None,
-        }
+        lanes_guest::plain_request(messages)
     }
 
     fn message(role: Role, content: Vec<ContentPart>) -> Message {
@@ -1290,21 +1274,8 @@ mod stream_tests {
     #[test]
     fn the_request_asks_for_a_stream() {
         let mut r = ChatRequest {
-            model: None,
-            system: None,
-            messages: Vec::new(),
-            max_tokens: None,
-            temperature: None,
-            top_p: None,
-            seed: None,
-            stop: Vec::new(),
-            tools: Vec::new(),
-            tool_choice: None,
-            parallel_tool_calls: None,
-            response_format: None,
-            reasoning: None,
             stream: true,
-            extra: None,
+            ..lanes_guest::plain_request(Vec::new())
         };
         let settings = Settings {
             default_max_tokens: 1024,

@@ -457,23 +457,7 @@ mod tests {
     use lanes_guest::bindings::lanes::provider::types::{JsonSchema, ReasoningConfig, ToolResult};
 
     fn request(messages: Vec<Message>) -> ChatRequest {
-        ChatRequest {
-            model: None,
-            system: None,
-            messages,
-            max_tokens: None,
-            temperature: None,
-            top_p: None,
-            seed: None,
-            stop: Vec::new(),
-            tools: Vec::new(),
-            tool_choice: None,
-            parallel_tool_calls: None,
-            response_format: None,
-            reasoning: None,
-            stream: false,
-            extra: None,
-        }
+        lanes_guest::plain_request(messages)
     }
 
     fn message(role: Role, content: Vec<ContentPart>) -> Message {

@@ -580,23 +580,7 @@ mod tests {
     use lanes_guest::bindings::lanes::provider::types::{JsonSchema, ToolResult};
 
     fn request(messages: Vec<Message>) -> ChatRequest {
-        ChatRequest {
-            model: None,
-            system: None,
-            messages,
-            max_tokens: None,
-            temperature: None,
-            top_p: None,
-            seed: None,
-            stop: Vec::new(),
-            tools: Vec::new(),
-            tool_choice: None,
-            parallel_tool_calls: None,
-            response_format: None,
-            reasoning: None,
-            stream: false,
-            extra: None,
-        }
+        lanes_guest::plain_request(messages)
     }
 
     fn message(role: Role, content: Vec<ContentPart>) -> Message {
@@ -991,23 +975,7 @@ mod stream_tests {
     }
 
     fn tests_request() -> ChatRequest {
-        ChatRequest {
-            model: None,
-            system: None,
-            messages: Vec::new(),
-            max_tokens: None,
-            temperature: None,
-            top_p: None,
-            seed: None,
-            stop: Vec::new(),
-            tools: Vec::new(),
-            tool_choice: None,
-            parallel_tool_calls: None,
-            response_format: None,
-            reasoning: None,
-            stream: false,
-            extra: None,
-        }
+        lanes_guest::plain_request(Vec::new())
     }
 
     #[test]

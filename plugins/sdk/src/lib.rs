@@ -234,6 +234,29 @@ pub fn parts_text(parts: &[ContentPart], separator: &str) -> String {
         .join(separator)
 }
 
+/// A request of `messages` that asks for nothing else: every option unset, no tools, no
+/// stream. What an adapter's unit tests build on (`ChatRequest { stream: true,
+/// ..lanes_guest::plain_request(vec![]) }`).
+pub fn plain_request(messages: Vec<Message>) -> ChatRequest {
+    ChatRequest {
+        model: None,
+        system: None,
+        messages,
+        max_tokens: None,
+        temperature: None,
+        top_p: None,
+        seed: None,
+        stop: Vec::new(),
+        tools: Vec::new(),
+        tool_choice: None,
+        parallel_tool_calls: None,
+        response_format: None,
+        reasoning: None,
+        stream: false,
+        extra: None,
+    }
+}
+
 /// The text of an answer as content: one `text` part, none when `text` is empty.
 pub fn text_content(text: String) -> Vec<ContentPart> {
     if text.is_empty() {
