@@ -144,6 +144,7 @@ fn config(dir: &tempfile::TempDir, providers: &[(&str, ProviderConfig)]) -> Conf
 fn jobs(provider: &str, n: usize) -> Vec<NewExecution> {
     (0..n)
         .map(|i| NewExecution {
+            tenant: None,
             provider: provider.to_string(),
             input: ChatInput::prompt(format!("bench {i}")),
             priority: 0,
@@ -511,6 +512,7 @@ async fn good_lane_rate(n: usize, spinners: bool) -> f64 {
     if spinners {
         let spin: Vec<NewExecution> = (0..20)
             .map(|_| NewExecution {
+                tenant: None,
                 provider: "bad".into(),
                 input: ChatInput::prompt("spin").with_extra(serde_json::json!({"loop": true})),
                 priority: 0,
@@ -1053,6 +1055,7 @@ async fn policy_run(adaptive: bool, count_refused: bool, secs: u64) -> PolicyRun
     let n = usize::try_from(secs * 80).unwrap_or(usize::MAX);
     let work: Vec<NewExecution> = (0..n)
         .map(|i| NewExecution {
+            tenant: None,
             provider: "api".into(),
             input: ChatInput::prompt(format!("call {i}")),
             priority: 0,
@@ -1167,6 +1170,7 @@ async fn capacity_lanes(n: usize) {
         .iter()
         .flat_map(|provider| {
             (0..n).map(move |i| NewExecution {
+                tenant: None,
                 provider: provider.to_string(),
                 input: ChatInput::prompt(format!("call {i}")),
                 priority: 0,
@@ -1752,6 +1756,7 @@ async fn scale_run(limit: u32, latency_ms: u64, outage_ms: Option<u64>) -> Scale
     let idle_rss_mib = rss_mib(pid);
     let work: Vec<NewExecution> = (0..n)
         .map(|i| NewExecution {
+            tenant: None,
             provider: "wide".into(),
             input: ChatInput::prompt(format!("call {i}")),
             priority: 0,
@@ -1882,6 +1887,7 @@ async fn fleet_scale(each: u32, latency_ms: u64) {
         .expect("queue");
     let work: Vec<NewExecution> = (0..n)
         .map(|i| NewExecution {
+            tenant: None,
             provider: "wide".into(),
             input: ChatInput::prompt(format!("call {i}")),
             priority: 0,
@@ -2034,6 +2040,7 @@ async fn stream_run(n: usize, deltas: usize, streamed: bool) -> (u64, usize) {
     };
     let jobs: Vec<NewExecution> = (0..n)
         .map(|i| NewExecution {
+            tenant: None,
             provider: "stub".into(),
             input: input(i),
             priority: 0,

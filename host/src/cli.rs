@@ -86,6 +86,10 @@ pub enum Command {
         /// How often `--watch` redraws, in ms.
         #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..))]
         interval_ms: u64,
+        /// Show the tenants instead: each one's running, pending, completed and failed
+        /// executions across providers.
+        #[arg(long, conflicts_with = "watch")]
+        tenant: bool,
     },
     /// Show every provider's default, configured and effective limit, or change one.
     Limits {
@@ -152,8 +156,16 @@ pub struct SubmitArgs {
     /// pending until one does.
     #[arg(long)]
     pub allow_unknown: bool,
+    /// The tenant it runs for (1 to 64 of `a-z A-Z 0-9 _ - . : @`); with `--file`, that of
+    /// every line that names none. Tenants share each lane fairly.
+    #[arg(long, value_parser = parse_tenant)]
+    pub tenant: Option<String>,
     #[arg(long)]
     pub json: bool,
+}
+
+fn parse_tenant(s: &str) -> Result<String, String> {
+    crate::model::check_tenant(s).map(|()| s.to_string())
 }
 
 /// `lanes config ...`.
@@ -603,12 +615,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Status {
+            json, tenant: true, ..
+        } => tenant_status(&config, json).await?,
+        Command::Status {
             json, watch: false, ..
         } => status(&config, json).await?,
         Command::Status {
             json,
             watch: true,
             interval_ms,
+            ..
         } => status_watch(&config, json, Duration::from_millis(interval_ms)).await?,
         Command::Limits { action, json } => limits(&config, action, json).await?,
         Command::Plugins {
@@ -758,6 +774,7 @@ async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<()> {
         priority: args.priority,
         max_attempts,
         route: None,
+        tenant: args.tenant,
     }];
     crate::daemon::routing::assign(queue.as_ref(), config, &mut new, |new, member| {
         declared.takes(&new.input, member)
@@ -800,6 +817,7 @@ async fn submit_file(config: &Config, args: SubmitArgs) -> anyhow::Result<()> {
         max_attempts: max_attempts(config, args.max_attempts)?,
         allow_unknown: args.allow_unknown,
         skip_bad: args.skip_bad,
+        tenant: args.tenant.clone(),
     };
     let declared = crate::plugin::Declared::scan(config).await?;
     let report = crate::jsonl::load(config, queue.as_ref(), &known, &declared, &options).await?;
@@ -886,6 +904,56 @@ fn print_execution(e: &Execution, json: bool) -> anyhow::Result<()> {
                 a.worker.as_deref().unwrap_or("-")
             );
         }
+    }
+    Ok(())
+}
+
+/// One tenant's line of `lanes status --tenant`.
+#[derive(Debug, Serialize)]
+pub struct TenantStatus {
+    /// `null` for the executions without a tenant.
+    pub tenant: Option<String>,
+    pub running: u64,
+    pub pending: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+}
+
+async fn tenant_status(config: &Config, json: bool) -> anyhow::Result<()> {
+    let queue = open_queue(config).await?;
+    let mut counts = queue.tenant_counts().await?;
+    for name in config.tenants.keys() {
+        counts.entry(name.clone()).or_default();
+    }
+    let rows: Vec<TenantStatus> = counts
+        .into_iter()
+        .map(|(tenant, c)| TenantStatus {
+            tenant: (!tenant.is_empty()).then_some(tenant),
+            running: c.running,
+            pending: c.pending,
+            completed: c.completed,
+            failed: c.failed,
+            cancelled: c.cancelled,
+        })
+        .collect();
+    if json {
+        return print_json(&rows);
+    }
+    println!(
+        "{:<24} {:>8} {:>8} {:>10} {:>8} {:>9}",
+        "tenant", "running", "pending", "completed", "failed", "cancelled"
+    );
+    for r in rows {
+        println!(
+            "{:<24} {:>8} {:>8} {:>10} {:>8} {:>9}",
+            r.tenant.as_deref().unwrap_or("(none)"),
+            r.running,
+            r.pending,
+            r.completed,
+            r.failed,
+            r.cancelled
+        );
     }
     Ok(())
 }

@@ -157,6 +157,31 @@ pub struct Config {
     pub front_door: FrontDoorConfig,
     /// Streamed answers: how long their deltas are kept.
     pub streams: StreamsConfig,
+    /// Tenants by name: their weights under `fairness = "weighted"`.
+    pub tenants: BTreeMap<String, TenantConfig>,
+}
+
+/// `[tenants.NAME]`: one tenant's settings. A tenant needs no entry to submit work: one
+/// without takes the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Its share of a lane under `fairness = "weighted"`, against the other tenants with
+    /// pending work (default 1): a tenant of weight 2 runs twice as many at once as one of
+    /// weight 1 while both have work waiting.
+    pub weight: Option<f64>,
+}
+
+/// `[providers.NAME] fairness`: how a lane is shared among the tenants with work in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fairness {
+    /// The next start goes to the tenant with the fewest running.
+    #[default]
+    RoundRobin,
+    /// The next start goes to the tenant with the fewest running for its
+    /// `[tenants.NAME] weight`.
+    Weighted,
 }
 
 /// `[streams]`: the deltas of streamed attempts.
@@ -241,6 +266,7 @@ impl Default for Config {
             routes: BTreeMap::new(),
             front_door: FrontDoorConfig::default(),
             streams: StreamsConfig::default(),
+            tenants: BTreeMap::new(),
         }
     }
 }
@@ -263,6 +289,10 @@ pub struct ApiConfig {
     /// The largest image a submission's `image` part may carry, decoded, in bytes. The
     /// cap in force is the smaller of this and `max_body_bytes` (the CLI applies it too).
     pub max_image_bytes: u64,
+    /// The most tenants that get a `tenant` label of their own in `/metrics` (those with
+    /// the most open work); the rest are summed as `tenant="(other)"`, so a queue with
+    /// thousands of tenants does not make thousands of series.
+    pub metrics_tenants: usize,
 }
 
 impl ApiConfig {
@@ -281,6 +311,7 @@ impl Default for ApiConfig {
             token_file: None,
             max_body_bytes: 4 * 1024 * 1024,
             max_image_bytes: crate::model::DEFAULT_MAX_IMAGE_BYTES as u64,
+            metrics_tenants: 100,
         }
     }
 }
@@ -519,6 +550,11 @@ pub struct ProviderConfig {
     pub stream: bool,
     /// Overrides `[streams] idle_timeout_ms`.
     pub stream_idle_timeout_ms: Option<u64>,
+    /// The most executions of one tenant running at once, across the fleet (none: a tenant
+    /// may take the whole lane when no other has work).
+    pub tenant_limit: Option<u32>,
+    /// How the lane is shared among tenants with pending work (default `round_robin`).
+    pub fairness: Fairness,
 }
 
 /// A config value: TOML strings, numbers and booleans all reach the component as text.
@@ -724,7 +760,23 @@ impl Config {
                     rpm: p.rpm,
                     tpm: p.tpm,
                 });
+        policy.tenants = crate::store::Tenants {
+            limit: own.and_then(|p| p.tenant_limit),
+            weights: own
+                .filter(|p| p.fairness == Fairness::Weighted)
+                .map(|_| self.tenant_weights()),
+        };
         policy
+    }
+
+    /// The weights of the tenants that set one, as the claim takes them: a JSON object.
+    fn tenant_weights(&self) -> std::sync::Arc<str> {
+        let weights: serde_json::Map<String, serde_json::Value> = self
+            .tenants
+            .iter()
+            .filter_map(|(name, t)| Some((name.clone(), serde_json::json!(t.weight?))))
+            .collect();
+        std::sync::Arc::from(serde_json::Value::Object(weights).to_string())
     }
 
     /// Loads defaults, then `path` (or `lanes.toml` when present), then `LANES_*` variables
@@ -886,12 +938,31 @@ impl Config {
                 problems.push(invalid(field, reason));
             }
         }
+        for (name, tenant) in &self.tenants {
+            if let Err(e) = crate::model::check_tenant(name) {
+                problems.push(invalid(format!("tenants.{name}"), e));
+            }
+            if let Some(w) = tenant.weight
+                && !(w.is_finite() && w > 0.0 && w <= 1e6)
+            {
+                problems.push(invalid(
+                    format!("tenants.{name}.weight"),
+                    "must be above 0 and at most 1000000",
+                ));
+            }
+        }
         for (name, provider) in &self.providers {
             for (key, reason) in provider.policy.problems() {
                 problems.push(invalid(format!("providers.{name}.policy.{key}"), reason));
             }
             if let Err(e) = validate_provider_name(name) {
                 problems.push(invalid(format!("providers.{name}"), e));
+            }
+            if provider.tenant_limit == Some(0) {
+                problems.push(invalid(
+                    format!("providers.{name}.tenant_limit"),
+                    "must be at least 1 (leave it out for no tenant limit)",
+                ));
             }
             if provider.rpm == Some(0) {
                 problems.push(invalid(
@@ -1252,6 +1323,14 @@ mod tests {
             ("[providers.x]\ntpm = 0", "providers.x.tpm"),
             ("[providers.x]\nrpm = -5", "providers.x.rpm"),
             ("[providers.x]\ntpm = \"lots\"", "providers.x.tpm"),
+            (
+                "[providers.x]\ntenant_limit = 0",
+                "providers.x.tenant_limit",
+            ),
+            ("[providers.x]\nfairness = \"fifo\"", "providers.x.fairness"),
+            ("[tenants.\"a b\"]\nweight = 1", "tenants.a b"),
+            ("[tenants.acme]\nweight = 0", "tenants.acme.weight"),
+            ("[tenants.acme]\nweight = -2", "tenants.acme.weight"),
         ] {
             let err = Config::from_toml(text).unwrap_err().to_string();
             assert!(err.contains(key), "{text}: {err}");
@@ -1278,6 +1357,21 @@ mod tests {
             })
         );
         assert_eq!(b.policy_for("y").budget, None);
+        let t = Config::from_toml(
+            "[providers.x]\ntenant_limit = 3\nfairness = \"weighted\"\n\
+             [providers.y]\ntenant_limit = 2\n\
+             [tenants.acme]\nweight = 2.5\n[tenants.idle]",
+        )
+        .unwrap();
+        let x = t.policy_for("x").tenants;
+        assert_eq!(x.limit, Some(3));
+        assert_eq!(x.weights.as_deref(), Some(r#"{"acme":2.5}"#));
+        let y = t.policy_for("y").tenants;
+        assert_eq!(
+            (y.limit, y.weights),
+            (Some(2), None),
+            "round robin: no weights"
+        );
     }
 
     #[test]

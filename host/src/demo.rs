@@ -132,6 +132,7 @@ pub async fn run(base: &Config, args: DemoArgs) -> anyhow::Result<()> {
         per_provider.insert(p.name, u64::from(n));
         for i in 0..n {
             batch.push(NewExecution {
+                tenant: None,
                 provider: p.name.to_string(),
                 input: ChatInput::prompt(format!("question {i} for {}", p.name)),
                 priority: 0,

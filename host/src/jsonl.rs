@@ -47,6 +47,8 @@ pub struct LoadOptions {
     pub allow_unknown: bool,
     /// Queue the good lines of a file with bad ones.
     pub skip_bad: bool,
+    /// The tenant of a line that names none.
+    pub tenant: Option<String>,
 }
 
 /// What a load did.
@@ -70,7 +72,7 @@ pub struct BadLine {
 }
 
 /// A lanes line: `{"input": CHAT INPUT, "provider"?, "priority"?, "max_attempts"?,
-/// "custom_id"?}`; the input is what `lanes submit --input` takes.
+/// "custom_id"?, "tenant"?}`; the input is what `lanes submit --input` takes.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LanesLine {
@@ -83,6 +85,8 @@ struct LanesLine {
     max_attempts: Option<u32>,
     #[serde(default)]
     custom_id: Option<String>,
+    #[serde(default)]
+    tenant: Option<String>,
 }
 
 /// An OpenAI Batch input line: `{"custom_id", "method": "POST", "url":
@@ -125,6 +129,7 @@ impl Checker<'_> {
         let Value::Object(object) = &value else {
             return Err("a line must be a JSON object".into());
         };
+        let mut tenant = None;
         let (provider, input, priority, max_attempts, custom_id) = if object.contains_key("body") {
             let line: OpenAiLine = serde_json::from_value(value)
                 .map_err(|e| format!("not an OpenAI Batch line: {e}"))?;
@@ -153,6 +158,10 @@ impl Checker<'_> {
                 }
             };
             let priority = line.priority.unwrap_or(self.options.priority);
+            if let Some(t) = &line.tenant {
+                crate::model::check_tenant(t)?;
+            }
+            tenant = line.tenant;
             (line.provider, input, priority, max_attempts, line.custom_id)
         } else {
             return Err(
@@ -189,6 +198,7 @@ impl Checker<'_> {
                 priority,
                 max_attempts,
                 route: None,
+                tenant: tenant.or_else(|| self.options.tenant.clone()),
             },
             custom_id,
         })
@@ -817,6 +827,9 @@ struct LanesOut<'a> {
     batch: Option<&'a str>,
     provider: &'a str,
     route: Option<&'a str>,
+    /// Left out for an execution without a tenant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<&'a str>,
     status: Status,
     priority: i32,
     attempts: i32,
@@ -961,6 +974,7 @@ pub async fn export(
                     batch: batch.as_ref().map(|b| b.name),
                     provider: &e.provider,
                     route: e.route.as_deref(),
+                    tenant: e.tenant.as_deref(),
                     status: e.status,
                     priority: e.priority,
                     attempts: e.attempts,

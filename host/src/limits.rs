@@ -176,6 +176,67 @@ pub fn claimable(free: u32, gate: &Gate) -> u32 {
     n
 }
 
+/// A pending row as [`fair_pick`] weighs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PendingRow {
+    pub id: i64,
+    /// `""` for a row without a tenant: those are one tenant of their own.
+    pub tenant: String,
+    pub resume: bool,
+    pub priority: i32,
+    /// Its `not_before` has passed.
+    pub due: bool,
+}
+
+/// The rows a claim of `take` takes from `pending`, in order: the last step of the rule,
+/// how a lane is shared among tenants. `running` holds each tenant's running rows,
+/// `weights` the weights that differ from 1 (round robin: none).
+///
+/// The order: interrupted rows (`resume`) first, then higher priority, then the tenant with
+/// the fewest running for its weight, counting the rows this claim gives it ((running + k
+/// − 1) ÷ weight for its k-th), then the lower id. A tenant at `tenant_limit` gets none.
+///
+/// The Rust twin of the claim in each dialect (SQLite's `claim_parts`, PostgreSQL's
+/// `lanes_claim`); the store test `fair_claims_match_their_rust_twin` holds them equal.
+pub fn fair_pick(
+    pending: &[PendingRow],
+    running: &BTreeMap<String, u32>,
+    weights: &BTreeMap<String, f64>,
+    tenant_limit: Option<u32>,
+    take: usize,
+) -> Vec<i64> {
+    let mut by_tenant: BTreeMap<&str, Vec<&PendingRow>> = BTreeMap::new();
+    for row in pending.iter().filter(|r| r.due) {
+        by_tenant.entry(&row.tenant).or_default().push(row);
+    }
+    // (resume, priority, share, id), smallest first.
+    let mut keyed: Vec<(bool, std::cmp::Reverse<i32>, f64, i64)> = Vec::new();
+    for (tenant, mut rows) in by_tenant {
+        rows.sort_by_key(|r| (!r.resume, std::cmp::Reverse(r.priority), r.id));
+        let n = running.get(tenant).copied().unwrap_or(0);
+        let w = weights.get(tenant).copied().unwrap_or(1.0);
+        let room = tenant_limit.map_or(usize::MAX, |l| {
+            usize::try_from(l.saturating_sub(n)).unwrap_or(usize::MAX)
+        });
+        for (k, row) in rows.into_iter().take(room).enumerate() {
+            let count = f64::from(n) + f64::from(u32::try_from(k).unwrap_or(u32::MAX));
+            keyed.push((
+                !row.resume,
+                std::cmp::Reverse(row.priority),
+                count / w,
+                row.id,
+            ));
+        }
+    }
+    keyed.sort_by(|a, b| {
+        (a.0, a.1)
+            .cmp(&(b.0, b.1))
+            .then(a.2.total_cmp(&b.2))
+            .then(a.3.cmp(&b.3))
+    });
+    keyed.into_iter().take(take).map(|k| k.3).collect()
+}
+
 /// What the store holds about every provider's limit: read once by the API, the CLI and
 /// routes, each then resolving the providers it shows.
 #[derive(Debug, Clone, Default)]

@@ -123,6 +123,9 @@ pub struct Execution {
     /// The route it was submitted to, if it named one (`provider` is where it runs now).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
+    /// The tenant it runs for, if it named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// How one attempt went, as the execution's history keeps it.
@@ -160,6 +163,30 @@ pub struct NewExecution {
     /// The route it was submitted to (`[routes.NAME]`), when it named one: `provider` is
     /// then the member the route chose (see `routes::Routes::resolve`).
     pub route: Option<String>,
+    /// The tenant it is run for (see [`check_tenant`]); `None` puts it with the other rows
+    /// without one, which share a lane as one tenant.
+    pub tenant: Option<String>,
+}
+
+/// Whether `tenant` is a tenant's name: 1 to 64 of `a-z A-Z 0-9 _ - . : @`, so that it is
+/// safe in a URL, a metric's label and a log line. The error names the problem.
+pub fn check_tenant(tenant: &str) -> Result<(), String> {
+    if tenant.is_empty() || tenant.len() > 64 {
+        return Err(format!(
+            "tenant must be 1 to 64 characters, not {}",
+            tenant.chars().count()
+        ));
+    }
+    match tenant
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '@')))
+    {
+        Some(c) => Err(format!(
+            "tenant `{}` has {c:?}: use a-z, A-Z, 0-9 and `_ - . : @`",
+            tenant.escape_debug()
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The normalized chat input a user submits. Its JSON form is what `lanes submit --input`

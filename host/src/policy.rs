@@ -85,6 +85,8 @@ pub struct Policy {
     pub aging_max: u32,
     /// Requests and tokens per minute (`[providers.NAME] rpm`, `tpm`), fleet-wide.
     pub budget: Option<crate::store::Budget>,
+    /// How the lane is shared among tenants (`[providers.NAME] tenant_limit`, `fairness`).
+    pub tenants: crate::store::Tenants,
 }
 
 impl Default for Policy {
@@ -119,6 +121,7 @@ impl Policy {
                 .map(Duration::from_millis),
             aging_max: pick!(aging_max, 100),
             budget: None,
+            tenants: crate::store::Tenants::NONE,
         }
     }
 }

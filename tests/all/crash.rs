@@ -163,9 +163,18 @@ pub(crate) async fn kill_loop(env: &TestEnv, workers: usize, limit: u32, cycles:
     let queue = env.any_queue().await;
     let n = 300;
     let mut batch = sleepers("loop", n, 25);
-    for job in &mut batch {
+    // With a tenant limit, the work is three tenants' (and each is held to it).
+    let tenant_limit = env
+        .config
+        .providers
+        .get("loop")
+        .and_then(|p| p.tenant_limit);
+    for (i, job) in batch.iter_mut().enumerate() {
         // Each kill interrupts up to `limit` attempts, and resumed rows go first.
         job.max_attempts = 40;
+        if tenant_limit.is_some() {
+            job.tenant = Some(format!("t{}", i % 3));
+        }
     }
     let ids: BTreeSet<i64> = queue
         .submit_many(&batch)
@@ -238,12 +247,29 @@ pub(crate) async fn kill_loop(env: &TestEnv, workers: usize, limit: u32, cycles:
         overlap <= limit as usize,
         "{overlap} overlapped, limit {limit}"
     );
+    if let Some(tenant_limit) = tenant_limit {
+        for t in ["t0", "t1", "t2"] {
+            let mine: Vec<_> = rows
+                .iter()
+                .filter(|e| e.tenant.as_deref() == Some(t))
+                .cloned()
+                .collect();
+            let overlap = lanes::report::max_overlap(lanes::report::intervals(&mine));
+            println!("tenant {t}: at most {overlap} at once, tenant limit {tenant_limit}");
+            assert!(
+                overlap <= usize::try_from(tenant_limit).unwrap(),
+                "tenant {t}: {overlap} overlapped, tenant limit {tenant_limit}"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_in_a_loop_under_load_loses_nothing_and_keeps_the_limit() {
     let mut env = TestEnv::new();
     env.stub("loop", Some(4), &[]);
+    // Three tenants' work, each held to 2 at once.
+    env.config.providers.get_mut("loop").unwrap().tenant_limit = Some(2);
     kill_loop(&env, 1, 4, 10).await;
 }
 

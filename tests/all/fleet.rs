@@ -604,3 +604,14 @@ async fn kill_9_in_a_loop_under_load_loses_nothing_and_keeps_the_fleet_limit() {
     env.config.lease_ms = 600;
     crate::crash::kill_loop(&env, 2, 4, 10).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_in_a_loop_keeps_each_tenant_to_its_limit_across_three_workers() {
+    let Some((mut env, _schema)) = TestEnv::postgres().await else {
+        return;
+    };
+    env.stub("loop", Some(5), &[]);
+    env.config.providers.get_mut("loop").unwrap().tenant_limit = Some(2);
+    env.config.lease_ms = 600;
+    crate::crash::kill_loop(&env, 3, 5, 8).await;
+}

@@ -130,6 +130,7 @@ async fn the_openai_and_anthropic_sdks_call_the_queue_through_the_compatible_end
         .find(|e| Some(e.id) == seen["alias"].as_i64())
         .unwrap();
     assert_eq!(alias.priority, 5);
+    assert_eq!(alias.tenant.as_deref(), Some("acme"));
     assert_eq!(alias.input["model"], "stub-model");
     assert_eq!(alias.input["max_tokens"], 7);
     assert_eq!(alias.input["messages"][0]["role"], "system");
@@ -152,6 +153,7 @@ async fn the_openai_and_anthropic_sdks_call_the_queue_through_the_compatible_end
         .iter()
         .find(|e| Some(e.id) == anthropic["alias"].as_i64())
         .unwrap();
+    assert_eq!(alias.tenant.as_deref(), Some("team:b"));
     assert_eq!(
         (
             alias.priority,

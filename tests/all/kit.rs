@@ -412,6 +412,7 @@ async fn python_and_js_providers_run_executions_in_a_daemon() {
         for provider in ["ollama-py", "claude-js"] {
             let id = daemon
                 .submit(&NewExecution {
+                    tenant: None,
                     provider: provider.into(),
                     input: input(&format!("hello {i}")),
                     priority: 0,
@@ -464,6 +465,7 @@ async fn python_and_js_providers_run_executions_in_a_daemon() {
     let started = std::time::Instant::now();
     let id = daemon
         .submit(&NewExecution {
+            tenant: None,
             provider: "claude-js".into(),
             input: input("again"),
             priority: 0,

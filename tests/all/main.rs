@@ -32,3 +32,4 @@ mod sandbox;
 mod store;
 mod streams;
 mod support;
+mod tenants;

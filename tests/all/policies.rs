@@ -27,6 +27,7 @@ fn env_for(mock: &CapacityMock, limit: u32) -> TestEnv {
 fn calls(n: usize, max_attempts: i32) -> Vec<NewExecution> {
     (0..n)
         .map(|i| NewExecution {
+            tenant: None,
             provider: "cap".into(),
             input: ChatInput::prompt(format!("call {i}")),
             priority: 0,
@@ -427,6 +428,7 @@ async fn aging_lifts_starved_low_priority_work() {
     };
     let (daemon, queue) = env.start().await;
     let job_at = |priority: i32| NewExecution {
+        tenant: None,
         priority,
         ..job("aging", serde_json::json!({"sleep_ms": 100}))
     };
@@ -479,6 +481,7 @@ async fn on_postgres_a_request_budget_holds_across_two_workers() {
         .unwrap();
     let work: Vec<NewExecution> = (0..50)
         .map(|i| NewExecution {
+            tenant: None,
             provider: "metered".into(),
             input: ChatInput::prompt(format!("call {i}")),
             priority: 0,

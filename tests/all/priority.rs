@@ -17,6 +17,7 @@ async fn higher_priority_first_then_fifo() {
         let priority = if i % 3 == 0 { 10 } else { 0 };
         let id = queue
             .submit(&NewExecution {
+                tenant: None,
                 provider: "one".into(),
                 input: ChatInput::prompt("p").with_extra(serde_json::json!({"sleep_ms": 15})),
                 priority,

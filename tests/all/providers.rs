@@ -39,6 +39,7 @@ fn adapter_policy() -> lanes::policy::PolicyConfig {
 
 fn execution(provider: &str, input: ChatInput, max_attempts: i32) -> NewExecution {
     NewExecution {
+        tenant: None,
         provider: provider.into(),
         input,
         priority: 0,

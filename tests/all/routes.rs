@@ -17,6 +17,7 @@ use crate::support::*;
 fn to(route: &str, n: usize) -> Vec<NewExecution> {
     (0..n)
         .map(|i| NewExecution {
+            tenant: None,
             provider: route.into(),
             input: ChatInput::prompt(format!("call {i}")),
             priority: 0,

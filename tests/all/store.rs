@@ -10,6 +10,7 @@ use crate::support::*;
 
 fn new(provider: &str, priority: i32) -> NewExecution {
     NewExecution {
+        tenant: None,
         provider: provider.into(),
         input: ChatInput::prompt("hi"),
         priority,
@@ -20,6 +21,7 @@ fn new(provider: &str, priority: i32) -> NewExecution {
 
 fn claim(owner: &str, max: u32, limit: u32) -> Claim<'_> {
     Claim {
+        tenants: &lanes::store::ROUND_ROBIN,
         owner,
         max,
         limit,
@@ -98,6 +100,7 @@ contract!(
 async fn a_worker_that_lost_its_row_cannot_overwrite_the_result(q: Arc<dyn Queue>) {
     let id = q.submit(&new("a", 0)).await.unwrap();
     let short = Claim {
+        tenants: &lanes::store::ROUND_ROBIN,
         lease_ms: 1,
         ..claim("paused", 1, 1)
     };
@@ -128,6 +131,7 @@ contract!(
 );
 async fn recovery_resumes_first_or_fails_without_attempts_left(q: Arc<dyn Queue>) {
     let expired = |owner| Claim {
+        tenants: &lanes::store::ROUND_ROBIN,
         lease_ms: 1,
         ..claim(owner, 1, 10)
     };
@@ -225,6 +229,7 @@ async fn renewing_keeps_a_lease_alive(q: Arc<dyn Queue>) {
         .claim(
             "a",
             Claim {
+                tenants: &lanes::store::ROUND_ROBIN,
                 lease_ms: 200,
                 ..claim("w", 1, 1)
             },
@@ -273,6 +278,7 @@ async fn each_attempt_is_kept_in_a_bounded_history(q: Arc<dyn Queue>) {
         let q = q.clone();
         async move {
             let claim = Claim {
+                tenants: &lanes::store::ROUND_ROBIN,
                 owner: "w",
                 max: 1,
                 limit: 5,
@@ -575,6 +581,7 @@ async fn a_batch_write_refills_the_slots_it_frees(q: Arc<dyn Queue>) {
                 (
                     "b",
                     Claim {
+                        tenants: &lanes::store::ROUND_ROBIN,
                         lease_ms: 5_000,
                         ..claim("w", 1, 1)
                     },
@@ -639,6 +646,7 @@ contract!(
 /// batch cancelled meanwhile is not written.
 async fn a_row_refilled_in_a_write_is_the_row_as_stored(q: Arc<dyn Queue>) {
     let routed = NewExecution {
+        tenant: None,
         route: Some("r".into()),
         ..new("a", 5)
     };
@@ -769,6 +777,7 @@ async fn sqlite_a_failed_refill_undoes_its_write_and_leaves_no_transaction_open(
     }
     // A budgeted claim's reservations are the producer's: refused here, and nothing written.
     let budgeted = Claim {
+        tenants: &lanes::store::ROUND_ROBIN,
         budget: Some(lanes::store::Budget {
             rpm: Some(10),
             tpm: None,
@@ -1030,6 +1039,7 @@ async fn aging_raises_waiting_rows_once_per_interval(q: Arc<dyn Queue>) {
 async fn budgets(q: Arc<dyn Queue>) {
     use lanes::store::Budget;
     let with_max = |max_tokens: u32| NewExecution {
+        tenant: None,
         input: ChatInput {
             max_tokens: Some(max_tokens),
             ..ChatInput::prompt("12345678")
@@ -1040,6 +1050,7 @@ async fn budgets(q: Arc<dyn Queue>) {
         q.submit(&with_max(100)).await.unwrap();
     }
     let budgeted = |budget| Claim {
+        tenants: &lanes::store::ROUND_ROBIN,
         budget: Some(budget),
         ..claim("w", 10, 100)
     };
@@ -1165,6 +1176,7 @@ async fn an_unreadable_claimed_row_fails_alone(env: &TestEnv) {
     let ids = q.submit_many(&[new("b", 0), new("b", 0)]).await.unwrap();
     spoil_history(url, ids[0]).await;
     let budgeted = Claim {
+        tenants: &lanes::store::ROUND_ROBIN,
         budget: Some(lanes::store::Budget {
             rpm: Some(10),
             tpm: None,
@@ -1291,6 +1303,7 @@ contract!(claim_cap_twins, claim_caps_match_their_rust_twin);
 /// row and another route's rows stay; the open counts read pending and running alone.
 async fn routed_work_moves_in_shares_and_running_rows_stay(q: Arc<dyn Queue>) {
     let routed = |route: &str| NewExecution {
+        tenant: None,
         route: Some(route.into()),
         ..new("a", 0)
     };
@@ -1343,3 +1356,111 @@ contract!(
     routed_moves,
     routed_work_moves_in_shares_and_running_rows_stay
 );
+
+/// Tenants share a lane: each dialect's claim takes exactly the rows its Rust twin
+/// (`limits::fair_pick`) picks, over random queues (tenants with and without a name,
+/// priorities, rows waiting for a retry, tenants with rows running, weights and tenant
+/// limits), claim after claim.
+async fn fair_claims_match_their_rust_twin(q: Arc<dyn Queue>) {
+    use lanes::limits::{PendingRow, fair_pick};
+    use lanes::store::Tenants;
+    use std::collections::BTreeMap;
+    let mut seed: u64 = 0x5eed_1234_abcd_0001;
+    let mut rand = move |n: u64| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % n
+    };
+    let names = ["", "a", "b", "c", "d"];
+    for round in 0..40 {
+        let provider = format!("fair{}", round / 8);
+        let limit = 60;
+        // New rows: a random tenant and priority each.
+        let batch: Vec<NewExecution> = (0..20 + rand(30))
+            .map(|_| {
+                let t = names[usize::try_from(rand(5)).unwrap()];
+                NewExecution {
+                    tenant: (!t.is_empty()).then(|| t.to_string()),
+                    ..new(&provider, i32::try_from(rand(3)).unwrap())
+                }
+            })
+            .collect();
+        q.submit_many(&batch).await.unwrap();
+        // Some running rows end: completed, or back to pending for a retry not yet due.
+        let running: Vec<_> = q
+            .list(Some(&provider))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.status == Status::Running)
+            .collect();
+        let done = Finish::Completed(Output::of(&serde_json::json!({"text": "x"})).unwrap());
+        let later = Finish::Retry {
+            error: "later".into(),
+            kind: ErrorKind::Unavailable,
+            delay_ms: 600_000,
+            to: None,
+        };
+        let mut ends = Vec::new();
+        for e in &running {
+            if rand(3) == 0 {
+                ends.push((e.id, if rand(2) == 0 { &done } else { &later }));
+            }
+        }
+        q.finish_many("w", &ends).await.unwrap();
+        // What the twin picks from the queue as it stands.
+        let rows = q.list(Some(&provider)).await.unwrap();
+        let now = now_ms();
+        let mut running: BTreeMap<String, u32> = BTreeMap::new();
+        let mut pending = Vec::new();
+        for e in &rows {
+            let tenant = e.tenant.clone().unwrap_or_default();
+            match e.status {
+                Status::Running => *running.entry(tenant).or_default() += 1,
+                Status::Pending => pending.push(PendingRow {
+                    id: e.id,
+                    tenant,
+                    resume: e.resume,
+                    priority: e.priority,
+                    due: e.not_before <= now,
+                }),
+                _ => {}
+            }
+        }
+        let weighted = round % 2 == 1;
+        let weights: BTreeMap<String, f64> = if weighted {
+            [("a".to_string(), 3.0), ("b".to_string(), 0.5)].into()
+        } else {
+            BTreeMap::new()
+        };
+        let tenant_limit = (round % 3 == 2).then_some(4);
+        let rule = Tenants {
+            limit: tenant_limit,
+            weights: weighted.then(|| Arc::from(r#"{"a": 3.0, "b": 0.5}"#)),
+        };
+        let max = u32::try_from(1 + rand(40)).unwrap();
+        let total: u32 = running.values().sum();
+        let take = usize::try_from(max.min(limit - total.min(limit))).unwrap();
+        let mut want = fair_pick(&pending, &running, &weights, tenant_limit, take);
+        let got = q
+            .claim(
+                &provider,
+                Claim {
+                    tenants: &rule,
+                    ..claim("w", max, limit)
+                },
+            )
+            .await
+            .unwrap();
+        let mut got: Vec<i64> = got.iter().map(|e| e.id).collect();
+        got.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(
+            got, want,
+            "round {round}: claim of {max} (limit {limit}, {total} running {running:?}, \
+             tenant limit {tenant_limit:?}, weighted {weighted})"
+        );
+    }
+}
+contract!(fair_claim_twins, fair_claims_match_their_rust_twin);

@@ -257,6 +257,7 @@ impl TestEnv {
 /// A one-message execution for `provider` whose stub behaviour is `extra`.
 pub fn job(provider: &str, extra: serde_json::Value) -> NewExecution {
     NewExecution {
+        tenant: None,
         provider: provider.to_string(),
         input: ChatInput::prompt("hello").with_extra(extra),
         priority: 0,

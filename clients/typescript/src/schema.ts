@@ -205,7 +205,6 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** Every provider: component, limits, queue, last minute's numbers and state. */
         get: operations["providers"];
         put?: never;
         post?: never;
@@ -231,6 +230,22 @@ export interface paths {
         post?: never;
         /** Clear a provider's run-time limit: config or the component's default applies again. */
         delete: operations["clear_limit"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/tenants": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["tenants"];
+        put?: never;
+        post?: never;
+        delete?: never;
         options?: never;
         head?: never;
         patch?: never;
@@ -484,6 +499,8 @@ export interface components {
             provider: string;
             /** @description The route it was submitted to, if it named one. */
             route?: string | null;
+            /** @description The tenant it runs for, if it named one. */
+            tenant?: string | null;
             status: components["schemas"]["Status"];
             /**
              * Format: int32
@@ -909,6 +926,45 @@ export interface components {
             idempotency_key?: string | null;
             /** @description Queue it even though no component or config knows the provider yet. */
             allow_unknown?: boolean;
+            /**
+             * @description The tenant it runs for: 1 to 64 of `a-z A-Z 0-9 _ - . : @`. Tenants share each
+             *     lane fairly (`[providers.NAME] fairness`, `tenant_limit`); work without one is a
+             *     tenant of its own.
+             * @example acme
+             */
+            tenant?: string | null;
+        };
+        /** @description One tenant's executions, across providers. */
+        TenantOut: {
+            /**
+             * @description The tenant; `null` for the executions submitted without one, which share each lane
+             *     as one tenant.
+             */
+            tenant?: string | null;
+            /** Format: int64 */
+            pending: number;
+            /** Format: int64 */
+            running: number;
+            /** Format: int64 */
+            completed: number;
+            /** Format: int64 */
+            failed: number;
+            /** Format: int64 */
+            cancelled: number;
+            /**
+             * Format: double
+             * @description Its `[tenants.NAME] weight` (1 when it sets none), for providers with `fairness =
+             *     "weighted"`.
+             */
+            weight: number;
+        };
+        /** @description The answer of `GET /v1/tenants`. */
+        TenantsOut: {
+            /**
+             * @description Every tenant with executions in the queue, and every tenant the config names, by
+             *     name (the executions without a tenant first).
+             */
+            tenants: components["schemas"]["TenantOut"][];
         };
         /** @description A tool the model may call. */
         Tool: {
@@ -1789,6 +1845,44 @@ export interface operations {
             };
             /** @description Unknown provider */
             404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The database did not answer */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    tenants: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Every tenant's executions */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TenantsOut"];
+                };
+            };
+            /** @description A token is set, and the request has none or another */
+            401: {
                 headers: {
                     [name: string]: unknown;
                 };

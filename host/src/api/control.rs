@@ -16,7 +16,7 @@ use super::metrics::GaugeValues;
 use super::problem::{Json, Path, Problem, Query};
 use super::wire::{
     BudgetOut, ComponentOut, EventOut, EventsQuery, HealthOut, LimitRequest, LimitResponse,
-    LimitsOut, PluginOut, PluginsOut, PoolOut, ProviderOut, ProvidersOut,
+    LimitsOut, PluginOut, PluginsOut, PoolOut, ProviderOut, ProvidersOut, TenantOut, TenantsOut,
 };
 use crate::limits::{LimitInputs, LimitView, Stored, claim_cap};
 use crate::model::{MAX_COUNT, validate_provider_name};
@@ -147,6 +147,45 @@ async fn provider_rows(state: &AppState) -> Result<Vec<(ProviderOut, u32)>, Prob
 }
 
 /// Every provider: component, limits, queue, last minute's numbers and state.
+/// Every tenant's counts (the queue's and the config's tenants), as the API and the
+/// metrics show them.
+pub(super) async fn tenant_rows(state: &AppState) -> Result<Vec<TenantOut>, Problem> {
+    let mut counts = state.control.queue().tenant_counts().await?;
+    let config = state.control.config();
+    for name in config.tenants.keys() {
+        counts.entry(name.clone()).or_default();
+    }
+    Ok(counts
+        .into_iter()
+        .map(|(tenant, c)| TenantOut {
+            weight: config
+                .tenants
+                .get(&tenant)
+                .and_then(|t| t.weight)
+                .unwrap_or(1.0),
+            tenant: (!tenant.is_empty()).then_some(tenant),
+            pending: c.pending,
+            running: c.running,
+            completed: c.completed,
+            failed: c.failed,
+            cancelled: c.cancelled,
+        })
+        .collect())
+}
+
+#[utoipa::path(
+    get, path = "/v1/tenants", tag = "tenants",
+    responses(
+        (status = 200, description = "Every tenant's executions", body = TenantsOut),
+        (status = 503, description = "The database did not answer", content_type = "application/problem+json", body = Problem),
+    )
+)]
+pub async fn tenants(State(state): State<AppState>) -> Result<axum::Json<TenantsOut>, Problem> {
+    Ok(axum::Json(TenantsOut {
+        tenants: tenant_rows(&state).await?,
+    }))
+}
+
 #[utoipa::path(
     get, path = "/v1/providers", tag = "providers",
     responses(
@@ -380,6 +419,8 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, Problem>
     if let Some(pool) = state.control.pool().map(pool_out) {
         state.metrics.set_pool(&pool);
     }
+    let cap = state.control.config().api.metrics_tenants;
+    state.metrics.set_tenants(&tenant_rows(&state).await?, cap);
     Ok((
         StatusCode::OK,
         [(

@@ -33,6 +33,9 @@ pub(super) async fn validate(
     request: SubmitRequest,
 ) -> Result<(NewExecution, Option<IdempotencyKey>), String> {
     validate_provider_name(&request.provider)?;
+    if let Some(tenant) = &request.tenant {
+        crate::model::check_tenant(tenant)?;
+    }
     let config = state.control.config();
     let input = ChatInput::from_value_capped(request.input, config.api.image_cap())
         .map_err(|e| e.to_string())?;
@@ -83,6 +86,7 @@ pub(super) async fn validate(
         priority: request.priority,
         max_attempts,
         route: None,
+        tenant: request.tenant,
     };
     let key = match request.idempotency_key {
         None => None,

@@ -152,10 +152,18 @@ pub(super) fn resolve_model(state: &AppState, model: &str) -> (String, Option<St
 }
 
 /// The body's fingerprint for [`Retries`]: the body and the credentials it came with.
+/// The header that names the tenant a call runs for (`tenant` of a submission).
+pub(super) const TENANT_HEADER: &str = "x-lanes-tenant";
+
 fn fingerprint(headers: &HeaderMap, body: &[u8]) -> [u8; 32] {
     let mut hash = sha2::Sha256::new();
     if let Some(auth) = headers.get("authorization") {
         hash.update(auth.as_bytes());
+    }
+    hash.update([0]);
+    // One tenant's call is never taken for another's retry.
+    if let Some(tenant) = headers.get(TENANT_HEADER) {
+        hash.update(tenant.as_bytes());
     }
     hash.update([0]);
     hash.update(body);
@@ -281,6 +289,19 @@ pub(super) async fn submit(
             ));
         }
     };
+    let tenant = match headers.get(TENANT_HEADER).map(|v| v.to_str()) {
+        None => None,
+        Some(Ok(t)) => {
+            crate::model::check_tenant(t)
+                .map_err(|e| Refused::Invalid(format!("`{TENANT_HEADER}`: {e}")))?;
+            Some(t.to_string())
+        }
+        Some(Err(_)) => {
+            return Err(Refused::Invalid(format!(
+                "`{TENANT_HEADER}` must be visible ASCII"
+            )));
+        }
+    };
     let print = fingerprint(headers, body);
     let held = |id| Held {
         state: state.clone(),
@@ -302,6 +323,7 @@ pub(super) async fn submit(
         max_attempts: None,
         idempotency_key: key,
         allow_unknown: false,
+        tenant,
     };
     let entry = validate(state, request).await.map_err(|e| {
         if e.starts_with("unknown provider") {

@@ -32,6 +32,18 @@ struct TokenLabels {
     direction: String,
 }
 
+/// `tenant`, `status`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabels {
+    tenant: String,
+    status: &'static str,
+}
+
+/// The `tenant` label of the executions without one.
+pub const NO_TENANT: &str = "(none)";
+/// The `tenant` label that sums the tenants past `[api] metrics_tenants`.
+pub const OTHER_TENANTS: &str = "(other)";
+
 /// `file`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FileLabel {
@@ -52,6 +64,7 @@ pub struct Metrics {
     circuit_open: Family<ProviderLabel, Gauge>,
     budget_requests: Family<ProviderLabel, Gauge>,
     budget_tokens: Family<ProviderLabel, Gauge>,
+    tenant_executions: Family<TenantLabels, Gauge>,
     attempts: Family<AttemptLabels, Counter>,
     rate_limited: Family<ProviderLabel, Counter>,
     denied: Family<ProviderLabel, Counter>,
@@ -109,6 +122,7 @@ impl Default for Metrics {
             circuit_open: Family::default(),
             budget_requests: Family::default(),
             budget_tokens: Family::default(),
+            tenant_executions: Family::default(),
             attempts: Family::default(),
             rate_limited: Family::default(),
             denied: Family::default(),
@@ -169,6 +183,12 @@ impl Default for Metrics {
             "budget_tokens",
             "Tokens reserved or used against the provider's tpm budget in the last minute",
             m.budget_tokens.clone(),
+        );
+        registry.register(
+            "tenant_executions",
+            "Executions by tenant and status, across every worker of the queue; tenants past \
+             [api] metrics_tenants (by open work) are summed as tenant=\"(other)\"",
+            m.tenant_executions.clone(),
         );
         registry.register(
             "attempts",
@@ -344,6 +364,41 @@ impl Metrics {
         if let Some((requests, tokens)) = values.budget_used {
             self.budget_requests.get_or_create(&label).set(requests);
             self.budget_tokens.get_or_create(&label).set(tokens);
+        }
+    }
+
+    /// Sets the tenants' gauges: the `cap` tenants with the most open work by name, the
+    /// rest summed as [`OTHER_TENANTS`]. Tenants no longer shown lose their series.
+    pub fn set_tenants(&self, tenants: &[super::wire::TenantOut], cap: usize) {
+        let mut rows: Vec<&super::wire::TenantOut> = tenants.iter().collect();
+        rows.sort_by_key(|t| std::cmp::Reverse(t.pending.saturating_add(t.running)));
+        let mut other = [0u64; 5];
+        self.tenant_executions.clear();
+        for (i, t) in rows.into_iter().enumerate() {
+            let values = [t.pending, t.running, t.completed, t.failed, t.cancelled];
+            if i >= cap {
+                for (sum, v) in other.iter_mut().zip(values) {
+                    *sum = sum.saturating_add(v);
+                }
+                continue;
+            }
+            let name = t.tenant.as_deref().unwrap_or(NO_TENANT);
+            self.set_tenant(name, values);
+        }
+        if tenants.len() > cap {
+            self.set_tenant(OTHER_TENANTS, other);
+        }
+    }
+
+    fn set_tenant(&self, tenant: &str, values: [u64; 5]) {
+        const STATUSES: [&str; 5] = ["pending", "running", "completed", "failed", "cancelled"];
+        for (status, v) in STATUSES.into_iter().zip(values) {
+            self.tenant_executions
+                .get_or_create(&TenantLabels {
+                    tenant: tenant.to_string(),
+                    status,
+                })
+                .set(i64::try_from(v).unwrap_or(i64::MAX));
         }
     }
 

@@ -117,6 +117,7 @@ impl ApiServer {
         executions::cancel,
         streams::stream,
         control::providers,
+        control::tenants,
         control::set_limit,
         control::clear_limit,
         control::plugins,
@@ -312,6 +313,7 @@ fn router(state: AppState, max_body_bytes: u64) -> Router {
         .route("/v1/executions/{id}/cancel", post(executions::cancel))
         .route("/v1/executions/{id}/stream", get(streams::stream))
         .route("/v1/providers", get(control::providers))
+        .route("/v1/tenants", get(control::tenants))
         .route(
             "/v1/providers/{name}/limit",
             put(control::set_limit).delete(control::clear_limit),

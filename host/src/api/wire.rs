@@ -32,6 +32,12 @@ pub struct SubmitRequest {
     /// Queue it even though no component or config knows the provider yet.
     #[serde(default)]
     pub allow_unknown: bool,
+    /// The tenant it runs for: 1 to 64 of `a-z A-Z 0-9 _ - . : @`. Tenants share each
+    /// lane fairly (`[providers.NAME] fairness`, `tenant_limit`); work without one is a
+    /// tenant of its own.
+    #[serde(default)]
+    #[schema(example = "acme")]
+    pub tenant: Option<String>,
 }
 
 /// Up to 1,000 submissions, written in one transaction: all or none.
@@ -65,6 +71,9 @@ pub struct ExecutionOut {
     /// The route it was submitted to, if it named one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub route: Option<String>,
+    /// The tenant it runs for, if it named one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
     #[schema(value_type = StatusDoc)]
     pub status: String,
     /// The effective priority: as submitted, plus what aging added (`aged`).
@@ -133,6 +142,7 @@ impl From<Execution> for ExecutionOut {
             id: e.id,
             provider: e.provider,
             route: e.route,
+            tenant: e.tenant,
             status: e.status.as_str().to_string(),
             priority: e.priority,
             aged: e.aged,
@@ -268,6 +278,30 @@ pub struct BudgetOut {
     pub requests: i64,
     /// Tokens reserved (estimates) or used (settled) in the last minute.
     pub tokens: i64,
+}
+
+/// One tenant's executions, across providers.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TenantOut {
+    /// The tenant; `null` for the executions submitted without one, which share each lane
+    /// as one tenant.
+    pub tenant: Option<String>,
+    pub pending: u64,
+    pub running: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    /// Its `[tenants.NAME] weight` (1 when it sets none), for providers with `fairness =
+    /// "weighted"`.
+    pub weight: f64,
+}
+
+/// The answer of `GET /v1/tenants`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TenantsOut {
+    /// Every tenant with executions in the queue, and every tenant the config names, by
+    /// name (the executions without a tenant first).
+    pub tenants: Vec<TenantOut>,
 }
 
 /// The answer of `GET /v1/providers`.

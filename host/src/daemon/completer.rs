@@ -77,6 +77,8 @@ pub struct Offer {
     pub slots: u32,
     /// The provider's limit.
     pub limit: u32,
+    /// How the lane is shared among tenants.
+    pub tenants: crate::store::Tenants,
 }
 
 /// The queue as a [`ResultSink`].
@@ -119,6 +121,7 @@ impl ResultSink for QueueSink {
                     limit: o.limit,
                     lease_ms: self.lease_ms,
                     budget: None,
+                    tenants: &o.tenants,
                 };
                 (&*o.provider, claim)
             })
@@ -581,6 +584,10 @@ impl Worker {
                 provider: lane.name_arc(),
                 slots,
                 limit: lane.limit(),
+                tenants: lane
+                    .provider()
+                    .map(|p| p.policy.tenants.clone())
+                    .unwrap_or_default(),
             })
             .collect()
     }

@@ -210,6 +210,7 @@ impl Producer {
                     limit: self.lane.limit(),
                     lease_ms: i64::try_from(shared.config.get().lease_ms).unwrap_or(i64::MAX),
                     budget: provider.policy.budget,
+                    tenants: &provider.policy.tenants,
                 },
             )
             .await;

@@ -262,6 +262,9 @@ pub trait Queue: Send + Sync + 'static {
     /// Counts by provider and status.
     async fn counts(&self) -> Result<BTreeMap<String, StatusCounts>, StoreError>;
 
+    /// Counts by tenant (`""` for the rows without one) and status, across providers.
+    async fn tenant_counts(&self) -> Result<BTreeMap<String, StatusCounts>, StoreError>;
+
     /// The running and pending rows of each of `providers` (the other counts stay 0). It
     /// reads the partial indexes of open rows only, so its cost does not grow with the
     /// history, unlike [`Queue::counts`]: routes read it for each routed submission.
@@ -464,13 +467,17 @@ pub struct IdempotencyKey {
 impl IdempotencyKey {
     /// `key` with the fingerprint of `new` as submitted, before a route picks its member
     /// (the same request gives the same fingerprint wherever it ran): its provider or
-    /// route, input, priority and max attempts.
+    /// route, input, priority and max attempts, and its tenant when it names one.
     pub fn of(key: String, new: &NewExecution) -> Result<Self, StoreError> {
         use sha2::Digest;
-        // The normalized request: `{"prompt": …}` and its messages form are the same.
-        let normalized =
-            serde_json::to_string(&(&new.provider, &new.input, new.priority, new.max_attempts))
-                .map_err(|e| StoreError::Other(format!("serializing input: {e}")))?;
+        // The normalized request: `{"prompt": …}` and its messages form are the same. The
+        // tenant joins only when set, so a key stored before tenants keeps its fingerprint.
+        let base = (&new.provider, &new.input, new.priority, new.max_attempts);
+        let normalized = match &new.tenant {
+            None => serde_json::to_string(&base),
+            Some(tenant) => serde_json::to_string(&(base, tenant)),
+        }
+        .map_err(|e| StoreError::Other(format!("serializing input: {e}")))?;
         Ok(IdempotencyKey {
             key,
             fingerprint: hex::encode(sha2::Sha256::digest(normalized.as_bytes())),
@@ -607,7 +614,33 @@ pub struct Claim<'a> {
     /// The provider's requests and tokens per minute, when it has a budget: the claim then
     /// also reserves against it (see [`Budget`]).
     pub budget: Option<Budget>,
+    /// How the claim shares the lane among tenants.
+    pub tenants: &'a Tenants,
 }
+
+/// How a provider's lane is shared among the tenants with work in it (the last step of
+/// the limit's rule, `crate::limits::fair_pick`): `[providers.NAME] tenant_limit` and
+/// `fairness`, with `[tenants.NAME] weight`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tenants {
+    /// The most rows of one tenant running at once, across the fleet.
+    pub limit: Option<u32>,
+    /// Under `fairness = "weighted"`, each named tenant's weight as a JSON object
+    /// (`{"acme": 2.5}`; a tenant it does not name weighs 1). `None`: round robin, every
+    /// tenant weighs 1.
+    pub weights: Option<std::sync::Arc<str>>,
+}
+
+impl Tenants {
+    /// Round robin, with no tenant limit: what a provider without tenant settings gets.
+    pub const NONE: Tenants = Tenants {
+        limit: None,
+        weights: None,
+    };
+}
+
+/// [`Tenants::NONE`] to borrow: a claim of a provider without tenant settings.
+pub static ROUND_ROBIN: Tenants = Tenants::NONE;
 
 /// A provider's budget per minute, across the fleet.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -694,7 +727,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Queue>, StoreError> {
 /// The columns every execution query returns: the fields of [`ExecutionRow`].
 pub(crate) const COLUMNS: &str = "id, provider, status, priority, input, output, error, \
     error_kind, attempts, max_attempts, not_before, resume, created_at, started_at, \
-    finished_at, owner, lease_until, worker, history, rate_limited, aged, route";
+    finished_at, owner, lease_until, worker, history, rate_limited, aged, route, tenant";
 
 /// An execution as both backends store it. Read from a row, or (SQLite's batch write)
 /// from a JSON array of [`COLUMNS`]' values, in that order.
@@ -722,6 +755,8 @@ pub(crate) struct ExecutionRow {
     rate_limited: i32,
     aged: i32,
     route: Option<String>,
+    /// `''` for none: a key column, so that one index holds each tenant's pending rows.
+    tenant: String,
 }
 
 /// Reads an execution from a row of either backend.
@@ -759,6 +794,7 @@ pub(crate) fn execution_from_raw(raw: ExecutionRow) -> Result<Execution, StoreEr
         rate_limited: raw.rate_limited,
         aged: raw.aged,
         route: raw.route,
+        tenant: (!raw.tenant.is_empty()).then_some(raw.tenant),
         max_attempts: raw.max_attempts,
         not_before: raw.not_before,
         resume: raw.resume,
@@ -963,7 +999,7 @@ pub(crate) fn fold_counts(
     for (provider, status, n) in rows {
         let status: Status = status
             .parse()
-            .map_err(|e: String| StoreError::Other(format!("provider {provider}: {e}")))?;
+            .map_err(|e: String| StoreError::Other(format!("counts of `{provider}`: {e}")))?;
         counts
             .entry(provider)
             .or_default()

@@ -149,19 +149,23 @@ async fn claim_rows<'e, E>(
 where
     E: sqlx::Executor<'e, Database = sqlx::Postgres>,
 {
-    // One round trip: `lanes_claim` (migrations 0002, 0006, 0010, 0011, 0012) takes the
+    // One round trip: `lanes_claim` (migrations 0002, 0006, 0010-0012, 0015) takes the
     // provider's advisory lock, counts its running rows across the fleet, and takes up to
-    // the room left with `FOR UPDATE SKIP LOCKED` (by primary key). Its cap (none while
-    // paused, one while an open circuit probes, at most the adaptive limit) is the
-    // PostgreSQL twin of `crate::limits::claim_cap`, the rule's owner; the store test
-    // `claim_caps_match_their_rust_twin` holds them equal.
-    sqlx::query("SELECT * FROM lanes_claim($1, $2, $3, $4, $5, $6)")
+    // the room left with `FOR UPDATE SKIP LOCKED` (by primary key), shared among the
+    // tenants. Its cap (none while paused, one while an open circuit probes, at most the
+    // adaptive limit) is the PostgreSQL twin of `crate::limits::claim_cap`, and its order
+    // that of `crate::limits::fair_pick`; the store tests
+    // `claim_caps_match_their_rust_twin` and `fair_claims_match_their_rust_twin` hold them
+    // equal.
+    sqlx::query("SELECT * FROM lanes_claim($1, $2, $3, $4, $5, $6, $7, $8::jsonb)")
         .bind(channel)
         .bind(provider)
         .bind(claim.owner)
         .bind(i64::from(max))
         .bind(i64::from(claim.limit))
         .bind(claim.lease_ms)
+        .bind(claim.tenants.limit.map(i64::from))
+        .bind(claim.tenants.weights.as_deref())
         .fetch_all(executor)
         .await
         .op("claiming executions")
@@ -338,8 +342,8 @@ async fn insert(
         .map_err(|e| StoreError::Other(format!("serializing input: {e}")))?;
     sqlx::query_scalar(&format!(
         "INSERT INTO executions (provider, priority, input, max_attempts, not_before, created_at,
-                                 idempotency_key, request_hash, route)
-         VALUES ($1, $2, $3, $4, {NOW_MS}, {NOW_MS}, $5, $6, $7)
+                                 idempotency_key, request_hash, route, tenant)
+         VALUES ($1, $2, $3, $4, {NOW_MS}, {NOW_MS}, $5, $6, $7, COALESCE($8, ''))
          ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
          RETURNING id"
     ))
@@ -350,6 +354,7 @@ async fn insert(
     .bind(key.map(|k| &k.key))
     .bind(key.map(|k| &k.fingerprint))
     .bind(&new.route)
+    .bind(&new.tenant)
     .fetch_optional(tx)
     .await
     .op("submitting an execution")
@@ -378,8 +383,10 @@ impl Queue for PgQueue {
             let mut inputs = Vec::with_capacity(chunk.len());
             let mut max_attempts = Vec::with_capacity(chunk.len());
             let mut routes = Vec::with_capacity(chunk.len());
+            let mut tenants = Vec::with_capacity(chunk.len());
             for n in chunk {
                 routes.push(n.route.as_deref());
+                tenants.push(n.tenant.as_deref().unwrap_or(""));
                 providers.push(n.provider.as_str());
                 priorities.push(n.priority);
                 inputs.push(
@@ -390,11 +397,13 @@ impl Queue for PgQueue {
             }
             let mut chunk_ids: Vec<i64> = sqlx::query_scalar(&format!(
                 "INSERT INTO executions (provider, priority, input, max_attempts, not_before,
-                                         created_at, route)
+                                         created_at, route, tenant)
                  SELECT b.provider, b.priority, b.input, b.max_attempts, {NOW_MS}, {NOW_MS},
-                        b.route
-                   FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::text[])
-                        WITH ORDINALITY AS b(provider, priority, input, max_attempts, route, n)
+                        b.route, b.tenant
+                   FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::text[],
+                               $6::text[])
+                        WITH ORDINALITY AS b(provider, priority, input, max_attempts, route,
+                                             tenant, n)
                   ORDER BY b.n
                  RETURNING id"
             ))
@@ -403,6 +412,7 @@ impl Queue for PgQueue {
             .bind(&inputs)
             .bind(&max_attempts)
             .bind(&routes)
+            .bind(&tenants)
             .fetch_all(&mut *tx)
             .await
             .op(OP)?;
@@ -732,6 +742,16 @@ impl Queue for PgQueue {
         .fetch_all(&self.pool)
         .await
         .op("counting executions")?;
+        fold_counts(rows)
+    }
+
+    async fn tenant_counts(&self) -> Result<BTreeMap<String, StatusCounts>, StoreError> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT tenant, status, COUNT(*) FROM executions GROUP BY tenant, status",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .op("counting executions by tenant")?;
         fold_counts(rows)
     }
 
@@ -1264,6 +1284,7 @@ mod tests {
             priority: 0,
             max_attempts: 1,
             route: None,
+            tenant: None,
         }
     }
 
@@ -1285,6 +1306,7 @@ mod tests {
             .await
             .unwrap();
         let claim = |owner, max| Claim {
+            tenants: &crate::store::ROUND_ROBIN,
             owner,
             max,
             limit: 5_000,
@@ -1367,7 +1389,8 @@ mod tests {
             return;
         };
         let mut conn = pool.acquire().await.unwrap();
-        let claim = "SELECT id FROM lanes_claim('lanes:test', 'p', 'w', $1, 100000, 60000)";
+        let claim =
+            "SELECT id FROM lanes_claim('lanes:test', 'p', 'w', $1, 100000, 60000, NULL, NULL)";
         // More runs than PostgreSQL plans for their values before it keeps a generic plan.
         for _ in 0..8 {
             let none: Vec<i64> = sqlx::query_scalar(claim)
@@ -1431,6 +1454,7 @@ mod tests {
         let rows: Vec<NewExecution> = (0..5_000).map(|_| new("p")).collect();
         queue.submit_many(&rows).await.unwrap();
         let claim = Claim {
+            tenants: &crate::store::ROUND_ROBIN,
             owner: "w",
             max: 500,
             limit: 5_000,
@@ -1503,6 +1527,7 @@ mod tests {
         // instead of hanging the test.
         const WAIT: Duration = Duration::from_secs(10);
         let budgeted = Claim {
+            tenants: &crate::store::ROUND_ROBIN,
             owner: "w",
             max: 1,
             limit: 10,

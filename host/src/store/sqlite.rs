@@ -61,24 +61,84 @@ fn claim_cap(now: &str, provider: &str, limit: &str) -> String {
 }
 
 /// The claim statement, with its parameters named: the owner, now, the provider, the most
-/// rows, the limit and the lease. One statement: SQLite serializes writers, so the running
-/// count, the sub-select and the update see the same rows and no other claim can come in
-/// between.
-fn claim_sql(params: [&str; 6]) -> String {
+/// rows, the limit, the lease, the tenant limit and the tenants' weights (see
+/// [`claim_parts`]). One statement: SQLite serializes writers, so the running count, the
+/// sub-select and the update see the same rows and no other claim can come in between.
+fn claim_sql(params: [&str; 8]) -> String {
     let (picked, set) = claim_parts(params);
     format!("UPDATE executions SET {set} WHERE id IN ({picked}) RETURNING {COLUMNS}")
 }
 
 /// A claim's two halves (parameters as in [`claim_sql`]): the sub-select of the ids it
 /// takes, and what it sets on them.
-fn claim_parts([owner, now, provider, max, limit, lease]: [&str; 6]) -> (String, String) {
+///
+/// The ids are a merge of the tenants' queues, the SQLite twin of
+/// [`crate::limits::fair_pick`] (`fair_claims_match_their_rust_twin` holds them equal): a
+/// recursive query whose `ORDER BY` makes its queue a priority queue. It starts with each
+/// tenant's first due row (the tenants found by a skip scan of `executions_tenant_pending`)
+/// and, each time it takes a tenant's row, puts that tenant's next row in the queue, its
+/// share key one higher; its `LIMIT` is the room under the cap. So its work follows the
+/// tenants with pending rows and the rows it takes, never the backlog behind them. A
+/// tenant's next row is the next of the same class (`resume`, `priority`) by id, else the
+/// first of a lower class: each an index seek.
+fn claim_parts(
+    [
+        owner,
+        now,
+        provider,
+        max,
+        limit,
+        lease,
+        tenant_limit,
+        weights,
+    ]: [&str; 8],
+) -> (String, String) {
+    let due = format!("provider = {provider} AND status = 'pending' AND not_before <= {now}");
     let picked = format!(
-        "SELECT id FROM executions
-          WHERE provider = {provider} AND status = 'pending' AND not_before <= {now}
-          ORDER BY resume DESC, priority DESC, id
-          LIMIT MAX(0, MIN({max}, {cap} - (SELECT COUNT(*) FROM executions
-                                            WHERE provider = {provider}
-                                              AND status = 'running')))",
+        "WITH RECURSIVE
+           tenants(t) AS (
+             SELECT (SELECT MIN(tenant) FROM executions
+                      WHERE provider = {provider} AND status = 'pending')
+             UNION ALL
+             SELECT (SELECT MIN(tenant) FROM executions
+                      WHERE provider = {provider} AND status = 'pending' AND tenant > tenants.t)
+               FROM tenants WHERE tenants.t IS NOT NULL),
+           running(t, n) AS (
+             SELECT tenant, COUNT(*) FROM executions
+              WHERE provider = {provider} AND status = 'running' GROUP BY tenant),
+           seeds(t, n, w) AS (
+             SELECT tenants.t, COALESCE(running.n, 0),
+                    COALESCE((SELECT value FROM json_each({weights})
+                               WHERE key = tenants.t), 1.0)
+               FROM tenants LEFT JOIN running ON running.t = tenants.t
+              WHERE tenants.t IS NOT NULL
+                AND ({tenant_limit} IS NULL OR COALESCE(running.n, 0) < {tenant_limit})),
+           queue(id, t, n, w, k, resume, priority, share) AS (
+             SELECT e.id, s.t, s.n, s.w, 1, e.resume, e.priority, s.n * 1.0 / s.w
+               FROM seeds s JOIN executions e ON e.id = (
+                 SELECT id FROM executions WHERE {due} AND tenant = s.t
+                  ORDER BY resume DESC, priority DESC, id LIMIT 1)
+             UNION ALL
+             SELECT e.id, q.t, q.n, q.w, q.k + 1, e.resume, e.priority,
+                    (q.n + q.k) * 1.0 / q.w
+               FROM queue q JOIN executions e ON e.id = COALESCE(
+                 (SELECT id FROM executions
+                   WHERE {due} AND tenant = q.t AND resume = q.resume
+                     AND priority = q.priority AND id > q.id
+                   ORDER BY id LIMIT 1),
+                 (SELECT id FROM executions
+                   WHERE {due} AND tenant = q.t AND resume = q.resume
+                     AND priority < q.priority
+                   ORDER BY priority DESC, id LIMIT 1),
+                 (SELECT id FROM executions
+                   WHERE {due} AND tenant = q.t AND resume < q.resume
+                   ORDER BY resume DESC, priority DESC, id LIMIT 1))
+              WHERE {tenant_limit} IS NULL OR q.n + q.k < {tenant_limit}
+              ORDER BY 6 DESC, 7 DESC, 8, 1
+              LIMIT MAX(0, MIN({max}, {cap} - (SELECT COUNT(*) FROM executions
+                                                WHERE provider = {provider}
+                                                  AND status = 'running'))))
+         SELECT id FROM queue",
         cap = claim_cap(now, provider, limit)
     );
     let set = format!(
@@ -99,22 +159,23 @@ fn claim_parts([owner, now, provider, max, limit, lease]: [&str; 6]) -> (String,
 /// limit 256, 7 alternated pairs (with [`WRITTEN_SQL`] for the written ids): the run's
 /// median went from 19.1k executions/s to 23.7k, and its ratio to the bare cycle in the
 /// same run from 0.31 to 0.37.
-fn claim_json_sql(params: [&str; 6]) -> String {
-    let [owner, now, _, _, _, lease] = params;
+fn claim_json_sql(params: [&str; 8]) -> String {
+    let [owner, now, _, _, _, lease, _, _] = params;
     let (picked, set) = claim_parts(params);
     format!(
         "SELECT json_group_array(json_array(
                 id, provider, 'running', priority, input, output, error, error_kind,
                 attempts + 1, max_attempts, not_before, json('false'), created_at, {now},
                 finished_at, {owner}, {now} + {lease}, {owner}, history, rate_limited, aged,
-                route))
+                route, tenant))
            FROM executions WHERE id IN ({picked});
          UPDATE executions SET {set} WHERE id IN ({picked})"
     )
 }
 
 /// The claim statement of [`claim_rows`].
-static CLAIM: LazyLock<String> = LazyLock::new(|| claim_sql(["?1", "?2", "?3", "?4", "?5", "?6"]));
+static CLAIM: LazyLock<String> =
+    LazyLock::new(|| claim_sql(["?1", "?2", "?3", "?4", "?5", "?6", "?7", "?8"]));
 
 /// Rows per statement of a batched submission.
 const SUBMIT_CHUNK: usize = 5000;
@@ -137,6 +198,8 @@ where
         .bind(i64::from(max))
         .bind(i64::from(claim.limit))
         .bind(claim.lease_ms)
+        .bind(claim.tenants.limit.map(i64::from))
+        .bind(claim.tenants.weights.as_deref())
         .fetch_all(executor)
         .await
         .op("claiming executions")
@@ -341,8 +404,8 @@ fn build_finish_sql(moves: bool) -> String {
 type Padded = (Arc<str>, usize);
 
 /// The batch write and `claims` claims after it, in one transaction: `?1`–`?3` as in
-/// [`finish_sql`], and for claim `k` (from 0) the provider, the most rows, the limit and the
-/// lease as `?(4+4k)` to `?(7+4k)`. It returns one row with the ids written
+/// [`finish_sql`], and for claim `k` (from 0) the provider, the most rows, the limit, the
+/// lease, the tenant limit and the weights as `?(4+6k)` to `?(9+6k)`. It returns one row with the ids written
 /// ([`WRITTEN_SQL`]), then one for each claim ([`claim_json_sql`]): a handful of rows
 /// however large the batch. Built once for each form and count (a daemon has few lanes).
 ///
@@ -354,10 +417,18 @@ fn finish_and_claim_sql(form: Form, claims: usize) -> Padded {
     let sql = built.entry((form, claims)).or_insert_with(|| {
         let mut sql = format!("BEGIN IMMEDIATE; {WRITTEN_SQL}; {};", finish_update(form));
         for k in 0..claims {
-            let p = |i: usize| format!("?{}", 4 + 4 * k + i);
+            let p = |i: usize| format!("?{}", 4 + 6 * k + i);
             let (provider, max, limit, lease) = (p(0), p(1), p(2), p(3));
+            let (tenant_limit, weights) = (p(4), p(5));
             sql.push_str(&claim_json_sql([
-                "?2", "?3", &provider, &max, &limit, &lease,
+                "?2",
+                "?3",
+                &provider,
+                &max,
+                &limit,
+                &lease,
+                &tenant_limit,
+                &weights,
             ]));
             sql.push(';');
         }
@@ -553,8 +624,8 @@ async fn insert(
         .map_err(|e| StoreError::Other(format!("serializing input: {e}")))?;
     sqlx::query_scalar(
         "INSERT INTO executions (provider, priority, input, max_attempts, not_before, created_at,
-                                 idempotency_key, request_hash, route)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8)
+                                 idempotency_key, request_hash, route, tenant)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, COALESCE(?9, ''))
          ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
          RETURNING id",
     )
@@ -566,6 +637,7 @@ async fn insert(
     .bind(key.map(|k| &k.key))
     .bind(key.map(|k| &k.fingerprint))
     .bind(&new.route)
+    .bind(&new.tenant)
     .fetch_optional(conn)
     .await
     .op("submitting an execution")
@@ -588,15 +660,22 @@ impl Queue for SqliteQueue {
         // One statement per chunk over a JSON array of rows; the input is embedded as JSON
         // and stored as SQLite's text of it.
         for chunk in new.chunks(SUBMIT_CHUNK) {
-            // Each `json_extract` parses its row again: a chunk without routes (the common
-            // case) leaves the route column out (measured: +20% submit time with it).
+            // Each `json_extract` parses its row again: a chunk without routes or tenants
+            // (the common case) leaves those columns out (measured: +20% submit time with
+            // the route).
             let routed = chunk.iter().any(|n| n.route.is_some());
-            let rows = if routed {
-                json_rows(
-                    chunk
-                        .iter()
-                        .map(|n| (&n.provider, n.priority, &n.input, n.max_attempts, &n.route)),
-                )?
+            let tenanted = chunk.iter().any(|n| n.tenant.is_some());
+            let rows = if routed || tenanted {
+                json_rows(chunk.iter().map(|n| {
+                    (
+                        &n.provider,
+                        n.priority,
+                        &n.input,
+                        n.max_attempts,
+                        &n.route,
+                        n.tenant.as_deref().unwrap_or(""),
+                    )
+                }))?
             } else {
                 json_rows(
                     chunk
@@ -604,17 +683,20 @@ impl Queue for SqliteQueue {
                         .map(|n| (&n.provider, n.priority, &n.input, n.max_attempts)),
                 )?
             };
-            let (route_column, route_value) = if routed {
-                (", route", ", json_extract(value, '$[4]')")
+            let (extra_columns, extra_values) = if routed || tenanted {
+                (
+                    ", route, tenant",
+                    ", json_extract(value, '$[4]'), json_extract(value, '$[5]')",
+                )
             } else {
                 ("", "")
             };
             let mut chunk_ids: Vec<i64> = sqlx::query_scalar(&format!(
                 "INSERT INTO executions (provider, priority, input, max_attempts, not_before,
-                                         created_at{route_column})
+                                         created_at{extra_columns})
                  SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
                         json_extract(value, '$[2]'), json_extract(value, '$[3]'), ?2, ?2
-                        {route_value}
+                        {extra_values}
                    FROM json_each(?1) ORDER BY key
                  RETURNING id"
             ))
@@ -791,7 +873,9 @@ impl Queue for SqliteQueue {
                 .bind(*provider)
                 .bind(i64::from(claim.max))
                 .bind(i64::from(claim.limit))
-                .bind(claim.lease_ms);
+                .bind(claim.lease_ms)
+                .bind(claim.tenants.limit.map(i64::from))
+                .bind(claim.tenants.weights.as_deref());
         }
         for _ in 0..pad {
             query = query.bind(None::<i64>);
@@ -884,6 +968,16 @@ impl Queue for SqliteQueue {
         .fetch_all(&self.pool)
         .await
         .op("counting executions")?;
+        fold_counts(rows)
+    }
+
+    async fn tenant_counts(&self) -> Result<BTreeMap<String, StatusCounts>, StoreError> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT tenant, status, COUNT(*) FROM executions GROUP BY tenant, status",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .op("counting executions by tenant")?;
         fold_counts(rows)
     }
 

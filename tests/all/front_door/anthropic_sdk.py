@@ -26,7 +26,7 @@ raw = client.messages.with_raw_response.create(
     max_tokens=7,
     system="be brief",
     messages=hello,
-    extra_headers={"x-lanes-priority": "3"},
+    extra_headers={"x-lanes-priority": "3", "x-lanes-tenant": "team:b"},
 )
 alias_id = int(raw.headers["x-lanes-execution-id"])
 assert raw.parse().model == "stub-model", raw.parse()

@@ -76,12 +76,13 @@ class Reply(BaseModel):
 parsed = client.chat.completions.parse(model="ostream", messages=hello, response_format=Reply)
 assert parsed.choices[0].message.parsed == Reply(reply="stub reply to: hello there"), parsed
 
-# An alias, the model given to the provider, the priority carried, the execution named.
+# An alias, the model given to the provider, the priority and tenant carried, the
+# execution named.
 raw = client.chat.completions.with_raw_response.create(
     model="fast",
     messages=[{"role": "system", "content": "be brief"}] + hello,
     max_tokens=7,
-    extra_headers={"x-lanes-priority": "5"},
+    extra_headers={"x-lanes-priority": "5", "x-lanes-tenant": "acme"},
 )
 alias_id = int(raw.headers["x-lanes-execution-id"])
 assert raw.parse().model == "stub-model", raw.parse()
@@ -111,6 +112,13 @@ try:
     raise AssertionError("logprobs was taken")
 except openai.BadRequestError as e:
     assert "logprobs" in str(e), e
+try:
+    client.chat.completions.create(
+        model="stub", messages=hello, extra_headers={"x-lanes-tenant": "a b"}
+    )
+    raise AssertionError("a bad tenant was taken")
+except openai.BadRequestError as e:
+    assert "x-lanes-tenant" in str(e), e
 try:
     OpenAI(base_url=url, api_key="wrong", max_retries=0).chat.completions.create(
         model="stub", messages=hello
