@@ -7,6 +7,7 @@ pub mod api;
 pub mod attempt;
 pub mod cli;
 pub mod config;
+pub mod costs;
 pub mod daemon;
 pub mod demo;
 pub mod errors;
