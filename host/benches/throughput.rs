@@ -61,6 +61,12 @@
 //!     CPU ÷ the deltas is lanes' cost per delta, its storage and serving included (target
 //!     ≤ 2 µs).
 //!
+//! 17. Tenants (issue 43): no-op throughput of the first N executions with all of them
+//!     pending across 1,000 tenants, beside the same with one tenant, alternated, best of 3
+//!     each: 1,000 ÷ 1 (target ≥ 0.8). Then the deep queue with tenants: the first N with
+//!     1,000,000 pending across 100 tenants ÷ the first N with N pending across the same
+//!     (target 0.8, as for one tenant).
+//!
 //! `cargo bench -- --quick` runs a smaller version (CI uses it to prove the benchmark runs).
 
 use std::collections::{BTreeMap, VecDeque};
@@ -416,6 +422,11 @@ async fn submit_rate(n: usize) {
 
 /// No-op throughput over the first `measured` executions, with `depth` pending at start.
 async fn drain_rate(depth: usize, measured: usize) -> f64 {
+    drain_rate_of(depth, measured, 1).await
+}
+
+/// As [`drain_rate`], with the pending rows spread over `tenants` tenants in turn.
+async fn drain_rate_of(depth: usize, measured: usize, tenants: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let config = config(&dir, &[("deep", stub(256, 0))]);
     let queue = Arc::new(
@@ -423,7 +434,13 @@ async fn drain_rate(depth: usize, measured: usize) -> f64 {
             .await
             .expect("queue"),
     );
-    for chunk in jobs("deep", depth).chunks(10_000) {
+    let mut all = jobs("deep", depth);
+    if tenants > 1 {
+        for (i, job) in all.iter_mut().enumerate() {
+            job.tenant = Some(format!("tenant-{}", i % tenants));
+        }
+    }
+    for chunk in all.chunks(10_000) {
         queue.submit_many(chunk).await.unwrap();
     }
     let daemon = Daemon::start(config, queue.clone()).await.expect("daemon");
@@ -442,6 +459,25 @@ async fn deep_queue(shallow: usize, deep: usize) {
     println!(
         "deep queue: first {measured} no-ops with {deep} pending {large:.0}/s, with {shallow} pending \
          {small:.0}/s: ratio {:.2} (target 0.8)",
+        large / small
+    );
+}
+
+/// Issue 43's figures: the cost of sharing a lane among many tenants.
+async fn tenants(measured: usize, deep: usize, rounds: usize) {
+    let (mut one, mut many) = (0.0_f64, 0.0_f64);
+    for _ in 0..rounds {
+        one = one.max(drain_rate_of(measured, measured, 1).await);
+        many = many.max(drain_rate_of(measured, measured, 1_000).await);
+    }
+    println!(
+        "tenants: {measured} no-ops pending across 1,000 tenants {many:.0}/s, across 1          {one:.0}/s (best of {rounds} alternated): ratio {:.2} (target 0.8)",
+        many / one
+    );
+    let small = drain_rate_of(measured, measured, 100).await;
+    let large = drain_rate_of(deep, measured, 100).await;
+    println!(
+        "  deep queue across 100 tenants: first {measured} with {deep} pending {large:.0}/s,          with {measured} pending {small:.0}/s: ratio {:.2} (target 0.8)",
         large / small
     );
 }
@@ -1285,6 +1321,13 @@ fn main() {
         }
         if run("deep") {
             deep_queue(if quick { 2_000 } else { 10_000 }, deep).await;
+        }
+        if run("tenants") {
+            if quick {
+                tenants(2_000, 20_000, 1).await;
+            } else {
+                tenants(20_000, 1_000_000, 3).await;
+            }
         }
         if run("isolation") {
             isolation(if quick { 100 } else { 400 }).await;

@@ -265,6 +265,7 @@ fn image_v02(
 /// text).
 pub fn output_v01(response: v01::ChatResponse) -> ChatOutput {
     ChatOutput {
+        cost: None,
         content: Some(ChatOutput::text_parts(&response.text)),
         text: response.text,
         refusal: None,
@@ -334,6 +335,7 @@ pub fn output_v02(response: v02::ChatResponse) -> ChatOutput {
         })
         .collect();
     ChatOutput {
+        cost: None,
         text,
         content: Some(content),
         refusal: response.refusal,

@@ -53,6 +53,22 @@ pub enum Command {
     /// Write executions as JSON Lines on stdout, newest first, in lanes' shape or OpenAI
     /// Batch's output shape (`--format openai`).
     Export(crate::jsonl::ExportArgs),
+    /// Usage and cost of the executions completed in a time range, by provider, model or
+    /// tenant.
+    Usage {
+        /// What to group by.
+        #[arg(long, value_enum, default_value = "provider")]
+        by: UsageByArg,
+        /// From: RFC 3339 (`2026-05-01T00:00:00Z`) or a duration back from now (`90s`,
+        /// `30m`, `1h`, `2d`).
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// Until (not included), in the same forms; default now.
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show one execution; `--follow` prints its streamed answer as it comes, then shows it.
     Get {
         id: i64,
@@ -539,6 +555,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             daemon.shutdown(grace).await;
         }
         Command::Submit(args) => submit(&config, args).await?,
+        Command::Usage {
+            by,
+            since,
+            until,
+            json,
+        } => usage(&config, by.into(), &since, until.as_deref(), json).await?,
         Command::Export(args) => {
             let filter = args.filter()?;
             let queue = open_queue(&config).await?;
@@ -904,6 +926,114 @@ fn print_execution(e: &Execution, json: bool) -> anyhow::Result<()> {
                 a.worker.as_deref().unwrap_or("-")
             );
         }
+    }
+    Ok(())
+}
+
+/// `lanes usage --by`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum UsageByArg {
+    Provider,
+    Model,
+    Tenant,
+}
+
+impl From<UsageByArg> for crate::store::UsageBy {
+    fn from(by: UsageByArg) -> Self {
+        match by {
+            UsageByArg::Provider => crate::store::UsageBy::Provider,
+            UsageByArg::Model => crate::store::UsageBy::Model,
+            UsageByArg::Tenant => crate::store::UsageBy::Tenant,
+        }
+    }
+}
+
+/// `lanes usage`'s answer.
+#[derive(Debug, Serialize)]
+pub struct UsageReport {
+    pub by: crate::store::UsageBy,
+    /// Unix ms, included.
+    pub since: i64,
+    /// Unix ms, not included.
+    pub until: i64,
+    pub rows: Vec<crate::store::UsageRow>,
+    /// Every row added up (`key` is empty).
+    pub total: crate::store::UsageRow,
+}
+
+/// Adds up usage rows.
+pub fn usage_total(rows: &[crate::store::UsageRow]) -> crate::store::UsageRow {
+    let mut t = crate::store::UsageRow::default();
+    for r in rows {
+        t.executions += r.executions;
+        t.input_tokens += r.input_tokens;
+        t.output_tokens += r.output_tokens;
+        t.cache_read_tokens += r.cache_read_tokens;
+        t.cache_write_tokens += r.cache_write_tokens;
+        t.reasoning_tokens += r.reasoning_tokens;
+        t.cost_usd += r.cost_usd;
+        t.unpriced += r.unpriced;
+    }
+    t
+}
+
+async fn usage(
+    config: &Config,
+    by: crate::store::UsageBy,
+    since: &str,
+    until: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let now = crate::model::now_ms();
+    let since = crate::jsonl::parse_since(since, now).map_err(anyhow::Error::msg)?;
+    let until = match until {
+        None => now,
+        Some(t) => crate::jsonl::parse_since(t, now)
+            .map_err(|e| anyhow::anyhow!(e.replace("--since", "--until")))?,
+    };
+    let queue = open_queue(config).await?;
+    let rows = queue.usage(by, since, until).await?;
+    let total = usage_total(&rows);
+    if json {
+        return print_json(&UsageReport {
+            by,
+            since,
+            until,
+            rows,
+            total,
+        });
+    }
+    let label = match by {
+        crate::store::UsageBy::Provider => "provider",
+        crate::store::UsageBy::Model => "model",
+        crate::store::UsageBy::Tenant => "tenant",
+    };
+    println!(
+        "{label:<28} {:>10} {:>12} {:>12} {:>11} {:>11} {:>12}  unpriced",
+        "executions", "input", "output", "cache read", "cache write", "cost (USD)"
+    );
+    let line = |key: &str, r: &crate::store::UsageRow| {
+        println!(
+            "{key:<28} {:>10} {:>12} {:>12} {:>11} {:>11} {:>12.4}  {}",
+            r.executions,
+            r.input_tokens,
+            r.output_tokens,
+            r.cache_read_tokens,
+            r.cache_write_tokens,
+            r.cost_usd,
+            r.unpriced
+        )
+    };
+    for r in &rows {
+        line(if r.key.is_empty() { "(none)" } else { &r.key }, r);
+    }
+    line("total", &total);
+    if total.unpriced > 0 {
+        println!(
+            "{} completed execution(s) have no price (a model the price table lacks, or \
+             completed before lanes priced answers): their cost is not in the figures",
+            total.unpriced
+        );
     }
     Ok(())
 }

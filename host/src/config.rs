@@ -159,6 +159,10 @@ pub struct Config {
     pub streams: StreamsConfig,
     /// Tenants by name: their weights under `fairness = "weighted"`.
     pub tenants: BTreeMap<String, TenantConfig>,
+    /// Prices over the shipped table (`host/prices.toml`), by model, in USD per million
+    /// tokens: `[prices."gpt-4o"] input = 2.5` changes one field of a shipped model; a new
+    /// model gives at least `input` and `output`.
+    pub prices: BTreeMap<String, crate::costs::PriceOverride>,
 }
 
 /// `[tenants.NAME]`: one tenant's settings. A tenant needs no entry to submit work: one
@@ -267,6 +271,7 @@ impl Default for Config {
             front_door: FrontDoorConfig::default(),
             streams: StreamsConfig::default(),
             tenants: BTreeMap::new(),
+            prices: BTreeMap::new(),
         }
     }
 }
@@ -769,6 +774,13 @@ impl Config {
         policy
     }
 
+    /// The price table in force: the shipped one with `[prices]` laid over it (checked
+    /// when the config was loaded, so an override that cannot apply is not met here).
+    pub fn price_table(&self) -> crate::costs::PriceTable {
+        crate::costs::PriceTable::with_overrides(&self.prices)
+            .unwrap_or_else(|_| crate::costs::PriceTable::shipped())
+    }
+
     /// The weights of the tenants that set one, as the claim takes them: a JSON object.
     fn tenant_weights(&self) -> std::sync::Arc<str> {
         let weights: serde_json::Map<String, serde_json::Value> = self
@@ -937,6 +949,16 @@ impl Config {
                 };
                 problems.push(invalid(field, reason));
             }
+        }
+        if let Err(e) = crate::costs::PriceTable::with_overrides(&self.prices) {
+            let key = match &e {
+                crate::costs::PriceError::Missing { model, field }
+                | crate::costs::PriceError::Invalid { model, field, .. } => {
+                    format!("prices.{model}.{field}")
+                }
+                _ => "prices".to_string(),
+            };
+            problems.push(invalid(key, e.to_string()));
         }
         for (name, tenant) in &self.tenants {
             if let Err(e) = crate::model::check_tenant(name) {

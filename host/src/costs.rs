@@ -845,3 +845,36 @@ mod tests {
         assert_eq!(unprefixed("a//b"), ["a//b", "/b", "b"]);
     }
 }
+
+/// How one provider's answers are priced: the table in force when it was bound, and its
+/// configured model (`[providers.NAME] model`), the name tried after the reported one.
+#[derive(Debug, Clone)]
+pub struct Pricing {
+    pub table: std::sync::Arc<PriceTable>,
+    pub configured_model: Option<String>,
+}
+
+impl Pricing {
+    /// The cost stored with `output`: priced by its usage, or why it has no price.
+    pub fn cost(&self, output: &crate::model::ChatOutput, batch: bool) -> crate::model::Cost {
+        match self.table.cost(
+            &output.usage,
+            Some(output.model.as_str()),
+            self.configured_model.as_deref(),
+            batch,
+        ) {
+            Ok(c) => crate::model::Cost {
+                usd: Some(c.usd),
+                priced_as: Some(c.model),
+                prices: c.version,
+                unpriced: None,
+            },
+            Err(e) => crate::model::Cost {
+                usd: None,
+                priced_as: None,
+                unpriced: Some(e.to_string()),
+                prices: e.version,
+            },
+        }
+    }
+}

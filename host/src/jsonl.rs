@@ -704,9 +704,15 @@ fn parse_status(text: &str) -> Result<Status, String> {
     text.parse()
 }
 
-/// `--since`: an RFC 3339 time or a duration back from `now` (Unix ms), as Unix ms.
+/// `--since`: an RFC 3339 time, a duration back from `now` (Unix ms), or Unix ms, as Unix
+/// ms.
 pub fn parse_since(text: &str, now: i64) -> Result<i64, String> {
     let t = text.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return t
+            .parse::<i64>()
+            .map_err(|_| format!("--since `{text}` is too large for Unix ms"));
+    }
     if let Some(ago) = parse_ago(t) {
         return ago.and_then(|ms| {
             now.checked_sub(ms)
@@ -715,8 +721,8 @@ pub fn parse_since(text: &str, now: i64) -> Result<i64, String> {
     }
     parse_rfc3339(t).ok_or_else(|| {
         format!(
-            "--since `{text}` is neither an RFC 3339 time (2026-05-01T12:00:00Z) nor a \
-             duration (90s, 30m, 1h, 2d)"
+            "--since `{text}` is neither an RFC 3339 time (2026-05-01T12:00:00Z), a \
+             duration (90s, 30m, 1h, 2d) nor Unix ms"
         )
     })
 }

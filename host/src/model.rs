@@ -1211,6 +1211,26 @@ pub struct ChatOutput {
     /// `stop`, `length`, `content_filter`, `tool_calls`, `refusal`, `pause`,
     /// `context_window`, or the provider's own word.
     pub finish_reason: String,
+    /// What it cost, priced by lanes when the attempt ended (see `costs`). Absent in
+    /// outputs stored before lanes priced them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<Cost>,
+}
+
+/// What an answer cost, from its usage and the price table (`costs::PriceTable`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cost {
+    /// In USD. Absent when the model has no price (see `unpriced`): never a made-up 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usd: Option<f64>,
+    /// The price table's entry it was priced by.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priced_as: Option<String>,
+    /// The version of the price table.
+    pub prices: String,
+    /// Why it has no price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unpriced: Option<String>,
 }
 
 impl ChatOutput {

@@ -159,6 +159,15 @@ impl Drop for Browser {
 async fn the_dashboard_is_live_agrees_with_the_api_and_sets_a_limit() {
     let mut env = TestEnv::new();
     env.stub("dash", Some(2), &[]);
+    // The stub's model, priced: the page shows what the batch cost.
+    env.config.prices.insert(
+        "stub-1".into(),
+        lanes::costs::PriceOverride {
+            input: Some(1_000.0),
+            output: Some(2_000.0),
+            ..Default::default()
+        },
+    );
     let token_file = env.dir.path().join("token");
     std::fs::write(&token_file, "dash-token").unwrap();
     env.config.api.token_file = Some(token_file);
@@ -265,6 +274,21 @@ async fn the_dashboard_is_live_agrees_with_the_api_and_sets_a_limit() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The cost column and the total agree with /v1/usage.
+    let usage = api.get("/v1/usage?by=provider&since=24h").await.body;
+    let cost = usage["total"]["cost_usd"].as_f64().unwrap();
+    assert!(cost > 0.0, "{usage}");
+    let shown = |what: &str| format!("Number(document.querySelector('{what}').dataset.value)");
+    browser
+        .wait_for(
+            &format!(
+                "Math.abs({} - {cost}) < 1e-9 && Math.abs({} - {cost}) < 1e-9",
+                shown("tr[data-provider=\"dash\"] .cost"),
+                shown("#cost-total")
+            ),
+            "the cost the API adds up",
+        )
+        .await;
 
     // Events never raise running above the daemon's count (issue 39: `3 / 2` shown while the
     // daemon counted 2). An attempt's `started` is deferred: it may come after /v1/providers

@@ -9,6 +9,7 @@ mod cli;
 mod clients;
 mod clients_ts;
 mod content;
+mod costs;
 mod crash;
 mod dashboard;
 mod events;

@@ -251,6 +251,22 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/usage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["usage"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
 }
 export type webhooks = Record<string, never>;
 export interface components {
@@ -448,6 +464,11 @@ export interface components {
             input_tokens?: number | null;
             /** Format: int32 */
             output_tokens?: number | null;
+            /**
+             * Format: double
+             * @description What a completed attempt cost, in USD, when its model has a price.
+             */
+            cost_usd?: number | null;
             /** @enum {string} */
             type: "finished";
         } | {
@@ -1010,6 +1031,58 @@ export interface components {
              * @description Of `output_tokens`, those spent reasoning.
              */
             reasoning_tokens?: number | null;
+        };
+        /** @description The answer of `GET /v1/usage`. */
+        UsageOut: {
+            /** @description `provider`, `model` or `tenant`. */
+            by: string;
+            /**
+             * Format: int64
+             * @description Unix ms, included.
+             */
+            since: number;
+            /**
+             * Format: int64
+             * @description Unix ms, not included.
+             */
+            until: number;
+            rows: components["schemas"]["UsageRowOut"][];
+            /** @description Every row added up (`key` is null). */
+            total: components["schemas"]["UsageRowOut"];
+        };
+        /** @description One group's usage and cost. */
+        UsageRowOut: {
+            /**
+             * @description The provider, model or tenant; `null` for executions without a tenant (or whose
+             *     answer named no model).
+             */
+            key?: string | null;
+            /**
+             * Format: int64
+             * @description Completed executions.
+             */
+            executions: number;
+            /** Format: int64 */
+            input_tokens: number;
+            /** Format: int64 */
+            output_tokens: number;
+            /** Format: int64 */
+            cache_read_tokens: number;
+            /** Format: int64 */
+            cache_write_tokens: number;
+            /** Format: int64 */
+            reasoning_tokens: number;
+            /**
+             * Format: double
+             * @description The priced executions' cost, in USD.
+             */
+            cost_usd: number;
+            /**
+             * Format: int64
+             * @description Completed executions without a price (a model the price table lacks, or completed
+             *     before lanes priced answers): their cost is not in `cost_usd`.
+             */
+            unpriced: number;
         };
         /** @description A provider's numbers over the last minute, from this worker's events. */
         WindowOut: {
@@ -1879,6 +1952,66 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["TenantsOut"];
+                };
+            };
+            /** @description A token is set, and the request has none or another */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The database did not answer */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    usage: {
+        parameters: {
+            query?: {
+                /**
+                 * @description `provider` (default), `model` (as the provider reported it) or `tenant`.
+                 * @example model
+                 */
+                by?: string;
+                /**
+                 * @description From (included): RFC 3339, a duration back from now (`90s`, `30m`, `1h`, `2d`) or
+                 *     Unix ms. Default 24 hours ago.
+                 */
+                since?: string;
+                /** @description Until (not included), in the same forms. Default now. */
+                until?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Usage and cost of the executions completed in the range, grouped */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UsageOut"];
+                };
+            };
+            /** @description A bad `by`, `since` or `until` */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
                 };
             };
             /** @description A token is set, and the request has none or another */

@@ -17,6 +17,7 @@ use super::problem::{Json, Path, Problem, Query};
 use super::wire::{
     BudgetOut, ComponentOut, EventOut, EventsQuery, HealthOut, LimitRequest, LimitResponse,
     LimitsOut, PluginOut, PluginsOut, PoolOut, ProviderOut, ProvidersOut, TenantOut, TenantsOut,
+    UsageOut, UsageQuery,
 };
 use crate::limits::{LimitInputs, LimitView, Stored, claim_cap};
 use crate::model::{MAX_COUNT, validate_provider_name};
@@ -171,6 +172,49 @@ pub(super) async fn tenant_rows(state: &AppState) -> Result<Vec<TenantOut>, Prob
             cancelled: c.cancelled,
         })
         .collect())
+}
+
+#[utoipa::path(
+    get, path = "/v1/usage", tag = "usage",
+    params(UsageQuery),
+    responses(
+        (status = 200, description = "Usage and cost of the executions completed in the range, grouped", body = UsageOut),
+        (status = 400, description = "A bad `by`, `since` or `until`", content_type = "application/problem+json", body = Problem),
+        (status = 503, description = "The database did not answer", content_type = "application/problem+json", body = Problem),
+    )
+)]
+pub async fn usage(
+    State(state): State<AppState>,
+    Query(query): Query<UsageQuery>,
+) -> Result<axum::Json<UsageOut>, Problem> {
+    use crate::store::UsageBy;
+    let by = match query.by.as_deref().unwrap_or("provider") {
+        "provider" => UsageBy::Provider,
+        "model" => UsageBy::Model,
+        "tenant" => UsageBy::Tenant,
+        other => {
+            return Err(Problem::bad_request(format!(
+                "by `{other}`: give provider, model or tenant"
+            )));
+        }
+    };
+    let now = crate::model::now_ms();
+    let time = |name: &str, text: Option<&str>, default: i64| match text {
+        None => Ok(default),
+        Some(t) => crate::jsonl::parse_since(t, now)
+            .map_err(|e| Problem::bad_request(e.replace("--since", name))),
+    };
+    let since = time("since", query.since.as_deref(), now - 24 * 3_600_000)?;
+    let until = time("until", query.until.as_deref(), now)?;
+    let rows = state.control.queue().usage(by, since, until).await?;
+    let total = crate::cli::usage_total(&rows);
+    Ok(axum::Json(UsageOut {
+        by: query.by.unwrap_or_else(|| "provider".into()),
+        since,
+        until,
+        rows: rows.into_iter().map(Into::into).collect(),
+        total: total.into(),
+    }))
 }
 
 #[utoipa::path(

@@ -32,6 +32,20 @@ struct TokenLabels {
     direction: String,
 }
 
+/// `provider`, `model`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    provider: String,
+    model: String,
+}
+
+/// `provider`, `kind`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    provider: String,
+    kind: &'static str,
+}
+
 /// `tenant`, `status`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TenantLabels {
@@ -65,6 +79,9 @@ pub struct Metrics {
     budget_requests: Family<ProviderLabel, Gauge>,
     budget_tokens: Family<ProviderLabel, Gauge>,
     tenant_executions: Family<TenantLabels, Gauge>,
+    cost: Family<ModelLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    unpriced: Family<ModelLabels, Counter>,
+    tokens_total: Family<KindLabels, Counter>,
     attempts: Family<AttemptLabels, Counter>,
     rate_limited: Family<ProviderLabel, Counter>,
     denied: Family<ProviderLabel, Counter>,
@@ -123,6 +140,9 @@ impl Default for Metrics {
             budget_requests: Family::default(),
             budget_tokens: Family::default(),
             tenant_executions: Family::default(),
+            cost: Family::default(),
+            unpriced: Family::default(),
+            tokens_total: Family::default(),
             attempts: Family::default(),
             rate_limited: Family::default(),
             denied: Family::default(),
@@ -189,6 +209,23 @@ impl Default for Metrics {
             "Executions by tenant and status, across every worker of the queue; tenants past \
              [api] metrics_tenants (by open work) are summed as tenant=\"(other)\"",
             m.tenant_executions.clone(),
+        );
+        registry.register(
+            "cost_usd",
+            "What this worker's completed attempts cost, in USD, by the model the provider \
+             reported (priced by the price table; unpriced ones are not in it)",
+            m.cost.clone(),
+        );
+        registry.register(
+            "unpriced",
+            "Completed attempts whose model has no price in the price table",
+            m.unpriced.clone(),
+        );
+        registry.register(
+            "tokens",
+            "Tokens of this worker's completed attempts, by kind: input (every prompt token), \
+             output, cache_read and cache_write (of input), reasoning (of output)",
+            m.tokens_total.clone(),
         );
         registry.register(
             "attempts",
@@ -286,7 +323,7 @@ impl Metrics {
                 provider: p,
                 outcome,
                 duration_ms,
-                tokens,
+                spent,
                 ..
             } => {
                 let (name, kind) = super::wire::outcome_parts(outcome);
@@ -315,15 +352,8 @@ impl Metrics {
                         .get_or_create(&provider(p))
                         .observe(ms_to_secs(*duration_ms));
                 }
-                if let Some((input, output)) = tokens {
-                    for (direction, n) in [("input", input), ("output", output)] {
-                        self.tokens
-                            .get_or_create(&TokenLabels {
-                                provider: p.to_string(),
-                                direction: direction.to_string(),
-                            })
-                            .observe(f64::from(*n));
-                    }
+                if let Some(spent) = spent {
+                    self.spent(p, spent);
                 }
             }
             Event::ComponentLoaded { provider: p, .. } => {
@@ -338,6 +368,47 @@ impl Metrics {
             | Event::LimitChanged { .. }
             | Event::LanePaused { .. }
             | Event::CircuitChanged { .. } => {}
+        }
+    }
+
+    /// Counts what a completed attempt used and cost.
+    fn spent(&self, p: &str, spent: &crate::daemon::events::Spent) {
+        let u = &spent.usage;
+        for (direction, n) in [("input", u.input_tokens), ("output", u.output_tokens)] {
+            self.tokens
+                .get_or_create(&TokenLabels {
+                    provider: p.to_string(),
+                    direction: direction.to_string(),
+                })
+                .observe(f64::from(n));
+        }
+        for (kind, n) in [
+            ("input", Some(u.input_tokens)),
+            ("output", Some(u.output_tokens)),
+            ("cache_read", u.cache_read_tokens),
+            ("cache_write", u.cache_write_tokens),
+            ("reasoning", u.reasoning_tokens),
+        ] {
+            if let Some(n) = n.filter(|n| *n > 0) {
+                self.tokens_total
+                    .get_or_create(&KindLabels {
+                        provider: p.to_string(),
+                        kind,
+                    })
+                    .inc_by(u64::from(n));
+            }
+        }
+        let labels = ModelLabels {
+            provider: p.to_string(),
+            model: spent.model.clone(),
+        };
+        match spent.cost_usd {
+            Some(usd) => {
+                self.cost.get_or_create(&labels).inc_by(usd);
+            }
+            None => {
+                self.unpriced.get_or_create(&labels).inc();
+            }
         }
     }
 

@@ -118,6 +118,7 @@ impl ApiServer {
         streams::stream,
         control::providers,
         control::tenants,
+        control::usage,
         control::set_limit,
         control::clear_limit,
         control::plugins,
@@ -314,6 +315,7 @@ fn router(state: AppState, max_body_bytes: u64) -> Router {
         .route("/v1/executions/{id}/stream", get(streams::stream))
         .route("/v1/providers", get(control::providers))
         .route("/v1/tenants", get(control::tenants))
+        .route("/v1/usage", get(control::usage))
         .route(
             "/v1/providers/{name}/limit",
             put(control::set_limit).delete(control::clear_limit),

@@ -280,6 +280,74 @@ pub struct BudgetOut {
     pub tokens: i64,
 }
 
+/// `GET /v1/usage`'s query.
+#[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UsageQuery {
+    /// `provider` (default), `model` (as the provider reported it) or `tenant`.
+    #[serde(default)]
+    #[param(value_type = Option<String>, example = "model")]
+    pub by: Option<String>,
+    /// From (included): RFC 3339, a duration back from now (`90s`, `30m`, `1h`, `2d`) or
+    /// Unix ms. Default 24 hours ago.
+    #[serde(default)]
+    pub since: Option<String>,
+    /// Until (not included), in the same forms. Default now.
+    #[serde(default)]
+    pub until: Option<String>,
+}
+
+/// One group's usage and cost.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct UsageRowOut {
+    /// The provider, model or tenant; `null` for executions without a tenant (or whose
+    /// answer named no model).
+    pub key: Option<String>,
+    /// Completed executions.
+    pub executions: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub reasoning_tokens: u64,
+    /// The priced executions' cost, in USD.
+    pub cost_usd: f64,
+    /// Completed executions without a price (a model the price table lacks, or completed
+    /// before lanes priced answers): their cost is not in `cost_usd`.
+    pub unpriced: u64,
+}
+
+impl From<crate::store::UsageRow> for UsageRowOut {
+    fn from(r: crate::store::UsageRow) -> Self {
+        UsageRowOut {
+            key: (!r.key.is_empty()).then_some(r.key),
+            executions: r.executions,
+            input_tokens: r.input_tokens,
+            output_tokens: r.output_tokens,
+            cache_read_tokens: r.cache_read_tokens,
+            cache_write_tokens: r.cache_write_tokens,
+            reasoning_tokens: r.reasoning_tokens,
+            cost_usd: r.cost_usd,
+            unpriced: r.unpriced,
+        }
+    }
+}
+
+/// The answer of `GET /v1/usage`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct UsageOut {
+    /// `provider`, `model` or `tenant`.
+    pub by: String,
+    /// Unix ms, included.
+    pub since: i64,
+    /// Unix ms, not included.
+    pub until: i64,
+    pub rows: Vec<UsageRowOut>,
+    /// Every row added up (`key` is null).
+    pub total: UsageRowOut,
+}
+
 /// One tenant's executions, across providers.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TenantOut {
@@ -419,6 +487,9 @@ pub enum EventOut {
         duration_ms: i64,
         input_tokens: Option<u32>,
         output_tokens: Option<u32>,
+        /// What a completed attempt cost, in USD, when its model has a price.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cost_usd: Option<f64>,
     },
     /// A lane's limit changed.
     LimitChanged {
@@ -487,7 +558,7 @@ impl EventOut {
                 attempt,
                 outcome,
                 duration_ms,
-                tokens,
+                spent,
                 ..
             } => {
                 let (outcome, kind) = outcome_parts(outcome);
@@ -498,8 +569,9 @@ impl EventOut {
                     outcome: outcome.to_string(),
                     error_kind: kind.map(str::to_string),
                     duration_ms: *duration_ms,
-                    input_tokens: tokens.map(|t| t.0),
-                    output_tokens: tokens.map(|t| t.1),
+                    input_tokens: spent.as_ref().map(|s| s.usage.input_tokens),
+                    output_tokens: spent.as_ref().map(|s| s.usage.output_tokens),
+                    cost_usd: spent.as_ref().and_then(|s| s.cost_usd),
                 }
             }
             Event::LimitChanged { provider, old, new } => EventOut::LimitChanged {

@@ -144,7 +144,8 @@ pub struct Completion {
     pub duration_ms: i64,
     /// When the attempt ended, for the write delay.
     pub ended: Instant,
-    pub tokens: Option<(u32, u32)>,
+    /// What a completed attempt used and cost.
+    pub spent: Option<Arc<crate::daemon::events::Spent>>,
     /// The execution was cancelled while it ran: its row is already `cancelled`, and
     /// nothing of the attempt is written.
     pub cancelled: bool,
@@ -165,7 +166,7 @@ impl Completion {
             finish: Finish::Requeue,
             duration_ms: 0,
             ended: Instant::now(),
-            tokens: None,
+            spent: None,
             cancelled: false,
             moved_to: None,
         }
@@ -531,7 +532,7 @@ impl Worker {
                 outcome,
                 duration_ms: c.duration_ms,
                 write_ms,
-                tokens: c.tokens,
+                spent: c.spent.clone(),
             });
         }
         drop(finished);
@@ -803,7 +804,7 @@ mod tests {
             },
             duration_ms: 1,
             ended: Instant::now(),
-            tokens: None,
+            spent: None,
             cancelled: false,
         }
     }

@@ -61,6 +61,16 @@ pub enum PauseReason {
     Unavailable { for_ms: i64 },
 }
 
+/// What a completed attempt used and cost: for the metrics, and to settle a budget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spent {
+    pub usage: crate::model::Usage,
+    /// The model the provider reported.
+    pub model: String,
+    /// Its cost in USD; `None` when its model has no price.
+    pub cost_usd: Option<f64>,
+}
+
 /// Something that happened in the daemon. Times are Unix milliseconds.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -88,8 +98,8 @@ pub enum Event {
         duration_ms: i64,
         /// From the attempt's end to its result being written (the completer's batch).
         write_ms: i64,
-        /// Tokens the provider reported, for completed attempts.
-        tokens: Option<(u32, u32)>,
+        /// What a completed attempt used and cost.
+        spent: Option<Arc<Spent>>,
     },
     /// A lane's effective limit changed.
     LimitChanged {

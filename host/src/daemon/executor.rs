@@ -10,7 +10,7 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::completer::{CompleterHandle, Completion};
-use super::events::{Event, EventBus};
+use super::events::{Event, EventBus, Spent};
 use super::lane::{Lane, Slot};
 use super::policies::{Governor, Seen};
 use crate::attempt;
@@ -77,7 +77,7 @@ impl Executor {
         };
         let cancel = CancellationToken::new();
         self.running_attempts().insert(execution.id, cancel.clone());
-        let (mut finish, tokens) = {
+        let (mut finish, spent) = {
             let attempt = self.attempt(&lane, &provider, &execution, input, began);
             let mut attempt = std::pin::pin!(attempt);
             let mut waited = false;
@@ -104,7 +104,7 @@ impl Executor {
             self.streams.end(&live, STREAM_END_WAIT).await;
         }
         if provider.policy.budget.is_some() {
-            self.settle(execution.id, tokens).await;
+            self.settle(execution.id, spent.as_deref()).await;
         }
         let moved_to = match (&mut finish, &execution.route) {
             (Finish::Retry { to, .. }, Some(route)) => {
@@ -129,7 +129,7 @@ impl Executor {
                 duration_ms: i64::try_from(ended.duration_since(began).as_millis())
                     .unwrap_or(i64::MAX),
                 ended,
-                tokens,
+                spent,
                 cancelled: cancel.is_cancelled(),
                 moved_to,
             })
@@ -139,11 +139,13 @@ impl Executor {
     /// Settles the attempt's budget reservation with the tokens it used (none unless it
     /// completed), before its end is handed over: the next attempt's reservation must not
     /// be the one settled.
-    async fn settle(&self, id: ExecutionId, tokens: Option<(u32, u32)>) {
+    async fn settle(&self, id: ExecutionId, spent: Option<&Spent>) {
         let Some(shared) = self.shared.upgrade() else {
             return;
         };
-        let used = tokens.map_or(0, |(input, output)| i64::from(input) + i64::from(output));
+        let used = spent.map_or(0, |s| {
+            i64::from(s.usage.input_tokens) + i64::from(s.usage.output_tokens)
+        });
         if let Err(e) = shared.queue.settle_budget(id, used).await {
             // The estimate stays reserved until the window passes it: the budget errs on
             // the safe side.
@@ -203,7 +205,7 @@ impl Executor {
         execution: &Execution,
         input: serde_json::Value,
         began: Instant,
-    ) -> (Finish, Option<(u32, u32)>) {
+    ) -> (Finish, Option<Arc<Spent>>) {
         // Stored inputs were checked at submission; the image cap is not applied again.
         let input = match ChatInput::from_value_capped(input, usize::MAX) {
             Ok(input) => input,
@@ -249,7 +251,13 @@ impl Executor {
                         spent: false,
                     },
                 );
-                let tokens = (output.usage.input_tokens, output.usage.output_tokens);
+                let mut output = output;
+                output.cost = Some(provider.pricing.cost(&output, false));
+                let spent = Arc::new(Spent {
+                    usage: output.usage,
+                    model: output.model.clone(),
+                    cost_usd: output.cost.as_ref().and_then(|c| c.usd),
+                });
                 let finish = match Output::of(&output) {
                     Ok(output) => Finish::Completed(output),
                     Err(e) => Finish::Failed {
@@ -257,7 +265,7 @@ impl Executor {
                         kind: ErrorKind::Other,
                     },
                 };
-                return (finish, Some(tokens));
+                return (finish, Some(spent));
             }
             Err(e) => e,
         };

@@ -328,6 +328,10 @@ impl PluginHost {
             sandbox: SandboxLimits::from(&config.sandbox_for(name)),
             policy: config.policy_for(name),
             stream: provider_config.is_some_and(|p| p.stream),
+            pricing: crate::costs::Pricing {
+                table: Arc::new(config.price_table()),
+                configured_model: provider_config.and_then(|p| p.model.clone()),
+            },
             engine: self.engine.clone(),
             ticker: self.ticker.clone(),
             client: self.client.clone(),

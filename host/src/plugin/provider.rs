@@ -167,6 +167,8 @@ pub struct Provider {
     pub policy: crate::policy::Policy,
     /// `[providers.NAME] stream`: every call streams, not only those that ask.
     pub stream: bool,
+    /// How its answers are priced.
+    pub pricing: crate::costs::Pricing,
     pub(crate) engine: Engine,
     pub(crate) ticker: super::sandbox::EpochTicker,
     pub(crate) client: super::outbound::SharedClient,

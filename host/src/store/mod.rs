@@ -265,6 +265,11 @@ pub trait Queue: Send + Sync + 'static {
     /// Counts by tenant (`""` for the rows without one) and status, across providers.
     async fn tenant_counts(&self) -> Result<BTreeMap<String, StatusCounts>, StoreError>;
 
+    /// The usage and cost of the executions completed in `[since, until)` (Unix ms),
+    /// grouped by `by`, in key order.
+    async fn usage(&self, by: UsageBy, since: i64, until: i64)
+    -> Result<Vec<UsageRow>, StoreError>;
+
     /// The running and pending rows of each of `providers` (the other counts stay 0). It
     /// reads the partial indexes of open rows only, so its cost does not grow with the
     /// history, unlike [`Queue::counts`]: routes read it for each routed submission.
@@ -616,6 +621,114 @@ pub struct Claim<'a> {
     pub budget: Option<Budget>,
     /// How the claim shares the lane among tenants.
     pub tenants: &'a Tenants,
+}
+
+/// What [`Queue::usage`] groups by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageBy {
+    Provider,
+    /// The model the provider reported.
+    Model,
+    Tenant,
+}
+
+impl UsageBy {
+    /// The grouping key as SQL over `executions`, in either dialect (`output` holds the
+    /// stored `ChatOutput`'s JSON).
+    pub(crate) fn key_sql(self, postgres: bool) -> &'static str {
+        match (self, postgres) {
+            (UsageBy::Provider, _) => "provider",
+            (UsageBy::Tenant, _) => "tenant",
+            (UsageBy::Model, false) => "COALESCE(json_extract(output, '$.model'), '')",
+            (UsageBy::Model, true) => "COALESCE(output::jsonb ->> 'model', '')",
+        }
+    }
+}
+
+/// One group's usage and cost (see [`Queue::usage`]).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct UsageRow {
+    /// The provider, model or tenant (`""`: none).
+    pub key: String,
+    /// Completed executions.
+    pub executions: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_read_tokens: u64,
+    pub cache_write_tokens: u64,
+    pub reasoning_tokens: u64,
+    /// The cost of the priced ones, in USD.
+    pub cost_usd: f64,
+    /// Completed executions without a price (their model has none, or they completed
+    /// before lanes priced answers): their cost is not in `cost_usd`.
+    pub unpriced: u64,
+}
+
+/// The columns of a [`UsageRow`], as SQLite and PostgreSQL read them from `output`.
+pub(crate) fn usage_sql(by: UsageBy, postgres: bool) -> String {
+    let num: fn(&str) -> String = if postgres {
+        |path| format!("COALESCE(SUM((output::jsonb #>> '{{{path}}}')::bigint), 0)")
+    } else {
+        |path| {
+            format!(
+                "COALESCE(SUM(json_extract(output, '$.{}')), 0)",
+                path.replace(',', ".")
+            )
+        }
+    };
+    let (real, params) = if postgres {
+        (
+            "COALESCE(SUM((output::jsonb #>> '{cost,usd}')::float8), 0)",
+            ("$1", "$2"),
+        )
+    } else {
+        (
+            "COALESCE(SUM(json_extract(output, '$.cost.usd')), 0.0)",
+            ("?1", "?2"),
+        )
+    };
+    let unpriced = if postgres {
+        "COUNT(*) FILTER (WHERE output::jsonb #>> '{cost,usd}' IS NULL)"
+    } else {
+        "SUM(json_extract(output, '$.cost.usd') IS NULL)"
+    };
+    format!(
+        "SELECT {key} AS k, COUNT(*), {input}, {output}, {cache_read}, {cache_write},
+                {reasoning}, {real}, {unpriced}
+           FROM executions
+          WHERE status = 'completed' AND finished_at >= {since} AND finished_at < {until}
+          GROUP BY k ORDER BY k",
+        key = by.key_sql(postgres),
+        input = num("usage,input_tokens"),
+        output = num("usage,output_tokens"),
+        cache_read = num("usage,cache_read_tokens"),
+        cache_write = num("usage,cache_write_tokens"),
+        reasoning = num("usage,reasoning_tokens"),
+        since = params.0,
+        until = params.1,
+    )
+}
+
+/// One row of [`usage_sql`]: the key, the count, five token sums, the cost, the unpriced.
+pub(crate) type UsageTuple = (String, i64, i64, i64, i64, i64, i64, f64, i64);
+
+/// Rows of [`usage_sql`] as [`UsageRow`]s.
+pub(crate) fn usage_rows(rows: Vec<UsageTuple>) -> Vec<UsageRow> {
+    let n = |v: i64| u64::try_from(v).unwrap_or(0);
+    rows.into_iter()
+        .map(|r| UsageRow {
+            key: r.0,
+            executions: n(r.1),
+            input_tokens: n(r.2),
+            output_tokens: n(r.3),
+            cache_read_tokens: n(r.4),
+            cache_write_tokens: n(r.5),
+            reasoning_tokens: n(r.6),
+            cost_usd: r.7,
+            unpriced: n(r.8),
+        })
+        .collect()
 }
 
 /// How a provider's lane is shared among the tenants with work in it (the last step of

@@ -26,9 +26,9 @@ use super::{
     BUDGET_WINDOW_MS, COLUMNS, Cancelled, Change, Claim, DbContext, ExecutionFilter, Finish,
     FinishRow, HISTORY_ERROR_CHARS, HISTORY_KEPT, IdempotencyKey, ProviderRecord, ProviderState,
     Queue, Recovered, StateChange, StatusCounts, StoreError, StreamChunk, StreamPosition,
-    Submitted, counts_by, estimate_tokens, execution_from_row, fold_counts, move_bounds,
-    provider_records, provider_state, read_count, readable_claims, stored_count,
-    unreadable_failure, written_flags,
+    Submitted, UsageBy, UsageRow, counts_by, estimate_tokens, execution_from_row, fold_counts,
+    move_bounds, provider_records, provider_state, read_count, readable_claims, stored_count,
+    unreadable_failure, usage_rows, usage_sql, written_flags,
 };
 use crate::model::{ErrorKind, Execution, ExecutionId, NewExecution};
 
@@ -753,6 +753,21 @@ impl Queue for PgQueue {
         .await
         .op("counting executions by tenant")?;
         fold_counts(rows)
+    }
+
+    async fn usage(
+        &self,
+        by: UsageBy,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let rows = sqlx::query_as(&usage_sql(by, true))
+            .bind(since)
+            .bind(until)
+            .fetch_all(&self.pool)
+            .await
+            .op("adding up usage")?;
+        Ok(usage_rows(rows))
     }
 
     async fn open_counts(

@@ -14,9 +14,9 @@ use super::{
     BUDGET_WINDOW_MS, COLUMNS, Cancelled, Claim, Claimed, DbContext, ExecutionFilter, ExecutionRow,
     Finish, FinishRow, HISTORY_ERROR_CHARS, HISTORY_KEPT, IdempotencyKey, ProviderRecord,
     ProviderState, Queue, Recovered, StateChange, StatusCounts, StoreError, StreamChunk,
-    StreamPosition, Submitted, counts_by, estimate_tokens, execution_from_raw, execution_from_row,
-    fold_counts, move_bounds, provider_records, provider_state, read_count, readable_claims,
-    stored_count, unreadable_failure, written_flags,
+    StreamPosition, Submitted, UsageBy, UsageRow, counts_by, estimate_tokens, execution_from_raw,
+    execution_from_row, fold_counts, move_bounds, provider_records, provider_state, read_count,
+    readable_claims, stored_count, unreadable_failure, usage_rows, usage_sql, written_flags,
 };
 use crate::model::{ErrorKind, Execution, ExecutionId, NewExecution, now_ms};
 
@@ -979,6 +979,21 @@ impl Queue for SqliteQueue {
         .await
         .op("counting executions by tenant")?;
         fold_counts(rows)
+    }
+
+    async fn usage(
+        &self,
+        by: UsageBy,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<UsageRow>, StoreError> {
+        let rows = sqlx::query_as(&usage_sql(by, false))
+            .bind(since)
+            .bind(until)
+            .fetch_all(&self.pool)
+            .await
+            .op("adding up usage")?;
+        Ok(usage_rows(rows))
     }
 
     async fn open_counts(

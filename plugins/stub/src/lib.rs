@@ -21,6 +21,7 @@
 //! | `echo_secret` | log the `api-key` secret and fail with it in the error, as a careless API does |
 //! | `stream_pieces` | when streaming, cut the text into this many deltas (default 4) |
 //! | `stream_gap_ms` | when streaming, sleep this long before each text delta |
+//! | `usage` | report this usage (`input_tokens`, `output_tokens`, `cache_read_tokens`, `cache_write_tokens`, `reasoning_tokens`; each optional) instead of counting words |
 //!
 //! Without `text` or `output_bytes`, the answer comes from the conversation:
 //!
@@ -74,6 +75,18 @@ struct Behaviour {
     echo_secret: bool,
     stream_pieces: Option<usize>,
     stream_gap_ms: Option<u64>,
+    usage: Option<UsageKnob>,
+}
+
+/// The `usage` the stub reports when asked to.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct UsageKnob {
+    input_tokens: Option<u32>,
+    output_tokens: Option<u32>,
+    cache_read_tokens: Option<u32>,
+    cache_write_tokens: Option<u32>,
+    reasoning_tokens: Option<u32>,
 }
 
 struct Stub;
@@ -224,7 +237,7 @@ impl Guest for Stub {
                 (None, None) => conversation_answer(&request),
             }
         };
-        let response = match answer {
+        let mut response = match answer {
             Answer::Text(text) => reply(text, &request),
             Answer::Call(call) => {
                 let mut response = reply(String::new(), &request);
@@ -233,6 +246,14 @@ impl Guest for Stub {
                 response
             }
         };
+        if let Some(u) = &behaviour.usage {
+            let usage = &mut response.usage;
+            usage.input_tokens = u.input_tokens.unwrap_or(usage.input_tokens);
+            usage.output_tokens = u.output_tokens.unwrap_or(usage.output_tokens);
+            usage.cache_read_tokens = u.cache_read_tokens;
+            usage.cache_write_tokens = u.cache_write_tokens;
+            usage.reasoning_tokens = u.reasoning_tokens;
+        }
         if request.stream {
             emit_stream(
                 &response,

@@ -1,0 +1,185 @@
+//! Costs: each answer priced from its usage and the price table (with the operator's
+//! overrides), stored with the table's version; a model without a price says so and never
+//! counts as 0; totals by provider, model and tenant in `lanes usage`, `GET /v1/usage` and
+//! the metrics.
+
+use std::time::Duration;
+
+use lanes::costs::PriceOverride;
+use lanes::model::{NewExecution, Status};
+
+use crate::support::*;
+
+/// `provider`'s job reporting `usage`, for `tenant`, asking for `model`.
+fn priced(provider: &str, tenant: &str, model: &str, usage: serde_json::Value) -> NewExecution {
+    let mut job = job(provider, serde_json::json!({ "usage": usage }));
+    job.input.model = Some(model.to_string());
+    job.tenant = Some(tenant.to_string());
+    job
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_priced_by_kind_and_add_up_by_provider_model_and_tenant() {
+    let mut env = TestEnv::new();
+    env.stub("paid", Some(4), &[]);
+    env.stub("local", Some(4), &[]);
+    // A model of the operator's own, and one field of a shipped model changed.
+    env.config.prices.insert(
+        "house-model".into(),
+        PriceOverride {
+            input: Some(2.0),
+            output: Some(8.0),
+            cache_read: Some(0.5),
+            cache_write: Some(2.5),
+            batch_discount: None,
+        },
+    );
+    env.config.prices.insert(
+        "gpt-4o".into(),
+        PriceOverride {
+            output: Some(12.0),
+            ..PriceOverride::default()
+        },
+    );
+    let queue = env.queue().await;
+    let usage = serde_json::json!({
+        "input_tokens": 1_000_000, "output_tokens": 500_000, "cache_read_tokens": 200_000,
+        "cache_write_tokens": 100_000, "reasoning_tokens": 50_000
+    });
+    let ids = queue
+        .submit_many(&[
+            priced("paid", "acme", "house-model", usage.clone()),
+            priced(
+                "paid",
+                "acme",
+                "gpt-4o-2024-08-06",
+                serde_json::json!({
+                    "input_tokens": 1_000_000, "output_tokens": 1_000_000
+                }),
+            ),
+            priced("local", "zeta", "llama3.2", usage.clone()),
+        ])
+        .await
+        .unwrap();
+    let (daemon, server, api) = crate::api::start(&env).await;
+    let queue = daemon.queue().clone();
+    let rows = wait_terminal(queue.as_ref(), None, Duration::from_secs(30)).await;
+    assert!(
+        rows.iter().all(|e| e.status == Status::Completed),
+        "{rows:#?}"
+    );
+    let cost = |id: i64| {
+        let e = rows.iter().find(|e| e.id == id).unwrap();
+        e.output.as_ref().unwrap()["cost"].clone()
+    };
+    // house-model: 700k uncached input at 2, 200k cache reads at 0.5, 100k cache writes at
+    // 2.5, 500k output at 8 (reasoning is part of output, not priced again).
+    let house = cost(ids[0]);
+    let want = 0.7 * 2.0 + 0.2 * 0.5 + 0.1 * 2.5 + 0.5 * 8.0;
+    assert!(
+        (house["usd"].as_f64().unwrap() - want).abs() < 1e-9,
+        "{house}"
+    );
+    assert_eq!(house["priced_as"], "house-model");
+    let version = house["prices"].as_str().unwrap().to_string();
+    assert!(version.ends_with("+config"), "{version}");
+    // A dated snapshot priced as its model, with the overridden output price and the
+    // shipped input price.
+    let dated = cost(ids[1]);
+    assert_eq!(dated["priced_as"], "gpt-4o");
+    let shipped_input = lanes::costs::PriceTable::shipped()
+        .lookup("gpt-4o")
+        .unwrap()
+        .1
+        .input;
+    let want_dated = shipped_input + 12.0;
+    assert!(
+        (dated["usd"].as_f64().unwrap() - want_dated).abs() < 1e-9,
+        "{dated}"
+    );
+    // No price: said, and no number.
+    let local = cost(ids[2]);
+    assert!(local.get("usd").is_none(), "{local}");
+    assert!(
+        local["unpriced"]
+            .as_str()
+            .unwrap()
+            .contains("no price for model \"llama3.2\""),
+        "{local}"
+    );
+
+    // The totals, by tenant, model and provider.
+    let by_tenant = api.get("/v1/usage?by=tenant&since=1h").await;
+    assert_eq!(by_tenant.status, 200, "{by_tenant:?}");
+    let row = |answer: &crate::api::Answer, key: &str| {
+        answer.body["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["key"] == key)
+            .cloned()
+            .unwrap_or_else(|| panic!("{key}: {}", answer.body))
+    };
+    let acme = row(&by_tenant, "acme");
+    assert_eq!(acme["executions"], 2);
+    assert!((acme["cost_usd"].as_f64().unwrap() - (want + want_dated)).abs() < 1e-9);
+    assert_eq!(acme["unpriced"], 0);
+    assert_eq!(acme["cache_read_tokens"], 200_000);
+    let zeta = row(&by_tenant, "zeta");
+    assert_eq!(
+        (zeta["unpriced"].as_u64(), zeta["cost_usd"].as_f64()),
+        (Some(1), Some(0.0))
+    );
+    assert_eq!(by_tenant.body["total"]["executions"], 3);
+    let by_model = api.get("/v1/usage?by=model").await;
+    assert_eq!(
+        row(&by_model, "gpt-4o-2024-08-06")["output_tokens"],
+        1_000_000
+    );
+    let bad = api.get("/v1/usage?by=colour").await;
+    crate::api::problem(&bad, 400, "by `colour`");
+    let later = api.get("/v1/usage?since=1h&until=2h").await;
+    assert_eq!(later.status, 200);
+    assert_eq!(later.body["total"]["executions"], 0, "an empty range");
+
+    let metrics = api.get("/metrics").await.text;
+    for line in [
+        r#"lanes_unpriced_total{provider="local",model="llama3.2"} 1"#,
+        r#"lanes_tokens_total{provider="paid",kind="cache_read"} 200000"#,
+        r#"lanes_tokens_total{provider="paid",kind="reasoning"} 50000"#,
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    let metric = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(r#"lanes_cost_usd_total{provider="paid",model="house-model"} "#)
+        })
+        .unwrap_or_else(|| panic!("no cost metric:\n{metrics}"));
+    assert!(
+        (metric.parse::<f64>().unwrap() - want).abs() < 1e-9,
+        "{metric}"
+    );
+    server.shutdown().await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+
+    let out = env.lanes(&["usage", "--by", "provider", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let paid = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key"] == "paid")
+        .unwrap()
+        .clone();
+    assert!((paid["cost_usd"].as_f64().unwrap() - (want + want_dated)).abs() < 1e-9);
+    let text = env.lanes(&["usage", "--by", "tenant"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("acme") && text.contains("1 completed execution(s) have no price"),
+        "{text}"
+    );
+    let bad = env.lanes(&["usage", "--since", "yesterday"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--since `yesterday`"));
+}
