@@ -75,12 +75,17 @@ fn claim_sql(params: [&str; 8]) -> String {
 /// The ids are a merge of the tenants' queues, the SQLite twin of
 /// [`crate::limits::fair_pick`] (`fair_claims_match_their_rust_twin` holds them equal): a
 /// recursive query whose `ORDER BY` makes its queue a priority queue. It starts with each
-/// tenant's first due row (the tenants found by a skip scan of `executions_tenant_pending`)
+/// tenant's first due row (the tenants, with their first rows, found by a skip scan of
+/// `executions_tenant_pending`)
 /// and, each time it takes a tenant's row, puts that tenant's next row in the queue, its
 /// share key one higher; its `LIMIT` is the room under the cap. So its work follows the
 /// tenants with pending rows and the rows it takes, never the backlog behind them. A
 /// tenant's next row is the next of the same class (`resume`, `priority`) by id, else the
-/// first of a lower class: each an index seek.
+/// first of a lower class: each an index seek. With one tenant pending (the common case,
+/// and every queue without tenants) it reads that tenant's rows in order instead, as one
+/// range of the index: the merge's seek per row cost a third of the no-op rate. (That
+/// branch's `LIMIT` is 0 when the merge runs: a `WHERE` on the tenant count was checked
+/// for every pending row, 7 ms a row at a million pending.)
 fn claim_parts(
     [
         owner,
@@ -96,28 +101,37 @@ fn claim_parts(
     let due = format!("provider = {provider} AND status = 'pending' AND not_before <= {now}");
     let picked = format!(
         "WITH RECURSIVE
-           tenants(t) AS (
-             SELECT (SELECT MIN(tenant) FROM executions
-                      WHERE provider = {provider} AND status = 'pending')
+           tenants(t, head) AS (
+             SELECT e.tenant, e.id FROM executions e WHERE e.id = (
+               SELECT id FROM executions WHERE provider = {provider} AND status = 'pending'
+                ORDER BY tenant, resume DESC, priority DESC, id LIMIT 1)
              UNION ALL
-             SELECT (SELECT MIN(tenant) FROM executions
-                      WHERE provider = {provider} AND status = 'pending' AND tenant > tenants.t)
-               FROM tenants WHERE tenants.t IS NOT NULL),
+             SELECT e.tenant, e.id FROM tenants, executions e WHERE e.id = (
+               SELECT id FROM executions
+                WHERE provider = {provider} AND status = 'pending' AND tenant > tenants.t
+                ORDER BY tenant, resume DESC, priority DESC, id LIMIT 1)),
            running(t, n) AS (
              SELECT tenant, COUNT(*) FROM executions
               WHERE provider = {provider} AND status = 'running' GROUP BY tenant),
-           seeds(t, n, w) AS (
-             SELECT tenants.t, COALESCE(running.n, 0),
-                    COALESCE((SELECT value FROM json_each({weights})
-                               WHERE key = tenants.t), 1.0)
+           seeds(t, head, n, w) AS (
+             SELECT tenants.t, tenants.head, COALESCE(running.n, 0),
+                    CASE WHEN {weights} IS NULL THEN 1.0
+                         ELSE COALESCE((SELECT value FROM json_each({weights})
+                                         WHERE key = tenants.t), 1.0) END
                FROM tenants LEFT JOIN running ON running.t = tenants.t
-              WHERE tenants.t IS NOT NULL
-                AND ({tenant_limit} IS NULL OR COALESCE(running.n, 0) < {tenant_limit})),
+              WHERE {tenant_limit} IS NULL OR COALESCE(running.n, 0) < {tenant_limit}),
+           room(n) AS (
+             SELECT MAX(0, MIN({max}, {cap} - (SELECT COUNT(*) FROM executions
+                                                 WHERE provider = {provider}
+                                                   AND status = 'running')))),
+           many(yes) AS (SELECT COUNT(*) > 1 FROM seeds),
            queue(id, t, n, w, k, resume, priority, share) AS (
              SELECT e.id, s.t, s.n, s.w, 1, e.resume, e.priority, s.n * 1.0 / s.w
-               FROM seeds s JOIN executions e ON e.id = (
-                 SELECT id FROM executions WHERE {due} AND tenant = s.t
-                  ORDER BY resume DESC, priority DESC, id LIMIT 1)
+               FROM seeds s JOIN executions e ON e.id = COALESCE(
+                 (SELECT id FROM executions WHERE id = s.head AND not_before <= {now}),
+                 (SELECT id FROM executions WHERE {due} AND tenant = s.t
+                   ORDER BY resume DESC, priority DESC, id LIMIT 1))
+              WHERE (SELECT yes FROM many)
              UNION ALL
              SELECT e.id, q.t, q.n, q.w, q.k + 1, e.resume, e.priority,
                     (q.n + q.k) * 1.0 / q.w
@@ -135,10 +149,16 @@ fn claim_parts(
                    ORDER BY resume DESC, priority DESC, id LIMIT 1))
               WHERE {tenant_limit} IS NULL OR q.n + q.k < {tenant_limit}
               ORDER BY 6 DESC, 7 DESC, 8, 1
-              LIMIT MAX(0, MIN({max}, {cap} - (SELECT COUNT(*) FROM executions
-                                                WHERE provider = {provider}
-                                                  AND status = 'running'))))
-         SELECT id FROM queue",
+              LIMIT COALESCE((SELECT n FROM room), 0))
+         SELECT id FROM queue
+         UNION ALL
+         SELECT id FROM (
+           SELECT e.id FROM seeds s JOIN executions e
+                ON e.provider = {provider} AND e.status = 'pending' AND e.tenant = s.t
+                   AND e.not_before <= {now}
+            ORDER BY e.resume DESC, e.priority DESC, e.id
+            LIMIT COALESCE((SELECT MIN(room.n, COALESCE({tenant_limit} - seeds.n, room.n))
+                              FROM room, seeds, many WHERE NOT many.yes), 0))",
         cap = claim_cap(now, provider, limit)
     );
     let set = format!(
