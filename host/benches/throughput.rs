@@ -151,6 +151,7 @@ fn jobs(provider: &str, n: usize) -> Vec<NewExecution> {
     (0..n)
         .map(|i| NewExecution {
             tenant: None,
+            cache: None,
             provider: provider.to_string(),
             input: ChatInput::prompt(format!("bench {i}")),
             priority: 0,
@@ -549,6 +550,7 @@ async fn good_lane_rate(n: usize, spinners: bool) -> f64 {
         let spin: Vec<NewExecution> = (0..20)
             .map(|_| NewExecution {
                 tenant: None,
+                cache: None,
                 provider: "bad".into(),
                 input: ChatInput::prompt("spin").with_extra(serde_json::json!({"loop": true})),
                 priority: 0,
@@ -1092,6 +1094,7 @@ async fn policy_run(adaptive: bool, count_refused: bool, secs: u64) -> PolicyRun
     let work: Vec<NewExecution> = (0..n)
         .map(|i| NewExecution {
             tenant: None,
+            cache: None,
             provider: "api".into(),
             input: ChatInput::prompt(format!("call {i}")),
             priority: 0,
@@ -1207,6 +1210,7 @@ async fn capacity_lanes(n: usize) {
         .flat_map(|provider| {
             (0..n).map(move |i| NewExecution {
                 tenant: None,
+                cache: None,
                 provider: provider.to_string(),
                 input: ChatInput::prompt(format!("call {i}")),
                 priority: 0,
@@ -1800,6 +1804,7 @@ async fn scale_run(limit: u32, latency_ms: u64, outage_ms: Option<u64>) -> Scale
     let work: Vec<NewExecution> = (0..n)
         .map(|i| NewExecution {
             tenant: None,
+            cache: None,
             provider: "wide".into(),
             input: ChatInput::prompt(format!("call {i}")),
             priority: 0,
@@ -1931,6 +1936,7 @@ async fn fleet_scale(each: u32, latency_ms: u64) {
     let work: Vec<NewExecution> = (0..n)
         .map(|i| NewExecution {
             tenant: None,
+            cache: None,
             provider: "wide".into(),
             input: ChatInput::prompt(format!("call {i}")),
             priority: 0,
@@ -2084,6 +2090,7 @@ async fn stream_run(n: usize, deltas: usize, streamed: bool) -> (u64, usize) {
     let jobs: Vec<NewExecution> = (0..n)
         .map(|i| NewExecution {
             tenant: None,
+            cache: None,
             provider: "stub".into(),
             input: input(i),
             priority: 0,

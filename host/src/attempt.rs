@@ -266,6 +266,7 @@ fn image_v02(
 pub fn output_v01(response: v01::ChatResponse) -> ChatOutput {
     ChatOutput {
         cost: None,
+        cached: false,
         content: Some(ChatOutput::text_parts(&response.text)),
         text: response.text,
         refusal: None,
@@ -336,6 +337,7 @@ pub fn output_v02(response: v02::ChatResponse) -> ChatOutput {
         .collect();
     ChatOutput {
         cost: None,
+        cached: false,
         text,
         content: Some(content),
         refusal: response.refusal,

@@ -176,6 +176,10 @@ pub struct SubmitArgs {
     /// every line that names none. Tenants share each lane fairly.
     #[arg(long, value_parser = parse_tenant)]
     pub tenant: Option<String>,
+    /// Whether the provider's response cache may answer it: `true` or `false` (default:
+    /// only a `temperature` of 0 is cached, when the provider has a cache).
+    #[arg(long)]
+    pub cache: Option<bool>,
     #[arg(long)]
     pub json: bool,
 }
@@ -797,7 +801,9 @@ async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<()> {
         max_attempts,
         route: None,
         tenant: args.tenant,
+        cache: None,
     }];
+    new[0].cache = crate::responses::plan(config, &new[0], args.cache);
     crate::daemon::routing::assign(queue.as_ref(), config, &mut new, |new, member| {
         declared.takes(&new.input, member)
     })
@@ -840,6 +846,7 @@ async fn submit_file(config: &Config, args: SubmitArgs) -> anyhow::Result<()> {
         allow_unknown: args.allow_unknown,
         skip_bad: args.skip_bad,
         tenant: args.tenant.clone(),
+        cache: args.cache,
     };
     let declared = crate::plugin::Declared::scan(config).await?;
     let report = crate::jsonl::load(config, queue.as_ref(), &known, &declared, &options).await?;

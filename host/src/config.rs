@@ -560,6 +560,18 @@ pub struct ProviderConfig {
     pub tenant_limit: Option<u32>,
     /// How the lane is shared among tenants with pending work (default `round_robin`).
     pub fairness: Fairness,
+    /// The exact-match response cache, off unless set (see `responses`).
+    pub response_cache: Option<ResponseCacheConfig>,
+}
+
+/// `[providers.NAME] response_cache = { ttl_secs, max_entries }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseCacheConfig {
+    /// How long an answer is served, in seconds.
+    pub ttl_secs: u64,
+    /// The most answers kept for the provider; the oldest go first.
+    pub max_entries: u64,
 }
 
 /// A config value: TOML strings, numbers and booleans all reach the component as text.
@@ -979,6 +991,20 @@ impl Config {
             }
             if let Err(e) = validate_provider_name(name) {
                 problems.push(invalid(format!("providers.{name}"), e));
+            }
+            if let Some(c) = &provider.response_cache {
+                if c.ttl_secs == 0 || c.ttl_secs > 366 * 86_400 {
+                    problems.push(invalid(
+                        format!("providers.{name}.response_cache.ttl_secs"),
+                        "must be 1 to 31622400 (a year)",
+                    ));
+                }
+                if c.max_entries == 0 || c.max_entries > 100_000_000 {
+                    problems.push(invalid(
+                        format!("providers.{name}.response_cache.max_entries"),
+                        "must be 1 to 100000000",
+                    ));
+                }
             }
             if provider.tenant_limit == Some(0) {
                 problems.push(invalid(

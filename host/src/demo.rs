@@ -133,6 +133,7 @@ pub async fn run(base: &Config, args: DemoArgs) -> anyhow::Result<()> {
         for i in 0..n {
             batch.push(NewExecution {
                 tenant: None,
+                cache: None,
                 provider: p.name.to_string(),
                 input: ChatInput::prompt(format!("question {i} for {}", p.name)),
                 priority: 0,

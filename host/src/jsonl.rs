@@ -49,6 +49,8 @@ pub struct LoadOptions {
     pub skip_bad: bool,
     /// The tenant of a line that names none.
     pub tenant: Option<String>,
+    /// Whether the response cache may answer a line that does not say (see `responses`).
+    pub cache: Option<bool>,
 }
 
 /// What a load did.
@@ -72,7 +74,7 @@ pub struct BadLine {
 }
 
 /// A lanes line: `{"input": CHAT INPUT, "provider"?, "priority"?, "max_attempts"?,
-/// "custom_id"?, "tenant"?}`; the input is what `lanes submit --input` takes.
+/// "custom_id"?, "tenant"?, "cache"?}`; the input is what `lanes submit --input` takes.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LanesLine {
@@ -87,6 +89,8 @@ struct LanesLine {
     custom_id: Option<String>,
     #[serde(default)]
     tenant: Option<String>,
+    #[serde(default)]
+    cache: Option<bool>,
 }
 
 /// An OpenAI Batch input line: `{"custom_id", "method": "POST", "url":
@@ -130,6 +134,7 @@ impl Checker<'_> {
             return Err("a line must be a JSON object".into());
         };
         let mut tenant = None;
+        let mut cache = self.options.cache;
         let (provider, input, priority, max_attempts, custom_id) = if object.contains_key("body") {
             let line: OpenAiLine = serde_json::from_value(value)
                 .map_err(|e| format!("not an OpenAI Batch line: {e}"))?;
@@ -162,6 +167,7 @@ impl Checker<'_> {
                 crate::model::check_tenant(t)?;
             }
             tenant = line.tenant;
+            cache = line.cache.or(cache);
             (line.provider, input, priority, max_attempts, line.custom_id)
         } else {
             return Err(
@@ -191,17 +197,17 @@ impl Checker<'_> {
         if let Some(id) = &custom_id {
             self.check_custom_id(id)?;
         }
-        Ok(Parsed {
-            new: NewExecution {
-                provider,
-                input,
-                priority,
-                max_attempts,
-                route: None,
-                tenant: tenant.or_else(|| self.options.tenant.clone()),
-            },
-            custom_id,
-        })
+        let mut new = NewExecution {
+            provider,
+            input,
+            priority,
+            max_attempts,
+            route: None,
+            tenant: tenant.or_else(|| self.options.tenant.clone()),
+            cache: None,
+        };
+        new.cache = crate::responses::plan(self.config, &new, cache);
+        Ok(Parsed { new, custom_id })
     }
 
     fn check_custom_id(&self, id: &str) -> Result<(), String> {

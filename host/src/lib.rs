@@ -20,6 +20,7 @@ pub mod model;
 pub mod plugin;
 pub mod policy;
 pub mod report;
+pub mod responses;
 pub mod retry;
 pub mod routes;
 pub mod store;

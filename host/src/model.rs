@@ -126,6 +126,9 @@ pub struct Execution {
     /// The tenant it runs for, if it named one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// Its key in the response cache, when it may be answered from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_key: Option<String>,
 }
 
 /// How one attempt went, as the execution's history keeps it.
@@ -166,6 +169,17 @@ pub struct NewExecution {
     /// The tenant it is run for (see [`check_tenant`]); `None` puts it with the other rows
     /// without one, which share a lane as one tenant.
     pub tenant: Option<String>,
+    /// Its key in the response cache, when it may be answered from it (see `responses`).
+    pub cache: Option<CacheRequest>,
+}
+
+/// How a submission uses the response cache: its key, and how old an answer may be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheRequest {
+    /// The hash of the normalized input, the provider, the resolved model and the tenant.
+    pub key: String,
+    /// Answers older than this many ms are not served.
+    pub ttl_ms: i64,
 }
 
 /// Whether `tenant` is a tenant's name: 1 to 64 of `a-z A-Z 0-9 _ - . : @`, so that it is
@@ -1215,6 +1229,9 @@ pub struct ChatOutput {
     /// outputs stored before lanes priced them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<Cost>,
+    /// Served from the response cache: no provider call was made for it (its cost is 0).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cached: bool,
 }
 
 /// What an answer cost, from its usage and the price table (`costs::PriceTable`).

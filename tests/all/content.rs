@@ -299,6 +299,7 @@ async fn rich_work_that_reaches_a_0_1_component_fails_when_claimed_naming_the_ca
     let id = queue
         .submit(&lanes::NewExecution {
             tenant: None,
+            cache: None,
             provider: "stub".into(),
             input: lanes::ChatInput::from_value(input.clone()).unwrap(),
             priority: 0,

@@ -413,6 +413,7 @@ async fn python_and_js_providers_run_executions_in_a_daemon() {
             let id = daemon
                 .submit(&NewExecution {
                     tenant: None,
+                    cache: None,
                     provider: provider.into(),
                     input: input(&format!("hello {i}")),
                     priority: 0,
@@ -466,6 +467,7 @@ async fn python_and_js_providers_run_executions_in_a_daemon() {
     let id = daemon
         .submit(&NewExecution {
             tenant: None,
+            cache: None,
             provider: "claude-js".into(),
             input: input("again"),
             priority: 0,

@@ -4,6 +4,7 @@
 mod adapters;
 mod api;
 mod bad_input;
+mod cache;
 mod capacity;
 mod cli;
 mod clients;

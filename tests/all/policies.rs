@@ -28,6 +28,7 @@ fn calls(n: usize, max_attempts: i32) -> Vec<NewExecution> {
     (0..n)
         .map(|i| NewExecution {
             tenant: None,
+            cache: None,
             provider: "cap".into(),
             input: ChatInput::prompt(format!("call {i}")),
             priority: 0,
@@ -429,6 +430,7 @@ async fn aging_lifts_starved_low_priority_work() {
     let (daemon, queue) = env.start().await;
     let job_at = |priority: i32| NewExecution {
         tenant: None,
+        cache: None,
         priority,
         ..job("aging", serde_json::json!({"sleep_ms": 100}))
     };
@@ -482,6 +484,7 @@ async fn on_postgres_a_request_budget_holds_across_two_workers() {
     let work: Vec<NewExecution> = (0..50)
         .map(|i| NewExecution {
             tenant: None,
+            cache: None,
             provider: "metered".into(),
             input: ChatInput::prompt(format!("call {i}")),
             priority: 0,

@@ -18,6 +18,7 @@ async fn higher_priority_first_then_fifo() {
         let id = queue
             .submit(&NewExecution {
                 tenant: None,
+                cache: None,
                 provider: "one".into(),
                 input: ChatInput::prompt("p").with_extra(serde_json::json!({"sleep_ms": 15})),
                 priority,

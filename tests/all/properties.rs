@@ -137,7 +137,7 @@ proptest! {
             let queue = env.queue().await;
             let batch: Vec<NewExecution> = rows
                 .iter()
-                .map(|(priority, _)| NewExecution { tenant: None,
+                .map(|(priority, _)| NewExecution { tenant: None, cache: None,
                     provider: "order".into(),
                     input: ChatInput::prompt("x"),
                     priority: *priority,

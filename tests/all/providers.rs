@@ -40,6 +40,7 @@ fn adapter_policy() -> lanes::policy::PolicyConfig {
 fn execution(provider: &str, input: ChatInput, max_attempts: i32) -> NewExecution {
     NewExecution {
         tenant: None,
+        cache: None,
         provider: provider.into(),
         input,
         priority: 0,

@@ -18,6 +18,7 @@ fn env() -> TestEnv {
 fn with_attempts(extra: serde_json::Value, max_attempts: i32) -> NewExecution {
     NewExecution {
         tenant: None,
+        cache: None,
         provider: "flaky".into(),
         input: ChatInput::prompt("x").with_extra(extra),
         priority: 0,

@@ -18,6 +18,7 @@ fn to(route: &str, n: usize) -> Vec<NewExecution> {
     (0..n)
         .map(|i| NewExecution {
             tenant: None,
+            cache: None,
             provider: route.into(),
             input: ChatInput::prompt(format!("call {i}")),
             priority: 0,

@@ -71,6 +71,7 @@ async fn each_failure_mode_fails_alone_with_a_named_limit() {
         .iter()
         .map(|(extra, _, _)| NewExecution {
             tenant: None,
+            cache: None,
             provider: "bad".into(),
             input: ChatInput::prompt("x").with_extra(extra.clone()),
             priority: 0,
@@ -128,6 +129,7 @@ async fn limits_over_the_instance_pool_wait_as_pending_and_fail_nothing() {
     let batch: Vec<NewExecution> = (0..1_000)
         .map(|_| NewExecution {
             tenant: None,
+            cache: None,
             max_attempts: 1,
             ..job("wide", serde_json::json!({"sleep_ms": 200}))
         })

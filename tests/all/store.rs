@@ -11,6 +11,7 @@ use crate::support::*;
 fn new(provider: &str, priority: i32) -> NewExecution {
     NewExecution {
         tenant: None,
+        cache: None,
         provider: provider.into(),
         input: ChatInput::prompt("hi"),
         priority,
@@ -647,6 +648,7 @@ contract!(
 async fn a_row_refilled_in_a_write_is_the_row_as_stored(q: Arc<dyn Queue>) {
     let routed = NewExecution {
         tenant: None,
+        cache: None,
         route: Some("r".into()),
         ..new("a", 5)
     };
@@ -1040,6 +1042,7 @@ async fn budgets(q: Arc<dyn Queue>) {
     use lanes::store::Budget;
     let with_max = |max_tokens: u32| NewExecution {
         tenant: None,
+        cache: None,
         input: ChatInput {
             max_tokens: Some(max_tokens),
             ..ChatInput::prompt("12345678")
@@ -1304,6 +1307,7 @@ contract!(claim_cap_twins, claim_caps_match_their_rust_twin);
 async fn routed_work_moves_in_shares_and_running_rows_stay(q: Arc<dyn Queue>) {
     let routed = |route: &str| NewExecution {
         tenant: None,
+        cache: None,
         route: Some(route.into()),
         ..new("a", 0)
     };
@@ -1464,3 +1468,77 @@ async fn fair_claims_match_their_rust_twin(q: Arc<dyn Queue>) {
     }
 }
 contract!(fair_claim_twins, fair_claims_match_their_rust_twin);
+
+/// The response cache in either dialect: a waiter is never claimed and is completed from its
+/// leader's answer; a later submission is a hit; a failed or cancelled leader's waiters
+/// become due; the cache clears.
+async fn the_response_cache_answers_waits_and_releases(q: Arc<dyn Queue>) {
+    use lanes::model::CacheRequest;
+    use lanes::store::CacheEnd;
+    let cached = |key: &str| NewExecution {
+        cache: Some(CacheRequest {
+            key: key.to_string(),
+            ttl_ms: 60_000,
+        }),
+        ..new("c", 0)
+    };
+    let end = |id, key: &'static str, output: Option<&'static str>| CacheEnd {
+        id,
+        provider: "c",
+        key,
+        output,
+        ttl_ms: 60_000,
+        max_entries: 10,
+    };
+    let leader = q.submit(&cached("k-a")).await.unwrap();
+    let waiter = q.submit(&cached("k-a")).await.unwrap();
+    let got = q.claim("c", claim("w", 10, 10)).await.unwrap();
+    assert_eq!(got.iter().map(|e| e.id).collect::<Vec<_>>(), [leader]);
+    assert_eq!(got[0].cache_key.as_deref(), Some("k-a"));
+    let answer = r#"{"text":"x","model":"m","usage":{"input_tokens":1,"output_tokens":1},"finish_reason":"stop"}"#;
+    let done = Finish::Completed(
+        Output::of(&serde_json::from_str::<serde_json::Value>(answer).unwrap()).unwrap(),
+    );
+    q.finish_many("w", &[(leader, &done)]).await.unwrap();
+    let settled = q
+        .settle_cache(&[end(leader, "k-a", Some(answer))])
+        .await
+        .unwrap();
+    assert_eq!(settled.completed, [(waiter, "c".to_string())]);
+    let w = q.get(waiter).await.unwrap().unwrap();
+    assert_eq!(w.status, Status::Completed);
+    assert_eq!(w.output.as_ref().unwrap()["cached"], true);
+    assert_eq!(w.history[0].outcome, "cached");
+    // A hit, at once.
+    let hit = q.submit(&cached("k-a")).await.unwrap();
+    let h = q.get(hit).await.unwrap().unwrap();
+    assert_eq!((h.status, h.attempts), (Status::Completed, 0));
+    // A failed leader's waiter becomes due.
+    let leader = q.submit(&cached("k-b")).await.unwrap();
+    let waiter = q.submit(&cached("k-b")).await.unwrap();
+    assert_eq!(
+        q.claim("c", claim("w", 10, 10)).await.unwrap()[0].id,
+        leader
+    );
+    let settled = q.settle_cache(&[end(leader, "k-b", None)]).await.unwrap();
+    assert!(settled.released.contains("c"));
+    assert_eq!(
+        q.claim("c", claim("w", 10, 10)).await.unwrap()[0].id,
+        waiter
+    );
+    // A cancelled pending leader's too.
+    let leader = q.submit(&cached("k-c")).await.unwrap();
+    let waiter = q.submit(&cached("k-c")).await.unwrap();
+    q.cancel(leader).await.unwrap();
+    assert_eq!(
+        q.claim("c", claim("w", 10, 10)).await.unwrap()[0].id,
+        waiter
+    );
+    assert_eq!(q.cache_entries().await.unwrap().get("c"), Some(&1));
+    assert_eq!(q.clear_cache(Some("c")).await.unwrap(), 1);
+    assert!(q.cache_entries().await.unwrap().is_empty());
+}
+contract!(
+    response_cache,
+    the_response_cache_answers_waits_and_releases
+);

@@ -212,6 +212,7 @@ async fn a_kill_9_mid_stream_leaves_the_execution_to_run_again_with_a_new_stream
     let id = queue
         .submit(&lanes::NewExecution {
             tenant: None,
+            cache: None,
             provider: "stub".into(),
             input: lanes::ChatInput::from_value(input).unwrap(),
             priority: 0,
@@ -290,6 +291,7 @@ async fn a_stream_that_stalls_is_cut_by_the_idle_timeout() {
     let id = daemon
         .submit(&lanes::NewExecution {
             tenant: None,
+            cache: None,
             provider: "oa".into(),
             input: lanes::ChatInput::from_value(json!({"prompt": "hi", "stream": true})).unwrap(),
             priority: 0,
@@ -353,6 +355,7 @@ async fn another_worker_of_a_fleet_serves_the_stream_from_the_store() {
     let id = queue
         .submit(&lanes::NewExecution {
             tenant: None,
+            cache: None,
             provider: "stub".into(),
             input: lanes::ChatInput::from_value(json!({"prompt": "hi", "stream": true,
                 "extra": {"text": "abcdefghij", "stream_pieces": 10, "stream_gap_ms": 150}}))

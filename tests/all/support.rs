@@ -258,6 +258,7 @@ impl TestEnv {
 pub fn job(provider: &str, extra: serde_json::Value) -> NewExecution {
     NewExecution {
         tenant: None,
+        cache: None,
         provider: provider.to_string(),
         input: ChatInput::prompt("hello").with_extra(extra),
         priority: 0,

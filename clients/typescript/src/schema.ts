@@ -55,6 +55,22 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/cache": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        post?: never;
+        delete: operations["clear_cache"];
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/events": {
         parameters: {
             query?: never;
@@ -321,6 +337,14 @@ export interface components {
              */
             tokens: number;
         };
+        /** @description The answer of `DELETE /v1/cache`. */
+        CacheCleared: {
+            /**
+             * Format: int64
+             * @description How many answers were dropped.
+             */
+            dropped: number;
+        };
         /**
          * @description The normalized chat input, as stored and served (a `prompt` becomes one user
          *     message). Unknown fields are refused.
@@ -386,6 +410,9 @@ export interface components {
              * @example tool_calls
              */
             finish_reason: string;
+            cost?: null | components["schemas"]["Cost"];
+            /** @description Served from the response cache: no provider call was made for it. */
+            cached?: boolean | null;
         };
         /** @description The component serving a provider. */
         ComponentOut: {
@@ -398,6 +425,20 @@ export interface components {
          *     reasoning; a `tool` message tool results.
          */
         Content: string | components["schemas"]["Part"][];
+        /** @description What an answer cost. */
+        Cost: {
+            /**
+             * Format: double
+             * @description In USD; absent when its model has no price (see `unpriced`).
+             */
+            usd?: number | null;
+            /** @description The price table's entry it was priced by. */
+            priced_as?: string | null;
+            /** @description The price table's version. */
+            prices: string;
+            /** @description Why it has no price. */
+            unpriced?: string | null;
+        };
         /**
          * @description One piece of a streamed answer (`GET /v1/executions/{id}/stream`), tagged by `type`.
          *     Joined in order, the pieces of each kind make the output's parts of that kind.
@@ -954,6 +995,12 @@ export interface components {
              * @example acme
              */
             tenant?: string | null;
+            /**
+             * @description Whether the provider's response cache may answer it (when the provider has one):
+             *     `true` caches it, `false` never does; absent, only a `temperature` of 0 given
+             *     explicitly is cached.
+             */
+            cache?: boolean | null;
         };
         /** @description One tenant's executions, across providers. */
         TenantOut: {
@@ -1195,6 +1242,56 @@ export interface operations {
                 };
             };
             /** @description Not ready, and why */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    clear_cache: {
+        parameters: {
+            query?: {
+                /** @description Only this provider's answers (default: every provider's). */
+                provider?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The answers dropped from the response cache */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CacheCleared"];
+                };
+            };
+            /** @description Not a provider name */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A token is set, and the request has none or another */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The database did not answer */
             503: {
                 headers: {
                     [name: string]: unknown;

@@ -15,9 +15,9 @@ use super::AppState;
 use super::metrics::GaugeValues;
 use super::problem::{Json, Path, Problem, Query};
 use super::wire::{
-    BudgetOut, ComponentOut, EventOut, EventsQuery, HealthOut, LimitRequest, LimitResponse,
-    LimitsOut, PluginOut, PluginsOut, PoolOut, ProviderOut, ProvidersOut, TenantOut, TenantsOut,
-    UsageOut, UsageQuery,
+    BudgetOut, CacheCleared, CacheQuery, ComponentOut, EventOut, EventsQuery, HealthOut,
+    LimitRequest, LimitResponse, LimitsOut, PluginOut, PluginsOut, PoolOut, ProviderOut,
+    ProvidersOut, TenantOut, TenantsOut, UsageOut, UsageQuery,
 };
 use crate::limits::{LimitInputs, LimitView, Stored, claim_cap};
 use crate::model::{MAX_COUNT, validate_provider_name};
@@ -215,6 +215,38 @@ pub async fn usage(
         rows: rows.into_iter().map(Into::into).collect(),
         total: total.into(),
     }))
+}
+
+#[utoipa::path(
+    delete, path = "/v1/cache", tag = "cache",
+    params(CacheQuery),
+    responses(
+        (status = 200, description = "The answers dropped from the response cache", body = CacheCleared),
+        (status = 400, description = "Not a provider name", content_type = "application/problem+json", body = Problem),
+        (status = 503, description = "The database did not answer", content_type = "application/problem+json", body = Problem),
+    )
+)]
+pub async fn clear_cache(
+    State(state): State<AppState>,
+    Query(query): Query<CacheQuery>,
+) -> Result<axum::Json<CacheCleared>, Problem> {
+    if let Some(name) = &query.provider {
+        validate_provider_name(name).map_err(Problem::bad_request)?;
+    }
+    let dropped = state
+        .control
+        .queue()
+        .clear_cache(query.provider.as_deref())
+        .await?;
+    tracing::info!(
+        "response cache cleared{}: {dropped} answer(s) dropped",
+        query
+            .provider
+            .as_deref()
+            .map(|p| format!(" for provider {p}"))
+            .unwrap_or_default()
+    );
+    Ok(axum::Json(CacheCleared { dropped }))
 }
 
 #[utoipa::path(
@@ -465,6 +497,9 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, Problem>
     }
     let cap = state.control.config().api.metrics_tenants;
     state.metrics.set_tenants(&tenant_rows(&state).await?, cap);
+    state
+        .metrics
+        .set_cache_entries(&state.control.queue().cache_entries().await?);
     Ok((
         StatusCode::OK,
         [(

@@ -80,14 +80,16 @@ pub(super) async fn validate(
             request.provider
         ));
     }
-    let new = NewExecution {
+    let mut new = NewExecution {
         provider: request.provider,
         input,
         priority: request.priority,
         max_attempts,
         route: None,
         tenant: request.tenant,
+        cache: None,
     };
+    new.cache = crate::responses::plan(&config, &new, request.cache);
     let key = match request.idempotency_key {
         None => None,
         Some(key) => {
@@ -149,6 +151,14 @@ pub async fn submit(
         None => return Err(Problem::invalid("nothing was submitted")),
     };
     let execution = read(&state, id).await?;
+    if status == StatusCode::CREATED
+        && execution
+            .output
+            .as_ref()
+            .is_some_and(|o| o["cached"] == true)
+    {
+        state.metrics.cache_hit(&execution.provider);
+    }
     Ok((
         status,
         [(header::LOCATION, format!("/v1/executions/{id}"))],

@@ -324,6 +324,7 @@ pub(super) async fn submit(
         idempotency_key: key,
         allow_unknown: false,
         tenant,
+        cache: None,
     };
     let entry = validate(state, request).await.map_err(|e| {
         if e.starts_with("unknown provider") {

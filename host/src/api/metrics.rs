@@ -82,6 +82,8 @@ pub struct Metrics {
     cost: Family<ModelLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     unpriced: Family<ModelLabels, Counter>,
     tokens_total: Family<KindLabels, Counter>,
+    cache_hits: Family<ProviderLabel, Counter>,
+    cache_entries: Family<ProviderLabel, Gauge>,
     attempts: Family<AttemptLabels, Counter>,
     rate_limited: Family<ProviderLabel, Counter>,
     denied: Family<ProviderLabel, Counter>,
@@ -143,6 +145,8 @@ impl Default for Metrics {
             cost: Family::default(),
             unpriced: Family::default(),
             tokens_total: Family::default(),
+            cache_hits: Family::default(),
+            cache_entries: Family::default(),
             attempts: Family::default(),
             rate_limited: Family::default(),
             denied: Family::default(),
@@ -226,6 +230,16 @@ impl Default for Metrics {
             "Tokens of this worker's completed attempts, by kind: input (every prompt token), \
              output, cache_read and cache_write (of input), reasoning (of output)",
             m.tokens_total.clone(),
+        );
+        registry.register(
+            "cache_hits",
+            "Submissions to this worker's API answered from the response cache",
+            m.cache_hits.clone(),
+        );
+        registry.register(
+            "cache_entries",
+            "Answers in the response cache, by provider",
+            m.cache_entries.clone(),
         );
         registry.register(
             "attempts",
@@ -409,6 +423,21 @@ impl Metrics {
             None => {
                 self.unpriced.get_or_create(&labels).inc();
             }
+        }
+    }
+
+    /// Counts a submission answered from the response cache.
+    pub fn cache_hit(&self, name: &str) {
+        self.cache_hits.get_or_create(&provider(name)).inc();
+    }
+
+    /// Sets the response cache's sizes.
+    pub fn set_cache_entries(&self, entries: &std::collections::BTreeMap<String, u64>) {
+        self.cache_entries.clear();
+        for (name, n) in entries {
+            self.cache_entries
+                .get_or_create(&provider(name))
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
         }
     }
 

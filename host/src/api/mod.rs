@@ -119,6 +119,7 @@ impl ApiServer {
         control::providers,
         control::tenants,
         control::usage,
+        control::clear_cache,
         control::set_limit,
         control::clear_limit,
         control::plugins,
@@ -316,6 +317,7 @@ fn router(state: AppState, max_body_bytes: u64) -> Router {
         .route("/v1/providers", get(control::providers))
         .route("/v1/tenants", get(control::tenants))
         .route("/v1/usage", get(control::usage))
+        .route("/v1/cache", axum::routing::delete(control::clear_cache))
         .route(
             "/v1/providers/{name}/limit",
             put(control::set_limit).delete(control::clear_limit),

@@ -38,6 +38,11 @@ pub struct SubmitRequest {
     #[serde(default)]
     #[schema(example = "acme")]
     pub tenant: Option<String>,
+    /// Whether the provider's response cache may answer it (when the provider has one):
+    /// `true` caches it, `false` never does; absent, only a `temperature` of 0 given
+    /// explicitly is cached.
+    #[serde(default)]
+    pub cache: Option<bool>,
 }
 
 /// Up to 1,000 submissions, written in one transaction: all or none.
@@ -278,6 +283,22 @@ pub struct BudgetOut {
     pub requests: i64,
     /// Tokens reserved (estimates) or used (settled) in the last minute.
     pub tokens: i64,
+}
+
+/// `DELETE /v1/cache`'s query.
+#[derive(Debug, Clone, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CacheQuery {
+    /// Only this provider's answers (default: every provider's).
+    pub provider: Option<String>,
+}
+
+/// The answer of `DELETE /v1/cache`.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CacheCleared {
+    /// How many answers were dropped.
+    pub dropped: u64,
 }
 
 /// `GET /v1/usage`'s query.
@@ -940,6 +961,29 @@ pub struct ChatOutputDoc {
     /// `context_window`, or the provider's own word.
     #[schema(examples("stop", "length", "tool_calls"))]
     pub finish_reason: String,
+    /// What it cost, priced when its attempt ended (absent in outputs stored before).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<CostDoc>,
+    /// Served from the response cache: no provider call was made for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cached: Option<bool>,
+}
+
+/// What an answer cost.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Cost)]
+pub struct CostDoc {
+    /// In USD; absent when its model has no price (see `unpriced`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usd: Option<f64>,
+    /// The price table's entry it was priced by.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priced_as: Option<String>,
+    /// The price table's version.
+    pub prices: String,
+    /// Why it has no price.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unpriced: Option<String>,
 }
 
 /// A part of an answer, by `type`: the input's part shapes, so an answer's `content` goes

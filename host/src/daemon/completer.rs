@@ -50,6 +50,15 @@ pub trait ResultSink: Send + Sync + 'static {
     /// Tells other workers that a slot of `provider` is free; see [`Queue::slot_freed`].
     async fn slot_freed(&self, provider: &str) -> Result<(), StoreError>;
 
+    /// Stores cached answers and settles their waiters; see [`Queue::settle_cache`].
+    async fn settle_cache(
+        &self,
+        ends: &[crate::store::CacheEnd<'_>],
+    ) -> Result<crate::store::CacheSettled, StoreError> {
+        let _ = ends;
+        Ok(crate::store::CacheSettled::default())
+    }
+
     /// Whether [`ResultSink::write_and_claim`] claims; see [`Queue::claims_with_finish`].
     fn claims_with_write(&self) -> bool {
         false
@@ -96,6 +105,13 @@ impl ResultSink for QueueSink {
         batch: &[(ExecutionId, &Finish)],
     ) -> Result<Vec<bool>, StoreError> {
         self.queue.finish_many(owner, batch).await
+    }
+
+    async fn settle_cache(
+        &self,
+        ends: &[crate::store::CacheEnd<'_>],
+    ) -> Result<crate::store::CacheSettled, StoreError> {
+        self.queue.settle_cache(ends).await
     }
 
     async fn slot_freed(&self, provider: &str) -> Result<(), StoreError> {
@@ -146,6 +162,8 @@ pub struct Completion {
     pub ended: Instant,
     /// What a completed attempt used and cost.
     pub spent: Option<Arc<crate::daemon::events::Spent>>,
+    /// Its response cache key, with its provider's cache settings, when it used the cache.
+    pub cache: Option<(String, crate::config::ResponseCacheConfig)>,
     /// The execution was cancelled while it ran: its row is already `cancelled`, and
     /// nothing of the attempt is written.
     pub cancelled: bool,
@@ -167,6 +185,7 @@ impl Completion {
             duration_ms: 0,
             ended: Instant::now(),
             spent: None,
+            cache: None,
             cancelled: false,
             moved_to: None,
         }
@@ -439,6 +458,7 @@ impl Worker {
     async fn flush(&self, batch: &mut Vec<Completion>) -> Vec<Completion> {
         let offers = self.offers(batch);
         let (written, claimed) = self.write(batch, &offers).await;
+        self.settle_cache(batch, &written).await;
         // Only the offers whose claims were made: a write retried alone made none.
         let made = if claimed.is_some() {
             offers
@@ -591,6 +611,68 @@ impl Worker {
                     .unwrap_or_default(),
             })
             .collect()
+    }
+
+    /// Stores the answers of the batch's executions that use the response cache, and
+    /// settles the executions waiting for them (completed from the answer, or due to run
+    /// their own call after a failure or a cancel), then says so on the bus. Tried a few
+    /// times: a waiter whose leader's end is never settled waits on.
+    async fn settle_cache(&self, batch: &[Completion], written: &[bool]) {
+        let ends: Vec<crate::store::CacheEnd<'_>> = batch
+            .iter()
+            .zip(written)
+            .filter_map(|(c, ok)| {
+                let (key, settings) = c.cache.as_ref()?;
+                let output = match (&c.finish, ok) {
+                    (Finish::Completed(output), true) => Some(output.as_str()),
+                    (Finish::Failed { .. }, true) => None,
+                    // Cancelled, or no longer this worker's: its waiters run their own.
+                    (_, false) => None,
+                    _ => return None,
+                };
+                Some(crate::store::CacheEnd {
+                    id: c.id,
+                    provider: c.lane.name(),
+                    key,
+                    output,
+                    ttl_ms: i64::try_from(settings.ttl_secs.saturating_mul(1000))
+                        .unwrap_or(i64::MAX),
+                    max_entries: settings.max_entries,
+                })
+            })
+            .collect();
+        if ends.is_empty() {
+            return;
+        }
+        let mut delay = Duration::from_millis(50);
+        for attempt in 1..=5 {
+            match self.sink.settle_cache(&ends).await {
+                Ok(settled) => {
+                    let mut events = self.events.batch();
+                    for (id, provider) in settled.completed {
+                        events.push_with(|| Event::Finished {
+                            id,
+                            provider: Arc::from(provider.as_str()),
+                            attempt: 0,
+                            outcome: Outcome::Completed,
+                            duration_ms: 0,
+                            write_ms: 0,
+                            spent: None,
+                        });
+                    }
+                    return;
+                }
+                Err(e) => {
+                    error!(
+                        "the response cache: storing {} answer(s) and settling their waiters \
+                         failed (try {attempt} of 5): {e}",
+                        ends.len()
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
     }
 
     /// Writes the batch, with its offers' claims on the first try; retried with backoff
@@ -805,6 +887,7 @@ mod tests {
             duration_ms: 1,
             ended: Instant::now(),
             spent: None,
+            cache: None,
             cancelled: false,
         }
     }

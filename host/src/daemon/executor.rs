@@ -130,6 +130,7 @@ impl Executor {
                     .unwrap_or(i64::MAX),
                 ended,
                 spent,
+                cache: execution.cache_key.clone().zip(provider.response_cache),
                 cancelled: cancel.is_cancelled(),
                 moved_to,
             })

@@ -332,6 +332,7 @@ impl PluginHost {
                 table: Arc::new(config.price_table()),
                 configured_model: provider_config.and_then(|p| p.model.clone()),
             },
+            response_cache: provider_config.and_then(|p| p.response_cache),
             engine: self.engine.clone(),
             ticker: self.ticker.clone(),
             client: self.client.clone(),

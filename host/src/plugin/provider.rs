@@ -169,6 +169,8 @@ pub struct Provider {
     pub stream: bool,
     /// How its answers are priced.
     pub pricing: crate::costs::Pricing,
+    /// `[providers.NAME] response_cache`, when it has one.
+    pub response_cache: Option<crate::config::ResponseCacheConfig>,
     pub(crate) engine: Engine,
     pub(crate) ticker: super::sandbox::EpochTicker,
     pub(crate) client: super::outbound::SharedClient,

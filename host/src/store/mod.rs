@@ -15,7 +15,7 @@ pub mod sqlite;
 
 use std::sync::Arc;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -264,6 +264,18 @@ pub trait Queue: Send + Sync + 'static {
 
     /// Counts by tenant (`""` for the rows without one) and status, across providers.
     async fn tenant_counts(&self) -> Result<BTreeMap<String, StatusCounts>, StoreError>;
+
+    /// The ends of executions that used the response cache: a completed one's answer is
+    /// stored under its key (then the provider's oldest answers past its `max_entries`, and
+    /// those past its `ttl`, are dropped) and completes the executions waiting for it;
+    /// a failed or cancelled one's waiters become due, to run their own calls.
+    async fn settle_cache(&self, ends: &[CacheEnd<'_>]) -> Result<CacheSettled, StoreError>;
+
+    /// Drops the stored answers of `provider` (every provider's with `None`); how many.
+    async fn clear_cache(&self, provider: Option<&str>) -> Result<u64, StoreError>;
+
+    /// The stored answers of each provider.
+    async fn cache_entries(&self) -> Result<BTreeMap<String, u64>, StoreError>;
 
     /// The usage and cost of the executions completed in `[since, until)` (Unix ms),
     /// grouped by `by`, in key order.
@@ -623,6 +635,29 @@ pub struct Claim<'a> {
     pub tenants: &'a Tenants,
 }
 
+/// One end for [`Queue::settle_cache`].
+#[derive(Debug, Clone, Copy)]
+pub struct CacheEnd<'a> {
+    pub id: ExecutionId,
+    pub provider: &'a str,
+    pub key: &'a str,
+    /// The stored answer of a completed execution; `None` for one that failed or was
+    /// cancelled.
+    pub output: Option<&'a str>,
+    /// The provider's `response_cache`.
+    pub ttl_ms: i64,
+    pub max_entries: u64,
+}
+
+/// What [`Queue::settle_cache`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CacheSettled {
+    /// Waiters completed from an answer, with their providers.
+    pub completed: Vec<(ExecutionId, String)>,
+    /// Providers whose waiters became due.
+    pub released: BTreeSet<String>,
+}
+
 /// What [`Queue::usage`] groups by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -840,7 +875,8 @@ pub async fn open(url: &str) -> Result<Arc<dyn Queue>, StoreError> {
 /// The columns every execution query returns: the fields of [`ExecutionRow`].
 pub(crate) const COLUMNS: &str = "id, provider, status, priority, input, output, error, \
     error_kind, attempts, max_attempts, not_before, resume, created_at, started_at, \
-    finished_at, owner, lease_until, worker, history, rate_limited, aged, route, tenant";
+    finished_at, owner, lease_until, worker, history, rate_limited, aged, route, tenant, \
+    cache_key";
 
 /// An execution as both backends store it. Read from a row, or (SQLite's batch write)
 /// from a JSON array of [`COLUMNS`]' values, in that order.
@@ -870,6 +906,7 @@ pub(crate) struct ExecutionRow {
     route: Option<String>,
     /// `''` for none: a key column, so that one index holds each tenant's pending rows.
     tenant: String,
+    cache_key: Option<String>,
 }
 
 /// Reads an execution from a row of either backend.
@@ -908,6 +945,7 @@ pub(crate) fn execution_from_raw(raw: ExecutionRow) -> Result<Execution, StoreEr
         aged: raw.aged,
         route: raw.route,
         tenant: (!raw.tenant.is_empty()).then_some(raw.tenant),
+        cache_key: raw.cache_key,
         max_attempts: raw.max_attempts,
         not_before: raw.not_before,
         resume: raw.resume,

@@ -30,6 +30,7 @@ use super::{
     move_bounds, provider_records, provider_state, read_count, readable_claims, stored_count,
     unreadable_failure, usage_rows, usage_sql, written_flags,
 };
+use super::{CacheEnd, CacheSettled};
 use crate::model::{ErrorKind, Execution, ExecutionId, NewExecution};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -340,6 +341,9 @@ async fn insert(
 ) -> Result<Option<ExecutionId>, StoreError> {
     let input = serde_json::to_string(&new.input)
         .map_err(|e| StoreError::Other(format!("serializing input: {e}")))?;
+    if let Some(cache) = &new.cache {
+        return insert_cached(tx, new, &input, key, cache).await;
+    }
     sqlx::query_scalar(&format!(
         "INSERT INTO executions (provider, priority, input, max_attempts, not_before, created_at,
                                  idempotency_key, request_hash, route, tenant)
@@ -360,6 +364,79 @@ async fn insert(
     .op("submitting an execution")
 }
 
+/// Inserts one execution that may be answered from the response cache (see SQLite's
+/// `insert_cached`), under a transaction lock on its key: two identical submissions on two
+/// workers cannot both find no leader.
+async fn insert_cached(
+    tx: &mut sqlx::PgConnection,
+    new: &NewExecution,
+    input: &str,
+    key: Option<&IdempotencyKey>,
+    cache: &crate::model::CacheRequest,
+) -> Result<Option<ExecutionId>, StoreError> {
+    const OP: &str = "submitting an execution through the response cache";
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('lanes-cache:' || $1, 0))")
+        .bind(&cache.key)
+        .execute(&mut *tx)
+        .await
+        .op(OP)?;
+    let answer: Option<String> = sqlx::query_scalar(&format!(
+        "SELECT output FROM response_cache WHERE key = $1 AND created_at > {NOW_MS} - $2"
+    ))
+    .bind(&cache.key)
+    .bind(cache.ttl_ms)
+    .fetch_optional(&mut *tx)
+    .await
+    .op(OP)?;
+    let hit = answer.as_deref().and_then(crate::responses::as_hit);
+    let leader: Option<i64> = if hit.is_some() {
+        None
+    } else {
+        sqlx::query_scalar(
+            "SELECT id FROM executions
+              WHERE cache_key = $1 AND waits_for IS NULL AND status IN ('pending', 'running')
+              ORDER BY id LIMIT 1",
+        )
+        .bind(&cache.key)
+        .fetch_optional(&mut *tx)
+        .await
+        .op(OP)?
+    };
+    sqlx::query_scalar(&format!(
+        "INSERT INTO executions (provider, priority, input, max_attempts, not_before, created_at,
+                                 idempotency_key, request_hash, route, tenant, cache_key,
+                                 waits_for, status, output, started_at, finished_at, history)
+         VALUES ($1, $2, $3, $4, CASE WHEN $10::bigint IS NULL THEN {NOW_MS} ELSE $12 END,
+                 {NOW_MS}, $5, $6, $7, COALESCE($8, ''), $9, $10,
+                 CASE WHEN $11::text IS NULL THEN 'pending' ELSE 'completed' END, $11,
+                 CASE WHEN $11::text IS NULL THEN NULL ELSE {NOW_MS} END,
+                 CASE WHEN $11::text IS NULL THEN NULL ELSE {NOW_MS} END,
+                 CASE WHEN $11::text IS NULL THEN NULL ELSE
+                   jsonb_build_array(jsonb_build_object(
+                     'attempt', 0, 'started_at', {NOW_MS}, 'finished_at', {NOW_MS},
+                     'worker', NULL, 'outcome', 'cached', 'error_kind', NULL, 'error', NULL,
+                     'retry_delay_ms', NULL))::text END)
+         ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+         RETURNING id"
+    ))
+    .bind(&new.provider)
+    .bind(new.priority)
+    .bind(input)
+    .bind(new.max_attempts)
+    .bind(key.map(|k| &k.key))
+    .bind(key.map(|k| &k.fingerprint))
+    .bind(&new.route)
+    .bind(&new.tenant)
+    .bind(&cache.key)
+    .bind(leader)
+    .bind(hit)
+    // A waiter is never due until its leader ends (`settle_cache` makes it due).
+    .bind(i64::MAX)
+    .fetch_optional(tx)
+    .await
+    .op(OP)
+}
+
 #[async_trait]
 impl Queue for PgQueue {
     async fn submit(&self, new: &NewExecution) -> Result<ExecutionId, StoreError> {
@@ -378,6 +455,16 @@ impl Queue for PgQueue {
         let mut ids = Vec::with_capacity(new.len());
         // One statement per chunk, over arrays.
         for chunk in new.chunks(SUBMIT_CHUNK) {
+            if chunk.iter().any(|n| n.cache.is_some()) {
+                // Each may be a cache hit or a waiter: one at a time, in the batch's order.
+                for n in chunk {
+                    let id = insert(&mut tx, n, None).await?.ok_or_else(|| {
+                        StoreError::Other("an insert without a key returned no id".into())
+                    })?;
+                    ids.push(id);
+                }
+                continue;
+            }
             let mut providers = Vec::with_capacity(chunk.len());
             let mut priorities = Vec::with_capacity(chunk.len());
             let mut inputs = Vec::with_capacity(chunk.len());
@@ -755,6 +842,99 @@ impl Queue for PgQueue {
         fold_counts(rows)
     }
 
+    async fn settle_cache(&self, ends: &[CacheEnd<'_>]) -> Result<CacheSettled, StoreError> {
+        const OP: &str = "settling the response cache";
+        let mut settled = CacheSettled::default();
+        if ends.is_empty() {
+            return Ok(settled);
+        }
+        let mut tx = self.pool.begin().await.op(OP)?;
+        for end in ends {
+            let Some(output) = end.output else {
+                let providers: Vec<String> = sqlx::query_scalar(&format!(
+                    "UPDATE executions SET waits_for = NULL, not_before = {NOW_MS}
+                      WHERE waits_for = $1 AND status = 'pending' RETURNING provider"
+                ))
+                .bind(end.id)
+                .fetch_all(&mut *tx)
+                .await
+                .op(OP)?;
+                for provider in providers {
+                    self.notify(&mut tx, &provider).await?;
+                    settled.released.insert(provider);
+                }
+                continue;
+            };
+            sqlx::query(&format!(
+                "INSERT INTO response_cache (key, provider, output, created_at)
+                 VALUES ($1, $2, $3, {NOW_MS})
+                 ON CONFLICT (key) DO UPDATE
+                    SET provider = excluded.provider, output = excluded.output,
+                        created_at = excluded.created_at"
+            ))
+            .bind(end.key)
+            .bind(end.provider)
+            .bind(output)
+            .execute(&mut *tx)
+            .await
+            .op(OP)?;
+            let hit = crate::responses::as_hit(output);
+            let completed: Vec<(i64, String)> = sqlx::query_as(&format!(
+                "UPDATE executions
+                    SET status = 'completed', output = $2, started_at = {NOW_MS},
+                        finished_at = {NOW_MS}, waits_for = NULL,
+                        history = jsonb_build_array(jsonb_build_object(
+                          'attempt', 0, 'started_at', {NOW_MS}, 'finished_at', {NOW_MS},
+                          'worker', NULL, 'outcome', 'cached', 'error_kind', NULL,
+                          'error', NULL, 'retry_delay_ms', NULL))::text
+                  WHERE waits_for = $1 AND status = 'pending' RETURNING id, provider"
+            ))
+            .bind(end.id)
+            .bind(hit)
+            .fetch_all(&mut *tx)
+            .await
+            .op(OP)?;
+            settled.completed.extend(completed);
+            sqlx::query(&format!(
+                "DELETE FROM response_cache
+                  WHERE provider = $1
+                    AND (created_at <= {NOW_MS} - $2
+                         OR key IN (SELECT key FROM response_cache WHERE provider = $1
+                                     ORDER BY created_at DESC OFFSET $3))"
+            ))
+            .bind(end.provider)
+            .bind(end.ttl_ms)
+            .bind(i64::try_from(end.max_entries).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await
+            .op(OP)?;
+        }
+        tx.commit().await.op(OP)?;
+        Ok(settled)
+    }
+
+    async fn clear_cache(&self, provider: Option<&str>) -> Result<u64, StoreError> {
+        let done =
+            sqlx::query("DELETE FROM response_cache WHERE $1::text IS NULL OR provider = $1")
+                .bind(provider)
+                .execute(&self.pool)
+                .await
+                .op("clearing the response cache")?;
+        Ok(done.rows_affected())
+    }
+
+    async fn cache_entries(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT provider, COUNT(*) FROM response_cache GROUP BY provider")
+                .fetch_all(&self.pool)
+                .await
+                .op("counting cached answers")?;
+        Ok(rows
+            .into_iter()
+            .map(|(p, n)| (p, u64::try_from(n).unwrap_or(0)))
+            .collect())
+    }
+
     async fn usage(
         &self,
         by: UsageBy,
@@ -1000,6 +1180,20 @@ impl Queue for PgQueue {
         .await
         .op(OP)?;
         if pending.rows_affected() > 0 {
+            // Executions waiting for its answer (the response cache) run their own.
+            let mut tx = self.pool.begin().await.op(OP)?;
+            let providers: Vec<String> = sqlx::query_scalar(&format!(
+                "UPDATE executions SET waits_for = NULL, not_before = {NOW_MS}
+                  WHERE waits_for = $1 AND status = 'pending' RETURNING provider"
+            ))
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await
+            .op(OP)?;
+            for provider in providers.iter().collect::<BTreeSet<_>>() {
+                self.notify(&mut tx, provider).await?;
+            }
+            tx.commit().await.op(OP)?;
             return Ok(Cancelled::Pending);
         }
         let history = history_with("", "'cancelled'", "NULL", "NULL", "NULL");
@@ -1300,6 +1494,7 @@ mod tests {
             max_attempts: 1,
             route: None,
             tenant: None,
+            cache: None,
         }
     }
 

@@ -18,6 +18,7 @@ use super::{
     execution_from_row, fold_counts, move_bounds, provider_records, provider_state, read_count,
     readable_claims, stored_count, unreadable_failure, usage_rows, usage_sql, written_flags,
 };
+use super::{CacheEnd, CacheSettled};
 use crate::model::{ErrorKind, Execution, ExecutionId, NewExecution, now_ms};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -187,7 +188,7 @@ fn claim_json_sql(params: [&str; 8]) -> String {
                 id, provider, 'running', priority, input, output, error, error_kind,
                 attempts + 1, max_attempts, not_before, json('false'), created_at, {now},
                 finished_at, {owner}, {now} + {lease}, {owner}, history, rate_limited, aged,
-                route, tenant))
+                route, tenant, cache_key))
            FROM executions WHERE id IN ({picked});
          UPDATE executions SET {set} WHERE id IN ({picked})"
     )
@@ -547,6 +548,20 @@ impl SqliteQueue {
     }
 
     /// The connection pool, for tests that inspect the table directly.
+    /// A transaction for submitting `new`: one that takes the write lock at once when a row
+    /// uses the response cache, so that its look-ups and its insert see the same queue.
+    async fn begin_for(
+        &self,
+        cached: bool,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        const OP: &str = "submitting executions";
+        if cached {
+            self.pool.begin_with("BEGIN IMMEDIATE").await.op(OP)
+        } else {
+            self.pool.begin().await.op(OP)
+        }
+    }
+
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
@@ -642,6 +657,9 @@ async fn insert(
 ) -> Result<Option<ExecutionId>, StoreError> {
     let input = serde_json::to_string(&new.input)
         .map_err(|e| StoreError::Other(format!("serializing input: {e}")))?;
+    if let Some(cache) = &new.cache {
+        return insert_cached(conn, new, &input, key, cache, now).await;
+    }
     sqlx::query_scalar(
         "INSERT INTO executions (provider, priority, input, max_attempts, not_before, created_at,
                                  idempotency_key, request_hash, route, tenant)
@@ -663,10 +681,90 @@ async fn insert(
     .op("submitting an execution")
 }
 
+/// Inserts one execution that may be answered from the response cache: completed at once
+/// from a fresh answer (a hit), else waiting for an open execution of the same key (single
+/// flight), else as the key's first.
+async fn insert_cached(
+    conn: &mut sqlx::SqliteConnection,
+    new: &NewExecution,
+    input: &str,
+    key: Option<&IdempotencyKey>,
+    cache: &crate::model::CacheRequest,
+    now: i64,
+) -> Result<Option<ExecutionId>, StoreError> {
+    const OP: &str = "submitting an execution through the response cache";
+    let answer: Option<String> =
+        sqlx::query_scalar("SELECT output FROM response_cache WHERE key = ?1 AND created_at > ?2")
+            .bind(&cache.key)
+            .bind(now.saturating_sub(cache.ttl_ms))
+            .fetch_optional(&mut *conn)
+            .await
+            .op(OP)?;
+    let hit = answer.as_deref().and_then(crate::responses::as_hit);
+    let leader: Option<i64> = if hit.is_some() {
+        None
+    } else {
+        sqlx::query_scalar(
+            "SELECT id FROM executions
+              WHERE cache_key = ?1 AND waits_for IS NULL AND status IN ('pending', 'running')
+              ORDER BY id LIMIT 1",
+        )
+        .bind(&cache.key)
+        .fetch_optional(&mut *conn)
+        .await
+        .op(OP)?
+    };
+    let history = hit
+        .as_ref()
+        .map(|_| HIT_HISTORY.replace("NOW", &now.to_string()));
+    sqlx::query_scalar(
+        "INSERT INTO executions (provider, priority, input, max_attempts, not_before, created_at,
+                                 idempotency_key, request_hash, route, tenant, cache_key,
+                                 waits_for, status, output, started_at, finished_at, history)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, COALESCE(?10, ''), ?11, ?12,
+                 CASE WHEN ?13 IS NULL THEN 'pending' ELSE 'completed' END, ?13,
+                 CASE WHEN ?13 IS NULL THEN NULL ELSE ?6 END,
+                 CASE WHEN ?13 IS NULL THEN NULL ELSE ?6 END, ?14)
+         ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+         RETURNING id",
+    )
+    .bind(&new.provider)
+    .bind(new.priority)
+    .bind(input)
+    .bind(new.max_attempts)
+    // A waiter is never due until its leader ends (`settle_cache` makes it due).
+    .bind(if leader.is_some() { i64::MAX } else { now })
+    .bind(now)
+    .bind(key.map(|k| &k.key))
+    .bind(key.map(|k| &k.fingerprint))
+    .bind(&new.route)
+    .bind(&new.tenant)
+    .bind(&cache.key)
+    .bind(leader)
+    .bind(hit)
+    .bind(history)
+    .fetch_optional(conn)
+    .await
+    .op(OP)
+}
+
+/// The history of an execution answered from the cache: one record, attempt 0, `cached`.
+const HIT_HISTORY: &str = r#"[{"attempt":0,"started_at":NOW,"finished_at":NOW,"worker":null,"outcome":"cached","error_kind":null,"error":null,"retry_delay_ms":null}]"#;
+
 #[async_trait]
 impl Queue for SqliteQueue {
     async fn submit(&self, new: &NewExecution) -> Result<ExecutionId, StoreError> {
-        let mut conn = self.pool.acquire().await.op("submitting an execution")?;
+        const OP: &str = "submitting an execution";
+        if new.cache.is_some() {
+            // The cache's look-ups and the insert in one write transaction: two identical
+            // submissions cannot both find no leader.
+            let mut tx = self.begin_for(true).await?;
+            let id = insert(&mut tx, new, None, now_ms()).await?;
+            tx.commit().await.op(OP)?;
+            return id
+                .ok_or_else(|| StoreError::Other("an insert without a key returned no id".into()));
+        }
+        let mut conn = self.pool.acquire().await.op(OP)?;
         insert(&mut conn, new, None, now_ms())
             .await?
             .ok_or_else(|| StoreError::Other("an insert without a key returned no id".into()))
@@ -676,10 +774,22 @@ impl Queue for SqliteQueue {
         const OP: &str = "submitting executions";
         let now = now_ms();
         let mut ids = Vec::with_capacity(new.len());
-        let mut tx = self.pool.begin().await.op(OP)?;
+        let mut tx = self
+            .begin_for(new.iter().any(|n| n.cache.is_some()))
+            .await?;
         // One statement per chunk over a JSON array of rows; the input is embedded as JSON
         // and stored as SQLite's text of it.
         for chunk in new.chunks(SUBMIT_CHUNK) {
+            if chunk.iter().any(|n| n.cache.is_some()) {
+                // Each may be a cache hit or a waiter: one at a time, in the batch's order.
+                for n in chunk {
+                    let id = insert(&mut tx, n, None, now).await?.ok_or_else(|| {
+                        StoreError::Other("an insert without a key returned no id".into())
+                    })?;
+                    ids.push(id);
+                }
+                continue;
+            }
             // Each `json_extract` parses its row again: a chunk without routes or tenants
             // (the common case) leaves those columns out (measured: +20% submit time with
             // the route).
@@ -1001,6 +1111,96 @@ impl Queue for SqliteQueue {
         fold_counts(rows)
     }
 
+    async fn settle_cache(&self, ends: &[CacheEnd<'_>]) -> Result<CacheSettled, StoreError> {
+        const OP: &str = "settling the response cache";
+        let mut settled = CacheSettled::default();
+        if ends.is_empty() {
+            return Ok(settled);
+        }
+        let now = now_ms();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.op(OP)?;
+        for end in ends {
+            let Some(output) = end.output else {
+                let providers: Vec<String> = sqlx::query_scalar(
+                    "UPDATE executions SET waits_for = NULL, not_before = ?2
+                      WHERE waits_for = ?1 AND status = 'pending' RETURNING provider",
+                )
+                .bind(end.id)
+                .bind(now)
+                .fetch_all(&mut *tx)
+                .await
+                .op(OP)?;
+                settled.released.extend(providers);
+                continue;
+            };
+            sqlx::query(
+                "INSERT INTO response_cache (key, provider, output, created_at)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (key) DO UPDATE
+                    SET provider = excluded.provider, output = excluded.output,
+                        created_at = excluded.created_at",
+            )
+            .bind(end.key)
+            .bind(end.provider)
+            .bind(output)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .op(OP)?;
+            let hit = crate::responses::as_hit(output);
+            let completed: Vec<(i64, String)> = sqlx::query_as(
+                "UPDATE executions
+                    SET status = 'completed', output = ?2, started_at = ?3, finished_at = ?3,
+                        waits_for = NULL, history = ?4
+                  WHERE waits_for = ?1 AND status = 'pending' RETURNING id, provider",
+            )
+            .bind(end.id)
+            .bind(hit)
+            .bind(now)
+            .bind(HIT_HISTORY.replace("NOW", &now.to_string()))
+            .fetch_all(&mut *tx)
+            .await
+            .op(OP)?;
+            settled.completed.extend(completed);
+            sqlx::query(
+                "DELETE FROM response_cache
+                  WHERE provider = ?1
+                    AND (created_at <= ?2
+                         OR key IN (SELECT key FROM response_cache WHERE provider = ?1
+                                     ORDER BY created_at DESC LIMIT -1 OFFSET ?3))",
+            )
+            .bind(end.provider)
+            .bind(now.saturating_sub(end.ttl_ms))
+            .bind(i64::try_from(end.max_entries).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await
+            .op(OP)?;
+        }
+        tx.commit().await.op(OP)?;
+        Ok(settled)
+    }
+
+    async fn clear_cache(&self, provider: Option<&str>) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM response_cache WHERE ?1 IS NULL OR provider = ?1")
+            .bind(provider)
+            .execute(&self.pool)
+            .await
+            .op("clearing the response cache")?;
+        Ok(done.rows_affected())
+    }
+
+    async fn cache_entries(&self) -> Result<BTreeMap<String, u64>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT provider, COUNT(*) FROM response_cache GROUP BY provider")
+                .fetch_all(&self.pool)
+                .await
+                .op("counting cached answers")?;
+        Ok(rows
+            .into_iter()
+            .map(|(p, n)| (p, u64::try_from(n).unwrap_or(0)))
+            .collect())
+    }
+
     async fn usage(
         &self,
         by: UsageBy,
@@ -1147,7 +1347,9 @@ impl Queue for SqliteQueue {
     ) -> Result<Vec<Submitted>, StoreError> {
         const OP: &str = "submitting executions";
         let now = now_ms();
-        let mut tx = self.pool.begin().await.op(OP)?;
+        let mut tx = self
+            .begin_for(batch.iter().any(|(n, _)| n.cache.is_some()))
+            .await?;
         let mut out = Vec::with_capacity(batch.len());
         for (new, key) in batch {
             if let Some(id) = insert(&mut tx, new, key.as_ref(), now).await? {
@@ -1233,6 +1435,16 @@ impl Queue for SqliteQueue {
         .await
         .op(OP)?;
         if pending.rows_affected() > 0 {
+            // Executions waiting for its answer (the response cache) run their own.
+            sqlx::query(
+                "UPDATE executions SET waits_for = NULL, not_before = ?2
+                  WHERE waits_for = ?1 AND status = 'pending'",
+            )
+            .bind(id)
+            .bind(now)
+            .execute(&self.pool)
+            .await
+            .op(OP)?;
             return Ok(Cancelled::Pending);
         }
         let history = history_with("?2", "'cancelled'", "NULL", "NULL", "NULL");
