@@ -67,6 +67,15 @@
 //!     1,000,000 pending across 100 tenants ÷ the first N with N pending across the same
 //!     (target 0.8, as for one tenant).
 //!
+//! 18. Costs (issue 43): no-op throughput with each answer priced (a price for the stub's
+//!     model in `[prices]`) beside the same with `costs = false`, alternated, best of 3
+//!     each: priced ÷ unpriced (target ≥ 0.95).
+//!
+//! 19. The response cache (issue 43): through the API, one answer cached, then submissions
+//!     of the same request, one at a time: the time from the POST to its answer, which
+//!     holds the completed execution (target p99 ≤ 2 ms), beside a submission that is
+//!     queued (not cached) in the same run.
+//!
 //! `cargo bench -- --quick` runs a smaller version (CI uses it to prove the benchmark runs).
 
 use std::collections::{BTreeMap, VecDeque};
@@ -205,8 +214,21 @@ async fn start(config: Config) -> (Daemon, Arc<SqliteQueue>) {
 }
 
 async fn noop_throughput(n: usize, limit: u32) -> f64 {
+    noop_throughput_with(n, stub(limit, 0), |_| {}).await
+}
+
+/// [`noop_throughput`] with the no-op provider `provider`, and `adjust` applied to the
+/// config.
+async fn noop_throughput_with(
+    n: usize,
+    provider: ProviderConfig,
+    adjust: impl FnOnce(&mut Config),
+) -> f64 {
+    let limit = provider.limit.unwrap_or(1);
     let dir = tempfile::tempdir().unwrap();
-    let (daemon, queue) = start(config(&dir, &[("noop", stub(limit, 0))])).await;
+    let mut config = config(&dir, &[("noop", provider)]);
+    adjust(&mut config);
+    let (daemon, queue) = start(config).await;
     let mut events = daemon.subscribe();
     let started = Instant::now();
     daemon.submit_many(&jobs("noop", n)).await.unwrap();
@@ -462,6 +484,126 @@ async fn deep_queue(shallow: usize, deep: usize) {
          {small:.0}/s: ratio {:.2} (target 0.8)",
         large / small
     );
+}
+
+/// Issue 43: what pricing each answer costs the no-op rate.
+async fn costs(n: usize, rounds: usize) {
+    let priced = |c: &mut Config| {
+        c.prices.insert(
+            "stub-1".into(),
+            lanes::costs::PriceOverride {
+                input: Some(1.0),
+                output: Some(2.0),
+                ..Default::default()
+            },
+        );
+    };
+    let (mut with, mut without) = (0.0_f64, 0.0_f64);
+    for _ in 0..rounds {
+        with = with.max(noop_throughput_with(n, stub(256, 0), priced).await);
+        let off = ProviderConfig {
+            costs: Some(false),
+            ..stub(256, 0)
+        };
+        without = without.max(noop_throughput_with(n, off, priced).await);
+    }
+    println!(
+        "costs: no-op with each answer priced {with:.0}/s, unpriced {without:.0}/s (best of \
+         {rounds} alternated): ratio {:.3} (target 0.95)",
+        with / without
+    );
+}
+
+/// A keep-alive HTTP client for JSON, for the scenarios that go through the API.
+struct JsonClient(
+    hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+);
+
+impl JsonClient {
+    fn new() -> Self {
+        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        connector.set_nodelay(true);
+        JsonClient(
+            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+                .build(connector),
+        )
+    }
+
+    async fn send(&self, method: &str, url: &str, body: String) -> serde_json::Value {
+        use http_body_util::BodyExt;
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(url)
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+            .unwrap();
+        let response = self.0.request(request).await.expect("the API answers");
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        serde_json::from_slice(&bytes).expect("JSON")
+    }
+
+    async fn post(&self, url: &str, body: String) -> serde_json::Value {
+        self.send("POST", url, body).await
+    }
+
+    async fn get(&self, url: &str) -> serde_json::Value {
+        self.send("GET", url, String::new()).await
+    }
+}
+
+/// Issue 43: a cache hit from the POST to its answer, through the API.
+async fn cache_hits(n: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut provider = stub(8, 0);
+    provider.response_cache = Some(lanes::config::ResponseCacheConfig {
+        ttl_secs: 3600,
+        max_entries: 1000,
+    });
+    let config = config(&dir, &[("cached", provider)]);
+    let (daemon, _queue) = start(config.clone()).await;
+    let server = lanes::api::serve(daemon.control(), &config.api)
+        .await
+        .expect("API");
+    let url = format!("http://{}/v1/executions", server.addr());
+    let client = JsonClient::new();
+    let body = |prompt: &str| {
+        serde_json::json!({"provider": "cached", "input": {"prompt": prompt, "temperature": 0}})
+            .to_string()
+    };
+    // The first runs and is stored.
+    let first = client.post(&url, body("hit")).await;
+    let id = first["id"].as_i64().unwrap();
+    let get = format!("{url}/{id}?wait=10s");
+    client.get(&get).await;
+    let mut hits = Vec::with_capacity(n);
+    let mut queued = Vec::with_capacity(n);
+    for i in 0..n {
+        let started = Instant::now();
+        let answer = client.post(&url, body("hit")).await;
+        hits.push(started.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(answer["output"]["cached"], true, "{answer}");
+        let started = Instant::now();
+        client.post(&url, body(&format!("miss {i}"))).await;
+        queued.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    let p = |v: &mut Vec<f64>, q: f64| {
+        v.sort_by(f64::total_cmp);
+        v[((v.len() as f64 - 1.0) * q).round() as usize]
+    };
+    println!(
+        "cache: {n} hits through the API, POST to the completed answer: p50 {:.2} ms, p99 \
+         {:.2} ms (target p99 2 ms); a queued submission beside them: p50 {:.2} ms, p99 \
+         {:.2} ms",
+        p(&mut hits, 0.5),
+        p(&mut hits, 0.99),
+        p(&mut queued, 0.5),
+        p(&mut queued, 0.99)
+    );
+    server.shutdown().await;
+    daemon.shutdown(Duration::from_secs(5)).await;
 }
 
 /// Issue 43's figures: the cost of sharing a lane among many tenants.
@@ -1332,6 +1474,16 @@ fn main() {
             } else {
                 tenants(20_000, 1_000_000, 3).await;
             }
+        }
+        if run("costs") {
+            costs(
+                if quick { 5_000 } else { 100_000 },
+                if quick { 1 } else { 3 },
+            )
+            .await;
+        }
+        if run("cache") {
+            cache_hits(if quick { 200 } else { 2_000 }).await;
         }
         if run("isolation") {
             isolation(if quick { 100 } else { 400 }).await;

@@ -562,6 +562,9 @@ pub struct ProviderConfig {
     pub fairness: Fairness,
     /// The exact-match response cache, off unless set (see `responses`).
     pub response_cache: Option<ResponseCacheConfig>,
+    /// Price its answers (default true); `false` leaves `cost` out of its outputs, and
+    /// usage totals count them unpriced.
+    pub costs: Option<bool>,
 }
 
 /// `[providers.NAME] response_cache = { ttl_secs, max_entries }`.

@@ -852,9 +852,21 @@ mod tests {
 pub struct Pricing {
     pub table: std::sync::Arc<PriceTable>,
     pub configured_model: Option<String>,
+    /// `[providers.NAME] costs` (default true).
+    pub enabled: bool,
 }
 
 impl Pricing {
+    /// The cost stored with `output`: priced by its usage, or why it has no price; `None`
+    /// when the provider's answers are not priced.
+    pub fn price(
+        &self,
+        output: &crate::model::ChatOutput,
+        batch: bool,
+    ) -> Option<crate::model::Cost> {
+        self.enabled.then(|| self.cost(output, batch))
+    }
+
     /// The cost stored with `output`: priced by its usage, or why it has no price.
     pub fn cost(&self, output: &crate::model::ChatOutput, batch: bool) -> crate::model::Cost {
         match self.table.cost(

@@ -253,7 +253,7 @@ impl Executor {
                     },
                 );
                 let mut output = output;
-                output.cost = Some(provider.pricing.cost(&output, false));
+                output.cost = provider.pricing.price(&output, false);
                 let spent = Arc::new(Spent {
                     usage: output.usage,
                     model: output.model.clone(),

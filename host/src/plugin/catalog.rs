@@ -331,6 +331,7 @@ impl PluginHost {
             pricing: crate::costs::Pricing {
                 table: Arc::new(config.price_table()),
                 configured_model: provider_config.and_then(|p| p.model.clone()),
+                enabled: provider_config.and_then(|p| p.costs).unwrap_or(true),
             },
             response_cache: provider_config.and_then(|p| p.response_cache),
             engine: self.engine.clone(),
