@@ -115,6 +115,17 @@ def test_idempotency_keys(client: Client) -> None:
     assert isinstance(error, lanes_client.Conflict) and isinstance(error, lanes_client.APIError)
 
 
+def test_a_tenant_is_carried_and_a_bad_one_refused_here(client: Client) -> None:
+    execution = client.submit("stub", "hi", tenant="acme")
+    assert execution.tenant == "acme"
+    assert client.get(execution.id, wait=20).tenant == "acme"
+    with pytest.raises(ValueError):  # refused by the client's own model, before sending
+        client.submit("stub", "hi", tenant="no spaces")
+    # The server is asked too: a provider without a response cache ignores `cache`.
+    cached = client.submit("stub", "hi", cache=True)
+    assert client.get(cached.id, wait=20).status == "completed"
+
+
 def test_batch_submit(client: Client) -> None:
     stamp = time.time_ns()
     entries: List[SubmitRequest] = [

@@ -140,13 +140,17 @@ class AsyncClient:
         max_attempts: Optional[int] = None,
         idempotency_key: Optional[str] = None,
         allow_unknown: Optional[bool] = None,
+        tenant: Optional[str] = None,
+        cache: Optional[bool] = None,
     ) -> Submitted:
         """Queues one execution on ``provider`` (a provider or a route) and returns it.
 
         ``input`` is a prompt string, a :class:`ChatInput` or the normalized input as a
         dict. With an ``idempotency_key`` already used for the same request, the original
         execution comes back (``created`` is False); with another request,
-        :class:`IdempotencyConflict`.
+        :class:`IdempotencyConflict`. ``tenant`` names who the work is for (tenants share
+        each lane fairly); ``cache`` says whether the provider's response cache may answer
+        it (absent: only a ``temperature`` of 0 is cached).
         """
         body = _base.submission(
             provider,
@@ -155,6 +159,8 @@ class AsyncClient:
             max_attempts=max_attempts,
             idempotency_key=idempotency_key,
             allow_unknown=allow_unknown,
+            tenant=tenant,
+            cache=cache,
             auto_key=self.auto_idempotency_keys,
         )
         keyed = "idempotency_key" in body

@@ -130,6 +130,8 @@ def submission(
     idempotency_key: Optional[str],
     allow_unknown: Optional[bool],
     auto_key: bool,
+    tenant: Optional[str] = None,
+    cache: Optional[bool] = None,
 ) -> Dict[str, Any]:
     """One submission's body, validated here as the server would."""
     request = SubmitRequest(
@@ -139,6 +141,8 @@ def submission(
         max_attempts=max_attempts,
         idempotency_key=idempotency_key or (new_key() if auto_key else None),
         allow_unknown=allow_unknown,
+        tenant=tenant,
+        cache=cache,
     )
     return request.body()
 

@@ -269,6 +269,12 @@ class SubmitRequest(_Request):
     max_attempts: Optional[int] = Field(default=None, ge=1, le=2147483647)
     idempotency_key: Optional[str] = Field(default=None, min_length=1, max_length=255)
     allow_unknown: Optional[bool] = None
+    #: Who the work is for: 1 to 64 of ``a-z A-Z 0-9 _ - . : @``.
+    tenant: Optional[str] = Field(
+        default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:@-]+$"
+    )
+    #: Whether the provider's response cache may answer it.
+    cache: Optional[bool] = None
 
     @field_validator("input", mode="before")
     @classmethod
@@ -413,6 +419,7 @@ class Execution(_Wire):
     not_before: int = 0
     history: List[Attempt] = Field(default_factory=list)
     route: Optional[str] = None
+    tenant: Optional[str] = None
     output: Optional[Output] = None
     error: Optional[str] = None
     error_kind: Optional[str] = None
