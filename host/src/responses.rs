@@ -42,11 +42,16 @@ pub fn plan(config: &Config, new: &NewExecution, asked: Option<bool>) -> Option<
     })
 }
 
-/// A stored answer as a cache hit serves it: marked `cached`, at no cost.
+/// A stored answer as a cache hit serves it: marked `cached`, at no cost and with no
+/// tokens used (the answer's first execution keeps what it used).
 pub fn as_hit(output: &str) -> Option<String> {
     let mut value: serde_json::Value = serde_json::from_str(output).ok()?;
     let object = value.as_object_mut()?;
     object.insert("cached".into(), serde_json::Value::Bool(true));
+    object.insert(
+        "usage".into(),
+        serde_json::json!({"input_tokens": 0, "output_tokens": 0}),
+    );
     let prices = object
         .get("cost")
         .and_then(|c| c.get("prices"))
@@ -142,6 +147,7 @@ mod tests {
         let hit = as_hit(r#"{"text":"x","cost":{"usd":1.5,"prices":"v1","priced_as":"m"}}"#);
         let hit: serde_json::Value = serde_json::from_str(&hit.unwrap()).unwrap();
         assert_eq!(hit["cached"], true);
+        assert_eq!(hit["usage"]["input_tokens"], 0);
         assert_eq!(hit["cost"], serde_json::json!({"usd": 0.0, "prices": "v1"}));
     }
 }

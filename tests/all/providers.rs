@@ -93,7 +93,7 @@ async fn ollama_speaks_the_chat_api() {
     )
     .await;
     assert_eq!(e.status, Status::Completed, "{:?}", e.error);
-    let out = e.output.unwrap();
+    let out = unpriced(e.output.unwrap(), "llama3");
     assert_eq!(
         out,
         json!({"text": "Hi!", "content": [{"type": "text", "text": "Hi!"}], "model": "llama3", "finish_reason": "stop",
@@ -316,7 +316,7 @@ async fn claude_speaks_the_messages_api() {
     .await;
     assert_eq!(e.status, Status::Completed, "{:?}", e.error);
     assert_eq!(
-        e.output.clone().unwrap(),
+        without_cost(e.output.clone().unwrap()),
         json!({"text": "Hi there",
                // Each text block is a part of its own; `text` joins them.
                "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "there"}],
@@ -554,7 +554,7 @@ async fn openai_speaks_chat_completions() {
     )
     .await;
     assert_eq!(
-        e.output.unwrap(),
+        unpriced(e.output.unwrap(), "gpt-x"),
         json!({"text": "Hello!", "content": [{"type": "text", "text": "Hello!"}], "model": "gpt-x", "finish_reason": "content_filter",
                "usage": {"input_tokens": 9, "output_tokens": 2}})
     );
@@ -919,4 +919,23 @@ async fn an_ipv6_base_url_is_allowed_by_its_own_default_entry() {
     assert_eq!(e.status, Status::Completed, "{:?}", e.error);
     assert_eq!(e.output.unwrap()["text"], "Hi over IPv6");
     daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+/// `output` without its `cost` (the prices are `costs.rs`'s to check).
+fn without_cost(mut output: serde_json::Value) -> serde_json::Value {
+    if let Some(o) = output.as_object_mut() {
+        o.remove("cost");
+    }
+    output
+}
+
+/// `output` without its `cost`, which must say that `model` has no price.
+fn unpriced(output: serde_json::Value, model: &str) -> serde_json::Value {
+    let why = output["cost"]["unpriced"].as_str().unwrap_or_default();
+    assert!(
+        why.starts_with(&format!("no price for model \"{model}\""))
+            && output["cost"].get("usd").is_none(),
+        "{output}"
+    );
+    without_cost(output)
 }

@@ -1534,6 +1534,21 @@ async fn the_response_cache_answers_waits_and_releases(q: Arc<dyn Queue>) {
         q.claim("c", claim("w", 10, 10)).await.unwrap()[0].id,
         waiter
     );
+    // A leader that ends without settling (its worker died, or a running one was
+    // cancelled): the upkeep lets its waiter go.
+    let leader = q.submit(&cached("k-d")).await.unwrap();
+    let waiter = q.submit(&cached("k-d")).await.unwrap();
+    assert_eq!(
+        q.claim("c", claim("w", 10, 10)).await.unwrap()[0].id,
+        leader
+    );
+    q.cancel(leader).await.unwrap();
+    assert!(q.claim("c", claim("w", 10, 10)).await.unwrap().is_empty());
+    assert!(q.sweep_cache(&[]).await.unwrap().contains("c"));
+    assert_eq!(
+        q.claim("c", claim("w", 10, 10)).await.unwrap()[0].id,
+        waiter
+    );
     assert_eq!(q.cache_entries().await.unwrap().get("c"), Some(&1));
     assert_eq!(q.clear_cache(Some("c")).await.unwrap(), 1);
     assert!(q.cache_entries().await.unwrap().is_empty());

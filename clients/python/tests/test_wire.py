@@ -27,11 +27,11 @@ def test_answers_tolerate_added_fields() -> None:
         "not_before": 1,
         "history": [{"attempt": 1, "outcome": "completed", "cost_usd": 0.1}],
         "output": {"text": "hi", "usage": {"input_tokens": 1, "output_tokens": 1, "cached": 3}},
-        "tenant": "acme",
+        "region": "eu",
     }
     execution = Execution.model_validate_json(json.dumps(body))
     assert execution.done and execution.text == "hi"
-    assert execution.model_extra == {"tenant": "acme"}
+    assert execution.model_extra == {"region": "eu"}
     assert execution.history[0].model_extra == {"cost_usd": 0.1}
 
 

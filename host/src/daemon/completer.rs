@@ -162,8 +162,9 @@ pub struct Completion {
     pub ended: Instant,
     /// What a completed attempt used and cost.
     pub spent: Option<Arc<crate::daemon::events::Spent>>,
-    /// Its response cache key, with its provider's cache settings, when it used the cache.
-    pub cache: Option<(String, crate::config::ResponseCacheConfig)>,
+    /// Its response cache key, with its provider's cache settings (none when a reload took
+    /// the provider's cache away: its waiters are then let go to run their own).
+    pub cache: Option<(String, Option<crate::config::ResponseCacheConfig>)>,
     /// The execution was cancelled while it ran: its row is already `cancelled`, and
     /// nothing of the attempt is written.
     pub cancelled: bool,
@@ -624,6 +625,7 @@ impl Worker {
             .filter_map(|(c, ok)| {
                 let (key, settings) = c.cache.as_ref()?;
                 let output = match (&c.finish, ok) {
+                    (Finish::Completed(_), true) if settings.is_none() => None,
                     (Finish::Completed(output), true) => Some(output.as_str()),
                     (Finish::Failed { .. }, true) => None,
                     // Cancelled, or no longer this worker's: its waiters run their own.
@@ -635,9 +637,10 @@ impl Worker {
                     provider: c.lane.name(),
                     key,
                     output,
-                    ttl_ms: i64::try_from(settings.ttl_secs.saturating_mul(1000))
-                        .unwrap_or(i64::MAX),
-                    max_entries: settings.max_entries,
+                    ttl_ms: settings.map_or(0, |s| {
+                        i64::try_from(s.ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+                    }),
+                    max_entries: settings.map_or(0, |s| s.max_entries),
                 })
             })
             .collect();

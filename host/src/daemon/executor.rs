@@ -130,7 +130,10 @@ impl Executor {
                     .unwrap_or(i64::MAX),
                 ended,
                 spent,
-                cache: execution.cache_key.clone().zip(provider.response_cache),
+                cache: execution
+                    .cache_key
+                    .clone()
+                    .map(|key| (key, provider.response_cache)),
                 cancelled: cancel.is_cancelled(),
                 moved_to,
             })

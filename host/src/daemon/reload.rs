@@ -298,6 +298,8 @@ fn key_files(config: &Config) -> Vec<(PathBuf, Option<(std::time::SystemTime, u6
 pub async fn refresh_limits_loop(shared: Arc<Shared>) {
     // When each provider's pending work last aged.
     let mut aged: std::collections::HashMap<String, std::time::Instant> = Default::default();
+    // When the response cache was last swept.
+    let mut swept = std::time::Instant::now();
     loop {
         let every = Duration::from_millis(shared.config.get().limits_refresh_ms);
         tokio::select! {
@@ -345,6 +347,25 @@ pub async fn refresh_limits_loop(shared: Arc<Shared>) {
                 }
             }
             Err(e) => error!("moving routed work off members that cannot run it: {e}"),
+        }
+        // The response cache's upkeep, about once a second: waiters whose leader is gone
+        // become due, and each cache keeps its newest `max_entries`.
+        if swept.elapsed() >= Duration::from_secs(1) {
+            swept = std::time::Instant::now();
+            let config = shared.config.get();
+            let sizes: Vec<(String, u64)> = config
+                .providers
+                .iter()
+                .filter_map(|(name, p)| Some((name.clone(), p.response_cache?.max_entries)))
+                .collect();
+            match shared.queue.sweep_cache(&sizes).await {
+                Ok(released) => {
+                    for provider in released {
+                        shared.registry.wake(&provider);
+                    }
+                }
+                Err(e) => error!("the response cache's upkeep: {e}"),
+            }
         }
         // Priority aging, at a quarter of each provider's interval (the sweep is idempotent:
         // a row rises once per interval whoever sweeps).

@@ -271,6 +271,12 @@ pub trait Queue: Send + Sync + 'static {
     /// a failed or cancelled one's waiters become due, to run their own calls.
     async fn settle_cache(&self, ends: &[CacheEnd<'_>]) -> Result<CacheSettled, StoreError>;
 
+    /// The response cache's upkeep: executions waiting for a leader that is no longer open
+    /// (it failed at start-up recovery, its worker died before settling, its cancel raced
+    /// the wait) become due, and each provider of `sizes` keeps at most its `max_entries`
+    /// answers, the newest. Returns the providers whose waiters became due.
+    async fn sweep_cache(&self, sizes: &[(String, u64)]) -> Result<BTreeSet<String>, StoreError>;
+
     /// Drops the stored answers of `provider` (every provider's with `None`); how many.
     async fn clear_cache(&self, provider: Option<&str>) -> Result<u64, StoreError>;
 
@@ -703,7 +709,8 @@ pub struct UsageRow {
 /// The columns of a [`UsageRow`], as SQLite and PostgreSQL read them from `output`.
 pub(crate) fn usage_sql(by: UsageBy, postgres: bool) -> String {
     let num: fn(&str) -> String = if postgres {
-        |path| format!("COALESCE(SUM((output::jsonb #>> '{{{path}}}')::bigint), 0)")
+        // SUM of bigint is numeric in PostgreSQL: cast back, as the row decodes i64.
+        |path| format!("COALESCE(SUM((output::jsonb #>> '{{{path}}}')::bigint), 0)::bigint")
     } else {
         |path| {
             format!(

@@ -364,6 +364,31 @@ async fn insert(
     .op("submitting an execution")
 }
 
+/// Takes the cache-key locks of a batch's rows that use the response cache, each once, in
+/// key order: two batches holding the same keys in another order would deadlock if each
+/// row took its own as it was inserted.
+async fn lock_cache_keys<'a>(
+    tx: &mut sqlx::PgConnection,
+    new: impl Iterator<Item = &'a NewExecution>,
+) -> Result<(), StoreError> {
+    let mut keys: Vec<&str> = new
+        .filter_map(|n| n.cache.as_ref().map(|c| c.key.as_str()))
+        .collect();
+    if keys.is_empty() {
+        return Ok(());
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    for key in keys {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('lanes-cache:' || $1, 0))")
+            .bind(key)
+            .execute(&mut *tx)
+            .await
+            .op("locking response cache keys")?;
+    }
+    Ok(())
+}
+
 /// Inserts one execution that may be answered from the response cache (see SQLite's
 /// `insert_cached`), under a transaction lock on its key: two identical submissions on two
 /// workers cannot both find no leader.
@@ -392,12 +417,18 @@ async fn insert_cached(
     let leader: Option<i64> = if hit.is_some() {
         None
     } else {
+        // A waiter of higher priority raises its leader's: it must not wait behind work
+        // it would have gone before.
         sqlx::query_scalar(
-            "SELECT id FROM executions
-              WHERE cache_key = $1 AND waits_for IS NULL AND status IN ('pending', 'running')
-              ORDER BY id LIMIT 1",
+            "UPDATE executions SET priority = GREATEST(priority, $2)
+              WHERE id = (SELECT id FROM executions
+                           WHERE cache_key = $1 AND waits_for IS NULL
+                             AND status IN ('pending', 'running')
+                           ORDER BY id LIMIT 1)
+             RETURNING id",
         )
         .bind(&cache.key)
+        .bind(new.priority)
         .fetch_optional(&mut *tx)
         .await
         .op(OP)?
@@ -453,6 +484,7 @@ impl Queue for PgQueue {
         const OP: &str = "submitting executions";
         let mut tx = self.pool.begin().await.op(OP)?;
         let mut ids = Vec::with_capacity(new.len());
+        lock_cache_keys(&mut tx, new.iter()).await?;
         // One statement per chunk, over arrays.
         for chunk in new.chunks(SUBMIT_CHUNK) {
             if chunk.iter().any(|n| n.cache.is_some()) {
@@ -621,7 +653,8 @@ impl Queue for PgQueue {
         // Returned as a time on this host's clock: the caller sleeps until then.
         let wait_ms: Option<i64> = sqlx::query_scalar(&format!(
             "SELECT MIN(not_before) - {NOW_MS} FROM executions
-              WHERE provider = $1 AND status = 'pending' AND not_before > {NOW_MS}"
+              WHERE provider = $1 AND status = 'pending' AND not_before > {NOW_MS}
+                AND waits_for IS NULL"
         ))
         .bind(provider)
         .fetch_one(&self.pool)
@@ -850,6 +883,13 @@ impl Queue for PgQueue {
         }
         let mut tx = self.pool.begin().await.op(OP)?;
         for end in ends {
+            // The key's lock, as a submission takes it: a waiter being inserted now is
+            // either seen here or sees this end.
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('lanes-cache:' || $1, 0))")
+                .bind(end.key)
+                .execute(&mut *tx)
+                .await
+                .op(OP)?;
             let Some(output) = end.output else {
                 let providers: Vec<String> = sqlx::query_scalar(&format!(
                     "UPDATE executions SET waits_for = NULL, not_before = {NOW_MS}
@@ -878,7 +918,7 @@ impl Queue for PgQueue {
             .execute(&mut *tx)
             .await
             .op(OP)?;
-            let hit = crate::responses::as_hit(output);
+            let hit = crate::responses::as_hit(output).unwrap_or_else(|| output.to_string());
             let completed: Vec<(i64, String)> = sqlx::query_as(&format!(
                 "UPDATE executions
                     SET status = 'completed', output = $2, started_at = {NOW_MS},
@@ -897,20 +937,53 @@ impl Queue for PgQueue {
             settled.completed.extend(completed);
             sqlx::query(&format!(
                 "DELETE FROM response_cache
-                  WHERE provider = $1
-                    AND (created_at <= {NOW_MS} - $2
-                         OR key IN (SELECT key FROM response_cache WHERE provider = $1
-                                     ORDER BY created_at DESC OFFSET $3))"
+                  WHERE provider = $1 AND created_at <= {NOW_MS} - $2"
             ))
             .bind(end.provider)
             .bind(end.ttl_ms)
-            .bind(i64::try_from(end.max_entries).unwrap_or(i64::MAX))
             .execute(&mut *tx)
             .await
             .op(OP)?;
         }
         tx.commit().await.op(OP)?;
         Ok(settled)
+    }
+
+    async fn sweep_cache(
+        &self,
+        sizes: &[(String, u64)],
+    ) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        const OP: &str = "sweeping the response cache";
+        let mut tx = self.pool.begin().await.op(OP)?;
+        let providers: Vec<String> = sqlx::query_scalar(&format!(
+            "UPDATE executions w SET waits_for = NULL, not_before = {NOW_MS}
+              WHERE w.waits_for IS NOT NULL AND w.status = 'pending'
+                AND NOT EXISTS (SELECT 1 FROM executions l WHERE l.id = w.waits_for
+                                   AND l.status IN ('pending', 'running'))
+             RETURNING w.provider"
+        ))
+        .fetch_all(&mut *tx)
+        .await
+        .op(OP)?;
+        let released: BTreeSet<String> = providers.into_iter().collect();
+        for provider in &released {
+            self.notify(&mut tx, provider).await?;
+        }
+        for (provider, max) in sizes {
+            sqlx::query(
+                "DELETE FROM response_cache
+                  WHERE provider = $1
+                    AND key IN (SELECT key FROM response_cache WHERE provider = $1
+                                 ORDER BY created_at DESC OFFSET $2)",
+            )
+            .bind(provider)
+            .bind(i64::try_from(*max).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await
+            .op(OP)?;
+        }
+        tx.commit().await.op(OP)?;
+        Ok(released)
     }
 
     async fn clear_cache(&self, provider: Option<&str>) -> Result<u64, StoreError> {
@@ -1087,6 +1160,7 @@ impl Queue for PgQueue {
     ) -> Result<Vec<Submitted>, StoreError> {
         const OP: &str = "submitting executions";
         let mut tx = self.pool.begin().await.op(OP)?;
+        lock_cache_keys(&mut tx, batch.iter().map(|(n, _)| n)).await?;
         let mut out = Vec::with_capacity(batch.len());
         for (new, key) in batch {
             // A key another transaction is inserting makes this wait for it to end; then

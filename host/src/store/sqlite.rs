@@ -704,12 +704,18 @@ async fn insert_cached(
     let leader: Option<i64> = if hit.is_some() {
         None
     } else {
+        // A waiter of higher priority raises its leader's: it must not wait behind work
+        // it would have gone before.
         sqlx::query_scalar(
-            "SELECT id FROM executions
-              WHERE cache_key = ?1 AND waits_for IS NULL AND status IN ('pending', 'running')
-              ORDER BY id LIMIT 1",
+            "UPDATE executions SET priority = MAX(priority, ?2)
+              WHERE id = (SELECT id FROM executions
+                           WHERE cache_key = ?1 AND waits_for IS NULL
+                             AND status IN ('pending', 'running')
+                           ORDER BY id LIMIT 1)
+             RETURNING id",
         )
         .bind(&cache.key)
+        .bind(new.priority)
         .fetch_optional(&mut *conn)
         .await
         .op(OP)?
@@ -945,7 +951,8 @@ impl Queue for SqliteQueue {
     async fn next_due(&self, provider: &str) -> Result<Option<i64>, StoreError> {
         sqlx::query_scalar(
             "SELECT MIN(not_before) FROM executions
-              WHERE provider = ?1 AND status = 'pending' AND not_before > ?2",
+              WHERE provider = ?1 AND status = 'pending' AND not_before > ?2
+                AND waits_for IS NULL",
         )
         .bind(provider)
         .bind(now_ms())
@@ -1147,7 +1154,7 @@ impl Queue for SqliteQueue {
             .execute(&mut *tx)
             .await
             .op(OP)?;
-            let hit = crate::responses::as_hit(output);
+            let hit = crate::responses::as_hit(output).unwrap_or_else(|| output.to_string());
             let completed: Vec<(i64, String)> = sqlx::query_as(
                 "UPDATE executions
                     SET status = 'completed', output = ?2, started_at = ?3, finished_at = ?3,
@@ -1164,20 +1171,50 @@ impl Queue for SqliteQueue {
             settled.completed.extend(completed);
             sqlx::query(
                 "DELETE FROM response_cache
-                  WHERE provider = ?1
-                    AND (created_at <= ?2
-                         OR key IN (SELECT key FROM response_cache WHERE provider = ?1
-                                     ORDER BY created_at DESC LIMIT -1 OFFSET ?3))",
+                  WHERE provider = ?1 AND created_at <= ?2",
             )
             .bind(end.provider)
             .bind(now.saturating_sub(end.ttl_ms))
-            .bind(i64::try_from(end.max_entries).unwrap_or(i64::MAX))
             .execute(&mut *tx)
             .await
             .op(OP)?;
         }
         tx.commit().await.op(OP)?;
         Ok(settled)
+    }
+
+    async fn sweep_cache(
+        &self,
+        sizes: &[(String, u64)],
+    ) -> Result<std::collections::BTreeSet<String>, StoreError> {
+        const OP: &str = "sweeping the response cache";
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.op(OP)?;
+        let providers: Vec<String> = sqlx::query_scalar(
+            "UPDATE executions SET waits_for = NULL, not_before = ?1
+              WHERE waits_for IS NOT NULL AND status = 'pending'
+                AND NOT EXISTS (SELECT 1 FROM executions l WHERE l.id = executions.waits_for
+                                   AND l.status IN ('pending', 'running'))
+             RETURNING provider",
+        )
+        .bind(now_ms())
+        .fetch_all(&mut *tx)
+        .await
+        .op(OP)?;
+        for (provider, max) in sizes {
+            sqlx::query(
+                "DELETE FROM response_cache
+                  WHERE provider = ?1
+                    AND key IN (SELECT key FROM response_cache WHERE provider = ?1
+                                 ORDER BY created_at DESC LIMIT -1 OFFSET ?2)",
+            )
+            .bind(provider)
+            .bind(i64::try_from(*max).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await
+            .op(OP)?;
+        }
+        tx.commit().await.op(OP)?;
+        Ok(providers.into_iter().collect())
     }
 
     async fn clear_cache(&self, provider: Option<&str>) -> Result<u64, StoreError> {
