@@ -80,7 +80,8 @@ fn claim_sql(params: [&str; 8]) -> String {
 /// `executions_tenant_pending`)
 /// and, each time it takes a tenant's row, puts that tenant's next row in the queue, its
 /// share key one higher; its `LIMIT` is the room under the cap. So its work follows the
-/// tenants with pending rows and the rows it takes, never the backlog behind them. A
+/// tenants with pending rows and the rows it takes, not the backlog behind them (though a
+/// deep queue over many tenants reads more pages than the cache holds). A
 /// tenant's next row is the next of the same class (`resume`, `priority`) by id, else the
 /// first of a lower class: each an index seek. With one tenant pending (the common case,
 /// and every queue without tenants) it reads that tenant's rows in order instead, as one
