@@ -968,22 +968,6 @@ pub struct UsageReport {
     pub total: crate::store::UsageRow,
 }
 
-/// Adds up usage rows.
-pub fn usage_total(rows: &[crate::store::UsageRow]) -> crate::store::UsageRow {
-    let mut t = crate::store::UsageRow::default();
-    for r in rows {
-        t.executions += r.executions;
-        t.input_tokens += r.input_tokens;
-        t.output_tokens += r.output_tokens;
-        t.cache_read_tokens += r.cache_read_tokens;
-        t.cache_write_tokens += r.cache_write_tokens;
-        t.reasoning_tokens += r.reasoning_tokens;
-        t.cost_usd += r.cost_usd;
-        t.unpriced += r.unpriced;
-    }
-    t
-}
-
 async fn usage(
     config: &Config,
     by: crate::store::UsageBy,
@@ -1000,7 +984,7 @@ async fn usage(
     };
     let queue = open_queue(config).await?;
     let rows = queue.usage(by, since, until).await?;
-    let total = usage_total(&rows);
+    let total = crate::store::UsageRow::total(&rows);
     if json {
         return print_json(&UsageReport {
             by,

@@ -1488,7 +1488,6 @@ async fn the_response_cache_answers_waits_and_releases(q: Arc<dyn Queue>) {
         key,
         output,
         ttl_ms: 60_000,
-        max_entries: 10,
     };
     let leader = q.submit(&cached("k-a")).await.unwrap();
     let waiter = q.submit(&cached("k-a")).await.unwrap();

@@ -126,6 +126,20 @@ def test_a_tenant_is_carried_and_a_bad_one_refused_here(client: Client) -> None:
     assert client.get(cached.id, wait=20).status == "completed"
 
 
+def test_tenants_usage_and_the_cache(client: Client) -> None:
+    done = client.submit("stub", "counted", tenant="billing")
+    assert client.get(done.id, wait=20).status == "completed"
+    tenants = {t.tenant: t for t in client.tenants().tenants}
+    assert tenants["billing"].completed >= 1
+    usage = client.usage(by="tenant", since="1h")
+    row = next(r for r in usage.rows if r.key == "billing")
+    assert row.executions >= 1 and row.input_tokens >= 1
+    assert usage.total.executions >= row.executions
+    with pytest.raises(BadRequest):
+        client.usage(by="colour")
+    assert client.clear_cache().dropped >= 0
+
+
 def test_batch_submit(client: Client) -> None:
     stamp = time.time_ns()
     entries: List[SubmitRequest] = [

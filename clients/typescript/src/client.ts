@@ -13,6 +13,9 @@ import {
   type LimitResponse,
   type ListFilters,
   type Plugins,
+  type Tenants,
+  type UsageReport,
+  type CacheCleared,
   type Providers,
   type SubmitRequest,
 } from "./types.js";
@@ -245,6 +248,28 @@ export class LanesClient {
   /** The plugins folder as the last scan left it. */
   async plugins(options: RequestOptions = {}): Promise<Plugins> {
     return (await this.call<Plugins>("GET", "/v1/plugins", options)).body;
+  }
+
+  /** Every tenant's pending, running, completed, failed and cancelled executions (`GET /v1/tenants`). */
+  async tenants(options: RequestOptions = {}): Promise<Tenants> {
+    return (await this.call<Tenants>("GET", "/v1/tenants", options)).body;
+  }
+
+  /**
+   * Tokens and cost of the executions completed in a range, by provider, model or tenant
+   * (`GET /v1/usage`); `since` and `until` take RFC 3339, a duration back from now (`1h`) or
+   * Unix ms. The default range is the last day.
+   */
+  async usage(
+    query: { by?: "provider" | "model" | "tenant"; since?: string; until?: string } = {},
+    options: RequestOptions = {},
+  ): Promise<UsageReport> {
+    return (await this.call<UsageReport>("GET", "/v1/usage", { ...options, query })).body;
+  }
+
+  /** Drops the response cache's answers, of one provider or all (`DELETE /v1/cache`). */
+  async clearCache(provider?: string, options: RequestOptions = {}): Promise<CacheCleared> {
+    return (await this.call<CacheCleared>("DELETE", "/v1/cache", { ...options, query: { provider } })).body;
   }
 
   // --- health, metrics, the document ---

@@ -89,6 +89,9 @@ export type Limits = Schemas["LimitsOut"];
 export type LimitResponse = Schemas["LimitResponse"];
 export type Plugin = Schemas["PluginOut"];
 export type Plugins = Schemas["PluginsOut"];
+export type Tenants = Schemas["TenantsOut"];
+export type UsageReport = Schemas["UsageOut"];
+export type CacheCleared = Schemas["CacheCleared"];
 export type Pool = Schemas["PoolOut"];
 export type Health = Schemas["HealthOut"];
 

@@ -121,6 +121,18 @@ test("submit, then get with wait until it completes", { skip, timeout }, async (
   assert.deepEqual(echo.input.messages, [{ role: "user", content: "ping" }]);
 });
 
+test("a tenant is carried; tenants, usage and the cache are read and cleared", { skip, timeout }, async () => {
+  const submitted = await client.submit({ provider: "stub", input: { prompt: "counted" }, tenant: "ts-billing" });
+  assert.equal(submitted.tenant, "ts-billing");
+  await client.get(submitted.id, { wait: 30 });
+  const { tenants } = await client.tenants();
+  assert.ok(tenants.find((t) => t.tenant === "ts-billing")?.completed >= 1);
+  const usage = await client.usage({ by: "tenant", since: "1h" });
+  const row = usage.rows.find((r) => r.key === "ts-billing");
+  assert.ok(row && row.executions >= 1 && row.input_tokens >= 1, JSON.stringify(usage));
+  assert.ok((await client.clearCache()).dropped >= 0);
+});
+
 test("get without wait answers at once; a wait that runs out gives the execution as it is", { skip, timeout }, async () => {
   const slow = await client.submit(job({ sleep_ms: 20000 }));
   const now = await client.get(slow.id);

@@ -207,7 +207,7 @@ pub async fn usage(
     let since = time("since", query.since.as_deref(), now - 24 * 3_600_000)?;
     let until = time("until", query.until.as_deref(), now)?;
     let rows = state.control.queue().usage(by, since, until).await?;
-    let total = crate::cli::usage_total(&rows);
+    let total = crate::store::UsageRow::total(&rows);
     Ok(axum::Json(UsageOut {
         by: query.by.unwrap_or_else(|| "provider".into()),
         since,

@@ -640,7 +640,6 @@ impl Worker {
                     ttl_ms: settings.map_or(0, |s| {
                         i64::try_from(s.ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
                     }),
-                    max_entries: settings.map_or(0, |s| s.max_entries),
                 })
             })
             .collect();

@@ -348,16 +348,19 @@ pub async fn refresh_limits_loop(shared: Arc<Shared>) {
             }
             Err(e) => error!("moving routed work off members that cannot run it: {e}"),
         }
-        // The response cache's upkeep, about once a second: waiters whose leader is gone
-        // become due, and each cache keeps its newest `max_entries`.
-        if swept.elapsed() >= Duration::from_secs(1) {
+        // The response cache's upkeep: waiters whose leader is gone become due, and each
+        // cache keeps its newest `max_entries`. About once a second while a provider has a
+        // cache; twice a minute otherwise, for waiters left from before a reload took the
+        // caches away, so an idle daemon without caches does not write every second.
+        let config = shared.config.get();
+        let sizes: Vec<(String, u64)> = config
+            .providers
+            .iter()
+            .filter_map(|(name, p)| Some((name.clone(), p.response_cache?.max_entries)))
+            .collect();
+        let every = if sizes.is_empty() { 30 } else { 1 };
+        if swept.elapsed() >= Duration::from_secs(every) {
             swept = std::time::Instant::now();
-            let config = shared.config.get();
-            let sizes: Vec<(String, u64)> = config
-                .providers
-                .iter()
-                .filter_map(|(name, p)| Some((name.clone(), p.response_cache?.max_entries)))
-                .collect();
             match shared.queue.sweep_cache(&sizes).await {
                 Ok(released) => {
                     for provider in released {

@@ -266,9 +266,9 @@ pub trait Queue: Send + Sync + 'static {
     async fn tenant_counts(&self) -> Result<BTreeMap<String, StatusCounts>, StoreError>;
 
     /// The ends of executions that used the response cache: a completed one's answer is
-    /// stored under its key (then the provider's oldest answers past its `max_entries`, and
-    /// those past its `ttl`, are dropped) and completes the executions waiting for it;
-    /// a failed or cancelled one's waiters become due, to run their own calls.
+    /// stored under its key (then the provider's answers past its `ttl` are dropped; the
+    /// count is [`Queue::sweep_cache`]'s) and completes the executions waiting for it; a
+    /// failed or cancelled one's waiters become due, to run their own calls.
     async fn settle_cache(&self, ends: &[CacheEnd<'_>]) -> Result<CacheSettled, StoreError>;
 
     /// The response cache's upkeep: executions waiting for a leader that is no longer open
@@ -650,9 +650,8 @@ pub struct CacheEnd<'a> {
     /// The stored answer of a completed execution; `None` for one that failed or was
     /// cancelled.
     pub output: Option<&'a str>,
-    /// The provider's `response_cache`.
+    /// The provider's `response_cache` `ttl_secs`, in ms.
     pub ttl_ms: i64,
-    pub max_entries: u64,
 }
 
 /// What [`Queue::settle_cache`] did.
@@ -704,6 +703,24 @@ pub struct UsageRow {
     /// Completed executions without a price (their model has none, or they completed
     /// before lanes priced answers): their cost is not in `cost_usd`.
     pub unpriced: u64,
+}
+
+impl UsageRow {
+    /// `rows` added up (`key` empty).
+    pub fn total(rows: &[UsageRow]) -> UsageRow {
+        let mut t = UsageRow::default();
+        for r in rows {
+            t.executions += r.executions;
+            t.input_tokens += r.input_tokens;
+            t.output_tokens += r.output_tokens;
+            t.cache_read_tokens += r.cache_read_tokens;
+            t.cache_write_tokens += r.cache_write_tokens;
+            t.reasoning_tokens += r.reasoning_tokens;
+            t.cost_usd += r.cost_usd;
+            t.unpriced += r.unpriced;
+        }
+        t
+    }
 }
 
 /// The columns of a [`UsageRow`], as SQLite and PostgreSQL read them from `output`.

@@ -22,6 +22,9 @@ from .models import (
     Limits,
     LimitResponse,
     Plugins,
+    Tenants,
+    UsageReport,
+    CacheCleared,
     Providers,
     StreamItem,
     SubmitRequest,
@@ -297,6 +300,30 @@ class AsyncClient:
         """The plugins folder's files as the last scan left them."""
         response = await self._request("GET", "/v1/plugins", idempotent=True)
         return _base.parse(Plugins, response)
+
+    async def tenants(self) -> Tenants:
+        """Every tenant's pending, running, completed, failed and cancelled executions."""
+        response = await self._request("GET", "/v1/tenants", idempotent=True)
+        return _base.parse(Tenants, response)
+
+    async def usage(
+        self,
+        by: str = "provider",
+        since: Optional[str] = None,
+        until: Optional[str] = None,
+    ) -> UsageReport:
+        """Tokens and cost of the executions completed in a range, by ``provider``,
+        ``model`` or ``tenant``. ``since`` and ``until`` take RFC 3339, a duration back
+        from now (``"1h"``) or Unix ms as a string; the default range is the last day."""
+        params = {k: v for k, v in (("by", by), ("since", since), ("until", until)) if v is not None}
+        response = await self._request("GET", "/v1/usage", params=params, idempotent=True)
+        return _base.parse(UsageReport, response)
+
+    async def clear_cache(self, provider: Optional[str] = None) -> CacheCleared:
+        """Drops the response cache's answers (of ``provider``, or every provider's)."""
+        params = {"provider": provider} if provider is not None else None
+        response = await self._request("DELETE", "/v1/cache", params=params, idempotent=True)
+        return _base.parse(CacheCleared, response)
 
     async def health(self) -> Health:
         response = await self._request("GET", "/healthz", idempotent=True)

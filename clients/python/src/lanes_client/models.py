@@ -555,6 +555,51 @@ class Health(_Wire):
     status: str
 
 
+class Tenant(_Wire):
+    """One tenant's executions; ``tenant`` is None for those submitted without one."""
+
+    tenant: Optional[str] = None
+    pending: int = 0
+    running: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    weight: float = 1.0
+
+
+class Tenants(_Wire):
+    tenants: List[Tenant]
+
+
+class UsageTotals(_Wire):
+    """One group's usage and cost; ``unpriced`` completed executions are not in
+    ``cost_usd``."""
+
+    key: Optional[str] = None
+    executions: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: float = 0.0
+    unpriced: int = 0
+
+
+class UsageReport(_Wire):
+    """``GET /v1/usage``: the groups, and their total (``key`` None)."""
+
+    by: str
+    since: int
+    until: int
+    rows: List[UsageTotals]
+    total: UsageTotals
+
+
+class CacheCleared(_Wire):
+    dropped: int
+
+
 # ---------------------------------------------------------------------------------------
 # Events (GET /v1/events). The SSE `event:` field is the data's `type`.
 
