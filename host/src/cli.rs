@@ -1039,6 +1039,14 @@ pub struct TenantStatus {
     pub completed: u64,
     pub failed: u64,
     pub cancelled: u64,
+    /// Its `[tenants.NAME] daily_usd`, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub daily_usd: Option<f64>,
+    /// What it spent today (UTC), when it has a cap.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spent_today_usd: Option<f64>,
+    /// `serving`, or `capped` (its cap is spent or reserved: its work waits).
+    pub state: &'static str,
 }
 
 async fn tenant_status(config: &Config, json: bool) -> anyhow::Result<()> {
@@ -1047,33 +1055,69 @@ async fn tenant_status(config: &Config, json: bool) -> anyhow::Result<()> {
     for name in config.tenants.keys() {
         counts.entry(name.clone()).or_default();
     }
+    let capped = config.tenants.values().any(|t| t.daily_usd.is_some());
+    let today: BTreeMap<String, (f64, f64)> = if capped {
+        queue
+            .spend(crate::clock::day())
+            .await?
+            .into_iter()
+            .filter(|r| r.scope == crate::store::SpendScope::Tenant)
+            .map(|r| (r.name, (r.spent_usd, r.reserved_usd)))
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
     let rows: Vec<TenantStatus> = counts
         .into_iter()
-        .map(|(tenant, c)| TenantStatus {
-            tenant: (!tenant.is_empty()).then_some(tenant),
-            running: c.running,
-            pending: c.pending,
-            completed: c.completed,
-            failed: c.failed,
-            cancelled: c.cancelled,
+        .map(|(tenant, c)| {
+            let cap = config.tenants.get(&tenant).and_then(|t| t.daily_usd);
+            let (spent, reserved) = today.get(&tenant).copied().unwrap_or_default();
+            TenantStatus {
+                running: c.running,
+                pending: c.pending,
+                completed: c.completed,
+                failed: c.failed,
+                cancelled: c.cancelled,
+                daily_usd: cap,
+                spent_today_usd: cap.map(|_| spent),
+                state: if cap.is_some_and(|cap| spent + reserved >= cap) {
+                    "capped"
+                } else {
+                    "serving"
+                },
+                tenant: (!tenant.is_empty()).then_some(tenant),
+            }
         })
         .collect();
     if json {
         return print_json(&rows);
     }
     println!(
-        "{:<24} {:>8} {:>8} {:>10} {:>8} {:>9}",
-        "tenant", "running", "pending", "completed", "failed", "cancelled"
+        "{:<24} {:>8} {:>8} {:>10} {:>8} {:>9} {:>17} {:>8}",
+        "tenant",
+        "running",
+        "pending",
+        "completed",
+        "failed",
+        "cancelled",
+        "today/daily_usd",
+        "state"
     );
     for r in rows {
+        let spend = match (r.spent_today_usd, r.daily_usd) {
+            (Some(spent), Some(cap)) => format!("{spent:.2}/{cap:.2}"),
+            _ => "-".to_string(),
+        };
         println!(
-            "{:<24} {:>8} {:>8} {:>10} {:>8} {:>9}",
+            "{:<24} {:>8} {:>8} {:>10} {:>8} {:>9} {:>17} {:>8}",
             r.tenant.as_deref().unwrap_or("(none)"),
             r.running,
             r.pending,
             r.completed,
             r.failed,
-            r.cancelled
+            r.cancelled,
+            spend,
+            r.state
         );
     }
     Ok(())

@@ -174,6 +174,10 @@ pub struct TenantConfig {
     /// pending work (default 1): a tenant of weight 2 runs twice as many at once as one of
     /// weight 1 while both have work waiting.
     pub weight: Option<f64>,
+    /// The most it may spend in a UTC day, in USD, over every provider: once its spent and
+    /// reserved cost reach this, its work waits for the next day (see
+    /// `docs/policies.md#spend-caps`).
+    pub daily_usd: Option<f64>,
 }
 
 /// `[providers.NAME] fairness`: how a lane is shared among the tenants with work in it.
@@ -565,6 +569,10 @@ pub struct ProviderConfig {
     /// Price its answers (default true); `false` leaves `cost` out of its outputs, and
     /// usage totals count them unpriced.
     pub costs: Option<bool>,
+    /// The most it may spend in a UTC day, in USD, across the fleet: once its spent and
+    /// reserved cost reach this, it claims nothing until the next day (see
+    /// `docs/policies.md#spend-caps`).
+    pub daily_usd: Option<f64>,
 }
 
 /// `[providers.NAME] response_cache = { ttl_secs, max_entries }`.
@@ -786,7 +794,33 @@ impl Config {
                 .filter(|p| p.fairness == Fairness::Weighted)
                 .map(|_| self.tenant_weights()),
         };
+        policy.spend = self.spend_caps(provider);
         policy
+    }
+
+    /// The spend caps that bear on `provider`'s claims: its own `daily_usd` and every
+    /// tenant's, with the prices of its configured model to estimate a claim by. `None`
+    /// when there are none. Its `day` is 0: each claim sets its own.
+    fn spend_caps(&self, provider: &str) -> Option<crate::store::Spend> {
+        let own = self.providers.get(provider);
+        let provider_usd = own.and_then(|p| p.daily_usd);
+        let tenants: BTreeMap<String, f64> = self
+            .tenants
+            .iter()
+            .filter_map(|(name, t)| Some((name.clone(), t.daily_usd?)))
+            .collect();
+        if provider_usd.is_none() && tenants.is_empty() {
+            return None;
+        }
+        let price = own
+            .and_then(|p| p.model.as_deref())
+            .and_then(|model| self.price_table().lookup(model).map(|(_, price)| *price));
+        Some(crate::store::Spend {
+            day: 0,
+            provider_usd,
+            tenants: std::sync::Arc::new(tenants),
+            price,
+        })
     }
 
     /// The price table in force: the shipped one with `[prices]` laid over it (checked
@@ -987,6 +1021,14 @@ impl Config {
                     "must be above 0 and at most 1000000",
                 ));
             }
+            if let Some(usd) = tenant.daily_usd
+                && !(usd.is_finite() && usd > 0.0)
+            {
+                problems.push(invalid(
+                    format!("tenants.{name}.daily_usd"),
+                    "must be a number of USD above 0",
+                ));
+            }
         }
         for (name, provider) in &self.providers {
             for (key, reason) in provider.policy.problems() {
@@ -1006,6 +1048,19 @@ impl Config {
                     problems.push(invalid(
                         format!("providers.{name}.response_cache.max_entries"),
                         "must be 1 to 100000000",
+                    ));
+                }
+            }
+            if let Some(usd) = provider.daily_usd {
+                if !(usd.is_finite() && usd > 0.0) {
+                    problems.push(invalid(
+                        format!("providers.{name}.daily_usd"),
+                        "must be a number of USD above 0",
+                    ));
+                } else if provider.costs == Some(false) {
+                    problems.push(invalid(
+                        format!("providers.{name}.daily_usd"),
+                        "needs its answers priced, and `costs = false` leaves them unpriced",
                     ));
                 }
             }
@@ -1379,6 +1434,12 @@ mod tests {
                 "providers.x.tenant_limit",
             ),
             ("[providers.x]\nfairness = \"fifo\"", "providers.x.fairness"),
+            ("[providers.x]\ndaily_usd = 0", "providers.x.daily_usd"),
+            (
+                "[providers.x]\ndaily_usd = 5\ncosts = false",
+                "providers.x.daily_usd",
+            ),
+            ("[tenants.acme]\ndaily_usd = -1", "tenants.acme.daily_usd"),
             ("[tenants.\"a b\"]\nweight = 1", "tenants.a b"),
             ("[tenants.acme]\nweight = 0", "tenants.acme.weight"),
             ("[tenants.acme]\nweight = -2", "tenants.acme.weight"),

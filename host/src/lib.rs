@@ -6,6 +6,7 @@
 pub mod api;
 pub mod attempt;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod costs;
 pub mod daemon;

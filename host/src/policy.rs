@@ -87,6 +87,9 @@ pub struct Policy {
     pub budget: Option<crate::store::Budget>,
     /// How the lane is shared among tenants (`[providers.NAME] tenant_limit`, `fairness`).
     pub tenants: crate::store::Tenants,
+    /// The daily spend caps that bear on its claims (`[providers.NAME] daily_usd`,
+    /// `[tenants.NAME] daily_usd`), with a `day` of 0.
+    pub spend: Option<crate::store::Spend>,
 }
 
 impl Default for Policy {
@@ -122,6 +125,7 @@ impl Policy {
             aging_max: pick!(aging_max, 100),
             budget: None,
             tenants: crate::store::Tenants::NONE,
+            spend: None,
         }
     }
 }

@@ -183,3 +183,190 @@ async fn answers_are_priced_by_kind_and_add_up_by_provider_model_and_tenant() {
     let bad = env.lanes(&["usage", "--since", "yesterday"]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--since `yesterday`"));
 }
+
+/// Prices `provider`'s configured model, `house-model`, at $1 per million output tokens
+/// (and input for free): an answer of 100,000 output tokens costs $0.10, and a claim
+/// reserves $0.001 (1,000 output tokens, as no `max_tokens` is set).
+fn dime_a_call(env: &mut TestEnv, provider: &str) {
+    env.config.providers.get_mut(provider).unwrap().model = Some("house-model".into());
+    env.config.prices.insert(
+        "house-model".into(),
+        PriceOverride {
+            input: Some(0.0),
+            output: Some(1.0),
+            ..PriceOverride::default()
+        },
+    );
+}
+
+/// A tenant's `daily_usd` reached mid-run holds back that tenant only, never stops what
+/// runs, and lets it go on the next UTC day. The caps' clock starts 12 s before a midnight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spend_cap_reached_mid_run_pauses_that_tenant_only_until_the_next_day() {
+    use lanes::clock::{DAY_MS, day_of};
+    let real = lanes::model::now_ms();
+    let midnight = (day_of(real) + 1) * DAY_MS;
+    let before = 12_000;
+    let offset = midnight - before - real;
+    lanes::clock::set_offset_ms(offset);
+    // Midnight on the store's clock (SQLite's is the system's).
+    let midnight_here = midnight - offset;
+
+    let mut env = TestEnv::new();
+    env.stub("paid", Some(2), &[]);
+    dime_a_call(&mut env, "paid");
+    env.config.tenants.insert(
+        "capped".into(),
+        lanes::config::TenantConfig {
+            daily_usd: Some(0.5),
+            ..Default::default()
+        },
+    );
+    let usage = serde_json::json!({ "input_tokens": 10, "output_tokens": 100_000 });
+    let mut jobs = Vec::new();
+    // 8 for the capped tenant: 5 to 7 reach its $0.50 today, and the rest stay under it
+    // tomorrow.
+    for (tenant, n) in [("capped", 8), ("free", 12)] {
+        for _ in 0..n {
+            let mut job = job(
+                "paid",
+                serde_json::json!({ "usage": usage, "sleep_ms": 100 }),
+            );
+            job.input.model = Some("house-model".into());
+            job.tenant = Some(tenant.into());
+            jobs.push(job);
+        }
+    }
+    let queue = env.queue().await;
+    queue.submit_many(&jobs).await.unwrap();
+    let (daemon, server, api) = crate::api::start(&env).await;
+    let queue = daemon.queue().clone();
+
+    // While it waits: its state and reason, fleet-wide in the store.
+    let mut seen_capped = None;
+    let deadline = std::time::Instant::now() + Duration::from_secs(11);
+    while std::time::Instant::now() < deadline && lanes::model::now_ms() < midnight_here - 500 {
+        let tenants = api.get("/v1/tenants").await;
+        let capped = tenants.body["tenants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["tenant"] == "capped")
+            .cloned()
+            .unwrap();
+        if capped["state"] == "capped" && capped["running"] == 0 {
+            seen_capped = Some(capped);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let capped = seen_capped.expect("the tenant shows as capped before midnight");
+    assert!(
+        capped["reason"]
+            .as_str()
+            .unwrap()
+            .contains("daily_usd 0.50 spent"),
+        "{capped}"
+    );
+    assert!(
+        capped["spend"]["spent_usd"].as_f64().unwrap() >= 0.5,
+        "{capped}"
+    );
+    let metrics = api.get("/metrics").await.text;
+    for line in [
+        r#"lanes_spend_cap_notices_total{scope="tenant",level="reached"} 1"#,
+        r#"lanes_spend_cap_usd{scope="tenant",name="capped"} 0.5"#,
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+
+    let rows = wait_terminal(queue.as_ref(), None, Duration::from_secs(40)).await;
+    assert!(
+        rows.iter().all(|e| e.status == Status::Completed),
+        "{rows:#?}"
+    );
+    let of = |tenant: &str| {
+        rows.iter()
+            .filter(|e| e.tenant.as_deref() == Some(tenant))
+            .collect::<Vec<_>>()
+    };
+    // The free tenant never waited for the day: all of its work ended before midnight.
+    assert!(
+        of("free")
+            .iter()
+            .all(|e| e.finished_at.unwrap() < midnight_here),
+        "{:?}",
+        of("free").iter().map(|e| e.finished_at).collect::<Vec<_>>()
+    );
+    // The capped tenant ran up to its cap, with at most the lane's 2 in flight past it (they
+    // ran to their end), and the rest after midnight.
+    let early = of("capped")
+        .iter()
+        .filter(|e| e.started_at.unwrap() < midnight_here)
+        .count();
+    assert!((5..=7).contains(&early), "{early} started before midnight");
+    assert_eq!(
+        of("capped")
+            .iter()
+            .filter(|e| e.started_at.unwrap() >= midnight_here)
+            .count(),
+        8 - early
+    );
+    server.shutdown().await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A provider's `daily_usd` reached: the provider pauses fleet-wide with its reason, what
+/// ran ran to its end, and the rest waits, pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_that_spent_its_daily_usd_pauses_with_its_reason() {
+    let mut env = TestEnv::new();
+    env.stub("metered", Some(1), &[]);
+    dime_a_call(&mut env, "metered");
+    env.config.providers.get_mut("metered").unwrap().daily_usd = Some(0.3);
+    let usage = serde_json::json!({ "input_tokens": 10, "output_tokens": 100_000 });
+    let jobs: Vec<NewExecution> = (0..6)
+        .map(|_| priced("metered", "t", "house-model", usage.clone()))
+        .collect();
+    env.queue().await.submit_many(&jobs).await.unwrap();
+    let (daemon, server, api) = crate::api::start(&env).await;
+    let mut paused = None;
+    for _ in 0..200 {
+        let providers = api.get("/v1/providers").await;
+        let p = providers.body["providers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "metered")
+            .cloned()
+            .unwrap();
+        if p["state"] == "paused" && p["running"] == 0 {
+            paused = Some(p);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let p = paused.expect("the provider pauses");
+    assert!(
+        p["reason"]
+            .as_str()
+            .unwrap()
+            .contains("spend cap: 0.30 of its daily_usd 0.30 spent today"),
+        "{p}"
+    );
+    assert_eq!(
+        (p["pending"].as_u64(), p["spend"]["capped"].as_bool()),
+        (Some(3), Some(true))
+    );
+    assert!(
+        (p["spend"]["spent_usd"].as_f64().unwrap() - 0.3).abs() < 1e-9,
+        "{p}"
+    );
+    let metrics = api.get("/metrics").await.text;
+    assert!(
+        metrics.contains(r#"lanes_spend_cap_notices_total{scope="provider",level="reached"} 1"#),
+        "{metrics}"
+    );
+    server.shutdown().await;
+    daemon.shutdown(Duration::from_secs(5)).await;
+}

@@ -169,7 +169,7 @@ proptest! {
             let mut remaining = expected.into_iter();
             for take in takes {
                 let claimed = queue
-                    .claim("order", Claim { tenants: &lanes::store::ROUND_ROBIN, owner: "w", max: take, limit: 1000, lease_ms: 60_000, budget: None })
+                    .claim("order", Claim { tenants: &lanes::store::ROUND_ROBIN, owner: "w", max: take, limit: 1000, lease_ms: 60_000, budget: None, spend: None })
                     .await
                     .unwrap();
                 let want: BTreeSet<i64> =

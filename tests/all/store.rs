@@ -28,6 +28,7 @@ fn claim(owner: &str, max: u32, limit: u32) -> Claim<'_> {
         limit,
         lease_ms: 60_000,
         budget: None,
+        spend: None,
     }
 }
 
@@ -285,6 +286,7 @@ async fn each_attempt_is_kept_in_a_bounded_history(q: Arc<dyn Queue>) {
                 limit: 5,
                 lease_ms,
                 budget: None,
+                spend: None,
             };
             assert_eq!(q.claim("h", claim).await.unwrap().len(), 1);
         }
@@ -1055,6 +1057,7 @@ async fn budgets(q: Arc<dyn Queue>) {
     let budgeted = |budget| Claim {
         tenants: &lanes::store::ROUND_ROBIN,
         budget: Some(budget),
+        spend: None,
         ..claim("w", 10, 100)
     };
     // Four requests a minute: four, then none.
@@ -1556,3 +1559,195 @@ contract!(
     response_cache,
     the_response_cache_answers_waits_and_releases
 );
+
+/// Daily spend caps: a claim reserves each row's estimate and stops at the provider's cap,
+/// leaves out the tenants at theirs, an attempt's end settles with its cost, each notice
+/// comes once, and the next day starts afresh.
+async fn spend_caps_reserve_settle_and_notify_once(q: Arc<dyn Queue>) {
+    use lanes::store::{Spend, SpendEnd, SpendScope};
+    let row = |tenant: Option<&str>| NewExecution {
+        tenant: tenant.map(str::to_string),
+        cache: None,
+        input: ChatInput {
+            max_tokens: Some(1000),
+            ..ChatInput::prompt("12345678")
+        },
+        ..new("s", 0)
+    };
+    for _ in 0..10 {
+        q.submit(&row(None)).await.unwrap();
+    }
+    // 1000 output tokens at $200 per million: each row reserves $0.20.
+    let price = lanes::costs::Price {
+        input: 0.0,
+        output: 200.0,
+        cache_read: None,
+        cache_write: None,
+        batch_discount: None,
+    };
+    let day = 20_000;
+    let provider_cap = Spend {
+        day,
+        provider_usd: Some(1.0),
+        tenants: Arc::new(Default::default()),
+        price: Some(price),
+    };
+    let capped = |spend| Claim {
+        spend: Some(spend),
+        ..claim("w", 10, 100)
+    };
+    // $0, 0.2, 0.4, 0.6 and 0.8 are under the cap: five rows, the fifth reaching it.
+    let first = q.claim("s", capped(&provider_cap)).await.unwrap();
+    assert_eq!(first.len(), 5);
+    assert!(
+        q.claim("s", capped(&provider_cap))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let today = |rows: Vec<lanes::store::SpendRow>, scope, name: &str| {
+        rows.into_iter()
+            .find(|r| r.scope == scope && r.name == name)
+            .map(|r| {
+                (
+                    (r.spent_usd * 1e6).round() / 1e6,
+                    (r.reserved_usd * 1e6).round() / 1e6,
+                )
+            })
+    };
+    let rows = q.spend(day).await.unwrap();
+    assert_eq!(
+        today(rows.clone(), SpendScope::Provider, "s"),
+        Some((0.0, 1.0))
+    );
+    assert_eq!(today(rows, SpendScope::Tenant, ""), Some((0.0, 1.0)));
+    // Each cost $0.10: $0.50 spent, nothing reserved, no notice.
+    let end = |id, usd| SpendEnd {
+        id,
+        provider: "s",
+        tenant: "",
+        usd,
+    };
+    for e in &first {
+        assert!(
+            q.settle_spend(&end(e.id, 0.1), &provider_cap)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+    let rows = q.spend(day).await.unwrap();
+    assert_eq!(today(rows, SpendScope::Provider, "s"), Some((0.5, 0.0)));
+    // $0.5, 0.7 and 0.9 are under the cap: three more.
+    let second = q.claim("s", capped(&provider_cap)).await.unwrap();
+    assert_eq!(second.len(), 3);
+    // At $0.12 each, the third end crosses 80% ($0.86): one warning, once.
+    let mut notices = Vec::new();
+    for e in &second {
+        notices.extend(
+            q.settle_spend(&end(e.id, 0.12), &provider_cap)
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert_eq!(
+        (
+            notices[0].scope,
+            notices[0].name.as_str(),
+            notices[0].reached
+        ),
+        (SpendScope::Provider, "s", false)
+    );
+    // A settle without a reservation (claimed before the caps were set) still counts:
+    // $0.86 + 0.2 reaches the cap, told once.
+    let reached = q
+        .settle_spend(&end(999_999, 0.2), &provider_cap)
+        .await
+        .unwrap();
+    assert_eq!(reached.len(), 1);
+    assert!(reached[0].reached);
+    assert!(
+        q.settle_spend(&end(999_998, 0.2), &provider_cap)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        q.claim("s", capped(&provider_cap))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The next day starts afresh.
+    let tomorrow = Spend {
+        day: day + 1,
+        ..provider_cap.clone()
+    };
+    assert_eq!(q.claim("s", capped(&tomorrow)).await.unwrap().len(), 2);
+
+    // A tenant's cap: its rows wait while the others' run, whatever the provider.
+    for _ in 0..4 {
+        q.submit(&NewExecution {
+            provider: "t".into(),
+            ..row(Some("a"))
+        })
+        .await
+        .unwrap();
+        q.submit(&NewExecution {
+            provider: "t".into(),
+            ..row(Some("b"))
+        })
+        .await
+        .unwrap();
+    }
+    let tenant_cap = Spend {
+        day,
+        provider_usd: None,
+        tenants: Arc::new([("a".to_string(), 0.5)].into_iter().collect()),
+        price: Some(price),
+    };
+    let pair = q
+        .claim(
+            "t",
+            Claim {
+                max: 2,
+                ..capped(&tenant_cap)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(pair.len(), 2, "one of each tenant");
+    let a = pair
+        .iter()
+        .find(|e| e.tenant.as_deref() == Some("a"))
+        .unwrap();
+    let notices = q
+        .settle_spend(
+            &SpendEnd {
+                id: a.id,
+                provider: "t",
+                tenant: "a",
+                usd: 0.6,
+            },
+            &tenant_cap,
+        )
+        .await
+        .unwrap();
+    assert_eq!(notices.len(), 1);
+    assert_eq!(
+        (notices[0].scope, notices[0].reached),
+        (SpendScope::Tenant, true)
+    );
+    let rest = q.claim("t", capped(&tenant_cap)).await.unwrap();
+    assert_eq!(rest.len(), 3, "b's other three, none of a's");
+    assert!(rest.iter().all(|e| e.tenant.as_deref() == Some("b")));
+    let next_day = Spend {
+        day: day + 1,
+        ..tenant_cap.clone()
+    };
+    let resumed = q.claim("t", capped(&next_day)).await.unwrap();
+    assert_eq!(resumed.len(), 3);
+    assert!(resumed.iter().all(|e| e.tenant.as_deref() == Some("a")));
+}
+contract!(spend_caps, spend_caps_reserve_settle_and_notify_once);

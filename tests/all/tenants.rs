@@ -124,9 +124,13 @@ async fn weights_hold_over_ten_thousand_executions() {
     let mut env = TestEnv::new();
     env.stub("weighed", Some(8), &[]);
     env.config.providers.get_mut("weighed").unwrap().fairness = Fairness::Weighted;
-    env.config
-        .tenants
-        .insert("heavy".into(), TenantConfig { weight: Some(3.0) });
+    env.config.tenants.insert(
+        "heavy".into(),
+        TenantConfig {
+            weight: Some(3.0),
+            ..Default::default()
+        },
+    );
     let queue = env.queue().await;
     let work: Vec<NewExecution> = (0..20_000)
         .map(|i| {
@@ -166,9 +170,13 @@ async fn weights_hold_over_ten_thousand_executions() {
 async fn the_tenant_goes_in_every_way_and_shows_everywhere() {
     let mut env = TestEnv::new();
     env.stub("t", Some(4), &[]);
-    env.config
-        .tenants
-        .insert("idle".into(), TenantConfig { weight: Some(2.0) });
+    env.config.tenants.insert(
+        "idle".into(),
+        TenantConfig {
+            weight: Some(2.0),
+            ..Default::default()
+        },
+    );
     // Through the CLI, before the daemon runs.
     env.write_config();
     let out = env.lanes(&[

@@ -545,6 +545,16 @@ export interface components {
             /** @enum {string} */
             type: "circuit_changed";
         } | {
+            scope: string;
+            name: string;
+            level: string;
+            /** Format: double */
+            spent_usd: number;
+            /** Format: double */
+            cap_usd: number;
+            /** @enum {string} */
+            type: "spend_cap";
+        } | {
             /** Format: int64 */
             missed: number;
             /** @enum {string} */
@@ -878,6 +888,7 @@ export interface components {
             /** @description Why it is paused or open. */
             reason?: string | null;
             budget?: null | components["schemas"]["BudgetOut"];
+            spend?: null | components["schemas"]["SpendOut"];
             /**
              * Format: int32
              * @description On PostgreSQL: the live workers that serve it. Each runs at most an even share of
@@ -939,6 +950,31 @@ export interface components {
          * @enum {string}
          */
         Role: "system" | "user" | "assistant" | "tool";
+        /** @description A daily spend cap and the day's use of it, fleet-wide. */
+        SpendOut: {
+            /**
+             * Format: double
+             * @description The cap, in USD per UTC day.
+             */
+            daily_usd: number;
+            /** @description The day, `YYYY-MM-DD` (UTC). */
+            day: string;
+            /**
+             * Format: double
+             * @description What ended attempts cost today, in USD.
+             */
+            spent_usd: number;
+            /**
+             * Format: double
+             * @description What running attempts have reserved (their estimates), in USD.
+             */
+            reserved_usd: number;
+            /**
+             * @description Spent and reserved reach the cap: no claims take its work until the next day, or
+             *     until running attempts settle below their estimates.
+             */
+            capped: boolean;
+        };
         /**
          * @description Where an execution is in its life.
          * @enum {string}
@@ -1025,6 +1061,11 @@ export interface components {
              *     "weighted"`.
              */
             weight: number;
+            /** @description `serving`, or `capped`: its `daily_usd` is spent or reserved, and its work waits. */
+            state: string;
+            /** @description Why it is capped. */
+            reason?: string | null;
+            spend?: null | components["schemas"]["SpendOut"];
         };
         /** @description The answer of `GET /v1/tenants`. */
         TenantsOut: {

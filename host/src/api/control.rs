@@ -17,7 +17,7 @@ use super::problem::{Json, Path, Problem, Query};
 use super::wire::{
     BudgetOut, CacheCleared, CacheQuery, ComponentOut, EventOut, EventsQuery, HealthOut,
     LimitRequest, LimitResponse, LimitsOut, PluginOut, PluginsOut, PoolOut, ProviderOut,
-    ProvidersOut, TenantOut, TenantsOut, UsageOut, UsageQuery,
+    ProvidersOut, SpendOut, TenantOut, TenantsOut, UsageOut, UsageQuery,
 };
 use crate::limits::{LimitInputs, LimitView, Stored, claim_cap};
 use crate::model::{MAX_COUNT, validate_provider_name};
@@ -73,6 +73,7 @@ async fn provider_rows(state: &AppState) -> Result<Vec<(ProviderOut, u32)>, Prob
         BTreeMap::new()
     };
     let workers = queue.workers().await?;
+    let spend = spend_today(state).await?;
     let lanes: BTreeMap<String, crate::daemon::LaneView> = state
         .control
         .lanes(runtime)
@@ -139,6 +140,11 @@ async fn provider_rows(state: &AppState) -> Result<Vec<(ProviderOut, u32)>, Prob
                         tokens,
                     }
                 }),
+                spend: config
+                    .providers
+                    .get(name)
+                    .and_then(|p| p.daily_usd)
+                    .map(|cap| spend.out(crate::store::SpendScope::Provider, name, cap)),
                 workers: workers.as_ref().map(|w| w.get(name).copied().unwrap_or(0)),
             },
             lane_limit,
@@ -147,7 +153,47 @@ async fn provider_rows(state: &AppState) -> Result<Vec<(ProviderOut, u32)>, Prob
     Ok(rows)
 }
 
-/// Every provider: component, limits, queue, last minute's numbers and state.
+/// The day's spend (UTC, on the caps' clock), read only when the config sets a cap.
+struct SpendToday {
+    day: i64,
+    rows: BTreeMap<(crate::store::SpendScope, String), crate::store::SpendRow>,
+}
+
+impl SpendToday {
+    /// A cap of `cap` USD on `scope`'s `name`, with the day's use of it.
+    fn out(&self, scope: crate::store::SpendScope, name: &str, cap: f64) -> SpendOut {
+        let row = self.rows.get(&(scope, name.to_string()));
+        let spent = row.map_or(0.0, |r| r.spent_usd);
+        let reserved = row.map_or(0.0, |r| r.reserved_usd);
+        SpendOut {
+            daily_usd: cap,
+            day: crate::clock::date(self.day),
+            spent_usd: spent,
+            reserved_usd: reserved,
+            capped: spent + reserved >= cap,
+        }
+    }
+}
+
+async fn spend_today(state: &AppState) -> Result<SpendToday, Problem> {
+    let config = state.control.config();
+    let capped = config.providers.values().any(|p| p.daily_usd.is_some())
+        || config.tenants.values().any(|t| t.daily_usd.is_some());
+    let day = crate::clock::day();
+    let rows = if capped {
+        state.control.queue().spend(day).await?
+    } else {
+        Vec::new()
+    };
+    Ok(SpendToday {
+        day,
+        rows: rows
+            .into_iter()
+            .map(|r| ((r.scope, r.name.clone()), r))
+            .collect(),
+    })
+}
+
 /// Every tenant's counts (the queue's and the config's tenants), as the API and the
 /// metrics show them.
 pub(super) async fn tenant_rows(state: &AppState) -> Result<Vec<TenantOut>, Problem> {
@@ -156,14 +202,46 @@ pub(super) async fn tenant_rows(state: &AppState) -> Result<Vec<TenantOut>, Prob
     for name in config.tenants.keys() {
         counts.entry(name.clone()).or_default();
     }
+    let today = spend_today(state).await?;
     Ok(counts
         .into_iter()
-        .map(|(tenant, c)| TenantOut {
+        .map(|(tenant, c)| {
+            let spend = config
+                .tenants
+                .get(&tenant)
+                .and_then(|t| t.daily_usd)
+                .map(|cap| today.out(crate::store::SpendScope::Tenant, &tenant, cap));
+            let reason = spend.as_ref().filter(|s| s.capped).map(|s| {
+                if s.spent_usd >= s.daily_usd {
+                    format!(
+                        "daily_usd {:.2} spent ({:.2} USD on {} UTC): its work waits for the \
+                         next UTC day",
+                        s.daily_usd, s.spent_usd, s.day
+                    )
+                } else {
+                    format!(
+                        "daily_usd {:.2}: {:.2} USD spent and {:.2} reserved by running \
+                         attempts on {} UTC: its work waits for them to settle",
+                        s.daily_usd, s.spent_usd, s.reserved_usd, s.day
+                    )
+                }
+            });
+            (tenant, c, spend, reason)
+        })
+        .map(|(tenant, c, spend, reason)| TenantOut {
             weight: config
                 .tenants
                 .get(&tenant)
                 .and_then(|t| t.weight)
                 .unwrap_or(1.0),
+            state: if reason.is_some() {
+                "capped"
+            } else {
+                "serving"
+            }
+            .to_string(),
+            reason,
+            spend,
             tenant: (!tenant.is_empty()).then_some(tenant),
             pending: c.pending,
             running: c.running,
@@ -477,12 +555,13 @@ pub async fn readyz(State(state): State<AppState>) -> Result<axum::Json<HealthOu
     )
 )]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, Problem> {
-    for (p, lane_limit) in provider_rows(&state).await? {
+    let providers = provider_rows(&state).await?;
+    for (p, lane_limit) in &providers {
         state.metrics.set_gauges(
             &p.name,
             &GaugeValues {
                 limit: p.limits.effective,
-                effective_limit: lane_limit,
+                effective_limit: *lane_limit,
                 claimable: p.limits.claimable,
                 running: p.running,
                 pending: p.pending,
@@ -496,7 +575,31 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, Problem>
         state.metrics.set_pool(&pool);
     }
     let cap = state.control.config().api.metrics_tenants;
-    state.metrics.set_tenants(&tenant_rows(&state).await?, cap);
+    let tenants = tenant_rows(&state).await?;
+    state.metrics.set_tenants(&tenants, cap);
+    let mut caps: Vec<(crate::store::SpendScope, String, f64, f64)> = providers
+        .iter()
+        .filter_map(|(p, _)| {
+            let s = p.spend.as_ref()?;
+            Some((
+                crate::store::SpendScope::Provider,
+                p.name.clone(),
+                s.daily_usd,
+                s.spent_usd,
+            ))
+        })
+        .collect();
+    caps.extend(tenants.iter().filter_map(|t| {
+        let s = t.spend.as_ref()?;
+        let name = t.tenant.clone().unwrap_or_default();
+        Some((
+            crate::store::SpendScope::Tenant,
+            name,
+            s.daily_usd,
+            s.spent_usd,
+        ))
+    }));
+    state.metrics.set_spend(&caps);
     state
         .metrics
         .set_cache_entries(&state.control.queue().cache_entries().await?);

@@ -58,6 +58,22 @@ pub const NO_TENANT: &str = "(none)";
 /// The `tenant` label that sums the tenants past `[api] metrics_tenants`.
 pub const OTHER_TENANTS: &str = "(other)";
 
+/// `scope` and `name` of a daily spend cap.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SpendLabels {
+    scope: &'static str,
+    name: String,
+}
+
+/// `scope` and `level` of a spend cap's notice.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NoticeLabels {
+    scope: &'static str,
+    level: &'static str,
+}
+
+type FloatGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
 /// `file`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FileLabel {
@@ -83,6 +99,9 @@ pub struct Metrics {
     unpriced: Family<ModelLabels, Counter>,
     tokens_total: Family<KindLabels, Counter>,
     cache_hits: Family<ProviderLabel, Counter>,
+    spend_usd: Family<SpendLabels, FloatGauge>,
+    spend_cap_usd: Family<SpendLabels, FloatGauge>,
+    spend_notices: Family<NoticeLabels, Counter>,
     cache_entries: Family<ProviderLabel, Gauge>,
     attempts: Family<AttemptLabels, Counter>,
     rate_limited: Family<ProviderLabel, Counter>,
@@ -146,6 +165,9 @@ impl Default for Metrics {
             unpriced: Family::default(),
             tokens_total: Family::default(),
             cache_hits: Family::default(),
+            spend_usd: Family::default(),
+            spend_cap_usd: Family::default(),
+            spend_notices: Family::default(),
             cache_entries: Family::default(),
             attempts: Family::default(),
             rate_limited: Family::default(),
@@ -213,6 +235,22 @@ impl Default for Metrics {
             "Executions by tenant and status, across every worker of the queue; tenants past \
              [api] metrics_tenants (by open work) are summed as tenant=\"(other)\"",
             m.tenant_executions.clone(),
+        );
+        registry.register(
+            "spend_usd",
+            "What each capped provider and tenant spent today (UTC), fleet-wide, in USD",
+            m.spend_usd.clone(),
+        );
+        registry.register(
+            "spend_cap_usd",
+            "Each daily spend cap ([providers.NAME] daily_usd, [tenants.NAME] daily_usd)",
+            m.spend_cap_usd.clone(),
+        );
+        registry.register(
+            "spend_cap_notices",
+            "Spend caps 80% spent (level=\"warning\") or spent (level=\"reached\"), each told \
+             once across the fleet, by the worker whose attempt crossed it",
+            m.spend_notices.clone(),
         );
         registry.register(
             "cost_usd",
@@ -378,6 +416,14 @@ impl Metrics {
                     .get_or_create(&FileLabel { file: file.clone() })
                     .inc();
             }
+            Event::SpendCap(notice) => {
+                self.spend_notices
+                    .get_or_create(&NoticeLabels {
+                        scope: notice.scope.as_str(),
+                        level: if notice.reached { "reached" } else { "warning" },
+                    })
+                    .inc();
+            }
             Event::Claimed { .. }
             | Event::LimitChanged { .. }
             | Event::LanePaused { .. }
@@ -438,6 +484,24 @@ impl Metrics {
             self.cache_entries
                 .get_or_create(&provider(name))
                 .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Sets each cap and the day's spend of it: `(scope, name, cap, spent)`.
+    pub fn set_spend(&self, caps: &[(crate::store::SpendScope, String, f64, f64)]) {
+        self.spend_usd.clear();
+        self.spend_cap_usd.clear();
+        for (scope, name, cap, spent) in caps {
+            let labels = SpendLabels {
+                scope: scope.as_str(),
+                name: if name.is_empty() {
+                    NO_TENANT.to_string()
+                } else {
+                    name.clone()
+                },
+            };
+            self.spend_usd.get_or_create(&labels).set(*spent);
+            self.spend_cap_usd.get_or_create(&labels).set(*cap);
         }
     }
 

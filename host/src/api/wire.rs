@@ -268,6 +268,9 @@ pub struct ProviderOut {
     /// Its `rpm`/`tpm` budget and what the last minute used of it, when it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetOut>,
+    /// Its `daily_usd` and what today (UTC) spent of it, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spend: Option<SpendOut>,
     /// On PostgreSQL: the live workers that serve it. Each runs at most an even share of
     /// the effective limit, rounded up.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -283,6 +286,22 @@ pub struct BudgetOut {
     pub requests: i64,
     /// Tokens reserved (estimates) or used (settled) in the last minute.
     pub tokens: i64,
+}
+
+/// A daily spend cap and the day's use of it, fleet-wide.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SpendOut {
+    /// The cap, in USD per UTC day.
+    pub daily_usd: f64,
+    /// The day, `YYYY-MM-DD` (UTC).
+    pub day: String,
+    /// What ended attempts cost today, in USD.
+    pub spent_usd: f64,
+    /// What running attempts have reserved (their estimates), in USD.
+    pub reserved_usd: f64,
+    /// Spent and reserved reach the cap: no claims take its work until the next day, or
+    /// until running attempts settle below their estimates.
+    pub capped: bool,
 }
 
 /// `DELETE /v1/cache`'s query.
@@ -383,6 +402,14 @@ pub struct TenantOut {
     /// Its `[tenants.NAME] weight` (1 when it sets none), for providers with `fairness =
     /// "weighted"`.
     pub weight: f64,
+    /// `serving`, or `capped`: its `daily_usd` is spent or reserved, and its work waits.
+    pub state: String,
+    /// Why it is capped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Its `[tenants.NAME] daily_usd` and what today (UTC) spent of it, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spend: Option<SpendOut>,
 }
 
 /// The answer of `GET /v1/tenants`.
@@ -527,7 +554,8 @@ pub enum EventOut {
     /// A component file was rejected.
     ComponentRejected { file: String, reason: String },
     /// A lane stopped claiming: `no_component`, `rate_limited` or `unavailable` (with
-    /// `for_ms`, the wait the provider asked for).
+    /// `for_ms`, the wait the provider asked for), or `spend_cap` (with `for_ms`, the wait
+    /// for the next UTC day).
     LanePaused {
         provider: String,
         reason: String,
@@ -538,6 +566,16 @@ pub enum EventOut {
         provider: String,
         open: bool,
         reason: String,
+    },
+    /// 80% of a daily spend cap is spent (`level`: `warning`), or all of it (`reached`):
+    /// told once across the fleet. `scope` is `provider` or `tenant` (`name` `""`: the
+    /// executions without one).
+    SpendCap {
+        scope: String,
+        name: String,
+        level: String,
+        spent_usd: f64,
+        cap_usd: f64,
     },
     /// This stream fell behind and lost events; re-read what you track.
     Lagged { missed: u64 },
@@ -554,6 +592,7 @@ impl EventOut {
             EventOut::ComponentRejected { .. } => "component_rejected",
             EventOut::LanePaused { .. } => "lane_paused",
             EventOut::CircuitChanged { .. } => "circuit_changed",
+            EventOut::SpendCap { .. } => "spend_cap",
             EventOut::Lagged { .. } => "lagged",
         }
     }
@@ -619,6 +658,7 @@ impl EventOut {
                     PauseReason::NoComponent => ("no_component", None),
                     PauseReason::RateLimited { for_ms } => ("rate_limited", Some(*for_ms)),
                     PauseReason::Unavailable { for_ms } => ("unavailable", Some(*for_ms)),
+                    PauseReason::SpendCap { for_ms } => ("spend_cap", Some(*for_ms)),
                 };
                 EventOut::LanePaused {
                     provider: provider.to_string(),
@@ -634,6 +674,13 @@ impl EventOut {
                 provider: provider.to_string(),
                 open: *open,
                 reason: reason.clone(),
+            },
+            Event::SpendCap(n) => EventOut::SpendCap {
+                scope: n.scope.as_str().to_string(),
+                name: n.name.clone(),
+                level: if n.reached { "reached" } else { "warning" }.to_string(),
+                spent_usd: n.spent_usd,
+                cap_usd: n.cap_usd,
             },
         })
     }

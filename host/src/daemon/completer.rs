@@ -137,6 +137,7 @@ impl ResultSink for QueueSink {
                     limit: o.limit,
                     lease_ms: self.lease_ms,
                     budget: None,
+                    spend: None,
                     tenants: &o.tenants,
                 };
                 (&*o.provider, claim)
@@ -338,12 +339,14 @@ struct Worker {
 }
 
 /// Whether a lane may have the slots a batch frees refilled in the batch's write: not for a
-/// budgeted provider (the producer keeps the budget's account), nor a lane with no
+/// budgeted or spend-capped provider (the producer keeps their accounts), nor a lane with no
 /// component, or one paused, ramping up or paying back a lowered limit.
 fn takes_refills(lane: &Lane) -> bool {
     lane.claims_freely()
         && !lane.pool_contended()
-        && lane.provider().is_some_and(|p| p.policy.budget.is_none())
+        && lane
+            .provider()
+            .is_some_and(|p| p.policy.budget.is_none() && p.policy.spend.is_none())
 }
 
 impl Worker {

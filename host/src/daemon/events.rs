@@ -59,6 +59,8 @@ pub enum PauseReason {
     RateLimited { for_ms: i64 },
     /// An unavailable answer asked to wait this long.
     Unavailable { for_ms: i64 },
+    /// Its `daily_usd` is spent: it waits this long, for the next UTC day.
+    SpendCap { for_ms: i64 },
 }
 
 /// What a completed attempt used and cost: for the metrics, and to settle a budget.
@@ -127,6 +129,8 @@ pub enum Event {
         open: bool,
         reason: String,
     },
+    /// 80% of a daily spend cap is spent, or all of it: told once across the fleet.
+    SpendCap(crate::store::SpendNotice),
 }
 
 impl Event {
@@ -140,7 +144,10 @@ impl Event {
             | Event::ComponentLoaded { provider, .. }
             | Event::LanePaused { provider, .. }
             | Event::CircuitChanged { provider, .. } => Some(provider),
-            Event::ComponentRejected { .. } => None,
+            Event::SpendCap(notice) if notice.scope == crate::store::SpendScope::Provider => {
+                Some(&notice.name)
+            }
+            Event::ComponentRejected { .. } | Event::SpendCap(_) => None,
         }
     }
 }

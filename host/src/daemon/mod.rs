@@ -30,6 +30,7 @@ pub mod producer;
 pub mod registry;
 pub mod reload;
 pub mod routing;
+pub mod spend;
 pub mod streams;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -200,6 +200,14 @@ impl Producer {
         if slots.is_empty() {
             return Ok(0);
         }
+        let spend = provider
+            .policy
+            .spend
+            .as_ref()
+            .map(|caps| crate::store::Spend {
+                day: crate::clock::day(),
+                ..caps.clone()
+            });
         let claimed = shared
             .queue
             .claim(
@@ -210,6 +218,7 @@ impl Producer {
                     limit: self.lane.limit(),
                     lease_ms: i64::try_from(shared.config.get().lease_ms).unwrap_or(i64::MAX),
                     budget: provider.policy.budget,
+                    spend: spend.as_ref(),
                     tenants: &provider.policy.tenants,
                 },
             )

@@ -11,7 +11,10 @@
 //!   lost a row (its lease expired and another took over) cannot overwrite what another wrote.
 
 pub mod postgres;
+pub mod spend;
 pub mod sqlite;
+
+pub use spend::{Spend, SpendEnd, SpendNotice, SpendRow, SpendScope};
 
 use std::sync::Arc;
 
@@ -375,6 +378,19 @@ pub trait Queue: Send + Sync + 'static {
     /// frees its room); `None` when it has none.
     async fn budget_frees_in(&self, provider: &str) -> Result<Option<i64>, StoreError>;
 
+    /// Settles the open spend reservation of `end`'s execution with what its attempt cost
+    /// (an attempt claimed without one counts on `caps`' day), and returns the notices it brings: a cap of `caps` whose 80% or whole
+    /// the spend now reaches, each told once across the fleet.
+    async fn settle_spend(
+        &self,
+        end: &SpendEnd<'_>,
+        caps: &Spend,
+    ) -> Result<Vec<SpendNotice>, StoreError>;
+
+    /// What each provider and tenant spent and has reserved on `day` (days since the Unix
+    /// epoch, UTC).
+    async fn spend(&self, day: i64) -> Result<Vec<SpendRow>, StoreError>;
+
     /// Stores chunks of streamed deltas, in one transaction.
     async fn append_stream(&self, chunks: &[StreamChunk]) -> Result<(), StoreError>;
 
@@ -639,6 +655,9 @@ pub struct Claim<'a> {
     pub budget: Option<Budget>,
     /// How the claim shares the lane among tenants.
     pub tenants: &'a Tenants,
+    /// The day's spend caps that bear on this claim (the provider's, the tenants'): the
+    /// claim then also reserves against them (see [`Spend`]).
+    pub spend: Option<&'a Spend>,
 }
 
 /// One end for [`Queue::settle_cache`].

@@ -139,18 +139,20 @@ where
         .collect())
 }
 
-/// Moves up to `max` due pending rows of `provider` to `running` (see [`Queue::claim`]).
+/// Moves up to `max` due pending rows of `provider` to `running` (see [`Queue::claim`]),
+/// none of the tenants of `excluded` (a JSON array).
 async fn claim_rows<'e, E>(
     executor: E,
     channel: &str,
     provider: &str,
     claim: &Claim<'_>,
     max: u32,
+    excluded: Option<&str>,
 ) -> Result<Vec<sqlx::postgres::PgRow>, StoreError>
 where
     E: sqlx::Executor<'e, Database = sqlx::Postgres>,
 {
-    // One round trip: `lanes_claim` (migrations 0002, 0006, 0010-0012, 0015) takes the
+    // One round trip: `lanes_claim` (migrations 0002, 0006, 0010-0012, 0015, 0017) takes the
     // provider's advisory lock, counts its running rows across the fleet, and takes up to
     // the room left with `FOR UPDATE SKIP LOCKED` (by primary key), shared among the
     // tenants. Its cap (none while paused, one while an open circuit probes, at most the
@@ -158,7 +160,7 @@ where
     // that of `crate::limits::fair_pick`; the store tests
     // `claim_caps_match_their_rust_twin` and `fair_claims_match_their_rust_twin` hold them
     // equal.
-    sqlx::query("SELECT * FROM lanes_claim($1, $2, $3, $4, $5, $6, $7, $8::jsonb)")
+    sqlx::query("SELECT * FROM lanes_claim($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb)")
         .bind(channel)
         .bind(provider)
         .bind(claim.owner)
@@ -167,6 +169,7 @@ where
         .bind(claim.lease_ms)
         .bind(claim.tenants.limit.map(i64::from))
         .bind(claim.tenants.weights.as_deref())
+        .bind(excluded)
         .fetch_all(executor)
         .await
         .op("claiming executions")
@@ -193,6 +196,54 @@ async fn lock_budget(
     .fetch_one(tx)
     .await
     .op("taking a provider's budget lock")
+}
+
+/// Reserves each claimed row's estimate for its provider and its tenant on the caps' day
+/// (see [`super::spend`]). A row claimed again after its worker died keeps the reservation
+/// it has.
+async fn reserve_spend(
+    tx: &mut sqlx::PgConnection,
+    spend: &super::Spend,
+    provider: &str,
+    claimed: &[Execution],
+) -> Result<(), StoreError> {
+    const OP: &str = "reserving spend for claimed executions";
+    if claimed.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<i64> = claimed.iter().map(|e| e.id).collect();
+    let tenants: Vec<&str> = claimed
+        .iter()
+        .map(|e| e.tenant.as_deref().unwrap_or(""))
+        .collect();
+    let usd: Vec<f64> = claimed.iter().map(|e| spend.estimate(&e.input)).collect();
+    // The sums of what was reserved anew, by provider and by tenant, in the same statement.
+    sqlx::query(
+        "WITH fresh AS (
+            INSERT INTO spend_open (execution_id, day, provider, tenant, usd)
+            SELECT b.id, $4, $5, b.tenant, b.usd
+              FROM unnest($1::bigint[], $2::text[], $3::float8[]) AS b(id, tenant, usd)
+            ON CONFLICT (execution_id) DO NOTHING
+            RETURNING tenant, usd),
+          sums AS (
+            SELECT 'provider' AS scope, $5 AS name, SUM(usd) AS usd FROM fresh
+             HAVING COUNT(*) > 0
+            UNION ALL
+            SELECT 'tenant', tenant, SUM(usd) FROM fresh GROUP BY tenant)
+         INSERT INTO spend (day, scope, name, reserved)
+         SELECT $4, scope, name, usd FROM sums
+         ON CONFLICT (day, scope, name) DO UPDATE
+            SET reserved = spend.reserved + EXCLUDED.reserved",
+    )
+    .bind(&ids)
+    .bind(&tenants)
+    .bind(&usd)
+    .bind(spend.day)
+    .bind(provider)
+    .execute(&mut *tx)
+    .await
+    .op(OP)?;
+    Ok(())
 }
 
 /// Claimed rows as executions, in claim order; the rows that cannot be read are failed
@@ -572,66 +623,108 @@ impl Queue for PgQueue {
         if claim.max == 0 {
             return Ok(Vec::new());
         }
-        let Some(budget) = claim.budget else {
-            let rows = claim_rows(&self.pool, &self.channel, provider, &claim, claim.max).await?;
+        if claim.budget.is_none() && claim.spend.is_none() {
+            let rows =
+                claim_rows(&self.pool, &self.channel, provider, &claim, claim.max, None).await?;
             return claimed(&self.pool, claim.owner, rows).await;
-        };
-        // A budgeted claim, in one transaction under the provider's budget lock, so that
-        // the fleet's claims see each other's reservations: the window's use, the room it
-        // leaves for the next pending rows (by their estimates), the claim, the
-        // reservations.
-        const OP: &str = "claiming executions within the budget";
+        }
+        // A claim with a budget or spend caps, in one transaction under the provider's
+        // budget lock, so that the fleet's claims see each other's reservations: what the
+        // window and the day have used, the room it leaves for the next pending rows (by
+        // their estimates), the claim, the reservations. (Claims of two providers for one
+        // capped tenant take two locks: each sees the other's reservations once it commits.)
+        const OP: &str = "claiming executions within the budget and spend caps";
         let mut tx = self.pool.begin().await.op(OP)?;
         let now = lock_budget(&mut tx, &self.channel, provider).await?;
-        sqlx::query("DELETE FROM budget_ledger WHERE provider = $1 AND at <= $2")
+        let mut used = (0, 0);
+        if claim.budget.is_some() {
+            sqlx::query("DELETE FROM budget_ledger WHERE provider = $1 AND at <= $2")
+                .bind(provider)
+                .bind(now - BUDGET_WINDOW_MS)
+                .execute(&mut *tx)
+                .await
+                .op(OP)?;
+            used = sqlx::query_as(
+                "SELECT COUNT(*), COALESCE(SUM(tokens), 0)::bigint FROM budget_ledger
+                  WHERE provider = $1",
+            )
             .bind(provider)
-            .bind(now - BUDGET_WINDOW_MS)
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await
             .op(OP)?;
-        let (requests, tokens): (i64, i64) = sqlx::query_as(
-            "SELECT COUNT(*), COALESCE(SUM(tokens), 0)::bigint FROM budget_ledger
-              WHERE provider = $1",
-        )
-        .bind(provider)
-        .fetch_one(&mut *tx)
-        .await
-        .op(OP)?;
-        let inputs: Vec<String> = sqlx::query_scalar(
-            "SELECT input FROM executions
-              WHERE provider = $1 AND status = 'pending' AND not_before <= $2
-              ORDER BY resume DESC, priority DESC, id LIMIT $3",
-        )
-        .bind(provider)
-        .bind(now)
-        .bind(i64::from(claim.max))
-        .fetch_all(&mut *tx)
-        .await
-        .op(OP)?;
-        let estimates: Vec<i64> = inputs
-            .iter()
-            .map(|i| estimate_tokens(&serde_json::from_str(i).unwrap_or_default()))
-            .collect();
-        let room = u32::try_from(budget.room(requests, tokens, &estimates)).unwrap_or(0);
+        }
+        let mut excluded = None;
+        let mut provider_total = 0.0;
+        if let Some(spend) = claim.spend {
+            let rows: Vec<(String, String, f64)> = sqlx::query_as(
+                "SELECT scope, name, spent + reserved FROM spend
+                  WHERE day = $1 AND ((scope = 'provider' AND name = $2)
+                        OR (scope = 'tenant' AND name IN
+                              (SELECT jsonb_array_elements_text($3::jsonb))))",
+            )
+            .bind(spend.day)
+            .bind(provider)
+            .bind(spend.tenant_names())
+            .fetch_all(&mut *tx)
+            .await
+            .op(OP)?;
+            let read = spend.read(&rows);
+            if read.full {
+                tx.commit().await.op(OP)?;
+                return Ok(Vec::new());
+            }
+            (provider_total, excluded) = (read.provider_total, read.excluded);
+        }
+        let mut room = claim.max;
+        if claim.budget.is_some() || claim.spend.is_some_and(|s| s.provider_usd.is_some()) {
+            let inputs: Vec<String> = sqlx::query_scalar(
+                "SELECT input FROM executions
+                  WHERE provider = $1 AND status = 'pending' AND not_before <= $2
+                    AND ($4::jsonb IS NULL OR NOT $4::jsonb ? tenant)
+                  ORDER BY resume DESC, priority DESC, id LIMIT $3",
+            )
+            .bind(provider)
+            .bind(now)
+            .bind(i64::from(claim.max))
+            .bind(excluded.as_deref())
+            .fetch_all(&mut *tx)
+            .await
+            .op(OP)?;
+            room = super::spend::room(&claim, used, provider_total, &inputs);
+        }
         if room == 0 {
             tx.commit().await.op(OP)?;
             return Ok(Vec::new());
         }
-        let rows = claim_rows(&mut *tx, &self.channel, provider, &claim, room).await?;
-        let claimed = claimed(&mut *tx, claim.owner, rows).await?;
-        let ids: Vec<i64> = claimed.iter().map(|e| e.id).collect();
-        let reserved: Vec<i64> = claimed.iter().map(|e| estimate_tokens(&e.input)).collect();
-        sqlx::query(
-            "INSERT INTO budget_ledger (execution_id, provider, at, tokens)
-             SELECT b.id, $3, $4, b.tokens FROM unnest($1::bigint[], $2::bigint[]) AS b(id, tokens)",
+        let rows = claim_rows(
+            &mut *tx,
+            &self.channel,
+            provider,
+            &claim,
+            room,
+            excluded.as_deref(),
         )
-        .bind(&ids)
-        .bind(&reserved)
-        .bind(provider)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .op(OP)?;
+        .await?;
+        let claimed = claimed(&mut *tx, claim.owner, rows).await?;
+        if claim.budget.is_some() {
+            let ids: Vec<i64> = claimed.iter().map(|e| e.id).collect();
+            let reserved: Vec<i64> = claimed.iter().map(|e| estimate_tokens(&e.input)).collect();
+            sqlx::query(
+                "INSERT INTO budget_ledger (execution_id, provider, at, tokens)
+                 SELECT b.id, $3, $4, b.tokens
+                   FROM unnest($1::bigint[], $2::bigint[]) AS b(id, tokens)",
+            )
+            .bind(&ids)
+            .bind(&reserved)
+            .bind(provider)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .op(OP)?;
+        }
+        if let Some(spend) = claim.spend {
+            reserve_spend(&mut tx, spend, provider, &claimed).await?;
+        }
         tx.commit().await.op(OP)?;
         Ok(claimed)
     }
@@ -1390,6 +1483,75 @@ impl Queue for PgQueue {
         Ok(())
     }
 
+    async fn settle_spend(
+        &self,
+        end: &super::SpendEnd<'_>,
+        caps: &super::Spend,
+    ) -> Result<Vec<super::SpendNotice>, StoreError> {
+        const OP: &str = "settling a spend reservation";
+        let mut tx = self.pool.begin().await.op(OP)?;
+        let open: Option<super::spend::OpenReservation> = sqlx::query_as(
+            "DELETE FROM spend_open WHERE execution_id = $1
+             RETURNING day, provider, tenant, usd",
+        )
+        .bind(end.id)
+        .fetch_optional(&mut *tx)
+        .await
+        .op(OP)?;
+        let open = open.unwrap_or(super::spend::OpenReservation {
+            day: caps.day,
+            provider: end.provider.to_string(),
+            tenant: end.tenant.to_string(),
+            usd: 0.0,
+        });
+        let totals: Vec<(String, String, f64, i32)> = sqlx::query_as(
+            "INSERT INTO spend (day, scope, name, spent)
+             VALUES ($1, 'provider', $2, $4), ($1, 'tenant', $3, $4)
+             ON CONFLICT (day, scope, name) DO UPDATE
+                SET spent = spend.spent + EXCLUDED.spent,
+                    reserved = GREATEST(0, spend.reserved - $5)
+             RETURNING scope, name, spent, noticed",
+        )
+        .bind(open.day)
+        .bind(&open.provider)
+        .bind(&open.tenant)
+        .bind(end.usd)
+        .bind(open.usd)
+        .fetch_all(&mut *tx)
+        .await
+        .op(OP)?;
+        let mut notices = Vec::new();
+        for (level, notice) in caps.notices(open.day, totals) {
+            let told = sqlx::query(
+                "UPDATE spend SET noticed = $4
+                  WHERE day = $1 AND scope = $2 AND name = $3 AND noticed < $4",
+            )
+            .bind(open.day)
+            .bind(notice.scope.as_str())
+            .bind(&notice.name)
+            .bind(i32::try_from(level).unwrap_or(i32::MAX))
+            .execute(&mut *tx)
+            .await
+            .op(OP)?;
+            if told.rows_affected() == 1 {
+                notices.push(notice);
+            }
+        }
+        tx.commit().await.op(OP)?;
+        Ok(notices)
+    }
+
+    async fn spend(&self, day: i64) -> Result<Vec<super::SpendRow>, StoreError> {
+        let rows: Vec<(String, String, f64, f64)> = sqlx::query_as(
+            "SELECT scope, name, spent, reserved FROM spend WHERE day = $1 ORDER BY scope, name",
+        )
+        .bind(day)
+        .fetch_all(&self.pool)
+        .await
+        .op("reading the day's spend")?;
+        Ok(super::spend::rows(rows))
+    }
+
     async fn budget_usage(&self) -> Result<BTreeMap<String, (i64, i64)>, StoreError> {
         let rows: Vec<(String, i64, i64)> = sqlx::query_as(&format!(
             "SELECT provider, COUNT(*), COALESCE(SUM(tokens), 0)::bigint FROM budget_ledger
@@ -1590,6 +1752,7 @@ mod tests {
             .await
             .unwrap();
         let claim = |owner, max| Claim {
+            spend: None,
             tenants: &crate::store::ROUND_ROBIN,
             owner,
             max,
@@ -1673,8 +1836,7 @@ mod tests {
             return;
         };
         let mut conn = pool.acquire().await.unwrap();
-        let claim =
-            "SELECT id FROM lanes_claim('lanes:test', 'p', 'w', $1, 100000, 60000, NULL, NULL)";
+        let claim = "SELECT id FROM lanes_claim('lanes:test', 'p', 'w', $1, 100000, 60000, NULL, NULL, NULL)";
         // More runs than PostgreSQL plans for their values before it keeps a generic plan.
         for _ in 0..8 {
             let none: Vec<i64> = sqlx::query_scalar(claim)
@@ -1744,6 +1906,7 @@ mod tests {
             limit: 5_000,
             lease_ms: 60_000,
             budget: None,
+            spend: None,
         };
         let ids: Vec<i64> = queue
             .claim("p", claim)
@@ -1820,6 +1983,7 @@ mod tests {
                 rpm: Some(10),
                 tpm: None,
             }),
+            spend: None,
         };
         a.submit(&new("p")).await.unwrap();
         b.submit(&new("p")).await.unwrap();

@@ -62,10 +62,10 @@ fn claim_cap(now: &str, provider: &str, limit: &str) -> String {
 }
 
 /// The claim statement, with its parameters named: the owner, now, the provider, the most
-/// rows, the limit, the lease, the tenant limit and the tenants' weights (see
-/// [`claim_parts`]). One statement: SQLite serializes writers, so the running count, the
+/// rows, the limit, the lease, the tenant limit, the tenants' weights and the tenants a
+/// spend cap leaves out (see [`claim_parts`]). One statement: SQLite serializes writers, so the running count, the
 /// sub-select and the update see the same rows and no other claim can come in between.
-fn claim_sql(params: [&str; 8]) -> String {
+fn claim_sql(params: [&str; 9]) -> String {
     let (picked, set) = claim_parts(params);
     format!("UPDATE executions SET {set} WHERE id IN ({picked}) RETURNING {COLUMNS}")
 }
@@ -98,7 +98,8 @@ fn claim_parts(
         lease,
         tenant_limit,
         weights,
-    ]: [&str; 8],
+        excluded,
+    ]: [&str; 9],
 ) -> (String, String) {
     let due = format!("provider = {provider} AND status = 'pending' AND not_before <= {now}");
     let picked = format!(
@@ -121,7 +122,9 @@ fn claim_parts(
                          ELSE COALESCE((SELECT value FROM json_each({weights})
                                          WHERE key = tenants.t), 1.0) END
                FROM tenants LEFT JOIN running ON running.t = tenants.t
-              WHERE {tenant_limit} IS NULL OR COALESCE(running.n, 0) < {tenant_limit}),
+              WHERE ({tenant_limit} IS NULL OR COALESCE(running.n, 0) < {tenant_limit})
+                AND ({excluded} IS NULL
+                     OR tenants.t NOT IN (SELECT value FROM json_each({excluded})))),
            room(n) AS (
              SELECT MAX(0, MIN({max}, {cap} - (SELECT COUNT(*) FROM executions
                                                  WHERE provider = {provider}
@@ -181,8 +184,8 @@ fn claim_parts(
 /// limit 256, 7 alternated pairs (with [`WRITTEN_SQL`] for the written ids): the run's
 /// median went from 19.1k executions/s to 23.7k, and its ratio to the bare cycle in the
 /// same run from 0.31 to 0.37.
-fn claim_json_sql(params: [&str; 8]) -> String {
-    let [owner, now, _, _, _, lease, _, _] = params;
+fn claim_json_sql(params: [&str; 9]) -> String {
+    let [owner, now, _, _, _, lease, _, _, _] = params;
     let (picked, set) = claim_parts(params);
     format!(
         "SELECT json_group_array(json_array(
@@ -197,18 +200,20 @@ fn claim_json_sql(params: [&str; 8]) -> String {
 
 /// The claim statement of [`claim_rows`].
 static CLAIM: LazyLock<String> =
-    LazyLock::new(|| claim_sql(["?1", "?2", "?3", "?4", "?5", "?6", "?7", "?8"]));
+    LazyLock::new(|| claim_sql(["?1", "?2", "?3", "?4", "?5", "?6", "?7", "?8", "?9"]));
 
 /// Rows per statement of a batched submission.
 const SUBMIT_CHUNK: usize = 5000;
 
-/// Moves up to `max` due pending rows of `provider` to `running` (see [`Queue::claim`]).
+/// Moves up to `max` due pending rows of `provider` to `running` (see [`Queue::claim`]),
+/// none of the tenants of `excluded` (a JSON array).
 async fn claim_rows<'e, E>(
     executor: E,
     provider: &str,
     claim: &Claim<'_>,
     max: u32,
     now: i64,
+    excluded: Option<&str>,
 ) -> Result<Vec<sqlx::sqlite::SqliteRow>, StoreError>
 where
     E: sqlx::Executor<'e, Database = sqlx::Sqlite>,
@@ -222,6 +227,7 @@ where
         .bind(claim.lease_ms)
         .bind(claim.tenants.limit.map(i64::from))
         .bind(claim.tenants.weights.as_deref())
+        .bind(excluded)
         .fetch_all(executor)
         .await
         .op("claiming executions")
@@ -451,6 +457,8 @@ fn finish_and_claim_sql(form: Form, claims: usize) -> Padded {
                 &lease,
                 &tenant_limit,
                 &weights,
+                // Claims with spend caps are the producer's, as budgeted ones are.
+                "NULL",
             ]));
             sql.push(';');
         }
@@ -496,9 +504,59 @@ fn from_json<T: serde::de::DeserializeOwned>(array: &str) -> Result<T, StoreErro
         .op("reading what a batch write returned")
 }
 
-/// The token estimate of a stored input (see [`estimate_tokens`]).
-fn estimate_of(input: &str) -> i64 {
-    estimate_tokens(&serde_json::from_str(input).unwrap_or_default())
+/// Reserves each claimed row's estimate for its provider and its tenant on the caps' day
+/// (see [`super::spend`]). A row claimed again after its worker died keeps the reservation
+/// it has.
+async fn reserve_spend(
+    tx: &mut sqlx::SqliteConnection,
+    spend: &super::Spend,
+    provider: &str,
+    claimed: &[Execution],
+) -> Result<(), StoreError> {
+    const OP: &str = "reserving spend for claimed executions";
+    if claimed.is_empty() {
+        return Ok(());
+    }
+    let rows = json_rows(claimed.iter().map(|e| {
+        (
+            e.id,
+            e.tenant.as_deref().unwrap_or(""),
+            spend.estimate(&e.input),
+        )
+    }))?;
+    let reserved: Vec<(String, f64)> = sqlx::query_as(
+        "INSERT INTO spend_open (execution_id, day, provider, tenant, usd)
+         SELECT json_extract(value, '$[0]'), ?2, ?3, json_extract(value, '$[1]'),
+                json_extract(value, '$[2]')
+           FROM json_each(?1) WHERE true
+         ON CONFLICT (execution_id) DO NOTHING
+         RETURNING tenant, usd",
+    )
+    .bind(rows)
+    .bind(spend.day)
+    .bind(provider)
+    .fetch_all(&mut *tx)
+    .await
+    .op(OP)?;
+    let mut sums: BTreeMap<(&str, &str), f64> = BTreeMap::new();
+    for (tenant, usd) in &reserved {
+        *sums.entry(("provider", provider)).or_default() += usd;
+        *sums.entry(("tenant", tenant.as_str())).or_default() += usd;
+    }
+    let sums = json_rows(sums.iter().map(|((scope, name), usd)| (scope, name, usd)))?;
+    sqlx::query(
+        "INSERT INTO spend (day, scope, name, reserved)
+         SELECT ?1, json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+                json_extract(value, '$[2]')
+           FROM json_each(?2) WHERE true
+         ON CONFLICT (day, scope, name) DO UPDATE SET reserved = reserved + excluded.reserved",
+    )
+    .bind(spend.day)
+    .bind(sums)
+    .execute(&mut *tx)
+    .await
+    .op(OP)?;
+    Ok(())
 }
 
 /// A queue in one SQLite file.
@@ -548,7 +606,6 @@ impl SqliteQueue {
         Self::open(&format!("sqlite://{}", path.display())).await
     }
 
-    /// The connection pool, for tests that inspect the table directly.
     /// A transaction for submitting `new`: one that takes the write lock at once when a row
     /// uses the response cache, so that its look-ups and its insert see the same queue.
     async fn begin_for(
@@ -563,6 +620,7 @@ impl SqliteQueue {
         }
     }
 
+    /// The connection pool, for tests that inspect the table directly.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
@@ -875,62 +933,97 @@ impl Queue for SqliteQueue {
             return Ok(Vec::new());
         }
         let now = now_ms();
-        let Some(budget) = claim.budget else {
-            let rows = claim_rows(&self.pool, provider, &claim, claim.max, now).await?;
+        if claim.budget.is_none() && claim.spend.is_none() {
+            let rows = claim_rows(&self.pool, provider, &claim, claim.max, now, None).await?;
             let (claimed, unreadable) = claimed(&rows)?;
             fail_unreadable(&self.pool, claim.owner, &unreadable).await?;
             return Ok(claimed);
-        };
-        // A budgeted claim: the window's use, the room it leaves for the next pending rows
-        // (by their estimates), the claim, and the reservations, in one transaction that
-        // holds SQLite's write lock from its first statement.
-        const OP: &str = "claiming executions within the budget";
-        let mut tx = self.pool.begin().await.op(OP)?;
-        sqlx::query("DELETE FROM budget_ledger WHERE provider = ?1 AND at <= ?2")
+        }
+        // A claim with a budget or spend caps: what the window and the day have used, the
+        // room it leaves for the next pending rows (by their estimates), the claim, and the
+        // reservations, in one transaction that holds SQLite's write lock from its first
+        // statement.
+        const OP: &str = "claiming executions within the budget and spend caps";
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.op(OP)?;
+        let mut used = (0, 0);
+        if claim.budget.is_some() {
+            sqlx::query("DELETE FROM budget_ledger WHERE provider = ?1 AND at <= ?2")
+                .bind(provider)
+                .bind(now - BUDGET_WINDOW_MS)
+                .execute(&mut *tx)
+                .await
+                .op(OP)?;
+            used = sqlx::query_as(
+                "SELECT COUNT(*), COALESCE(SUM(tokens), 0) FROM budget_ledger WHERE provider = ?1",
+            )
             .bind(provider)
-            .bind(now - BUDGET_WINDOW_MS)
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await
             .op(OP)?;
-        let (requests, tokens): (i64, i64) = sqlx::query_as(
-            "SELECT COUNT(*), COALESCE(SUM(tokens), 0) FROM budget_ledger WHERE provider = ?1",
-        )
-        .bind(provider)
-        .fetch_one(&mut *tx)
-        .await
-        .op(OP)?;
-        let inputs: Vec<String> = sqlx::query_scalar(
-            "SELECT input FROM executions
-              WHERE provider = ?1 AND status = 'pending' AND not_before <= ?2
-              ORDER BY resume DESC, priority DESC, id LIMIT ?3",
-        )
-        .bind(provider)
-        .bind(now)
-        .bind(i64::from(claim.max))
-        .fetch_all(&mut *tx)
-        .await
-        .op(OP)?;
-        let estimates: Vec<i64> = inputs.iter().map(|i| estimate_of(i)).collect();
-        let room = u32::try_from(budget.room(requests, tokens, &estimates)).unwrap_or(0);
+        }
+        let mut excluded = None;
+        let mut provider_total = 0.0;
+        if let Some(spend) = claim.spend {
+            let rows: Vec<(String, String, f64)> = sqlx::query_as(
+                "SELECT scope, name, spent + reserved FROM spend
+                  WHERE day = ?1 AND ((scope = 'provider' AND name = ?2)
+                        OR (scope = 'tenant' AND name IN (SELECT value FROM json_each(?3))))",
+            )
+            .bind(spend.day)
+            .bind(provider)
+            .bind(spend.tenant_names())
+            .fetch_all(&mut *tx)
+            .await
+            .op(OP)?;
+            let read = spend.read(&rows);
+            if read.full {
+                tx.commit().await.op(OP)?;
+                return Ok(Vec::new());
+            }
+            (provider_total, excluded) = (read.provider_total, read.excluded);
+        }
+        let mut room = claim.max;
+        if claim.budget.is_some() || claim.spend.is_some_and(|s| s.provider_usd.is_some()) {
+            let inputs: Vec<String> = sqlx::query_scalar(
+                "SELECT input FROM executions
+                  WHERE provider = ?1 AND status = 'pending' AND not_before <= ?2
+                    AND (?4 IS NULL OR tenant NOT IN (SELECT value FROM json_each(?4)))
+                  ORDER BY resume DESC, priority DESC, id LIMIT ?3",
+            )
+            .bind(provider)
+            .bind(now)
+            .bind(i64::from(claim.max))
+            .bind(excluded.as_deref())
+            .fetch_all(&mut *tx)
+            .await
+            .op(OP)?;
+            room = super::spend::room(&claim, used, provider_total, &inputs);
+        }
         if room == 0 {
             tx.commit().await.op(OP)?;
             return Ok(Vec::new());
         }
-        let rows = claim_rows(&mut *tx, provider, &claim, room, now).await?;
+        let rows = claim_rows(&mut *tx, provider, &claim, room, now, excluded.as_deref()).await?;
         let (claimed, unreadable) = claimed(&rows)?;
         fail_unreadable(&mut *tx, claim.owner, &unreadable).await?;
-        let reservations = json_rows(claimed.iter().map(|e| (e.id, estimate_tokens(&e.input))))?;
-        sqlx::query(
-            "INSERT INTO budget_ledger (execution_id, provider, at, tokens)
-             SELECT json_extract(value, '$[0]'), ?2, ?3, json_extract(value, '$[1]')
-               FROM json_each(?1)",
-        )
-        .bind(reservations)
-        .bind(provider)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .op(OP)?;
+        if claim.budget.is_some() {
+            let reservations =
+                json_rows(claimed.iter().map(|e| (e.id, estimate_tokens(&e.input))))?;
+            sqlx::query(
+                "INSERT INTO budget_ledger (execution_id, provider, at, tokens)
+                 SELECT json_extract(value, '$[0]'), ?2, ?3, json_extract(value, '$[1]')
+                   FROM json_each(?1)",
+            )
+            .bind(reservations)
+            .bind(provider)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .op(OP)?;
+        }
+        if let Some(spend) = claim.spend {
+            reserve_spend(&mut tx, spend, provider, &claimed).await?;
+        }
         tx.commit().await.op(OP)?;
         Ok(claimed)
     }
@@ -992,10 +1085,14 @@ impl Queue for SqliteQueue {
         if claims.is_empty() {
             return Ok((self.finish_many(owner, batch).await?, Vec::new()));
         }
-        if let Some((provider, _)) = claims.iter().find(|(_, c)| c.budget.is_some()) {
-            // The budget's reservations are the producer's: see `Queue::claim`.
+        if let Some((provider, _)) = claims
+            .iter()
+            .find(|(_, c)| c.budget.is_some() || c.spend.is_some())
+        {
+            // The reservations are the producer's: see `Queue::claim`.
             return Err(StoreError::Other(format!(
-                "provider {provider}: a claim with a budget cannot go with a batch write"
+                "provider {provider}: a claim with a budget or a spend cap cannot go with a \
+                 batch write"
             )));
         }
         // The write and every claim in one string: one trip to the connection's thread and
@@ -1604,6 +1701,74 @@ impl Queue for SqliteQueue {
         .await
         .op("settling a budget reservation")?;
         Ok(())
+    }
+
+    async fn settle_spend(
+        &self,
+        end: &super::SpendEnd<'_>,
+        caps: &super::Spend,
+    ) -> Result<Vec<super::SpendNotice>, StoreError> {
+        const OP: &str = "settling a spend reservation";
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.op(OP)?;
+        let open: Option<super::spend::OpenReservation> = sqlx::query_as(
+            "DELETE FROM spend_open WHERE execution_id = ?1
+             RETURNING day, provider, tenant, usd",
+        )
+        .bind(end.id)
+        .fetch_optional(&mut *tx)
+        .await
+        .op(OP)?;
+        let open = open.unwrap_or(super::spend::OpenReservation {
+            day: caps.day,
+            provider: end.provider.to_string(),
+            tenant: end.tenant.to_string(),
+            usd: 0.0,
+        });
+        let totals: Vec<(String, String, f64, i64)> = sqlx::query_as(
+            "INSERT INTO spend (day, scope, name, spent)
+             VALUES (?1, 'provider', ?2, ?4), (?1, 'tenant', ?3, ?4)
+             ON CONFLICT (day, scope, name) DO UPDATE
+                SET spent = spent + excluded.spent, reserved = MAX(0.0, reserved - ?5)
+             RETURNING scope, name, spent, noticed",
+        )
+        .bind(open.day)
+        .bind(&open.provider)
+        .bind(&open.tenant)
+        .bind(end.usd)
+        .bind(open.usd)
+        .fetch_all(&mut *tx)
+        .await
+        .op(OP)?;
+        let mut notices = Vec::new();
+        for (level, notice) in caps.notices(open.day, totals) {
+            let told = sqlx::query(
+                "UPDATE spend SET noticed = ?4
+                  WHERE day = ?1 AND scope = ?2 AND name = ?3 AND noticed < ?4",
+            )
+            .bind(open.day)
+            .bind(notice.scope.as_str())
+            .bind(&notice.name)
+            .bind(level)
+            .execute(&mut *tx)
+            .await
+            .op(OP)?;
+            if told.rows_affected() == 1 {
+                notices.push(notice);
+            }
+        }
+        tx.commit().await.op(OP)?;
+        Ok(notices)
+    }
+
+    async fn spend(&self, day: i64) -> Result<Vec<super::SpendRow>, StoreError> {
+        let rows: Vec<(String, String, f64, f64)> = sqlx::query_as(
+            "SELECT scope, name, spent, reserved FROM spend WHERE day = ?1 ORDER BY scope, name",
+        )
+        .bind(day)
+        .fetch_all(&self.pool)
+        .await
+        .op("reading the day's spend")?;
+        Ok(super::spend::rows(rows))
     }
 
     async fn budget_usage(&self) -> Result<BTreeMap<String, (i64, i64)>, StoreError> {

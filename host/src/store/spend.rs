@@ -1,0 +1,360 @@
+//! Daily spend caps: the parts of the rule both dialects share (see `docs/policies.md#spend-caps`).
+//!
+//! A claim of a capped provider, or of any provider while some tenant has a cap, runs in the
+//! budget's transaction (see [`super::Queue::claim`]). It reads the day's `spend` rows, and:
+//!
+//! - takes nothing while the provider's spent and reserved USD reach its cap;
+//! - leaves out the tenants whose spent and reserved USD reach theirs ([`Spend::excluded`]);
+//! - takes no more rows than fit what is left of the provider's cap, by their estimates in
+//!   claim order, the row that crosses the cap included ([`Spend::room`]): so the work in
+//!   flight passes a cap by at most one row's estimate per claim (a tenant's, by what one
+//!   claim takes of it);
+//! - reserves each claimed row's estimate ([`Spend::estimate`]) for its provider and its
+//!   tenant.
+//!
+//! An attempt's end settles its reservation with what it really cost
+//! ([`super::Queue::settle_spend`]): the spend grows, the reservation goes, and when that
+//! crosses 80% of a cap, or all of it, the fleet is told once ([`SpendNotice`]). A running
+//! attempt is never stopped: a cap only holds back claims.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The share of a cap spent when a warning is given.
+pub const WARN_AT: f64 = 0.8;
+
+/// Output tokens reserved for a request that sets no `max_tokens`.
+pub const DEFAULT_OUTPUT_ESTIMATE: i64 = 1_000;
+
+/// One claim's spend caps for its day.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spend {
+    /// The UTC day the claim counts against: days since the Unix epoch, on the caps' clock
+    /// ([`crate::clock`]).
+    pub day: i64,
+    /// The provider's `daily_usd`.
+    pub provider_usd: Option<f64>,
+    /// Each capped tenant's `daily_usd`.
+    pub tenants: Arc<BTreeMap<String, f64>>,
+    /// The prices a claimed row's estimate is taken at (the provider's configured model);
+    /// `None`: no price, so rows reserve nothing and their cost is not known.
+    pub price: Option<crate::costs::Price>,
+}
+
+/// What a cap's scope is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpendScope {
+    Provider,
+    Tenant,
+}
+
+impl SpendScope {
+    /// Its name in the `spend` table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SpendScope::Provider => "provider",
+            SpendScope::Tenant => "tenant",
+        }
+    }
+
+    /// Reads a stored scope.
+    pub fn parse(s: &str) -> Option<SpendScope> {
+        match s {
+            "provider" => Some(SpendScope::Provider),
+            "tenant" => Some(SpendScope::Tenant),
+            _ => None,
+        }
+    }
+}
+
+/// One provider's or tenant's spend on a day.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SpendRow {
+    pub scope: SpendScope,
+    pub name: String,
+    /// Settled: what ended attempts cost, in USD.
+    pub spent_usd: f64,
+    /// Reserved by running attempts, in USD.
+    pub reserved_usd: f64,
+}
+
+/// A cap crossed by a settle, told once across the fleet.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SpendNotice {
+    pub scope: SpendScope,
+    pub name: String,
+    pub spent_usd: f64,
+    pub cap_usd: f64,
+    /// All of the cap is spent; otherwise [`WARN_AT`] of it.
+    pub reached: bool,
+}
+
+impl Spend {
+    /// Whether `scope`'s `name` has a cap, and which.
+    pub fn cap(&self, scope: SpendScope, name: &str) -> Option<f64> {
+        match scope {
+            SpendScope::Provider => self.provider_usd,
+            SpendScope::Tenant => self.tenants.get(name).copied(),
+        }
+    }
+
+    /// The capped tenants whose spent and reserved USD (`totals`, by tenant) reach their
+    /// caps, as the claim takes them: a JSON array, `None` when there are none.
+    pub fn excluded<'a>(&self, totals: impl Iterator<Item = (&'a str, f64)>) -> Option<String> {
+        let out: Vec<&str> = totals
+            .filter(|(name, total)| self.tenants.get(*name).is_some_and(|cap| total >= cap))
+            .map(|(name, _)| name)
+            .collect();
+        (!out.is_empty()).then(|| serde_json::json!(out).to_string())
+    }
+
+    /// The capped tenants' names, as a JSON array, to read their rows.
+    pub fn tenant_names(&self) -> String {
+        serde_json::json!(self.tenants.keys().collect::<Vec<_>>()).to_string()
+    }
+
+    /// How many of `candidates` (the next pending rows' estimates, in claim order) the
+    /// provider's cap lets the claim take after `total` (spent and reserved): each while
+    /// the total is under the cap, so the row that crosses it goes too.
+    pub fn room(&self, mut total: f64, candidates: &[f64]) -> usize {
+        let Some(cap) = self.provider_usd else {
+            return candidates.len();
+        };
+        let mut fit = 0;
+        for estimate in candidates {
+            if total >= cap {
+                break;
+            }
+            total += estimate;
+            fit += 1;
+        }
+        fit
+    }
+
+    /// The USD reserved for an attempt of `input`: its text ÷ 4 as input tokens and its
+    /// `max_tokens` (else [`DEFAULT_OUTPUT_ESTIMATE`]) as output tokens, at the provider's
+    /// prices; 0 without a price.
+    pub fn estimate(&self, input: &serde_json::Value) -> f64 {
+        let Some(price) = &self.price else {
+            return 0.0;
+        };
+        let total = super::estimate_tokens(input);
+        let max_tokens = input
+            .get("max_tokens")
+            .and_then(serde_json::Value::as_i64)
+            .filter(|m| *m > 0);
+        let prompt = total - max_tokens.unwrap_or(0);
+        let usage = crate::model::Usage {
+            input_tokens: u32::try_from(prompt.max(0)).unwrap_or(u32::MAX),
+            output_tokens: u32::try_from(max_tokens.unwrap_or(DEFAULT_OUTPUT_ESTIMATE))
+                .unwrap_or(u32::MAX),
+            ..Default::default()
+        };
+        price.usd(&usage, false)
+    }
+
+    /// The notices a settle of a reservation of `day` brings, from the totals it left
+    /// (`(scope, name, spent, noticed)`), with the level each marks: none for a day gone by.
+    pub(crate) fn notices<N: Into<i64>>(
+        &self,
+        day: i64,
+        totals: Vec<(String, String, f64, N)>,
+    ) -> Vec<(i64, SpendNotice)> {
+        if day != self.day {
+            return Vec::new();
+        }
+        totals
+            .into_iter()
+            .filter_map(|(scope, name, spent, noticed)| {
+                self.notice(SpendScope::parse(&scope)?, &name, spent, noticed.into())
+            })
+            .collect()
+    }
+
+    /// The level a settle brings `scope`'s `name` to (0 none, 1 warned, 2 reached) and,
+    /// when it is past `noticed`, the notice to give.
+    pub fn notice(
+        &self,
+        scope: SpendScope,
+        name: &str,
+        spent: f64,
+        noticed: i64,
+    ) -> Option<(i64, SpendNotice)> {
+        let cap = self.cap(scope, name)?;
+        let level = if spent >= cap {
+            2
+        } else if spent >= cap * WARN_AT {
+            1
+        } else {
+            0
+        };
+        (level > noticed).then(|| {
+            let notice = SpendNotice {
+                scope,
+                name: name.to_string(),
+                spent_usd: spent,
+                cap_usd: cap,
+                reached: level == 2,
+            };
+            (level, notice)
+        })
+    }
+}
+
+/// One attempt's end, for [`super::Queue::settle_spend`].
+#[derive(Debug, Clone, Copy)]
+pub struct SpendEnd<'a> {
+    pub id: crate::model::ExecutionId,
+    pub provider: &'a str,
+    /// `""`: none.
+    pub tenant: &'a str,
+    /// What the attempt cost: 0 when it failed, or its model has no price.
+    pub usd: f64,
+}
+
+/// What the day's spend lets a claim do (see [`Spend::read`]).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct CapRead {
+    /// The provider's spent and reserved USD.
+    pub provider_total: f64,
+    /// The tenants to leave out, as [`Spend::excluded`] gives them.
+    pub excluded: Option<String>,
+    /// The provider's cap is reached: the claim takes nothing.
+    pub full: bool,
+}
+
+impl Spend {
+    /// Reads the day's `(scope, name, spent + reserved)` rows of the provider and the capped
+    /// tenants.
+    pub(crate) fn read(&self, rows: &[(String, String, f64)]) -> CapRead {
+        let provider_total = rows
+            .iter()
+            .find(|(scope, _, _)| scope == SpendScope::Provider.as_str())
+            .map_or(0.0, |r| r.2);
+        CapRead {
+            provider_total,
+            excluded: self.excluded(
+                rows.iter()
+                    .filter(|(scope, _, _)| scope == SpendScope::Tenant.as_str())
+                    .map(|(_, name, total)| (name.as_str(), *total)),
+            ),
+            full: self.provider_usd.is_some_and(|cap| provider_total >= cap),
+        }
+    }
+}
+
+/// How many rows a claim with a budget or a provider's cap may take, given `inputs`, the
+/// stored inputs of the next pending rows in plain claim order: what the budget's window
+/// (`used` requests and tokens) and the day's cap (`provider_total` spent and reserved)
+/// leave, by the rows' estimates.
+pub(crate) fn room(
+    claim: &super::Claim<'_>,
+    used: (i64, i64),
+    provider_total: f64,
+    inputs: &[String],
+) -> u32 {
+    let inputs: Vec<serde_json::Value> = inputs
+        .iter()
+        .map(|i| serde_json::from_str(i).unwrap_or_default())
+        .collect();
+    let mut room = claim.max;
+    if let Some(budget) = claim.budget {
+        let estimates: Vec<i64> = inputs.iter().map(super::estimate_tokens).collect();
+        let fit = budget.room(used.0, used.1, &estimates);
+        room = room.min(u32::try_from(fit).unwrap_or(0));
+    }
+    if let Some(spend) = claim.spend {
+        let estimates: Vec<f64> = inputs.iter().map(|i| spend.estimate(i)).collect();
+        let fit = spend.room(provider_total, &estimates);
+        room = room.min(u32::try_from(fit).unwrap_or(0));
+    }
+    room
+}
+
+/// A settle's reservation, read back from `spend_open`.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub(crate) struct OpenReservation {
+    pub day: i64,
+    pub provider: String,
+    pub tenant: String,
+    pub usd: f64,
+}
+
+/// Stored `(scope, name, spent, reserved)` rows as [`SpendRow`]s (a scope no version
+/// writes is skipped).
+pub(crate) fn rows(rows: Vec<(String, String, f64, f64)>) -> Vec<SpendRow> {
+    rows.into_iter()
+        .filter_map(|(scope, name, spent, reserved)| {
+            Some(SpendRow {
+                scope: SpendScope::parse(&scope)?,
+                name,
+                spent_usd: spent,
+                reserved_usd: reserved,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caps() -> Spend {
+        Spend {
+            day: 1,
+            provider_usd: Some(1.0),
+            tenants: Arc::new(BTreeMap::from([("a".to_string(), 0.5)])),
+            price: Some(crate::costs::Price {
+                input: 1.0,
+                output: 2.0,
+                cache_read: None,
+                cache_write: None,
+                batch_discount: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn the_row_that_crosses_the_cap_goes_and_none_after_it() {
+        let s = caps();
+        assert_eq!(s.room(0.0, &[0.4, 0.4, 0.4, 0.4]), 3);
+        assert_eq!(s.room(1.0, &[0.1]), 0);
+        assert_eq!(s.room(0.99, &[5.0, 0.1]), 1);
+    }
+
+    #[test]
+    fn only_capped_tenants_at_their_cap_are_left_out() {
+        let s = caps();
+        let totals = [("a", 0.5), ("b", 100.0)];
+        assert_eq!(s.excluded(totals.into_iter()).as_deref(), Some(r#"["a"]"#));
+        assert_eq!(s.excluded([("a", 0.49)].into_iter()), None);
+    }
+
+    #[test]
+    fn an_estimate_prices_the_prompt_and_max_tokens() {
+        let s = caps();
+        // 400 characters: 100 input tokens at $1/M, 50 output at $2/M.
+        let input = serde_json::json!({"prompt": "x".repeat(400), "max_tokens": 50});
+        assert!((s.estimate(&input) - (100.0 + 100.0) / 1e6).abs() < 1e-12);
+        let unset = serde_json::json!({"prompt": "x".repeat(400)});
+        assert!((s.estimate(&unset) - (100.0 + 2000.0) / 1e6).abs() < 1e-12);
+        let free = Spend {
+            price: None,
+            ..caps()
+        };
+        assert_eq!(free.estimate(&input), 0.0);
+    }
+
+    #[test]
+    fn notices_come_once_per_level() {
+        let s = caps();
+        assert!(s.notice(SpendScope::Provider, "p", 0.7, 0).is_none());
+        let (level, n) = s.notice(SpendScope::Provider, "p", 0.85, 0).unwrap();
+        assert_eq!((level, n.reached), (1, false));
+        assert!(s.notice(SpendScope::Provider, "p", 0.9, 1).is_none());
+        let (level, n) = s.notice(SpendScope::Tenant, "a", 0.5, 1).unwrap();
+        assert_eq!((level, n.reached, n.cap_usd), (2, true, 0.5));
+        assert!(s.notice(SpendScope::Tenant, "b", 99.0, 0).is_none());
+    }
+}
