@@ -32,7 +32,8 @@ fn offset_ms() -> i64 {
 }
 
 /// Shifts the caps' clock by `ms` from the system's, over `LANES_CLOCK_OFFSET_MS`: for a
-/// test that runs a daemon in its own process.
+/// test whose process runs the daemon (the clock is the process's: nextest runs each test in
+/// a process of its own).
 pub fn set_offset_ms(ms: i64) {
     FROM_ENV.call_once(|| {});
     OFFSET.store(ms, Ordering::Relaxed);

@@ -1062,6 +1062,16 @@ impl Config {
                         format!("providers.{name}.daily_usd"),
                         "needs its answers priced, and `costs = false` leaves them unpriced",
                     ));
+                } else if !provider.model.as_deref().is_some_and(|model| {
+                    crate::costs::PriceTable::with_overrides(&self.prices)
+                        .is_ok_and(|table| table.lookup(model).is_some())
+                }) {
+                    problems.push(invalid(
+                        format!("providers.{name}.daily_usd"),
+                        "needs the provider's `model` set to a model with a price (in the \
+                         shipped table or `[prices.\"MODEL\"]`): a claim reserves its \
+                         estimate at that model's prices",
+                    ));
                 }
             }
             if provider.tenant_limit == Some(0) {
@@ -1435,6 +1445,11 @@ mod tests {
             ),
             ("[providers.x]\nfairness = \"fifo\"", "providers.x.fairness"),
             ("[providers.x]\ndaily_usd = 0", "providers.x.daily_usd"),
+            ("[providers.x]\ndaily_usd = 5", "providers.x.daily_usd"),
+            (
+                "[providers.x]\ndaily_usd = 5\nmodel = \"no-such-model\"",
+                "providers.x.daily_usd",
+            ),
             (
                 "[providers.x]\ndaily_usd = 5\ncosts = false",
                 "providers.x.daily_usd",

@@ -1620,7 +1620,11 @@ async fn spend_caps_reserve_settle_and_notify_once(q: Arc<dyn Queue>) {
         today(rows.clone(), SpendScope::Provider, "s"),
         Some((0.0, 1.0))
     );
-    assert_eq!(today(rows, SpendScope::Tenant, ""), Some((0.0, 1.0)));
+    assert_eq!(
+        today(rows, SpendScope::Tenant, ""),
+        None,
+        "no cap, not counted"
+    );
     // Each cost $0.10: $0.50 spent, nothing reserved, no notice.
     let end = |id, usd| SpendEnd {
         id,
@@ -1684,7 +1688,23 @@ async fn spend_caps_reserve_settle_and_notify_once(q: Arc<dyn Queue>) {
         day: day + 1,
         ..provider_cap.clone()
     };
-    assert_eq!(q.claim("s", capped(&tomorrow)).await.unwrap().len(), 2);
+    let late = q.claim("s", capped(&tomorrow)).await.unwrap();
+    assert_eq!(late.len(), 2);
+    // A row that leaves `running` without a settle (its worker died) has its reservation
+    // let go by the upkeep; claimed again, it reserves anew.
+    let rows = q.spend(day + 1).await.unwrap();
+    assert_eq!(today(rows, SpendScope::Provider, "s"), Some((0.0, 0.4)));
+    assert_eq!(q.release_spend().await.unwrap(), 0, "both still run");
+    q.finish_many("w", &[(late[0].id, &Finish::Requeue)])
+        .await
+        .unwrap();
+    assert_eq!(q.release_spend().await.unwrap(), 1);
+    let rows = q.spend(day + 1).await.unwrap();
+    assert_eq!(today(rows, SpendScope::Provider, "s"), Some((0.0, 0.2)));
+    let again = q.claim("s", capped(&tomorrow)).await.unwrap();
+    assert_eq!(again.len(), 1);
+    let rows = q.spend(day + 1).await.unwrap();
+    assert_eq!(today(rows, SpendScope::Provider, "s"), Some((0.0, 0.4)));
 
     // A tenant's cap: its rows wait while the others' run, whatever the provider.
     for _ in 0..4 {
@@ -1751,3 +1771,70 @@ async fn spend_caps_reserve_settle_and_notify_once(q: Arc<dyn Queue>) {
     assert!(resumed.iter().all(|e| e.tenant.as_deref() == Some("a")));
 }
 contract!(spend_caps, spend_caps_reserve_settle_and_notify_once);
+
+/// A provider's cap measures its room on the rows the claim takes (shared among tenants),
+/// costliest first, not on the next rows in plain order.
+async fn a_capped_claim_measures_the_rows_it_takes(q: Arc<dyn Queue>) {
+    use lanes::store::{Spend, SpendScope};
+    let row = |tenant: &str, max_tokens: u32| NewExecution {
+        tenant: Some(tenant.to_string()),
+        cache: None,
+        input: ChatInput {
+            max_tokens: Some(max_tokens),
+            ..ChatInput::prompt("12345678")
+        },
+        ..new("f", 0)
+    };
+    // Tenant a's five cheap rows first, then b's five that reserve $0.20 each.
+    for _ in 0..5 {
+        q.submit(&row("a", 1)).await.unwrap();
+    }
+    for _ in 0..5 {
+        q.submit(&row("b", 1000)).await.unwrap();
+    }
+    let caps = Spend {
+        day: 7,
+        provider_usd: Some(0.5),
+        tenants: Arc::new(Default::default()),
+        price: Some(lanes::costs::Price {
+            input: 0.0,
+            output: 200.0,
+            cache_read: None,
+            cache_write: None,
+            batch_discount: None,
+        }),
+    };
+    // The claim would take all ten; costliest first, b's third reaches the cap: three
+    // rows, which the claim takes in its order (a, b, a). Measured on the next rows in
+    // plain order (a's five, then b's), the room would have been eight, and the claim's
+    // eight (four of b's) would have reserved $0.80.
+    let claimed = q
+        .claim(
+            "f",
+            Claim {
+                spend: Some(&caps),
+                ..claim("w", 10, 100)
+            },
+        )
+        .await
+        .unwrap();
+    let mut tenants: Vec<&str> = claimed
+        .iter()
+        .map(|e| e.tenant.as_deref().unwrap())
+        .collect();
+    tenants.sort_unstable();
+    assert_eq!(tenants, ["a", "a", "b"]);
+    let reserved = q
+        .spend(7)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|r| r.scope == SpendScope::Provider)
+        .unwrap()
+        .reserved_usd;
+    assert!((reserved - 0.2).abs() < 1e-3, "{reserved}");
+}
+contract!(
+    capped_claim_order,
+    a_capped_claim_measures_the_rows_it_takes
+);

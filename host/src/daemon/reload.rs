@@ -300,6 +300,8 @@ pub async fn refresh_limits_loop(shared: Arc<Shared>) {
     let mut aged: std::collections::HashMap<String, std::time::Instant> = Default::default();
     // When the response cache was last swept.
     let mut swept = std::time::Instant::now();
+    // Whether a spend cap was set at the last round.
+    let mut was_capped = false;
     loop {
         let every = Duration::from_millis(shared.config.get().limits_refresh_ms);
         tokio::select! {
@@ -370,6 +372,13 @@ pub async fn refresh_limits_loop(shared: Arc<Shared>) {
                 Err(e) => error!("the response cache's upkeep: {e}"),
             }
         }
+        // Spend reservations of rows that ended without a settle, while a cap is set.
+        let capped = config.providers.values().any(|p| p.daily_usd.is_some())
+            || config.tenants.values().any(|t| t.daily_usd.is_some());
+        if capped || was_capped {
+            super::spend::release(&shared).await;
+        }
+        was_capped = capped;
         // Priority aging, at a quarter of each provider's interval (the sweep is idempotent:
         // a row rises once per interval whoever sweeps).
         for (name, lane) in shared.registry.snapshot() {

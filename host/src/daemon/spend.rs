@@ -12,7 +12,8 @@ use crate::store::{Spend, SpendEnd, SpendNotice, SpendScope};
 
 /// Settles the spend reservation of `execution`'s attempt on `provider` with what it cost
 /// (0 unless it completed with a price), and acts on the notices it brings. A settle that
-/// fails leaves the estimate reserved for the day: the cap errs on the safe side.
+/// fails leaves the estimate reserved until the upkeep lets it go: the cap errs on the
+/// safe side.
 pub(super) async fn settle(
     shared: &Shared,
     provider: &str,
@@ -20,6 +21,12 @@ pub(super) async fn settle(
     execution: &Execution,
     spent: Option<&Spent>,
 ) {
+    let tenant = execution.tenant.as_deref().unwrap_or("");
+    // Neither capped: it reserved nothing, and its cost counts against no cap. (One claimed
+    // under caps a reload took away is let go by the upkeep, see `release`.)
+    if !caps.applies(tenant) {
+        return;
+    }
     let caps = Spend {
         day: crate::clock::day(),
         ..caps.clone()
@@ -27,7 +34,7 @@ pub(super) async fn settle(
     let end = SpendEnd {
         id: execution.id,
         provider,
-        tenant: execution.tenant.as_deref().unwrap_or(""),
+        tenant,
         usd: spent.and_then(|s| s.cost_usd).unwrap_or(0.0),
     };
     match shared.queue.settle_spend(&end, &caps).await {
@@ -78,4 +85,15 @@ fn tell(shared: &Shared, notice: SpendNotice) {
         }
     }
     shared.events.publish(Event::SpendCap(notice));
+}
+
+/// The upkeep's part: lets go the reservations of rows that ended without a settle (see
+/// [`crate::store::Queue::release_spend`]). Runs while any cap is set, and once after the
+/// last one goes.
+pub(super) async fn release(shared: &Shared) {
+    match shared.queue.release_spend().await {
+        Ok(0) => {}
+        Ok(n) => tracing::debug!("let go {n} spend reservation(s) of rows no longer running"),
+        Err(e) => tracing::error!("the spend caps' upkeep: {e}"),
+    }
 }

@@ -387,6 +387,11 @@ pub trait Queue: Send + Sync + 'static {
         caps: &Spend,
     ) -> Result<Vec<SpendNotice>, StoreError>;
 
+    /// Lets go the spend reservations of rows that are no longer running without their
+    /// end having settled them (recovered after a worker died, cancelled, put back at
+    /// shutdown). Returns how many.
+    async fn release_spend(&self) -> Result<u64, StoreError>;
+
     /// What each provider and tenant spent and has reserved on `day` (days since the Unix
     /// epoch, UTC).
     async fn spend(&self, day: i64) -> Result<Vec<SpendRow>, StoreError>;

@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use sha2::Digest;
-use sqlx::PgPool;
 use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::{PgPool, Row};
 
 use super::{
     BUDGET_WINDOW_MS, COLUMNS, Cancelled, Change, Claim, DbContext, ExecutionFilter, Finish,
@@ -198,9 +198,9 @@ async fn lock_budget(
     .op("taking a provider's budget lock")
 }
 
-/// Reserves each claimed row's estimate for its provider and its tenant on the caps' day
-/// (see [`super::spend`]). A row claimed again after its worker died keeps the reservation
-/// it has.
+/// Reserves each claimed row's estimate for its capped provider and tenant on the caps'
+/// day (see [`super::spend`]). A row claimed again (after its worker died) gives up the
+/// reservation it had, which may be of another day.
 async fn reserve_spend(
     tx: &mut sqlx::PgConnection,
     spend: &super::Spend,
@@ -208,38 +208,69 @@ async fn reserve_spend(
     claimed: &[Execution],
 ) -> Result<(), StoreError> {
     const OP: &str = "reserving spend for claimed executions";
-    if claimed.is_empty() {
+    let rows: Vec<(i64, &str, f64)> = claimed
+        .iter()
+        .filter_map(|e| {
+            let tenant = e.tenant.as_deref().unwrap_or("");
+            spend
+                .applies(tenant)
+                .then(|| (e.id, tenant, spend.estimate(&e.input)))
+        })
+        .collect();
+    if rows.is_empty() {
         return Ok(());
     }
-    let ids: Vec<i64> = claimed.iter().map(|e| e.id).collect();
-    let tenants: Vec<&str> = claimed
-        .iter()
-        .map(|e| e.tenant.as_deref().unwrap_or(""))
-        .collect();
-    let usd: Vec<f64> = claimed.iter().map(|e| spend.estimate(&e.input)).collect();
-    // The sums of what was reserved anew, by provider and by tenant, in the same statement.
+    let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+    let tenants: Vec<&str> = rows.iter().map(|r| r.1).collect();
+    let usd: Vec<f64> = rows.iter().map(|r| r.2).collect();
+    let old: Vec<super::spend::OpenReservation> = sqlx::query_as(
+        "DELETE FROM spend_open WHERE execution_id = ANY($1)
+         RETURNING day, provider, tenant, usd",
+    )
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await
+    .op(OP)?;
     sqlx::query(
-        "WITH fresh AS (
-            INSERT INTO spend_open (execution_id, day, provider, tenant, usd)
-            SELECT b.id, $4, $5, b.tenant, b.usd
-              FROM unnest($1::bigint[], $2::text[], $3::float8[]) AS b(id, tenant, usd)
-            ON CONFLICT (execution_id) DO NOTHING
-            RETURNING tenant, usd),
-          sums AS (
-            SELECT 'provider' AS scope, $5 AS name, SUM(usd) AS usd FROM fresh
-             HAVING COUNT(*) > 0
-            UNION ALL
-            SELECT 'tenant', tenant, SUM(usd) FROM fresh GROUP BY tenant)
-         INSERT INTO spend (day, scope, name, reserved)
-         SELECT $4, scope, name, usd FROM sums
-         ON CONFLICT (day, scope, name) DO UPDATE
-            SET reserved = spend.reserved + EXCLUDED.reserved",
+        "INSERT INTO spend_open (execution_id, day, provider, tenant, usd)
+         SELECT b.id, $4, $5, b.tenant, b.usd
+           FROM unnest($1::bigint[], $2::text[], $3::float8[]) AS b(id, tenant, usd)",
     )
     .bind(&ids)
     .bind(&tenants)
     .bind(&usd)
     .bind(spend.day)
     .bind(provider)
+    .execute(&mut *tx)
+    .await
+    .op(OP)?;
+    let released = old
+        .iter()
+        .map(|o| (o.day, o.provider.as_str(), o.tenant.as_str(), -o.usd));
+    let reserved = rows
+        .iter()
+        .map(|(_, tenant, usd)| (spend.day, provider, *tenant, *usd));
+    let deltas = spend.deltas(provider, released.chain(reserved));
+    if deltas.is_empty() {
+        return Ok(());
+    }
+    let days: Vec<i64> = deltas.iter().map(|d| d.0).collect();
+    let scopes: Vec<&str> = deltas.iter().map(|d| d.1).collect();
+    let names: Vec<&str> = deltas.iter().map(|d| d.2.as_str()).collect();
+    let amounts: Vec<f64> = deltas.iter().map(|d| d.3).collect();
+    // In key order: concurrent claims lock the rows they share in one order.
+    sqlx::query(
+        "INSERT INTO spend (day, scope, name, reserved)
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::float8[])
+             AS d(day, scope, name, usd)
+          ORDER BY day, scope, name
+         ON CONFLICT (day, scope, name) DO UPDATE
+            SET reserved = GREATEST(0, spend.reserved + EXCLUDED.reserved)",
+    )
+    .bind(&days)
+    .bind(&scopes)
+    .bind(&names)
+    .bind(&amounts)
     .execute(&mut *tx)
     .await
     .op(OP)?;
@@ -657,7 +688,7 @@ impl Queue for PgQueue {
         let mut provider_total = 0.0;
         if let Some(spend) = claim.spend {
             let rows: Vec<(String, String, f64)> = sqlx::query_as(
-                "SELECT scope, name, spent + reserved FROM spend
+                "SELECT scope, name, spent + GREATEST(reserved, 0) FROM spend
                   WHERE day = $1 AND ((scope = 'provider' AND name = $2)
                         OR (scope = 'tenant' AND name IN
                               (SELECT jsonb_array_elements_text($3::jsonb))))",
@@ -677,19 +708,36 @@ impl Queue for PgQueue {
         }
         let mut room = claim.max;
         if claim.budget.is_some() || claim.spend.is_some_and(|s| s.provider_usd.is_some()) {
-            let inputs: Vec<String> = sqlx::query_scalar(
-                "SELECT input FROM executions
-                  WHERE provider = $1 AND status = 'pending' AND not_before <= $2
-                    AND ($4::jsonb IS NULL OR NOT $4::jsonb ? tenant)
-                  ORDER BY resume DESC, priority DESC, id LIMIT $3",
+            // The rows this claim would take, in its order (a dry run, undone), by whose
+            // estimates the room is measured: the claim then takes the first of them (this
+            // transaction holds the budget lock, so no other claim of the provider comes in
+            // between).
+            sqlx::query("SAVEPOINT candidates")
+                .execute(&mut *tx)
+                .await
+                .op(OP)?;
+            let rows = claim_rows(
+                &mut *tx,
+                &self.channel,
+                provider,
+                &claim,
+                claim.max,
+                excluded.as_deref(),
             )
-            .bind(provider)
-            .bind(now)
-            .bind(i64::from(claim.max))
-            .bind(excluded.as_deref())
-            .fetch_all(&mut *tx)
-            .await
-            .op(OP)?;
+            .await?;
+            sqlx::query("ROLLBACK TO SAVEPOINT candidates")
+                .execute(&mut *tx)
+                .await
+                .op(OP)?;
+            let inputs: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|row| {
+                    row.try_get::<&str, _>("input")
+                        .ok()
+                        .and_then(|i| serde_json::from_str(i).ok())
+                        .unwrap_or_default()
+                })
+                .collect();
             room = super::spend::room(&claim, used, provider_total, &inputs);
         }
         if room == 0 {
@@ -1498,38 +1546,45 @@ impl Queue for PgQueue {
         .fetch_optional(&mut *tx)
         .await
         .op(OP)?;
-        let open = open.unwrap_or(super::spend::OpenReservation {
-            day: caps.day,
-            provider: end.provider.to_string(),
-            tenant: end.tenant.to_string(),
-            usd: 0.0,
-        });
-        let totals: Vec<(String, String, f64, i32)> = sqlx::query_as(
-            "INSERT INTO spend (day, scope, name, spent)
-             VALUES ($1, 'provider', $2, $4), ($1, 'tenant', $3, $4)
-             ON CONFLICT (day, scope, name) DO UPDATE
-                SET spent = spend.spent + EXCLUDED.spent,
-                    reserved = GREATEST(0, spend.reserved - $5)
-             RETURNING scope, name, spent, noticed",
-        )
-        .bind(open.day)
-        .bind(&open.provider)
-        .bind(&open.tenant)
-        .bind(end.usd)
-        .bind(open.usd)
-        .fetch_all(&mut *tx)
-        .await
-        .op(OP)?;
-        let mut notices = Vec::new();
-        for (level, notice) in caps.notices(open.day, totals) {
-            let told = sqlx::query(
-                "UPDATE spend SET noticed = $4
-                  WHERE day = $1 AND scope = $2 AND name = $3 AND noticed < $4",
+        let (day, reserved) = open.as_ref().map_or((caps.day, 0.0), |o| (o.day, o.usd));
+        let mut totals = Vec::new();
+        // Provider before tenant: the order every settle locks its rows in.
+        for (scope, name) in [
+            (super::SpendScope::Provider, end.provider),
+            (super::SpendScope::Tenant, end.tenant),
+        ] {
+            if caps.cap(scope, name).is_none() {
+                continue;
+            }
+            let total: (String, String, f64, i32, f64) = sqlx::query_as(
+                "INSERT INTO spend (day, scope, name, spent) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (day, scope, name) DO UPDATE
+                    SET spent = spend.spent + EXCLUDED.spent,
+                        reserved = GREATEST(0, spend.reserved - $5)
+                 RETURNING scope, name, spent, noticed, noticed_cap",
             )
-            .bind(open.day)
+            .bind(day)
+            .bind(scope.as_str())
+            .bind(name)
+            .bind(end.usd)
+            .bind(reserved)
+            .fetch_one(&mut *tx)
+            .await
+            .op(OP)?;
+            totals.push(total);
+        }
+        let mut notices = Vec::new();
+        for (level, notice) in caps.notices(day, totals) {
+            let told = sqlx::query(
+                "UPDATE spend SET noticed = $4, noticed_cap = $5
+                  WHERE day = $1 AND scope = $2 AND name = $3
+                    AND (noticed < $4 OR noticed_cap <> $5)",
+            )
+            .bind(day)
             .bind(notice.scope.as_str())
             .bind(&notice.name)
             .bind(i32::try_from(level).unwrap_or(i32::MAX))
+            .bind(notice.cap_usd)
             .execute(&mut *tx)
             .await
             .op(OP)?;
@@ -1541,9 +1596,37 @@ impl Queue for PgQueue {
         Ok(notices)
     }
 
+    async fn release_spend(&self) -> Result<u64, StoreError> {
+        const OP: &str = "letting go the spend reservations of rows no longer running";
+        let gone: Vec<(i64,)> = sqlx::query_as(
+            "WITH gone AS (
+               DELETE FROM spend_open o
+                WHERE NOT EXISTS (SELECT 1 FROM executions e
+                                   WHERE e.id = o.execution_id AND e.status = 'running')
+               RETURNING day, provider, tenant, usd),
+             sums AS (
+               SELECT day, 'provider' AS scope, provider AS name, SUM(usd) AS usd
+                 FROM gone GROUP BY day, provider
+               UNION ALL
+               SELECT day, 'tenant', tenant, SUM(usd) FROM gone GROUP BY day, tenant),
+             lowered AS (
+               UPDATE spend s SET reserved = GREATEST(0, s.reserved - sums.usd)
+                 FROM sums
+                WHERE s.day = sums.day AND s.scope = sums.scope AND s.name = sums.name)
+             SELECT COUNT(*) FROM gone",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .op(OP)?;
+        Ok(gone
+            .first()
+            .map_or(0, |(n,)| u64::try_from(*n).unwrap_or(0)))
+    }
+
     async fn spend(&self, day: i64) -> Result<Vec<super::SpendRow>, StoreError> {
         let rows: Vec<(String, String, f64, f64)> = sqlx::query_as(
-            "SELECT scope, name, spent, reserved FROM spend WHERE day = $1 ORDER BY scope, name",
+            "SELECT scope, name, spent, GREATEST(reserved, 0) FROM spend WHERE day = $1
+              ORDER BY scope, name",
         )
         .bind(day)
         .fetch_all(&self.pool)

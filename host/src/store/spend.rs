@@ -26,6 +26,15 @@ pub const WARN_AT: f64 = 0.8;
 /// Output tokens reserved for a request that sets no `max_tokens`.
 pub const DEFAULT_OUTPUT_ESTIMATE: i64 = 1_000;
 
+/// Sums of float USD that should reach a cap exactly (eight settles of $0.10 against $0.80)
+/// fall short by rounding: a total within this of a cap reaches it.
+const EPSILON_USD: f64 = 1e-9;
+
+/// Whether `total` USD reaches `cap`.
+pub fn reaches(total: f64, cap: f64) -> bool {
+    total + EPSILON_USD >= cap
+}
+
 /// One claim's spend caps for its day.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Spend {
@@ -91,6 +100,12 @@ pub struct SpendNotice {
 }
 
 impl Spend {
+    /// Whether an attempt for `tenant` counts against a cap: the provider's or the
+    /// tenant's. Only those reserve and settle.
+    pub fn applies(&self, tenant: &str) -> bool {
+        self.provider_usd.is_some() || self.tenants.contains_key(tenant)
+    }
+
     /// Whether `scope`'s `name` has a cap, and which.
     pub fn cap(&self, scope: SpendScope, name: &str) -> Option<f64> {
         match scope {
@@ -103,7 +118,11 @@ impl Spend {
     /// caps, as the claim takes them: a JSON array, `None` when there are none.
     pub fn excluded<'a>(&self, totals: impl Iterator<Item = (&'a str, f64)>) -> Option<String> {
         let out: Vec<&str> = totals
-            .filter(|(name, total)| self.tenants.get(*name).is_some_and(|cap| total >= cap))
+            .filter(|(name, total)| {
+                self.tenants
+                    .get(*name)
+                    .is_some_and(|cap| reaches(*total, *cap))
+            })
             .map(|(name, _)| name)
             .collect();
         (!out.is_empty()).then(|| serde_json::json!(out).to_string())
@@ -123,7 +142,7 @@ impl Spend {
         };
         let mut fit = 0;
         for estimate in candidates {
-            if total >= cap {
+            if reaches(total, cap) {
                 break;
             }
             total += estimate;
@@ -155,20 +174,54 @@ impl Spend {
     }
 
     /// The notices a settle of a reservation of `day` brings, from the totals it left
-    /// (`(scope, name, spent, noticed)`), with the level each marks: none for a day gone by.
+    /// (`(scope, name, spent, noticed, noticed_cap)`), with the level each marks: none for a
+    /// day gone by. A level told of another cap (changed by a reload since) counts as none.
     pub(crate) fn notices<N: Into<i64>>(
         &self,
         day: i64,
-        totals: Vec<(String, String, f64, N)>,
+        totals: Vec<(String, String, f64, N, f64)>,
     ) -> Vec<(i64, SpendNotice)> {
         if day != self.day {
             return Vec::new();
         }
         totals
             .into_iter()
-            .filter_map(|(scope, name, spent, noticed)| {
-                self.notice(SpendScope::parse(&scope)?, &name, spent, noticed.into())
+            .filter_map(|(scope, name, spent, noticed, noticed_cap)| {
+                let scope = SpendScope::parse(&scope)?;
+                let cap = self.cap(scope, &name)?;
+                let noticed = if (noticed_cap - cap).abs() > EPSILON_USD {
+                    0
+                } else {
+                    noticed.into()
+                };
+                self.notice(scope, &name, spent, noticed)
             })
+            .collect()
+    }
+
+    /// The changes of reserved USD that `rows` (`(day, provider, tenant, usd)`, a negative
+    /// `usd` a release) make to the capped scopes of `provider`'s claims, summed by key
+    /// and in key order (so that concurrent claims lock `spend` rows in one order).
+    pub(crate) fn deltas<'a>(
+        &self,
+        provider: &str,
+        rows: impl Iterator<Item = (i64, &'a str, &'a str, f64)>,
+    ) -> Vec<(i64, &'static str, String, f64)> {
+        let mut sums: BTreeMap<(i64, &'static str, String), f64> = BTreeMap::new();
+        for (day, row_provider, tenant, usd) in rows {
+            if self.provider_usd.is_some() && row_provider == provider {
+                *sums
+                    .entry((day, SpendScope::Provider.as_str(), provider.to_string()))
+                    .or_default() += usd;
+            }
+            if self.tenants.contains_key(tenant) {
+                *sums
+                    .entry((day, SpendScope::Tenant.as_str(), tenant.to_string()))
+                    .or_default() += usd;
+            }
+        }
+        sums.into_iter()
+            .map(|((day, scope, name), usd)| (day, scope, name, usd))
             .collect()
     }
 
@@ -182,9 +235,9 @@ impl Spend {
         noticed: i64,
     ) -> Option<(i64, SpendNotice)> {
         let cap = self.cap(scope, name)?;
-        let level = if spent >= cap {
+        let level = if reaches(spent, cap) {
             2
-        } else if spent >= cap * WARN_AT {
+        } else if reaches(spent, cap * WARN_AT) {
             1
         } else {
             0
@@ -239,33 +292,36 @@ impl Spend {
                     .filter(|(scope, _, _)| scope == SpendScope::Tenant.as_str())
                     .map(|(_, name, total)| (name.as_str(), *total)),
             ),
-            full: self.provider_usd.is_some_and(|cap| provider_total >= cap),
+            full: self
+                .provider_usd
+                .is_some_and(|cap| reaches(provider_total, cap)),
         }
     }
 }
 
 /// How many rows a claim with a budget or a provider's cap may take, given `inputs`, the
-/// stored inputs of the next pending rows in plain claim order: what the budget's window
+/// inputs of the rows the claim would take (a dry run of it): what the budget's window
 /// (`used` requests and tokens) and the day's cap (`provider_total` spent and reserved)
-/// leave, by the rows' estimates.
+/// leave, by the rows' estimates taken costliest first. The claim then takes that many
+/// of the same rows in its own order (shared among tenants), which reserve no more than
+/// the costliest would: so a claim passes a cap by at most one row's estimate, whatever
+/// its order.
 pub(crate) fn room(
     claim: &super::Claim<'_>,
     used: (i64, i64),
     provider_total: f64,
-    inputs: &[String],
+    inputs: &[serde_json::Value],
 ) -> u32 {
-    let inputs: Vec<serde_json::Value> = inputs
-        .iter()
-        .map(|i| serde_json::from_str(i).unwrap_or_default())
-        .collect();
     let mut room = claim.max;
     if let Some(budget) = claim.budget {
-        let estimates: Vec<i64> = inputs.iter().map(super::estimate_tokens).collect();
+        let mut estimates: Vec<i64> = inputs.iter().map(super::estimate_tokens).collect();
+        estimates.sort_unstable_by(|a, b| b.cmp(a));
         let fit = budget.room(used.0, used.1, &estimates);
         room = room.min(u32::try_from(fit).unwrap_or(0));
     }
     if let Some(spend) = claim.spend {
-        let estimates: Vec<f64> = inputs.iter().map(|i| spend.estimate(i)).collect();
+        let mut estimates: Vec<f64> = inputs.iter().map(|i| spend.estimate(i)).collect();
+        estimates.sort_unstable_by(|a, b| b.total_cmp(a));
         let fit = spend.room(provider_total, &estimates);
         room = room.min(u32::try_from(fit).unwrap_or(0));
     }
@@ -353,8 +409,33 @@ mod tests {
         let (level, n) = s.notice(SpendScope::Provider, "p", 0.85, 0).unwrap();
         assert_eq!((level, n.reached), (1, false));
         assert!(s.notice(SpendScope::Provider, "p", 0.9, 1).is_none());
-        let (level, n) = s.notice(SpendScope::Tenant, "a", 0.5, 1).unwrap();
+        let (level, n) = s
+            .notice(SpendScope::Tenant, "a", 0.1 + 0.2 + 0.2, 1)
+            .unwrap();
         assert_eq!((level, n.reached, n.cap_usd), (2, true, 0.5));
         assert!(s.notice(SpendScope::Tenant, "b", 99.0, 0).is_none());
+        // Told of another cap: told again.
+        let totals = vec![("provider".to_string(), "p".to_string(), 0.85, 2, 5.0)];
+        assert_eq!(s.notices(1, totals.clone()).len(), 1);
+        assert!(
+            s.notices(2, totals).is_empty(),
+            "a day gone by tells nothing"
+        );
+    }
+
+    #[test]
+    fn deltas_count_only_capped_scopes_in_key_order() {
+        let s = caps();
+        let rows = [(1, "p", "b", 0.2), (1, "p", "a", 0.1), (0, "q", "a", -0.1)];
+        let d = s.deltas("p", rows.into_iter());
+        let keys: Vec<(i64, &str, &str)> = d
+            .iter()
+            .map(|(day, scope, name, _)| (*day, *scope, name.as_str()))
+            .collect();
+        assert_eq!(
+            keys,
+            [(0, "tenant", "a"), (1, "provider", "p"), (1, "tenant", "a")]
+        );
+        assert!((d[1].3 - 0.3).abs() < 1e-12);
     }
 }

@@ -504,9 +504,9 @@ fn from_json<T: serde::de::DeserializeOwned>(array: &str) -> Result<T, StoreErro
         .op("reading what a batch write returned")
 }
 
-/// Reserves each claimed row's estimate for its provider and its tenant on the caps' day
-/// (see [`super::spend`]). A row claimed again after its worker died keeps the reservation
-/// it has.
+/// Reserves each claimed row's estimate for its capped provider and tenant on the caps'
+/// day (see [`super::spend`]). A row claimed again (after its worker died) gives up the
+/// reservation it had, which may be of another day.
 async fn reserve_spend(
     tx: &mut sqlx::SqliteConnection,
     spend: &super::Spend,
@@ -514,48 +514,69 @@ async fn reserve_spend(
     claimed: &[Execution],
 ) -> Result<(), StoreError> {
     const OP: &str = "reserving spend for claimed executions";
-    if claimed.is_empty() {
+    let rows: Vec<(ExecutionId, &str, f64)> = claimed
+        .iter()
+        .filter_map(|e| {
+            let tenant = e.tenant.as_deref().unwrap_or("");
+            spend
+                .applies(tenant)
+                .then(|| (e.id, tenant, spend.estimate(&e.input)))
+        })
+        .collect();
+    if rows.is_empty() {
         return Ok(());
     }
-    let rows = json_rows(claimed.iter().map(|e| {
-        (
-            e.id,
-            e.tenant.as_deref().unwrap_or(""),
-            spend.estimate(&e.input),
-        )
-    }))?;
-    let reserved: Vec<(String, f64)> = sqlx::query_as(
-        "INSERT INTO spend_open (execution_id, day, provider, tenant, usd)
-         SELECT json_extract(value, '$[0]'), ?2, ?3, json_extract(value, '$[1]'),
-                json_extract(value, '$[2]')
-           FROM json_each(?1) WHERE true
-         ON CONFLICT (execution_id) DO NOTHING
-         RETURNING tenant, usd",
+    let old: Vec<super::spend::OpenReservation> = sqlx::query_as(
+        "DELETE FROM spend_open WHERE execution_id IN (SELECT value FROM json_each(?1))
+         RETURNING day, provider, tenant, usd",
     )
-    .bind(rows)
-    .bind(spend.day)
-    .bind(provider)
+    .bind(json_rows(rows.iter().map(|r| r.0))?)
     .fetch_all(&mut *tx)
     .await
     .op(OP)?;
-    let mut sums: BTreeMap<(&str, &str), f64> = BTreeMap::new();
-    for (tenant, usd) in &reserved {
-        *sums.entry(("provider", provider)).or_default() += usd;
-        *sums.entry(("tenant", tenant.as_str())).or_default() += usd;
-    }
-    let sums = json_rows(sums.iter().map(|((scope, name), usd)| (scope, name, usd)))?;
     sqlx::query(
-        "INSERT INTO spend (day, scope, name, reserved)
-         SELECT ?1, json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+        "INSERT INTO spend_open (execution_id, day, provider, tenant, usd)
+         SELECT json_extract(value, '$[0]'), ?2, ?3, json_extract(value, '$[1]'),
                 json_extract(value, '$[2]')
-           FROM json_each(?2) WHERE true
-         ON CONFLICT (day, scope, name) DO UPDATE SET reserved = reserved + excluded.reserved",
+           FROM json_each(?1)",
     )
+    .bind(json_rows(rows.iter())?)
     .bind(spend.day)
-    .bind(sums)
+    .bind(provider)
     .execute(&mut *tx)
     .await
     .op(OP)?;
+    let released = old
+        .iter()
+        .map(|o| (o.day, o.provider.as_str(), o.tenant.as_str(), -o.usd));
+    let reserved = rows
+        .iter()
+        .map(|(_, tenant, usd)| (spend.day, provider, *tenant, *usd));
+    let deltas = spend.deltas(provider, released.chain(reserved));
+    add_reserved(tx, &deltas).await
+}
+
+/// Adds each `(day, scope, name, usd)` to that `spend` row's reserved USD, never below 0
+/// (a release for a row that is not there leaves it below, and reads take it as 0).
+async fn add_reserved(
+    tx: &mut sqlx::SqliteConnection,
+    deltas: &[(i64, &'static str, String, f64)],
+) -> Result<(), StoreError> {
+    if deltas.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO spend (day, scope, name, reserved)
+         SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+                json_extract(value, '$[2]'), json_extract(value, '$[3]')
+           FROM json_each(?1) WHERE true
+         ON CONFLICT (day, scope, name) DO UPDATE
+            SET reserved = MAX(0.0, reserved + excluded.reserved)",
+    )
+    .bind(json_rows(deltas.iter())?)
+    .execute(&mut *tx)
+    .await
+    .op("reserving spend for claimed executions")?;
     Ok(())
 }
 
@@ -965,7 +986,7 @@ impl Queue for SqliteQueue {
         let mut provider_total = 0.0;
         if let Some(spend) = claim.spend {
             let rows: Vec<(String, String, f64)> = sqlx::query_as(
-                "SELECT scope, name, spent + reserved FROM spend
+                "SELECT scope, name, spent + MAX(reserved, 0.0) FROM spend
                   WHERE day = ?1 AND ((scope = 'provider' AND name = ?2)
                         OR (scope = 'tenant' AND name IN (SELECT value FROM json_each(?3))))",
             )
@@ -984,19 +1005,34 @@ impl Queue for SqliteQueue {
         }
         let mut room = claim.max;
         if claim.budget.is_some() || claim.spend.is_some_and(|s| s.provider_usd.is_some()) {
-            let inputs: Vec<String> = sqlx::query_scalar(
-                "SELECT input FROM executions
-                  WHERE provider = ?1 AND status = 'pending' AND not_before <= ?2
-                    AND (?4 IS NULL OR tenant NOT IN (SELECT value FROM json_each(?4)))
-                  ORDER BY resume DESC, priority DESC, id LIMIT ?3",
+            // The rows this claim would take, in its order (a dry run, undone), by whose
+            // estimates the room is measured: the claim then takes the first of them.
+            sqlx::query("SAVEPOINT candidates")
+                .execute(&mut *tx)
+                .await
+                .op(OP)?;
+            let rows = claim_rows(
+                &mut *tx,
+                provider,
+                &claim,
+                claim.max,
+                now,
+                excluded.as_deref(),
             )
-            .bind(provider)
-            .bind(now)
-            .bind(i64::from(claim.max))
-            .bind(excluded.as_deref())
-            .fetch_all(&mut *tx)
-            .await
-            .op(OP)?;
+            .await?;
+            sqlx::query("ROLLBACK TO candidates; RELEASE candidates")
+                .execute(&mut *tx)
+                .await
+                .op(OP)?;
+            let inputs: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|row| {
+                    row.try_get::<&str, _>("input")
+                        .ok()
+                        .and_then(|i| serde_json::from_str(i).ok())
+                        .unwrap_or_default()
+                })
+                .collect();
             room = super::spend::room(&claim, used, provider_total, &inputs);
         }
         if room == 0 {
@@ -1718,37 +1754,43 @@ impl Queue for SqliteQueue {
         .fetch_optional(&mut *tx)
         .await
         .op(OP)?;
-        let open = open.unwrap_or(super::spend::OpenReservation {
-            day: caps.day,
-            provider: end.provider.to_string(),
-            tenant: end.tenant.to_string(),
-            usd: 0.0,
-        });
-        let totals: Vec<(String, String, f64, i64)> = sqlx::query_as(
-            "INSERT INTO spend (day, scope, name, spent)
-             VALUES (?1, 'provider', ?2, ?4), (?1, 'tenant', ?3, ?4)
-             ON CONFLICT (day, scope, name) DO UPDATE
-                SET spent = spent + excluded.spent, reserved = MAX(0.0, reserved - ?5)
-             RETURNING scope, name, spent, noticed",
-        )
-        .bind(open.day)
-        .bind(&open.provider)
-        .bind(&open.tenant)
-        .bind(end.usd)
-        .bind(open.usd)
-        .fetch_all(&mut *tx)
-        .await
-        .op(OP)?;
-        let mut notices = Vec::new();
-        for (level, notice) in caps.notices(open.day, totals) {
-            let told = sqlx::query(
-                "UPDATE spend SET noticed = ?4
-                  WHERE day = ?1 AND scope = ?2 AND name = ?3 AND noticed < ?4",
+        let (day, reserved) = open.as_ref().map_or((caps.day, 0.0), |o| (o.day, o.usd));
+        let mut totals = Vec::new();
+        for (scope, name) in [
+            (super::SpendScope::Provider, end.provider),
+            (super::SpendScope::Tenant, end.tenant),
+        ] {
+            if caps.cap(scope, name).is_none() {
+                continue;
+            }
+            let total: (String, String, f64, i64, f64) = sqlx::query_as(
+                "INSERT INTO spend (day, scope, name, spent) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (day, scope, name) DO UPDATE
+                    SET spent = spent + excluded.spent, reserved = MAX(0.0, reserved - ?5)
+                 RETURNING scope, name, spent, noticed, noticed_cap",
             )
-            .bind(open.day)
+            .bind(day)
+            .bind(scope.as_str())
+            .bind(name)
+            .bind(end.usd)
+            .bind(reserved)
+            .fetch_one(&mut *tx)
+            .await
+            .op(OP)?;
+            totals.push(total);
+        }
+        let mut notices = Vec::new();
+        for (level, notice) in caps.notices(day, totals) {
+            let told = sqlx::query(
+                "UPDATE spend SET noticed = ?4, noticed_cap = ?5
+                  WHERE day = ?1 AND scope = ?2 AND name = ?3
+                    AND (noticed < ?4 OR noticed_cap <> ?5)",
+            )
+            .bind(day)
             .bind(notice.scope.as_str())
             .bind(&notice.name)
             .bind(level)
+            .bind(notice.cap_usd)
             .execute(&mut *tx)
             .await
             .op(OP)?;
@@ -1760,9 +1802,40 @@ impl Queue for SqliteQueue {
         Ok(notices)
     }
 
+    async fn release_spend(&self) -> Result<u64, StoreError> {
+        const OP: &str = "letting go the spend reservations of rows no longer running";
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.op(OP)?;
+        let gone: Vec<super::spend::OpenReservation> = sqlx::query_as(
+            "DELETE FROM spend_open
+              WHERE NOT EXISTS (SELECT 1 FROM executions e
+                                 WHERE e.id = spend_open.execution_id AND e.status = 'running')
+             RETURNING day, provider, tenant, usd",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .op(OP)?;
+        for o in &gone {
+            sqlx::query(
+                "UPDATE spend SET reserved = MAX(0.0, reserved - ?4)
+                  WHERE day = ?1 AND ((scope = 'provider' AND name = ?2)
+                                      OR (scope = 'tenant' AND name = ?3))",
+            )
+            .bind(o.day)
+            .bind(&o.provider)
+            .bind(&o.tenant)
+            .bind(o.usd)
+            .execute(&mut *tx)
+            .await
+            .op(OP)?;
+        }
+        tx.commit().await.op(OP)?;
+        Ok(u64::try_from(gone.len()).unwrap_or(u64::MAX))
+    }
+
     async fn spend(&self, day: i64) -> Result<Vec<super::SpendRow>, StoreError> {
         let rows: Vec<(String, String, f64, f64)> = sqlx::query_as(
-            "SELECT scope, name, spent, reserved FROM spend WHERE day = ?1 ORDER BY scope, name",
+            "SELECT scope, name, spent, MAX(reserved, 0.0) FROM spend WHERE day = ?1
+              ORDER BY scope, name",
         )
         .bind(day)
         .fetch_all(&self.pool)
