@@ -106,6 +106,22 @@ impl Spend {
         self.provider_usd.is_some() || self.tenants.contains_key(tenant)
     }
 
+    /// The reservations of `claimed` (those with a capped provider or tenant): each row's
+    /// id, tenant and estimate.
+    pub(crate) fn reservations<'e>(
+        &self,
+        claimed: &'e [crate::model::Execution],
+    ) -> Vec<(crate::model::ExecutionId, &'e str, f64)> {
+        claimed
+            .iter()
+            .filter_map(|e| {
+                let tenant = e.tenant.as_deref().unwrap_or("");
+                self.applies(tenant)
+                    .then(|| (e.id, tenant, self.estimate(&e.input)))
+            })
+            .collect()
+    }
+
     /// Whether `scope`'s `name` has a cap, and which.
     pub fn cap(&self, scope: SpendScope, name: &str) -> Option<f64> {
         match scope {
@@ -306,12 +322,19 @@ impl Spend {
 /// of the same rows in its own order (shared among tenants), which reserve no more than
 /// the costliest would: so a claim passes a cap by at most one row's estimate, whatever
 /// its order.
-pub(crate) fn room(
+pub(crate) fn room<'a>(
     claim: &super::Claim<'_>,
     used: (i64, i64),
     provider_total: f64,
-    inputs: &[serde_json::Value],
+    inputs: impl Iterator<Item = Option<&'a str>>,
 ) -> u32 {
+    // A row whose input cannot be read estimates as an empty request (the claim fails it).
+    let inputs: Vec<serde_json::Value> = inputs
+        .map(|i| {
+            i.and_then(|i| serde_json::from_str(i).ok())
+                .unwrap_or_default()
+        })
+        .collect();
     let mut room = claim.max;
     if let Some(budget) = claim.budget {
         let mut estimates: Vec<i64> = inputs.iter().map(super::estimate_tokens).collect();

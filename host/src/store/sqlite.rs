@@ -514,15 +514,7 @@ async fn reserve_spend(
     claimed: &[Execution],
 ) -> Result<(), StoreError> {
     const OP: &str = "reserving spend for claimed executions";
-    let rows: Vec<(ExecutionId, &str, f64)> = claimed
-        .iter()
-        .filter_map(|e| {
-            let tenant = e.tenant.as_deref().unwrap_or("");
-            spend
-                .applies(tenant)
-                .then(|| (e.id, tenant, spend.estimate(&e.input)))
-        })
-        .collect();
+    let rows = spend.reservations(claimed);
     if rows.is_empty() {
         return Ok(());
     }
@@ -1024,16 +1016,8 @@ impl Queue for SqliteQueue {
                 .execute(&mut *tx)
                 .await
                 .op(OP)?;
-            let inputs: Vec<serde_json::Value> = rows
-                .iter()
-                .map(|row| {
-                    row.try_get::<&str, _>("input")
-                        .ok()
-                        .and_then(|i| serde_json::from_str(i).ok())
-                        .unwrap_or_default()
-                })
-                .collect();
-            room = super::spend::room(&claim, used, provider_total, &inputs);
+            let inputs = rows.iter().map(|row| row.try_get::<&str, _>("input").ok());
+            room = super::spend::room(&claim, used, provider_total, inputs);
         }
         if room == 0 {
             tx.commit().await.op(OP)?;
