@@ -1143,6 +1143,9 @@ pub struct ProviderStatus {
     /// Its `rpm`/`tpm` budget and the last minute's use, when it has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetStatus>,
+    /// Its `daily_usd` and today's (UTC) use, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spend: Option<SpendStatus>,
     /// On a shared queue: the live workers that serve it, each running at most an even
     /// share of the limit.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1168,6 +1171,24 @@ impl std::fmt::Display for BudgetStatus {
             parts.push(format!("{}/{tpm} tokens", self.tokens));
         }
         write!(f, "budget this minute: {}", parts.join(", "))
+    }
+}
+
+/// A daily spend cap and today's (UTC) use of it, fleet-wide.
+#[derive(Debug, Serialize)]
+pub struct SpendStatus {
+    pub daily_usd: f64,
+    pub spent_usd: f64,
+    pub reserved_usd: f64,
+}
+
+impl std::fmt::Display for SpendStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "spend today (UTC): {:.2} of {:.2} USD, {:.2} reserved by running attempts",
+            self.spent_usd, self.daily_usd, self.reserved_usd
+        )
     }
 }
 
@@ -1236,6 +1257,9 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         }
         if let Some(budget) = &r.budget {
             println!("{:<20} {budget}", "");
+        }
+        if let Some(spend) = &r.spend {
+            println!("{:<20} {spend}", "");
         }
         if let Some(workers) = r.workers.filter(|w| *w > 1) {
             println!(
@@ -1357,6 +1381,18 @@ async fn status_rows(config: &Config, queue: &dyn Queue) -> anyhow::Result<Vec<P
     let (now, states) = queue.provider_states().await?;
     let used = queue.budget_usage().await?;
     let workers = queue.workers().await?;
+    let spent: BTreeMap<String, (f64, f64)> =
+        if config.providers.values().any(|p| p.daily_usd.is_some()) {
+            queue
+                .spend(crate::clock::day())
+                .await?
+                .into_iter()
+                .filter(|r| r.scope == crate::store::SpendScope::Provider)
+                .map(|r| (r.name, (r.spent_usd, r.reserved_usd)))
+                .collect()
+        } else {
+            BTreeMap::new()
+        };
     let rows: Vec<ProviderStatus> = limit_views(config, queue)
         .await?
         .into_iter()
@@ -1378,6 +1414,19 @@ async fn status_rows(config: &Config, queue: &dyn Queue) -> anyhow::Result<Vec<P
                         tokens,
                     }
                 }),
+                spend: config
+                    .providers
+                    .get(&view.provider)
+                    .and_then(|p| p.daily_usd)
+                    .map(|daily_usd| {
+                        let (spent_usd, reserved_usd) =
+                            spent.get(&view.provider).copied().unwrap_or_default();
+                        SpendStatus {
+                            daily_usd,
+                            spent_usd,
+                            reserved_usd,
+                        }
+                    }),
                 workers: workers
                     .as_ref()
                     .map(|w| w.get(&view.provider).copied().unwrap_or(0)),

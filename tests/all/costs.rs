@@ -324,6 +324,14 @@ async fn a_provider_that_spent_its_daily_usd_pauses_with_its_reason() {
     env.stub("metered", Some(1), &[]);
     dime_a_call(&mut env, "metered");
     env.config.providers.get_mut("metered").unwrap().daily_usd = Some(0.3);
+    // A tenant cap far from reached: counted, shown, never in the way.
+    env.config.tenants.insert(
+        "t".into(),
+        lanes::config::TenantConfig {
+            daily_usd: Some(100.0),
+            ..Default::default()
+        },
+    );
     let usage = serde_json::json!({ "input_tokens": 10, "output_tokens": 100_000 });
     let jobs: Vec<NewExecution> = (0..6)
         .map(|_| priced("metered", "t", "house-model", usage.clone()))
@@ -369,4 +377,24 @@ async fn a_provider_that_spent_its_daily_usd_pauses_with_its_reason() {
     );
     server.shutdown().await;
     daemon.shutdown(Duration::from_secs(5)).await;
+
+    // The CLI shows the same, from the queue.
+    let out = env.lanes(&["status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "spend today (UTC): 0.30 of 0.30 USD, 0.00 reserved",
+        "spend cap: 0.30 of its daily_usd 0.30 spent today",
+    ] {
+        assert!(text.contains(line), "{line} missing:\n{text}");
+    }
+    let out = env.lanes(&["status", "--tenant"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let t = text
+        .lines()
+        .find(|l| l.starts_with("t "))
+        .unwrap_or_default();
+    assert!(
+        t.contains("0.30/100.00") && t.ends_with("serving"),
+        "{text}"
+    );
 }
