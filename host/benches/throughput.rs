@@ -76,6 +76,11 @@
 //!     holds the completed execution (target p99 ≤ 2 ms), beside a submission that is
 //!     queued (not cached) in the same run.
 //!
+//! 20. Spend caps (issue 43): no-op throughput with a provider's `daily_usd` set (never
+//!     reached), each claim then reserving and each end settling, beside the same priced
+//!     lane without a cap, alternated, best of 3 each: capped ÷ uncapped (no target: what
+//!     a cap costs).
+//!
 //! `cargo bench -- --quick` runs a smaller version (CI uses it to prove the benchmark runs).
 
 use std::collections::{BTreeMap, VecDeque};
@@ -510,6 +515,38 @@ async fn costs(n: usize, rounds: usize) {
     println!(
         "costs: no-op with each answer priced {with:.0}/s, unpriced {without:.0}/s (best of \
          {rounds} alternated): ratio {:.3} (target 0.95)",
+        with / without
+    );
+}
+
+/// Issue 43's spend caps: what reserving at each claim and settling at each end cost.
+async fn spend_caps(n: usize, rounds: usize) {
+    let priced = |c: &mut Config| {
+        c.prices.insert(
+            "stub-1".into(),
+            lanes::costs::PriceOverride {
+                input: Some(1.0),
+                output: Some(2.0),
+                ..Default::default()
+            },
+        );
+    };
+    let lane = || ProviderConfig {
+        model: Some("stub-1".into()),
+        ..stub(256, 0)
+    };
+    let (mut with, mut without) = (0.0_f64, 0.0_f64);
+    for _ in 0..rounds {
+        let capped = ProviderConfig {
+            daily_usd: Some(1e9),
+            ..lane()
+        };
+        with = with.max(noop_throughput_with(n, capped, priced).await);
+        without = without.max(noop_throughput_with(n, lane(), priced).await);
+    }
+    println!(
+        "spend caps: no-op under a daily_usd {with:.0}/s, without {without:.0}/s (best of \
+         {rounds} alternated): ratio {:.3} (no target)",
         with / without
     );
 }
@@ -1480,6 +1517,13 @@ fn main() {
         }
         if run("costs") {
             costs(
+                if quick { 5_000 } else { 100_000 },
+                if quick { 1 } else { 3 },
+            )
+            .await;
+        }
+        if run("spend") {
+            spend_caps(
                 if quick { 5_000 } else { 100_000 },
                 if quick { 1 } else { 3 },
             )

@@ -1631,29 +1631,19 @@ async fn spend_caps_reserve_settle_and_notify_once(q: Arc<dyn Queue>) {
         provider: "s",
         tenant: "",
         usd,
+        caps: &provider_cap,
     };
     for e in &first {
-        assert!(
-            q.settle_spend(&end(e.id, 0.1), &provider_cap)
-                .await
-                .unwrap()
-                .is_empty()
-        );
+        assert!(q.settle_spend(&[end(e.id, 0.1)]).await.unwrap().is_empty());
     }
     let rows = q.spend(day).await.unwrap();
     assert_eq!(today(rows, SpendScope::Provider, "s"), Some((0.5, 0.0)));
     // $0.5, 0.7 and 0.9 are under the cap: three more.
     let second = q.claim("s", capped(&provider_cap)).await.unwrap();
     assert_eq!(second.len(), 3);
-    // At $0.12 each, the third end crosses 80% ($0.86): one warning, once.
-    let mut notices = Vec::new();
-    for e in &second {
-        notices.extend(
-            q.settle_spend(&end(e.id, 0.12), &provider_cap)
-                .await
-                .unwrap(),
-        );
-    }
+    // Settled as one batch (as the completer does): $0.86 crosses 80%, one warning.
+    let batch: Vec<SpendEnd> = second.iter().map(|e| end(e.id, 0.12)).collect();
+    let notices = q.settle_spend(&batch).await.unwrap();
     assert_eq!(notices.len(), 1, "{notices:?}");
     assert_eq!(
         (
@@ -1665,14 +1655,11 @@ async fn spend_caps_reserve_settle_and_notify_once(q: Arc<dyn Queue>) {
     );
     // A settle without a reservation (claimed before the caps were set) still counts:
     // $0.86 + 0.2 reaches the cap, told once.
-    let reached = q
-        .settle_spend(&end(999_999, 0.2), &provider_cap)
-        .await
-        .unwrap();
+    let reached = q.settle_spend(&[end(999_999, 0.2)]).await.unwrap();
     assert_eq!(reached.len(), 1);
     assert!(reached[0].reached);
     assert!(
-        q.settle_spend(&end(999_998, 0.2), &provider_cap)
+        q.settle_spend(&[end(999_998, 0.2)])
             .await
             .unwrap()
             .is_empty()
@@ -1743,15 +1730,13 @@ async fn spend_caps_reserve_settle_and_notify_once(q: Arc<dyn Queue>) {
         .find(|e| e.tenant.as_deref() == Some("a"))
         .unwrap();
     let notices = q
-        .settle_spend(
-            &SpendEnd {
-                id: a.id,
-                provider: "t",
-                tenant: "a",
-                usd: 0.6,
-            },
-            &tenant_cap,
-        )
+        .settle_spend(&[SpendEnd {
+            id: a.id,
+            provider: "t",
+            tenant: "a",
+            usd: 0.6,
+            caps: &tenant_cap,
+        }])
         .await
         .unwrap();
     assert_eq!(notices.len(), 1);

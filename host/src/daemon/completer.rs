@@ -50,6 +50,15 @@ pub trait ResultSink: Send + Sync + 'static {
     /// Tells other workers that a slot of `provider` is free; see [`Queue::slot_freed`].
     async fn slot_freed(&self, provider: &str) -> Result<(), StoreError>;
 
+    /// Settles spend reservations; see [`Queue::settle_spend`].
+    async fn settle_spend(
+        &self,
+        ends: &[crate::store::SpendEnd<'_>],
+    ) -> Result<Vec<crate::store::SpendNotice>, StoreError> {
+        let _ = ends;
+        Ok(Vec::new())
+    }
+
     /// Stores cached answers and settles their waiters; see [`Queue::settle_cache`].
     async fn settle_cache(
         &self,
@@ -114,6 +123,13 @@ impl ResultSink for QueueSink {
         self.queue.settle_cache(ends).await
     }
 
+    async fn settle_spend(
+        &self,
+        ends: &[crate::store::SpendEnd<'_>],
+    ) -> Result<Vec<crate::store::SpendNotice>, StoreError> {
+        self.queue.settle_spend(ends).await
+    }
+
     async fn slot_freed(&self, provider: &str) -> Result<(), StoreError> {
         self.queue.slot_freed(provider).await
     }
@@ -163,6 +179,8 @@ pub struct Completion {
     pub ended: Instant,
     /// What a completed attempt used and cost.
     pub spent: Option<Arc<crate::daemon::events::Spent>>,
+    /// The execution's tenant, for its spend caps.
+    pub tenant: Option<String>,
     /// Its response cache key, with its provider's cache settings (none when a reload took
     /// the provider's cache away: its waiters are then let go to run their own).
     pub cache: Option<(String, Option<crate::config::ResponseCacheConfig>)>,
@@ -187,6 +205,7 @@ impl Completion {
             duration_ms: 0,
             ended: Instant::now(),
             spent: None,
+            tenant: execution.tenant.clone(),
             cache: None,
             cancelled: false,
             moved_to: None,
@@ -230,7 +249,12 @@ pub struct CompleterParts {
     /// Cancelled when the daemon stops claiming: a freed slot is then not refilled here.
     pub stop_claiming: CancellationToken,
     pub settings: CompleterConfig,
+    /// Acts on a spend cap's notice (see `daemon::spend::tell`).
+    pub on_spend: SpendNotices,
 }
+
+/// What the completer does with a spend cap's notice that its settle brought.
+pub type SpendNotices = Arc<dyn Fn(crate::store::SpendNotice) + Send + Sync>;
 
 impl Completer {
     /// Starts the completer's task.
@@ -250,6 +274,7 @@ impl Completer {
             events: parts.events,
             stop_claiming: parts.stop_claiming,
             refillable: takes_refills,
+            on_spend: parts.on_spend,
         };
         let task = tokio::spawn(worker.run(rx, close.clone()));
         Completer {
@@ -336,6 +361,7 @@ struct Worker {
     /// Whether a lane may have the slots a batch frees refilled in its write: see
     /// [`takes_refills`] (a test stands in for it, having no component to serve a lane).
     refillable: fn(&Lane) -> bool,
+    on_spend: SpendNotices,
 }
 
 /// Whether a lane may have the slots a batch frees refilled in the batch's write: not for a
@@ -460,6 +486,9 @@ impl Worker {
     /// them to the executions claimed for them in the same write. Returns what must be
     /// written next: rows claimed for a lane whose producer has stopped, going back.
     async fn flush(&self, batch: &mut Vec<Completion>) -> Vec<Completion> {
+        // Before the write: until it, the rows are still this worker's and running, so no
+        // claim can take one again and reserve anew before its reservation is settled.
+        self.settle_spend(batch).await;
         let offers = self.offers(batch);
         let (written, claimed) = self.write(batch, &offers).await;
         self.settle_cache(batch, &written).await;
@@ -615,6 +644,67 @@ impl Worker {
                     .unwrap_or_default(),
             })
             .collect()
+    }
+
+    /// Settles the spend reservations of the batch's attempts of capped providers and
+    /// tenants with what they cost (a requeued or failed one, nothing), in one transaction,
+    /// and acts on the notices it brings. Tried a few times: a reservation never settled
+    /// stays until the upkeep lets it go, and what the attempt cost is not counted.
+    async fn settle_spend(&self, batch: &[Completion]) {
+        let day = crate::clock::day();
+        let mut caps: BTreeMap<&str, crate::store::Spend> = BTreeMap::new();
+        let mut capped = Vec::new();
+        for c in batch {
+            let Some(provider) = c.lane.provider() else {
+                continue;
+            };
+            let Some(spend) = &provider.policy.spend else {
+                continue;
+            };
+            if !spend.applies(c.tenant.as_deref().unwrap_or("")) {
+                continue;
+            }
+            caps.entry(c.lane.name())
+                .or_insert_with(|| crate::store::Spend {
+                    day,
+                    ..spend.clone()
+                });
+            capped.push(c);
+        }
+        if capped.is_empty() {
+            return;
+        }
+        let ends: Vec<crate::store::SpendEnd<'_>> = capped
+            .iter()
+            .filter_map(|c| {
+                Some(crate::store::SpendEnd {
+                    id: c.id,
+                    provider: c.lane.name(),
+                    tenant: c.tenant.as_deref().unwrap_or(""),
+                    usd: c.spent.as_ref().and_then(|s| s.cost_usd).unwrap_or(0.0),
+                    caps: caps.get(c.lane.name())?,
+                })
+            })
+            .collect();
+        let mut delay = Duration::from_millis(50);
+        for attempt in 1..=5 {
+            match self.sink.settle_spend(&ends).await {
+                Ok(notices) => {
+                    for notice in notices {
+                        (self.on_spend)(notice);
+                    }
+                    return;
+                }
+                Err(e) => {
+                    warn!(
+                        "spend caps: settling {} attempt(s) failed (try {attempt} of 5): {e}",
+                        ends.len()
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
     }
 
     /// Stores the answers of the batch's executions that use the response cache, and
@@ -869,6 +959,7 @@ mod tests {
                     max_wait_us: wait_us,
                     backlog,
                 },
+                on_spend: Arc::new(|_| {}),
             },
         )
     }
@@ -892,6 +983,7 @@ mod tests {
             duration_ms: 1,
             ended: Instant::now(),
             spent: None,
+            tenant: None,
             cache: None,
             cancelled: false,
         }
@@ -1171,6 +1263,7 @@ mod tests {
             stop_claiming: CancellationToken::new(),
             // The lane has no component: stand in for the check that it serves one.
             refillable: Lane::claims_freely,
+            on_spend: Arc::new(|_| {}),
         }
     }
 
@@ -1276,6 +1369,7 @@ mod tests {
             events: EventBus::default(),
             stop_claiming: CancellationToken::new(),
             refillable: Lane::claims_freely,
+            on_spend: Arc::new(|_| {}),
         };
         let lane = Arc::new(Lane::new("p", limit));
         let mut batch: Vec<Completion> = (0..results).map(|id| done(&lane, id)).collect();

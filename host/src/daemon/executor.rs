@@ -106,11 +106,6 @@ impl Executor {
         if provider.policy.budget.is_some() {
             self.settle(execution.id, spent.as_deref()).await;
         }
-        if let Some(caps) = &provider.policy.spend
-            && let Some(shared) = self.shared.upgrade()
-        {
-            super::spend::settle(&shared, lane.name(), caps, &execution, spent.as_deref()).await;
-        }
         let moved_to = match (&mut finish, &execution.route) {
             (Finish::Retry { to, .. }, Some(route)) => {
                 let target = self
@@ -135,6 +130,7 @@ impl Executor {
                     .unwrap_or(i64::MAX),
                 ended,
                 spent,
+                tenant: execution.tenant.clone(),
                 cache: execution
                     .cache_key
                     .clone()

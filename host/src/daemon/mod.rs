@@ -476,6 +476,14 @@ impl Daemon {
                 events: events.clone(),
                 stop_claiming: shared.stop_claiming.clone(),
                 settings: config.completer.clone(),
+                on_spend: {
+                    let weak = Arc::downgrade(&shared);
+                    Arc::new(move |notice| {
+                        if let Some(shared) = weak.upgrade() {
+                            spend::tell(&shared, notice);
+                        }
+                    })
+                },
             },
         );
         let stop_running = CancellationToken::new();

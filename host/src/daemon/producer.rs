@@ -148,8 +148,9 @@ impl Producer {
     }
 
     /// Logs when the provider's budget runs out (a claim with free slots took nothing and
-    /// the minute's requests or tokens are used up) and when work flows again.
-    async fn note_budget(&mut self, budget: crate::store::Budget, nothing: bool) {
+    /// the minute's requests or tokens are used up) and when work flows again. `capped`:
+    /// the lane has spend caps too, which may be what held the claim back.
+    async fn note_budget(&mut self, budget: crate::store::Budget, nothing: bool, capped: bool) {
         if !nothing {
             if self.budget_spent {
                 self.budget_spent = false;
@@ -173,9 +174,10 @@ impl Producer {
         let tpm_used = budget.tpm.is_some() && tokens > 0;
         if rpm_spent || tpm_used {
             self.budget_spent = true;
+            let or_cap = if capped { " or its spend caps" } else { "" };
             info!(
-                "provider {}: nothing fits its budget now ({requests} requests, {tokens} \
-                 tokens in the last minute; rpm {:?}, tpm {:?}): pending work waits",
+                "provider {}: nothing fits its budget{or_cap} now ({requests} requests, \
+                 {tokens} tokens in the last minute; rpm {:?}, tpm {:?}): pending work waits",
                 self.lane.name(),
                 budget.rpm,
                 budget.tpm
@@ -232,7 +234,8 @@ impl Producer {
         }
         let claimed = claimed?;
         if let Some(budget) = provider.policy.budget {
-            self.note_budget(budget, claimed.is_empty()).await;
+            let capped = provider.policy.spend.is_some();
+            self.note_budget(budget, claimed.is_empty(), capped).await;
         }
         if claimed.is_empty() {
             return Ok(0);

@@ -1,57 +1,17 @@
-//! Daily spend caps, the daemon's side: each attempt's end settles its reservation, and the
-//! notices that brings (80% of a cap spent, or all of it, told once across the fleet) are
-//! logged, published, and, for a provider's cap, pause its lane until the next UTC day.
-//! The claim's side is the store's (see [`crate::store::spend`]).
+//! Daily spend caps, the daemon's side. The completer settles each batch's reservations
+//! before it writes the batch (`Worker::settle_spend`); the notices that brings (80% of a
+//! cap spent, or all of it, told once across the fleet) come here ([`tell`]): logged,
+//! published, and, for a provider's cap, its lane paused until the next UTC day. The
+//! claim's side is the store's (see [`crate::store::spend`]).
 
 use tracing::warn;
 
 use super::Shared;
-use super::events::{Event, Spent};
-use crate::model::Execution;
-use crate::store::{Spend, SpendEnd, SpendNotice, SpendScope};
-
-/// Settles the spend reservation of `execution`'s attempt on `provider` with what it cost
-/// (0 unless it completed with a price), and acts on the notices it brings. A settle that
-/// fails leaves the estimate reserved until the upkeep lets it go: the cap errs on the
-/// safe side.
-pub(super) async fn settle(
-    shared: &Shared,
-    provider: &str,
-    caps: &Spend,
-    execution: &Execution,
-    spent: Option<&Spent>,
-) {
-    let tenant = execution.tenant.as_deref().unwrap_or("");
-    // Neither capped: it reserved nothing, and its cost counts against no cap. (One claimed
-    // under caps a reload took away is let go by the upkeep, see `release`.)
-    if !caps.applies(tenant) {
-        return;
-    }
-    let caps = Spend {
-        day: crate::clock::day(),
-        ..caps.clone()
-    };
-    let end = SpendEnd {
-        id: execution.id,
-        provider,
-        tenant,
-        usd: spent.and_then(|s| s.cost_usd).unwrap_or(0.0),
-    };
-    match shared.queue.settle_spend(&end, &caps).await {
-        Ok(notices) => {
-            for notice in notices {
-                tell(shared, notice);
-            }
-        }
-        Err(e) => warn!(
-            "execution {}: settling its spend reservation: {e}",
-            execution.id
-        ),
-    }
-}
+use super::events::Event;
+use crate::store::{SpendNotice, SpendScope};
 
 /// Logs `notice`, publishes it, and pauses a provider whose cap is spent.
-fn tell(shared: &Shared, notice: SpendNotice) {
+pub(super) fn tell(shared: &Shared, notice: SpendNotice) {
     let who = match notice.scope {
         SpendScope::Provider => format!("provider {}", notice.name),
         SpendScope::Tenant if notice.name.is_empty() => "the executions without a tenant".into(),

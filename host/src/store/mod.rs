@@ -378,14 +378,11 @@ pub trait Queue: Send + Sync + 'static {
     /// frees its room); `None` when it has none.
     async fn budget_frees_in(&self, provider: &str) -> Result<Option<i64>, StoreError>;
 
-    /// Settles the open spend reservation of `end`'s execution with what its attempt cost
-    /// (an attempt claimed without one counts on `caps`' day), and returns the notices it brings: a cap of `caps` whose 80% or whole
-    /// the spend now reaches, each told once across the fleet.
-    async fn settle_spend(
-        &self,
-        end: &SpendEnd<'_>,
-        caps: &Spend,
-    ) -> Result<Vec<SpendNotice>, StoreError>;
+    /// Settles the open spend reservations of `ends`' executions with what their attempts
+    /// cost (an attempt claimed without one counts on its caps' day), in one transaction,
+    /// and returns the notices that brings: a cap whose 80% or whole the spend now reaches,
+    /// each told once across the fleet.
+    async fn settle_spend(&self, ends: &[SpendEnd<'_>]) -> Result<Vec<SpendNotice>, StoreError>;
 
     /// Lets go the spend reservations of rows that are no longer running without their
     /// end having settled them (recovered after a worker died, cancelled, put back at

@@ -1517,29 +1517,26 @@ impl Queue for PgQueue {
 
     async fn settle_spend(
         &self,
-        end: &super::SpendEnd<'_>,
-        caps: &super::Spend,
+        ends: &[super::SpendEnd<'_>],
     ) -> Result<Vec<super::SpendNotice>, StoreError> {
-        const OP: &str = "settling a spend reservation";
+        const OP: &str = "settling spend reservations";
+        if ends.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.pool.begin().await.op(OP)?;
-        let open: Option<super::spend::OpenReservation> = sqlx::query_as(
-            "DELETE FROM spend_open WHERE execution_id = $1
-             RETURNING day, provider, tenant, usd",
+        let ids: Vec<i64> = ends.iter().map(|e| e.id).collect();
+        let open: Vec<super::spend::OpenReservation> = sqlx::query_as(
+            "DELETE FROM spend_open WHERE execution_id = ANY($1)
+             RETURNING execution_id, day, provider, tenant, usd",
         )
-        .bind(end.id)
-        .fetch_optional(&mut *tx)
+        .bind(&ids)
+        .fetch_all(&mut *tx)
         .await
         .op(OP)?;
-        let (day, reserved) = open.as_ref().map_or((caps.day, 0.0), |o| (o.day, o.usd));
-        let mut totals = Vec::new();
-        // Provider before tenant: the order every settle locks its rows in.
-        for (scope, name) in [
-            (super::SpendScope::Provider, end.provider),
-            (super::SpendScope::Tenant, end.tenant),
-        ] {
-            if caps.cap(scope, name).is_none() {
-                continue;
-            }
+        let open = open.into_iter().map(|o| (o.execution_id, o)).collect();
+        let mut notices = Vec::new();
+        // In key order: the order every settle and claim locks the `spend` rows in.
+        for ((day, scope, name), sum) in super::spend::settled(ends, &open) {
             let total: (String, String, f64, i32, f64) = sqlx::query_as(
                 "INSERT INTO spend (day, scope, name, spent) VALUES ($1, $2, $3, $4)
                  ON CONFLICT (day, scope, name) DO UPDATE
@@ -1548,32 +1545,30 @@ impl Queue for PgQueue {
                  RETURNING scope, name, spent, noticed, noticed_cap",
             )
             .bind(day)
-            .bind(scope.as_str())
-            .bind(name)
-            .bind(end.usd)
-            .bind(reserved)
+            .bind(scope)
+            .bind(&name)
+            .bind(sum.spent)
+            .bind(sum.released)
             .fetch_one(&mut *tx)
             .await
             .op(OP)?;
-            totals.push(total);
-        }
-        let mut notices = Vec::new();
-        for (level, notice) in caps.notices(day, totals) {
-            let told = sqlx::query(
-                "UPDATE spend SET noticed = $4, noticed_cap = $5
-                  WHERE day = $1 AND scope = $2 AND name = $3
-                    AND (noticed < $4 OR noticed_cap <> $5)",
-            )
-            .bind(day)
-            .bind(notice.scope.as_str())
-            .bind(&notice.name)
-            .bind(i32::try_from(level).unwrap_or(i32::MAX))
-            .bind(notice.cap_usd)
-            .execute(&mut *tx)
-            .await
-            .op(OP)?;
-            if told.rows_affected() == 1 {
-                notices.push(notice);
+            for (level, notice) in sum.caps.notices(day, vec![total]) {
+                let told = sqlx::query(
+                    "UPDATE spend SET noticed = $4, noticed_cap = $5
+                      WHERE day = $1 AND scope = $2 AND name = $3
+                        AND (noticed < $4 OR noticed_cap <> $5)",
+                )
+                .bind(day)
+                .bind(scope)
+                .bind(&notice.name)
+                .bind(i32::try_from(level).unwrap_or(i32::MAX))
+                .bind(notice.cap_usd)
+                .execute(&mut *tx)
+                .await
+                .op(OP)?;
+                if told.rows_affected() == 1 {
+                    notices.push(notice);
+                }
             }
         }
         tx.commit().await.op(OP)?;

@@ -278,8 +278,51 @@ pub struct SpendEnd<'a> {
     pub provider: &'a str,
     /// `""`: none.
     pub tenant: &'a str,
-    /// What the attempt cost: 0 when it failed, or its model has no price.
+    /// What the attempt cost: 0 when it failed, was put back, or its model has no price.
     pub usd: f64,
+    /// The caps of its provider's claims, with today's day.
+    pub caps: &'a Spend,
+}
+
+/// What a batch of ends adds to each capped `(day, scope, name)`: spent and released USD,
+/// with the caps that scope is told of.
+pub(crate) struct Settled<'a> {
+    pub spent: f64,
+    pub released: f64,
+    pub caps: &'a Spend,
+}
+
+/// Sums `ends`, each with the reservation it had (`open`, by execution), by capped scope, in
+/// key order (the order the rows are locked in). An end without a reservation counts on its
+/// caps' day.
+pub(crate) fn settled<'a>(
+    ends: &[SpendEnd<'a>],
+    open: &BTreeMap<crate::model::ExecutionId, OpenReservation>,
+) -> BTreeMap<(i64, &'static str, String), Settled<'a>> {
+    let mut sums: BTreeMap<(i64, &'static str, String), Settled<'a>> = BTreeMap::new();
+    for end in ends {
+        let (day, released) = open
+            .get(&end.id)
+            .map_or((end.caps.day, 0.0), |o| (o.day, o.usd));
+        for (scope, name) in [
+            (SpendScope::Provider, end.provider),
+            (SpendScope::Tenant, end.tenant),
+        ] {
+            if end.caps.cap(scope, name).is_none() {
+                continue;
+            }
+            let sum = sums
+                .entry((day, scope.as_str(), name.to_string()))
+                .or_insert(Settled {
+                    spent: 0.0,
+                    released: 0.0,
+                    caps: end.caps,
+                });
+            sum.spent += end.usd;
+            sum.released += released;
+        }
+    }
+    sums
 }
 
 /// What the day's spend lets a claim do (see [`Spend::read`]).
@@ -354,6 +397,8 @@ pub(crate) fn room<'a>(
 /// A settle's reservation, read back from `spend_open`.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub(crate) struct OpenReservation {
+    #[sqlx(default)]
+    pub execution_id: crate::model::ExecutionId,
     pub day: i64,
     pub provider: String,
     pub tenant: String,

@@ -1725,28 +1725,24 @@ impl Queue for SqliteQueue {
 
     async fn settle_spend(
         &self,
-        end: &super::SpendEnd<'_>,
-        caps: &super::Spend,
+        ends: &[super::SpendEnd<'_>],
     ) -> Result<Vec<super::SpendNotice>, StoreError> {
-        const OP: &str = "settling a spend reservation";
+        const OP: &str = "settling spend reservations";
+        if ends.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.op(OP)?;
-        let open: Option<super::spend::OpenReservation> = sqlx::query_as(
-            "DELETE FROM spend_open WHERE execution_id = ?1
-             RETURNING day, provider, tenant, usd",
+        let open: Vec<super::spend::OpenReservation> = sqlx::query_as(
+            "DELETE FROM spend_open WHERE execution_id IN (SELECT value FROM json_each(?1))
+             RETURNING execution_id, day, provider, tenant, usd",
         )
-        .bind(end.id)
-        .fetch_optional(&mut *tx)
+        .bind(json_rows(ends.iter().map(|e| e.id))?)
+        .fetch_all(&mut *tx)
         .await
         .op(OP)?;
-        let (day, reserved) = open.as_ref().map_or((caps.day, 0.0), |o| (o.day, o.usd));
-        let mut totals = Vec::new();
-        for (scope, name) in [
-            (super::SpendScope::Provider, end.provider),
-            (super::SpendScope::Tenant, end.tenant),
-        ] {
-            if caps.cap(scope, name).is_none() {
-                continue;
-            }
+        let open = open.into_iter().map(|o| (o.execution_id, o)).collect();
+        let mut notices = Vec::new();
+        for ((day, scope, name), sum) in super::spend::settled(ends, &open) {
             let total: (String, String, f64, i64, f64) = sqlx::query_as(
                 "INSERT INTO spend (day, scope, name, spent) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (day, scope, name) DO UPDATE
@@ -1754,32 +1750,30 @@ impl Queue for SqliteQueue {
                  RETURNING scope, name, spent, noticed, noticed_cap",
             )
             .bind(day)
-            .bind(scope.as_str())
-            .bind(name)
-            .bind(end.usd)
-            .bind(reserved)
+            .bind(scope)
+            .bind(&name)
+            .bind(sum.spent)
+            .bind(sum.released)
             .fetch_one(&mut *tx)
             .await
             .op(OP)?;
-            totals.push(total);
-        }
-        let mut notices = Vec::new();
-        for (level, notice) in caps.notices(day, totals) {
-            let told = sqlx::query(
-                "UPDATE spend SET noticed = ?4, noticed_cap = ?5
-                  WHERE day = ?1 AND scope = ?2 AND name = ?3
-                    AND (noticed < ?4 OR noticed_cap <> ?5)",
-            )
-            .bind(day)
-            .bind(notice.scope.as_str())
-            .bind(&notice.name)
-            .bind(level)
-            .bind(notice.cap_usd)
-            .execute(&mut *tx)
-            .await
-            .op(OP)?;
-            if told.rows_affected() == 1 {
-                notices.push(notice);
+            for (level, notice) in sum.caps.notices(day, vec![total]) {
+                let told = sqlx::query(
+                    "UPDATE spend SET noticed = ?4, noticed_cap = ?5
+                      WHERE day = ?1 AND scope = ?2 AND name = ?3
+                        AND (noticed < ?4 OR noticed_cap <> ?5)",
+                )
+                .bind(day)
+                .bind(scope)
+                .bind(&notice.name)
+                .bind(level)
+                .bind(notice.cap_usd)
+                .execute(&mut *tx)
+                .await
+                .op(OP)?;
+                if told.rows_affected() == 1 {
+                    notices.push(notice);
+                }
             }
         }
         tx.commit().await.op(OP)?;
