@@ -493,16 +493,7 @@ async fn deep_queue(shallow: usize, deep: usize) {
 
 /// Issue 43: what pricing each answer costs the no-op rate.
 async fn costs(n: usize, rounds: usize) {
-    let priced = |c: &mut Config| {
-        c.prices.insert(
-            "stub-1".into(),
-            lanes::costs::PriceOverride {
-                input: Some(1.0),
-                output: Some(2.0),
-                ..Default::default()
-            },
-        );
-    };
+    let priced = price_the_stub;
     let (mut with, mut without) = (0.0_f64, 0.0_f64);
     for _ in 0..rounds {
         with = with.max(noop_throughput_with(n, stub(256, 0), priced).await);
@@ -519,18 +510,21 @@ async fn costs(n: usize, rounds: usize) {
     );
 }
 
+/// Gives the stub's model a price in `c`.
+fn price_the_stub(c: &mut Config) {
+    c.prices.insert(
+        "stub-1".into(),
+        lanes::costs::PriceOverride {
+            input: Some(1.0),
+            output: Some(2.0),
+            ..Default::default()
+        },
+    );
+}
+
 /// Issue 43's spend caps: what reserving at each claim and settling at each end cost.
 async fn spend_caps(n: usize, rounds: usize) {
-    let priced = |c: &mut Config| {
-        c.prices.insert(
-            "stub-1".into(),
-            lanes::costs::PriceOverride {
-                input: Some(1.0),
-                output: Some(2.0),
-                ..Default::default()
-            },
-        );
-    };
+    let priced = price_the_stub;
     let lane = || ProviderConfig {
         model: Some("stub-1".into()),
         ..stub(256, 0)
