@@ -1130,7 +1130,7 @@ pub struct ProviderStatus {
     /// The component file serving it, when the daemon loaded one.
     pub component: Option<String>,
     pub limit: u32,
-    /// `serving`, `paused`, `open` or `half_open` (see `docs/policies.md`).
+    /// `serving`, `paused`, `open`, `half_open` or `capped` (see `docs/policies.md`).
     pub state: String,
     /// Until when (Unix ms) it is paused or open.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -1398,13 +1398,33 @@ async fn status_rows(config: &Config, queue: &dyn Queue) -> anyhow::Result<Vec<P
         .into_iter()
         .map(|LimitRow { view, .. }| {
             let state = crate::policy::PolicyState::of(states.get(&view.provider), now);
+            let cap = config
+                .providers
+                .get(&view.provider)
+                .and_then(|p| p.daily_usd);
+            let (spent_usd, reserved_usd) = spent.get(&view.provider).copied().unwrap_or_default();
+            let capped_today = cap
+                .filter(|cap| crate::store::spend::reaches(spent_usd + reserved_usd, *cap))
+                .map(|cap| {
+                    format!(
+                        "daily_usd {cap:.2}: {spent_usd:.2} USD spent and {reserved_usd:.2} \
+                         reserved today (UTC): claims take nothing until the next day"
+                    )
+                });
             ProviderStatus {
                 component: components.get(&view.provider).cloned(),
                 counts: counts.get(&view.provider).cloned().unwrap_or_default(),
                 limit: view.effective,
-                state: state.kind.to_string(),
+                state: if capped_today.is_some() && state.kind == "serving" {
+                    "capped".to_string()
+                } else {
+                    state.kind.to_string()
+                },
                 until: state.until,
-                reason: state.reason,
+                reason: match capped_today {
+                    Some(why) if state.kind == "serving" => Some(why),
+                    _ => state.reason,
+                },
                 budget: config.policy_for(&view.provider).budget.map(|b| {
                     let (requests, tokens) = used.get(&view.provider).copied().unwrap_or_default();
                     BudgetStatus {

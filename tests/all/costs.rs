@@ -316,8 +316,8 @@ async fn a_spend_cap_reached_mid_run_pauses_that_tenant_only_until_the_next_day(
     daemon.shutdown(Duration::from_secs(5)).await;
 }
 
-/// A provider's `daily_usd` reached: the provider pauses fleet-wide with its reason, what
-/// ran ran to its end, and the rest waits, pending.
+/// A provider's `daily_usd` reached: the provider shows as capped with its reason, what ran
+/// ran to its end, the rest waits, pending, and a reload that raises the cap lets it run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_provider_that_spent_its_daily_usd_pauses_with_its_reason() {
     let mut env = TestEnv::new();
@@ -348,18 +348,19 @@ async fn a_provider_that_spent_its_daily_usd_pauses_with_its_reason() {
             .find(|p| p["name"] == "metered")
             .cloned()
             .unwrap();
-        if p["state"] == "paused" && p["running"] == 0 {
+        if p["state"] == "capped" && p["running"] == 0 {
             paused = Some(p);
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let p = paused.expect("the provider pauses");
+    let p = paused.expect("the provider shows as capped");
+    assert_eq!(p["limits"]["claimable"], 0, "{p}");
     assert!(
         p["reason"]
             .as_str()
             .unwrap()
-            .contains("spend cap: 0.30 of its daily_usd 0.30 spent today"),
+            .contains("daily_usd 0.30 spent (0.30 USD on "),
         "{p}"
     );
     assert_eq!(
@@ -375,15 +376,12 @@ async fn a_provider_that_spent_its_daily_usd_pauses_with_its_reason() {
         metrics.contains(r#"lanes_spend_cap_notices_total{scope="provider",level="reached"} 1"#),
         "{metrics}"
     );
-    server.shutdown().await;
-    daemon.shutdown(Duration::from_secs(5)).await;
-
     // The CLI shows the same, from the queue.
     let out = env.lanes(&["status"]);
     let text = String::from_utf8_lossy(&out.stdout);
     for line in [
         "spend today (UTC): 0.30 of 0.30 USD, 0.00 reserved",
-        "spend cap: 0.30 of its daily_usd 0.30 spent today",
+        "daily_usd 0.30: 0.30 USD spent and 0.00 reserved today (UTC)",
     ] {
         assert!(text.contains(line), "{line} missing:\n{text}");
     }
@@ -397,4 +395,16 @@ async fn a_provider_that_spent_its_daily_usd_pauses_with_its_reason() {
         t.contains("0.30/100.00") && t.ends_with("serving"),
         "{text}"
     );
+
+    // A cap raised by a reload applies at once: the other three run.
+    let mut raised = env.config.clone();
+    raised.providers.get_mut("metered").unwrap().daily_usd = Some(1.0);
+    daemon.reload_config(raised).await.unwrap();
+    let rows = wait_terminal(daemon.queue().as_ref(), None, Duration::from_secs(30)).await;
+    assert!(
+        rows.iter().all(|e| e.status == Status::Completed),
+        "{rows:#?}"
+    );
+    server.shutdown().await;
+    daemon.shutdown(Duration::from_secs(5)).await;
 }

@@ -877,7 +877,8 @@ export interface components {
             errors_5m: number[];
             /**
              * @description `serving`; `no_component` (work waits for one); `paused` (a rate limit's wait);
-             *     `open` (the circuit's cool-down) or `half_open` (one probe at a time).
+             *     `open` (the circuit's cool-down) or `half_open` (one probe at a time); `capped` (its
+             *     `daily_usd` is spent or reserved: claims take nothing, see `reason`).
              */
             state: string;
             /**

@@ -106,6 +106,12 @@ async fn provider_rows(state: &AppState) -> Result<Vec<(ProviderOut, u32)>, Prob
         let count = counts.get(name).cloned().unwrap_or_default();
         let recent = state.stats.recent(name);
         let lane_limit = lane.map_or(view.effective, |l| l.effective);
+        let provider_spend = config
+            .providers
+            .get(name)
+            .and_then(|p| p.daily_usd)
+            .map(|cap| spend.out(crate::store::SpendScope::Provider, name, cap));
+        let capped = provider_spend.as_ref().and_then(cap_reason);
         rows.push((
             ProviderOut {
                 name: name.clone(),
@@ -117,20 +123,23 @@ async fn provider_rows(state: &AppState) -> Result<Vec<(ProviderOut, u32)>, Prob
                             .map(|r| (r.component.clone(), r.version.clone()))
                     })
                     .map(|(file, version)| ComponentOut { file, version }),
-                limits: limits_out(&view, claimable),
+                limits: limits_out(&view, if capped.is_some() { 0 } else { claimable }),
                 running: count.running,
                 pending: count.pending,
                 last_minute: recent.last_minute,
                 throughput_5m: recent.throughput_5m,
                 errors_5m: recent.errors_5m,
-                state: if serving.is_some() {
-                    policy.kind
-                } else {
-                    "no_component"
+                state: match (&serving, &capped) {
+                    (None, _) => "no_component",
+                    (Some(_), Some(_)) if policy.kind == "serving" => "capped",
+                    _ => policy.kind,
                 }
                 .to_string(),
                 paused_until: policy.until,
-                reason: policy.reason,
+                reason: match capped {
+                    Some(why) if policy.kind == "serving" => Some(why),
+                    _ => policy.reason,
+                },
                 budget: config.policy_for(name).budget.map(|b| {
                     let (requests, tokens) = used.get(name).copied().unwrap_or_default();
                     BudgetOut {
@@ -140,17 +149,33 @@ async fn provider_rows(state: &AppState) -> Result<Vec<(ProviderOut, u32)>, Prob
                         tokens,
                     }
                 }),
-                spend: config
-                    .providers
-                    .get(name)
-                    .and_then(|p| p.daily_usd)
-                    .map(|cap| spend.out(crate::store::SpendScope::Provider, name, cap)),
+                spend: provider_spend,
                 workers: workers.as_ref().map(|w| w.get(name).copied().unwrap_or(0)),
             },
             lane_limit,
         ));
     }
     Ok(rows)
+}
+
+/// Why a cap holds its provider's or tenant's work back, when it does: spent, or spent and
+/// reserved by running attempts.
+fn cap_reason(s: &SpendOut) -> Option<String> {
+    if !s.capped {
+        return None;
+    }
+    Some(if crate::store::spend::reaches(s.spent_usd, s.daily_usd) {
+        format!(
+            "daily_usd {:.2} spent ({:.2} USD on {} UTC): its work waits for the next UTC day",
+            s.daily_usd, s.spent_usd, s.day
+        )
+    } else {
+        format!(
+            "daily_usd {:.2}: {:.2} USD spent and {:.2} reserved by running attempts on {} \
+             UTC: its work waits for them to settle",
+            s.daily_usd, s.spent_usd, s.reserved_usd, s.day
+        )
+    })
 }
 
 /// The day's spend (UTC, on the caps' clock), read only when the config sets a cap.
@@ -170,7 +195,7 @@ impl SpendToday {
             day: crate::clock::date(self.day),
             spent_usd: spent,
             reserved_usd: reserved,
-            capped: spent + reserved >= cap,
+            capped: crate::store::spend::reaches(spent + reserved, cap),
         }
     }
 }
@@ -211,21 +236,7 @@ pub(super) async fn tenant_rows(state: &AppState) -> Result<Vec<TenantOut>, Prob
                 .get(&tenant)
                 .and_then(|t| t.daily_usd)
                 .map(|cap| today.out(crate::store::SpendScope::Tenant, &tenant, cap));
-            let reason = spend.as_ref().filter(|s| s.capped).map(|s| {
-                if s.spent_usd >= s.daily_usd {
-                    format!(
-                        "daily_usd {:.2} spent ({:.2} USD on {} UTC): its work waits for the \
-                         next UTC day",
-                        s.daily_usd, s.spent_usd, s.day
-                    )
-                } else {
-                    format!(
-                        "daily_usd {:.2}: {:.2} USD spent and {:.2} reserved by running \
-                         attempts on {} UTC: its work waits for them to settle",
-                        s.daily_usd, s.spent_usd, s.reserved_usd, s.day
-                    )
-                }
-            });
+            let reason = spend.as_ref().and_then(cap_reason);
             (tenant, c, spend, reason)
         })
         .map(|(tenant, c, spend, reason)| TenantOut {

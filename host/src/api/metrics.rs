@@ -212,7 +212,7 @@ impl Default for Metrics {
         );
         registry.register(
             "paused",
-            "1 when the provider is not serving: no component, a pause, or an open circuit",
+            "1 when the provider is not serving: no component, a pause, an open circuit, or its spend cap",
             m.paused.clone(),
         );
         registry.register(

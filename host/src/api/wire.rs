@@ -259,7 +259,8 @@ pub struct ProviderOut {
     /// Failed and retried attempts per 10 seconds over the last 5 minutes, oldest first.
     pub errors_5m: Vec<u64>,
     /// `serving`; `no_component` (work waits for one); `paused` (a rate limit's wait);
-    /// `open` (the circuit's cool-down) or `half_open` (one probe at a time).
+    /// `open` (the circuit's cool-down) or `half_open` (one probe at a time); `capped` (its
+    /// `daily_usd` is spent or reserved: claims take nothing, see `reason`).
     pub state: String,
     /// Until when it is paused or open.
     pub paused_until: Option<i64>,

@@ -546,20 +546,6 @@ impl Governor {
         self.announce_pause(lane, wait, reason, why);
     }
 
-    /// Pauses `lane` until the next UTC day (on the caps' clock): its provider's
-    /// `daily_usd` is spent. Fleet-wide, as a pause with its reason; attempts running now
-    /// run to their end.
-    pub fn pause_for_spend(&self, lane: &Lane, reason: String) {
-        let wait = crate::clock::until_next_day();
-        if wait.is_zero() || !lane.pause_until(Instant::now() + wait, Duration::ZERO) {
-            return;
-        }
-        let why = PauseReason::SpendCap {
-            for_ms: millis(wait),
-        };
-        self.announce_pause(lane, wait, reason, why);
-    }
-
     /// Logs a pause this worker put in place, records it for the fleet and publishes it.
     fn announce_pause(&self, lane: &Lane, wait: Duration, reason: String, why: PauseReason) {
         info!(

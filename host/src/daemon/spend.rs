@@ -1,8 +1,8 @@
 //! Daily spend caps, the daemon's side. The completer settles each batch's reservations
 //! before it writes the batch (`Worker::settle_spend`); the notices that brings (80% of a
-//! cap spent, or all of it, told once across the fleet) come here ([`tell`]): logged,
-//! published, and, for a provider's cap, its lane paused until the next UTC day. The
-//! claim's side is the store's (see [`crate::store::spend`]).
+//! cap spent, or all of it, told once across the fleet) come here ([`tell`]): logged and
+//! published. What holds the work back is the claim's side, the store's (see
+//! [`crate::store::spend`]): a capped provider or tenant claims nothing more that day.
 
 use tracing::warn;
 
@@ -10,7 +10,7 @@ use super::Shared;
 use super::events::Event;
 use crate::store::{SpendNotice, SpendScope};
 
-/// Logs `notice`, publishes it, and pauses a provider whose cap is spent.
+/// Logs `notice` and publishes it (for a provider's cap reached, as a `lane_paused` too).
 pub(super) fn tell(shared: &Shared, notice: SpendNotice) {
     let who = match notice.scope {
         SpendScope::Provider => format!("provider {}", notice.name),
@@ -32,16 +32,17 @@ pub(super) fn tell(shared: &Shared, notice: SpendNotice) {
             s => format!("{} min", s.div_ceil(60)),
         };
         warn!(
-            "{who}: {spent}: its work waits for the next UTC day (in {wait}); running \
-             attempts run to their end"
+            "{who}: {spent}: its work waits for the next UTC day (in {wait}) or a higher \
+             cap; running attempts run to their end"
         );
-        if notice.scope == SpendScope::Provider
-            && let Some(lane) = shared.registry.get(&notice.name)
-        {
-            shared.governor.pause_for_spend(
-                &lane,
-                format!("spend cap: {spent}: claims wait for the next UTC day"),
-            );
+        // No pause to undo: claims read the day's spend, so the provider's lane takes
+        // nothing more today, unless a reload raises its cap.
+        if notice.scope == SpendScope::Provider {
+            let for_ms = i64::try_from(crate::clock::until_next_day().as_millis()).unwrap_or(0);
+            shared.events.publish(Event::LanePaused {
+                provider: std::sync::Arc::from(notice.name.as_str()),
+                reason: super::events::PauseReason::SpendCap { for_ms },
+            });
         }
     }
     shared.events.publish(Event::SpendCap(notice));
