@@ -50,6 +50,13 @@ async fn the_python_client_passes_its_suite_against_a_real_daemon() {
     let mut env = TestEnv::new();
     env.stub("stub", Some(4), &[]);
     env.config.api.max_body_bytes = 65536;
+    env.config.tenants.insert(
+        "billing".into(),
+        lanes::config::TenantConfig {
+            daily_usd: Some(1000.0),
+            ..Default::default()
+        },
+    );
     let token_file = env.dir.path().join("api.token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     env.config.api.token_file = Some(token_file);

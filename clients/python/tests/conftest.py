@@ -55,6 +55,9 @@ max_body_bytes = {MAX_BODY_BYTES}
 [providers.stub]
 component = "stub.wasm"
 limit = 4
+
+[tenants.billing]
+daily_usd = 1000
 """
     )
     with open(work / "serve.log", "wb") as log:  # the child keeps its own descriptor

@@ -131,6 +131,12 @@ def test_tenants_usage_and_the_cache(client: Client) -> None:
     assert client.get(done.id, wait=20).status == "completed"
     tenants = {t.tenant: t for t in client.tenants().tenants}
     assert tenants["billing"].completed >= 1
+    # A tenant with a daily spend cap far from reached (the stub's answers have no price).
+    billing = tenants["billing"]
+    assert billing.state == "serving" and billing.reason is None
+    assert billing.spend is not None and billing.spend.daily_usd == 1000
+    assert not billing.spend.capped and len(billing.spend.day) == 10
+    assert tenants["billing"].weight == 1.0
     usage = client.usage(by="tenant", since="1h")
     row = next(r for r in usage.rows if r.key == "billing")
     assert row.executions >= 1 and row.input_tokens >= 1

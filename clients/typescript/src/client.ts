@@ -299,7 +299,7 @@ export class LanesClient {
   /**
    * The daemon's events (`GET /v1/events`) as they come: `started`, `finished`,
    * `limit_changed`, `component_loaded`, `component_rejected`, `lane_paused`,
-   * `circuit_changed`, and `lagged` when the stream fell behind. Runs until the server ends
+   * `circuit_changed`, `spend_cap`, and `lagged` when the stream fell behind. Runs until the server ends
    * the stream or the consumer stops (`break`, or `signal`). It connects at the first
    * `next()`: see `subscribe()` to connect before. Connecting is retried like any request; a stream that breaks afterwards throws `ConnectionError` (events are not
    * replayed: re-read what you track).

@@ -56,6 +56,7 @@ __all__ = [
     "Component",
     "Window",
     "Budget",
+    "Spend",
     "Provider",
     "Pool",
     "Providers",
@@ -70,6 +71,7 @@ __all__ = [
     "ComponentRejectedEvent",
     "LanePausedEvent",
     "CircuitChangedEvent",
+    "SpendCapEvent",
     "LaggedEvent",
     "UnknownEvent",
     "parse_event",
@@ -501,6 +503,16 @@ class Budget(_Wire):
     tpm: Optional[int] = None
 
 
+class Spend(_Wire):
+    """A daily spend cap (``daily_usd``) and the day's (UTC) use of it, fleet-wide."""
+
+    daily_usd: float
+    day: str
+    spent_usd: float = 0.0
+    reserved_usd: float = 0.0
+    capped: bool = False
+
+
 class Provider(_Wire):
     name: str
     limits: Limits
@@ -514,6 +526,7 @@ class Provider(_Wire):
     paused_until: Optional[int] = None
     reason: Optional[str] = None
     budget: Optional[Budget] = None
+    spend: Optional[Spend] = None
     workers: Optional[int] = None
 
 
@@ -565,6 +578,10 @@ class Tenant(_Wire):
     failed: int = 0
     cancelled: int = 0
     weight: float = 1.0
+    state: str = "serving"
+    """``serving``, or ``capped`` (its ``daily_usd`` is spent or reserved; see ``reason``)."""
+    reason: Optional[str] = None
+    spend: Optional[Spend] = None
 
 
 class Tenants(_Wire):
@@ -658,6 +675,17 @@ class CircuitChangedEvent(_Wire):
     reason: str
 
 
+class SpendCapEvent(_Wire):
+    """80% of a daily spend cap was spent (``level`` ``warning``), or all of it (``reached``)."""
+
+    type: Literal["spend_cap"] = "spend_cap"
+    scope: str
+    name: str
+    level: str
+    spent_usd: float
+    cap_usd: float
+
+
 class LaggedEvent(_Wire):
     """The stream fell behind and lost ``missed`` events: re-read what you track."""
 
@@ -679,6 +707,7 @@ _KnownEvent = Union[
     ComponentRejectedEvent,
     LanePausedEvent,
     CircuitChangedEvent,
+    SpendCapEvent,
     LaggedEvent,
 ]
 Event = Union[_KnownEvent, UnknownEvent]
@@ -693,6 +722,7 @@ _EVENTS = {
         ComponentRejectedEvent,
         LanePausedEvent,
         CircuitChangedEvent,
+        SpendCapEvent,
         LaggedEvent,
     )
 }
