@@ -1080,7 +1080,8 @@ async fn tenant_status(config: &Config, json: bool) -> anyhow::Result<()> {
                 cancelled: c.cancelled,
                 daily_usd: cap,
                 spent_today_usd: cap.map(|_| spent),
-                state: if cap.is_some_and(|cap| spent + reserved >= cap) {
+                state: if cap.is_some_and(|cap| crate::store::spend::reaches(spent + reserved, cap))
+                {
                     "capped"
                 } else {
                     "serving"

@@ -585,6 +585,13 @@ pub struct ResponseCacheConfig {
     pub max_entries: u64,
 }
 
+impl ResponseCacheConfig {
+    /// `ttl_secs` in ms, the unit of the queue's times.
+    pub fn ttl_ms(&self) -> i64 {
+        i64::try_from(self.ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
+    }
+}
+
 /// A config value: TOML strings, numbers and booleans all reach the component as text.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]

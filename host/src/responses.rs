@@ -38,7 +38,7 @@ pub fn plan(config: &Config, new: &NewExecution, asked: Option<bool>) -> Option<
     .ok()?;
     Some(CacheRequest {
         key: hex::encode(sha2::Sha256::digest(normalized.as_bytes())),
-        ttl_ms: i64::try_from(settings.ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+        ttl_ms: settings.ttl_ms(),
     })
 }
 

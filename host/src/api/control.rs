@@ -231,34 +231,28 @@ pub(super) async fn tenant_rows(state: &AppState) -> Result<Vec<TenantOut>, Prob
     Ok(counts
         .into_iter()
         .map(|(tenant, c)| {
-            let spend = config
-                .tenants
-                .get(&tenant)
+            let config_of = config.tenants.get(&tenant);
+            let spend = config_of
                 .and_then(|t| t.daily_usd)
                 .map(|cap| today.out(crate::store::SpendScope::Tenant, &tenant, cap));
             let reason = spend.as_ref().and_then(cap_reason);
-            (tenant, c, spend, reason)
-        })
-        .map(|(tenant, c, spend, reason)| TenantOut {
-            weight: config
-                .tenants
-                .get(&tenant)
-                .and_then(|t| t.weight)
-                .unwrap_or(1.0),
-            state: if reason.is_some() {
-                "capped"
-            } else {
-                "serving"
+            TenantOut {
+                weight: config_of.and_then(|t| t.weight).unwrap_or(1.0),
+                state: if reason.is_some() {
+                    "capped"
+                } else {
+                    "serving"
+                }
+                .to_string(),
+                reason,
+                spend,
+                tenant: (!tenant.is_empty()).then_some(tenant),
+                pending: c.pending,
+                running: c.running,
+                completed: c.completed,
+                failed: c.failed,
+                cancelled: c.cancelled,
             }
-            .to_string(),
-            reason,
-            spend,
-            tenant: (!tenant.is_empty()).then_some(tenant),
-            pending: c.pending,
-            running: c.running,
-            completed: c.completed,
-            failed: c.failed,
-            cancelled: c.cancelled,
         })
         .collect())
 }

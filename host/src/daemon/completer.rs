@@ -375,6 +375,32 @@ fn takes_refills(lane: &Lane) -> bool {
             .is_some_and(|p| p.policy.budget.is_none() && p.policy.spend.is_none())
 }
 
+/// How many times the completer tries a settle after a batch's write.
+const TRIES: u32 = 5;
+
+/// Runs `op` up to [`TRIES`] times, 50 ms apart and doubling, telling `failed` of each
+/// failure; `None` when every try failed.
+async fn retried<T, Fut>(
+    mut op: impl FnMut() -> Fut,
+    failed: impl Fn(u32, &StoreError),
+) -> Option<T>
+where
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut delay = Duration::from_millis(50);
+    for attempt in 1..=TRIES {
+        match op().await {
+            Ok(value) => return Some(value),
+            Err(e) => failed(attempt, &e),
+        }
+        if attempt < TRIES {
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+    }
+    None
+}
+
 impl Worker {
     async fn run(self, mut rx: mpsc::Receiver<Completion>, close: CancellationToken) {
         let mut batch: Vec<Completion> = Vec::with_capacity(self.max_batch);
@@ -651,7 +677,6 @@ impl Worker {
     /// and acts on the notices it brings. Tried a few times: a reservation never settled
     /// stays until the upkeep lets it go, and what the attempt cost is not counted.
     async fn settle_spend(&self, batch: &[Completion]) {
-        let day = crate::clock::day();
         let mut caps: BTreeMap<&str, crate::store::Spend> = BTreeMap::new();
         let mut capped = Vec::new();
         for c in batch {
@@ -664,46 +689,35 @@ impl Worker {
             if !spend.applies(c.tenant.as_deref().unwrap_or("")) {
                 continue;
             }
-            caps.entry(c.lane.name())
-                .or_insert_with(|| crate::store::Spend {
-                    day,
-                    ..spend.clone()
-                });
+            caps.entry(c.lane.name()).or_insert_with(|| spend.today());
             capped.push(c);
         }
         if capped.is_empty() {
             return;
         }
+        // Every capped completion's provider has its entry, from the loop above.
         let ends: Vec<crate::store::SpendEnd<'_>> = capped
             .iter()
-            .filter_map(|c| {
-                Some(crate::store::SpendEnd {
-                    id: c.id,
-                    provider: c.lane.name(),
-                    tenant: c.tenant.as_deref().unwrap_or(""),
-                    usd: c.spent.as_ref().and_then(|s| s.cost_usd).unwrap_or(0.0),
-                    caps: caps.get(c.lane.name())?,
-                })
+            .map(|c| crate::store::SpendEnd {
+                id: c.id,
+                provider: c.lane.name(),
+                tenant: c.tenant.as_deref().unwrap_or(""),
+                usd: c.spent.as_ref().and_then(|s| s.cost_usd).unwrap_or(0.0),
+                caps: &caps[c.lane.name()],
             })
             .collect();
-        let mut delay = Duration::from_millis(50);
-        for attempt in 1..=5 {
-            match self.sink.settle_spend(&ends).await {
-                Ok(notices) => {
-                    for notice in notices {
-                        (self.on_spend)(notice);
-                    }
-                    return;
-                }
-                Err(e) => {
-                    warn!(
-                        "spend caps: settling {} attempt(s) failed (try {attempt} of 5): {e}",
-                        ends.len()
-                    );
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-            }
+        let settled = retried(
+            || self.sink.settle_spend(&ends),
+            |attempt, e| {
+                warn!(
+                    "spend caps: settling {} attempt(s) failed (try {attempt} of {TRIES}): {e}",
+                    ends.len()
+                )
+            },
+        )
+        .await;
+        for notice in settled.into_iter().flatten() {
+            (self.on_spend)(notice);
         }
     }
 
@@ -730,43 +744,35 @@ impl Worker {
                     provider: c.lane.name(),
                     key,
                     output,
-                    ttl_ms: settings.map_or(0, |s| {
-                        i64::try_from(s.ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
-                    }),
+                    ttl_ms: settings.map_or(0, |s| s.ttl_ms()),
                 })
             })
             .collect();
         if ends.is_empty() {
             return;
         }
-        let mut delay = Duration::from_millis(50);
-        for attempt in 1..=5 {
-            match self.sink.settle_cache(&ends).await {
-                Ok(settled) => {
-                    let mut events = self.events.batch();
-                    for (id, provider) in settled.completed {
-                        events.push_with(|| Event::Finished {
-                            id,
-                            provider: Arc::from(provider.as_str()),
-                            attempt: 0,
-                            outcome: Outcome::Completed,
-                            duration_ms: 0,
-                            write_ms: 0,
-                            spent: None,
-                        });
-                    }
-                    return;
-                }
-                Err(e) => {
-                    error!(
-                        "the response cache: storing {} answer(s) and settling their waiters \
-                         failed (try {attempt} of 5): {e}",
-                        ends.len()
-                    );
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                }
-            }
+        let settled = retried(
+            || self.sink.settle_cache(&ends),
+            |attempt, e| {
+                error!(
+                    "the response cache: storing {} answer(s) and settling their waiters \
+                     failed (try {attempt} of {TRIES}): {e}",
+                    ends.len()
+                )
+            },
+        )
+        .await;
+        let mut events = self.events.batch();
+        for (id, provider) in settled.map(|s| s.completed).into_iter().flatten() {
+            events.push_with(|| Event::Finished {
+                id,
+                provider: Arc::from(provider.as_str()),
+                attempt: 0,
+                outcome: Outcome::Completed,
+                duration_ms: 0,
+                write_ms: 0,
+                spent: None,
+            });
         }
     }
 

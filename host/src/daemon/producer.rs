@@ -206,10 +206,7 @@ impl Producer {
             .policy
             .spend
             .as_ref()
-            .map(|caps| crate::store::Spend {
-                day: crate::clock::day(),
-                ..caps.clone()
-            });
+            .map(crate::store::Spend::today);
         let claimed = shared
             .queue
             .claim(

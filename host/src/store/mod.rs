@@ -675,6 +675,15 @@ pub struct CacheEnd<'a> {
     pub ttl_ms: i64,
 }
 
+/// The providers whose caches `ends` store an answer in, each with its `ttl_ms`: what a
+/// settle then trims of expired answers, once each.
+pub(crate) fn stored_caches<'a>(ends: &[CacheEnd<'a>]) -> BTreeMap<&'a str, i64> {
+    ends.iter()
+        .filter(|e| e.output.is_some())
+        .map(|e| (e.provider, e.ttl_ms))
+        .collect()
+}
+
 /// What [`Queue::settle_cache`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CacheSettled {
@@ -874,6 +883,11 @@ pub fn estimate_tokens(input: &serde_json::Value) -> i64 {
         .get("max_tokens")
         .and_then(serde_json::Value::as_i64)
         .unwrap_or(0);
+    max_tokens.max(0) + prompt_tokens(input)
+}
+
+/// The prompt tokens an attempt of `input` is expected to use: the length of its text ÷ 4.
+pub fn prompt_tokens(input: &serde_json::Value) -> i64 {
     let mut chars = 0usize;
     let mut add = |v: Option<&serde_json::Value>| {
         chars += v.and_then(serde_json::Value::as_str).map_or(0, str::len);
@@ -885,7 +899,7 @@ pub fn estimate_tokens(input: &serde_json::Value) -> i64 {
             add_content(&mut chars, m.get("content"));
         }
     }
-    max_tokens.max(0) + i64::try_from(chars / 4).unwrap_or(i64::MAX)
+    i64::try_from(chars / 4).unwrap_or(i64::MAX)
 }
 
 /// The text of a message's content: a string, or its parts' `text` (tool calls' `arguments`,

@@ -438,16 +438,19 @@ async fn insert(
     .op("submitting an execution")
 }
 
-/// Takes the cache-key locks of a batch's rows that use the response cache, each once, in
-/// key order: two batches holding the same keys in another order would deadlock if each
-/// row took its own as it was inserted.
+/// The response cache key of a submission that uses the cache.
+fn cache_key(new: &NewExecution) -> Option<&str> {
+    new.cache.as_ref().map(|c| c.key.as_str())
+}
+
+/// Takes the locks of response cache keys (a batch's submissions', or the ends a settle
+/// stores), each once, in key order: two batches holding the same keys in another order
+/// would deadlock if each row took its own as it came.
 async fn lock_cache_keys<'a>(
     tx: &mut sqlx::PgConnection,
-    new: impl Iterator<Item = &'a NewExecution>,
+    keys: impl Iterator<Item = &'a str>,
 ) -> Result<(), StoreError> {
-    let mut keys: Vec<&str> = new
-        .filter_map(|n| n.cache.as_ref().map(|c| c.key.as_str()))
-        .collect();
+    let mut keys: Vec<&str> = keys.collect();
     if keys.is_empty() {
         return Ok(());
     }
@@ -558,7 +561,7 @@ impl Queue for PgQueue {
         const OP: &str = "submitting executions";
         let mut tx = self.pool.begin().await.op(OP)?;
         let mut ids = Vec::with_capacity(new.len());
-        lock_cache_keys(&mut tx, new.iter()).await?;
+        lock_cache_keys(&mut tx, new.iter().filter_map(cache_key)).await?;
         // One statement per chunk, over arrays.
         for chunk in new.chunks(SUBMIT_CHUNK) {
             if chunk.iter().any(|n| n.cache.is_some()) {
@@ -1007,14 +1010,10 @@ impl Queue for PgQueue {
             return Ok(settled);
         }
         let mut tx = self.pool.begin().await.op(OP)?;
+        // The keys' locks, as submissions take them: a waiter being inserted now is either
+        // seen here or sees its leader's end.
+        lock_cache_keys(&mut tx, ends.iter().map(|e| e.key)).await?;
         for end in ends {
-            // The key's lock, as a submission takes it: a waiter being inserted now is
-            // either seen here or sees this end.
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('lanes-cache:' || $1, 0))")
-                .bind(end.key)
-                .execute(&mut *tx)
-                .await
-                .op(OP)?;
             let Some(output) = end.output else {
                 let providers: Vec<String> = sqlx::query_scalar(&format!(
                     "UPDATE executions SET waits_for = NULL, not_before = {NOW_MS}
@@ -1060,12 +1059,15 @@ impl Queue for PgQueue {
             .await
             .op(OP)?;
             settled.completed.extend(completed);
+        }
+        // Each cache that took an answer drops its expired ones, once per batch.
+        for (provider, ttl_ms) in super::stored_caches(ends) {
             sqlx::query(&format!(
                 "DELETE FROM response_cache
                   WHERE provider = $1 AND created_at <= {NOW_MS} - $2"
             ))
-            .bind(end.provider)
-            .bind(end.ttl_ms)
+            .bind(provider)
+            .bind(ttl_ms)
             .execute(&mut *tx)
             .await
             .op(OP)?;
@@ -1285,7 +1287,7 @@ impl Queue for PgQueue {
     ) -> Result<Vec<Submitted>, StoreError> {
         const OP: &str = "submitting executions";
         let mut tx = self.pool.begin().await.op(OP)?;
-        lock_cache_keys(&mut tx, batch.iter().map(|(n, _)| n)).await?;
+        lock_cache_keys(&mut tx, batch.iter().filter_map(|(n, _)| cache_key(n))).await?;
         let mut out = Vec::with_capacity(batch.len());
         for (new, key) in batch {
             // A key another transaction is inserting makes this wait for it to end; then
@@ -1552,7 +1554,7 @@ impl Queue for PgQueue {
             .fetch_one(&mut *tx)
             .await
             .op(OP)?;
-            for (level, notice) in sum.caps.notices(day, vec![total]) {
+            if let Some((level, notice)) = sum.caps.notice_for(day, total) {
                 let told = sqlx::query(
                     "UPDATE spend SET noticed = $4, noticed_cap = $5
                       WHERE day = $1 AND scope = $2 AND name = $3

@@ -100,6 +100,14 @@ pub struct SpendNotice {
 }
 
 impl Spend {
+    /// These caps for today, on the caps' clock (a `Policy` holds them with a `day` of 0).
+    pub fn today(&self) -> Spend {
+        Spend {
+            day: crate::clock::day(),
+            ..self.clone()
+        }
+    }
+
     /// Whether an attempt for `tenant` counts against a cap: the provider's or the
     /// tenant's. Only those reserve and settle.
     pub fn applies(&self, tenant: &str) -> bool {
@@ -174,14 +182,12 @@ impl Spend {
         let Some(price) = &self.price else {
             return 0.0;
         };
-        let total = super::estimate_tokens(input);
         let max_tokens = input
             .get("max_tokens")
             .and_then(serde_json::Value::as_i64)
             .filter(|m| *m > 0);
-        let prompt = total - max_tokens.unwrap_or(0);
         let usage = crate::model::Usage {
-            input_tokens: u32::try_from(prompt.max(0)).unwrap_or(u32::MAX),
+            input_tokens: u32::try_from(super::prompt_tokens(input)).unwrap_or(u32::MAX),
             output_tokens: u32::try_from(max_tokens.unwrap_or(DEFAULT_OUTPUT_ESTIMATE))
                 .unwrap_or(u32::MAX),
             ..Default::default()
@@ -189,30 +195,25 @@ impl Spend {
         price.usd(&usage, false)
     }
 
-    /// The notices a settle of a reservation of `day` brings, from the totals it left
-    /// (`(scope, name, spent, noticed, noticed_cap)`), with the level each marks: none for a
+    /// The notice a settle of a reservation of `day` brings, from the total it left
+    /// (`(scope, name, spent, noticed, noticed_cap)`), with the level it marks: none for a
     /// day gone by. A level told of another cap (changed by a reload since) counts as none.
-    pub(crate) fn notices<N: Into<i64>>(
+    pub(crate) fn notice_for<N: Into<i64>>(
         &self,
         day: i64,
-        totals: Vec<(String, String, f64, N, f64)>,
-    ) -> Vec<(i64, SpendNotice)> {
+        (scope, name, spent, noticed, noticed_cap): (String, String, f64, N, f64),
+    ) -> Option<(i64, SpendNotice)> {
         if day != self.day {
-            return Vec::new();
+            return None;
         }
-        totals
-            .into_iter()
-            .filter_map(|(scope, name, spent, noticed, noticed_cap)| {
-                let scope = SpendScope::parse(&scope)?;
-                let cap = self.cap(scope, &name)?;
-                let noticed = if (noticed_cap - cap).abs() > EPSILON_USD {
-                    0
-                } else {
-                    noticed.into()
-                };
-                self.notice(scope, &name, spent, noticed)
-            })
-            .collect()
+        let scope = SpendScope::parse(&scope)?;
+        let cap = self.cap(scope, &name)?;
+        let noticed = if (noticed_cap - cap).abs() > EPSILON_USD {
+            0
+        } else {
+            noticed.into()
+        };
+        self.notice(scope, &name, spent, noticed)
     }
 
     /// The changes of reserved USD that `rows` (`(day, provider, tenant, usd)`, a negative
@@ -483,10 +484,10 @@ mod tests {
         assert_eq!((level, n.reached, n.cap_usd), (2, true, 0.5));
         assert!(s.notice(SpendScope::Tenant, "b", 99.0, 0).is_none());
         // Told of another cap: told again.
-        let totals = vec![("provider".to_string(), "p".to_string(), 0.85, 2, 5.0)];
-        assert_eq!(s.notices(1, totals.clone()).len(), 1);
+        let total = ("provider".to_string(), "p".to_string(), 0.85, 2, 5.0);
+        assert!(s.notice_for(1, total.clone()).is_some());
         assert!(
-            s.notices(2, totals).is_empty(),
+            s.notice_for(2, total).is_none(),
             "a day gone by tells nothing"
         );
     }

@@ -1287,12 +1287,15 @@ impl Queue for SqliteQueue {
             .await
             .op(OP)?;
             settled.completed.extend(completed);
+        }
+        // Each cache that took an answer drops its expired ones, once per batch.
+        for (provider, ttl_ms) in super::stored_caches(ends) {
             sqlx::query(
                 "DELETE FROM response_cache
                   WHERE provider = ?1 AND created_at <= ?2",
             )
-            .bind(end.provider)
-            .bind(now.saturating_sub(end.ttl_ms))
+            .bind(provider)
+            .bind(now.saturating_sub(ttl_ms))
             .execute(&mut *tx)
             .await
             .op(OP)?;
@@ -1757,7 +1760,7 @@ impl Queue for SqliteQueue {
             .fetch_one(&mut *tx)
             .await
             .op(OP)?;
-            for (level, notice) in sum.caps.notices(day, vec![total]) {
+            if let Some((level, notice)) = sum.caps.notice_for(day, total) {
                 let told = sqlx::query(
                     "UPDATE spend SET noticed = ?4, noticed_cap = ?5
                       WHERE day = ?1 AND scope = ?2 AND name = ?3

@@ -639,6 +639,7 @@ class FinishedEvent(_Wire):
     error_kind: Optional[str] = None
     input_tokens: Optional[int] = None
     output_tokens: Optional[int] = None
+    cost_usd: Optional[float] = None
 
 
 class LimitChangedEvent(_Wire):
