@@ -32,6 +32,26 @@ fn claim(owner: &str, max: u32, limit: u32) -> Claim<'_> {
     }
 }
 
+/// A seeded pseudo-random source for the randomized cases: `rand(n)` is in `0..n`.
+fn lcg(mut seed: u64) -> impl FnMut(u64) -> u64 {
+    move |n| {
+        seed = seed
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (seed >> 33) % n
+    }
+}
+
+/// An end that retries after `delay_ms`, of kind `unavailable`.
+fn retry_in(delay_ms: i64) -> Finish {
+    Finish::Retry {
+        error: "unavailable".into(),
+        kind: ErrorKind::Unavailable,
+        delay_ms,
+        to: None,
+    }
+}
+
 /// Runs `check` against a fresh SQLite queue and a fresh PostgreSQL schema.
 macro_rules! contract {
     ($name:ident, $check:ident) => {
@@ -1372,21 +1392,15 @@ async fn fair_claims_match_their_rust_twin(q: Arc<dyn Queue>) {
     use lanes::limits::{PendingRow, fair_pick};
     use lanes::store::Tenants;
     use std::collections::BTreeMap;
-    let mut seed: u64 = 0x5eed_1234_abcd_0001;
-    let mut rand = move |n: u64| {
-        seed = seed
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (seed >> 33) % n
-    };
-    let names = ["", "a", "b", "c", "d"];
+    let mut rand = lcg(0x5eed_1234_abcd_0001);
+    let names = ["", "a", "b", "c", "d", "e", "f", "g"];
     for round in 0..40 {
         let provider = format!("fair{}", round / 8);
         let limit = 60;
         // New rows: a random tenant and priority each.
         let batch: Vec<NewExecution> = (0..20 + rand(30))
             .map(|_| {
-                let t = names[usize::try_from(rand(5)).unwrap()];
+                let t = names[usize::try_from(rand(8)).unwrap()];
                 NewExecution {
                     tenant: (!t.is_empty()).then(|| t.to_string()),
                     ..new(&provider, i32::try_from(rand(3)).unwrap())
@@ -1403,12 +1417,7 @@ async fn fair_claims_match_their_rust_twin(q: Arc<dyn Queue>) {
             .filter(|e| e.status == Status::Running)
             .collect();
         let done = Finish::Completed(Output::of(&serde_json::json!({"text": "x"})).unwrap());
-        let later = Finish::Retry {
-            error: "later".into(),
-            kind: ErrorKind::Unavailable,
-            delay_ms: 600_000,
-            to: None,
-        };
+        let later = retry_in(600_000);
         let mut ends = Vec::new();
         for e in &running {
             if rand(3) == 0 {
@@ -1446,7 +1455,8 @@ async fn fair_claims_match_their_rust_twin(q: Arc<dyn Queue>) {
             limit: tenant_limit,
             weights: weighted.then(|| Arc::from(r#"{"a": 3.0, "b": 0.5}"#)),
         };
-        let max = u32::try_from(1 + rand(40)).unwrap();
+        // Small claims as often as large: a claim of `max` reads only its first `max` tenants.
+        let max = u32::try_from(1 + rand(if round % 2 == 0 { 40 } else { 5 })).unwrap();
         let total: u32 = running.values().sum();
         let take = usize::try_from(max.min(limit - total.min(limit))).unwrap();
         let mut want = fair_pick(&pending, &running, &weights, tenant_limit, take);
@@ -1471,6 +1481,104 @@ async fn fair_claims_match_their_rust_twin(q: Arc<dyn Queue>) {
     }
 }
 contract!(fair_claim_twins, fair_claims_match_their_rust_twin);
+
+/// SQLite's `tenant_heads` (kept by triggers, read by the fair claim instead of walking the
+/// tenants) equals a recount from `executions` after every kind of write: submissions,
+/// claims, ends, retries not yet due, cancels, aging, route moves and recovery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_tenant_heads_match_a_recount() {
+    type Head = (
+        String,
+        String,
+        i64,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+        Option<i64>,
+    );
+    let env = TestEnv::new();
+    let q = env.any_queue().await;
+    let db = sqlx::SqlitePool::connect(&env.config.database_url)
+        .await
+        .unwrap();
+    let mut rand = lcg(0x7e4a_17c0_0de5_0002);
+    let names = ["", "a", "b", "c", "d", "e"];
+    let done = Finish::Completed(Output::of(&serde_json::json!({"text": "x"})).unwrap());
+    let (later, now) = (retry_in(600_000), retry_in(0));
+    for round in 0..30_u64 {
+        let provider = if rand(4) == 0 { "heads-b" } else { "heads-a" };
+        let batch: Vec<NewExecution> = (0..1 + rand(12))
+            .map(|_| {
+                let t = names[usize::try_from(rand(6)).unwrap()];
+                NewExecution {
+                    tenant: (!t.is_empty()).then(|| t.to_string()),
+                    route: (rand(3) == 0).then(|| "r".to_string()),
+                    ..new(provider, i32::try_from(rand(3)).unwrap())
+                }
+            })
+            .collect();
+        q.submit_many(&batch).await.unwrap();
+        let claimed = q
+            .claim(
+                provider,
+                claim("w", u32::try_from(1 + rand(8)).unwrap(), 20),
+            )
+            .await
+            .unwrap();
+        let mut ends = Vec::new();
+        for e in &claimed {
+            match rand(4) {
+                0 => ends.push((e.id, &done)),
+                1 => ends.push((e.id, &later)),
+                2 => ends.push((e.id, &now)),
+                _ => {}
+            }
+        }
+        q.finish_many("w", &ends).await.unwrap();
+        let pending: Vec<_> = q
+            .list(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.status == Status::Pending)
+            .collect();
+        if let Some(e) = pending.get(usize::try_from(rand(8)).unwrap()) {
+            q.cancel(e.id).await.unwrap();
+        }
+        if round % 5 == 4 {
+            q.age("heads-a", 1, 3).await.unwrap();
+            q.move_routed("heads-a", "r", &[("heads-b".to_string(), 2)])
+                .await
+                .unwrap();
+        }
+        if round % 10 == 9 {
+            q.recover_interrupted().await.unwrap();
+        }
+        let kept: Vec<Head> = sqlx::query_as(
+            "SELECT provider, tenant, running, resume, priority, head, nb FROM tenant_heads
+              WHERE running > 0 OR head IS NOT NULL ORDER BY provider, tenant",
+        )
+        .fetch_all(&db)
+        .await
+        .unwrap();
+        let counted: Vec<Head> = sqlx::query_as(
+            "SELECT g.provider, g.tenant, g.running, h.resume, h.priority, h.id, h.not_before
+               FROM (SELECT provider, tenant, SUM(status = 'running') AS running
+                       FROM executions
+                      WHERE tenant <> '' AND status IN ('pending', 'running')
+                      GROUP BY provider, tenant) g
+               LEFT JOIN executions h ON h.id = (
+                 SELECT id FROM executions
+                  WHERE provider = g.provider AND tenant = g.tenant AND status = 'pending'
+                  ORDER BY resume DESC, priority DESC, id LIMIT 1)
+              ORDER BY g.provider, g.tenant",
+        )
+        .fetch_all(&db)
+        .await
+        .unwrap();
+        assert_eq!(kept, counted, "round {round}");
+    }
+}
 
 /// The response cache in either dialect: a waiter is never claimed and is completed from its
 /// leader's answer; a later submission is a hit; a failed or cancelled leader's waiters
