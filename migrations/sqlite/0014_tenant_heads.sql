@@ -63,22 +63,38 @@ BEGIN
      WHERE provider = NEW.provider AND tenant = NEW.tenant;
 END;
 
--- A row that starts or stops running, in the same tenant and provider (a claim, an end, a
--- retry, a recovery, a cancel).
+-- A claimed row (pending to running): one more running, and the tenant's next head (one
+-- index seek into `executions_tenant_pending`). One trigger for both, since a claim is the
+-- hot path: each trigger that runs is a sub-program with cursors of its own.
+CREATE TRIGGER tenant_heads_claimed AFTER UPDATE OF status ON executions
+WHEN OLD.tenant <> '' AND OLD.provider = NEW.provider AND OLD.tenant = NEW.tenant
+ AND OLD.status = 'pending' AND NEW.status = 'running'
+BEGIN
+    UPDATE tenant_heads SET running = running + 1, (resume, priority, head, nb) = (
+        SELECT resume, priority, id, not_before FROM executions
+         WHERE provider = NEW.provider AND status = 'pending' AND tenant = NEW.tenant
+         ORDER BY resume DESC, priority DESC, id LIMIT 1)
+     WHERE provider = NEW.provider AND tenant = NEW.tenant;
+END;
+
+-- Any other change of running: an end, a retry, a recovery, a cancel.
 CREATE TRIGGER tenant_heads_running AFTER UPDATE OF status ON executions
 WHEN OLD.tenant <> '' AND OLD.provider = NEW.provider AND OLD.tenant = NEW.tenant
  AND (OLD.status = 'running') <> (NEW.status = 'running')
+ AND NOT (OLD.status = 'pending' AND NEW.status = 'running')
 BEGIN
     UPDATE tenant_heads SET running = running + (NEW.status = 'running') - (OLD.status = 'running')
      WHERE provider = NEW.provider AND tenant = NEW.tenant;
 END;
 
--- A pending row that leaves, comes back, or changes its class or due time: the tenant's head
--- again, from `executions_tenant_pending` (one index seek).
+-- Any other change of a pending row: it leaves (cancelled) or comes back (a retry, a
+-- recovery), or its class or due time changes (aging, the cache's waiters): the tenant's
+-- head again.
 CREATE TRIGGER tenant_heads_pending
 AFTER UPDATE OF status, priority, resume, not_before ON executions
 WHEN OLD.tenant <> '' AND OLD.provider = NEW.provider AND OLD.tenant = NEW.tenant
  AND (OLD.status = 'pending' OR NEW.status = 'pending')
+ AND NOT (OLD.status = 'pending' AND NEW.status = 'running')
 BEGIN
     UPDATE tenant_heads SET (resume, priority, head, nb) = (
         SELECT resume, priority, id, not_before FROM executions
