@@ -779,10 +779,12 @@ impl Queue for PgQueue {
 
     async fn next_due(&self, provider: &str) -> Result<Option<i64>, StoreError> {
         // Returned as a time on this host's clock: the caller sleeps until then.
+        // `not_before > created_at` picks the partial index `executions_delayed` (migration
+        // 0018); a row due later than now was always delayed past its creation.
         let wait_ms: Option<i64> = sqlx::query_scalar(&format!(
             "SELECT MIN(not_before) - {NOW_MS} FROM executions
-              WHERE provider = $1 AND status = 'pending' AND not_before > {NOW_MS}
-                AND waits_for IS NULL"
+              WHERE provider = $1 AND status = 'pending' AND not_before > created_at
+                AND not_before > {NOW_MS} AND waits_for IS NULL"
         ))
         .bind(provider)
         .fetch_one(&self.pool)
