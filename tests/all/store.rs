@@ -1509,7 +1509,8 @@ async fn sqlite_next_due_reads_only_the_delayed_rows() {
 
 /// SQLite's `tenant_heads` (kept by triggers, read by the fair claim instead of walking the
 /// tenants) equals a recount from `executions` after every kind of write: submissions,
-/// claims, ends, retries not yet due, cancels, aging, route moves and recovery.
+/// claims, ends, retries (not yet due, and moved to another provider), requeues, cancels of
+/// pending and running rows, aging, route moves and recovery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_tenant_heads_match_a_recount() {
     type Head = (
@@ -1530,6 +1531,12 @@ async fn sqlite_tenant_heads_match_a_recount() {
     let names = ["", "a", "b", "c", "d", "e"];
     let done = Finish::Completed(Output::of(&serde_json::json!({"text": "x"})).unwrap());
     let (later, now) = (retry_in(600_000), retry_in(0));
+    let moved = Finish::Retry {
+        error: "moved".into(),
+        kind: ErrorKind::Unavailable,
+        delay_ms: 0,
+        to: Some("heads-b".into()),
+    };
     for round in 0..30_u64 {
         let provider = if rand(4) == 0 { "heads-b" } else { "heads-a" };
         let batch: Vec<NewExecution> = (0..1 + rand(12))
@@ -1552,10 +1559,15 @@ async fn sqlite_tenant_heads_match_a_recount() {
             .unwrap();
         let mut ends = Vec::new();
         for e in &claimed {
-            match rand(4) {
+            match rand(7) {
                 0 => ends.push((e.id, &done)),
                 1 => ends.push((e.id, &later)),
                 2 => ends.push((e.id, &now)),
+                3 => ends.push((e.id, &moved)),
+                4 => ends.push((e.id, &Finish::Requeue)),
+                5 => {
+                    q.cancel(e.id).await.unwrap();
+                }
                 _ => {}
             }
         }
