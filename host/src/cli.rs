@@ -1049,6 +1049,25 @@ pub struct TenantStatus {
     pub state: &'static str,
 }
 
+/// Today's spent and reserved USD by name in `scope`, read only when a cap is set there
+/// (`capped`): nothing is recorded otherwise.
+async fn spent_today(
+    queue: &dyn Queue,
+    scope: crate::store::SpendScope,
+    capped: bool,
+) -> anyhow::Result<BTreeMap<String, (f64, f64)>> {
+    if !capped {
+        return Ok(BTreeMap::new());
+    }
+    Ok(queue
+        .spend(crate::clock::day())
+        .await?
+        .into_iter()
+        .filter(|r| r.scope == scope)
+        .map(|r| (r.name, (r.spent_usd, r.reserved_usd)))
+        .collect())
+}
+
 async fn tenant_status(config: &Config, json: bool) -> anyhow::Result<()> {
     let queue = open_queue(config).await?;
     let mut counts = queue.tenant_counts().await?;
@@ -1056,17 +1075,7 @@ async fn tenant_status(config: &Config, json: bool) -> anyhow::Result<()> {
         counts.entry(name.clone()).or_default();
     }
     let capped = config.tenants.values().any(|t| t.daily_usd.is_some());
-    let today: BTreeMap<String, (f64, f64)> = if capped {
-        queue
-            .spend(crate::clock::day())
-            .await?
-            .into_iter()
-            .filter(|r| r.scope == crate::store::SpendScope::Tenant)
-            .map(|r| (r.name, (r.spent_usd, r.reserved_usd)))
-            .collect()
-    } else {
-        BTreeMap::new()
-    };
+    let today = spent_today(queue.as_ref(), crate::store::SpendScope::Tenant, capped).await?;
     let rows: Vec<TenantStatus> = counts
         .into_iter()
         .map(|(tenant, c)| {
@@ -1382,18 +1391,8 @@ async fn status_rows(config: &Config, queue: &dyn Queue) -> anyhow::Result<Vec<P
     let (now, states) = queue.provider_states().await?;
     let used = queue.budget_usage().await?;
     let workers = queue.workers().await?;
-    let spent: BTreeMap<String, (f64, f64)> =
-        if config.providers.values().any(|p| p.daily_usd.is_some()) {
-            queue
-                .spend(crate::clock::day())
-                .await?
-                .into_iter()
-                .filter(|r| r.scope == crate::store::SpendScope::Provider)
-                .map(|r| (r.name, (r.spent_usd, r.reserved_usd)))
-                .collect()
-        } else {
-            BTreeMap::new()
-        };
+    let capped = config.providers.values().any(|p| p.daily_usd.is_some());
+    let spent = spent_today(queue, crate::store::SpendScope::Provider, capped).await?;
     let rows: Vec<ProviderStatus> = limit_views(config, queue)
         .await?
         .into_iter()
