@@ -821,8 +821,9 @@ async fn sqlite_a_failed_refill_undoes_its_write_and_leaves_no_transaction_open(
         q.get(ids[0]).await.unwrap().unwrap().status,
         Status::Running
     );
-    // Every connection of the pool (4) at once: none is inside a transaction.
-    let mut conns = Vec::new();
+    // The write connection and every connection of the pool (4) at once: none is inside
+    // a transaction.
+    let mut conns = vec![q.writer().acquire().await.unwrap()];
     for _ in 0..4 {
         conns.push(q.pool().acquire().await.unwrap());
     }

@@ -602,6 +602,16 @@ async fn add_reserved(
 #[derive(Clone)]
 pub struct SqliteQueue {
     pool: SqlitePool,
+    /// One connection for the claims and the batch writes, the hot path.
+    ///
+    /// SQLite empties a connection's page cache whenever another connection has written
+    /// since its last transaction, and sqlx hands out idle connections first in, first out,
+    /// so on the shared pool every claim and every write began with a cold cache and read
+    /// its pages again from the file. On one connection of their own they keep it warm
+    /// between them. They lose no concurrency: SQLite lets one connection write at a time
+    /// anyway, and they now queue for the connection in order instead of in the busy
+    /// handler. (`cargo bench -- tenants` figures are in the commit that made it.)
+    writer: SqlitePool,
 }
 
 impl SqliteQueue {
@@ -620,24 +630,18 @@ impl SqliteQueue {
         // Several processes may open a new file at once (`lanes serve` and `lanes submit`):
         // switching to WAL and migrating must happen in one of them at a time.
         let init_lock = init_lock(options.get_filename()).await?;
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            // No ping before each use: it is a round trip to the connection's thread before
-            // every claim and every batch write (sqlx still pings on the way back to the pool).
-            .test_before_acquire(false)
-            .after_connect(|conn, _| {
-                Box::pin(async move {
-                    let mut handle = conn.lock_handle().await?;
-                    set_busy_handler(handle.as_raw_handle());
-                    Ok(())
-                })
-            })
-            .connect_with(options)
+        let pool = pool_options(4)
+            .connect_with(options.clone())
             .await
             .op("opening the database")?;
         MIGRATOR.run(&pool).await?;
+        // Opened after the migrations: the first connection of a new file switched it to WAL.
+        let writer = pool_options(1)
+            .connect_with(options)
+            .await
+            .op("opening the database's write connection")?;
         drop(init_lock);
-        Ok(SqliteQueue { pool })
+        Ok(SqliteQueue { pool, writer })
     }
 
     /// Opens the database file at `path`.
@@ -663,6 +667,27 @@ impl SqliteQueue {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+
+    /// The claims' and batch writes' one connection, for tests that inspect it.
+    pub fn writer(&self) -> &SqlitePool {
+        &self.writer
+    }
+}
+
+/// A pool of at most `max` connections, each with lanes' busy handler.
+fn pool_options(max: u32) -> SqlitePoolOptions {
+    SqlitePoolOptions::new()
+        .max_connections(max)
+        // No ping before each use: it is a round trip to the connection's thread before every
+        // claim and every batch write (sqlx still pings on the way back to the pool).
+        .test_before_acquire(false)
+        .after_connect(|conn, _| {
+            Box::pin(async move {
+                let mut handle = conn.lock_handle().await?;
+                set_busy_handler(handle.as_raw_handle());
+                Ok(())
+            })
+        })
 }
 
 /// How many rows a connection's thread may queue for the task reading a statement's rows
@@ -973,9 +998,9 @@ impl Queue for SqliteQueue {
         }
         let now = now_ms();
         if claim.budget.is_none() && claim.spend.is_none() {
-            let rows = claim_rows(&self.pool, provider, &claim, claim.max, now, None).await?;
+            let rows = claim_rows(&self.writer, provider, &claim, claim.max, now, None).await?;
             let (claimed, unreadable) = claimed(&rows)?;
-            fail_unreadable(&self.pool, claim.owner, &unreadable).await?;
+            fail_unreadable(&self.writer, claim.owner, &unreadable).await?;
             return Ok(claimed);
         }
         // A claim with a budget or spend caps: what the window and the day have used, the
@@ -983,7 +1008,7 @@ impl Queue for SqliteQueue {
         // reservations, in one transaction that holds SQLite's write lock from its first
         // statement.
         const OP: &str = "claiming executions within the budget and spend caps";
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await.op(OP)?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.op(OP)?;
         let mut used = (0, 0);
         if claim.budget.is_some() {
             sqlx::query("DELETE FROM budget_ledger WHERE provider = ?1 AND at <= ?2")
@@ -1107,7 +1132,7 @@ impl Queue for SqliteQueue {
             .bind(finish_rows(batch, form)?)
             .bind(owner)
             .bind(now_ms())
-            .fetch_all(&self.pool)
+            .fetch_all(&self.writer)
             .await
             .op(FINISH_OP)?;
         Ok(written_flags(batch, &ids.into_iter().collect()))
@@ -1157,7 +1182,7 @@ impl Queue for SqliteQueue {
         for _ in 0..pad {
             query = query.bind(None::<i64>);
         }
-        let mut conn = self.pool.acquire().await.op(OP)?;
+        let mut conn = self.writer.acquire().await.op(OP)?;
         let rows = match query.fetch_all(&mut *conn).await {
             Ok(rows) => rows,
             Err(e) => {
