@@ -1600,8 +1600,7 @@ async fn sqlite_tenant_heads_match_a_recount() {
         .await
         .unwrap();
         let counted: Vec<Head> = sqlx::query_as(
-            "SELECT g.provider, g.tenant, g.running, h.resume, h.priority, h.id,
-                    CASE WHEN h.not_before > h.created_at THEN h.not_before END
+            "SELECT g.provider, g.tenant, g.running, h.resume, h.priority, h.id, h.not_before
                FROM (SELECT provider, tenant, SUM(status = 'running') AS running
                        FROM executions
                       WHERE tenant <> '' AND status IN ('pending', 'running')

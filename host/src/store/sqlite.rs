@@ -121,13 +121,12 @@ fn claim_parts(
            named(t, head, n) AS (
              SELECT * FROM (
                SELECT tenant, head, running FROM tenant_heads INDEXED BY tenant_heads_order
-                WHERE provider = {provider} AND head IS NOT NULL AND (nb IS NULL OR nb <= {now})
-                  AND {open_named}
+                WHERE provider = {provider} AND head IS NOT NULL AND nb <= {now} AND {open_named}
                 ORDER BY resume DESC, priority DESC, running, head
                 LIMIT CASE WHEN {weights} IS NULL THEN {max} ELSE -1 END)
              UNION ALL
-             SELECT tenant, head, running FROM tenant_heads INDEXED BY tenant_heads_later
-              WHERE provider = {provider} AND nb > {now} AND {open_named}),
+             SELECT tenant, head, running FROM tenant_heads
+              WHERE provider = {provider} AND head IS NOT NULL AND nb > {now} AND {open_named}),
            blank(t, head, n) AS (
              SELECT '', (SELECT id FROM executions
                           WHERE provider = {provider} AND status = 'pending' AND tenant = ''
