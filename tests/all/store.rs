@@ -1113,6 +1113,29 @@ async fn budgets(q: Arc<dyn Queue>) {
 }
 contract!(budget_contract, budgets);
 
+/// SQLite: the readiness check asks the claims' own connection too, so a daemon whose claims
+/// cannot get it is not reported ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_ping_checks_the_write_connection() {
+    let env = TestEnv::new();
+    let q = env.queue().await;
+    q.ping().await.expect("ready");
+    let held = q.writer().acquire().await.unwrap();
+    let ping = tokio::spawn({
+        let q = q.clone();
+        async move { q.ping().await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !ping.is_finished(),
+        "the check waits for the write connection"
+    );
+    drop(held);
+    ping.await
+        .unwrap()
+        .expect("ready once the connection is free");
+}
+
 /// SQLite: a claim that meets another connection's write waits for it (lanes' busy
 /// handler), however long it holds the lock, and then claims as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

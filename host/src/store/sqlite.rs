@@ -1982,6 +1982,12 @@ impl Queue for SqliteQueue {
             .execute(&self.pool)
             .await
             .op("checking the database")?;
+        // The claims' and writes' own connection too: a daemon that cannot claim is not
+        // ready. (Under load this waits for the claim or write in progress, a few ms.)
+        sqlx::query("SELECT 1")
+            .execute(&self.writer)
+            .await
+            .op("checking the database's write connection")?;
         Ok(())
     }
 
