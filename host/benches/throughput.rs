@@ -99,6 +99,10 @@ use lanes::{Config, Daemon, Queue, SqliteQueue};
 #[allow(dead_code)]
 mod capacity;
 
+#[path = "../../tests/all/batch_api.rs"]
+#[allow(dead_code)]
+mod batch_api;
+
 fn plugins_dir() -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
@@ -171,6 +175,7 @@ fn jobs(provider: &str, n: usize) -> Vec<NewExecution> {
             priority: 0,
             max_attempts: 1,
             route: None,
+            defer: Default::default(),
         })
         .collect()
 }
@@ -732,6 +737,7 @@ async fn good_lane_rate(n: usize, spinners: bool) -> f64 {
                 priority: 0,
                 max_attempts: 1,
                 route: None,
+                defer: Default::default(),
             })
             .collect();
         daemon.submit_many(&spin).await.unwrap();
@@ -1276,6 +1282,7 @@ async fn policy_run(adaptive: bool, count_refused: bool, secs: u64) -> PolicyRun
             priority: 0,
             max_attempts: 3,
             route: None,
+            defer: Default::default(),
         })
         .collect();
     let started = Instant::now();
@@ -1392,6 +1399,7 @@ async fn capacity_lanes(n: usize) {
                 priority: 0,
                 max_attempts: 3,
                 route: None,
+                defer: Default::default(),
             })
         })
         .collect();
@@ -1501,6 +1509,9 @@ fn main() {
         }
         if run("deep") {
             deep_queue(if quick { 2_000 } else { 10_000 }, deep).await;
+        }
+        if run("batch") {
+            batch_lane(if quick { 10_000 } else { 100_000 }).await;
         }
         if run("tenants") {
             if quick {
@@ -1881,6 +1892,150 @@ mod slow_api {
 }
 
 /// Lines of `/proc/PID/maps`: the memory maps `pid` holds, which `vm.max_map_count` caps.
+/// The batch lane (issue 44): `n` deferrable executions through a real `lanes serve` and
+/// the openai component to the emulated batch APIs (`tests/all/batch_api.rs`, in this
+/// process), in batches of up to 50,000. It reports the time from the last submission to
+/// the last batch sent, the serve's peak RSS while the results stream in, and the rows
+/// written per second as they come back, beside the store's own write of as many results
+/// (`finish_batched` alone, in this process) as the reference.
+async fn batch_lane(n: usize) {
+    use lanes::store::batches::{BatchEnd, BatchStore, OpenCaps};
+    let api = batch_api::BatchApi::start().await;
+    // Long enough that every batch is sent before the first ends.
+    api.set_duration(Duration::from_secs(8));
+    let dir = tempfile::tempdir().unwrap();
+    let per_batch = n.div_ceil(2).min(50_000);
+    let provider = ProviderConfig {
+        component: Some("openai.wasm".into()),
+        base_url: Some(api.url()),
+        model: Some("m".into()),
+        batch: Some(lanes::config::BatchConfig {
+            min_items: u32::try_from(per_batch).unwrap_or(u32::MAX),
+            max_items: u32::try_from(per_batch).unwrap_or(u32::MAX),
+            max_wait_secs: 1,
+            poll_secs: 1,
+            ..lanes::config::BatchConfig::default()
+        }),
+        ..ProviderConfig::default()
+    };
+    let mut config = config(&dir, &[("batchy", provider)]);
+    config.shutdown_grace_secs = 0;
+    let (mut serve, queue) = spawn_serve(&dir, &config).await;
+    let mut work = jobs("batchy", n);
+    for new in &mut work {
+        new.defer = lanes::model::Defer {
+            deferrable: true,
+            deadline: None,
+            hold: true,
+        };
+    }
+    let began = Instant::now();
+    for chunk in work.chunks(10_000) {
+        queue.submit_many(chunk).await.unwrap();
+    }
+    let submitted = began.elapsed();
+    let last_submit = Instant::now();
+    let total = i64::try_from(n).unwrap_or(i64::MAX);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let sent_after = loop {
+        let sent: i64 = queue
+            .batches(100)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|b| b.submitted_at.is_some())
+            .map(|b| b.items)
+            .sum();
+        if sent >= total || Instant::now() > deadline {
+            break last_submit.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // The results: the serve's RSS, sampled, and when rows completed.
+    let mut peak_rss = 0f64;
+    let mut first_done: Option<Instant> = None;
+    let last_done = loop {
+        peak_rss = peak_rss.max(rss_mib(serve.id()));
+        let counts = queue.counts().await.unwrap();
+        let done = counts.get("batchy").map_or(0, |c| c.completed + c.failed);
+        if done > 0 && first_done.is_none() {
+            first_done = Some(Instant::now());
+        }
+        if done >= u64::try_from(n).unwrap_or(u64::MAX) || Instant::now() > deadline {
+            break Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let peak_hwm = peak_rss_mib(serve.id());
+    let _ = serve.kill();
+    let _ = serve.wait();
+    let written_s = first_done.map_or(f64::NAN, |f| (last_done - f).as_secs_f64().max(1e-3));
+    let completed = queue.counts().await.unwrap()["batchy"].completed;
+
+    // The reference: the store writes as many results itself, in pages of 200 (the size
+    // a component hands over).
+    let ref_dir = tempfile::tempdir().unwrap();
+    let reference = SqliteQueue::open(&format!(
+        "sqlite://{}",
+        ref_dir.path().join("ref.db").display()
+    ))
+    .await
+    .unwrap();
+    for chunk in work.chunks(10_000) {
+        reference.submit_many(chunk).await.unwrap();
+    }
+    let b = reference
+        .open_batch(
+            "batchy",
+            "ref",
+            "w",
+            60_000,
+            OpenCaps {
+                max_items: u32::try_from(n).unwrap_or(u32::MAX),
+                max_bytes: u64::MAX,
+                max_open: 1,
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let rows = reference
+        .batch_rows(b.id, 0, u32::try_from(n).unwrap_or(u32::MAX))
+        .await
+        .unwrap();
+    let output = r#"{"text":"echo","model":"m","usage":{"input_tokens":2,"output_tokens":3},"finish_reason":"stop"}"#;
+    let began = Instant::now();
+    for page in rows.chunks(200) {
+        let ends: Vec<BatchEnd> = page
+            .iter()
+            .map(|(id, _)| BatchEnd {
+                id: *id,
+                status: "completed",
+                output: Some(output.to_string()),
+                error: None,
+                kind: None,
+                attempt: true,
+            })
+            .collect();
+        reference.finish_batched(b.id, &ends).await.unwrap();
+    }
+    let bare = n as f64 / began.elapsed().as_secs_f64();
+    let rate = completed as f64 / written_s;
+    println!(
+        "batch lane: {n} deferrable through the openai component to the emulated batch API, \
+         batches of {per_batch}: submitted in {:.2} s; last submission to last batch sent \
+         {:.2} s (target 5); {completed} completed",
+        submitted.as_secs_f64(),
+        sent_after.as_secs_f64()
+    );
+    println!(
+        "  results written {rate:.0} rows/s (target 20000) against the store's own {bare:.0} \
+         rows/s: ratio {:.2}; serve's RSS while they streamed in {peak_rss:.0} MiB (target \
+         300), its peak over the run {peak_hwm:.0} MiB",
+        rate / bare
+    );
+}
+
 fn map_count(pid: u32) -> usize {
     std::fs::read_to_string(format!("/proc/{pid}/maps")).map_or(0, |m| m.lines().count())
 }
@@ -2003,6 +2158,7 @@ async fn scale_run(limit: u32, latency_ms: u64, outage_ms: Option<u64>) -> Scale
             priority: 0,
             max_attempts: 10,
             route: None,
+            defer: Default::default(),
         })
         .collect();
     let cpu_before = (process_cpu_ns(pid), process_cpu_ns(api.pid()));
@@ -2135,6 +2291,7 @@ async fn fleet_scale(each: u32, latency_ms: u64) {
             priority: 0,
             max_attempts: 10,
             route: None,
+            defer: Default::default(),
         })
         .collect();
     let server_cpu0 = postgres_cpu_ns();
@@ -2289,6 +2446,7 @@ async fn stream_run(n: usize, deltas: usize, streamed: bool) -> (u64, usize) {
             priority: 0,
             max_attempts: 1,
             route: None,
+            defer: Default::default(),
         })
         .collect();
     let before = process_cpu_ns(serve.id());

@@ -69,6 +69,14 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The provider batches of the batch lanes, newest first: state, counts, times, cost.
+    Batches {
+        /// The most to show.
+        #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Show one execution; `--follow` prints its streamed answer as it comes, then shows it.
     Get {
         id: i64,
@@ -180,8 +188,34 @@ pub struct SubmitArgs {
     /// only a `temperature` of 0 is cached, when the provider has a cache).
     #[arg(long)]
     pub cache: Option<bool>,
+    /// It can wait for a provider batch (`[providers.NAME] batch`): about half the price,
+    /// results within the batch window. A provider without a batch lane runs it live.
+    #[arg(long)]
+    pub deferrable: bool,
+    /// When it must have ended: RFC 3339 or a duration from now (`90s`, `30m`, `26h`). A
+    /// deferrable execution whose deadline comes before a batch could end runs live.
+    #[arg(long, value_parser = parse_deadline)]
+    pub deadline: Option<i64>,
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--deadline`: RFC 3339, a duration from now, or Unix ms, as Unix ms.
+fn parse_deadline(s: &str) -> Result<i64, String> {
+    let now = crate::model::now_ms();
+    let text = s.trim();
+    match crate::jsonl::parse_ago(text) {
+        Some(ahead) => ahead
+            .map_err(|e| e.replace("--since", "--deadline").replace("ago", "ahead"))
+            .and_then(|ms| {
+                now.checked_add(ms)
+                    .ok_or_else(|| format!("--deadline `{s}` is too far ahead"))
+            }),
+        None => crate::jsonl::parse_since(text, now).map_err(|e| {
+            e.replace("--since", "--deadline")
+                .replace("a duration (90s", "a duration ahead (90s")
+        }),
+    }
 }
 
 fn parse_tenant(s: &str) -> Result<String, String> {
@@ -559,6 +593,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             daemon.shutdown(grace).await;
         }
         Command::Submit(args) => submit(&config, args).await?,
+        Command::Batches { limit, json } => batches(&config, limit, json).await?,
         Command::Usage {
             by,
             since,
@@ -802,12 +837,18 @@ async fn submit(config: &Config, args: SubmitArgs) -> anyhow::Result<()> {
         route: None,
         tenant: args.tenant,
         cache: None,
+        defer: crate::model::Defer {
+            deferrable: args.deferrable,
+            deadline: args.deadline,
+            hold: false,
+        },
     }];
     new[0].cache = crate::responses::plan(config, &new[0], args.cache);
     crate::daemon::routing::assign(queue.as_ref(), config, &mut new, |new, member| {
         declared.takes(&new.input, member)
     })
     .await?;
+    crate::daemon::batches::hold(config, new.iter_mut());
     let id = queue.submit(&new[0]).await?;
     if args.json {
         print_json(&serde_json::json!({ "id": id }))?;
@@ -845,6 +886,8 @@ async fn submit_file(config: &Config, args: SubmitArgs) -> anyhow::Result<()> {
         max_attempts: max_attempts(config, args.max_attempts)?,
         allow_unknown: args.allow_unknown,
         skip_bad: args.skip_bad,
+        deferrable: args.deferrable,
+        deadline: args.deadline,
         tenant: args.tenant.clone(),
         cache: args.cache,
     };
@@ -968,6 +1011,55 @@ pub struct UsageReport {
     pub total: crate::store::UsageRow,
 }
 
+/// `lanes batches`.
+async fn batches(config: &Config, limit: u32, json: bool) -> anyhow::Result<()> {
+    let queue = open_queue(config).await?;
+    let batches = queue.batches(limit).await?;
+    if json {
+        return print_json(&batches);
+    }
+    if batches.is_empty() {
+        println!("no batches");
+        return Ok(());
+    }
+    println!(
+        "{:>6}  {:<16} {:<10} {:<12} {:>7} {:>9} {:>7} {:>10} {:>10} {:>10}",
+        "id",
+        "provider",
+        "state",
+        "at provider",
+        "items",
+        "succeeded",
+        "failed",
+        "sent",
+        "cost",
+        "saved"
+    );
+    let now = crate::model::now_ms();
+    let usd = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+    for b in &batches {
+        println!(
+            "{:>6}  {:<16} {:<10} {:<12} {:>7} {:>9} {:>7} {:>10} {:>10} {:>10}",
+            b.id,
+            b.provider,
+            b.state,
+            b.provider_status.as_deref().unwrap_or("-"),
+            b.items,
+            b.succeeded,
+            b.failed,
+            b.submitted_at
+                .map(|at| format!("{}s ago", (now - at).max(0) / 1000))
+                .unwrap_or_else(|| "-".into()),
+            usd(b.cost_usd),
+            usd(b.saved_usd),
+        );
+        if let Some(error) = &b.error {
+            println!("        {error}");
+        }
+    }
+    Ok(())
+}
+
 async fn usage(
     config: &Config,
     by: crate::store::UsageBy,
@@ -1000,18 +1092,19 @@ async fn usage(
         crate::store::UsageBy::Tenant => "tenant",
     };
     println!(
-        "{label:<28} {:>10} {:>12} {:>12} {:>11} {:>11} {:>12}  unpriced",
-        "executions", "input", "output", "cache read", "cache write", "cost (USD)"
+        "{label:<28} {:>10} {:>12} {:>12} {:>11} {:>11} {:>12} {:>11}  unpriced",
+        "executions", "input", "output", "cache read", "cache write", "cost (USD)", "saved"
     );
     let line = |key: &str, r: &crate::store::UsageRow| {
         println!(
-            "{key:<28} {:>10} {:>12} {:>12} {:>11} {:>11} {:>12.4}  {}",
+            "{key:<28} {:>10} {:>12} {:>12} {:>11} {:>11} {:>12.4} {:>11.4}  {}",
             r.executions,
             r.input_tokens,
             r.output_tokens,
             r.cache_read_tokens,
             r.cache_write_tokens,
             r.cost_usd,
+            r.saved_usd,
             r.unpriced
         )
     };

@@ -566,6 +566,9 @@ pub struct ProviderConfig {
     pub fairness: Fairness,
     /// The exact-match response cache, off unless set (see `responses`).
     pub response_cache: Option<ResponseCacheConfig>,
+    /// The batch lane: deferrable work goes through the provider's batch API (see
+    /// `daemon/batches.rs`). Off unless set.
+    pub batch: Option<BatchConfig>,
     /// Price its answers (default true); `false` leaves `cost` out of its outputs, and
     /// usage totals count them unpriced.
     pub costs: Option<bool>,
@@ -590,6 +593,77 @@ impl ResponseCacheConfig {
     pub fn ttl_ms(&self) -> i64 {
         i64::try_from(self.ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX)
     }
+}
+
+/// `[providers.NAME] batch = { enabled, min_items, max_items, max_wait_secs, ... }`: when
+/// deferrable work of the provider is sent as one batch through its batch API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Deferrable submissions wait for a batch (otherwise they run live).
+    pub enabled: bool,
+    /// A batch is sent once this many wait...
+    pub min_items: u32,
+    /// ...or once the oldest has waited this long, in seconds.
+    pub max_wait_secs: u64,
+    /// The most requests in one batch (also capped by the component's own limit).
+    pub max_items: u32,
+    /// The most batches of the provider open at once.
+    pub max_open: u32,
+    /// How often an open batch's state is read, in seconds.
+    pub poll_secs: u64,
+    /// How long the provider may take to end a batch, in seconds (24 h for both batch
+    /// APIs): a submission whose deadline comes sooner runs live.
+    pub window_secs: u64,
+    /// What becomes of a request that expired or was cancelled in its batch: `live` runs it
+    /// live, `fail` fails it.
+    pub on_expired: OnExpired,
+    /// The longest one call of the batch API may take, the transfer of a batch's requests
+    /// or results included, in seconds. A worker holds a batch it drives this long past its
+    /// last step (plus 10 s), so that no other worker sends it at the same time; another
+    /// takes it over once that lease runs out.
+    pub transfer_timeout_secs: u64,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            enabled: true,
+            min_items: 1000,
+            max_wait_secs: 600,
+            max_items: 50_000,
+            max_open: 4,
+            poll_secs: 60,
+            window_secs: 86_400,
+            on_expired: OnExpired::Live,
+            transfer_timeout_secs: 600,
+        }
+    }
+}
+
+impl BatchConfig {
+    /// Whether a submission with `deadline` (Unix ms) at `now` can wait for a batch: its
+    /// deadline, if any, comes after the longest wait for a batch to be sent and to end.
+    pub fn holds(&self, now: i64, deadline: Option<i64>) -> bool {
+        let longest = i64::try_from(
+            self.max_wait_secs
+                .saturating_add(self.window_secs)
+                .saturating_mul(1000),
+        )
+        .unwrap_or(i64::MAX);
+        self.enabled && deadline.is_none_or(|d| d >= now.saturating_add(longest))
+    }
+}
+
+/// What becomes of a batch request that expired or was cancelled at the provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExpired {
+    /// Run it live.
+    #[default]
+    Live,
+    /// Fail it.
+    Fail,
 }
 
 /// A config value: TOML strings, numbers and booleans all reach the component as text.
@@ -1057,6 +1131,48 @@ impl Config {
                         "must be 1 to 100000000",
                     ));
                 }
+            }
+            if let Some(b) = &provider.batch {
+                let mut check = |field: &str, ok: bool, reason: &str| {
+                    if !ok {
+                        problems.push(invalid(format!("providers.{name}.batch.{field}"), reason));
+                    }
+                };
+                check(
+                    "min_items",
+                    (1..=1_000_000).contains(&b.min_items),
+                    "must be 1 to 1000000",
+                );
+                check(
+                    "max_items",
+                    (1..=1_000_000).contains(&b.max_items),
+                    "must be 1 to 1000000",
+                );
+                check(
+                    "max_wait_secs",
+                    b.max_wait_secs <= 7 * 86_400,
+                    "must be 0 to 604800 (a week)",
+                );
+                check(
+                    "max_open",
+                    (1..=1000).contains(&b.max_open),
+                    "must be 1 to 1000",
+                );
+                check(
+                    "poll_secs",
+                    (1..=86_400).contains(&b.poll_secs),
+                    "must be 1 to 86400",
+                );
+                check(
+                    "transfer_timeout_secs",
+                    (1..=86_400).contains(&b.transfer_timeout_secs),
+                    "must be 1 to 86400",
+                );
+                check(
+                    "window_secs",
+                    b.window_secs <= 7 * 86_400,
+                    "must be 0 to 604800 (a week)",
+                );
             }
             if let Some(usd) = provider.daily_usd {
                 if !(usd.is_finite() && usd > 0.0) {

@@ -876,6 +876,20 @@ impl Pricing {
             batch,
         ) {
             Ok(c) => crate::model::Cost {
+                // A batch answer keeps what its discount saved against the live price.
+                saved_usd: batch
+                    .then(|| {
+                        self.table
+                            .cost(
+                                &output.usage,
+                                Some(output.model.as_str()),
+                                self.configured_model.as_deref(),
+                                false,
+                            )
+                            .ok()
+                            .map(|live| (live.usd - c.usd).max(0.0))
+                    })
+                    .flatten(),
                 usd: Some(c.usd),
                 priced_as: Some(c.model),
                 prices: c.version,
@@ -886,6 +900,7 @@ impl Pricing {
                 priced_as: None,
                 unpriced: Some(e.to_string()),
                 prices: e.version,
+                saved_usd: None,
             },
         }
     }

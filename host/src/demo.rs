@@ -139,6 +139,7 @@ pub async fn run(base: &Config, args: DemoArgs) -> anyhow::Result<()> {
                 priority: 0,
                 max_attempts: 3,
                 route: None,
+                defer: Default::default(),
             });
         }
     }

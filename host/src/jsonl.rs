@@ -51,6 +51,10 @@ pub struct LoadOptions {
     pub tenant: Option<String>,
     /// Whether the response cache may answer a line that does not say (see `responses`).
     pub cache: Option<bool>,
+    /// Whether a line that does not say can wait for a provider batch.
+    pub deferrable: bool,
+    /// The deadline (Unix ms) of a line that names none.
+    pub deadline: Option<i64>,
 }
 
 /// What a load did.
@@ -74,7 +78,8 @@ pub struct BadLine {
 }
 
 /// A lanes line: `{"input": CHAT INPUT, "provider"?, "priority"?, "max_attempts"?,
-/// "custom_id"?, "tenant"?, "cache"?}`; the input is what `lanes submit --input` takes.
+/// "custom_id"?, "tenant"?, "cache"?, "deferrable"?, "deadline"?}`; the input is what
+/// `lanes submit --input` takes, and `deadline` is Unix ms.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LanesLine {
@@ -91,6 +96,10 @@ struct LanesLine {
     tenant: Option<String>,
     #[serde(default)]
     cache: Option<bool>,
+    #[serde(default)]
+    deferrable: Option<bool>,
+    #[serde(default)]
+    deadline: Option<i64>,
 }
 
 /// An OpenAI Batch input line: `{"custom_id", "method": "POST", "url":
@@ -135,6 +144,8 @@ impl Checker<'_> {
         };
         let mut tenant = None;
         let mut cache = self.options.cache;
+        let mut deferrable = self.options.deferrable;
+        let mut deadline = self.options.deadline;
         let (provider, input, priority, max_attempts, custom_id) = if object.contains_key("body") {
             let line: OpenAiLine = serde_json::from_value(value)
                 .map_err(|e| format!("not an OpenAI Batch line: {e}"))?;
@@ -168,6 +179,8 @@ impl Checker<'_> {
             }
             tenant = line.tenant;
             cache = line.cache.or(cache);
+            deferrable = line.deferrable.unwrap_or(deferrable);
+            deadline = line.deadline.or(deadline);
             (line.provider, input, priority, max_attempts, line.custom_id)
         } else {
             return Err(
@@ -205,6 +218,11 @@ impl Checker<'_> {
             route: None,
             tenant: tenant.or_else(|| self.options.tenant.clone()),
             cache: None,
+            defer: crate::model::Defer {
+                deferrable,
+                deadline,
+                hold: false,
+            },
         };
         new.cache = crate::responses::plan(self.config, &new, cache);
         Ok(Parsed { new, custom_id })
@@ -612,6 +630,7 @@ async fn submit_batch(
         |new, member| declared.takes(&new.input, member),
     )
     .await?;
+    crate::daemon::batches::hold(config, batch.iter_mut().map(|(_, new, _)| new));
     loop {
         let entries: Vec<(NewExecution, Option<IdempotencyKey>)> = batch
             .iter()
@@ -734,7 +753,7 @@ pub fn parse_since(text: &str, now: i64) -> Result<i64, String> {
 }
 
 /// A duration such as `90s`, `30m`, `1h` or `2d`, in ms; `None` when it is not one.
-fn parse_ago(t: &str) -> Option<Result<i64, String>> {
+pub(crate) fn parse_ago(t: &str) -> Option<Result<i64, String>> {
     let split = t.find(|c: char| !c.is_ascii_digit())?;
     let (number, unit) = t.split_at(split);
     let unit_ms: i64 = match unit {
@@ -864,7 +883,7 @@ fn openai_line(e: &Execution, custom_id: Option<&str>) -> Option<Value> {
         })
     };
     match e.status {
-        Status::Pending | Status::Running => None,
+        Status::Pending | Status::Running | Status::Batched => None,
         Status::Cancelled => Some(error("cancelled", "the execution was cancelled")),
         Status::Failed => Some(error(
             e.error_kind.as_deref().unwrap_or("failed"),

@@ -27,12 +27,16 @@ pub enum Status {
     Failed,
     /// Withdrawn before it finished.
     Cancelled,
+    /// Held for a provider batch (`deferrable: true`): waiting to be sent, or inside a batch
+    /// that the provider runs (see `batch_id`). Outside the lane's limit; the batch owns it.
+    Batched,
 }
 
 impl Status {
     /// Every status, in lifecycle order.
-    pub const ALL: [Status; 5] = [
+    pub const ALL: [Status; 6] = [
         Status::Pending,
+        Status::Batched,
         Status::Running,
         Status::Completed,
         Status::Failed,
@@ -47,6 +51,7 @@ impl Status {
             Status::Completed => "completed",
             Status::Failed => "failed",
             Status::Cancelled => "cancelled",
+            Status::Batched => "batched",
         }
     }
 
@@ -129,6 +134,15 @@ pub struct Execution {
     /// Its key in the response cache, when it may be answered from it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_key: Option<String>,
+    /// The submission said it may wait for a provider batch.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deferrable: bool,
+    /// When it must have ended, Unix ms, if the submission said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<i64>,
+    /// The provider batch that holds it (while `batched`) or ran it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<i64>,
 }
 
 /// How one attempt went, as the execution's history keeps it.
@@ -171,6 +185,32 @@ pub struct NewExecution {
     pub tenant: Option<String>,
     /// Its key in the response cache, when it may be answered from it (see `responses`).
     pub cache: Option<CacheRequest>,
+    /// Whether it may wait for a provider batch, and what the daemon decided.
+    pub defer: Defer,
+}
+
+/// A submission's word on provider batches (`deferrable`, `deadline`), and the daemon's
+/// decision: `hold` puts the row in `batched` for the provider's batch lane instead of
+/// `pending` for its live lane (see `batches::holds`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Defer {
+    /// The submission said the work can wait for a batch.
+    pub deferrable: bool,
+    /// When it must have ended, Unix ms.
+    pub deadline: Option<i64>,
+    /// Held for a batch: set by the daemon when the provider's batch lane takes it.
+    pub hold: bool,
+}
+
+impl Defer {
+    /// The status a submission starts in: `batched` when held for a batch.
+    pub fn status(&self) -> Status {
+        if self.hold {
+            Status::Batched
+        } else {
+            Status::Pending
+        }
+    }
 }
 
 /// How a submission uses the response cache: its key, and how old an answer may be.
@@ -1248,6 +1288,10 @@ pub struct Cost {
     /// Why it has no price.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unpriced: Option<String>,
+    /// An answer from a provider batch: what the same answer would have cost live, less
+    /// `usd` (the batch discount), in USD.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved_usd: Option<f64>,
 }
 
 impl ChatOutput {

@@ -99,6 +99,7 @@ mod tests {
             route: None,
             tenant: tenant.map(str::to_string),
             cache: None,
+            defer: Default::default(),
         }
     }
 

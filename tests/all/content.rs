@@ -305,6 +305,7 @@ async fn rich_work_that_reaches_a_0_1_component_fails_when_claimed_naming_the_ca
             priority: 0,
             max_attempts: 3,
             route: None,
+            defer: Default::default(),
         })
         .await
         .unwrap();

@@ -419,6 +419,7 @@ async fn python_and_js_providers_run_executions_in_a_daemon() {
                     priority: 0,
                     max_attempts: 3,
                     route: None,
+                    defer: Default::default(),
                 })
                 .await
                 .unwrap();
@@ -473,6 +474,7 @@ async fn python_and_js_providers_run_executions_in_a_daemon() {
             priority: 0,
             max_attempts: 3,
             route: None,
+            defer: Default::default(),
         })
         .await
         .unwrap();

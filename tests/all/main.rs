@@ -4,6 +4,8 @@
 mod adapters;
 mod api;
 mod bad_input;
+mod batch_api;
+mod batches;
 mod cache;
 mod capacity;
 mod cli;

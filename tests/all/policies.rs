@@ -34,6 +34,7 @@ fn calls(n: usize, max_attempts: i32) -> Vec<NewExecution> {
             priority: 0,
             max_attempts,
             route: None,
+            defer: Default::default(),
         })
         .collect()
 }
@@ -432,6 +433,8 @@ async fn aging_lifts_starved_low_priority_work() {
         tenant: None,
         cache: None,
         priority,
+
+        defer: Default::default(),
         ..job("aging", serde_json::json!({"sleep_ms": 100}))
     };
     // The lane's one slot is busy when the low-priority execution arrives.
@@ -490,6 +493,7 @@ async fn on_postgres_a_request_budget_holds_across_two_workers() {
             priority: 0,
             max_attempts: 1,
             route: None,
+            defer: Default::default(),
         })
         .collect();
     a.submit_many(&work).await.unwrap();

@@ -24,6 +24,7 @@ async fn higher_priority_first_then_fifo() {
                 priority,
                 max_attempts: 1,
                 route: None,
+                defer: Default::default(),
             })
             .await
             .unwrap();

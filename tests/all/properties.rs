@@ -143,6 +143,7 @@ proptest! {
                     priority: *priority,
                     max_attempts: 3,
                     route: None,
+                    defer: Default::default(),
                 })
                 .collect();
             let ids = queue.submit_many(&batch).await.unwrap();

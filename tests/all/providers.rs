@@ -46,6 +46,7 @@ fn execution(provider: &str, input: ChatInput, max_attempts: i32) -> NewExecutio
         priority: 0,
         max_attempts,
         route: None,
+        defer: Default::default(),
     }
 }
 

@@ -24,6 +24,7 @@ fn with_attempts(extra: serde_json::Value, max_attempts: i32) -> NewExecution {
         priority: 0,
         max_attempts,
         route: None,
+        defer: Default::default(),
     }
 }
 

@@ -24,6 +24,7 @@ fn to(route: &str, n: usize) -> Vec<NewExecution> {
             priority: 0,
             max_attempts: 5,
             route: None,
+            defer: Default::default(),
         })
         .collect()
 }

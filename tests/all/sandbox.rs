@@ -77,6 +77,7 @@ async fn each_failure_mode_fails_alone_with_a_named_limit() {
             priority: 0,
             max_attempts: 1,
             route: None,
+            defer: Default::default(),
         })
         .collect();
     let ids = daemon.submit_many(&bad).await.unwrap();
@@ -131,6 +132,8 @@ async fn limits_over_the_instance_pool_wait_as_pending_and_fail_nothing() {
             tenant: None,
             cache: None,
             max_attempts: 1,
+
+            defer: Default::default(),
             ..job("wide", serde_json::json!({"sleep_ms": 200}))
         })
         .collect();

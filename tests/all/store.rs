@@ -17,6 +17,7 @@ fn new(provider: &str, priority: i32) -> NewExecution {
         priority,
         max_attempts: 2,
         route: None,
+        defer: Default::default(),
     }
 }
 
@@ -1992,3 +1993,172 @@ contract!(
     capped_claim_order,
     a_capped_claim_measures_the_rows_it_takes
 );
+
+/// The batch lane's storage: held rows stay out of the live claim and the counts of
+/// running; a batch takes them (one model at a time, oldest first, within its caps); its
+/// results are written once, and not over a row cancelled meanwhile; what a batch did not
+/// answer goes back to the live lane; and the lease keeps a batch to one worker.
+async fn batches_hold_send_and_answer_once(q: Arc<dyn Queue>) {
+    use lanes::model::Defer;
+    use lanes::store::batches::{BatchEnd, BatchUpdate, OpenCaps};
+    let caps = |max_items, max_bytes| OpenCaps {
+        max_items,
+        max_bytes,
+        max_open: 10,
+    };
+    let held = |model: &str| NewExecution {
+        input: ChatInput {
+            model: Some(model.into()),
+            ..ChatInput::prompt("hi")
+        },
+        defer: Defer {
+            deferrable: true,
+            deadline: None,
+            hold: true,
+        },
+        ..new("p", 0)
+    };
+    let mut ids = q
+        .submit_many(&[held("m1"), held("m1"), held("m2"), held("m1")])
+        .await
+        .unwrap();
+    let live = q.submit(&new("p", 0)).await.unwrap();
+    ids.push(q.submit(&held("m1")).await.unwrap());
+    assert_eq!(
+        q.get(ids[0]).await.unwrap().unwrap().status,
+        Status::Batched
+    );
+    // The live claim takes only the live row.
+    let claimed = q.claim("p", claim("w", 10, 10)).await.unwrap();
+    assert_eq!(claimed.iter().map(|e| e.id).collect::<Vec<_>>(), [live]);
+    let held_now = q.held("p").await.unwrap();
+    assert_eq!(held_now.count, 5);
+    assert_eq!(q.counts().await.unwrap()["p"].batched, 5);
+
+    // At most 2 rows, of the oldest's model (m1).
+    let b = q
+        .open_batch("p", "tag-1", "w1", 60_000, caps(2, 1 << 20))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (b.items, b.model.as_deref(), b.state.as_str()),
+        (2, Some("m1"), "open")
+    );
+    let rows = q.batch_rows(b.id, 0, 100).await.unwrap();
+    assert_eq!(
+        rows.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+        [ids[0], ids[1]]
+    );
+    // Paged.
+    assert_eq!(q.batch_rows(b.id, ids[0], 100).await.unwrap().len(), 1);
+    // A byte cap smaller than any row still takes the oldest one.
+    let tiny = q
+        .open_batch("p", "tag-2", "w1", 60_000, caps(100, 1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((tiny.items, tiny.model.as_deref()), (1, Some("m2")));
+    assert_eq!(q.held("p").await.unwrap().count, 2);
+
+    // The lease: another worker cannot drive it, or write to it, until the lease runs out.
+    assert!(q.take_batches("w2", 60_000, 10).await.unwrap().is_empty());
+    let update = BatchUpdate {
+        state: Some("sent"),
+        provider_batch_id: Some("pb-1".into()),
+        submitted: true,
+        sent: true,
+        ..Default::default()
+    };
+    assert!(!q.update_batch(b.id, "w2", 60_000, &update).await.unwrap());
+    assert!(q.update_batch(b.id, "w1", 60_000, &update).await.unwrap());
+    let taken = q.take_batches("w1", 60_000, 10).await.unwrap();
+    assert_eq!(taken.len(), 2);
+    let b = q.batch(b.id).await.unwrap().unwrap();
+    assert_eq!(
+        (b.state.as_str(), b.provider_batch_id.as_deref(), b.sends),
+        ("sent", Some("pb-1"), 1)
+    );
+    assert!(b.submitted_at.is_some());
+
+    // One row is cancelled while in the batch: its result is dropped.
+    q.cancel(ids[1]).await.unwrap();
+    let end = |id, status: &'static str, attempt| BatchEnd {
+        id,
+        status,
+        output: (status == "completed").then(|| r#"{"text":"ok"}"#.to_string()),
+        error: (status != "completed").then(|| "expired".to_string()),
+        kind: (status != "completed").then_some("unavailable"),
+        attempt,
+    };
+    let ends = [
+        end(ids[0], "completed", true),
+        end(ids[1], "completed", true),
+    ];
+    let written = q.finish_batched(b.id, &ends).await.unwrap();
+    assert_eq!(written, [(ids[0], Status::Completed, 1)]);
+    // Written once: the same results again write nothing.
+    assert!(q.finish_batched(b.id, &ends).await.unwrap().is_empty());
+    let done = q.get(ids[0]).await.unwrap().unwrap();
+    assert_eq!(done.output.unwrap()["text"], "ok");
+    assert_eq!((done.batch_id, done.attempts), (Some(b.id), 1));
+    assert!(done.started_at.is_some() && done.finished_at.is_some());
+    assert_eq!(
+        q.get(ids[1]).await.unwrap().unwrap().status,
+        Status::Cancelled
+    );
+
+    // The other batch: its row expired there and goes live, without counting an attempt;
+    // a row the results never named goes live too.
+    let written = q
+        .finish_batched(tiny.id, &[end(ids[2], "pending", false)])
+        .await
+        .unwrap();
+    assert_eq!(written, [(ids[2], Status::Pending, 0)]);
+    // Only the batch's holder sends its rows live.
+    assert_eq!(q.release_batch(tiny.id, "w2").await.unwrap(), 0);
+    assert_eq!(q.release_batch(tiny.id, "w1").await.unwrap(), 0);
+    // At most `max_open` open batches of a provider: two are open.
+    q.submit(&held("m1")).await.unwrap();
+    let capped = OpenCaps {
+        max_open: 2,
+        ..caps(10, 1 << 20)
+    };
+    assert!(
+        q.open_batch("p", "tag-3", "w1", 60_000, capped)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // A lease that ran out: the worker can no longer write, another takes it over.
+    assert!(
+        q.update_batch(b.id, "w1", -1, &BatchUpdate::default())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !q.update_batch(b.id, "w1", 60_000, &BatchUpdate::default())
+            .await
+            .unwrap()
+    );
+    let taken = q.take_batches("w2", 60_000, 10).await.unwrap();
+    assert_eq!(taken.iter().map(|b| b.id).collect::<Vec<_>>(), [b.id]);
+    let claimed = q.claim("p", claim("w", 10, 10)).await.unwrap();
+    assert_eq!(claimed.iter().map(|e| e.id).collect::<Vec<_>>(), [ids[2]]);
+
+    // What still waits goes live when the lane has no batch any more; deadlines first.
+    let mut soon = held("m1");
+    soon.defer.deadline = Some(lanes::model::now_ms() + 1_000);
+    let soon = q.submit(&soon).await.unwrap();
+    assert_eq!(
+        q.release_held("p", Some(lanes::model::now_ms() + 60_000))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(q.get(soon).await.unwrap().unwrap().status, Status::Pending);
+    assert_eq!(q.release_held("p", None).await.unwrap(), 3);
+    assert_eq!(q.held("p").await.unwrap().count, 0);
+    assert_eq!(q.batches(10).await.unwrap().len(), 2);
+}
+contract!(batch_storage, batches_hold_send_and_answer_once);

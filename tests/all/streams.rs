@@ -218,6 +218,7 @@ async fn a_kill_9_mid_stream_leaves_the_execution_to_run_again_with_a_new_stream
             priority: 0,
             max_attempts: 3,
             route: None,
+            defer: Default::default(),
         })
         .await
         .unwrap();
@@ -297,6 +298,7 @@ async fn a_stream_that_stalls_is_cut_by_the_idle_timeout() {
             priority: 0,
             max_attempts: 1,
             route: None,
+            defer: Default::default(),
         })
         .await
         .unwrap();
@@ -363,6 +365,7 @@ async fn another_worker_of_a_fleet_serves_the_stream_from_the_store() {
             priority: 0,
             max_attempts: 3,
             route: None,
+            defer: Default::default(),
         })
         .await
         .unwrap();

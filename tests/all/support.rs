@@ -264,6 +264,7 @@ pub fn job(provider: &str, extra: serde_json::Value) -> NewExecution {
         priority: 0,
         max_attempts: 3,
         route: None,
+        defer: Default::default(),
     }
 }
 

@@ -55,6 +55,38 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/batches": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["list_batches"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/batches/{id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get: operations["get_batch"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/cache": {
         parameters: {
             query?: never;
@@ -312,6 +344,65 @@ export interface components {
             /** @description False when its idempotency key returned an earlier execution. */
             created: boolean;
         };
+        /** @description A provider batch. */
+        BatchOut: {
+            /** Format: int64 */
+            id: number;
+            provider: string;
+            /** @description The model of its requests, when they named one. */
+            model?: string | null;
+            /**
+             * @description lanes' state: `open` (its executions are chosen, not sent), `sending`, `sent` (the
+             *     provider runs it), `collecting` (its results are being written), `done` or `failed`.
+             */
+            state: string;
+            /** @description The provider's id of it, once sent. */
+            provider_batch_id?: string | null;
+            /**
+             * @description The provider's word for where it is: `validating`, `in_progress`, `finalizing`,
+             *     `ended`, `failed`, `expired`, `cancelling` or `cancelled`.
+             */
+            provider_status?: string | null;
+            /**
+             * Format: int64
+             * @description Executions in it.
+             */
+            items: number;
+            /**
+             * Format: int64
+             * @description Requests that succeeded, and that failed, expired or were cancelled, as the provider
+             *     counts them (some count only at the end).
+             */
+            succeeded: number;
+            /** Format: int64 */
+            failed: number;
+            /**
+             * Format: int64
+             * @description How many times its requests were sent: 2 or more only after a send whose answer
+             *     was lost, where the provider's API could not look the batch up (Anthropic).
+             */
+            sends: number;
+            /** Format: int64 */
+            created_at: number;
+            /** Format: int64 */
+            submitted_at?: number | null;
+            /** Format: int64 */
+            ended_at?: number | null;
+            /**
+             * Format: double
+             * @description What its results cost at the batch price, in USD, once written.
+             */
+            cost_usd?: number | null;
+            /**
+             * Format: double
+             * @description What the same results would have cost live, less `cost_usd`.
+             */
+            saved_usd?: number | null;
+            /** @description Why it failed, or the last error of a call that will be tried again. */
+            error?: string | null;
+            /** @description The worker that drives it. */
+            owner?: string | null;
+        };
         /** @description Up to 1,000 submissions, written in one transaction: all or none. */
         BatchRequest: {
             executions: components["schemas"]["SubmitRequest"][];
@@ -319,6 +410,10 @@ export interface components {
         /** @description A batch's answer. */
         BatchResponse: {
             executions: components["schemas"]["BatchEntry"][];
+        };
+        /** @description The newest batches. */
+        BatchesOut: {
+            batches: components["schemas"]["BatchOut"][];
         };
         /** @description A provider's budget per minute, fleet-wide, and its use over the last minute. */
         BudgetOut: {
@@ -438,6 +533,12 @@ export interface components {
             prices: string;
             /** @description Why it has no price. */
             unpriced?: string | null;
+            /**
+             * Format: double
+             * @description An answer from a provider batch: what the same answer would have cost live, less
+             *     `usd` (the batch discount), in USD.
+             */
+            saved_usd?: number | null;
         };
         /**
          * @description One piece of a streamed answer (`GET /v1/executions/{id}/stream`), tagged by `type`.
@@ -606,6 +707,19 @@ export interface components {
             worker?: string | null;
             /** @description The ended attempts, oldest first (the last 20). */
             history: components["schemas"]["AttemptOut"][];
+            /** @description It was submitted as able to wait for a provider batch. */
+            deferrable?: boolean;
+            /**
+             * Format: int64
+             * @description When it must have ended (Unix ms), if the submission said.
+             */
+            deadline?: number | null;
+            /**
+             * Format: int64
+             * @description The provider batch (`GET /v1/batches/{id}`) that holds it, while `batched`, or that
+             *     ran it.
+             */
+            batch_id?: number | null;
         };
         /** @description One page of executions, newest first. */
         ExecutionPage: {
@@ -980,7 +1094,7 @@ export interface components {
          * @description Where an execution is in its life.
          * @enum {string}
          */
-        Status: "pending" | "running" | "completed" | "failed" | "cancelled";
+        Status: "pending" | "running" | "completed" | "failed" | "cancelled" | "batched";
         /**
          * @description The data of an event of `GET /v1/executions/{id}/stream`, by its name: `delta` a
          *     [`DeltaDoc`], `attempt` `{"attempt": N}` (a stream begins: after a retry, drop what the
@@ -1038,6 +1152,18 @@ export interface components {
              *     explicitly is cached.
              */
             cache?: boolean | null;
+            /**
+             * @description It can wait: with `[providers.NAME] batch` on, it goes through the provider's batch
+             *     API (about half the price, results within the batch window) instead of the live
+             *     lane. Ignored by a provider without a batch lane, and with the response cache.
+             */
+            deferrable?: boolean;
+            /**
+             * Format: int64
+             * @description When it must have ended (Unix ms). A deferrable execution whose deadline comes before
+             *     a batch could end runs live instead.
+             */
+            deadline?: number | null;
         };
         /** @description One tenant's executions, across providers. */
         TenantOut: {
@@ -1172,6 +1298,12 @@ export interface components {
              *     before lanes priced answers): their cost is not in `cost_usd`.
              */
             unpriced: number;
+            /**
+             * Format: double
+             * @description What the answers from provider batches saved against the live price, in USD (in
+             *     `cost_usd` at the batch price).
+             */
+            saved_usd: number;
         };
         /** @description A provider's numbers over the last minute, from this worker's events. */
         WindowOut: {
@@ -1284,6 +1416,106 @@ export interface operations {
                 };
             };
             /** @description Not ready, and why */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    list_batches: {
+        parameters: {
+            query?: {
+                /** @description The most batches to return, newest first: 1 to 1000, default 100. */
+                limit?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The newest provider batches, newest first */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BatchesOut"];
+                };
+            };
+            /** @description A bad query */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description A token is set, and the request has none or another */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The database did not answer */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+        };
+    };
+    get_batch: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The batch's id */
+                id: number;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The batch */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["BatchOut"];
+                };
+            };
+            /** @description A token is set, and the request has none or another */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description No such batch */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/problem+json": components["schemas"]["Problem"];
+                };
+            };
+            /** @description The database did not answer */
             503: {
                 headers: {
                     [name: string]: unknown;

@@ -10,8 +10,11 @@ type Schemas = components["schemas"];
 export type { components, operations, paths } from "./schema.js";
 export type { Problem } from "./errors.js";
 
-/** `pending`, `running`, `completed`, `failed` or `cancelled`. */
-export type ExecutionStatus = "pending" | "running" | "completed" | "failed" | "cancelled";
+/**
+ * `pending`, `running`, `completed`, `failed`, `cancelled`, or `batched` (held for a
+ * provider batch, or inside one: see `deferrable`).
+ */
+export type ExecutionStatus = "pending" | "running" | "completed" | "failed" | "cancelled" | "batched";
 
 /** The statuses of an execution that has ended. */
 export const ENDED: readonly ExecutionStatus[] = ["completed", "failed", "cancelled"];

@@ -608,6 +608,17 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, Problem>
     state
         .metrics
         .set_cache_entries(&state.control.queue().cache_entries().await?);
+    let queue = state.control.queue();
+    let batched = queue
+        .counts()
+        .await?
+        .into_iter()
+        .filter(|(_, c)| c.batched > 0)
+        .map(|(p, c)| (p, c.batched))
+        .collect();
+    state
+        .metrics
+        .set_batches(&queue.batches(1000).await?, &batched);
     Ok((
         StatusCode::OK,
         [(

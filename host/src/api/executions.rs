@@ -88,6 +88,11 @@ pub(super) async fn validate(
         route: None,
         tenant: request.tenant,
         cache: None,
+        defer: crate::model::Defer {
+            deferrable: request.deferrable,
+            deadline: request.deadline,
+            hold: false,
+        },
     };
     new.cache = crate::responses::plan(&config, &new, request.cache);
     let key = match request.idempotency_key {

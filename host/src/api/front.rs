@@ -325,6 +325,9 @@ pub(super) async fn submit(
         allow_unknown: false,
         tenant,
         cache: None,
+        // A front door answers while the client waits: never a batch's day.
+        deferrable: false,
+        deadline: None,
     };
     let entry = validate(state, request).await.map_err(|e| {
         if e.starts_with("unknown provider") {
@@ -391,7 +394,7 @@ pub(super) async fn wait(
 
 /// What an ended execution answers, whatever the door.
 pub(super) enum Ended {
-    Output(ChatOutput),
+    Output(Box<ChatOutput>),
     Cancelled(String),
     /// Failed: the status its error kind answers with (429 `rate_limited`, 401
     /// `unauthorized`, 400 `bad_input` and `invalid_request`, 504 `timeout`, 503
@@ -409,7 +412,7 @@ impl Ended {
     /// The output, or what a stream's error says instead.
     pub(super) fn output(self) -> Result<ChatOutput, String> {
         match self {
-            Ended::Output(output) => Ok(output),
+            Ended::Output(output) => Ok(*output),
             Ended::Cancelled(message)
             | Ended::Failed { message, .. }
             | Ended::Unreadable(message) => Err(message),
@@ -449,7 +452,7 @@ pub(super) fn ended(execution: &Execution) -> Ended {
         .clone()
         .and_then(|o| serde_json::from_value(o).ok())
     {
-        Some(output) => Ended::Output(output),
+        Some(output) => Ended::Output(Box::new(output)),
         None => Ended::Unreadable(format!(
             "execution {id} completed without an output lanes can read"
         )),

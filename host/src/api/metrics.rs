@@ -46,6 +46,13 @@ struct KindLabels {
     kind: &'static str,
 }
 
+/// `provider`, `state` (of a provider batch).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BatchLabels {
+    provider: String,
+    state: String,
+}
+
 /// `tenant`, `status`.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TenantLabels {
@@ -103,6 +110,11 @@ pub struct Metrics {
     spend_cap_usd: Family<SpendLabels, FloatGauge>,
     spend_notices: Family<NoticeLabels, Counter>,
     cache_entries: Family<ProviderLabel, Gauge>,
+    batches: Family<BatchLabels, Gauge>,
+    batched: Family<ProviderLabel, Gauge>,
+    batch_resends: Family<ProviderLabel, Gauge>,
+    batch_cost: Family<ProviderLabel, FloatGauge>,
+    batch_saved: Family<ProviderLabel, FloatGauge>,
     attempts: Family<AttemptLabels, Counter>,
     rate_limited: Family<ProviderLabel, Counter>,
     denied: Family<ProviderLabel, Counter>,
@@ -169,6 +181,11 @@ impl Default for Metrics {
             spend_cap_usd: Family::default(),
             spend_notices: Family::default(),
             cache_entries: Family::default(),
+            batches: Family::default(),
+            batched: Family::default(),
+            batch_resends: Family::default(),
+            batch_cost: Family::default(),
+            batch_saved: Family::default(),
             attempts: Family::default(),
             rate_limited: Family::default(),
             denied: Family::default(),
@@ -303,6 +320,33 @@ impl Default for Metrics {
             "component_rejections",
             "Component files that were rejected",
             m.rejections.clone(),
+        );
+        registry.register(
+            "batches",
+            "Provider batches of the batch lanes by state (open, sending, sent, collecting, \
+             done, failed), across the fleet",
+            m.batches.clone(),
+        );
+        registry.register(
+            "batched",
+            "Executions held for a provider batch or inside one, across the fleet",
+            m.batched.clone(),
+        );
+        registry.register(
+            "batch_resends",
+            "Batches sent again after a send whose answer was lost, where the provider's API \
+             cannot look a batch up (Anthropic): their requests may run twice",
+            m.batch_resends.clone(),
+        );
+        registry.register(
+            "batch_cost_usd",
+            "What the results of provider batches cost, at the batch price",
+            m.batch_cost.clone(),
+        );
+        registry.register(
+            "batch_saved_usd",
+            "What the results of provider batches would have cost more live",
+            m.batch_saved.clone(),
         );
         registry.register(
             "events_lost",
@@ -502,6 +546,43 @@ impl Metrics {
             };
             self.spend_usd.get_or_create(&labels).set(*spent);
             self.spend_cap_usd.get_or_create(&labels).set(*cap);
+        }
+    }
+
+    /// Sets the batch lanes' gauges from the stored batches and each provider's
+    /// `batched` executions.
+    pub fn set_batches(
+        &self,
+        batches: &[crate::store::batches::BatchRecord],
+        batched: &std::collections::BTreeMap<String, u64>,
+    ) {
+        self.batches.clear();
+        self.batch_resends.clear();
+        self.batch_cost.clear();
+        self.batch_saved.clear();
+        for b in batches {
+            self.batches
+                .get_or_create(&BatchLabels {
+                    provider: b.provider.clone(),
+                    state: b.state.clone(),
+                })
+                .inc();
+            let label = provider(&b.provider);
+            self.batch_resends
+                .get_or_create(&label)
+                .inc_by((b.sends - 1).max(0));
+            self.batch_cost
+                .get_or_create(&label)
+                .inc_by(b.cost_usd.unwrap_or(0.0));
+            self.batch_saved
+                .get_or_create(&label)
+                .inc_by(b.saved_usd.unwrap_or(0.0));
+        }
+        self.batched.clear();
+        for (name, n) in batched {
+            self.batched
+                .get_or_create(&provider(name))
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
         }
     }
 

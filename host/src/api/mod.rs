@@ -11,6 +11,7 @@
 //! lane or the completer.
 
 mod anthropic;
+mod batches;
 mod control;
 mod dashboard;
 mod executions;
@@ -116,6 +117,8 @@ impl ApiServer {
         executions::list,
         executions::cancel,
         streams::stream,
+        batches::list_batches,
+        batches::get_batch,
         control::providers,
         control::tenants,
         control::usage,
@@ -316,6 +319,8 @@ fn router(state: AppState, max_body_bytes: u64) -> Router {
         .route("/v1/executions/{id}/stream", get(streams::stream))
         .route("/v1/providers", get(control::providers))
         .route("/v1/tenants", get(control::tenants))
+        .route("/v1/batches", get(batches::list_batches))
+        .route("/v1/batches/{id}", get(batches::get_batch))
         .route("/v1/usage", get(control::usage))
         .route("/v1/cache", axum::routing::delete(control::clear_cache))
         .route(

@@ -43,6 +43,15 @@ pub struct SubmitRequest {
     /// explicitly is cached.
     #[serde(default)]
     pub cache: Option<bool>,
+    /// It can wait: with `[providers.NAME] batch` on, it goes through the provider's batch
+    /// API (about half the price, results within the batch window) instead of the live
+    /// lane. Ignored by a provider without a batch lane, and with the response cache.
+    #[serde(default)]
+    pub deferrable: bool,
+    /// When it must have ended (Unix ms). A deferrable execution whose deadline comes before
+    /// a batch could end runs live instead.
+    #[serde(default)]
+    pub deadline: Option<i64>,
 }
 
 /// Up to 1,000 submissions, written in one transaction: all or none.
@@ -105,6 +114,16 @@ pub struct ExecutionOut {
     pub worker: Option<String>,
     /// The ended attempts, oldest first (the last 20).
     pub history: Vec<AttemptOut>,
+    /// It was submitted as able to wait for a provider batch.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub deferrable: bool,
+    /// When it must have ended (Unix ms), if the submission said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<i64>,
+    /// The provider batch (`GET /v1/batches/{id}`) that holds it, while `batched`, or that
+    /// ran it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<i64>,
 }
 
 /// One ended attempt.
@@ -163,6 +182,9 @@ impl From<Execution> for ExecutionOut {
             not_before: e.not_before,
             worker: e.worker,
             history: e.history.into_iter().map(AttemptOut::from).collect(),
+            deferrable: e.deferrable,
+            deadline: e.deadline,
+            batch_id: e.batch_id,
         }
     }
 }
@@ -357,6 +379,9 @@ pub struct UsageRowOut {
     /// Completed executions without a price (a model the price table lacks, or completed
     /// before lanes priced answers): their cost is not in `cost_usd`.
     pub unpriced: u64,
+    /// What the answers from provider batches saved against the live price, in USD (in
+    /// `cost_usd` at the batch price).
+    pub saved_usd: f64,
 }
 
 impl From<crate::store::UsageRow> for UsageRowOut {
@@ -371,6 +396,7 @@ impl From<crate::store::UsageRow> for UsageRowOut {
             reasoning_tokens: r.reasoning_tokens,
             cost_usd: r.cost_usd,
             unpriced: r.unpriced,
+            saved_usd: r.saved_usd,
         }
     }
 }
@@ -1032,6 +1058,10 @@ pub struct CostDoc {
     /// Why it has no price.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unpriced: Option<String>,
+    /// An answer from a provider batch: what the same answer would have cost live, less
+    /// `usd` (the batch discount), in USD.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub saved_usd: Option<f64>,
 }
 
 /// A part of an answer, by `type`: the input's part shapes, so an answer's `content` goes
@@ -1132,6 +1162,9 @@ pub enum StatusDoc {
     Completed,
     Failed,
     Cancelled,
+    /// Held for a provider batch (`deferrable`): waiting to be sent, or inside the batch
+    /// `batch_id`. Outside the lane's limit.
+    Batched,
 }
 
 /// The class of an error.

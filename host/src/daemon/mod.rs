@@ -17,6 +17,7 @@
 //!
 //! This module starts the parts in order and shuts them down gracefully.
 
+pub mod batches;
 pub mod completer;
 pub mod events;
 pub mod executor;
@@ -338,6 +339,10 @@ impl Control {
             self.shared.route(owned.iter_mut().map(|(n, _)| n)).await?;
             routed = Some(owned);
         }
+        if batch.iter().any(|(n, _)| n.defer.deferrable) {
+            let owned = routed.get_or_insert_with(|| batch.to_vec());
+            batches::hold(&self.shared.config.get(), owned.iter_mut().map(|(n, _)| n));
+        }
         let batch = routed.as_deref().unwrap_or(batch);
         let done = self.shared.queue.submit_keyed(batch).await?;
         let created: BTreeSet<&str> = batch
@@ -567,6 +572,7 @@ impl Daemon {
         );
 
         background.spawn(reload::refresh_limits_loop(shared.clone()));
+        background.spawn(batches::run(shared.clone()));
         if queue.shared() {
             daemon.leasing.spawn(leases::lease_loop(shared.clone()));
             background.spawn(members::membership_loop(shared.clone()));
@@ -605,6 +611,9 @@ impl Daemon {
         if self.shared.routes_to(&new) {
             self.shared.route([new.to_mut()]).await?;
         }
+        if new.defer.deferrable {
+            batches::hold(&self.shared.config.get(), [new.to_mut()]);
+        }
         let id = self.shared.queue.submit(&new).await?;
         self.shared.registry.wake(&new.provider);
         Ok(id)
@@ -618,6 +627,9 @@ impl Daemon {
         let mut batch = std::borrow::Cow::Borrowed(batch);
         if batch.iter().any(|n| self.shared.routes_to(n)) {
             self.shared.route(batch.to_mut().iter_mut()).await?;
+        }
+        if batch.iter().any(|n| n.defer.deferrable) {
+            batches::hold(&self.shared.config.get(), batch.to_mut().iter_mut());
         }
         let ids = self.shared.queue.submit_many(&batch).await?;
         let providers: BTreeSet<&str> = batch.iter().map(|n| n.provider.as_str()).collect();

@@ -31,6 +31,29 @@ pub mod v02 {
     };
 }
 
+/// `lanes:provider@0.2.1`'s `batch-provider` world: a 0.2 component that also exports
+/// `batch`. The interfaces it shares with `provider` are `v02`'s, so one `GuestState`
+/// implements them once; only `batch-io` (async: it reads and writes the queue) and the
+/// `batch` export are new here.
+pub mod v02b {
+    wasmtime::component::bindgen!({
+        world: "batch-provider",
+        path: "../wit",
+        imports: { "lanes:provider/batch-io": async },
+        exports: { default: async },
+        with: {
+            "lanes:provider/types": super::v02::lanes::provider::types,
+            "lanes:provider/logging": super::v02::lanes::provider::logging,
+            "lanes:provider/config": super::v02::lanes::provider::config,
+            "lanes:provider/hints": super::v02::lanes::provider::hints,
+            "lanes:provider/stream": super::v02::lanes::provider::stream,
+        },
+    });
+
+    pub use exports::lanes::provider::batch::{BatchLimits, BatchState, BatchStatus};
+    pub use lanes::provider::batch_io::{BatchItem, BatchOutcome, ItemResult};
+}
+
 /// Which `lanes:provider` minor version a component was built against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Generation {

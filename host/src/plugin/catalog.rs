@@ -317,6 +317,7 @@ impl PluginHost {
                         }),
                 )
                 .ok(),
+                stream_request_up_to: None,
             },
         };
         let info = self.info(&component, view.clone()).await?;

@@ -30,6 +30,8 @@ pub struct LoadedComponent {
     /// Whether the compiled code came from the cache.
     pub cache: CacheOutcome,
     pub(crate) pre: ProviderPre<GuestState>,
+    /// Its `batch-provider` form, when it exports `batch` (WIT 0.2.1).
+    pub(crate) batch: Option<super::bindings::v02b::BatchProviderPre<GuestState>>,
 }
 
 impl std::fmt::Debug for LoadedComponent {
@@ -186,6 +188,10 @@ impl PluginHost {
             .linker
             .instantiate_pre(&component)
             .map_err(wrong_world)?;
+        let batch = match generation {
+            Generation::V02 => super::batch::batch_pre(instance_pre.clone()),
+            Generation::V01 => None,
+        };
         let pre = match generation {
             Generation::V01 => {
                 ProviderPre::V01(v01::ProviderPre::new(instance_pre).map_err(wrong_world)?)
@@ -206,9 +212,11 @@ impl PluginHost {
                 wit: "",
                 capabilities: crate::model::Capabilities::NONE,
                 image_media_types: Vec::new(),
+                batch: None,
             },
             cache,
             pre,
+            batch,
         };
         loaded.info = self.info(&loaded, GuestView::anonymous(&file)).await?;
         Ok(loaded)
@@ -221,8 +229,13 @@ impl PluginHost {
         view: GuestView,
     ) -> Result<ComponentInfo, PluginError> {
         let limits = info_limits();
-        let (mut store, stderr) =
-            sandbox::new_store(&self.engine, &self.ticker, view, &limits, &self.client);
+        let (mut store, stderr) = sandbox::new_store(
+            &self.engine,
+            &self.ticker,
+            view.clone(),
+            &limits,
+            &self.client,
+        );
         let call = async {
             match &component.pre {
                 ProviderPre::V01(pre) => {
@@ -239,6 +252,7 @@ impl PluginHost {
                         wit: "0.1",
                         capabilities: version::CAPABILITIES_0_1,
                         image_media_types: Vec::new(),
+                        batch: None,
                     })
                 }
                 ProviderPre::V02(pre) => {
@@ -247,6 +261,22 @@ impl PluginHost {
                         .lanes_provider_adapter()
                         .call_info(&mut store)
                         .await?;
+                    // A batch component says its caps in `batch.limits()` (0.2.1), in an
+                    // instance of its own: one store runs one instance.
+                    let batch = match &component.batch {
+                        Some(pre) => Some(
+                            super::batch::limits_at_load(
+                                &self.engine,
+                                &self.ticker,
+                                &self.client,
+                                pre,
+                                view.clone(),
+                                &limits,
+                            )
+                            .await?,
+                        ),
+                        None => None,
+                    };
                     Ok::<_, wasmtime::Error>(ComponentInfo {
                         name: info.name,
                         version: info.version,
@@ -255,6 +285,7 @@ impl PluginHost {
                         wit: "0.2",
                         capabilities: capabilities_of(info.capabilities),
                         image_media_types: info.image_media_types,
+                        batch,
                     })
                 }
             }

@@ -11,6 +11,7 @@
 //! - `sandbox.rs` is what a guest may see and use; `version.rs` which WIT versions load;
 //!   `cache.rs` the compiled components on disk.
 
+pub mod batch;
 pub mod bindings;
 pub mod cache;
 pub mod catalog;
@@ -71,6 +72,9 @@ pub struct ComponentInfo {
     /// The media types of the images it takes; empty for the usual four.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub image_media_types: Vec<String>,
+    /// Its batch caps, when it can send batches (exports `batch`, WIT 0.2.1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<batch::BatchLimits>,
 }
 
 impl ComponentInfo {

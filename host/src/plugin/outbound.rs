@@ -68,6 +68,57 @@ pub struct OutboundRules {
     /// The `user-agent` sent when the component sets none: `lanes/VERSION (PROVIDER/VERSION)`
     /// or the operator's `[providers.NAME] user_agent`.
     pub user_agent: Option<http::HeaderValue>,
+    /// A batch call's upload: the request body goes out as the guest writes it (chunked),
+    /// up to this many bytes, instead of being read whole first (up to 32 MiB), so that a
+    /// batch file of hundreds of megabytes sits whole neither in the guest nor here.
+    pub stream_request_up_to: Option<u64>,
+}
+
+/// Sends `request` and hands back its response, its body under the provider's cap, the
+/// request's deadline and the idle timeout.
+async fn respond(
+    client: Client<Connector, WasiBody>,
+    request: http::Request<WasiBody>,
+    rules: OutboundRules,
+    deadline: tokio::time::Instant,
+) -> Result<
+    (
+        http::Response<WasiBody>,
+        Box<dyn Future<Output = Result<(), Error>> + Send>,
+    ),
+    Error,
+> {
+    let response = match tokio::time::timeout_at(deadline, client.request(request)).await {
+        Err(_) => return Err(Error::HttpResponseTimeout),
+        Ok(Err(e)) => {
+            return Err(if e.is_connect() {
+                Error::ConnectionRefused
+            } else {
+                Error::InternalError(Some(e.to_string()))
+            });
+        }
+        Ok(Ok(response)) => response,
+    };
+    let cap = rules.max_response_bytes;
+    let (parts, body) = response.into_parts();
+    let body = http_body_util::Limited::new(body, cap)
+        .map_err(move |e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Error::HttpResponseBodySize(u64::try_from(cap).ok())
+            } else {
+                Error::InternalError(Some(e.to_string()))
+            }
+        })
+        .boxed_unsync();
+    let body = Deadline {
+        body,
+        deadline: Box::pin(tokio::time::sleep_until(deadline)),
+        idle_timeout: rules.idle_timeout,
+        idle: Box::pin(tokio::time::sleep(rules.idle_timeout)),
+    }
+    .boxed_unsync();
+    let io: Box<dyn Future<Output = Result<(), Error>> + Send> = Box::new(async { Ok(()) });
+    Ok((http::Response::from_parts(parts, body), io))
 }
 
 impl OutboundRules {
@@ -182,6 +233,23 @@ impl WasiHttpHooks for Outbound {
             // traps on that instead of rejecting the fetch), and the request goes out with
             // a content-length even when the guest streamed it.
             let (mut parts, body) = request.into_parts();
+            if let Some(max) = rules.stream_request_up_to {
+                let max = usize::try_from(max).unwrap_or(usize::MAX);
+                let body = http_body_util::Limited::new(body, max)
+                    .map_err(move |e| {
+                        if e.is::<http_body_util::LengthLimitError>() {
+                            Error::HttpRequestBodySize(u64::try_from(max).ok())
+                        } else {
+                            match e.downcast::<Error>() {
+                                Ok(code) => *code,
+                                Err(e) => Error::InternalError(Some(e.to_string())),
+                            }
+                        }
+                    })
+                    .boxed_unsync();
+                let request = http::Request::from_parts(parts, body);
+                return respond(client, request, rules, deadline).await;
+            }
             let body = match tokio::time::timeout_at(
                 deadline,
                 http_body_util::Limited::new(body, MAX_REQUEST_BYTES).collect(),
@@ -205,37 +273,7 @@ impl WasiHttpHooks for Outbound {
                 .map_err(|never| match never {})
                 .boxed_unsync();
             let request = http::Request::from_parts(parts, body);
-            let response = match tokio::time::timeout_at(deadline, client.request(request)).await {
-                Err(_) => return Err(Error::HttpResponseTimeout),
-                Ok(Err(e)) => {
-                    return Err(if e.is_connect() {
-                        Error::ConnectionRefused
-                    } else {
-                        Error::InternalError(Some(e.to_string()))
-                    });
-                }
-                Ok(Ok(response)) => response,
-            };
-            let cap = rules.max_response_bytes;
-            let (parts, body) = response.into_parts();
-            let body = http_body_util::Limited::new(body, cap)
-                .map_err(move |e| {
-                    if e.is::<http_body_util::LengthLimitError>() {
-                        Error::HttpResponseBodySize(u64::try_from(cap).ok())
-                    } else {
-                        Error::InternalError(Some(e.to_string()))
-                    }
-                })
-                .boxed_unsync();
-            let body = Deadline {
-                body,
-                deadline: Box::pin(tokio::time::sleep_until(deadline)),
-                idle_timeout: rules.idle_timeout,
-                idle: Box::pin(tokio::time::sleep(rules.idle_timeout)),
-            }
-            .boxed_unsync();
-            let io: Box<dyn Future<Output = Result<(), Error>> + Send> = Box::new(async { Ok(()) });
-            Ok((http::Response::from_parts(parts, body), io))
+            respond(client, request, rules, deadline).await
         })
     }
 }
@@ -301,6 +339,7 @@ mod tests {
             idle_timeout: Duration::from_secs(1),
             max_response_bytes: 1,
             user_agent: None,
+            stream_request_up_to: None,
         };
         assert!(rules.allows("api.example.com", 443));
         assert!(rules.allows("API.example.com", 80));
@@ -323,6 +362,7 @@ mod tests {
             idle_timeout: Duration::from_secs(1),
             max_response_bytes: 1,
             user_agent: None,
+            stream_request_up_to: None,
         };
         // The default entry of a base_url allows that URL's own host and port.
         assert!(rules.allows("[::1]", 8080));

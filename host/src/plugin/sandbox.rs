@@ -15,7 +15,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use super::outbound::{Outbound, OutboundRules, SharedClient};
 
 use super::bindings::v01::lanes::provider::{config, hints, logging, types};
-use super::bindings::{v01, v02};
+use super::bindings::{v01, v02, v02b};
 use crate::config::SandboxConfig;
 
 /// How often the engine's epoch advances; the unit of the CPU budget.
@@ -127,6 +127,7 @@ impl GuestView {
                 idle_timeout: std::time::Duration::from_secs(5),
                 max_response_bytes: 0,
                 user_agent: None,
+                stream_request_up_to: None,
             },
         }
     }
@@ -150,6 +151,8 @@ pub struct GuestState {
     pub(crate) retry_after_hint: Option<u64>,
     /// Where `stream.emit` sends the deltas of the call; `None` drops them.
     pub(crate) deltas: Option<DeltaSink>,
+    /// During a batch call: where `batch-io` takes requests from and hands results to.
+    pub(crate) batch_io: Option<Box<dyn super::batch::BatchIo>>,
     /// Keeps the epoch advancing while the store lives; `None` for the bare reference store,
     /// which has no CPU budget.
     _ticking: Option<TickerHold>,
@@ -283,6 +286,11 @@ pub fn add_to_linker(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
     // component of either generation finds its own.
     v01::Provider::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |s| s)?;
     v02::Provider::add_to_linker::<GuestState, HasSelf<GuestState>>(linker, |s| s)?;
+    // 0.2.1's `batch-io`, for components that send batches; others do not import it.
+    v02b::lanes::provider::batch_io::add_to_linker::<GuestState, HasSelf<GuestState>>(
+        linker,
+        |s| s,
+    )?;
     Ok(())
 }
 
@@ -312,6 +320,7 @@ pub fn new_store(
         outbound: Outbound::new(view.provider.clone(), view.outbound.clone(), client.clone()),
         retry_after_hint: None,
         deltas: None,
+        batch_io: None,
         view,
         _ticking: Some(ticker.hold()),
     };
@@ -358,6 +367,7 @@ pub fn bare_store(engine: &Engine, view: GuestView, client: &SharedClient) -> St
         outbound: Outbound::new(view.provider.clone(), view.outbound.clone(), client.clone()),
         retry_after_hint: None,
         deltas: None,
+        batch_io: None,
         view,
         _ticking: None,
     };

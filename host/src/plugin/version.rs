@@ -10,7 +10,7 @@ use crate::model::{Capabilities, Capability};
 use wasmtime::component::Component;
 
 /// The `lanes:provider` version this host implements.
-pub const HOST_WIT_VERSION: (u64, u64, u64) = (0, 2, 0);
+pub const HOST_WIT_VERSION: (u64, u64, u64) = (0, 2, 1);
 
 /// The last 0.1 version, whose frozen text the host keeps loading.
 pub const HOST_WIT_0_1: (u64, u64, u64) = (0, 1, 2);

@@ -10,6 +10,7 @@
 //! - a running row changes only through the worker that owns it (`owner`), so a worker that
 //!   lost a row (its lease expired and another took over) cannot overwrite what another wrote.
 
+pub mod batches;
 pub mod postgres;
 pub mod spend;
 pub mod sqlite;
@@ -62,6 +63,8 @@ pub struct StatusCounts {
     pub completed: u64,
     pub failed: u64,
     pub cancelled: u64,
+    /// Held for a provider batch, or inside one.
+    pub batched: u64,
 }
 
 impl StatusCounts {
@@ -73,6 +76,7 @@ impl StatusCounts {
             Status::Completed => self.completed += n,
             Status::Failed => self.failed += n,
             Status::Cancelled => self.cancelled += n,
+            Status::Batched => self.batched += n,
         }
     }
 }
@@ -135,7 +139,7 @@ pub enum Finish {
 
 /// The queue's storage contract.
 #[async_trait]
-pub trait Queue: Send + Sync + 'static {
+pub trait Queue: batches::BatchStore + Send + Sync + 'static {
     /// Inserts a pending execution and returns its id.
     async fn submit(&self, new: &NewExecution) -> Result<ExecutionId, StoreError>;
 
@@ -733,6 +737,8 @@ pub struct UsageRow {
     /// Completed executions without a price (their model has none, or they completed
     /// before lanes priced answers): their cost is not in `cost_usd`.
     pub unpriced: u64,
+    /// What answers from provider batches saved against the live price, in USD.
+    pub saved_usd: f64,
 }
 
 impl UsageRow {
@@ -748,6 +754,7 @@ impl UsageRow {
             t.reasoning_tokens += r.reasoning_tokens;
             t.cost_usd += r.cost_usd;
             t.unpriced += r.unpriced;
+            t.saved_usd += r.saved_usd;
         }
         t
     }
@@ -777,6 +784,11 @@ pub(crate) fn usage_sql(by: UsageBy, postgres: bool) -> String {
             ("?1", "?2"),
         )
     };
+    let saved = if postgres {
+        "COALESCE(SUM((output::jsonb #>> '{cost,saved_usd}')::float8), 0)"
+    } else {
+        "COALESCE(SUM(json_extract(output, '$.cost.saved_usd')), 0.0)"
+    };
     let unpriced = if postgres {
         "COUNT(*) FILTER (WHERE output::jsonb #>> '{cost,usd}' IS NULL)"
     } else {
@@ -784,7 +796,7 @@ pub(crate) fn usage_sql(by: UsageBy, postgres: bool) -> String {
     };
     format!(
         "SELECT {key} AS k, COUNT(*), {input}, {output}, {cache_read}, {cache_write},
-                {reasoning}, {real}, {unpriced}
+                {reasoning}, {real}, {unpriced}, {saved}
            FROM executions
           WHERE status = 'completed' AND finished_at >= {since} AND finished_at < {until}
           GROUP BY k ORDER BY k",
@@ -800,7 +812,7 @@ pub(crate) fn usage_sql(by: UsageBy, postgres: bool) -> String {
 }
 
 /// One row of [`usage_sql`]: the key, the count, five token sums, the cost, the unpriced.
-pub(crate) type UsageTuple = (String, i64, i64, i64, i64, i64, i64, f64, i64);
+pub(crate) type UsageTuple = (String, i64, i64, i64, i64, i64, i64, f64, i64, f64);
 
 /// Rows of [`usage_sql`] as [`UsageRow`]s.
 pub(crate) fn usage_rows(rows: Vec<UsageTuple>) -> Vec<UsageRow> {
@@ -816,6 +828,7 @@ pub(crate) fn usage_rows(rows: Vec<UsageTuple>) -> Vec<UsageRow> {
             reasoning_tokens: n(r.6),
             cost_usd: r.7,
             unpriced: n(r.8),
+            saved_usd: r.9,
         })
         .collect()
 }
@@ -935,7 +948,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Queue>, StoreError> {
 pub(crate) const COLUMNS: &str = "id, provider, status, priority, input, output, error, \
     error_kind, attempts, max_attempts, not_before, resume, created_at, started_at, \
     finished_at, owner, lease_until, worker, history, rate_limited, aged, route, tenant, \
-    cache_key";
+    cache_key, may_defer, deadline, batch_id";
 
 /// An execution as both backends store it. Read from a row, or (SQLite's batch write)
 /// from a JSON array of [`COLUMNS`]' values, in that order.
@@ -966,6 +979,9 @@ pub(crate) struct ExecutionRow {
     /// `''` for none: a key column, so that one index holds each tenant's pending rows.
     tenant: String,
     cache_key: Option<String>,
+    may_defer: bool,
+    deadline: Option<i64>,
+    batch_id: Option<i64>,
 }
 
 /// Reads an execution from a row of either backend.
@@ -1005,6 +1021,9 @@ pub(crate) fn execution_from_raw(raw: ExecutionRow) -> Result<Execution, StoreEr
         route: raw.route,
         tenant: (!raw.tenant.is_empty()).then_some(raw.tenant),
         cache_key: raw.cache_key,
+        deferrable: raw.may_defer,
+        deadline: raw.deadline,
+        batch_id: raw.batch_id,
         max_attempts: raw.max_attempts,
         not_before: raw.not_before,
         resume: raw.resume,

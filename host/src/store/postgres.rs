@@ -420,8 +420,10 @@ async fn insert(
     }
     sqlx::query_scalar(&format!(
         "INSERT INTO executions (provider, priority, input, max_attempts, not_before, created_at,
-                                 idempotency_key, request_hash, route, tenant)
-         VALUES ($1, $2, $3, $4, {NOW_MS}, {NOW_MS}, $5, $6, $7, COALESCE($8, ''))
+                                 idempotency_key, request_hash, route, tenant, status,
+                                 may_defer, deadline)
+         VALUES ($1, $2, $3, $4, {NOW_MS}, {NOW_MS}, $5, $6, $7, COALESCE($8, ''), $9, $10,
+                 $11)
          ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
          RETURNING id"
     ))
@@ -433,6 +435,9 @@ async fn insert(
     .bind(key.map(|k| &k.fingerprint))
     .bind(&new.route)
     .bind(&new.tenant)
+    .bind(new.defer.status().as_str())
+    .bind(new.defer.deferrable)
+    .bind(new.defer.deadline)
     .fetch_optional(tx)
     .await
     .op("submitting an execution")
@@ -545,6 +550,20 @@ async fn insert_cached(
     .op(OP)
 }
 
+/// A batch statement's text for PostgreSQL (see `store/batches.rs`).
+fn batch_sql(sql: &str) -> String {
+    super::batches::for_postgres(sql, NOW_MS)
+}
+
+super::batches::batch_methods!(
+    PgQueue,
+    pool,
+    pool,
+    batch_sql,
+    super::batches::finish_batched_postgres(NOW_MS),
+    Some(super::batches::OPEN_LOCK_SQL)
+);
+
 #[async_trait]
 impl Queue for PgQueue {
     async fn submit(&self, new: &NewExecution) -> Result<ExecutionId, StoreError> {
@@ -580,7 +599,13 @@ impl Queue for PgQueue {
             let mut max_attempts = Vec::with_capacity(chunk.len());
             let mut routes = Vec::with_capacity(chunk.len());
             let mut tenants = Vec::with_capacity(chunk.len());
+            let mut statuses = Vec::with_capacity(chunk.len());
+            let mut may_defer = Vec::with_capacity(chunk.len());
+            let mut deadlines = Vec::with_capacity(chunk.len());
             for n in chunk {
+                statuses.push(n.defer.status().as_str());
+                may_defer.push(n.defer.deferrable);
+                deadlines.push(n.defer.deadline);
                 routes.push(n.route.as_deref());
                 tenants.push(n.tenant.as_deref().unwrap_or(""));
                 providers.push(n.provider.as_str());
@@ -593,13 +618,14 @@ impl Queue for PgQueue {
             }
             let mut chunk_ids: Vec<i64> = sqlx::query_scalar(&format!(
                 "INSERT INTO executions (provider, priority, input, max_attempts, not_before,
-                                         created_at, route, tenant)
+                                         created_at, route, tenant, status, may_defer,
+                                         deadline)
                  SELECT b.provider, b.priority, b.input, b.max_attempts, {NOW_MS}, {NOW_MS},
-                        b.route, b.tenant
+                        b.route, b.tenant, b.status, b.may_defer, b.deadline
                    FROM unnest($1::text[], $2::int[], $3::text[], $4::int[], $5::text[],
-                               $6::text[])
+                               $6::text[], $7::text[], $8::bool[], $9::bigint[])
                         WITH ORDINALITY AS b(provider, priority, input, max_attempts, route,
-                                             tenant, n)
+                                             tenant, status, may_defer, deadline, n)
                   ORDER BY b.n
                  RETURNING id"
             ))
@@ -609,6 +635,9 @@ impl Queue for PgQueue {
             .bind(&max_attempts)
             .bind(&routes)
             .bind(&tenants)
+            .bind(&statuses)
+            .bind(&may_defer)
+            .bind(&deadlines)
             .fetch_all(&mut *tx)
             .await
             .op(OP)?;
@@ -1376,7 +1405,7 @@ impl Queue for PgQueue {
         // claimed between them is caught by the second.
         let pending = sqlx::query(&format!(
             "UPDATE executions SET status = 'cancelled', finished_at = {NOW_MS}
-              WHERE id = $1 AND status = 'pending'"
+              WHERE id = $1 AND status IN ('pending', 'batched')"
         ))
         .bind(id)
         .execute(&self.pool)
@@ -1797,6 +1826,7 @@ mod tests {
             route: None,
             tenant: None,
             cache: None,
+            defer: Default::default(),
         }
     }
 

@@ -19,7 +19,7 @@ use super::{
     readable_claims, stored_count, unreadable_failure, usage_rows, usage_sql, written_flags,
 };
 use super::{CacheEnd, CacheSettled};
-use crate::model::{ErrorKind, Execution, ExecutionId, NewExecution, now_ms};
+use crate::model::{Defer, ErrorKind, Execution, ExecutionId, NewExecution, now_ms};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 
@@ -216,7 +216,8 @@ fn claim_json_sql(params: [&str; 9]) -> String {
                 id, provider, 'running', priority, input, output, error, error_kind,
                 attempts + 1, max_attempts, not_before, json('false'), created_at, {now},
                 finished_at, {owner}, {now} + {lease}, {owner}, history, rate_limited, aged,
-                route, tenant, cache_key))
+                route, tenant, cache_key, json(CASE may_defer WHEN 0 THEN 'false' ELSE 'true' END),
+                deadline, batch_id))
            FROM executions WHERE id IN temp.claim_picked;
          UPDATE executions SET {set} WHERE id IN temp.claim_picked"
     )
@@ -799,8 +800,9 @@ async fn insert(
     }
     sqlx::query_scalar(
         "INSERT INTO executions (provider, priority, input, max_attempts, not_before, created_at,
-                                 idempotency_key, request_hash, route, tenant)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, COALESCE(?9, ''))
+                                 idempotency_key, request_hash, route, tenant, status,
+                                 may_defer, deadline)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, COALESCE(?9, ''), ?10, ?11, ?12)
          ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
          RETURNING id",
     )
@@ -813,6 +815,9 @@ async fn insert(
     .bind(key.map(|k| &k.fingerprint))
     .bind(&new.route)
     .bind(&new.tenant)
+    .bind(new.defer.status().as_str())
+    .bind(new.defer.deferrable)
+    .bind(new.defer.deadline)
     .fetch_optional(conn)
     .await
     .op("submitting an execution")
@@ -894,6 +899,15 @@ async fn insert_cached(
 /// The history of an execution answered from the cache: one record, attempt 0, `cached`.
 const HIT_HISTORY: &str = r#"[{"attempt":0,"started_at":NOW,"finished_at":NOW,"worker":null,"outcome":"cached","error_kind":null,"error":null,"retry_delay_ms":null}]"#;
 
+super::batches::batch_methods!(
+    SqliteQueue,
+    writer,
+    pool,
+    super::batches::for_sqlite,
+    super::batches::finish_batched_sqlite(),
+    None
+);
+
 #[async_trait]
 impl Queue for SqliteQueue {
     async fn submit(&self, new: &NewExecution) -> Result<ExecutionId, StoreError> {
@@ -938,7 +952,22 @@ impl Queue for SqliteQueue {
             // the route).
             let routed = chunk.iter().any(|n| n.route.is_some());
             let tenanted = chunk.iter().any(|n| n.tenant.is_some());
-            let rows = if routed || tenanted {
+            let deferred = chunk.iter().any(|n| n.defer != Defer::default());
+            let rows = if deferred {
+                json_rows(chunk.iter().map(|n| {
+                    (
+                        &n.provider,
+                        n.priority,
+                        &n.input,
+                        n.max_attempts,
+                        &n.route,
+                        n.tenant.as_deref().unwrap_or(""),
+                        n.defer.status().as_str(),
+                        n.defer.deferrable,
+                        n.defer.deadline,
+                    )
+                }))?
+            } else if routed || tenanted {
                 json_rows(chunk.iter().map(|n| {
                     (
                         &n.provider,
@@ -956,7 +985,14 @@ impl Queue for SqliteQueue {
                         .map(|n| (&n.provider, n.priority, &n.input, n.max_attempts)),
                 )?
             };
-            let (extra_columns, extra_values) = if routed || tenanted {
+            let (extra_columns, extra_values) = if deferred {
+                (
+                    ", route, tenant, status, may_defer, deadline",
+                    ", json_extract(value, '$[4]'), json_extract(value, '$[5]'),
+                       json_extract(value, '$[6]'), json_extract(value, '$[7]'),
+                       json_extract(value, '$[8]')",
+                )
+            } else if routed || tenanted {
                 (
                     ", route, tenant",
                     ", json_extract(value, '$[4]'), json_extract(value, '$[5]')",
@@ -1646,7 +1682,7 @@ impl Queue for SqliteQueue {
         // claimed between them is caught by the second.
         let pending = sqlx::query(
             "UPDATE executions SET status = 'cancelled', finished_at = ?2
-              WHERE id = ?1 AND status = 'pending'",
+              WHERE id = ?1 AND status IN ('pending', 'batched')",
         )
         .bind(id)
         .bind(now)

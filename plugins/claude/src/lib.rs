@@ -23,6 +23,9 @@
 //! usage deltas (usage at `message_start` and at each `message_delta`, whose counts are
 //! totals), and the answer ends at `message_stop` (a body that ends before it is
 //! `unavailable`); an `error` event maps by its type (`overloaded_error` is `unavailable`).
+//!
+//! Batches (WIT 0.2.1): the component also exports `batch`, over the Message Batches API
+//! (see [`batch`]).
 
 use lanes_guest::adapter::{HttpAdapter, HttpRequest};
 use lanes_guest::bindings::lanes::provider::config;
@@ -35,6 +38,8 @@ use lanes_guest::stream::{self, Emit, ResponseBuilder, SseEvent, SseParser, Stre
 use lanes_guest::{errors, http};
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
+
+mod batch;
 
 struct Claude;
 
@@ -713,6 +718,26 @@ fn error(response: &http::Response) -> ProviderError {
     errors::obey_should_retry(response, class)
 }
 
+/// The headers of every request to the API, live or batch: `anthropic-version` and the key
+/// (config `auth`: a Bearer token, the default, or `x-api-key`).
+fn headers() -> Result<Vec<(String, String)>, ProviderError> {
+    let key = lanes_guest::secret("api-key").ok_or_else(|| {
+        ProviderError::Unauthorized("no API key: set api_key_env or api_key_file".into())
+    })?;
+    let auth = if config::get("auth").as_deref() == Some("x-api-key") {
+        ("x-api-key".to_string(), key)
+    } else {
+        ("authorization".to_string(), format!("Bearer {key}"))
+    };
+    Ok(vec![
+        (
+            "anthropic-version".to_string(),
+            lanes_guest::config_or("anthropic_version", "2026-10-21"),
+        ),
+        auth,
+    ])
+}
+
 impl HttpAdapter for Claude {
     fn info() -> ProviderInfo {
         ProviderInfo {
@@ -734,19 +759,12 @@ impl HttpAdapter for Claude {
 
     fn build_request(request: &ChatRequest) -> Result<HttpRequest, ProviderError> {
         let model = lanes_guest::model(request)?;
-        let key = lanes_guest::secret("api-key").ok_or_else(|| {
-            ProviderError::Unauthorized("no API key: set api_key_env or api_key_file".into())
-        })?;
+        let headers = headers()?;
         let body = body(request, &model, &Settings::from_config()?)?;
-        let built = HttpRequest::post("/v1/messages", Value::Object(body)).header(
-            "anthropic-version",
-            lanes_guest::config_or("anthropic_version", "2026-10-21"),
-        );
-        Ok(if config::get("auth").as_deref() == Some("x-api-key") {
-            built.header("x-api-key", key)
-        } else {
-            built.header("authorization", format!("Bearer {key}"))
-        })
+        Ok(headers.into_iter().fold(
+            HttpRequest::post("/v1/messages", Value::Object(body)),
+            |built, (name, value)| built.header(name, value),
+        ))
     }
 
     fn parse_response(response: &http::Response) -> Result<ChatResponse, ProviderError> {
@@ -762,7 +780,7 @@ impl HttpAdapter for Claude {
     }
 }
 
-lanes_guest::export_http_adapter!(Claude);
+lanes_guest::export_http_batch_adapter!(Claude);
 
 #[cfg(test)]
 mod tests {

@@ -17,6 +17,9 @@
 //! Streaming: `stream: true` with `stream_options.include_usage`; the SSE chunks become
 //! text, reasoning, tool-call and usage deltas, and the answer ends at `data: [DONE]` (a body
 //! that ends before it is `unavailable`); an `error` chunk maps by its code or type.
+//!
+//! Batches (WIT 0.2.1): the component also exports `batch`, over OpenAI's Batch API (see
+//! [`batch`]).
 
 use lanes_guest::adapter::{HttpAdapter, HttpRequest};
 use lanes_guest::bindings::lanes::provider::types::{
@@ -28,6 +31,8 @@ use lanes_guest::stream::{self, Emit, ResponseBuilder, SseEvent, SseParser, Stre
 use lanes_guest::{errors, http};
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
+
+mod batch;
 
 struct OpenAi;
 
@@ -572,7 +577,7 @@ impl HttpAdapter for OpenAi {
     }
 }
 
-lanes_guest::export_http_adapter!(OpenAi);
+lanes_guest::export_http_batch_adapter!(OpenAi);
 
 #[cfg(test)]
 mod tests {

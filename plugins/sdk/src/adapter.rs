@@ -138,12 +138,20 @@ pub fn execute<A: HttpAdapter>(request: ChatRequest) -> Result<ChatResponse, Pro
     attempt::<A>(request).map_err(crate::scrub)
 }
 
-fn attempt<A: HttpAdapter>(request: ChatRequest) -> Result<ChatResponse, ProviderError> {
-    let mut built = A::build_request(&request)?;
+/// The HTTP request `A` sends for `request`: its [`HttpAdapter::build_request`], with the
+/// request's `extra` object deep-merged into the body. A live call and a batch's line are
+/// both built here, so that a batch carries whatever a live call can.
+pub fn build<A: HttpAdapter>(request: &ChatRequest) -> Result<HttpRequest, ProviderError> {
+    let mut built = A::build_request(request)?;
     if let serde_json::Value::Object(body) = &mut built.body {
         crate::merge_extra(body, request.extra.as_deref())
             .map_err(ProviderError::InvalidRequest)?;
     }
+    Ok(built)
+}
+
+fn attempt<A: HttpAdapter>(request: ChatRequest) -> Result<ChatResponse, ProviderError> {
+    let built = build::<A>(&request)?;
     let url = format!("{}{}", crate::base_url(A::DEFAULT_BASE_URL), built.path);
     let headers: Vec<(&str, &str)> = built
         .headers

@@ -3,11 +3,13 @@
 use crate::bindings::lanes::provider::types::{ProviderError, RateLimit};
 use crate::http::{HttpError, Response};
 
-/// A transport failure: a denied host, a bad URL or an oversized response is permanent;
-/// the rest are transient.
+/// A transport failure: a denied host, a bad URL or an oversized request or response is
+/// permanent; the rest are transient.
 pub fn transport(e: HttpError) -> ProviderError {
     match e {
-        HttpError::Denied(_) | HttpError::TooLarge(_) => ProviderError::Other(e.to_string()),
+        HttpError::Denied(_) | HttpError::TooLarge(_) | HttpError::RequestTooLarge(_) => {
+            ProviderError::Other(e.to_string())
+        }
         HttpError::BadUrl(_) => ProviderError::InvalidRequest(e.to_string()),
         other => ProviderError::Unavailable(other.to_string()),
     }
@@ -112,6 +114,23 @@ pub fn from_stream_error(kind: &str, message: &str) -> ProviderError {
     } else {
         format!("error in stream: {kind}: {message}")
     };
+    classify_kind(&kind, described)
+}
+
+/// An error that came without an HTTP status of its own, such as a failed request in a
+/// batch's results, classified by the API's error type or code as [`from_stream_error`]
+/// does, with the message `<kind>: <message>`.
+pub fn from_error_kind(kind: &str, message: &str) -> ProviderError {
+    let kind = kind.to_ascii_lowercase();
+    let described = if kind.is_empty() {
+        message.to_string()
+    } else {
+        format!("{kind}: {message}")
+    };
+    classify_kind(&kind, described)
+}
+
+fn classify_kind(kind: &str, described: String) -> ProviderError {
     if kind.contains("rate_limit") {
         ProviderError::RateLimited(RateLimit {
             retry_after_ms: None,
@@ -344,6 +363,22 @@ mod tests {
         assert_eq!(class("invalid_request_error"), "invalid");
         assert_eq!(class("authentication_error"), "unauthorized");
         assert_eq!(class("insufficient_quota"), "other");
+    }
+
+    #[test]
+    fn errors_without_a_status_by_kind() {
+        assert!(matches!(
+            from_error_kind("invalid_request_error", "bad"),
+            ProviderError::InvalidRequest(m) if m == "invalid_request_error: bad"
+        ));
+        assert!(matches!(
+            from_error_kind("", "gone"),
+            ProviderError::Unavailable(m) if m == "gone"
+        ));
+        assert!(matches!(
+            from_error_kind("permission_error", "no"),
+            ProviderError::Unauthorized(_)
+        ));
     }
 
     #[test]

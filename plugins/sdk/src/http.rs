@@ -1,12 +1,14 @@
 //! Blocking HTTP over `wasi:http`. [`send`] makes one request and reads the response whole;
 //! [`open`] hands back the status and headers with a [`BodyReader`] that reads the body
-//! chunk by chunk, as it arrives (for streamed answers). The host applies the provider's
-//! allow-list, timeout and response-size cap.
+//! chunk by chunk, as it arrives (for streamed answers); [`open_writer`] starts a request
+//! whose body is written piece by piece ([`BodyWriter`], for uploads too large to hold). The
+//! host applies the provider's allow-list, timeout and response-size cap.
 
 use wasip2::http::outgoing_handler;
+pub use wasip2::http::types::Method;
 use wasip2::http::types::{
-    ErrorCode, Fields, IncomingBody, IncomingResponse, Method, OutgoingBody, OutgoingRequest,
-    Scheme,
+    ErrorCode, Fields, FutureIncomingResponse, IncomingBody, IncomingResponse, OutgoingBody,
+    OutgoingRequest, Scheme,
 };
 use wasip2::io::streams::{InputStream, OutputStream, StreamError};
 
@@ -49,6 +51,8 @@ pub enum HttpError {
     BadUrl(String),
     /// The response is larger than the host allows the provider to read.
     TooLarge(String),
+    /// The request body is larger than the host lets the provider send.
+    RequestTooLarge(String),
     /// Anything else on the wire, such as a response larger than the host's cap.
     Protocol(String),
 }
@@ -61,6 +65,7 @@ impl std::fmt::Display for HttpError {
             HttpError::Unreachable(m) => write!(f, "unreachable: {m}"),
             HttpError::BadUrl(m) => write!(f, "bad URL: {m}"),
             HttpError::TooLarge(m) => write!(f, "response too large: {m}"),
+            HttpError::RequestTooLarge(m) => write!(f, "request too large: {m}"),
             HttpError::Protocol(m) => write!(f, "HTTP error: {m}"),
         }
     }
@@ -83,6 +88,10 @@ fn from_code(url: &str, code: ErrorCode) -> HttpError {
             "{url}: more than the {} bytes the host allows (max_response_bytes)",
             limit.unwrap_or_default()
         )),
+        ErrorCode::HttpRequestBodySize(limit) => HttpError::RequestTooLarge(match limit {
+            Some(limit) => format!("{url}: more than the {limit} bytes the host lets it send"),
+            None => format!("{url}: more than the host lets it send"),
+        }),
         other => HttpError::Protocol(format!("{url}: {other:?}")),
     }
 }
@@ -117,7 +126,7 @@ fn parse(url: &str) -> Result<Url<'_>, HttpError> {
 
 fn write_all(stream: &OutputStream, bytes: &[u8]) -> Result<(), HttpError> {
     // `blocking-write-and-flush` takes at most 4096 bytes a call.
-    for chunk in bytes.chunks(4096) {
+    for chunk in bytes.chunks(WRITE_MAX) {
         stream
             .blocking_write_and_flush(chunk)
             .map_err(|e| HttpError::Protocol(format!("writing the request body: {e:?}")))?;
@@ -164,20 +173,39 @@ pub fn open(
     headers: &[(&str, &str)],
     body: Option<&[u8]>,
 ) -> Result<(Response, BodyReader), HttpError> {
-    let parsed = parse(url)?;
-    let mut entries: Vec<(String, Vec<u8>)> = headers
-        .iter()
-        .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-        .collect();
+    let mut all: Vec<(&str, &str)> = headers.to_vec();
     // A body of known size goes with its length, not chunked: some servers and proxies
     // refuse chunked requests.
-    if let Some(body) = body
+    let length = body.map(|b| b.len().to_string());
+    if let Some(length) = &length
         && !headers
             .iter()
             .any(|(n, _)| n.eq_ignore_ascii_case("content-length"))
     {
-        entries.push(("content-length".into(), body.len().to_string().into_bytes()));
+        all.push(("content-length", length.as_str()));
     }
+    let (outgoing, pending) = start(method, url, &all)?;
+    if let Some(bytes) = body {
+        let stream = outgoing
+            .write()
+            .map_err(|()| HttpError::Protocol("request body stream unavailable".into()))?;
+        write_all(&stream, bytes)?;
+    }
+    OutgoingBody::finish(outgoing, None).map_err(|e| from_code(url, e))?;
+    wait(url, pending)
+}
+
+/// Builds the request and hands it to the host, which sends it as its body is written.
+fn start(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<(OutgoingBody, FutureIncomingResponse), HttpError> {
+    let parsed = parse(url)?;
+    let entries: Vec<(String, Vec<u8>)> = headers
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+        .collect();
     let fields = Fields::from_list(&entries)
         .map_err(|e| HttpError::Protocol(format!("invalid header: {e:?}")))?;
     let request = OutgoingRequest::new(fields);
@@ -197,14 +225,11 @@ pub fn open(
         .map_err(|()| HttpError::Protocol("request body already taken".into()))?;
     // Hand the request over first: the host buffers little of the body until it sends.
     let pending = outgoing_handler::handle(request, None).map_err(|e| from_code(url, e))?;
-    if let Some(bytes) = body {
-        let stream = outgoing
-            .write()
-            .map_err(|()| HttpError::Protocol("request body stream unavailable".into()))?;
-        write_all(&stream, bytes)?;
-    }
-    OutgoingBody::finish(outgoing, None).map_err(|e| from_code(url, e))?;
+    Ok((outgoing, pending))
+}
 
+/// Waits for the response's status and headers.
+fn wait(url: &str, pending: FutureIncomingResponse) -> Result<(Response, BodyReader), HttpError> {
     pending.subscribe().block();
     let response = match pending.get() {
         Some(Ok(Ok(response))) => response,
@@ -239,6 +264,143 @@ pub fn open(
             response: Some(response),
         },
     ))
+}
+
+/// Starts a request whose body is written piece by piece with [`BodyWriter::write`], for a
+/// body too large to hold whole (a batch upload). It goes without a `content-length`, so
+/// HTTP/1.1 sends it chunked; a `content-length` in `headers` is dropped, since the size is
+/// not known until [`BodyWriter::finish`].
+pub fn open_writer(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<BodyWriter, HttpError> {
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .filter(|(n, _)| !n.eq_ignore_ascii_case("content-length"))
+        .copied()
+        .collect();
+    let (outgoing, pending) = start(method, url, &headers)?;
+    let stream = outgoing
+        .write()
+        .map_err(|()| HttpError::Protocol("request body stream unavailable".into()))?;
+    Ok(BodyWriter {
+        url: url.to_string(),
+        buffer: Vec::with_capacity(WRITE_MAX),
+        stream: Some(stream),
+        body: Some(outgoing),
+        pending: Some(pending),
+        written: 0,
+        failed: None,
+    })
+}
+
+/// The most `blocking-write-and-flush` takes in one call.
+const WRITE_MAX: usize = 4096;
+
+/// A request body being written, piece by piece, while the host sends it.
+pub struct BodyWriter {
+    url: String,
+    /// Small writes wait here until [`WRITE_MAX`] bytes fill it, so that many short pieces
+    /// (a comma, one short line) do not each cost a call into the host.
+    buffer: Vec<u8>,
+    // Dropped in this order (see `Drop`): the stream, then the body, then the response.
+    stream: Option<OutputStream>,
+    body: Option<OutgoingBody>,
+    pending: Option<FutureIncomingResponse>,
+    written: u64,
+    /// Why a write failed: the request was abandoned, and `finish` says so.
+    failed: Option<HttpError>,
+}
+
+impl BodyWriter {
+    /// Appends `bytes` to the body. A failure abandons the request (the host sees a body cut
+    /// short); [`BodyWriter::finish`] then returns the server's answer if it sent one before
+    /// it stopped reading (such as a 401 or a 413), which says more than the broken stream.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), HttpError> {
+        if let Some(error) = &self.failed {
+            return Err(error.clone());
+        }
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let room = WRITE_MAX - self.buffer.len();
+            let (now, later) = rest.split_at(room.min(rest.len()));
+            self.buffer.extend_from_slice(now);
+            rest = later;
+            if self.buffer.len() == WRITE_MAX {
+                self.send_buffer()?;
+            }
+        }
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// The bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    fn send_buffer(&mut self) -> Result<(), HttpError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let result = match &self.stream {
+            Some(stream) => stream.blocking_write_and_flush(&self.buffer).map_err(|e| {
+                HttpError::Protocol(format!("{}: writing the request body: {e:?}", self.url))
+            }),
+            None => Err(HttpError::Protocol(format!(
+                "{}: the request body is closed",
+                self.url
+            ))),
+        };
+        self.buffer.clear();
+        if let Err(error) = &result {
+            self.failed = Some(error.clone());
+            // Dropping the body without `finish` tells the host that it is incomplete.
+            drop(self.stream.take());
+            drop(self.body.take());
+        }
+        result
+    }
+
+    /// Ends the body and waits for the response's status and headers, as [`open`] does.
+    /// After a failed write: the server's answer when it sent an error status before the
+    /// body ended, else the write's error.
+    pub fn finish(mut self) -> Result<(Response, BodyReader), HttpError> {
+        if self.failed.is_none() {
+            // An error here is kept in `failed`, as a failed `write` keeps it.
+            let _ = self.send_buffer();
+        }
+        let pending = self
+            .pending
+            .take()
+            .ok_or_else(|| HttpError::Protocol(format!("{}: no response", self.url)))?;
+        if let Some(error) = self.failed.take() {
+            return match wait(&self.url, pending) {
+                Ok((response, reader)) if !(200..300).contains(&response.status) => {
+                    Ok((response, reader))
+                }
+                // The host's reason for dropping the body (its size cap, a timeout, a
+                // denied host) says more than the broken stream.
+                Err(HttpError::Protocol(_)) | Ok(_) => Err(error),
+                Err(reason) => Err(reason),
+            };
+        }
+        drop(self.stream.take());
+        if let Some(body) = self.body.take() {
+            OutgoingBody::finish(body, None).map_err(|e| from_code(&self.url, e))?;
+        }
+        wait(&self.url, pending)
+    }
+}
+
+impl Drop for BodyWriter {
+    fn drop(&mut self) {
+        // Unfinished: the body is dropped without `finish`, so the host abandons the request.
+        drop(self.stream.take());
+        drop(self.body.take());
+        drop(self.pending.take());
+    }
 }
 
 /// A response body being read, chunk by chunk as the server sends it.

@@ -12,6 +12,10 @@
 //! - [`adapter`]: [`adapter::HttpAdapter`], the skeleton of an HTTP provider: implement
 //!   `build_request` and `parse_response` (and `classify_error` when the API's errors need
 //!   more than the status), then `lanes_guest::export_http_adapter!(MyAdapter);`.
+//! - [`batch`] and [`batch_bindings`] (WIT 0.2.1): a provider that also sends batches
+//!   implements [`batch::BatchAdapter`] too and calls
+//!   `lanes_guest::export_http_batch_adapter!(MyAdapter);` instead. Components that do not
+//!   batch are untouched by it.
 //! - Config and secrets: [`config_or`], [`config_parse`], [`secret`], [`base_url`],
 //!   [`model`]; logging: [`info!`], [`warn!`], [`error!`], [`debug!`].
 //!
@@ -33,7 +37,45 @@ pub mod bindings {
     });
 }
 
+#[allow(missing_docs)]
+pub mod batch_bindings {
+    //! What a component that sends batches adds to [`crate::bindings`] (WIT 0.2.1): the
+    //! `batch-io` import and the `batch` export, with its `export_batch!` macro.
+    //!
+    //! The world generated here is not `batch-provider` but the part of it that `provider`
+    //! lacks: `batch-provider` includes `provider`, whose `adapter` export this crate already
+    //! generates in [`crate::bindings`], and a second generation of it would define its
+    //! exported `#[macro_export]` macro twice. A component calls both `bindings::export!`
+    //! and `batch_bindings::export_batch!`; the two worlds' union, which the component
+    //! linker makes, is `batch-provider`. The shared types are [`crate::bindings`]' own, so
+    //! a `ChatRequest` or a `ProviderError` is the same Rust type in both.
+    //!
+    //! A component that does not batch never calls `export_batch!`: this module then adds
+    //! no export, and its import is unused and left out of the component.
+    wit_bindgen::generate!({
+        inline: "
+            package lanes:guest-batch;
+
+            world batch {
+                import lanes:provider/batch-io@0.2.1;
+                export lanes:provider/batch@0.2.1;
+            }
+        ",
+        world: "batch",
+        path: "../../wit",
+        pub_export_macro: true,
+        export_macro_name: "export_batch",
+        default_bindings_module: "lanes_guest::batch_bindings",
+        additional_derives: [PartialEq],
+        with: {
+            "lanes:provider/types@0.2.1": crate::bindings::lanes::provider::types,
+            "lanes:provider/batch-io@0.2.1": generate,
+        },
+    });
+}
+
 pub mod adapter;
+pub mod batch;
 pub mod errors;
 pub mod http;
 pub mod stream;

@@ -145,6 +145,8 @@ class AsyncClient:
         allow_unknown: Optional[bool] = None,
         tenant: Optional[str] = None,
         cache: Optional[bool] = None,
+        deferrable: Optional[bool] = None,
+        deadline: Optional[int] = None,
     ) -> Submitted:
         """Queues one execution on ``provider`` (a provider or a route) and returns it.
 
@@ -153,7 +155,8 @@ class AsyncClient:
         execution comes back (``created`` is False); with another request,
         :class:`IdempotencyConflict`. ``tenant`` names who the work is for (tenants share
         each lane fairly); ``cache`` says whether the provider's response cache may answer
-        it (absent: only a ``temperature`` of 0 is cached).
+        it (absent: only a ``temperature`` of 0 is cached). ``deferrable`` lets it wait for
+        a provider batch (``batched``), unless its ``deadline`` (Unix ms) comes too soon.
         """
         body = _base.submission(
             provider,
@@ -164,6 +167,8 @@ class AsyncClient:
             allow_unknown=allow_unknown,
             tenant=tenant,
             cache=cache,
+            deferrable=deferrable,
+            deadline=deadline,
             auto_key=self.auto_idempotency_keys,
         )
         keyed = "idempotency_key" in body

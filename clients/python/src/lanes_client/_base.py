@@ -132,6 +132,8 @@ def submission(
     auto_key: bool,
     tenant: Optional[str] = None,
     cache: Optional[bool] = None,
+    deferrable: Optional[bool] = None,
+    deadline: Optional[int] = None,
 ) -> Dict[str, Any]:
     """One submission's body, validated here as the server would."""
     request = SubmitRequest(
@@ -143,6 +145,8 @@ def submission(
         allow_unknown=allow_unknown,
         tenant=tenant,
         cache=cache,
+        deferrable=deferrable,
+        deadline=deadline,
     )
     return request.body()
 

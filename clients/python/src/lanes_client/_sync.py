@@ -144,6 +144,8 @@ class Client:
         allow_unknown: Optional[bool] = None,
         tenant: Optional[str] = None,
         cache: Optional[bool] = None,
+        deferrable: Optional[bool] = None,
+        deadline: Optional[int] = None,
     ) -> Submitted:
         """Queues one execution on ``provider`` (a provider or a route) and returns it.
 
@@ -152,7 +154,8 @@ class Client:
         execution comes back (``created`` is False); with another request,
         :class:`IdempotencyConflict`. ``tenant`` names who the work is for (tenants share
         each lane fairly); ``cache`` says whether the provider's response cache may answer
-        it (absent: only a ``temperature`` of 0 is cached).
+        it (absent: only a ``temperature`` of 0 is cached). ``deferrable`` lets it wait for
+        a provider batch (``batched``), unless its ``deadline`` (Unix ms) comes too soon.
         """
         body = _base.submission(
             provider,
@@ -163,6 +166,8 @@ class Client:
             allow_unknown=allow_unknown,
             tenant=tenant,
             cache=cache,
+            deferrable=deferrable,
+            deadline=deadline,
             auto_key=self.auto_idempotency_keys,
         )
         keyed = "idempotency_key" in body

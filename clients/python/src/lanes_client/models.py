@@ -277,6 +277,12 @@ class SubmitRequest(_Request):
     )
     #: Whether the provider's response cache may answer it.
     cache: Optional[bool] = None
+    #: It can wait for a provider batch (about half the price; see the server's
+    #: ``docs/batches.md``): a provider with a batch lane holds it as ``batched``.
+    deferrable: Optional[bool] = None
+    #: When it must have ended, Unix ms: a deferrable one that a batch could not end in
+    #: time runs live.
+    deadline: Optional[int] = None
 
     @field_validator("input", mode="before")
     @classmethod
@@ -428,6 +434,12 @@ class Execution(_Wire):
     started_at: Optional[int] = None
     finished_at: Optional[int] = None
     worker: Optional[str] = None
+    #: Submitted as able to wait for a provider batch.
+    deferrable: bool = False
+    #: When it must have ended (Unix ms), if the submission said.
+    deadline: Optional[int] = None
+    #: The provider batch that holds it (status ``batched``) or ran it.
+    batch_id: Optional[int] = None
 
     @property
     def done(self) -> bool:
