@@ -1361,6 +1361,12 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
         if let Some(budget) = &r.budget {
             println!("{:<20} {budget}", "");
         }
+        if r.counts.batched > 0 {
+            println!(
+                "{:<20} {} batched: waiting for or inside a provider batch (`lanes batches`)",
+                "", r.counts.batched
+            );
+        }
         if let Some(spend) = &r.spend {
             println!("{:<20} {spend}", "");
         }

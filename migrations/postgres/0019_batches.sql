@@ -20,6 +20,9 @@ ALTER TABLE executions ADD COLUMN batch_id BIGINT;
 -- The rows waiting to go into a batch, per provider, oldest first (the batcher's read).
 CREATE INDEX executions_held ON executions (provider, id)
     WHERE status = 'batched' AND batch_id IS NULL;
+-- Their deadlines, for the loop's look at which must run live now.
+CREATE INDEX executions_held_deadline ON executions (provider, deadline)
+    WHERE status = 'batched' AND batch_id IS NULL AND deadline IS NOT NULL;
 -- A batch's rows (sending its requests, writing its results).
 CREATE INDEX executions_batch ON executions (batch_id, id) WHERE batch_id IS NOT NULL;
 

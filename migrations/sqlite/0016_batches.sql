@@ -77,6 +77,9 @@ CREATE INDEX executions_delayed ON executions (provider, not_before)
 -- The rows waiting to go into a batch, per provider, oldest first (the batcher's read).
 CREATE INDEX executions_held ON executions (provider, id)
     WHERE status = 'batched' AND batch_id IS NULL;
+-- Their deadlines, for the loop's look at which must run live now.
+CREATE INDEX executions_held_deadline ON executions (provider, deadline)
+    WHERE status = 'batched' AND batch_id IS NULL AND deadline IS NOT NULL;
 -- A batch's rows (sending its requests, writing its results).
 CREATE INDEX executions_batch ON executions (batch_id, id) WHERE batch_id IS NOT NULL;
 

@@ -93,7 +93,10 @@ async fn deferrable_work_goes_through_the_openai_batch_api_and_back() {
     api.fail_when(|text| text.contains("refuse"));
     let mut env = TestEnv::new();
     batch_provider(&mut env, "openai", "openai.wasm", &api, "gpt-batch");
+    // The live lane runs one at a time; the batch is outside its limit.
+    env.config.providers.get_mut("openai").unwrap().limit = Some(1);
     let (daemon, queue) = env.start().await;
+    let mut events = daemon.subscribe();
 
     let mut batch: Vec<NewExecution> = (0..6)
         .map(|i| deferrable("openai", &format!("question {i}")))
@@ -149,6 +152,38 @@ async fn deferrable_work_goes_through_the_openai_batch_api_and_back() {
         assert_eq!(e.batch_id, None);
     }
     assert_eq!(rows[7].output.as_ref().unwrap()["text"], "echo: urgent");
+    // The live ones kept to the lane's limit, and did not wait for the batch to end.
+    let live = rows[7..]
+        .iter()
+        .map(|e| (e.started_at.unwrap(), e.finished_at.unwrap()));
+    assert!(lanes::report::max_overlap(live) <= 1);
+    let batch_ended = queue
+        .batch(batch_id)
+        .await
+        .unwrap()
+        .unwrap()
+        .ended_at
+        .unwrap();
+    assert!(
+        rows[7..]
+            .iter()
+            .all(|e| e.finished_at.unwrap() < batch_ended),
+        "the live lane ran while the batch was open"
+    );
+
+    // Each end was published, a batch's with its batch (and no duration of a call).
+    let mut from_batch = std::collections::BTreeMap::new();
+    while let Ok(Some(Ok(event))) =
+        tokio::time::timeout(Duration::from_millis(200), events.recv()).await
+    {
+        if let lanes::daemon::events::Event::Finished { id, batch, .. } = event {
+            from_batch.insert(id, batch);
+        }
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let expected = if i < 7 { Some(batch_id) } else { None };
+        assert_eq!(from_batch.get(id), Some(&expected), "execution {id}");
+    }
 
     // The batch's record: its counts, times, cost and saving.
     let record = queue.batch(batch_id).await.unwrap().unwrap();

@@ -611,6 +611,11 @@ export interface components {
              * @description What a completed attempt cost, in USD, when its model has a price.
              */
             cost_usd?: number | null;
+            /**
+             * Format: int64
+             * @description The provider batch that ran it (`GET /v1/batches/{id}`); `duration_ms` is then 0.
+             */
+            batch_id?: number | null;
             /** @enum {string} */
             type: "finished";
         } | {
@@ -984,6 +989,11 @@ export interface components {
              * @description Pending, due or waiting for a retry.
              */
             pending: number;
+            /**
+             * Format: int64
+             * @description Held for a provider batch or inside one (see `GET /v1/batches`).
+             */
+            batched?: number;
             last_minute: components["schemas"]["WindowOut"];
             /** @description Completed attempts per 10 seconds over the last 5 minutes, oldest first (30 values). */
             throughput_5m: number[];

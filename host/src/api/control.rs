@@ -126,6 +126,7 @@ async fn provider_rows(state: &AppState) -> Result<Vec<(ProviderOut, u32)>, Prob
                 limits: limits_out(&view, if capped.is_some() { 0 } else { claimable }),
                 running: count.running,
                 pending: count.pending,
+                batched: count.batched,
                 last_minute: recent.last_minute,
                 throughput_5m: recent.throughput_5m,
                 errors_5m: recent.errors_5m,

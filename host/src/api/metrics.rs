@@ -420,6 +420,7 @@ impl Metrics {
                 outcome,
                 duration_ms,
                 spent,
+                batch,
                 ..
             } => {
                 let (name, kind) = super::wire::outcome_parts(outcome);
@@ -443,7 +444,8 @@ impl Metrics {
                     }
                     _ => {}
                 }
-                if !matches!(outcome, Outcome::Requeued | Outcome::Lost) {
+                // A batch's line took no call of its own.
+                if !matches!(outcome, Outcome::Requeued | Outcome::Lost) && batch.is_none() {
                     self.duration
                         .get_or_create(&provider(p))
                         .observe(ms_to_secs(*duration_ms));

@@ -52,11 +52,15 @@ impl Window {
         b
     }
 
-    fn record(&mut self, now: i64, outcome: &Outcome, duration_ms: i64) {
+    fn record(&mut self, now: i64, outcome: &Outcome, duration_ms: Option<i64>) {
         let b = self.bucket(now);
         match outcome {
             Outcome::Completed => {
                 b.completed += 1;
+                // A batch's line is counted, but took no call to time.
+                let Some(duration_ms) = duration_ms else {
+                    return;
+                };
                 b.seen += 1;
                 let ms = u32::try_from(duration_ms.max(0)).unwrap_or(u32::MAX);
                 if b.samples.len() < SAMPLES_PER_SEC {
@@ -132,7 +136,7 @@ pub struct Recent {
 }
 
 impl Stats {
-    fn record(&self, provider: &Arc<str>, outcome: &Outcome, duration_ms: i64) {
+    fn record(&self, provider: &Arc<str>, outcome: &Outcome, duration_ms: Option<i64>) {
         let now = crate::model::now_ms() / 1000;
         let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         windows
@@ -245,10 +249,11 @@ pub async fn observe(
             provider,
             outcome,
             duration_ms,
+            batch,
             ..
         } = &event
         {
-            stats.record(provider, outcome, *duration_ms);
+            stats.record(provider, outcome, batch.is_none().then_some(*duration_ms));
             waiters.wake(*id);
         }
     }
@@ -262,23 +267,25 @@ mod tests {
     fn the_window_counts_the_last_minute_and_its_percentiles() {
         let mut w = Window::new();
         for ms in 1..=100 {
-            w.record(1000, &Outcome::Completed, ms);
+            w.record(1000, &Outcome::Completed, Some(ms));
         }
         w.record(
             1001,
             &Outcome::Failed {
                 kind: crate::model::ErrorKind::Other,
             },
-            5,
+            Some(5),
         );
         // Older than a minute: not counted in it, but in the 5-minute series.
-        w.record(900, &Outcome::Completed, 1);
+        w.record(900, &Outcome::Completed, Some(1));
+        // An answer from a provider batch counts, but has no latency of a call.
+        w.record(1001, &Outcome::Completed, None);
         let m = w.last_minute(1001);
-        assert_eq!((m.completed, m.failed), (100, 1));
+        assert_eq!((m.completed, m.failed), (101, 1));
         assert_eq!((m.latency_p50_ms, m.latency_p95_ms), (Some(50), Some(95)));
         let (done, errors) = w.series(1001);
-        assert_eq!(done.iter().sum::<u64>(), 101);
-        assert_eq!(done[29], 100);
+        assert_eq!(done.iter().sum::<u64>(), 102);
+        assert_eq!(done[29], 101);
         assert_eq!(errors[29], 1);
     }
 }

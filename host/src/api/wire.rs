@@ -275,6 +275,9 @@ pub struct ProviderOut {
     pub running: u64,
     /// Pending, due or waiting for a retry.
     pub pending: u64,
+    /// Held for a provider batch or inside one (see `GET /v1/batches`).
+    #[serde(default)]
+    pub batched: u64,
     pub last_minute: WindowOut,
     /// Completed attempts per 10 seconds over the last 5 minutes, oldest first (30 values).
     pub throughput_5m: Vec<u64>,
@@ -565,6 +568,9 @@ pub enum EventOut {
         /// What a completed attempt cost, in USD, when its model has a price.
         #[serde(skip_serializing_if = "Option::is_none")]
         cost_usd: Option<f64>,
+        /// The provider batch that ran it (`GET /v1/batches/{id}`); `duration_ms` is then 0.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        batch_id: Option<i64>,
     },
     /// A lane's limit changed.
     LimitChanged {
@@ -646,6 +652,7 @@ impl EventOut {
                 outcome,
                 duration_ms,
                 spent,
+                batch,
                 ..
             } => {
                 let (outcome, kind) = outcome_parts(outcome);
@@ -659,6 +666,7 @@ impl EventOut {
                     input_tokens: spent.as_ref().map(|s| s.usage.input_tokens),
                     output_tokens: spent.as_ref().map(|s| s.usage.output_tokens),
                     cost_usd: spent.as_ref().and_then(|s| s.cost_usd),
+                    batch_id: *batch,
                 }
             }
             Event::LimitChanged { provider, old, new } => EventOut::LimitChanged {

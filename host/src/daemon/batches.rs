@@ -116,8 +116,21 @@ pub async fn run(shared: Arc<Shared>) {
             .map(|n| lease_of(&policy_of(n)))
             .max()
             .unwrap_or(LEASE_MARGIN_MS);
-        match shared.queue.take_batches(&shared.owner, lease_ms, 1).await {
-            Ok(batches) => {
+        // Every batch that is due, one step each, before the loop sleeps again (up to 16,
+        // so that new work is collected between them).
+        for _ in 0..16 {
+            if shared.stop_claiming.is_cancelled() {
+                return;
+            }
+            let batches = match shared.queue.take_batches(&shared.owner, lease_ms, 1).await {
+                Ok(batches) if batches.is_empty() => break,
+                Ok(batches) => batches,
+                Err(e) => {
+                    warn!("batch lane: reading the open batches: {e}");
+                    break;
+                }
+            };
+            {
                 for batch in batches {
                     let policy = policy_of(&batch.provider);
                     let step = Step {
@@ -135,7 +148,6 @@ pub async fn run(shared: Arc<Shared>) {
                     }
                 }
             }
-            Err(e) => warn!("batch lane: reading the open batches: {e}"),
         }
     }
 }
@@ -350,7 +362,7 @@ impl Step<'_> {
                 .finish_batched(batch.id, &ends)
                 .await
                 .map_err(|e| e.to_string())?;
-            publish(self.shared, &provider.name, written, |_| {
+            publish(self.shared, &provider.name, batch.id, written, |_| {
                 (Some(ErrorKind::BadInput), None)
             });
         }
@@ -538,6 +550,7 @@ impl Step<'_> {
 fn publish(
     shared: &Shared,
     provider: &Arc<str>,
+    batch: i64,
     written: Vec<(ExecutionId, Status, i32)>,
     mut about: impl FnMut(ExecutionId) -> (Option<ErrorKind>, Option<Arc<Spent>>),
 ) {
@@ -562,6 +575,7 @@ fn publish(
             duration_ms: 0,
             write_ms: 0,
             spent,
+            batch: Some(batch),
         });
     }
     drop(events);
@@ -751,9 +765,13 @@ impl BatchIo for ResultSink {
             }
         }
         match self.shared.queue.finish_batched(self.batch, &ends).await {
-            Ok(written) => publish(&self.shared, &self.provider.name, written, |id| {
-                about.remove(&id).unwrap_or((None, None))
-            }),
+            Ok(written) => publish(
+                &self.shared,
+                &self.provider.name,
+                self.batch,
+                written,
+                |id| about.remove(&id).unwrap_or((None, None)),
+            ),
             Err(e) => {
                 // Left in the batch: the batch stays open, and the next step reads its
                 // results again.

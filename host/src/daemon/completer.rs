@@ -612,6 +612,7 @@ impl Worker {
                 duration_ms: c.duration_ms,
                 write_ms,
                 spent: c.spent.clone(),
+                batch: None,
             });
         }
         drop(finished);
@@ -772,6 +773,7 @@ impl Worker {
                 duration_ms: 0,
                 write_ms: 0,
                 spent: None,
+                batch: None,
             });
         }
     }

@@ -102,6 +102,9 @@ pub enum Event {
         write_ms: i64,
         /// What a completed attempt used and cost.
         spent: Option<Arc<Spent>>,
+        /// The provider batch that ran it (see `daemon/batches.rs`): its `duration_ms` is 0,
+        /// not a call's, and it is kept out of the latency figures.
+        batch: Option<i64>,
     },
     /// A lane's effective limit changed.
     LimitChanged {
