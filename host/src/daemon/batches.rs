@@ -115,7 +115,9 @@ pub async fn run(shared: Arc<Shared>) {
             .iter()
             .map(|n| lease_of(&policy_of(n)))
             .max()
-            .unwrap_or(LEASE_MARGIN_MS);
+            .unwrap_or(LEASE_MARGIN_MS)
+            // A batch of a provider whose `batch` was removed runs under the defaults.
+            .max(lease_of(&BatchConfig::default()));
         // Every batch that is due, one step each, before the loop sleeps again (up to 16,
         // so that new work is collected between them).
         for _ in 0..16 {
@@ -137,7 +139,7 @@ pub async fn run(shared: Arc<Shared>) {
                         shared: &shared,
                         batch: &batch,
                         policy: &policy,
-                        lease_ms,
+                        lease_ms: lease_of(&policy),
                         sandbox: BatchSandbox {
                             timeout: Duration::from_secs(policy.transfer_timeout_secs),
                             ..BatchSandbox::default()
@@ -260,6 +262,11 @@ impl Step<'_> {
                 })
                 .await;
         };
+        if self.overdue() {
+            // The provider should have ended it within its window: whatever keeps it open
+            // (sends, polls or writes that keep failing), its rows run live.
+            return self.fail("still open a day past its window").await;
+        }
         let poll_ms = i64::try_from(self.policy.poll_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
         match batch.state.as_str() {
             "open" | "sending" => self.send(&provider, poll_ms).await,
@@ -326,10 +333,12 @@ impl Step<'_> {
                 Err(e) => return self.call_failed(&e, "looking up").await,
             }
         }
-        // Recorded (and the lease renewed) before anything is sent.
+        // Recorded (and the lease renewed) before anything is sent; if this worker stops
+        // before the next write, the batch is looked at again only after a while.
         self.update(BatchUpdate {
             state: Some("sending"),
             sent: true,
+            poll_in_ms: Some(RETRY_MS),
             ..Default::default()
         })
         .await?;
@@ -345,45 +354,35 @@ impl Step<'_> {
             .batch_submit(&batch.tag, Box::new(source), &self.sandbox)
             .await;
         let refused = refused.lock().map(|r| r.clone()).unwrap_or_default();
-        if !refused.is_empty() {
-            // Not sent: they fail with the reason, as a live claim fails them.
-            let ends: Vec<BatchEnd> = refused
-                .into_iter()
-                .map(|(id, error)| BatchEnd {
-                    id,
-                    status: "failed",
-                    output: None,
-                    error: Some(error),
-                    kind: Some(ErrorKind::BadInput.as_str()),
-                    attempt: false,
-                })
-                .collect();
-            let written = queue
-                .finish_batched(batch.id, &ends)
-                .await
-                .map_err(|e| e.to_string())?;
-            publish(self.shared, &provider.name, batch.id, written, |_| {
-                (Some(ErrorKind::BadInput), None)
-            });
-        }
         match sent {
             Ok(id) => {
                 info!(provider = %batch.provider, batch = batch.id, "batch {} sent: {} execution(s), provider batch {id}", batch.id, batch.items);
-                self.update(BatchUpdate {
-                    state: Some("sent"),
-                    provider_batch_id: Some(id),
-                    submitted: true,
-                    poll_in_ms: Some(poll_ms),
-                    ..Default::default()
-                })
-                .await
+                // The provider's id first: nothing may come between the send and its record.
+                let recorded = self
+                    .update(BatchUpdate {
+                        state: Some("sent"),
+                        provider_batch_id: Some(id),
+                        submitted: true,
+                        poll_in_ms: Some(poll_ms),
+                        ..Default::default()
+                    })
+                    .await;
+                self.fail_refused(provider, refused).await;
+                recorded
             }
             Err(e) => {
                 let (kind, _) = crate::attempt::classify(&e);
                 if kind == ErrorKind::RateLimited {
                     // Refused before anything was created: the next step sends it as new.
+                    self.fail_refused(provider, refused).await;
+                    if self.overdue() {
+                        return self
+                            .fail(&format!("still refused long past its window: {e}"))
+                            .await;
+                    }
                     self.update(BatchUpdate {
                         state: Some("open"),
+                        unsent: true,
                         poll_in_ms: Some(RETRY_MS),
                         error: Some(format!("sending: {e}")),
                         ..Default::default()
@@ -396,6 +395,12 @@ impl Step<'_> {
                 } else if kind.is_retryable() {
                     // It may have been created before the answer was lost: the next step
                     // looks it up first (it stays `sending`).
+                    self.fail_refused(provider, refused).await;
+                    if self.overdue() {
+                        return self
+                            .fail(&format!("sends still failing long past its window: {e}"))
+                            .await;
+                    }
                     self.update(BatchUpdate {
                         poll_in_ms: Some(RETRY_MS),
                         error: Some(format!("sending: {e}")),
@@ -407,9 +412,39 @@ impl Step<'_> {
                         batch.id
                     ))
                 } else {
+                    self.fail_refused(provider, refused).await;
                     self.fail(&format!("sending: {e}")).await
                 }
             }
+        }
+    }
+
+    /// Fails the rows whose input the component could not take (not sent), as a live claim
+    /// fails them. A failed write only says so: those rows have no result, and go live when
+    /// the batch's results are written.
+    async fn fail_refused(&self, provider: &Arc<Provider>, refused: Vec<(ExecutionId, String)>) {
+        if refused.is_empty() {
+            return;
+        }
+        let ends: Vec<BatchEnd> = refused
+            .into_iter()
+            .map(|(id, error)| BatchEnd {
+                id,
+                status: "failed",
+                output: None,
+                error: Some(error),
+                kind: Some(ErrorKind::BadInput.as_str()),
+                attempt: false,
+            })
+            .collect();
+        match self.shared.queue.finish_batched(self.batch.id, &ends).await {
+            Ok(written) => publish(self.shared, &provider.name, self.batch.id, written, |_| {
+                (Some(ErrorKind::BadInput), None)
+            }),
+            Err(e) => warn!(
+                batch = self.batch.id,
+                "failing the rows the component refused: {e}"
+            ),
         }
     }
 

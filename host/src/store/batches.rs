@@ -55,6 +55,8 @@ pub struct BatchUpdate {
     pub failed: Option<i64>,
     /// One more send of its requests.
     pub sent: bool,
+    /// A send that the provider refused before creating anything (a 429): not counted.
+    pub unsent: bool,
     pub submitted: bool,
     pub ended: bool,
     /// When to look at it next, in ms from now.
@@ -116,7 +118,8 @@ pub(crate) fn for_postgres(sql: &str, now: &str) -> String {
         }
     }
     out.replace("{now}", now)
-        .replace("{model}", "(input::jsonb ->> 'model')")
+        // `json`, not `jsonb`: it takes any text JSON takes (`jsonb` refuses `\u0000`).
+        .replace("{model}", "(input::json ->> 'model')")
         .replace("{bytes}", "octet_length(input)")
         .replace("{is}", "IS NOT DISTINCT FROM")
         .replace("{BATCH_COLUMNS}", BATCH_COLUMNS)
@@ -536,7 +539,7 @@ macro_rules! batch_methods {
                     .bind(&u.provider_status)
                     .bind(u.succeeded)
                     .bind(u.failed)
-                    .bind(i64::from(u.sent))
+                    .bind(i64::from(u.sent) - i64::from(u.unsent))
                     .bind(u.submitted)
                     .bind(u.ended)
                     .bind(u.poll_in_ms)
