@@ -130,6 +130,8 @@ struct Settings {
     fail_when: Option<FailWhen>,
     limits: Option<(usize, u64)>,
     rate_limited: Option<Duration>,
+    /// Only the batch endpoints answer 429 (the live calls go through).
+    batch_only: bool,
 }
 
 struct State {
@@ -177,6 +179,7 @@ impl BatchApi {
                 fail_when: None,
                 limits: None,
                 rate_limited: None,
+                batch_only: false,
             }),
             down: AtomicBool::new(false),
             dropping: AtomicBool::new(false),
@@ -262,7 +265,17 @@ impl BatchApi {
     /// `Some(wait)`: every request gets 429 with `retry-after` (whole seconds, rounded up)
     /// and `retry-after-ms`; `None`: no more.
     pub fn set_rate_limited(&self, retry_after: Option<Duration>) {
-        self.settings().rate_limited = retry_after;
+        let mut settings = self.settings();
+        settings.rate_limited = retry_after;
+        settings.batch_only = false;
+    }
+
+    /// As [`BatchApi::set_rate_limited`], for the batch endpoints only: the live calls
+    /// (`/v1/chat/completions`, `/v1/messages`) are answered as usual.
+    pub fn set_batch_rate_limited(&self, retry_after: Option<Duration>) {
+        let mut settings = self.settings();
+        settings.rate_limited = retry_after;
+        settings.batch_only = true;
     }
 
     /// Marks the first `done` requests of a running batch processed (results kept through a
@@ -1379,7 +1392,11 @@ async fn answer(state: &Arc<State>, req: Request<Incoming>) -> Resp {
     if let Some(refused) = check_headers(provider, &settings, req.headers()) {
         return refused;
     }
-    if let Some(wait) = settings.rate_limited {
+    let live_call = path == "/v1/chat/completions" || path == "/v1/messages";
+    if let Some(wait) = settings
+        .rate_limited
+        .filter(|_| !(settings.batch_only && live_call))
+    {
         let mut response = match provider {
             Provider::OpenAi => openai_error(
                 429,

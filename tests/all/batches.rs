@@ -75,6 +75,23 @@ impl WithPrompt for NewExecution {
     }
 }
 
+/// Submits `n` deferrable executions to `provider`, their prompts `WORD i`.
+async fn submit_deferrable(
+    daemon: &lanes::Daemon,
+    provider: &str,
+    word: &str,
+    n: usize,
+) -> Vec<i64> {
+    daemon
+        .submit_many(
+            &(0..n)
+                .map(|i| deferrable(provider, &format!("{word} {i}")))
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap()
+}
+
 async fn ended(queue: &dyn Queue, ids: &[i64], timeout: Duration) -> Vec<lanes::Execution> {
     let rows = wait_until(queue, None, timeout, "the executions to end", |rows| {
         ids.iter()
@@ -243,14 +260,7 @@ async fn a_claude_batch_keeps_a_cancel_and_sends_expired_lines_live() {
     let mut env = TestEnv::new();
     batch_provider(&mut env, "claude", "claude.wasm", &api, "claude-batch");
     let (daemon, queue) = env.start().await;
-    let ids = daemon
-        .submit_many(
-            &(0..6)
-                .map(|i| deferrable("claude", &format!("line {i}")))
-                .collect::<Vec<_>>(),
-        )
-        .await
-        .unwrap();
+    let ids = submit_deferrable(&daemon, "claude", "line", 6).await;
     // Sent: the provider has it.
     let start = std::time::Instant::now();
     while api.batches().is_empty() {
@@ -569,4 +579,57 @@ async fn a_worker_killed_with_a_batch_open_loses_nothing_and_sends_nothing_twice
     assert_eq!(e.body["deferrable"], true);
     assert!(e.body["batch_id"].is_i64());
     assert!(terminate(&mut serve).success());
+}
+
+/// A 429 on a batch call is the batch's, not the lane's: the send is tried again later (and
+/// not counted as a resend), while the provider's live lane goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_batch_call_does_not_pause_the_live_lane() {
+    let api = BatchApi::start().await;
+    api.set_batch_rate_limited(Some(Duration::from_secs(60)));
+    let mut env = TestEnv::new();
+    batch_provider(&mut env, "openai", "openai.wasm", &api, "gpt-batch");
+    let (daemon, queue) = env.start().await;
+    let held = submit_deferrable(&daemon, "openai", "later", 5).await;
+    // The batch's send is refused...
+    let start = std::time::Instant::now();
+    loop {
+        let batches = queue.batches(10).await.unwrap();
+        if batches.first().is_some_and(|b| {
+            b.error
+                .as_deref()
+                .is_some_and(|e| e.contains("rate limited"))
+        }) {
+            assert_eq!((batches[0].state.as_str(), batches[0].sends), ("open", 0));
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{batches:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...while live work runs at once, the lane unpaused.
+    let live: Vec<i64> = daemon
+        .submit_many(
+            &(0..3)
+                .map(|i| job("openai", serde_json::Value::Null).with_prompt(&format!("now {i}")))
+                .collect::<Vec<_>>(),
+        )
+        .await
+        .unwrap();
+    let rows = ended(queue.as_ref(), &live, Duration::from_secs(20)).await;
+    assert!(
+        rows.iter().all(|e| e.status == Status::Completed),
+        "{rows:?}"
+    );
+    let (now, states) = queue.provider_states().await.unwrap();
+    assert!(
+        states
+            .get("openai")
+            .is_none_or(|s| s.paused_until <= now && !s.circuit_open),
+        "the live lane is not paused: {states:?}"
+    );
+    assert!(
+        held.iter()
+            .all(|id| api.item_count_seen(&id.to_string()) == 0),
+        "nothing was sent"
+    );
 }
