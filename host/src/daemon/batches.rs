@@ -317,15 +317,7 @@ impl Step<'_> {
             match provider.batch_find(&batch.tag, &self.sandbox).await {
                 Ok(Some(id)) => {
                     info!(provider = %batch.provider, batch = batch.id, "batch {} found at the provider as {id} after a lost send", batch.id);
-                    return self
-                        .update(BatchUpdate {
-                            state: Some("sent"),
-                            provider_batch_id: Some(id),
-                            submitted: true,
-                            poll_in_ms: Some(poll_ms),
-                            ..Default::default()
-                        })
-                        .await;
+                    return self.record_sent(id, poll_ms).await;
                 }
                 Ok(None) => {
                     warn!(provider = %batch.provider, batch = batch.id, "batch {} may have been sent before (its send was cut short, and the provider's API cannot look it up): sending it again", batch.id);
@@ -358,15 +350,7 @@ impl Step<'_> {
             Ok(id) => {
                 info!(provider = %batch.provider, batch = batch.id, "batch {} sent: {} execution(s), provider batch {id}", batch.id, batch.items);
                 // The provider's id first: nothing may come between the send and its record.
-                let recorded = self
-                    .update(BatchUpdate {
-                        state: Some("sent"),
-                        provider_batch_id: Some(id),
-                        submitted: true,
-                        poll_in_ms: Some(poll_ms),
-                        ..Default::default()
-                    })
-                    .await;
+                let recorded = self.record_sent(id, poll_ms).await;
                 self.fail_refused(provider, refused).await;
                 recorded
             }
@@ -417,6 +401,19 @@ impl Step<'_> {
                 }
             }
         }
+    }
+
+    /// Records that the provider runs the batch as `id` (sent now, or found after a lost
+    /// send), to be polled in `poll_ms`.
+    async fn record_sent(&self, id: String, poll_ms: i64) -> Result<(), String> {
+        self.update(BatchUpdate {
+            state: Some("sent"),
+            provider_batch_id: Some(id),
+            submitted: true,
+            poll_in_ms: Some(poll_ms),
+            ..Default::default()
+        })
+        .await
     }
 
     /// Fails the rows whose input the component could not take (not sent), as a live claim

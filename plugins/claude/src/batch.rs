@@ -195,18 +195,8 @@ impl BatchAdapter for Claude {
         let value = batch::call::<Claude>(Method::Get, &batch_path(id), None)?;
         let mut lines = batch::download::<Claude>(&results_url(&value, id))?;
         let mut outcomes = Outcomes::new();
-        let mut skipped = 0u64;
-        while let Some(line) = lines.next_line().map_err(errors::transport)? {
-            match line_outcome(&line) {
-                Some((custom_id, result)) => outcomes.push(custom_id, result),
-                None => skipped += 1,
-            }
-        }
-        outcomes.flush();
-        if skipped > 0 {
-            lanes_guest::warn!("batch {id}: skipped {skipped} unreadable result lines");
-        }
-        lanes_guest::debug!("batch {id}: {} results read", outcomes.count());
+        outcomes.read(&mut lines, line_outcome)?;
+        outcomes.finish(id);
         Ok(())
     }
 

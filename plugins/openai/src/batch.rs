@@ -284,7 +284,6 @@ impl BatchAdapter for OpenAi {
     fn results(id: &str) -> Result<(), ProviderError> {
         let value = batch::call::<OpenAi>(Method::Get, &batch_path(id), None)?;
         let mut outcomes = Outcomes::new();
-        let mut skipped = 0u64;
         for field in ["output_file_id", "error_file_id"] {
             let Some(file) = value
                 .get(field)
@@ -295,18 +294,9 @@ impl BatchAdapter for OpenAi {
             };
             let url = batch::url::<OpenAi>(&format!("/v1/files/{}/content", batch::segment(file)));
             let mut lines = batch::download::<OpenAi>(&url)?;
-            while let Some(line) = lines.next_line().map_err(errors::transport)? {
-                match line_outcome(&line) {
-                    Some((custom_id, result)) => outcomes.push(custom_id, result),
-                    None => skipped += 1,
-                }
-            }
+            outcomes.read(&mut lines, line_outcome)?;
         }
-        outcomes.flush();
-        if skipped > 0 {
-            lanes_guest::warn!("batch {id}: skipped {skipped} unreadable result lines");
-        }
-        lanes_guest::debug!("batch {id}: {} results read", outcomes.count());
+        outcomes.finish(id);
         Ok(())
     }
 

@@ -305,6 +305,8 @@ pub const OUTCOMES_PER_CALL: usize = 200;
 pub struct Outcomes {
     pending: Vec<BatchOutcome>,
     count: u64,
+    /// Result lines that named no request, or could not be read.
+    skipped: u64,
 }
 
 impl Outcomes {
@@ -325,6 +327,34 @@ impl Outcomes {
     /// How many outcomes were added.
     pub fn count(&self) -> u64 {
         self.count
+    }
+
+    /// Reads a results file to its end, each line through the adapter's `outcome`
+    /// (`None`: a line it cannot read, counted and skipped).
+    pub fn read(
+        &mut self,
+        lines: &mut JsonLines,
+        outcome: impl Fn(&str) -> Option<(String, ItemResult)>,
+    ) -> Result<(), ProviderError> {
+        while let Some(line) = lines.next_line().map_err(errors::transport)? {
+            match outcome(&line) {
+                Some((custom_id, result)) => self.push(custom_id, result),
+                None => self.skipped += 1,
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands over the rest and says in the log what batch `id`'s results came to.
+    pub fn finish(mut self, id: &str) {
+        self.flush();
+        if self.skipped > 0 {
+            crate::warn!(
+                "batch {id}: skipped {} unreadable result lines",
+                self.skipped
+            );
+        }
+        crate::debug!("batch {id}: {} results read", self.count);
     }
 
     /// Hands the outcomes not handed yet to the host.
