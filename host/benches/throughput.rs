@@ -1994,6 +1994,7 @@ async fn batch_lane(n: usize) {
                 max_items: u32::try_from(n).unwrap_or(u32::MAX),
                 max_bytes: u64::MAX,
                 max_open: 1,
+                spend: None,
             },
         )
         .await

@@ -168,6 +168,9 @@ pub struct AttemptRecord {
     /// The provider it ran on, for an execution submitted to a route.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
+    /// The provider batch that ran it (`worker` is then `batch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<i64>,
 }
 
 /// A new execution, validated and ready to insert.

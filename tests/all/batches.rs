@@ -92,6 +92,27 @@ async fn submit_deferrable(
         .unwrap()
 }
 
+/// Waits (up to 30 s) until `n` batches are `sent`, and returns them.
+async fn sent(queue: &dyn Queue, n: usize) -> Vec<lanes::store::batches::BatchRecord> {
+    let start = std::time::Instant::now();
+    loop {
+        let batches = queue.batches(10).await.unwrap();
+        let sent: Vec<_> = batches
+            .iter()
+            .filter(|b| b.state == "sent")
+            .cloned()
+            .collect();
+        if sent.len() == n {
+            return sent;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never sent: {batches:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn ended(queue: &dyn Queue, ids: &[i64], timeout: Duration) -> Vec<lanes::Execution> {
     let rows = wait_until(queue, None, timeout, "the executions to end", |rows| {
         ids.iter()
@@ -476,18 +497,7 @@ async fn a_worker_killed_with_a_batch_open_loses_nothing_and_sends_nothing_twice
         .unwrap();
 
     let mut serve = env.spawn_serve();
-    let start = std::time::Instant::now();
-    loop {
-        let batches = queue.batches(10).await.unwrap();
-        if batches.first().is_some_and(|b| b.state == "sent") {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "never sent: {batches:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    sent(queue.as_ref(), 1).await;
     serve.kill().unwrap(); // SIGKILL, with the batch open at the provider
     serve.wait().unwrap();
     assert!(
@@ -519,18 +529,7 @@ async fn a_worker_killed_with_a_batch_open_loses_nothing_and_sends_nothing_twice
         )
         .await
         .unwrap();
-    let start = std::time::Instant::now();
-    loop {
-        let batches = queue.batches(10).await.unwrap();
-        if batches.iter().filter(|b| b.state == "sent").count() == 2 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "never sent: {batches:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    sent(queue.as_ref(), 2).await;
     serve.kill().unwrap();
     serve.wait().unwrap();
     sqlx::query(
@@ -632,4 +631,122 @@ async fn a_rate_limited_batch_call_does_not_pause_the_live_lane() {
             .all(|id| api.item_count_seen(&id.to_string()) == 0),
         "nothing was sent"
     );
+}
+
+/// On PostgreSQL, two workers share a provider's batch lane: its held rows go into one
+/// batch, sent once; a kill -9 of the worker that holds it leaves it to the other once its
+/// lease runs out, which polls it and writes its results once: 0 lost, 0 sent twice. The
+/// history names the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_on_postgres_takes_over_a_batch_after_a_kill_9() {
+    let Some((mut env, _schema)) = TestEnv::postgres().await else {
+        return;
+    };
+    let api = BatchApi::start().await;
+    api.set_duration(Duration::from_secs(3));
+    batch_provider(&mut env, "openai", "openai.wasm", &api, "gpt-batch");
+    // A short lease (twice the transfer timeout and 10 s): the takeover comes after 12 s.
+    if let Some(batch) = env
+        .config
+        .providers
+        .get_mut("openai")
+        .and_then(|p| p.batch.as_mut())
+    {
+        batch.transfer_timeout_secs = 1;
+    }
+    let queue = env.any_queue().await;
+    let held = |i: usize| NewExecution {
+        defer: Defer {
+            deferrable: true,
+            deadline: None,
+            hold: true,
+        },
+        ..job("openai", serde_json::Value::Null).with_prompt(&format!("item {i}"))
+    };
+    let ids = queue
+        .submit_many(&(0..12).map(held).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let mut workers = [env.spawn_worker("w0"), env.spawn_worker("w1")];
+    let sent = sent(queue.as_ref(), 1).await.remove(0);
+    assert_eq!(sent.items, 12, "one batch for the fleet: {sent:?}");
+    // Kill the worker that holds it (its owner id holds its pid).
+    let owner = sent.owner.clone().unwrap_or_default();
+    let pid_of = |c: &std::process::Child| format!(":{}:", c.id());
+    let holder = workers
+        .iter()
+        .position(|c| owner.contains(&pid_of(c)))
+        .unwrap_or_else(|| panic!("no worker holds {owner}"));
+    workers[holder].kill().unwrap();
+    workers[holder].wait().unwrap();
+    let rows = ended(queue.as_ref(), &ids, Duration::from_secs(60)).await;
+    assert!(
+        rows.iter()
+            .all(|e| e.status == Status::Completed && e.attempts == 1),
+        "{rows:?}"
+    );
+    assert_eq!((api.created(), api.items_sent_twice()), (1, 0));
+    let batches = queue.batches(10).await.unwrap();
+    assert_eq!(batches.len(), 1, "{batches:?}");
+    assert_eq!((batches[0].state.as_str(), batches[0].sends), ("done", 1));
+    let survivor = &workers[1 - holder];
+    assert!(
+        batches[0]
+            .owner
+            .as_deref()
+            .is_some_and(|o| o.contains(&pid_of(survivor))),
+        "the other worker wrote the results: {batches:?}"
+    );
+    let history = &rows[0].history;
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(
+        (history[0].worker.as_deref(), history[0].batch),
+        (Some("batch"), Some(sent.id))
+    );
+    for mut w in workers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
+}
+
+/// A provider's spend cap holds a batch as it holds a live claim: a batch takes the rows
+/// whose estimates (at the batch price) fit what is left of the cap, each line's cost
+/// settles its row's reservation when written, and the rest go in later batches as the
+/// settled spend leaves room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spend_cap_holds_a_batch_to_what_fits() {
+    use lanes::store::SpendScope;
+    let api = BatchApi::start().await;
+    api.set_duration(Duration::from_millis(500));
+    let mut env = TestEnv::new();
+    batch_provider(&mut env, "openai", "openai.wasm", &api, "gpt-batch");
+    // Each row reserves about 1,000 output tokens at $2 each, half price: $1,001 with its
+    // prompt. The cap lets four go at a time.
+    env.config.providers.get_mut("openai").unwrap().daily_usd = Some(3_500.0);
+    let (daemon, queue) = env.start().await;
+    let ids = submit_deferrable(&daemon, "openai", "capped", 10).await;
+    let rows = ended(queue.as_ref(), &ids, Duration::from_secs(60)).await;
+    assert!(
+        rows.iter().all(|e| e.status == Status::Completed),
+        "{rows:?}"
+    );
+    let mut batches = queue.batches(10).await.unwrap();
+    batches.reverse();
+    let sizes: Vec<i64> = batches.iter().map(|b| b.items).collect();
+    assert_eq!(sizes, [4, 4, 2], "{batches:?}");
+    // Each line's cost was settled: the day's spend is what the rows cost, none reserved.
+    let cost: f64 = rows
+        .iter()
+        .map(|e| e.output.as_ref().unwrap()["cost"]["usd"].as_f64().unwrap())
+        .sum();
+    let day = queue.spend(lanes::clock::day()).await.unwrap();
+    let provider = day
+        .iter()
+        .find(|r| r.scope == SpendScope::Provider)
+        .expect("the provider's spend");
+    assert!(
+        (provider.spent_usd - cost).abs() < 1e-6 && provider.reserved_usd.abs() < 1e-6,
+        "{provider:?}, the rows cost {cost}"
+    );
+    drop(daemon);
 }

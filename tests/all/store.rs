@@ -2005,6 +2005,7 @@ async fn batches_hold_send_and_answer_once(q: Arc<dyn Queue>) {
         max_items,
         max_bytes,
         max_open: 10,
+        spend: None,
     };
     let held = |model: &str| NewExecution {
         input: ChatInput {
@@ -2096,6 +2097,10 @@ async fn batches_hold_send_and_answer_once(q: Arc<dyn Queue>) {
         end(ids[1], "completed", true),
     ];
     let written = q.finish_batched(b.id, &ends).await.unwrap();
+    let written: Vec<(i64, Status, i32)> = written
+        .iter()
+        .map(|w| (w.id, w.status, w.attempts))
+        .collect();
     assert_eq!(written, [(ids[0], Status::Completed, 1)]);
     // Written once: the same results again write nothing.
     assert!(q.finish_batched(b.id, &ends).await.unwrap().is_empty());
@@ -2103,6 +2108,13 @@ async fn batches_hold_send_and_answer_once(q: Arc<dyn Queue>) {
     assert_eq!(done.output.unwrap()["text"], "ok");
     assert_eq!((done.batch_id, done.attempts), (Some(b.id), 1));
     assert!(done.started_at.is_some() && done.finished_at.is_some());
+    // Its history is its one attempt, the batch's.
+    let entries: Vec<(&str, Option<&str>, Option<i64>, i32)> = done
+        .history
+        .iter()
+        .map(|h| (h.outcome.as_str(), h.worker.as_deref(), h.batch, h.attempt))
+        .collect();
+    assert_eq!(entries, [("completed", Some("batch"), Some(b.id), 1)]);
     assert_eq!(
         q.get(ids[1]).await.unwrap().unwrap().status,
         Status::Cancelled
@@ -2114,7 +2126,25 @@ async fn batches_hold_send_and_answer_once(q: Arc<dyn Queue>) {
         .finish_batched(tiny.id, &[end(ids[2], "pending", false)])
         .await
         .unwrap();
+    let written: Vec<(i64, Status, i32)> = written
+        .iter()
+        .map(|w| (w.id, w.status, w.attempts))
+        .collect();
     assert_eq!(written, [(ids[2], Status::Pending, 0)]);
+    // Its history says so: given back, not an attempt, by that batch.
+    let back = q.get(ids[2]).await.unwrap().unwrap();
+    let h = &back.history;
+    assert_eq!(h.len(), 1, "{h:?}");
+    assert_eq!(
+        (
+            h[0].outcome.as_str(),
+            h[0].worker.as_deref(),
+            h[0].batch,
+            h[0].attempt
+        ),
+        ("returned", Some("batch"), Some(tiny.id), 1)
+    );
+    assert_eq!(h[0].error_kind.as_deref(), Some("unavailable"));
     // Only the batch's holder sends its rows live.
     assert_eq!(q.release_batch(tiny.id, "w2").await.unwrap(), 0);
     assert_eq!(q.release_batch(tiny.id, "w1").await.unwrap(), 0);
@@ -2162,3 +2192,120 @@ async fn batches_hold_send_and_answer_once(q: Arc<dyn Queue>) {
     assert_eq!(q.batches(10).await.unwrap().len(), 2);
 }
 contract!(batch_storage, batches_hold_send_and_answer_once);
+
+/// A batch is a claim for the spend caps: it opens nothing while its provider's cap is
+/// reached, leaves out the tenants at theirs, takes rows while the provider and each tenant
+/// are under their caps (by estimates at the batch price), and its rows keep their
+/// reservations while they are in it.
+async fn batches_are_held_by_the_spend_caps(q: Arc<dyn Queue>) {
+    use lanes::model::Defer;
+    use lanes::store::batches::OpenCaps;
+    use lanes::store::{Spend, SpendScope};
+    let held = |tenant: &str| NewExecution {
+        tenant: Some(tenant.to_string()),
+        cache: None,
+        input: ChatInput {
+            max_tokens: Some(1000),
+            ..ChatInput::prompt("")
+        },
+        defer: Defer {
+            deferrable: true,
+            deadline: None,
+            hold: true,
+        },
+        ..new("p", 0)
+    };
+    let mut rows: Vec<NewExecution> = (0..5).map(|_| held("a")).collect();
+    rows.extend((0..12).map(|_| held("b")));
+    let ids = q.submit_many(&rows).await.unwrap();
+    // Each row: 1,000 output tokens at $200/M, half price in a batch: $0.10.
+    let caps = Spend {
+        day: 9,
+        provider_usd: Some(1.0),
+        tenants: Arc::new([("a".to_string(), 0.3)].into_iter().collect()),
+        price: Some(lanes::costs::Price {
+            input: 0.0,
+            output: 200.0,
+            cache_read: None,
+            cache_write: None,
+            batch_discount: Some(0.5),
+        }),
+    };
+    let open = |spend| OpenCaps {
+        max_items: 100,
+        max_bytes: 1 << 20,
+        max_open: 10,
+        spend,
+    };
+    let b = q
+        .open_batch("p", "tag-s1", "w1", 60_000, open(Some(&caps)))
+        .await
+        .unwrap()
+        .unwrap();
+    // Tenant a's first three reach its $0.30; b's first seven the provider's $1.00.
+    let taken: Vec<i64> = q
+        .batch_rows(b.id, 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let mut expected = ids[..3].to_vec();
+    expected.extend_from_slice(&ids[5..12]);
+    assert_eq!(taken, expected);
+    assert_eq!(b.items, 10);
+    let reserved = |rows: Vec<lanes::store::SpendRow>, scope, name: &str| {
+        rows.into_iter()
+            .find(|r| r.scope == scope && r.name == name)
+            .map_or(0.0, |r| r.reserved_usd)
+    };
+    let day = q.spend(9).await.unwrap();
+    assert!((reserved(day.clone(), SpendScope::Provider, "p") - 1.0).abs() < 1e-6);
+    assert!((reserved(day, SpendScope::Tenant, "a") - 0.3).abs() < 1e-6);
+    // Nothing more while the provider's cap is reached; a batch's rows keep their
+    // reservations through the upkeep.
+    assert!(
+        q.open_batch("p", "tag-s2", "w1", 60_000, open(Some(&caps)))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(q.release_spend().await.unwrap(), 0);
+    // Without a provider cap, tenant a (at its cap) is left out: b's other five go.
+    let tenants_only = Spend {
+        provider_usd: None,
+        ..caps.clone()
+    };
+    let b2 = q
+        .open_batch("p", "tag-s3", "w1", 60_000, open(Some(&tenants_only)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b2.items, 5);
+    assert_eq!(
+        q.held("p").await.unwrap().count,
+        2,
+        "tenant a's last two wait"
+    );
+    // A line's end settles its reservation.
+    let notices = q
+        .settle_spend(&[lanes::store::SpendEnd {
+            id: ids[0],
+            provider: "p",
+            tenant: "a",
+            usd: 0.05,
+            caps: &caps,
+        }])
+        .await
+        .unwrap();
+    assert!(notices.is_empty());
+    let day = q.spend(9).await.unwrap();
+    assert!((reserved(day.clone(), SpendScope::Tenant, "a") - 0.2).abs() < 1e-6);
+    let spent = day
+        .iter()
+        .find(|r| r.scope == SpendScope::Tenant && r.name == "a")
+        .unwrap()
+        .spent_usd;
+    assert!((spent - 0.05).abs() < 1e-9);
+}
+contract!(batch_spend, batches_are_held_by_the_spend_caps);

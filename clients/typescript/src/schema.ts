@@ -328,7 +328,11 @@ export interface components {
             /** Format: int64 */
             finished_at?: number | null;
             worker?: string | null;
-            /** @description `completed`, `retried`, `failed`, `returned`, `interrupted` or `cancelled`. */
+            /**
+             * @description `completed`, `retried`, `rate_limited`, `failed`, `returned` (given back without
+             *     counting: at shutdown, or a batch's line that expired or was cancelled before it
+             *     ran), `interrupted`, `cancelled` or `cached`.
+             */
             outcome: string;
             error_kind?: null | components["schemas"]["ErrorKind"];
             error?: string | null;
@@ -336,6 +340,12 @@ export interface components {
             retry_delay_ms?: number | null;
             /** @description The provider it ran on, for a routed execution. */
             provider?: string | null;
+            /**
+             * Format: int64
+             * @description The provider batch that ran it (see `GET /v1/batches/{id}`); `worker` is then
+             *     `batch`.
+             */
+            batch?: number | null;
         };
         /** @description One entry of a batch's answer, in the batch's order. */
         BatchEntry: {

@@ -133,7 +133,9 @@ pub struct AttemptOut {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub worker: Option<String>,
-    /// `completed`, `retried`, `failed`, `returned`, `interrupted` or `cancelled`.
+    /// `completed`, `retried`, `rate_limited`, `failed`, `returned` (given back without
+    /// counting: at shutdown, or a batch's line that expired or was cancelled before it
+    /// ran), `interrupted`, `cancelled` or `cached`.
     pub outcome: String,
     #[schema(value_type = Option<ErrorKindDoc>)]
     pub error_kind: Option<String>,
@@ -142,6 +144,10 @@ pub struct AttemptOut {
     /// The provider it ran on, for a routed execution.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
+    /// The provider batch that ran it (see `GET /v1/batches/{id}`); `worker` is then
+    /// `batch`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<i64>,
 }
 
 impl From<AttemptRecord> for AttemptOut {
@@ -156,6 +162,7 @@ impl From<AttemptRecord> for AttemptOut {
             error: a.error,
             retry_delay_ms: a.retry_delay_ms,
             provider: a.provider,
+            batch: a.batch,
         }
     }
 }

@@ -34,8 +34,8 @@ use crate::model::{ChatInput, ErrorKind, ExecutionId, NewExecution, Status, now_
 use crate::plugin::Provider;
 use crate::plugin::batch::{BatchIo, BatchOutcome, BatchSandbox, ItemOutcome};
 use crate::plugin::{ExecError, ProviderErrorDisplay};
-use crate::store::batches::{BatchEnd, BatchRecord, BatchUpdate, OpenCaps, new_tag};
-use crate::store::{Output, Queue};
+use crate::store::batches::{BatchEnd, BatchRecord, BatchUpdate, OpenCaps, Written, new_tag};
+use crate::store::{Output, Queue, Spend, SpendEnd};
 
 /// How often the loop looks for work.
 const TICK: Duration = Duration::from_millis(500);
@@ -199,10 +199,11 @@ async fn collect(shared: &Arc<Shared>, name: &str, policy: &BatchConfig) -> Resu
         info!(provider = %name, "{released} execution(s) run live: their deadline comes before a batch could end");
         shared.registry.wake(name);
     }
-    let (Some(_), Some(limits)) = (provider, limits) else {
+    let (Some(provider), Some(limits)) = (provider, limits) else {
         // No component serves it here (yet): the rows wait.
         return Ok(());
     };
+    let spend = provider.policy.spend.as_ref().map(Spend::today);
     let max_wait = i64::try_from(policy.max_wait_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
     loop {
         let held = queue.held(name).await.map_err(|e| e.to_string())?;
@@ -215,13 +216,15 @@ async fn collect(shared: &Arc<Shared>, name: &str, policy: &BatchConfig) -> Resu
             // The requests the component makes are larger than their inputs.
             max_bytes: limits.max_bytes / 10 * 9,
             max_open: policy.max_open,
+            spend: spend.as_ref(),
         };
         let Some(batch) = queue
             .open_batch(name, &new_tag(), &shared.owner, lease_of(policy), caps)
             .await
             .map_err(|e| e.to_string())?
         else {
-            // None waits any more, or `max_open` batches are open.
+            // None waits any more, `max_open` batches are open, or the spend caps hold the
+            // rows back until the next UTC day.
             return Ok(());
         };
         info!(
@@ -583,12 +586,18 @@ fn publish(
     shared: &Shared,
     provider: &Arc<str>,
     batch: i64,
-    written: Vec<(ExecutionId, Status, i32)>,
+    written: Vec<Written>,
     mut about: impl FnMut(ExecutionId) -> (Option<ErrorKind>, Option<Arc<Spent>>),
 ) {
     let mut back_live = false;
     let mut events = shared.events.batch();
-    for (id, status, attempt) in written {
+    for Written {
+        id,
+        status,
+        attempts: attempt,
+        ..
+    } in written
+    {
         let (kind, spent) = about(id);
         let kind = kind.unwrap_or(ErrorKind::Other);
         let outcome = match status {
@@ -691,6 +700,46 @@ struct ResultSink {
 }
 
 impl ResultSink {
+    /// Settles the spend reservations of the rows whose results were just written and that
+    /// ended (`completed` or `failed`) with what each cost at the batch price; the notices
+    /// that brings are told as the completer tells them. After the write, so that a worker
+    /// that reads the results again (after a takeover) settles nothing twice: only the
+    /// rows it wrote. A row back to the live lane keeps its reservation until its live
+    /// claim reserves anew, or the upkeep lets it go.
+    async fn settle_spend(
+        &self,
+        written: &[Written],
+        about: &std::collections::HashMap<ExecutionId, (Option<ErrorKind>, Option<Arc<Spent>>)>,
+    ) {
+        let Some(caps) = self.provider.policy.spend.as_ref().map(Spend::today) else {
+            return;
+        };
+        let ends: Vec<SpendEnd<'_>> = written
+            .iter()
+            .filter(|w| matches!(w.status, Status::Completed | Status::Failed))
+            .filter(|w| caps.applies(&w.tenant))
+            .map(|w| SpendEnd {
+                id: w.id,
+                provider: &self.provider.name,
+                tenant: &w.tenant,
+                usd: about
+                    .get(&w.id)
+                    .and_then(|(_, spent)| spent.as_ref())
+                    .and_then(|s| s.cost_usd)
+                    .unwrap_or(0.0),
+                caps: &caps,
+            })
+            .collect();
+        match self.shared.queue.settle_spend(&ends).await {
+            Ok(notices) => {
+                for notice in notices {
+                    super::spend::tell(&self.shared, notice);
+                }
+            }
+            Err(e) => warn!(batch = self.batch, "settling a batch's spend: {e}"),
+        }
+    }
+
     /// The row end of one result, what it used and cost, and its error's class.
     fn end_of(
         &mut self,
@@ -758,7 +807,9 @@ impl ResultSink {
                     "failed"
                 };
                 let message = format!("in batch {}: {error}", self.batch);
-                let (end, kind) = ended(status, None, Some((message, kind)), true);
+                // A rate-limited line does not use up an attempt, as live.
+                let attempt = kind != ErrorKind::RateLimited;
+                let (end, kind) = ended(status, None, Some((message, kind)), attempt);
                 (end, None, kind)
             }
             ItemOutcome::Expired | ItemOutcome::Cancelled => {
@@ -797,13 +848,16 @@ impl BatchIo for ResultSink {
             }
         }
         match self.shared.queue.finish_batched(self.batch, &ends).await {
-            Ok(written) => publish(
-                &self.shared,
-                &self.provider.name,
-                self.batch,
-                written,
-                |id| about.remove(&id).unwrap_or((None, None)),
-            ),
+            Ok(written) => {
+                self.settle_spend(&written, &about).await;
+                publish(
+                    &self.shared,
+                    &self.provider.name,
+                    self.batch,
+                    written,
+                    |id| about.remove(&id).unwrap_or((None, None)),
+                );
+            }
             Err(e) => {
                 // Left in the batch: the batch stays open, and the next step reads its
                 // results again.

@@ -81,15 +81,32 @@ pub struct BatchEnd {
     pub attempt: bool,
 }
 
+/// A row a batch's result was written to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub id: ExecutionId,
+    /// What it became.
+    pub status: Status,
+    /// Its attempts, this one included when it counted.
+    pub attempts: i32,
+    /// `""`: none.
+    pub tenant: String,
+}
+
 /// The caps of a batch being opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OpenCaps {
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OpenCaps<'a> {
     /// The most rows in it.
     pub max_items: u32,
     /// The most bytes of their inputs.
     pub max_bytes: u64,
     /// No batch is opened while the provider has this many open.
     pub max_open: u32,
+    /// The provider's and its tenants' daily spend caps, for today, when it or a tenant has
+    /// one: a batch is a claim of its rows, held by the caps as a live claim is (see
+    /// [`super::spend::Spend::batch_room`]), and its rows reserve their estimates at the
+    /// batch price until their results settle them.
+    pub spend: Option<&'a super::spend::Spend>,
 }
 
 /// How many rows of a provider wait for a batch, and since when the oldest does.
@@ -108,6 +125,20 @@ pub(crate) const SQLITE_NOW: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)
 /// `$N`, the database's clock, and its spellings of a JSON field and of a comparison that
 /// holds between NULLs.
 pub(crate) fn for_postgres(sql: &str, now: &str) -> String {
+    let sql = sql
+        .replace(
+            "{tenant_out:?6}",
+            "($6::text IS NULL OR tenant NOT IN (SELECT jsonb_array_elements_text($6::jsonb)))",
+        )
+        .replace(
+            "{tenant_out:?5}",
+            "($5::text IS NULL OR tenant NOT IN (SELECT jsonb_array_elements_text($5::jsonb)))",
+        )
+        .replace(
+            "{ids:?2}",
+            "(SELECT jsonb_array_elements_text($2::jsonb)::bigint)",
+        );
+    let sql = sql.as_str();
     let mut out = String::with_capacity(sql.len() + 64);
     let mut chars = sql.chars().peekable();
     while let Some(c) = chars.next() {
@@ -127,11 +158,20 @@ pub(crate) fn for_postgres(sql: &str, now: &str) -> String {
 
 /// `sql` for SQLite.
 pub(crate) fn for_sqlite(sql: &str) -> String {
-    sql.replace("{now}", SQLITE_NOW)
-        .replace("{model}", "json_extract(input, '$.model')")
-        .replace("{bytes}", "length(CAST(input AS BLOB))")
-        .replace("{is}", "IS")
-        .replace("{BATCH_COLUMNS}", BATCH_COLUMNS)
+    sql.replace(
+        "{tenant_out:?6}",
+        "(?6 IS NULL OR tenant NOT IN (SELECT value FROM json_each(?6)))",
+    )
+    .replace(
+        "{tenant_out:?5}",
+        "(?5 IS NULL OR tenant NOT IN (SELECT value FROM json_each(?5)))",
+    )
+    .replace("{ids:?2}", "(SELECT value FROM json_each(?2))")
+    .replace("{now}", SQLITE_NOW)
+    .replace("{model}", "json_extract(input, '$.model')")
+    .replace("{bytes}", "length(CAST(input AS BLOB))")
+    .replace("{is}", "IS")
+    .replace("{BATCH_COLUMNS}", BATCH_COLUMNS)
 }
 
 /// The providers with rows that wait for a batch.
@@ -151,7 +191,8 @@ pub(crate) const HELD_SQL: &str = "SELECT
             AND deadline IS NOT NULL)";
 
 /// Records batch `?2` (tag) of provider `?1`, leased to `?3` for `?4` ms, for the model of
-/// its oldest waiting row, unless the provider has `?5` batches open already. Run in one
+/// its oldest waiting row of a tenant not in `?6` (a JSON array of the tenants at their spend
+/// caps, or NULL), unless the provider has `?5` batches open already. Run in one
 /// transaction (on PostgreSQL under the provider's batch lock, [`OPEN_LOCK_SQL`], so that
 /// workers open one at a time): this, then [`FILL_BATCH_SQL`] with the new id, then
 /// [`COUNT_BATCH_SQL`]; a batch that got no row is deleted ([`DROP_EMPTY_SQL`]).
@@ -159,10 +200,12 @@ pub(crate) const OPEN_BATCH_SQL: &str = "INSERT INTO batches (tag, provider, mod
                               created_at, next_poll_at, owner, lease_until)
      SELECT ?2, ?1, (SELECT {model} FROM executions
                       WHERE provider = ?1 AND status = 'batched' AND batch_id IS NULL
+                        AND {tenant_out:?6}
                       ORDER BY id LIMIT 1),
             'open', 0, {now}, {now}, ?3, {now} + ?4
      WHERE EXISTS (SELECT 1 FROM executions
-                    WHERE provider = ?1 AND status = 'batched' AND batch_id IS NULL)
+                    WHERE provider = ?1 AND status = 'batched' AND batch_id IS NULL
+                      AND {tenant_out:?6})
        AND (SELECT COUNT(*) FROM batches
              WHERE provider = ?1 AND state NOT IN ('done', 'failed')) < ?5
      RETURNING id";
@@ -174,7 +217,8 @@ pub(crate) const OPEN_LOCK_SQL: &str =
 /// Deletes batch `?1` when it holds no row.
 pub(crate) const DROP_EMPTY_SQL: &str = "DELETE FROM batches WHERE id = ?1 AND items = 0";
 
-/// See [`OPEN_BATCH_SQL`]: `?1` batch id, `?2` provider, `?3` most rows, `?4` most bytes.
+/// See [`OPEN_BATCH_SQL`]: `?1` batch id, `?2` provider, `?3` most rows, `?4` most bytes,
+/// `?5` the tenants left out.
 /// The first row always goes in, whatever its size, so that a row too large for its own
 /// batch is sent and refused by the provider (an error that names it) rather than held.
 pub(crate) const FILL_BATCH_SQL: &str = "UPDATE executions SET batch_id = ?1
@@ -185,8 +229,17 @@ pub(crate) const FILL_BATCH_SQL: &str = "UPDATE executions SET batch_id = ?1
               FROM executions
              WHERE provider = ?2 AND status = 'batched' AND batch_id IS NULL
                AND {model} {is} (SELECT model FROM batches WHERE id = ?1)
+               AND {tenant_out:?5}
              ORDER BY id LIMIT ?3) AS picked
          WHERE bytes <= ?4 OR bytes = own)";
+
+/// A new batch's rows, for its spend caps: id, tenant and input, oldest first.
+pub(crate) const BATCH_INPUTS_SQL: &str = "SELECT id, tenant, input FROM executions
+     WHERE batch_id = ?1 AND status = 'batched' ORDER BY id";
+
+/// Takes the rows `?2` (a JSON array of ids) out of new batch `?1`: they wait for another.
+pub(crate) const UNFILL_SQL: &str = "UPDATE executions SET batch_id = NULL
+     WHERE batch_id = ?1 AND status = 'batched' AND id IN {ids:?2}";
 
 /// See [`OPEN_BATCH_SQL`].
 pub(crate) const COUNT_BATCH_SQL: &str = "UPDATE batches SET items =
@@ -274,6 +327,8 @@ pub(crate) fn ends_json(ends: &[BatchEnd]) -> Result<String, StoreError> {
 /// `+x.batch_id` keeps SQLite from walking the batch's rows by `executions_batch` for each
 /// result (2.2 s a page of 200 in a batch of 20,000): it looks each up by its id.
 pub(crate) const FINISH_BATCHED_SQL: &str = "UPDATE executions AS x SET
+        history = CASE WHEN x.history IS NULL AND {status} = 'completed' THEN NULL
+                       ELSE {history} END,
         status = {status},
         output = CASE WHEN e.status = 'completed' THEN e.output ELSE x.output END,
         error = CASE WHEN e.status = 'completed' THEN NULL ELSE COALESCE(e.error, x.error) END,
@@ -290,13 +345,37 @@ pub(crate) const FINISH_BATCHED_SQL: &str = "UPDATE executions AS x SET
      WHERE x.id = e.id AND x.status = 'batched' AND +x.batch_id = ?1
      RETURNING {returning}";
 
+/// The history entry of a batch's line (the pairs of a JSON object, per dialect): as a live
+/// attempt's, with `worker` `batch`, the batch's submission as its start, and the batch's
+/// id. A line that went back to the live lane without running there (expired, cancelled)
+/// is `returned`, a rate-limited one `rate_limited`: neither counts as an attempt. As live,
+/// a first attempt that completes leaves the history empty (the row itself is that entry).
+const BATCH_HISTORY_ENTRY: &str = "'attempt', x.attempts + 1,
+        'started_at', COALESCE((SELECT submitted_at FROM batches WHERE id = ?1), {now}),
+        'finished_at', {now}, 'worker', 'batch',
+        'outcome', CASE WHEN {status} IN ('completed', 'failed') THEN {status}
+                        WHEN e.kind = 'rate_limited' THEN 'rate_limited'
+                        WHEN e.attempt THEN 'retried' ELSE 'returned' END,
+        'error_kind', e.kind, 'error', substr(e.error, 1, {error_chars}),
+        'retry_delay_ms', NULL,
+        'provider', CASE WHEN x.route IS NULL THEN NULL ELSE x.provider END,
+        'batch', ?1";
+
+/// [`FINISH_BATCHED_SQL`] with its history entry: `push` appends an object of the given
+/// pairs to a history column (the dialect's `history_push`).
+fn finish_batched(push: impl Fn(&str, &str) -> String) -> String {
+    let entry =
+        BATCH_HISTORY_ENTRY.replace("{error_chars}", &super::HISTORY_ERROR_CHARS.to_string());
+    FINISH_BATCHED_SQL.replace("{history}", &push("x.history", &entry))
+}
+
 const FINISH_STATUS: &str = "CASE WHEN e.status = 'pending' AND e.attempt \
      AND x.attempts + 1 >= x.max_attempts THEN 'failed' ELSE e.status END";
 
 /// [`FINISH_BATCHED_SQL`] for SQLite.
 pub(crate) fn finish_batched_sqlite() -> String {
     for_sqlite(
-        &FINISH_BATCHED_SQL
+        &finish_batched(super::sqlite::history_push)
             .replace("{status}", FINISH_STATUS)
             .replace(
                 "{ends}",
@@ -307,21 +386,21 @@ pub(crate) fn finish_batched_sqlite() -> String {
                          json_extract(value, '$.attempt') AS attempt
                     FROM json_each(?2)) AS e",
             )
-            .replace("{returning}", "id, status, attempts"),
+            .replace("{returning}", "id, status, attempts, tenant"),
     )
 }
 
 /// [`FINISH_BATCHED_SQL`] for PostgreSQL.
 pub(crate) fn finish_batched_postgres(now: &str) -> String {
     for_postgres(
-        &FINISH_BATCHED_SQL
+        &finish_batched(super::postgres::history_push)
             .replace("{status}", FINISH_STATUS)
             .replace(
                 "{ends}",
                 "jsonb_to_recordset(?2::jsonb) AS e(id bigint, status text, output text,
                                                    error text, kind text, attempt boolean)",
             )
-            .replace("{returning}", "x.id, x.status, x.attempts"),
+            .replace("{returning}", "x.id, x.status, x.attempts, x.tenant"),
         now,
     )
 }
@@ -334,14 +413,15 @@ pub trait BatchStore {
 
     /// Records a new batch of `provider` (tag `tag`, leased to `owner` for `lease_ms`) and
     /// gives it up to `max_items` waiting rows of one model, oldest first, within
-    /// `max_bytes` of input. `None` when no row waits.
+    /// `max_bytes` of input and the spend caps (reserving the estimates of the rows it
+    /// takes). `None` when no row waits, or the caps leave none.
     async fn open_batch(
         &self,
         provider: &str,
         tag: &str,
         owner: &str,
         lease_ms: i64,
-        caps: OpenCaps,
+        caps: OpenCaps<'_>,
     ) -> Result<Option<BatchRecord>, StoreError>;
 
     /// The providers with rows that wait for a batch.
@@ -380,7 +460,7 @@ pub trait BatchStore {
         &self,
         batch: i64,
         ends: &[BatchEnd],
-    ) -> Result<Vec<(ExecutionId, Status, i32)>, StoreError>;
+    ) -> Result<Vec<Written>, StoreError>;
 
     /// Rows of `provider` waiting for a batch go to the live lane: all (`deadline_before`
     /// `None`), or those whose deadline is before it.
@@ -406,7 +486,11 @@ pub trait BatchStore {
 
 /// The batch methods of [`super::Queue`], for a backend: `$write` is the pool that writes,
 /// `$read` the one that reads, `$sql` turns a statement text into the backend's, and
-/// `$finish` is the backend's [`FINISH_BATCHED_SQL`].
+/// `$finish` is the backend's [`FINISH_BATCHED_SQL`]. The backend's module has
+/// `reserve_rows` (a claim's reservations), and its queue a `batch_spend_totals` method (the
+/// day's spend of a provider and its capped tenants, read under the provider's budget lock
+/// where the backend has one, so that the fleet's claims and batches see each other's
+/// reservations).
 macro_rules! batch_methods {
     ($ty:ty, $write:ident, $read:ident, $sql:expr, $finish:expr, $lock:expr) => {
         #[async_trait::async_trait]
@@ -434,17 +518,36 @@ macro_rules! batch_methods {
                 tag: &str,
                 owner: &str,
                 lease_ms: i64,
-                caps: $crate::store::batches::OpenCaps,
+                caps: $crate::store::batches::OpenCaps<'_>,
             ) -> Result<Option<$crate::store::batches::BatchRecord>, StoreError> {
                 const OP: &str = "opening a batch";
-                let mut tx = self.$write.begin().await.op(OP)?;
+                // SQLite: the write lock from the first statement (the spend read comes
+                // before any write).
                 let lock: Option<&str> = $lock;
+                let begin: &str = if lock.is_some() {
+                    "BEGIN"
+                } else {
+                    "BEGIN IMMEDIATE"
+                };
+                let mut tx = self.$write.begin_with(begin).await.op(OP)?;
                 if let Some(lock) = lock {
                     sqlx::query(lock)
                         .bind(provider)
                         .execute(&mut *tx)
                         .await
                         .op(OP)?;
+                }
+                // The caps as a claim reads them: nothing while the provider's is reached,
+                // and none of the tenants at theirs.
+                let mut totals = Vec::new();
+                let mut excluded = None;
+                if let Some(spend) = caps.spend {
+                    totals = self.batch_spend_totals(&mut tx, provider, spend).await?;
+                    let read = spend.read(&totals);
+                    if read.full {
+                        return Ok(None);
+                    }
+                    excluded = read.excluded;
                 }
                 let id: Option<i64> =
                     sqlx::query_scalar(&$sql($crate::store::batches::OPEN_BATCH_SQL))
@@ -453,6 +556,7 @@ macro_rules! batch_methods {
                         .bind(owner)
                         .bind(lease_ms)
                         .bind(i64::from(caps.max_open))
+                        .bind(excluded.as_deref())
                         .fetch_optional(&mut *tx)
                         .await
                         .op(OP)?;
@@ -464,9 +568,33 @@ macro_rules! batch_methods {
                     .bind(provider)
                     .bind(i64::from(caps.max_items.max(1)))
                     .bind(i64::try_from(caps.max_bytes).unwrap_or(i64::MAX))
+                    .bind(excluded.as_deref())
                     .execute(&mut *tx)
                     .await
                     .op(OP)?;
+                if let Some(spend) = caps.spend {
+                    // Row by row, as a claim: what the provider's and each tenant's cap
+                    // leave; the rest wait for a later batch. The rows kept reserve.
+                    let rows: Vec<(ExecutionId, String, String)> =
+                        sqlx::query_as(&$sql($crate::store::batches::BATCH_INPUTS_SQL))
+                            .bind(id)
+                            .fetch_all(&mut *tx)
+                            .await
+                            .op(OP)?;
+                    let (kept, left) = spend.batch_room(&totals, &rows);
+                    if !left.is_empty() {
+                        let left = serde_json::to_string(&left).map_err(|e| {
+                            StoreError::Other(format!("encoding a batch's rows: {e}"))
+                        })?;
+                        sqlx::query(&$sql($crate::store::batches::UNFILL_SQL))
+                            .bind(id)
+                            .bind(left)
+                            .execute(&mut *tx)
+                            .await
+                            .op(OP)?;
+                    }
+                    reserve_rows(&mut *tx, spend, provider, kept).await?;
+                }
                 let record: $crate::store::batches::BatchRecord =
                     sqlx::query_as(&$sql($crate::store::batches::COUNT_BATCH_SQL))
                         .bind(id)
@@ -557,21 +685,26 @@ macro_rules! batch_methods {
                 &self,
                 batch: i64,
                 ends: &[$crate::store::batches::BatchEnd],
-            ) -> Result<Vec<(ExecutionId, $crate::model::Status, i32)>, StoreError> {
+            ) -> Result<Vec<$crate::store::batches::Written>, StoreError> {
                 if ends.is_empty() {
                     return Ok(Vec::new());
                 }
-                let rows: Vec<(i64, String, i32)> = sqlx::query_as(&$finish)
+                let rows: Vec<(i64, String, i32, String)> = sqlx::query_as(&$finish)
                     .bind(batch)
                     .bind($crate::store::batches::ends_json(ends)?)
                     .fetch_all(&self.$write)
                     .await
                     .op("writing a batch's results")?;
                 rows.into_iter()
-                    .map(|(id, status, attempts)| {
+                    .map(|(id, status, attempts, tenant)| {
                         status
                             .parse()
-                            .map(|s| (id, s, attempts))
+                            .map(|status| $crate::store::batches::Written {
+                                id,
+                                status,
+                                attempts,
+                                tenant,
+                            })
                             .map_err(|reason| StoreError::Corrupt { id, reason })
                     })
                     .collect()

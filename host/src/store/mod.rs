@@ -388,9 +388,10 @@ pub trait Queue: batches::BatchStore + Send + Sync + 'static {
     /// each told once across the fleet.
     async fn settle_spend(&self, ends: &[SpendEnd<'_>]) -> Result<Vec<SpendNotice>, StoreError>;
 
-    /// Lets go the spend reservations of rows that are no longer running without their
-    /// end having settled them (recovered after a worker died, cancelled, put back at
-    /// shutdown). Returns how many.
+    /// Lets go the spend reservations of rows that are no longer running (or in a provider
+    /// batch) without their end having settled them (recovered after a worker died,
+    /// cancelled, put back at shutdown, back from a batch to the live lane). Returns how
+    /// many.
     async fn release_spend(&self) -> Result<u64, StoreError>;
 
     /// What each provider and tenant spent and has reserved on `day` (days since the Unix
@@ -1054,6 +1055,10 @@ pub(crate) fn execution_from_raw(raw: ExecutionRow) -> Result<Execution, StoreEr
                     error: None,
                     retry_delay_ms: None,
                     provider: ran_on,
+                    // Answered by a batch's line: the batch that ran it.
+                    batch: raw
+                        .batch_id
+                        .filter(|_| raw.worker.as_deref() == Some("batch")),
                 });
             }
             history

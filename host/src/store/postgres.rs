@@ -39,17 +39,27 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgre
 /// past `HISTORY_KEPT`. `row` qualifies the row's columns (`e.` or nothing); the other
 /// arguments are SQL expressions. The row's columns are its old values.
 fn history_with(row: &str, outcome: &str, kind: &str, error: &str, delay: &str) -> String {
+    history_push(
+        &format!("{row}history"),
+        &format!(
+            "'attempt', {row}attempts, 'started_at', {row}started_at,
+             'finished_at', {NOW_MS}, 'worker', {row}worker, 'outcome', {outcome},
+             'error_kind', {kind}, 'error', left({error}, {HISTORY_ERROR_CHARS}),
+             'retry_delay_ms', {delay},
+             'provider', CASE WHEN {row}route IS NULL THEN NULL ELSE {row}provider END"
+        ),
+    )
+}
+
+/// An SQL expression: the history column `history` with one more entry, the JSON object of
+/// `pairs` (SQL), the oldest dropped past `HISTORY_KEPT`.
+pub(crate) fn history_push(history: &str, pairs: &str) -> String {
     format!(
         "(
-            CASE WHEN jsonb_array_length(COALESCE({row}history, '[]')::jsonb) >= {HISTORY_KEPT}
-                 THEN COALESCE({row}history, '[]')::jsonb - 0
-                 ELSE COALESCE({row}history, '[]')::jsonb END
-            || jsonb_build_array(jsonb_build_object(
-                 'attempt', {row}attempts, 'started_at', {row}started_at,
-                 'finished_at', {NOW_MS}, 'worker', {row}worker, 'outcome', {outcome},
-                 'error_kind', {kind}, 'error', left({error}, {HISTORY_ERROR_CHARS}),
-                 'retry_delay_ms', {delay},
-                 'provider', CASE WHEN {row}route IS NULL THEN NULL ELSE {row}provider END))
+            CASE WHEN jsonb_array_length(COALESCE({history}, '[]')::jsonb) >= {HISTORY_KEPT}
+                 THEN COALESCE({history}, '[]')::jsonb - 0
+                 ELSE COALESCE({history}, '[]')::jsonb END
+            || jsonb_build_array(jsonb_build_object({pairs}))
           )::text"
     )
 }
@@ -198,6 +208,26 @@ async fn lock_budget(
     .op("taking a provider's budget lock")
 }
 
+/// The day's `(scope, name, spent + reserved)` rows of `provider` and the tenants `spend`
+/// caps, read in `tx` (which holds the provider's budget lock).
+async fn spend_totals(
+    tx: &mut sqlx::PgConnection,
+    provider: &str,
+    spend: &super::Spend,
+) -> Result<Vec<(String, String, f64)>, StoreError> {
+    sqlx::query_as(
+        "SELECT scope, name, spent + GREATEST(reserved, 0) FROM spend
+          WHERE day = $1 AND ((scope = 'provider' AND name = $2)
+                OR (scope = 'tenant' AND name IN (SELECT jsonb_array_elements_text($3::jsonb))))",
+    )
+    .bind(spend.day)
+    .bind(provider)
+    .bind(spend.tenant_names())
+    .fetch_all(&mut *tx)
+    .await
+    .op("reading the day's spend")
+}
+
 /// Reserves each claimed row's estimate for its capped provider and tenant on the caps'
 /// day (see [`super::spend`]). A row claimed again (after its worker died) gives up the
 /// reservation it had, which may be of another day.
@@ -207,8 +237,18 @@ async fn reserve_spend(
     provider: &str,
     claimed: &[Execution],
 ) -> Result<(), StoreError> {
+    reserve_rows(tx, spend, provider, spend.reservations(claimed)).await
+}
+
+/// Reserves `rows` (`(id, tenant, estimate)`, of provider `provider`) on the caps' day; a
+/// row's earlier reservation goes (see [`reserve_spend`]).
+async fn reserve_rows(
+    tx: &mut sqlx::PgConnection,
+    spend: &super::Spend,
+    provider: &str,
+    rows: Vec<(crate::model::ExecutionId, &str, f64)>,
+) -> Result<(), StoreError> {
     const OP: &str = "reserving spend for claimed executions";
-    let rows = spend.reservations(claimed);
     if rows.is_empty() {
         return Ok(());
     }
@@ -325,6 +365,19 @@ pub struct PgQueue {
 }
 
 impl PgQueue {
+    /// The day's spend of `provider` and its capped tenants, read under the provider's
+    /// budget lock, for a batch being opened (see `batch_methods!`): a live claim of the
+    /// provider takes the same lock, so each sees the other's reservations.
+    async fn batch_spend_totals(
+        &self,
+        tx: &mut sqlx::PgConnection,
+        provider: &str,
+        spend: &super::Spend,
+    ) -> Result<Vec<(String, String, f64)>, StoreError> {
+        lock_budget(tx, &self.channel, provider).await?;
+        spend_totals(tx, provider, spend).await
+    }
+
     /// Connects to `url` and applies migrations. A schema can be chosen with
     /// `?options[search_path]=NAME`.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
@@ -711,18 +764,7 @@ impl Queue for PgQueue {
         let mut excluded = None;
         let mut provider_total = 0.0;
         if let Some(spend) = claim.spend {
-            let rows: Vec<(String, String, f64)> = sqlx::query_as(
-                "SELECT scope, name, spent + GREATEST(reserved, 0) FROM spend
-                  WHERE day = $1 AND ((scope = 'provider' AND name = $2)
-                        OR (scope = 'tenant' AND name IN
-                              (SELECT jsonb_array_elements_text($3::jsonb))))",
-            )
-            .bind(spend.day)
-            .bind(provider)
-            .bind(spend.tenant_names())
-            .fetch_all(&mut *tx)
-            .await
-            .op(OP)?;
+            let rows = spend_totals(&mut tx, provider, spend).await?;
             let read = spend.read(&rows);
             if read.full {
                 tx.commit().await.op(OP)?;
@@ -1614,7 +1656,8 @@ impl Queue for PgQueue {
             "WITH gone AS (
                DELETE FROM spend_open o
                 WHERE NOT EXISTS (SELECT 1 FROM executions e
-                                   WHERE e.id = o.execution_id AND e.status = 'running')
+                                   WHERE e.id = o.execution_id
+                                     AND e.status IN ('running', 'batched'))
                RETURNING day, provider, tenant, usd),
              sums AS (
                SELECT day, 'provider' AS scope, provider AS name, SUM(usd) AS usd

@@ -179,6 +179,12 @@ impl Spend {
     /// `max_tokens` (else [`DEFAULT_OUTPUT_ESTIMATE`]) as output tokens, at the provider's
     /// prices; 0 without a price.
     pub fn estimate(&self, input: &serde_json::Value) -> f64 {
+        self.estimate_at(input, false)
+    }
+
+    /// [`Spend::estimate`], at the batch price when `batch` (the price table's
+    /// `batch_discount`): what a line of a provider batch reserves.
+    pub fn estimate_at(&self, input: &serde_json::Value, batch: bool) -> f64 {
         let Some(price) = &self.price else {
             return 0.0;
         };
@@ -192,7 +198,56 @@ impl Spend {
                 .unwrap_or(u32::MAX),
             ..Default::default()
         };
-        price.usd(&usage, false)
+        price.usd(&usage, batch)
+    }
+
+    /// Which rows of a batch being opened (`(id, tenant, input)`, oldest first) its caps
+    /// let it send, by the day's `totals` (`(scope, name, spent + reserved)`, as
+    /// [`Spend::read`] takes them) and the rows' estimates at the batch price, as a claim
+    /// takes rows ([`Spend::room`]): each while its provider and its tenant are under their
+    /// caps, so the row that crosses a cap goes and none of that scope after it. Returns the
+    /// rows kept that reserve (`(id, tenant, estimate)`, those [`Spend::applies`] to), and
+    /// the ids left out (they wait for a later batch). A batch is one claim of many rows: a
+    /// tenant's cap is held row by row here, not only by leaving out the tenants at theirs.
+    pub(crate) fn batch_room<'r>(
+        &self,
+        totals: &[(String, String, f64)],
+        rows: &'r [(crate::model::ExecutionId, String, String)],
+    ) -> (
+        Vec<(crate::model::ExecutionId, &'r str, f64)>,
+        Vec<crate::model::ExecutionId>,
+    ) {
+        let mut provider_total = self.read(totals).provider_total;
+        let mut tenant_totals: BTreeMap<&str, f64> = totals
+            .iter()
+            .filter(|(scope, _, _)| scope == SpendScope::Tenant.as_str())
+            .map(|(_, name, total)| (name.as_str(), *total))
+            .collect();
+        let (mut kept, mut left) = (Vec::new(), Vec::new());
+        for (id, tenant, input) in rows {
+            let tenant = tenant.as_str();
+            let provider_full = self
+                .provider_usd
+                .is_some_and(|cap| reaches(provider_total, cap));
+            let tenant_cap = self.tenants.get(tenant).copied();
+            let tenant_total = tenant_totals.get(tenant).copied().unwrap_or(0.0);
+            if provider_full || tenant_cap.is_some_and(|cap| reaches(tenant_total, cap)) {
+                left.push(*id);
+                continue;
+            }
+            // An input that cannot be read estimates as an empty request (the component
+            // refuses it, and it fails).
+            let input = serde_json::from_str(input).unwrap_or_default();
+            let usd = self.estimate_at(&input, true);
+            provider_total += usd;
+            if tenant_cap.is_some() {
+                tenant_totals.insert(tenant, tenant_total + usd);
+            }
+            if self.applies(tenant) {
+                kept.push((*id, tenant, usd));
+            }
+        }
+        (kept, left)
     }
 
     /// The notice a settle of a reservation of `day` brings, from the total it left
@@ -469,6 +524,49 @@ mod tests {
             ..caps()
         };
         assert_eq!(free.estimate(&input), 0.0);
+    }
+
+    #[test]
+    fn a_batch_keeps_rows_while_its_provider_and_tenants_are_under_their_caps() {
+        let mut s = caps();
+        s.price = Some(crate::costs::Price {
+            batch_discount: Some(0.5),
+            ..s.price.unwrap()
+        });
+        // 400 characters and max_tokens 50: $0.0002 live, $0.0001 at the batch price.
+        let input = serde_json::json!({"prompt": "x".repeat(400), "max_tokens": 50}).to_string();
+        let rows: Vec<(i64, String, String)> = (1..=6)
+            .map(|id| {
+                (
+                    id,
+                    if id % 2 == 0 { "a" } else { "b" }.to_string(),
+                    input.clone(),
+                )
+            })
+            .collect();
+        // Tenant a at 0.49995 of 0.5: its first row crosses its cap, its next is left out.
+        let totals = vec![
+            ("provider".to_string(), "p".to_string(), 0.9),
+            ("tenant".to_string(), "a".to_string(), 0.49995),
+        ];
+        let (kept, left) = s.batch_room(&totals, &rows);
+        let kept: Vec<(i64, &str)> = kept.iter().map(|(id, t, _)| (*id, *t)).collect();
+        assert_eq!(kept, [(1, "b"), (2, "a"), (3, "b"), (5, "b")]);
+        assert_eq!(left, [4, 6]);
+        // The provider at its cap: nothing goes.
+        let full = vec![("provider".to_string(), "p".to_string(), 1.0)];
+        let (kept, left) = s.batch_room(&full, &rows);
+        assert!(kept.is_empty());
+        assert_eq!(left.len(), 6);
+        // No provider cap: rows of uncapped tenants go and reserve nothing.
+        let tenants_only = Spend {
+            provider_usd: None,
+            ..s.clone()
+        };
+        let (kept, left) = tenants_only.batch_room(&[], &rows);
+        assert_eq!(kept.len(), 3, "only tenant a's rows reserve");
+        assert!(left.is_empty());
+        assert!((kept[0].2 - 0.0001).abs() < 1e-12, "the batch price");
     }
 
     #[test]

@@ -34,16 +34,26 @@ fn json_rows<T: serde::Serialize>(rows: impl Iterator<Item = T>) -> Result<Strin
 /// past `HISTORY_KEPT`. The arguments are SQL expressions; the row's other columns are its
 /// old values.
 fn history_with(finished: &str, outcome: &str, kind: &str, error: &str, delay: &str) -> String {
+    history_push(
+        "history",
+        &format!(
+            "'attempt', attempts, 'started_at', started_at,
+             'finished_at', {finished}, 'worker', worker, 'outcome', {outcome},
+             'error_kind', {kind}, 'error', substr({error}, 1, {HISTORY_ERROR_CHARS}),
+             'retry_delay_ms', {delay},
+             'provider', CASE WHEN route IS NULL THEN NULL ELSE provider END"
+        ),
+    )
+}
+
+/// An SQL expression: the history column `history` with one more entry, the JSON object of
+/// `pairs` (SQL), the oldest dropped past `HISTORY_KEPT`.
+pub(crate) fn history_push(history: &str, pairs: &str) -> String {
     format!(
         "json_insert(
-            CASE WHEN json_array_length(COALESCE(history, '[]')) >= {HISTORY_KEPT}
-                 THEN json_remove(history, '$[0]') ELSE COALESCE(history, '[]') END,
-            '$[#]',
-            json_object('attempt', attempts, 'started_at', started_at,
-                        'finished_at', {finished}, 'worker', worker, 'outcome', {outcome},
-                        'error_kind', {kind}, 'error', substr({error}, 1, {HISTORY_ERROR_CHARS}),
-                        'retry_delay_ms', {delay},
-                        'provider', CASE WHEN route IS NULL THEN NULL ELSE provider END))"
+            CASE WHEN json_array_length(COALESCE({history}, '[]')) >= {HISTORY_KEPT}
+                 THEN json_remove({history}, '$[0]') ELSE COALESCE({history}, '[]') END,
+            '$[#]', json_object({pairs}))"
     )
 }
 
@@ -551,8 +561,18 @@ async fn reserve_spend(
     provider: &str,
     claimed: &[Execution],
 ) -> Result<(), StoreError> {
+    reserve_rows(tx, spend, provider, spend.reservations(claimed)).await
+}
+
+/// Reserves `rows` (`(id, tenant, estimate)`, of provider `provider`) on the caps' day; a
+/// row's earlier reservation goes (see [`reserve_spend`]).
+async fn reserve_rows(
+    tx: &mut sqlx::SqliteConnection,
+    spend: &super::Spend,
+    provider: &str,
+    rows: Vec<(crate::model::ExecutionId, &str, f64)>,
+) -> Result<(), StoreError> {
     const OP: &str = "reserving spend for claimed executions";
-    let rows = spend.reservations(claimed);
     if rows.is_empty() {
         return Ok(());
     }
@@ -630,6 +650,37 @@ pub struct SqliteQueue {
 }
 
 impl SqliteQueue {
+    /// The day's `(scope, name, spent + reserved)` rows of `provider` and the tenants
+    /// `spend` caps, read in `tx` (which holds the write lock).
+    async fn spend_totals(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        provider: &str,
+        spend: &super::Spend,
+    ) -> Result<Vec<(String, String, f64)>, StoreError> {
+        sqlx::query_as(
+            "SELECT scope, name, spent + MAX(reserved, 0.0) FROM spend
+              WHERE day = ?1 AND ((scope = 'provider' AND name = ?2)
+                    OR (scope = 'tenant' AND name IN (SELECT value FROM json_each(?3))))",
+        )
+        .bind(spend.day)
+        .bind(provider)
+        .bind(spend.tenant_names())
+        .fetch_all(&mut *tx)
+        .await
+        .op("reading the day's spend")
+    }
+
+    /// [`SqliteQueue::spend_totals`], for a batch being opened (see `batch_methods!`).
+    async fn batch_spend_totals(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        provider: &str,
+        spend: &super::Spend,
+    ) -> Result<Vec<(String, String, f64)>, StoreError> {
+        self.spend_totals(tx, provider, spend).await
+    }
+
     /// Opens (creating when missing) the database at `url` (`sqlite://PATH`) and applies
     /// migrations.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
@@ -1078,17 +1129,7 @@ impl Queue for SqliteQueue {
         let mut excluded = None;
         let mut provider_total = 0.0;
         if let Some(spend) = claim.spend {
-            let rows: Vec<(String, String, f64)> = sqlx::query_as(
-                "SELECT scope, name, spent + MAX(reserved, 0.0) FROM spend
-                  WHERE day = ?1 AND ((scope = 'provider' AND name = ?2)
-                        OR (scope = 'tenant' AND name IN (SELECT value FROM json_each(?3))))",
-            )
-            .bind(spend.day)
-            .bind(provider)
-            .bind(spend.tenant_names())
-            .fetch_all(&mut *tx)
-            .await
-            .op(OP)?;
+            let rows = self.spend_totals(&mut tx, provider, spend).await?;
             let read = spend.read(&rows);
             if read.full {
                 tx.commit().await.op(OP)?;
@@ -1886,7 +1927,8 @@ impl Queue for SqliteQueue {
         let gone: Vec<super::spend::OpenReservation> = sqlx::query_as(
             "DELETE FROM spend_open
               WHERE NOT EXISTS (SELECT 1 FROM executions e
-                                 WHERE e.id = spend_open.execution_id AND e.status = 'running')
+                                 WHERE e.id = spend_open.execution_id
+                                   AND e.status IN ('running', 'batched'))
              RETURNING day, provider, tenant, usd",
         )
         .fetch_all(&mut *tx)

@@ -410,6 +410,8 @@ class Attempt(_Wire):
     error: Optional[str] = None
     retry_delay_ms: Optional[int] = None
     provider: Optional[str] = None
+    #: The provider batch that ran it (``worker`` is then ``"batch"``).
+    batch: Optional[int] = None
 
 
 class Execution(_Wire):
