@@ -438,9 +438,13 @@ impl Step<'_> {
             })
             .collect();
         match self.shared.queue.finish_batched(self.batch.id, &ends).await {
-            Ok(written) => publish(self.shared, &provider.name, self.batch.id, written, |_| {
-                (Some(ErrorKind::BadInput), None)
-            }),
+            Ok(written) => {
+                // Never sent: their reservations go at once.
+                settle_written(self.shared, provider, self.batch.id, &written, |_| 0.0).await;
+                publish(self.shared, &provider.name, self.batch.id, written, |_| {
+                    (Some(ErrorKind::BadInput), None)
+                });
+            }
             Err(e) => warn!(
                 batch = self.batch.id,
                 "failing the rows the component refused: {e}"
@@ -699,47 +703,49 @@ struct ResultSink {
     totals: Arc<std::sync::Mutex<Totals>>,
 }
 
-impl ResultSink {
-    /// Settles the spend reservations of the rows whose results were just written and that
-    /// ended (`completed` or `failed`) with what each cost at the batch price; the notices
-    /// that brings are told as the completer tells them. After the write, so that a worker
-    /// that reads the results again (after a takeover) settles nothing twice: only the
-    /// rows it wrote. A row back to the live lane keeps its reservation until its live
-    /// claim reserves anew, or the upkeep lets it go.
-    async fn settle_spend(
-        &self,
-        written: &[Written],
-        about: &std::collections::HashMap<ExecutionId, (Option<ErrorKind>, Option<Arc<Spent>>)>,
-    ) {
-        let Some(caps) = self.provider.policy.spend.as_ref().map(Spend::today) else {
-            return;
-        };
-        let ends: Vec<SpendEnd<'_>> = written
-            .iter()
-            .filter(|w| matches!(w.status, Status::Completed | Status::Failed))
-            .filter(|w| caps.applies(&w.tenant))
-            .map(|w| SpendEnd {
-                id: w.id,
-                provider: &self.provider.name,
-                tenant: &w.tenant,
-                usd: about
-                    .get(&w.id)
-                    .and_then(|(_, spent)| spent.as_ref())
-                    .and_then(|s| s.cost_usd)
-                    .unwrap_or(0.0),
-                caps: &caps,
-            })
-            .collect();
-        match self.shared.queue.settle_spend(&ends).await {
-            Ok(notices) => {
-                for notice in notices {
-                    super::spend::tell(&self.shared, notice);
-                }
-            }
-            Err(e) => warn!(batch = self.batch, "settling a batch's spend: {e}"),
-        }
+/// Settles the spend reservations of the rows of batch `batch` whose results were just
+/// written and that ended (`completed` or `failed`), each with what it cost at the batch
+/// price (`usd`); the notices that brings are told as the completer tells them, and a
+/// failed settle is tried again as the completer tries its own. After the write, so that a
+/// worker that reads the results again (after a takeover) settles nothing twice: only the
+/// rows it wrote. A row back to the live lane keeps its reservation until its live claim
+/// reserves anew, or the upkeep lets it go.
+async fn settle_written(
+    shared: &Shared,
+    provider: &Provider,
+    batch: i64,
+    written: &[Written],
+    usd: impl Fn(ExecutionId) -> f64,
+) {
+    let Some(caps) = provider.policy.spend.as_ref().map(Spend::today) else {
+        return;
+    };
+    let ends: Vec<SpendEnd<'_>> = written
+        .iter()
+        .filter(|w| matches!(w.status, Status::Completed | Status::Failed))
+        .filter(|w| caps.applies(&w.tenant))
+        .map(|w| SpendEnd {
+            id: w.id,
+            provider: &provider.name,
+            tenant: &w.tenant,
+            usd: usd(w.id),
+            caps: &caps,
+        })
+        .collect();
+    if ends.is_empty() {
+        return;
     }
+    let settled = super::completer::retried(
+        || shared.queue.settle_spend(&ends),
+        |attempt, e| warn!(batch, "settling a batch's spend (try {attempt}): {e}"),
+    )
+    .await;
+    for notice in settled.unwrap_or_default() {
+        super::spend::tell(shared, notice);
+    }
+}
 
+impl ResultSink {
     /// The row end of one result, what it used and cost, and its error's class.
     fn end_of(
         &mut self,
@@ -792,7 +798,8 @@ impl ResultSink {
                             format!("{}: output cannot be stored: {e}", self.provider.label());
                         let (end, kind) =
                             ended("failed", None, Some((error, ErrorKind::Other)), true);
-                        (end, None, kind)
+                        // Billed all the same: it counts against the spend caps.
+                        (end, Some(spent), kind)
                     }
                 }
             }
@@ -849,7 +856,14 @@ impl BatchIo for ResultSink {
         }
         match self.shared.queue.finish_batched(self.batch, &ends).await {
             Ok(written) => {
-                self.settle_spend(&written, &about).await;
+                settle_written(&self.shared, &self.provider, self.batch, &written, |id| {
+                    about
+                        .get(&id)
+                        .and_then(|(_, spent)| spent.as_ref())
+                        .and_then(|s| s.cost_usd)
+                        .unwrap_or(0.0)
+                })
+                .await;
                 publish(
                     &self.shared,
                     &self.provider.name,

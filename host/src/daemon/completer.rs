@@ -380,7 +380,7 @@ const TRIES: u32 = 5;
 
 /// Runs `op` up to [`TRIES`] times, 50 ms apart and doubling, telling `failed` of each
 /// failure; `None` when every try failed.
-async fn retried<T, Fut>(
+pub(super) async fn retried<T, Fut>(
     mut op: impl FnMut() -> Fut,
     failed: impl Fn(u32, &StoreError),
 ) -> Option<T>

@@ -152,6 +152,7 @@ pub(crate) fn for_postgres(sql: &str, now: &str) -> String {
         // `json`, not `jsonb`: it takes any text JSON takes (`jsonb` refuses `\u0000`).
         .replace("{model}", "(input::json ->> 'model')")
         .replace("{bytes}", "octet_length(input)")
+        .replace("{max_tokens}", "(input::json ->> 'max_tokens')::bigint")
         .replace("{is}", "IS NOT DISTINCT FROM")
         .replace("{BATCH_COLUMNS}", BATCH_COLUMNS)
 }
@@ -170,6 +171,7 @@ pub(crate) fn for_sqlite(sql: &str) -> String {
     .replace("{now}", SQLITE_NOW)
     .replace("{model}", "json_extract(input, '$.model')")
     .replace("{bytes}", "length(CAST(input AS BLOB))")
+    .replace("{max_tokens}", "json_extract(input, '$.max_tokens')")
     .replace("{is}", "IS")
     .replace("{BATCH_COLUMNS}", BATCH_COLUMNS)
 }
@@ -233,9 +235,11 @@ pub(crate) const FILL_BATCH_SQL: &str = "UPDATE executions SET batch_id = ?1
              ORDER BY id LIMIT ?3) AS picked
          WHERE bytes <= ?4 OR bytes = own)";
 
-/// A new batch's rows, for its spend caps: id, tenant and input, oldest first.
-pub(crate) const BATCH_INPUTS_SQL: &str = "SELECT id, tenant, input FROM executions
-     WHERE batch_id = ?1 AND status = 'batched' ORDER BY id";
+/// A new batch's rows, for its spend caps: id, tenant, the input's bytes and its
+/// `max_tokens`, oldest first (what an estimate needs: the inputs themselves are not read
+/// while the transaction holds the write lock, or the provider's budget lock).
+pub(crate) const BATCH_INPUTS_SQL: &str = "SELECT id, tenant, CAST({bytes} AS BIGINT), {max_tokens}
+     FROM executions WHERE batch_id = ?1 AND status = 'batched' ORDER BY id";
 
 /// Takes the rows `?2` (a JSON array of ids) out of new batch `?1`: they wait for another.
 pub(crate) const UNFILL_SQL: &str = "UPDATE executions SET batch_id = NULL
@@ -335,6 +339,8 @@ pub(crate) const FINISH_BATCHED_SQL: &str = "UPDATE executions AS x SET
         error_kind = CASE WHEN e.status = 'completed' THEN NULL
                           ELSE COALESCE(e.kind, x.error_kind) END,
         attempts = x.attempts + CASE WHEN e.attempt THEN 1 ELSE 0 END,
+        rate_limited = x.rate_limited
+                       + CASE WHEN e.kind = 'rate_limited' AND NOT e.attempt THEN 1 ELSE 0 END,
         started_at = CASE WHEN e.attempt
                           THEN COALESCE((SELECT submitted_at FROM batches WHERE id = ?1), {now})
                           ELSE x.started_at END,
@@ -545,6 +551,7 @@ macro_rules! batch_methods {
                     totals = self.batch_spend_totals(&mut tx, provider, spend).await?;
                     let read = spend.read(&totals);
                     if read.full {
+                        tx.rollback().await.op(OP)?;
                         return Ok(None);
                     }
                     excluded = read.excluded;
@@ -561,6 +568,7 @@ macro_rules! batch_methods {
                         .await
                         .op(OP)?;
                 let Some(id) = id else {
+                    tx.rollback().await.op(OP)?;
                     return Ok(None);
                 };
                 sqlx::query(&$sql($crate::store::batches::FILL_BATCH_SQL))
@@ -575,7 +583,7 @@ macro_rules! batch_methods {
                 if let Some(spend) = caps.spend {
                     // Row by row, as a claim: what the provider's and each tenant's cap
                     // leave; the rest wait for a later batch. The rows kept reserve.
-                    let rows: Vec<(ExecutionId, String, String)> =
+                    let rows: Vec<(ExecutionId, String, i64, Option<i64>)> =
                         sqlx::query_as(&$sql($crate::store::batches::BATCH_INPUTS_SQL))
                             .bind(id)
                             .fetch_all(&mut *tx)

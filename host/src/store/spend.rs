@@ -185,25 +185,34 @@ impl Spend {
     /// [`Spend::estimate`], at the batch price when `batch` (the price table's
     /// `batch_discount`): what a line of a provider batch reserves.
     pub fn estimate_at(&self, input: &serde_json::Value, batch: bool) -> f64 {
+        let max_tokens = input.get("max_tokens").and_then(serde_json::Value::as_i64);
+        self.estimate_of(super::prompt_tokens(input), max_tokens, batch)
+    }
+
+    /// The estimate of a request of `input_tokens` that sets `max_tokens` (else
+    /// [`DEFAULT_OUTPUT_ESTIMATE`] output tokens), at the batch price when `batch`.
+    pub fn estimate_of(&self, input_tokens: i64, max_tokens: Option<i64>, batch: bool) -> f64 {
         let Some(price) = &self.price else {
             return 0.0;
         };
-        let max_tokens = input
-            .get("max_tokens")
-            .and_then(serde_json::Value::as_i64)
-            .filter(|m| *m > 0);
         let usage = crate::model::Usage {
-            input_tokens: u32::try_from(super::prompt_tokens(input)).unwrap_or(u32::MAX),
-            output_tokens: u32::try_from(max_tokens.unwrap_or(DEFAULT_OUTPUT_ESTIMATE))
-                .unwrap_or(u32::MAX),
+            input_tokens: u32::try_from(input_tokens.max(0)).unwrap_or(u32::MAX),
+            output_tokens: u32::try_from(
+                max_tokens
+                    .filter(|m| *m > 0)
+                    .unwrap_or(DEFAULT_OUTPUT_ESTIMATE),
+            )
+            .unwrap_or(u32::MAX),
             ..Default::default()
         };
         price.usd(&usage, batch)
     }
 
-    /// Which rows of a batch being opened (`(id, tenant, input)`, oldest first) its caps
-    /// let it send, by the day's `totals` (`(scope, name, spent + reserved)`, as
-    /// [`Spend::read`] takes them) and the rows' estimates at the batch price, as a claim
+    /// Which rows of a batch being opened (`(id, tenant, input bytes, max_tokens)`, oldest
+    /// first) its caps let it send, by the day's `totals` (`(scope, name, spent +
+    /// reserved)`, as [`Spend::read`] takes them) and the rows' estimates at the batch
+    /// price (the whole input's bytes ÷ 4 as input tokens, a little over a live claim's
+    /// estimate, which counts only the text: the inputs are not read here), as a claim
     /// takes rows ([`Spend::room`]): each while its provider and its tenant are under their
     /// caps, so the row that crosses a cap goes and none of that scope after it. Returns the
     /// rows kept that reserve (`(id, tenant, estimate)`, those [`Spend::applies`] to), and
@@ -212,7 +221,7 @@ impl Spend {
     pub(crate) fn batch_room<'r>(
         &self,
         totals: &[(String, String, f64)],
-        rows: &'r [(crate::model::ExecutionId, String, String)],
+        rows: &'r [(crate::model::ExecutionId, String, i64, Option<i64>)],
     ) -> (
         Vec<(crate::model::ExecutionId, &'r str, f64)>,
         Vec<crate::model::ExecutionId>,
@@ -224,7 +233,7 @@ impl Spend {
             .map(|(_, name, total)| (name.as_str(), *total))
             .collect();
         let (mut kept, mut left) = (Vec::new(), Vec::new());
-        for (id, tenant, input) in rows {
+        for (id, tenant, bytes, max_tokens) in rows {
             let tenant = tenant.as_str();
             let provider_full = self
                 .provider_usd
@@ -235,10 +244,7 @@ impl Spend {
                 left.push(*id);
                 continue;
             }
-            // An input that cannot be read estimates as an empty request (the component
-            // refuses it, and it fails).
-            let input = serde_json::from_str(input).unwrap_or_default();
-            let usd = self.estimate_at(&input, true);
+            let usd = self.estimate_of(bytes / 4, *max_tokens, true);
             provider_total += usd;
             if tenant_cap.is_some() {
                 tenant_totals.insert(tenant, tenant_total + usd);
@@ -533,15 +539,11 @@ mod tests {
             batch_discount: Some(0.5),
             ..s.price.unwrap()
         });
-        // 400 characters and max_tokens 50: $0.0002 live, $0.0001 at the batch price.
-        let input = serde_json::json!({"prompt": "x".repeat(400), "max_tokens": 50}).to_string();
-        let rows: Vec<(i64, String, String)> = (1..=6)
+        // 400 bytes and max_tokens 50: $0.0002 live, $0.0001 at the batch price.
+        let rows: Vec<(i64, String, i64, Option<i64>)> = (1..=6)
             .map(|id| {
-                (
-                    id,
-                    if id % 2 == 0 { "a" } else { "b" }.to_string(),
-                    input.clone(),
-                )
+                let tenant = if id % 2 == 0 { "a" } else { "b" };
+                (id, tenant.to_string(), 400, Some(50))
             })
             .collect();
         // Tenant a at 0.49995 of 0.5: its first row crosses its cap, its next is left out.
