@@ -164,6 +164,17 @@ async fn deferrable_work_goes_through_the_openai_batch_api_and_back() {
         "{:?}",
         sent.metadata
     );
+    // Its input file is deleted once the results are read (right after they are written).
+    let input = format!("/v1/files/{}", sent.input_file_id.as_deref().unwrap());
+    let start = std::time::Instant::now();
+    while !api
+        .requests()
+        .iter()
+        .any(|r| r.method == "DELETE" && r.path == input && r.status == 200)
+    {
+        assert!(start.elapsed() < Duration::from_secs(10), "{input} kept");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let batch_id = rows[0].batch_id.expect("ran in a batch");
     for (i, e) in rows[..6].iter().enumerate() {
         assert_eq!(e.status, Status::Completed, "{:?}", e.error);

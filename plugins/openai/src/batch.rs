@@ -297,6 +297,20 @@ impl BatchAdapter for OpenAi {
             outcomes.read(&mut lines, line_outcome)?;
         }
         outcomes.finish(id);
+        // The input file is lanes' own upload, of no use once the batch has ended: it would
+        // stay in the account's storage until deleted. (The output and error files stay: a
+        // worker that takes the batch over reads them again if the results were not all
+        // written.) A failed delete only says so.
+        if let Some(file) = value
+            .get("input_file_id")
+            .and_then(Value::as_str)
+            .filter(|f| !f.is_empty())
+        {
+            let path = format!("/v1/files/{}", batch::segment(file));
+            if let Err(e) = batch::call::<OpenAi>(Method::Delete, &path, None) {
+                lanes_guest::warn!("batch {id}: its input file {file} was not deleted: {e:?}");
+            }
+        }
         Ok(())
     }
 
