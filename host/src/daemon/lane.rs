@@ -307,12 +307,12 @@ impl Lane {
         *self.inputs.lock().unwrap_or_else(|p| p.into_inner()) = inputs;
     }
 
-    /// Takes a free slot and a free instance of the pool, if there are both. A lane with a
-    /// free slot but no free instance is woken when an instance frees.
+    /// Takes a free slot and a free instance of the pool, if there are both (see
+    /// [`Lane::wait_for_instance`] for a lane that found no instance).
     pub fn try_acquire(&self) -> Option<Slot> {
         let permit = self.semaphore.clone().try_acquire_owned().ok()?;
         let instance = match &self.pool {
-            Some(pool) => match pool.try_take(&self.wake) {
+            Some(pool) => match pool.try_take() {
                 Some(instance) => Some(instance),
                 None => {
                     // The permit goes back as a released slot's does: a limit lowered
@@ -343,6 +343,14 @@ impl Lane {
             pool.note_held_back();
         }
         slots
+    }
+
+    /// Has the lane woken when an instance of the pool frees: it has free slots, found no
+    /// free instance, and may have work for one (see `pool`).
+    pub fn wait_for_instance(&self) {
+        if let Some(pool) = &self.pool {
+            pool.wait(&self.wake);
+        }
     }
 
     /// Whether other lanes wait for an instance of the pool this lane's slots take from.

@@ -200,8 +200,11 @@ impl Producer {
         let before = self.lane.running();
         let mut slots: Vec<Slot> = self.lane.acquire_up_to(free);
         if slots.is_empty() {
+            // No instance (the lane had free slots): it may have work, so it waits for one.
+            self.lane.wait_for_instance();
             return Ok(0);
         }
+        let taken = slots.len();
         let spend = provider
             .policy
             .spend
@@ -230,6 +233,11 @@ impl Producer {
             self.lane.release_quietly(slot);
         }
         let claimed = claimed?;
+        if claimed.len() == taken && u32::try_from(taken).is_ok_and(|t| t < free) {
+            // Every instance it took has a row, and the pool held it to fewer than its free
+            // slots: more work may wait for an instance.
+            self.lane.wait_for_instance();
+        }
         if let Some(budget) = provider.policy.budget {
             let capped = provider.policy.spend.is_some();
             self.note_budget(budget, claimed.is_empty(), capped).await;
