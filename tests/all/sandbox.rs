@@ -183,11 +183,40 @@ async fn limits_over_the_instance_pool_wait_as_pending_and_fail_nothing() {
     let before = held_back();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle = held_back() - before;
-    // Each lane's poll (every second) may still find the pool short once: some tens at
-    // most. Before, 4,694 in that second.
+    // Each lane's poll (every 200 ms here) may still find the pool short once: some tens
+    // at most. Before, 4,694 in that second.
     assert!(
         idle <= 100,
         "{idle} claims held back by the pool in 1 s of idle"
+    );
+    daemon.shutdown(Duration::from_secs(1)).await;
+}
+
+/// A lane with work beside a busier one whose limit is over the instance pool gets its
+/// instances while the busy one still refills: the lane that found the pool empty waits
+/// for an instance, and the next one freed goes to it, not to the busy lane's refill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lane_beside_one_over_the_pool_is_not_starved() {
+    let mut env = TestEnv::new();
+    env.config.engine.max_instances = 8;
+    env.stub("wide", Some(600), &[]);
+    env.stub("side", Some(4), &[]);
+    let (daemon, queue) = env.start().await;
+    // 400 of 100 ms through 8 instances: about 5 s of work for the wide lane alone.
+    daemon
+        .submit_many(&sleepers("wide", 400, 100))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    daemon.submit_many(&sleepers("side", 4, 100)).await.unwrap();
+    let side = wait_terminal(queue.as_ref(), Some("side"), Duration::from_secs(30)).await;
+    assert_eq!(count(&side, Status::Completed), 4);
+    let wide = wait_terminal(queue.as_ref(), Some("wide"), Duration::from_secs(60)).await;
+    let last_wide = wide.iter().filter_map(|e| e.started_at).max().unwrap();
+    let last_side = side.iter().filter_map(|e| e.started_at).max().unwrap();
+    assert!(
+        last_side + 2_000 < last_wide,
+        "the side lane's last start ({last_side}) came near the wide lane's last ({last_wide})"
     );
     daemon.shutdown(Duration::from_secs(1)).await;
 }

@@ -7,7 +7,9 @@
 //! A lane that had free slots but found no free instance, and may have work for them, waits
 //! for one: the next instance freed wakes every lane that waits, and their producers claim
 //! again. A lane waits only when it took no instance at all, or when its claim filled every
-//! instance it took: one that claimed fewer rows than it held instances has no more work.
+//! instance it took: one that claimed fewer rows than it held instances has nothing more it
+//! can claim now (its queue is empty, or a tenant limit, a budget, a cap or a retry's time
+//! holds the rest, each of which wakes it by its own means).
 //! (Every lane that found the pool empty used to wait: then an idle worker whose limits add
 //! up to more than the pool never rested. Each lane's empty claim took instances, so the
 //! others found the pool short, waited, and were woken when it gave them back, to make an
@@ -25,7 +27,7 @@ pub struct InstancePool {
     /// The engine's instance slots, the reserve for loading components included.
     engine: u32,
     semaphore: Arc<Semaphore>,
-    /// Lanes that found no free instance, to wake when one frees.
+    /// Lanes that found no free instance and may have work for one, to wake when one frees.
     waiting: Mutex<Vec<Arc<Notify>>>,
     /// Whether `waiting` may hold a lane: an instance freed while none waits (the common
     /// case) takes no lock.
@@ -61,6 +63,8 @@ pub struct Instance {
 impl Drop for Instance {
     fn drop(&mut self) {
         drop(self.permit.take());
+        // The permit back before the look at the list (see `InstancePool::wait`).
+        std::sync::atomic::fence(Ordering::SeqCst);
         self.pool.wake_waiting();
     }
 }
@@ -109,7 +113,9 @@ impl InstancePool {
         }
         self.any_waiting.store(true, Ordering::SeqCst);
         drop(waiting);
-        // An instance freed between the try and the note would wake no one.
+        // An instance freed between the try and the note would wake no one. The fence keeps
+        // the note before the look at the permits (the semaphore's own ordering is weaker).
+        std::sync::atomic::fence(Ordering::SeqCst);
         if self.semaphore.available_permits() > 0 {
             self.wake_waiting();
         }

@@ -233,7 +233,7 @@ impl Producer {
             self.lane.release_quietly(slot);
         }
         let claimed = claimed?;
-        if claimed.len() == taken && u32::try_from(taken).is_ok_and(|t| t < free) {
+        if claimed.len() >= taken && u32::try_from(taken).is_ok_and(|t| t < free) {
             // Every instance it took has a row, and the pool held it to fewer than its free
             // slots: more work may wait for an instance.
             self.lane.wait_for_instance();
