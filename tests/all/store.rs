@@ -2307,5 +2307,26 @@ async fn batches_are_held_by_the_spend_caps(q: Arc<dyn Queue>) {
         .unwrap()
         .spent_usd;
     assert!((spent - 0.05).abs() < 1e-9);
+    // A line the provider rate-limited goes back live without using up an attempt, counted
+    // in `rate_limited` and in the history, as a live 429 is.
+    let limited = lanes::store::batches::BatchEnd {
+        id: ids[5],
+        status: "pending",
+        output: None,
+        error: Some("429".into()),
+        kind: Some("rate_limited"),
+        attempt: false,
+    };
+    q.finish_batched(b.id, &[limited]).await.unwrap();
+    let back = q.get(ids[5]).await.unwrap().unwrap();
+    assert_eq!(
+        (back.status, back.attempts, back.rate_limited),
+        (Status::Pending, 0, 1)
+    );
+    let last = back.history.last().unwrap();
+    assert_eq!(
+        (last.outcome.as_str(), last.batch),
+        ("rate_limited", Some(b.id))
+    );
 }
 contract!(batch_spend, batches_are_held_by_the_spend_caps);

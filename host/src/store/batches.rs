@@ -121,24 +121,11 @@ pub struct Held {
 /// SQLite's `now` in Unix ms, read inside the statement.
 pub(crate) const SQLITE_NOW: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
 
-/// `sql` (written for SQLite with `?N`, `{now}`, `{model}` and `{is}`) for PostgreSQL:
-/// `$N`, the database's clock, and its spellings of a JSON field and of a comparison that
-/// holds between NULLs.
+/// `sql` (written for SQLite with `?N`, `{now}`, `{model}`, `{is}`, and `{elements}` and
+/// `{json}`, which read a JSON array of a parameter: `{elements}(CAST(?N AS {json}))`) for
+/// PostgreSQL: `$N`, the database's clock, and its spellings of a JSON field, of a
+/// comparison that holds between NULLs and of a JSON array's elements.
 pub(crate) fn for_postgres(sql: &str, now: &str) -> String {
-    let sql = sql
-        .replace(
-            "{tenant_out:?6}",
-            "($6::text IS NULL OR tenant NOT IN (SELECT jsonb_array_elements_text($6::jsonb)))",
-        )
-        .replace(
-            "{tenant_out:?5}",
-            "($5::text IS NULL OR tenant NOT IN (SELECT jsonb_array_elements_text($5::jsonb)))",
-        )
-        .replace(
-            "{ids:?2}",
-            "(SELECT jsonb_array_elements_text($2::jsonb)::bigint)",
-        );
-    let sql = sql.as_str();
     let mut out = String::with_capacity(sql.len() + 64);
     let mut chars = sql.chars().peekable();
     while let Some(c) = chars.next() {
@@ -154,26 +141,21 @@ pub(crate) fn for_postgres(sql: &str, now: &str) -> String {
         .replace("{bytes}", "octet_length(input)")
         .replace("{max_tokens}", "(input::json ->> 'max_tokens')::bigint")
         .replace("{is}", "IS NOT DISTINCT FROM")
+        .replace("{elements}", "json_array_elements_text")
+        .replace("{json}", "JSON")
         .replace("{BATCH_COLUMNS}", BATCH_COLUMNS)
 }
 
 /// `sql` for SQLite.
 pub(crate) fn for_sqlite(sql: &str) -> String {
-    sql.replace(
-        "{tenant_out:?6}",
-        "(?6 IS NULL OR tenant NOT IN (SELECT value FROM json_each(?6)))",
-    )
-    .replace(
-        "{tenant_out:?5}",
-        "(?5 IS NULL OR tenant NOT IN (SELECT value FROM json_each(?5)))",
-    )
-    .replace("{ids:?2}", "(SELECT value FROM json_each(?2))")
-    .replace("{now}", SQLITE_NOW)
-    .replace("{model}", "json_extract(input, '$.model')")
-    .replace("{bytes}", "length(CAST(input AS BLOB))")
-    .replace("{max_tokens}", "json_extract(input, '$.max_tokens')")
-    .replace("{is}", "IS")
-    .replace("{BATCH_COLUMNS}", BATCH_COLUMNS)
+    sql.replace("{now}", SQLITE_NOW)
+        .replace("{model}", "json_extract(input, '$.model')")
+        .replace("{bytes}", "length(CAST(input AS BLOB))")
+        .replace("{max_tokens}", "json_extract(input, '$.max_tokens')")
+        .replace("{is}", "IS")
+        .replace("{elements}", "json_each")
+        .replace("{json}", "TEXT")
+        .replace("{BATCH_COLUMNS}", BATCH_COLUMNS)
 }
 
 /// The providers with rows that wait for a batch.
@@ -202,12 +184,14 @@ pub(crate) const OPEN_BATCH_SQL: &str = "INSERT INTO batches (tag, provider, mod
                               created_at, next_poll_at, owner, lease_until)
      SELECT ?2, ?1, (SELECT {model} FROM executions
                       WHERE provider = ?1 AND status = 'batched' AND batch_id IS NULL
-                        AND {tenant_out:?6}
+                        AND (?6 IS NULL OR tenant NOT IN
+                               (SELECT value FROM {elements}(CAST(?6 AS {json}))))
                       ORDER BY id LIMIT 1),
             'open', 0, {now}, {now}, ?3, {now} + ?4
      WHERE EXISTS (SELECT 1 FROM executions
                     WHERE provider = ?1 AND status = 'batched' AND batch_id IS NULL
-                      AND {tenant_out:?6})
+                      AND (?6 IS NULL OR tenant NOT IN
+                             (SELECT value FROM {elements}(CAST(?6 AS {json})))))
        AND (SELECT COUNT(*) FROM batches
              WHERE provider = ?1 AND state NOT IN ('done', 'failed')) < ?5
      RETURNING id";
@@ -231,19 +215,22 @@ pub(crate) const FILL_BATCH_SQL: &str = "UPDATE executions SET batch_id = ?1
               FROM executions
              WHERE provider = ?2 AND status = 'batched' AND batch_id IS NULL
                AND {model} {is} (SELECT model FROM batches WHERE id = ?1)
-               AND {tenant_out:?5}
+               AND (?5 IS NULL OR tenant NOT IN
+                      (SELECT value FROM {elements}(CAST(?5 AS {json}))))
              ORDER BY id LIMIT ?3) AS picked
          WHERE bytes <= ?4 OR bytes = own)";
 
 /// A new batch's rows, for its spend caps: id, tenant, the input's bytes and its
 /// `max_tokens`, oldest first (what an estimate needs: the inputs themselves are not read
 /// while the transaction holds the write lock, or the provider's budget lock).
-pub(crate) const BATCH_INPUTS_SQL: &str = "SELECT id, tenant, CAST({bytes} AS BIGINT), {max_tokens}
-     FROM executions WHERE batch_id = ?1 AND status = 'batched' ORDER BY id";
+pub(crate) const BATCH_INPUTS_SQL: &str = "SELECT id, tenant, CAST({bytes} AS BIGINT),
+            {max_tokens}
+       FROM executions WHERE batch_id = ?1 AND status = 'batched' ORDER BY id";
 
 /// Takes the rows `?2` (a JSON array of ids) out of new batch `?1`: they wait for another.
 pub(crate) const UNFILL_SQL: &str = "UPDATE executions SET batch_id = NULL
-     WHERE batch_id = ?1 AND status = 'batched' AND id IN {ids:?2}";
+     WHERE batch_id = ?1 AND status = 'batched' AND id IN
+       (SELECT CAST(value AS BIGINT) FROM {elements}(CAST(?2 AS {json})))";
 
 /// See [`OPEN_BATCH_SQL`].
 pub(crate) const COUNT_BATCH_SQL: &str = "UPDATE batches SET items =
