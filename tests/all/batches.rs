@@ -113,6 +113,26 @@ async fn sent(queue: &dyn Queue, n: usize) -> Vec<lanes::store::batches::BatchRe
     }
 }
 
+/// The batch records once each has reached a final state (`done` or `failed`): a batch is
+/// marked done after its last page is written, so just after its rows have ended.
+async fn settled(queue: &dyn Queue) -> Vec<lanes::store::batches::BatchRecord> {
+    let start = std::time::Instant::now();
+    loop {
+        let batches = queue.batches(10).await.unwrap();
+        if batches
+            .iter()
+            .all(|b| b.state == "done" || b.state == "failed")
+        {
+            return batches;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never settled: {batches:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn ended(queue: &dyn Queue, ids: &[i64], timeout: Duration) -> Vec<lanes::Execution> {
     let rows = wait_until(queue, None, timeout, "the executions to end", |rows| {
         ids.iter()
@@ -235,6 +255,7 @@ async fn deferrable_work_goes_through_the_openai_batch_api_and_back() {
     }
 
     // The batch's record: its counts, times, cost and saving.
+    settled(queue.as_ref()).await;
     let record = queue.batch(batch_id).await.unwrap().unwrap();
     assert_eq!(
         (record.state.as_str(), record.items, record.sends),
@@ -557,7 +578,7 @@ async fn a_worker_killed_with_a_batch_open_loses_nothing_and_sends_nothing_twice
         rows.iter().all(|e| e.status == Status::Completed),
         "{rows:?}"
     );
-    let batches = queue.batches(10).await.unwrap();
+    let batches = settled(queue.as_ref()).await;
     let sends = |provider: &str| {
         batches
             .iter()
@@ -697,7 +718,7 @@ async fn a_fleet_on_postgres_takes_over_a_batch_after_a_kill_9() {
         "{rows:?}"
     );
     assert_eq!((api.created(), api.items_sent_twice()), (1, 0));
-    let batches = queue.batches(10).await.unwrap();
+    let batches = settled(queue.as_ref()).await;
     assert_eq!(batches.len(), 1, "{batches:?}");
     assert_eq!((batches[0].state.as_str(), batches[0].sends), ("done", 1));
     let survivor = &workers[1 - holder];
