@@ -645,7 +645,7 @@ async fn submit_batch(
         if conflicts.is_empty() {
             for s in done {
                 match s {
-                    Submitted::Created(_) => report.queued += 1,
+                    Submitted::Created(_) | Submitted::Answered(_) => report.queued += 1,
                     Submitted::Repeated(_) => report.already_queued += 1,
                     Submitted::Conflict(_) => {}
                 }
@@ -655,10 +655,7 @@ async fn submit_batch(
         }
         for &i in &conflicts {
             let (line, _, key) = &batch[i];
-            let id = match done[i] {
-                Submitted::Conflict(id) => id,
-                Submitted::Created(id) | Submitted::Repeated(id) => id,
-            };
+            let id = done[i].id();
             let custom_id = key
                 .as_ref()
                 .and_then(|k| BatchKey::parse(&k.key).map(|b| b.custom_id.to_string()))

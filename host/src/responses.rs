@@ -103,6 +103,23 @@ mod tests {
         }
     }
 
+    /// The cache stores answers as a hit serves them, and the transaction's path serves
+    /// what it reads through `as_hit` again: a second pass must change nothing.
+    #[test]
+    fn a_hit_is_its_own_hit() {
+        let answer = r#"{"text":"hi","usage":{"input_tokens":3,"output_tokens":2},
+                         "cost":{"usd":0.25,"prices":"2026-11"},"model":"m"}"#;
+        let once = as_hit(answer).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&once).unwrap();
+        assert_eq!(value["cached"], true);
+        assert_eq!(value["usage"]["input_tokens"], 0);
+        assert_eq!(value["cost"]["usd"], 0.0);
+        assert_eq!(value["cost"]["prices"], "2026-11");
+        assert_eq!(value["text"], "hi");
+        assert_eq!(as_hit(&once).as_deref(), Some(once.as_str()));
+        assert_eq!(as_hit("[1]"), None, "not an answer");
+    }
+
     #[test]
     fn only_requests_that_may_repeat_are_cached() {
         let c = config();

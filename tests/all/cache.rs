@@ -179,10 +179,31 @@ async fn answers_repeat_from_the_cache_once_per_key_and_never_across_tenants() {
     server.shutdown().await;
     daemon.shutdown(Duration::from_secs(5)).await;
 
+    // An answer is stored as a hit serves it; one stored by an earlier version (as the
+    // provider gave it) is still served, marked and at no cost, by the transaction's way.
+    let queue = env.queue().await;
+    let stored: Vec<String> = sqlx::query_scalar("SELECT output FROM response_cache")
+        .fetch_all(queue.pool())
+        .await
+        .unwrap();
+    assert!(
+        stored.iter().all(|o| o.contains(r#""cached":true"#)),
+        "{stored:?}"
+    );
+    sqlx::query(
+        "UPDATE response_cache
+            SET output = json_set(json_remove(output, '$.cached'), '$.cost.usd', 0.5)",
+    )
+    .execute(queue.pool())
+    .await
+    .unwrap();
+    drop(queue);
+
     // The cache is in the database: after a restart it still answers; the API clears it.
     let (daemon, server, api) = crate::api::start(&env).await;
     let after = submit(&api, "long", flight.clone(), json!({})).await.body;
     assert_eq!(after["output"]["cached"], true, "{after}");
+    assert_eq!(after["output"]["cost"]["usd"], 0.0, "{after}");
     let cleared = api
         .send(
             hyper::Method::DELETE,

@@ -147,15 +147,19 @@ pub async fn submit(
     let entry = validate(&state, request).await.map_err(Problem::invalid)?;
     let key = entry.1.as_ref().map(|k| k.key.clone());
     let done = state.control.submit_keyed(&[entry]).await?;
-    let (id, status) = match done.first() {
-        Some(Submitted::Created(id)) => (*id, StatusCode::CREATED),
-        Some(Submitted::Repeated(id)) => (*id, StatusCode::OK),
+    let (id, status, answered) = match done.into_iter().next() {
+        Some(Submitted::Created(id)) => (id, StatusCode::CREATED, None),
+        Some(Submitted::Answered(e)) => (e.id, StatusCode::CREATED, Some(*e)),
+        Some(Submitted::Repeated(id)) => (id, StatusCode::OK, None),
         Some(Submitted::Conflict(id)) => {
-            return Err(conflict(key.as_deref().unwrap_or(""), *id));
+            return Err(conflict(key.as_deref().unwrap_or(""), id));
         }
         None => return Err(Problem::invalid("nothing was submitted")),
     };
-    let execution = read(&state, id).await?;
+    let execution = match answered {
+        Some(e) => ExecutionOut::from(e),
+        None => read(&state, id).await?,
+    };
     if status == StatusCode::CREATED
         && execution
             .output
@@ -209,8 +213,8 @@ pub async fn submit_batch(
     let mut out = Vec::with_capacity(n);
     for (i, (s, (_, key))) in done.iter().zip(&entries).enumerate() {
         match s {
-            Submitted::Created(id) => out.push(BatchEntry {
-                id: *id,
+            Submitted::Created(_) | Submitted::Answered(_) => out.push(BatchEntry {
+                id: s.id(),
                 created: true,
             }),
             Submitted::Repeated(id) => out.push(BatchEntry {

@@ -344,9 +344,10 @@ pub(super) async fn submit(
         .await
         .map_err(|e| Refused::Unavailable(format!("queueing the call: {e}")))?;
     match done.first() {
-        Some(Submitted::Created(id) | Submitted::Repeated(id)) => {
-            state.retries.hold_new(print, *id);
-            Ok(held(*id))
+        Some(s @ (Submitted::Created(_) | Submitted::Answered(_) | Submitted::Repeated(_))) => {
+            let id = s.id();
+            state.retries.hold_new(print, id);
+            Ok(held(id))
         }
         Some(Submitted::Conflict(id)) => Err(Refused::Conflict(*id)),
         None => Err(Refused::Invalid("nothing was submitted".into())),

@@ -348,6 +348,7 @@ impl Control {
         let created: BTreeSet<&str> = batch
             .iter()
             .zip(&done)
+            // An answered one is complete: no lane has work from it.
             .filter(|(_, s)| matches!(s, crate::store::Submitted::Created(_)))
             .map(|((n, _), _)| n.provider.as_str())
             .collect();

