@@ -1137,6 +1137,51 @@ async fn sqlite_ping_checks_the_write_connection() {
         .expect("ready once the connection is free");
 }
 
+/// SQLite: the log is checkpointed by the queue's task beside the writes, not by the commit
+/// that takes it past 1,000 pages: the rows reach the database file, and the log restarts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_the_log_is_checkpointed_beside_the_writes() {
+    let env = TestEnv::new();
+    let q = env.queue().await;
+    let file = env.dir.path().join("lanes.db");
+    let before = std::fs::metadata(&file).unwrap().len();
+    // About 3 pages a row, a transaction each: some 3,000 pages of log. (SQLite calls the
+    // log's hook when a statement runs to its end, so these are `submit_many`'s: a lone
+    // insert read for its `RETURNING` row commits without it.)
+    let row = NewExecution {
+        input: lanes::model::ChatInput::prompt("x".repeat(8 * 1024)),
+        ..job("p", serde_json::Value::Null)
+    };
+    for _ in 0..1000 {
+        q.submit_many(std::slice::from_ref(&row)).await.unwrap();
+    }
+    let wal = env.dir.path().join("lanes.db-wal");
+    let start = std::time::Instant::now();
+    while q.checkpoints_made() == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no checkpoint was made: log {} bytes",
+            std::fs::metadata(&wal).unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let after = std::fs::metadata(&file).unwrap().len();
+    assert!(
+        after > before + 2 * 1024 * 1024,
+        "the rows reached the file: {before} -> {after} bytes"
+    );
+    // The log restarts at the next write once it was copied whole: it does not keep growing.
+    let grown = std::fs::metadata(&wal).unwrap().len();
+    for _ in 0..1000 {
+        q.submit_many(std::slice::from_ref(&row)).await.unwrap();
+    }
+    let again = std::fs::metadata(&wal).unwrap().len();
+    assert!(
+        again < grown * 2,
+        "the log was reused: {grown} -> {again} bytes"
+    );
+}
+
 /// SQLite: a claim that meets another connection's write waits for it (lanes' busy
 /// handler), however long it holds the lock, and then claims as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,6 +14,7 @@ pub mod batches;
 pub mod postgres;
 pub mod spend;
 pub mod sqlite;
+pub mod wal;
 
 pub use spend::{Spend, SpendEnd, SpendNotice, SpendRow, SpendScope};
 

@@ -664,6 +664,10 @@ pub struct SqliteQueue {
     /// submission could wait out several claims in a row of a connection that never let go
     /// of the lock for long (a tenant's first row then started a slot turnover late).
     writer: SqlitePool,
+    /// The log's checkpoints, made by a task beside the writes (see [`super::wal`]).
+    checkpoints: Arc<super::wal::Checkpoints>,
+    /// Stops that task when the last clone of this queue is dropped.
+    _checkpointing: Arc<tokio_util::sync::DropGuard>,
 }
 
 impl SqliteQueue {
@@ -713,18 +717,30 @@ impl SqliteQueue {
         // Several processes may open a new file at once (`lanes serve` and `lanes submit`):
         // switching to WAL and migrating must happen in one of them at a time.
         let init_lock = init_lock(options.get_filename()).await?;
-        let pool = pool_options(4)
+        let checkpoints = Arc::new(super::wal::Checkpoints::default());
+        let pool = pool_options(4, &checkpoints)
             .connect_with(options.clone())
             .await
             .op("opening the database")?;
         MIGRATOR.run(&pool).await?;
         // Opened after the migrations: the first connection of a new file switched it to WAL.
-        let writer = pool_options(1)
-            .connect_with(options)
+        let writer = pool_options(1, &checkpoints)
+            .connect_with(options.clone())
             .await
             .op("opening the database's write connection")?;
         drop(init_lock);
-        Ok(SqliteQueue { pool, writer })
+        let closed = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(super::wal::run(
+            options,
+            checkpoints.clone(),
+            closed.clone(),
+        ));
+        Ok(SqliteQueue {
+            pool,
+            writer,
+            checkpoints,
+            _checkpointing: Arc::new(closed.drop_guard()),
+        })
     }
 
     /// Opens the database file at `path`.
@@ -797,6 +813,11 @@ impl SqliteQueue {
         row.as_ref().map(execution_from_row).transpose()
     }
 
+    /// How many checkpoints of the log the task beside the writes has made.
+    pub fn checkpoints_made(&self) -> u64 {
+        self.checkpoints.made()
+    }
+
     /// The connection pool, for tests that inspect the table directly.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
@@ -808,17 +829,21 @@ impl SqliteQueue {
     }
 }
 
-/// A pool of at most `max` connections, each with lanes' busy handler.
-fn pool_options(max: u32) -> SqlitePoolOptions {
+/// A pool of at most `max` connections, each with lanes' busy handler and its log's
+/// checkpoints left to `checkpoints`' task.
+fn pool_options(max: u32, checkpoints: &Arc<super::wal::Checkpoints>) -> SqlitePoolOptions {
+    let checkpoints = checkpoints.clone();
     SqlitePoolOptions::new()
         .max_connections(max)
         // No ping before each use: it is a round trip to the connection's thread before every
         // claim and every batch write (sqlx still pings on the way back to the pool).
         .test_before_acquire(false)
-        .after_connect(|conn, _| {
+        .after_connect(move |conn, _| {
+            let checkpoints = checkpoints.clone();
             Box::pin(async move {
                 let mut handle = conn.lock_handle().await?;
                 set_busy_handler(handle.as_raw_handle());
+                super::wal::install(handle.as_raw_handle(), &checkpoints);
                 Ok(())
             })
         })
