@@ -1145,15 +1145,13 @@ async fn sqlite_the_log_is_checkpointed_beside_the_writes() {
     let q = env.queue().await;
     let file = env.dir.path().join("lanes.db");
     let before = std::fs::metadata(&file).unwrap().len();
-    // About 3 pages a row, a transaction each: some 3,000 pages of log. (SQLite calls the
-    // log's hook when a statement runs to its end, so these are `submit_many`'s: a lone
-    // insert read for its `RETURNING` row commits without it.)
+    // About 3 pages a row, a transaction each: some 3,000 pages of log.
     let row = NewExecution {
         input: lanes::model::ChatInput::prompt("x".repeat(8 * 1024)),
         ..job("p", serde_json::Value::Null)
     };
     for _ in 0..1000 {
-        q.submit_many(std::slice::from_ref(&row)).await.unwrap();
+        q.submit(&row).await.unwrap();
     }
     let wal = env.dir.path().join("lanes.db-wal");
     let start = std::time::Instant::now();
@@ -1173,7 +1171,7 @@ async fn sqlite_the_log_is_checkpointed_beside_the_writes() {
     // The log restarts at the next write once it was copied whole: it does not keep growing.
     let grown = std::fs::metadata(&wal).unwrap().len();
     for _ in 0..1000 {
-        q.submit_many(std::slice::from_ref(&row)).await.unwrap();
+        q.submit(&row).await.unwrap();
     }
     let again = std::fs::metadata(&wal).unwrap().len();
     assert!(

@@ -713,6 +713,9 @@ impl SqliteQueue {
             .busy_timeout(BUSY_WAIT)
             .foreign_keys(true)
             .pragma("cache_size", "-32768")
+            // A log that grew large (its checkpoints fell behind) is cut back to 64 MiB
+            // when it restarts, so the file does not keep its largest size on disk.
+            .pragma("journal_size_limit", "67108864")
             .row_buffer_size(ROW_BUFFER);
         // Several processes may open a new file at once (`lanes serve` and `lanes submit`):
         // switching to WAL and migrating must happen in one of them at a time.
@@ -799,7 +802,7 @@ impl SqliteQueue {
                     c.output, ?5, ?5, ?11
                FROM response_cache c
               WHERE c.key = ?10 AND c.created_at > ?12
-                AND json_extract(c.output, '$.cached') = 1
+                AND json_valid(c.output) AND json_extract(c.output, '$.cached') = 1
              ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
              RETURNING {COLUMNS}"
         );
@@ -807,10 +810,14 @@ impl SqliteQueue {
             .bind(&cache.key)
             .bind(HIT_HISTORY.replace("NOW", &now.to_string()))
             .bind(now.saturating_sub(cache.ttl_ms))
-            .fetch_optional(&self.writer)
+            // Run to its end (`fetch_all`, not `fetch_optional`): SQLite commits an
+            // autocommit statement with `RETURNING` after its last row, and a statement
+            // reset after its first row commits without reporting a failed commit (sqlx
+            // drops the reset's error) and without calling the log's hook.
+            .fetch_all(&self.writer)
             .await
             .op(OP)?;
-        row.as_ref().map(execution_from_row).transpose()
+        row.first().map(execution_from_row).transpose()
     }
 
     /// How many checkpoints of the log the task beside the writes has made.
@@ -954,9 +961,12 @@ async fn insert(
         .bind(new.defer.status().as_str())
         .bind(new.defer.deferrable)
         .bind(new.defer.deadline)
-        .fetch_optional(conn)
+        // To its end, as in `answer_from_cache`: in autocommit, its commit comes after the
+        // row it returns.
+        .fetch_all(conn)
         .await
         .op("submitting an execution")
+        .map(|ids| ids.into_iter().next())
 }
 
 /// Inserts one execution that may be answered from the response cache: completed at once

@@ -24,7 +24,7 @@ use sqlx::ConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{info, warn};
 
 /// Log pages after which a commit asks for a checkpoint: SQLite's own default.
 const SOFT_PAGES: c_int = 1000;
@@ -41,12 +41,12 @@ const PAUSE: Duration = Duration::from_millis(50);
 pub struct Checkpoints {
     /// Signalled by a commit that left the log past [`SOFT_PAGES`].
     wanted: Notify,
-    /// Checkpoints the task made, for tests and the log.
+    /// Checkpoints of the task that copied pages into the database file.
     made: AtomicU64,
 }
 
 impl Checkpoints {
-    /// How many checkpoints the task has made.
+    /// How many of the task's checkpoints copied pages into the database file.
     pub fn made(&self) -> u64 {
         self.made.load(Ordering::Relaxed)
     }
@@ -56,8 +56,8 @@ impl Checkpoints {
 /// a checkpoint in place past [`HARD_PAGES`]).
 ///
 /// The hook keeps a pointer to `checkpoints` for as long as the connection lives, and SQLite
-/// has no call to release it: each connection holds one count of the `Arc`, never given back
-/// (a few bytes per database opened).
+/// has no call to release it: each connection takes one count of the `Arc` and never gives
+/// it back, so a queue's `Checkpoints` (a few dozen bytes) outlives it.
 pub fn install(db: NonNull<libsqlite3_sys::sqlite3>, checkpoints: &Arc<Checkpoints>) {
     unsafe extern "C" fn hook(
         arg: *mut c_void,
@@ -103,6 +103,8 @@ pub async fn run(
     closed: CancellationToken,
 ) {
     let mut conn = None;
+    // Told once for each run of failures, and again when checkpoints work again.
+    let mut failing = false;
     loop {
         tokio::select! {
             _ = checkpoints.wanted.notified() => {}
@@ -111,22 +113,36 @@ pub async fn run(
         if conn.is_none() {
             match options.connect().await {
                 Ok(c) => conn = Some(c),
-                Err(e) => warn!(
-                    "checkpointing the database's log: cannot connect ({e}); the writes will \
-                     checkpoint it themselves past {HARD_PAGES} pages"
-                ),
+                Err(e) if !failing => {
+                    failing = true;
+                    warn!(
+                        "checkpointing the database's log: cannot connect ({e}); the writes \
+                         will checkpoint it themselves past {HARD_PAGES} pages"
+                    );
+                }
+                Err(_) => {}
             }
         }
         if let Some(c) = conn.as_mut() {
-            match sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                .execute(&mut *c)
-                .await
-            {
-                Ok(_) => {
-                    checkpoints.made.fetch_add(1, Ordering::Relaxed);
+            // `(busy, pages in the log, pages copied)`.
+            let done: Result<(i64, i64, i64), _> = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+                .fetch_one(&mut *c)
+                .await;
+            match done {
+                Ok((_, _, copied)) => {
+                    if failing {
+                        failing = false;
+                        info!("checkpointing the database's log again");
+                    }
+                    if copied > 0 {
+                        checkpoints.made.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 Err(e) => {
-                    warn!("checkpointing the database's log: {e}");
+                    if !failing {
+                        failing = true;
+                        warn!("checkpointing the database's log: {e}");
+                    }
                     conn = None;
                 }
             }
