@@ -564,11 +564,6 @@ impl Submitted {
             Submitted::Answered(e) => e.id,
         }
     }
-
-    /// Whether a new execution was inserted.
-    pub fn is_new(&self) -> bool {
-        matches!(self, Submitted::Created(_) | Submitted::Answered(_))
-    }
 }
 
 /// Which executions [`Queue::list_page`] returns: every filter given, newest first.
