@@ -790,3 +790,87 @@ async fn a_spend_cap_holds_a_batch_to_what_fits() {
     }
     drop(daemon);
 }
+
+/// A write of a batch's results that fails leaves the batch collecting: the results are
+/// read again at the next poll, and each execution is written, and published, once. The
+/// component reads the next page while the last is written: no page is lost or doubled
+/// that way either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_result_write_is_read_again_and_written_once() {
+    let api = BatchApi::start().await;
+    api.set_duration(Duration::from_millis(500));
+    let mut env = TestEnv::new();
+    batch_provider(&mut env, "openai", "openai.wasm", &api, "gpt-batch");
+    let n = 450; // Pages of 200: three hand-overs.
+    env.config.providers.get_mut("openai").unwrap().batch = Some(BatchConfig {
+        min_items: 450,
+        max_wait_secs: 60,
+        poll_secs: 1,
+        ..BatchConfig::default()
+    });
+    let (daemon, queue) = env.start().await;
+    let mut events = daemon.subscribe();
+    // Every write of a result fails until the trigger goes (as a full disk would).
+    let db = sqlx::SqlitePool::connect(&env.config.database_url)
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER fail_results BEFORE UPDATE OF status ON executions
+         WHEN OLD.status = 'batched' AND NEW.status IN ('completed', 'failed')
+         BEGIN SELECT RAISE(ABORT, 'injected: database or disk is full'); END",
+    )
+    .execute(&db)
+    .await
+    .unwrap();
+    let ids = submit_deferrable(&daemon, "openai", "question", n).await;
+    let downloads = || {
+        api.requests()
+            .iter()
+            .filter(|r| r.method == "GET" && r.path.ends_with("/content") && r.status == 200)
+            .count()
+    };
+    let start = std::time::Instant::now();
+    while downloads() == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "results never read"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The first read's writes all failed: nothing ended, the batch is still open.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rows = queue.list(Some("openai")).await.unwrap();
+    assert!(rows.iter().all(|e| e.status == Status::Batched));
+    let record = &queue.batches(10).await.unwrap()[0];
+    assert_eq!(record.state, "collecting", "{record:?}");
+    sqlx::query("DROP TRIGGER fail_results")
+        .execute(&db)
+        .await
+        .unwrap();
+
+    let rows = ended(queue.as_ref(), &ids, Duration::from_secs(30)).await;
+    for (i, e) in rows.iter().enumerate() {
+        assert_eq!(e.status, Status::Completed, "{:?}", e.error);
+        assert_eq!(
+            e.output.as_ref().unwrap()["text"],
+            format!("echo: question {i}")
+        );
+        assert_eq!(e.attempts, 1);
+    }
+    assert!(downloads() >= 2, "the results were read once");
+    let batches = settled(queue.as_ref()).await;
+    assert_eq!((batches[0].state.as_str(), batches[0].sends), ("done", 1));
+    let cost = batches[0].cost_usd.unwrap();
+    assert!((cost - 450.0 * 4.0).abs() < 1e-6, "{cost}");
+    // One end published for each, and none for the failed writes.
+    let mut finished = std::collections::BTreeMap::<i64, usize>::new();
+    while let Ok(Some(Ok(event))) =
+        tokio::time::timeout(Duration::from_millis(200), events.recv()).await
+    {
+        if let lanes::daemon::events::Event::Finished { id, .. } = event {
+            *finished.entry(id).or_default() += 1;
+        }
+    }
+    assert_eq!(finished.len(), n);
+    assert!(finished.values().all(|c| *c == 1), "{finished:?}");
+}

@@ -99,6 +99,9 @@ pub trait BatchIo: Send {
     async fn next_items(&mut self, max: u32) -> Vec<(String, Request)>;
     /// Results as the component reads them.
     async fn put_results(&mut self, outcomes: Vec<BatchOutcome>);
+    /// Called once the component's call has ended, however it ended: what `put_results`
+    /// still had under way is done when this returns.
+    async fn finish(&mut self) {}
 }
 
 /// The limits a batch call runs under, beside the provider's own sandbox limits (the memory
@@ -358,6 +361,10 @@ impl Provider {
             Ok::<_, ExecError>(answer)
         };
         let outcome = tokio::time::timeout(batch.timeout, run).await;
+        // The caller reads what was written as soon as this returns.
+        if let Some(mut io) = store.data_mut().batch_io.take() {
+            io.finish().await;
+        }
         let denied = denied.lock().ok().and_then(|d| d.clone());
         let result = match (outcome, denied) {
             (Ok(Ok(Ok(answer))), _) => Ok(answer),
