@@ -1979,7 +1979,11 @@ async fn batch_lane(n: usize) {
         .filter_map(|e| e.finished_at);
     let (first_done, last_done) =
         ends.fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
-    let written_s = ((last_done - first_done) as f64 / 1000.0).max(1e-3);
+    // Each page's rows share one end time: with fewer than two, there is no span.
+    let written_s = last_done
+        .checked_sub(first_done)
+        .filter(|ms| *ms > 0)
+        .map_or(f64::NAN, |ms| ms as f64 / 1000.0);
     let completed = rows
         .iter()
         .filter(|e| e.status == lanes::model::Status::Completed)

@@ -47,6 +47,9 @@ const LEASE_MARGIN_MS: i64 = 10_000;
 /// The longest wait before a send or a poll that failed is tried again.
 const RETRY_MS: i64 = 30_000;
 
+/// The soonest a batch's results are read again after a write of them failed.
+const REREAD_MS: i64 = 5_000;
+
 /// Rows read or written per page.
 const PAGE: u32 = 500;
 
@@ -477,12 +480,13 @@ impl Step<'_> {
             return self.call_failed(&e, "reading the results of").await;
         }
         if let Some(e) = totals.write_error {
-            // Kept in the batch: the next poll (30 s at the latest) reads the results
-            // again, and writes what was not written.
+            // Kept in the batch: the next poll (from 5 s to 30 s later: each try reads the
+            // whole results file again) reads the results again, and writes what was not
+            // written.
             let poll_ms =
                 i64::try_from(self.policy.poll_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
             self.update(BatchUpdate {
-                poll_in_ms: Some(poll_ms.min(RETRY_MS)),
+                poll_in_ms: Some(poll_ms.clamp(REREAD_MS, RETRY_MS)),
                 ..Default::default()
             })
             .await?;
@@ -702,8 +706,9 @@ struct Totals {
 /// A page is written while the component reads and parses the next one: at most one write
 /// is in flight, and pages are written in the order they came. Written one after the other,
 /// the guest's read and the store's write added up: the batch benchmark wrote 17.0k-17.8k
-/// rows/s that way and 22.1k-28.6k this way (release, alternated in one run). `finish` waits for the last write, so the caller reads `totals` only once every page
-/// was written or failed.
+/// rows/s that way and 22.1k-28.6k this way (release, alternated in one run). `finish`
+/// waits for the last write, so the caller reads `totals` only once every page was written
+/// or failed.
 struct ResultSink {
     shared: Arc<Shared>,
     provider: Arc<Provider>,
@@ -878,8 +883,15 @@ impl BatchIo for ResultSink {
     }
 
     async fn finish(&mut self) {
-        if let Some(writing) = self.writing.take()
-            && let Err(e) = writing.await
+        // The handle stays in place while it is awaited: a caller cut short here (the
+        // component's wall clock ran out while it waited in `put_results`) leaves it for the
+        // `finish` after the call, which must not return before the write has ended.
+        let Some(writing) = self.writing.as_mut() else {
+            return;
+        };
+        let ended = writing.await;
+        self.writing = None;
+        if let Err(e) = ended
             && let Ok(mut totals) = self.totals.lock()
         {
             totals
