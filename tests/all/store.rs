@@ -709,7 +709,7 @@ async fn a_row_refilled_in_a_write_is_the_row_as_stored(q: Arc<dyn Queue>) {
         q.get(ids[1]).await.unwrap().unwrap().status,
         Status::Cancelled
     );
-    if !q.claims_with_finish() {
+    if q.refills_with_finish() == 0 {
         assert!(claimed.iter().all(Vec::is_empty), "{claimed:?}");
         return;
     }
@@ -758,7 +758,7 @@ async fn a_batch_write_refills_many_lanes_at_once(q: Arc<dyn Queue>) {
 /// The ids each claim of a batch write took, in the order asked; `None` from a store that
 /// claims after the write, in the producer (its write takes none).
 fn refilled_ids(q: &dyn Queue, claimed: &[Vec<lanes::model::Execution>]) -> Option<Vec<Vec<i64>>> {
-    if !q.claims_with_finish() {
+    if q.refills_with_finish() == 0 {
         assert!(claimed.iter().all(Vec::is_empty), "{claimed:?}");
         return None;
     }
@@ -768,6 +768,164 @@ fn refilled_ids(q: &dyn Queue, claimed: &[Vec<lanes::model::Execution>]) -> Opti
             .map(|rows| rows.iter().map(|e| e.id).collect())
             .collect(),
     )
+}
+
+/// PostgreSQL: a batch write whose refill fails after an earlier claim of the same write
+/// took its rows is undone whole, claims and all, and its retry claims each row once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_failed_refill_undoes_its_write_and_its_claims() {
+    let Some((env, schema)) = TestEnv::postgres().await else {
+        return;
+    };
+    let q = env.any_queue().await;
+    let ids = q
+        .submit_many(&[new("a", 0), new("a", 0), new("boom", 0)])
+        .await
+        .unwrap();
+    q.claim("a", claim("w", 1, 1)).await.unwrap();
+    let admin = sqlx::PgPool::connect(&schema.url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.provider = 'boom' AND NEW.status = 'running' THEN
+             RAISE EXCEPTION 'no claims of boom';
+           END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER boom BEFORE UPDATE ON executions
+            FOR EACH ROW EXECUTE FUNCTION boom();",
+    )
+    .execute(&admin)
+    .await
+    .unwrap();
+    let done = Finish::Completed(Output::of(&serde_json::json!({"text": "ok"})).unwrap());
+    // "a" sorts before "boom": its claim has taken a row when the second claim fails.
+    let claims = [("boom", claim("w", 1, 1)), ("a", claim("w", 1, 1))];
+    for _ in 0..3 {
+        let err = q
+            .finish_and_claim("w", &[(ids[0], &done)], &claims)
+            .await
+            .expect_err("the claim fails");
+        assert!(err.to_string().contains("no claims of boom"), "{err}");
+        let rows = q.list(None).await.unwrap();
+        let seen: Vec<_> = rows.iter().map(|e| (e.status, e.attempts)).collect();
+        assert_eq!(
+            seen,
+            vec![
+                (Status::Running, 1),
+                (Status::Pending, 0),
+                (Status::Pending, 0)
+            ],
+            "the write and the first claim are undone with the failed one"
+        );
+    }
+    sqlx::query("DROP TRIGGER boom ON executions")
+        .execute(&admin)
+        .await
+        .unwrap();
+    let (written, claimed) = q
+        .finish_and_claim("w", &[(ids[0], &done)], &claims)
+        .await
+        .unwrap();
+    assert_eq!(written, vec![true]);
+    let got: Vec<Vec<i64>> = claimed
+        .iter()
+        .map(|rows| rows.iter().map(|e| e.id).collect())
+        .collect();
+    assert_eq!(got, vec![vec![ids[2]], vec![ids[1]]], "in the order asked");
+    let rows = q.list(None).await.unwrap();
+    let seen: Vec<_> = rows.iter().map(|e| (e.status, e.attempts)).collect();
+    assert_eq!(
+        seen,
+        vec![
+            (Status::Completed, 1),
+            (Status::Running, 1),
+            (Status::Running, 1)
+        ]
+    );
+    admin.close().await;
+}
+
+/// PostgreSQL: a batch write never waits for a claim lock that another worker holds. Its
+/// rows are written at once; the claim for the busy provider is made once the lock is free,
+/// as a producer's would be, and still keeps the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_busy_claim_lock_does_not_hold_the_write() {
+    let Some((env, schema)) = TestEnv::postgres().await else {
+        return;
+    };
+    let q = env.any_queue().await;
+    let ids = q
+        .submit_many(&[
+            new("a", 0),
+            new("a", 0),
+            new("a", 0),
+            new("b", 0),
+            new("b", 0),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(q.claim("a", claim("w", 1, 1)).await.unwrap()[0].id, ids[0]);
+    assert_eq!(q.claim("b", claim("w", 1, 1)).await.unwrap()[0].id, ids[3]);
+    // Another worker's claim of "a" under way: its lock, held in an open transaction.
+    let admin = sqlx::PgPool::connect(&schema.url).await.unwrap();
+    let channel: String = sqlx::query_scalar("SELECT 'lanes:' || current_schema()")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    let mut other = admin.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || ':a', 0))")
+        .bind(&channel)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let done = Finish::Completed(Output::of(&serde_json::json!({"text": "ok"})).unwrap());
+    let write = {
+        let (q, ids) = (q.clone(), ids.clone());
+        tokio::spawn(async move {
+            q.finish_and_claim(
+                "w",
+                &[(ids[0], &done), (ids[3], &done)],
+                &[("a", claim("w", 1, 1)), ("b", claim("w", 1, 1))],
+            )
+            .await
+        })
+    };
+    // The write commits, and "b" is refilled in it, while "a"'s lock is still held.
+    let start = std::time::Instant::now();
+    loop {
+        let a = q.get(ids[0]).await.unwrap().unwrap().status;
+        let b = q.get(ids[4]).await.unwrap().unwrap().status;
+        if (a, b) == (Status::Completed, Status::Running) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the write waited for another worker's claim lock: {a:?}, {b:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        q.get(ids[1]).await.unwrap().unwrap().status,
+        Status::Pending
+    );
+    assert!(
+        !write.is_finished(),
+        "the claim of \"a\" waits for its lock"
+    );
+    other.rollback().await.unwrap();
+    let (written, claimed) = write.await.unwrap().unwrap();
+    assert_eq!(written, vec![true, true]);
+    let got: Vec<Vec<i64>> = claimed
+        .iter()
+        .map(|rows| rows.iter().map(|e| e.id).collect())
+        .collect();
+    assert_eq!(got, vec![vec![ids[1]], vec![ids[4]]]);
+    assert_eq!(
+        q.get(ids[2]).await.unwrap().unwrap().status,
+        Status::Pending
+    );
+    admin.close().await;
 }
 
 /// SQLite: when a claim in a batch's write fails, the write is undone with it (the batch is
@@ -1301,7 +1459,7 @@ async fn an_unreadable_claimed_row_fails_alone(env: &TestEnv) {
     // Nothing is left `running` but the rows handed out.
     let counts = q.counts().await.unwrap();
     let running: u64 = counts.values().map(|c| c.running).sum();
-    let handed_out = 2 + 1 + u64::from(q.claims_with_finish());
+    let handed_out = 2 + 1 + u64::from(q.refills_with_finish() > 0);
     assert_eq!(running, handed_out, "{counts:?}");
 }
 

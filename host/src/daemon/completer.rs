@@ -68,9 +68,16 @@ pub trait ResultSink: Send + Sync + 'static {
         Ok(crate::store::CacheSettled::default())
     }
 
-    /// Whether [`ResultSink::write_and_claim`] claims; see [`Queue::claims_with_finish`].
+    /// The largest lane limit whose slots [`ResultSink::write_and_claim`] refills; see
+    /// [`Queue::refills_with_finish`].
+    fn refills_with_write(&self) -> u32 {
+        0
+    }
+
+    /// Whether every lane's slots are refilled in the write: the batch then goes in parts
+    /// (see `Completer::part_size`).
     fn claims_with_write(&self) -> bool {
-        false
+        self.refills_with_write() == u32::MAX
     }
 
     /// Writes a batch and, in the same round trip, claims for each offer; see
@@ -134,8 +141,8 @@ impl ResultSink for QueueSink {
         self.queue.slot_freed(provider).await
     }
 
-    fn claims_with_write(&self) -> bool {
-        self.queue.claims_with_finish()
+    fn refills_with_write(&self) -> u32 {
+        self.queue.refills_with_finish()
     }
 
     async fn write_and_claim(
@@ -650,7 +657,8 @@ impl Worker {
     /// [`takes_refills`]), when the sink can claim in the batch's own write: the lane's
     /// producer would claim as much right after.
     fn offers(&self, batch: &[Completion]) -> Vec<Offer> {
-        if !self.sink.claims_with_write() || self.stop_claiming.is_cancelled() {
+        let up_to = self.sink.refills_with_write();
+        if up_to == 0 || self.stop_claiming.is_cancelled() {
             return Vec::new();
         }
         let mut slots: BTreeMap<&str, (&Arc<Lane>, u32)> = BTreeMap::new();
@@ -659,7 +667,7 @@ impl Worker {
         }
         slots
             .into_values()
-            .filter(|(lane, _)| (self.refillable)(lane))
+            .filter(|(lane, _)| lane.limit() <= up_to && (self.refillable)(lane))
             .map(|(lane, slots)| Offer {
                 lane: lane.clone(),
                 provider: lane.name_arc(),
@@ -1225,8 +1233,8 @@ mod tests {
             Ok(())
         }
 
-        fn claims_with_write(&self) -> bool {
-            true
+        fn refills_with_write(&self) -> u32 {
+            u32::MAX
         }
 
         async fn write_and_claim(

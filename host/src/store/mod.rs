@@ -188,11 +188,13 @@ pub trait Queue: batches::BatchStore + Send + Sync + 'static {
         batch: &[(ExecutionId, &Finish)],
     ) -> Result<Vec<bool>, StoreError>;
 
-    /// Whether [`Queue::finish_and_claim`] costs one round trip, not a write and then a
-    /// claim per provider: only then does the completer refill the slots a batch frees in
-    /// the batch's own write.
-    fn claims_with_finish(&self) -> bool {
-        false
+    /// The largest limit of a lane whose freed slots the completer refills in the batch's
+    /// own write ([`Queue::finish_and_claim`], one round trip, not a write and then a claim
+    /// per provider): 0 where that claims nothing, `u32::MAX` for every lane. The store
+    /// says, since what the claim in the write costs is its own (see
+    /// `PgQueue::REFILL_IN_WRITE_UP_TO`).
+    fn refills_with_finish(&self) -> u32 {
+        0
     }
 
     /// Writes `batch` as [`Queue::finish_many`] does, then claims for each
@@ -200,7 +202,7 @@ pub trait Queue: batches::BatchStore + Send + Sync + 'static {
     /// ends no longer count against a limit). A claim here has no budget. Returns whether
     /// each row was written and each claim's executions, in order. Either all of it is done
     /// or none, so a failure can be retried whole. A store that cannot claim in the write's
-    /// round trip (see [`Queue::claims_with_finish`]) only writes, and claims nothing.
+    /// round trip (see [`Queue::refills_with_finish`]) only writes, and claims nothing.
     async fn finish_and_claim(
         &self,
         owner: &str,
@@ -1143,6 +1145,21 @@ impl<'a> FinishRow<'a> {
             Finish::Requeue => row.requeue = true,
         }
         row
+    }
+}
+
+/// Refuses, for [`Queue::finish_and_claim`], a claim with a budget or a spend cap: the
+/// reservations are the producer's (see [`Queue::claim`]).
+pub(crate) fn claims_for_a_write(claims: &[(&str, Claim<'_>)]) -> Result<(), StoreError> {
+    match claims
+        .iter()
+        .find(|(_, c)| c.budget.is_some() || c.spend.is_some())
+    {
+        Some((provider, _)) => Err(StoreError::Other(format!(
+            "provider {provider}: a claim with a budget or a spend cap cannot go with a batch \
+             write"
+        ))),
+        None => Ok(()),
     }
 }
 

@@ -1327,8 +1327,8 @@ impl Queue for SqliteQueue {
         Ok(written_flags(batch, &ids.into_iter().collect()))
     }
 
-    fn claims_with_finish(&self) -> bool {
-        true
+    fn refills_with_finish(&self) -> u32 {
+        u32::MAX
     }
 
     async fn finish_and_claim(
@@ -1341,16 +1341,7 @@ impl Queue for SqliteQueue {
         if claims.is_empty() {
             return Ok((self.finish_many(owner, batch).await?, Vec::new()));
         }
-        if let Some((provider, _)) = claims
-            .iter()
-            .find(|(_, c)| c.budget.is_some() || c.spend.is_some())
-        {
-            // The reservations are the producer's: see `Queue::claim`.
-            return Err(StoreError::Other(format!(
-                "provider {provider}: a claim with a budget or a spend cap cannot go with a \
-                 batch write"
-            )));
-        }
+        super::claims_for_a_write(claims)?;
         // The write and every claim in one string: one trip to the connection's thread and
         // one transaction, where a write and then a claim were two of each.
         let form = Form::of(batch);
