@@ -1,6 +1,6 @@
 -- The claim a batch write makes for the slots it frees (`finish_and_claim`): `lanes_claim`,
 -- the one claim of PostgreSQL, when the provider's claim lock is free now; otherwise one row
--- of NULLs, and the worker claims on its own once the write has committed. A write never
+-- of NULLs, and the lane's producer claims once the write has committed. A write never
 -- waits for a claim lock: a write that waited held its rows, and the claims of the other
 -- workers queued behind its commit (3 workers ran a fifth slower than 1 when the claim in
 -- the write took the lock as a plain claim does). The lock taken here is taken again, at

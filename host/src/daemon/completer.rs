@@ -13,11 +13,13 @@
 //!   first, recovery (or the lease) resumes the row and the attempt runs again; when that
 //!   was its last attempt, recovery fails it as `interrupted` instead.
 //! - A graceful shutdown writes every result handed over before it ends.
-//! - Where the store can claim in the write's own round trip (SQLite), the slots a batch
-//!   frees are refilled there: each lane that may claim freely gets a claim for them in the
+//! - Where the store can claim in the write's own round trip (every lane on SQLite, narrow
+//!   lanes on PostgreSQL: see [`Queue::refills_with_finish`]), the slots a batch frees are
+//!   refilled there: each such lane that may claim freely gets a claim for them in the
 //!   same transaction, and the rows claimed go to its producer with the slots (see
-//!   [`Lane::hand_over`]). A write retried after a failure goes alone; the producers then
-//!   claim. There a batch is written in parts of a quarter of its lanes' slots, so that
+//!   [`Lane::hand_over`]). A write retried after a failure goes alone, and a claim the
+//!   store did not make (PostgreSQL: another worker held its lock) is left out; the
+//!   producers then claim. Where every lane is refilled so, a batch is written in parts of a quarter of its lanes' slots, so that
 //!   the first part's refills run while the next is written (see [`Worker::part_size`]),
 //!   and the results that come in while a part is written join the batch before the next
 //!   part (see [`Worker::write_in_parts`]).
@@ -87,9 +89,9 @@ pub trait ResultSink: Send + Sync + 'static {
         owner: &str,
         batch: &[(ExecutionId, &Finish)],
         offers: &[Offer],
-    ) -> Result<(Vec<bool>, Vec<Vec<Execution>>), StoreError> {
+    ) -> Result<(Vec<bool>, Vec<Option<Vec<Execution>>>), StoreError> {
         let written = self.write(owner, batch).await?;
-        Ok((written, offers.iter().map(|_| Vec::new()).collect()))
+        Ok((written, offers.iter().map(|_| None).collect()))
     }
 }
 
@@ -150,7 +152,7 @@ impl ResultSink for QueueSink {
         owner: &str,
         batch: &[(ExecutionId, &Finish)],
         offers: &[Offer],
-    ) -> Result<(Vec<bool>, Vec<Vec<Execution>>), StoreError> {
+    ) -> Result<(Vec<bool>, Vec<Option<Vec<Execution>>>), StoreError> {
         let claims: Vec<(&str, Claim<'_>)> = offers
             .iter()
             .map(|o| {
@@ -525,19 +527,20 @@ impl Worker {
         let offers = self.offers(batch);
         let (written, claimed) = self.write(batch, &offers).await;
         self.settle_cache(batch, &written).await;
-        // Only the offers whose claims were made: a write retried alone made none.
-        let made = if claimed.is_some() {
-            offers
-        } else {
-            Vec::new()
-        };
+        // Only the offers whose claims were made: a write retried alone made none, and a
+        // store may leave one to the lane's producer (`None`).
+        let claimed = claimed.unwrap_or_default();
+        let made: Vec<(Offer, Vec<Execution>)> = offers
+            .into_iter()
+            .zip(claimed)
+            .filter_map(|(offer, claimed)| Some((offer, claimed?)))
+            .collect();
         // A lane may have paused (a 429 came in), or its limit dropped, while the write ran:
         // what the write claimed for it then goes back to pending unstarted, as its
         // producer would not have claimed it now.
         let mut back = Vec::new();
         let mut refills: BTreeMap<Arc<str>, Refill> = made
             .into_iter()
-            .zip(claimed.into_iter().flatten())
             .filter_map(|(offer, claimed)| {
                 let lane = &offer.lane;
                 if (self.refillable)(lane) && lane.limit() >= offer.limit {
@@ -632,8 +635,11 @@ impl Worker {
             // need not claim, unless a retry may come due (it then sets its timer). Rows
             // handed over wake it anyway, to start them.
             let mut wake = true;
+            // Slots the write refilled: this worker refilled them itself, whatever is free.
+            let mut refilled = false;
             if let Some(refill) = refills.remove(&name) {
                 wake = refill.filled() || lane.retry_noted();
+                refilled = !refill.placed.is_empty();
                 back.extend(refill.hand_over(&lane));
             }
             if wake {
@@ -644,7 +650,7 @@ impl Worker {
             // that another worker, held back by this one, waits for.
             let refills = !self.stop_claiming.is_cancelled()
                 && lane.provider().is_some()
-                && lane.free() > 0
+                && (lane.free() > 0 || refilled)
                 && !forgotten;
             if !refills && let Err(e) = self.sink.slot_freed(&name).await {
                 warn!("provider {name}: telling other workers of a free slot: {e}");
@@ -793,7 +799,7 @@ impl Worker {
         &self,
         batch: &[Completion],
         offers: &[Offer],
-    ) -> (Vec<bool>, Option<Vec<Vec<Execution>>>) {
+    ) -> (Vec<bool>, Option<Vec<Option<Vec<Execution>>>>) {
         let entries: Vec<(ExecutionId, &Finish)> =
             batch.iter().map(|c| (c.id, &c.finish)).collect();
         let mut offers = offers;
@@ -1216,6 +1222,8 @@ mod tests {
         sizes: Mutex<Vec<usize>>,
         /// A lane to pause while the write runs, as a 429 that comes in meanwhile does.
         pause_during: Mutex<Option<Arc<Lane>>>,
+        /// Its claims are not made (`None`), as when another worker holds the lock.
+        unmade: bool,
     }
 
     #[async_trait]
@@ -1242,7 +1250,7 @@ mod tests {
             _owner: &str,
             batch: &[(ExecutionId, &Finish)],
             offers: &[Offer],
-        ) -> Result<(Vec<bool>, Vec<Vec<Execution>>), StoreError> {
+        ) -> Result<(Vec<bool>, Vec<Option<Vec<Execution>>>), StoreError> {
             {
                 let mut fail = self.fail.lock().unwrap();
                 if *fail > 0 {
@@ -1260,7 +1268,10 @@ mod tests {
             let rows: Vec<Execution> = (0..self.rows)
                 .map(|i| claimed_row(100 + i as i64))
                 .collect();
-            let claimed = offers.iter().map(|_| rows.clone()).collect();
+            let claimed = offers
+                .iter()
+                .map(|_| (!self.unmade).then(|| rows.clone()))
+                .collect();
             Ok((vec![true; batch.len()], claimed))
         }
     }
@@ -1290,11 +1301,15 @@ mod tests {
             plain_writes: Mutex::new(0),
             sizes: Mutex::default(),
             pause_during: Mutex::new(pause_during),
+            unmade: false,
         })
     }
 
     async fn flush_refilling(fail: u32, rows: usize) -> (Arc<Lane>, bool, Arc<Refiller>) {
-        let sink = refiller(fail, rows, None);
+        flush_through(refiller(fail, rows, None)).await
+    }
+
+    async fn flush_through(sink: Arc<Refiller>) -> (Arc<Lane>, bool, Arc<Refiller>) {
         let worker = refilling_worker(sink.clone());
         let lane = Arc::new(Lane::new("p", 2));
         // No retry may be pending: only the refill decides the wake.
@@ -1315,6 +1330,25 @@ mod tests {
         assert_eq!((lane.running(), lane.free()), (2, 0));
         assert_eq!(lane.take_handed().len(), 2);
         assert_eq!(*sink.plain_writes.lock().unwrap(), 0);
+    }
+
+    /// A claim the store left to the producer (PostgreSQL: another worker held the
+    /// provider's claim lock): the slots come back to the lane, which is woken to claim.
+    #[tokio::test]
+    async fn a_claim_the_store_did_not_make_frees_the_slots_and_wakes_the_lane() {
+        let sink = Arc::new(Refiller {
+            unmade: true,
+            ..Arc::into_inner(refiller(0, 2, None)).unwrap()
+        });
+        let (lane, woken, sink) = flush_through(sink).await;
+        assert_eq!(
+            sink.sizes.lock().unwrap().len(),
+            1,
+            "the write went with its claim"
+        );
+        assert!(woken, "the producer claims for the freed slots itself");
+        assert_eq!((lane.running(), lane.free()), (0, 2));
+        assert!(lane.take_handed().is_empty());
     }
 
     #[tokio::test]

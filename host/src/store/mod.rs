@@ -200,17 +200,20 @@ pub trait Queue: batches::BatchStore + Send + Sync + 'static {
     /// Writes `batch` as [`Queue::finish_many`] does, then claims for each
     /// `(provider, claim)` as [`Queue::claim`] does, seeing the batch written (so the rows it
     /// ends no longer count against a limit). A claim here has no budget. Returns whether
-    /// each row was written and each claim's executions, in order. Either all of it is done
-    /// or none, so a failure can be retried whole. A store that cannot claim in the write's
-    /// round trip (see [`Queue::refills_with_finish`]) only writes, and claims nothing.
+    /// each row was written and each claim's executions, in order, or `None` for a claim
+    /// the store did not make, which falls to the lane's producer (PostgreSQL: another
+    /// worker held the provider's claim lock, or the claimed rows could not be read).
+    /// Either the write and the claims made are all done or none is, so a failure can be
+    /// retried whole. A store that cannot claim in the write's round trip (see
+    /// [`Queue::refills_with_finish`]) only writes, and makes no claim.
     async fn finish_and_claim(
         &self,
         owner: &str,
         batch: &[(ExecutionId, &Finish)],
         claims: &[(&str, Claim<'_>)],
-    ) -> Result<(Vec<bool>, Vec<Vec<Execution>>), StoreError> {
+    ) -> Result<(Vec<bool>, Vec<Option<Vec<Execution>>>), StoreError> {
         let written = self.finish_many(owner, batch).await?;
-        Ok((written, claims.iter().map(|_| Vec::new()).collect()))
+        Ok((written, claims.iter().map(|_| None).collect()))
     }
 
     /// Returns the `running` rows whose worker is gone to pending with `resume` set, or

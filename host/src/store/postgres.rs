@@ -101,7 +101,7 @@ static FINISH_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 ///
 /// Each claim is `lanes_try_claim` (migration 0020): `lanes_claim`, the one claim of
 /// PostgreSQL (see [`claim_rows`]), when the provider's claim lock is free, else one row of
-/// NULLs (the claim is made after the commit instead), so that a write never waits for
+/// NULLs (the lane's producer claims instead), so that a write never waits for
 /// another worker's claim. The claims must see the write: `written` reads the whole of
 /// `done`, which runs the update to completion, and the claims' list refers to `written`
 /// (`WHERE w.n >= 0`), which makes it the outer side of their join, so that no claim starts
@@ -373,8 +373,22 @@ where
     E: sqlx::Executor<'e, Database = sqlx::Postgres>,
 {
     let (claimed, unreadable) = readable_claims(rows.iter().map(execution_from_row))?;
+    fail_unreadable(executor, owner, &unreadable).await?;
+    Ok(claimed)
+}
+
+/// Fails claimed rows of `owner` that cannot be read (see [`readable_claims`]), with
+/// [`unreadable_failure`]'s error.
+async fn fail_unreadable<'e, E>(
+    executor: E,
+    owner: &str,
+    unreadable: &[(ExecutionId, String)],
+) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Postgres>,
+{
     if unreadable.is_empty() {
-        return Ok(claimed);
+        return Ok(());
     }
     let (ids, errors): (Vec<i64>, Vec<String>) = unreadable
         .iter()
@@ -394,7 +408,7 @@ where
     .execute(executor)
     .await
     .op("failing claimed rows that cannot be read")?;
-    Ok(claimed)
+    Ok(())
 }
 
 /// Rows per statement of a batched submission.
@@ -977,7 +991,7 @@ impl Queue for PgQueue {
         owner: &str,
         batch: &[(ExecutionId, &Finish)],
         claims: &[(&str, Claim<'_>)],
-    ) -> Result<(Vec<bool>, Vec<Vec<Execution>>), StoreError> {
+    ) -> Result<(Vec<bool>, Vec<Option<Vec<Execution>>>), StoreError> {
         const OP: &str = "recording attempts' ends and claiming for the slots they free";
         if claims.is_empty() {
             return Ok((self.finish_many(owner, batch).await?, Vec::new()));
@@ -1034,10 +1048,13 @@ impl Queue for PgQueue {
         let mut written = std::collections::HashSet::new();
         let mut rows_of: Vec<Vec<sqlx::postgres::PgRow>> =
             claims.iter().map(|_| Vec::new()).collect();
-        let mut busy = vec![false; claims.len()];
+        let mut made = vec![true; claims.len()];
         for row in answer {
-            let ids = row.try_get::<Option<Vec<i64>>, _>("lanes_written");
-            written.extend(ids.ok().flatten().into_iter().flatten());
+            match row.try_get::<Option<Vec<i64>>, _>("lanes_written") {
+                Ok(ids) => written.extend(ids.into_iter().flatten()),
+                // The rows then show as not written (lost), which the log says why.
+                Err(e) => tracing::error!("{OP}: reading the ids written: {e}"),
+            }
             let k = row.try_get::<Option<i64>, _>("lanes_k").ok().flatten();
             let Some(k) = k
                 .and_then(|k| usize::try_from(k).ok())
@@ -1046,37 +1063,37 @@ impl Queue for PgQueue {
                 continue;
             };
             if row.try_get::<Option<i64>, _>("id").ok().flatten().is_none() {
-                if let Some(b) = busy.get_mut(k) {
-                    *b = true;
+                // Another worker held the provider's claim lock: its producer claims.
+                if let Some(m) = made.get_mut(k) {
+                    *m = false;
                 }
             } else if let Some(rows) = rows_of.get_mut(k) {
                 rows.push(row);
             }
         }
         let mut out = Vec::with_capacity(claims.len());
-        for (((provider, claim), rows), busy) in claims.iter().zip(rows_of).zip(busy) {
-            let got = if busy {
-                // Another worker was claiming for the provider: claim as its producer would,
-                // now that the write has committed.
-                let claim = Claim {
-                    owner: claim.owner,
-                    max: claim.max,
-                    limit: claim.limit,
-                    lease_ms: claim.lease_ms,
-                    budget: None,
-                    tenants: claim.tenants,
-                    spend: None,
-                };
-                self.claim(provider, claim).await
-            } else {
-                claimed(&self.pool, owner, rows).await
-            };
-            out.push(got.unwrap_or_else(|e| {
-                // A row it took stays running until its lease runs out; the lane's poll
-                // claims again.
-                tracing::error!("provider {provider}: {OP}: {e}");
-                Vec::new()
-            }));
+        let mut unreadable = Vec::new();
+        for ((rows, made), (provider, _)) in rows_of.into_iter().zip(made).zip(claims) {
+            if !made {
+                out.push(None);
+                continue;
+            }
+            match readable_claims(rows.iter().map(execution_from_row)) {
+                Ok((rows, bad)) => {
+                    out.push(Some(rows));
+                    unreadable.extend(bad);
+                }
+                Err(e) => {
+                    // The rows stay this worker's, running, until it stops: the same as a
+                    // producer's claim that cannot be read.
+                    tracing::error!("provider {provider}: {OP}: {e}");
+                    out.push(None);
+                }
+            }
+        }
+        if let Err(e) = fail_unreadable(&self.pool, owner, &unreadable).await {
+            // A row it could not fail stays running, as above.
+            tracing::error!("{e}");
         }
         Ok((written_flags(batch, &written), out))
     }

@@ -1336,7 +1336,7 @@ impl Queue for SqliteQueue {
         owner: &str,
         batch: &[(ExecutionId, &Finish)],
         claims: &[(&str, Claim<'_>)],
-    ) -> Result<(Vec<bool>, Vec<Vec<Execution>>), StoreError> {
+    ) -> Result<(Vec<bool>, Vec<Option<Vec<Execution>>>), StoreError> {
         const OP: &str = "recording attempts' ends and claiming for the slots they free";
         if claims.is_empty() {
             return Ok((self.finish_many(owner, batch).await?, Vec::new()));
@@ -1399,7 +1399,7 @@ impl Queue for SqliteQueue {
         for array in claims_rows {
             let raw: Vec<ExecutionRow> = from_json(array)?;
             let (rows, bad) = readable_claims(raw.into_iter().map(execution_from_raw))?;
-            claimed.push(rows);
+            claimed.push(Some(rows));
             unreadable.extend(bad);
         }
         // After the commit: the batch's results and claims stand whatever this does. A row
