@@ -126,9 +126,11 @@ fn line_outcome(line: &str) -> Option<(String, ItemResult)> {
     let result = value.get("result").unwrap_or(&Value::Null);
     let outcome = match lanes_guest::text_at(result, "/type").as_str() {
         // The message is a live call's answer.
-        "succeeded" => {
-            batch::http_outcome::<Claude>(200, result.get("message").unwrap_or(&Value::Null))
-        }
+        "succeeded" => batch::http_outcome_with::<Claude>(
+            200,
+            result.get("message").unwrap_or(&Value::Null),
+            crate::parse_value,
+        ),
         "errored" => ItemResult::Failed(item_error(result.get("error").unwrap_or(&Value::Null))),
         "canceled" => ItemResult::Cancelled,
         "expired" => ItemResult::Expired,

@@ -183,9 +183,10 @@ fn line_outcome(line: &str) -> Option<(String, ItemResult)> {
                 .and_then(Value::as_u64)
                 .and_then(|s| u16::try_from(s).ok());
             match status {
-                Some(status) => batch::http_outcome::<OpenAi>(
+                Some(status) => batch::http_outcome_with::<OpenAi>(
                     status,
                     response.get("body").unwrap_or(&Value::Null),
+                    crate::parse_value,
                 ),
                 None => ItemResult::Failed(ProviderError::Unavailable(
                     "a result line without a status code".into(),
