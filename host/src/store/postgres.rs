@@ -1052,7 +1052,7 @@ impl Queue for PgQueue {
         for row in answer {
             match row.try_get::<Option<Vec<i64>>, _>("lanes_written") {
                 Ok(ids) => written.extend(ids.into_iter().flatten()),
-                // The rows then show as not written (lost), which the log says why.
+                // The rows then show as not written (lost), and this says why.
                 Err(e) => tracing::error!("{OP}: reading the ids written: {e}"),
             }
             let k = row.try_get::<Option<i64>, _>("lanes_k").ok().flatten();
