@@ -19,10 +19,10 @@
 //!   same transaction, and the rows claimed go to its producer with the slots (see
 //!   [`Lane::hand_over`]). A write retried after a failure goes alone, and a claim the
 //!   store did not make (PostgreSQL: another worker held its lock) is left out; the
-//!   producers then claim. Where every lane is refilled so, a batch is written in parts of a quarter of its lanes' slots, so that
-//!   the first part's refills run while the next is written (see [`Worker::part_size`]),
-//!   and the results that come in while a part is written join the batch before the next
-//!   part (see [`Worker::write_in_parts`]).
+//!   producers then claim. Where every lane is refilled so, a batch is written in parts of
+//!   a quarter of its lanes' slots, so that the first part's refills run while the next is
+//!   written (see [`Worker::part_size`]), and the results that come in while a part is
+//!   written join the batch before the next part (see [`Worker::write_in_parts`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -77,7 +77,7 @@ pub trait ResultSink: Send + Sync + 'static {
     }
 
     /// Whether every lane's slots are refilled in the write: the batch then goes in parts
-    /// (see `Completer::part_size`).
+    /// (see `Worker::part_size`).
     fn claims_with_write(&self) -> bool {
         self.refills_with_write() == u32::MAX
     }
