@@ -1723,6 +1723,81 @@ async fn fair_claims_match_their_rust_twin(q: Arc<dyn Queue>) {
 }
 contract!(fair_claim_twins, fair_claims_match_their_rust_twin);
 
+/// Claims across tenants where the first tenants' heads are not the claim (see SQLite's
+/// `claim_parts`, which takes those heads without merging when the tenants tie): a second
+/// row of a higher class, or of a tenant with fewer running, comes before another tenant's
+/// head; and a claim takes no more than the room under the limit, however many it asks for.
+async fn a_claim_across_tenants_takes_second_rows_in_their_turn(q: Arc<dyn Queue>) {
+    use lanes::store::ROUND_ROBIN;
+    let of = |provider: &str, tenant: &str, priority: i32| NewExecution {
+        tenant: Some(tenant.to_string()),
+        ..new(provider, priority)
+    };
+    let take = |provider: &'static str, max: u32, limit: u32| {
+        let q = q.clone();
+        async move {
+            let claimed = q
+                .claim(
+                    provider,
+                    Claim {
+                        tenants: &ROUND_ROBIN,
+                        ..claim("w", max, limit)
+                    },
+                )
+                .await
+                .unwrap();
+            let mut ids: Vec<i64> = claimed.iter().map(|e| e.id).collect();
+            ids.sort_unstable();
+            ids
+        }
+    };
+    // A higher class: both of a's rows come before b's.
+    let a = q
+        .submit_many(&[
+            of("ties-a", "a", 2),
+            of("ties-a", "a", 2),
+            of("ties-a", "b", 1),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(take("ties-a", 2, 60).await, [a[0], a[1]]);
+    // Fewer running: with b at 2 running, a's second row (share 1) comes before b's third.
+    let b = q
+        .submit_many(&[
+            of("ties-b", "b", 0),
+            of("ties-b", "b", 0),
+            of("ties-b", "b", 0),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(take("ties-b", 2, 60).await, [b[0], b[1]]);
+    let a = q
+        .submit_many(&[of("ties-b", "a", 0), of("ties-b", "a", 0)])
+        .await
+        .unwrap();
+    assert_eq!(take("ties-b", 2, 60).await, [a[0], a[1]]);
+    // The room: d has one of the limit's 3 running, so a claim of 3 takes 2, the heads of
+    // the two tenants first in order.
+    let d = q
+        .submit_many(&[of("ties-c", "d", 0), of("ties-c", "d", 0)])
+        .await
+        .unwrap();
+    assert_eq!(take("ties-c", 1, 3).await, [d[0]]);
+    let abc = q
+        .submit_many(&[
+            of("ties-c", "a", 0),
+            of("ties-c", "b", 0),
+            of("ties-c", "c", 0),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(take("ties-c", 3, 3).await, [abc[0], abc[1]]);
+}
+contract!(
+    tenant_second_rows,
+    a_claim_across_tenants_takes_second_rows_in_their_turn
+);
+
 /// The producer's `next_due` reads the delayed rows' index, not every pending row (2.9 s a
 /// call at a million pending, with the lane's claims held up behind it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
