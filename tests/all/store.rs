@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lanes::model::{ChatInput, ErrorKind, NewExecution, Status, now_ms};
+use lanes::model::{ChatInput, ErrorKind, ExecutionId, NewExecution, Status, now_ms};
 use lanes::store::{Change, Claim, Finish, Output, ProviderRecord, Queue};
 
 use crate::support::*;
@@ -576,11 +576,8 @@ async fn a_completed_row_shows_no_error_of_an_earlier_try(q: Arc<dyn Queue>) {
     );
 }
 
-contract!(
-    refill_in_the_write,
-    a_batch_write_refills_the_slots_it_frees
-);
-async fn a_batch_write_refills_the_slots_it_frees(q: Arc<dyn Queue>) {
+/// Three rows of "a" and two of "b", the first of each claimed by "w" (limit 1): the ids.
+async fn one_running_in_a_and_b(q: &dyn Queue) -> Vec<ExecutionId> {
     let ids = q
         .submit_many(&[
             new("a", 0),
@@ -593,6 +590,15 @@ async fn a_batch_write_refills_the_slots_it_frees(q: Arc<dyn Queue>) {
         .unwrap();
     assert_eq!(q.claim("a", claim("w", 1, 1)).await.unwrap()[0].id, ids[0]);
     assert_eq!(q.claim("b", claim("w", 1, 1)).await.unwrap()[0].id, ids[3]);
+    ids
+}
+
+contract!(
+    refill_in_the_write,
+    a_batch_write_refills_the_slots_it_frees
+);
+async fn a_batch_write_refills_the_slots_it_frees(q: Arc<dyn Queue>) {
+    let ids = one_running_in_a_and_b(q.as_ref()).await;
     let done = Finish::Completed(Output::of(&serde_json::json!({"text": "ok"})).unwrap());
     // Limit 1 for each: the claims see the rows this write ends as no longer running. "a"
     // offers 2 slots but its limit lets one run; "c" has nothing pending.
@@ -882,18 +888,7 @@ async fn postgres_a_busy_claim_lock_does_not_hold_the_write() {
         return;
     };
     let q = env.any_queue().await;
-    let ids = q
-        .submit_many(&[
-            new("a", 0),
-            new("a", 0),
-            new("a", 0),
-            new("b", 0),
-            new("b", 0),
-        ])
-        .await
-        .unwrap();
-    assert_eq!(q.claim("a", claim("w", 1, 1)).await.unwrap()[0].id, ids[0]);
-    assert_eq!(q.claim("b", claim("w", 1, 1)).await.unwrap()[0].id, ids[3]);
+    let ids = one_running_in_a_and_b(q.as_ref()).await;
     // Another worker's claim of "a" under way: its lock, held in an open transaction.
     let admin = sqlx::PgPool::connect(&schema.url).await.unwrap();
     let channel: String = sqlx::query_scalar("SELECT 'lanes:' || current_schema()")
