@@ -879,6 +879,121 @@ async fn postgres_a_failed_refill_undoes_its_write_and_its_claims() {
     admin.close().await;
 }
 
+/// An open transaction of another worker on the queue at `url` that holds the advisory lock
+/// the store keys as `{prefix}{channel}:{provider}`: a claim lock (no prefix) or a budget
+/// lock (`budget:`). Rolling it back (or dropping it) lets the lock go.
+async fn another_worker_holds(
+    url: &str,
+    prefix: &str,
+    provider: &str,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let admin = sqlx::PgPool::connect(url).await.unwrap();
+    let channel: String = sqlx::query_scalar("SELECT 'lanes:' || current_schema()")
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    let mut other = admin.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || $2 || ':' || $3, 0))")
+        .bind(prefix)
+        .bind(&channel)
+        .bind(provider)
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    other
+}
+
+/// PostgreSQL: the estimate a budgeted claim in a batch write reserves
+/// (`lanes_estimate_tokens`, migration 0021) is the Rust one a producer's claim reserves,
+/// for every shape of content that counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_budget_estimates_match_their_rust_twin() {
+    let Some((_env, schema)) = TestEnv::postgres().await else {
+        return;
+    };
+    // The schema's migrations are applied when a queue opens it.
+    let _q = lanes::store::open(&schema.url).await.unwrap();
+    let admin = sqlx::PgPool::connect(&schema.url).await.unwrap();
+    let inputs = [
+        r#"{"prompt":"hi"}"#,
+        r#"{"prompt":"héllo wörld ✓ 😀","system":"be brief","max_tokens":50}"#,
+        r#"{"messages":[{"role":"user","content":"abcdefghijkl"}],"max_tokens":7}"#,
+        r#"{"messages":[{"role":"user","content":[{"type":"text","text":"part one"},
+            {"type":"image","url":"data:image/png;base64,AAAA"},{"type":"text","text":"ü"}]},
+           {"role":"assistant","content":[{"type":"tool_call","id":"c1","name":"f",
+            "arguments":"{\"city\":\"Oslo\"}"}]},
+           {"role":"tool","content":[{"type":"tool_result","id":"c1",
+            "content":[{"type":"text","text":"cold"},{"content":"nested twice"}]}]}]}"#,
+        r#"{"messages":[1,"x",null,{"content":7},{"content":{"text":"an object"}},[{"content":"in an array"}]]}"#,
+        r#"{"max_tokens":-5,"prompt":"abcdefgh"}"#,
+        r#"{"max_tokens":1.5,"prompt":"abcd"}"#,
+        r#"{"max_tokens":"10","prompt":"abcd"}"#,
+        r#"{"max_tokens":4294967295}"#,
+        r#"{"system":5,"prompt":null,"messages":"not a list"}"#,
+        r#"{"messages":[{"content":[{"text":5,"arguments":["x"],"content":[[{"text":"deep"}]]}]}]}"#,
+        r#"[1,2]"#,
+        r#""a string""#,
+        "not json",
+        "",
+    ];
+    let mut counted = 0;
+    for input in inputs {
+        let value: serde_json::Value = serde_json::from_str(input).unwrap_or_default();
+        let rust = lanes::store::estimate_tokens(&value);
+        counted += usize::from(rust > 0);
+        let sql: i64 = sqlx::query_scalar("SELECT lanes_estimate_tokens($1)")
+            .bind(input)
+            .fetch_one(&admin)
+            .await
+            .unwrap();
+        assert_eq!(sql, rust, "{input}");
+    }
+    assert_eq!(counted, 7, "the inputs that count tokens");
+}
+
+/// PostgreSQL: a batch write never waits for the budget lock of a budgeted lane that another
+/// worker's claim holds: its rows are written, and that claim is left to the lane's
+/// producer (`None`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_busy_budget_lock_does_not_hold_the_write() {
+    let Some((env, schema)) = TestEnv::postgres().await else {
+        return;
+    };
+    let q = env.any_queue().await;
+    let ids = one_running_in_a_and_b(q.as_ref()).await;
+    let other = another_worker_holds(&schema.url, "budget:", "a").await;
+    let budgeted = Claim {
+        budget: Some(lanes::store::Budget {
+            rpm: Some(100),
+            tpm: Some(100_000),
+        }),
+        ..claim("w", 1, 1)
+    };
+    let done = Finish::Completed(Output::of(&serde_json::json!({"text": "ok"})).unwrap());
+    let (written, claimed) = tokio::time::timeout(
+        Duration::from_secs(10),
+        q.finish_and_claim(
+            "w",
+            &[(ids[0], &done), (ids[3], &done)],
+            &[("a", budgeted), ("b", claim("w", 1, 1))],
+        ),
+    )
+    .await
+    .expect("the write waited for another worker's budget lock")
+    .unwrap();
+    assert_eq!(written, vec![true, true]);
+    assert!(claimed[0].is_none(), "{claimed:?}");
+    assert_eq!(claimed[1].as_ref().map(Vec::len), Some(1));
+    other.rollback().await.unwrap();
+    // Once it is free, the write's claim reserves as the producer's does.
+    let (_, claimed) = q
+        .finish_and_claim("w", &[], &[("a", budgeted)])
+        .await
+        .unwrap();
+    assert_eq!(claimed[0].as_ref().map(Vec::len), Some(1));
+    assert_eq!(q.budget_usage().await.unwrap()["a"].0, 1);
+}
+
 /// PostgreSQL: a batch write never waits for a claim lock that another worker holds. Its
 /// rows are written, and the other lanes refilled, at once; the claim for the busy provider
 /// is not made (`None`), and falls to that lane's producer, whose claim keeps the limit.
@@ -890,17 +1005,7 @@ async fn postgres_a_busy_claim_lock_does_not_hold_the_write() {
     let q = env.any_queue().await;
     let ids = one_running_in_a_and_b(q.as_ref()).await;
     // Another worker's claim of "a" under way: its lock, held in an open transaction.
-    let admin = sqlx::PgPool::connect(&schema.url).await.unwrap();
-    let channel: String = sqlx::query_scalar("SELECT 'lanes:' || current_schema()")
-        .fetch_one(&admin)
-        .await
-        .unwrap();
-    let mut other = admin.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || ':a', 0))")
-        .bind(&channel)
-        .execute(&mut *other)
-        .await
-        .unwrap();
+    let other = another_worker_holds(&schema.url, "", "a").await;
     let done = Finish::Completed(Output::of(&serde_json::json!({"text": "ok"})).unwrap());
     let (written, claimed) = tokio::time::timeout(
         Duration::from_secs(10),
@@ -927,7 +1032,6 @@ async fn postgres_a_busy_claim_lock_does_not_hold_the_write() {
     other.rollback().await.unwrap();
     let next = q.claim("a", claim("w", 2, 1)).await.unwrap();
     assert_eq!(next.iter().map(|e| e.id).collect::<Vec<_>>(), vec![ids[1]]);
-    admin.close().await;
 }
 
 /// SQLite: when a claim in a batch's write fails, the write is undone with it (the batch is
@@ -960,22 +1064,26 @@ async fn sqlite_a_failed_refill_undoes_its_write_and_leaves_no_transaction_open(
             "the write is undone with the claim"
         );
     }
-    // A budgeted claim's reservations are the producer's: refused here, and nothing written.
-    let budgeted = Claim {
+    // A spend-capped claim's reservations are the producer's: refused here, and nothing
+    // written.
+    let caps = lanes::store::Spend {
+        day: 0,
+        provider_usd: Some(1.0),
+        tenants: Default::default(),
+        price: None,
+    };
+    let capped = Claim {
         tenants: &lanes::store::ROUND_ROBIN,
-        budget: Some(lanes::store::Budget {
-            rpm: Some(10),
-            tpm: None,
-        }),
+        spend: Some(&caps),
         ..claim("w", 1, 1)
     };
     let err = q
-        .finish_and_claim("w", &[(ids[0], &done)], &[("a", budgeted)])
+        .finish_and_claim("w", &[(ids[0], &done)], &[("a", capped)])
         .await
-        .expect_err("a budgeted claim is refused");
+        .expect_err("a spend-capped claim is refused");
     assert!(
         err.to_string()
-            .contains("provider a: a claim with a budget"),
+            .contains("provider a: a claim with a spend cap"),
         "{err}"
     );
     assert_eq!(
@@ -1220,9 +1328,45 @@ async fn aging_raises_waiting_rows_once_per_interval(q: Arc<dyn Queue>) {
     assert_eq!(q.age(&provider, 1, 10).await.unwrap(), 0);
 }
 
+/// Where a claim is made: by a lane's producer, or in a batch write (with nothing to write).
+#[derive(Clone, Copy)]
+enum ClaimedBy {
+    Producer,
+    Write,
+}
+
+async fn claim_by(
+    q: &dyn Queue,
+    by: ClaimedBy,
+    provider: &str,
+    claim: Claim<'_>,
+) -> Vec<lanes::model::Execution> {
+    match by {
+        ClaimedBy::Producer => q.claim(provider, claim).await.unwrap(),
+        ClaimedBy::Write => {
+            let (written, mut claimed) = q
+                .finish_and_claim("w", &[], &[(provider, claim)])
+                .await
+                .unwrap();
+            assert!(written.is_empty());
+            claimed.remove(0).expect("no other worker holds a lock")
+        }
+    }
+}
+
 /// A budgeted claim takes no more than the minute's requests and tokens allow, reserves
 /// what it took, and a settlement gives back the tokens an attempt did not use.
 async fn budgets(q: Arc<dyn Queue>) {
+    budgets_by(q, ClaimedBy::Producer).await;
+}
+
+/// [`budgets`], with every budgeted claim made in a batch write: the same rule.
+async fn budgets_in_the_write(q: Arc<dyn Queue>) {
+    budgets_by(q, ClaimedBy::Write).await;
+}
+
+async fn budgets_by(q: Arc<dyn Queue>, by: ClaimedBy) {
+    let q = q.as_ref();
     use lanes::store::Budget;
     let with_max = |max_tokens: u32| NewExecution {
         tenant: None,
@@ -1247,9 +1391,9 @@ async fn budgets(q: Arc<dyn Queue>) {
         rpm: Some(4),
         tpm: None,
     };
-    let first = q.claim("b", budgeted(rpm)).await.unwrap();
+    let first = claim_by(q, by, "b", budgeted(rpm)).await;
     assert_eq!(first.len(), 4);
-    assert!(q.claim("b", budgeted(rpm)).await.unwrap().is_empty());
+    assert!(claim_by(q, by, "b", budgeted(rpm)).await.is_empty());
     // Room frees when the oldest reservation leaves the minute.
     let frees = q.budget_frees_in("b").await.unwrap().unwrap();
     assert!((55_000..=60_000).contains(&frees), "{frees}");
@@ -1259,7 +1403,7 @@ async fn budgets(q: Arc<dyn Queue>) {
         rpm: None,
         tpm: Some(4 * 102 + 350),
     };
-    let second = q.claim("b", budgeted(tpm)).await.unwrap();
+    let second = claim_by(q, by, "b", budgeted(tpm)).await;
     assert_eq!(second.len(), 3);
     assert_eq!(q.budget_usage().await.unwrap()["b"], (7, 7 * 102));
     // Settling the first four with what they used (10 each) frees room for more.
@@ -1267,12 +1411,69 @@ async fn budgets(q: Arc<dyn Queue>) {
         q.settle_budget(e.id, 10).await.unwrap();
     }
     assert_eq!(q.budget_usage().await.unwrap()["b"], (7, 4 * 10 + 3 * 102));
-    let third = q.claim("b", budgeted(tpm)).await.unwrap();
+    let third = claim_by(q, by, "b", budgeted(tpm)).await;
     assert_eq!(third.len(), 3, "(758 - 346) / 102 = 4, but only 3 are left");
     // Without a budget, a claim ignores the ledger.
-    assert!(q.claim("b", claim("w", 10, 100)).await.unwrap().is_empty());
+    assert!(claim_by(q, by, "b", claim("w", 10, 100)).await.is_empty());
 }
 contract!(budget_contract, budgets);
+contract!(budget_in_the_write, budgets_in_the_write);
+
+/// A batch write that refills a budgeted lane and an unbudgeted one: both claims are made
+/// in it, each gets its own rows back in the claims' order, and only the budgeted one
+/// reserves, within its budget, counting what the producer reserved before.
+async fn budgeted_and_plain_refills(q: Arc<dyn Queue>) {
+    use lanes::store::Budget;
+    for provider in ["a", "b", "c"] {
+        for _ in 0..4 {
+            q.submit(&new(provider, 0)).await.unwrap();
+        }
+    }
+    let budget = Budget {
+        rpm: Some(3),
+        tpm: None,
+    };
+    let budgeted = |max| Claim {
+        budget: Some(budget),
+        ..claim("w", max, 10)
+    };
+    let running = q.claim("a", claim("w", 2, 10)).await.unwrap();
+    assert_eq!(q.claim("b", budgeted(1)).await.unwrap().len(), 1);
+    let done = Finish::Completed(Output::of(&serde_json::json!({"text": "ok"})).unwrap());
+    let batch: Vec<_> = running.iter().map(|e| (e.id, &done)).collect();
+    let claims = [
+        ("c", claim("w", 3, 10)),
+        ("b", budgeted(4)),
+        ("a", claim("w", 1, 10)),
+    ];
+    let (written, claimed) = q.finish_and_claim("w", &batch, &claims).await.unwrap();
+    assert_eq!(written, vec![true, true]);
+    let providers: Vec<Vec<&str>> = claimed
+        .iter()
+        .map(|c| {
+            c.as_ref()
+                .expect("made")
+                .iter()
+                .map(|e| e.provider.as_str())
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        providers,
+        vec![vec!["c"; 3], vec!["b"; 2], vec!["a"]],
+        "3 requests a minute, one of them reserved before the write"
+    );
+    assert_eq!(q.budget_usage().await.unwrap()["b"].0, 3);
+    assert!(!q.budget_usage().await.unwrap().contains_key("c"));
+    for e in claimed.iter().flatten().flatten() {
+        assert_eq!(
+            q.get(e.id).await.unwrap().unwrap().status,
+            Status::Running,
+            "{e:?}"
+        );
+    }
+}
+contract!(budgeted_and_plain_refill, budgeted_and_plain_refills);
 
 /// SQLite: the readiness check asks the claims' own connection too, so a daemon whose claims
 /// cannot get it is not reported ready.

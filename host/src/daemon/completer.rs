@@ -106,6 +106,8 @@ pub struct Offer {
     pub limit: u32,
     /// How the lane is shared among tenants.
     pub tenants: crate::store::Tenants,
+    /// The provider's requests and tokens per minute, which the claim reserves against.
+    pub budget: Option<crate::store::Budget>,
 }
 
 /// The queue as a [`ResultSink`].
@@ -161,7 +163,7 @@ impl ResultSink for QueueSink {
                     max: o.slots,
                     limit: o.limit,
                     lease_ms: self.lease_ms,
-                    budget: None,
+                    budget: o.budget,
                     spend: None,
                     tenants: &o.tenants,
                 };
@@ -374,14 +376,14 @@ struct Worker {
 }
 
 /// Whether a lane may have the slots a batch frees refilled in the batch's write: not for a
-/// budgeted or spend-capped provider (the producer keeps their accounts), nor a lane with no
-/// component, or one paused, ramping up or paying back a lowered limit.
+/// spend-capped provider (the producer keeps its accounts: its estimates need the price
+/// table), nor a lane with no component, or one paused, ramping up or paying back a lowered
+/// limit. A budgeted provider's claim in the write reserves its budget as the producer's
+/// does.
 fn takes_refills(lane: &Lane) -> bool {
     lane.claims_freely()
         && !lane.pool_contended()
-        && lane
-            .provider()
-            .is_some_and(|p| p.policy.budget.is_none() && p.policy.spend.is_none())
+        && lane.provider().is_some_and(|p| p.policy.spend.is_none())
 }
 
 /// How many times the completer tries a settle after a batch's write.
@@ -683,6 +685,7 @@ impl Worker {
                     .provider()
                     .map(|p| p.policy.tenants.clone())
                     .unwrap_or_default(),
+                budget: lane.provider().and_then(|p| p.policy.budget),
             })
             .collect()
     }

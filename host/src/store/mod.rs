@@ -199,10 +199,11 @@ pub trait Queue: batches::BatchStore + Send + Sync + 'static {
 
     /// Writes `batch` as [`Queue::finish_many`] does, then claims for each
     /// `(provider, claim)` as [`Queue::claim`] does, seeing the batch written (so the rows it
-    /// ends no longer count against a limit). A claim here has no budget. Returns whether
-    /// each row was written and each claim's executions, in order, or `None` for a claim
-    /// the store did not make, which falls to the lane's producer (PostgreSQL: another
-    /// worker held the provider's claim lock, or the claimed rows could not be read).
+    /// ends no longer count against a limit), reserving a budget's requests and tokens as
+    /// that does; a claim here has no spend cap. Returns whether each row was written and
+    /// each claim's executions, in order, or `None` for a claim the store did not make,
+    /// which falls to the lane's producer (PostgreSQL: another worker held the provider's
+    /// claim lock or budget lock, or the claimed rows could not be read).
     /// Either the write and the claims made are all done or none is, so a failure can be
     /// retried whole. A store that cannot claim in the write's round trip (see
     /// [`Queue::refills_with_finish`]) only writes, and makes no claim.
@@ -1151,16 +1152,13 @@ impl<'a> FinishRow<'a> {
     }
 }
 
-/// Refuses, for [`Queue::finish_and_claim`], a claim with a budget or a spend cap: the
-/// reservations are the producer's (see [`Queue::claim`]).
+/// Refuses, for [`Queue::finish_and_claim`], a claim with a spend cap: its estimates need
+/// the price table, so its reservations are the producer's (see [`Queue::claim`]). A
+/// budget's are made in the write as in a producer's claim.
 pub(crate) fn claims_for_a_write(claims: &[(&str, Claim<'_>)]) -> Result<(), StoreError> {
-    match claims
-        .iter()
-        .find(|(_, c)| c.budget.is_some() || c.spend.is_some())
-    {
+    match claims.iter().find(|(_, c)| c.spend.is_some()) {
         Some((provider, _)) => Err(StoreError::Other(format!(
-            "provider {provider}: a claim with a budget or a spend cap cannot go with a batch \
-             write"
+            "provider {provider}: a claim with a spend cap cannot go with a batch write"
         ))),
         None => Ok(()),
     }

@@ -95,14 +95,16 @@ static FINISH_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
 });
 
 /// The batch write of [`FINISH_SQL`] and, in the same statement, a claim for each provider
-/// of `$12`-`$17` (provider, most rows, limit, lease, tenant limit, tenants' weights, as
-/// arrays): the write and the refill of the slots it frees in one round trip (see
-/// [`Queue::finish_and_claim`]).
+/// of `$12`-`$19` (provider, most rows, limit, lease, tenant limit, tenants' weights, `rpm`
+/// and `tpm` budget, as arrays): the write and the refill of the slots it frees in one
+/// round trip (see [`Queue::finish_and_claim`]).
 ///
 /// Each claim is `lanes_try_claim` (migration 0020): `lanes_claim`, the one claim of
 /// PostgreSQL (see [`claim_rows`]), when the provider's claim lock is free, else one row of
 /// NULLs (the lane's producer claims instead), so that a write never waits for
-/// another worker's claim. The claims must see the write: `written` reads the whole of
+/// another worker's claim. A budgeted provider's goes through `lanes_try_claim_within`
+/// (migration 0021), which also takes the budget lock only if it is free, and measures and
+/// reserves the budget as a producer's budgeted claim does ([`PgQueue::claim`]). The claims must see the write: `written` reads the whole of
 /// `done`, which runs the update to completion, and the claims' list refers to `written`
 /// (`WHERE w.n >= 0`), which makes it the outer side of their join, so that no claim starts
 /// before the update has ended. `lanes_claim` is a volatile function: each of its
@@ -125,13 +127,15 @@ static FINISH_AND_CLAIM_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::
              FROM written w,
                   LATERAL (SELECT u.*
                              FROM unnest($12::text[], $13::bigint[], $14::bigint[],
-                                         $15::bigint[], $16::bigint[], $17::text[])
+                                         $15::bigint[], $16::bigint[], $17::text[],
+                                         $18::bigint[], $19::bigint[])
                                   WITH ORDINALITY AS u(provider, max, lim, lease, tenant_limit,
-                                                       weights, k)
+                                                       weights, rpm, tpm, k)
                             WHERE w.n >= 0
                             ORDER BY u.provider) c,
-                  LATERAL lanes_try_claim($9, c.provider, $1, c.max, c.lim, c.lease,
-                                          c.tenant_limit, c.weights::jsonb, NULL::jsonb) e)
+                  LATERAL lanes_try_claim_within($9, c.provider, $1, c.max, c.lim, c.lease,
+                                                 c.tenant_limit, c.weights::jsonb, c.rpm,
+                                                 c.tpm) e)
          SELECT CASE WHEN row_number() OVER () = 1 THEN w.ids END AS lanes_written,
                 w.woken AS lanes_woken, c.*
            FROM written w LEFT JOIN claims c ON true",
@@ -1039,6 +1043,22 @@ impl Queue for PgQueue {
                     .iter()
                     .map(|(_, c)| c.tenants.weights.as_deref())
                     .collect::<Vec<Option<&str>>>(),
+            )
+            .bind(
+                claims
+                    .iter()
+                    .map(|(_, c)| c.budget.and_then(|b| b.rpm).map(i64::from))
+                    .collect::<Vec<Option<i64>>>(),
+            )
+            .bind(
+                claims
+                    .iter()
+                    .map(|(_, c)| {
+                        c.budget
+                            .and_then(|b| b.tpm)
+                            .map(|t| i64::try_from(t).unwrap_or(i64::MAX))
+                    })
+                    .collect::<Vec<Option<i64>>>(),
             )
             .fetch_all(&self.writes)
             .await

@@ -277,6 +277,9 @@ pub fn claim_statement() -> &'static str {
 static CLAIM: LazyLock<String> =
     LazyLock::new(|| claim_sql(["?1", "?2", "?3", "?4", "?5", "?6", "?7", "?8", "?9"]));
 
+/// What a claim with a budget or spend caps does, for its errors.
+const CLAIM_WITHIN_OP: &str = "claiming executions within the budget and spend caps";
+
 /// Rows per statement of a batched submission.
 const SUBMIT_CHUNK: usize = 5000;
 
@@ -503,6 +506,82 @@ fn build_finish_sql(moves: bool) -> String {
     )
 }
 
+/// What [`Queue::finish_and_claim`] does, for its errors.
+const FINISH_AND_CLAIM_OP: &str = "recording attempts' ends and claiming for the slots they free";
+
+/// Runs [`finish_and_claim_sql`]'s statements `sql` (with `pad` NULLs after the arguments)
+/// for `batch` and the unbudgeted `claims`, on `conn`: one row for the ids written, then
+/// one for each claim.
+async fn write_and_claim(
+    conn: &mut sqlx::SqliteConnection,
+    sql: &str,
+    pad: usize,
+    owner: &str,
+    now: i64,
+    batch: &[(ExecutionId, &Finish)],
+    claims: &[(&str, Claim<'_>)],
+) -> Result<Vec<sqlx::sqlite::SqliteRow>, StoreError> {
+    let form = Form::of(batch);
+    let mut query = sqlx::query(sql)
+        .bind(finish_rows(batch, form)?)
+        .bind(owner)
+        .bind(now);
+    for (provider, claim) in claims {
+        query = query
+            .bind(*provider)
+            .bind(i64::from(claim.max))
+            .bind(i64::from(claim.limit))
+            .bind(claim.lease_ms)
+            .bind(claim.tenants.limit.map(i64::from))
+            .bind(claim.tenants.weights.as_deref());
+    }
+    for _ in 0..pad {
+        query = query.bind(None::<i64>);
+    }
+    query.fetch_all(conn).await.op(FINISH_AND_CLAIM_OP)
+}
+
+/// Whether each row of a batch was written, each claim's executions, and the claimed rows
+/// that cannot be read, with why.
+type WroteAndClaimed = (Vec<bool>, Vec<Vec<Execution>>, Vec<(ExecutionId, String)>);
+
+/// Which rows of `batch` [`write_and_claim`]'s `rows` say were written, each of its
+/// `claims` claims' executions, and the claimed rows that cannot be read.
+fn read_write_and_claim(
+    rows: &[sqlx::sqlite::SqliteRow],
+    batch: &[(ExecutionId, &Finish)],
+    claims: usize,
+) -> Result<WroteAndClaimed, StoreError> {
+    const OP: &str = FINISH_AND_CLAIM_OP;
+    // The ids written, then each claim's rows, each a JSON array.
+    let arrays: Vec<&str> = rows
+        .iter()
+        .map(|row| row.try_get::<&str, _>(0))
+        .collect::<Result<_, _>>()
+        .op(OP)?;
+    let Some((written, claims_rows)) = arrays.split_first() else {
+        return Err(StoreError::Other(format!(
+            "{OP}: the write returned no rows"
+        )));
+    };
+    if claims_rows.len() != claims {
+        return Err(StoreError::Other(format!(
+            "{OP}: {claims} claims returned {} results",
+            claims_rows.len()
+        )));
+    }
+    let ids: std::collections::HashSet<i64> = from_json(written)?;
+    let mut claimed = Vec::with_capacity(claims);
+    let mut unreadable = Vec::new();
+    for array in claims_rows {
+        let raw: Vec<ExecutionRow> = from_json(array)?;
+        let (rows, bad) = readable_claims(raw.into_iter().map(execution_from_raw))?;
+        claimed.push(rows);
+        unreadable.extend(bad);
+    }
+    Ok((written_flags(batch, &ids), claimed, unreadable))
+}
+
 /// A statement string, and how many NULLs to bind after its arguments.
 type Padded = (Arc<str>, usize);
 
@@ -513,39 +592,51 @@ type Padded = (Arc<str>, usize);
 /// however large the batch. Built once for each form and count (a daemon has few lanes).
 ///
 /// Also returns how many NULLs to bind after those parameters: see [`unnamed_positions`].
-fn finish_and_claim_sql(form: Form, claims: usize) -> Padded {
-    static BUILT: std::sync::Mutex<BTreeMap<(Form, usize), Padded>> =
+/// Without `own_transaction`, the statements leave out `BEGIN` and `COMMIT`, for a
+/// transaction the caller holds (budgeted claims follow them in it).
+fn finish_and_claim_sql(form: Form, claims: usize, own_transaction: bool) -> Padded {
+    static BUILT: std::sync::Mutex<BTreeMap<(Form, usize, bool), Padded>> =
         std::sync::Mutex::new(BTreeMap::new());
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
-    let sql = built.entry((form, claims)).or_insert_with(|| {
-        // A connection's temporary tables are its own, and last as long as it.
-        let mut sql = format!(
-            "CREATE TEMP TABLE IF NOT EXISTS claim_picked (id INTEGER PRIMARY KEY);
-             BEGIN IMMEDIATE; {WRITTEN_SQL}; {};",
-            finish_update(form)
-        );
-        for k in 0..claims {
-            let p = |i: usize| format!("?{}", 4 + 6 * k + i);
-            let (provider, max, limit, lease) = (p(0), p(1), p(2), p(3));
-            let (tenant_limit, weights) = (p(4), p(5));
-            sql.push_str(&claim_json_sql([
-                "?2",
-                "?3",
-                &provider,
-                &max,
-                &limit,
-                &lease,
-                &tenant_limit,
-                &weights,
-                // Claims with spend caps are the producer's, as budgeted ones are.
-                "NULL",
-            ]));
-            sql.push(';');
-        }
-        sql.push_str(" COMMIT");
-        let pad = unnamed_positions(&sql);
-        (Arc::from(sql), pad)
-    });
+    let sql = built
+        .entry((form, claims, own_transaction))
+        .or_insert_with(|| {
+            let begin = if own_transaction {
+                "BEGIN IMMEDIATE;"
+            } else {
+                ""
+            };
+            // A connection's temporary tables are its own, and last as long as it.
+            let mut sql = format!(
+                "CREATE TEMP TABLE IF NOT EXISTS claim_picked (id INTEGER PRIMARY KEY);
+             {begin} {WRITTEN_SQL}; {};",
+                finish_update(form)
+            );
+            for k in 0..claims {
+                let p = |i: usize| format!("?{}", 4 + 6 * k + i);
+                let (provider, max, limit, lease) = (p(0), p(1), p(2), p(3));
+                let (tenant_limit, weights) = (p(4), p(5));
+                sql.push_str(&claim_json_sql([
+                    "?2",
+                    "?3",
+                    &provider,
+                    &max,
+                    &limit,
+                    &lease,
+                    &tenant_limit,
+                    &weights,
+                    // Claims with spend caps are the producer's; budgeted ones follow these
+                    // (see `SqliteQueue::claim_within`).
+                    "NULL",
+                ]));
+                sql.push(';');
+            }
+            if own_transaction {
+                sql.push_str(" COMMIT");
+            }
+            let pad = unnamed_positions(&sql);
+            (Arc::from(sql), pad)
+        });
     sql.clone()
 }
 
@@ -703,6 +794,95 @@ pub struct SqliteQueue {
 }
 
 impl SqliteQueue {
+    /// A claim with a budget or spend caps, in `tx` (which holds the write lock): what the
+    /// window and the day have used, the room it leaves for the next pending rows (by
+    /// their estimates), the claim, and the reservations. A producer's budgeted claim runs
+    /// it in a transaction of its own; a batch write's ([`Queue::finish_and_claim`]) in
+    /// the write's.
+    async fn claim_within(
+        &self,
+        tx: &mut sqlx::SqliteConnection,
+        provider: &str,
+        claim: &Claim<'_>,
+        now: i64,
+    ) -> Result<Vec<Execution>, StoreError> {
+        let mut used = (0, 0);
+        if claim.budget.is_some() {
+            sqlx::query("DELETE FROM budget_ledger WHERE provider = ?1 AND at <= ?2")
+                .bind(provider)
+                .bind(now - BUDGET_WINDOW_MS)
+                .execute(&mut *tx)
+                .await
+                .op(CLAIM_WITHIN_OP)?;
+            used = sqlx::query_as(
+                "SELECT COUNT(*), COALESCE(SUM(tokens), 0) FROM budget_ledger WHERE provider = ?1",
+            )
+            .bind(provider)
+            .fetch_one(&mut *tx)
+            .await
+            .op(CLAIM_WITHIN_OP)?;
+        }
+        let mut excluded = None;
+        let mut provider_total = 0.0;
+        if let Some(spend) = claim.spend {
+            let rows = self.spend_totals(tx, provider, spend).await?;
+            let read = spend.read(&rows);
+            if read.full {
+                return Ok(Vec::new());
+            }
+            (provider_total, excluded) = (read.provider_total, read.excluded);
+        }
+        let mut room = claim.max;
+        if claim.budget.is_some() || claim.spend.is_some_and(|s| s.provider_usd.is_some()) {
+            // The rows this claim would take, in its order (a dry run, undone), by whose
+            // estimates the room is measured: the claim then takes the first of them.
+            sqlx::query("SAVEPOINT candidates")
+                .execute(&mut *tx)
+                .await
+                .op(CLAIM_WITHIN_OP)?;
+            let rows = claim_rows(
+                &mut *tx,
+                provider,
+                claim,
+                claim.max,
+                now,
+                excluded.as_deref(),
+            )
+            .await?;
+            sqlx::query("ROLLBACK TO candidates; RELEASE candidates")
+                .execute(&mut *tx)
+                .await
+                .op(CLAIM_WITHIN_OP)?;
+            let inputs = rows.iter().map(|row| row.try_get::<&str, _>("input").ok());
+            room = super::spend::room(claim, used, provider_total, inputs);
+        }
+        if room == 0 {
+            return Ok(Vec::new());
+        }
+        let rows = claim_rows(&mut *tx, provider, claim, room, now, excluded.as_deref()).await?;
+        let (claimed, unreadable) = claimed(&rows)?;
+        fail_unreadable(&mut *tx, claim.owner, &unreadable).await?;
+        if claim.budget.is_some() {
+            let reservations =
+                json_rows(claimed.iter().map(|e| (e.id, estimate_tokens(&e.input))))?;
+            sqlx::query(
+                "INSERT INTO budget_ledger (execution_id, provider, at, tokens)
+                 SELECT json_extract(value, '$[0]'), ?2, ?3, json_extract(value, '$[1]')
+                   FROM json_each(?1)",
+            )
+            .bind(reservations)
+            .bind(provider)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .op(CLAIM_WITHIN_OP)?;
+        }
+        if let Some(spend) = claim.spend {
+            reserve_spend(tx, spend, provider, &claimed).await?;
+        }
+        Ok(claimed)
+    }
+
     /// The day's `(scope, name, spent + reserved)` rows of `provider` and the tenants
     /// `spend` caps, read in `tx` (which holds the write lock).
     async fn spend_totals(
@@ -1234,89 +1414,15 @@ impl Queue for SqliteQueue {
             fail_unreadable(&self.writer, claim.owner, &unreadable).await?;
             return Ok(claimed);
         }
-        // A claim with a budget or spend caps: what the window and the day have used, the
-        // room it leaves for the next pending rows (by their estimates), the claim, and the
-        // reservations, in one transaction that holds SQLite's write lock from its first
-        // statement.
-        const OP: &str = "claiming executions within the budget and spend caps";
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await.op(OP)?;
-        let mut used = (0, 0);
-        if claim.budget.is_some() {
-            sqlx::query("DELETE FROM budget_ledger WHERE provider = ?1 AND at <= ?2")
-                .bind(provider)
-                .bind(now - BUDGET_WINDOW_MS)
-                .execute(&mut *tx)
-                .await
-                .op(OP)?;
-            used = sqlx::query_as(
-                "SELECT COUNT(*), COALESCE(SUM(tokens), 0) FROM budget_ledger WHERE provider = ?1",
-            )
-            .bind(provider)
-            .fetch_one(&mut *tx)
+        // A claim with a budget or spend caps, in one transaction that holds SQLite's write
+        // lock from its first statement.
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
             .await
-            .op(OP)?;
-        }
-        let mut excluded = None;
-        let mut provider_total = 0.0;
-        if let Some(spend) = claim.spend {
-            let rows = self.spend_totals(&mut tx, provider, spend).await?;
-            let read = spend.read(&rows);
-            if read.full {
-                tx.commit().await.op(OP)?;
-                return Ok(Vec::new());
-            }
-            (provider_total, excluded) = (read.provider_total, read.excluded);
-        }
-        let mut room = claim.max;
-        if claim.budget.is_some() || claim.spend.is_some_and(|s| s.provider_usd.is_some()) {
-            // The rows this claim would take, in its order (a dry run, undone), by whose
-            // estimates the room is measured: the claim then takes the first of them.
-            sqlx::query("SAVEPOINT candidates")
-                .execute(&mut *tx)
-                .await
-                .op(OP)?;
-            let rows = claim_rows(
-                &mut *tx,
-                provider,
-                &claim,
-                claim.max,
-                now,
-                excluded.as_deref(),
-            )
-            .await?;
-            sqlx::query("ROLLBACK TO candidates; RELEASE candidates")
-                .execute(&mut *tx)
-                .await
-                .op(OP)?;
-            let inputs = rows.iter().map(|row| row.try_get::<&str, _>("input").ok());
-            room = super::spend::room(&claim, used, provider_total, inputs);
-        }
-        if room == 0 {
-            tx.commit().await.op(OP)?;
-            return Ok(Vec::new());
-        }
-        let rows = claim_rows(&mut *tx, provider, &claim, room, now, excluded.as_deref()).await?;
-        let (claimed, unreadable) = claimed(&rows)?;
-        fail_unreadable(&mut *tx, claim.owner, &unreadable).await?;
-        if claim.budget.is_some() {
-            let reservations =
-                json_rows(claimed.iter().map(|e| (e.id, estimate_tokens(&e.input))))?;
-            sqlx::query(
-                "INSERT INTO budget_ledger (execution_id, provider, at, tokens)
-                 SELECT json_extract(value, '$[0]'), ?2, ?3, json_extract(value, '$[1]')
-                   FROM json_each(?1)",
-            )
-            .bind(reservations)
-            .bind(provider)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .op(OP)?;
-        }
-        if let Some(spend) = claim.spend {
-            reserve_spend(&mut tx, spend, provider, &claimed).await?;
-        }
-        tx.commit().await.op(OP)?;
+            .op(CLAIM_WITHIN_OP)?;
+        let claimed = self.claim_within(&mut tx, provider, &claim, now).await?;
+        tx.commit().await.op(CLAIM_WITHIN_OP)?;
         Ok(claimed)
     }
 
@@ -1369,77 +1475,70 @@ impl Queue for SqliteQueue {
         batch: &[(ExecutionId, &Finish)],
         claims: &[(&str, Claim<'_>)],
     ) -> Result<(Vec<bool>, Vec<Option<Vec<Execution>>>), StoreError> {
-        const OP: &str = "recording attempts' ends and claiming for the slots they free";
         if claims.is_empty() {
             return Ok((self.finish_many(owner, batch).await?, Vec::new()));
         }
         super::claims_for_a_write(claims)?;
-        // The write and every claim in one string: one trip to the connection's thread and
-        // one transaction, where a write and then a claim were two of each.
-        let form = Form::of(batch);
-        let (sql, pad) = finish_and_claim_sql(form, claims.len());
-        let mut query = sqlx::query(&sql)
-            .bind(finish_rows(batch, form)?)
-            .bind(owner)
-            .bind(now_ms());
-        for (provider, claim) in claims {
-            query = query
-                .bind(*provider)
-                .bind(i64::from(claim.max))
-                .bind(i64::from(claim.limit))
-                .bind(claim.lease_ms)
-                .bind(claim.tenants.limit.map(i64::from))
-                .bind(claim.tenants.weights.as_deref());
-        }
-        for _ in 0..pad {
-            query = query.bind(None::<i64>);
-        }
-        let mut conn = self.writer.acquire().await.op(OP)?;
-        let rows = match query.fetch_all(&mut *conn).await {
-            Ok(rows) => rows,
-            Err(e) => {
-                // A statement after `BEGIN` failed: the transaction is still open on this
-                // connection, and must not be left for the next user of it. A rollback that
-                // fails (there was none to undo, or it could not) costs the connection.
-                if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
-                    conn.close_on_drop();
-                }
-                return Err(e).op(OP);
-            }
-        };
-        // The ids written, then each claim's rows, each a JSON array.
-        let arrays: Vec<&str> = rows
+        let now = now_ms();
+        let (plain, budgeted): (Vec<_>, Vec<_>) = claims
             .iter()
-            .map(|row| row.try_get::<&str, _>(0))
-            .collect::<Result<_, _>>()
-            .op(OP)?;
-        let Some((written, claims_rows)) = arrays.split_first() else {
-            return Err(StoreError::Other(format!(
-                "{OP}: the write returned no rows"
-            )));
-        };
-        if claims_rows.len() != claims.len() {
-            return Err(StoreError::Other(format!(
-                "{OP}: {} claims returned {} results",
-                claims.len(),
-                claims_rows.len()
-            )));
+            .enumerate()
+            .partition(|(_, (_, c))| c.budget.is_none());
+        let plain: Vec<(&str, Claim<'_>)> = plain.into_iter().map(|(_, c)| *c).collect();
+        if budgeted.is_empty() {
+            // The write and every claim in one string: one trip to the connection's thread
+            // and one transaction, where a write and then a claim were two of each.
+            let mut conn = self.writer.acquire().await.op(FINISH_AND_CLAIM_OP)?;
+            let (sql, pad) = finish_and_claim_sql(Form::of(batch), claims.len(), true);
+            let rows = match write_and_claim(&mut conn, &sql, pad, owner, now, batch, &plain).await
+            {
+                Ok(rows) => rows,
+                Err(e) => {
+                    // A statement after `BEGIN` failed: the transaction is still open on
+                    // this connection, and must not be left for the next user of it. A
+                    // rollback that fails (there was none to undo, or it could not) costs
+                    // the connection.
+                    if sqlx::query("ROLLBACK").execute(&mut *conn).await.is_err() {
+                        conn.close_on_drop();
+                    }
+                    return Err(e);
+                }
+            };
+            let (written, claimed, unreadable) = read_write_and_claim(&rows, batch, claims.len())?;
+            // After the commit: the batch's results and claims stand whatever this does. A
+            // row it could not fail stays `running` until recovery.
+            if let Err(e) = fail_unreadable(&mut *conn, owner, &unreadable).await {
+                tracing::error!("{e}");
+            }
+            return Ok((written, claimed.into_iter().map(Some).collect()));
         }
-        let ids: std::collections::HashSet<i64> = from_json(written)?;
-        let mut claimed = Vec::with_capacity(claims.len());
-        let mut unreadable = Vec::new();
-        for array in claims_rows {
-            let raw: Vec<ExecutionRow> = from_json(array)?;
-            let (rows, bad) = readable_claims(raw.into_iter().map(execution_from_raw))?;
-            claimed.push(Some(rows));
-            unreadable.extend(bad);
+        // Budgeted claims measure their room by the pending rows' estimates, read here: the
+        // write and the plain claims in one string, then each budgeted claim as a producer
+        // makes it, in one transaction (one commit, and the slots are refilled in it).
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .op(FINISH_AND_CLAIM_OP)?;
+        let (sql, pad) = finish_and_claim_sql(Form::of(batch), plain.len(), false);
+        let rows = write_and_claim(&mut tx, &sql, pad, owner, now, batch, &plain).await?;
+        let (written, plain_claimed, unreadable) = read_write_and_claim(&rows, batch, plain.len())?;
+        fail_unreadable(&mut *tx, owner, &unreadable).await?;
+        let mut within = Vec::with_capacity(budgeted.len());
+        for (k, (provider, claim)) in &budgeted {
+            within.push((*k, self.claim_within(&mut tx, provider, claim, now).await?));
         }
-        // After the commit: the batch's results and claims stand whatever this does. A row
-        // it could not fail stays `running` until recovery.
-        if let Err(e) = fail_unreadable(&mut *conn, owner, &unreadable).await {
-            tracing::error!("{e}");
-        }
-        Ok((written_flags(batch, &ids), claimed))
+        tx.commit().await.op(FINISH_AND_CLAIM_OP)?;
+        // Back in the claims' order.
+        let mut plain_claimed = plain_claimed.into_iter();
+        let mut within = within.into_iter().peekable();
+        let claimed = (0..claims.len())
+            .map(|k| match within.next_if(|(at, _)| *at == k) {
+                Some((_, rows)) => Some(rows),
+                None => plain_claimed.next(),
+            })
+            .collect();
+        Ok((written, claimed))
     }
 
     async fn recover_interrupted(&self) -> Result<Recovered, StoreError> {
