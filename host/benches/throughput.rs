@@ -82,6 +82,13 @@
 //!     lane without a cap, alternated, best of 3 each: capped ÷ uncapped (no target: what
 //!     a cap costs).
 //!
+//! 21. Budgets (issue 40, `budget`): no-op throughput under an `rpm` and `tpm` never spent,
+//!     each claim then reserving, beside the same lane without a budget, alternated, best
+//!     of 3 each (no target: what a budget costs); then the latency-bound lanes of 3, each
+//!     with such a budget, on SQLite and on PostgreSQL: a budgeted lane's slots are
+//!     refilled in the batch write too, so its gap from a result to the next start is an
+//!     unbudgeted lane's (target p99 ≤ 2 ms, as issue 40's on PostgreSQL).
+//!
 //! `cargo bench -- --quick` runs a smaller version (CI uses it to prove the benchmark runs).
 
 use std::collections::{BTreeMap, VecDeque};
@@ -308,18 +315,32 @@ async fn bare_sqlite_cycle(n: usize) -> f64 {
 }
 
 async fn latency_bound(scale: usize) {
-    latency_bound_on(scale, false).await;
+    latency_bound_on(scale, false, false).await;
+}
+
+/// A budget that never runs out: a lane that claims and reserves within it.
+fn unspent_budget(provider: ProviderConfig) -> ProviderConfig {
+    ProviderConfig {
+        rpm: Some(u32::MAX),
+        tpm: Some(u64::MAX / 2),
+        ..provider
+    }
 }
 
 /// [`latency_bound`] on SQLite, or on PostgreSQL (`pg`: in a schema of its own, with one
-/// worker), where a slot's refill is a claim of its own after the batch write.
-async fn latency_bound_on(scale: usize, pg: bool) {
+/// worker), where a slot's refill is a claim of its own after the batch write; with
+/// `budgeted`, each lane has a budget it never spends (`rpm`, `tpm`), so that each claim
+/// reserves.
+async fn latency_bound_on(scale: usize, pg: bool, budgeted: bool) {
     let lanes = [("ollama", 2u32), ("claude", 3), ("openai", 3)];
     let latency_ms = 20u32;
     let dir = tempfile::tempdir().unwrap();
     let providers: Vec<(&str, ProviderConfig)> = lanes
         .iter()
-        .map(|(n, l)| (*n, stub(*l, latency_ms)))
+        .map(|(n, l)| {
+            let lane = stub(*l, latency_ms);
+            (*n, if budgeted { unspent_budget(lane) } else { lane })
+        })
         .collect();
     let mut config = config(&dir, &providers);
     let mut pg_schema = None;
@@ -334,8 +355,11 @@ async fn latency_bound_on(scale: usize, pg: bool) {
         .await
         .expect("queue");
     let daemon = Daemon::start(config, queue.clone()).await.expect("daemon");
-    if pg {
-        println!("latency-bound on PostgreSQL, 1 worker:");
+    match (pg, budgeted) {
+        (true, false) => println!("latency-bound on PostgreSQL, 1 worker:"),
+        (true, true) => println!("latency-bound on PostgreSQL, 1 worker, budgeted lanes:"),
+        (false, true) => println!("latency-bound, budgeted lanes:"),
+        (false, false) => {}
     }
     // The gap from a slot's result (written, slot freed) to the lane's next start, as a
     // subscriber receives the events: a gap shorter than the subscriber's own wake-up shows
@@ -549,6 +573,25 @@ async fn spend_caps(n: usize, rounds: usize) {
          {rounds} alternated): ratio {:.3} (no target)",
         with / without
     );
+}
+
+/// Budgeted lanes (issue 40): a no-op lane under a budget it never spends, beside the same
+/// lane without one (best of `rounds` alternated), on SQLite; then the latency-bound lanes
+/// with budgets, on SQLite and on PostgreSQL, for the gap from a result to the next start
+/// (a budgeted lane's slots are refilled in the batch write, as an unbudgeted lane's).
+async fn budgets(scale: usize, n: usize, rounds: usize) {
+    let (mut with, mut without) = (0.0_f64, 0.0_f64);
+    for _ in 0..rounds {
+        with = with.max(noop_throughput_with(n, unspent_budget(stub(256, 0)), |_| {}).await);
+        without = without.max(noop_throughput_with(n, stub(256, 0), |_| {}).await);
+    }
+    println!(
+        "budgets: no-op under an unspent rpm and tpm {with:.0}/s, without {without:.0}/s \
+         (best of {rounds} alternated): ratio {:.3} (no target)",
+        with / without
+    );
+    latency_bound_on(scale, false, true).await;
+    latency_bound_on(scale, true, true).await;
 }
 
 /// A keep-alive HTTP client for JSON, for the scenarios that go through the API.
@@ -1543,6 +1586,14 @@ fn main() {
             )
             .await;
         }
+        if run("budget") {
+            budgets(
+                scale,
+                if quick { 5_000 } else { 50_000 },
+                if quick { 1 } else { 3 },
+            )
+            .await;
+        }
         if run("spend") {
             spend_caps(
                 if quick { 5_000 } else { 100_000 },
@@ -1610,7 +1661,7 @@ fn main() {
             }
         }
         if run("pg") {
-            latency_bound_on(scale, true).await;
+            latency_bound_on(scale, true, false).await;
             let pg_n = if quick { 1_000 } else { 20_000 };
             let one = pg_noop(pg_n, 1, 0).await;
             let ended = if quick { 10_000 } else { 100_000 };

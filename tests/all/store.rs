@@ -931,6 +931,8 @@ async fn postgres_budget_estimates_match_their_rust_twin() {
         r#"{"max_tokens":4294967295}"#,
         r#"{"system":5,"prompt":null,"messages":"not a list"}"#,
         r#"{"messages":[{"content":[{"text":5,"arguments":["x"],"content":[[{"text":"deep"}]]}]}]}"#,
+        r#"{"prompt":"a\u0000bcdefg"}"#,
+        r#"{"prompt":"\\u0000 and \u0000 abcd"}"#,
         r#"[1,2]"#,
         r#""a string""#,
         "not json",
@@ -948,7 +950,7 @@ async fn postgres_budget_estimates_match_their_rust_twin() {
             .unwrap();
         assert_eq!(sql, rust, "{input}");
     }
-    assert_eq!(counted, 7, "the inputs that count tokens");
+    assert_eq!(counted, 9, "the inputs that count tokens");
 }
 
 /// PostgreSQL: a batch write never waits for the budget lock of a budgeted lane that another

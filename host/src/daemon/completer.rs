@@ -570,6 +570,7 @@ impl Worker {
                     offered: offer.slots,
                     claimed,
                     placed: Vec::new(),
+                    budgeted: offer.budget.is_some(),
                 };
                 (offer.provider, refill)
             })
@@ -634,13 +635,15 @@ impl Worker {
                 lane.note_retry_quietly();
             }
             // A refill that found fewer rows than slots found nothing more due: the producer
-            // need not claim, unless a retry may come due (it then sets its timer). Rows
-            // handed over wake it anyway, to start them.
+            // need not claim, unless a retry may come due (it then sets its timer), or the
+            // lane's budget may have held the refill back (the producer's claim then notes
+            // it, and sets its timer for when the budget frees). Rows handed over wake it
+            // anyway, to start them.
             let mut wake = true;
             // Slots the write refilled: this worker refilled them itself, whatever is free.
             let mut refilled = false;
             if let Some(refill) = refills.remove(&name) {
-                wake = refill.filled() || lane.retry_noted();
+                wake = refill.filled() || refill.budgeted || lane.retry_noted();
                 refilled = !refill.placed.is_empty();
                 back.extend(refill.hand_over(&lane));
             }
@@ -844,6 +847,8 @@ struct Refill {
     /// Claimed rows still without a slot, the first last.
     claimed: Vec<Execution>,
     placed: Vec<(Execution, Slot)>,
+    /// The lane has a budget, which may be what held the claim to fewer rows than slots.
+    budgeted: bool,
 }
 
 impl Refill {
@@ -1177,6 +1182,7 @@ mod tests {
             offered,
             claimed: vec![claimed_row(2), claimed_row(1)],
             placed: Vec::new(),
+            budgeted: false,
         }
     }
 

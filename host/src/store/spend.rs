@@ -420,6 +420,14 @@ impl Spend {
     }
 }
 
+/// Whether [`room`] weighs the estimates of the rows a claim would take (found by a dry
+/// run of the claim): under a token budget or a provider's spend cap. Otherwise it counts
+/// requests only, and rows of no estimate stand in for them.
+pub(crate) fn weighs_estimates(claim: &super::Claim<'_>) -> bool {
+    claim.budget.is_some_and(|b| b.tpm.is_some())
+        || claim.spend.is_some_and(|s| s.provider_usd.is_some())
+}
+
 /// How many rows a claim with a budget or a provider's cap may take, given `inputs`, the
 /// inputs of the rows the claim would take (a dry run of it): what the budget's window
 /// (`used` requests and tokens) and the day's cap (`provider_total` spent and reserved)

@@ -833,7 +833,12 @@ impl SqliteQueue {
             (provider_total, excluded) = (read.provider_total, read.excluded);
         }
         let mut room = claim.max;
-        if claim.budget.is_some() || claim.spend.is_some_and(|s| s.provider_usd.is_some()) {
+        if claim.budget.is_some() && !super::spend::weighs_estimates(claim) {
+            // Only the requests count: the room is what `rpm` leaves, however many rows.
+            let rows = usize::try_from(claim.max).unwrap_or(usize::MAX);
+            let none = std::iter::repeat_n(None, rows);
+            room = super::spend::room(claim, used, provider_total, none);
+        } else if super::spend::weighs_estimates(claim) {
             // The rows this claim would take, in its order (a dry run, undone), by whose
             // estimates the room is measured: the claim then takes the first of them.
             sqlx::query("SAVEPOINT candidates")
