@@ -70,6 +70,12 @@ pub trait ResultSink: Send + Sync + 'static {
         Ok(crate::store::CacheSettled::default())
     }
 
+    /// Settles budget reservations; see [`Queue::settle_budgets`].
+    async fn settle_budgets(&self, ends: &[(ExecutionId, i64)]) -> Result<(), StoreError> {
+        let _ = ends;
+        Ok(())
+    }
+
     /// The largest lane limit whose slots [`ResultSink::write_and_claim`] refills; see
     /// [`Queue::refills_with_finish`].
     fn refills_with_write(&self) -> u32 {
@@ -139,6 +145,10 @@ impl ResultSink for QueueSink {
         ends: &[crate::store::SpendEnd<'_>],
     ) -> Result<Vec<crate::store::SpendNotice>, StoreError> {
         self.queue.settle_spend(ends).await
+    }
+
+    async fn settle_budgets(&self, ends: &[(ExecutionId, i64)]) -> Result<(), StoreError> {
+        self.queue.settle_budgets(ends).await
     }
 
     async fn slot_freed(&self, provider: &str) -> Result<(), StoreError> {
@@ -526,6 +536,7 @@ impl Worker {
         // Before the write: until it, the rows are still this worker's and running, so no
         // claim can take one again and reserve anew before its reservation is settled.
         self.settle_spend(batch).await;
+        self.settle_budgets(batch).await;
         let offers = self.offers(batch);
         let (written, claimed) = self.write(batch, &offers).await;
         self.settle_cache(batch, &written).await;
@@ -691,6 +702,38 @@ impl Worker {
                 budget: lane.provider().and_then(|p| p.policy.budget),
             })
             .collect()
+    }
+
+    /// Settles the budget reservations of the batch's attempts of budgeted providers with
+    /// the tokens they used (input and output of a completed one; none for another end),
+    /// in one statement, before the write: until it, the rows are this worker's, so no
+    /// claim can take one again and reserve anew before its reservation is settled. Tried a
+    /// few times: a reservation never settled keeps its estimate until the window passes
+    /// it, on the safe side.
+    async fn settle_budgets(&self, batch: &[Completion]) {
+        let ends: Vec<(ExecutionId, i64)> = batch
+            .iter()
+            .filter(|c| c.lane.provider().is_some_and(|p| p.policy.budget.is_some()))
+            .map(|c| {
+                let used = c.spent.as_ref().map_or(0, |s| {
+                    i64::from(s.usage.input_tokens) + i64::from(s.usage.output_tokens)
+                });
+                (c.id, used)
+            })
+            .collect();
+        if ends.is_empty() {
+            return;
+        }
+        retried(
+            || self.sink.settle_budgets(&ends),
+            |attempt, e| {
+                warn!(
+                    "budgets: settling {} attempt(s) failed (try {attempt} of {TRIES}): {e}",
+                    ends.len()
+                )
+            },
+        )
+        .await;
     }
 
     /// Settles the spend reservations of the batch's attempts of capped providers and

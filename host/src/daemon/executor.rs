@@ -103,9 +103,6 @@ impl Executor {
         {
             self.streams.end(&live, STREAM_END_WAIT).await;
         }
-        if provider.policy.budget.is_some() {
-            self.settle(execution.id, spent.as_deref()).await;
-        }
         let moved_to = match (&mut finish, &execution.route) {
             (Finish::Retry { to, .. }, Some(route)) => {
                 let target = self
@@ -139,23 +136,6 @@ impl Executor {
                 moved_to,
             })
             .await;
-    }
-
-    /// Settles the attempt's budget reservation with the tokens it used (none unless it
-    /// completed), before its end is handed over: the next attempt's reservation must not
-    /// be the one settled.
-    async fn settle(&self, id: ExecutionId, spent: Option<&Spent>) {
-        let Some(shared) = self.shared.upgrade() else {
-            return;
-        };
-        let used = spent.map_or(0, |s| {
-            i64::from(s.usage.input_tokens) + i64::from(s.usage.output_tokens)
-        });
-        if let Err(e) = shared.queue.settle_budget(id, used).await {
-            // The estimate stays reserved until the window passes it: the budget errs on
-            // the safe side.
-            tracing::warn!("execution {id}: settling its budget reservation: {e}");
-        }
     }
 
     /// Where the retry of an execution of `route` that failed on `failed` runs: another

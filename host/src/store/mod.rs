@@ -380,7 +380,13 @@ pub trait Queue: batches::BatchStore + Send + Sync + 'static {
     async fn provider_states(&self) -> Result<(i64, BTreeMap<String, ProviderState>), StoreError>;
 
     /// Settles the open budget reservation of `id` with the tokens its attempt used.
-    async fn settle_budget(&self, id: ExecutionId, tokens: i64) -> Result<(), StoreError>;
+    async fn settle_budget(&self, id: ExecutionId, tokens: i64) -> Result<(), StoreError> {
+        self.settle_budgets(&[(id, tokens)]).await
+    }
+
+    /// Settles the open budget reservations of many attempts, each `(id, tokens used)`, in
+    /// one statement: the completer's, for a batch of ends.
+    async fn settle_budgets(&self, ends: &[(ExecutionId, i64)]) -> Result<(), StoreError>;
 
     /// Requests and tokens of each budgeted provider in the last minute.
     async fn budget_usage(&self) -> Result<BTreeMap<String, (i64, i64)>, StoreError>;

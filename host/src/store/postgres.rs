@@ -858,7 +858,13 @@ impl Queue for PgQueue {
             (provider_total, excluded) = (read.provider_total, read.excluded);
         }
         let mut room = claim.max;
-        if claim.budget.is_some() && !super::spend::weighs_estimates(&claim) {
+        let requests_spent = claim
+            .budget
+            .and_then(|b| b.rpm)
+            .is_some_and(|rpm| used.0 >= i64::from(rpm));
+        if requests_spent {
+            room = 0;
+        } else if claim.budget.is_some() && !super::spend::weighs_estimates(&claim) {
             // Only the requests count: the room is what `rpm` leaves, however many rows.
             let rows = usize::try_from(claim.max).unwrap_or(usize::MAX);
             let none = std::iter::repeat_n(None, rows);
@@ -1799,16 +1805,20 @@ impl Queue for PgQueue {
         Ok(done.rows_affected())
     }
 
-    async fn settle_budget(&self, id: ExecutionId, tokens: i64) -> Result<(), StoreError> {
+    async fn settle_budgets(&self, ends: &[(ExecutionId, i64)]) -> Result<(), StoreError> {
+        if ends.is_empty() {
+            return Ok(());
+        }
         sqlx::query(
-            "UPDATE budget_ledger SET tokens = $2, settled = true
-              WHERE execution_id = $1 AND NOT settled",
+            "UPDATE budget_ledger l SET tokens = b.tokens, settled = true
+               FROM unnest($1::bigint[], $2::bigint[]) AS b(id, tokens)
+              WHERE l.execution_id = b.id AND NOT l.settled",
         )
-        .bind(id)
-        .bind(tokens)
+        .bind(ends.iter().map(|(id, _)| *id).collect::<Vec<i64>>())
+        .bind(ends.iter().map(|(_, t)| *t).collect::<Vec<i64>>())
         .execute(&self.pool)
         .await
-        .op("settling a budget reservation")?;
+        .op("settling budget reservations")?;
         Ok(())
     }
 

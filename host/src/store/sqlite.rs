@@ -833,7 +833,13 @@ impl SqliteQueue {
             (provider_total, excluded) = (read.provider_total, read.excluded);
         }
         let mut room = claim.max;
-        if claim.budget.is_some() && !super::spend::weighs_estimates(claim) {
+        let requests_spent = claim
+            .budget
+            .and_then(|b| b.rpm)
+            .is_some_and(|rpm| used.0 >= i64::from(rpm));
+        if requests_spent {
+            room = 0;
+        } else if claim.budget.is_some() && !super::spend::weighs_estimates(claim) {
             // Only the requests count: the room is what `rpm` leaves, however many rows.
             let rows = usize::try_from(claim.max).unwrap_or(usize::MAX);
             let none = std::iter::repeat_n(None, rows);
@@ -2083,16 +2089,21 @@ impl Queue for SqliteQueue {
         Ok(done.rows_affected())
     }
 
-    async fn settle_budget(&self, id: ExecutionId, tokens: i64) -> Result<(), StoreError> {
+    async fn settle_budgets(&self, ends: &[(ExecutionId, i64)]) -> Result<(), StoreError> {
+        if ends.is_empty() {
+            return Ok(());
+        }
+        // On the write connection: a write on another waits for SQLite's write lock.
         sqlx::query(
-            "UPDATE budget_ledger SET tokens = ?2, settled = 1
-              WHERE execution_id = ?1 AND settled = 0",
+            "UPDATE budget_ledger SET tokens = json_extract(b.value, '$[1]'), settled = 1
+               FROM json_each(?1) AS b
+              WHERE budget_ledger.execution_id = json_extract(b.value, '$[0]')
+                AND budget_ledger.settled = 0",
         )
-        .bind(id)
-        .bind(tokens)
-        .execute(&self.pool)
+        .bind(json_rows(ends.iter().copied())?)
+        .execute(&self.writer)
         .await
-        .op("settling a budget reservation")?;
+        .op("settling budget reservations")?;
         Ok(())
     }
 
