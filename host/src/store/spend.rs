@@ -428,6 +428,31 @@ pub(crate) fn weighs_estimates(claim: &super::Claim<'_>) -> bool {
         || claim.spend.is_some_and(|s| s.provider_usd.is_some())
 }
 
+/// The room of a budgeted claim that needs no dry run: none when the minute's requests are
+/// spent, else, when it weighs no estimates (see [`weighs_estimates`]), what `rpm` leaves
+/// ([`room`] with rows of no estimate standing in). `None` otherwise: a claim without a
+/// budget, or one that weighs estimates.
+pub(crate) fn room_by_requests(
+    claim: &super::Claim<'_>,
+    used: (i64, i64),
+    provider_total: f64,
+) -> Option<u32> {
+    let budget = claim.budget?;
+    if budget.rpm.is_some_and(|rpm| used.0 >= i64::from(rpm)) {
+        return Some(0);
+    }
+    if weighs_estimates(claim) {
+        return None;
+    }
+    let rows = usize::try_from(claim.max).unwrap_or(usize::MAX);
+    Some(room(
+        claim,
+        used,
+        provider_total,
+        std::iter::repeat_n(None, rows),
+    ))
+}
+
 /// How many rows a claim with a budget or a provider's cap may take, given `inputs`, the
 /// inputs of the rows the claim would take (a dry run of it): what the budget's window
 /// (`used` requests and tokens) and the day's cap (`provider_total` spent and reserved)
@@ -515,6 +540,44 @@ mod tests {
         assert_eq!(s.room(0.0, &[0.4, 0.4, 0.4, 0.4]), 3);
         assert_eq!(s.room(1.0, &[0.1]), 0);
         assert_eq!(s.room(0.99, &[5.0, 0.1]), 1);
+    }
+
+    #[test]
+    fn a_claim_under_rpm_alone_needs_no_dry_run() {
+        use crate::store::{Budget, Claim, ROUND_ROBIN};
+        let claim = |budget, spend| Claim {
+            owner: "w",
+            max: 10,
+            limit: 10,
+            lease_ms: 1,
+            budget,
+            tenants: &ROUND_ROBIN,
+            spend,
+        };
+        let rpm = |rpm| {
+            Some(Budget {
+                rpm: Some(rpm),
+                tpm: None,
+            })
+        };
+        assert_eq!(room_by_requests(&claim(rpm(4), None), (1, 0), 0.0), Some(3));
+        assert_eq!(
+            room_by_requests(&claim(rpm(40), None), (1, 0), 0.0),
+            Some(10)
+        );
+        assert_eq!(room_by_requests(&claim(rpm(4), None), (4, 0), 0.0), Some(0));
+        let tokens = Some(Budget {
+            rpm: Some(4),
+            tpm: Some(100),
+        });
+        assert_eq!(room_by_requests(&claim(tokens, None), (1, 0), 0.0), None);
+        assert_eq!(room_by_requests(&claim(tokens, None), (4, 0), 0.0), Some(0));
+        let caps = caps();
+        assert_eq!(
+            room_by_requests(&claim(rpm(4), Some(&caps)), (1, 0), 0.0),
+            None
+        );
+        assert_eq!(room_by_requests(&claim(None, None), (0, 0), 0.0), None);
     }
 
     #[test]

@@ -833,17 +833,8 @@ impl SqliteQueue {
             (provider_total, excluded) = (read.provider_total, read.excluded);
         }
         let mut room = claim.max;
-        let requests_spent = claim
-            .budget
-            .and_then(|b| b.rpm)
-            .is_some_and(|rpm| used.0 >= i64::from(rpm));
-        if requests_spent {
-            room = 0;
-        } else if claim.budget.is_some() && !super::spend::weighs_estimates(claim) {
-            // Only the requests count: the room is what `rpm` leaves, however many rows.
-            let rows = usize::try_from(claim.max).unwrap_or(usize::MAX);
-            let none = std::iter::repeat_n(None, rows);
-            room = super::spend::room(claim, used, provider_total, none);
+        if let Some(requests) = super::spend::room_by_requests(claim, used, provider_total) {
+            room = requests;
         } else if super::spend::weighs_estimates(claim) {
             // The rows this claim would take, in its order (a dry run, undone), by whose
             // estimates the room is measured: the claim then takes the first of them.
