@@ -2,6 +2,70 @@
 -- (`finish_and_claim`), so that a budgeted lane is refilled in the write's round trip, as an
 -- unbudgeted one is (migration 0020).
 
+-- Each budgeted provider's requests and tokens in `budget_ledger`, kept by triggers, so that
+-- a budgeted claim reads one row instead of summing the ledger: every claim of a lane under
+-- a high budget summed its last minute of reservations (50,000 rows in the benchmark).
+-- Statement triggers, one change per provider and statement, in the providers' order: two
+-- settlements of several providers lock their rows in the same order.
+CREATE TABLE budget_used (
+    provider TEXT   NOT NULL PRIMARY KEY,
+    requests BIGINT NOT NULL DEFAULT 0,
+    tokens   BIGINT NOT NULL DEFAULT 0
+);
+
+INSERT INTO budget_used (provider, requests, tokens)
+    SELECT provider, COUNT(*), COALESCE(SUM(tokens), 0) FROM budget_ledger GROUP BY provider;
+
+-- Adds `p_delta`'s (provider, requests, tokens) rows to `budget_used`.
+CREATE FUNCTION lanes_budget_used_add(p_providers text[], p_requests bigint[], p_tokens bigint[])
+RETURNS void LANGUAGE sql AS $$
+    INSERT INTO budget_used (provider, requests, tokens)
+    SELECT d.provider, SUM(d.requests), SUM(d.tokens)
+      FROM unnest(p_providers, p_requests, p_tokens) AS d(provider, requests, tokens)
+     GROUP BY d.provider
+     ORDER BY d.provider
+    ON CONFLICT (provider) DO UPDATE
+       SET requests = budget_used.requests + EXCLUDED.requests,
+           tokens = budget_used.tokens + EXCLUDED.tokens
+$$;
+
+CREATE FUNCTION lanes_budget_used_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM lanes_budget_used_add(array_agg(provider), array_agg(1::bigint), array_agg(tokens))
+       FROM new_rows;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION lanes_budget_used_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM lanes_budget_used_add(array_agg(provider), array_agg(-1::bigint), array_agg(-tokens))
+       FROM old_rows;
+    RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION lanes_budget_used_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM lanes_budget_used_add(array_agg(d.provider), array_agg(d.requests),
+                                  array_agg(d.tokens))
+       FROM (SELECT provider, -1::bigint AS requests, -tokens AS tokens FROM old_rows
+             UNION ALL
+             SELECT provider, 1::bigint, tokens FROM new_rows) d;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER budget_used_insert AFTER INSERT ON budget_ledger
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION lanes_budget_used_inserted();
+CREATE TRIGGER budget_used_delete AFTER DELETE ON budget_ledger
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION lanes_budget_used_deleted();
+CREATE TRIGGER budget_used_update AFTER UPDATE ON budget_ledger
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION lanes_budget_used_updated();
+
 -- The characters of a message's content that count towards its tokens: a string, or its
 -- parts' `text` and `arguments` and, within, their own `content`. The twin of
 -- `store::add_content`; images are not counted.
@@ -102,8 +166,8 @@ BEGIN
     END IF;
     v_now := (extract(epoch from clock_timestamp()) * 1000)::bigint;
     DELETE FROM budget_ledger WHERE provider = p_provider AND at <= v_now - 60000;
-    SELECT COUNT(*), COALESCE(SUM(tokens), 0) INTO v_requests, v_tokens
-      FROM budget_ledger WHERE provider = p_provider;
+    SELECT COALESCE(MAX(requests), 0), COALESCE(MAX(tokens), 0) INTO v_requests, v_tokens
+      FROM budget_used WHERE provider = p_provider;
     IF p_rpm IS NOT NULL THEN
         v_room := LEAST(v_room, GREATEST(p_rpm - v_requests, 0));
     END IF;

@@ -1421,6 +1421,89 @@ async fn budgets_by(q: Arc<dyn Queue>, by: ClaimedBy) {
 contract!(budget_contract, budgets);
 contract!(budget_in_the_write, budgets_in_the_write);
 
+/// The requests and tokens each provider's budgeted claims read (`budget_used`, kept by the
+/// ledger's triggers) match a recount of the ledger after claims by a producer and in a
+/// write, settlements, and the deletion of reservations past the window.
+async fn budget_used_matches_a_recount(q: Arc<dyn Queue>, url: &str) {
+    use lanes::store::Budget;
+    async fn rows(url: &str, sql: &str) -> Vec<(String, i64, i64)> {
+        if url.starts_with("postgres") {
+            let db = sqlx::PgPool::connect(url).await.unwrap();
+            sqlx::query_as(sql).fetch_all(&db).await.unwrap()
+        } else {
+            let db = sqlx::SqlitePool::connect(url).await.unwrap();
+            sqlx::query_as(sql).fetch_all(&db).await.unwrap()
+        }
+    }
+    async fn check(url: &str) {
+        let kept = rows(
+            url,
+            "SELECT provider, requests, tokens FROM budget_used
+              WHERE requests <> 0 OR tokens <> 0 ORDER BY provider",
+        )
+        .await;
+        let recount = rows(
+            url,
+            "SELECT provider, COUNT(*), CAST(SUM(tokens) AS BIGINT) FROM budget_ledger
+              GROUP BY provider ORDER BY provider",
+        )
+        .await;
+        assert_eq!(kept, recount);
+    }
+    for provider in ["b", "c"] {
+        for _ in 0..6 {
+            q.submit(&new(provider, 0)).await.unwrap();
+        }
+    }
+    let budgeted = |max| Claim {
+        budget: Some(Budget {
+            rpm: Some(100),
+            tpm: Some(100_000),
+        }),
+        ..claim("w", max, 10)
+    };
+    let first = q.claim("b", budgeted(2)).await.unwrap();
+    q.claim("c", budgeted(1)).await.unwrap();
+    check(url).await;
+    let done = Finish::Completed(Output::of(&serde_json::json!({"text": "ok"})).unwrap());
+    let batch: Vec<_> = first.iter().map(|e| (e.id, &done)).collect();
+    q.finish_and_claim("w", &batch, &[("b", budgeted(3)), ("c", budgeted(2))])
+        .await
+        .unwrap();
+    check(url).await;
+    q.settle_budgets(&[(first[0].id, 7), (first[1].id, 1_000)])
+        .await
+        .unwrap();
+    check(url).await;
+    // The oldest two reservations pass out of the window: the next claim deletes them.
+    rows(
+        url,
+        "UPDATE budget_ledger SET at = at - 120000
+          WHERE execution_id IN (SELECT execution_id FROM budget_ledger
+                                  ORDER BY execution_id LIMIT 2)
+         RETURNING provider, execution_id, tokens",
+    )
+    .await;
+    q.claim("b", budgeted(1)).await.unwrap();
+    q.claim("c", budgeted(1)).await.unwrap();
+    check(url).await;
+    assert_eq!(q.budget_usage().await.unwrap()["b"].0, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_budget_used_matches_a_recount() {
+    let env = TestEnv::new();
+    budget_used_matches_a_recount(env.any_queue().await, &env.config.database_url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_budget_used_matches_a_recount() {
+    let Some((env, schema)) = TestEnv::postgres().await else {
+        return;
+    };
+    budget_used_matches_a_recount(env.any_queue().await, &schema.url).await;
+}
+
 /// A batch write that refills a budgeted lane and an unbudgeted one: both claims are made
 /// in it, each gets its own rows back in the claims' order, and only the budgeted one
 /// reserves, within its budget, counting what the producer reserved before.

@@ -837,9 +837,11 @@ impl Queue for PgQueue {
                 .execute(&mut *tx)
                 .await
                 .op(OP)?;
+            // Kept by the ledger's triggers (migration 0021): one row, not a sum of the
+            // ledger.
             used = sqlx::query_as(
-                "SELECT COUNT(*), COALESCE(SUM(tokens), 0)::bigint FROM budget_ledger
-                  WHERE provider = $1",
+                "SELECT COALESCE(MAX(requests), 0)::bigint, COALESCE(MAX(tokens), 0)::bigint
+                   FROM budget_used WHERE provider = $1",
             )
             .bind(provider)
             .fetch_one(&mut *tx)

@@ -814,8 +814,11 @@ impl SqliteQueue {
                 .execute(&mut *tx)
                 .await
                 .op(CLAIM_WITHIN_OP)?;
+            // Kept by the ledger's triggers (migration 0017): one row, not a sum of the
+            // ledger.
             used = sqlx::query_as(
-                "SELECT COUNT(*), COALESCE(SUM(tokens), 0) FROM budget_ledger WHERE provider = ?1",
+                "SELECT COALESCE(MAX(requests), 0), COALESCE(MAX(tokens), 0) FROM budget_used
+                  WHERE provider = ?1",
             )
             .bind(provider)
             .fetch_one(&mut *tx)
