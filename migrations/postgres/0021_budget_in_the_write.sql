@@ -13,6 +13,10 @@ CREATE TABLE budget_used (
     tokens   BIGINT NOT NULL DEFAULT 0
 );
 
+-- Workers of the fleet that have not migrated yet may write the ledger meanwhile: the lock,
+-- held until the migration commits, keeps their changes out of the snapshot's gap before
+-- the triggers exist.
+LOCK TABLE budget_ledger IN SHARE ROW EXCLUSIVE MODE;
 INSERT INTO budget_used (provider, requests, tokens)
     SELECT provider, COUNT(*), COALESCE(SUM(tokens), 0) FROM budget_ledger GROUP BY provider;
 
@@ -165,7 +169,12 @@ BEGIN
         RETURN;
     END IF;
     v_now := (extract(epoch from clock_timestamp()) * 1000)::bigint;
-    DELETE FROM budget_ledger WHERE provider = p_provider AND at <= v_now - 60000;
+    -- Past the window; not those a settlement holds now (it would wait for them while
+    -- holding `budget_used` rows that the settlement's trigger waits for): the next claim
+    -- deletes them, and until then they count, on the safe side.
+    DELETE FROM budget_ledger WHERE ctid = ANY (ARRAY(
+        SELECT ctid FROM budget_ledger WHERE provider = p_provider AND at <= v_now - 60000
+           FOR UPDATE SKIP LOCKED));
     SELECT COALESCE(MAX(requests), 0), COALESCE(MAX(tokens), 0) INTO v_requests, v_tokens
       FROM budget_used WHERE provider = p_provider;
     IF p_rpm IS NOT NULL THEN

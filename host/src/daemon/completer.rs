@@ -211,12 +211,18 @@ pub struct Completion {
     /// The lane of the route member a retry moved to (`Finish::Retry::to`), told of the
     /// pending retry once it is written.
     pub moved_to: Option<Arc<Lane>>,
+    /// Its provider had a budget when it was claimed, so its claim reserved: the
+    /// reservation is settled with the batch, even if a reload took the budget away since.
+    pub budgeted: bool,
 }
 
 impl Completion {
     /// A claimed row that did not start, going back to pending without counting its attempt.
     pub fn requeue(execution: &Execution, lane: Arc<Lane>, slot: Option<Slot>) -> Self {
+        // Claimed under the lane's provider as it is now.
+        let budgeted = lane.provider().is_some_and(|p| p.policy.budget.is_some());
         Completion {
+            budgeted,
             id: execution.id,
             attempt: execution.attempts,
             max_attempts: execution.max_attempts,
@@ -707,13 +713,15 @@ impl Worker {
     /// Settles the budget reservations of the batch's attempts of budgeted providers with
     /// the tokens they used (input and output of a completed one; none for another end),
     /// in one statement, before the write: until it, the rows are this worker's, so no
-    /// claim can take one again and reserve anew before its reservation is settled. Tried a
-    /// few times: a reservation never settled keeps its estimate until the window passes
-    /// it, on the safe side.
+    /// claim can take one again and reserve anew before its reservation is settled (unless
+    /// the worker's lease lapsed meanwhile: a reservation is found by its execution, so a
+    /// settlement then also settles the new claim's, as the executor's did before; noted,
+    /// as for `settle_spend`). Tried a few times: a reservation never settled keeps its
+    /// estimate until the window passes it, on the safe side.
     async fn settle_budgets(&self, batch: &[Completion]) {
         let ends: Vec<(ExecutionId, i64)> = batch
             .iter()
-            .filter(|c| c.lane.provider().is_some_and(|p| p.policy.budget.is_some()))
+            .filter(|c| c.budgeted)
             .map(|c| {
                 let used = c.spent.as_ref().map_or(0, |s| {
                     i64::from(s.usage.input_tokens) + i64::from(s.usage.output_tokens)
@@ -1039,6 +1047,7 @@ mod tests {
 
     fn done(lane: &Arc<Lane>, id: ExecutionId) -> Completion {
         Completion {
+            budgeted: false,
             moved_to: None,
             id,
             attempt: 1,

@@ -134,6 +134,7 @@ impl Executor {
                     .map(|key| (key, provider.response_cache)),
                 cancelled: cancel.is_cancelled(),
                 moved_to,
+                budgeted: provider.policy.budget.is_some(),
             })
             .await;
     }

@@ -831,12 +831,18 @@ impl Queue for PgQueue {
         let now = lock_budget(&mut tx, &self.channel, provider).await?;
         let mut used = (0, 0);
         if claim.budget.is_some() {
-            sqlx::query("DELETE FROM budget_ledger WHERE provider = $1 AND at <= $2")
-                .bind(provider)
-                .bind(now - BUDGET_WINDOW_MS)
-                .execute(&mut *tx)
-                .await
-                .op(OP)?;
+            // Not the rows a settlement holds now (see `lanes_try_claim_within`, migration
+            // 0021): the next claim deletes them.
+            sqlx::query(
+                "DELETE FROM budget_ledger WHERE ctid = ANY (ARRAY(
+                   SELECT ctid FROM budget_ledger WHERE provider = $1 AND at <= $2
+                      FOR UPDATE SKIP LOCKED))",
+            )
+            .bind(provider)
+            .bind(now - BUDGET_WINDOW_MS)
+            .execute(&mut *tx)
+            .await
+            .op(OP)?;
             // Kept by the ledger's triggers (migration 0021): one row, not a sum of the
             // ledger.
             used = sqlx::query_as(
