@@ -211,8 +211,11 @@ pub struct Completion {
     /// The lane of the route member a retry moved to (`Finish::Retry::to`), told of the
     /// pending retry once it is written.
     pub moved_to: Option<Arc<Lane>>,
-    /// Its provider had a budget when it was claimed, so its claim reserved: the
-    /// reservation is settled with the batch, even if a reload took the budget away since.
+    /// Its provider had a budget, so its claim reserved: the reservation is settled with
+    /// the batch. Taken from the provider the attempt ran under (a requeued row: the lane's
+    /// provider then), so an attempt that ran under a budget a reload has since taken away
+    /// is settled. A row that a reload's change caught between its claim and its start may
+    /// go unsettled: its estimate then stays until the window passes it, on the safe side.
     pub budgeted: bool,
 }
 
