@@ -645,7 +645,9 @@ async fn submit_batch(
         if conflicts.is_empty() {
             for s in done {
                 match s {
-                    Submitted::Created(_) | Submitted::Answered(_) => report.queued += 1,
+                    Submitted::Created(_) | Submitted::Answered(_) | Submitted::Cached(_) => {
+                        report.queued += 1
+                    }
                     Submitted::Repeated(_) => report.already_queued += 1,
                     Submitted::Conflict(_) => {}
                 }

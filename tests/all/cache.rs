@@ -204,6 +204,36 @@ async fn answers_repeat_from_the_cache_once_per_key_and_never_across_tenants() {
     let after = submit(&api, "long", flight.clone(), json!({})).await.body;
     assert_eq!(after["output"]["cached"], true, "{after}");
     assert_eq!(after["output"]["cost"]["usd"], 0.0, "{after}");
+    // Every door's hits count in the metrics: a batch's (two) and the OpenAI-compatible
+    // endpoint's (its second identical call), beside the single one above.
+    let batch = api
+        .post(
+            "/v1/executions:batch",
+            json!({"executions": [{"provider": "long", "input": flight},
+                                  {"provider": "long", "input": flight}]}),
+        )
+        .await;
+    assert_eq!(batch.status, 201, "{batch:?}");
+    for entry in batch.body["executions"].as_array().unwrap() {
+        let e = api
+            .get(&format!("/v1/executions/{}", entry["id"]))
+            .await
+            .body;
+        assert_eq!(e["output"]["cached"], true, "{e}");
+    }
+    let chat = r#"{"model": "long", "temperature": 0,
+                   "messages": [{"role": "user", "content": "q-door"}]}"#;
+    let addr = api.base.trim_start_matches("http://");
+    for _ in 0..2 {
+        let answer =
+            crate::front_door::post_plainly(addr, "/openai/v1/chat/completions", chat).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    let metrics = api.get("/metrics").await.text;
+    assert!(
+        metrics.contains(r#"lanes_cache_hits_total{provider="long"} 4"#),
+        "{metrics}"
+    );
     let cleared = api
         .send(
             hyper::Method::DELETE,

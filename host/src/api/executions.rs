@@ -148,7 +148,7 @@ pub async fn submit(
     let key = entry.1.as_ref().map(|k| k.key.clone());
     let done = state.control.submit_keyed(&[entry]).await?;
     let (id, status, answered) = match done.into_iter().next() {
-        Some(Submitted::Created(id)) => (id, StatusCode::CREATED, None),
+        Some(Submitted::Created(id) | Submitted::Cached(id)) => (id, StatusCode::CREATED, None),
         Some(Submitted::Answered(e)) => (e.id, StatusCode::CREATED, Some(*e)),
         Some(Submitted::Repeated(id)) => (id, StatusCode::OK, None),
         Some(Submitted::Conflict(id)) => {
@@ -160,14 +160,6 @@ pub async fn submit(
         Some(e) => ExecutionOut::from(e),
         None => read(&state, id).await?,
     };
-    if status == StatusCode::CREATED
-        && execution
-            .output
-            .as_ref()
-            .is_some_and(|o| o["cached"] == true)
-    {
-        state.metrics.cache_hit(&execution.provider);
-    }
     Ok((
         status,
         [(header::LOCATION, format!("/v1/executions/{id}"))],
@@ -213,10 +205,12 @@ pub async fn submit_batch(
     let mut out = Vec::with_capacity(n);
     for (i, (s, (_, key))) in done.iter().zip(&entries).enumerate() {
         match s {
-            Submitted::Created(_) | Submitted::Answered(_) => out.push(BatchEntry {
-                id: s.id(),
-                created: true,
-            }),
+            Submitted::Created(_) | Submitted::Answered(_) | Submitted::Cached(_) => {
+                out.push(BatchEntry {
+                    id: s.id(),
+                    created: true,
+                })
+            }
             Submitted::Repeated(id) => out.push(BatchEntry {
                 id: *id,
                 created: false,

@@ -344,7 +344,12 @@ pub(super) async fn submit(
         .await
         .map_err(|e| Refused::Unavailable(format!("queueing the call: {e}")))?;
     match done.first() {
-        Some(s @ (Submitted::Created(_) | Submitted::Answered(_) | Submitted::Repeated(_))) => {
+        Some(
+            s @ (Submitted::Created(_)
+            | Submitted::Answered(_)
+            | Submitted::Cached(_)
+            | Submitted::Repeated(_)),
+        ) => {
             let id = s.id();
             state.retries.hold_new(print, id);
             Ok(held(id))

@@ -470,6 +470,9 @@ impl Metrics {
                     })
                     .inc();
             }
+            Event::Cached { provider: p, .. } => {
+                self.cache_hits.get_or_create(&provider(p)).inc();
+            }
             Event::Claimed { .. }
             | Event::LimitChanged { .. }
             | Event::LanePaused { .. }
@@ -516,11 +519,6 @@ impl Metrics {
                 self.unpriced.get_or_create(&labels).inc();
             }
         }
-    }
-
-    /// Counts a submission answered from the response cache.
-    pub fn cache_hit(&self, name: &str) {
-        self.cache_hits.get_or_create(&provider(name)).inc();
     }
 
     /// Sets the response cache's sizes.

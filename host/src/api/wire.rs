@@ -637,10 +637,11 @@ impl EventOut {
         }
     }
 
-    /// The wire form of an event; `None` for those the stream does not carry (claims).
+    /// The wire form of an event; `None` for those the stream does not carry (claims, and
+    /// cache hits, which the metrics count and the execution's history shows).
     pub fn from_event(event: &Event) -> Option<EventOut> {
         Some(match event {
-            Event::Claimed { .. } => return None,
+            Event::Claimed { .. } | Event::Cached { .. } => return None,
             Event::Started {
                 id,
                 provider,

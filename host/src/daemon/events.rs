@@ -134,6 +134,9 @@ pub enum Event {
     },
     /// 80% of a daily spend cap is spent, or all of it: told once across the fleet.
     SpendCap(crate::store::SpendNotice),
+    /// A submission to this worker was answered from the response cache as it was
+    /// inserted, whatever door it came through: completed, with no attempt.
+    Cached { id: ExecutionId, provider: Arc<str> },
 }
 
 impl Event {
@@ -146,7 +149,8 @@ impl Event {
             | Event::LimitChanged { provider, .. }
             | Event::ComponentLoaded { provider, .. }
             | Event::LanePaused { provider, .. }
-            | Event::CircuitChanged { provider, .. } => Some(provider),
+            | Event::CircuitChanged { provider, .. }
+            | Event::Cached { provider, .. } => Some(provider),
             Event::SpendCap(notice) if notice.scope == crate::store::SpendScope::Provider => {
                 Some(&notice.name)
             }

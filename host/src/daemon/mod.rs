@@ -355,6 +355,16 @@ impl Control {
         for provider in created {
             self.shared.registry.wake(provider);
         }
+        // Hits never reach a lane: the metrics learn of them here, whatever door they came
+        // through.
+        let mut events = self.shared.events.batch();
+        for ((n, _), s) in batch.iter().zip(&done).filter(|(_, s)| s.cached()) {
+            events.push_with(|| events::Event::Cached {
+                id: s.id(),
+                provider: n.provider.as_str().into(),
+            });
+        }
+        drop(events);
         Ok(done)
     }
 

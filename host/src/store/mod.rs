@@ -560,8 +560,11 @@ pub enum Submitted {
     Created(ExecutionId),
     /// A new execution answered from the response cache as it was inserted: completed,
     /// and its row as inserted, so that the caller needs no read to show it and no lane
-    /// is woken for it. (A hit inside a larger batch may come back as `Created`.)
+    /// is woken for it.
     Answered(Box<Execution>),
+    /// A new execution answered from the response cache as it was inserted, completed,
+    /// whose row was not read (a hit inside a larger batch, or on PostgreSQL).
+    Cached(ExecutionId),
     /// The key was stored with the same request: its execution.
     Repeated(ExecutionId),
     /// The key was stored with another request: that execution.
@@ -569,11 +572,38 @@ pub enum Submitted {
 }
 
 impl Submitted {
+    /// Whether the response cache answered it as it was inserted.
+    pub fn cached(&self) -> bool {
+        matches!(self, Submitted::Answered(_) | Submitted::Cached(_))
+    }
+
     /// The execution's id, whatever was done.
     pub fn id(&self) -> ExecutionId {
         match self {
-            Submitted::Created(id) | Submitted::Repeated(id) | Submitted::Conflict(id) => *id,
+            Submitted::Created(id)
+            | Submitted::Cached(id)
+            | Submitted::Repeated(id)
+            | Submitted::Conflict(id) => *id,
             Submitted::Answered(e) => e.id,
+        }
+    }
+}
+
+/// One submission a backend inserted: its id, and whether the response cache answered it
+/// (then it is completed, and no lane has work from it).
+#[derive(Debug, Clone, Copy)]
+struct Inserted {
+    id: ExecutionId,
+    hit: bool,
+}
+
+impl Inserted {
+    /// What [`Queue::submit_keyed`] says of it.
+    fn submitted(self) -> Submitted {
+        if self.hit {
+            Submitted::Cached(self.id)
+        } else {
+            Submitted::Created(self.id)
         }
     }
 }

@@ -30,7 +30,7 @@ use super::{
     move_bounds, provider_records, provider_state, read_count, readable_claims, stored_count,
     unreadable_failure, usage_rows, usage_sql, written_flags,
 };
-use super::{CacheEnd, CacheSettled};
+use super::{CacheEnd, CacheSettled, Inserted};
 use crate::model::{ErrorKind, Execution, ExecutionId, NewExecution};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
@@ -550,7 +550,7 @@ async fn insert(
     tx: &mut sqlx::PgConnection,
     new: &NewExecution,
     key: Option<&IdempotencyKey>,
-) -> Result<Option<ExecutionId>, StoreError> {
+) -> Result<Option<Inserted>, StoreError> {
     let input = serde_json::to_string(&new.input)
         .map_err(|e| StoreError::Other(format!("serializing input: {e}")))?;
     if let Some(cache) = &new.cache {
@@ -579,6 +579,7 @@ async fn insert(
     .fetch_optional(tx)
     .await
     .op("submitting an execution")
+    .map(|id| id.map(|id| Inserted { id, hit: false }))
 }
 
 /// The response cache key of a submission that uses the cache.
@@ -618,7 +619,7 @@ async fn insert_cached(
     input: &str,
     key: Option<&IdempotencyKey>,
     cache: &crate::model::CacheRequest,
-) -> Result<Option<ExecutionId>, StoreError> {
+) -> Result<Option<Inserted>, StoreError> {
     const OP: &str = "submitting an execution through the response cache";
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('lanes-cache:' || $1, 0))")
         .bind(&cache.key)
@@ -634,6 +635,7 @@ async fn insert_cached(
     .await
     .op(OP)?;
     let hit = answer.as_deref().and_then(crate::responses::as_hit);
+    let answered = hit.is_some();
     let leader: Option<i64> = if hit.is_some() {
         None
     } else {
@@ -686,6 +688,7 @@ async fn insert_cached(
     .fetch_optional(tx)
     .await
     .op(OP)
+    .map(|id| id.map(|id| Inserted { id, hit: answered }))
 }
 
 /// A batch statement's text for PostgreSQL (see `store/batches.rs`).
@@ -708,6 +711,7 @@ impl Queue for PgQueue {
         let mut tx = self.pool.begin().await.op("submitting an execution")?;
         let id = insert(&mut tx, new, None)
             .await?
+            .map(|i| i.id)
             .ok_or_else(|| StoreError::Other("an insert without a key returned no id".into()))?;
         self.notify(&mut tx, &new.provider).await?;
         tx.commit().await.op("submitting an execution")?;
@@ -724,10 +728,10 @@ impl Queue for PgQueue {
             if chunk.iter().any(|n| n.cache.is_some()) {
                 // Each may be a cache hit or a waiter: one at a time, in the batch's order.
                 for n in chunk {
-                    let id = insert(&mut tx, n, None).await?.ok_or_else(|| {
+                    let inserted = insert(&mut tx, n, None).await?.ok_or_else(|| {
                         StoreError::Other("an insert without a key returned no id".into())
                     })?;
-                    ids.push(id);
+                    ids.push(inserted.id);
                 }
                 continue;
             }
@@ -1592,8 +1596,8 @@ impl Queue for PgQueue {
         for (new, key) in batch {
             // A key another transaction is inserting makes this wait for it to end; then
             // the read below sees its row.
-            if let Some(id) = insert(&mut tx, new, key.as_ref()).await? {
-                out.push(Submitted::Created(id));
+            if let Some(inserted) = insert(&mut tx, new, key.as_ref()).await? {
+                out.push(inserted.submitted());
                 continue;
             }
             let Some(key) = key else {

@@ -12,7 +12,7 @@ use sqlx::{Row, SqlitePool};
 
 use super::{
     BUDGET_WINDOW_MS, COLUMNS, Cancelled, Claim, Claimed, DbContext, ExecutionFilter, ExecutionRow,
-    Finish, FinishRow, HISTORY_ERROR_CHARS, HISTORY_KEPT, IdempotencyKey, ProviderRecord,
+    Finish, FinishRow, HISTORY_ERROR_CHARS, HISTORY_KEPT, IdempotencyKey, Inserted, ProviderRecord,
     ProviderState, Queue, Recovered, StateChange, StatusCounts, StoreError, StreamChunk,
     StreamPosition, Submitted, UsageBy, UsageRow, counts_by, estimate_tokens, execution_from_raw,
     execution_from_row, fold_counts, move_bounds, provider_records, provider_state, read_count,
@@ -1160,7 +1160,7 @@ async fn insert(
     new: &NewExecution,
     key: Option<&IdempotencyKey>,
     now: i64,
-) -> Result<Option<ExecutionId>, StoreError> {
+) -> Result<Option<Inserted>, StoreError> {
     let input = serde_json::to_string(&new.input)
         .map_err(|e| StoreError::Other(format!("serializing input: {e}")))?;
     if let Some(cache) = &new.cache {
@@ -1183,7 +1183,7 @@ async fn insert(
         .fetch_all(conn)
         .await
         .op("submitting an execution")
-        .map(|ids| ids.into_iter().next())
+        .map(|ids| ids.into_iter().next().map(|id| Inserted { id, hit: false }))
 }
 
 /// Inserts one execution that may be answered from the response cache: completed at once
@@ -1196,7 +1196,7 @@ async fn insert_cached(
     key: Option<&IdempotencyKey>,
     cache: &crate::model::CacheRequest,
     now: i64,
-) -> Result<Option<ExecutionId>, StoreError> {
+) -> Result<Option<Inserted>, StoreError> {
     const OP: &str = "submitting an execution through the response cache";
     let answer: Option<String> =
         sqlx::query_scalar("SELECT output FROM response_cache WHERE key = ?1 AND created_at > ?2")
@@ -1225,6 +1225,7 @@ async fn insert_cached(
         .await
         .op(OP)?
     };
+    let answered = hit.is_some();
     let history = hit
         .as_ref()
         .map(|_| HIT_HISTORY.replace("NOW", &now.to_string()));
@@ -1257,6 +1258,7 @@ async fn insert_cached(
     .fetch_optional(conn)
     .await
     .op(OP)
+    .map(|id| id.map(|id| Inserted { id, hit: answered }))
 }
 
 /// The history of an execution answered from the cache: one record, attempt 0, `cached`.
@@ -1285,11 +1287,13 @@ impl Queue for SqliteQueue {
             let id = insert(&mut tx, new, None, now_ms()).await?;
             tx.commit().await.op(OP)?;
             return id
+                .map(|i| i.id)
                 .ok_or_else(|| StoreError::Other("an insert without a key returned no id".into()));
         }
         let mut conn = self.writer.acquire().await.op(OP)?;
         insert(&mut conn, new, None, now_ms())
             .await?
+            .map(|i| i.id)
             .ok_or_else(|| StoreError::Other("an insert without a key returned no id".into()))
     }
 
@@ -1306,10 +1310,10 @@ impl Queue for SqliteQueue {
             if chunk.iter().any(|n| n.cache.is_some()) {
                 // Each may be a cache hit or a waiter: one at a time, in the batch's order.
                 for n in chunk {
-                    let id = insert(&mut tx, n, None, now).await?.ok_or_else(|| {
+                    let inserted = insert(&mut tx, n, None, now).await?.ok_or_else(|| {
                         StoreError::Other("an insert without a key returned no id".into())
                     })?;
-                    ids.push(id);
+                    ids.push(inserted.id);
                 }
                 continue;
             }
@@ -1880,8 +1884,8 @@ impl Queue for SqliteQueue {
             .await?;
         let mut out = Vec::with_capacity(batch.len());
         for (new, key) in batch {
-            if let Some(id) = insert(&mut tx, new, key.as_ref(), now).await? {
-                out.push(Submitted::Created(id));
+            if let Some(inserted) = insert(&mut tx, new, key.as_ref(), now).await? {
+                out.push(inserted.submitted());
                 continue;
             }
             let Some(key) = key else {
