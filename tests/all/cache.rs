@@ -229,6 +229,30 @@ async fn answers_repeat_from_the_cache_once_per_key_and_never_across_tenants() {
             crate::front_door::post_plainly(addr, "/openai/v1/chat/completions", chat).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
+    // A batch whose key clashes wrote nothing, and counts no hit.
+    let keyed = json!({"provider": "long", "input": {"prompt": "other"}, "idempotency_key": "k1"});
+    assert_eq!(api.post("/v1/executions", keyed).await.status, 201);
+    let clash = api
+        .post(
+            "/v1/executions:batch",
+            json!({"executions": [{"provider": "long", "input": flight},
+                                  {"provider": "long", "input": {"prompt": "another"},
+                                   "idempotency_key": "k1"}]}),
+        )
+        .await;
+    assert_eq!(clash.status, 409, "{clash:?}");
+    // The metrics count events, a moment after the answers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = api.get("/metrics").await.text;
+        if metrics.contains(r#"lanes_cache_hits_total{provider="long"} 4"#) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Still 4 a moment later: the clashing batch's hit was not counted.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let metrics = api.get("/metrics").await.text;
     assert!(
         metrics.contains(r#"lanes_cache_hits_total{provider="long"} 4"#),

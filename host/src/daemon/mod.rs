@@ -327,8 +327,9 @@ impl Control {
             .any(|p| p.name == provider))
     }
 
-    /// Queues executions in one transaction (see [`Queue::submit_keyed`]) and wakes the
-    /// lanes of those created.
+    /// Queues executions in one transaction (see [`Queue::submit_keyed`]), wakes the lanes
+    /// of those created, and publishes [`events::Event::Cached`] for those the response
+    /// cache answered. A batch with a clashing key wrote nothing: it does neither.
     pub async fn submit_keyed(
         &self,
         batch: &[(NewExecution, Option<crate::store::IdempotencyKey>)],
@@ -345,6 +346,12 @@ impl Control {
         }
         let batch = routed.as_deref().unwrap_or(batch);
         let done = self.shared.queue.submit_keyed(batch).await?;
+        if done
+            .iter()
+            .any(|s| matches!(s, crate::store::Submitted::Conflict(_)))
+        {
+            return Ok(done);
+        }
         let created: BTreeSet<&str> = batch
             .iter()
             .zip(&done)
