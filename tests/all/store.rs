@@ -953,6 +953,31 @@ async fn postgres_budget_estimates_match_their_rust_twin() {
     assert_eq!(counted, 9, "the inputs that count tokens");
 }
 
+/// Ends the running rows of "a" and "b" of [`one_running_in_a_and_b`] in one batch write
+/// that refills "a" under `a` and "b" at limit 1, while another worker holds a lock of "a"
+/// (its `lock`, for the message): the write must neither wait for it nor fail. The claims.
+async fn end_both_beside_a_busy_lock(
+    q: &dyn Queue,
+    ids: &[ExecutionId],
+    a: Claim<'_>,
+    lock: &str,
+) -> Vec<Option<Vec<lanes::Execution>>> {
+    let done = Finish::Completed(Output::of(&serde_json::json!({"text": "ok"})).unwrap());
+    let (written, claimed) = tokio::time::timeout(
+        Duration::from_secs(10),
+        q.finish_and_claim(
+            "w",
+            &[(ids[0], &done), (ids[3], &done)],
+            &[("a", a), ("b", claim("w", 1, 1))],
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the write waited for another worker's {lock} lock"))
+    .unwrap();
+    assert_eq!(written, vec![true, true]);
+    claimed
+}
+
 /// PostgreSQL: a batch write never waits for the budget lock of a budgeted lane that another
 /// worker's claim holds: its rows are written, and that claim is left to the lane's
 /// producer (`None`).
@@ -971,19 +996,7 @@ async fn postgres_a_busy_budget_lock_does_not_hold_the_write() {
         }),
         ..claim("w", 1, 1)
     };
-    let done = Finish::Completed(Output::of(&serde_json::json!({"text": "ok"})).unwrap());
-    let (written, claimed) = tokio::time::timeout(
-        Duration::from_secs(10),
-        q.finish_and_claim(
-            "w",
-            &[(ids[0], &done), (ids[3], &done)],
-            &[("a", budgeted), ("b", claim("w", 1, 1))],
-        ),
-    )
-    .await
-    .expect("the write waited for another worker's budget lock")
-    .unwrap();
-    assert_eq!(written, vec![true, true]);
+    let claimed = end_both_beside_a_busy_lock(q.as_ref(), &ids, budgeted, "budget").await;
     assert!(claimed[0].is_none(), "{claimed:?}");
     assert_eq!(claimed[1].as_ref().map(Vec::len), Some(1));
     other.rollback().await.unwrap();
@@ -1008,19 +1021,7 @@ async fn postgres_a_busy_claim_lock_does_not_hold_the_write() {
     let ids = one_running_in_a_and_b(q.as_ref()).await;
     // Another worker's claim of "a" under way: its lock, held in an open transaction.
     let other = another_worker_holds(&schema.url, "", "a").await;
-    let done = Finish::Completed(Output::of(&serde_json::json!({"text": "ok"})).unwrap());
-    let (written, claimed) = tokio::time::timeout(
-        Duration::from_secs(10),
-        q.finish_and_claim(
-            "w",
-            &[(ids[0], &done), (ids[3], &done)],
-            &[("a", claim("w", 1, 1)), ("b", claim("w", 1, 1))],
-        ),
-    )
-    .await
-    .expect("the write waited for another worker's claim lock")
-    .unwrap();
-    assert_eq!(written, vec![true, true]);
+    let claimed = end_both_beside_a_busy_lock(q.as_ref(), &ids, claim("w", 1, 1), "claim").await;
     let got: Vec<Option<Vec<i64>>> = claimed
         .iter()
         .map(|rows| rows.as_ref().map(|r| r.iter().map(|e| e.id).collect()))

@@ -431,6 +431,18 @@ where
     None
 }
 
+/// Settles the reservations of `n` attempts under `what` (budgets, spend caps) with `op`,
+/// tried as [`retried`] does, with a warning for each failure.
+async fn settle_retried<T, Fut>(what: &str, n: usize, op: impl FnMut() -> Fut) -> Option<T>
+where
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    retried(op, |attempt, e| {
+        warn!("{what}: settling {n} attempt(s) failed (try {attempt} of {TRIES}): {e}")
+    })
+    .await
+}
+
 impl Worker {
     async fn run(self, mut rx: mpsc::Receiver<Completion>, close: CancellationToken) {
         let mut batch: Vec<Completion> = Vec::with_capacity(self.max_batch);
@@ -735,16 +747,7 @@ impl Worker {
         if ends.is_empty() {
             return;
         }
-        retried(
-            || self.sink.settle_budgets(&ends),
-            |attempt, e| {
-                warn!(
-                    "budgets: settling {} attempt(s) failed (try {attempt} of {TRIES}): {e}",
-                    ends.len()
-                )
-            },
-        )
-        .await;
+        settle_retried("budgets", ends.len(), || self.sink.settle_budgets(&ends)).await;
     }
 
     /// Settles the spend reservations of the batch's attempts of capped providers and
@@ -781,16 +784,8 @@ impl Worker {
                 caps: &caps[c.lane.name()],
             })
             .collect();
-        let settled = retried(
-            || self.sink.settle_spend(&ends),
-            |attempt, e| {
-                warn!(
-                    "spend caps: settling {} attempt(s) failed (try {attempt} of {TRIES}): {e}",
-                    ends.len()
-                )
-            },
-        )
-        .await;
+        let settled =
+            settle_retried("spend caps", ends.len(), || self.sink.settle_spend(&ends)).await;
         for notice in settled.into_iter().flatten() {
             (self.on_spend)(notice);
         }
