@@ -2265,7 +2265,7 @@ async fn scale_run(limit: u32, latency_ms: u64, outage_ms: Option<u64>) -> Scale
         let counts = queue.counts().await.unwrap();
         let c = counts.get("wide").cloned().unwrap_or_default();
         max_running = max_running.max(c.running as usize);
-        if polls % MAPS_EVERY == 0 {
+        if polls.is_multiple_of(MAPS_EVERY) {
             maps = maps.max(map_count(pid));
         }
         polls += 1;
